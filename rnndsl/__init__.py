@@ -1,0 +1,61 @@
+"""rnndsl: recurrent cells written as equations, checked, differentiated and compiled.
+
+    import rnndsl
+    LSTM = rnndsl.load("specs/lstm.rnn", target="interp")
+    cell = LSTM(I=65, H=128, dtype=np.float32, seed=0)
+    run = cell.forward(x)                    # x: (T, B, I)
+    g = cell.backward(run, d_outputs={"h": dY})
+
+The pipeline, one module a stage: parse -> check -> ir (lower, unroll) -> grad -> interp,
+driven by `spec.read_spec` and `runtime`; `cli` is the command line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import BindError, CheckError, RnnError, SpecError, SpecSyntaxError, TargetError
+
+__version__ = "0.1.0"
+__all__ = ["load", "load_text", "RnnError", "SpecError", "SpecSyntaxError", "CheckError",
+           "BindError", "TargetError", "__version__"]
+
+# The compiled targets arrive with the CPU and CUDA backends; until then "interp" is the
+# default so that load(path) works.
+DEFAULT_TARGET = "interp"
+PLANNED_TARGETS = ("cpu", "cuda")
+
+
+def load(path: str | Path, target: str = DEFAULT_TARGET, cell: str | None = None) -> type:
+    """Read, check and prepare a .rnn spec; return its cell class.
+
+    `cell` picks one cell when the file (with the files it uses) defines several.
+    """
+    from .spec import read_spec
+    _check_target(target)
+    spec_file = read_spec(path)
+    return _cell_class(spec_file, target, cell)
+
+
+def load_text(text: str, target: str = DEFAULT_TARGET, cell: str | None = None,
+              path: str = "<text>") -> type:
+    """Like `load`, for a spec held in a string (`use` paths resolve from the cwd)."""
+    from .spec import read_spec
+    _check_target(target)
+    return _cell_class(read_spec(path, text=text), target, cell)
+
+
+def _check_target(target: str) -> None:
+    from .runtime import TARGETS
+    if target in TARGETS:
+        return
+    if target in PLANNED_TARGETS:
+        raise TargetError(f"target '{target}' is not built yet in rnndsl {__version__}; "
+                          "use target='interp' (the NumPy reference)")
+    raise TargetError(f"unknown target '{target}'; targets: "
+                      + ", ".join(list(TARGETS) + list(PLANNED_TARGETS)))
+
+
+def _cell_class(spec_file, target: str, cell: str | None) -> type:
+    from .runtime import make_cell_class
+    return make_cell_class(spec_file.pick(cell), target, spec_file.digest)

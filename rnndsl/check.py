@@ -1,0 +1,578 @@
+"""Stage 2: AST -> checked cell.
+
+Input: one `ast.Cell` and its `Source`. Output: a `CheckedCell` in which every name
+resolves, every state has exactly one next value, nothing depends on itself within a
+step, and every expression has a symbolic `Type`. Definitions come out in evaluation
+order. Every rejected construct gets its own message at its own place; errors are
+collected (a failed expression poisons only what depends on it) and raised together as
+one `CheckError`. Unused dims, inputs, params and intermediates are warnings.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from . import ast
+from .errors import CheckError, Diagnostic, Source, Span, Warnings
+from .ops import BINARY_OPS, FUNCTIONS, Op, ShapeMismatch, infer
+from .shapes import Dim, Type, shape_str
+
+# name -> (min args, max args, needs a matrix)
+INITIALISERS: dict[str, tuple[int, int, bool]] = {
+    "zeros": (0, 0, False), "ones": (0, 0, False), "constant": (1, 1, False),
+    "uniform": (2, 2, False), "normal": (2, 2, False),
+    "glorot": (0, 0, True), "orthogonal": (0, 0, True),
+}
+
+
+@dataclass(frozen=True)
+class Decl:
+    """A declared input, state or param with its type and initialiser."""
+
+    name: str
+    type: Type
+    init: ast.Init | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One equation, in evaluation order: kind is 'let', 'next' (h' = ...) or 'output'."""
+
+    kind: str
+    name: str
+    expr: ast.Expr
+    type: Type
+    span: Span
+
+
+@dataclass(frozen=True)
+class OutputRef:
+    """An output's name and where its value comes from: ('value', name) or ('next', state)."""
+
+    name: str
+    source: tuple[str, str]
+    type: Type
+    span: Span
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A size that must be at least `minimum` once dims are bound (slice bounds)."""
+
+    size: Dim
+    minimum: int
+    message: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class CheckedCell:
+    name: str
+    source: Source
+    dims: tuple[str, ...]
+    inputs: tuple[Decl, ...]
+    states: tuple[Decl, ...]
+    params: tuple[Decl, ...]
+    definitions: tuple[Definition, ...]
+    outputs: tuple[OutputRef, ...]
+    constraints: tuple[Constraint, ...]
+    warnings: tuple[Diagnostic, ...] = field(default=(), compare=False)
+    ast: ast.Cell | None = field(default=None, compare=False, repr=False)
+
+
+class _Poison(Exception):
+    """An expression failed; its error is already recorded."""
+
+
+def _suggest(name: str, candidates) -> str | None:
+    close = difflib.get_close_matches(name, sorted(candidates), n=3, cutoff=0.6)
+    return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else None
+
+
+def _provably(size: Dim) -> int:
+    """+1 if size >= 0 for all dims >= 1, -1 if size < 0 for all, 0 if it depends."""
+    coefs = [c for _, c in size.terms]
+    if all(c >= 0 for c in coefs) and size.const + sum(coefs) >= 0:
+        return 1
+    if all(c <= 0 for c in coefs) and size.const + sum(coefs) < 0:
+        return -1
+    return 0
+
+
+class _Checker:
+    def __init__(self, cell: ast.Cell, source: Source):
+        self.cell, self.source = cell, source
+        self.errors: list[Diagnostic] = []
+        self.warnings = Warnings()
+        self.dims: dict[str, Span] = {}
+        self.inputs: dict[str, Decl] = {}
+        self.states: dict[str, Decl] = {}
+        self.params: dict[str, Decl] = {}
+        self.lets: dict[str, ast.Equation | ast.Output] = {}   # value-defining equations
+        self.nexts: dict[str, ast.Equation] = {}
+        self.outputs: dict[str, ast.Output] = {}
+        self.used: set[str] = set()
+        self.used_dims: set[str] = set()
+        self.types: dict[str, Type] = {}       # value name or "name'" -> type
+        self.constraints: list[Constraint] = []
+
+    # ------------------------------------------------------------------ reporting
+    def error(self, message: str, span: Span, hint: str | None = None) -> None:
+        self.errors.append(Diagnostic(message, self.source, span, hint))
+
+    def text(self, span: Span) -> str:
+        """The source text under a span, for messages that quote an operand."""
+        lines = self.source.text.splitlines()
+        if span.line != span.end_line or not (1 <= span.line <= len(lines)):
+            return "this expression"
+        return lines[span.line - 1][span.column - 1:span.end_column - 1]
+
+    # ------------------------------------------------------------------ declarations
+    def value_names(self) -> set[str]:
+        return set(self.inputs) | set(self.states) | set(self.params) | set(self.lets)
+
+    def _claim(self, name: str, span: Span, what: str) -> bool:
+        """Reserve a value name; report a duplicate. Returns whether the name was free."""
+        for table, kind in ((self.inputs, "an input"), (self.states, "a state"),
+                            (self.params, "a param"), (self.lets, "an equation")):
+            if name in table:
+                self.error(f"'{name}' is already declared as {kind}", span,
+                           f"each name is declared once; rename this {what}")
+                return False
+        if name in self.dims:
+            self.error(f"'{name}' is already declared as a dim (a size)", span,
+                       f"rename this {what}: dims and values share one namespace")
+            return False
+        if name in FUNCTIONS:
+            self.error(f"'{name}' is a built-in function and cannot name a {what}", span)
+            return False
+        return True
+
+    def shape(self, var: ast.Var) -> tuple[Dim, ...] | None:
+        ok = True
+        for dim in var.shape:
+            for name in sorted(dim.names()):
+                self.used_dims.add(name)
+                if name not in self.dims:
+                    hint = _suggest(name, self.dims) or (
+                        f"declare it: dims {', '.join(list(self.dims) + [name])}")
+                    self.error(f"unknown dim '{name}' in the shape of '{var.name}'",
+                               var.shape_span, hint)
+                    ok = False
+            if ok and _provably(dim - Dim.lit(1)) < 0:
+                self.error(f"size {dim} of '{var.name}' is not positive", var.shape_span)
+                ok = False
+        return var.shape if ok else None
+
+    def declare(self, stmt) -> None:
+        if isinstance(stmt, ast.DimsDecl):
+            for name, span in zip(stmt.names, stmt.name_spans):
+                if name in self.dims:
+                    self.error(f"dim '{name}' is declared twice", span)
+                elif self._claim(name, span, "dim"):
+                    self.dims[name] = span
+            return
+        kind = {ast.InputDecl: "input", ast.StateDecl: "state", ast.ParamDecl: "param"}[
+            type(stmt)]
+        for var in stmt.vars:
+            if not self._claim(var.name, var.span, kind):
+                continue
+            shape = self.shape(var)
+            if shape is None:
+                continue
+            if kind in ("input", "state") and len(shape) != 1:
+                self.error(f"{kind} '{var.name}' must be a vector, got {shape_str(shape)}",
+                           var.shape_span, f"write {var.name}[1] for a single feature"
+                           if not shape else "matrices can only be params")
+                continue
+            if kind == "param" and len(shape) > 2:
+                self.error(f"param '{var.name}' has {len(shape)} axes; params are scalars, "
+                           f"vectors or matrices", var.shape_span)
+                continue
+            decl = Decl(var.name, Type(shape, kind != "param"), var.init, var.span)
+            {"input": self.inputs, "state": self.states, "param": self.params}[kind][
+                var.name] = decl
+            self.types[var.name] = decl.type
+
+    def check_inits(self) -> None:
+        for decl in self.params.values():
+            init = decl.init
+            if isinstance(init, ast.NamedInit):
+                if init.name not in INITIALISERS:
+                    self.error(f"unknown initialiser '{init.name}'", init.span,
+                               _suggest(init.name, INITIALISERS) or
+                               "known: " + ", ".join(INITIALISERS))
+                    continue
+                low, high, matrix = INITIALISERS[init.name]
+                if not low <= len(init.args) <= high:
+                    want = str(low) if low == high else f"{low} to {high}"
+                    self.error(f"'{init.name}' takes {want} argument(s), got {len(init.args)}",
+                               init.span)
+                elif matrix and decl.type.rank != 2:
+                    self.error(f"'{init.name}' initialises matrices, but '{decl.name}' is "
+                               f"{decl.type}", init.span, "use zeros, uniform(a, b) or "
+                               "normal(mean, std) for vectors")
+                elif init.name == "normal" and init.args[1] < 0:
+                    self.error("normal(mean, std) needs std >= 0", init.span)
+                elif init.name == "uniform" and init.args[0] > init.args[1]:
+                    self.error("uniform(low, high) needs low <= high", init.span)
+            elif isinstance(init, ast.ParamRefInit):
+                self.error("a param's initialiser is a number or a name like glorot, "
+                           f"not a reference to '{init.name}'", init.span)
+        for decl in self.states.values():
+            init = decl.init
+            if isinstance(init, ast.NamedInit):
+                self.error("a state starts at a number or at a param, not at an initialiser",
+                           init.span, f"declare a param {decl.name}0{decl.type} ~ "
+                           f"{init.name} and write state {decl.name}{decl.type} = "
+                           f"{decl.name}0")
+            elif isinstance(init, ast.ParamRefInit):
+                self.used.add(init.name)
+                param = self.params.get(init.name)
+                if param is None:
+                    self.error(f"unknown param '{init.name}' as the initial value of "
+                               f"'{decl.name}'", init.span, _suggest(init.name, self.params))
+                elif param.type.shape != decl.type.shape:
+                    self.error(f"state '{decl.name}' is {decl.type} but its initial value "
+                               f"'{init.name}' is {param.type}", init.span)
+
+    # ------------------------------------------------------------------ equations
+    def collect(self, stmt) -> None:
+        if isinstance(stmt, ast.Equation):
+            if stmt.primed:
+                if stmt.target not in self.states:
+                    what = ("an input" if stmt.target in self.inputs else "a param"
+                            if stmt.target in self.params else None)
+                    self.error(f"'{stmt.target}' is {what}, only states have a next value"
+                               if what else f"'{stmt.target}' is not a declared state",
+                               stmt.target_span, None if what else
+                               f"declare it: state {stmt.target}[...]")
+                elif stmt.target in self.nexts:
+                    self.error(f"state '{stmt.target}' is updated twice", stmt.target_span,
+                               "each state gets exactly one next value per step")
+                else:
+                    self.nexts[stmt.target] = stmt
+            else:
+                if stmt.target in self.states:
+                    self.error(f"cannot assign to state '{stmt.target}': it is the previous "
+                               "value", stmt.target_span,
+                               f"write {stmt.target}' = ... for the next value")
+                elif stmt.target in self.inputs or stmt.target in self.params:
+                    what = "an input" if stmt.target in self.inputs else "a param"
+                    self.error(f"cannot assign to '{stmt.target}': it is {what}",
+                               stmt.target_span)
+                elif self._claim(stmt.target, stmt.target_span, "equation"):
+                    self.lets[stmt.target] = stmt
+        elif isinstance(stmt, ast.Output):
+            if stmt.name in self.outputs:
+                self.error(f"output '{stmt.name}' is declared twice", stmt.name_span)
+                return
+            if stmt.expr is not None and not self._claim(stmt.name, stmt.name_span, "output"):
+                return
+            self.outputs[stmt.name] = stmt
+            if stmt.expr is not None:
+                self.lets[stmt.name] = stmt
+
+    def deps(self, expr: ast.Expr) -> set[str]:
+        """Names of equation values this expression reads (`h'` as "h'")."""
+        found: set[str] = set()
+
+        def walk(e):
+            if isinstance(e, ast.Name) and e.name in self.lets:
+                found.add(e.name)
+            elif isinstance(e, ast.Primed) and e.name in self.nexts:
+                found.add(e.name + "'")
+            for child in _children(e):
+                walk(child)
+        walk(expr)
+        return found
+
+    def order(self) -> list[str]:
+        """Evaluation order of lets and nexts; reports a cycle within a step."""
+        graph = nx.DiGraph()
+        position: dict[str, int] = {}
+        defs = {**{n: s for n, s in self.lets.items()},
+                **{n + "'": s for n, s in self.nexts.items()}}
+        for i, (key, stmt) in enumerate(defs.items()):
+            graph.add_node(key)
+            position[key] = (stmt.span.line, stmt.span.column)
+        for key, stmt in defs.items():
+            for dep in self.deps(stmt.expr):
+                graph.add_edge(dep, key)
+        for component in list(nx.strongly_connected_components(graph)):
+            if len(component) == 1 and not graph.has_edge(*component, *component):
+                continue
+            cycle = nx.find_cycle(graph.subgraph(component))
+            names = [a for a, _ in cycle]
+            first = min(names, key=lambda k: position[k])
+            start = names.index(first)
+            loop = names[start:] + names[:start] + [first]
+            stmt = defs[first]
+            span = stmt.target_span if isinstance(stmt, ast.Equation) else stmt.name_span
+            self.error("a cycle within one step: " + " -> ".join(loop), span,
+                       "within a step, a value cannot depend on itself; use a state's "
+                       "previous value (h, not h') to carry it to the next step")
+            graph.remove_nodes_from(component)
+        return list(nx.lexicographical_topological_sort(graph, key=lambda k: position[k]))
+
+    # ------------------------------------------------------------------ expressions
+    def infer(self, expr: ast.Expr) -> Type:
+        if isinstance(expr, ast.Number):
+            return Type((), False)
+        if isinstance(expr, ast.Name):
+            return self.name_type(expr)
+        if isinstance(expr, ast.Primed):
+            if expr.name not in self.states:
+                self.error(f"'{expr.name}' is not a state, so '{expr.name}'' has no meaning",
+                           expr.span, "only a state's next value is written with a prime")
+                raise _Poison
+            if expr.name not in self.nexts:
+                raise _Poison  # reported as "never updated"
+            key = expr.name + "'"
+            if key not in self.types:
+                raise _Poison
+            return self.types[key]
+        if isinstance(expr, ast.BinOp):
+            left, right = self.infer(expr.left), self.infer(expr.right)
+            return self.apply(BINARY_OPS[expr.op], [left, right], (), expr,
+                              operands=[expr.left, expr.right], symbol=expr.op)
+        if isinstance(expr, ast.Neg):
+            return self.apply(Op.NEG, [self.infer(expr.operand)], (), expr,
+                              operands=[expr.operand])
+        if isinstance(expr, ast.Pow):
+            base = self.infer(expr.base)
+            self.exponent(expr)
+            return self.apply(Op.POW, [base], (), expr, operands=[expr.base])
+        if isinstance(expr, ast.Call):
+            return self.call(expr)
+        if isinstance(expr, ast.Slice):
+            return self.slice(expr)
+        raise AssertionError(f"unknown expression node {expr!r}")
+
+    def name_type(self, expr: ast.Name) -> Type:
+        name = expr.name
+        self.used.add(name)
+        if name in self.types and name not in self.lets:
+            return self.types[name]
+        if name in self.lets:
+            if name not in self.types:
+                raise _Poison
+            return self.types[name]
+        if name in self.dims:
+            self.error(f"'{name}' is a dim (a size), not a value", expr.span,
+                       "dims give shapes; to use a size as a number, write mean or sum")
+        elif name in FUNCTIONS:
+            self.error(f"'{name}' is a function; call it: {name}(...)", expr.span)
+        else:
+            hint = _suggest(name, self.value_names())
+            if name in self.outputs:
+                hint = f"'{name}' names an output of a state; write {name}' for its value"
+            self.error(f"unknown name '{name}'", expr.span, hint)
+        raise _Poison
+
+    def exponent(self, expr: ast.Pow) -> float:
+        e = expr.exponent
+        sign = 1.0
+        while isinstance(e, ast.Neg):
+            sign, e = -sign, e.operand
+        if not isinstance(e, ast.Number):
+            self.error("the exponent of ** must be a constant number", expr.exponent.span,
+                       "for a variable exponent write exp(b * log(a))")
+            raise _Poison
+        return sign * e.value
+
+    def call(self, expr: ast.Call) -> Type:
+        if expr.fn not in FUNCTIONS:
+            if expr.fn in self.value_names():
+                self.error(f"'{expr.fn}' is a value, not a function", expr.fn_span)
+            else:
+                self.error(f"unknown function '{expr.fn}'", expr.fn_span,
+                           _suggest(expr.fn, FUNCTIONS) or
+                           "functions: " + ", ".join(sorted(FUNCTIONS)))
+            raise _Poison
+        op, arity = FUNCTIONS[expr.fn]
+        if arity is not None and len(expr.args) != arity:
+            self.error(f"{expr.fn} takes {arity} argument{'s' if arity > 1 else ''}, "
+                       f"got {len(expr.args)}", expr.span)
+            raise _Poison
+        if arity is None and not expr.args:
+            self.error(f"{expr.fn} needs at least one argument", expr.span)
+            raise _Poison
+        types = [self.infer(a) for a in expr.args]
+        return self.apply(op, types, (), expr, operands=list(expr.args), symbol=expr.fn)
+
+    def slice(self, expr: ast.Slice) -> Type:
+        base = self.infer(expr.operand)
+        if base.rank != 1:
+            self.error(f"only vectors can be sliced; this is "
+                       f"{'a scalar' if base.rank == 0 else base}", expr.span)
+            raise _Poison
+        length = base.shape[0]
+        start = expr.start if expr.start is not None else Dim.lit(0)
+        stop = expr.stop if expr.stop is not None else length
+        for bound in (start, stop):
+            for name in sorted(bound.names()):
+                self.used_dims.add(name)
+                if name not in self.dims:
+                    self.error(f"unknown dim '{name}' in a slice bound", expr.span,
+                               _suggest(name, self.dims))
+                    raise _Poison
+        where = f"slice [{start}:{stop}] of a vector of size {length}"
+        for size, minimum, message in ((start, 0, f"{where} starts before 0"),
+                                       (stop - start, 1, f"{where} is empty"),
+                                       (length - stop, 0, f"{where} ends past the end")):
+            verdict = _provably(size - Dim.lit(minimum))
+            if verdict < 0:
+                self.error(message, expr.span)
+                raise _Poison
+            if verdict == 0:
+                self.constraints.append(Constraint(size, minimum, message, expr.span))
+        return self.apply(Op.SLICE, [base], (start, stop), expr, operands=[expr.operand])
+
+    def apply(self, op: Op, types: list[Type], attrs: tuple, expr, operands=None,
+              symbol=None) -> Type:
+        if op != Op.MATVEC and any(t.rank == 2 for t in types):
+            i = next(i for i, t in enumerate(types) if t.rank == 2)
+            what = self.text(operands[i].span) if operands else "the operand"
+            self.error(f"{what} is a matrix {types[i]}; a matrix can only stand left of @",
+                       operands[i].span if operands else expr.span,
+                       "elementwise operations and functions take vectors and scalars")
+            raise _Poison
+        try:
+            return infer(op, types, attrs)
+        except ShapeMismatch as exc:
+            detail = str(exc)
+            if operands and len(operands) == 2 and op != Op.MATVEC:
+                a, b = (self.text(o.span) for o in operands)
+                detail = (f"shapes do not match in '{symbol}': {a} is {types[0]} but {b} is "
+                          f"{types[1]}")
+                if types[0].rank == 2 or types[1].rank == 2:
+                    detail += "; a matrix can only stand left of @"
+            elif op == Op.MATVEC:
+                a, b = (self.text(o.span) for o in operands)
+                detail = f"{a} @ {b}: " + detail
+            elif symbol:
+                detail = f"{symbol}: {detail}"
+            self.error(detail, expr.span)
+            raise _Poison from None
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> CheckedCell:
+        body = self.cell.body
+        for stmt in body:
+            if isinstance(stmt, ast.DimsDecl):
+                self.declare(stmt)
+        for stmt in body:
+            if isinstance(stmt, (ast.InputDecl, ast.StateDecl, ast.ParamDecl)):
+                self.declare(stmt)
+        self.check_inits()
+        for stmt in body:
+            if isinstance(stmt, (ast.Equation, ast.Output)):
+                self.collect(stmt)
+        definitions = []
+        for key in self.order():
+            primed = key.endswith("'")
+            name = key[:-1] if primed else key
+            stmt = self.nexts[name] if primed else self.lets[name]
+            try:
+                t = self.infer(stmt.expr)
+            except _Poison:
+                continue
+            if primed:
+                declared = self.states[name].type
+                if t.shape != declared.shape:
+                    self.error(f"{name}' is {t} but state '{name}' is {declared}", stmt.span,
+                               "the next value must have the state's shape")
+                    continue
+                t = declared
+            self.types[key] = t
+            kind = "next" if primed else ("output" if isinstance(stmt, ast.Output) else "let")
+            definitions.append(Definition(kind, name, stmt.expr, t, stmt.span))
+        outputs = self.output_refs()
+        self.report_unused()
+        if self.errors:
+            self.errors.sort(key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0))
+            raise CheckError(self.errors)
+        return CheckedCell(
+            self.cell.name, self.source, tuple(self.dims), tuple(self.inputs.values()),
+            tuple(self.states.values()), tuple(self.params.values()), tuple(definitions),
+            tuple(outputs), tuple(self.constraints), tuple(self.warnings.items), self.cell)
+
+    def output_refs(self) -> list[OutputRef]:
+        refs = []
+        for name, stmt in self.outputs.items():
+            if stmt.expr is not None:
+                if name in self.types:
+                    refs.append(OutputRef(name, ("value", name), self.types[name], stmt.span))
+            elif stmt.primed:
+                if name not in self.states:
+                    self.error(f"'{name}' is not a state, so output {name}' has no meaning",
+                               stmt.name_span, _suggest(name, self.states))
+                elif name + "'" in self.types:
+                    refs.append(OutputRef(name, ("next", name), self.types[name + "'"],
+                                          stmt.span))
+            else:
+                if name in self.states:
+                    self.error(f"output '{name}' would be the previous value of state "
+                               f"'{name}'", stmt.name_span, f"write output {name}' for the "
+                               "value this step computes")
+                elif name in self.lets:
+                    self.used.add(name)
+                    if name in self.types:
+                        refs.append(OutputRef(name, ("value", name), self.types[name],
+                                              stmt.span))
+                elif name in self.inputs or name in self.params:
+                    self.error(f"output '{name}' is {'an input' if name in self.inputs else 'a param'}; "
+                               "outputs are computed values", stmt.name_span)
+                else:
+                    self.error(f"unknown name '{name}' in output", stmt.name_span,
+                               _suggest(name, self.value_names()))
+        return refs
+
+    def report_unused(self) -> None:
+        for name, decl in self.states.items():
+            if name not in self.nexts:
+                self.error(f"state '{name}' is never updated", decl.span,
+                           f"add an equation {name}' = ... (write {name}' = {name} to keep it)")
+        if not self.errors:
+            for name, decl in self.states.items():
+                if name not in self.used:
+                    self.warnings.add(f"state '{name}' is never read, so it carries nothing "
+                                      "from one step to the next", self.source, decl.span,
+                                      "make it an intermediate, or read it in an equation")
+        for table, kind in ((self.inputs, "input"), (self.params, "param")):
+            for name, decl in table.items():
+                if name not in self.used:
+                    self.warnings.add(f"{kind} '{name}' is never used", self.source, decl.span)
+        for name, span in self.dims.items():
+            if name not in self.used_dims:
+                self.warnings.add(f"dim '{name}' is never used", self.source, span)
+        for name, stmt in self.lets.items():
+            if isinstance(stmt, ast.Equation) and name not in self.used:
+                self.warnings.add(f"'{name}' is computed but never used", self.source,
+                                  stmt.target_span)
+        if not self.outputs and not self.states:
+            self.error(f"cell '{self.cell.name}' has no states and no outputs", self.cell.span)
+
+
+def _children(expr: ast.Expr):
+    if isinstance(expr, ast.BinOp):
+        return (expr.left, expr.right)
+    if isinstance(expr, ast.Neg):
+        return (expr.operand,)
+    if isinstance(expr, ast.Pow):
+        return (expr.base, expr.exponent)
+    if isinstance(expr, ast.Call):
+        return expr.args
+    if isinstance(expr, ast.Slice):
+        return (expr.operand,)
+    return ()
+
+
+def check(cell: ast.Cell, source: Source) -> CheckedCell:
+    """Check one cell; raise `CheckError` listing every problem found."""
+    return _Checker(cell, source).run()

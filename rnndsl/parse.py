@@ -1,0 +1,313 @@
+"""Stage 1: text -> AST.
+
+Input: the text of a .rnn file and the path it is reported under. Output: an
+`ast.Module` of frozen dataclasses carrying source spans. The grammar is
+`grammars/rnn.lark` (LALR(1)); syntax errors are labelled by matching the parser's state
+against canonical bad inputs (lark's `match_examples`) and reported as `SpecSyntaxError`
+with file:line:col and a caret. Nothing else ever escapes `parse`.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+
+import lark
+from lark import Lark, Token, Transformer, v_args
+
+from . import ast
+from .errors import Diagnostic, Source, Span, SpecSyntaxError
+from .shapes import Dim
+
+GRAMMAR_NAME = "rnn.lark"
+
+
+def grammar_path() -> Path:
+    """The grammar shipped inside the wheel, or the source tree's for an editable install."""
+    packaged = resources.files("rnndsl").joinpath("grammars").joinpath(GRAMMAR_NAME)
+    if packaged.is_file():
+        return Path(str(packaged))
+    source_tree = Path(__file__).resolve().parent.parent / "grammars" / GRAMMAR_NAME
+    assert source_tree.is_file(), f"grammar not found in the package nor at {source_tree}"
+    return source_tree
+
+
+@functools.lru_cache(maxsize=None)
+def _parser() -> Lark:
+    return Lark(grammar_path().read_text(), parser="lalr", propagate_positions=True,
+                maybe_placeholders=True)
+
+
+def _span_of(item) -> Span:
+    if isinstance(item, Token):
+        return Span(item.line, item.column, item.end_line, item.end_column)
+    return Span(item.line, item.column, item.end_line, item.end_column)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Builds the dataclasses of `ast` from lark's tree; rule aliases name the classes."""
+
+    # ---- module structure
+    def start(self, meta, items):
+        uses = tuple(i for i in items if isinstance(i, ast.Use))
+        cells = tuple(i for i in items if isinstance(i, ast.Cell))
+        return ast.Module(uses, cells)
+
+    def use(self, meta, children):
+        (token,) = children
+        return ast.Use(str(token)[1:-1], _span_of(meta))
+
+    def cell(self, meta, children):
+        name, *body = children
+        return ast.Cell(str(name), tuple(body), _span_of(meta), _span_of(name))
+
+    # ---- declarations
+    def dims_decl(self, meta, names):
+        return ast.DimsDecl(tuple(str(n) for n in names), _span_of(meta),
+                            tuple(_span_of(n) for n in names))
+
+    def input_decl(self, meta, vars_):
+        return ast.InputDecl(tuple(vars_), _span_of(meta))
+
+    def state_decl(self, meta, vars_):
+        return ast.StateDecl(tuple(vars_), _span_of(meta))
+
+    def param_decl(self, meta, vars_):
+        return ast.ParamDecl(tuple(vars_), _span_of(meta))
+
+    def var(self, meta, children):
+        name, (shape, shape_span) = children
+        return ast.Var(str(name), shape, None, _span_of(meta), shape_span)
+
+    def state_var(self, meta, children):
+        name, (shape, shape_span), init = children
+        return ast.Var(str(name), shape, init, _span_of(meta), shape_span)
+
+    def param_var(self, meta, children):
+        name, shaped, init = children
+        shape, shape_span = shaped if shaped is not None else ((), _span_of(name))
+        return ast.Var(str(name), shape, init, _span_of(meta), shape_span)
+
+    def shape(self, meta, dims):
+        dims = tuple(d for d in dims if d is not None)
+        return dims, _span_of(meta)
+
+    def dim_int(self, meta, children):
+        return Dim.lit(int(children[0]))
+
+    def dim_name(self, meta, children):
+        return Dim.of(str(children[0]))
+
+    def dim_scaled(self, meta, children):
+        return Dim.of(str(children[1])).scaled(int(children[0]))
+
+    def dim_add(self, meta, children):
+        return children[0] + children[1]
+
+    def dim_sub(self, meta, children):
+        return children[0] - children[1]
+
+    def signed_number(self, meta, children):
+        return float(children[0])
+
+    def const_init(self, meta, children):
+        return ast.ConstInit(children[0], _span_of(meta))
+
+    def param_ref_init(self, meta, children):
+        return ast.ParamRefInit(str(children[0]), _span_of(meta))
+
+    def named_init(self, meta, children):
+        return ast.NamedInit(str(children[0]), (), _span_of(meta))
+
+    def called_init(self, meta, children):
+        name, *args = children
+        return ast.NamedInit(str(name), tuple(a for a in args if a is not None), _span_of(meta))
+
+    # ---- equations and outputs
+    def target(self, meta, children):
+        name, prime = children
+        return str(name), prime is not None, _span_of(meta)
+
+    def equation(self, meta, children):
+        (name, primed, target_span), expr = children
+        return ast.Equation(name, primed, expr, _span_of(meta), target_span)
+
+    def output_expr(self, meta, children):
+        name, expr = children
+        return ast.Output(str(name), expr, False, _span_of(meta), _span_of(name))
+
+    def output_state(self, meta, children):
+        name, _prime = children
+        return ast.Output(str(name), None, True, _span_of(meta), _span_of(name))
+
+    def output_name(self, meta, children):
+        (name,) = children
+        return ast.Output(str(name), None, False, _span_of(meta), _span_of(name))
+
+    # ---- expressions
+    def _bin(op):
+        def build(self, meta, children):
+            left, right = children
+            return ast.BinOp(op, left, right, _span_of(meta))
+        return build
+
+    add, sub, mul, div, matmul = _bin("+"), _bin("-"), _bin("*"), _bin("/"), _bin("@")
+
+    def neg(self, meta, children):
+        return ast.Neg(children[0], _span_of(meta))
+
+    def pow(self, meta, children):
+        return ast.Pow(children[0], children[1], _span_of(meta))
+
+    def slice(self, meta, children):
+        operand, start, stop = children
+        return ast.Slice(operand, start, stop, _span_of(meta))
+
+    def number(self, meta, children):
+        return ast.Number(float(children[0]), _span_of(meta))
+
+    def name(self, meta, children):
+        return ast.Name(str(children[0]), _span_of(meta))
+
+    def primed(self, meta, children):
+        return ast.Primed(str(children[0]), _span_of(meta))
+
+    def call(self, meta, children):
+        fn, *args = children
+        args = tuple(a for a in args if a is not None)
+        return ast.Call(str(fn), args, _span_of(meta), _span_of(fn))
+
+
+# Canonical bad inputs, one list per labelled message. lark matches the parser state at the
+# error against these; the first label whose example fails in the same state wins.
+SYNTAX_EXAMPLES: dict[str, list[str]] = {
+    "expected an expression": [
+        "cell C { h' = }",
+        "cell C { h' = tanh(x) + }",
+        "cell C { h' = 2 * }",
+        "cell C { output y = }",
+        "cell C { h' = tanh( , x) }",
+    ],
+    "unclosed parenthesis: expected ')'": [
+        "cell C { h' = tanh(x }",
+        "cell C { h' = (a + b }",
+        "cell C { h' = max(a, b }",
+    ],
+    "a statement outside a cell: statements go inside `cell Name { ... }`": [
+        "dims H",
+        "input x[I]",
+        "h' = x",
+        "param W[H, H]",
+    ],
+    "a declared name needs a shape in brackets, like `x[I]`": [
+        "cell C { input x }",
+        "cell C { input x, y[I] }",
+        "cell C { state h }",
+        "cell C { state h, c[H] }",
+    ],
+    "expected '=' after the name: an equation reads `name = expr` or `state' = expr`": [
+        "cell C { h' tanh(x) }",
+        "cell C { a tanh(x) }",
+        "cell C { h' = a \n b }",
+    ],
+    "missing '}' at the end of the cell": [
+        "cell C { dims H",
+        "cell C { h' = tanh(x)",
+        "cell C { input x[I]",
+    ],
+    "a cell needs a name and a body: `cell Name { ... }`": [
+        "cell { }",
+        "cell C dims H }",
+    ],
+    "a size is a dim, a whole number, or a sum of them, like `H`, `4 * H`, `I + H`": [
+        "cell C { input x[1.5] }",
+        "cell C { input x[H * 2] }",
+        "cell C { param W[H,] }",
+    ],
+    "an initialiser follows `~`: a number, or a name like `glorot` or `uniform(-0.1, 0.1)`": [
+        "cell C { param W[H] ~ }",
+        "cell C { param W[H] ~ [1] }",
+        "cell C { param W[H] ~ f(x) }",
+    ],
+    "`use` takes a quoted path: `use \"other.rnn\"`": [
+        "use other.rnn",
+        "use other",
+    ],
+}
+
+HINTS = {
+    "expected '=' after the name: an equation reads `name = expr` or `state' = expr`":
+        "is an operator missing between two operands on the line before?",
+    "missing '}' at the end of the cell": "every `cell Name {` needs a closing `}`",
+}
+
+
+def _describe_expected(expected: set[str]) -> str:
+    pretty = {
+        "NAME": "a name", "NUMBER": "a number", "SIGNED_NUMBER": "a number", "INT": "an integer",
+        "STRING": "a quoted path", "PRIME": "'", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['",
+        "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "EQUAL": "'='",
+        "COLON": "':'", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'",
+        "TILDE": "'~'", "$END": "the end of the file",
+    }
+    words = sorted({pretty.get(e, e.lower() if e.isupper() else repr(e)) for e in expected})
+    if len(words) > 6:
+        return ", ".join(words[:6]) + ", ..."
+    return ", ".join(words)
+
+
+def _token_text(token: Token) -> str:
+    if token.type == "$END":
+        return "the end of the file"
+    return repr(str(token))
+
+
+def _syntax_error(text: str, source: Source, exc: lark.exceptions.LarkError) -> SpecSyntaxError:
+    label = None
+    if isinstance(exc, (lark.exceptions.UnexpectedToken, lark.exceptions.UnexpectedEOF)):
+        try:
+            label = exc.match_examples(_parser().parse, SYNTAX_EXAMPLES, use_accepts=True)
+        except Exception:  # matching is best effort; the generic message still stands
+            label = None
+    lines = text.splitlines() or [""]
+    if isinstance(exc, lark.exceptions.UnexpectedCharacters):
+        span = Span.point(exc.line, exc.column)
+        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
+        message = f"unexpected character {char!r}"
+        hint = ("names are letters, digits and _, starting with a letter; "
+                "comments start with #")
+        if char == "'":
+            hint = "a prime follows a state name directly, like h'"
+        return SpecSyntaxError(Diagnostic(message, source, span, hint))
+    token = getattr(exc, "token", None)
+    if token is None or token.type == "$END" or getattr(token, "line", None) in (None, -1):
+        span = Span.point(len(lines), len(lines[-1]) + 1)
+        found = "the end of the file"
+    else:
+        span = _span_of(token)
+        found = _token_text(token)
+    expected = getattr(exc, "expected", None) or getattr(exc, "accepts", None) or set()
+    generic = f"unexpected {found}"
+    if expected:
+        generic += f"; expected {_describe_expected(set(expected))}"
+    if label:
+        message = f"{label} (found {found})"
+        hint = HINTS.get(label)
+    else:
+        message = generic
+        hint = None
+    return SpecSyntaxError(Diagnostic(message, source, span, hint))
+
+
+def parse(text: str, path: str = "<spec>") -> ast.Module:
+    """Parse the text of a .rnn file into an `ast.Module`, or raise `SpecSyntaxError`."""
+    source = Source(path, text)
+    try:
+        tree = _parser().parse(text)
+    except lark.exceptions.UnexpectedInput as exc:
+        raise _syntax_error(text, source, exc) from None
+    except lark.exceptions.VisitError as exc:  # pragma: no cover - the transformer is total
+        raise AssertionError(f"AST builder failed on {path}: {exc.orig_exc!r}") from exc
+    return _ToAst().transform(tree)

@@ -1,0 +1,344 @@
+"""Cells as Python objects: the API contract every backend keeps (DESIGN.md).
+
+    Cell = rnndsl.load("specs/lstm.rnn", target="interp")
+    cell = Cell(I=65, H=128, dtype=np.float32, seed=0)
+    run = cell.forward(x, state={"h": h0})            # run.outputs, run.state
+    g = cell.backward(run, d_outputs={"h": dY})      # g.params, g.inputs, g.state
+
+`Cell` binds dims, owns the params and checks every array that crosses the API (type,
+dtype, shape, finiteness) with a message naming what was expected. `InterpCell` runs the
+reference interpreter over the unrolled graph; compiled backends subclass `Cell` too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import ast
+from .check import CheckedCell, Decl
+from .errors import BindError
+from .grad import UnrolledGrads, grad_unrolled
+from .interp import Context, evaluate
+from .ir import StepGraph, Unrolled, lower, unroll
+
+DTYPES = (np.float32, np.float64)
+
+
+@dataclass
+class Run:
+    """What `forward` returns: outputs (T, B, size), final states (B, size), and a tape."""
+
+    outputs: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]
+    T: int
+    B: int
+    _tape: Any = field(default=None, repr=False)
+
+
+@dataclass
+class Grads:
+    """What `backward` returns: gradients for params, inputs (T, B, size), initial states."""
+
+    params: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]
+
+
+def _init_param(decl: Decl, shape: tuple[int, ...], rng: np.random.Generator, dtype):
+    init = decl.init
+    if init is None:
+        init = ast.NamedInit("glorot" if len(shape) == 2 else "zeros")
+    if isinstance(init, ast.ConstInit):
+        return np.full(shape, init.value, dtype=dtype)
+    name, args = init.name, init.args
+    if name == "zeros":
+        return np.zeros(shape, dtype=dtype)
+    if name == "ones":
+        return np.ones(shape, dtype=dtype)
+    if name == "constant":
+        return np.full(shape, args[0], dtype=dtype)
+    if name == "uniform":
+        return rng.uniform(args[0], args[1], size=shape).astype(dtype)
+    if name == "normal":
+        return rng.normal(args[0], args[1], size=shape).astype(dtype)
+    if name == "glorot":  # Glorot & Bengio 2010, uniform: fan_in = columns, fan_out = rows
+        limit = np.sqrt(6.0 / (shape[0] + shape[1]))
+        return rng.uniform(-limit, limit, size=shape).astype(dtype)
+    if name == "orthogonal":  # Saxe et al. 2014: Q of a Gaussian, signs fixed by R
+        rows, cols = shape
+        a = rng.normal(size=(max(rows, cols), min(rows, cols)))
+        q, r = np.linalg.qr(a)
+        q = q * np.sign(np.diag(r))
+        return (q if rows >= cols else q.T).astype(dtype)
+    raise AssertionError(f"initialiser {name} passed the checker but has no implementation")
+
+
+class Cell:
+    """A cell type bound to one spec; instantiate it with dims to get params."""
+
+    spec: CheckedCell
+    step: StepGraph
+    target = "abstract"
+
+    def __init__(self, dtype=np.float32, seed: int | None = 0, **dims: int):
+        spec = self.spec
+        self.dtype = self._check_dtype(dtype)
+        self.dims = self._check_dims(dims)
+        for c in spec.constraints:
+            value = c.size.evaluate(self.dims)
+            if value < c.minimum:
+                bound = ", ".join(f"{k}={v}" for k, v in self.dims.items())
+                raise BindError(f"with {bound}: {c.message} "
+                                f"({spec.source.path}:{c.span.line}:{c.span.column})")
+        self.seed = seed
+        rng = np.random.default_rng(seed)
+        self.params: dict[str, np.ndarray] = {
+            d.name: _init_param(d, self._size(d), rng, self.dtype) for d in spec.params}
+
+    # ------------------------------------------------------------------ binding
+    @classmethod
+    def _check_dtype(cls, dtype) -> np.dtype:
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise BindError(f"dtype {dtype!r} is not a NumPy dtype; use np.float32 or "
+                            "np.float64") from None
+        if dt not in [np.dtype(d) for d in DTYPES]:
+            raise BindError(f"dtype {dt} is not supported; use np.float32 or np.float64")
+        return dt
+
+    @classmethod
+    def _check_dims(cls, dims: Mapping[str, Any]) -> dict[str, int]:
+        spec = cls.spec
+        missing = [d for d in spec.dims if d not in dims]
+        unknown = [d for d in dims if d not in spec.dims]
+        if unknown:
+            raise BindError(f"{spec.name} has no dim {', '.join(unknown)}; its dims are "
+                            f"{', '.join(spec.dims)}")
+        if missing:
+            raise BindError(f"{spec.name} needs dims {', '.join(spec.dims)}; missing: "
+                            f"{', '.join(missing)} (pass them as {spec.name}("
+                            + ", ".join(f"{d}=..." for d in spec.dims) + "))")
+        bound = {}
+        for name in spec.dims:
+            value = dims[name]
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+                    or value < 1:
+                raise BindError(f"dim {name} must be a positive integer, got {value!r}")
+            bound[name] = int(value)
+        return bound
+
+    def _size(self, decl: Decl) -> tuple[int, ...]:
+        return tuple(d.evaluate(self.dims) for d in decl.type.shape)
+
+    def __repr__(self) -> str:
+        dims = ", ".join(f"{k}={v}" for k, v in self.dims.items())
+        return f"<{self.spec.name}({dims}) {self.target} {self.dtype.name}>"
+
+    # ------------------------------------------------------------------ checking arrays
+    def _array(self, what: str, value, shape: tuple[int, ...], layout: str) -> np.ndarray:
+        if not isinstance(value, np.ndarray):
+            raise BindError(f"{what} must be a NumPy array of shape {layout}, got "
+                            f"{type(value).__name__}")
+        if value.dtype != self.dtype:
+            raise BindError(f"{what} is {value.dtype} but the cell is {self.dtype.name}; "
+                            f"convert it with .astype(np.{self.dtype.name})")
+        if value.shape != shape:
+            raise BindError(f"{what} has shape {value.shape}; expected {shape} = {layout}")
+        if not np.isfinite(value).all():
+            where = tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])
+            raise BindError(f"{what} has a non-finite value ({value[where]}) at index {where}")
+        return value
+
+    def _named(self, what: str, given, decls: tuple[Decl, ...]) -> dict[str, Any]:
+        if given is None:
+            return {}
+        if not isinstance(given, Mapping):
+            raise BindError(f"{what} must be a dict keyed by name ("
+                            + ", ".join(d.name for d in decls) + f"), got "
+                            f"{type(given).__name__}")
+        names = [d.name for d in decls]
+        for key in given:
+            if key not in names:
+                raise BindError(f"{self.spec.name} has no {what} '{key}'; "
+                                f"its {what}s are: {', '.join(names) or 'none'}")
+        return dict(given)
+
+    def _inputs(self, x) -> tuple[dict[str, np.ndarray], int, int]:
+        decls = self.spec.inputs
+        if len(decls) == 1 and not isinstance(x, Mapping):
+            x = {decls[0].name: x}
+        elif not isinstance(x, Mapping):
+            raise BindError(f"{self.spec.name} has {len(decls)} inputs ("
+                            + ", ".join(d.name for d in decls) + "); pass them as a dict")
+        given = self._named("input", x, decls)
+        missing = [d.name for d in decls if d.name not in given]
+        if missing:
+            raise BindError(f"missing input {', '.join(missing)}")
+        T = B = None
+        arrays = {}
+        for d in decls:
+            value = given[d.name]
+            size = self._size(d)
+            if isinstance(value, np.ndarray) and value.ndim == 3 and T is None:
+                T, B = value.shape[:2]
+                if T < 1 or B < 1:
+                    raise BindError(f"input {d.name} has shape {value.shape}: a sequence "
+                                    "needs T >= 1 steps and B >= 1 rows")
+            arrays[d.name] = self._array(f"input {d.name}", value,
+                                         (T if T else -1, B if B else -1) + size,
+                                         f"(T, B, {size[0]})")
+        if not decls:
+            raise BindError(f"{self.spec.name} has no inputs")
+        return arrays, T, B
+
+    def _initial_state(self, state, B: int) -> tuple[dict[str, np.ndarray], set[str]]:
+        given = self._named("state", state, self.spec.states)
+        values, from_params = {}, set()
+        for d in self.spec.states:
+            size = self._size(d)
+            if d.name in given:
+                values[d.name] = self._array(f"state {d.name}", given[d.name], (B,) + size,
+                                             f"(B, {size[0]})")
+            elif isinstance(d.init, ast.ParamRefInit):
+                values[d.name] = np.broadcast_to(self.params[d.init.name], (B,) + size).copy()
+                from_params.add(d.name)
+            else:
+                value = d.init.value if isinstance(d.init, ast.ConstInit) else 0.0
+                values[d.name] = np.full((B,) + size, value, dtype=self.dtype)
+        return values, from_params
+
+    def _check_params(self) -> None:
+        for d in self.spec.params:
+            self._array(f"param {d.name}", self.params.get(d.name), self._size(d),
+                        str(list(self._size(d))))
+
+    def _cotangents(self, what: str, given, names_sizes, shape_of) -> dict[str, np.ndarray]:
+        if given is None:
+            return {}
+        if not isinstance(given, Mapping):
+            raise BindError(f"{what} must be a dict keyed by name, got {type(given).__name__}")
+        out = {}
+        for key, value in given.items():
+            if key not in names_sizes:
+                raise BindError(f"{self.spec.name} has no {what[2:]} '{key}'; "
+                                f"its {what[2:]}s are: {', '.join(names_sizes)}")
+            shape, layout = shape_of(names_sizes[key])
+            out[key] = self._array(f"{what}['{key}']", value, shape, layout)
+        return out
+
+    # ------------------------------------------------------------------ the contract
+    def forward(self, x, state=None) -> Run:
+        raise NotImplementedError
+
+    def backward(self, run: Run, d_outputs=None, d_state=None) -> Grads:
+        raise NotImplementedError
+
+
+@dataclass
+class _Tape:
+    unrolled: Unrolled
+    values: dict[int, np.ndarray]
+    ctx: Context
+    from_params: set[str]
+    owner: int
+
+
+class InterpCell(Cell):
+    """The reference: NumPy over the unrolled graph; BPTT by reverse mode over it."""
+
+    target = "interp"
+    _unrolled: dict[int, Unrolled]
+    _grads: dict[int, UnrolledGrads]
+
+    @classmethod
+    def unrolled(cls, T: int) -> Unrolled:
+        if T not in cls._unrolled:
+            cls._unrolled[T] = unroll(cls.step, T)
+        return cls._unrolled[T]
+
+    @classmethod
+    def unrolled_grads(cls, T: int) -> UnrolledGrads:
+        if T not in cls._grads:
+            cls._grads[T] = grad_unrolled(cls.unrolled(T))
+        return cls._grads[T]
+
+    def forward(self, x, state=None) -> Run:
+        inputs, T, B = self._inputs(x)
+        state0, from_params = self._initial_state(state, B)
+        self._check_params()
+        u = self.unrolled(T)
+        feeds = {u.params[n]: a for n, a in self.params.items()}
+        feeds.update({u.initial_state[n]: a for n, a in state0.items()})
+        for name, seq in u.inputs.items():
+            feeds.update({nid: inputs[name][t] for t, nid in enumerate(seq)})
+        ctx = Context(self.dims, B, self.dtype)
+        values = evaluate(u.graph, u.roots(), feeds, ctx)
+        outputs = {}
+        for name, seq in u.outputs.items():
+            stacked = np.stack([values[nid] for nid in seq])
+            outputs[name] = stacked[..., 0] if self._scalar_output(name) else stacked
+        final = {name: values[nid].copy() for name, nid in u.final_state.items()}
+        return Run(outputs, final, T, B, _Tape(u, values, ctx, from_params, id(self)))
+
+    def _scalar_output(self, name: str) -> bool:
+        return next(o for o in self.spec.outputs if o.name == name).type.rank == 0
+
+    def backward(self, run: Run, d_outputs=None, d_state=None) -> Grads:
+        tape = run._tape if isinstance(run, Run) else None
+        if not isinstance(tape, _Tape) or tape.owner != id(self):
+            raise BindError("backward needs the Run that this cell's forward returned")
+        T, B = run.T, run.B
+        sizes_out = {o.name: tuple(d.evaluate(self.dims) for d in o.type.shape)
+                     for o in self.spec.outputs}
+        sizes_state = {d.name: self._size(d) for d in self.spec.states}
+        d_out = self._cotangents("d_outputs", d_outputs, sizes_out,
+                                 lambda s: ((T, B) + s, f"(T, B{''.join(f', {n}' for n in s)})"))
+        d_st = self._cotangents("d_state", d_state, sizes_state,
+                                lambda s: ((B,) + s, f"(B, {s[0]})"))
+        u = tape.unrolled
+        grads = self.unrolled_grads(T)
+        feeds = {}
+        for name, seeds in grads.output_seeds.items():
+            given = d_out.get(name)
+            for t, seed in enumerate(seeds):
+                if given is None:
+                    feeds[seed] = np.zeros(u.graph[seed].type.array_shape(self.dims, B),
+                                           dtype=self.dtype)
+                else:
+                    feeds[seed] = given[t].reshape(B, -1)
+        for name, seed in grads.state_seeds.items():
+            given = d_st.get(name)
+            feeds[seed] = given if given is not None else np.zeros(
+                (B,) + sizes_state[name], dtype=self.dtype)
+        values = evaluate(u.graph, grads.roots(), feeds, tape.ctx, known=dict(tape.values))
+
+        def value(nid, shape):
+            return values[nid].copy() if nid is not None else np.zeros(shape, self.dtype)
+
+        params = {d.name: value(grads.params[d.name], self._size(d)) for d in self.spec.params}
+        inputs = {d.name: np.stack([value(n, (B,) + self._size(d))
+                                    for n in grads.inputs[d.name]])
+                  for d in self.spec.inputs}
+        state = {d.name: value(grads.initial_state[d.name], (B,) + self._size(d))
+                 for d in self.spec.states}
+        for d in self.spec.states:  # a learned initial state collects its batch's gradient
+            if d.name in tape.from_params:
+                params[d.init.name] += state[d.name].sum(axis=0)
+        return Grads(params, inputs, state)
+
+
+TARGETS = {"interp": InterpCell}
+
+
+def make_cell_class(spec: CheckedCell, target: str = "interp", digest: str = "") -> type:
+    """A `Cell` subclass named after the spec's cell, bound to its graph."""
+    base = TARGETS[target]
+    step = lower(spec)
+    namespace = {"spec": spec, "step": step, "digest": digest, "__doc__": (
+        f"The cell {spec.name} from {spec.source.path} ({target}). Dims: "
+        f"{', '.join(spec.dims)}."), "_unrolled": {}, "_grads": {}}
+    return type(spec.name, (base,), namespace)

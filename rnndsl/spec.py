@@ -1,0 +1,118 @@
+"""Reading spec files: text -> parse -> check, following `use "other.rnn"`.
+
+Input: a path. Output: a `SpecFile` holding each cell of that file checked, and the cells
+of the files it uses. A `use` is resolved relative to the file that says it; a missing
+file, a cycle of uses, or two cells of one name are errors at the `use` or the cell.
+This is the front half of the pipeline that the runtime and the CLI call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import ast
+from .check import CheckedCell, check
+from .errors import CheckError, Diagnostic, Source, SpecError, SpecFileError
+from .parse import parse
+
+
+@dataclass
+class SpecFile:
+    path: Path
+    source: Source
+    module: ast.Module
+    cells: dict[str, CheckedCell]                       # defined in this file
+    used: dict[str, CheckedCell] = field(default_factory=dict)   # from `use`d files
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def digest(self) -> str:
+        """A hash of this file's text and of every file it uses."""
+        h = hashlib.sha256(self.source.text.encode())
+        for c in self.used.values():
+            h.update(c.source.text.encode())
+        return h.hexdigest()[:16]
+
+    def pick(self, name: str | None = None) -> CheckedCell:
+        """The cell called `name`, or this file's only cell."""
+        everything = {**self.used, **self.cells}
+        if name is not None:
+            if name not in everything:
+                raise SpecFileError(f"{self.source.path}: no cell named '{name}'; it has "
+                                    + ", ".join(everything))
+            return everything[name]
+        if len(self.cells) == 1:
+            return next(iter(self.cells.values()))
+        if not self.cells:
+            raise SpecFileError(f"{self.source.path}: the file defines no cell")
+        raise SpecFileError(f"{self.source.path} defines several cells ("
+                            + ", ".join(self.cells) + "); choose one with cell=NAME "
+                            "(--cell NAME on the command line)")
+
+
+def _read(path: Path, shown: str) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise SpecFileError(f"{shown}: no such file") from None
+    except IsADirectoryError:
+        raise SpecFileError(f"{shown}: is a directory, not a .rnn file") from None
+    except UnicodeDecodeError as exc:
+        raise SpecFileError(f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start})") \
+            from None
+    except OSError as exc:
+        raise SpecFileError(f"{shown}: cannot read ({exc.strerror})") from None
+
+
+def read_spec(path: str | Path, text: str | None = None, _stack: tuple = ()) -> SpecFile:
+    """Read, parse and check a spec file and the files it uses."""
+    shown = str(path)
+    path = Path(path)
+    if text is None:
+        text = _read(path, shown)
+    source = Source(shown, text)
+    module = parse(text, shown)
+    errors: list[Diagnostic] = []
+    used: dict[str, CheckedCell] = {}
+    here = path.resolve()
+    for use in module.uses:
+        target = (path.parent / use.path)
+        if target.resolve() in _stack + (here,):
+            errors.append(Diagnostic(f"'{use.path}' is already being read: a cycle of uses",
+                                     source, use.span))
+            continue
+        if not target.is_file():
+            errors.append(Diagnostic(f"cannot use '{use.path}': no such file "
+                                     f"(looked for {target})", source, use.span,
+                                     "paths in use are relative to this file"))
+            continue
+        try:
+            other = read_spec(target, None, _stack + (here,))
+        except SpecError as exc:
+            errors.extend(exc.diagnostics)
+            continue
+        for name, c in {**other.used, **other.cells}.items():
+            if name in used and used[name].source.path != c.source.path:
+                errors.append(Diagnostic(f"two used files define a cell '{name}'",
+                                         source, use.span))
+            used[name] = c
+    cells: dict[str, CheckedCell] = {}
+    warnings: list[Diagnostic] = []
+    for cell in module.cells:
+        if cell.name in cells or cell.name in used:
+            where = "this file" if cell.name in cells else f"{used[cell.name].source.path}"
+            errors.append(Diagnostic(f"cell '{cell.name}' is already defined in {where}",
+                                     source, cell.name_span))
+            continue
+        try:
+            checked = check(cell, source)
+        except SpecError as exc:
+            errors.extend(exc.diagnostics)
+            continue
+        cells[cell.name] = checked
+        warnings.extend(checked.warnings)
+    if errors:
+        raise CheckError(errors)
+    return SpecFile(path, source, module, cells, used, warnings)
