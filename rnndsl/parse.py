@@ -237,6 +237,24 @@ SYNTAX_EXAMPLES: dict[str, list[str]] = {
     ],
 }
 
+
+
+def _in_every_position(examples: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Each example also after a first statement.
+
+    lark compares parser states with their stack depth, and the first statement of a
+    cell sits one level shallower than every later one, so each example is given twice.
+    """
+    out = {}
+    for label, texts in examples.items():
+        more = [t.replace("cell C { ", "cell C { dims Z ", 1) for t in texts
+                if t.startswith("cell C { ")]
+        out[label] = texts + more
+    return out
+
+
+SYNTAX_EXAMPLES = _in_every_position(SYNTAX_EXAMPLES)
+
 HINTS = {
     "expected '=' after the name: an equation reads `name = expr` or `state' = expr`":
         "is an operator missing between two operands on the line before?",

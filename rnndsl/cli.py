@@ -1,0 +1,305 @@
+"""The command line: `rnndsl check | graph | gradcheck`.
+
+Every user error (a bad spec, a missing file, bad arguments) prints one clear message
+and exits with status 2; never a traceback (`--debug` shows one). Exit status 1 means the
+command ran and found a failure (gradcheck above tolerance); 0 means all is well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from . import __version__
+from .errors import RnnError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
+STAGES = ("ast", "check", "ir", "unroll", "grad")
+
+
+class UsageError(RnnError):
+    """Bad arguments that argparse could not catch."""
+
+
+def _parse_dims(text: str | None) -> dict[str, int]:
+    if not text:
+        return {}
+    dims = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip().lstrip("-").isdigit():
+            raise UsageError(f"--dims takes NAME=SIZE pairs separated by commas, like "
+                             f"H=8,I=4; got {part!r}")
+        dims[name.strip()] = int(value)
+    return dims
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write next to the target, then rename: a failure leaves the old file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------- check
+def _summary(spec) -> str:
+    def decls(items):
+        return ", ".join(f"{d.name}{d.type}" for d in items) or "none"
+    outs = ", ".join(o.name for o in spec.outputs) or "none (final state only)"
+    return (f"cell {spec.name}({', '.join(spec.dims)}): inputs {decls(spec.inputs)}; "
+            f"states {decls(spec.states)}; {len(spec.params)} params; outputs {outs}")
+
+
+def cmd_check(args) -> int:
+    from .grad import grad_step
+    from .ir import lower
+    from .printer import unparse
+    from .spec import read_spec
+    status = EXIT_OK
+    for path in args.files:
+        try:
+            spec_file = read_spec(path)
+        except RnnError as exc:
+            print(exc.render() if hasattr(exc, "render") else f"error: {exc}", file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        for w in spec_file.warnings:
+            if not args.quiet:
+                print(w.render(), file=sys.stderr)
+        cells = list(spec_file.cells.values())
+        if args.cell:
+            cells = [spec_file.pick(args.cell)]
+        if args.dump_after == "ast":
+            print(unparse(spec_file.module), end="")
+        for spec in cells:
+            if not args.quiet:
+                print(f"{path}: ok: {_summary(spec)}")
+            if args.dump_after == "check":
+                for d in spec.definitions:
+                    print(f"  {d.kind:<6} {d.name}{chr(39) if d.kind == 'next' else ''} : "
+                          f"{'B x ' if d.type.batched else ''}{d.type}")
+            elif args.dump_after in ("ir", "grad", "unroll"):
+                step = lower(spec)
+                if args.dump_after == "ir":
+                    print(step.dump())
+                elif args.dump_after == "grad":
+                    grads = grad_step(step)
+                    print(_step_grad_dump(step, grads))
+                else:
+                    from .ir import unroll
+                    print(unroll(step, args.unroll).dump())
+    return status
+
+
+def _step_grad_dump(step, grads) -> str:
+    titles: dict[int, list[str]] = {}
+    for kind, table in (("d_param", grads.params), ("d_input", grads.inputs),
+                        ("d_state", grads.states)):
+        for name, nid in table.items():
+            if nid is not None:
+                titles.setdefault(nid, []).append(f"{kind} {name}")
+    head = f"# cell {step.cell.name}: the adjoint of one step\n"
+    return head + step.graph.dump(grads.roots(), titles)
+
+
+# ---------------------------------------------------------------------------- graph
+def cmd_graph(args) -> int:
+    from .dot import to_dot
+    from .grad import grad_step, grad_unrolled
+    from .ir import lower, unroll
+    from .spec import read_spec
+    spec = read_spec(args.file).pick(args.cell)
+    step = lower(spec)
+    results: dict[int, list[str]] = {}
+    if args.unroll:
+        if args.unroll < 1:
+            raise UsageError("--unroll takes a number of steps T >= 1")
+        u = unroll(step, args.unroll)
+        G, roots = u.graph, u.roots()
+        title = f"{spec.name} unrolled over T={args.unroll}"
+        for name, seq in u.outputs.items():
+            for t, nid in enumerate(seq):
+                results.setdefault(nid, []).append(f"output {name}[t={t}]")
+        for name, nid in u.final_state.items():
+            results.setdefault(nid, []).append(f"final {name}")
+        forward_count = len(G)
+        if args.grad:
+            grads = grad_unrolled(u)
+            roots = roots + grads.roots()
+            for name, nid in grads.params.items():
+                if nid is not None:
+                    results.setdefault(nid, []).append(f"d_{name}")
+            title += ", with BPTT"
+    else:
+        G, roots = step.graph, step.roots()
+        title = f"{spec.name}: one step"
+        for name, nid in step.next_state.items():
+            results.setdefault(nid, []).append(f"{name}'")
+        for name, nid in step.outputs.items():
+            results.setdefault(nid, []).append(f"output {name}")
+        forward_count = len(G)
+        if args.grad:
+            grads = grad_step(step)
+            roots = roots + grads.roots()
+            for kind, table in (("d_", grads.params), ("d_", grads.inputs),
+                                ("d_prev_", grads.states)):
+                for name, nid in table.items():
+                    if nid is not None:
+                        results.setdefault(nid, []).append(f"{kind}{name}")
+            title += ", and its adjoint"
+    text = to_dot(G, roots, title, results, forward_count if args.grad else None)
+    if args.output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    out = Path(args.output)
+    if out.suffix == ".svg":
+        dot = shutil.which("dot")
+        if dot is None:
+            raise UsageError("writing SVG needs Graphviz's `dot`, which is not installed; "
+                             "install it (apt-get install graphviz) or write a .dot file")
+        done = subprocess.run([dot, "-Tsvg"], input=text.encode(), capture_output=True)
+        if done.returncode != 0:
+            raise UsageError(f"dot failed: {done.stderr.decode(errors='replace').strip()}")
+        write_atomically(out, done.stdout)
+    elif out.suffix in (".dot", ".gv"):
+        write_atomically(out, text.encode())
+    else:
+        raise UsageError(f"cannot tell the format of {out}: use a .dot, .gv or .svg name")
+    print(f"wrote {out} ({len(G.needed(roots))} nodes)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- gradcheck
+def cmd_gradcheck(args) -> int:
+    from . import load
+    from .gradcheck import default_dims, gradcheck
+    status = EXIT_OK
+    for path in args.files:
+        Cell = load(path, target="interp", cell=args.cell)
+        dims = dict(default_dims(Cell.spec), **_parse_dims(args.dims))
+        shown = ", ".join(f"{k}={v}" for k, v in dims.items())
+        print(f"{path}: cell {Cell.spec.name}({shown}), T={args.T}, B={args.B}, float64, "
+              f"cotangents on {args.inject}")
+        rows = gradcheck(Cell, dims=dims, T=args.T, B=args.B, seed=args.seed,
+                         inject=args.inject)
+        width = max(len(r.what) for r in rows)
+        for r in rows:
+            mark = "ok" if r.error < args.tol else "FAIL"
+            print(f"  {r.what:<{width}}  analytic {r.analytic:+.10e}  numeric "
+                  f"{r.numeric:+.10e}  rel.err {r.error:.1e}  {mark}")
+        bad = [r for r in rows if r.error >= args.tol]
+        worst = max(r.error for r in rows)
+        if bad:
+            print(f"  FAILED: {len(bad)} of {len(rows)} gradients above {args.tol:g} "
+                  f"(worst {worst:.1e})")
+            status = EXIT_FAILED
+        else:
+            print(f"  passed: {len(rows)} gradients, worst relative error {worst:.1e}")
+    return status
+
+
+# ---------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rnndsl",
+        description="Write recurrent cells as equations in .rnn files; check them, draw "
+                    "their graphs, and check their BPTT gradients.",
+        epilog="examples:\n"
+               "  rnndsl check specs/*.rnn                 check specs, show warnings\n"
+               "  rnndsl check specs/lstm.rnn --dump-after ir\n"
+               "  rnndsl graph specs/gru.rnn -o gru.svg    one step as a picture\n"
+               "  rnndsl graph specs/elman.rnn --unroll 3 --grad -o bptt.dot\n"
+               "  rnndsl gradcheck specs/lstm.rnn -T 5     gradients vs finite differences\n"
+               "\nexit status: 0 ok, 1 a check failed, 2 bad input (spec or arguments)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"rnndsl {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show Python tracebacks (for reporting bugs)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("check", help="parse and check spec files",
+                       description="Parse and check .rnn files: names, shapes, updates, "
+                                   "cycles. Errors show file:line:col and a caret.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--cell", help="check only this cell of a file with several")
+    p.add_argument("--dump-after", choices=STAGES, metavar="STAGE",
+                   help="print the text form after a stage: ast (the spec as the printer "
+                        "writes it), check (typed equations in evaluation order), ir (the "
+                        "step graph), unroll (the unrolled graph, see --unroll), grad (the "
+                        "adjoint of one step)")
+    p.add_argument("--unroll", type=int, default=2, metavar="T",
+                   help="steps for --dump-after unroll (default 2)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    p.set_defaults(run=cmd_check)
+
+    p = sub.add_parser("graph", help="write a cell's computation graph as Graphviz DOT/SVG",
+                       description="Write the IR graph of one step (or of T unrolled steps) "
+                                   "as Graphviz DOT, or SVG when Graphviz's dot is installed.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--cell", help="the cell to draw, in a file with several")
+    p.add_argument("--unroll", type=int, metavar="T", help="draw T unrolled steps")
+    p.add_argument("--grad", action="store_true",
+                   help="add the adjoint: of one step, or BPTT over the unrolled steps")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="out.dot or out.svg (default: DOT on standard output)")
+    p.set_defaults(run=cmd_graph)
+
+    p = sub.add_parser("gradcheck", help="check BPTT gradients against finite differences",
+                       description="Run the reference interpreter in float64 and compare "
+                                   "every gradient (params, inputs, initial states) with "
+                                   "central finite differences along a random direction.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--cell", help="the cell to check, in a file with several")
+    p.add_argument("-T", type=int, default=3, help="sequence length (default 3)")
+    p.add_argument("-B", type=int, default=2, help="batch size (default 2)")
+    p.add_argument("--dims", metavar="H=8,I=4",
+                   help="dim sizes (default: distinct small sizes 3, 4, 5, ...)")
+    p.add_argument("--inject", choices=("outputs", "state", "both"), default="both",
+                   help="where the random loss puts its cotangents (default both)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tol", type=float, default=1e-6,
+                   help="largest relative error that passes (default 1e-6)")
+    p.set_defaults(run=cmd_gradcheck)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.run(args)
+    except RnnError as exc:
+        print(exc.render() if hasattr(exc, "render") else f"error: {exc}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so plainly, keep the traceback behind --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"internal error: {type(exc).__name__}: {exc}\nthis is a bug in rnndsl "
+              f"{__version__}; rerun with --debug for the traceback and report it",
+              file=sys.stderr)
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

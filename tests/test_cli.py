@@ -1,0 +1,159 @@
+"""The command line end to end, in a subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = sorted((REPO / "specs").glob("*.rnn"))
+
+
+def rnndsl(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "rnndsl", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_check_every_spec_succeeds():
+    done = rnndsl("check", *SPECS)
+    assert done.returncode == 0, done.stderr
+    for spec in SPECS:
+        assert f"{spec}: ok: cell " in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_check_broken_spec_shows_place_caret_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.rnn"
+    bad.write_text("cell C {\n  dims H\n  state h[H]\n  h' = tanh(h) + q\n}\n")
+    done = rnndsl("check", bad)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    head = next(i for i, line in enumerate(lines) if "unknown name 'q'" in line)
+    assert lines[head].startswith(f"{bad}:4:18: error: unknown name 'q'")
+    assert lines[head + 1].endswith("h' = tanh(h) + q")
+    caret_line = lines[head + 2]
+    source_line = lines[head + 1]
+    assert caret_line.index("^") == source_line.index("q")
+    assert "Traceback" not in done.stderr
+
+
+def test_check_syntax_error_exits_2_with_label(tmp_path):
+    bad = tmp_path / "syntax.rnn"
+    bad.write_text("cell C {\n  dims H\n  h' = tanh(h\n}\n")
+    done = rnndsl("check", bad)
+    assert done.returncode == 2
+    assert f"{bad}:4:1: error: unclosed parenthesis" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_check_mixed_good_and_bad_reports_both(tmp_path):
+    bad = tmp_path / "bad.rnn"
+    bad.write_text("cell C { dims H }")
+    done = rnndsl("check", REPO / "specs" / "lstm.rnn", bad)
+    assert done.returncode == 2
+    assert "lstm.rnn: ok" in done.stdout
+    assert "has no states and no outputs" in done.stderr
+
+
+def test_missing_file_is_a_clear_error():
+    done = rnndsl("check", "no/such/file.rnn")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: no/such/file.rnn: no such file"
+
+
+def test_warnings_go_to_stderr_and_do_not_fail(tmp_path):
+    spec = tmp_path / "w.rnn"
+    spec.write_text("cell C {\n  dims H, K\n  input x[H]\n  state h[H]\n  param unused[H]\n"
+                    "  h' = tanh(h + x)\n  output h'\n}\n")
+    done = rnndsl("check", spec)
+    assert done.returncode == 0
+    assert "warning: param 'unused' is never used" in done.stderr
+    assert "warning: dim 'K' is never used" in done.stderr
+    quiet = rnndsl("check", "-q", spec)
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+
+
+@pytest.mark.parametrize("stage,expect", [
+    ("ast", "cell LSTM {"),
+    ("check", "next   c' : B x [H]"),
+    ("ir", "= matvec(%"),
+    ("unroll", "unrolled over T=2"),
+    ("grad", "# d_param W_i"),
+])
+def test_dump_after_each_stage(stage, expect):
+    done = rnndsl("check", REPO / "specs" / "lstm.rnn", "--dump-after", stage)
+    assert done.returncode == 0, done.stderr
+    assert expect in done.stdout.replace("   # d_param", "# d_param") or expect in done.stdout
+
+
+def test_graph_writes_dot(tmp_path):
+    out = tmp_path / "gru.dot"
+    done = rnndsl("graph", REPO / "specs" / "gru.rnn", "--grad", "-o", out)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert text.startswith('digraph "GRU: one step, and its adjoint"')
+    assert "d_W_r" in text and "h'" in text
+    unrolled = rnndsl("graph", REPO / "specs" / "elman.rnn", "--unroll", "3", "--grad")
+    assert unrolled.returncode == 0
+    assert "output y[t=2]" in unrolled.stdout and "d_W_hh" in unrolled.stdout
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
+def test_graph_writes_svg(tmp_path):
+    out = tmp_path / "lstm.svg"
+    done = rnndsl("graph", REPO / "specs" / "lstm.rnn", "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert "<svg" in out.read_text()
+
+
+def test_graph_svg_without_graphviz_is_a_clear_error(tmp_path, monkeypatch):
+    out = tmp_path / "x.svg"
+    done = subprocess.run([sys.executable, "-m", "rnndsl", "graph",
+                           str(REPO / "specs" / "lstm.rnn"), "-o", str(out)],
+                          cwd=REPO, capture_output=True, text=True,
+                          env={"PATH": str(tmp_path), "PYTHONPATH": str(REPO)})
+    assert done.returncode == 2
+    assert "needs Graphviz's `dot`" in done.stderr
+    assert not out.exists()
+
+
+def test_graph_unknown_suffix(tmp_path):
+    done = rnndsl("graph", REPO / "specs" / "lstm.rnn", "-o", tmp_path / "x.png")
+    assert done.returncode == 2 and "use a .dot, .gv or .svg name" in done.stderr
+
+
+def test_gradcheck_passes_on_lstm():
+    done = rnndsl("gradcheck", REPO / "specs" / "lstm.rnn", "-T", "2", "--dims", "I=3,H=4")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "passed: 15 gradients" in done.stdout
+    assert "cell LSTM(I=3, H=4), T=2" in done.stdout
+
+
+def test_gradcheck_bad_dims_argument():
+    done = rnndsl("gradcheck", REPO / "specs" / "lstm.rnn", "--dims", "H:4")
+    assert done.returncode == 2
+    assert "--dims takes NAME=SIZE pairs" in done.stderr
+
+
+def test_gradcheck_unknown_dim_is_a_bind_error():
+    done = rnndsl("gradcheck", REPO / "specs" / "lstm.rnn", "--dims", "Q=4")
+    assert done.returncode == 2
+    assert "LSTM has no dim Q" in done.stderr
+
+
+def test_help_teaches_and_no_command_exits_2():
+    done = rnndsl("--help")
+    assert done.returncode == 0
+    for word in ("check", "graph", "gradcheck", "examples:", "exit status"):
+        assert word in done.stdout
+    assert rnndsl().returncode == 2
+
+
+def test_unknown_command_exits_2():
+    done = rnndsl("frobnicate")
+    assert done.returncode == 2
+    assert "invalid choice" in done.stderr
