@@ -23,7 +23,7 @@ __all__ = ["load", "load_text", "RnnError", "SpecError", "SpecSyntaxError", "Che
 # The compiled targets arrive with the CPU and CUDA backends; until then "interp" is the
 # default so that load(path) works.
 DEFAULT_TARGET = "interp"
-PLANNED_TARGETS = ("cpu", "cuda")
+PLANNED_TARGETS = ("cuda",)
 
 
 def load(path: str | Path, target: str = DEFAULT_TARGET, cell: str | None = None) -> type:
@@ -58,4 +58,11 @@ def _check_target(target: str) -> None:
 
 def _cell_class(spec_file, target: str, cell: str | None) -> type:
     from .runtime import make_cell_class
-    return make_cell_class(spec_file.pick(cell), target, spec_file.digest)
+    spec = spec_file.pick(cell)
+    if target == "interp":
+        return make_cell_class(spec, target, spec_file.digest)
+    from .build import cached_module
+    from .spec import read_spec
+    if spec.name not in spec_file.cells:      # a cell from a `use`d file: build that file
+        spec_file = read_spec(spec.source.path)
+    return getattr(cached_module(spec_file, target=target), spec.name)

@@ -342,3 +342,168 @@ def make_cell_class(spec: CheckedCell, target: str = "interp", digest: str = "")
         f"The cell {spec.name} from {spec.source.path} ({target}). Dims: "
         f"{', '.join(spec.dims)}."), "_unrolled": {}, "_grads": {}}
     return type(spec.name, (base,), namespace)
+
+
+# ---------------------------------------------------------------------------- compiled
+def _dim_from(value) -> "object":
+    from .shapes import Dim
+    terms, const = value
+    return Dim(tuple((str(n), int(c)) for n, c in terms), int(const))
+
+
+@dataclass
+class _CompiledTape:
+    arrays: dict[tuple, np.ndarray]       # ("hist", name) / ("tape", nid) -> (T, B, size)
+    inputs: dict[str, np.ndarray]
+    consts: np.ndarray
+    owner: int
+
+
+class CompiledCell(Cell):
+    """A cell whose forward and backward are generated Numba kernels (module `kernels`)."""
+
+    target = "cpu"
+    kernels: Any = None
+    meta: dict = {}
+
+    def _consts(self) -> np.ndarray:
+        values = [v if kind == "value" else _dim_from(v).evaluate(self.dims)
+                  for kind, v in self.meta["consts"]]
+        return np.array(values, dtype=self.dtype)
+
+    def _param(self, name: str) -> np.ndarray:
+        value = np.ascontiguousarray(self.params[name])
+        return value.reshape(1) if value.ndim == 0 else value
+
+    def _out_size(self, name: str) -> tuple[int, ...]:
+        o = next(o for o in self.spec.outputs if o.name == name)
+        return tuple(d.evaluate(self.dims) for d in o.type.shape) or (1,)
+
+    def forward(self, x, state=None) -> Run:
+        inputs, T, B = self._inputs(x)
+        state0, from_params = self._initial_state(state, B)
+        self._check_params()
+        inputs = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
+        consts = self._consts()
+        states = {d.name: d for d in self.spec.states}
+        outputs: dict[str, np.ndarray] = {}
+        finals: dict[str, np.ndarray] = {}
+        tapes: dict[tuple, np.ndarray] = {}
+        tape_sizes = {nid: _dim_from(size) for nid, size in self.meta["tapes"]}
+        args = []
+        for arg in self.meta["forward_args"]:
+            kind = arg[0]
+            if kind == "dim":
+                args.append(self.dims[arg[1]])
+            elif kind == "T":
+                args.append(T)
+            elif kind == "B":
+                args.append(B)
+            elif kind == "consts":
+                args.append(consts)
+            elif kind == "param":
+                args.append(self._param(arg[1]))
+            elif kind == "input":
+                args.append(inputs[arg[1]])
+            elif kind == "state0":
+                args.append(np.ascontiguousarray(state0[arg[1]]))
+            elif kind == "output":
+                outputs[arg[1]] = np.empty((T, B) + self._out_size(arg[1]), self.dtype)
+                args.append(outputs[arg[1]])
+            elif kind == "final":
+                finals[arg[1]] = np.empty((B,) + self._size(states[arg[1]]), self.dtype)
+                args.append(finals[arg[1]])
+            elif kind == "hist":
+                tapes[arg] = np.empty((T, B) + self._size(states[arg[1]]), self.dtype)
+                args.append(tapes[arg])
+            elif kind == "tape":
+                size = tape_sizes[arg[1]].evaluate(self.dims)
+                tapes[arg] = np.empty((T, B, size), self.dtype)
+                args.append(tapes[arg])
+            else:
+                raise AssertionError(f"unknown forward argument {arg}")
+        self.meta["forward"](*args)
+        shown = {name: (y[..., 0] if self._scalar_output(name) else y)
+                 for name, y in outputs.items()}
+        tape = _CompiledTape(tapes, inputs, consts, id(self))
+        run = Run(shown, finals, T, B, tape)
+        run._from_params = from_params
+        return run
+
+    def _scalar_output(self, name: str) -> bool:
+        return next(o for o in self.spec.outputs if o.name == name).type.rank == 0
+
+    def backward(self, run: Run, d_outputs=None, d_state=None) -> Grads:
+        tape = run._tape if isinstance(run, Run) else None
+        if not isinstance(tape, _CompiledTape) or tape.owner != id(self):
+            raise BindError("backward needs the Run that this cell's forward returned")
+        T, B = run.T, run.B
+        sizes_out = {o.name: tuple(d.evaluate(self.dims) for d in o.type.shape)
+                     for o in self.spec.outputs}
+        sizes_state = {d.name: self._size(d) for d in self.spec.states}
+        d_out = self._cotangents("d_outputs", d_outputs, sizes_out,
+                                 lambda s: ((T, B) + s, f"(T, B{''.join(f', {n}' for n in s)})"))
+        d_st = self._cotangents("d_state", d_state, sizes_state,
+                                lambda s: ((B,) + s, f"(B, {s[0]})"))
+        params = {d.name: np.zeros(self._size(d) or (1,), self.dtype) for d in self.spec.params}
+        inputs = {d.name: np.zeros((T, B) + self._size(d), self.dtype) for d in self.spec.inputs}
+        state = {d.name: np.zeros((B,) + self._size(d), self.dtype) for d in self.spec.states}
+        args = []
+        for arg in self.meta["backward_args"]:
+            kind = arg[0]
+            if kind == "dim":
+                args.append(self.dims[arg[1]])
+            elif kind == "T":
+                args.append(T)
+            elif kind == "B":
+                args.append(B)
+            elif kind == "consts":
+                args.append(tape.consts)
+            elif kind == "param":
+                args.append(self._param(arg[1]))
+            elif kind == "input":
+                args.append(tape.inputs[arg[1]])
+            elif kind == "output_grad":
+                size = self._out_size(arg[1])
+                given = d_out.get(arg[1])
+                args.append(np.zeros((T, B) + size, self.dtype) if given is None
+                            else np.ascontiguousarray(given).reshape((T, B) + size))
+            elif kind == "final_grad":
+                given = d_st.get(arg[1])
+                args.append(np.zeros((B,) + sizes_state[arg[1]], self.dtype) if given is None
+                            else np.ascontiguousarray(given))
+            elif kind == "param_grad":
+                args.append(params[arg[1]])
+            elif kind == "input_grad":
+                args.append(inputs[arg[1]])
+            elif kind == "state0_grad":
+                args.append(state[arg[1]])
+            elif kind in ("hist", "tape"):
+                args.append(tape.arrays[arg])
+            else:
+                raise AssertionError(f"unknown backward argument {arg}")
+        self.meta["backward"](*args)
+        params = {d.name: params[d.name].reshape(self._size(d)) for d in self.spec.params}
+        for d in self.spec.states:
+            if d.name in getattr(run, "_from_params", ()):
+                params[d.init.name] += state[d.name].sum(axis=0)
+        return Grads(params, inputs, state)
+
+
+def compiled_cell_class(module, name: str) -> type:
+    """The class a generated module exports: its kernels behind the `Cell` API."""
+    from .check import check
+    from .errors import Source
+    from .parse import parse
+    meta = getattr(module, f"{name}_META")
+    text, path = meta["spec_text"], meta["spec_path"]
+    cell_ast = next(c for c in parse(text, path).cells if c.name == name)
+    spec = check(cell_ast, Source(path, text))
+    namespace = {"spec": spec, "step": lower(spec), "kernels": module, "meta": meta,
+                 "digest": getattr(module, "SPEC_HASH", ""), "__module__": module.__name__,
+                 "__doc__": f"The cell {name} from {path}, compiled for the CPU. "
+                            f"Dims: {', '.join(spec.dims)}."}
+    return type(name, (CompiledCell,), namespace)
+
+
+TARGETS["cpu"] = CompiledCell

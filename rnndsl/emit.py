@@ -1,0 +1,907 @@
+"""Stage 6: plan -> Python source of Numba kernels (the CPU target).
+
+Input: a `Plan`. Output: `Emitted`, the text of a module with two `@njit` kernels,
+`forward` and `backward`, and the argument lists the runtime marshals for them.
+
+Layout conventions inside the kernels (see plan.py for the stages):
+- a full-sequence array is 3-D (T, B, size); `X[t]` is step t, and `X_r`, its 2-D
+  (T*B, size) alias, is what the row stages (pre, post) work on;
+- a loop value is a 2-D work array (B, size), allocated once before its loop;
+- unbatched values are 1-D (size,) or (1,) for scalars; constants are typed scalars
+  `k<i>` read from the `consts` array, so float32 kernels stay float32.
+
+Every generated name is a fixed prefix plus a spec identifier that the grammar already
+restricts to [A-Za-z_][A-Za-z0-9_]*, so nothing from a spec reaches the source except
+as an identifier, a number the emitter formats itself, or a sanitised comment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import __version__, printer
+from .ir import Graph
+from .ops import HARD_SIGMOID_SLOPE, Op
+from .plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan
+from .printer_py import Printer, safe_comment
+from .shapes import Dim
+
+CONSTS_PLACEHOLDER = "<<constants>>"
+LEAF_OPS = (Op.PARAM, Op.INPUT, Op.STATE, Op.CONST, Op.DIM, Op.SEED)
+
+
+@dataclass
+class Emitted:
+    source: str
+    forward_args: list[tuple]
+    backward_args: list[tuple]
+    consts: list[tuple]            # ("value", float) or ("dim", Dim)
+    tapes: list[tuple[int, object]]   # (node id, size Dim) of tapes the runtime allocates
+
+
+def _dim(d: Dim) -> str:
+    """A size as a Python expression over the kernel's dim arguments."""
+    parts = [f"{c} * dim_{n}" if c != 1 else f"dim_{n}" for n, c in d.terms]
+    if d.const or not parts:
+        parts.append(str(d.const))
+    return " + ".join(parts).replace("+ -", "- ")
+
+
+def _elementwise_expr(op: Op, a: list[str], attrs: tuple, k) -> str:
+    if op == Op.ADD:
+        return f"{a[0]} + {a[1]}"
+    if op == Op.SUB:
+        return f"{a[0]} - {a[1]}"
+    if op == Op.MUL:
+        return f"{a[0]} * {a[1]}"
+    if op == Op.DIV:
+        return f"{a[0]} / {a[1]}"
+    if op == Op.NEG:
+        return f"-{a[0]}"
+    if op == Op.POW:
+        p = attrs[0]
+        if p == 2.0:
+            return f"{a[0]} * {a[0]}"
+        if p == 1.0:
+            return a[0]
+        return f"{a[0]} ** {k(p)}"
+    if op == Op.MIN:
+        return f"min({a[0]}, {a[1]})"
+    if op == Op.MAX:
+        return f"max({a[0]}, {a[1]})"
+    if op == Op.TANH:
+        return f"math.tanh({a[0]})"
+    if op == Op.SIGMOID:
+        return f"sigmoid({a[0]}, {k(1.0)})"
+    if op == Op.RELU:
+        return f"max({a[0]}, {k(0.0)})"
+    if op == Op.EXP:
+        return f"math.exp({a[0]})"
+    if op == Op.LOG:
+        return f"math.log({a[0]})"
+    if op == Op.SQRT:
+        return f"math.sqrt({a[0]})"
+    if op == Op.SOFTPLUS:
+        return f"softplus({a[0]}, {k(0.0)}, {k(1.0)})"
+    if op == Op.HARD_SIGMOID:
+        return f"min(max({a[0]} * {k(HARD_SIGMOID_SLOPE)} + {k(0.5)}, {k(0.0)}), {k(1.0)})"
+    if op == Op.ABS:
+        return f"abs({a[0]})"
+    if op == Op.GT:
+        return f"{k(1.0)} if {a[0]} > {a[1]} else {k(0.0)}"
+    if op == Op.SIGN:
+        return f"sign({a[0]}, {k(0.0)}, {k(1.0)})"
+    if op in (Op.BATCH, Op.EXPAND):
+        return a[0]
+    raise AssertionError(f"{op} is not elementwise")
+
+
+ELEMENTWISE_FORMATS = {op: _elementwise_expr for op in ELEMENTWISE}
+
+HELPER_NAMES = ("copy1", "copy2", "copy_rows", "copy_t", "transposed", "fill1", "fill2",
+                "add_into1", "add_into2", "sigmoid", "softplus", "sign")
+
+
+class _Kernel:
+    """Emits one kernel (forward or backward) of a plan."""
+
+    def __init__(self, em: "_Emitter", which: str):
+        self.em, self.which = em, which
+        self.p = Printer()
+        self.allocated: set[str] = set()
+
+    # ------------------------------------------------------------------ references
+    def ref(self, nid: int, stage: str) -> tuple[str, str]:
+        """How `stage` reads node nid: (array expression, mode); see the module doc."""
+        em, G = self.em, self.em.G
+        node = G[nid]
+        loop = stage in LOOP_STAGES
+        if node.op == Op.PARAM:
+            return f"p_{node.attrs[0]}", "ub"
+        if node.op in (Op.CONST, Op.DIM):
+            return em.const_of(nid), "k"
+        if node.op == Op.INPUT:
+            return (f"in_{node.attrs[0]}", "step3") if loop else (f"in_{node.attrs[0]}_r", "rows2")
+        if node.op == Op.STATE:
+            name = node.attrs[0]
+            if stage == "fwd":
+                return f"s_{name}", "rows2"
+            return (f"hist_{name}", "step3") if loop else (f"hist_{name}_r", "rows2")
+        if node.op == Op.SEED:
+            kind, name = node.attrs[0], node.attrs[1]
+            if kind == "output":
+                return (f"dout_{name}", "step3") if loop else (f"dout_{name}_r", "rows2")
+            return (f"ds_{name}", "rows2") if loop else (f"dnext_{name}_r", "rows2")
+        src = em.plan.stage[nid]
+        if not node.type.batched:
+            return (f"w{nid}" if src in LOOP_STAGES else f"v{nid}"), "ub"
+        if src == stage:
+            if loop:
+                if nid in em.plan.saved and em.writes_tape_directly(nid):
+                    return f"tape{nid}", "step3"
+                return f"w{nid}", "rows2"
+            return f"v{nid}_r", "rows2"
+        if src == "pre":
+            name = f"v{nid}"
+            if self.which == "backward" and nid in em.forward_nodes:
+                name = f"tape{nid}"
+            return (name, "step3") if loop else (name + "_r", "rows2")
+        assert nid in em.plan.saved, f"node {nid} ({src}) read from {stage} but not saved"
+        return (f"tape{nid}", "step3") if loop else (f"tape{nid}_r", "rows2")
+
+    def whole(self, nid: int, stage: str) -> str:
+        expr, mode = self.ref(nid, stage)
+        return f"{expr}[t]" if mode == "step3" else expr
+
+    def at(self, nid: int, stage: str, local: dict[int, str]) -> str:
+        """The scalar of node nid at row r, feature j (loops over r and j are open)."""
+        if nid in local:
+            return local[nid]
+        expr, mode = self.ref(nid, stage)
+        t = self.em.G[nid].type
+        if mode == "k":
+            return expr
+        if mode == "ub":
+            return f"{expr}[j]" if t.rank == 1 else f"{expr}[0]"
+        col = "j" if t.rank == 1 else "0"
+        return f"{expr}[t, r, {col}]" if mode == "step3" else f"{expr}[r, {col}]"
+
+    # ------------------------------------------------------------------ allocation
+    def rows(self, stage: str) -> str:
+        return "B" if stage in LOOP_STAGES else "R"
+
+    def size(self, nid: int) -> str:
+        t = self.em.G[nid].type
+        return _dim(t.shape[0]) if t.shape else "1"
+
+    def alloc(self, nid: int, stage: str) -> None:
+        """Allocate the destination of a node that is not a view."""
+        G = self.em.G
+        t = G[nid].type
+        if t.rank == 2:
+            shape = f"({_dim(t.shape[0])}, {_dim(t.shape[1])})"
+            self.p.line(f"{self.dest(nid, stage)} = np.empty({shape}, dtype)")
+        elif not t.batched:
+            self.p.line(f"{self.dest(nid, stage)} = np.empty({self.size(nid)}, dtype)")
+        elif stage in LOOP_STAGES:
+            self.p.line(f"w{nid} = np.empty((B, {self.size(nid)}), dtype)")
+        else:
+            self.p.line(f"v{nid} = np.empty((T, B, {self.size(nid)}), dtype)")
+            self.p.line(f"v{nid}_r = v{nid}.reshape((R, {self.size(nid)}))")
+
+    def dest(self, nid: int, stage: str) -> str:
+        """The whole-array name a node's value is written to in its own stage."""
+        t = self.em.G[nid].type
+        if not t.batched:
+            return f"w{nid}" if stage in LOOP_STAGES else f"v{nid}"
+        return f"w{nid}" if stage in LOOP_STAGES else f"v{nid}_r"
+
+    # ------------------------------------------------------------------ stages
+    def emit_stage(self, stage: str, nodes: list[int]) -> None:
+        """Emit the nodes of one stage (already filtered to this kernel), in plan order."""
+        em, G = self.em, self.em.G
+        done: set[int] = set()
+        groups = {g[0]: g for g in em.plan.fused[stage]}
+        group_of = {n: g for g in em.plan.fused[stage] for n in g}
+        matmul_of = {m: grp for grp in em.plan.matmuls.get(stage, []) for m in grp.members}
+        mine = set(nodes)
+        for nid in nodes:
+            if nid in done:
+                continue
+            op = G[nid].op
+            if op in ELEMENTWISE:
+                group = [n for n in group_of.get(nid, [nid]) if n in mine and n not in done]
+                self.emit_elementwise(group, stage)
+                done.update(group)
+            elif nid in matmul_of:
+                grp = matmul_of[nid]
+                self.emit_matmul_group(grp, stage)
+                done.update(grp.members)
+            else:
+                self.emit_other(nid, stage)
+                done.add(nid)
+            for n in (group_of.get(nid, [nid]) if op in ELEMENTWISE else
+                      (matmul_of[nid].members if nid in matmul_of else [nid])):
+                if n in mine and n in em.plan.saved and not em.writes_tape_directly(n):
+                    if stage in LOOP_STAGES:
+                        self.p.line(f"copy2(tape{n}[t], {self.dest(n, stage)})")
+                    else:
+                        self.p.line(f"copy2(tape{n}_r, {self.dest(n, stage)})")
+        del groups
+
+    def emit_elementwise(self, group: list[int], stage: str) -> None:
+        em, G, p = self.em, self.em.G, self.p
+        first = G[group[0]].type
+        members = set(group)
+        stored = [n for n in group if em.needs_array(n, members)]
+        for n in stored:
+            if stage not in LOOP_STAGES and not (n in em.plan.saved and
+                                                 em.writes_tape_directly(n)):
+                self.alloc(n, stage)
+        for title in em.titles(group):
+            p.comment(title)
+        loops = []
+        if first.batched:
+            loops.append(f"for r in range({self.rows(stage)}):")
+        loops.append(f"for j in range({self.size(group[0])}):")
+        depth = p.depth
+        for opener in loops:
+            p.line(opener)
+            p.depth += 1
+        local: dict[int, str] = {}
+        for n in group:
+            node = G[n]
+            args = [self.at(a, stage, local) for a in node.args]
+            expr = ELEMENTWISE_FORMATS[node.op](node.op, args, node.attrs, em.k)
+            p.line(f"e{n} = {expr}")
+            local[n] = f"e{n}"
+            if n in stored:
+                if n in em.plan.saved and em.writes_tape_directly(n):
+                    target = (f"tape{n}[t, r, {'j' if node.type.rank else '0'}]"
+                              if stage in LOOP_STAGES else
+                              f"tape{n}_r[r, {'j' if node.type.rank else '0'}]")
+                else:
+                    dest = self.dest(n, stage)
+                    col = "j" if node.type.rank else "0"
+                    target = f"{dest}[r, {col}]" if node.type.batched else (
+                        f"{dest}[j]" if node.type.rank else f"{dest}[0]")
+                p.line(f"{target} = e{n}")
+        p.depth = depth
+
+    def emit_matmul_group(self, grp: MatmulGroup, stage: str) -> None:
+        em, G, p = self.em, self.em.G, self.p
+        g = em.matmul_index[id(grp)]
+        vec = self.whole(grp.vector, stage)
+        if not G[grp.vector].type.batched:
+            for m in grp.members:
+                self.alloc(m, stage)
+                p.line(f"np.dot(p_{G[G[m].args[0]].attrs[0]}, {vec}, {self.dest(m, stage)})")
+            return
+        if em.is_view(grp.vector):
+            vec = f"np.ascontiguousarray({vec})"
+        names = ", ".join(G[G[m].args[0]].attrs[0] for m in grp.members)
+        p.comment(f"{names} @ {G.names.get(grp.vector, 'v')}: one GEMM"
+                  + (" over all T*B rows" if stage == "pre" else ""))
+        target = f"mm{g}" if stage in LOOP_STAGES else f"mm{g}_r"
+        if stage not in LOOP_STAGES:
+            total = em.group_total(grp)
+            p.line(f"mm{g} = np.empty((T, B, {total}), dtype)")
+            p.line(f"mm{g}_r = mm{g}.reshape((R, {total}))")
+            self.bind_members(grp, stage)
+        p.line(f"np.dot({vec}, wt{g}, {target})")
+
+    def bind_members(self, grp: MatmulGroup, stage: str) -> None:
+        em, G, p = self.em, self.em.G, self.p
+        g = em.matmul_index[id(grp)]
+        offset = Dim.lit(0)
+        for m in grp.members:
+            stop = offset + G[m].type.shape[0]
+            if stage in LOOP_STAGES:
+                p.line(f"w{m} = mm{g}[:, {_dim(offset)}:{_dim(stop)}]")
+            else:
+                p.line(f"v{m} = mm{g}[:, :, {_dim(offset)}:{_dim(stop)}]")
+                p.line(f"v{m}_r = mm{g}_r[:, {_dim(offset)}:{_dim(stop)}]")
+            offset = stop
+
+    def emit_other(self, nid: int, stage: str) -> None:
+        em, G, p = self.em, self.em.G, self.p
+        node = G[nid]
+        op, t = node.op, node.type
+        loop = stage in LOOP_STAGES
+        if op == Op.SLICE:
+            start, stop = node.attrs
+            src = self.whole(node.args[0], stage)
+            if not t.batched:
+                p.line(f"v{nid} = {src}[{_dim(start)}:{_dim(stop)}]")
+            elif loop:
+                p.line(f"w{nid} = {src}[:, {_dim(start)}:{_dim(stop)}]")
+            else:
+                full, _ = self.ref(node.args[0], stage)
+                assert full.endswith("_r"), full
+                p.line(f"v{nid}_r = {full}[:, {_dim(start)}:{_dim(stop)}]")
+                p.line(f"v{nid} = {full[:-2]}[:, :, {_dim(start)}:{_dim(stop)}]")
+            return
+        if not loop or not t.batched:
+            if not (loop and not t.batched and nid in em.loop_allocated):
+                self.alloc(nid, stage)
+        out = self.dest(nid, stage)
+        a = [self.whole(x, stage) for x in node.args]
+        if op == Op.MATVEC_T:
+            g = a[1]
+            if em.is_view(node.args[1]):
+                g = f"np.ascontiguousarray({g})"
+            if not t.batched:
+                p.line(f"np.dot({g}, {a[0]}, {out})")
+            else:
+                p.line(f"np.dot({g}, {a[0]}, {out})")
+        elif op == Op.OUTER:
+            gt, xt = G[node.args[0]].type, G[node.args[1]].type
+            if gt.batched:
+                p.comment(f"d_{G.names.get(nid, 'W')}: the weight gradient as one GEMM"
+                          + (" over all T*B rows" if stage == "post" else ""))
+                x = a[1] if not em.is_view(node.args[1]) else f"np.ascontiguousarray({a[1]})"
+                p.line(f"np.dot(transposed({a[0]}), {x}, {out})")
+            else:
+                with p.indent("for i in range(%s):" % _dim(gt.shape[0])):
+                    with p.indent("for j in range(%s):" % _dim(xt.shape[0])):
+                        p.line(f"{out}[i, j] = {a[0]}[i] * {a[1]}[j]")
+        elif op == Op.UNBROADCAST:
+            self.emit_unbroadcast(nid, stage, a[0], out)
+        elif op in (Op.SUM, Op.MEAN):
+            self.emit_reduce(nid, stage, a[0], out, op == Op.MEAN)
+        elif op in (Op.SOFTMAX, Op.LOG_SOFTMAX):
+            self.emit_softmax(nid, stage, a[0], out, op == Op.LOG_SOFTMAX)
+        elif op == Op.CONCAT:
+            offset = Dim.lit(0)
+            for x, arg in zip(a, node.args):
+                at = G[arg].type
+                stop = offset + at.shape[0]
+                if t.batched and not at.batched:
+                    p.line(f"copy_rows({out}[:, {_dim(offset)}:{_dim(stop)}], {x})")
+                elif t.batched:
+                    p.line(f"copy2({out}[:, {_dim(offset)}:{_dim(stop)}], {x})")
+                else:
+                    p.line(f"copy1({out}[{_dim(offset)}:{_dim(stop)}], {x})")
+                offset = stop
+        elif op == Op.PAD:
+            start, total = node.attrs
+            stop = start + G[node.args[0]].type.shape[0]
+            if t.batched:
+                p.line(f"fill2({out}, {em.k(0.0)})")
+                p.line(f"copy2({out}[:, {_dim(start)}:{_dim(stop)}], {a[0]})")
+            else:
+                p.line(f"fill1({out}, {em.k(0.0)})")
+                p.line(f"copy1({out}[{_dim(start)}:{_dim(stop)}], {a[0]})")
+        elif op == Op.MATVEC:
+            p.line(f"np.dot({a[0]}, {a[1]}, {out})")
+        else:
+            raise AssertionError(f"no CPU emitter for {op}")
+
+    def emit_unbroadcast(self, nid, stage, src, out) -> None:
+        G, p, k = self.em.G, self.p, self.em.k
+        node = G[nid]
+        target, gt = node.attrs[0], G[node.args[0]].type
+        p.line(f"fill{2 if node.type.batched else 1}({out}, {k(0.0)})")
+        gcol = "j" if gt.rank else "0"
+        if gt.batched:
+            with p.indent(f"for r in range({self.rows(stage)}):"):
+                with p.indent(f"for j in range({self.size(node.args[0])}):"):
+                    if target.batched:      # feature sum only: (rows, n) -> (rows, 1)
+                        p.line(f"{out}[r, 0] += {src}[r, {gcol}]")
+                    elif target.rank:       # batch sum: (rows, n) -> (n,)
+                        p.line(f"{out}[j] += {src}[r, {gcol}]")
+                    else:
+                        p.line(f"{out}[0] += {src}[r, {gcol}]")
+        else:
+            with p.indent(f"for j in range({self.size(node.args[0])}):"):
+                p.line(f"{out}[0] += {src}[j]")
+
+    def emit_reduce(self, nid, stage, src, out, mean: bool) -> None:
+        G, p, k = self.em.G, self.p, self.em.k
+        node = G[nid]
+        n = self.size(node.args[0])
+        scale = f" / {k(('dim', G[node.args[0]].type.shape[0]))}" if mean else ""
+        if node.type.batched:
+            with p.indent(f"for r in range({self.rows(stage)}):"):
+                p.line(f"acc = {k(0.0)}")
+                with p.indent(f"for j in range({n}):"):
+                    p.line(f"acc += {src}[r, j]")
+                p.line(f"{out}[r, 0] = acc{scale}")
+        else:
+            p.line(f"acc = {k(0.0)}")
+            with p.indent(f"for j in range({n}):"):
+                p.line(f"acc += {src}[j]")
+            p.line(f"{out}[0] = acc{scale}")
+
+    def emit_softmax(self, nid, stage, src, out, log: bool) -> None:
+        G, p, k = self.em.G, self.p, self.em.k
+        node = G[nid]
+        n = self.size(nid)
+        batched = node.type.batched
+        row = "r, " if batched else ""
+        opener = f"for r in range({self.rows(stage)}):" if batched else None
+        depth = p.depth
+        if opener:
+            p.line(opener)
+            p.depth += 1
+        p.line(f"top = {src}[{row}0]")
+        with p.indent(f"for j in range(1, {n}):"):
+            p.line(f"top = max(top, {src}[{row}j])")
+        p.line(f"acc = {k(0.0)}")
+        with p.indent(f"for j in range({n}):"):
+            p.line(f"acc += math.exp({src}[{row}j] - top)")
+        if log:
+            p.line("lse = top + math.log(acc)")
+            with p.indent(f"for j in range({n}):"):
+                p.line(f"{out}[{row}j] = {src}[{row}j] - lse")
+        else:
+            with p.indent(f"for j in range({n}):"):
+                p.line(f"{out}[{row}j] = math.exp({src}[{row}j] - top) / acc")
+        p.depth = depth
+
+
+class _Emitter:
+    def __init__(self, plan: Plan, spec_path: str, spec_text: str, digest: str):
+        self.plan, self.G = plan, plan.graph
+        self.spec_path, self.spec_text, self.digest = spec_path, spec_text, digest
+        self.consts: list[tuple] = []
+        self._const_names: dict[tuple, str] = {}
+        step, grads = plan.step, plan.grads
+        self.forward_nodes = set(self.G.needed(step.roots()))
+        self.matmul_index: dict[int, int] = {}
+        for s, groups in plan.matmuls.items():
+            for grp in groups:
+                self.matmul_index[id(grp)] = len(self.matmul_index)
+        self.users: dict[int, set[int]] = {}
+        everything = self.G.needed(step.roots() + grads.roots())
+        for n in everything:
+            for a in self.G[n].args:
+                self.users.setdefault(a, set()).add(n)
+        self.roots = set(step.roots()) | set(grads.roots())
+        self.loop_allocated: set[int] = set()
+        self.titles_by_node = self._titles()
+
+    # ---------------------------------------------------------------- helpers
+    def k(self, value) -> str:
+        """A typed constant: a float, or ("dim", Dim) for a size as a float."""
+        key = value if isinstance(value, tuple) else ("value", float(value))
+        if key not in self._const_names:
+            self._const_names[key] = f"k{len(self.consts)}"
+            self.consts.append(key)
+        return self._const_names[key]
+
+    def const_of(self, nid: int) -> str:
+        node = self.G[nid]
+        if node.op == Op.CONST:
+            return self.k(node.attrs[0])
+        return self.k(("dim", node.attrs[0]))
+
+    def writes_tape_directly(self, nid: int) -> bool:
+        return self.G[nid].op in ELEMENTWISE
+
+    def is_view(self, nid: int) -> bool:
+        node = self.G[nid]
+        if node.op == Op.SLICE:
+            return True
+        return any(nid in grp.members for gs in self.plan.matmuls.values() for grp in gs
+                   if len(grp.members) > 1)
+
+    def needs_array(self, nid: int, group: set[int]) -> bool:
+        if nid in self.roots or nid in self.plan.saved:
+            return True
+        return any(u not in group for u in self.users.get(nid, ()))
+
+    def group_total(self, grp: MatmulGroup) -> str:
+        total = Dim.lit(0)
+        for m in grp.members:
+            total = total + self.G[m].type.shape[0]
+        return _dim(total)
+
+    def _titles(self) -> dict[int, str]:
+        """node id -> the equation it completes, as the spec writes it."""
+        out = {}
+        step = self.plan.step
+        for d in step.cell.definitions:
+            text = f"{d.name}{chr(39) if d.kind == 'next' else ''} = {printer.expr(d.expr)}"
+            nid = step.next_state.get(d.name) if d.kind == "next" else None
+            if nid is None:
+                for n, name in self.G.names.items():
+                    if name == (d.name + "'" if d.kind == "next" else d.name):
+                        nid = n
+                        break
+            if nid is not None:
+                out[nid] = text
+        return out
+
+    def titles(self, group: list[int]) -> list[str]:
+        return [self.titles_by_node[n] for n in group if n in self.titles_by_node]
+
+    # ---------------------------------------------------------------- kernels
+    def kernel_nodes(self, which: str) -> dict[str, list[int]]:
+        plan = self.plan
+        if which == "forward":
+            wanted = set(self.G.needed(plan.step.roots()))
+            stages = ("const", "pre", "fwd")
+        else:
+            grads_needed = set(self.G.needed(plan.grads.roots()))
+            wanted = {n for n in grads_needed
+                      if plan.stage.get(n) in ("bwd", "post")
+                      or (plan.stage.get(n) in ("pre", "const") and n not in self.forward_nodes)}
+            # const nodes are recomputed in each kernel that reads them
+            for n in list(wanted):
+                for a in self.G.needed([n]):
+                    if plan.stage.get(a) == "const":
+                        wanted.add(a)
+            stages = ("const", "pre", "bwd", "post")
+        return {s: [n for n in plan.order[s] if n in wanted] for s in stages}
+
+    def emit(self) -> Emitted:
+        step = self.plan.step
+        cell = step.cell
+        fwd = self.kernel_nodes("forward")
+        bwd = self.kernel_nodes("backward")
+        fwd_body, fwd_args = self.forward_kernel(fwd)
+        bwd_body, bwd_args = self.backward_kernel(bwd)
+        fwd_body, bwd_body = self._fill_consts(fwd_body), self._fill_consts(bwd_body)
+        name = cell.name
+        meta = Printer()
+        meta.line(f"{name}_META = dict(")
+        with meta.indent():
+            meta.line(f"spec_path={self.spec_path!r},")
+            meta.line(f"spec_text={self.spec_text!r},")
+            meta.line(f"passes={tuple(sorted(self.plan.passes))!r},")
+            meta.line(f"consts={[_const_repr(c) for c in self.consts]!r},")
+            meta.line(f"tapes={[(n, _dim_repr(d)) for n, d in self._tapes()]!r},")
+            meta.line(f"forward_args={fwd_args!r},")
+            meta.line(f"backward_args={bwd_args!r},")
+            meta.line(f"forward=forward_{name},")
+            meta.line(f"backward=backward_{name},")
+        meta.line(")")
+        source = fwd_body + "\n\n" + bwd_body + "\n\n" + meta.text()
+        return Emitted(source, fwd_args, bwd_args, self.consts, self._tapes())
+
+    def _fill_consts(self, body: str) -> str:
+        lines = []
+        for line in body.splitlines():
+            if line.strip() == CONSTS_PLACEHOLDER:
+                indent = line[:len(line) - len(line.lstrip())]
+                for i, (kind, value) in enumerate(self.consts):
+                    what = f"size {value}" if kind == "dim" else repr(value)
+                    lines.append(f"{indent}k{i} = consts[{i}]  # {what}")
+            else:
+                lines.append(line)
+        return "\n".join(lines) + "\n"
+
+    def _tapes(self) -> list[tuple[int, Dim]]:
+        tapes = sorted(n for n in self.plan.saved if self.plan.stage[n] in ("pre", "fwd"))
+        return [(n, self.G[n].type.shape[0] if self.G[n].type.shape else Dim.lit(1))
+                for n in tapes]
+
+    def signature(self, which: str) -> list[tuple]:
+        step, plan, G = self.plan.step, self.plan, self.G
+        cell = step.cell
+        args: list[tuple] = [("dim", d) for d in cell.dims]
+        args += [("T",), ("B",), ("consts",)]
+        args += [("param", d.name) for d in cell.params]
+        args += [("input", d.name) for d in cell.inputs]
+        tapes = sorted(n for n in plan.saved if plan.stage[n] in ("pre", "fwd"))
+        if which == "forward":
+            args += [("state0", d.name) for d in cell.states]
+            args += [("output", name) for name in step.outputs]
+            args += [("final", d.name) for d in cell.states]
+        else:
+            args += [("output_grad", name) for name in step.outputs]
+            args += [("final_grad", d.name) for d in cell.states]
+            args += [("param_grad", d.name) for d in cell.params]
+            args += [("input_grad", d.name) for d in cell.inputs]
+            args += [("state0_grad", d.name) for d in cell.states]
+        args += [("hist", name) for name in sorted(plan.saved_states)]
+        args += [("tape", n) for n in tapes]
+        return args
+
+    @staticmethod
+    def arg_name(arg: tuple) -> str:
+        kind = arg[0]
+        names = {"dim": "dim_{}", "param": "p_{}", "input": "in_{}", "state0": "s0_{}",
+                 "output": "out_{}", "final": "fin_{}", "output_grad": "dout_{}",
+                 "final_grad": "dfin_{}", "param_grad": "dp_{}", "input_grad": "din_{}",
+                 "state0_grad": "ds0_{}", "hist": "hist_{}", "tape": "tape{}"}
+        if kind in ("T", "B", "consts"):
+            return kind
+        return names[kind].format(arg[1])
+
+    def _prologue(self, kern: _Kernel, args: list[tuple]) -> None:
+        p = kern.p
+        p.line("R = T * B")
+        p.line("dtype = consts.dtype")
+        p.line(CONSTS_PLACEHOLDER)   # filled in by emit(): constants are found as we go
+        cell = self.plan.step.cell
+        sizes = {d.name: d for d in (*cell.inputs, *cell.states)}
+        for arg in args:
+            kind = arg[0]
+            if kind in ("input", "hist", "output", "output_grad", "input_grad"):
+                name = self.arg_name(arg)
+                if kind in ("output", "output_grad"):
+                    size = _dim(self.plan.step.graph[self.plan.step.outputs[arg[1]]].type.shape[0]) \
+                        if self.plan.step.graph[self.plan.step.outputs[arg[1]]].type.shape else "1"
+                else:
+                    t = sizes[arg[1]].type
+                    size = _dim(t.shape[0])
+                p.line(f"{name}_r = {name}.reshape((R, {size}))")
+            elif kind == "tape":
+                n = arg[1]
+                p.line(f"tape{n}_r = tape{n}.reshape((R, {kern.size(n)}))")
+
+    def _docstring(self, kern: _Kernel, which: str) -> None:
+        plan = self.plan
+        p = kern.p
+        on = ", ".join(sorted(plan.passes)) or "none"
+        p.line('"""' + (f"Forward pass of {plan.step.cell.name} over T steps."
+                        if which == "forward" else
+                        f"BPTT for {plan.step.cell.name}: gradients of params, inputs and "
+                        "initial states."))
+        p.line("")
+        p.line("Loop nest:")
+        for line in explain_lines(plan, which):
+            p.line("    " + line)
+        p.line("")
+        p.line(f"Optimizations: {on}.")
+        p.line('"""')
+
+    def forward_kernel(self, nodes: dict[str, list[int]]) -> tuple[str, list[tuple]]:
+        kern = _Kernel(self, "forward")
+        p = kern.p
+        args = self.signature("forward")
+        step, plan = self.plan.step, self.plan
+        p.line('@njit(cache=True, error_model="numpy")')
+        with p.indent(f"def forward_{step.cell.name}({', '.join(self.arg_name(a) for a in args)}):"):
+            self._docstring(kern, "forward")
+            self._prologue(kern, args)
+            self._weights(kern, ("pre", "fwd"))
+            if nodes["const"]:
+                p.comment("once per call: parameters only")
+                kern.emit_stage("const", nodes["const"])
+            if nodes["pre"]:
+                p.comment("hoisted out of the time loop: no state, all T*B rows at once")
+                kern.emit_stage("pre", nodes["pre"])
+            for name, nid in step.outputs.items():
+                if plan.stage.get(nid) == "pre" or step.graph[nid].op == Op.INPUT:
+                    p.line(f"copy2(out_{name}_r, {kern.whole(nid, 'pre')})")
+            self._loop_arrays(kern, "fwd", nodes["fwd"])
+            for d in step.cell.states:
+                p.line(f"s_{d.name} = s0_{d.name}.copy()")
+                p.line(f"nx_{d.name} = np.empty_like(s0_{d.name})")
+            with p.indent("for t in range(T):"):
+                for name in sorted(plan.saved_states):
+                    p.line(f"copy2(hist_{name}[t], s_{name})")
+                kern.emit_stage("fwd", nodes["fwd"])
+                for name, nid in step.outputs.items():
+                    if not (plan.stage.get(nid) == "pre" or step.graph[nid].op == Op.INPUT):
+                        p.line(f"copy2(out_{name}[t], {kern.whole(nid, 'fwd')})")
+                for name, nid in step.next_state.items():
+                    p.line(f"copy2(nx_{name}, {kern.whole(nid, 'fwd')})")
+                for name in step.next_state:
+                    p.line(f"copy2(s_{name}, nx_{name})")
+            for d in step.cell.states:
+                p.line(f"copy2(fin_{d.name}, s_{d.name})")
+        return p.text(), args
+
+    def backward_kernel(self, nodes: dict[str, list[int]]) -> tuple[str, list[tuple]]:
+        kern = _Kernel(self, "backward")
+        p = kern.p
+        args = self.signature("backward")
+        step, plan, grads = self.plan.step, self.plan, self.plan.grads
+        G = self.G
+        p.line('@njit(cache=True, error_model="numpy")')
+        with p.indent(f"def backward_{step.cell.name}({', '.join(self.arg_name(a) for a in args)}):"):
+            self._docstring(kern, "backward")
+            self._prologue(kern, args)
+            if nodes["const"]:
+                p.comment("once per call: parameters only")
+                kern.emit_stage("const", nodes["const"])
+            if nodes["pre"]:
+                p.comment("no cotangent and no state: all T*B rows at once")
+                kern.emit_stage("pre", nodes["pre"])
+            for n in sorted(plan.saved):
+                if plan.stage[n] == "bwd":
+                    p.line(f"tape{n} = np.empty((T, B, {kern.size(n)}), dtype)")
+                    p.line(f"tape{n}_r = tape{n}.reshape((R, {kern.size(n)}))")
+            for name in sorted(plan.saved_next_seeds):
+                size = _dim(step.graph[step.states[name]].type.shape[0])
+                p.line(f"dnext_{name} = np.empty((T, B, {size}), dtype)")
+                p.line(f"dnext_{name}_r = dnext_{name}.reshape((R, {size}))")
+            self._loop_arrays(kern, "bwd", nodes["bwd"])
+            for d in step.cell.states:
+                p.line(f"ds_{d.name} = dfin_{d.name}.copy()")
+                p.line(f"nds_{d.name} = np.empty_like(ds_{d.name})")
+            with p.indent("for t in range(T - 1, -1, -1):"):
+                for name in sorted(plan.saved_next_seeds):
+                    p.line(f"copy2(dnext_{name}[t], ds_{name})")
+                kern.emit_stage("bwd", nodes["bwd"])
+                for name, nid in grads.params.items():
+                    if nid is not None and plan.stage.get(nid) != "post":
+                        nd = 1 if G[nid].type.rank < 2 else 2
+                        p.line(f"add_into{nd}(dp_{name}, {kern.whole(nid, 'bwd')})")
+                for name, nid in grads.inputs.items():
+                    if nid is not None and plan.stage.get(nid) != "post":
+                        p.line(f"copy2(din_{name}[t], {kern.whole(nid, 'bwd')})")
+                for name, nid in grads.states.items():
+                    if nid is None:
+                        p.line(f"fill2(nds_{name}, {self.k(0.0)})")
+                    else:
+                        p.line(f"copy2(nds_{name}, {kern.whole(nid, 'bwd')})")
+                for name in grads.states:
+                    p.line(f"copy2(ds_{name}, nds_{name})")
+            for d in step.cell.states:
+                p.line(f"copy2(ds0_{d.name}, ds_{d.name})")
+            if nodes["post"]:
+                p.comment("deferred out of the backward loop: all T*B rows at once")
+                kern.emit_stage("post", nodes["post"])
+                for name, nid in grads.params.items():
+                    if nid is not None and plan.stage.get(nid) == "post":
+                        nd = 1 if G[nid].type.rank < 2 else 2
+                        p.line(f"copy{nd}(dp_{name}, {kern.whole(nid, 'post')})")
+                for name, nid in grads.inputs.items():
+                    if nid is not None and plan.stage.get(nid) == "post":
+                        p.line(f"copy2(din_{name}_r, {kern.whole(nid, 'post')})")
+        return p.text(), args
+
+    def _weights(self, kern: _Kernel, stages) -> None:
+        """Stacked, transposed weights for each matmul group (once per call)."""
+        G, p = self.G, kern.p
+        for s in stages:
+            for grp in self.plan.matmuls.get(s, []):
+                if not G[grp.vector].type.batched:
+                    continue
+                g = self.matmul_index[id(grp)]
+                cols = _dim(G[grp.vector].type.shape[0])
+                if len(grp.members) == 1:
+                    w = G[G[grp.members[0]].args[0]].attrs[0]
+                    p.line(f"wt{g} = transposed(p_{w})")
+                    continue
+                p.line(f"wt{g} = np.empty(({cols}, {self.group_total(grp)}), dtype)")
+                offset = Dim.lit(0)
+                for m in grp.members:
+                    stop = offset + G[m].type.shape[0]
+                    w = G[G[m].args[0]].attrs[0]
+                    p.line(f"copy_t(wt{g}[:, {_dim(offset)}:{_dim(stop)}], p_{w})")
+                    offset = stop
+
+    def _loop_arrays(self, kern: _Kernel, stage: str, nodes: list[int]) -> None:
+        """Work arrays of a loop stage, allocated once before the loop."""
+        G, p = self.G, kern.p
+        mine = set(nodes)
+        for grp in self.plan.matmuls.get(stage, []):
+            if G[grp.vector].type.batched and any(m in mine for m in grp.members):
+                g = self.matmul_index[id(grp)]
+                p.line(f"mm{g} = np.empty((B, {self.group_total(grp)}), dtype)")
+                kern.bind_members(grp, stage)
+        grouped = {m for grp in self.plan.matmuls.get(stage, []) for m in grp.members
+                   if G[grp.vector].type.batched}
+        group_of = {n: set(g) for g in self.plan.fused[stage] for n in g}
+        for n in nodes:
+            node = G[n]
+            if n in grouped or node.op == Op.SLICE:
+                continue
+            if node.op in ELEMENTWISE:
+                if not self.needs_array(n, group_of.get(n, {n})):
+                    continue
+                if n in self.plan.saved and self.writes_tape_directly(n):
+                    continue
+            kern.alloc(n, stage)
+            if not node.type.batched:
+                self.loop_allocated.add(n)
+
+
+def explain_lines(plan: Plan, which: str = "both") -> list[str]:
+    """The loop nest in pseudocode: what runs where, in order."""
+    G = plan.graph
+    lines: list[str] = []
+
+    def describe(stage: str) -> list[str]:
+        out = []
+        mm = {m: grp for grp in plan.matmuls.get(stage, []) for m in grp.members}
+        seen: set[int] = set()
+        for group in plan.fused.get(stage, []):
+            seen.update(group)
+        shown: set[int] = set()
+        for nid in plan.order[stage]:
+            if nid in shown:
+                continue
+            node = G[nid]
+            if nid in mm:
+                grp = mm[nid]
+                ws = ", ".join(G[G[m].args[0]].attrs[0] for m in grp.members)
+                out.append(f"GEMM [{ws}] @ {G.names.get(grp.vector, G.label(grp.vector))}")
+                shown.update(grp.members)
+            elif node.op in ELEMENTWISE:
+                group = next(g for g in plan.fused[stage] if nid in g)
+                names = [G.names[n] for n in group if n in G.names]
+                label = f"elementwise x{len(group)}" + (f" ({', '.join(names)})" if names else "")
+                out.append(("fused " if len(group) > 1 else "") + label)
+                shown.update(group)
+            elif node.op == Op.OUTER:
+                out.append(f"GEMM d_W: g^T x ({G[nid].type})")
+                shown.add(nid)
+            elif node.op == Op.MATVEC_T:
+                out.append(f"GEMM g @ {G[node.args[0]].attrs[0]}")
+                shown.add(nid)
+            else:
+                out.append(node.op.value)
+                shown.add(nid)
+        return out
+
+    if which in ("forward", "both"):
+        lines.append("forward:")
+        if plan.order["const"]:
+            lines.append(f"  once: {len(plan.order['const'])} parameter-only ops")
+        for item in describe("pre"):
+            lines.append(f"  all T*B rows: {item}")
+        lines.append("  for t in 0 .. T-1:")
+        for item in describe("fwd"):
+            lines.append(f"    {item}")
+        if plan.saved:
+            lines.append(f"    save {len(plan.saved)} values for BPTT")
+    if which in ("backward", "both"):
+        lines.append("backward:")
+        lines.append("  for t in T-1 .. 0:")
+        for item in describe("bwd"):
+            lines.append(f"    {item}")
+        for item in describe("post"):
+            lines.append(f"  all T*B rows: {item}")
+    return lines
+
+
+def _dim_repr(d: Dim) -> tuple:
+    return (d.terms, d.const)
+
+
+def _const_repr(c: tuple) -> tuple:
+    kind, value = c
+    return (kind, _dim_repr(value)) if kind == "dim" else (kind, value)
+
+
+def module_header(spec_path: str, digest: str, cells: list[str], target: str = "cpu") -> str:
+    """The generated module's docstring, imports and scalar helpers."""
+    p = Printer()
+    p.line(f'"""rnndsl kernels for {", ".join(cells)}, from {safe_comment(spec_path)}.')
+    p.line("")
+    p.line(f"Generated by rnndsl {__version__} for the {target} target (Numba @njit);")
+    p.line(f"spec hash {digest}. Do not edit: rebuild with `rnndsl build`.")
+    p.line("Run it as plain Python for debugging with NUMBA_DISABLE_JIT=1.")
+    p.line('"""')
+    p.line("")
+    p.line("import math")
+    p.line("import sys")
+    p.line("")
+    p.line("import numpy as np")
+    p.line("from numba import njit")
+    p.line("")
+    p.line("from rnndsl.kernels import (  # noqa: F401  array loops and scalar functions")
+    with p.indent():
+        names = list(HELPER_NAMES)
+        for i in range(0, len(names), 6):
+            p.line(", ".join(names[i:i + 6]) + ",")
+    p.line(")")
+    p.line("")
+    p.line(f"RNNDSL_VERSION = {__version__!r}")
+    p.line(f"SPEC_HASH = {digest!r}")
+    p.line(f"TARGET = {target!r}")
+    p.line(f"CELLS = {tuple(cells)!r}")
+    return p.text()
+
+
+def module_footer(cells: list[str]) -> str:
+    p = Printer()
+    p.line("")
+    p.comment("The cell classes: the Python API of rnndsl over the kernels above.")
+    p.line("from rnndsl.runtime import compiled_cell_class  # noqa: E402")
+    p.line("")
+    for name in cells:
+        p.line(f"{name} = compiled_cell_class(sys.modules[__name__], {name!r})")
+    return p.text()
+
+
+def emit(plan: Plan, spec_path: str, spec_text: str, digest: str) -> Emitted:
+    """One cell's kernels and metadata, as a section of a generated module."""
+    return _Emitter(plan, spec_path, spec_text, digest).emit()

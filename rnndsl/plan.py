@@ -1,0 +1,227 @@
+"""Stage 5: the schedule of a compiled cell, kept as data (`rnndsl explain` prints it).
+
+Input: a `StepGraph` and its one-step adjoint (`grad.grad_step`). Output: a `Plan` that
+puts every node in one of five stages and says what crosses between them:
+
+    const   params and constants only: computed once per call (weight transposes too)
+    pre     no state: hoisted out of the time loop, computed over all T*B rows at once
+    fwd     the forward time loop body, t = 0 .. T-1
+    bwd     the backward time loop body, t = T-1 .. 0: only what carries the state
+            cotangent to the previous step
+    post    deferred after the backward loop, over all T*B rows: weight gradients as one
+            GEMM each, input gradients, bias sums
+
+A loop value read by a later stage is saved on a tape of T*B rows. Batched values are
+2-D arrays (rows, size); a full-sequence array has T*B rows and step t is its row block
+[t*B, (t+1)*B). The passes (`PASSES`) can each be switched off; switched off, the
+schedule degrades to the plain one (everything per step), never to a wrong one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .grad import StepGrads, grad_step
+from .ir import Graph, StepGraph
+from .ops import Op
+
+PASSES = ("hoist", "fuse_matmul", "fuse_elementwise", "defer_grads")
+"""hoist: state-independent work leaves the time loop (the W @ x GEMMs over T*B rows).
+fuse_matmul: matvecs sharing their vector become one GEMM with stacked weights.
+fuse_elementwise: a step's elementwise ops share one loop nest, temporaries in registers.
+defer_grads: weight and input gradients leave the backward loop, one GEMM each.
+(CSE is structural: the IR is hash-consed.)"""
+
+ELEMENTWISE = frozenset({
+    Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.NEG, Op.POW, Op.MIN, Op.MAX, Op.TANH, Op.SIGMOID,
+    Op.RELU, Op.EXP, Op.LOG, Op.SQRT, Op.SOFTPLUS, Op.HARD_SIGMOID, Op.ABS, Op.GT, Op.SIGN,
+    Op.BATCH, Op.EXPAND})
+ROW_STAGES = ("pre", "post")
+LOOP_STAGES = ("fwd", "bwd")
+
+
+@dataclass
+class MatmulGroup:
+    """Matvecs (W_k @ v) sharing v, computed as one GEMM against stacked W_k^T."""
+
+    vector: int
+    members: list[int]          # MATVEC node ids, in stacking order
+
+
+@dataclass
+class Plan:
+    step: StepGraph
+    grads: StepGrads
+    passes: frozenset[str]
+    stage: dict[int, str]                       # non-leaf node -> stage
+    order: dict[str, list[int]]                 # stage -> nodes, in execution order
+    saved: set[int]                             # loop values kept on a T*B-row tape
+    saved_states: set[str]                      # states whose previous values are taped
+    saved_next_seeds: set[str]                  # carried cotangents that are taped
+    matmuls: dict[str, list[MatmulGroup]] = field(default_factory=dict)
+    fused: dict[str, list[list[int]]] = field(default_factory=dict)   # elementwise groups
+
+    @property
+    def graph(self) -> Graph:
+        return self.step.graph
+
+
+def _flags(G: Graph, nodes: list[int]) -> dict[int, frozenset[str]]:
+    """What each node depends on: 'state', 'input', 'seed' (its cotangent inputs)."""
+    deps: dict[int, frozenset[str]] = {}
+    for nid in nodes:
+        node = G[nid]
+        found = set()
+        if node.op == Op.STATE:
+            found.add("state")
+        elif node.op == Op.INPUT:
+            found.add("input")
+        elif node.op == Op.SEED:
+            found.add("seed")
+        for a in node.args:
+            found |= deps[a]
+        deps[nid] = frozenset(found)
+    return deps
+
+
+def make_plan(step: StepGraph, passes=PASSES) -> Plan:
+    passes = frozenset(passes)
+    unknown = passes - set(PASSES)
+    assert not unknown, f"unknown passes {sorted(unknown)}"
+    G = step.graph
+    grads = grad_step(step)
+    fwd_nodes = G.needed(step.roots())
+    all_nodes = G.needed(step.roots() + grads.roots())
+    deps = _flags(G, all_nodes)
+    fwd_set = set(fwd_nodes)
+    carried_roots = [n for n in grads.states.values() if n is not None]
+    carries = set(G.needed(carried_roots))
+    hoist = "hoist" in passes
+    stage: dict[int, str] = {}
+    for nid in all_nodes:
+        node = G[nid]
+        if node.op in (Op.PARAM, Op.INPUT, Op.STATE, Op.CONST, Op.DIM, Op.SEED):
+            continue
+        d = deps[nid]
+        if not d:
+            stage[nid] = "const" if hoist or not node.type.batched else "fwd"
+            if not hoist and nid not in fwd_set:
+                stage[nid] = "const" if not node.type.batched else "bwd"
+        elif nid in fwd_set or "seed" not in d:
+            # forward values, and adjoint values that need no cotangent (e.g. sigmoid(x))
+            if "state" not in d and hoist:
+                stage[nid] = "pre"
+            else:
+                stage[nid] = "fwd" if nid in fwd_set else "bwd"
+        elif nid in carries or "defer_grads" not in passes:
+            stage[nid] = "bwd"
+        else:
+            stage[nid] = "post"
+    # A post node must not feed a bwd node (bwd runs first). By construction post nodes
+    # are not ancestors of the carried cotangents, and bwd nodes are, so this holds.
+    for nid, s in stage.items():
+        for a in G[nid].args:
+            assert not (s == "bwd" and stage.get(a) == "post"), (nid, a)
+            assert not (s in ("fwd", "pre") and stage.get(a) in ("bwd", "post")), (nid, a)
+    saved: set[int] = set()
+    saved_states: set[str] = set()
+    saved_next: set[str] = set()
+    state_names = {nid: name for name, nid in step.states.items()}
+    for nid, s in stage.items():
+        for a in G[nid].args:
+            src = stage.get(a)
+            if src in LOOP_STAGES and src != s:
+                saved.add(a)
+            if src == "fwd" and s == "fwd":
+                continue
+            if src == "pre" and a in fwd_set and nid not in fwd_set:
+                saved.add(a)      # computed in the forward kernel, read by the backward one
+            if a in state_names and s != "fwd":
+                saved_states.add(state_names[a])
+            if G[a].op == Op.SEED and G[a].attrs[0] == "next" and s in ROW_STAGES:
+                saved_next.add(G[a].attrs[1])
+    # gradients computed in the backward loop but wanted as full sequences
+    order = {s: [] for s in ("const", "pre", "fwd", "bwd", "post")}
+    for nid in all_nodes:
+        if nid in stage:
+            order[stage[nid]].append(nid)
+    plan = Plan(step, grads, passes, stage, order, saved, saved_states, saved_next)
+    _group_matmuls(plan)
+    _schedule(plan)
+    return plan
+
+
+def _group_matmuls(plan: Plan) -> None:
+    G = plan.graph
+    for s, nodes in plan.order.items():
+        groups: dict[int, list[int]] = {}
+        for nid in nodes:
+            node = G[nid]
+            if node.op == Op.MATVEC and G[node.args[0]].op == Op.PARAM:
+                groups.setdefault(node.args[1], []).append(nid)
+        if "fuse_matmul" in plan.passes:
+            plan.matmuls[s] = [MatmulGroup(v, m) for v, m in groups.items()]
+        else:
+            plan.matmuls[s] = [MatmulGroup(v, [m]) for v, ms in groups.items() for m in ms]
+
+
+def iteration_space(G: Graph, nid: int) -> tuple:
+    """Nodes with equal spaces can share one loop nest: (batched, size or None)."""
+    t = G[nid].type
+    return (t.batched, t.shape[0] if t.shape else None)
+
+
+def _schedule(plan: Plan) -> None:
+    """Order each stage: GEMMs as soon as ready, elementwise ops in as few nests as can be.
+
+    Kahn's algorithm: run every ready non-elementwise node first; then take the ready
+    elementwise nodes of one iteration space, repeatedly, as one fused group.
+    """
+    G = plan.graph
+    fuse = "fuse_elementwise" in plan.passes
+    for s, nodes in plan.order.items():
+        members = set(nodes)
+        waiting = {n: sum(1 for a in set(G[n].args) if a in members) for n in nodes}
+        users: dict[int, list[int]] = {n: [] for n in nodes}
+        for n in nodes:
+            for a in set(G[n].args):
+                if a in members:
+                    users[a].append(n)
+        ready = sorted(n for n in nodes if waiting[n] == 0)
+        ordered: list[int] = []
+        groups: list[list[int]] = []
+
+        def finish(n):
+            ordered.append(n)
+            for u in users[n]:
+                waiting[u] -= 1
+                if waiting[u] == 0:
+                    ready.append(u)
+            ready.sort()
+
+        while ready:
+            other = [n for n in ready if G[n].op not in ELEMENTWISE]
+            if other:
+                n = other[0]
+                ready.remove(n)
+                finish(n)
+                continue
+            space = iteration_space(G, ready[0])
+            group: list[int] = []
+            while True:
+                pick = [n for n in ready if G[n].op in ELEMENTWISE
+                        and iteration_space(G, n) == space]
+                if not pick:
+                    break
+                n = pick[0]
+                ready.remove(n)
+                group.append(n)
+                finish(n)
+                if not fuse:
+                    break
+                if any(G[r].op not in ELEMENTWISE for r in ready) and not fuse:
+                    break
+            groups.append(group)
+        assert len(ordered) == len(nodes), f"stage {s}: a cycle in the plan"
+        plan.order[s] = ordered
+        plan.fused[s] = groups
