@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import BindError, CheckError, RnnError, SpecError, SpecSyntaxError, TargetError
+from .errors import (BindError, CheckError, RnnError, SpecError, SpecFileError,
+                     SpecSyntaxError, TargetError)
 
 __version__ = "0.1.0"
 __all__ = ["load", "load_text", "RnnError", "SpecError", "SpecSyntaxError", "CheckError",
-           "BindError", "TargetError", "__version__"]
+           "SpecFileError", "BindError", "TargetError", "__version__"]
 
 # The compiled targets arrive with the CPU and CUDA backends; until then "interp" is the
 # default so that load(path) works.

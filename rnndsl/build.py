@@ -43,6 +43,15 @@ def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu") -> str
     return "".join(parts)
 
 
+def module_file_name(spec_file: SpecFile) -> str:
+    """specs/lstm.rnn -> lstm.py; a stem that is not an identifier is made one."""
+    stem = Path(spec_file.source.path).stem
+    name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in stem)
+    if not name or name[0].isdigit():
+        name = "cell_" + name
+    return name + ".py"
+
+
 def validate(source: str, filename: str) -> None:
     """The generated text must be Python: a failure here is a bug, reported as one."""
     try:

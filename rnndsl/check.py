@@ -11,6 +11,8 @@ one `CheckError`. Unused dims, inputs, params and intermediates are warnings.
 from __future__ import annotations
 
 import difflib
+import keyword
+import math
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -19,6 +21,12 @@ from . import ast
 from .errors import CheckError, Diagnostic, Source, Span, Warnings
 from .ops import BINARY_OPS, FUNCTIONS, Op, ShapeMismatch, infer
 from .shapes import Dim, Type, shape_str
+
+# A cell becomes a class of that name in generated modules, beside these module names.
+RESERVED_CELL_NAMES = frozenset({"math", "sys", "np", "njit", "compiled_cell_class"})
+
+# The words that open statements: reserved, so a state can always be written `name'`.
+KEYWORDS = frozenset({"cell", "dims", "input", "state", "param", "output", "use"})
 
 # name -> (min args, max args, needs a matrix)
 INITIALISERS: dict[str, tuple[int, int, bool]] = {
@@ -93,6 +101,17 @@ def _suggest(name: str, candidates) -> str | None:
     return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else None
 
 
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def _arguments(low: int, high: int) -> str:
+    if high == 0:
+        return "no arguments"
+    count = str(low) if low == high else f"{low} to {high}"
+    return f"{count} argument{'' if high == 1 else 's'}"
+
+
 def _provably(size: Dim) -> int:
     """+1 if size >= 0 for all dims >= 1, -1 if size < 0 for all, 0 if it depends."""
     coefs = [c for _, c in size.terms]
@@ -118,6 +137,7 @@ class _Checker:
         self.used: set[str] = set()
         self.used_dims: set[str] = set()
         self.types: dict[str, Type] = {}       # value name or "name'" -> type
+        self.broken: dict[str, str] = {}       # declared with an error: name -> kind
         self.constraints: list[Constraint] = []
 
     # ------------------------------------------------------------------ reporting
@@ -133,22 +153,41 @@ class _Checker:
 
     # ------------------------------------------------------------------ declarations
     def value_names(self) -> set[str]:
-        return set(self.inputs) | set(self.states) | set(self.params) | set(self.lets)
+        return (set(self.inputs) | set(self.states) | set(self.params) | set(self.lets)
+                | set(self.broken))
+
+    def kind_of(self, name: str) -> str | None:
+        """'input', 'state' or 'param' for a declared name, also one declared with an error."""
+        for table, kind in ((self.inputs, "input"), (self.states, "state"),
+                            (self.params, "param")):
+            if name in table:
+                return kind
+        return self.broken.get(name)
 
     def _claim(self, name: str, span: Span, what: str) -> bool:
         """Reserve a value name; report a duplicate. Returns whether the name was free."""
-        for table, kind in ((self.inputs, "an input"), (self.states, "a state"),
-                            (self.params, "a param"), (self.lets, "an equation")):
-            if name in table:
-                self.error(f"'{name}' is already declared as {kind}", span,
-                           f"each name is declared once; rename this {what}")
-                return False
+        kind = self.kind_of(name)
+        if kind is None and name in self.lets:
+            kind = "output" if isinstance(self.lets[name], ast.Output) else "equation"
+        if kind is not None:
+            self.error(f"'{name}' is already declared as {_a(kind)}", span,
+                       f"each name is declared once; rename this {what}")
+            return False
         if name in self.dims:
-            self.error(f"'{name}' is already declared as a dim (a size)", span,
+            dim_span = self.dims[name]
+            if (dim_span.line, dim_span.column) < (span.line, span.column):
+                message = f"'{name}' is already declared as a dim (a size)"
+            else:  # dims are declared first, wherever they stand
+                message = f"'{name}' is also declared as a dim (a size), on line {dim_span.line}"
+            self.error(message, span,
                        f"rename this {what}: dims and values share one namespace")
             return False
         if name in FUNCTIONS:
-            self.error(f"'{name}' is a built-in function and cannot name a {what}", span)
+            self.error(f"'{name}' is a built-in function and cannot name {_a(what)}", span)
+            return False
+        if name in KEYWORDS:
+            self.error(f"'{name}' is a keyword of the language and cannot name {_a(what)}",
+                       span, "rename it")
             return False
         return True
 
@@ -166,6 +205,9 @@ class _Checker:
             if ok and _provably(dim - Dim.lit(1)) < 0:
                 self.error(f"size {dim} of '{var.name}' is not positive", var.shape_span)
                 ok = False
+            elif ok and _provably(dim - Dim.lit(1)) == 0:   # e.g. H - 1: checked when bound
+                self.constraints.append(Constraint(
+                    dim, 1, f"size {dim} of '{var.name}' is not positive", var.shape_span))
         return var.shape if ok else None
 
     def declare(self, stmt) -> None:
@@ -180,7 +222,11 @@ class _Checker:
             type(stmt)]
         for var in stmt.vars:
             if not self._claim(var.name, var.span, kind):
+                if self.kind_of(var.name) is None:  # it clashed with a dim or a function
+                    self.broken[var.name] = kind
                 continue
+            # a name declared with an error stays known, so that its uses add no errors
+            self.broken[var.name] = kind
             shape = self.shape(var)
             if shape is None:
                 continue
@@ -193,14 +239,26 @@ class _Checker:
                 self.error(f"param '{var.name}' has {len(shape)} axes; params are scalars, "
                            f"vectors or matrices", var.shape_span)
                 continue
+            del self.broken[var.name]
             decl = Decl(var.name, Type(shape, kind != "param"), var.init, var.span)
             {"input": self.inputs, "state": self.states, "param": self.params}[kind][
                 var.name] = decl
             self.types[var.name] = decl.type
 
     def check_inits(self) -> None:
+        overflow = set()
+        for decl in (*self.params.values(), *self.states.values()):
+            init = decl.init
+            values = (init.value,) if isinstance(init, ast.ConstInit) else (
+                init.args if isinstance(init, ast.NamedInit) else ())
+            if not all(math.isfinite(v) for v in values):
+                self.error(f"a number in the initialiser of '{decl.name}' is too large for a "
+                           "float", init.span)
+                overflow.add(decl.name)
         for decl in self.params.values():
             init = decl.init
+            if decl.name in overflow:
+                continue
             if isinstance(init, ast.NamedInit):
                 if init.name not in INITIALISERS:
                     self.error(f"unknown initialiser '{init.name}'", init.span,
@@ -209,9 +267,8 @@ class _Checker:
                     continue
                 low, high, matrix = INITIALISERS[init.name]
                 if not low <= len(init.args) <= high:
-                    want = str(low) if low == high else f"{low} to {high}"
-                    self.error(f"'{init.name}' takes {want} argument(s), got {len(init.args)}",
-                               init.span)
+                    self.error(f"'{init.name}' takes {_arguments(low, high)}, got "
+                               f"{len(init.args)}", init.span)
                 elif matrix and decl.type.rank != 2:
                     self.error(f"'{init.name}' initialises matrices, but '{decl.name}' is "
                                f"{decl.type}", init.span, "use zeros, uniform(a, b) or "
@@ -225,31 +282,41 @@ class _Checker:
                            f"not a reference to '{init.name}'", init.span)
         for decl in self.states.values():
             init = decl.init
-            if isinstance(init, ast.NamedInit):
-                self.error("a state starts at a number or at a param, not at an initialiser",
-                           init.span, f"declare a param {decl.name}0{decl.type} ~ "
-                           f"{init.name} and write state {decl.name}{decl.type} = "
-                           f"{decl.name}0")
-            elif isinstance(init, ast.ParamRefInit):
+            if isinstance(init, (ast.NamedInit, ast.ParamRefInit)):
                 self.used.add(init.name)
-                param = self.params.get(init.name)
-                if param is None:
-                    self.error(f"unknown param '{init.name}' as the initial value of "
-                               f"'{decl.name}'", init.span, _suggest(init.name, self.params))
-                elif param.type.shape != decl.type.shape:
-                    self.error(f"state '{decl.name}' is {decl.type} but its initial value "
-                               f"'{init.name}' is {param.type}", init.span)
+            param = self.params.get(init.name) if isinstance(init, ast.ParamRefInit) else None
+            if isinstance(init, ast.NamedInit) or (
+                    param is None and isinstance(init, ast.ParamRefInit)
+                    and init.name in INITIALISERS and self.kind_of(init.name) is None):
+                self.error(f"state '{decl.name}' starts at the initialiser '{init.name}'; "
+                           "a state starts at a number or at a param", init.span,
+                           f"declare a param {decl.name}0{decl.type} ~ {init.name} and "
+                           f"write state {decl.name}{decl.type} = {decl.name}0")
+            elif not isinstance(init, ast.ParamRefInit) or init.name in self.broken:
+                continue
+            elif param is None and self.kind_of(init.name) is not None:
+                self.error(f"state '{decl.name}' starts at '{init.name}', which is "
+                           f"{_a(self.kind_of(init.name))}; a state starts at a number or at "
+                           "a param", init.span)
+            elif param is None:
+                self.error(f"unknown param '{init.name}' as the initial value of "
+                           f"'{decl.name}'", init.span, _suggest(init.name, self.params))
+            elif param.type.shape != decl.type.shape:
+                self.error(f"state '{decl.name}' is {decl.type} but its initial value "
+                           f"'{init.name}' is {param.type}", init.span)
 
     # ------------------------------------------------------------------ equations
     def collect(self, stmt) -> None:
         if isinstance(stmt, ast.Equation):
+            kind = self.kind_of(stmt.target)
             if stmt.primed:
-                if stmt.target not in self.states:
-                    what = ("an input" if stmt.target in self.inputs else "a param"
-                            if stmt.target in self.params else None)
-                    self.error(f"'{stmt.target}' is {what}, only states have a next value"
-                               if what else f"'{stmt.target}' is not a declared state",
-                               stmt.target_span, None if what else
+                if kind == "state" and stmt.target in self.broken:
+                    return  # its declaration's error is enough
+                if kind in ("input", "param"):
+                    self.error(f"'{stmt.target}' is {_a(kind)}, only states have a next value",
+                               stmt.target_span)
+                elif kind is None:
+                    self.error(f"'{stmt.target}' is not a declared state", stmt.target_span,
                                f"declare it: state {stmt.target}[...]")
                 elif stmt.target in self.nexts:
                     self.error(f"state '{stmt.target}' is updated twice", stmt.target_span,
@@ -257,13 +324,12 @@ class _Checker:
                 else:
                     self.nexts[stmt.target] = stmt
             else:
-                if stmt.target in self.states:
+                if kind == "state":
                     self.error(f"cannot assign to state '{stmt.target}': it is the previous "
                                "value", stmt.target_span,
                                f"write {stmt.target}' = ... for the next value")
-                elif stmt.target in self.inputs or stmt.target in self.params:
-                    what = "an input" if stmt.target in self.inputs else "a param"
-                    self.error(f"cannot assign to '{stmt.target}': it is {what}",
+                elif kind is not None:
+                    self.error(f"cannot assign to '{stmt.target}': it is {_a(kind)}",
                                stmt.target_span)
                 elif self._claim(stmt.target, stmt.target_span, "equation"):
                     self.lets[stmt.target] = stmt
@@ -307,13 +373,14 @@ class _Checker:
             if len(component) == 1 and not graph.has_edge(*component, *component):
                 continue
             cycle = nx.find_cycle(graph.subgraph(component))
-            names = [a for a, _ in cycle]
+            names = [b for _, b in reversed(cycle)]   # each name uses the next one
             first = min(names, key=lambda k: position[k])
             start = names.index(first)
             loop = names[start:] + names[:start] + [first]
             stmt = defs[first]
             span = stmt.target_span if isinstance(stmt, ast.Equation) else stmt.name_span
-            self.error("a cycle within one step: " + " -> ".join(loop), span,
+            uses = ", ".join(f"{a} uses {b}" for a, b in zip(loop, loop[1:]))
+            self.error("a cycle within one step: " + uses, span,
                        "within a step, a value cannot depend on itself; use a state's "
                        "previous value (h, not h') to carry it to the next step")
             graph.remove_nodes_from(component)
@@ -322,12 +389,20 @@ class _Checker:
     # ------------------------------------------------------------------ expressions
     def infer(self, expr: ast.Expr) -> Type:
         if isinstance(expr, ast.Number):
+            if not math.isfinite(expr.value):
+                self.error(f"the number {self.text(expr.span)} is too large for a float",
+                           expr.span)
+                raise _Poison
             return Type((), False)
         if isinstance(expr, ast.Name):
             return self.name_type(expr)
         if isinstance(expr, ast.Primed):
-            if expr.name not in self.states:
-                self.error(f"'{expr.name}' is not a state, so '{expr.name}'' has no meaning",
+            kind = self.kind_of(expr.name)
+            if kind == "state" and expr.name in self.broken:
+                raise _Poison  # its declaration's error is enough
+            if kind != "state":
+                what = f"{_a(kind)}, not a state" if kind else "not a state"
+                self.error(f"'{expr.name}' is {what}, so {expr.name}' has no meaning",
                            expr.span, "only a state's next value is written with a prime")
                 raise _Poison
             if expr.name not in self.nexts:
@@ -337,21 +412,38 @@ class _Checker:
                 raise _Poison
             return self.types[key]
         if isinstance(expr, ast.BinOp):
-            left, right = self.infer(expr.left), self.infer(expr.right)
+            left, right = self.infer_all([expr.left, expr.right])
             return self.apply(BINARY_OPS[expr.op], [left, right], (), expr,
                               operands=[expr.left, expr.right], symbol=expr.op)
         if isinstance(expr, ast.Neg):
             return self.apply(Op.NEG, [self.infer(expr.operand)], (), expr,
                               operands=[expr.operand])
         if isinstance(expr, ast.Pow):
-            base = self.infer(expr.base)
-            self.exponent(expr)
+            (base,) = self.infer_all([expr.base], then=lambda: self.exponent(expr))
             return self.apply(Op.POW, [base], (), expr, operands=[expr.base])
         if isinstance(expr, ast.Call):
             return self.call(expr)
         if isinstance(expr, ast.Slice):
             return self.slice(expr)
         raise AssertionError(f"unknown expression node {expr!r}")
+
+    def infer_all(self, exprs, then=None) -> list[Type]:
+        """Each operand's type; every operand (and `then`, a further check) is checked
+        even after one fails, so that independent errors are all reported."""
+        types, failed = [], False
+        for e in exprs:
+            try:
+                types.append(self.infer(e))
+            except _Poison:
+                failed = True
+        try:
+            if then is not None:
+                then()
+        except _Poison:
+            failed = True
+        if failed:
+            raise _Poison
+        return types
 
     def name_type(self, expr: ast.Name) -> Type:
         name = expr.name
@@ -362,9 +454,12 @@ class _Checker:
             if name not in self.types:
                 raise _Poison
             return self.types[name]
+        if name in self.broken:
+            raise _Poison  # its declaration's error is enough
         if name in self.dims:
             self.error(f"'{name}' is a dim (a size), not a value", expr.span,
-                       "dims give shapes; to use a size as a number, write mean or sum")
+                       "dims appear only in shapes and slice bounds; for a learned number "
+                       "declare a param, for an average over features use mean(...)")
         elif name in FUNCTIONS:
             self.error(f"'{name}' is a function; call it: {name}(...)", expr.span)
         else:
@@ -382,6 +477,9 @@ class _Checker:
         if not isinstance(e, ast.Number):
             self.error("the exponent of ** must be a constant number", expr.exponent.span,
                        "for a variable exponent write exp(b * log(a))")
+            raise _Poison
+        if not math.isfinite(e.value):
+            self.error(f"the number {self.text(e.span)} is too large for a float", e.span)
             raise _Poison
         return sign * e.value
 
@@ -402,7 +500,7 @@ class _Checker:
         if arity is None and not expr.args:
             self.error(f"{expr.fn} needs at least one argument", expr.span)
             raise _Poison
-        types = [self.infer(a) for a in expr.args]
+        types = self.infer_all(expr.args)
         return self.apply(op, types, (), expr, operands=list(expr.args), symbol=expr.fn)
 
     def slice(self, expr: ast.Slice) -> Type:
@@ -419,7 +517,8 @@ class _Checker:
                 self.used_dims.add(name)
                 if name not in self.dims:
                     self.error(f"unknown dim '{name}' in a slice bound", expr.span,
-                               _suggest(name, self.dims))
+                               _suggest(name, self.dims) or
+                               f"declare it: dims {', '.join(list(self.dims) + [name])}")
                     raise _Poison
         where = f"slice [{start}:{stop}] of a vector of size {length}"
         for size, minimum, message in ((start, 0, f"{where} starts before 0"),
@@ -441,6 +540,11 @@ class _Checker:
             self.error(f"{what} is a matrix {types[i]}; a matrix can only stand left of @",
                        operands[i].span if operands else expr.span,
                        "elementwise operations and functions take vectors and scalars")
+            raise _Poison
+        if op == Op.CONCAT and any(t.rank == 0 for t in types):
+            i = next(i for i, t in enumerate(types) if t.rank == 0)
+            self.error(f"concat joins vectors, but {self.text(operands[i].span)} is a scalar",
+                       operands[i].span)
             raise _Poison
         try:
             return infer(op, types, attrs)
@@ -500,7 +604,9 @@ class _Checker:
         return CheckedCell(
             self.cell.name, self.source, tuple(self.dims), tuple(self.inputs.values()),
             tuple(self.states.values()), tuple(self.params.values()), tuple(definitions),
-            tuple(outputs), tuple(self.constraints), tuple(self.warnings.items), self.cell)
+            tuple(outputs), tuple(self.constraints),
+            tuple(sorted(self.warnings.items, key=lambda d: (d.span.line, d.span.column))),
+            self.cell)
 
     def output_refs(self) -> list[OutputRef]:
         refs = []
@@ -508,6 +614,8 @@ class _Checker:
             if stmt.expr is not None:
                 if name in self.types:
                     refs.append(OutputRef(name, ("value", name), self.types[name], stmt.span))
+            elif name in self.broken:
+                continue  # its declaration's error is enough
             elif stmt.primed:
                 if name not in self.states:
                     self.error(f"'{name}' is not a state, so output {name}' has no meaning",
@@ -525,9 +633,9 @@ class _Checker:
                     if name in self.types:
                         refs.append(OutputRef(name, ("value", name), self.types[name],
                                               stmt.span))
-                elif name in self.inputs or name in self.params:
-                    self.error(f"output '{name}' is {'an input' if name in self.inputs else 'a param'}; "
-                               "outputs are computed values", stmt.name_span)
+                elif self.kind_of(name) is not None:
+                    self.error(f"output '{name}' is {_a(self.kind_of(name))}; outputs are "
+                               "computed values", stmt.name_span)
                 else:
                     self.error(f"unknown name '{name}' in output", stmt.name_span,
                                _suggest(name, self.value_names()))
@@ -557,6 +665,16 @@ class _Checker:
                                   stmt.target_span)
         if not self.outputs and not self.states:
             self.error(f"cell '{self.cell.name}' has no states and no outputs", self.cell.span)
+        if not self.inputs and not self.failed_inputs():
+            self.error(f"cell '{self.cell.name}' has no input", self.cell.name_span,
+                       "a cell runs over an input sequence: declare one, e.g. input x[I]")
+        if keyword.iskeyword(self.cell.name) or self.cell.name in RESERVED_CELL_NAMES:
+            self.error(f"'{self.cell.name}' cannot name a cell: it would not be a usable "
+                       "Python class name", self.cell.name_span, "rename the cell")
+
+    def failed_inputs(self) -> bool:
+        """Whether some input declaration failed (its error already explains the rest)."""
+        return any(isinstance(s, ast.InputDecl) for s in self.cell.body)
 
 
 def _children(expr: ast.Expr):

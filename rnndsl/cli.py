@@ -1,4 +1,4 @@
-"""The command line: `rnndsl check | graph | gradcheck`.
+"""The command line: `rnndsl check | graph | gradcheck | build | explain`.
 
 Every user error (a bad spec, a missing file, bad arguments) prints one clear message
 and exits with status 2; never a traceback (`--debug` shows one). Exit status 1 means the
@@ -211,18 +211,70 @@ def cmd_gradcheck(args) -> int:
     return status
 
 
+# ---------------------------------------------------------------------------- build
+def _passes(args) -> tuple[str, ...]:
+    from .plan import PASSES
+    off = set()
+    for name in args.no_pass or []:
+        if name not in PASSES:
+            raise UsageError(f"unknown pass '{name}'; passes: {', '.join(PASSES)}")
+        off.add(name)
+    return tuple(p for p in PASSES if p not in off)
+
+
+def cmd_build(args) -> int:
+    from .build import build_source, module_file_name, write_module
+    from .spec import read_spec
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"-o {out_dir}: exists and is not a folder")
+    passes = _passes(args)
+    built = []
+    for path in args.files:          # check everything before writing anything
+        spec_file = read_spec(path)
+        built.append((path, spec_file, build_source(spec_file, passes, args.target)))
+    names = [module_file_name(spec_file) for _, spec_file, _ in built]
+    twice = {n for n in names if names.count(n) > 1}
+    if twice:
+        raise UsageError(f"several specs would write {', '.join(sorted(twice))}; build them "
+                         "into different folders")
+    for (path, spec_file, source), name in zip(built, names):
+        target = out_dir / name
+        write_module(source, target)
+        cells = ", ".join(spec_file.cells)
+        print(f"{path} -> {target} (cell{'s' if len(spec_file.cells) > 1 else ''} {cells}; "
+              f"import with: from {target.stem} import {next(iter(spec_file.cells))})")
+    return EXIT_OK
+
+
+def cmd_explain(args) -> int:
+    from .emit import explain_lines
+    from .ir import lower
+    from .plan import make_plan
+    from .spec import read_spec
+    spec = read_spec(args.file).pick(args.cell)
+    plan = make_plan(lower(spec), _passes(args))
+    on = ", ".join(sorted(plan.passes)) or "none"
+    print(f"# cell {spec.name}: plan for the cpu target (passes: {on})")
+    for line in explain_lines(plan):
+        print(line)
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnndsl",
         description="Write recurrent cells as equations in .rnn files; check them, draw "
-                    "their graphs, and check their BPTT gradients.",
+                    "their graphs, check their BPTT gradients, and compile them.",
         epilog="examples:\n"
                "  rnndsl check specs/*.rnn                 check specs, show warnings\n"
                "  rnndsl check specs/lstm.rnn --dump-after ir\n"
                "  rnndsl graph specs/gru.rnn -o gru.svg    one step as a picture\n"
                "  rnndsl graph specs/elman.rnn --unroll 3 --grad -o bptt.dot\n"
                "  rnndsl gradcheck specs/lstm.rnn -T 5     gradients vs finite differences\n"
+               "  rnndsl build specs/lstm.rnn -o build/    compile: from lstm import LSTM\n"
+               "  rnndsl explain specs/lstm.rnn            the compiled loop nest\n"
                "\nexit status: 0 ok, 1 a check failed, 2 bad input (spec or arguments)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"rnndsl {__version__}")
@@ -273,6 +325,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=1e-6,
                    help="largest relative error that passes (default 1e-6)")
     p.set_defaults(run=cmd_gradcheck)
+
+    p = sub.add_parser("build", help="compile specs into importable Python modules",
+                       description="Generate a module of Numba kernels for each spec, named "
+                                   "after the spec file (specs/lstm.rnn -> OUT/lstm.py), "
+                                   "holding each cell as a class: `from lstm import LSTM`. "
+                                   "Writes are atomic: a failed build leaves the previous "
+                                   "module in place.")
+    p.add_argument("files", nargs="+", metavar="SPEC")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--target", choices=("cpu",), default="cpu", help="(default cpu)")
+    p.add_argument("--no-pass", action="append", metavar="PASS",
+                   help="switch an optimisation pass off (repeatable): hoist, fuse_matmul, "
+                        "fuse_elementwise, defer_grads")
+    p.set_defaults(run=cmd_build)
+
+    p = sub.add_parser("explain", help="print a cell's compiled plan as a loop nest",
+                       description="Show what the CPU target does: which work is hoisted "
+                                   "out of the time loop, which matmuls share one GEMM, which "
+                                   "elementwise ops are fused, and what BPTT defers.")
+    p.add_argument("file", metavar="SPEC")
+    p.add_argument("--cell", help="the cell to explain, in a file with several")
+    p.add_argument("--no-pass", action="append", metavar="PASS",
+                   help="switch an optimisation pass off (repeatable)")
+    p.set_defaults(run=cmd_explain)
     return parser
 
 
@@ -292,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:      # `rnndsl explain ... | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # a bug: say so plainly, keep the traceback behind --debug
         if args.debug:
             traceback.print_exc()

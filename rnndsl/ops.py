@@ -147,8 +147,8 @@ def _matvec(types: Sequence[Type], attrs: tuple) -> Type:
         raise ShapeMismatch(f"the right of @ must be a vector, got "
                             f"{'a scalar' if x.rank == 0 else 'a matrix ' + str(x)}")
     if w.shape[1] != x.shape[0]:
-        raise ShapeMismatch(f"the matrix is {w} but the vector is {x}: "
-                            f"the matrix needs {w.shape[0]} rows by {x.shape[0]} columns")
+        raise ShapeMismatch(f"the matrix is {w} but the vector is {x}: the matrix's "
+                            f"{w.shape[1]} columns must match the vector's size {x.shape[0]}")
     return Type((w.shape[0],), x.batched)
 
 

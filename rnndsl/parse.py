@@ -3,7 +3,7 @@
 Input: the text of a .rnn file and the path it is reported under. Output: an
 `ast.Module` of frozen dataclasses carrying source spans. The grammar is
 `grammars/rnn.lark` (LALR(1)); syntax errors are labelled by matching the parser's state
-against canonical bad inputs (lark's `match_examples`) and reported as `SpecSyntaxError`
+against canonical bad inputs (as lark's `match_examples` does) and reported as `SpecSyntaxError`
 with file:line:col and a caret. Nothing else ever escapes `parse`.
 """
 
@@ -180,17 +180,28 @@ class _ToAst(Transformer):
         return ast.Call(str(fn), args, _span_of(meta), _span_of(fn))
 
 
-# Canonical bad inputs, one list per labelled message. lark matches the parser state at the
-# error against these; the first label whose example fails in the same state wins.
+MISSING_BRACE = "missing '}' at the end of the cell"
+UNCLOSED_PAREN = "unclosed parenthesis: expected ')'"
+
+# Canonical bad inputs, one list per labelled message. `_label` matches the parser state at
+# an error against these; an example failing on the same token wins, else the first label
+# whose example fails in the same state. A test checks that each example gets its label.
 SYNTAX_EXAMPLES: dict[str, list[str]] = {
     "expected an expression": [
         "cell C { h' = }",
         "cell C { h' = tanh(x) + }",
+        "cell C { h' = x - }",
         "cell C { h' = 2 * }",
+        "cell C { h' = x / }",
+        "cell C { h' = W @ }",
+        "cell C { h' = x ** }",
+        "cell C { h' = - }",
+        "cell C { h' = ( }",
         "cell C { output y = }",
         "cell C { h' = tanh( , x) }",
+        "cell C { h' = max(x, ) }",
     ],
-    "unclosed parenthesis: expected ')'": [
+    UNCLOSED_PAREN: [
         "cell C { h' = tanh(x }",
         "cell C { h' = (a + b }",
         "cell C { h' = max(a, b }",
@@ -200,6 +211,17 @@ SYNTAX_EXAMPLES: dict[str, list[str]] = {
         "input x[I]",
         "h' = x",
         "param W[H, H]",
+        "cell C { } dims H",
+        "cell C { dims H } input x[I]",
+        "cell C { } state h[H]",
+        "cell C { dims H } h' = x",
+        "cell C { dims H } output y",
+        "use \"a.rnn\" input x[I]",
+    ],
+    "an unmatched '}': the cell before it is already closed": [
+        "cell C { } }",
+        "cell C { dims H } }",
+        "}",
     ],
     "a declared name needs a shape in brackets, like `x[I]`": [
         "cell C { input x }",
@@ -207,12 +229,17 @@ SYNTAX_EXAMPLES: dict[str, list[str]] = {
         "cell C { state h }",
         "cell C { state h, c[H] }",
     ],
+    "a state starts at a number or at a param: `state h[H] = 0.5` or `state h[H] = h0`": [
+        "cell C { state h[H] = }",
+        "cell C { state h[H] = -h0 }",
+        "cell C { state h[H] = zeros() }",
+    ],
     "expected '=' after the name: an equation reads `name = expr` or `state' = expr`": [
         "cell C { h' tanh(x) }",
         "cell C { a tanh(x) }",
         "cell C { h' = a \n b }",
     ],
-    "missing '}' at the end of the cell": [
+    MISSING_BRACE: [
         "cell C { dims H",
         "cell C { h' = tanh(x)",
         "cell C { input x[I]",
@@ -225,11 +252,21 @@ SYNTAX_EXAMPLES: dict[str, list[str]] = {
         "cell C { input x[1.5] }",
         "cell C { input x[H * 2] }",
         "cell C { param W[H,] }",
+        "cell C { h' = x[0.5:] }",
+        "cell C { h' = x[:0.5] }",
+        "cell C { h' = x[H * 2:] }",
+        "cell C { h' = x[:H * 2] }",
+    ],
+    "a slice needs a colon, like `x[0:H]`, `x[H:]` or `x[i:i + 1]` for one feature": [
+        "cell C { h' = x[0] }",
+        "cell C { h' = x[H] }",
     ],
     "an initialiser follows `~`: a number, or a name like `glorot` or `uniform(-0.1, 0.1)`": [
         "cell C { param W[H] ~ }",
         "cell C { param W[H] ~ [1] }",
         "cell C { param W[H] ~ f(x) }",
+        "cell C { param a ~ }",
+        "cell C { param a ~ f(x) }",
     ],
     "`use` takes a quoted path: `use \"other.rnn\"`": [
         "use other.rnn",
@@ -237,42 +274,95 @@ SYNTAX_EXAMPLES: dict[str, list[str]] = {
     ],
 }
 
-
-
-def _in_every_position(examples: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Each example also after a first statement.
-
-    lark compares parser states with their stack depth, and the first statement of a
-    cell sits one level shallower than every later one, so each example is given twice.
-    """
-    out = {}
-    for label, texts in examples.items():
-        more = [t.replace("cell C { ", "cell C { dims Z ", 1) for t in texts
-                if t.startswith("cell C { ")]
-        out[label] = texts + more
-    return out
-
-
-SYNTAX_EXAMPLES = _in_every_position(SYNTAX_EXAMPLES)
-
 HINTS = {
     "expected '=' after the name: an equation reads `name = expr` or `state' = expr`":
         "is an operator missing between two operands on the line before?",
-    "missing '}' at the end of the cell": "every `cell Name {` needs a closing `}`",
+    MISSING_BRACE: "every `cell Name {` needs a closing `}`",
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _example_errors() -> tuple[tuple[str, int, frozenset, str, str], ...]:
+    """Where each of SYNTAX_EXAMPLES fails: (label, parser state, accepts, token type, text)."""
+    found = []
+    for label, examples in SYNTAX_EXAMPLES.items():
+        for text in examples:
+            try:
+                _parser().parse(text)
+            except lark.exceptions.UnexpectedToken as exc:
+                found.append((label, exc.state.position, frozenset(exc.accepts),
+                              exc.token.type, str(exc.token)))
+            else:
+                raise AssertionError(f"the syntax example {text!r} parses")
+    return tuple(found)
+
+
+def _label(exc: lark.exceptions.UnexpectedToken) -> str | None:
+    """The label of the canonical bad input that fails in the same parser state.
+
+    Like lark's `match_examples`, but the state is compared by its LALR state and the set of
+    tokens it accepts, not by the depth of the parser's stack: lark's comparison counts the
+    statements before the error, so an example only matched errors in a cell's first
+    statement. Examples that fail at the end of the file label only errors there.
+    """
+    at_end = exc.token.type == "$END"
+    if at_end:
+        closer = _missing_closer(exc)
+        if closer is not None:
+            return closer
+    accepts = frozenset(exc.accepts)
+    candidate = None
+    for label, state, example_accepts, token_type, token_text in _example_errors():
+        if state != exc.state.position or example_accepts != accepts:
+            continue
+        if token_type == "$END" and not at_end:
+            continue
+        if (token_type, token_text) == (exc.token.type, str(exc.token)):
+            return label
+        candidate = candidate or label
+    return candidate
+
+
+_CLOSERS = (("}", MISSING_BRACE), (")}", UNCLOSED_PAREN), ("))}", UNCLOSED_PAREN),
+            (")))}", UNCLOSED_PAREN), ("]}", "unclosed bracket: expected ']'"))
+_CLOSER_TOKENS = {"}": "RBRACE", ")": "RPAR", "]": "RSQB"}
+
+
+def _missing_closer(exc: lark.exceptions.UnexpectedToken) -> str | None:
+    """At the end of the file: the label of the closers that would complete the text."""
+    for closers, label in _CLOSERS:
+        parser = exc.interactive_parser.copy()
+        try:
+            for c in closers:
+                parser.feed_token(Token(_CLOSER_TOKENS[c], c))
+            parser.feed_eof()
+        except lark.exceptions.UnexpectedInput:
+            continue
+        return label
+    return None
+
+
+_PRETTY = {
+    "NAME": "a name", "NUMBER": "a number", "SIGNED_NUMBER": "a number", "INT": "an integer",
+    "STRING": "a quoted path", "$END": "the end of the file",
+}
+
+
+def _pretty(terminal: str) -> str:
+    """A terminal as a person reads it: keywords bare, punctuation quoted."""
+    if terminal in _PRETTY:
+        return _PRETTY[terminal]
+    for t in _parser().terminals:
+        if t.name == terminal and isinstance(t.pattern, lark.lexer.PatternStr):
+            text = t.pattern.value
+            return text if text.isalpha() else repr(text) if "'" not in text else f'"{text}"'
+    return terminal.lower()
+
+
 def _describe_expected(expected: set[str]) -> str:
-    pretty = {
-        "NAME": "a name", "NUMBER": "a number", "SIGNED_NUMBER": "a number", "INT": "an integer",
-        "STRING": "a quoted path", "PRIME": "'", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['",
-        "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "EQUAL": "'='",
-        "COLON": "':'", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'",
-        "TILDE": "'~'", "$END": "the end of the file",
-    }
-    words = sorted({pretty.get(e, e.lower() if e.isupper() else repr(e)) for e in expected})
-    if len(words) > 6:
-        return ", ".join(words[:6]) + ", ..."
+    words = sorted({_pretty(e) for e in expected})
+    if len(words) > 8:
+        return ", ".join(words[:8]) + ", ..."
     return ", ".join(words)
 
 
@@ -284,11 +374,8 @@ def _token_text(token: Token) -> str:
 
 def _syntax_error(text: str, source: Source, exc: lark.exceptions.LarkError) -> SpecSyntaxError:
     label = None
-    if isinstance(exc, (lark.exceptions.UnexpectedToken, lark.exceptions.UnexpectedEOF)):
-        try:
-            label = exc.match_examples(_parser().parse, SYNTAX_EXAMPLES, use_accepts=True)
-        except Exception:  # matching is best effort; the generic message still stands
-            label = None
+    if isinstance(exc, lark.exceptions.UnexpectedToken):
+        label = _label(exc)
     lines = text.splitlines() or [""]
     if isinstance(exc, lark.exceptions.UnexpectedCharacters):
         span = Span.point(exc.line, exc.column)
@@ -306,7 +393,9 @@ def _syntax_error(text: str, source: Source, exc: lark.exceptions.LarkError) -> 
     else:
         span = _span_of(token)
         found = _token_text(token)
-    expected = getattr(exc, "expected", None) or getattr(exc, "accepts", None) or set()
+    # `accepts` is what the parser would take here; lark's `expected` is the LALR table's
+    # row, which lists ')' where no parenthesis is open and omits the keywords
+    expected = getattr(exc, "accepts", None) or getattr(exc, "expected", None) or set()
     generic = f"unexpected {found}"
     if expected:
         generic += f"; expected {_describe_expected(set(expected))}"

@@ -7,6 +7,8 @@ grammar's precedence needs them.
 
 from __future__ import annotations
 
+import math
+
 from . import ast
 from .shapes import Dim
 
@@ -22,7 +24,14 @@ def dim(d: Dim) -> str:
 
 
 def number(value: float) -> str:
-    return repr(float(value))
+    """`repr` gives the shortest text that reads back as the same float; an overflowed
+    literal (1e999 parses as inf) is printed as one that overflows again, not as `inf`,
+    which would read back as a name."""
+    value = float(value)
+    assert value == value, "NaN has no literal in the grammar"
+    if math.isinf(value):
+        return "1e999" if value > 0 else "-1e999"
+    return repr(value)
 
 
 def expr(e: ast.Expr, context: int = 0) -> str:

@@ -45,8 +45,14 @@ class SpecFile:
             return everything[name]
         if len(self.cells) == 1:
             return next(iter(self.cells.values()))
-        if not self.cells:
+        if not self.cells and len(self.used) == 1:
+            return next(iter(self.used.values()))
+        if not self.cells and not self.used:
             raise SpecFileError(f"{self.source.path}: the file defines no cell")
+        if not self.cells:
+            raise SpecFileError(f"{self.source.path} defines no cell of its own and uses "
+                                "several (" + ", ".join(self.used) + "); choose one with "
+                                "cell=NAME (--cell NAME on the command line)")
         raise SpecFileError(f"{self.source.path} defines several cells ("
                             + ", ".join(self.cells) + "); choose one with cell=NAME "
                             "(--cell NAME on the command line)")

@@ -1,0 +1,823 @@
+"""The checker: one test per error it reports, message and place pinned; warnings; the
+multi-file checks of `spec.read_spec`; and a slice whose validity waits for the dims.
+
+Cells are written with `cell(...)`: the body lines are lines 2, 3, ... of the text, each
+indented by two spaces, so a mark at index i of body line k is at line k + 1, column i + 3.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import rnndsl
+from rnndsl.check import CheckedCell, check
+from rnndsl.errors import BindError, CheckError, Source, SpecFileError
+from rnndsl.parse import parse
+from rnndsl.spec import read_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import strategies_ast as strategies  # noqa: E402
+
+# the declarations most tests share: lines 2 to 6
+DECLS = ("dims  H, I",
+         "input x[I]",
+         "state h[H]",
+         "param W[H, I] ~ glorot, U[H, H] ~ orthogonal, b[H] ~ zeros",
+         "param V[I, H]")
+UPDATE = "h' = tanh(W @ x + U @ h + b)"
+
+
+def cell(*lines: str, name: str = "A") -> str:
+    return f"cell {name} {{\n" + "".join(f"  {line}\n" for line in lines) + "}\n"
+
+
+def checked(text: str) -> CheckedCell:
+    (c,) = parse(text, "a.rnn").cells
+    return check(c, Source("a.rnn", text))
+
+
+def errors(text: str) -> list:
+    with pytest.raises(CheckError) as info:
+        checked(text)
+    return info.value.diagnostics
+
+
+def error(text: str):
+    """The one error in the text."""
+    found = errors(text)
+    assert len(found) == 1, [d.message for d in found]
+    return found[0]
+
+
+def at(d) -> tuple[int, int]:
+    return d.span.line, d.span.column
+
+
+def warnings(text: str) -> list[tuple[str, int, int]]:
+    return [(w.message, w.span.line, w.span.column) for w in checked(text).warnings]
+
+
+def test_a_well_formed_cell_checks_clean():
+    c = checked(cell(*DECLS, "z = V @ h", UPDATE, "output y = sigmoid(z)"))
+    assert c.warnings == ()
+    assert [(d.kind, d.name) for d in c.definitions] == [
+        ("let", "z"), ("next", "h"), ("output", "y")]
+
+
+# ----------------------------------------------------------------------------- names
+
+def test_unknown_name_with_a_hint():
+    d = error(cell(*DECLS, "h' = tanh(W @ x + U @ hh + b)"))
+    assert d.message == "unknown name 'hh'"
+    assert at(d) == (7, 25)
+    assert d.hint == "did you mean 'h'?"
+
+
+def test_unknown_name_without_a_close_match():
+    d = error(cell(*DECLS, UPDATE, "output y = h' * zebra"))
+    assert d.message == "unknown name 'zebra'"
+    assert at(d) == (8, 19)
+    assert d.hint is None
+
+
+def test_a_dim_used_as_a_value():
+    d = error(cell(*DECLS, "h' = tanh(W @ x) * H"))
+    assert d.message == "'H' is a dim (a size), not a value"
+    assert at(d) == (7, 22)
+
+
+def test_a_function_used_as_a_value():
+    d = error(cell(*DECLS, "h' = tanh + b"))
+    assert d.message == "'tanh' is a function; call it: tanh(...)"
+    assert at(d) == (7, 8)
+
+
+def test_unknown_function_with_a_hint():
+    d = error(cell(*DECLS, "h' = tahn(W @ x)"))
+    assert d.message == "unknown function 'tahn'"
+    assert at(d) == (7, 8)
+    assert d.hint == "did you mean 'tanh'?"
+
+
+def test_unknown_function_lists_the_functions():
+    d = error(cell(*DECLS, "h' = b + zzzzzz(b)"))
+    assert d.message == "unknown function 'zzzzzz'"
+    assert at(d) == (7, 12)
+    assert d.hint == ("functions: abs, concat, exp, hard_sigmoid, log, log_softmax, max, "
+                      "mean, min, relu, sigmoid, softmax, softplus, sqrt, sum, tanh")
+
+
+def test_a_value_called_as_a_function():
+    d = error(cell(*DECLS, "h' = b(x)"))
+    assert d.message == "'b' is a value, not a function"
+    assert at(d) == (7, 8)
+
+
+@pytest.mark.parametrize("call, message", [
+    ("max(b)", "max takes 2 arguments, got 1"),
+    ("tanh(b, b)", "tanh takes 1 argument, got 2"),
+    ("sum()", "sum takes 1 argument, got 0"),
+    ("concat()", "concat needs at least one argument"),
+])
+def test_wrong_arity(call, message):
+    d = error(cell(*DECLS, f"h' = b + {call}"))
+    assert d.message == message
+    assert at(d) == (7, 12)
+
+
+# ----------------------------------------------------------------------------- declarations
+
+@pytest.mark.parametrize("line, column, message, hint", [
+    ("input x[I]", 9, "'x' is already declared as an input",
+     "each name is declared once; rename this input"),
+    ("state x[H]", 9, "'x' is already declared as an input",
+     "each name is declared once; rename this state"),
+    ("state h[H]", 9, "'h' is already declared as a state",
+     "each name is declared once; rename this state"),
+    ("param h[H]", 9, "'h' is already declared as a state",
+     "each name is declared once; rename this param"),
+    ("param b[H]", 9, "'b' is already declared as a param",
+     "each name is declared once; rename this param"),
+    ("input U[H]", 9, "'U' is already declared as a param",
+     "each name is declared once; rename this input"),
+    ("param H[H]", 9, "'H' is already declared as a dim (a size)",
+     "rename this param: dims and values share one namespace"),
+    ("input I[H]", 9, "'I' is already declared as a dim (a size)",
+     "rename this input: dims and values share one namespace"),
+    ("param tanh[H]", 9, "'tanh' is a built-in function and cannot name a param", None),
+    ("input sum[H]", 9, "'sum' is a built-in function and cannot name an input", None),
+])
+def test_duplicate_declarations(line, column, message, hint):
+    d = error(cell(*DECLS, line, UPDATE))
+    assert d.message == message
+    assert at(d) == (7, column)
+    assert d.hint == hint
+
+
+def test_duplicate_dim():
+    d = error(cell("dims H, I, H", *DECLS[1:], UPDATE))
+    assert d.message == "dim 'H' is declared twice"
+    assert at(d) == (2, 14)
+
+
+def test_a_dim_declared_after_a_value_of_its_name():
+    d = error(cell(*DECLS, UPDATE, "dims x"))
+    assert d.message == "'x' is also declared as a dim (a size), on line 8"
+    assert at(d) == (3, 9)
+
+
+def test_duplicate_equation():
+    d = error(cell(*DECLS, "z = W @ x", "z = b", "h' = z"))
+    assert d.message == "'z' is already declared as an equation"
+    assert at(d) == (8, 3)
+    assert d.hint == "each name is declared once; rename this equation"
+
+
+def test_an_equation_with_the_name_of_an_output():
+    d = error(cell(*DECLS, UPDATE, "output y = h'", "y = b"))
+    assert d.message == "'y' is already declared as an output"
+    assert at(d) == (9, 3)
+
+
+def test_an_output_with_the_name_of_a_value():
+    d = error(cell(*DECLS, UPDATE, "output b = h'"))
+    assert d.message == "'b' is already declared as a param"
+    assert at(d) == (8, 10)
+    assert d.hint == "each name is declared once; rename this output"
+
+
+@pytest.mark.parametrize("decl, message, hint", [
+    ("input z[I, I]", "input 'z' must be a vector, got [I, I]", "matrices can only be params"),
+    ("input z[]", "input 'z' must be a vector, got []", "write z[1] for a single feature"),
+    ("state z[H, H]", "state 'z' must be a vector, got [H, H]", "matrices can only be params"),
+    ("state z[]", "state 'z' must be a vector, got []", "write z[1] for a single feature"),
+    ("param z[H, H, H]", "param 'z' has 3 axes; params are scalars, vectors or matrices", None),
+    ("param z[H - H]", "size 0 of 'z' is not positive", None),
+    ("param z[I, 0 - H]", "size -H of 'z' is not positive", None),
+])
+def test_declared_shapes(decl, message, hint):
+    d = error(cell(*DECLS, decl, UPDATE))
+    assert d.message == message
+    assert at(d) == (7, 10)
+    assert d.hint == hint
+
+
+def test_unknown_dim_in_a_shape():
+    d = error(cell(*DECLS, "param P[H, K]", UPDATE))
+    assert d.message == "unknown dim 'K' in the shape of 'P'"
+    assert at(d) == (7, 10)
+    assert d.hint == "declare it: dims H, I, K"
+
+
+def test_unknown_dim_in_a_shape_with_a_hint():
+    d = error(cell(*DECLS, "param P[HH]", UPDATE))
+    assert d.message == "unknown dim 'HH' in the shape of 'P'"
+    assert d.hint == "did you mean 'H'?"
+
+
+# ----------------------------------------------------------------------------- initialisers
+
+def test_unknown_initialiser():
+    d = error(cell(*DECLS, "param P[H] ~ xavier", UPDATE))
+    assert d.message == "unknown initialiser 'xavier'"
+    assert at(d) == (7, 16)
+    assert d.hint == "known: zeros, ones, constant, uniform, normal, glorot, orthogonal"
+
+
+def test_unknown_initialiser_with_a_hint():
+    d = error(cell(*DECLS, "param P[H, H] ~ glorit", UPDATE))
+    assert d.message == "unknown initialiser 'glorit'"
+    assert d.hint == "did you mean 'glorot'?"
+
+
+@pytest.mark.parametrize("init, message", [
+    ("uniform(1)", "'uniform' takes 2 arguments, got 1"),
+    ("normal(0, 1, 2)", "'normal' takes 2 arguments, got 3"),
+    ("zeros(1)", "'zeros' takes no arguments, got 1"),
+    ("glorot(1)", "'glorot' takes no arguments, got 1"),
+    ("constant()", "'constant' takes 1 argument, got 0"),
+    ("constant", "'constant' takes 1 argument, got 0"),
+    ("normal(0, -1)", "normal(mean, std) needs std >= 0"),
+    ("uniform(1, -1)", "uniform(low, high) needs low <= high"),
+])
+def test_initialiser_arguments(init, message):
+    d = error(cell(*DECLS, f"param P[H, H] ~ {init}", UPDATE))
+    assert d.message == message
+    assert at(d) == (7, 19)
+
+
+@pytest.mark.parametrize("decl, message", [
+    ("param P[H] ~ glorot", "'glorot' initialises matrices, but 'P' is [H]"),
+    ("param P ~ orthogonal", "'orthogonal' initialises matrices, but 'P' is []"),
+])
+def test_matrix_initialisers_on_a_vector_or_scalar(decl, message):
+    d = error(cell(*DECLS, decl, UPDATE))
+    assert d.message == message
+    assert d.hint == "use zeros, uniform(a, b) or normal(mean, std) for vectors"
+
+
+def test_a_state_starting_at_an_initialiser():
+    d = error(cell(*DECLS, "state c[H] = zeros", UPDATE, "c' = c"))
+    assert d.message == ("state 'c' starts at the initialiser 'zeros'; a state starts at a "
+                         "number or at a param")
+    assert at(d) == (7, 16)
+    assert d.hint == "declare a param c0[H] ~ zeros and write state c[H] = c0"
+
+
+def test_a_state_starting_at_a_param_of_the_wrong_shape():
+    d = error(cell(*DECLS, "param c0[I]", "state c[H] = c0", UPDATE, "c' = c"))
+    assert d.message == "state 'c' is [H] but its initial value 'c0' is [I]"
+    assert at(d) == (8, 16)
+
+
+def test_a_state_starting_at_an_unknown_param():
+    d = error(cell(*DECLS, "param c_zero[H]", "state c[H] = c_zro", UPDATE, "c' = c + c_zero"))
+    assert d.message == "unknown param 'c_zro' as the initial value of 'c'"
+    assert at(d) == (8, 16)
+    assert d.hint == "did you mean 'c_zero'?"
+
+
+def test_a_state_starting_at_an_input():
+    d = error(cell(*DECLS, "state c[I] = x", UPDATE, "c' = c"))
+    assert d.message == ("state 'c' starts at 'x', which is an input; a state starts at a "
+                         "number or at a param")
+    assert at(d) == (7, 16)
+
+
+def test_a_state_starting_at_a_param_is_fine():
+    c = checked(cell(*DECLS, "param c0[H] ~ normal(0, 0.1)", "state c[H] = c0", UPDATE,
+                     "c' = c * h'", "output v = V @ c'"))
+    assert c.warnings == ()
+
+
+def test_a_number_too_large_for_a_float():
+    found = errors(cell(*DECLS, "param P ~ 1e999", "h' = tanh(W @ x) * 1e400 + P"))
+    assert [(d.message, at(d)) for d in found] == [
+        ("a number in the initialiser of 'P' is too large for a float", (7, 13)),
+        ("the number 1e400 is too large for a float", (8, 22)),
+    ]
+
+
+# ----------------------------------------------------------------------------- updates
+
+def test_a_state_never_updated():
+    d = error(cell(*DECLS, "state c[H]", UPDATE))
+    assert d.message == "state 'c' is never updated"
+    assert at(d) == (7, 9)
+    assert d.hint == "add an equation c' = ... (write c' = c to keep it)"
+
+
+def test_a_state_updated_twice():
+    d = error(cell(*DECLS, UPDATE, "h' = b"))
+    assert d.message == "state 'h' is updated twice"
+    assert at(d) == (8, 3)
+    assert d.hint == "each state gets exactly one next value per step"
+
+
+@pytest.mark.parametrize("target, message, hint", [
+    ("x", "'x' is an input, only states have a next value", None),
+    ("b", "'b' is a param, only states have a next value", None),
+    ("q", "'q' is not a declared state", "declare it: state q[...]"),
+])
+def test_a_primed_target_that_is_no_state(target, message, hint):
+    d = error(cell(*DECLS, UPDATE, f"{target}' = b"))
+    assert d.message == message
+    assert at(d) == (8, 3)
+    assert d.hint == hint
+
+
+@pytest.mark.parametrize("name, message", [
+    ("x", "'x' is an input, not a state, so x' has no meaning"),
+    ("V", "'V' is a param, not a state, so V' has no meaning"),
+    ("q", "'q' is not a state, so q' has no meaning"),
+])
+def test_a_primed_reference_to_no_state(name, message):
+    d = error(cell(*DECLS, UPDATE, f"output y = h' + {name}'"))
+    assert d.message == message
+    assert at(d) == (8, 19)
+    assert d.hint == "only a state's next value is written with a prime"
+
+
+def test_assignment_to_an_unprimed_state():
+    d = error(cell(*DECLS, "h = b", UPDATE))
+    assert d.message == "cannot assign to state 'h': it is the previous value"
+    assert at(d) == (7, 3)
+    assert d.hint == "write h' = ... for the next value"
+
+
+@pytest.mark.parametrize("target, message", [
+    ("x", "cannot assign to 'x': it is an input"),
+    ("W", "cannot assign to 'W': it is a param"),
+])
+def test_assignment_to_an_input_or_param(target, message):
+    d = error(cell(*DECLS, UPDATE, f"{target} = h'"))
+    assert d.message == message
+    assert at(d) == (8, 3)
+
+
+CYCLE_HINT = ("within a step, a value cannot depend on itself; use a state's previous value "
+              "(h, not h') to carry it to the next step")
+
+
+@pytest.mark.parametrize("lines, message, place", [
+    (("f = g * 2", "g = k + b", "k = f", "h' = tanh(f)"),
+     "a cycle within one step: f uses g, g uses k, k uses f", (7, 3)),
+    (("k = f", "g = k + b", "f = g * 2", "h' = tanh(f)"),
+     "a cycle within one step: k uses f, f uses g, g uses k", (7, 3)),
+    (("a = a + 1", "h' = tanh(a)"), "a cycle within one step: a uses a", (7, 3)),
+    (("h' = tanh(h' + b)",), "a cycle within one step: h' uses h'", (7, 3)),
+    (("a = h' * 2", "h' = tanh(a)"), "a cycle within one step: a uses h', h' uses a", (7, 3)),
+    ((UPDATE, "output y = sum(y)"), "a cycle within one step: y uses y", (8, 10)),
+])
+def test_cycles_within_a_step(lines, message, place):
+    d = error(cell(*DECLS, *lines))
+    assert d.message == message
+    assert at(d) == place
+    assert d.hint == CYCLE_HINT
+
+
+def test_a_state_read_before_its_equation_is_no_cycle():
+    c = checked(cell(*DECLS, "y2 = V @ h'", UPDATE, "output y = y2 + x"))
+    assert [d.name for d in c.definitions] == ["h", "y2", "y"]
+
+
+# ----------------------------------------------------------------------------- shapes
+
+def test_shape_mismatch_in_a_sum_names_both_shapes():
+    d = error(cell(*DECLS, "h' = tanh(W @ x + x)"))
+    assert d.message == "shapes do not match in '+': W @ x is [H] but x is [I]"
+    assert at(d) == (7, 13)
+
+
+def test_shape_mismatch_in_max():
+    d = error(cell(*DECLS, "h' = max(b, x)"))
+    assert d.message == "shapes do not match in 'max': b is [H] but x is [I]"
+    assert at(d) == (7, 8)
+
+
+def test_matmul_inner_dim_mismatch():
+    d = error(cell(*DECLS, "h' = tanh(W @ h)"))
+    assert d.message == ("W @ h: the matrix is [H, I] but the vector is [H]: the matrix's "
+                         "I columns must match the vector's size H")
+    assert at(d) == (7, 13)
+
+
+@pytest.mark.parametrize("expr, column, message", [
+    ("W * b", 8, "W is a matrix [H, I]; a matrix can only stand left of @"),
+    ("b + U", 12, "U is a matrix [H, H]; a matrix can only stand left of @"),
+    ("tanh(U)", 13, "U is a matrix [H, H]; a matrix can only stand left of @"),
+    ("-U @ h", 9, "U is a matrix [H, H]; a matrix can only stand left of @"),
+])
+def test_a_matrix_used_elementwise(expr, column, message):
+    d = error(cell(*DECLS, f"h' = {expr}"))
+    assert d.message == message
+    assert at(d) == (7, column)
+    assert d.hint == "elementwise operations and functions take vectors and scalars"
+
+
+@pytest.mark.parametrize("expr, message", [
+    ("b @ U", "b @ U: the left of @ must be a matrix, got a vector [H]"),
+    ("2 @ b", "2 @ b: the left of @ must be a matrix, got a scalar"),
+    ("U @ U", "U @ U: the right of @ must be a vector, got a matrix [H, H]"),
+    ("U @ 2", "U @ 2: the right of @ must be a vector, got a scalar"),
+])
+def test_matvec_operands(expr, message):
+    d = error(cell(*DECLS, f"h' = {expr}"))
+    assert d.message == message
+    assert at(d) == (7, 8)
+
+
+@pytest.mark.parametrize("fn, message", [
+    ("sum", "sum: a reduction over features needs a vector, got a scalar"),
+    ("mean", "mean: a reduction over features needs a vector, got a scalar"),
+    ("softmax", "softmax: this function needs a vector, got a scalar"),
+    ("log_softmax", "log_softmax: this function needs a vector, got a scalar"),
+])
+def test_reductions_and_softmax_of_a_scalar(fn, message):
+    d = error(cell(*DECLS, f"h' = b + {fn}(sum(b))"))
+    assert d.message == message
+    assert at(d) == (7, 12)
+
+
+def test_concat_of_a_scalar():
+    d = error(cell(*DECLS, "h' = concat(b, 1, x)[0:H]"))
+    assert d.message == "concat joins vectors, but 1 is a scalar"
+    assert at(d) == (7, 18)
+
+
+def test_the_next_value_of_the_wrong_shape():
+    d = error(cell(*DECLS, "h' = tanh(V @ h)"))
+    assert d.message == "h' is [I] but state 'h' is [H]"
+    assert at(d) == (7, 3)
+    assert d.hint == "the next value must have the state's shape"
+
+
+def test_a_scalar_next_value_for_a_vector_state():
+    d = error(cell(*DECLS, "h' = sum(b)"))
+    assert d.message == "h' is [] but state 'h' is [H]"
+
+
+@pytest.mark.parametrize("slice_, message", [
+    ("b[0:H + 1]", "slice [0:H + 1] of a vector of size H ends past the end"),
+    ("b[1:H + 1]", "slice [1:H + 1] of a vector of size H ends past the end"),
+    ("b[H:H]", "slice [H:H] of a vector of size H is empty"),
+    ("b[2:1]", "slice [2:1] of a vector of size H is empty"),
+    ("b[0 - 1:H - 1]", "slice [-1:H - 1] of a vector of size H starts before 0"),
+    ("concat(b, b)[H:3 * H]", "slice [H:3 * H] of a vector of size 2 * H ends past the end"),
+])
+def test_a_slice_provably_out_of_range(slice_, message):
+    d = error(cell(*DECLS, f"h' = {slice_}"))
+    assert d.message == message
+    assert at(d) == (7, 8)
+
+
+def test_a_slice_that_fits_for_every_size():
+    c = checked(cell(*DECLS, "z = concat(b, b)", "h' = z[H:] * z[:H] + z[1:H + 1]"))
+    assert c.constraints == ()
+
+
+def test_a_slice_of_a_matrix_or_a_scalar():
+    assert error(cell(*DECLS, "h' = U[0:H] @ h")).message == (
+        "only vectors can be sliced; this is [H, H]")
+    assert error(cell(*DECLS, "h' = b * sum(b)[0:1]")).message == (
+        "only vectors can be sliced; this is a scalar")
+
+
+def test_a_slice_bound_with_an_unknown_dim():
+    d = error(cell(*DECLS, "h' = concat(b, b)[K:K + H]"))
+    assert d.message == "unknown dim 'K' in a slice bound"
+    assert at(d) == (7, 8)
+    assert d.hint == "declare it: dims H, I, K"
+
+
+def test_a_non_constant_exponent():
+    d = error(cell(*DECLS, "h' = b ** h"))
+    assert d.message == "the exponent of ** must be a constant number"
+    assert at(d) == (7, 13)
+    assert d.hint == "for a variable exponent write exp(b * log(a))"
+
+
+def test_constant_exponents():
+    checked(cell(*DECLS, "h' = b ** 2 + b ** -0.5 + b ** (3) + b ** - -1"))
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def test_output_of_an_unprimed_state():
+    d = error(cell(*DECLS, UPDATE, "output h"))
+    assert d.message == "output 'h' would be the previous value of state 'h'"
+    assert at(d) == (8, 10)
+    assert d.hint == "write output h' for the value this step computes"
+
+
+def test_output_of_an_unknown_name():
+    d = error(cell(*DECLS, UPDATE, "output hh"))
+    assert d.message == "unknown name 'hh' in output"
+    assert at(d) == (8, 10)
+    assert d.hint == "did you mean 'h'?"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("output x", "output 'x' is an input; outputs are computed values"),
+    ("output b", "output 'b' is a param; outputs are computed values"),
+    ("output q'", "'q' is not a state, so output q' has no meaning"),
+])
+def test_output_of_something_not_computed(line, message):
+    d = error(cell(*DECLS, UPDATE, line))
+    assert d.message == message
+    assert at(d) == (8, 10)
+
+
+@pytest.mark.parametrize("first, second", [
+    ("output h'", "output h'"),
+    ("output y = h'", "output y = b"),
+    ("output h'", "output h = b"),
+])
+def test_output_declared_twice(first, second):
+    d = error(cell(*DECLS, UPDATE, first, second))
+    assert re.fullmatch(r"output '(h|y)' is declared twice", d.message)
+    assert at(d) == (9, 10)
+
+
+def test_an_intermediate_as_output():
+    c = checked(cell(*DECLS, "g = V @ h'", UPDATE, "output g"))
+    assert [(o.name, o.source) for o in c.outputs] == [("g", ("value", "g"))]
+
+
+def test_a_cell_with_no_states_and_no_outputs():
+    d = error(cell("dims H", "input x[H]", "y = x"))
+    assert d.message == "cell 'A' has no states and no outputs"
+    assert at(d) == (1, 1)
+
+
+def test_a_cell_with_outputs_and_no_state_is_fine():
+    checked(cell("dims H", "input x[H]", "output y = tanh(x)"))
+
+
+# ----------------------------------------------------------------------------- many errors
+
+def test_several_errors_are_all_reported_sorted_by_position():
+    text = cell(
+        "dims  H, I",                  # 2
+        "input x[I]",                  # 3
+        "state h[H], c[H]",            # 4: c is never updated
+        "param W[H, I], b[K]",         # 5: unknown dim K
+        "y = zz + x",                  # 6: unknown name, inferred last
+        "h' = tanh(W @ x) + tahn(h)",  # 7: unknown function
+        "output q",                    # 8: unknown output
+        "output y2 = W * x",           # 9: matrix elementwise
+    )
+    found = errors(text)
+    assert [(d.message, at(d)) for d in found] == [
+        ("state 'c' is never updated", (4, 15)),
+        ("unknown dim 'K' in the shape of 'b'", (5, 19)),
+        ("unknown name 'zz'", (6, 7)),
+        ("unknown function 'tahn'", (7, 22)),
+        ("unknown name 'q' in output", (8, 10)),
+        ("W is a matrix [H, I]; a matrix can only stand left of @", (9, 15)),
+    ]
+
+
+def test_a_failed_expression_does_not_cascade():
+    d = error(cell(*DECLS, "a = qq + b", "a2 = a * 2", "h' = tanh(a2 + a)",
+                   "output y = sum(a2) * h'", "output a"))
+    assert d.message == "unknown name 'qq'"
+
+
+def test_independent_errors_in_one_expression_are_all_reported():
+    found = errors(cell(*DECLS, "a = qq + b", "h' = tanh(a + zz) * max(rr, a)"))
+    assert [d.message for d in found] == [
+        "unknown name 'qq'", "unknown name 'zz'", "unknown name 'rr'"]
+
+
+def test_a_failed_declaration_does_not_cascade():
+    found = errors(cell(*DECLS, "state c[K]", "param P[H, J]", "c' = c + P @ c",
+                        UPDATE, "output y = c'", "output c'", "output z = P @ x"))
+    assert [d.message for d in found] == [
+        "unknown dim 'K' in the shape of 'c'", "unknown dim 'J' in the shape of 'P'"]
+
+
+def test_a_failed_exponent_and_base_both_report():
+    found = errors(cell(*DECLS, "h' = qq ** b"))
+    assert [d.message for d in found] == [
+        "unknown name 'qq'", "the exponent of ** must be a constant number"]
+
+
+def test_rendered_check_error():
+    text = cell(*DECLS, "h' = tanh(W @ x + U @ hh + b)")
+    with pytest.raises(CheckError) as info:
+        checked(text)
+    assert info.value.render() == (
+        "a.rnn:7:25: error: unknown name 'hh'\n"
+        "    7 |   h' = tanh(W @ x + U @ hh + b)\n"
+        "      |                         ^^\n"
+        "  hint: did you mean 'h'?")
+
+
+# ----------------------------------------------------------------------------- warnings
+
+def test_warnings_for_unused_declarations_sorted_by_position():
+    text = cell(
+        "dims  H, I, K",               # 2: K unused
+        "input x[I], u[I]",            # 3: u unused
+        "state h[H], s[H]",            # 4: s never read
+        "param W[H, I], P[H]",         # 5: P unused
+        "t = W @ x",                   # 6: t never used
+        "h' = tanh(W @ x)",
+        "s' = h'",
+        "output h'",
+    )
+    assert warnings(text) == [
+        ("dim 'K' is never used", 2, 15),
+        ("input 'u' is never used", 3, 15),
+        ("state 'h' is never read, so it carries nothing from one step to the next", 4, 9),
+        ("state 's' is never read, so it carries nothing from one step to the next", 4, 15),
+        ("param 'P' is never used", 5, 18),
+        ("'t' is computed but never used", 6, 3),
+    ]
+
+
+def test_no_warnings_for_a_cell_that_uses_everything():
+    assert warnings(cell(*DECLS, "z = V @ h", UPDATE, "output y = z")) == []
+
+
+def test_a_dim_used_only_in_a_slice_is_used():
+    assert warnings(cell("dims H, K", "input x[H]", "state h[H]", "h' = x + h",
+                         "output y = h'[0:K]")) == []
+
+
+@pytest.mark.parametrize("path", sorted(
+    (Path(__file__).resolve().parent.parent / "specs").glob("*.rnn")), ids=lambda p: p.name)
+def test_every_spec_checks_without_warnings(path):
+    assert read_spec(path).warnings == []
+
+
+# ----------------------------------------------------------------------------- files
+
+ELMAN = cell("dims H", "input x[H]", "state h[H]", "h' = tanh(x + h)", "output h'",
+             name="Elman")
+
+
+def test_use_of_a_missing_file(tmp_path):
+    main = tmp_path / "main.rnn"
+    main.write_text('# uses\n  use "lib/nope.rnn"\n' + ELMAN)
+    with pytest.raises(CheckError) as info:
+        read_spec(main)
+    (d,) = info.value.diagnostics
+    assert re.fullmatch(r"cannot use 'lib/nope\.rnn': no such file \(looked for .*nope\.rnn\)",
+                        d.message)
+    assert d.source.path == str(main)
+    assert at(d) == (2, 3)
+    assert d.hint == "paths in use are relative to this file"
+
+
+def test_use_resolves_relative_to_the_using_file(tmp_path):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "elman.rnn").write_text(ELMAN)
+    main = tmp_path / "main.rnn"
+    main.write_text('use "lib/elman.rnn"\n' + cell(
+        "dims H", "input x[H]", "output y = relu(x)", name="Head"))
+    spec = read_spec(main)
+    assert set(spec.cells) == {"Head"}
+    assert set(spec.used) == {"Elman"}
+    assert spec.pick("Elman").name == "Elman"
+
+
+def test_a_cycle_of_uses(tmp_path):
+    (tmp_path / "a.rnn").write_text('use "b.rnn"\n' + ELMAN)
+    (tmp_path / "b.rnn").write_text('\nuse "a.rnn"\n' + cell(
+        "dims H", "input x[H]", "output y = x", name="B"))
+    with pytest.raises(CheckError) as info:
+        read_spec(tmp_path / "a.rnn")
+    (d,) = info.value.diagnostics
+    assert d.message == "'a.rnn' is already being read: a cycle of uses"
+    assert d.source.path == str(tmp_path / "b.rnn")
+    assert at(d) == (2, 1)
+
+
+def test_a_file_that_uses_itself(tmp_path):
+    (tmp_path / "a.rnn").write_text('use "./a.rnn"\n' + ELMAN)
+    with pytest.raises(CheckError, match="'./a.rnn' is already being read: a cycle of uses"):
+        read_spec(tmp_path / "a.rnn")
+
+
+def test_a_cell_name_defined_twice_in_one_file(tmp_path):
+    path = tmp_path / "two.rnn"
+    path.write_text(ELMAN + "\n" + ELMAN)
+    with pytest.raises(CheckError) as info:
+        read_spec(path)
+    (d,) = info.value.diagnostics
+    assert d.message == "cell 'Elman' is already defined in this file"
+    assert at(d) == (9, 6)
+
+
+def test_a_cell_name_defined_in_a_used_file(tmp_path):
+    (tmp_path / "lib.rnn").write_text(ELMAN)
+    path = tmp_path / "main.rnn"
+    path.write_text('use "lib.rnn"\n' + ELMAN)
+    with pytest.raises(CheckError) as info:
+        read_spec(path)
+    (d,) = info.value.diagnostics
+    assert d.message == f"cell 'Elman' is already defined in {tmp_path / 'lib.rnn'}"
+    assert at(d) == (2, 6)
+
+
+def test_errors_in_a_used_file_point_into_that_file(tmp_path):
+    (tmp_path / "lib.rnn").write_text(cell("dims H", "input x[H]", "state h[H]", "h' = hh + x"))
+    path = tmp_path / "main.rnn"
+    path.write_text('use "lib.rnn"\n' + ELMAN)
+    with pytest.raises(CheckError) as info:
+        read_spec(path)
+    (d,) = info.value.diagnostics
+    assert (d.source.path, d.message, at(d)) == (
+        str(tmp_path / "lib.rnn"), "unknown name 'hh'", (5, 8))
+
+
+def test_a_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.rnn"
+    path.write_bytes("# caf\xe9\n".encode("latin-1") + ELMAN.encode())
+    with pytest.raises(SpecFileError, match=r"latin1\.rnn: not UTF-8 text \(invalid "
+                                            r"continuation byte at byte 5\)"):
+        read_spec(path)
+
+
+def test_a_missing_file(tmp_path):
+    with pytest.raises(SpecFileError, match=r"nope\.rnn: no such file$"):
+        read_spec(tmp_path / "nope.rnn")
+
+
+# ----------------------------------------------------------------------------- bind time
+
+SLICED = cell("dims H, K", "input x[H]", "state h[H]", "h' = tanh(x + h)",
+              "output y = h'[0:K]", name="Sliced")
+
+
+def test_a_slice_that_depends_on_the_dims_passes_the_checker():
+    c = checked(SLICED)
+    # 0 <= 0 and K >= 1 hold for every binding; K <= H waits for the dims
+    assert [(str(k.size), k.minimum) for k in c.constraints] == [("H - K", 0)]
+
+
+def test_a_slice_that_depends_on_the_dims_is_checked_when_they_are_bound():
+    Sliced = rnndsl.load_text(SLICED, target="interp", path="sliced.rnn")
+    run = Sliced(H=3, K=2, dtype=np.float64).forward(np.ones((2, 1, 3)))
+    assert run.outputs["y"].shape == (2, 1, 2)
+    with pytest.raises(BindError, match=re.escape(
+            "slice [0:K] of a vector of size H ends past the end (sliced.rnn:6:14)")):
+        Sliced(H=3, K=5)
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(strategies.checkable_cells())
+def test_the_checker_never_crashes(text):
+    """Random equations over fixed declarations: a checked cell or a CheckError, whose
+    errors are sorted and each placed inside the text."""
+    try:
+        c = checked(text)
+    except CheckError as exc:
+        places = [at(d) for d in exc.diagnostics]
+        assert places == sorted(places)
+        assert all(1 <= line <= text.count("\n") for line, _ in places)
+        exc.render()
+    else:
+        assert {d.name for d in c.definitions if d.kind == "next"} == {"h", "c"}
+
+
+def test_a_cell_needs_an_input():
+    text = "cell C {\n  dims H\n  state h[H]\n  h' = tanh(h)\n}\n"
+    d = error(text)
+    assert d.message == "cell 'C' has no input" and at(d) == (1, 6)
+    assert d.hint.startswith("a cell runs over an input sequence")
+
+
+@pytest.mark.parametrize("word", ["output", "state", "input", "param", "dims", "cell", "use"])
+def test_keywords_cannot_name_values(word):
+    text = f"cell C {{\n  dims H\n  input x[H]\n  param {word}[H]\n  h = x\n  output h\n}}\n"
+    d = error(text)
+    assert d.message == f"'{word}' is a keyword of the language and cannot name a param"
+
+
+@pytest.mark.parametrize("name", ["None", "class", "np"])
+def test_cell_names_must_make_python_classes(name):
+    text = f"cell {name} {{\n  dims H\n  input x[H]\n  output y = tanh(x)\n}}\n"
+    d = error(text)
+    assert d.message.startswith(f"'{name}' cannot name a cell")
+
+
+def test_a_size_that_can_be_zero_is_checked_when_bound():
+    import numpy as np
+    import rnndsl
+    from rnndsl.errors import BindError
+    text = "cell C {\n  dims H\n  input x[H]\n  param w[H - 1]\n  output y = sum(x) + sum(w)\n}\n"
+    C = rnndsl.load_text(text, target="interp")
+    C(H=2, dtype=np.float64)
+    with pytest.raises(BindError, match=r"with H=1: size H - 1 of 'w' is not positive"):
+        C(H=1, dtype=np.float64)

@@ -1,0 +1,197 @@
+"""docs/language.md is checked: every example in it loads, fails or runs as the page says.
+
+Fenced blocks are picked by their info string:
+
+- ```rnn          a valid file: it must load (parse, check, lower) with no warnings. Every
+                  cell it defines is loaded. Checked as if saved as example.rnn in the
+                  repository root, so `use "specs/..."` resolves.
+- ```rnn warning  valid, with warnings; the ```text block right after it shows them (its
+                  first line must be the first warning's first line).
+- ```rnn error    must raise rnndsl.SpecError; the ```text block right after it, if any,
+                  shows the rendered error (its first line must match exactly).
+- ```python       runs, from the repository root, in a fresh namespace.
+- an rnn block whose first line is `# specs/NAME.rnn` must be that spec's cell, verbatim.
+
+The page must also name every function, every initialiser and the hard_sigmoid slope, and
+its relative links must resolve.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import rnndsl
+from rnndsl.check import INITIALISERS
+from rnndsl.ops import FUNCTIONS, HARD_SIGMOID_SLOPE
+from rnndsl.spec import read_spec
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "language.md"
+SPEC_PATH = "example.rnn"   # where the doc's rnn blocks are "saved", relative to REPO
+
+FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.S | re.M)
+
+
+@dataclass(frozen=True)
+class Block:
+    info: str       # the info string: "rnn", "rnn error", "python", ...
+    text: str
+    line: int       # 1-based line of the opening fence in the doc
+    following: "Block | None" = None
+
+    @property
+    def tags(self) -> list[str]:
+        return self.info.split()
+
+    def __str__(self) -> str:
+        return f"{DOC.name}:{self.line} ({self.info})"
+
+
+def blocks() -> list[Block]:
+    doc = DOC.read_text()
+    found = [Block(m.group(1).strip(), m.group(2), doc.count("\n", 0, m.start()) + 1)
+             for m in FENCE.finditer(doc)]
+    return [Block(b.info, b.text, b.line, found[i + 1] if i + 1 < len(found) else None)
+            for i, b in enumerate(found)]
+
+
+def of_kind(first: str, second: str | None = None) -> list[Block]:
+    out = []
+    for b in blocks():
+        tags = b.tags
+        if tags and tags[0] == first and (second is None and len(tags) == 1
+                                          or second is not None and tags[1:2] == [second]):
+            out.append(b)
+    return out
+
+
+def ids(bs: list[Block]) -> list[str]:
+    return [f"line{b.line}" for b in bs]
+
+
+def shown_text(block: Block) -> str | None:
+    """The ```text block right after `block`, if there is one."""
+    nxt = block.following
+    return nxt.text if nxt is not None and nxt.tags[:1] == ["text"] else None
+
+
+@pytest.fixture(autouse=True)
+def at_repo_root(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def load_all(text: str) -> list[type]:
+    """Load every cell the text defines (a file with several needs cell=)."""
+    names = list(read_spec(SPEC_PATH, text=text).cells)
+    assert names, "the block defines no cell"
+    return [rnndsl.load_text(text, path=SPEC_PATH, cell=name) for name in names]
+
+
+# ----------------------------------------------------------------------------- rnn blocks
+
+VALID = of_kind("rnn")
+WARNING = of_kind("rnn", "warning")
+ERROR = of_kind("rnn", "error")
+
+
+def test_the_doc_has_examples():
+    assert len(VALID) >= 15 and ERROR and WARNING and of_kind("python")
+    known = {("rnn",), ("rnn", "error"), ("rnn", "warning"), ("python",), ("text",), ()}
+    for b in blocks():
+        assert tuple(b.tags) in known, f"{b}: unknown block tag"
+
+
+@pytest.mark.parametrize("block", VALID, ids=ids(VALID))
+def test_valid_rnn_block_loads_without_warnings(block):
+    for cls in load_all(block.text):
+        warnings = [w.render() for w in cls.spec.warnings]
+        assert not warnings, f"{block}: unexpected warnings:\n" + "\n".join(warnings)
+
+
+@pytest.mark.parametrize("block", WARNING, ids=ids(WARNING))
+def test_warning_rnn_block_loads_and_warns_as_shown(block):
+    warnings = [w for cls in load_all(block.text) for w in cls.spec.warnings]
+    assert warnings, f"{block}: expected warnings, got none"
+    shown = shown_text(block)
+    if shown is not None:
+        assert shown.splitlines()[0] == warnings[0].render().splitlines()[0], str(block)
+        for w in warnings:   # every warning shown, in order
+            assert w.render().splitlines()[0] in shown.splitlines(), str(block)
+
+
+@pytest.mark.parametrize("block", ERROR, ids=ids(ERROR))
+def test_error_rnn_block_is_rejected_as_shown(block):
+    with pytest.raises(rnndsl.SpecError) as info:
+        load_all(block.text)
+    rendered = info.value.render()
+    shown = shown_text(block)
+    if shown is not None:
+        assert shown.splitlines()[0] == rendered.splitlines()[0], (
+            f"{block}: the doc shows\n{shown}\nbut the checker says\n{rendered}")
+
+
+SPEC_COPIES = [b for b in VALID if b.text.startswith("# specs/")]
+
+
+@pytest.mark.parametrize("block", SPEC_COPIES, ids=ids(SPEC_COPIES))
+def test_spec_copies_match_the_specs(block):
+    first, _, body = block.text.partition("\n")
+    path = REPO / first[2:].strip()
+    assert path.is_file(), f"{block}: no such spec {path}"
+    spec = path.read_text()
+    cell_at = re.search(r"^cell ", spec, re.M)
+    assert cell_at, path
+    assert body.strip() == spec[cell_at.start():].strip(), (
+        f"{block}: the doc's copy of {path.name} differs from the file")
+
+
+# ----------------------------------------------------------------------------- python blocks
+
+PYTHON = of_kind("python")
+
+
+@pytest.mark.parametrize("block", PYTHON, ids=ids(PYTHON))
+def test_python_block_runs(block):
+    # padded so that a traceback's line numbers are the doc's
+    code = compile("\n" * block.line + block.text, str(DOC), "exec")
+    exec(code, {"__name__": "__doc_example__"})
+
+
+# ----------------------------------------------------------------------------- completeness
+
+def test_every_function_has_a_row_in_the_table():
+    doc = DOC.read_text()
+    for name in FUNCTIONS:
+        assert re.search(rf"^\| `{name}\(", doc, re.M), f"function {name} is not documented"
+
+
+def test_every_initialiser_is_documented():
+    doc = DOC.read_text()
+    for name in INITIALISERS:
+        assert re.search(rf"^\| `{name}[`(]", doc, re.M), f"initialiser {name} is missing"
+
+
+def test_hard_sigmoid_slope_is_the_one_in_the_doc():
+    doc = DOC.read_text()
+    row = re.search(r"^\| `hard_sigmoid\(a\)` \| `clip\(([\d.]+) \* a \+ 0\.5, 0, 1\)`", doc,
+                    re.M)
+    assert row and float(row.group(1)) == HARD_SIGMOID_SLOPE
+
+
+def test_relative_links_resolve():
+    doc = DOC.read_text()
+    for target in re.findall(r"\]\((?!https?:|#)([^)#]+)", doc):
+        assert (DOC.parent / target).exists(), f"broken link {target}"
+
+
+def test_anchors_resolve():
+    doc = DOC.read_text()
+    outside = FENCE.sub("", doc)
+    headings = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                for h in re.findall(r"^#+ (.*)$", outside, re.M)}
+    for anchor in re.findall(r"\]\(#([^)]+)\)", doc):
+        assert anchor in headings, f"broken anchor #{anchor}"
