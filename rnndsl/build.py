@@ -107,10 +107,31 @@ def cache_dir() -> Path:
     return Path(base) / "rnndsl"
 
 
+_COMPILER_HASH: str | None = None
+
+
+def compiler_hash() -> str:
+    """A hash of rnndsl's own code: a changed compiler never serves an old build."""
+    global _COMPILER_HASH
+    if _COMPILER_HASH is None:
+        h = hashlib.sha256(__version__.encode())
+        here = Path(__file__).resolve().parent
+        for path in sorted(here.glob("*.py")):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+        _COMPILER_HASH = h.hexdigest()[:16]
+    return _COMPILER_HASH
+
+
 def cached_module(spec_file: SpecFile, passes=PASSES, target: str = "cpu"):
-    """The built module of a spec file, from the cache or built into it now."""
+    """The built module of a spec file, from the cache or built into it now.
+
+    The key is the spec's hash (with the files it uses), rnndsl's own code, the target
+    and the passes, so an edited spec or an upgraded rnndsl is rebuilt, never served
+    stale; Numba's cache beside each module keeps its machine code across processes.
+    """
     passes = tuple(sorted(passes))
-    key = hashlib.sha256(f"{spec_file.digest}|{__version__}|{target}|{passes}".encode())
+    key = hashlib.sha256(f"{spec_file.digest}|{compiler_hash()}|{target}|{passes}".encode())
     stem = "".join(ch if ch.isalnum() else "_" for ch in Path(spec_file.source.path).stem)
     path = cache_dir() / f"{stem}_{key.hexdigest()[:16]}.py"
     if not path.is_file():

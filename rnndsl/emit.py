@@ -70,7 +70,7 @@ def _elementwise_expr(op: Op, a: list[str], attrs: tuple, k) -> str:
     if op == Op.MAX:
         return f"max({a[0]}, {a[1]})"
     if op == Op.TANH:
-        return f"math.tanh({a[0]})"
+        return f"tanh({a[0]})"
     if op == Op.SIGMOID:
         return f"sigmoid({a[0]}, {k(1.0)})"
     if op == Op.RELU:
@@ -99,7 +99,7 @@ def _elementwise_expr(op: Op, a: list[str], attrs: tuple, k) -> str:
 ELEMENTWISE_FORMATS = {op: _elementwise_expr for op in ELEMENTWISE}
 
 HELPER_NAMES = ("copy1", "copy2", "copy_rows", "copy_t", "transposed", "fill1", "fill2",
-                "add_into1", "add_into2", "sigmoid", "softplus", "sign")
+                "add_into1", "add_into2", "tanh", "sigmoid", "softplus", "sign")
 
 
 class _Kernel:
@@ -108,7 +108,7 @@ class _Kernel:
     def __init__(self, em: "_Emitter", which: str):
         self.em, self.which = em, which
         self.p = Printer()
-        self.allocated: set[str] = set()
+        self.transposes: dict[tuple, str] = {}
 
     # ------------------------------------------------------------------ references
     def ref(self, nid: int, stage: str) -> tuple[str, str]:
@@ -337,10 +337,15 @@ class _Kernel:
         elif op == Op.OUTER:
             gt, xt = G[node.args[0]].type, G[node.args[1]].type
             if gt.batched:
-                p.comment(f"d_{G.names.get(nid, 'W')}: the weight gradient as one GEMM"
+                what = G.names.get(node.args[1], G.label(node.args[1]))
+                p.comment(f"a weight gradient, g^T {what}, as one GEMM"
                           + (" over all T*B rows" if stage == "post" else ""))
                 x = a[1] if not em.is_view(node.args[1]) else f"np.ascontiguousarray({a[1]})"
-                p.line(f"np.dot(transposed({a[0]}), {x}, {out})")
+                key = (stage, a[0])
+                if key not in self.transposes:      # one transpose serves every weight
+                    self.transposes[key] = f"gT{node.args[0]}"
+                    p.line(f"{self.transposes[key]} = transposed({a[0]})")
+                p.line(f"np.dot({self.transposes[key]}, {x}, {out})")
             else:
                 with p.indent("for i in range(%s):" % _dim(gt.shape[0])):
                     with p.indent("for j in range(%s):" % _dim(xt.shape[0])):

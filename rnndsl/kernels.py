@@ -9,7 +9,8 @@ compile time at every place it is written.
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 
 @njit(cache=True, error_model="numpy")
@@ -73,13 +74,75 @@ def add_into2(dst, src):
         for j in range(dst.shape[1]):
             dst[r, j] += src[r, j]
 
+# ---------------------------------------------------------------------------- activations
+# tanh and sigmoid are specialised by precision. float64 calls libm (math.tanh, math.exp):
+# exact to an ulp, as the 1e-10 agreement with the interpreter needs. float32 uses the
+# 13/6 rational approximation of tanh that Eigen and XLA use (clamped where float32 tanh
+# rounds to +-1), in float32 arithmetic only: it vectorises, where libm calls stay scalar
+# (about 10 ns an element here). tests/test_kernels.py holds it to NumPy over the whole
+# float32 range. The plain-Python bodies below are what NUMBA_DISABLE_JIT=1 runs.
+
+_TANH_CLAMP = np.float32(7.90531110763549805)
+_TANH_P = tuple(np.float32(c) for c in (
+    -2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
+    1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03))
+_TANH_Q = tuple(np.float32(c) for c in (
+    1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03))
+_F32_HALF = np.float32(0.5)
+_P0, _P1, _P2, _P3, _P4, _P5, _P6 = _TANH_P
+_Q0, _Q1, _Q2, _Q3 = _TANH_Q
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _tanh_f32(x):
+    # clamp without min/max, whose Python semantics would turn a NaN into a bound
+    if x > _TANH_CLAMP:
+        x = _TANH_CLAMP
+    elif x < -_TANH_CLAMP:
+        x = -_TANH_CLAMP
+    x2 = x * x
+    p = x2 * _P0 + _P1
+    p = x2 * p + _P2
+    p = x2 * p + _P3
+    p = x2 * p + _P4
+    p = x2 * p + _P5
+    p = x2 * p + _P6
+    p = x * p
+    q = x2 * _Q0 + _Q1
+    q = x2 * q + _Q2
+    q = x2 * q + _Q3
+    return p / q
+
+
 @njit(cache=True, error_model="numpy")
-def sigmoid(x, one):
+def _sigmoid_f64(x, one):
     # 1 / (1 + exp(-x)), written so that exp never overflows
     if x >= 0:
         return one / (one + math.exp(-x))
     e = math.exp(x)
     return e / (one + e)
+
+
+def tanh(x):
+    return math.tanh(x)
+
+
+def sigmoid(x, one):
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+@overload(tanh, jit_options={"error_model": "numpy"})
+def _tanh_impl(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: _tanh_f32(x)
+    return lambda x: math.tanh(x)
+
+
+@overload(sigmoid, jit_options={"error_model": "numpy"})
+def _sigmoid_impl(x, one):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x, one: _F32_HALF * _tanh_f32(_F32_HALF * x) + _F32_HALF
+    return lambda x, one: _sigmoid_f64(x, one)
 
 
 @njit(cache=True, error_model="numpy")

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import ast
+from .blas import kernel_threads
 from .check import CheckedCell, Decl
 from .errors import BindError
 from .grad import UnrolledGrads, grad_unrolled
@@ -183,7 +184,10 @@ class Cell:
         for d in decls:
             value = given[d.name]
             size = self._size(d)
-            if isinstance(value, np.ndarray) and value.ndim == 3 and T is None:
+            if isinstance(value, np.ndarray) and value.ndim != 3:
+                raise BindError(f"input {d.name} has shape {value.shape}; expected 3 axes, "
+                                f"(T, B, {size[0]}): time-major, one row per sequence")
+            if isinstance(value, np.ndarray) and T is None:
                 T, B = value.shape[:2]
                 if T < 1 or B < 1:
                     raise BindError(f"input {d.name} has shape {value.shape}: a sequence "
@@ -222,10 +226,11 @@ class Cell:
         if not isinstance(given, Mapping):
             raise BindError(f"{what} must be a dict keyed by name, got {type(given).__name__}")
         out = {}
+        noun = {"d_outputs": "output", "d_state": "state"}[what]
         for key, value in given.items():
             if key not in names_sizes:
-                raise BindError(f"{self.spec.name} has no {what[2:]} '{key}'; "
-                                f"its {what[2:]}s are: {', '.join(names_sizes)}")
+                raise BindError(f"{self.spec.name} has no {noun} '{key}'; "
+                                f"its {noun}s are: {', '.join(names_sizes)}")
             shape, layout = shape_of(names_sizes[key])
             out[key] = self._array(f"{what}['{key}']", value, shape, layout)
         return out
@@ -422,7 +427,8 @@ class CompiledCell(Cell):
                 args.append(tapes[arg])
             else:
                 raise AssertionError(f"unknown forward argument {arg}")
-        self.meta["forward"](*args)
+        with kernel_threads(1):
+            self.meta["forward"](*args)
         shown = {name: (y[..., 0] if self._scalar_output(name) else y)
                  for name, y in outputs.items()}
         tape = _CompiledTape(tapes, inputs, consts, id(self))
@@ -482,7 +488,8 @@ class CompiledCell(Cell):
                 args.append(tape.arrays[arg])
             else:
                 raise AssertionError(f"unknown backward argument {arg}")
-        self.meta["backward"](*args)
+        with kernel_threads(1):
+            self.meta["backward"](*args)
         params = {d.name: params[d.name].reshape(self._size(d)) for d in self.spec.params}
         for d in self.spec.states:
             if d.name in getattr(run, "_from_params", ()):

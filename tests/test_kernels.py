@@ -1,0 +1,101 @@
+"""The compiled activation functions against NumPy, over the whole float range.
+
+float32 tanh/sigmoid are a rational approximation (rnndsl/kernels.py); float64 ones call
+libm. Both are checked on a dense grid, at saturation, at the float extremes, and on
+NaN and +-inf, inside an @njit loop exactly as generated kernels call them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+
+from rnndsl import kernels
+
+
+@njit(error_model="numpy")
+def _apply_tanh(x, out):
+    for i in range(x.shape[0]):
+        out[i] = kernels.tanh(x[i])
+
+
+@njit(error_model="numpy")
+def _apply_sigmoid(x, one, out):
+    for i in range(x.shape[0]):
+        out[i] = kernels.sigmoid(x[i], one)
+
+
+@njit(error_model="numpy")
+def _apply_softplus(x, zero, one, out):
+    for i in range(x.shape[0]):
+        out[i] = kernels.softplus(x[i], zero, one)
+
+
+def grid(dtype) -> np.ndarray:
+    info = np.finfo(dtype)
+    dense = np.linspace(-20, 20, 400_001)
+    wide = np.geomspace(1e-30, float(info.max) / 2, 2000)
+    tiny = np.array([0.0, info.tiny, info.eps, 1e-7, 1e-4])
+    values = np.concatenate([dense, wide, -wide, tiny, -tiny])
+    return values.astype(dtype)
+
+
+def sigmoid_ref(x):
+    x = x.astype(np.float64)
+    return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
+
+
+@pytest.mark.parametrize("dtype,abs_tol", [(np.float32, 4e-7), (np.float64, 1e-15)])
+def test_tanh_matches_numpy_everywhere(dtype, abs_tol):
+    x = grid(dtype)
+    out = np.empty_like(x)
+    _apply_tanh(x, out)
+    assert out.dtype == dtype
+    err = np.abs(out.astype(np.float64) - np.tanh(x.astype(np.float64)))
+    assert err.max() < abs_tol, f"worst at x={x[err.argmax()]}: {err.max():.3g}"
+    assert np.all(np.abs(out) <= 1), "tanh left [-1, 1]"
+    assert out[x == 0].max() == 0 and np.all(np.sign(out) == np.sign(x))
+
+
+@pytest.mark.parametrize("dtype,abs_tol", [(np.float32, 4e-7), (np.float64, 1e-15)])
+def test_sigmoid_matches_numpy_everywhere(dtype, abs_tol):
+    x = grid(dtype)
+    out = np.empty_like(x)
+    _apply_sigmoid(x, dtype(1), out)
+    assert out.dtype == dtype
+    err = np.abs(out.astype(np.float64) - sigmoid_ref(x))
+    assert err.max() < abs_tol, f"worst at x={x[err.argmax()]}: {err.max():.3g}"
+    assert np.all((out >= 0) & (out <= 1))
+    # monotone up to the approximation's own error (float32 wiggles by a few ulps near 1)
+    steps = np.diff(out[np.argsort(x, kind="stable")].astype(np.float64))
+    assert steps.min() >= -2 * abs_tol, f"sigmoid decreases by {-steps.min():.3g}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softplus_is_stable_at_both_ends(dtype):
+    x = grid(dtype)
+    out = np.empty_like(x)
+    _apply_softplus(x, dtype(0), dtype(1), out)
+    ref = np.logaddexp(0, x.astype(np.float64))
+    rel = np.abs(out - ref) / np.maximum(np.abs(ref), np.finfo(dtype).tiny)
+    assert np.isfinite(out).all()
+    assert rel.max() < 8 * np.finfo(dtype).eps
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_and_infinities(dtype):
+    x = np.array([np.nan, np.inf, -np.inf], dtype)
+    t, s = np.empty_like(x), np.empty_like(x)
+    _apply_tanh(x, t)
+    _apply_sigmoid(x, dtype(1), s)
+    assert t[1] == 1 and t[2] == -1 and s[1] == 1 and s[2] == 0
+    # NaN in must come out as NaN, never as a plausible number
+    assert np.isnan(t[0]) and np.isnan(s[0])
+
+
+def test_plain_python_bodies_agree_with_numpy():
+    """NUMBA_DISABLE_JIT=1 runs these bodies: they must mean the same."""
+    for v in (-30.0, -2.5, 0.0, 1e-8, 3.0, 30.0):
+        assert abs(kernels.tanh(v) - np.tanh(v)) < 1e-15
+        assert abs(kernels.sigmoid(v, 1.0) - sigmoid_ref(np.array([v]))[0]) < 1e-15
