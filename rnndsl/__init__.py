@@ -62,7 +62,12 @@ def _cell_class(spec_file, target: str, cell: str | None) -> type:
     spec = spec_file.pick(cell)
     if target == "interp":
         return make_cell_class(spec, target, spec_file.digest)
-    from .build import cached_module
+    try:
+        from .build import cached_module
+    except ImportError as exc:   # numba or scipy missing: say what to install
+        raise TargetError(f"target '{target}' needs {exc.name}, which is not installed; "
+                          "install rnndsl with its dependencies (pip install rnndsl) or use "
+                          "target='interp'") from None
     from .spec import read_spec
     if spec.name not in spec_file.cells:      # a cell from a `use`d file: build that file
         spec_file = read_spec(spec.source.path)

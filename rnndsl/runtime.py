@@ -95,6 +95,7 @@ class Cell:
                 raise BindError(f"with {bound}: {c.message} "
                                 f"({spec.source.path}:{c.span.line}:{c.span.column})")
         self.seed = seed
+        self._token = object()   # identifies this cell's Runs (not id(): ids are reused)
         rng = np.random.default_rng(seed)
         self.params: dict[str, np.ndarray] = {
             d.name: _init_param(d, self._size(d), rng, self.dtype) for d in spec.params}
@@ -249,7 +250,7 @@ class _Tape:
     values: dict[int, np.ndarray]
     ctx: Context
     from_params: set[str]
-    owner: int
+    owner: object   # the cell's token: ids of dead objects get reused
 
 
 class InterpCell(Cell):
@@ -287,14 +288,14 @@ class InterpCell(Cell):
             stacked = np.stack([values[nid] for nid in seq])
             outputs[name] = stacked[..., 0] if self._scalar_output(name) else stacked
         final = {name: values[nid].copy() for name, nid in u.final_state.items()}
-        return Run(outputs, final, T, B, _Tape(u, values, ctx, from_params, id(self)))
+        return Run(outputs, final, T, B, _Tape(u, values, ctx, from_params, self._token))
 
     def _scalar_output(self, name: str) -> bool:
         return next(o for o in self.spec.outputs if o.name == name).type.rank == 0
 
     def backward(self, run: Run, d_outputs=None, d_state=None) -> Grads:
         tape = run._tape if isinstance(run, Run) else None
-        if not isinstance(tape, _Tape) or tape.owner != id(self):
+        if not isinstance(tape, _Tape) or tape.owner is not self._token:
             raise BindError("backward needs the Run that this cell's forward returned")
         T, B = run.T, run.B
         sizes_out = {o.name: tuple(d.evaluate(self.dims) for d in o.type.shape)
@@ -361,7 +362,7 @@ class _CompiledTape:
     arrays: dict[tuple, np.ndarray]       # ("hist", name) / ("tape", nid) -> (T, B, size)
     inputs: dict[str, np.ndarray]
     consts: np.ndarray
-    owner: int
+    owner: object   # the cell's token: ids of dead objects get reused
 
 
 class CompiledCell(Cell):
@@ -431,7 +432,7 @@ class CompiledCell(Cell):
             self.meta["forward"](*args)
         shown = {name: (y[..., 0] if self._scalar_output(name) else y)
                  for name, y in outputs.items()}
-        tape = _CompiledTape(tapes, inputs, consts, id(self))
+        tape = _CompiledTape(tapes, inputs, consts, self._token)
         run = Run(shown, finals, T, B, tape)
         run._from_params = from_params
         return run
@@ -441,7 +442,7 @@ class CompiledCell(Cell):
 
     def backward(self, run: Run, d_outputs=None, d_state=None) -> Grads:
         tape = run._tape if isinstance(run, Run) else None
-        if not isinstance(tape, _CompiledTape) or tape.owner != id(self):
+        if not isinstance(tape, _CompiledTape) or tape.owner is not self._token:
             raise BindError("backward needs the Run that this cell's forward returned")
         T, B = run.T, run.B
         sizes_out = {o.name: tuple(d.evaluate(self.dims) for d in o.type.shape)
