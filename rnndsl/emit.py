@@ -135,14 +135,13 @@ class _Kernel:
         src = em.plan.stage[nid]
         if not node.type.batched:
             return (f"w{nid}" if src in LOOP_STAGES else f"v{nid}"), "ub"
+        taped = nid in em.plan.saved and em.writes_tape_directly(nid)
         if src == stage:
             if loop:
-                if nid in em.plan.saved and em.writes_tape_directly(nid):
-                    return f"tape{nid}", "step3"
-                return f"w{nid}", "rows2"
-            return f"v{nid}_r", "rows2"
+                return (f"tape{nid}", "step3") if taped else (f"w{nid}", "rows2")
+            return (f"tape{nid}_r" if taped else f"v{nid}_r"), "rows2"
         if src == "pre":
-            name = f"v{nid}"
+            name = f"tape{nid}" if taped else f"v{nid}"
             if self.which == "backward" and nid in em.forward_nodes:
                 name = f"tape{nid}"
             return (name, "step3") if loop else (name + "_r", "rows2")
@@ -488,8 +487,9 @@ class _Emitter:
         node = self.G[nid]
         if node.op == Op.SLICE:
             return True
+        # every matmul result is a column block of its group's GEMM output
         return any(nid in grp.members for gs in self.plan.matmuls.values() for grp in gs
-                   if len(grp.members) > 1)
+                   if self.G[grp.vector].type.batched)
 
     def needs_array(self, nid: int, group: set[int]) -> bool:
         if nid in self.roots or nid in self.plan.saved:

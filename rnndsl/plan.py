@@ -104,9 +104,14 @@ def make_plan(step: StepGraph, passes=PASSES) -> Plan:
             continue
         d = deps[nid]
         if not d:
-            stage[nid] = "const" if hoist or not node.type.batched else "fwd"
-            if not hoist and nid not in fwd_set:
-                stage[nid] = "const" if not node.type.batched else "bwd"
+            # params and constants only; a batched one (a constant output repeated over
+            # the batch) still needs rows, so it is hoisted rather than made once
+            if not node.type.batched:
+                stage[nid] = "const"
+            elif hoist:
+                stage[nid] = "pre"
+            else:
+                stage[nid] = "fwd" if nid in fwd_set else "bwd"
         elif nid in fwd_set or "seed" not in d:
             # forward values, and adjoint values that need no cotangent (e.g. sigmoid(x))
             if "state" not in d and hoist:

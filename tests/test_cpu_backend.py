@@ -195,3 +195,23 @@ def test_disable_jit_runs_the_same_file_as_python(tmp_path):
     gi = i.backward(ri, d_outputs={"h": np.ones((3, 2, 3))})
     y, dU = map(float, done.stdout.split())
     assert abs(y - ri.outputs["h"].sum()) < 1e-9 and abs(dU - gi.params["U_f"].sum()) < 1e-9
+
+
+# Random cells compile afresh (seconds each), so a handful by default; the long profile
+# (HYPOTHESIS_PROFILE=long) runs 500.
+@settings(max_examples=int(os.environ.get("RNNDSL_RANDOM_CPU_CELLS", "4")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_cells_compiled_match_interp(data, tmp_path_factory):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from strategies_cells import cells
+    cell = data.draw(cells(max_depth=2))
+    folder = tmp_path_factory.mktemp("random_cell")
+    spec = folder / "random.rnn"
+    spec.write_text(cell.text)
+    for passes in (tuple(PASSES), ()):
+        out = folder / ("on" if passes else "off") / "random.py"
+        write_module(build_source(read_spec(spec), passes), out)
+        Compiled = getattr(load_built(out), load_built(out).CELLS[0])
+        compare(Compiled, spec, np.float64, T=cell.T, B=cell.B, dims=cell.dims)
