@@ -158,6 +158,16 @@ class _Kernel:
             return local[nid]
         expr, mode = self.ref(nid, stage)
         t = self.em.G[nid].type
+        block = self.em.member_block.get(nid)
+        if block is not None and expr in (f"w{nid}", f"v{nid}", f"v{nid}_r"):
+            # a matmul result: read the GEMM's C-contiguous output at a column offset,
+            # not through a strided view, so the loop over j can vectorise
+            g, offset = block
+            if expr == f"w{nid}":
+                return f"mm{g}[r, {offset} + j]"
+            if expr == f"v{nid}":
+                return f"mm{g}[t, r, {offset} + j]"
+            return f"mm{g}_r[r, {offset} + j]"
         if mode == "k":
             return expr
         if mode == "ub":
@@ -464,6 +474,15 @@ class _Emitter:
         self.roots = set(step.roots()) | set(grads.roots())
         self.loop_allocated: set[int] = set()
         self.titles_by_node = self._titles()
+        self.member_block: dict[int, tuple[int, str]] = {}   # matmul result -> (group, column)
+        for groups in plan.matmuls.values():
+            for grp in groups:
+                if not self.G[grp.vector].type.batched:
+                    continue
+                offset = Dim.lit(0)
+                for m in grp.members:
+                    self.member_block[m] = (self.matmul_index[id(grp)], _dim(offset))
+                    offset = offset + self.G[m].type.shape[0]
 
     # ---------------------------------------------------------------- helpers
     def k(self, value) -> str:
