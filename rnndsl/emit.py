@@ -109,6 +109,7 @@ class _Kernel:
         self.em, self.which = em, which
         self.p = Printer()
         self.transposes: dict[tuple, str] = {}
+        self.stacked_done: set[int] = set()
 
     # ------------------------------------------------------------------ references
     def ref(self, nid: int, stage: str) -> tuple[str, str]:
@@ -148,6 +149,21 @@ class _Kernel:
         assert nid in em.plan.saved, f"node {nid} ({src}) read from {stage} but not saved"
         return (f"tape{nid}", "step3") if loop else (f"tape{nid}_r", "rows2")
 
+    def block_element(self, nid: int, expr: str, t) -> str | None:
+        """A stacked cotangent's element, read or written in its group's contiguous
+        buffer at a column offset rather than through a strided view."""
+        block = self.em.cg_block.get(nid)
+        if block is None or t.rank != 1:
+            return None
+        i, start, _ = block
+        if expr == f"tape{nid}":
+            return f"tgc{i}[t, r, {start} + j]"
+        if expr == f"tape{nid}_r":
+            return f"tgc{i}_r[r, {start} + j]"
+        if expr == f"w{nid}":
+            return f"gc{i}[r, {start} + j]"
+        return None
+
     def whole(self, nid: int, stage: str) -> str:
         expr, mode = self.ref(nid, stage)
         return f"{expr}[t]" if mode == "step3" else expr
@@ -158,6 +174,9 @@ class _Kernel:
             return local[nid]
         expr, mode = self.ref(nid, stage)
         t = self.em.G[nid].type
+        direct = self.block_element(nid, expr, t)
+        if direct is not None:
+            return direct
         block = self.em.member_block.get(nid)
         if block is not None and expr in (f"w{nid}", f"v{nid}", f"v{nid}_r"):
             # a matmul result: read the GEMM's C-contiguous output at a column offset,
@@ -171,7 +190,7 @@ class _Kernel:
         if mode == "k":
             return expr
         if mode == "ub":
-            return f"{expr}[j]" if t.rank == 1 else f"{expr}[0]"
+            return {0: f"{expr}[0]", 1: f"{expr}[j]", 2: f"{expr}[i, j]"}[t.rank]
         col = "j" if t.rank == 1 else "0"
         return f"{expr}[t, r, {col}]" if mode == "step3" else f"{expr}[r, {col}]"
 
@@ -252,7 +271,11 @@ class _Kernel:
         loops = []
         if first.batched:
             loops.append(f"for r in range({self.rows(stage)}):")
-        loops.append(f"for j in range({self.size(group[0])}):")
+        if first.rank == 2:      # weight gradients added together: a matrix
+            loops.append(f"for i in range({_dim(first.shape[0])}):")
+            loops.append(f"for j in range({_dim(first.shape[1])}):")
+        else:
+            loops.append(f"for j in range({self.size(group[0])}):")
         depth = p.depth
         for opener in loops:
             p.line(opener)
@@ -265,6 +288,11 @@ class _Kernel:
             p.line(f"e{n} = {expr}")
             local[n] = f"e{n}"
             if n in stored:
+                expr_, _ = self.ref(n, stage)
+                direct = self.block_element(n, expr_, node.type)
+                if direct is not None:
+                    p.line(f"{direct} = e{n}")
+                    continue
                 if n in em.plan.saved and em.writes_tape_directly(n):
                     target = (f"tape{n}[t, r, {'j' if node.type.rank else '0'}]"
                               if stage in LOOP_STAGES else
@@ -273,7 +301,7 @@ class _Kernel:
                     dest = self.dest(n, stage)
                     col = "j" if node.type.rank else "0"
                     target = f"{dest}[r, {col}]" if node.type.batched else (
-                        f"{dest}[j]" if node.type.rank else f"{dest}[0]")
+                        {0: f"{dest}[0]", 1: f"{dest}[j]", 2: f"{dest}[i, j]"}[node.type.rank])
                 p.line(f"{target} = e{n}")
         p.depth = depth
 
@@ -329,6 +357,12 @@ class _Kernel:
                 assert full.endswith("_r"), full
                 p.line(f"v{nid}_r = {full}[:, {_dim(start)}:{_dim(stop)}]")
                 p.line(f"v{nid} = {full[:-2]}[:, :, {_dim(start)}:{_dim(stop)}]")
+            return
+        if nid in em.mt_use:
+            self.emit_stacked_matvec_t(nid, stage)
+            return
+        if nid in em.outer_use:
+            self.emit_stacked_outer(nid, stage)
             return
         if not loop or not t.batched:
             if not (loop and not t.batched and nid in em.loop_allocated):
@@ -390,6 +424,54 @@ class _Kernel:
             p.line(f"np.dot({a[0]}, {a[1]}, {out})")
         else:
             raise AssertionError(f"no CPU emitter for {op}")
+
+    def cotangent_buffer(self, i: int, stage: str) -> str:
+        """The stacked cotangents of group i: this step's rows, or all T*B rows."""
+        cg = self.em.plan.cotangent_groups[i]
+        if stage in LOOP_STAGES:
+            return f"tgc{i}[t]" if cg.taped else f"gc{i}"
+        return f"tgc{i}_r"
+
+    def emit_stacked_matvec_t(self, nid: int, stage: str) -> None:
+        """sum_k g_k @ W_k as one GEMM into the last term computed; the others stay zero."""
+        em, p = self.em, self.p
+        i, u = em.mt_use[nid]
+        use = em.plan.cotangent_groups[i].uses[u]
+        first = use.matvec_t[0]
+        if stage not in LOOP_STAGES:
+            self.alloc(nid, stage)
+            if nid != first:
+                p.line(f"fill2({self.dest(nid, stage)}, {em.k(0.0)})")
+        if nid != first:
+            return
+        names = ", ".join(em.G[w].attrs[0] for w in use.weights)
+        p.comment(f"sum of g_k @ W_k for W_k in [{names}]: one GEMM (the other terms stay 0)")
+        p.line(f"np.dot({self.cotangent_buffer(i, stage)}, ws{i}_{u}, {self.dest(nid, stage)})")
+
+    def emit_stacked_outer(self, nid: int, stage: str) -> None:
+        """Every dW_k = g_k^T v of one GEMM group as one GEMM, split by row blocks."""
+        em, G, p = self.em, self.em.G, self.p
+        i, u = em.outer_use[nid]
+        use = em.plan.cotangent_groups[i].uses[u]
+        if use.outers[0] in self.stacked_done:
+            return
+        self.stacked_done.add(use.outers[0])
+        names = ", ".join(G[w].attrs[0] for w in use.weights)
+        cols = _dim(G[use.vector].type.shape[0])
+        p.comment(f"the gradients of [{names}] as one GEMM over all T*B rows")
+        buf = self.cotangent_buffer(i, stage)
+        key = (stage, buf)
+        if key not in self.transposes:
+            self.transposes[key] = f"gT{i}"
+            p.line(f"gT{i} = transposed({buf})")
+        vec = self.whole(use.vector, stage)
+        if em.is_view(use.vector):
+            vec = f"np.ascontiguousarray({vec})"
+        p.line(f"dwc{i}_{u} = np.empty(({em.cg_total[i]}, {cols}), dtype)")
+        p.line(f"np.dot({self.transposes[key]}, {vec}, dwc{i}_{u})")
+        for o, g in zip(use.outers, em.plan.cotangent_groups[i].cotangents):
+            _, start, stop = em.cg_block[g]
+            p.line(f"v{o} = dwc{i}_{u}[{start}:{stop}, :]")
 
     def emit_unbroadcast(self, nid, stage, src, out) -> None:
         G, p, k = self.em.G, self.p, self.em.k
@@ -474,6 +556,23 @@ class _Emitter:
         self.roots = set(step.roots()) | set(grads.roots())
         self.loop_allocated: set[int] = set()
         self.titles_by_node = self._titles()
+        # stacked cotangents (plan.cotangent_groups): g -> (group, column range)
+        self.cg_block: dict[int, tuple[int, str, str]] = {}
+        self.cg_total: dict[int, str] = {}
+        self.mt_use: dict[int, tuple[int, int]] = {}       # MATVEC_T -> (group, use)
+        self.outer_use: dict[int, tuple[int, int]] = {}    # OUTER -> (group, use)
+        for i, cg in enumerate(plan.cotangent_groups):
+            offset = Dim.lit(0)
+            for g in cg.cotangents:
+                stop = offset + self.G[g].type.shape[0]
+                self.cg_block[g] = (i, _dim(offset), _dim(stop))
+                offset = stop
+            self.cg_total[i] = _dim(offset)
+            for u, use in enumerate(cg.uses):
+                for m in use.matvec_t or []:
+                    self.mt_use[m] = (i, u)
+                for o in use.outers or []:
+                    self.outer_use[o] = (i, u)
         self.member_block: dict[int, tuple[int, str]] = {}   # matmul result -> (group, column)
         for groups in plan.matmuls.values():
             for grp in groups:
@@ -504,7 +603,7 @@ class _Emitter:
 
     def is_view(self, nid: int) -> bool:
         node = self.G[nid]
-        if node.op == Op.SLICE:
+        if node.op == Op.SLICE or nid in self.cg_block:
             return True
         # every matmul result is a column block of its group's GEMM output
         return any(nid in grp.members for gs in self.plan.matmuls.values() for grp in gs
@@ -727,9 +826,10 @@ class _Emitter:
                 p.comment("no cotangent and no state: all T*B rows at once")
                 kern.emit_stage("pre", nodes["pre"])
             for n in sorted(plan.saved):
-                if plan.stage[n] == "bwd":
+                if plan.stage[n] == "bwd" and n not in self.cg_block:
                     p.line(f"tape{n} = np.empty((T, B, {kern.size(n)}), dtype)")
                     p.line(f"tape{n}_r = tape{n}.reshape((R, {kern.size(n)}))")
+            self._cotangent_buffers(kern)
             for name in sorted(plan.saved_next_seeds):
                 size = _dim(step.graph[step.states[name]].type.shape[0])
                 p.line(f"dnext_{name} = np.empty((T, B, {size}), dtype)")
@@ -770,6 +870,33 @@ class _Emitter:
                         p.line(f"copy2(din_{name}_r, {kern.whole(nid, 'post')})")
         return p.text(), args
 
+    def _cotangent_buffers(self, kern: _Kernel) -> None:
+        """One buffer per group of stacked cotangents (views for each g_k), and the
+        stacked weights [W_1; ...; W_n] their GEMMs multiply by."""
+        G, p = self.G, kern.p
+        for i, cg in enumerate(self.plan.cotangent_groups):
+            total = self.cg_total[i]
+            if cg.taped:
+                p.line(f"tgc{i} = np.empty((T, B, {total}), dtype)")
+                p.line(f"tgc{i}_r = tgc{i}.reshape((R, {total}))")
+            else:
+                p.line(f"gc{i} = np.empty((B, {total}), dtype)")
+            for g in cg.cotangents:
+                _, start, stop = self.cg_block[g]
+                if cg.taped:
+                    p.line(f"tape{g} = tgc{i}[:, :, {start}:{stop}]")
+                    p.line(f"tape{g}_r = tgc{i}_r[:, {start}:{stop}]")
+                else:
+                    p.line(f"w{g} = gc{i}[:, {start}:{stop}]")
+            for u, use in enumerate(cg.uses):
+                if not use.matvec_t:
+                    continue
+                cols = _dim(G[use.vector].type.shape[0])
+                p.line(f"ws{i}_{u} = np.empty(({total}, {cols}), dtype)")
+                for w, g in zip(use.weights, cg.cotangents):
+                    _, start, stop = self.cg_block[g]
+                    p.line(f"copy2(ws{i}_{u}[{start}:{stop}, :], p_{G[w].attrs[0]})")
+
     def _weights(self, kern: _Kernel, stages) -> None:
         """Stacked, transposed weights for each matmul group (once per call)."""
         G, p = self.G, kern.p
@@ -805,7 +932,13 @@ class _Emitter:
         group_of = {n: set(g) for g in self.plan.fused[stage] for n in g}
         for n in nodes:
             node = G[n]
-            if n in grouped or node.op == Op.SLICE:
+            if n in grouped or node.op == Op.SLICE or n in self.cg_block:
+                continue
+            if n in self.mt_use:
+                kern.alloc(n, stage)
+                i, u = self.mt_use[n]
+                if n != self.plan.cotangent_groups[i].uses[u].matvec_t[0]:
+                    p.line(f"fill2(w{n}, {self.k(0.0)})   # its term is in the stacked GEMM")
                 continue
             if node.op in ELEMENTWISE:
                 if not self.needs_array(n, group_of.get(n, {n})):

@@ -14,7 +14,7 @@ of ONE step, which the compiled backends run in a backward time loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from .ir import Graph, StepGraph, Unrolled
@@ -156,7 +156,8 @@ def rules_for(G: Graph, nid: int) -> tuple[Rule, ...]:
     return VJP_RULES[node.op]
 
 
-def backward(G: Graph, seeds: list[tuple[int, int]], wrt: list[int]) -> dict[int, int | None]:
+def backward(G: Graph, seeds: list[tuple[int, int]], wrt: list[int],
+             totals: dict[int, int] | None = None) -> dict[int, int | None]:
     """Cotangents of `wrt` given (node, seed) pairs; None where no path carries gradient."""
     wrt_set = set(wrt)
     seeded = [n for n, _ in seeds]
@@ -192,6 +193,8 @@ def backward(G: Graph, seeds: list[tuple[int, int]], wrt: list[int]) -> dict[int
                 f"{G[contribution].type} (batched={G[contribution].type.batched}), but the "
                 f"operand %{arg} is {G[arg].type} (batched={G[arg].type.batched})")
             pending.setdefault(arg, []).append(contribution)
+    if totals is not None:      # every node's summed cotangent, for the planner
+        totals.update(total)
     return {w: total.get(w) for w in wrt}
 
 
@@ -240,6 +243,7 @@ class StepGrads:
     params: dict[str, int | None]
     inputs: dict[str, int | None]
     states: dict[str, int | None]
+    cotangents: dict[int, int] = field(default_factory=dict)   # node -> its total cotangent
 
     def roots(self) -> list[int]:
         found = [*self.params.values(), *self.inputs.values(), *self.states.values()]
@@ -256,8 +260,9 @@ def grad_step(step: StepGraph) -> StepGrads:
     pairs = [(step.next_state[n], s) for n, s in next_seeds.items()]
     pairs += [(step.outputs[n], s) for n, s in out_seeds.items()]
     wrt = [*step.params.values(), *step.inputs.values(), *step.states.values()]
-    found = backward(G, pairs, wrt)
+    totals: dict[int, int] = {}
+    found = backward(G, pairs, wrt, totals)
     return StepGrads(next_seeds, out_seeds,
                      {n: found[i] for n, i in step.params.items()},
                      {n: found[i] for n, i in step.inputs.items()},
-                     {n: found[i] for n, i in step.states.items()})
+                     {n: found[i] for n, i in step.states.items()}, totals)

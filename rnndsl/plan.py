@@ -49,6 +49,27 @@ class MatmulGroup:
 
 
 @dataclass
+class StackedUse:
+    """One forward GEMM group seen from BPTT: v's gradient sum_k g_k @ W_k, and dW_k."""
+
+    weights: list[int]               # PARAM ids W_k, in stacking order
+    vector: int                      # the forward vector v
+    matvec_t: list[int] | None       # MATVEC_T(W_k, g_k), summed; [0] (the last) does the GEMM
+    outers: list[int] | None         # OUTER(g_k, v): the weight gradients
+
+
+@dataclass
+class CotangentGroup:
+    """Cotangents g_k of stacked matvecs, kept side by side in one buffer, so that
+    sum_k g_k @ W_k is one GEMM against [W_1; ...; W_n] and the dW_k one GEMM g^T v."""
+
+    cotangents: list[int]
+    stage: str
+    taped: bool
+    uses: list[StackedUse]
+
+
+@dataclass
 class Plan:
     step: StepGraph
     grads: StepGrads
@@ -60,6 +81,7 @@ class Plan:
     saved_next_seeds: set[str]                  # carried cotangents that are taped
     matmuls: dict[str, list[MatmulGroup]] = field(default_factory=dict)
     fused: dict[str, list[list[int]]] = field(default_factory=dict)   # elementwise groups
+    cotangent_groups: list[CotangentGroup] = field(default_factory=list)
 
     @property
     def graph(self) -> Graph:
@@ -153,7 +175,75 @@ def make_plan(step: StepGraph, passes=PASSES) -> Plan:
     plan = Plan(step, grads, passes, stage, order, saved, saved_states, saved_next)
     _group_matmuls(plan)
     _schedule(plan)
+    if "fuse_matmul" in passes:
+        _group_cotangents(plan, all_nodes)
     return plan
+
+
+def _sum_chain_end(G: Graph, members: list[int], users: dict[int, list[int]],
+                   observed: set[int]) -> int | None:
+    """The node where all members meet in a chain of single-use adds, or None.
+
+    If every member flows only into adds that flow only into the next add, up to one
+    common node, the members may hold any split of their total: the sum is the same.
+    """
+    ends = set()
+    for m in members:
+        cur = m
+        while True:
+            us = users.get(cur, [])
+            if cur in observed or len(us) != 1 or G[us[0]].op != Op.ADD:
+                break
+            cur = us[0]
+        if cur == m:
+            return None
+        ends.add(cur)
+    return ends.pop() if len(ends) == 1 else None
+
+
+def _group_cotangents(plan: Plan, all_nodes: list[int]) -> None:
+    G, grads = plan.graph, plan.grads
+    users: dict[int, list[int]] = {}
+    for n in all_nodes:
+        for a in set(G[n].args):
+            users.setdefault(a, []).append(n)
+    observed = set(plan.saved) | set(plan.step.roots()) | set(grads.roots())
+    position = {n: i for s in plan.order.values() for i, n in enumerate(s)}
+    taken: set[int] = set()
+    by_cotangents: dict[tuple, CotangentGroup] = {}
+    for s in ("pre", "fwd"):
+        for grp in plan.matmuls.get(s, []):
+            if len(grp.members) < 2 or not G[grp.vector].type.batched:
+                continue
+            gs = [grads.cotangents.get(m) for m in grp.members]
+            if any(g is None or G[g].op not in ELEMENTWISE for g in gs) or len(set(gs)) < len(gs):
+                continue
+            stages = {plan.stage.get(g) for g in gs}
+            taped = {g in plan.saved for g in gs}
+            if len(stages) != 1 or stages != {"bwd"} or len(taped) != 1:
+                continue
+            key = tuple(gs)
+            if key not in by_cotangents:
+                if taken & set(gs):
+                    continue
+                taken |= set(gs)
+                by_cotangents[key] = CotangentGroup(list(gs), "bwd", taped.pop(), [])
+            weights = [G[m].args[0] for m in grp.members]
+            mts = [G._index.get((Op.MATVEC_T, (w, g), ())) for w, g in zip(weights, gs)]
+            if any(m is None or m not in plan.stage for m in mts) or \
+                    len({plan.stage[m] for m in mts}) != 1 or \
+                    _sum_chain_end(G, mts, users, observed) is None:
+                mts = None
+            else:
+                # the GEMM goes where the LAST term is computed: by then every g_k is
+                # written (each term reads its own g_k), so matvec_t[0] is the last
+                mts.sort(key=lambda m: position[m], reverse=True)
+            outs = [G._index.get((Op.OUTER, (g, grp.vector), ())) for g in gs]
+            if any(o is None or plan.stage.get(o) != "post" for o in outs) or \
+                    not by_cotangents[key].taped:
+                outs = None
+            by_cotangents[key].uses.append(StackedUse(weights, grp.vector, mts, outs))
+    plan.cotangent_groups = [c for c in by_cotangents.values() if c.uses]
 
 
 def _group_matmuls(plan: Plan) -> None:
@@ -173,7 +263,7 @@ def _group_matmuls(plan: Plan) -> None:
 def iteration_space(G: Graph, nid: int) -> tuple:
     """Nodes with equal spaces can share one loop nest: (batched, size or None)."""
     t = G[nid].type
-    return (t.batched, t.shape[0] if t.shape else None)
+    return (t.batched, t.shape)
 
 
 def _schedule(plan: Plan) -> None:

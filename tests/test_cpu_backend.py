@@ -215,3 +215,16 @@ def test_random_cells_compiled_match_interp(data, tmp_path_factory):
         write_module(build_source(read_spec(spec), passes), out)
         Compiled = getattr(load_built(out), load_built(out).CELLS[0])
         compare(Compiled, spec, np.float64, T=cell.T, B=cell.B, dims=cell.dims)
+
+
+def test_weight_used_twice_sums_matrix_gradients(tmp_path):
+    """Found by the random cells: W1 @ x0 and W1 @ s1 add two matrix gradients."""
+    spec = tmp_path / "twice.rnn"
+    spec.write_text("cell Twice {\n  dims D0, D1\n  input x0[D0]\n  state s0[D0], s1[D0]\n"
+                    "  param W1[D0, D0], W2[D1, D0], W3[D1, D0]\n"
+                    "  s0' = hard_sigmoid(W1 @ x0 + x0 + s1)\n  s1' = tanh(W1 @ s1 + s0)\n"
+                    "  output y0 = W2 @ s0'\n  output y1 = W3 @ s0'\n}\n")
+    for passes in (tuple(PASSES), ()):
+        out = tmp_path / ("on" if passes else "off") / "twice.py"
+        write_module(build_source(read_spec(spec), passes), out)
+        compare(load_built(out).Twice, spec, np.float64, T=3, B=2, dims={"D0": 3, "D1": 2})
