@@ -1,10 +1,13 @@
 """How many threads the BLAS inside compiled kernels may use.
 
-Numba's `np.dot` calls SciPy's OpenBLAS (not NumPy's: they are separate libraries). A
-kernel makes one small GEMM per time step (16 x 128 by 128 x 512 at B=16, H=128), where
-OpenBLAS's thread pool costs more than it gives and, on a loaded 2-core machine, turned
-a 5 ms LSTM forward into 400-800 ms (measured here). So kernels run with that library
-held to one thread, restored afterwards; NumPy's own BLAS is never touched.
+Numba's `np.dot` calls SciPy's OpenBLAS (not NumPy's: they are separate libraries). By
+default kernels leave it as it is (all cores). On a machine whose cores are already
+busy (other processes, several test workers), OpenBLAS's spinning thread pool on the
+small per-step GEMMs is a disaster: a 5 ms LSTM forward took 400-800 ms here under load.
+`RNNDSL_BLAS_THREADS=1` holds that library (never NumPy's) to one thread for each kernel
+call, restored afterwards; the test suite sets it, since it runs a worker per core.
+Measured here on a quiet machine, LSTM forward+BPTT float32: 1 thread 24 / 84 / 577 ms,
+2 threads 19 / 56 / 339 ms at the small / mid / large shapes.
 """
 
 from __future__ import annotations
@@ -32,9 +35,25 @@ def _kernel_blas():
     return _controllers
 
 
+def configured_threads() -> int | None:
+    """RNNDSL_BLAS_THREADS as a positive int, or None (leave the BLAS as it is)."""
+    value = os.environ.get("RNNDSL_BLAS_THREADS", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        from .errors import BindError
+        raise BindError(f"RNNDSL_BLAS_THREADS must be a positive integer, got {value!r}")
+    return int(value)
+
+
 @contextmanager
-def kernel_threads(n: int = 1):
-    """Hold the kernels' BLAS to n threads for the duration of a kernel call."""
+def kernel_threads(n: int | None = None):
+    """Hold the kernels' BLAS to n threads (default: RNNDSL_BLAS_THREADS) for a call."""
+    if n is None:
+        n = configured_threads()
+    if n is None:
+        yield
+        return
     controllers = _kernel_blas()
     before = [c.num_threads for c in controllers]
     for c in controllers:

@@ -428,7 +428,7 @@ class CompiledCell(Cell):
                 args.append(tapes[arg])
             else:
                 raise AssertionError(f"unknown forward argument {arg}")
-        with kernel_threads(1):
+        with kernel_threads():
             self.meta["forward"](*args)
         shown = {name: (y[..., 0] if self._scalar_output(name) else y)
                  for name, y in outputs.items()}
@@ -489,7 +489,7 @@ class CompiledCell(Cell):
                 args.append(tape.arrays[arg])
             else:
                 raise AssertionError(f"unknown backward argument {arg}")
-        with kernel_threads(1):
+        with kernel_threads():
             self.meta["backward"](*args)
         params = {d.name: params[d.name].reshape(self._size(d)) for d in self.spec.params}
         for d in self.spec.states:

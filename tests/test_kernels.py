@@ -99,3 +99,21 @@ def test_plain_python_bodies_agree_with_numpy():
     for v in (-30.0, -2.5, 0.0, 1e-8, 3.0, 30.0):
         assert abs(kernels.tanh(v) - np.tanh(v)) < 1e-15
         assert abs(kernels.sigmoid(v, 1.0) - sigmoid_ref(np.array([v]))[0]) < 1e-15
+
+
+def test_blas_threads_setting(monkeypatch):
+    from rnndsl import blas
+    from rnndsl.errors import BindError
+    monkeypatch.setenv("RNNDSL_BLAS_THREADS", "1")
+    controllers = blas._kernel_blas()
+    assert controllers, "SciPy's OpenBLAS, which Numba's np.dot calls, was not found"
+    before = [c.num_threads for c in controllers]
+    with blas.kernel_threads():
+        assert all(c.get_num_threads() == 1 for c in controllers)
+    assert [c.get_num_threads() for c in controllers] == before
+    monkeypatch.setenv("RNNDSL_BLAS_THREADS", "zero")
+    with pytest.raises(BindError, match="RNNDSL_BLAS_THREADS must be a positive integer"):
+        with blas.kernel_threads():
+            pass
+    monkeypatch.delenv("RNNDSL_BLAS_THREADS")
+    assert blas.configured_threads() is None
