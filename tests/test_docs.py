@@ -195,3 +195,25 @@ def test_anchors_resolve():
                 for h in re.findall(r"^#+ (.*)$", outside, re.M)}
     for anchor in re.findall(r"\]\(#([^)]+)\)", doc):
         assert anchor in headings, f"broken anchor #{anchor}"
+
+
+# ----------------------------------------------------------------------------- README
+
+README = REPO / "README.md"
+README_PYTHON = [(m.group(2), README.read_text().count("\n", 0, m.start()) + 1)
+                 for m in FENCE.finditer(README.read_text()) if m.group(1).strip() == "python"]
+
+
+@pytest.mark.parametrize("text,line", README_PYTHON, ids=[f"README.md:{n}" for _, n in
+                                                          README_PYTHON])
+def test_readme_python_block_runs(text, line, at_repo_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNDSL_CACHE_DIR", str(tmp_path / "cache"))
+    code = compile("\n" * line + text, str(README), "exec")
+    exec(code, {"__name__": "__readme_example__"})
+
+
+def test_readme_has_its_two_setup_commands():
+    text = README.read_text()
+    assert "bash .ci/main" in text and "bash .ci/test" in text
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "bash .ci/test" in ci, ".ci/run must run the README's test command"
