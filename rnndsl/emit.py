@@ -137,14 +137,15 @@ class _Kernel:
         if not node.type.batched:
             return (f"w{nid}" if src in LOOP_STAGES else f"v{nid}"), "ub"
         taped = nid in em.plan.saved and em.writes_tape_directly(nid)
+        if src == "pre" and self.which == "backward" and nid in em.forward_nodes:
+            # computed by the forward kernel: the backward kernel reads its tape
+            return (f"tape{nid}", "step3") if loop else (f"tape{nid}_r", "rows2")
         if src == stage:
             if loop:
                 return (f"tape{nid}", "step3") if taped else (f"w{nid}", "rows2")
             return (f"tape{nid}_r" if taped else f"v{nid}_r"), "rows2"
         if src == "pre":
             name = f"tape{nid}" if taped else f"v{nid}"
-            if self.which == "backward" and nid in em.forward_nodes:
-                name = f"tape{nid}"
             return (name, "step3") if loop else (name + "_r", "rows2")
         assert nid in em.plan.saved, f"node {nid} ({src}) read from {stage} but not saved"
         return (f"tape{nid}", "step3") if loop else (f"tape{nid}_r", "rows2")
@@ -955,6 +956,15 @@ def explain_lines(plan: Plan, which: str = "both") -> list[str]:
     G = plan.graph
     lines: list[str] = []
 
+    stacked_mt: dict[int, list[int]] = {}     # MATVEC_T -> all terms of its stacked GEMM
+    stacked_outer: dict[int, list[int]] = {}
+    for cg in plan.cotangent_groups:
+        for use in cg.uses:
+            for m in use.matvec_t or []:
+                stacked_mt[m] = use.weights
+            for o in use.outers or []:
+                stacked_outer[o] = use.weights
+
     def describe(stage: str) -> list[str]:
         out = []
         mm = {m: grp for grp in plan.matmuls.get(stage, []) for m in grp.members}
@@ -977,11 +987,25 @@ def explain_lines(plan: Plan, which: str = "both") -> list[str]:
                 label = f"elementwise x{len(group)}" + (f" ({', '.join(names)})" if names else "")
                 out.append(("fused " if len(group) > 1 else "") + label)
                 shown.update(group)
+            elif nid in stacked_outer or nid in stacked_mt:
+                weights = stacked_outer.get(nid) or stacked_mt[nid]
+                names = ", ".join(G[w].attrs[0] for w in weights)
+                if nid in stacked_outer:
+                    out.append(f"GEMM d[{names}] = g^T {G.names.get(node.args[1], 'v')} "
+                               "(stacked cotangents)")
+                    members = [o for o, w in stacked_outer.items() if w is weights]
+                else:
+                    out.append(f"GEMM g @ [{names}] (stacked cotangents)")
+                    members = [m for m, w in stacked_mt.items() if w is weights]
+                shown.update(members)
             elif node.op == Op.OUTER:
-                out.append(f"GEMM d_W: g^T x ({G[nid].type})")
+                out.append(f"GEMM d_W = g^T {G.names.get(node.args[1], 'v')} ({G[nid].type})")
                 shown.add(nid)
             elif node.op == Op.MATVEC_T:
                 out.append(f"GEMM g @ {G[node.args[0]].attrs[0]}")
+                shown.add(nid)
+            elif node.op == Op.UNBROADCAST:
+                out.append(f"sum over rows ({G[nid].type}: a bias or scale gradient)")
                 shown.add(nid)
             else:
                 out.append(node.op.value)

@@ -157,3 +157,48 @@ def test_unknown_command_exits_2():
     done = rnndsl("frobnicate")
     assert done.returncode == 2
     assert "invalid choice" in done.stderr
+
+
+def test_build_writes_an_importable_module_and_keeps_it_on_failure(tmp_path):
+    out = tmp_path / "build"
+    done = rnndsl("build", REPO / "specs" / "elman_relu.rnn", "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert "import with: from elman_relu import ElmanReLU" in done.stdout
+    module = out / "elman_relu.py"
+    first = module.read_text()
+    probe = ("import numpy as np\nfrom elman_relu import ElmanReLU\n"
+             "c = ElmanReLU(I=2, H=3, dtype=np.float64, seed=0)\n"
+             "r = c.forward(np.ones((4, 2, 2)))\n"
+             "g = c.backward(r, d_outputs={'h': np.ones((4, 2, 3))})\n"
+             "print(type(c).__mro__[1].__name__, r.outputs['h'].shape, g.params['W_hh'].shape)\n")
+    run = subprocess.run([sys.executable, "-c", probe], cwd=out, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["CompiledCell", "(4,", "2,", "3)", "(3,", "3)"]
+    broken = tmp_path / "elman_relu.rnn"      # same module name, now broken
+    broken.write_text((REPO / "specs" / "elman_relu.rnn").read_text().replace("relu(", "relu(q + "))
+    failed = rnndsl("build", broken, "-o", out)
+    assert failed.returncode == 2 and "unknown name 'q'" in failed.stderr
+    assert module.read_text() == first, "a failed build touched the previous module"
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".py") == ["elman_relu.py"]
+
+
+def test_build_rejects_an_unknown_pass_and_a_file_as_output(tmp_path):
+    done = rnndsl("build", REPO / "specs" / "lstm.rnn", "-o", tmp_path, "--no-pass", "unroll")
+    assert done.returncode == 2 and "unknown pass 'unroll'" in done.stderr
+    target = tmp_path / "file"
+    target.write_text("x")
+    done = rnndsl("build", REPO / "specs" / "lstm.rnn", "-o", target)
+    assert done.returncode == 2 and "exists and is not a folder" in done.stderr
+
+
+def test_explain_shows_the_plan_and_follows_the_passes():
+    on = rnndsl("explain", REPO / "specs" / "lstm.rnn")
+    assert on.returncode == 0, on.stderr
+    assert "all T*B rows: GEMM [W_i, W_f, W_g, W_o] @ x" in on.stdout
+    assert "GEMM g @ [U_i, U_f, U_g, U_o] (stacked cotangents)" in on.stdout
+    off = rnndsl("explain", REPO / "specs" / "lstm.rnn", "--no-pass", "hoist",
+                 "--no-pass", "fuse_matmul")
+    assert off.returncode == 0
+    assert "all T*B rows: GEMM" not in off.stdout.split("backward:")[0]
+    assert "GEMM [U_i] @ h" in off.stdout

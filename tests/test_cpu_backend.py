@@ -228,3 +228,17 @@ def test_weight_used_twice_sums_matrix_gradients(tmp_path):
         out = tmp_path / ("on" if passes else "off") / "twice.py"
         write_module(build_source(read_spec(spec), passes), out)
         compare(load_built(out).Twice, spec, np.float64, T=3, B=2, dims={"D0": 3, "D1": 2})
+
+
+def test_backward_hoisted_work_reads_forward_hoisted_values_from_tape(tmp_path):
+    """Found by the random cells: min(mean(W2 @ x1), ...) needs, in BPTT, a hoisted
+    comparison that reads the forward kernel's hoisted mean."""
+    spec = tmp_path / "minmean.rnn"
+    spec.write_text("cell MinMean {\n  dims D0\n  input x0[D0], x1[D0]\n  state s0[D0]\n"
+                    "  param W1[D0, D0], W2[D0, D0]\n"
+                    "  s0' = 0.5 * s0 + 0.5 * tanh(s0 + min(mean(W2 @ x1), 2 * (W1 @ x0)))\n"
+                    "  output y0 = s0'\n}\n")
+    for passes in (tuple(PASSES), ()):
+        out = tmp_path / ("on" if passes else "off") / "minmean.py"
+        write_module(build_source(read_spec(spec), passes), out)
+        compare(load_built(out).MinMean, spec, np.float64, T=2, B=3, dims={"D0": 3})
