@@ -60,19 +60,25 @@ def validate(source: str, filename: str) -> None:
         raise AssertionError(f"rnndsl generated invalid Python in {filename}: {exc}") from exc
 
 
-def write_module(source: str, path: Path) -> None:
-    """Validate, then write atomically: a temporary file in the same folder, then rename."""
-    validate(source, str(path))
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write a temporary file in the same folder, then rename: a failure at any point
+    leaves the previous file intact and no temporary file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(source)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_module(source: str, path: Path) -> None:
+    """Validate, then write atomically."""
+    validate(source, str(path))
+    write_atomically(path, source.encode())
 
 
 def module_name_for(path: Path) -> str:

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
@@ -38,20 +37,6 @@ def _parse_dims(text: str | None) -> dict[str, int]:
                              f"H=8,I=4; got {part!r}")
         dims[name.strip()] = int(value)
     return dims
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write next to the target, then rename: a failure leaves the old file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------- check
@@ -117,6 +102,7 @@ def _step_grad_dump(step, grads) -> str:
 
 # ---------------------------------------------------------------------------- graph
 def cmd_graph(args) -> int:
+    from .build import write_atomically
     from .dot import to_dot
     from .grad import grad_step, grad_unrolled
     from .ir import lower, unroll

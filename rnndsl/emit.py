@@ -17,6 +17,7 @@ as an identifier, a number the emitter formats itself, or a sanitised comment.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import __version__, printer
@@ -27,7 +28,6 @@ from .printer_py import Printer, safe_comment
 from .shapes import Dim
 
 CONSTS_PLACEHOLDER = "<<constants>>"
-LEAF_OPS = (Op.PARAM, Op.INPUT, Op.STATE, Op.CONST, Op.DIM, Op.SEED)
 
 
 @dataclass
@@ -230,7 +230,6 @@ class _Kernel:
         """Emit the nodes of one stage (already filtered to this kernel), in plan order."""
         em, G = self.em, self.em.G
         done: set[int] = set()
-        groups = {g[0]: g for g in em.plan.fused[stage]}
         group_of = {n: g for g in em.plan.fused[stage] for n in g}
         matmul_of = {m: grp for grp in em.plan.matmuls.get(stage, []) for m in grp.members}
         mine = set(nodes)
@@ -256,7 +255,6 @@ class _Kernel:
                         self.p.line(f"copy2(tape{n}[t], {self.dest(n, stage)})")
                     else:
                         self.p.line(f"copy2(tape{n}_r, {self.dest(n, stage)})")
-        del groups
 
     def emit_elementwise(self, group: list[int], stage: str) -> None:
         em, G, p = self.em, self.em.G, self.p
@@ -374,10 +372,7 @@ class _Kernel:
             g = a[1]
             if em.is_view(node.args[1]):
                 g = f"np.ascontiguousarray({g})"
-            if not t.batched:
-                p.line(f"np.dot({g}, {a[0]}, {out})")
-            else:
-                p.line(f"np.dot({g}, {a[0]}, {out})")
+            p.line(f"np.dot({g}, {a[0]}, {out})")
         elif op == Op.OUTER:
             gt, xt = G[node.args[0]].type, G[node.args[1]].type
             if gt.batched:
@@ -604,11 +599,8 @@ class _Emitter:
 
     def is_view(self, nid: int) -> bool:
         node = self.G[nid]
-        if node.op == Op.SLICE or nid in self.cg_block:
-            return True
-        # every matmul result is a column block of its group's GEMM output
-        return any(nid in grp.members for gs in self.plan.matmuls.values() for grp in gs
-                   if self.G[grp.vector].type.batched)
+        # slices, stacked cotangents and matmul results (column blocks of a GEMM's output)
+        return node.op == Op.SLICE or nid in self.cg_block or nid in self.member_block
 
     def needs_array(self, nid: int, group: set[int]) -> bool:
         if nid in self.roots or nid in self.plan.saved:
@@ -746,8 +738,7 @@ class _Emitter:
             if kind in ("input", "hist", "output", "output_grad", "input_grad"):
                 name = self.arg_name(arg)
                 if kind in ("output", "output_grad"):
-                    size = _dim(self.plan.step.graph[self.plan.step.outputs[arg[1]]].type.shape[0]) \
-                        if self.plan.step.graph[self.plan.step.outputs[arg[1]]].type.shape else "1"
+                    size = kern.size(self.plan.step.outputs[arg[1]])
                 else:
                     t = sizes[arg[1]].type
                     size = _dim(t.shape[0])
@@ -777,20 +768,13 @@ class _Emitter:
         p = kern.p
         args = self.signature("forward")
         step, plan = self.plan.step, self.plan
-        p.line('@njit(cache=True, error_model="numpy")')
-        with p.indent(f"def forward_{step.cell.name}({', '.join(self.arg_name(a) for a in args)}):"):
-            self._docstring(kern, "forward")
-            self._prologue(kern, args)
-            self._weights(kern, ("pre", "fwd"))
-            if nodes["const"]:
-                p.comment("once per call: parameters only")
-                kern.emit_stage("const", nodes["const"])
-            if nodes["pre"]:
-                p.comment("hoisted out of the time loop: no state, all T*B rows at once")
-                kern.emit_stage("pre", nodes["pre"])
-            for name, nid in step.outputs.items():
-                if plan.stage.get(nid) == "pre" or step.graph[nid].op == Op.INPUT:
-                    p.line(f"copy2(out_{name}_r, {kern.whole(nid, 'pre')})")
+        hoisted = {name for name, nid in step.outputs.items()
+                   if plan.stage.get(nid) == "pre" or step.graph[nid].op == Op.INPUT}
+        with self._open(kern, "forward", args, nodes,
+                        "hoisted out of the time loop: no state, all T*B rows at once",
+                        weight_stages=("pre", "fwd")):
+            for name in hoisted:
+                p.line(f"copy2(out_{name}_r, {kern.whole(step.outputs[name], 'pre')})")
             self._loop_arrays(kern, "fwd", nodes["fwd"])
             for d in step.cell.states:
                 p.line(f"s_{d.name} = s0_{d.name}.copy()")
@@ -800,7 +784,7 @@ class _Emitter:
                     p.line(f"copy2(hist_{name}[t], s_{name})")
                 kern.emit_stage("fwd", nodes["fwd"])
                 for name, nid in step.outputs.items():
-                    if not (plan.stage.get(nid) == "pre" or step.graph[nid].op == Op.INPUT):
+                    if name not in hoisted:
                         p.line(f"copy2(out_{name}[t], {kern.whole(nid, 'fwd')})")
                 for name, nid in step.next_state.items():
                     p.line(f"copy2(nx_{name}, {kern.whole(nid, 'fwd')})")
@@ -816,16 +800,8 @@ class _Emitter:
         args = self.signature("backward")
         step, plan, grads = self.plan.step, self.plan, self.plan.grads
         G = self.G
-        p.line('@njit(cache=True, error_model="numpy")')
-        with p.indent(f"def backward_{step.cell.name}({', '.join(self.arg_name(a) for a in args)}):"):
-            self._docstring(kern, "backward")
-            self._prologue(kern, args)
-            if nodes["const"]:
-                p.comment("once per call: parameters only")
-                kern.emit_stage("const", nodes["const"])
-            if nodes["pre"]:
-                p.comment("no cotangent and no state: all T*B rows at once")
-                kern.emit_stage("pre", nodes["pre"])
+        with self._open(kern, "backward", args, nodes,
+                        "no cotangent and no state: all T*B rows at once"):
             for n in sorted(plan.saved):
                 if plan.stage[n] == "bwd" and n not in self.cg_block:
                     p.line(f"tape{n} = np.empty((T, B, {kern.size(n)}), dtype)")
@@ -870,6 +846,26 @@ class _Emitter:
                     if nid is not None and plan.stage.get(nid) == "post":
                         p.line(f"copy2(din_{name}_r, {kern.whole(nid, 'post')})")
         return p.text(), args
+
+    @contextmanager
+    def _open(self, kern: _Kernel, which: str, args, nodes, pre_comment: str,
+              weight_stages: tuple = ()):
+        """A kernel's decorator, signature, docstring, prologue and stacked weights, then
+        its const and hoisted stages; the body follows inside the `with`."""
+        p = kern.p
+        p.line('@njit(cache=True, error_model="numpy")')
+        names = ", ".join(self.arg_name(a) for a in args)
+        with p.indent(f"def {which}_{self.plan.step.cell.name}({names}):"):
+            self._docstring(kern, which)
+            self._prologue(kern, args)
+            self._weights(kern, weight_stages)
+            if nodes["const"]:
+                p.comment("once per call: parameters only")
+                kern.emit_stage("const", nodes["const"])
+            if nodes["pre"]:
+                p.comment(pre_comment)
+                kern.emit_stage("pre", nodes["pre"])
+            yield
 
     def _cotangent_buffers(self, kern: _Kernel) -> None:
         """One buffer per group of stacked cotangents (views for each g_k), and the

@@ -236,6 +236,24 @@ class Cell:
             out[key] = self._array(f"{what}['{key}']", value, shape, layout)
         return out
 
+    def _scalar_output(self, name: str) -> bool:
+        return next(o for o in self.spec.outputs if o.name == name).type.rank == 0
+
+    def _backward_args(self, run, tape_type, d_outputs, d_state):
+        """The run's tape (if this cell made it) and the checked cotangents."""
+        tape = run._tape if isinstance(run, Run) else None
+        if not isinstance(tape, tape_type) or tape.owner is not self._token:
+            raise BindError("backward needs the Run that this cell's forward returned")
+        T, B = run.T, run.B
+        sizes_out = {o.name: tuple(d.evaluate(self.dims) for d in o.type.shape)
+                     for o in self.spec.outputs}
+        sizes_state = {d.name: self._size(d) for d in self.spec.states}
+        d_out = self._cotangents("d_outputs", d_outputs, sizes_out,
+                                 lambda s: ((T, B) + s, f"(T, B{''.join(f', {n}' for n in s)})"))
+        d_st = self._cotangents("d_state", d_state, sizes_state,
+                                lambda s: ((B,) + s, f"(B, {s[0]})"))
+        return tape, d_out, d_st
+
     # ------------------------------------------------------------------ the contract
     def forward(self, x, state=None) -> Run:
         raise NotImplementedError
@@ -290,21 +308,10 @@ class InterpCell(Cell):
         final = {name: values[nid].copy() for name, nid in u.final_state.items()}
         return Run(outputs, final, T, B, _Tape(u, values, ctx, from_params, self._token))
 
-    def _scalar_output(self, name: str) -> bool:
-        return next(o for o in self.spec.outputs if o.name == name).type.rank == 0
-
     def backward(self, run: Run, d_outputs=None, d_state=None) -> Grads:
-        tape = run._tape if isinstance(run, Run) else None
-        if not isinstance(tape, _Tape) or tape.owner is not self._token:
-            raise BindError("backward needs the Run that this cell's forward returned")
+        tape, d_out, d_st = self._backward_args(run, _Tape, d_outputs, d_state)
         T, B = run.T, run.B
-        sizes_out = {o.name: tuple(d.evaluate(self.dims) for d in o.type.shape)
-                     for o in self.spec.outputs}
         sizes_state = {d.name: self._size(d) for d in self.spec.states}
-        d_out = self._cotangents("d_outputs", d_outputs, sizes_out,
-                                 lambda s: ((T, B) + s, f"(T, B{''.join(f', {n}' for n in s)})"))
-        d_st = self._cotangents("d_state", d_state, sizes_state,
-                                lambda s: ((B,) + s, f"(B, {s[0]})"))
         u = tape.unrolled
         grads = self.unrolled_grads(T)
         feeds = {}
@@ -437,21 +444,10 @@ class CompiledCell(Cell):
         run._from_params = from_params
         return run
 
-    def _scalar_output(self, name: str) -> bool:
-        return next(o for o in self.spec.outputs if o.name == name).type.rank == 0
-
     def backward(self, run: Run, d_outputs=None, d_state=None) -> Grads:
-        tape = run._tape if isinstance(run, Run) else None
-        if not isinstance(tape, _CompiledTape) or tape.owner is not self._token:
-            raise BindError("backward needs the Run that this cell's forward returned")
+        tape, d_out, d_st = self._backward_args(run, _CompiledTape, d_outputs, d_state)
         T, B = run.T, run.B
-        sizes_out = {o.name: tuple(d.evaluate(self.dims) for d in o.type.shape)
-                     for o in self.spec.outputs}
         sizes_state = {d.name: self._size(d) for d in self.spec.states}
-        d_out = self._cotangents("d_outputs", d_outputs, sizes_out,
-                                 lambda s: ((T, B) + s, f"(T, B{''.join(f', {n}' for n in s)})"))
-        d_st = self._cotangents("d_state", d_state, sizes_state,
-                                lambda s: ((B,) + s, f"(B, {s[0]})"))
         params = {d.name: np.zeros(self._size(d) or (1,), self.dtype) for d in self.spec.params}
         inputs = {d.name: np.zeros((T, B) + self._size(d), self.dtype) for d in self.spec.inputs}
         state = {d.name: np.zeros((B,) + self._size(d), self.dtype) for d in self.spec.states}
