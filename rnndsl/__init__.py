@@ -21,9 +21,9 @@ __version__ = "0.1.0"
 __all__ = ["load", "load_text", "RnnError", "SpecError", "SpecSyntaxError", "CheckError",
            "SpecFileError", "BindError", "TargetError", "__version__"]
 
-# The compiled targets arrive with the CPU and CUDA backends; until then "interp" is the
-# default so that load(path) works.
-DEFAULT_TARGET = "interp"
+# "cpu" (generated Numba kernels, cached by spec hash) is the default; "interp" is the
+# NumPy reference the compiled targets are tested against.
+DEFAULT_TARGET = "cpu"
 PLANNED_TARGETS = ("cuda",)
 
 

@@ -19,6 +19,10 @@ class Printer:
 
     @contextmanager
     def indent(self, opener: str | None = None):
+        """Indent what the body prints. A block opened by `opener` that printed no
+        statement (a time loop whose every node was hoisted, say) is dropped whole:
+        Python rejects an empty block, and an empty loop is nothing to do anyway."""
+        start = len(self.lines)
         if opener is not None:
             self.line(opener)
         self.depth += 1
@@ -26,9 +30,17 @@ class Printer:
             yield
         finally:
             self.depth -= 1
+        body = self.lines[start + 1:]
+        if opener is not None and not any(_is_statement(text) for text in body):
+            del self.lines[start:]
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
+
+
+def _is_statement(text: str) -> bool:
+    stripped = text.strip()
+    return bool(stripped) and not stripped.startswith("#")
 
 
 def safe_comment(text: str) -> str:
