@@ -39,6 +39,13 @@ class Emitted:
     tapes: list[tuple[int, object]]   # (node id, size Dim) of tapes the runtime allocates
 
 
+
+def ident(name) -> str:
+    """The Python identifier for a spec name. Names of a stacked layer's params and
+    states are qualified (`l1.W_i`); the dot becomes a double underscore, which the
+    checker keeps out of names a user writes, so two names never meet."""
+    return str(name).replace(".", "__")
+
 def _dim(d: Dim) -> str:
     """A size as a Python expression over the kernel's dim arguments."""
     parts = [f"{c} * dim_{n}" if c != 1 else f"dim_{n}" for n, c in d.terms]
@@ -118,21 +125,21 @@ class _Kernel:
         node = G[nid]
         loop = stage in LOOP_STAGES
         if node.op == Op.PARAM:
-            return f"p_{node.attrs[0]}", "ub"
+            return f"p_{ident(node.attrs[0])}", "ub"
         if node.op in (Op.CONST, Op.DIM):
             return em.const_of(nid), "k"
         if node.op == Op.INPUT:
-            return (f"in_{node.attrs[0]}", "step3") if loop else (f"in_{node.attrs[0]}_r", "rows2")
+            return (f"in_{ident(node.attrs[0])}", "step3") if loop else (f"in_{ident(node.attrs[0])}_r", "rows2")
         if node.op == Op.STATE:
             name = node.attrs[0]
             if stage == "fwd":
-                return f"s_{name}", "rows2"
-            return (f"hist_{name}", "step3") if loop else (f"hist_{name}_r", "rows2")
+                return f"s_{ident(name)}", "rows2"
+            return (f"hist_{ident(name)}", "step3") if loop else (f"hist_{ident(name)}_r", "rows2")
         if node.op == Op.SEED:
             kind, name = node.attrs[0], node.attrs[1]
             if kind == "output":
-                return (f"dout_{name}", "step3") if loop else (f"dout_{name}_r", "rows2")
-            return (f"ds_{name}", "rows2") if loop else (f"dnext_{name}_r", "rows2")
+                return (f"dout_{ident(name)}", "step3") if loop else (f"dout_{ident(name)}_r", "rows2")
+            return (f"ds_{ident(name)}", "rows2") if loop else (f"dnext_{ident(name)}_r", "rows2")
         src = em.plan.stage[nid]
         if not node.type.batched:
             return (f"w{nid}" if src in LOOP_STAGES else f"v{nid}"), "ub"
@@ -724,7 +731,7 @@ class _Emitter:
                  "state0_grad": "ds0_{}", "hist": "hist_{}", "tape": "tape{}"}
         if kind in ("T", "B", "consts"):
             return kind
-        return names[kind].format(arg[1])
+        return names[kind].format(ident(arg[1]))
 
     def _prologue(self, kern: _Kernel, args: list[tuple]) -> None:
         p = kern.p
@@ -774,24 +781,24 @@ class _Emitter:
                         "hoisted out of the time loop: no state, all T*B rows at once",
                         weight_stages=("pre", "fwd")):
             for name in hoisted:
-                p.line(f"copy2(out_{name}_r, {kern.whole(step.outputs[name], 'pre')})")
+                p.line(f"copy2(out_{ident(name)}_r, {kern.whole(step.outputs[name], 'pre')})")
             self._loop_arrays(kern, "fwd", nodes["fwd"])
             for d in step.cell.states:
-                p.line(f"s_{d.name} = s0_{d.name}.copy()")
-                p.line(f"nx_{d.name} = np.empty_like(s0_{d.name})")
+                p.line(f"s_{ident(d.name)} = s0_{ident(d.name)}.copy()")
+                p.line(f"nx_{ident(d.name)} = np.empty_like(s0_{ident(d.name)})")
             with p.indent("for t in range(T):"):
                 for name in sorted(plan.saved_states):
-                    p.line(f"copy2(hist_{name}[t], s_{name})")
+                    p.line(f"copy2(hist_{ident(name)}[t], s_{ident(name)})")
                 kern.emit_stage("fwd", nodes["fwd"])
                 for name, nid in step.outputs.items():
                     if name not in hoisted:
-                        p.line(f"copy2(out_{name}[t], {kern.whole(nid, 'fwd')})")
+                        p.line(f"copy2(out_{ident(name)}[t], {kern.whole(nid, 'fwd')})")
                 for name, nid in step.next_state.items():
-                    p.line(f"copy2(nx_{name}, {kern.whole(nid, 'fwd')})")
+                    p.line(f"copy2(nx_{ident(name)}, {kern.whole(nid, 'fwd')})")
                 for name in step.next_state:
-                    p.line(f"copy2(s_{name}, nx_{name})")
+                    p.line(f"copy2(s_{ident(name)}, nx_{ident(name)})")
             for d in step.cell.states:
-                p.line(f"copy2(fin_{d.name}, s_{d.name})")
+                p.line(f"copy2(fin_{ident(d.name)}, s_{ident(d.name)})")
         return p.text(), args
 
     def backward_kernel(self, nodes: dict[str, list[int]]) -> tuple[str, list[tuple]]:
@@ -809,42 +816,42 @@ class _Emitter:
             self._cotangent_buffers(kern)
             for name in sorted(plan.saved_next_seeds):
                 size = _dim(step.graph[step.states[name]].type.shape[0])
-                p.line(f"dnext_{name} = np.empty((T, B, {size}), dtype)")
-                p.line(f"dnext_{name}_r = dnext_{name}.reshape((R, {size}))")
+                p.line(f"dnext_{ident(name)} = np.empty((T, B, {size}), dtype)")
+                p.line(f"dnext_{ident(name)}_r = dnext_{ident(name)}.reshape((R, {size}))")
             self._loop_arrays(kern, "bwd", nodes["bwd"])
             for d in step.cell.states:
-                p.line(f"ds_{d.name} = dfin_{d.name}.copy()")
-                p.line(f"nds_{d.name} = np.empty_like(ds_{d.name})")
+                p.line(f"ds_{ident(d.name)} = dfin_{ident(d.name)}.copy()")
+                p.line(f"nds_{ident(d.name)} = np.empty_like(ds_{ident(d.name)})")
             with p.indent("for t in range(T - 1, -1, -1):"):
                 for name in sorted(plan.saved_next_seeds):
-                    p.line(f"copy2(dnext_{name}[t], ds_{name})")
+                    p.line(f"copy2(dnext_{ident(name)}[t], ds_{ident(name)})")
                 kern.emit_stage("bwd", nodes["bwd"])
                 for name, nid in grads.params.items():
                     if nid is not None and plan.stage.get(nid) != "post":
                         nd = 1 if G[nid].type.rank < 2 else 2
-                        p.line(f"add_into{nd}(dp_{name}, {kern.whole(nid, 'bwd')})")
+                        p.line(f"add_into{nd}(dp_{ident(name)}, {kern.whole(nid, 'bwd')})")
                 for name, nid in grads.inputs.items():
                     if nid is not None and plan.stage.get(nid) != "post":
-                        p.line(f"copy2(din_{name}[t], {kern.whole(nid, 'bwd')})")
+                        p.line(f"copy2(din_{ident(name)}[t], {kern.whole(nid, 'bwd')})")
                 for name, nid in grads.states.items():
                     if nid is None:
-                        p.line(f"fill2(nds_{name}, {self.k(0.0)})")
+                        p.line(f"fill2(nds_{ident(name)}, {self.k(0.0)})")
                     else:
-                        p.line(f"copy2(nds_{name}, {kern.whole(nid, 'bwd')})")
+                        p.line(f"copy2(nds_{ident(name)}, {kern.whole(nid, 'bwd')})")
                 for name in grads.states:
-                    p.line(f"copy2(ds_{name}, nds_{name})")
+                    p.line(f"copy2(ds_{ident(name)}, nds_{ident(name)})")
             for d in step.cell.states:
-                p.line(f"copy2(ds0_{d.name}, ds_{d.name})")
+                p.line(f"copy2(ds0_{ident(d.name)}, ds_{ident(d.name)})")
             if nodes["post"]:
                 p.comment("deferred out of the backward loop: all T*B rows at once")
                 kern.emit_stage("post", nodes["post"])
                 for name, nid in grads.params.items():
                     if nid is not None and plan.stage.get(nid) == "post":
                         nd = 1 if G[nid].type.rank < 2 else 2
-                        p.line(f"copy{nd}(dp_{name}, {kern.whole(nid, 'post')})")
+                        p.line(f"copy{nd}(dp_{ident(name)}, {kern.whole(nid, 'post')})")
                 for name, nid in grads.inputs.items():
                     if nid is not None and plan.stage.get(nid) == "post":
-                        p.line(f"copy2(din_{name}_r, {kern.whole(nid, 'post')})")
+                        p.line(f"copy2(din_{ident(name)}_r, {kern.whole(nid, 'post')})")
         return p.text(), args
 
     @contextmanager
