@@ -83,7 +83,16 @@ class Slice:
     span: Span = _span()
 
 
-Expr = Union[Number, Name, Primed, BinOp, Neg, Pow, Call, Slice]
+@dataclass(frozen=True)
+class Member:
+    """`l1(x).y` or `l1.y`: the output `y` of layer `l1` (a cell with several outputs)."""
+
+    operand: "Expr"
+    name: str
+    span: Span = _span()
+
+
+Expr = Union[Number, Name, Primed, BinOp, Neg, Pow, Call, Slice, Member]
 
 
 # ----------------------------------------------------------------------------- declarations
@@ -172,7 +181,28 @@ class Output:
     name_span: Span = _span()
 
 
-Stmt = Union[DimsDecl, InputDecl, StateDecl, ParamDecl, Equation, Output]
+@dataclass(frozen=True)
+class DimBind:
+    """`I = V` in a layer declaration: the layer's dim I is the size V here."""
+
+    name: str
+    size: Dim
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
+class LayerDecl:
+    """`layer l1 = LSTM(I = V, H = H)`: an instance of another cell inside this one."""
+
+    name: str
+    cell: str
+    dims: tuple[DimBind, ...]
+    span: Span = _span()
+    name_span: Span = _span()
+    cell_span: Span = _span()
+
+
+Stmt = Union[DimsDecl, InputDecl, StateDecl, ParamDecl, LayerDecl, Equation, Output]
 
 
 @dataclass(frozen=True)

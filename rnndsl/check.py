@@ -13,11 +13,12 @@ from __future__ import annotations
 import difflib
 import keyword
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 
 from . import ast
+from .compose import Inlined, inline
 from .errors import CheckError, Diagnostic, Source, Span, Warnings
 from .ops import BINARY_OPS, FUNCTIONS, Op, ShapeMismatch, infer
 from .shapes import Dim, Type, shape_str
@@ -26,7 +27,7 @@ from .shapes import Dim, Type, shape_str
 RESERVED_CELL_NAMES = frozenset({"math", "sys", "np", "njit", "compiled_cell_class"})
 
 # The words that open statements: reserved, so a state can always be written `name'`.
-KEYWORDS = frozenset({"cell", "dims", "input", "state", "param", "output", "use"})
+KEYWORDS = frozenset({"cell", "dims", "input", "state", "param", "output", "use", "layer"})
 
 # name -> (min args, max args, needs a matrix)
 INITIALISERS: dict[str, tuple[int, int, bool]] = {
@@ -90,6 +91,8 @@ class CheckedCell:
     constraints: tuple[Constraint, ...]
     warnings: tuple[Diagnostic, ...] = field(default=(), compare=False)
     ast: ast.Cell | None = field(default=None, compare=False, repr=False)
+    layers: tuple[tuple[str, str], ...] = ()        # (layer name, cell name), inlined
+    dropouts: tuple[tuple[str, float], ...] = ()    # (mask input, rate): see `dropout`
 
 
 class _Poison(Exception):
@@ -123,8 +126,15 @@ def _provably(size: Dim) -> int:
 
 
 class _Checker:
-    def __init__(self, cell: ast.Cell, source: Source):
+    def __init__(self, cell: ast.Cell, source: Source, library=None):
         self.cell, self.source = cell, source
+        self.library: dict[str, CheckedCell] = dict(library or {})
+        self.layers: dict[str, Inlined | None] = {}     # None: declared with an error
+        self.layer_spans: dict[str, Span] = {}
+        self.called: dict[str, tuple[tuple[ast.Expr, ...], Span]] = {}
+        self.bindings: dict[str, tuple[Type, Span, str]] = {}   # "l1.x" -> expected
+        self.dropout_sites: dict[str, tuple[str, float, Span]] = {}  # value -> mask, rate
+        self.dropouts: list[tuple[str, float]] = []
         self.errors: list[Diagnostic] = []
         self.warnings = Warnings()
         self.dims: dict[str, Span] = {}
@@ -157,9 +167,10 @@ class _Checker:
                 | set(self.broken))
 
     def kind_of(self, name: str) -> str | None:
-        """'input', 'state' or 'param' for a declared name, also one declared with an error."""
+        """'input', 'state', 'param' or 'layer' for a declared name, also one declared with
+        an error."""
         for table, kind in ((self.inputs, "input"), (self.states, "state"),
-                            (self.params, "param")):
+                            (self.params, "param"), (self.layers, "layer")):
             if name in table:
                 return kind
         return self.broken.get(name)
@@ -182,12 +193,17 @@ class _Checker:
             self.error(message, span,
                        f"rename this {what}: dims and values share one namespace")
             return False
-        if name in FUNCTIONS:
+        if name in FUNCTIONS or name == "dropout":
             self.error(f"'{name}' is a built-in function and cannot name {_a(what)}", span)
             return False
         if name in KEYWORDS:
             self.error(f"'{name}' is a keyword of the language and cannot name {_a(what)}",
                        span, "rename it")
+            return False
+        if "." not in name and "__" in name:
+            self.error(f"'{name}': names with a double underscore are reserved", span,
+                       "generated code spells a layer's names with '__' (l1.W -> l1__W); "
+                       "rename it")
             return False
         return True
 
@@ -304,6 +320,205 @@ class _Checker:
             elif param.type.shape != decl.type.shape:
                 self.error(f"state '{decl.name}' is {decl.type} but its initial value "
                            f"'{init.name}' is {param.type}", init.span)
+
+    # ------------------------------------------------------------------ layers
+    def declare_layer(self, stmt: ast.LayerDecl) -> None:
+        """`layer l1 = LSTM(I = V, H = H)`: find the cell, bind its dims, inline it."""
+        if not self._claim(stmt.name, stmt.name_span, "layer"):
+            return
+        self.layers[stmt.name] = None
+        self.layer_spans[stmt.name] = stmt.span
+        sub = self.library.get(stmt.cell)
+        if sub is None:
+            if stmt.cell == self.cell.name:
+                self.error(f"cell '{stmt.cell}' cannot be a layer of itself", stmt.cell_span)
+            else:
+                self.error(f"unknown cell '{stmt.cell}'", stmt.cell_span,
+                           _suggest(stmt.cell, self.library) or
+                           "a layer's cell is defined above it in this file, or in a file "
+                           "this one uses (use \"other.rnn\")")
+            return
+        sizes: dict[str, Dim] = {}
+        ok = True
+        for bind in stmt.dims:
+            if bind.name not in sub.dims:
+                self.error(f"cell '{sub.name}' has no dim '{bind.name}'", bind.span,
+                           _suggest(bind.name, sub.dims) or
+                           f"its dims: {', '.join(sub.dims)}")
+                ok = False
+                continue
+            if bind.name in sizes:
+                self.error(f"dim '{bind.name}' is bound twice", bind.span)
+                ok = False
+                continue
+            for name in sorted(bind.size.names()):
+                self.used_dims.add(name)
+                if name not in self.dims:
+                    self.error(f"unknown dim '{name}' in layer '{stmt.name}'", bind.span,
+                               _suggest(name, self.dims) or
+                               f"declare it: dims {', '.join(list(self.dims) + [name])}")
+                    ok = False
+            if ok and _provably(bind.size - Dim.lit(1)) < 0:
+                self.error(f"size {bind.size} of dim '{bind.name}' is not positive", bind.span)
+                ok = False
+            elif ok and _provably(bind.size - Dim.lit(1)) == 0:
+                self.constraints.append(Constraint(
+                    bind.size, 1, f"size {bind.size} of dim '{bind.name}' of layer "
+                    f"'{stmt.name}' is not positive", bind.span))
+            sizes[bind.name] = bind.size
+        missing = [d for d in sub.dims if d not in sizes]
+        if missing and ok:
+            given = ", ".join(f"{b.name} = ..." for b in stmt.dims)
+            self.error(f"layer '{stmt.name}' leaves dim{'s' if len(missing) > 1 else ''} "
+                       f"{', '.join(missing)} of cell '{sub.name}' unbound", stmt.span,
+                       f"bind every dim: {sub.name}(" + ", ".join(
+                           f"{d} = ..." for d in sub.dims) + ")" + (
+                           f"; given {given}" if given else ""))
+            ok = False
+        if not ok:
+            return
+        layer = inline(sub, stmt.name, sizes, stmt.span)
+        for var, kind, table in [(v, "param", self.params) for v in layer.params] + \
+                                [(v, "state", self.states) for v in layer.states]:
+            decl = Decl(var.name, Type(var.shape, kind != "param"), var.init, var.span)
+            table[var.name] = decl
+            self.types[var.name] = decl.type
+            self.used.add(var.name)
+        for name, t, rate in layer.masks:
+            decl = Decl(name, t, None, stmt.span)
+            self.inputs[name] = decl
+            self.types[name] = t
+            self.used.add(name)
+            self.dropouts.append((name, rate))
+        for size, minimum, message in layer.constraints:
+            self.constraints.append(Constraint(size, minimum, message, stmt.span))
+        self.layers[stmt.name] = layer
+
+    def resolve(self, e: ast.Expr) -> ast.Expr:
+        """The expression with each layer call `l1(x)` (and `l1(x).y`, `l1.y`) replaced by
+        the layer's output; the call's arguments are recorded as the layer's inputs."""
+        if isinstance(e, ast.Member):
+            layer_name = (e.operand.fn if isinstance(e.operand, ast.Call) else
+                          e.operand.name if isinstance(e.operand, ast.Name) else None)
+            if layer_name not in self.layers:
+                self.error("only a layer's outputs are reached with '.'", e.span,
+                           "write l1(x).y or l1.y for the output y of layer l1")
+                return self.poisoned(e)
+            if isinstance(e.operand, ast.Call):
+                self.call_layer(e.operand)
+            layer = self.layers[layer_name]
+            if layer is None:
+                return self.poisoned(e)
+            if e.name not in layer.outputs:
+                self.error(f"layer '{layer_name}' ({layer.cell}) has no output '{e.name}'",
+                           e.span, _suggest(e.name, layer.outputs) or
+                           f"its outputs: {', '.join(layer.outputs) or 'none'}")
+                return self.poisoned(e)
+            return replace(layer.outputs[e.name], span=e.span)
+        if isinstance(e, ast.Call) and e.fn == "dropout" and e.fn not in self.layers:
+            return self.dropout(e)
+        if isinstance(e, ast.Call) and e.fn in self.layers:
+            self.call_layer(e)
+            layer = self.layers[e.fn]
+            if layer is None:
+                return self.poisoned(e)
+            if len(layer.outputs) != 1:
+                names = ", ".join(layer.outputs)
+                self.error(f"layer '{e.fn}' ({layer.cell}) has "
+                           f"{'no outputs' if not names else 'outputs ' + names}", e.span,
+                           f"pick one: {e.fn}(...).{next(iter(layer.outputs))}" if names else
+                           "give the cell an output to read")
+                return self.poisoned(e)
+            return replace(next(iter(layer.outputs.values())), span=e.span)
+        if isinstance(e, ast.BinOp):
+            return replace(e, left=self.resolve(e.left), right=self.resolve(e.right))
+        if isinstance(e, ast.Neg):
+            return replace(e, operand=self.resolve(e.operand))
+        if isinstance(e, ast.Pow):
+            return replace(e, base=self.resolve(e.base))
+        if isinstance(e, ast.Call):
+            return replace(e, args=tuple(self.resolve(a) for a in e.args))
+        if isinstance(e, ast.Slice):
+            return replace(e, operand=self.resolve(e.operand))
+        return e
+
+    def dropout(self, call: ast.Call) -> ast.Expr:
+        """`dropout(v, p)`: v times a mask input the runtime fills, with entries 0 or
+        1/(1-p) while training (inverted dropout: Srivastava et al. 2014) and 1 otherwise.
+        The mask is an input of the cell, so BPTT through it is exact."""
+        if len(call.args) != 2:
+            self.error(f"dropout takes 2 arguments (a vector and a rate), got "
+                       f"{len(call.args)}", call.span, "write dropout(h, 0.2)")
+            return self.poisoned(call)
+        value, rate = self.resolve(call.args[0]), call.args[1]
+        if not isinstance(rate, ast.Number) or not 0.0 <= rate.value < 1.0:
+            self.error("the rate of dropout must be a number in [0, 1)", rate.span,
+                       "the fraction of units dropped while training, e.g. 0.2")
+            return self.poisoned(call)
+        k = len(self.dropout_sites) + 1
+        mask, site = f"dropout.{k}", f"dropout.{k}.x"
+        self.dropout_sites[site] = (mask, rate.value, call.span)
+        self.lets[site] = ast.Equation(site, False, value, call.span, call.span)
+        return ast.BinOp("*", ast.Name(site, call.span), ast.Name(mask, call.span), call.span)
+
+    def declare_mask(self, site: str, t: Type) -> bool:
+        """The dropout mask of `site` is an input of the value's shape."""
+        mask, rate, span = self.dropout_sites[site]
+        if t.rank != 1:
+            self.error(f"dropout needs a vector, got {'a scalar' if t.rank == 0 else t}", span)
+            self.broken[mask] = "input"
+            return False
+        decl = Decl(mask, Type(t.shape, True), None, span)
+        self.inputs[mask] = decl
+        self.types[mask] = decl.type
+        self.used.add(mask)
+        self.dropouts.append((mask, rate))
+        return True
+
+    def call_layer(self, call: ast.Call) -> None:
+        layer = self.layers[call.fn]
+        args = tuple(self.resolve(a) for a in call.args)
+        if layer is None:
+            return
+        if call.fn in self.called:
+            line = self.called[call.fn][1].line
+            self.error(f"layer '{call.fn}' is called twice (first on line {line})", call.span,
+                       "a layer advances its states once a step; declare a second layer "
+                       "for a second instance")
+            return
+        if len(args) != len(layer.bindings):
+            wanted = ", ".join(f"{n.split('.')[-1]}{t}" for n, t in layer.bindings)
+            self.error(f"layer '{call.fn}' ({layer.cell}) takes {len(layer.bindings)} "
+                       f"input{'s' if len(layer.bindings) != 1 else ''} ({wanted}), got "
+                       f"{len(args)}", call.span,
+                       "arguments follow the order of the cell's input declarations")
+            self.called[call.fn] = ((), call.span)
+            return
+        self.called[call.fn] = (args, call.span)
+
+    def poisoned(self, e: ast.Expr) -> ast.Expr:
+        """A stand-in for an expression whose error is reported: its uses add none."""
+        self.broken["<error>"] = "equation"
+        return ast.Name("<error>", e.span)
+
+    def add_layer_equations(self) -> None:
+        """Each called layer's input bindings and equations join this cell's."""
+        for name, layer in self.layers.items():
+            if layer is None:
+                continue
+            if name not in self.called:
+                self.error(f"layer '{name}' is never called", self.layer_spans[name],
+                           f"call it in an equation, e.g. y = {name}(x)")
+                continue
+            args, span = self.called[name]
+            if len(args) != len(layer.bindings):
+                continue
+            for (key, expected), arg in zip(layer.bindings, args):
+                self.lets[key] = ast.Equation(key, False, arg, arg.span, arg.span)
+                self.bindings[key] = (expected, arg.span, f"input '{key.split('.')[-1]}' of "
+                                      f"layer '{name}' ({layer.cell})")
+            for eq in layer.equations:
+                (self.nexts if eq.primed else self.lets)[eq.target] = eq
 
     # ------------------------------------------------------------------ equations
     def collect(self, stmt) -> None:
@@ -456,7 +671,10 @@ class _Checker:
             return self.types[name]
         if name in self.broken:
             raise _Poison  # its declaration's error is enough
-        if name in self.dims:
+        if name in self.layers:
+            self.error(f"'{name}' is a layer; call it to advance it one step: {name}(...)",
+                       expr.span)
+        elif name in self.dims:
             self.error(f"'{name}' is a dim (a size), not a value", expr.span,
                        "dims appear only in shapes and slice bounds; for a learned number "
                        "declare a param, for an average over features use mean(...)")
@@ -573,10 +791,16 @@ class _Checker:
         for stmt in body:
             if isinstance(stmt, (ast.InputDecl, ast.StateDecl, ast.ParamDecl)):
                 self.declare(stmt)
+        for stmt in body:
+            if isinstance(stmt, ast.LayerDecl):
+                self.declare_layer(stmt)
         self.check_inits()
         for stmt in body:
             if isinstance(stmt, (ast.Equation, ast.Output)):
+                if stmt.expr is not None:
+                    stmt = replace(stmt, expr=self.resolve(stmt.expr))
                 self.collect(stmt)
+        self.add_layer_equations()
         definitions = []
         for key in self.order():
             primed = key.endswith("'")
@@ -593,6 +817,14 @@ class _Checker:
                                "the next value must have the state's shape")
                     continue
                 t = declared
+            elif name in self.dropout_sites and not self.declare_mask(name, t):
+                continue
+            elif name in self.bindings:
+                expected, span, what = self.bindings[name]
+                if t.shape != expected.shape:
+                    self.error(f"{what} is {expected}, but the argument is {t}", span)
+                    continue
+                t = expected
             self.types[key] = t
             kind = "next" if primed else ("output" if isinstance(stmt, ast.Output) else "let")
             definitions.append(Definition(kind, name, stmt.expr, t, stmt.span))
@@ -606,7 +838,8 @@ class _Checker:
             tuple(self.states.values()), tuple(self.params.values()), tuple(definitions),
             tuple(outputs), tuple(self.constraints),
             tuple(sorted(self.warnings.items, key=lambda d: (d.span.line, d.span.column))),
-            self.cell)
+            self.cell, tuple((n, lay.cell) for n, lay in self.layers.items() if lay),
+            tuple(self.dropouts))
 
     def output_refs(self) -> list[OutputRef]:
         refs = []
@@ -654,13 +887,13 @@ class _Checker:
                                       "make it an intermediate, or read it in an equation")
         for table, kind in ((self.inputs, "input"), (self.params, "param")):
             for name, decl in table.items():
-                if name not in self.used:
+                if name not in self.used and "." not in name:
                     self.warnings.add(f"{kind} '{name}' is never used", self.source, decl.span)
         for name, span in self.dims.items():
             if name not in self.used_dims:
                 self.warnings.add(f"dim '{name}' is never used", self.source, span)
         for name, stmt in self.lets.items():
-            if isinstance(stmt, ast.Equation) and name not in self.used:
+            if isinstance(stmt, ast.Equation) and name not in self.used and "." not in name:
                 self.warnings.add(f"'{name}' is computed but never used", self.source,
                                   stmt.target_span)
         if not self.outputs and not self.states:
@@ -691,6 +924,7 @@ def _children(expr: ast.Expr):
     return ()
 
 
-def check(cell: ast.Cell, source: Source) -> CheckedCell:
-    """Check one cell; raise `CheckError` listing every problem found."""
-    return _Checker(cell, source).run()
+def check(cell: ast.Cell, source: Source, library=None) -> CheckedCell:
+    """Check one cell; raise `CheckError` listing every problem found. `library` maps
+    cell names to the checked cells this one may use as layers."""
+    return _Checker(cell, source, library).run()

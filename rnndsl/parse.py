@@ -79,6 +79,16 @@ class _ToAst(Transformer):
     def param_decl(self, meta, vars_):
         return ast.ParamDecl(tuple(vars_), _span_of(meta))
 
+    def layer_decl(self, meta, children):
+        name, cell, *binds = children
+        binds = tuple(b for b in binds if b is not None)
+        return ast.LayerDecl(str(name), str(cell), binds, _span_of(meta), _span_of(name),
+                             _span_of(cell))
+
+    def dim_bind(self, meta, children):
+        name, size = children
+        return ast.DimBind(str(name), size, _span_of(meta))
+
     def var(self, meta, children):
         name, (shape, shape_span) = children
         return ast.Var(str(name), shape, None, _span_of(meta), shape_span)
@@ -166,6 +176,10 @@ class _ToAst(Transformer):
     def slice(self, meta, children):
         operand, start, stop = children
         return ast.Slice(operand, start, stop, _span_of(meta))
+
+    def member(self, meta, children):
+        operand, name = children
+        return ast.Member(operand, str(name), _span_of(meta))
 
     def number(self, meta, children):
         return ast.Number(float(children[0]), _span_of(meta))

@@ -59,6 +59,8 @@ def _expr(e: ast.Expr) -> tuple[str, int]:
         start = dim(e.start) if e.start is not None else ""
         stop = dim(e.stop) if e.stop is not None else ""
         return f"{expr(e.operand, _POSTFIX)}[{start}:{stop}]", _POSTFIX
+    if isinstance(e, ast.Member):
+        return f"{expr(e.operand, _POSTFIX)}.{e.name}", _POSTFIX
     raise AssertionError(f"cannot print {e!r}")
 
 
@@ -90,6 +92,9 @@ def stmt(s: ast.Stmt) -> str:
         return "state " + ", ".join(var(v, "=") for v in s.vars)
     if isinstance(s, ast.ParamDecl):
         return "param " + ", ".join(var(v, "~") for v in s.vars)
+    if isinstance(s, ast.LayerDecl):
+        binds = ", ".join(f"{b.name} = {dim(b.size)}" for b in s.dims)
+        return f"layer {s.name} = {s.cell}({binds})"
     if isinstance(s, ast.Equation):
         return f"{s.target}{chr(39) if s.primed else ''} = {expr(s.expr)}"
     if isinstance(s, ast.Output):

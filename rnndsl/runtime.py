@@ -496,13 +496,10 @@ class CompiledCell(Cell):
 
 def compiled_cell_class(module, name: str) -> type:
     """The class a generated module exports: its kernels behind the `Cell` API."""
-    from .check import check
-    from .errors import Source
-    from .parse import parse
+    from .spec import read_spec
     meta = getattr(module, f"{name}_META")
     text, path = meta["spec_text"], meta["spec_path"]
-    cell_ast = next(c for c in parse(text, path).cells if c.name == name)
-    spec = check(cell_ast, Source(path, text))
+    spec = read_spec(path, text, files=getattr(module, "SPEC_FILES", {})).cells[name]
     namespace = {"spec": spec, "step": lower(spec), "kernels": module, "meta": meta,
                  "digest": getattr(module, "SPEC_HASH", ""), "__module__": module.__name__,
                  "__doc__": f"The cell {name} from {path}, compiled for the CPU. "

@@ -35,6 +35,11 @@ class SpecFile:
             h.update(c.source.text.encode())
         return h.hexdigest()[:16]
 
+    @property
+    def used_files(self) -> dict[str, str]:
+        """Path -> text of every file this one uses, directly or not."""
+        return {str(c.source.path): c.source.text for c in self.used.values()}
+
     def pick(self, name: str | None = None) -> CheckedCell:
         """The cell called `name`, or this file's only cell."""
         everything = {**self.used, **self.cells}
@@ -72,8 +77,11 @@ def _read(path: Path, shown: str) -> str:
         raise SpecFileError(f"{shown}: cannot read ({exc.strerror})") from None
 
 
-def read_spec(path: str | Path, text: str | None = None, _stack: tuple = ()) -> SpecFile:
-    """Read, parse and check a spec file and the files it uses."""
+def read_spec(path: str | Path, text: str | None = None, _stack: tuple = (),
+              files: dict[str, str] | None = None) -> SpecFile:
+    """Read, parse and check a spec file and the files it uses. `files` maps the paths of
+    used files (as `use` spells them from `path`) to their texts: a built module carries
+    them, so that it loads wherever it is copied."""
     shown = str(path)
     path = Path(path)
     if text is None:
@@ -89,16 +97,23 @@ def read_spec(path: str | Path, text: str | None = None, _stack: tuple = ()) -> 
             errors.append(Diagnostic(f"'{use.path}' is already being read: a cycle of uses",
                                      source, use.span))
             continue
-        if not target.is_file():
+        if files is not None and str(target) in files:
+            try:
+                other = read_spec(target, files[str(target)], _stack + (here,), files)
+            except SpecError as exc:
+                errors.extend(exc.diagnostics)
+                continue
+        elif not target.is_file():
             errors.append(Diagnostic(f"cannot use '{use.path}': no such file "
                                      f"(looked for {target})", source, use.span,
                                      "paths in use are relative to this file"))
             continue
-        try:
-            other = read_spec(target, None, _stack + (here,))
-        except SpecError as exc:
-            errors.extend(exc.diagnostics)
-            continue
+        else:
+            try:
+                other = read_spec(target, None, _stack + (here,), files)
+            except SpecError as exc:
+                errors.extend(exc.diagnostics)
+                continue
         for name, c in {**other.used, **other.cells}.items():
             if name in used and used[name].source.path != c.source.path:
                 errors.append(Diagnostic(f"two used files define a cell '{name}'",
@@ -113,7 +128,7 @@ def read_spec(path: str | Path, text: str | None = None, _stack: tuple = ()) -> 
                                      source, cell.name_span))
             continue
         try:
-            checked = check(cell, source)
+            checked = check(cell, source, library={**used, **cells})
         except SpecError as exc:
             errors.extend(exc.diagnostics)
             continue

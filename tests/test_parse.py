@@ -432,14 +432,14 @@ def test_labels_do_not_depend_on_nesting(text, label):
 
 
 @pytest.mark.parametrize("text, message, line, column", [
-    ("cell A { a = b ] }", "unexpected ']'; expected \"'\", '(', '*', '**', '+', '-', '/', "
-     "'@', ...", 1, 16),
-    ("cell A { a = (b] }", "unexpected ']'; expected \"'\", '(', ')', '*', '**', '+', '-', "
+    ("cell A { a = b ] }", "unexpected ']'; expected \"'\", '(', '*', '**', '+', '-', '.', "
      "'/', ...", 1, 16),
+    ("cell A { a = (b] }", "unexpected ']'; expected \"'\", '(', ')', '*', '**', '+', '-', "
+     "'.', ...", 1, 16),
     ("cell A { output }", "unexpected '}'; expected a name", 1, 17),
     ("cell A { dims H, }", "unexpected '}'; expected a name", 1, 18),
-    ("cell A { 1 = x }", "unexpected '1'; expected '}', a name, dims, input, output, param, "
-     "state", 1, 10),
+    ("cell A { 1 = x }", "unexpected '1'; expected '}', a name, dims, input, layer, output, "
+     "param, state", 1, 10),
     ("cell A {\n  a = x[\n", "unexpected the end of the file; expected '(', ':', a name, "
      "an integer", 2, 9),
 ])
