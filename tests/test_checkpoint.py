@@ -1,0 +1,189 @@
+"""Checkpoints: round trips, refusal of another spec, dims or class, atomic writes.
+
+"Another spec" is the case a checkpoint exists to catch: the same cell name loaded from an
+edited spec text (here one initialiser changed), whose params have the same names and
+shapes and would load without complaint.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import rnndsl
+from rnndsl import checkpoint
+from rnndsl.checkpoint import CheckpointError, load, peek, save
+from rnndsl.errors import RnnError
+from rnndsl.optim import SGD, Adam
+
+SPEC = """
+cell Mixer {
+  dims I, H
+  input x[I]
+  state h[H]
+  param W[H, I], U[H, H] ~ orthogonal, b[H] ~ zeros
+  h' = tanh(W @ x + U @ h + b)
+  output h'
+}
+"""
+EDITED = SPEC.replace("b[H] ~ zeros", "b[H] ~ ones")
+OTHER = SPEC.replace("cell Mixer", "cell Blender")
+
+
+@pytest.fixture(scope="module")
+def Mixer():
+    return rnndsl.load_text(SPEC, target="interp")
+
+
+def trained(Mixer, seed=0, steps=3):
+    """A cell and an Adam with non-trivial state."""
+    cell = Mixer(I=3, H=4, dtype=np.float64, seed=seed)
+    opt = Adam(lr=0.01)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        opt.step(cell.params, {k: rng.normal(size=v.shape) for k, v in cell.params.items()})
+    return cell, opt
+
+
+def test_round_trip_params_optimizer_and_meta(Mixer, tmp_path):
+    cell, opt = trained(Mixer)
+    meta = {"step": 3, "vocab": ["a", "b", "\n"], "nested": {"lr": 0.01, "ids": np.arange(4)},
+            "rng": np.random.default_rng(5).bit_generator.state}
+    path = tmp_path / "ck.npz"
+    save(path, cell, opt, meta)
+    fresh, fresh_opt = Mixer(I=3, H=4, dtype=np.float64, seed=99), Adam(lr=0.01)
+    held = fresh.params["W"]
+    got = load(path, fresh, fresh_opt)
+    assert fresh.params["W"] is held                         # loaded in place
+    for k in cell.params:
+        np.testing.assert_array_equal(fresh.params[k], cell.params[k])
+    assert fresh_opt.t == opt.t == 3
+    for kind, bufs in opt.buffers.items():
+        for name, buf in bufs.items():
+            np.testing.assert_array_equal(fresh_opt.buffers[kind][name], buf)
+    assert got["step"] == 3 and got["vocab"] == ["a", "b", "\n"]
+    np.testing.assert_array_equal(got["nested"]["ids"], np.arange(4))
+    restored = np.random.default_rng(0)
+    restored.bit_generator.state = got["rng"]
+    assert restored.random() == np.random.default_rng(5).random()
+
+
+def test_param_names_with_dots_slashes_and_case(tmp_path, Mixer):
+    cell = Mixer(I=2, H=2, dtype=np.float32)
+    odd = {"l1.W_i": np.ones((2, 2), np.float32), "l1/b": np.full(3, 2.0, np.float32),
+           "W": np.zeros(1, np.float32), "w": np.full(1, 7.0, np.float32), "a0": np.eye(2)}
+    cell.params = odd                      # a stacked model's qualified names
+    save(tmp_path / "odd.npz", cell)
+    info = peek(tmp_path / "odd.npz")
+    assert info.params == {k: v.shape for k, v in odd.items()}
+    target = Mixer(I=2, H=2, dtype=np.float32)
+    target.params = {k: np.zeros_like(v) for k, v in odd.items()}
+    load(tmp_path / "odd.npz", target)
+    for k, v in odd.items():
+        np.testing.assert_array_equal(target.params[k], v)
+
+
+def test_edited_spec_with_the_same_class_name_is_refused(Mixer, tmp_path):
+    cell, _ = trained(Mixer)
+    save(tmp_path / "ck.npz", cell)
+    Edited = rnndsl.load_text(EDITED, target="interp")
+    assert Edited.__name__ == "Mixer" and Edited.digest != Mixer.digest
+    other = Edited(I=3, H=4, dtype=np.float64, seed=1)
+    before = {k: v.copy() for k, v in other.params.items()}
+    with pytest.raises(CheckpointError) as err:
+        load(tmp_path / "ck.npz", other)
+    message = str(err.value)
+    assert f"expected spec hash {Edited.digest}" in message
+    assert f"found {Mixer.digest}" in message and "load it with the spec" in message
+    for k in before:                                          # nothing was changed
+        np.testing.assert_array_equal(other.params[k], before[k])
+    assert isinstance(err.value, RnnError)
+
+
+def test_other_class_dims_and_optimizer_are_refused(Mixer, tmp_path):
+    cell, opt = trained(Mixer)
+    save(tmp_path / "ck.npz", cell, opt)
+    Blender = rnndsl.load_text(OTHER, target="interp")
+    with pytest.raises(CheckpointError, match="holds a Mixer cell .* not a Blender"):
+        load(tmp_path / "ck.npz", Blender(I=3, H=4, dtype=np.float64))
+    with pytest.raises(CheckpointError, match=r"holds Mixer\(I=3, H=4\); this cell is "
+                                              r"Mixer\(I=3, H=5\)"):
+        load(tmp_path / "ck.npz", Mixer(I=3, H=5, dtype=np.float64))
+    with pytest.raises(CheckpointError, match="state is for 'Adam'; this optimiser is SGD"):
+        load(tmp_path / "ck.npz", Mixer(I=3, H=4, dtype=np.float64), SGD(0.1))
+    save(tmp_path / "bare.npz", cell)
+    with pytest.raises(CheckpointError, match="holds no optimiser state"):
+        load(tmp_path / "bare.npz", Mixer(I=3, H=4, dtype=np.float64), Adam())
+
+
+def test_another_dtype_is_cast(Mixer, tmp_path):
+    cell, _ = trained(Mixer)
+    save(tmp_path / "ck.npz", cell)
+    small = Mixer(I=3, H=4, dtype=np.float32)
+    load(tmp_path / "ck.npz", small)
+    assert small.params["W"].dtype == np.float32
+    np.testing.assert_allclose(small.params["W"], cell.params["W"], rtol=1e-6)
+
+
+def test_missing_and_corrupt_files(Mixer, tmp_path):
+    cell = Mixer(I=3, H=4, dtype=np.float64)
+    with pytest.raises(CheckpointError, match="no checkpoint at .*nope.npz .no such file"):
+        load(tmp_path / "nope.npz", cell)
+    with pytest.raises(CheckpointError, match="it is a folder"):
+        peek(tmp_path)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip at all" * 10)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load(tmp_path / "junk.npz", cell)
+    save(tmp_path / "ck.npz", cell)
+    data = (tmp_path / "ck.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load(tmp_path / "cut.npz", cell)
+    np.savez(tmp_path / "plain.npz", W=np.zeros(3))
+    with pytest.raises(CheckpointError, match="not an rnndsl checkpoint"):
+        peek(tmp_path / "plain.npz")
+
+
+def test_unsaveable_meta_is_refused_before_writing(Mixer, tmp_path):
+    cell = Mixer(I=3, H=4, dtype=np.float64)
+    with pytest.raises(ValueError, match=r"meta\['when'\] has type object"):
+        save(tmp_path / "ck.npz", cell, meta={"when": object()})
+    with pytest.raises(ValueError, match="string keys"):
+        save(tmp_path / "ck.npz", cell, meta={1: 2})
+    assert not list(tmp_path.iterdir())
+
+
+def test_failed_save_leaves_the_previous_checkpoint(Mixer, tmp_path, monkeypatch):
+    cell, opt = trained(Mixer)
+    path = tmp_path / "ck.npz"
+    save(path, cell, opt, {"step": 1})
+    before = path.read_bytes()
+    cell.params["W"] += 1.0
+
+    def crash(src, dst):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save(path, cell, opt, {"step": 2})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.npz"]   # no temporary file left
+    assert peek(path).meta == {"step": 1}
+    save(path, cell, opt, {"step": 2})                            # and a good save replaces it
+    assert peek(path).meta == {"step": 2}
+
+
+def test_peek(Mixer, tmp_path):
+    cell, opt = trained(Mixer)
+    save(tmp_path / "ck.npz", cell, opt, {"epoch": 4})
+    info = peek(tmp_path / "ck.npz")
+    assert (info.cell, info.digest, info.dims, info.dtype) == \
+        ("Mixer", Mixer.digest, {"I": 3, "H": 4}, "float64")
+    assert info.params == {"W": (4, 3), "U": (4, 4), "b": (4,)}
+    assert info.optimizer == "Adam" and info.meta == {"epoch": 4}
+    with zipfile.ZipFile(tmp_path / "ck.npz") as z:              # no pickle inside
+        assert all(not name.endswith(".pkl") for name in z.namelist())
+    assert checkpoint.FORMAT == "rnndsl-checkpoint"

@@ -1,0 +1,264 @@
+"""The truncated-BPTT trainer: it learns, repeats itself, truncates where it should.
+
+Checked against independent references: a NumPy mirror of a cell's forward (for the
+inputs the trainer passes through), one long `cell.forward` (for the state carried across
+chunks), central differences of the loss from a fixed initial state (for the gradient the
+trainer applies: exactly the chunk's, none through the carried state).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rnndsl
+from rnndsl.errors import BindError
+from rnndsl.losses import binary_cross_entropy, softmax_cross_entropy
+from rnndsl.optim import SGD, Adam
+from rnndsl.train import Trainer
+
+TINY = """
+cell Tiny {
+  dims I, H, V
+  input x[I]
+  state h[H]
+  param W[H, I], U[H, H] ~ orthogonal, b[H] ~ zeros, Wo[V, H], bo[V] ~ zeros
+  h' = tanh(W @ x + U @ h + b)
+  output logits = Wo @ h' + bo
+}
+"""
+# A second input as a dropout mask would be: the trainer passes it through untouched.
+MASKED = """
+cell Masked {
+  dims I, H, V
+  input x[I], m[H]
+  state h[H]
+  param W[H, I], U[H, H] ~ orthogonal, b[H] ~ zeros, Wo[V, H], bo[V] ~ zeros
+  h' = tanh(W @ x + U @ h + b)
+  output logits = Wo @ (h' * m) + bo
+}
+"""
+SCORE = """
+cell Score {
+  dims I, H
+  input x[I]
+  state h[H]
+  param W[H, I], U[H, H] ~ orthogonal, b[H] ~ zeros, v[H] ~ uniform(-0.1, 0.1), c ~ 0
+  h' = tanh(W @ x + U @ h + b)
+  output s = sum(v * h') + c
+}
+"""
+V = 3
+
+
+@pytest.fixture(scope="module")
+def Tiny():
+    return rnndsl.load_text(TINY, target="interp")
+
+
+def delay_task(seed: int, chunks: int, T: int = 8, B: int = 6):
+    """One-hot symbols; the target at each step is the PREVIOUS symbol, so the first step
+    of every chunk needs the state carried from the chunk before."""
+    rng = np.random.default_rng(seed)
+    seq = rng.integers(0, V, size=(chunks * T + 1, B))
+    for k in range(chunks):
+        ids = seq[k * T + 1:(k + 1) * T + 1]
+        yield np.eye(V)[ids], seq[k * T:(k + 1) * T]
+
+
+def train_losses(Tiny, cell_seed=0, chunks=30):
+    cell = Tiny(I=V, H=12, V=V, dtype=np.float64, seed=cell_seed)
+    trainer = Trainer(cell, optimizer=Adam(lr=0.05), clip_norm=5.0, seed=1)
+    return [trainer.step(x, y) for x, y in delay_task(0, chunks)], trainer
+
+
+def test_loss_falls_on_a_task_that_needs_memory(Tiny):
+    losses, trainer = train_losses(Tiny)
+    assert losses[0] > 0.8 * np.log(V)               # chance at the start
+    assert np.mean(losses[-5:]) < 0.1                # learnt, across chunk boundaries too
+    assert trainer.steps == 30 and trainer.last_grad_norm > 0
+
+
+def test_same_seed_same_losses(Tiny):
+    first, _ = train_losses(Tiny, chunks=8)
+    again, _ = train_losses(Tiny, chunks=8)
+    other, _ = train_losses(Tiny, cell_seed=1, chunks=8)
+    assert first == again
+    assert first != other
+
+
+def test_chunks_see_the_same_forward_as_one_long_sequence(Tiny):
+    cell = Tiny(I=V, H=5, V=V, dtype=np.float64, seed=3)
+    trainer = Trainer(cell, optimizer=SGD(lr=0.0))   # params fixed: only the carry differs
+    chunks = list(delay_task(2, 3, T=4, B=2))
+    outputs, losses = [], []
+    for x, y in chunks:
+        losses.append(trainer.step(x, y))
+        outputs.append(trainer.last_run.outputs["logits"])
+    x_all = np.concatenate([x for x, _ in chunks])
+    y_all = np.concatenate([y for _, y in chunks])
+    long = cell.forward(x_all)
+    np.testing.assert_allclose(np.concatenate(outputs), long.outputs["logits"], rtol=1e-12)
+    np.testing.assert_allclose(trainer.state["h"], long.state["h"], rtol=1e-12)
+    assert np.mean(losses) == pytest.approx(
+        softmax_cross_entropy(long.outputs["logits"], y_all)[0], rel=1e-12)
+
+
+def test_step_applies_the_gradient_of_its_chunk_only(Tiny):
+    """With SGD(lr=1) the update is -grad; the grad must equal central differences of the
+    chunk's loss from the carried state held fixed (truncation at the boundary)."""
+    cell = Tiny(I=V, H=4, V=V, dtype=np.float64, seed=4)
+    trainer = Trainer(cell, optimizer=SGD(lr=1.0))
+    (x1, y1), (x2, y2) = delay_task(5, 2, T=5, B=3)
+    mask = np.ones(y2.shape, bool)
+    mask[0, 1] = False
+    trainer.step(x1, y1)
+    carried = {k: v.copy() for k, v in trainer.state.items()}
+    before = {k: v.copy() for k, v in cell.params.items()}
+    trainer.step(x2, y2, mask=mask)
+    applied = {k: before[k] - cell.params[k] for k in before}
+
+    def loss_at(params):
+        cell.params = params
+        return softmax_cross_entropy(cell.forward(x2, state=carried).outputs["logits"],
+                                     y2, mask)[0]
+    after, eps = cell.params, 1e-6
+    for name, value in before.items():
+        for idx in np.ndindex(value.shape):
+            plus, minus = dict(before), dict(before)
+            plus[name], minus[name] = value.copy(), value.copy()
+            plus[name][idx] += eps
+            minus[name][idx] -= eps
+            fd = (loss_at(plus) - loss_at(minus)) / (2 * eps)
+            assert applied[name][idx] == pytest.approx(fd, rel=1e-6, abs=1e-9), (name, idx)
+    cell.params = after
+
+
+def test_extra_inputs_reach_the_cell(Tiny):
+    Masked = rnndsl.load_text(MASKED, target="interp")
+    cell = Masked(I=V, H=4, V=V, dtype=np.float64, seed=2)
+    trainer = Trainer(cell, input="x", optimizer=SGD(lr=0.0), seed=7)
+    (x, y), = delay_task(1, 1, T=4, B=3)
+    m = (trainer.rng.random((4, 3, 4)) > 0.5) / 0.5          # inverted dropout, p = 0.5
+    loss = trainer.evaluate(x, y, extra_inputs={"m": m})
+    p = cell.params                                           # a NumPy mirror of the cell
+    h, logits = np.zeros((3, 4)), []
+    for t in range(4):
+        h = np.tanh(x[t] @ p["W"].T + h @ p["U"].T + p["b"])
+        logits.append((h * m[t]) @ p["Wo"].T + p["bo"])
+    z = np.array(logits)
+    log_p = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    expected = -np.take_along_axis(log_p, y[..., None], -1).mean()
+    assert loss == pytest.approx(expected, rel=1e-12)
+    assert trainer.step(x, y, extra_inputs={"m": m}) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(BindError, match="extra_inputs must give the others; missing: m"):
+        trainer.step(x, y)
+    with pytest.raises(BindError, match="'x', which the trainer feeds with x"):
+        trainer.step(x, y, extra_inputs={"x": x, "m": m})
+    with pytest.raises(BindError, match="2 inputs .x, m.; say which one with input="):
+        Trainer(cell)
+
+
+def test_carried_state_follows_the_batch_size(Tiny):
+    cell = Tiny(I=V, H=5, V=V, dtype=np.float64, seed=0)
+    trainer = Trainer(cell, optimizer=SGD(lr=0.0))
+    (x, y), = delay_task(0, 1, T=3, B=4)
+    trainer.step(x, y)
+    assert trainer.state["h"].shape == (4, 5)
+    small = trainer.step(x[:, :2], y[:, :2])                  # B changed: start afresh
+    assert small == pytest.approx(softmax_cross_entropy(
+        cell.forward(x[:, :2]).outputs["logits"], y[:, :2])[0], rel=1e-12)
+    trainer.reset_state()
+    assert trainer.state is None and trainer.eval_state is None
+
+
+def test_evaluate_carries_its_own_state_and_does_not_train(Tiny):
+    cell = Tiny(I=V, H=5, V=V, dtype=np.float64, seed=0)
+    trainer = Trainer(cell, optimizer=Adam(0.1))
+    (x1, y1), (x2, y2) = delay_task(3, 2, T=3, B=2)
+    params = {k: v.copy() for k, v in cell.params.items()}
+    trainer.evaluate(x1, y1)
+    second = trainer.evaluate(x2, y2)
+    long = cell.forward(np.concatenate([x1, x2])).outputs["logits"][3:]
+    assert second == pytest.approx(softmax_cross_entropy(long, y2)[0], rel=1e-12)
+    assert trainer.state is None and trainer.steps == 0
+    for k in params:
+        np.testing.assert_array_equal(cell.params[k], params[k])
+    given = {"h": np.full((2, 5), 0.3)}
+    expected = softmax_cross_entropy(cell.forward(x2, state=given).outputs["logits"], y2)[0]
+    assert trainer.evaluate(x2, y2, state=given) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy"])
+def test_scalar_output_trains_with_mse_and_bce(loss):
+    Score = rnndsl.load_text(SCORE, target="interp")
+    cell = Score(I=2, H=8, dtype=np.float64, seed=0)
+    trainer = Trainer(cell, loss=loss, optimizer=Adam(lr=0.05))
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(40):
+        x = rng.normal(size=(5, 8, 2))
+        target = (x[..., 0] > x[..., 1]).astype(float)        # (T, B), as the output
+        losses.append(trainer.step(x, target))
+    assert trainer.last_run.outputs["s"].shape == (5, 8)
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_save_and_load_resume_exactly(Tiny, tmp_path):
+    chunks = list(delay_task(9, 6))
+    cell = Tiny(I=V, H=6, V=V, dtype=np.float64, seed=0)
+    trainer = Trainer(cell, optimizer=Adam(lr=0.05), clip_norm=1.0, seed=3)
+    straight = [trainer.step(x, y) for x, y in chunks]
+    draws = trainer.rng.random(3)
+    cell = Tiny(I=V, H=6, V=V, dtype=np.float64, seed=0)
+    first = Trainer(cell, optimizer=Adam(lr=0.05), clip_norm=1.0, seed=3)
+    resumed = [first.step(x, y) for x, y in chunks[:3]]
+    first.save(tmp_path / "ck.npz", meta={"note": "halfway"})
+    cell = Tiny(I=V, H=6, V=V, dtype=np.float64, seed=42)     # other params: overwritten
+    second = Trainer(cell, optimizer=Adam(lr=0.05), clip_norm=1.0, seed=0)
+    assert second.load(tmp_path / "ck.npz") == {"note": "halfway"}
+    resumed += [second.step(x, y) for x, y in chunks[3:]]
+    assert resumed == straight and second.steps == 6
+    np.testing.assert_array_equal(second.rng.random(3), draws)
+
+
+def test_bad_configuration_is_refused(Tiny):
+    Elman = rnndsl.load("specs/elman.rnn", target="interp")
+    cell = Elman(I=2, H=3, O=1, dtype=np.float64)
+    with pytest.raises(BindError, match=r"2 outputs \(y, h\); say which one with output="):
+        Trainer(cell, loss="mse")
+    with pytest.raises(BindError, match="no output 'z'; its outputs are: y, h"):
+        Trainer(cell, output="z")
+    with pytest.raises(ValueError, match="unknown loss 'hinge'; losses are: softmax_cross"):
+        Trainer(cell, output="y", loss="hinge")
+    with pytest.raises(ValueError, match="clip_norm must be a positive number"):
+        Trainer(cell, output="y", clip_norm=0)
+
+
+def test_custom_loss_and_clip_value(Tiny):
+    cell = Tiny(I=V, H=4, V=V, dtype=np.float64, seed=0)
+    seen = []
+
+    def loss(pred, targets, mask):
+        seen.append(pred.shape)
+        return binary_cross_entropy(pred, targets, mask)
+    trainer = Trainer(cell, loss=loss, optimizer=SGD(lr=1.0), clip_value=1e-3)
+    (x, _), = delay_task(0, 1, T=3, B=2)
+    before = {k: v.copy() for k, v in cell.params.items()}
+    trainer.step(x, np.ones((3, 2, V)))
+    assert seen == [(3, 2, V)]
+    for k in before:                                          # every step within the clamp
+        assert np.abs(cell.params[k] - before[k]).max() <= 1e-3 + 1e-15
+
+
+def test_cpu_cell_trains_like_the_interpreter():
+    """The trainer only uses the Cell API: a compiled Elman takes the same steps."""
+    losses = {}
+    for target in ("interp", "cpu"):
+        Elman = rnndsl.load("specs/elman.rnn", target=target)
+        cell = Elman(I=3, H=5, O=2, dtype=np.float64, seed=0)
+        trainer = Trainer(cell, loss="mse", output="y", optimizer=Adam(lr=0.05))
+        rng = np.random.default_rng(0)
+        losses[target] = [trainer.step(rng.normal(size=(6, 4, 3)), rng.random((6, 4, 2)))
+                          for _ in range(4)]
+    np.testing.assert_allclose(losses["cpu"], losses["interp"], rtol=1e-10)
