@@ -20,6 +20,7 @@ import numpy as np
 from . import ast
 from .blas import kernel_threads
 from .check import CheckedCell, Decl
+from .compose import LENGTH_MASK, with_lengths
 from .errors import BindError
 from .grad import UnrolledGrads, grad_unrolled
 from .interp import Context, evaluate
@@ -169,8 +170,15 @@ class Cell:
                                 f"its {what}s are: {', '.join(names) or 'none'}")
         return dict(given)
 
-    def _inputs(self, x) -> tuple[dict[str, np.ndarray], int, int]:
-        decls = self.spec.inputs
+    @property
+    def hidden_inputs(self) -> dict[str, Decl]:
+        """Inputs the runtime fills, not the caller: dropout masks and the length mask."""
+        hidden = set(dict(self.spec.dropouts)) | {LENGTH_MASK}
+        return {d.name: d for d in self.spec.inputs if d.name in hidden}
+
+    def _inputs(self, x, hidden=None) -> tuple[dict[str, np.ndarray], int, int]:
+        """The caller's inputs, checked, and the hidden ones from `hidden(T, B)`."""
+        decls = tuple(d for d in self.spec.inputs if d.name not in self.hidden_inputs)
         if len(decls) == 1 and not isinstance(x, Mapping):
             x = {decls[0].name: x}
         elif not isinstance(x, Mapping):
@@ -198,7 +206,42 @@ class Cell:
                                          f"(T, B, {size[0]})")
         if not decls:
             raise BindError(f"{self.spec.name} has no inputs")
+        extra = hidden(T, B) if hidden is not None else {}
+        for name, d in self.hidden_inputs.items():
+            arrays[name] = (extra[name] if name in extra else
+                            np.ones((T, B) + self._size(d), self.dtype))
         return arrays, T, B
+
+    def _hidden(self, lengths, dropout):
+        """A function (T, B) -> the hidden inputs: dropout masks (ones unless `dropout`
+        is a random generator or seed: then 0 or 1/(1-p), inverted dropout) and, with
+        `lengths`, the mask that is 1 while each sequence runs."""
+        rng = None
+        if dropout is not None and dropout is not False:
+            rng = dropout if isinstance(dropout, np.random.Generator) else \
+                np.random.default_rng(dropout)
+
+        def make(T: int, B: int) -> dict[str, np.ndarray]:
+            out = {}
+            for name, rate in self.spec.dropouts:
+                size = self._size(self.hidden_inputs[name])
+                if rng is None or rate == 0.0:
+                    out[name] = np.ones((T, B) + size, self.dtype)
+                else:
+                    keep = rng.random((T, B) + size) >= rate
+                    out[name] = keep.astype(self.dtype) / self.dtype.type(1.0 - rate)
+            if lengths is not None:
+                arr = np.asarray(lengths)
+                if arr.shape != (B,) or arr.dtype.kind not in "iu":
+                    raise BindError(f"lengths must be {B} integers, one per sequence; got "
+                                    f"{arr.dtype} of shape {arr.shape}")
+                if arr.size and (arr.min() < 0 or arr.max() > T):
+                    raise BindError(f"lengths must lie in 0..T = 0..{T}; got {arr.min()}.."
+                                    f"{arr.max()}")
+                on = np.arange(T)[:, None] < arr[None, :]
+                out[LENGTH_MASK] = on.astype(self.dtype)[..., None]
+            return out
+        return make
 
     def _initial_state(self, state, B: int) -> tuple[dict[str, np.ndarray], set[str]]:
         given = self._named("state", state, self.spec.states)
@@ -255,10 +298,51 @@ class Cell:
         return tape, d_out, d_st
 
     # ------------------------------------------------------------------ the contract
-    def forward(self, x, state=None) -> Run:
-        raise NotImplementedError
+    def forward(self, x, state=None, *, lengths=None, dropout=None) -> Run:
+        """Run the cell over x (T, B, ...) from `state` (default: as declared).
+
+        lengths: one int per sequence: sequence b runs lengths[b] steps; after that its
+        state is frozen (run.state holds it at its end) and its outputs are 0.
+        dropout: a np.random.Generator (or a seed) to draw the masks of the cell's
+        dropout(...) sites, for training; None (evaluation) keeps every unit."""
+        hidden = self._hidden(lengths, dropout)
+        if lengths is None:
+            return self._run(x, state, hidden)
+        twin = self._lengths_twin()
+        run = twin._run(x, state, hidden)
+        run._twin = twin
+        return run
 
     def backward(self, run: Run, d_outputs=None, d_state=None) -> Grads:
+        """Gradients of sum_t <d_outputs_t, outputs_t> + <d_state, final state>."""
+        twin = getattr(run, "_twin", None)
+        grads = (twin or self)._back(run, d_outputs, d_state)
+        for name in (twin or self).hidden_inputs:
+            grads.inputs.pop(name, None)
+        return grads
+
+    def _lengths_twin(self) -> "Cell":
+        """This cell's masked variant (compose.with_lengths), sharing its params."""
+        cls = type(self)
+        if "_lengths_cls" not in cls.__dict__:
+            cls._lengths_cls = cls._make_lengths_class()
+        twin = getattr(self, "_twin_cell", None)
+        if twin is None:
+            twin = object.__new__(cls._lengths_cls)
+            twin.dtype, twin.dims, twin.seed = self.dtype, self.dims, self.seed
+            twin._token = object()
+            self._twin_cell = twin
+        twin.params = self.params
+        return twin
+
+    @classmethod
+    def _make_lengths_class(cls) -> type:
+        raise NotImplementedError
+
+    def _run(self, x, state, hidden) -> Run:
+        raise NotImplementedError
+
+    def _back(self, run: Run, d_outputs, d_state) -> Grads:
         raise NotImplementedError
 
 
@@ -290,8 +374,12 @@ class InterpCell(Cell):
             cls._grads[T] = grad_unrolled(cls.unrolled(T))
         return cls._grads[T]
 
-    def forward(self, x, state=None) -> Run:
-        inputs, T, B = self._inputs(x)
+    @classmethod
+    def _make_lengths_class(cls) -> type:
+        return make_cell_class(with_lengths(cls.spec), "interp", cls.digest)
+
+    def _run(self, x, state, hidden) -> Run:
+        inputs, T, B = self._inputs(x, hidden)
         state0, from_params = self._initial_state(state, B)
         self._check_params()
         u = self.unrolled(T)
@@ -308,7 +396,7 @@ class InterpCell(Cell):
         final = {name: values[nid].copy() for name, nid in u.final_state.items()}
         return Run(outputs, final, T, B, _Tape(u, values, ctx, from_params, self._token))
 
-    def backward(self, run: Run, d_outputs=None, d_state=None) -> Grads:
+    def _back(self, run: Run, d_outputs, d_state) -> Grads:
         tape, d_out, d_st = self._backward_args(run, _Tape, d_outputs, d_state)
         T, B = run.T, run.B
         sizes_state = {d.name: self._size(d) for d in self.spec.states}
@@ -392,8 +480,15 @@ class CompiledCell(Cell):
         o = next(o for o in self.spec.outputs if o.name == name)
         return tuple(d.evaluate(self.dims) for d in o.type.shape) or (1,)
 
-    def forward(self, x, state=None) -> Run:
-        inputs, T, B = self._inputs(x)
+    @classmethod
+    def _make_lengths_class(cls) -> type:
+        from .build import cached_module
+        spec_file = _spec_file_of(cls.kernels, cls.meta)
+        module = cached_module(spec_file, target=cls.target, variant="lengths")
+        return getattr(module, cls.spec.name)
+
+    def _run(self, x, state, hidden) -> Run:
+        inputs, T, B = self._inputs(x, hidden)
         state0, from_params = self._initial_state(state, B)
         self._check_params()
         inputs = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
@@ -444,7 +539,7 @@ class CompiledCell(Cell):
         run._from_params = from_params
         return run
 
-    def backward(self, run: Run, d_outputs=None, d_state=None) -> Grads:
+    def _back(self, run: Run, d_outputs, d_state) -> Grads:
         tape, d_out, d_st = self._backward_args(run, _CompiledTape, d_outputs, d_state)
         T, B = run.T, run.B
         sizes_state = {d.name: self._size(d) for d in self.spec.states}
@@ -494,15 +589,22 @@ class CompiledCell(Cell):
         return Grads(params, inputs, state)
 
 
+def _spec_file_of(module, meta):
+    """The spec file a generated module was built from, from the texts it carries."""
+    from .spec import read_spec
+    return read_spec(meta["spec_path"], meta["spec_text"],
+                     files=getattr(module, "SPEC_FILES", {}))
+
+
 def compiled_cell_class(module, name: str) -> type:
     """The class a generated module exports: its kernels behind the `Cell` API."""
-    from .spec import read_spec
     meta = getattr(module, f"{name}_META")
-    text, path = meta["spec_text"], meta["spec_path"]
-    spec = read_spec(path, text, files=getattr(module, "SPEC_FILES", {})).cells[name]
+    spec = _spec_file_of(module, meta).cells[name]
+    if getattr(module, "VARIANT", None) == "lengths":
+        spec = with_lengths(spec)
     namespace = {"spec": spec, "step": lower(spec), "kernels": module, "meta": meta,
                  "digest": getattr(module, "SPEC_HASH", ""), "__module__": module.__name__,
-                 "__doc__": f"The cell {name} from {path}, compiled for the CPU. "
+                 "__doc__": f"The cell {name} from {meta['spec_path']}, compiled for the CPU. "
                             f"Dims: {', '.join(spec.dims)}."}
     return type(name, (CompiledCell,), namespace)
 
