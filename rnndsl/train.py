@@ -60,7 +60,8 @@ class Trainer:
         spec = type(cell).spec
         self.cell = cell
         self.output = _pick("output", output, spec.outputs, "output='...'")
-        self.input = _pick("input", input, spec.inputs, "input='...' (the rest go in "
+        self._user_inputs = tuple(d for d in spec.inputs if d.name not in cell.hidden_inputs)
+        self.input = _pick("input", input, self._user_inputs, "input='...' (the rest go in "
                            "extra_inputs)")
         if isinstance(loss, str):
             if loss not in LOSSES:
@@ -120,7 +121,7 @@ class Trainer:
         return state
 
     def _inputs(self, x, extra_inputs) -> tuple[dict[str, np.ndarray], int]:
-        names = [d.name for d in type(self.cell).spec.inputs]
+        names = [d.name for d in self._user_inputs]
         extra = dict(extra_inputs or {})
         if self.input in extra:
             raise BindError(f"extra_inputs has '{self.input}', which the trainer feeds with "
@@ -138,10 +139,23 @@ class Trainer:
         return {self.input: x, **extra}, x.shape[1]
 
     # ------------------------------------------------------------------ steps
-    def step(self, x, targets, mask=None, extra_inputs=None) -> float:
-        """One chunk of truncated BPTT; returns the chunk's loss (before the update)."""
+    @staticmethod
+    def _mask(mask, lengths, T: int):
+        """Positions the loss counts: the given mask, and with lengths only t < length."""
+        if lengths is None:
+            return mask
+        running = np.arange(T)[:, None] < np.asarray(lengths)[None, :]
+        return running if mask is None else (np.asarray(mask, bool) & running)
+
+    def step(self, x, targets, mask=None, extra_inputs=None, lengths=None) -> float:
+        """One chunk of truncated BPTT; returns the chunk's loss (before the update).
+        Dropout sites of the cell draw their masks from `self.rng`; `lengths` (one per
+        sequence) freezes each sequence after its end and leaves those steps out of the
+        loss."""
         inputs, B = self._inputs(x, extra_inputs)
-        run = self.cell.forward(inputs, state=self._following(self._state, B))
+        run = self.cell.forward(inputs, state=self._following(self._state, B),
+                                lengths=lengths, dropout=self.rng)
+        mask = self._mask(mask, lengths, run.T)
         loss, d_pred = self.loss(run.outputs[self.output], targets, mask)
         grads = self.cell.backward(run, d_outputs={self.output: d_pred}).params
         if self.clip_value is not None:
@@ -156,12 +170,14 @@ class Trainer:
         self.steps += 1
         return loss
 
-    def evaluate(self, x, targets, mask=None, extra_inputs=None, state=None) -> float:
-        """The loss without an update, carrying its own state (apart from training's) from
-        one call to the next, or starting from `state` when given."""
+    def evaluate(self, x, targets, mask=None, extra_inputs=None, state=None,
+                 lengths=None) -> float:
+        """The loss without an update (and without dropout), carrying its own state
+        (apart from training's) from one call to the next, or starting from `state`."""
         inputs, B = self._inputs(x, extra_inputs)
         start = state if state is not None else self._following(self._eval_state, B)
-        run = self.cell.forward(inputs, state=start)
+        run = self.cell.forward(inputs, state=start, lengths=lengths)
+        mask = self._mask(mask, lengths, run.T)
         loss, _ = self.loss(run.outputs[self.output], targets, mask)
         self._eval_state = {k: v.copy() for k, v in run.state.items()}
         self.last_run = run

@@ -1,0 +1,132 @@
+"""The four modes (rnndsl/modes.py) against plain loops and finite differences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rnndsl
+from rnndsl import modes
+from rnndsl.errors import BindError
+from rnndsl.losses import softmax_cross_entropy
+from rnndsl.optim import Adam
+from rnndsl.train import Trainer
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
+FED = '''
+cell Fed {
+  dims I, H
+  input x[I]
+  state h[H]
+  param W[H, I], U[H, H], V[I, H]
+  h' = tanh(W @ x + U @ h)
+  output y = V @ h'
+}
+'''
+
+
+def test_last_step_picks_each_sequences_end():
+    out = np.arange(5 * 3 * 2, dtype=float).reshape(5, 3, 2)
+    lengths = np.array([5, 1, 3])
+    got = modes.last_step(out, lengths)
+    for b, n in enumerate(lengths):
+        np.testing.assert_array_equal(got[b], out[n - 1, b])
+    np.testing.assert_array_equal(modes.last_step(out), out[-1])
+    mask = modes.last_step_mask(5, 3, lengths)
+    assert mask.sum() == 3 and mask[0, 1] and mask[2, 2] and mask[4, 0]
+    with pytest.raises(BindError, match="1..T = 1..5"):
+        modes.last_step(out, np.array([0, 1, 2]))
+
+
+def test_many_to_one_gradient_matches_finite_differences():
+    L = rnndsl.load(SPECS / "lstm.rnn", target="interp")
+    c = L(I=2, H=3, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 3, 2))
+    lengths = np.array([4, 2, 3])
+    w = rng.normal(size=(3, 3))
+
+    def loss():
+        run = c.forward(x, lengths=lengths)
+        return float((w * modes.last_step(run.outputs["h"], lengths)).sum()), run
+
+    value, run = loss()
+    g = c.backward(run, d_outputs={"h": modes.last_step_cotangent(w, 4, lengths)})
+    W = c.params["U_g"]
+    for index in [(0, 0), (1, 2), (2, 1)]:
+        old = W[index]
+        W[index] = old + 1e-6
+        up, _ = loss()
+        W[index] = old - 1e-6
+        down, _ = loss()
+        W[index] = old
+        assert abs((up - down) / 2e-6 - g.params["U_g"][index]) < 1e-7
+
+
+def test_one_to_many_inputs():
+    x0 = np.arange(6.0).reshape(2, 3)
+    first = modes.first_step_inputs(x0, 4)
+    assert first.shape == (4, 2, 3)
+    np.testing.assert_array_equal(first[0], x0)
+    np.testing.assert_array_equal(first[1:], 0.0)
+    rep = modes.repeated_inputs(x0, 4)
+    np.testing.assert_array_equal(rep, np.stack([x0] * 4))
+    with pytest.raises(BindError, match="the one input must be"):
+        modes.first_step_inputs(np.zeros(3), 4)
+
+
+def test_feed_back_equals_rerunning_the_growing_sequence():
+    Fed = rnndsl.load_text(FED, target="interp")
+    c = Fed(I=2, H=4, dtype=np.float64, seed=1)
+    x0 = np.random.default_rng(3).normal(size=(3, 2))
+    ys, state = modes.feed_back(c, x0, 5, feedback=np.tanh)
+    # the mirror: rebuild the whole input sequence and rerun it from scratch each step
+    xs = [x0]
+    for t in range(5):
+        run = c.forward(np.stack(xs))
+        np.testing.assert_allclose(ys[t], run.outputs["y"][t], rtol=1e-12)
+        xs.append(np.tanh(run.outputs["y"][t]))
+    np.testing.assert_allclose(state["h"], run.state["h"], rtol=1e-12)
+
+
+def test_many_to_one_training_learns_a_label_from_variable_lengths():
+    """Which of two symbols came first: a label only at each sequence's end."""
+    Classifier = rnndsl.load_text('''
+cell Classifier {
+  dims I, H, K
+  input x[I]
+  state h[H]
+  param W[H, I], U[H, H], b[H], V[K, H], c[K]
+  h' = tanh(W @ x + U @ h + b)
+  output logits = V @ h' + c
+}''', target="interp")
+    cell = Classifier(I=3, H=8, K=2, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(0)
+    T, B = 6, 32
+    trainer = Trainer(cell, optimizer=Adam(lr=1e-2), seed=0)
+
+    def batch():
+        lengths = rng.integers(2, T + 1, size=B)
+        first = rng.integers(0, 2, size=B)
+        ids = np.full((T, B), 2)
+        ids[0] = first
+        x = np.eye(3)[ids]
+        labels = np.broadcast_to(first, (T, B))
+        return x, labels, lengths
+
+    losses = []
+    for _ in range(300):
+        x, labels, lengths = batch()
+        trainer.reset_state()
+        losses.append(trainer.step(x, labels, mask=modes.last_step_mask(T, B, lengths),
+                                   lengths=lengths))
+    x, labels, lengths = batch()
+    run = cell.forward(x, lengths=lengths)
+    guess = modes.last_step(run.outputs["logits"], lengths).argmax(-1)
+    assert (guess == labels[0]).mean() > 0.95, losses[-10:]
+    loss, _ = softmax_cross_entropy(modes.last_step(run.outputs["logits"], lengths),
+                                    labels[0])
+    assert loss < 0.2
