@@ -22,9 +22,11 @@ __all__ = ["load", "load_text", "RnnError", "SpecError", "SpecSyntaxError", "Che
            "SpecFileError", "BindError", "TargetError", "__version__"]
 
 # "cpu" (generated Numba kernels, cached by spec hash) is the default; "interp" is the
-# NumPy reference the compiled targets are tested against.
+# NumPy reference the compiled targets are tested against; "cuda" (generated numba-cuda
+# kernels) needs the optional numba-cuda package and a GPU or the CUDA simulator.
 DEFAULT_TARGET = "cpu"
-PLANNED_TARGETS = ("cuda",)
+PLANNED_TARGETS: tuple[str, ...] = ()
+OPTIONAL_TARGETS = ("cuda",)
 
 
 def load(path: str | Path, target: str = DEFAULT_TARGET, cell: str | None = None) -> type:
@@ -48,13 +50,17 @@ def load_text(text: str, target: str = DEFAULT_TARGET, cell: str | None = None,
 
 def _check_target(target: str) -> None:
     from .runtime import TARGETS
+    if target == "cuda":
+        from .cuda_runtime import require_cuda   # registers the target; imports no numba
+        require_cuda()
+        return
     if target in TARGETS:
         return
     if target in PLANNED_TARGETS:
         raise TargetError(f"target '{target}' is not built yet in rnndsl {__version__}; "
                           "use target='interp' (the NumPy reference)")
-    raise TargetError(f"unknown target '{target}'; targets: "
-                      + ", ".join(list(TARGETS) + list(PLANNED_TARGETS)))
+    known = list(TARGETS) + [t for t in OPTIONAL_TARGETS + PLANNED_TARGETS if t not in TARGETS]
+    raise TargetError(f"unknown target '{target}'; targets: " + ", ".join(known))
 
 
 def _cell_class(spec_file, target: str, cell: str | None) -> type:

@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
-from .emit import emit, module_footer, module_header
+from .emit import CPU, emit, module_footer, module_header
+from .compose import with_lengths
 from .errors import RnnError
 from .ir import lower
 from .plan import PASSES, make_plan
@@ -30,16 +31,40 @@ class BuildError(RnnError):
     """The build could not be written (the spec itself was fine)."""
 
 
-def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu") -> str:
-    """The full text of the generated module for every cell defined in a spec file."""
+def backend(target: str):
+    """(emit, dialect) of a compiled target. The cuda emitter is imported only when asked
+    for: it needs nothing beyond emit.py, but its modules need numba-cuda to run."""
+    if target == "cpu":
+        return emit, CPU
+    if target == "cuda":
+        from .emit_cuda import CUDA, emit as emit_cuda
+        return emit_cuda, CUDA
+    raise BuildError(f"no compiled target '{target}'; targets: cpu, cuda")
+
+
+def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
+                 variant: str | None = None) -> str:
+    """The full text of the generated module for every cell defined in a spec file.
+    variant="lengths" builds each cell's variable-length form (compose.with_lengths)."""
+    emit_cell, dialect = backend(target)
     cells = list(spec_file.cells.values())
+    if variant == "lengths":
+        cells = [with_lengths(c) for c in cells]
+    elif variant is not None:
+        raise BuildError(f"unknown build variant '{variant}'")
     names = [c.name for c in cells]
-    parts = [module_header(str(spec_file.source.path), spec_file.digest, names, target)]
+    parts = [module_header(str(spec_file.source.path), spec_file.digest, names, target,
+                           dialect)]
     for cell in cells:
         plan = make_plan(lower(cell), passes)
         parts.append(f"\n\n# {'-' * 70} cell {cell.name}\n\n")
-        parts.append(emit(plan, cell.source.path, cell.source.text, spec_file.digest).source)
-    parts.append(module_footer(names))
+        parts.append(emit_cell(plan, cell.source.path, cell.source.text,
+                               spec_file.digest).source)
+    parts.append("\n\n# The files this spec uses, so that its cells' layers resolve wherever this\n"
+                 "# module is imported from.\n"
+                 f"SPEC_FILES = {dict(sorted(spec_file.used_files.items()))!r}\n"
+                 f"VARIANT = {variant!r}\n")
+    parts.append(module_footer(names, dialect))
     return "".join(parts)
 
 
@@ -129,7 +154,8 @@ def compiler_hash() -> str:
     return _COMPILER_HASH
 
 
-def cached_module(spec_file: SpecFile, passes=PASSES, target: str = "cpu"):
+def cached_module(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
+                  variant: str | None = None):
     """The built module of a spec file, from the cache or built into it now.
 
     The key is the spec's hash (with the files it uses), rnndsl's own code, the target
@@ -137,12 +163,13 @@ def cached_module(spec_file: SpecFile, passes=PASSES, target: str = "cpu"):
     stale; Numba's cache beside each module keeps its machine code across processes.
     """
     passes = tuple(sorted(passes))
-    key = hashlib.sha256(f"{spec_file.digest}|{compiler_hash()}|{target}|{passes}".encode())
+    key = hashlib.sha256(
+        f"{spec_file.digest}|{compiler_hash()}|{target}|{passes}|{variant}".encode())
     stem = "".join(ch if ch.isalnum() else "_" for ch in Path(spec_file.source.path).stem)
     path = cache_dir() / f"{stem}_{key.hexdigest()[:16]}.py"
     if not path.is_file():
         try:
-            write_module(build_source(spec_file, passes, target), path)
+            write_module(build_source(spec_file, passes, target, variant), path)
         except OSError as exc:
             raise BuildError(f"cannot write the build cache at {path}: {exc.strerror}; "
                              "set RNNDSL_CACHE_DIR to a writable folder") from None

@@ -1,4 +1,4 @@
-"""The command line: `rnndsl check | graph | gradcheck | build | explain`.
+"""The command line: `rnndsl check | graph | gradcheck | build | explain | train | sample`.
 
 Every user error (a bad spec, a missing file, bad arguments) prints one clear message
 and exits with status 2; never a traceback (`--debug` shows one). Exit status 1 means the
@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  rnndsl gradcheck specs/lstm.rnn -T 5     gradients vs finite differences\n"
                "  rnndsl build specs/lstm.rnn -o build/    compile: from lstm import LSTM\n"
                "  rnndsl explain specs/lstm.rnn            the compiled loop nest\n"
+               "  rnndsl train specs/char_lstm.rnn         a character model, 3 minutes\n"
+               "  rnndsl sample model.npz --prime 'def '   text from the trained model\n"
                "\nexit status: 0 ok, 1 a check failed, 2 bad input (spec or arguments)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"rnndsl {__version__}")
@@ -320,7 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "module in place.")
     p.add_argument("files", nargs="+", metavar="SPEC")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--target", choices=("cpu",), default="cpu", help="(default cpu)")
+    p.add_argument("--target", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu: Numba @njit kernels (default); cuda: numba-cuda kernels, which "
+                        "need the numba-cuda package and a GPU (or NUMBA_ENABLE_CUDASIM=1) "
+                        "to run, not to build")
     p.add_argument("--no-pass", action="append", metavar="PASS",
                    help="switch an optimisation pass off (repeatable): hoist, fuse_matmul, "
                         "fuse_elementwise, defer_grads")
@@ -335,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pass", action="append", metavar="PASS",
                    help="switch an optimisation pass off (repeatable)")
     p.set_defaults(run=cmd_explain)
+
+    from .cli_train import add_parsers
+    add_parsers(sub)
     return parser
 
 

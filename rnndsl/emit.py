@@ -30,6 +30,38 @@ from .shapes import Dim
 CONSTS_PLACEHOLDER = "<<constants>>"
 
 
+@dataclass(frozen=True)
+class Dialect:
+    """What a target writes differently in a kernel's host-side code; nothing else.
+
+    The plan, the references, the fused expressions and the stage order are shared by
+    every target. A target differs in how it allocates and multiplies (these strings) and
+    in the skeleton of a loop nest (`_Kernel.loops`, overridden by emit_cuda.py).
+    """
+
+    target: str
+    decorator: str | None      # on the forward/backward drivers (None: plain Python)
+    empty: str                 # allocate (shape, dtype)
+    empty_like: str
+    dot: str                   # dot(a, b, out): GEMM, GEMV or vector-matrix
+    contiguous: str            # wraps a strided view before a GEMM ("": views are fine)
+    clone: str                 # a fresh copy of an array, "{}" is the array
+    helpers: str               # the module of array helpers and scalar functions
+    helper_names: tuple[str, ...]
+    runtime: str               # "module:function" that turns META into a cell class
+    engine: str                # for the header: what compiles the kernels
+
+
+HELPER_NAMES = ("copy1", "copy2", "copy_rows", "copy_t", "transposed", "fill1", "fill2",
+                "add_into1", "add_into2", "tanh", "sigmoid", "softplus", "sign")
+
+CPU = Dialect(
+    target="cpu", decorator='@njit(cache=True, error_model="numpy")', empty="np.empty",
+    empty_like="np.empty_like", dot="np.dot", contiguous="np.ascontiguousarray",
+    clone="{}.copy()", helpers="rnndsl.kernels", helper_names=HELPER_NAMES,
+    runtime="rnndsl.runtime:compiled_cell_class", engine="Numba @njit")
+
+
 @dataclass
 class Emitted:
     source: str
@@ -105,15 +137,15 @@ def _elementwise_expr(op: Op, a: list[str], attrs: tuple, k) -> str:
 
 ELEMENTWISE_FORMATS = {op: _elementwise_expr for op in ELEMENTWISE}
 
-HELPER_NAMES = ("copy1", "copy2", "copy_rows", "copy_t", "transposed", "fill1", "fill2",
-                "add_into1", "add_into2", "tanh", "sigmoid", "softplus", "sign")
-
 
 class _Kernel:
     """Emits one kernel (forward or backward) of a plan."""
 
+    formats = ELEMENTWISE_FORMATS      # op -> scalar expression; a target may override some
+
     def __init__(self, em: "_Emitter", which: str):
         self.em, self.which = em, which
+        self.d: Dialect = em.dialect
         self.p = Printer()
         self.transposes: dict[tuple, str] = {}
         self.stacked_done: set[int] = set()
@@ -202,6 +234,28 @@ class _Kernel:
         col = "j" if t.rank == 1 else "0"
         return f"{expr}[t, r, {col}]" if mode == "step3" else f"{expr}[r, {col}]"
 
+    # ------------------------------------------------------------------ skeleton
+    @contextmanager
+    def loops(self, axes: list[tuple[str, str, bool]], about=()):
+        """The skeleton of one loop nest; the body is printed inside the `with`.
+
+        axes: (variable, extent, parallel) from the outermost loop in. A parallel axis has
+        independent iterations (each writes its own elements); a reduction axis is not
+        parallel. The CPU writes every axis as a `for` loop, in the order given; the CUDA
+        target (emit_cuda.py) makes the parallel axes its thread grid instead.
+        """
+        p = self.p
+        for title in about:
+            p.comment(title)
+        depth = p.depth
+        for var, extent, _ in axes:
+            p.line(f"for {var} in range({extent}):")
+            p.depth += 1
+        try:
+            yield
+        finally:
+            p.depth = depth
+
     # ------------------------------------------------------------------ allocation
     def rows(self, stage: str) -> str:
         return "B" if stage in LOOP_STAGES else "R"
@@ -216,13 +270,13 @@ class _Kernel:
         t = G[nid].type
         if t.rank == 2:
             shape = f"({_dim(t.shape[0])}, {_dim(t.shape[1])})"
-            self.p.line(f"{self.dest(nid, stage)} = np.empty({shape}, dtype)")
+            self.p.line(f"{self.dest(nid, stage)} = {self.d.empty}({shape}, dtype)")
         elif not t.batched:
-            self.p.line(f"{self.dest(nid, stage)} = np.empty({self.size(nid)}, dtype)")
+            self.p.line(f"{self.dest(nid, stage)} = {self.d.empty}({self.size(nid)}, dtype)")
         elif stage in LOOP_STAGES:
-            self.p.line(f"w{nid} = np.empty((B, {self.size(nid)}), dtype)")
+            self.p.line(f"w{nid} = {self.d.empty}((B, {self.size(nid)}), dtype)")
         else:
-            self.p.line(f"v{nid} = np.empty((T, B, {self.size(nid)}), dtype)")
+            self.p.line(f"v{nid} = {self.d.empty}((T, B, {self.size(nid)}), dtype)")
             self.p.line(f"v{nid}_r = v{nid}.reshape((R, {self.size(nid)}))")
 
     def dest(self, nid: int, stage: str) -> str:
@@ -272,25 +326,25 @@ class _Kernel:
             if stage not in LOOP_STAGES and not (n in em.plan.saved and
                                                  em.writes_tape_directly(n)):
                 self.alloc(n, stage)
-        for title in em.titles(group):
-            p.comment(title)
-        loops = []
+        axes = []
         if first.batched:
-            loops.append(f"for r in range({self.rows(stage)}):")
+            axes.append(("r", self.rows(stage), True))
         if first.rank == 2:      # weight gradients added together: a matrix
-            loops.append(f"for i in range({_dim(first.shape[0])}):")
-            loops.append(f"for j in range({_dim(first.shape[1])}):")
+            axes.append(("i", _dim(first.shape[0]), True))
+            axes.append(("j", _dim(first.shape[1]), True))
         else:
-            loops.append(f"for j in range({self.size(group[0])}):")
-        depth = p.depth
-        for opener in loops:
-            p.line(opener)
-            p.depth += 1
-        local: dict[int, str] = {}
+            axes.append(("j", self.size(group[0]), True))
+        with self.loops(axes, em.titles(group)):
+            self.elementwise_body(group, stage, stored)
+
+    def elementwise_body(self, group: list[int], stage: str, stored: list[int]) -> None:
+        """One element (row r, feature j) of every node of a fused group."""
+        em, G, p = self.em, self.em.G, self.p
+        local: dict[int, str] = self.preload(group, stage)
         for n in group:
             node = G[n]
             args = [self.at(a, stage, local) for a in node.args]
-            expr = ELEMENTWISE_FORMATS[node.op](node.op, args, node.attrs, em.k)
+            expr = self.formats[node.op](node.op, args, node.attrs, em.k)
             p.line(f"e{n} = {expr}")
             local[n] = f"e{n}"
             if n in stored:
@@ -309,7 +363,10 @@ class _Kernel:
                     target = f"{dest}[r, {col}]" if node.type.batched else (
                         {0: f"{dest}[0]", 1: f"{dest}[j]", 2: f"{dest}[i, j]"}[node.type.rank])
                 p.line(f"{target} = e{n}")
-        p.depth = depth
+
+    def preload(self, group: list[int], stage: str) -> dict[int, str]:
+        """Element values a target computes before a fused body (none on the CPU)."""
+        return {}
 
     def emit_matmul_group(self, grp: MatmulGroup, stage: str) -> None:
         em, G, p = self.em, self.em.G, self.p
@@ -318,20 +375,21 @@ class _Kernel:
         if not G[grp.vector].type.batched:
             for m in grp.members:
                 self.alloc(m, stage)
-                p.line(f"np.dot(p_{G[G[m].args[0]].attrs[0]}, {vec}, {self.dest(m, stage)})")
+                p.line(f"{self.d.dot}(p_{ident(G[G[m].args[0]].attrs[0])}, {vec}, "
+                       f"{self.dest(m, stage)})")
             return
         if em.is_view(grp.vector):
-            vec = f"np.ascontiguousarray({vec})"
+            vec = self.contiguous(vec)
         names = ", ".join(G[G[m].args[0]].attrs[0] for m in grp.members)
         p.comment(f"{names} @ {G.names.get(grp.vector, 'v')}: one GEMM"
                   + (" over all T*B rows" if stage == "pre" else ""))
         target = f"mm{g}" if stage in LOOP_STAGES else f"mm{g}_r"
         if stage not in LOOP_STAGES:
             total = em.group_total(grp)
-            p.line(f"mm{g} = np.empty((T, B, {total}), dtype)")
+            p.line(f"mm{g} = {self.d.empty}((T, B, {total}), dtype)")
             p.line(f"mm{g}_r = mm{g}.reshape((R, {total}))")
             self.bind_members(grp, stage)
-        p.line(f"np.dot({vec}, wt{g}, {target})")
+        p.line(f"{self.d.dot}({vec}, wt{g}, {target})")
 
     def bind_members(self, grp: MatmulGroup, stage: str) -> None:
         em, G, p = self.em, self.em.G, self.p
@@ -378,24 +436,24 @@ class _Kernel:
         if op == Op.MATVEC_T:
             g = a[1]
             if em.is_view(node.args[1]):
-                g = f"np.ascontiguousarray({g})"
-            p.line(f"np.dot({g}, {a[0]}, {out})")
+                g = self.contiguous(g)
+            p.line(f"{self.d.dot}({g}, {a[0]}, {out})")
         elif op == Op.OUTER:
             gt, xt = G[node.args[0]].type, G[node.args[1]].type
             if gt.batched:
                 what = G.names.get(node.args[1], G.label(node.args[1]))
                 p.comment(f"a weight gradient, g^T {what}, as one GEMM"
                           + (" over all T*B rows" if stage == "post" else ""))
-                x = a[1] if not em.is_view(node.args[1]) else f"np.ascontiguousarray({a[1]})"
+                x = a[1] if not em.is_view(node.args[1]) else self.contiguous(a[1])
                 key = (stage, a[0])
                 if key not in self.transposes:      # one transpose serves every weight
                     self.transposes[key] = f"gT{node.args[0]}"
                     p.line(f"{self.transposes[key]} = transposed({a[0]})")
-                p.line(f"np.dot({self.transposes[key]}, {x}, {out})")
+                p.line(f"{self.d.dot}({self.transposes[key]}, {x}, {out})")
             else:
-                with p.indent("for i in range(%s):" % _dim(gt.shape[0])):
-                    with p.indent("for j in range(%s):" % _dim(xt.shape[0])):
-                        p.line(f"{out}[i, j] = {a[0]}[i] * {a[1]}[j]")
+                axes = [("i", _dim(gt.shape[0]), True), ("j", _dim(xt.shape[0]), True)]
+                with self.loops(axes):
+                    p.line(f"{out}[i, j] = {a[0]}[i] * {a[1]}[j]")
         elif op == Op.UNBROADCAST:
             self.emit_unbroadcast(nid, stage, a[0], out)
         elif op in (Op.SUM, Op.MEAN):
@@ -424,7 +482,7 @@ class _Kernel:
                 p.line(f"fill1({out}, {em.k(0.0)})")
                 p.line(f"copy1({out}[{_dim(start)}:{_dim(stop)}], {a[0]})")
         elif op == Op.MATVEC:
-            p.line(f"np.dot({a[0]}, {a[1]}, {out})")
+            p.line(f"{self.d.dot}({a[0]}, {a[1]}, {out})")
         else:
             raise AssertionError(f"no CPU emitter for {op}")
 
@@ -449,7 +507,8 @@ class _Kernel:
             return
         names = ", ".join(em.G[w].attrs[0] for w in use.weights)
         p.comment(f"sum of g_k @ W_k for W_k in [{names}]: one GEMM (the other terms stay 0)")
-        p.line(f"np.dot({self.cotangent_buffer(i, stage)}, ws{i}_{u}, {self.dest(nid, stage)})")
+        p.line(f"{self.d.dot}({self.cotangent_buffer(i, stage)}, ws{i}_{u}, "
+               f"{self.dest(nid, stage)})")
 
     def emit_stacked_outer(self, nid: int, stage: str) -> None:
         """Every dW_k = g_k^T v of one GEMM group as one GEMM, split by row blocks."""
@@ -469,9 +528,9 @@ class _Kernel:
             p.line(f"gT{i} = transposed({buf})")
         vec = self.whole(use.vector, stage)
         if em.is_view(use.vector):
-            vec = f"np.ascontiguousarray({vec})"
-        p.line(f"dwc{i}_{u} = np.empty(({em.cg_total[i]}, {cols}), dtype)")
-        p.line(f"np.dot({self.transposes[key]}, {vec}, dwc{i}_{u})")
+            vec = self.contiguous(vec)
+        p.line(f"dwc{i}_{u} = {self.d.empty}(({em.cg_total[i]}, {cols}), dtype)")
+        p.line(f"{self.d.dot}({self.transposes[key]}, {vec}, dwc{i}_{u})")
         for o, g in zip(use.outers, em.plan.cotangent_groups[i].cotangents):
             _, start, stop = em.cg_block[g]
             p.line(f"v{o} = dwc{i}_{u}[{start}:{stop}, :]")
@@ -482,17 +541,20 @@ class _Kernel:
         target, gt = node.attrs[0], G[node.args[0]].type
         p.line(f"fill{2 if node.type.batched else 1}({out}, {k(0.0)})")
         gcol = "j" if gt.rank else "0"
+        rows, n = self.rows(stage), self.size(node.args[0])
         if gt.batched:
-            with p.indent(f"for r in range({self.rows(stage)}):"):
-                with p.indent(f"for j in range({self.size(node.args[0])}):"):
-                    if target.batched:      # feature sum only: (rows, n) -> (rows, 1)
-                        p.line(f"{out}[r, 0] += {src}[r, {gcol}]")
-                    elif target.rank:       # batch sum: (rows, n) -> (n,)
-                        p.line(f"{out}[j] += {src}[r, {gcol}]")
-                    else:
-                        p.line(f"{out}[0] += {src}[r, {gcol}]")
+            # the summed axes are reductions: a parallel target keeps them in one thread
+            if target.batched:      # feature sum only: (rows, n) -> (rows, 1)
+                with self.loops([("r", rows, True), ("j", n, False)]):
+                    p.line(f"{out}[r, 0] += {src}[r, {gcol}]")
+            elif target.rank:       # batch sum: (rows, n) -> (n,)
+                with self.loops([("r", rows, False), ("j", n, True)]):
+                    p.line(f"{out}[j] += {src}[r, {gcol}]")
+            else:
+                with self.loops([("r", rows, False), ("j", n, False)]):
+                    p.line(f"{out}[0] += {src}[r, {gcol}]")
         else:
-            with p.indent(f"for j in range({self.size(node.args[0])}):"):
+            with self.loops([("j", n, False)]):
                 p.line(f"{out}[0] += {src}[j]")
 
     def emit_reduce(self, nid, stage, src, out, mean: bool) -> None:
@@ -501,16 +563,17 @@ class _Kernel:
         n = self.size(node.args[0])
         scale = f" / {k(('dim', G[node.args[0]].type.shape[0]))}" if mean else ""
         if node.type.batched:
-            with p.indent(f"for r in range({self.rows(stage)}):"):
+            with self.loops([("r", self.rows(stage), True)]):
                 p.line(f"acc = {k(0.0)}")
                 with p.indent(f"for j in range({n}):"):
                     p.line(f"acc += {src}[r, j]")
                 p.line(f"{out}[r, 0] = acc{scale}")
         else:
-            p.line(f"acc = {k(0.0)}")
-            with p.indent(f"for j in range({n}):"):
-                p.line(f"acc += {src}[j]")
-            p.line(f"{out}[0] = acc{scale}")
+            with self.loops([]):
+                p.line(f"acc = {k(0.0)}")
+                with p.indent(f"for j in range({n}):"):
+                    p.line(f"acc += {src}[j]")
+                p.line(f"{out}[0] = acc{scale}")
 
     def emit_softmax(self, nid, stage, src, out, log: bool) -> None:
         G, p, k = self.em.G, self.p, self.em.k
@@ -518,11 +581,11 @@ class _Kernel:
         n = self.size(nid)
         batched = node.type.batched
         row = "r, " if batched else ""
-        opener = f"for r in range({self.rows(stage)}):" if batched else None
-        depth = p.depth
-        if opener:
-            p.line(opener)
-            p.depth += 1
+        with self.loops([("r", self.rows(stage), True)] if batched else []):
+            self.softmax_body(src, out, row, n, log)
+
+    def softmax_body(self, src: str, out: str, row: str, n: str, log: bool) -> None:
+        p, k = self.p, self.em.k
         p.line(f"top = {src}[{row}0]")
         with p.indent(f"for j in range(1, {n}):"):
             p.line(f"top = max(top, {src}[{row}j])")
@@ -536,10 +599,15 @@ class _Kernel:
         else:
             with p.indent(f"for j in range({n}):"):
                 p.line(f"{out}[{row}j] = math.exp({src}[{row}j] - top) / acc")
-        p.depth = depth
+
+    def contiguous(self, expr: str) -> str:
+        return f"{self.d.contiguous}({expr})" if self.d.contiguous else expr
 
 
 class _Emitter:
+    kernel_class = _Kernel
+    dialect = CPU
+
     def __init__(self, plan: Plan, spec_path: str, spec_text: str, digest: str):
         self.plan, self.G = plan, plan.graph
         self.spec_path, self.spec_text, self.digest = spec_path, spec_text, digest
@@ -771,7 +839,7 @@ class _Emitter:
         p.line('"""')
 
     def forward_kernel(self, nodes: dict[str, list[int]]) -> tuple[str, list[tuple]]:
-        kern = _Kernel(self, "forward")
+        kern = self.kernel_class(self, "forward")
         p = kern.p
         args = self.signature("forward")
         step, plan = self.plan.step, self.plan
@@ -784,8 +852,8 @@ class _Emitter:
                 p.line(f"copy2(out_{ident(name)}_r, {kern.whole(step.outputs[name], 'pre')})")
             self._loop_arrays(kern, "fwd", nodes["fwd"])
             for d in step.cell.states:
-                p.line(f"s_{ident(d.name)} = s0_{ident(d.name)}.copy()")
-                p.line(f"nx_{ident(d.name)} = np.empty_like(s0_{ident(d.name)})")
+                p.line(f"s_{ident(d.name)} = {self.dialect.clone.format('s0_' + ident(d.name))}")
+                p.line(f"nx_{ident(d.name)} = {self.dialect.empty_like}(s0_{ident(d.name)})")
             with p.indent("for t in range(T):"):
                 for name in sorted(plan.saved_states):
                     p.line(f"copy2(hist_{ident(name)}[t], s_{ident(name)})")
@@ -802,7 +870,7 @@ class _Emitter:
         return p.text(), args
 
     def backward_kernel(self, nodes: dict[str, list[int]]) -> tuple[str, list[tuple]]:
-        kern = _Kernel(self, "backward")
+        kern = self.kernel_class(self, "backward")
         p = kern.p
         args = self.signature("backward")
         step, plan, grads = self.plan.step, self.plan, self.plan.grads
@@ -811,17 +879,17 @@ class _Emitter:
                         "no cotangent and no state: all T*B rows at once"):
             for n in sorted(plan.saved):
                 if plan.stage[n] == "bwd" and n not in self.cg_block:
-                    p.line(f"tape{n} = np.empty((T, B, {kern.size(n)}), dtype)")
+                    p.line(f"tape{n} = {self.dialect.empty}((T, B, {kern.size(n)}), dtype)")
                     p.line(f"tape{n}_r = tape{n}.reshape((R, {kern.size(n)}))")
             self._cotangent_buffers(kern)
             for name in sorted(plan.saved_next_seeds):
                 size = _dim(step.graph[step.states[name]].type.shape[0])
-                p.line(f"dnext_{ident(name)} = np.empty((T, B, {size}), dtype)")
+                p.line(f"dnext_{ident(name)} = {self.dialect.empty}((T, B, {size}), dtype)")
                 p.line(f"dnext_{ident(name)}_r = dnext_{ident(name)}.reshape((R, {size}))")
             self._loop_arrays(kern, "bwd", nodes["bwd"])
             for d in step.cell.states:
-                p.line(f"ds_{ident(d.name)} = dfin_{ident(d.name)}.copy()")
-                p.line(f"nds_{ident(d.name)} = np.empty_like(ds_{ident(d.name)})")
+                p.line(f"ds_{ident(d.name)} = {self.dialect.clone.format('dfin_' + ident(d.name))}")
+                p.line(f"nds_{ident(d.name)} = {self.dialect.empty_like}(ds_{ident(d.name)})")
             with p.indent("for t in range(T - 1, -1, -1):"):
                 for name in sorted(plan.saved_next_seeds):
                     p.line(f"copy2(dnext_{ident(name)}[t], ds_{ident(name)})")
@@ -860,7 +928,8 @@ class _Emitter:
         """A kernel's decorator, signature, docstring, prologue and stacked weights, then
         its const and hoisted stages; the body follows inside the `with`."""
         p = kern.p
-        p.line('@njit(cache=True, error_model="numpy")')
+        if self.dialect.decorator:
+            p.line(self.dialect.decorator)
         names = ", ".join(self.arg_name(a) for a in args)
         with p.indent(f"def {which}_{self.plan.step.cell.name}({names}):"):
             self._docstring(kern, which)
@@ -881,10 +950,10 @@ class _Emitter:
         for i, cg in enumerate(self.plan.cotangent_groups):
             total = self.cg_total[i]
             if cg.taped:
-                p.line(f"tgc{i} = np.empty((T, B, {total}), dtype)")
+                p.line(f"tgc{i} = {self.dialect.empty}((T, B, {total}), dtype)")
                 p.line(f"tgc{i}_r = tgc{i}.reshape((R, {total}))")
             else:
-                p.line(f"gc{i} = np.empty((B, {total}), dtype)")
+                p.line(f"gc{i} = {self.dialect.empty}((B, {total}), dtype)")
             for g in cg.cotangents:
                 _, start, stop = self.cg_block[g]
                 if cg.taped:
@@ -896,10 +965,10 @@ class _Emitter:
                 if not use.matvec_t:
                     continue
                 cols = _dim(G[use.vector].type.shape[0])
-                p.line(f"ws{i}_{u} = np.empty(({total}, {cols}), dtype)")
+                p.line(f"ws{i}_{u} = {self.dialect.empty}(({total}, {cols}), dtype)")
                 for w, g in zip(use.weights, cg.cotangents):
                     _, start, stop = self.cg_block[g]
-                    p.line(f"copy2(ws{i}_{u}[{start}:{stop}, :], p_{G[w].attrs[0]})")
+                    p.line(f"copy2(ws{i}_{u}[{start}:{stop}, :], p_{ident(G[w].attrs[0])})")
 
     def _weights(self, kern: _Kernel, stages) -> None:
         """Stacked, transposed weights for each matmul group (once per call)."""
@@ -912,14 +981,14 @@ class _Emitter:
                 cols = _dim(G[grp.vector].type.shape[0])
                 if len(grp.members) == 1:
                     w = G[G[grp.members[0]].args[0]].attrs[0]
-                    p.line(f"wt{g} = transposed(p_{w})")
+                    p.line(f"wt{g} = transposed(p_{ident(w)})")
                     continue
-                p.line(f"wt{g} = np.empty(({cols}, {self.group_total(grp)}), dtype)")
+                p.line(f"wt{g} = {self.dialect.empty}(({cols}, {self.group_total(grp)}), dtype)")
                 offset = Dim.lit(0)
                 for m in grp.members:
                     stop = offset + G[m].type.shape[0]
                     w = G[G[m].args[0]].attrs[0]
-                    p.line(f"copy_t(wt{g}[:, {_dim(offset)}:{_dim(stop)}], p_{w})")
+                    p.line(f"copy_t(wt{g}[:, {_dim(offset)}:{_dim(stop)}], p_{ident(w)})")
                     offset = stop
 
     def _loop_arrays(self, kern: _Kernel, stage: str, nodes: list[int]) -> None:
@@ -929,7 +998,7 @@ class _Emitter:
         for grp in self.plan.matmuls.get(stage, []):
             if G[grp.vector].type.batched and any(m in mine for m in grp.members):
                 g = self.matmul_index[id(grp)]
-                p.line(f"mm{g} = np.empty((B, {self.group_total(grp)}), dtype)")
+                p.line(f"mm{g} = {self.dialect.empty}((B, {self.group_total(grp)}), dtype)")
                 kern.bind_members(grp, stage)
         grouped = {m for grp in self.plan.matmuls.get(stage, []) for m in grp.members
                    if G[grp.vector].type.batched}
@@ -1045,25 +1114,30 @@ def _const_repr(c: tuple) -> tuple:
     return (kind, _dim_repr(value)) if kind == "dim" else (kind, value)
 
 
-def module_header(spec_path: str, digest: str, cells: list[str], target: str = "cpu") -> str:
+def module_header(spec_path: str, digest: str, cells: list[str], target: str = "cpu",
+                  dialect: Dialect = CPU) -> str:
     """The generated module's docstring, imports and scalar helpers."""
+    assert target == dialect.target, (target, dialect.target)
     p = Printer()
     p.line(f'"""rnndsl kernels for {", ".join(cells)}, from {safe_comment(spec_path)}.')
     p.line("")
-    p.line(f"Generated by rnndsl {__version__} for the {target} target (Numba @njit);")
+    p.line(f"Generated by rnndsl {__version__} for the {target} target ({dialect.engine});")
     p.line(f"spec hash {digest}. Do not edit: rebuild with `rnndsl build`.")
-    p.line("Run it as plain Python for debugging with NUMBA_DISABLE_JIT=1.")
+    if target == "cpu":
+        p.line("Run it as plain Python for debugging with NUMBA_DISABLE_JIT=1.")
+    else:
+        p.line("Run it on the CUDA simulator for debugging with NUMBA_ENABLE_CUDASIM=1.")
     p.line('"""')
     p.line("")
     p.line("import math")
     p.line("import sys")
     p.line("")
     p.line("import numpy as np")
-    p.line("from numba import njit")
+    p.line("from numba import njit" if target == "cpu" else "from numba import cuda")
     p.line("")
-    p.line("from rnndsl.kernels import (  # noqa: F401  array loops and scalar functions")
+    p.line(f"from {dialect.helpers} import (  # noqa: F401  array loops and scalar functions")
     with p.indent():
-        names = list(HELPER_NAMES)
+        names = list(dialect.helper_names)
         for i in range(0, len(names), 6):
             p.line(", ".join(names[i:i + 6]) + ",")
     p.line(")")
@@ -1075,14 +1149,15 @@ def module_header(spec_path: str, digest: str, cells: list[str], target: str = "
     return p.text()
 
 
-def module_footer(cells: list[str]) -> str:
+def module_footer(cells: list[str], dialect: Dialect = CPU) -> str:
     p = Printer()
     p.line("")
     p.comment("The cell classes: the Python API of rnndsl over the kernels above.")
-    p.line("from rnndsl.runtime import compiled_cell_class  # noqa: E402")
+    module, function = dialect.runtime.split(":")
+    p.line(f"from {module} import {function}  # noqa: E402")
     p.line("")
     for name in cells:
-        p.line(f"{name} = compiled_cell_class(sys.modules[__name__], {name!r})")
+        p.line(f"{name} = {function}(sys.modules[__name__], {name!r})")
     return p.text()
 
 

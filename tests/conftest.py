@@ -1,8 +1,20 @@
 """Hypothesis profiles: `fast` by default, `long` with HYPOTHESIS_PROFILE=long (500 examples)."""
 
 import os
+import sys
 
-from hypothesis import settings
+# The cuda target runs on numba-cuda's simulator unless RNNDSL_REAL_GPU=1: the flag must be
+# set before numba is first imported (set later, numba silently picks the real target).
+# pytest itself imports numba.core.errors first (pyproject's filterwarnings names a Numba
+# warning): numba's config is then re-read, which works while numba.cuda is not imported.
+if os.environ.get("RNNDSL_REAL_GPU") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+    if "numba" in sys.modules:
+        assert "numba.cuda" not in sys.modules, "numba.cuda was imported before conftest.py"
+        from numba.core import config as _numba_config
+        _numba_config.reload_config()
+
+from hypothesis import settings  # noqa: E402
 
 # The suite runs one worker per core; kernels' BLAS threads would oversubscribe them.
 os.environ.setdefault("RNNDSL_BLAS_THREADS", "1")

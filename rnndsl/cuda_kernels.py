@@ -1,0 +1,253 @@
+"""Kernels and launchers that every generated CUDA module imports (the cuda target).
+
+The generated host drivers call these by the same names as the CPU helpers in
+kernels.py (`copy2`, `fill2`, `transposed`, ...), so the emitter writes one program for
+both targets; here each name launches a `@cuda.jit` kernel on device arrays instead of
+running a loop. `gemm` is the tiled shared-memory GEMM that the hoisted input
+projections, the per-step recurrent products (when not fused into the step kernel) and
+the deferred weight gradients all run on. (The scalar functions, tanh, sigmoid and the
+like, are written inline into the generated kernels by emit_cuda.py.)
+
+Every kernel here is lazy (no signature): a kernel with an eager signature compiles at
+import and fails on a machine without a GPU. `KERNEL_SIGNATURES` lists them with their
+argument kinds, so that a test can compile each one to PTX without a GPU.
+
+Launch shapes: `launch(*extents)` maps the last (innermost) extent to threadIdx.x, so
+neighbouring threads touch neighbouring features (coalesced). On the simulator, which
+runs each thread as a Python thread, blocks are sized to the work (a 3-wide loop gets 4
+threads, not 32) and the GEMM tile is 8: a block's threads all start, and each
+syncthreads() costs a round of thread switches.
+"""
+
+from __future__ import annotations
+
+import numba
+from numba import cuda
+
+SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
+THREADS = 256                     # threads a block, at most, for elementwise kernels
+TILE = 8 if SIMULATOR else 16     # GEMM tile edge: TILE x TILE threads a block
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1)."""
+    return 1 << (max(1, n) - 1).bit_length()
+
+
+def launch(*extents: int) -> tuple[tuple, tuple]:
+    """(blocks, threads) covering `extents`, given outermost first; x is the last one.
+
+    The kernels guard every index against its extent, so the grid may overshoot. An
+    extent of 0 still launches one block (the guard makes it do nothing), since CUDA
+    rejects an empty grid.
+    """
+    if not extents:
+        return (1,), (1,)
+    assert len(extents) <= 3, f"at most three parallel axes, got {extents}"
+    sizes = [max(1, int(e)) for e in reversed(extents)]       # x, y, z
+    threads = []
+    budget = THREADS
+    for i, n in enumerate(sizes):
+        cap = 32 if i == 0 and len(sizes) > 1 else budget
+        t = min(_pow2(n), cap, budget)
+        threads.append(t)
+        budget = max(1, budget // t)
+    blocks = tuple((n + t - 1) // t for n, t in zip(sizes, threads))
+    return blocks, tuple(threads)
+
+
+# ---------------------------------------------------------------------------- copies, fills
+@cuda.jit
+def _copy1(dst, src):
+    j = cuda.grid(1)
+    if j < dst.shape[0]:
+        dst[j] = src[j]
+
+
+@cuda.jit
+def _copy2(dst, src):
+    j, r = cuda.grid(2)
+    if r < dst.shape[0] and j < dst.shape[1]:
+        dst[r, j] = src[r, j]
+
+
+@cuda.jit
+def _copy_rows(dst, src):
+    # every row of dst gets the vector src
+    j, r = cuda.grid(2)
+    if r < dst.shape[0] and j < dst.shape[1]:
+        dst[r, j] = src[j]
+
+
+@cuda.jit
+def _copy_t(dst, src):
+    # dst = src transposed; x runs along dst's rows' columns
+    j, i = cuda.grid(2)
+    if i < dst.shape[0] and j < dst.shape[1]:
+        dst[i, j] = src[j, i]
+
+
+@cuda.jit
+def _fill1(dst, value):
+    j = cuda.grid(1)
+    if j < dst.shape[0]:
+        dst[j] = value
+
+
+@cuda.jit
+def _fill2(dst, value):
+    j, r = cuda.grid(2)
+    if r < dst.shape[0] and j < dst.shape[1]:
+        dst[r, j] = value
+
+
+@cuda.jit
+def _add_into1(dst, src):
+    j = cuda.grid(1)
+    if j < dst.shape[0]:
+        dst[j] += src[j]
+
+
+@cuda.jit
+def _add_into2(dst, src):
+    j, r = cuda.grid(2)
+    if r < dst.shape[0] and j < dst.shape[1]:
+        dst[r, j] += src[r, j]
+
+
+def copy1(dst, src):
+    _copy1[launch(dst.shape[0])](dst, src)
+
+
+def copy2(dst, src):
+    _copy2[launch(*dst.shape)](dst, src)
+
+
+def copy_rows(dst, src):
+    _copy_rows[launch(*dst.shape)](dst, src)
+
+
+def copy_t(dst, src):
+    _copy_t[launch(*dst.shape)](dst, src)
+
+
+def transposed(src):
+    out = cuda.device_array((src.shape[1], src.shape[0]), src.dtype)
+    copy_t(out, src)
+    return out
+
+
+def fill1(dst, value):
+    _fill1[launch(dst.shape[0])](dst, value)
+
+
+def fill2(dst, value):
+    _fill2[launch(*dst.shape)](dst, value)
+
+
+def add_into1(dst, src):
+    _add_into1[launch(dst.shape[0])](dst, src)
+
+
+def add_into2(dst, src):
+    _add_into2[launch(*dst.shape)](dst, src)
+
+
+def clone(src):
+    """A fresh device array holding a copy of src (1-D or 2-D)."""
+    out = cuda.device_array(src.shape, src.dtype)
+    (copy1 if len(src.shape) == 1 else copy2)(out, src)
+    return out
+
+
+# ---------------------------------------------------------------------------- products
+def _make_gemm(nb_type, tile: int):
+    """C = A @ B for 2-D arrays of any strides, one TILE x TILE block of C a block.
+
+    Each step of the k loop stages a TILE x TILE block of A and of B in shared memory
+    (zero-padded at the edges), so each element of A and B is read from global memory
+    once a block instead of once a thread.
+    """
+
+    def gemm_kernel(a, b, c):
+        sa = cuda.shared.array((tile, tile), nb_type)
+        sb = cuda.shared.array((tile, tile), nb_type)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        row = cuda.blockIdx.y * tile + ty
+        col = cuda.blockIdx.x * tile + tx
+        m = c.shape[0]
+        n = c.shape[1]
+        depth = a.shape[1]
+        acc = nb_type(0)
+        for k0 in range(0, depth, tile):
+            if row < m and k0 + tx < depth:
+                sa[ty, tx] = a[row, k0 + tx]
+            else:
+                sa[ty, tx] = nb_type(0)
+            if k0 + ty < depth and col < n:
+                sb[ty, tx] = b[k0 + ty, col]
+            else:
+                sb[ty, tx] = nb_type(0)
+            cuda.syncthreads()
+            for kk in range(tile):
+                acc += sa[ty, kk] * sb[kk, tx]
+            cuda.syncthreads()
+        if row < m and col < n:
+            c[row, col] = acc
+
+    return gemm_kernel
+
+
+_GEMM_F32 = cuda.jit(_make_gemm(numba.float32, TILE))
+_GEMM_F64 = cuda.jit(_make_gemm(numba.float64, TILE))
+
+
+@cuda.jit
+def _gemv(a, x, y):
+    # y = A x: unbatched (parameter-only) products, once per call
+    i = cuda.grid(1)
+    if i < y.shape[0]:
+        acc = a[i, 0] * x[0]
+        for k in range(1, x.shape[0]):
+            acc += a[i, k] * x[k]
+        y[i] = acc
+
+
+@cuda.jit
+def _vecmat(x, b, y):
+    # y = x B
+    j = cuda.grid(1)
+    if j < y.shape[0]:
+        acc = x[0] * b[0, j]
+        for k in range(1, x.shape[0]):
+            acc += x[k] * b[k, j]
+        y[j] = acc
+
+
+def gemm(a, b, out):
+    """out = a @ b on the device (the CPU target's np.dot(a, b, out)); any strides."""
+    if len(a.shape) == 2 and len(b.shape) == 2:
+        assert a.shape[1] == b.shape[0] and out.shape == (a.shape[0], b.shape[1]), \
+            (a.shape, b.shape, out.shape)
+        kernel = _GEMM_F32 if out.dtype.itemsize == 4 else _GEMM_F64
+        blocks = ((out.shape[1] + TILE - 1) // TILE, (out.shape[0] + TILE - 1) // TILE)
+        kernel[blocks, (TILE, TILE)](a, b, out)
+    elif len(a.shape) == 2:
+        assert a.shape[1] == b.shape[0] and out.shape == (a.shape[0],)
+        _gemv[launch(out.shape[0])](a, b, out)
+    else:
+        assert len(b.shape) == 2 and a.shape[0] == b.shape[0] and out.shape == (b.shape[1],)
+        _vecmat[launch(out.shape[0])](a, b, out)
+
+
+# Each kernel with its argument kinds: "aN" an N-D array of the cell's float type, "f" a
+# scalar of it, "i" an int64 (tests/test_cuda_backend.py compiles them all to PTX).
+KERNEL_SIGNATURES = {
+    "copy1": (_copy1, ("a1", "a1")), "copy2": (_copy2, ("a2", "a2")),
+    "copy_rows": (_copy_rows, ("a2", "a1")), "copy_t": (_copy_t, ("a2", "a2")),
+    "fill1": (_fill1, ("a1", "f")), "fill2": (_fill2, ("a2", "f")),
+    "add_into1": (_add_into1, ("a1", "a1")), "add_into2": (_add_into2, ("a2", "a2")),
+    "gemv": (_gemv, ("a2", "a1", "a1")), "vecmat": (_vecmat, ("a1", "a2", "a1")),
+}
+GEMM_KERNELS = {"float32": _GEMM_F32, "float64": _GEMM_F64}

@@ -1,0 +1,302 @@
+"""Cells of the cuda target: the `Cell` API over a generated module's CUDA drivers.
+
+`cuda_cell_class(module, name)` is what a generated cuda module calls for each cell. The
+class keeps the CPU target's contract (runtime.CompiledCell) and its argument lists
+(`<Cell>_META`); what differs is where arrays live:
+
+- NumPy arrays in, NumPy arrays out: inputs, states and params are copied to the device
+  for the call and the results copied back.
+- Device arrays in (numba-cuda's, or anything with `__cuda_array_interface__`, such as
+  CuPy or PyTorch CUDA tensors), device arrays out: a training loop keeps its data on the
+  GPU. Params may be device arrays too (`cell.params["W"] = cuda.to_device(W)`), and are
+  then used in place; their gradients come back as device arrays when the run was on
+  the device. The tape stays on the device between forward and backward.
+- Device arrays are checked for dtype and shape, not for NaN: that would copy them back.
+
+`require_cuda()` is the clear error when numba-cuda is missing, or when there is neither
+a GPU nor the simulator (NUMBA_ENABLE_CUDASIM=1, set before numba is imported).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import ast as spec_ast
+from .errors import BindError, TargetError
+from .runtime import TARGETS, CompiledCell, Grads, Run, _dim_from, compiled_cell_class
+
+
+def require_cuda() -> None:
+    """Raise TargetError unless kernels can run here (a GPU, or the simulator)."""
+    if importlib.util.find_spec("numba_cuda") is None:
+        raise TargetError("target 'cuda' needs the numba-cuda package, which is not "
+                          "installed; install it with: pip install 'rnndsl[cuda]' "
+                          "(or pip install numba-cuda), or use target='cpu'")
+    from numba import config, cuda
+    if config.ENABLE_CUDASIM:
+        return
+    if not cuda.is_available():
+        hint = ("NUMBA_ENABLE_CUDASIM=1 is set, but only after numba was imported: set it "
+                "before importing numba or rnndsl" if os.environ.get("NUMBA_ENABLE_CUDASIM")
+                == "1" else "to run the cuda target without a GPU (slowly, for tests), set "
+                "NUMBA_ENABLE_CUDASIM=1 before importing numba or rnndsl")
+        raise TargetError("target 'cuda' found no usable CUDA GPU (no device, or no "
+                          f"driver); use target='cpu', or {hint}")
+
+
+def is_device_array(value) -> bool:
+    """A device array: numba-cuda's own, the simulator's, or a foreign CUDA array."""
+    return not isinstance(value, np.ndarray) and (
+        hasattr(value, "copy_to_host") or hasattr(value, "__cuda_array_interface__"))
+
+
+@dataclass
+class _CudaTape:
+    arrays: dict[tuple, object]      # ("hist", name) / ("tape", nid) -> device (T, B, size)
+    inputs: dict[str, object]        # device arrays
+    consts: np.ndarray               # host scalars: kernels take them by value
+    on_device: bool                  # did the caller pass device arrays?
+    from_params: set[str]
+    owner: object
+
+
+class CudaCell(CompiledCell):
+    """A cell whose forward and backward run as CUDA kernels (numba-cuda)."""
+
+    target = "cuda"
+
+    def __init__(self, dtype=np.float32, seed: int | None = 0, **dims: int):
+        require_cuda()      # a built module imports anywhere; running it needs a device
+        super().__init__(dtype=dtype, seed=seed, **dims)
+
+    # ------------------------------------------------------------------ arrays
+    def _device(self, what: str, value, shape: tuple[int, ...], layout: str):
+        """A checked device array for `value`, host or device (copied if strided)."""
+        from numba import cuda
+        if not is_device_array(value):
+            return cuda.to_device(np.ascontiguousarray(self._array(what, value, shape, layout)))
+        if not hasattr(value, "copy_to_host"):
+            value = cuda.as_cuda_array(value)
+        if np.dtype(value.dtype) != self.dtype:
+            raise BindError(f"{what} is {value.dtype} but the cell is {self.dtype.name}; "
+                            f"convert it before the call")
+        if tuple(value.shape) != tuple(shape):
+            raise BindError(f"{what} has shape {tuple(value.shape)}; expected {shape} = "
+                            f"{layout}")
+        if not value.is_c_contiguous():
+            from .cuda_kernels import clone
+            value = clone(value.reshape(value.shape)) if len(shape) <= 2 else \
+                cuda.to_device(value.copy_to_host())
+        return value
+
+    def _inputs_any(self, x):
+        """Like Cell._inputs, for host or device arrays: (device dict, T, B, on_device)."""
+        decls = self.spec.inputs
+        if len(decls) == 1 and not isinstance(x, dict):
+            x = {decls[0].name: x}
+        given = self._named("input", x, decls)
+        on_device = any(is_device_array(v) for v in given.values())
+        if not on_device:
+            arrays, T, B = self._inputs(x)
+            return {k: self._device(f"input {k}", v, v.shape, "")
+                    for k, v in arrays.items()}, T, B, False
+        missing = [d.name for d in decls if d.name not in given]
+        if missing:
+            raise BindError(f"missing input {', '.join(missing)}")
+        first = given[decls[0].name]
+        if len(getattr(first, "shape", ())) != 3:
+            raise BindError(f"input {decls[0].name} has shape {getattr(first, 'shape', '?')}; "
+                            "expected 3 axes, (T, B, size): time-major, one row per sequence")
+        T, B = first.shape[:2]
+        arrays = {}
+        for d in decls:
+            size = self._size(d)
+            arrays[d.name] = self._device(f"input {d.name}", given[d.name], (T, B) + size,
+                                          f"(T, B, {size[0]})")
+        return arrays, T, B, True
+
+    def _state_any(self, state, B: int):
+        from numba import cuda
+
+        from .cuda_kernels import copy_rows, fill2
+        given = self._named("state", state, self.spec.states)
+        values, from_params = {}, set()
+        for d in self.spec.states:
+            size = self._size(d)
+            if d.name in given:
+                values[d.name] = self._device(f"state {d.name}", given[d.name], (B,) + size,
+                                              f"(B, {size[0]})")
+                continue
+            values[d.name] = cuda.device_array((B,) + size, self.dtype)
+            if isinstance(d.init, spec_ast.ParamRefInit):
+                copy_rows(values[d.name], self._param_device(d.init.name))
+                from_params.add(d.name)
+            else:
+                value = d.init.value if isinstance(d.init, spec_ast.ConstInit) else 0.0
+                fill2(values[d.name], self.dtype.type(value))
+        return values, from_params
+
+    def _param_device(self, name: str):
+        d = next(d for d in self.spec.params if d.name == name)
+        shape = self._size(d)
+        value = self.params.get(name)
+        if value is None:
+            raise BindError(f"param {name} is missing from cell.params")
+        dev = self._device(f"param {name}", value, shape, str(list(shape)))
+        return dev.reshape((1,)) if not shape else dev
+
+    # ------------------------------------------------------------------ the contract
+    def forward(self, x, state=None) -> Run:
+        from numba import cuda
+        inputs, T, B, on_device = self._inputs_any(x)
+        state0, from_params = self._state_any(state, B)
+        consts = self._consts()
+        states = {d.name: d for d in self.spec.states}
+        outputs, finals, tapes = {}, {}, {}
+        tape_sizes = {nid: _dim_from(size) for nid, size in self.meta["tapes"]}
+        args = []
+        for arg in self.meta["forward_args"]:
+            kind = arg[0]
+            if kind == "dim":
+                args.append(self.dims[arg[1]])
+            elif kind in ("T", "B"):
+                args.append(T if kind == "T" else B)
+            elif kind == "consts":
+                args.append(consts)
+            elif kind == "param":
+                args.append(self._param_device(arg[1]))
+            elif kind == "input":
+                args.append(inputs[arg[1]])
+            elif kind == "state0":
+                args.append(state0[arg[1]])
+            elif kind == "output":
+                outputs[arg[1]] = cuda.device_array((T, B) + self._out_size(arg[1]),
+                                                    self.dtype)
+                args.append(outputs[arg[1]])
+            elif kind == "final":
+                finals[arg[1]] = cuda.device_array((B,) + self._size(states[arg[1]]),
+                                                   self.dtype)
+                args.append(finals[arg[1]])
+            elif kind == "hist":
+                tapes[arg] = cuda.device_array((T, B) + self._size(states[arg[1]]),
+                                               self.dtype)
+                args.append(tapes[arg])
+            elif kind == "tape":
+                size = tape_sizes[arg[1]].evaluate(self.dims)
+                tapes[arg] = cuda.device_array((T, B, size), self.dtype)
+                args.append(tapes[arg])
+            else:
+                raise AssertionError(f"unknown forward argument {arg}")
+        self.meta["forward"](*args)
+        shown = {name: (y.reshape((T, B)) if self._scalar_output(name) else y)
+                 for name, y in outputs.items()}
+        tape = _CudaTape(tapes, inputs, consts, on_device, from_params, self._token)
+        return Run(self._out(shown, on_device), self._out(finals, on_device), T, B, tape)
+
+    @staticmethod
+    def _out(arrays: dict, on_device: bool) -> dict:
+        return arrays if on_device else {k: v.copy_to_host() for k, v in arrays.items()}
+
+    def backward(self, run: Run, d_outputs=None, d_state=None) -> Grads:
+        from numba import cuda
+
+        from .cuda_kernels import fill1
+        tape = run._tape if isinstance(run, Run) else None
+        if not isinstance(tape, _CudaTape) or tape.owner is not self._token:
+            raise BindError("backward needs the Run that this cell's forward returned")
+        T, B = run.T, run.B
+        sizes_state = {d.name: self._size(d) for d in self.spec.states}
+        d_out = self._cotangents_any("d_outputs", d_outputs, T, B)
+        d_st = self._cotangents_any("d_state", d_state, T, B)
+
+        def zeros(shape):
+            out = cuda.device_array(shape, self.dtype)
+            fill1(out.reshape((int(np.prod(shape)),)), self.dtype.type(0))
+            return out
+
+        params = {d.name: zeros(self._size(d) or (1,)) for d in self.spec.params}
+        inputs = {d.name: zeros((T, B) + self._size(d)) for d in self.spec.inputs}
+        state = {d.name: zeros((B,) + self._size(d)) for d in self.spec.states}
+        args = []
+        for arg in self.meta["backward_args"]:
+            kind = arg[0]
+            if kind == "dim":
+                args.append(self.dims[arg[1]])
+            elif kind in ("T", "B"):
+                args.append(T if kind == "T" else B)
+            elif kind == "consts":
+                args.append(tape.consts)
+            elif kind == "param":
+                args.append(self._param_device(arg[1]))
+            elif kind == "input":
+                args.append(tape.inputs[arg[1]])
+            elif kind == "output_grad":
+                size = self._out_size(arg[1])
+                given = d_out.get(arg[1])
+                args.append(zeros((T, B) + size) if given is None
+                            else given.reshape((T, B) + size))
+            elif kind == "final_grad":
+                given = d_st.get(arg[1])
+                args.append(zeros((B,) + sizes_state[arg[1]]) if given is None else given)
+            elif kind == "param_grad":
+                args.append(params[arg[1]])
+            elif kind == "input_grad":
+                args.append(inputs[arg[1]])
+            elif kind == "state0_grad":
+                args.append(state[arg[1]])
+            elif kind in ("hist", "tape"):
+                args.append(tape.arrays[arg])
+            else:
+                raise AssertionError(f"unknown backward argument {arg}")
+        self.meta["backward"](*args)
+        out_params = self._out(params, tape.on_device)
+        out_state = self._out(state, tape.on_device)
+        for name in tape.from_params:   # a learned initial state collects its batch's sum
+            d = next(d for d in self.spec.states if d.name == name)
+            total = state[name].copy_to_host().sum(axis=0)
+            if tape.on_device:
+                host = out_params[d.init.name].copy_to_host() + total
+                out_params[d.init.name] = cuda.to_device(host)
+            else:
+                out_params[d.init.name] = out_params[d.init.name] + total
+        if not tape.on_device:
+            out_params = {d.name: out_params[d.name].reshape(self._size(d))
+                          for d in self.spec.params}
+        return Grads(out_params, self._out(inputs, tape.on_device), out_state)
+
+    def _cotangents_any(self, what: str, given, T: int, B: int) -> dict:
+        """d_outputs / d_state, host or device, checked and on the device."""
+        if given is None:
+            return {}
+        if not isinstance(given, dict):
+            raise BindError(f"{what} must be a dict keyed by name, got {type(given).__name__}")
+        noun = "output" if what == "d_outputs" else "state"
+        if what == "d_outputs":
+            sizes = {o.name: tuple(d.evaluate(self.dims) for d in o.type.shape)
+                     for o in self.spec.outputs}
+            shape_of = lambda s: ((T, B) + s, f"(T, B{''.join(f', {n}' for n in s)})")  # noqa
+        else:
+            sizes = {d.name: self._size(d) for d in self.spec.states}
+            shape_of = lambda s: ((B,) + s, f"(B, {s[0]})")  # noqa: E731
+        out = {}
+        for key, value in given.items():
+            if key not in sizes:
+                raise BindError(f"{self.spec.name} has no {noun} '{key}'; "
+                                f"its {noun}s are: {', '.join(sizes)}")
+            shape, layout = shape_of(sizes[key])
+            out[key] = self._device(f"{what}['{key}']", value, shape, layout)
+        return out
+
+
+def cuda_cell_class(module, name: str) -> type:
+    """The class a generated cuda module exports: its drivers behind the `Cell` API."""
+    base = compiled_cell_class(module, name)
+    doc = (base.__doc__ or "").replace("compiled for the CPU", "compiled for CUDA")
+    return type(name, (CudaCell, base), {"__module__": module.__name__, "__doc__": doc})
+
+
+TARGETS["cuda"] = CudaCell

@@ -1,0 +1,241 @@
+"""The cuda target: generated numba-cuda kernels against the interpreter.
+
+Runs on numba-cuda's simulator (conftest.py sets NUMBA_ENABLE_CUDASIM=1 before numba is
+imported; RNNDSL_REAL_GPU=1 runs the same tests on a GPU). The simulator runs about
+10,000 threads a second, so shapes are tiny: what these tests check is the generated
+program (indices, guards, launches, stage order), which is the same at every size.
+What the simulator lets through and a GPU rejects is checked by compiling every
+generated kernel to PTX for compute capability 9.0, in a subprocess without the
+simulator (needs numba-cuda[cu13]; skipped without it).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rnndsl
+from rnndsl.build import build_source, load_built, write_module
+from rnndsl.errors import BindError
+from rnndsl.spec import read_spec
+
+pytest.importorskip("numba_cuda")
+from numba import config, cuda  # noqa: E402
+
+from rnndsl.cuda_runtime import is_device_array  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = sorted((ROOT / "specs").glob("*.rnn"))
+TOL = {np.float32: 1e-4, np.float64: 1e-10}
+T, B, SIZE = 3, 2, 3
+
+
+def _no_sim_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def _pair(path: Path, dtype, **kw):
+    Ref = rnndsl.load(path, target="interp")
+    Cuda = rnndsl.load(path, target="cuda")
+    dims = {d: SIZE for d in Ref.spec.dims}
+    return Cuda(dtype=dtype, seed=1, **dims, **kw), Ref(dtype=dtype, seed=1, **dims, **kw)
+
+
+def _inputs(cell, rng, dtype):
+    x = {d.name: rng.normal(size=(T, B) + cell._size(d)).astype(dtype)
+         for d in cell.spec.inputs}
+    return next(iter(x.values())) if len(x) == 1 else x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_spec_matches_interpreter(path, dtype):
+    """Outputs, final states and every gradient, with given initial states and cotangents
+    on the outputs and the final states."""
+    cell, ref = _pair(path, dtype)
+    rng = np.random.default_rng(7)
+    x = _inputs(cell, rng, dtype)
+    s0 = {d.name: (0.5 * rng.normal(size=(B,) + cell._size(d))).astype(dtype)
+          for d in cell.spec.states}
+    run, want = cell.forward(x, state=s0), ref.forward(x, state=s0)
+    tol = TOL[dtype]
+    for name in want.outputs:
+        assert _rel(run.outputs[name], want.outputs[name]) < tol, name
+        assert isinstance(run.outputs[name], np.ndarray)
+    for name in want.state:
+        assert _rel(run.state[name], want.state[name]) < tol, name
+    d_out = {k: rng.normal(size=v.shape).astype(dtype) for k, v in want.outputs.items()}
+    d_st = {k: rng.normal(size=v.shape).astype(dtype) for k, v in want.state.items()}
+    got = cell.backward(run, d_outputs=d_out, d_state=d_st)
+    exp = ref.backward(want, d_outputs=d_out, d_state=d_st)
+    for kind in ("params", "inputs", "state"):
+        for name, value in getattr(exp, kind).items():
+            g = getattr(got, kind)[name]
+            assert g.shape == value.shape and g.dtype == value.dtype, (kind, name)
+            assert _rel(g, value) < tol, (kind, name, _rel(g, value))
+
+
+def test_device_arrays_in_device_arrays_out():
+    """A training loop keeps data and params on the device: the same numbers as a host
+    run, with device arrays back and nothing copied to the host."""
+    path = ROOT / "specs" / "lstm.rnn"
+    cell, _ = _pair(path, np.float64)
+    rng = np.random.default_rng(3)
+    x = _inputs(cell, rng, np.float64)
+    host_run = cell.forward(x)
+    dy = rng.normal(size=host_run.outputs["h"].shape)
+    host_g = cell.backward(host_run, d_outputs={"h": dy})
+
+    cell.params = {k: cuda.to_device(v) for k, v in cell.params.items()}
+    run = cell.forward(cuda.to_device(x))
+    assert is_device_array(run.outputs["h"]) and is_device_array(run.state["c"])
+    assert _rel(run.outputs["h"].copy_to_host(), host_run.outputs["h"]) < 1e-12
+    g = cell.backward(run, d_outputs={"h": cuda.to_device(dy)})
+    for kind in ("params", "inputs", "state"):
+        for name, value in getattr(host_g, kind).items():
+            dev = getattr(g, kind)[name]
+            assert is_device_array(dev), (kind, name)
+            assert _rel(dev.copy_to_host(), value) < 1e-12, (kind, name)
+
+
+def test_device_arrays_are_checked():
+    cell, _ = _pair(ROOT / "specs" / "elman.rnn", np.float32)
+    x = np.zeros((T, B, SIZE), np.float64)
+    with pytest.raises(BindError, match="is float64 but the cell is float32"):
+        cell.forward(cuda.to_device(x))
+    with pytest.raises(BindError, match=r"expected \(2, 3\) = \(B, 3\)"):
+        cell.forward(cuda.to_device(x.astype(np.float32)),
+                     state={"h": cuda.to_device(np.zeros((3, 3), np.float32))})
+
+
+def test_gemm_partial_tiles_and_strided_views():
+    """The tiled GEMM at shapes that are not multiples of the tile, on column views."""
+    from rnndsl.cuda_kernels import TILE, gemm
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        m, k, n = TILE + 1, 2 * TILE + 3, TILE - 1
+        a = rng.normal(size=(m, k + 2)).astype(dtype)
+        b = rng.normal(size=(k, n)).astype(dtype)
+        out = cuda.device_array((m, n + 4), dtype)
+        gemm(cuda.to_device(a)[:, 1:k + 1], cuda.to_device(b), out[:, 2:n + 2])
+        assert _rel(out.copy_to_host()[:, 2:n + 2], a[:, 1:k + 1] @ b) < TOL[dtype]
+
+
+def test_generated_module_says_cuda_and_is_deterministic(tmp_path):
+    spec_file = read_spec(ROOT / "specs" / "gru.rnn")
+    first = build_source(spec_file, target="cuda")
+    assert first == build_source(spec_file, target="cuda")
+    assert "for the cuda target" in first and "TARGET = 'cuda'" in first
+    assert "@cuda.jit\n" in first and "@njit" not in first
+    assert "cuda.jit(\"" not in first and "cuda.jit('" not in first   # lazy kernels only
+    path = tmp_path / "gru_cuda.py"
+    write_module(first, path)
+    module = load_built(path)
+    assert module.GRU.target == "cuda" and len(module.GRU_KERNELS) >= 3
+
+
+def test_cli_build_target_cuda(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "rnndsl", "build", "--target", "cuda",
+                          str(ROOT / "specs" / "elman.rnn"), "-o", str(tmp_path)],
+                         capture_output=True, text=True, env=_no_sim_env(), cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "elman.py").read_text()
+    assert "TARGET = 'cuda'" in text and "forward_Elman_k0" in text
+
+
+@pytest.mark.skipif(os.environ.get("RNNDSL_REAL_GPU") == "1", reason="a GPU is present")
+def test_no_gpu_and_no_simulator_is_a_clear_error():
+    code = textwrap.dedent("""
+        import rnndsl, sys
+        from numba import cuda
+        if cuda.is_available():
+            sys.exit(3)
+        try:
+            rnndsl.load("specs/elman.rnn", target="cuda")
+        except rnndsl.TargetError as exc:
+            print(exc)
+            sys.exit(0)
+        sys.exit(1)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=_no_sim_env(), cwd=ROOT)
+    if out.returncode == 3:
+        pytest.skip("this machine has a GPU")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "found no usable CUDA GPU" in out.stdout
+    assert "NUMBA_ENABLE_CUDASIM=1" in out.stdout
+
+
+PTX_SCRIPT = textwrap.dedent("""
+    import sys, tempfile
+    from pathlib import Path
+    from numba import cuda, types
+    try:
+        cuda.compile_ptx(lambda a: None, (types.float32[:],), cc=(9, 0))
+    except Exception as exc:          # no NVVM: numba-cuda[cu13] is not installed
+        print(f"no PTX compiler: {exc}")
+        sys.exit(77)
+    from rnndsl import cuda_kernels
+    from rnndsl.build import build_source, load_built, write_module
+    from rnndsl.spec import read_spec
+
+    def sig(kinds, ft):
+        return tuple(types.int64 if k == "i" else ft if k == "f" else
+                     types.Array(ft, int(k[1:]), "A") for k in kinds)
+
+    count = 0
+    for ft in (types.float32, types.float64):
+        table = dict(cuda_kernels.KERNEL_SIGNATURES)
+        for name, kernel in cuda_kernels.GEMM_KERNELS.items():
+            if name == str(ft):
+                table["gemm"] = (kernel, ("a2", "a2", "a2"))
+        for name, (kernel, kinds) in sorted(table.items()):
+            cuda.compile_ptx(kernel.py_func, sig(kinds, ft), cc=(9, 0))
+            count += 1
+    out = Path(tempfile.mkdtemp())
+    for path in sys.argv[1:]:
+        spec_file = read_spec(path)
+        target = out / (Path(path).stem + "_cuda.py")
+        write_module(build_source(spec_file, target="cuda"), target)
+        module = load_built(target)
+        for cell in module.CELLS:
+            for name, kernel, kinds in getattr(module, cell + "_KERNELS"):
+                for ft in (types.float32, types.float64):
+                    cuda.compile_ptx(kernel.py_func, sig(kinds, ft), cc=(9, 0))
+                    count += 1
+    print(f"compiled {count} kernels to PTX")
+""")
+
+
+def test_every_kernel_compiles_to_ptx_for_sm90():
+    """What the simulator accepts but a GPU rejects (lists in kernels, mixed dtypes,
+    Python objects) fails here, without a GPU."""
+    out = subprocess.run([sys.executable, "-c", PTX_SCRIPT, *map(str, SPECS)],
+                         capture_output=True, text=True, env=_no_sim_env(), cwd=ROOT,
+                         timeout=600)
+    if out.returncode == 77:
+        pytest.skip(out.stdout.strip() + " (pip install 'numba-cuda[cu13]')")
+    assert out.returncode == 0, out.stdout + out.stderr[-4000:]
+    assert "compiled" in out.stdout
+
+
+def test_simulator_is_what_the_suite_runs_on():
+    """Guards the conftest: without the simulator flag set before numba's import, these
+    tests would silently try a real device."""
+    if os.environ.get("RNNDSL_REAL_GPU") == "1":
+        assert not config.ENABLE_CUDASIM
+    else:
+        assert config.ENABLE_CUDASIM
