@@ -278,6 +278,8 @@ def main(argv=None) -> int:
           f"{platform.python_implementation()} {platform.python_version()}")
     print("# versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     print(f"# BLAS: {blas_report()}")
+    print(f"# rnndsl kernels' BLAS threads: RNNDSL_BLAS_THREADS="
+          f"{os.environ.get('RNNDSL_BLAS_THREADS', '1 (default)')}")
     ceilings = {d: gemm_ceiling_gflops(np.dtype(d).type) for d in args.dtypes.split(",")}
     print("# GEMM ceiling (np.dot 2048^3): " + ", ".join(
         f"{d} {g:.0f} GFLOP/s" for d, g in ceilings.items()))

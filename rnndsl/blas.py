@@ -1,13 +1,14 @@
 """How many threads the BLAS inside compiled kernels may use.
 
-Numba's `np.dot` calls SciPy's OpenBLAS (not NumPy's: they are separate libraries). By
-default kernels leave it as it is (all cores). On a machine whose cores are already
-busy (other processes, several test workers), OpenBLAS's spinning thread pool on the
-small per-step GEMMs is a disaster: a 5 ms LSTM forward took 400-800 ms here under load.
-`RNNDSL_BLAS_THREADS=1` holds that library (never NumPy's) to one thread for each kernel
-call, restored afterwards; the test suite sets it, since it runs a worker per core.
-Measured here on a quiet machine, LSTM forward+BPTT float32: 1 thread 24 / 84 / 577 ms,
-2 threads 19 / 56 / 339 ms at the small / mid / large shapes.
+Numba's `np.dot` calls SciPy's OpenBLAS (not NumPy's: they are separate libraries).
+On a machine whose cores are busy (other processes, test workers, a data loader),
+OpenBLAS's spinning thread pool on the small per-step GEMMs is a disaster: a 70 ms
+2-layer LSTM forward took 3 s here with the load average at 7, and a 5 ms LSTM forward
+400-800 ms. So by default each kernel call holds that library (never NumPy's) to ONE
+thread, restored afterwards. On a quiet machine more threads help the large shapes
+(LSTM forward+BPTT float32: 1 thread 24 / 84 / 577 ms, 2 threads 19 / 56 / 339 ms at
+the small / mid / large shapes): set RNNDSL_BLAS_THREADS=2 (a count) or =all (leave the
+BLAS as it is) for that.
 """
 
 from __future__ import annotations
@@ -36,13 +37,17 @@ def _kernel_blas():
 
 
 def configured_threads() -> int | None:
-    """RNNDSL_BLAS_THREADS as a positive int, or None (leave the BLAS as it is)."""
-    value = os.environ.get("RNNDSL_BLAS_THREADS", "").strip()
+    """RNNDSL_BLAS_THREADS as a positive int (default 1), or None for "all" (leave the
+    BLAS as it is)."""
+    value = os.environ.get("RNNDSL_BLAS_THREADS", "").strip().lower()
     if not value:
+        return 1
+    if value == "all":
         return None
     if not value.isdigit() or int(value) < 1:
         from .errors import BindError
-        raise BindError(f"RNNDSL_BLAS_THREADS must be a positive integer, got {value!r}")
+        raise BindError(f"RNNDSL_BLAS_THREADS must be a positive integer or 'all', got "
+                        f"{value!r}")
     return int(value)
 
 

@@ -142,7 +142,8 @@ class Cell:
         return f"<{self.spec.name}({dims}) {self.target} {self.dtype.name}>"
 
     # ------------------------------------------------------------------ checking arrays
-    def _array(self, what: str, value, shape: tuple[int, ...], layout: str) -> np.ndarray:
+    def _array(self, what: str, value, shape: tuple[int, ...], layout: str,
+               finite: bool = True) -> np.ndarray:
         if not isinstance(value, np.ndarray):
             raise BindError(f"{what} must be a NumPy array of shape {layout}, got "
                             f"{type(value).__name__}")
@@ -151,7 +152,7 @@ class Cell:
                             f"convert it with .astype(np.{self.dtype.name})")
         if value.shape != shape:
             raise BindError(f"{what} has shape {value.shape}; expected {shape} = {layout}")
-        if not np.isfinite(value).all():
+        if finite and not np.isfinite(value).all():
             where = tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])
             raise BindError(f"{what} has a non-finite value ({value[where]}) at index {where}")
         return value
@@ -260,9 +261,12 @@ class Cell:
         return values, from_params
 
     def _check_params(self) -> None:
+        """Type, dtype and shape of every param. Not finiteness: scanning every weight on
+        every call cost more than a one-step kernel when sampling, and a non-finite
+        weight shows in the outputs (the losses refuse them, naming divergence)."""
         for d in self.spec.params:
             self._array(f"param {d.name}", self.params.get(d.name), self._size(d),
-                        str(list(self._size(d))))
+                        str(list(self._size(d))), finite=False)
 
     def _cotangents(self, what: str, given, names_sizes, shape_of) -> dict[str, np.ndarray]:
         if given is None:

@@ -193,7 +193,9 @@ class Sampler:
         if not all(hasattr(cell, a) for a in ("spec", "dims", "dtype", "forward")):
             raise SampleError(f"Sampler needs an rnndsl cell, got {type(cell).__name__}")
         self.cell, spec = cell, cell.spec
-        names = [d.name for d in spec.inputs]
+        hidden = getattr(cell, "hidden_inputs", {})   # dropout masks: the runtime fills them
+        user_inputs = [d for d in spec.inputs if d.name not in hidden]
+        names = [d.name for d in user_inputs]
         if input is None and len(names) > 1 and isinstance(extra_inputs, Mapping):
             rest = [n for n in names if n not in extra_inputs]   # the one extras don't feed
             input = rest[0] if len(rest) == 1 else None
@@ -223,7 +225,7 @@ class Sampler:
                               f"(output=) or map it to V logits with readout=")
         self.encode, self.readout = encode, readout
         self.extras = {d.name: self._vector_size("input", d)
-                       for d in spec.inputs if d.name != self.input}
+                       for d in user_inputs if d.name != self.input}
         self.extra_inputs = self._check_extras(extra_inputs)
 
     # ------------------------------------------------------------------ construction checks

@@ -115,5 +115,9 @@ def test_blas_threads_setting(monkeypatch):
     with pytest.raises(BindError, match="RNNDSL_BLAS_THREADS must be a positive integer"):
         with blas.kernel_threads():
             pass
+    monkeypatch.setenv("RNNDSL_BLAS_THREADS", "all")
+    assert blas.configured_threads() is None        # the BLAS left as it is
+    monkeypatch.setenv("RNNDSL_BLAS_THREADS", "3")
+    assert blas.configured_threads() == 3
     monkeypatch.delenv("RNNDSL_BLAS_THREADS")
-    assert blas.configured_threads() is None
+    assert blas.configured_threads() == 1           # the default: one thread a call
