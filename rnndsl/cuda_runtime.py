@@ -278,10 +278,10 @@ class CudaCell(CompiledCell):
         if what == "d_outputs":
             sizes = {o.name: tuple(d.evaluate(self.dims) for d in o.type.shape)
                      for o in self.spec.outputs}
-            shape_of = lambda s: ((T, B) + s, f"(T, B{''.join(f', {n}' for n in s)})")  # noqa
+            shape_of = lambda s: ((T, B) + s, f"(T, B{''.join(f', {n}' for n in s)})")
         else:
             sizes = {d.name: self._size(d) for d in self.spec.states}
-            shape_of = lambda s: ((B,) + s, f"(B, {s[0]})")  # noqa: E731
+            shape_of = lambda s: ((B,) + s, f"(B, {s[0]})")
         out = {}
         for key, value in given.items():
             if key not in sizes:

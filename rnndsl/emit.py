@@ -340,7 +340,7 @@ class _Kernel:
     def elementwise_body(self, group: list[int], stage: str, stored: list[int]) -> None:
         """One element (row r, feature j) of every node of a fused group."""
         em, G, p = self.em, self.em.G, self.p
-        local: dict[int, str] = self.preload(group, stage)
+        local: dict[int, str] = {}
         for n in group:
             node = G[n]
             args = [self.at(a, stage, local) for a in node.args]
@@ -363,10 +363,6 @@ class _Kernel:
                     target = f"{dest}[r, {col}]" if node.type.batched else (
                         {0: f"{dest}[0]", 1: f"{dest}[j]", 2: f"{dest}[i, j]"}[node.type.rank])
                 p.line(f"{target} = e{n}")
-
-    def preload(self, group: list[int], stage: str) -> dict[int, str]:
-        """Element values a target computes before a fused body (none on the CPU)."""
-        return {}
 
     def emit_matmul_group(self, grp: MatmulGroup, stage: str) -> None:
         em, G, p = self.em, self.em.G, self.p
@@ -576,7 +572,7 @@ class _Kernel:
                 p.line(f"{out}[0] = acc{scale}")
 
     def emit_softmax(self, nid, stage, src, out, log: bool) -> None:
-        G, p, k = self.em.G, self.p, self.em.k
+        G = self.em.G
         node = G[nid]
         n = self.size(nid)
         batched = node.type.batched

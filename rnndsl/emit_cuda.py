@@ -17,10 +17,10 @@ typed constants), found with `ast` on the generated text, so whatever the shared
 emitter writes into a body reaches the kernel as an argument.
 
 The time loops stay in the drivers, on the host: each step is a few launches over
-device-resident state, tapes and work arrays. Per step, the recurrent product is fused
-into the step's elementwise kernel where it feeds only that kernel (`preload`): each
-thread computes the dot products its element needs, so the step needs no GEMM launch and
-no round trip of the pre-activations through global memory.
+device-resident state, tapes and work arrays (the recurrent GEMM, one fused elementwise
+kernel, copies). Not done yet: fusing the per-step recurrent GEMM into the step's
+elementwise kernel, and the persistent kernel that keeps the recurrent weights on chip
+across steps (Diamos et al. 2016); both would be new skeletons here, not new plan data.
 """
 
 from __future__ import annotations
@@ -29,10 +29,17 @@ import ast
 import re
 from contextlib import contextmanager
 
-from .emit import (ELEMENTWISE_FORMATS, HELPER_NAMES, Dialect, Emitted, _elementwise_expr,
-                   _Emitter, _Kernel)
+from .emit import (
+    ELEMENTWISE_FORMATS,
+    HELPER_NAMES,
+    Dialect,
+    Emitted,
+    _elementwise_expr,
+    _Emitter,
+    _Kernel,
+)
 from .ops import Op
-from .plan import LOOP_STAGES, Plan
+from .plan import Plan
 from .printer_py import Printer
 
 KERNEL_FUNCTIONS = ("tanh", "sigmoid", "softplus", "sign")   # inline in CUDA kernels
