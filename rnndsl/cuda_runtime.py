@@ -93,15 +93,17 @@ class CudaCell(CompiledCell):
                 cuda.to_device(value.copy_to_host())
         return value
 
-    def _inputs_any(self, x):
-        """Like Cell._inputs, for host or device arrays: (device dict, T, B, on_device)."""
-        decls = self.spec.inputs
+    def _inputs_any(self, x, hidden=None):
+        """Like Cell._inputs, for host or device arrays: (device dict, T, B, on_device).
+        The hidden inputs (dropout and length masks) are made on the host and copied."""
+        from numba import cuda
+        decls = tuple(d for d in self.spec.inputs if d.name not in self.hidden_inputs)
         if len(decls) == 1 and not isinstance(x, dict):
             x = {decls[0].name: x}
         given = self._named("input", x, decls)
         on_device = any(is_device_array(v) for v in given.values())
         if not on_device:
-            arrays, T, B = self._inputs(x)
+            arrays, T, B = self._inputs(x, hidden)
             return {k: self._device(f"input {k}", v, v.shape, "")
                     for k, v in arrays.items()}, T, B, False
         missing = [d.name for d in decls if d.name not in given]
@@ -117,6 +119,12 @@ class CudaCell(CompiledCell):
             size = self._size(d)
             arrays[d.name] = self._device(f"input {d.name}", given[d.name], (T, B) + size,
                                           f"(T, B, {size[0]})")
+        extra = hidden(T, B) if hidden is not None else {}
+        for name, d in self.hidden_inputs.items():
+            value = extra.get(name)
+            if value is None:
+                value = np.ones((T, B) + self._size(d), self.dtype)
+            arrays[name] = cuda.to_device(np.ascontiguousarray(value))
         return arrays, T, B, True
 
     def _state_any(self, state, B: int):
@@ -150,9 +158,9 @@ class CudaCell(CompiledCell):
         return dev.reshape((1,)) if not shape else dev
 
     # ------------------------------------------------------------------ the contract
-    def forward(self, x, state=None) -> Run:
+    def _run(self, x, state, hidden) -> Run:
         from numba import cuda
-        inputs, T, B, on_device = self._inputs_any(x)
+        inputs, T, B, on_device = self._inputs_any(x, hidden)
         state0, from_params = self._state_any(state, B)
         consts = self._consts()
         states = {d.name: d for d in self.spec.states}
@@ -201,7 +209,7 @@ class CudaCell(CompiledCell):
     def _out(arrays: dict, on_device: bool) -> dict:
         return arrays if on_device else {k: v.copy_to_host() for k, v in arrays.items()}
 
-    def backward(self, run: Run, d_outputs=None, d_state=None) -> Grads:
+    def _back(self, run: Run, d_outputs, d_state) -> Grads:
         from numba import cuda
 
         from .cuda_kernels import fill1

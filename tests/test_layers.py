@@ -261,3 +261,30 @@ def test_training_dropout_is_the_cell_with_the_masks_applied_by_hand():
     assert sorted(g.inputs) == ["x"]
     with pytest.raises(BindError, match="has no input 'dropout.1'"):
         d.forward({"x": x, "dropout.1": np.ones((5, 2, 3))})
+
+
+def test_cuda_lengths_and_dropout_match_the_interpreter():
+    """Under the CUDA simulator (tests/conftest.py): the masked twin and the hidden
+    dropout inputs take the same path on the cuda target."""
+    pytest.importorskip("numba.cuda")
+    from rnndsl.cuda_runtime import require_cuda
+    try:
+        require_cuda()
+    except rnndsl.RnnError as exc:
+        pytest.skip(str(exc))
+    text = DROPPED.replace("cell D", "cell DL")
+    Ref = rnndsl.load_text(text, target="interp")
+    Cuda = rnndsl.load_text(text, target="cuda")
+    ref, dev = Ref(I=2, H=3, dtype=np.float64, seed=0), Cuda(I=2, H=3, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(4, 2, 2))
+    lengths = np.array([4, 2])
+    a = ref.forward(x, lengths=lengths, dropout=np.random.default_rng(1))
+    b = dev.forward(x, lengths=lengths, dropout=np.random.default_rng(1))
+    np.testing.assert_allclose(b.outputs["y"], a.outputs["y"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(b.state["h"], a.state["h"], rtol=1e-10, atol=1e-12)
+    dY = rng.normal(size=(4, 2, 3))
+    ga, gb = ref.backward(a, d_outputs={"y": dY}), dev.backward(b, d_outputs={"y": dY})
+    for k in ga.params:
+        np.testing.assert_allclose(gb.params[k], ga.params[k], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gb.inputs["x"], ga.inputs["x"], rtol=1e-9, atol=1e-12)
