@@ -27,7 +27,7 @@ import numpy as np
 
 from . import ast as spec_ast
 from .errors import BindError, TargetError
-from .runtime import TARGETS, CompiledCell, Grads, Run, _dim_from, compiled_cell_class
+from .runtime import TARGETS, CompiledCell, Grads, Run, compiled_cell_class
 
 
 def require_cuda() -> None:
@@ -165,7 +165,6 @@ class CudaCell(CompiledCell):
         consts = self._consts()
         states = {d.name: d for d in self.spec.states}
         outputs, finals, tapes = {}, {}, {}
-        tape_sizes = {nid: _dim_from(size) for nid, size in self.meta["tapes"]}
         args = []
         for arg in self.meta["forward_args"]:
             kind = arg[0]
@@ -194,7 +193,7 @@ class CudaCell(CompiledCell):
                                                self.dtype)
                 args.append(tapes[arg])
             elif kind == "tape":
-                size = tape_sizes[arg[1]].evaluate(self.dims)
+                size = self._tape_size(arg[1])
                 tapes[arg] = cuda.device_array((T, B, size), self.dtype)
                 args.append(tapes[arg])
             else:

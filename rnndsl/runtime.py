@@ -135,7 +135,13 @@ class Cell:
         return bound
 
     def _size(self, decl: Decl) -> tuple[int, ...]:
-        return tuple(d.evaluate(self.dims) for d in decl.type.shape)
+        """The bound shape of a declaration, memoised: the Python around a one-step
+        kernel (sampling calls it once a token) must cost less than the kernel."""
+        cache = self.__dict__.setdefault("_sizes", {})
+        key = id(decl)          # decls live as long as the class's spec holds them
+        if key not in cache:
+            cache[key] = (decl, tuple(d.evaluate(self.dims) for d in decl.type.shape))
+        return cache[key][1]
 
     def __repr__(self) -> str:
         dims = ", ".join(f"{k}={v}" for k, v in self.dims.items())
@@ -476,6 +482,14 @@ class CompiledCell(Cell):
                   for kind, v in self.meta["consts"]]
         return np.array(values, dtype=self.dtype)
 
+    def _tape_size(self, nid) -> int:
+        """The feature size of a taped node, memoised like `_size`."""
+        cache = self.__dict__.setdefault("_tape_sizes", {})
+        if nid not in cache:
+            cache.update({n: _dim_from(size).evaluate(self.dims)
+                          for n, size in self.meta["tapes"]})
+        return cache[nid]
+
     def _param(self, name: str) -> np.ndarray:
         value = np.ascontiguousarray(self.params[name])
         return value.reshape(1) if value.ndim == 0 else value
@@ -501,7 +515,6 @@ class CompiledCell(Cell):
         outputs: dict[str, np.ndarray] = {}
         finals: dict[str, np.ndarray] = {}
         tapes: dict[tuple, np.ndarray] = {}
-        tape_sizes = {nid: _dim_from(size) for nid, size in self.meta["tapes"]}
         args = []
         for arg in self.meta["forward_args"]:
             kind = arg[0]
@@ -529,7 +542,7 @@ class CompiledCell(Cell):
                 tapes[arg] = np.empty((T, B) + self._size(states[arg[1]]), self.dtype)
                 args.append(tapes[arg])
             elif kind == "tape":
-                size = tape_sizes[arg[1]].evaluate(self.dims)
+                size = self._tape_size(arg[1])
                 tapes[arg] = np.empty((T, B, size), self.dtype)
                 args.append(tapes[arg])
             else:
