@@ -349,7 +349,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--seq", type=int, default=64,
                    help="steps of truncated BPTT a chunk (default 64)")
     p.add_argument("--optimizer", choices=("adam", "rmsprop", "sgd"), default="adam")
-    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3)")
+    p.add_argument("--lr", type=float, default=5e-3, help="learning rate (default 5e-3)")
     p.add_argument("--clip", type=float, default=5.0,
                    help="clip the gradient's global norm to this (default 5)")
     p.add_argument("--val", type=float, default=0.05,
