@@ -126,7 +126,7 @@ def with_lengths(cell):
     `s' = s + m * (new - s)`, every output as `m * y`. After its end a sequence's state
     is frozen and its outputs are zero; gradients stay exact because the masking is part
     of the graph that BPTT differentiates."""
-    from .check import Decl, Definition, OutputRef   # check imports this module
+    from .checked import Decl, Definition, OutputRef
 
     span = cell.ast.span if cell.ast is not None else None
     mask = Decl(LENGTH_MASK, Type((Dim.lit(1),), True), None, span)
