@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
 from . import ast as spec_ast
 from .errors import BindError, TargetError
-from .runtime import TARGETS, CompiledCell, Grads, Run, compiled_cell_class
+from .runtime import TARGETS, CompiledCell, Run, _CompiledTape, compiled_cell_class
 
 
 def require_cuda() -> None:
@@ -52,16 +51,6 @@ def is_device_array(value) -> bool:
     """A device array: numba-cuda's own, the simulator's, or a foreign CUDA array."""
     return not isinstance(value, np.ndarray) and (
         hasattr(value, "copy_to_host") or hasattr(value, "__cuda_array_interface__"))
-
-
-@dataclass
-class _CudaTape:
-    arrays: dict[tuple, object]      # ("hist", name) / ("tape", nid) -> device (T, B, size)
-    inputs: dict[str, object]        # device arrays
-    consts: np.ndarray               # host scalars: kernels take them by value
-    on_device: bool                  # did the caller pass device arrays?
-    from_params: set[str]
-    owner: object
 
 
 class CudaCell(CompiledCell):
@@ -157,123 +146,44 @@ class CudaCell(CompiledCell):
         dev = self._device(f"param {name}", value, shape, str(list(shape)))
         return dev.reshape((1,)) if not shape else dev
 
-    # ------------------------------------------------------------------ the contract
-    def _run(self, x, state, hidden) -> Run:
-        from numba import cuda
+    # ------------------------------------------------------------------ memory hooks
+    def _prepare(self, x, state, hidden):
         inputs, T, B, on_device = self._inputs_any(x, hidden)
         state0, from_params = self._state_any(state, B)
-        consts = self._consts()
-        states = {d.name: d for d in self.spec.states}
-        outputs, finals, tapes = {}, {}, {}
-        args = []
-        for arg in self.meta["forward_args"]:
-            kind = arg[0]
-            if kind == "dim":
-                args.append(self.dims[arg[1]])
-            elif kind in ("T", "B"):
-                args.append(T if kind == "T" else B)
-            elif kind == "consts":
-                args.append(consts)
-            elif kind == "param":
-                args.append(self._param_device(arg[1]))
-            elif kind == "input":
-                args.append(inputs[arg[1]])
-            elif kind == "state0":
-                args.append(state0[arg[1]])
-            elif kind == "output":
-                outputs[arg[1]] = cuda.device_array((T, B) + self._out_size(arg[1]),
-                                                    self.dtype)
-                args.append(outputs[arg[1]])
-            elif kind == "final":
-                finals[arg[1]] = cuda.device_array((B,) + self._size(states[arg[1]]),
-                                                   self.dtype)
-                args.append(finals[arg[1]])
-            elif kind == "hist":
-                tapes[arg] = cuda.device_array((T, B) + self._size(states[arg[1]]),
-                                               self.dtype)
-                args.append(tapes[arg])
-            elif kind == "tape":
-                size = self._tape_size(arg[1])
-                tapes[arg] = cuda.device_array((T, B, size), self.dtype)
-                args.append(tapes[arg])
-            else:
-                raise AssertionError(f"unknown forward argument {arg}")
-        self.meta["forward"](*args)
-        shown = {name: (y.reshape((T, B)) if self._scalar_output(name) else y)
-                 for name, y in outputs.items()}
-        tape = _CudaTape(tapes, inputs, consts, on_device, from_params, self._token)
-        return Run(self._out(shown, on_device), self._out(finals, on_device), T, B, tape)
+        return inputs, state0, from_params, T, B, on_device
 
-    @staticmethod
-    def _out(arrays: dict, on_device: bool) -> dict:
+    def _kernel_param(self, name: str):
+        return self._param_device(name)
+
+    def _empty(self, shape: tuple[int, ...]):
+        from numba import cuda
+        return cuda.device_array(shape, self.dtype)
+
+    def _zeros(self, shape: tuple[int, ...]):
+        from .cuda_kernels import fill1
+        out = self._empty(shape)
+        fill1(out.reshape((int(np.prod(shape)),)), self.dtype.type(0))
+        return out
+
+    def _launch(self, driver, args) -> None:
+        driver(*args)
+
+    def _deliver(self, arrays: dict, on_device: bool) -> dict:
         return arrays if on_device else {k: v.copy_to_host() for k, v in arrays.items()}
 
-    def _back(self, run: Run, d_outputs, d_state) -> Grads:
-        from numba import cuda
-
-        from .cuda_kernels import fill1
+    def _cotangents_for(self, run, d_outputs, d_state):
         tape = run._tape if isinstance(run, Run) else None
-        if not isinstance(tape, _CudaTape) or tape.owner is not self._token:
+        if not isinstance(tape, _CompiledTape) or tape.owner is not self._token:
             raise BindError("backward needs the Run that this cell's forward returned")
-        T, B = run.T, run.B
-        sizes_state = {d.name: self._size(d) for d in self.spec.states}
-        d_out = self._cotangents_any("d_outputs", d_outputs, T, B)
-        d_st = self._cotangents_any("d_state", d_state, T, B)
+        return (tape, self._cotangents_any("d_outputs", d_outputs, run.T, run.B),
+                self._cotangents_any("d_state", d_state, run.T, run.B))
 
-        def zeros(shape):
-            out = cuda.device_array(shape, self.dtype)
-            fill1(out.reshape((int(np.prod(shape)),)), self.dtype.type(0))
-            return out
-
-        params = {d.name: zeros(self._size(d) or (1,)) for d in self.spec.params}
-        inputs = {d.name: zeros((T, B) + self._size(d)) for d in self.spec.inputs}
-        state = {d.name: zeros((B,) + self._size(d)) for d in self.spec.states}
-        args = []
-        for arg in self.meta["backward_args"]:
-            kind = arg[0]
-            if kind == "dim":
-                args.append(self.dims[arg[1]])
-            elif kind in ("T", "B"):
-                args.append(T if kind == "T" else B)
-            elif kind == "consts":
-                args.append(tape.consts)
-            elif kind == "param":
-                args.append(self._param_device(arg[1]))
-            elif kind == "input":
-                args.append(tape.inputs[arg[1]])
-            elif kind == "output_grad":
-                size = self._out_size(arg[1])
-                given = d_out.get(arg[1])
-                args.append(zeros((T, B) + size) if given is None
-                            else given.reshape((T, B) + size))
-            elif kind == "final_grad":
-                given = d_st.get(arg[1])
-                args.append(zeros((B,) + sizes_state[arg[1]]) if given is None else given)
-            elif kind == "param_grad":
-                args.append(params[arg[1]])
-            elif kind == "input_grad":
-                args.append(inputs[arg[1]])
-            elif kind == "state0_grad":
-                args.append(state[arg[1]])
-            elif kind in ("hist", "tape"):
-                args.append(tape.arrays[arg])
-            else:
-                raise AssertionError(f"unknown backward argument {arg}")
-        self.meta["backward"](*args)
-        out_params = self._out(params, tape.on_device)
-        out_state = self._out(state, tape.on_device)
-        for name in tape.from_params:   # a learned initial state collects its batch's sum
-            d = next(d for d in self.spec.states if d.name == name)
-            total = state[name].copy_to_host().sum(axis=0)
-            if tape.on_device:
-                host = out_params[d.init.name].copy_to_host() + total
-                out_params[d.init.name] = cuda.to_device(host)
-            else:
-                out_params[d.init.name] = out_params[d.init.name] + total
-        if not tape.on_device:
-            out_params = {d.name: out_params[d.name].reshape(self._size(d))
-                          for d in self.spec.params}
-        return Grads(out_params, self._out(inputs, tape.on_device), out_state)
+    def _plus_batch_sum(self, param_grad, state_grad):
+        if not is_device_array(param_grad):
+            return param_grad + state_grad.sum(axis=0)
+        from numba import cuda
+        total = param_grad.copy_to_host() + state_grad.copy_to_host().sum(axis=0)
+        return cuda.to_device(total)
 
     def _cotangents_any(self, what: str, given, T: int, B: int) -> dict:
         """d_outputs / d_state, host or device, checked and on the device."""

@@ -464,18 +464,34 @@ def _dim_from(value) -> "object":
 
 @dataclass
 class _CompiledTape:
-    arrays: dict[tuple, np.ndarray]       # ("hist", name) / ("tape", nid) -> (T, B, size)
-    inputs: dict[str, np.ndarray]
-    consts: np.ndarray
-    owner: object   # the cell's token: ids of dead objects get reused
+    arrays: dict[tuple, Any]        # ("hist", name) / ("tape", nid) -> (T, B, size)
+    inputs: dict[str, Any]
+    consts: np.ndarray              # host scalars: kernels take them by value
+    owner: object                   # the cell's token: ids of dead objects get reused
+    from_params: frozenset = frozenset()   # states that started at a learned param
+    on_device: bool = False         # (cuda) did the caller pass device arrays?
 
 
 class CompiledCell(Cell):
-    """A cell whose forward and backward are generated Numba kernels (module `kernels`)."""
+    """A cell whose forward and backward are generated kernels (module `kernels`).
+
+    The driver functions take the arrays that META's argument lists name; this class
+    marshals them once for every compiled target. What a target does differently with
+    memory is in the hooks below (`_prepare`, `_empty`, `_zeros`, `_kernel_param`,
+    `_launch`, `_deliver`, `_cotangents_for`, `_plus_batch_sum`): NumPy arrays on the
+    host here, device arrays in cuda_runtime.CudaCell.
+    """
 
     target = "cpu"
     kernels: Any = None
     meta: dict = {}
+
+    @classmethod
+    def _make_lengths_class(cls) -> type:
+        from .build import cached_module
+        spec_file = _spec_file_of(cls.kernels, cls.meta)
+        module = cached_module(spec_file, target=cls.target, variant="lengths")
+        return getattr(module, cls.spec.name)
 
     def _consts(self) -> np.ndarray:
         values = [v if kind == "value" else _dim_from(v).evaluate(self.dims)
@@ -498,95 +514,116 @@ class CompiledCell(Cell):
         o = next(o for o in self.spec.outputs if o.name == name)
         return tuple(d.evaluate(self.dims) for d in o.type.shape) or (1,)
 
-    @classmethod
-    def _make_lengths_class(cls) -> type:
-        from .build import cached_module
-        spec_file = _spec_file_of(cls.kernels, cls.meta)
-        module = cached_module(spec_file, target=cls.target, variant="lengths")
-        return getattr(module, cls.spec.name)
-
-    def _run(self, x, state, hidden) -> Run:
+    # ------------------------------------------------------------------ memory hooks
+    def _prepare(self, x, state, hidden):
+        """(inputs, initial states, states from params, T, B, on_device), checked."""
         inputs, T, B = self._inputs(x, hidden)
         state0, from_params = self._initial_state(state, B)
         self._check_params()
         inputs = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
+        state0 = {k: np.ascontiguousarray(v) for k, v in state0.items()}
+        return inputs, state0, from_params, T, B, False
+
+    def _kernel_param(self, name: str):
+        return self._param(name)
+
+    def _empty(self, shape: tuple[int, ...]):
+        return np.empty(shape, self.dtype)
+
+    def _zeros(self, shape: tuple[int, ...]):
+        return np.zeros(shape, self.dtype)
+
+    def _launch(self, driver, args) -> None:
+        with kernel_threads():
+            driver(*args)
+
+    def _deliver(self, arrays: dict, on_device: bool) -> dict:
+        return arrays
+
+    def _cotangents_for(self, run, d_outputs, d_state):
+        """(tape, d_outputs, d_state), checked and contiguous."""
+        tape, d_out, d_st = self._backward_args(run, _CompiledTape, d_outputs, d_state)
+        return (tape, {k: np.ascontiguousarray(v) for k, v in d_out.items()},
+                {k: np.ascontiguousarray(v) for k, v in d_st.items()})
+
+    def _plus_batch_sum(self, param_grad, state_grad):
+        """A learned initial state's param collects its batch's gradient."""
+        return param_grad + state_grad.sum(axis=0)
+
+    # ------------------------------------------------------------------ the drivers
+    def _run(self, x, state, hidden) -> Run:
+        inputs, state0, from_params, T, B, on_device = self._prepare(x, state, hidden)
         consts = self._consts()
         states = {d.name: d for d in self.spec.states}
-        outputs: dict[str, np.ndarray] = {}
-        finals: dict[str, np.ndarray] = {}
-        tapes: dict[tuple, np.ndarray] = {}
+        outputs: dict[str, Any] = {}
+        finals: dict[str, Any] = {}
+        tapes: dict[tuple, Any] = {}
         args = []
         for arg in self.meta["forward_args"]:
             kind = arg[0]
             if kind == "dim":
                 args.append(self.dims[arg[1]])
-            elif kind == "T":
-                args.append(T)
-            elif kind == "B":
-                args.append(B)
+            elif kind in ("T", "B"):
+                args.append(T if kind == "T" else B)
             elif kind == "consts":
                 args.append(consts)
             elif kind == "param":
-                args.append(self._param(arg[1]))
+                args.append(self._kernel_param(arg[1]))
             elif kind == "input":
                 args.append(inputs[arg[1]])
             elif kind == "state0":
-                args.append(np.ascontiguousarray(state0[arg[1]]))
+                args.append(state0[arg[1]])
             elif kind == "output":
-                outputs[arg[1]] = np.empty((T, B) + self._out_size(arg[1]), self.dtype)
+                outputs[arg[1]] = self._empty((T, B) + self._out_size(arg[1]))
                 args.append(outputs[arg[1]])
             elif kind == "final":
-                finals[arg[1]] = np.empty((B,) + self._size(states[arg[1]]), self.dtype)
+                finals[arg[1]] = self._empty((B,) + self._size(states[arg[1]]))
                 args.append(finals[arg[1]])
             elif kind == "hist":
-                tapes[arg] = np.empty((T, B) + self._size(states[arg[1]]), self.dtype)
+                tapes[arg] = self._empty((T, B) + self._size(states[arg[1]]))
                 args.append(tapes[arg])
             elif kind == "tape":
-                size = self._tape_size(arg[1])
-                tapes[arg] = np.empty((T, B, size), self.dtype)
+                tapes[arg] = self._empty((T, B, self._tape_size(arg[1])))
                 args.append(tapes[arg])
             else:
                 raise AssertionError(f"unknown forward argument {arg}")
-        with kernel_threads():
-            self.meta["forward"](*args)
-        shown = {name: (y[..., 0] if self._scalar_output(name) else y)
+        self._launch(self.meta["forward"], args)
+        shown = {name: (y.reshape((T, B)) if self._scalar_output(name) else y)
                  for name, y in outputs.items()}
-        tape = _CompiledTape(tapes, inputs, consts, self._token)
-        run = Run(shown, finals, T, B, tape)
-        run._from_params = from_params
-        return run
+        tape = _CompiledTape(tapes, inputs, consts, self._token, frozenset(from_params),
+                             on_device)
+        return Run(self._deliver(shown, on_device), self._deliver(finals, on_device), T, B,
+                   tape)
 
     def _back(self, run: Run, d_outputs, d_state) -> Grads:
-        tape, d_out, d_st = self._backward_args(run, _CompiledTape, d_outputs, d_state)
+        tape, d_out, d_st = self._cotangents_for(run, d_outputs, d_state)
         T, B = run.T, run.B
         sizes_state = {d.name: self._size(d) for d in self.spec.states}
-        params = {d.name: np.zeros(self._size(d) or (1,), self.dtype) for d in self.spec.params}
-        inputs = {d.name: np.zeros((T, B) + self._size(d), self.dtype) for d in self.spec.inputs}
-        state = {d.name: np.zeros((B,) + self._size(d), self.dtype) for d in self.spec.states}
+        params = {d.name: self._zeros(self._size(d) or (1,)) for d in self.spec.params}
+        inputs = {d.name: self._zeros((T, B) + self._size(d)) for d in self.spec.inputs}
+        state = {d.name: self._zeros((B,) + self._size(d)) for d in self.spec.states}
         args = []
         for arg in self.meta["backward_args"]:
             kind = arg[0]
             if kind == "dim":
                 args.append(self.dims[arg[1]])
-            elif kind == "T":
-                args.append(T)
-            elif kind == "B":
-                args.append(B)
+            elif kind in ("T", "B"):
+                args.append(T if kind == "T" else B)
             elif kind == "consts":
                 args.append(tape.consts)
             elif kind == "param":
-                args.append(self._param(arg[1]))
+                args.append(self._kernel_param(arg[1]))
             elif kind == "input":
                 args.append(tape.inputs[arg[1]])
             elif kind == "output_grad":
                 size = self._out_size(arg[1])
                 given = d_out.get(arg[1])
-                args.append(np.zeros((T, B) + size, self.dtype) if given is None
-                            else np.ascontiguousarray(given).reshape((T, B) + size))
+                args.append(self._zeros((T, B) + size) if given is None
+                            else given.reshape((T, B) + size))
             elif kind == "final_grad":
                 given = d_st.get(arg[1])
-                args.append(np.zeros((B,) + sizes_state[arg[1]], self.dtype) if given is None
-                            else np.ascontiguousarray(given))
+                args.append(self._zeros((B,) + sizes_state[arg[1]]) if given is None
+                            else given)
             elif kind == "param_grad":
                 args.append(params[arg[1]])
             elif kind == "input_grad":
@@ -597,13 +634,15 @@ class CompiledCell(Cell):
                 args.append(tape.arrays[arg])
             else:
                 raise AssertionError(f"unknown backward argument {arg}")
-        with kernel_threads():
-            self.meta["backward"](*args)
-        params = {d.name: params[d.name].reshape(self._size(d)) for d in self.spec.params}
+        self._launch(self.meta["backward"], args)
+        params = self._deliver(params, tape.on_device)
+        state = self._deliver(state, tape.on_device)
         for d in self.spec.states:
-            if d.name in getattr(run, "_from_params", ()):
-                params[d.init.name] += state[d.name].sum(axis=0)
-        return Grads(params, inputs, state)
+            if d.name in tape.from_params:
+                params[d.init.name] = self._plus_batch_sum(params[d.init.name], state[d.name])
+        if not tape.on_device:
+            params = {d.name: params[d.name].reshape(self._size(d)) for d in self.spec.params}
+        return Grads(params, self._deliver(inputs, tape.on_device), state)
 
 
 def _spec_file_of(module, meta):
