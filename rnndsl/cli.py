@@ -327,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "need the numba-cuda package and a GPU (or NUMBA_ENABLE_CUDASIM=1) "
                         "to run, not to build")
     p.add_argument("--no-pass", action="append", metavar="PASS",
-                   help="switch an optimisation pass off (repeatable): hoist, fuse_matmul, "
-                        "fuse_elementwise, defer_grads")
+                   help="switch an optimisation pass off (repeatable): cse, simplify, hoist, "
+                        "fuse_matmul, fuse_elementwise, defer_grads")
     p.set_defaults(run=cmd_build)
 
     p = sub.add_parser("explain", help="print a cell's compiled plan as a loop nest",

@@ -35,17 +35,30 @@ class Node:
 
 
 class Graph:
-    """A hash-consed DAG of `Node`s, mirrored into a networkx DiGraph."""
+    """A hash-consed DAG of `Node`s, mirrored into a networkx DiGraph.
 
-    def __init__(self) -> None:
+    Two optimisation passes live in `add`, where every node is made: `cse` (hash-consing
+    of every op; with it off only leaves are shared, so each occurrence of an expression
+    is its own node) and `simplify` (constant folding and algebraic identities, see
+    `simplify.peephole`). The compiled path asks for them through its passes; the
+    interpreter, the reference, uses a plain hash-consed graph.
+    """
+
+    def __init__(self, cse: bool = True, simplify: bool = False) -> None:
         self.nodes: list[Node] = []
         self.nx = nx.DiGraph()
         self._index: dict[tuple, int] = {}
         self.names: dict[int, str] = {}   # a readable name for dumps: the spec's names
+        self.cse, self.simplify = cse, simplify
 
     def add(self, op: Op, args: tuple[int, ...] = (), attrs: tuple = ()) -> int:
+        if self.simplify and op not in LEAVES:
+            from .simplify import peephole
+            found = peephole(self, op, tuple(args), tuple(attrs))
+            if found is not None:
+                return found
         key = (op, tuple(args), tuple(attrs))
-        found = self._index.get(key)
+        found = self._index.get(key) if (self.cse or op in LEAVES) else None
         if found is not None:
             return found
         for a in args:
@@ -164,9 +177,9 @@ def _batched(graph: Graph, nid: int) -> int:
     return nid if graph[nid].type.batched else graph.add(Op.BATCH, (nid,))
 
 
-def lower(cell: CheckedCell) -> StepGraph:
-    """Build the one-step graph of a checked cell."""
-    g = Graph()
+def lower(cell: CheckedCell, cse: bool = True, simplify: bool = False) -> StepGraph:
+    """Build the one-step graph of a checked cell (see `Graph` for the two flags)."""
+    g = Graph(cse=cse, simplify=simplify)
     params = {d.name: g.add(Op.PARAM, (), (d.name, d.type)) for d in cell.params}
     inputs = {d.name: g.add(Op.INPUT, (), (d.name, None, d.type)) for d in cell.inputs}
     states = {d.name: g.add(Op.STATE, (), (d.name, d.type)) for d in cell.states}

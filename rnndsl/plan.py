@@ -22,15 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .grad import StepGrads, grad_step
-from .ir import Graph, StepGraph
+from .ir import Graph, StepGraph, lower
 from .ops import Op
 
-PASSES = ("hoist", "fuse_matmul", "fuse_elementwise", "defer_grads")
-"""hoist: state-independent work leaves the time loop (the W @ x GEMMs over T*B rows).
+PASSES = ("cse", "simplify", "hoist", "fuse_matmul", "fuse_elementwise", "defer_grads")
+"""cse: an expression computed twice is computed once (the IR is hash-consed; off, only
+leaves are shared). simplify: constant folding and algebraic identities (simplify.py).
+hoist: state-independent work leaves the time loop (the W @ x GEMMs over T*B rows).
 fuse_matmul: matvecs sharing their vector become one GEMM with stacked weights.
 fuse_elementwise: a step's elementwise ops share one loop nest, temporaries in registers.
-defer_grads: weight and input gradients leave the backward loop, one GEMM each.
-(CSE is structural: the IR is hash-consed.)"""
+defer_grads: weight and input gradients leave the backward loop, one GEMM each."""
 
 ELEMENTWISE = frozenset({
     Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.NEG, Op.POW, Op.MIN, Op.MAX, Op.TANH, Op.SIGMOID,
@@ -110,6 +111,9 @@ def make_plan(step: StepGraph, passes=PASSES) -> Plan:
     passes = frozenset(passes)
     unknown = passes - set(PASSES)
     assert not unknown, f"unknown passes {sorted(unknown)}"
+    graph_flags = ("cse" in passes, "simplify" in passes)
+    if (step.graph.cse, step.graph.simplify) != graph_flags:   # these two act as it is built
+        step = lower(step.cell, cse=graph_flags[0], simplify=graph_flags[1])
     G = step.graph
     grads = grad_step(step)
     fwd_nodes = G.needed(step.roots())
