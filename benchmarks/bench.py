@@ -83,8 +83,14 @@ def cell_flops(cell: str, T: int, B: int, I: int, H: int, backward: bool) -> flo
 
 
 # ---------------------------------------------------------------------------- rnndsl
-def rnndsl_runner(cell, T, B, I, H, dtype, rng):
-    Cell = rnndsl.load(CELLS[cell][0], target="cpu")
+def rnndsl_runner(cell, T, B, I, H, dtype, rng, passes=None):
+    if passes is None:
+        Cell = rnndsl.load(CELLS[cell][0], target="cpu")
+    else:   # a build with some passes switched off, from the same cache
+        from rnndsl.build import cached_module
+        from rnndsl.spec import read_spec
+        spec_file = read_spec(CELLS[cell][0])
+        Cell = getattr(cached_module(spec_file, passes=passes), spec_file.pick().name)
     c = Cell(I=I, H=H, dtype=dtype, seed=0)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     dy = rng.standard_normal((T, B, H)).astype(dtype)
@@ -250,6 +256,30 @@ def blas_report() -> str:
     return "; ".join(rows) or "no BLAS found"
 
 
+def pass_gains(args) -> int:
+    """Each optimisation pass's gain: forward+BPTT time without it / with every pass."""
+    from rnndsl.plan import PASSES
+    print("| cell | shape | dtype | all passes ms | " + " | ".join(
+        f"no {p}" for p in PASSES) + " |")
+    print("|---|---|---|---|" + "---|" * len(PASSES))
+    for cell in args.cells.split(","):
+        for shape in args.shapes.split(","):
+            T, B, I, H = SHAPES[shape]
+            for dname in args.dtypes.split(","):
+                dtype = np.dtype(dname).type
+                times = {}
+                for off in (None,) + PASSES:
+                    passes = tuple(p for p in PASSES if p != off)
+                    _, fwdbwd, _ = rnndsl_runner(cell, T, B, I, H, dtype,
+                                                 np.random.default_rng(0), passes)
+                    times[off] = median_ms(fwdbwd, args.repeat)
+                base = times[None]
+                print(f"| {cell} | {shape} | {dname} | {base:.2f} | " + " | ".join(
+                    f"{times[p] / base:.2f}x" for p in PASSES) + " |", flush=True)
+    print("\n(a pass's column: time without it / time with every pass; above 1 is a gain)")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -259,6 +289,9 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", default="torch-nn,torch-loop,jax")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--pass-gains", action="store_true",
+                    help="instead of the peers: time forward+BPTT with every pass, then "
+                         "with each pass switched off, and print each pass's gain")
     ap.add_argument("--keep-blas-env", action="store_true",
                     help="do not unset OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE")
     args = ap.parse_args(argv)
@@ -280,6 +313,8 @@ def main(argv=None) -> int:
     print(f"# BLAS: {blas_report()}")
     print(f"# rnndsl kernels' BLAS threads: RNNDSL_BLAS_THREADS="
           f"{os.environ.get('RNNDSL_BLAS_THREADS', '1 (default)')}")
+    if args.pass_gains:
+        return pass_gains(args)
     ceilings = {d: gemm_ceiling_gflops(np.dtype(d).type) for d in args.dtypes.split(",")}
     print("# GEMM ceiling (np.dot 2048^3): " + ", ".join(
         f"{d} {g:.0f} GFLOP/s" for d, g in ceilings.items()))
