@@ -143,8 +143,12 @@ class DimsDecl:
 
 @dataclass(frozen=True)
 class InputDecl:
+    """`input x[I]`; `input once z[Z]`: one vector a sequence, given at its first step
+    (one-to-many)."""
+
     vars: tuple[Var, ...]
     span: Span = _span()
+    once: bool = False
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,7 @@ class Output:
     primed: bool = False
     span: Span = _span()
     name_span: Span = _span()
+    final: bool = False     # `final y = ...`: read at each sequence's last step only
 
 
 @dataclass(frozen=True)

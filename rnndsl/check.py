@@ -36,7 +36,8 @@ __all__ = ["check", "CheckedCell", "Constraint", "Decl", "Definition", "OutputRe
 RESERVED_CELL_NAMES = frozenset({"math", "sys", "np", "njit", "compiled_cell_class"})
 
 # The words that open statements: reserved, so a state can always be written `name'`.
-KEYWORDS = frozenset({"cell", "dims", "input", "state", "param", "output", "use", "layer"})
+KEYWORDS = frozenset({"cell", "dims", "input", "state", "param", "output", "use", "layer",
+                      "final", "once"})
 
 # name -> (min args, max args, needs a matrix)
 INITIALISERS: dict[str, tuple[int, int, bool]] = {
@@ -177,7 +178,8 @@ class _Checker(LayerChecks):
                            f"vectors or matrices", var.shape_span)
                 continue
             del self.broken[var.name]
-            decl = Decl(var.name, Type(shape, kind != "param"), var.init, var.span)
+            decl = Decl(var.name, Type(shape, kind != "param"), var.init, var.span,
+                        once=getattr(stmt, "once", False))
             {"input": self.inputs, "state": self.states, "param": self.params}[kind][
                 var.name] = decl
             self.types[var.name] = decl.type
@@ -569,7 +571,8 @@ class _Checker(LayerChecks):
         for name, stmt in self.outputs.items():
             if stmt.expr is not None:
                 if name in self.types:
-                    refs.append(OutputRef(name, ("value", name), self.types[name], stmt.span))
+                    refs.append(OutputRef(name, ("value", name), self.types[name], stmt.span,
+                                          stmt.final))
             elif name in self.broken:
                 continue  # its declaration's error is enough
             elif stmt.primed:
@@ -578,7 +581,7 @@ class _Checker(LayerChecks):
                                stmt.name_span, _suggest(name, self.states))
                 elif name + "'" in self.types:
                     refs.append(OutputRef(name, ("next", name), self.types[name + "'"],
-                                          stmt.span))
+                                          stmt.span, stmt.final))
             else:
                 if name in self.states:
                     self.error(f"output '{name}' would be the previous value of state "
@@ -588,7 +591,7 @@ class _Checker(LayerChecks):
                     self.used.add(name)
                     if name in self.types:
                         refs.append(OutputRef(name, ("value", name), self.types[name],
-                                              stmt.span))
+                                              stmt.span, stmt.final))
                 elif self.kind_of(name) is not None:
                     self.error(f"output '{name}' is {_a(self.kind_of(name))}; outputs are "
                                "computed values", stmt.name_span)

@@ -23,7 +23,7 @@ class Decl:
     type: Type
     init: ast.Init | None
     span: Span
-
+    once: bool = False      # an input given once a sequence, at its first step
 
 @dataclass(frozen=True)
 class Definition:
@@ -44,7 +44,7 @@ class OutputRef:
     source: tuple[str, str]
     type: Type
     span: Span
-
+    final: bool = False     # read at each sequence's last step only (many-to-one)
 
 @dataclass(frozen=True)
 class Constraint:

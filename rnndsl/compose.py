@@ -151,6 +151,6 @@ def with_lengths(cell):
         masked = f"{o.name}.masked"
         definitions.append(Definition("let", masked, ast.BinOp("*", on, value, span),
                                       o.type, o.span))
-        outputs.append(OutputRef(o.name, ("value", masked), o.type, o.span))
+        outputs.append(OutputRef(o.name, ("value", masked), o.type, o.span, o.final))
     return replace(cell, inputs=cell.inputs + (mask,), definitions=tuple(definitions),
                    outputs=tuple(outputs))

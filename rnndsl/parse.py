@@ -10,6 +10,7 @@ with file:line:col and a caret. Nothing else ever escapes `parse`.
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -72,6 +73,10 @@ class _ToAst(Transformer):
 
     def input_decl(self, meta, vars_):
         return ast.InputDecl(tuple(vars_), _span_of(meta))
+
+    def once_decl(self, meta, children):
+        _once, *vars_ = children
+        return ast.InputDecl(tuple(vars_), _span_of(meta), once=True)
 
     def state_decl(self, meta, vars_):
         return ast.StateDecl(tuple(vars_), _span_of(meta))
@@ -157,6 +162,15 @@ class _ToAst(Transformer):
     def output_name(self, meta, children):
         (name,) = children
         return ast.Output(str(name), None, False, _span_of(meta), _span_of(name))
+
+    def final_expr(self, meta, children):
+        return replace(self.output_expr(meta, children), final=True)
+
+    def final_state(self, meta, children):
+        return replace(self.output_state(meta, children), final=True)
+
+    def final_name(self, meta, children):
+        return replace(self.output_name(meta, children), final=True)
 
     # ---- expressions
     def _bin(op):

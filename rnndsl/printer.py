@@ -87,7 +87,7 @@ def stmt(s: ast.Stmt) -> str:
     if isinstance(s, ast.DimsDecl):
         return "dims " + ", ".join(s.names)
     if isinstance(s, ast.InputDecl):
-        return "input " + ", ".join(var(v, "=") for v in s.vars)
+        return "input " + ("once " if s.once else "") + ", ".join(var(v, "=") for v in s.vars)
     if isinstance(s, ast.StateDecl):
         return "state " + ", ".join(var(v, "=") for v in s.vars)
     if isinstance(s, ast.ParamDecl):
@@ -98,9 +98,10 @@ def stmt(s: ast.Stmt) -> str:
     if isinstance(s, ast.Equation):
         return f"{s.target}{chr(39) if s.primed else ''} = {expr(s.expr)}"
     if isinstance(s, ast.Output):
+        word = "final" if s.final else "output"
         if s.expr is not None:
-            return f"output {s.name} = {expr(s.expr)}"
-        return f"output {s.name}" + ("'" if s.primed else "")
+            return f"{word} {s.name} = {expr(s.expr)}"
+        return f"{word} {s.name}" + ("'" if s.primed else "")
     raise AssertionError(f"cannot print {s!r}")
 
 

@@ -308,28 +308,108 @@ class Cell:
         return tape, d_out, d_st
 
     # ------------------------------------------------------------------ the contract
-    def forward(self, x, state=None, *, lengths=None, dropout=None) -> Run:
+    def forward(self, x, state=None, *, lengths=None, dropout=None, steps=None) -> Run:
         """Run the cell over x (T, B, ...) from `state` (default: as declared).
 
         lengths: one int per sequence: sequence b runs lengths[b] steps; after that its
         state is frozen (run.state holds it at its end) and its outputs are 0.
         dropout: a np.random.Generator (or a seed) to draw the masks of the cell's
-        dropout(...) sites, for training; None (evaluation) keeps every unit."""
+        dropout(...) sites, for training; None (evaluation) keeps every unit.
+        steps: T, for a cell whose every input is `input once` (one-to-many).
+        An `input once z[Z]` takes (B, Z): z at the first step, zeros after. A
+        `final y = ...` output comes back as (B, ...): y at each sequence's last step."""
+        x = self._expand_once(x, steps)
         hidden = self._hidden(lengths, dropout)
         if lengths is None:
-            return self._run(x, state, hidden)
-        twin = self._lengths_twin()
-        run = twin._run(x, state, hidden)
-        run._twin = twin
-        return run
+            run = self._run(x, state, hidden)
+        else:
+            twin = self._lengths_twin()
+            run = twin._run(x, state, hidden)
+            run._twin = twin
+        return self._finalise(run, lengths)
 
     def backward(self, run: Run, d_outputs=None, d_state=None) -> Grads:
-        """Gradients of sum_t <d_outputs_t, outputs_t> + <d_state, final state>."""
+        """Gradients of sum_t <d_outputs_t, outputs_t> + <d_state, final state> (for a
+        `final` output, d_outputs holds its (B, ...) cotangent: its last step's)."""
+        d_outputs = self._final_cotangents(run, d_outputs)
         twin = getattr(run, "_twin", None)
         grads = (twin or self)._back(run, d_outputs, d_state)
         for name in (twin or self).hidden_inputs:
             grads.inputs.pop(name, None)
+        for d in self.spec.inputs:
+            if d.once and d.name in grads.inputs:   # z fed the first step only
+                grads.inputs[d.name] = grads.inputs[d.name][0]
         return grads
+
+    # ------------------------------------------------------------------ modes
+    def _expand_once(self, x, steps):
+        """`input once` arrays (B, size) -> (T, B, size), zero after the first step."""
+        once = [d for d in self.spec.inputs if d.once]
+        user = [d for d in self.spec.inputs if d.name not in self.hidden_inputs]
+        if not once:
+            if steps is not None:
+                raise BindError(f"steps= is for cells whose inputs are all 'input once'; "
+                                f"{self.spec.name} takes T from its input sequences")
+            return x
+        if len(user) == 1 and not isinstance(x, Mapping):
+            x = {user[0].name: x}
+        given = self._named("input", x, tuple(user))
+        per_step = [d for d in user if not d.once and d.name in given]
+        if per_step:
+            first = given[per_step[0].name]
+            T = first.shape[0] if isinstance(first, np.ndarray) and first.ndim == 3 else None
+            if steps is not None and steps != T:
+                raise BindError(f"steps={steps}, but input {per_step[0].name} has T = {T}")
+        else:
+            T = steps
+            if not isinstance(T, (int, np.integer)) or isinstance(T, bool) or T < 1:
+                raise BindError(f"{self.spec.name}'s inputs are all 'input once': say how "
+                                f"many steps to run with steps=T (a positive int), got "
+                                f"{steps!r}")
+        out = dict(given)
+        for d in once:
+            if d.name not in given or T is None:
+                continue       # a missing input or a bad sequence: _inputs says which
+            size = self._size(d)
+            value = given[d.name]
+            B = value.shape[0] if isinstance(value, np.ndarray) and value.ndim == 2 else -1
+            value = self._array(f"input {d.name} (input once)", value, (B,) + size,
+                                f"(B, {size[0]}): one vector a sequence")
+            seq = np.zeros((int(T),) + value.shape, self.dtype)
+            seq[0] = value
+            out[d.name] = seq
+        return out
+
+    def _final_outputs(self) -> set[str]:
+        return {o.name for o in self.spec.outputs if o.final}
+
+    def _finalise(self, run: Run, lengths) -> Run:
+        """Each `final` output at each sequence's last step: (T, B, ...) -> (B, ...)."""
+        finals = self._final_outputs()
+        if not finals:
+            return run
+        from .modes import last_step
+        run._lengths = lengths
+        for name in finals:
+            full = run.outputs[name]
+            if not isinstance(full, np.ndarray):      # a device array (cuda)
+                full = full.copy_to_host()
+            run.outputs[name] = last_step(full, lengths)
+        return run
+
+    def _final_cotangents(self, run: Run, d_outputs):
+        finals = self._final_outputs()
+        if not finals or not isinstance(d_outputs, Mapping) or not isinstance(run, Run):
+            return d_outputs
+        from .modes import last_step_cotangent
+        out = dict(d_outputs)
+        for name in finals & set(out):
+            o = next(o for o in self.spec.outputs if o.name == name)
+            size = tuple(d.evaluate(self.dims) for d in o.type.shape)
+            value = self._array(f"d_outputs['{name}'] (a final output)", out[name],
+                                (run.B,) + size, f"(B{''.join(f', {n}' for n in size)})")
+            out[name] = last_step_cotangent(value, run.T, getattr(run, "_lengths", None))
+        return out
 
     def _lengths_twin(self) -> "Cell":
         """This cell's masked variant (compose.with_lengths), sharing its params."""

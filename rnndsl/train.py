@@ -155,7 +155,8 @@ class Trainer:
         inputs, B = self._inputs(x, extra_inputs)
         run = self.cell.forward(inputs, state=self._following(self._state, B),
                                 lengths=lengths, dropout=self.rng)
-        mask = self._mask(mask, lengths, run.T)
+        if self.output not in self.cell._final_outputs():   # a final output is (B, ...)
+            mask = self._mask(mask, lengths, run.T)
         loss, d_pred = self.loss(run.outputs[self.output], targets, mask)
         grads = self.cell.backward(run, d_outputs={self.output: d_pred}).params
         if self.clip_value is not None:
@@ -177,7 +178,8 @@ class Trainer:
         inputs, B = self._inputs(x, extra_inputs)
         start = state if state is not None else self._following(self._eval_state, B)
         run = self.cell.forward(inputs, state=start, lengths=lengths)
-        mask = self._mask(mask, lengths, run.T)
+        if self.output not in self.cell._final_outputs():   # a final output is (B, ...)
+            mask = self._mask(mask, lengths, run.T)
         loss, _ = self.loss(run.outputs[self.output], targets, mask)
         self._eval_state = {k: v.copy() for k, v in run.state.items()}
         self.last_run = run

@@ -130,3 +130,82 @@ cell Classifier {
     loss, _ = softmax_cross_entropy(modes.last_step(run.outputs["logits"], lengths),
                                     labels[0])
     assert loss < 0.2
+
+
+# ------------------------------------------------------------------ modes in the language
+
+DECLARED = '''
+cell Cls {
+  dims I, H, K
+  input x[I]
+  state h[H]
+  param W[H, I], U[H, H], V[K, H]
+  h' = tanh(W @ x + U @ h)
+  final logits = V @ h'
+}
+cell Gen {
+  dims Z, H
+  input once z[Z]
+  state h[H]
+  param W[H, Z], U[H, H], v[1, H]
+  h' = tanh(W @ z + U @ h)
+  output y = v @ h'
+}
+'''
+
+
+@pytest.mark.parametrize("target", ["interp", "cpu"])
+def test_a_final_output_is_the_last_step_of_the_same_cell_with_an_output(target):
+    Cls = rnndsl.load_text(DECLARED, target=target, cell="Cls")
+    Ref = rnndsl.load_text(DECLARED.replace("final logits", "output logits"),
+                           target="interp", cell="Cls")
+    cell, ref = Cls(I=3, H=4, K=2, dtype=np.float64), Ref(I=3, H=4, K=2, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    x, lengths = rng.normal(size=(5, 3, 3)), np.array([5, 2, 3])
+    got, want = cell.forward(x, lengths=lengths), ref.forward(x, lengths=lengths)
+    assert got.outputs["logits"].shape == (3, 2)
+    np.testing.assert_allclose(got.outputs["logits"],
+                               modes.last_step(want.outputs["logits"], lengths), rtol=1e-12)
+    d = rng.normal(size=(3, 2))
+    g = cell.backward(got, d_outputs={"logits": d})
+    gr = ref.backward(want, d_outputs={"logits": modes.last_step_cotangent(d, 5, lengths)})
+    for k in gr.params:
+        np.testing.assert_allclose(g.params[k], gr.params[k], rtol=1e-10, atol=1e-13)
+    with pytest.raises(BindError, match=r"d_outputs\['logits'\] \(a final output\) has shape"):
+        cell.backward(got, d_outputs={"logits": np.zeros((5, 3, 2))})
+
+
+@pytest.mark.parametrize("target", ["interp", "cpu"])
+def test_an_input_once_is_the_first_step_followed_by_zeros(target):
+    Gen = rnndsl.load_text(DECLARED, target=target, cell="Gen")
+    Ref = rnndsl.load_text(DECLARED.replace("input once z", "input z"), target="interp",
+                           cell="Gen")
+    cell, ref = Gen(Z=2, H=4, dtype=np.float64, seed=2), Ref(Z=2, H=4, dtype=np.float64,
+                                                            seed=2)
+    z = np.random.default_rng(1).normal(size=(3, 2))
+    got = cell.forward(z, steps=6)
+    want = ref.forward(modes.first_step_inputs(z, 6))
+    np.testing.assert_allclose(got.outputs["y"], want.outputs["y"], rtol=1e-12)
+    dY = np.random.default_rng(2).normal(size=(6, 3, 1))
+    g, gr = cell.backward(got, d_outputs={"y": dY}), ref.backward(want, d_outputs={"y": dY})
+    assert g.inputs["z"].shape == (3, 2)
+    np.testing.assert_allclose(g.inputs["z"], gr.inputs["z"][0], rtol=1e-10, atol=1e-13)
+    with pytest.raises(BindError, match="say how many steps to run with steps=T"):
+        cell.forward(z)
+    with pytest.raises(BindError, match=r"input z \(input once\) has shape \(6, 3, 2\)"):
+        cell.forward(np.zeros((6, 3, 2)), steps=6)
+
+
+def test_trainer_fits_a_final_output_without_a_mask():
+    Cls = rnndsl.load_text(DECLARED, target="interp", cell="Cls")
+    cell = Cls(I=3, H=8, K=2, dtype=np.float64, seed=0)
+    trainer = Trainer(cell, optimizer=Adam(lr=1e-2), seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        lengths = rng.integers(2, 7, size=16)
+        first = rng.integers(0, 2, size=16)
+        ids = np.full((6, 16), 2)
+        ids[0] = first
+        trainer.reset_state()
+        loss = trainer.step(np.eye(3)[ids], first, lengths=lengths)
+    assert loss < 0.2

@@ -438,8 +438,8 @@ def test_labels_do_not_depend_on_nesting(text, label):
      "'.', ...", 1, 16),
     ("cell A { output }", "unexpected '}'; expected a name", 1, 17),
     ("cell A { dims H, }", "unexpected '}'; expected a name", 1, 18),
-    ("cell A { 1 = x }", "unexpected '1'; expected '}', a name, dims, input, layer, output, "
-     "param, state", 1, 10),
+    ("cell A { 1 = x }", "unexpected '1'; expected '}', a name, dims, final, input, layer, "
+     "output, param, ...", 1, 10),
     ("cell A {\n  a = x[\n", "unexpected the end of the file; expected '(', ':', a name, "
      "an integer", 2, 9),
 ])
