@@ -41,6 +41,8 @@ from rnndsl.optim import Adam
 from rnndsl.sample import Sampler, temperature
 from rnndsl.train import Trainer
 
+from common import add_common_options, parse_with_quick
+
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "char_lstm.rnn"
 DROPOUT_SPEC = ROOT / "examples" / "specs" / "char_lstm_dropout.rnn"
@@ -81,24 +83,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-chars", type=int, default=400, help="length of each sample")
     p.add_argument("--prime", help="text the samples start from (default: per corpus)")
     p.add_argument("--save", metavar="PATH", help="write a checkpoint (rnndsl sample PATH)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the params, dropout, samples")
-    p.add_argument("--target", choices=("cpu", "interp"), default="cpu",
-                   help="cpu: compiled Numba kernels; interp: the NumPy reference")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--quick", action="store_true",
-                   help="a run of seconds (small corpus and model, fixed steps): a smoke test; "
-                        "flags given with it still win")
+    add_common_options(p, seed_help="seeds the params, dropout, samples",
+                       quick_help="a run of seconds (small corpus and model, fixed "
+                                  "steps): a smoke test")
     return parse_with_quick(p, QUICK, argv)
 
-
-def parse_with_quick(parser: argparse.ArgumentParser, quick: dict, argv=None):
-    """Parse argv; with --quick, the `quick` values become the defaults, so a flag given
-    on the command line still wins (`--quick --target cpu`)."""
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--quick", action="store_true")
-    if first.parse_known_args(argv)[0].quick:
-        parser.set_defaults(**quick)
-    return parser.parse_args(argv)
 
 
 # ---------------------------------------------------------------------------- shared parts

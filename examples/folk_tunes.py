@@ -40,8 +40,9 @@ from rnndsl.sample import Sampler, temperature
 from rnndsl.train import Trainer
 
 # The sibling example, next to this file: a tune model is a character model on other text.
-from char_model import (ROOT, SPEC, clock, parse_with_quick, train_stream, unigram_bits,
-                        validation_bits, warm_up)
+from char_model import (ROOT, SPEC, clock, train_stream, unigram_bits, validation_bits,
+                        warm_up)
+from common import add_common_options, parse_with_quick
 
 QUICK = {"max_chars": 150_000, "hidden": 32, "batch": 16, "seq": 32, "steps": 150,
          "minutes": None, "lr": 1e-2, "tunes": 2, "max_tune_chars": 300, "reference": 10}
@@ -72,13 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="give up on a tune that has not ended after this many characters")
     p.add_argument("--reference", type=int, default=40,
                    help="held-out real tunes to measure bars on, for comparison")
-    p.add_argument("--seed", type=int, default=0, help="seeds the split, params, samples")
-    p.add_argument("--target", choices=("cpu", "interp"), default="cpu",
-                   help="cpu: compiled Numba kernels; interp: the NumPy reference")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--quick", action="store_true",
-                   help="a run of seconds (part of the corpus, small model, fixed steps); "
-                        "flags given with it still win")
+    add_common_options(p, seed_help="seeds the split, params, samples",
+                       quick_help="a run of seconds (part of the corpus, small model, "
+                                  "fixed steps)")
     return parse_with_quick(p, QUICK, argv)
 
 

@@ -36,6 +36,8 @@ from rnndsl.data import sine_task
 from rnndsl.optim import Adam
 from rnndsl.train import Trainer
 
+from common import add_common_options, parse_with_quick
+
 SPEC = Path(__file__).resolve().parent / "specs" / "wave_generator.rnn"
 LAYOUTS = {"first": modes.first_step_inputs, "every": modes.repeated_inputs}
 QUICK = {"train": 640, "test": 200, "hidden": 16, "epochs": 5, "minutes": None}
@@ -59,19 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="per mode: stop earlier when this much time has passed")
     p.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate")
     p.add_argument("--clip", type=float, default=1.0, help="clip the gradient's global norm")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seeds the training data and params; the test set uses seed + 1")
-    p.add_argument("--target", choices=("cpu", "interp"), default="cpu",
-                   help="cpu: compiled Numba kernels; interp: the NumPy reference")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--quick", action="store_true",
-                   help="a run of seconds (small sets and model); flags given with it "
-                        "still win")
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--quick", action="store_true")
-    if first.parse_known_args(argv)[0].quick:
-        p.set_defaults(**QUICK)
-    return p.parse_args(argv)
+    add_common_options(p, seed_help="seeds the training data and params; the test set "
+                                     "uses seed + 1",
+                       quick_help="a run of seconds (small sets and model)")
+    return parse_with_quick(p, QUICK, argv)
 
 
 def held_out_mse(cell, x: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
