@@ -72,6 +72,13 @@ class Emitted:
 
 
 
+# OpenBLAS multiplies small products (M*N*K up to about 2^18 here) with a direct kernel
+# that is twice as fast a flop as its packed path: four (16 x 128) @ (128 x 128) took
+# 1.83 ms a 100 steps, one (16 x 128) @ (128 x 512) 3.99 ms (benchmarks/RESULTS.md). A
+# stacked per-step GEMM below this size is therefore run member by member.
+SMALL_PRODUCT = 1 << 18
+
+
 def ident(name) -> str:
     """The Python identifier for a spec name. Names of a stacked layer's params and
     states are qualified (`l1.W_i`); the dot becomes a double underscore, which the
@@ -385,6 +392,18 @@ class _Kernel:
             p.line(f"mm{g} = {self.d.empty}((T, B, {total}), dtype)")
             p.line(f"mm{g}_r = mm{g}.reshape((R, {total}))")
             self.bind_members(grp, stage)
+        if em.splits_small(grp, stage):
+            with p.indent(f"if split{g}:"):
+                p.comment("small: member by member, in OpenBLAS's direct kernel")
+                offset = Dim.lit(0)
+                for k, m in enumerate(grp.members):
+                    stop = offset + G[m].type.shape[0]
+                    p.line(f"{self.d.dot}({vec}, wt{g}_{k}, mm{g}_{k})")
+                    p.line(f"copy2(mm{g}[:, {_dim(offset)}:{_dim(stop)}], mm{g}_{k})")
+                    offset = stop
+            with p.indent("else:"):
+                p.line(f"{self.d.dot}({vec}, wt{g}, {target})")
+            return
         p.line(f"{self.d.dot}({vec}, wt{g}, {target})")
 
     def bind_members(self, grp: MatmulGroup, stage: str) -> None:
@@ -677,6 +696,11 @@ class _Emitter:
         if nid in self.roots or nid in self.plan.saved:
             return True
         return any(u not in group for u in self.users.get(nid, ()))
+
+    def splits_small(self, grp: MatmulGroup, stage: str) -> bool:
+        """Whether a per-step stacked GEMM gets a member-by-member path for small B."""
+        return (self.dialect.target == "cpu" and stage in LOOP_STAGES
+                and len(grp.members) > 1 and self.G[grp.vector].type.batched)
 
     def group_total(self, grp: MatmulGroup) -> str:
         total = Dim.lit(0)
@@ -986,6 +1010,18 @@ class _Emitter:
                     w = G[G[m].args[0]].attrs[0]
                     p.line(f"copy_t(wt{g}[:, {_dim(offset)}:{_dim(stop)}], p_{ident(w)})")
                     offset = stop
+                if self.splits_small(grp, s):
+                    small = " and ".join(dict.fromkeys(
+                        f"B * {cols} * {_dim(G[m].type.shape[0])} <= {SMALL_PRODUCT}"
+                        for m in grp.members))
+                    p.comment("member by member when the stacked product is too big for "
+                              "OpenBLAS's small-matrix kernel and the members are not")
+                    p.line(f"split{g} = B * {cols} * ({self.group_total(grp)}) > "
+                           f"{SMALL_PRODUCT} and {small}")
+                    for k, m in enumerate(grp.members):
+                        w = G[G[m].args[0]].attrs[0]
+                        p.line(f"wt{g}_{k} = transposed(p_{ident(w)}) if split{g} else "
+                               f"{self.dialect.empty}((0, 0), dtype)")
 
     def _loop_arrays(self, kern: _Kernel, stage: str, nodes: list[int]) -> None:
         """Work arrays of a loop stage, allocated once before the loop."""
@@ -995,6 +1031,11 @@ class _Emitter:
             if G[grp.vector].type.batched and any(m in mine for m in grp.members):
                 g = self.matmul_index[id(grp)]
                 p.line(f"mm{g} = {self.dialect.empty}((B, {self.group_total(grp)}), dtype)")
+                if self.splits_small(grp, stage):
+                    for k, m in enumerate(grp.members):
+                        size = _dim(G[m].type.shape[0])
+                        p.line(f"mm{g}_{k} = {self.dialect.empty}((B if split{g} else 0, "
+                               f"{size}), dtype)")
                 kern.bind_members(grp, stage)
         grouped = {m for grp in self.plan.matmuls.get(stage, []) for m in grp.members
                    if G[grp.vector].type.batched}
