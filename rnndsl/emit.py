@@ -18,10 +18,9 @@ as an identifier, a number the emitter formats itself, or a sanitised comment.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import __version__, printer
-from .ir import Graph
 from .ops import HARD_SIGMOID_SLOPE, Op
 from .plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan
 from .printer_py import Printer, safe_comment
@@ -168,17 +167,18 @@ class _Kernel:
         if node.op in (Op.CONST, Op.DIM):
             return em.const_of(nid), "k"
         if node.op == Op.INPUT:
-            return (f"in_{ident(node.attrs[0])}", "step3") if loop else (f"in_{ident(node.attrs[0])}_r", "rows2")
+            name = ident(node.attrs[0])
+            return (f"in_{name}", "step3") if loop else (f"in_{name}_r", "rows2")
         if node.op == Op.STATE:
-            name = node.attrs[0]
+            name = ident(node.attrs[0])
             if stage == "fwd":
-                return f"s_{ident(name)}", "rows2"
-            return (f"hist_{ident(name)}", "step3") if loop else (f"hist_{ident(name)}_r", "rows2")
+                return f"s_{name}", "rows2"
+            return (f"hist_{name}", "step3") if loop else (f"hist_{name}_r", "rows2")
         if node.op == Op.SEED:
-            kind, name = node.attrs[0], node.attrs[1]
+            kind, name = node.attrs[0], ident(node.attrs[1])
             if kind == "output":
-                return (f"dout_{ident(name)}", "step3") if loop else (f"dout_{ident(name)}_r", "rows2")
-            return (f"ds_{ident(name)}", "rows2") if loop else (f"dnext_{ident(name)}_r", "rows2")
+                return (f"dout_{name}", "step3") if loop else (f"dout_{name}_r", "rows2")
+            return (f"ds_{name}", "rows2") if loop else (f"dnext_{name}_r", "rows2")
         src = em.plan.stage[nid]
         if not node.type.batched:
             return (f"w{nid}" if src in LOOP_STAGES else f"v{nid}"), "ub"
@@ -325,7 +325,7 @@ class _Kernel:
                         self.p.line(f"copy2(tape{n}_r, {self.dest(n, stage)})")
 
     def emit_elementwise(self, group: list[int], stage: str) -> None:
-        em, G, p = self.em, self.em.G, self.p
+        em, G = self.em, self.em.G
         first = G[group[0]].type
         members = set(group)
         stored = [n for n in group if em.needs_array(n, members)]
@@ -789,7 +789,7 @@ class _Emitter:
                 for n in tapes]
 
     def signature(self, which: str) -> list[tuple]:
-        step, plan, G = self.plan.step, self.plan, self.G
+        step, plan = self.plan.step, self.plan
         cell = step.cell
         args: list[tuple] = [("dim", d) for d in cell.dims]
         args += [("T",), ("B",), ("consts",)]

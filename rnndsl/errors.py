@@ -74,7 +74,8 @@ class Diagnostic:
             line = self.source.line(sp.line)
             if line:
                 gutter = f"{sp.line:>5} | "
-                width = (sp.end_column - sp.column) if sp.end_line == sp.line else len(line) - sp.column + 1
+                width = (sp.end_column - sp.column if sp.end_line == sp.line
+                         else len(line) - sp.column + 1)
                 width = max(1, width)
                 caret = " " * (len(gutter) - 2) + "| " + " " * (sp.column - 1) + "^" * width
                 text += "\n" + gutter + line.expandtabs(1) + "\n" + caret

@@ -178,7 +178,7 @@ def _expand(types: Sequence[Type], attrs: tuple) -> Type:
 
 
 def _pad(types: Sequence[Type], attrs: tuple) -> Type:
-    (g,), (start, total) = types, attrs
+    (g,), (_start, total) = types, attrs
     assert g.rank == 1, g
     return Type((total,), g.batched)
 
