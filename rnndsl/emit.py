@@ -522,8 +522,23 @@ class _Kernel:
             return
         names = ", ".join(em.G[w].attrs[0] for w in use.weights)
         p.comment(f"sum of g_k @ W_k for W_k in [{names}]: one GEMM (the other terms stay 0)")
-        p.line(f"{self.d.dot}({self.cotangent_buffer(i, stage)}, ws{i}_{u}, "
-               f"{self.dest(nid, stage)})")
+        buffer, dest = self.cotangent_buffer(i, stage), self.dest(nid, stage)
+        if stage in LOOP_STAGES and em.splits_cotangents(i, u):
+            with p.indent(f"if splitc{i}_{u}:"):
+                p.comment("small: term by term, in OpenBLAS's direct kernel")
+                cg = em.plan.cotangent_groups[i]
+                for k, g in enumerate(cg.cotangents):
+                    _, start, stop = em.cg_block[g]
+                    p.line(f"copy2(gk{i}_{u}_{k}, {buffer}[:, {start}:{stop}])")
+                    if k == 0:
+                        p.line(f"{self.d.dot}(gk{i}_{u}_{k}, wsk{i}_{u}_{k}, {dest})")
+                    else:
+                        p.line(f"{self.d.dot}(gk{i}_{u}_{k}, wsk{i}_{u}_{k}, mt{i}_{u})")
+                        p.line(f"add_into2({dest}, mt{i}_{u})")
+            with p.indent("else:"):
+                p.line(f"{self.d.dot}({buffer}, ws{i}_{u}, {dest})")
+            return
+        p.line(f"{self.d.dot}({buffer}, ws{i}_{u}, {dest})")
 
     def emit_stacked_outer(self, nid: int, stage: str) -> None:
         """Every dW_k = g_k^T v of one GEMM group as one GEMM, split by row blocks."""
@@ -696,6 +711,14 @@ class _Emitter:
         if nid in self.roots or nid in self.plan.saved:
             return True
         return any(u not in group for u in self.users.get(nid, ()))
+
+    def splits_cotangents(self, i: int, u: int) -> bool:
+        """Whether a stacked cotangent GEMM gets a term-by-term path for small B."""
+        cg = self.plan.cotangent_groups[i]
+        use = cg.uses[u]
+        return (self.dialect.target == "cpu" and len(cg.cotangents) > 1
+                and bool(use.matvec_t) and self.G[use.vector].type.batched
+                and self.plan.stage.get(use.matvec_t[0]) in LOOP_STAGES)
 
     def splits_small(self, grp: MatmulGroup, stage: str) -> bool:
         """Whether a per-step stacked GEMM gets a member-by-member path for small B."""
@@ -989,6 +1012,21 @@ class _Emitter:
                 for w, g in zip(use.weights, cg.cotangents):
                     _, start, stop = self.cg_block[g]
                     p.line(f"copy2(ws{i}_{u}[{start}:{stop}, :], p_{ident(G[w].attrs[0])})")
+                if not self.splits_cotangents(i, u):
+                    continue
+                sizes = [_dim(G[g].type.shape[0]) for g in cg.cotangents]
+                small = " and ".join(dict.fromkeys(
+                    f"B * {n} * {cols} <= {SMALL_PRODUCT}" for n in sizes))
+                p.comment("term by term when the stacked product is too big for OpenBLAS's "
+                          "small-matrix kernel and the terms are not")
+                p.line(f"splitc{i}_{u} = B * {total} * {cols} > {SMALL_PRODUCT} and {small}")
+                p.line(f"mt{i}_{u} = {self.dialect.empty}((B if splitc{i}_{u} else 0, {cols}), "
+                       "dtype)")
+                for k, (w, n) in enumerate(zip(use.weights, sizes)):
+                    p.line(f"gk{i}_{u}_{k} = {self.dialect.empty}((B if splitc{i}_{u} else 0, "
+                           f"{n}), dtype)")
+                    p.line(f"wsk{i}_{u}_{k} = np.ascontiguousarray(p_{ident(G[w].attrs[0])}) "
+                           f"if splitc{i}_{u} else {self.dialect.empty}((0, 0), dtype)")
 
     def _weights(self, kern: _Kernel, stages) -> None:
         """Stacked, transposed weights for each matmul group (once per call)."""

@@ -252,3 +252,18 @@ def test_backward_hoisted_work_reads_forward_hoisted_values_from_tape(tmp_path):
         out = tmp_path / ("on" if passes else "off") / "minmean.py"
         write_module(build_source(read_spec(spec), passes), out)
         compare(load_built(out).MinMean, spec, np.float64, T=2, B=3, dims={"D0": 3})
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_small_stacked_gemms_split_member_by_member_match_interp(dtype, build_dir):
+    """B = 16, H = 128: the stacked per-step products (16 x 128 by 128 x 512, and BPTT's
+    16 x 512 by 512 x 128) are above OpenBLAS's small-matrix size and their members are
+    not, so the generated kernels take the member-by-member branch."""
+    from rnndsl.emit import SMALL_PRODUCT
+    B, H = 16, 128
+    assert B * H * 4 * H > SMALL_PRODUCT >= B * H * H
+    spec = REPO / "specs" / "lstm.rnn"
+    source = build_source(read_spec(spec))
+    assert "if split1:" in source and "if splitc0_1:" in source
+    compare(compiled(spec, tuple(PASSES), build_dir), spec, dtype, T=3, B=B,
+            dims={"I": 8, "H": H})
