@@ -11,7 +11,6 @@ V is bound to the vocabulary's size, the other dims come from --dims (default 12
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -83,7 +82,8 @@ def _corpus(name: str, max_chars: int | None):
 
 def _token_dims(spec) -> tuple[str, str, str]:
     """(input, output, vocabulary dim) of a token model, or a clear refusal."""
-    inputs = [d for d in spec.inputs if not d.name.startswith("dropout.")]
+    masks = {name for name, _ in spec.dropouts}      # the runtime fills these
+    inputs = [d for d in spec.inputs if d.name not in masks]
     if len(inputs) != 1 or len(spec.outputs) != 1:
         raise TrainError(f"cell {spec.name} needs one token input and one logits output to "
                          f"train on text; it has inputs {', '.join(d.name for d in inputs)} "
@@ -394,4 +394,4 @@ def add_parsers(sub) -> None:
     p.set_defaults(run=cmd_sample)
 
 
-__all__ = ["add_parsers", "cmd_train", "cmd_sample", "TrainError", "json"]
+__all__ = ["add_parsers", "cmd_train", "cmd_sample", "TrainError"]

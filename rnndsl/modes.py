@@ -22,17 +22,22 @@ import numpy as np
 from .errors import BindError
 
 
-def _lengths(lengths, T: int, B: int) -> np.ndarray:
-    if lengths is None:
-        return np.full(B, T)
+def check_lengths(lengths, T: int, B: int, minimum: int = 0) -> np.ndarray:
+    """`lengths` as B integers in minimum..T, or a BindError saying what is wrong."""
     arr = np.asarray(lengths)
     if arr.shape != (B,) or arr.dtype.kind not in "iu":
         raise BindError(f"lengths must be {B} integers, one per sequence; got {arr.dtype} "
                         f"of shape {arr.shape}")
-    if arr.size and (arr.min() < 1 or arr.max() > T):
-        raise BindError(f"for a last step, lengths must lie in 1..T = 1..{T}; got "
+    if arr.size and (arr.min() < minimum or arr.max() > T):
+        what = "lengths" if minimum == 0 else "for a last step, lengths"
+        raise BindError(f"{what} must lie in {minimum}..T = {minimum}..{T}; got "
                         f"{arr.min()}..{arr.max()}")
     return arr
+
+
+def _lengths(lengths, T: int, B: int) -> np.ndarray:
+    """Each sequence's length, for a last step (at least 1); None: all of T."""
+    return np.full(B, T) if lengths is None else check_lengths(lengths, T, B, minimum=1)
 
 
 def last_step(outputs: np.ndarray, lengths=None) -> np.ndarray:

@@ -238,13 +238,8 @@ class Cell:
                     keep = rng.random((T, B) + size) >= rate
                     out[name] = keep.astype(self.dtype) / self.dtype.type(1.0 - rate)
             if lengths is not None:
-                arr = np.asarray(lengths)
-                if arr.shape != (B,) or arr.dtype.kind not in "iu":
-                    raise BindError(f"lengths must be {B} integers, one per sequence; got "
-                                    f"{arr.dtype} of shape {arr.shape}")
-                if arr.size and (arr.min() < 0 or arr.max() > T):
-                    raise BindError(f"lengths must lie in 0..T = 0..{T}; got {arr.min()}.."
-                                    f"{arr.max()}")
+                from .modes import check_lengths
+                arr = check_lengths(lengths, T, B)
                 on = np.arange(T)[:, None] < arr[None, :]
                 out[LENGTH_MASK] = on.astype(self.dtype)[..., None]
             return out
