@@ -90,6 +90,25 @@ def time_rnndsl(spec: str, T, B, I, H, repeat: int) -> tuple[float, float]:
     return fwd, both
 
 
+def launch_overhead_us(n_arrays: int, launches: int = 2000) -> float:
+    """Host time of one launch of an empty kernel taking n_arrays device arrays, in us:
+    the floor under every step of a time loop driven from Python."""
+    from numba import cuda
+    arrays = [cuda.device_array((64, 512), np.float32) for _ in range(n_arrays)]
+    src = (f"def probe({', '.join(f'a{i}' for i in range(n_arrays))}):\n"
+           f"    i = cuda.grid(1)\n    if i < a0.shape[1]:\n        a0[0, i] = 0.0\n")
+    scope = {"cuda": cuda}
+    exec(src, scope)
+    kernel = cuda.jit(scope["probe"])
+    kernel[2, 256](*arrays)
+    cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(launches):
+        kernel[2, 256](*arrays)
+    cuda.synchronize()
+    return (time.perf_counter() - t0) / launches * 1e6
+
+
 def time_cudnn(name: str, T, B, I, H, repeat: int) -> tuple[float, float] | None:
     try:
         import torch
@@ -129,6 +148,9 @@ def main(argv=None) -> int:
     device = "CUDA simulator" if config.ENABLE_CUDASIM else cuda.get_current_device().name
     print(f"# rnndsl {rnndsl.__version__}, cuda target on {device}; float32, median of "
           f"{repeat} runs (ms)")
+    if not args.tiny:
+        print("# host time of one kernel launch: " + ", ".join(
+            f"{n} arrays {launch_overhead_us(n):.1f} us" for n in (2, 8, 18)))
     print(f"{'cell':5} {'shape':11} {'T,B,I,H':>18} {'max rel err':>11} {'fwd':>9} "
           f"{'fwd+bptt':>9} {'cudnn fwd':>9} {'cudnn f+b':>9} {'ratio f+b':>9}")
     rows = []

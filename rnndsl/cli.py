@@ -236,11 +236,11 @@ def cmd_build(args) -> int:
 def cmd_explain(args) -> int:
     from .emit import explain_lines
     from .ir import lower
-    from .plan import make_plan
+    from .plan import make_plan, passes_for
     from .spec import read_spec
     spec = read_spec(args.file).pick(args.cell)
     plan = make_plan(lower(spec), _passes(args))
-    on = ", ".join(sorted(plan.passes)) or "none"
+    on = ", ".join(passes_for(plan.passes, "cpu")) or "none"
     print(f"# cell {spec.name}: plan for the cpu target (passes: {on})")
     for line in explain_lines(plan):
         print(line)
@@ -328,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "to run, not to build")
     p.add_argument("--no-pass", action="append", metavar="PASS",
                    help="switch an optimisation pass off (repeatable): cse, simplify, hoist, "
-                        "fuse_matmul, fuse_elementwise, defer_grads")
+                        "fuse_matmul, fuse_elementwise, defer_grads, and for --target cuda "
+                        "persistent (each time loop as one cooperative kernel; off, each "
+                        "step is launched from the host)")
     p.set_defaults(run=cmd_build)
 
     p = sub.add_parser("explain", help="print a cell's compiled plan as a loop nest",

@@ -21,7 +21,12 @@ syncthreads() costs a round of thread switches.
 
 from __future__ import annotations
 
+import math
+import os
+import weakref
+
 import numba
+import numpy as np
 from numba import cuda
 
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
@@ -54,6 +59,66 @@ def launch(*extents: int) -> tuple[tuple, tuple]:
         budget = max(1, budget // t)
     blocks = tuple((n + t - 1) // t for n, t in zip(sizes, threads))
     return blocks, tuple(threads)
+
+
+def persistent_grid(kernel, work: int, *args) -> tuple[int, int]:
+    """(blocks, threads) for a persistent kernel (emit_persistent.py): a cooperative
+    grid, every block resident at once so that grid.sync() can wait for all of them, no
+    larger than its widest phase needs. RNNDSL_CUDA_BLOCKS=N caps the blocks (a tuning
+    knob: benchmarks/gpu_probe.py measures what the cap does). The simulator runs a
+    cooperative grid as one block."""
+    if SIMULATOR:       # each simulated thread is a Python thread: keep blocks small
+        return 1, min(64, _pow2(work))
+    threads = min(THREADS, _pow2(work))
+    compiled = kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))
+    blocks = min(compiled.max_cooperative_grid_blocks(threads), (work + threads - 1) // threads)
+    cap = os.environ.get("RNNDSL_CUDA_BLOCKS")
+    if cap:
+        blocks = min(blocks, int(cap))
+    return max(1, blocks), threads
+
+
+LAST_GRID: dict = {}      # kernel -> the (blocks, threads) of its last launch, for probes
+
+
+def launch_persistent(kernel, work: int, *args) -> None:
+    """Launch a persistent kernel on the grid `persistent_grid` chooses."""
+    grid = LAST_GRID[kernel] = persistent_grid(kernel, work, *args)
+    kernel[grid](*args)
+
+
+# ---------------------------------------------------------------------------- workspace
+# RNNDSL_CUDA_POOL=1 keeps device buffers across calls instead of allocating each call's
+# work arrays and tapes afresh. Off by default until it is measured on a GPU: the first
+# GPU measurements (benchmarks/RESULTS.md, 2026-11-26) found ~400 us a time step spent
+# outside the persistent kernel, growing with T*B*H, and per-call allocation is the
+# suspect that this switch tests. Never used for arrays handed to the user: a buffer goes
+# back to the pool when the array made on it (and its reshapes) is garbage, and a slice
+# of it does not keep it out, which is safe only for arrays that stay inside a call or
+# inside a Run's tape.
+POOL = not SIMULATOR and os.environ.get("RNNDSL_CUDA_POOL") == "1"
+_FREE: dict[int, list] = {}
+
+
+def workspace(shape, dtype):
+    """An uninitialised device array for a driver's own use or a run's tape."""
+    shape = (int(shape),) if isinstance(shape, int) else tuple(int(n) for n in shape)
+    dtype = np.dtype(dtype)
+    nbytes = dtype.itemsize * math.prod(shape)
+    if not POOL or nbytes == 0:
+        return cuda.device_array(shape, dtype)
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    free = _FREE.setdefault(nbytes, [])
+    buf = free.pop() if free else cuda.device_array(nbytes, np.uint8)
+    pointer = buf.gpu_data.view(0, nbytes)
+    strides = tuple(dtype.itemsize * math.prod(shape[k + 1:]) for k in range(len(shape)))
+    array = DeviceNDArray(shape, strides, dtype, gpu_data=pointer)
+    weakref.finalize(pointer, free.append, buf)     # back to the pool when unused
+    return array
+
+
+def workspace_like(array):
+    return workspace(array.shape, array.dtype)
 
 
 # ---------------------------------------------------------------------------- copies, fills
@@ -132,7 +197,7 @@ def copy_t(dst, src):
 
 
 def transposed(src):
-    out = cuda.device_array((src.shape[1], src.shape[0]), src.dtype)
+    out = workspace((src.shape[1], src.shape[0]), src.dtype)
     copy_t(out, src)
     return out
 
@@ -155,7 +220,7 @@ def add_into2(dst, src):
 
 def clone(src):
     """A fresh device array holding a copy of src (1-D or 2-D)."""
-    out = cuda.device_array(src.shape, src.dtype)
+    out = workspace(src.shape, src.dtype)
     (copy1 if len(src.shape) == 1 else copy2)(out, src)
     return out
 

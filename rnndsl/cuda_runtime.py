@@ -67,7 +67,9 @@ class CudaCell(CompiledCell):
         """A checked device array for `value`, host or device (copied if strided)."""
         from numba import cuda
         if not is_device_array(value):
-            return cuda.to_device(np.ascontiguousarray(self._array(what, value, shape, layout)))
+            # a fresh copy: NumPy calls an array with a length-1 axis contiguous whatever
+            # that axis's stride, and numba-cuda's reshape on the GPU then refuses it
+            return cuda.to_device(np.array(self._array(what, value, shape, layout), order="C"))
         if not hasattr(value, "copy_to_host"):
             value = cuda.as_cuda_array(value)
         if np.dtype(value.dtype) != self.dtype:
@@ -158,6 +160,10 @@ class CudaCell(CompiledCell):
     def _empty(self, shape: tuple[int, ...]):
         from numba import cuda
         return cuda.device_array(shape, self.dtype)
+
+    def _workspace(self, shape: tuple[int, ...]):
+        from .cuda_kernels import workspace
+        return workspace(shape, self.dtype)
 
     def _zeros(self, shape: tuple[int, ...]):
         from .cuda_kernels import fill1

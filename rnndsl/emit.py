@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from . import __version__, printer
 from .ops import HARD_SIGMOID_SLOPE, Op
-from .plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan
+from .plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan, passes_for
 from .printer_py import Printer, safe_comment
 from .shapes import Dim
 
@@ -868,7 +868,7 @@ class _Emitter:
     def _docstring(self, kern: _Kernel, which: str) -> None:
         plan = self.plan
         p = kern.p
-        on = ", ".join(sorted(plan.passes)) or "none"
+        on = ", ".join(passes_for(plan.passes, self.dialect.target)) or "none"
         p.line('"""' + (f"Forward pass of {plan.step.cell.name} over T steps."
                         if which == "forward" else
                         f"BPTT for {plan.step.cell.name}: gradients of params, inputs and "

@@ -16,11 +16,11 @@ A kernel's parameters are the free names of its body (arrays, the step `t`, size
 typed constants), found with `ast` on the generated text, so whatever the shared
 emitter writes into a body reaches the kernel as an argument.
 
-The time loops stay in the drivers, on the host: each step is a few launches over
+The drivers print their time loops on the host: each step a few launches over
 device-resident state, tapes and work arrays (the recurrent GEMM, one fused elementwise
-kernel, copies). Not done yet: fusing the per-step recurrent GEMM into the step's
-elementwise kernel, and the persistent kernel that keeps the recurrent weights on chip
-across steps (Diamos et al. 2016); both would be new skeletons here, not new plan data.
+kernel, copies). The `persistent` pass (emit_persistent.py) then moves each loop into one
+cooperative kernel: the same phases, one launch for all steps. With the pass off, the
+host loop is what runs.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .emit import (
     _Emitter,
     _Kernel,
 )
+from .emit_persistent import KernelInfo, PersistentLoop
 from .ops import Op
 from .plan import Plan
 from .printer_py import Printer
@@ -66,11 +67,11 @@ CUDA_FORMATS = {**ELEMENTWISE_FORMATS,
                 **{op: _cuda_expr for op in (Op.TANH, Op.SIGMOID, Op.SOFTPLUS, Op.SIGN)}}
 
 CUDA = Dialect(
-    target="cuda", decorator=None, empty="cuda.device_array",
-    empty_like="cuda.device_array_like", dot="gemm", contiguous="", clone="clone({})",
+    target="cuda", decorator=None, empty="workspace",
+    empty_like="workspace_like", dot="gemm", contiguous="", clone="clone({})",
     helpers="rnndsl.cuda_kernels",
     helper_names=tuple(n for n in HELPER_NAMES if n not in KERNEL_FUNCTIONS)
-    + ("clone", "gemm", "launch"),
+    + ("clone", "gemm", "launch", "launch_persistent", "workspace", "workspace_like"),
     runtime="rnndsl.cuda_runtime:cuda_cell_class",
     engine="numba-cuda @cuda.jit kernels driven from Python")
 
@@ -137,6 +138,7 @@ class CudaEmitter(_Emitter):
     def __init__(self, plan: Plan, spec_path: str, spec_text: str, digest: str):
         super().__init__(plan, spec_path, spec_text, digest)
         self.kernels: list[tuple[str, str, list[tuple[str, str]]]] = []
+        self.kernel_info: dict[str, KernelInfo] = {}
 
     def add_device_kernel(self, kern: _CudaKernel, axes, about: list[str],
                           body: list[str]) -> None:
@@ -166,9 +168,49 @@ class CudaEmitter(_Emitter):
         names = ", ".join(n for n, _ in params)
         text = text.replace(f"def {name}():", f"def {name}({names}):")
         self.kernels.append((name, text, params))
+        self.kernel_info[name] = KernelInfo(parallel, serial, list(body), what)
         extents = ", ".join(e for _, e in parallel)
         axes_text = " x ".join(f"{v}" for v, _ in parallel) or "one thread"
         kern.p.line(f"{name}[launch({extents})]({names})  # threads: {axes_text}")
+
+    def forward_kernel(self, nodes):
+        text, args = super().forward_kernel(nodes)
+        return self.persistent(text, "forward"), args
+
+    def backward_kernel(self, nodes):
+        text, args = super().backward_kernel(nodes)
+        return self.persistent(text, "backward"), args
+
+    def persistent(self, driver: str, which: str) -> str:
+        """The `persistent` pass: the driver's time loop as one cooperative kernel
+        (emit_persistent.py); the driver is unchanged where the pass is off or the loop
+        holds a statement the pass does not handle."""
+        if "persistent" not in self.plan.passes:
+            return driver
+        cell = self.plan.step.cell.name
+        name = f"{which}_{cell}_steps"
+        about = (f"every step of {which}_{cell}'s time loop in one launch: the grid stays "
+                 "resident and waits at grid.sync() where a phase needs the last one's "
+                 "results")
+        made = PersistentLoop(driver, self.kernel_info, self.k(0.0)).kernel(name, about)
+        if made is None:
+            return driver
+        text, work, (start, stop) = made
+        text = text.replace("(<<params>>):", "():")
+        params = kernel_params(text)
+        names = ", ".join(n for n, _ in params)
+        text = text.replace(f"def {name}():", f"def {name}({names}):")
+        lines = driver.split("\n")
+        indent = lines[start][:len(lines[start]) - len(lines[start].lstrip())]
+        launch = [f"{indent}# the time loop on the device: one launch for all steps, with "
+                  "as many threads as its widest phase has items",
+                  f"{indent}launch_persistent({name}, {work}, {names})"]
+        driver = "\n".join(lines[:start] + launch + lines[stop:])
+        # the loop's kernels now live inside the persistent one
+        self.kernels = [k for k in self.kernels
+                        if not k[0].startswith(f"{which}_") or k[0] + "[" in driver]
+        self.kernels.append((name, text, params))
+        return driver
 
     def emit(self) -> Emitted:
         out = super().emit()

@@ -25,7 +25,16 @@ from .grad import StepGrads, grad_step
 from .ir import Graph, StepGraph, lower
 from .ops import Op
 
-PASSES = ("cse", "simplify", "hoist", "fuse_matmul", "fuse_elementwise", "defer_grads")
+PASSES = ("cse", "simplify", "hoist", "fuse_matmul", "fuse_elementwise", "defer_grads",
+          "persistent")
+# Passes that only one target's emitter acts on; the others emit the same program with
+# them on or off. `persistent` runs each time loop as one cooperative kernel (cuda).
+TARGET_PASSES = {"persistent": "cuda"}
+
+
+def passes_for(passes, target: str) -> list[str]:
+    """The passes among `passes` that change what `target` runs, sorted."""
+    return sorted(p for p in passes if TARGET_PASSES.get(p, target) == target)
 """cse: an expression computed twice is computed once (the IR is hash-consed; off, only
 leaves are shared). simplify: constant folding and algebraic identities (simplify.py).
 hoist: state-independent work leaves the time loop (the W @ x GEMMs over T*B rows).

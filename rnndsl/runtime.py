@@ -602,6 +602,10 @@ class CompiledCell(Cell):
     def _kernel_param(self, name: str):
         return self._param(name)
 
+    def _workspace(self, shape: tuple[int, ...]):
+        """An array only the tape holds (never handed to the user)."""
+        return self._empty(shape)
+
     def _empty(self, shape: tuple[int, ...]):
         return np.empty(shape, self.dtype)
 
@@ -655,10 +659,10 @@ class CompiledCell(Cell):
                 finals[arg[1]] = self._empty((B,) + self._size(states[arg[1]]))
                 args.append(finals[arg[1]])
             elif kind == "hist":
-                tapes[arg] = self._empty((T, B) + self._size(states[arg[1]]))
+                tapes[arg] = self._workspace((T, B) + self._size(states[arg[1]]))
                 args.append(tapes[arg])
             elif kind == "tape":
-                tapes[arg] = self._empty((T, B, self._tape_size(arg[1])))
+                tapes[arg] = self._workspace((T, B, self._tape_size(arg[1])))
                 args.append(tapes[arg])
             else:
                 raise AssertionError(f"unknown forward argument {arg}")

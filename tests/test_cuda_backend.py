@@ -156,7 +156,7 @@ def test_cli_build_target_cuda(tmp_path):
                          check=False, capture_output=True, text=True, env=_no_sim_env(), cwd=ROOT)
     assert out.returncode == 0, out.stderr
     text = (tmp_path / "elman.py").read_text()
-    assert "TARGET = 'cuda'" in text and "forward_Elman_k0" in text
+    assert "TARGET = 'cuda'" in text and "forward_Elman_steps" in text
 
 
 @pytest.mark.skipif(os.environ.get("RNNDSL_REAL_GPU") == "1", reason="a GPU is present")
@@ -191,6 +191,12 @@ PTX_SCRIPT = textwrap.dedent("""
     except Exception as exc:          # no NVVM: numba-cuda[cu13] is not installed
         print(f"no PTX compiler: {exc}")
         sys.exit(77)
+    # cuda.cg.this_grid() (the persistent kernels) is a device function that numba-cuda
+    # compiles for the current device, which needs a GPU; a stand-in names cc 9.0.
+    from types import SimpleNamespace
+    import numba.cuda.dispatcher
+    numba.cuda.dispatcher.get_current_device = \
+        lambda: SimpleNamespace(compute_capability=(9, 0))
     from rnndsl import cuda_kernels
     from rnndsl.build import build_source, load_built, write_module
     from rnndsl.spec import read_spec
@@ -200,7 +206,7 @@ PTX_SCRIPT = textwrap.dedent("""
                      types.Array(ft, int(k[1:]), "A") for k in kinds)
 
     count = 0
-    for ft in (types.float32, types.float64):
+    for ft in (types.float32, types.float64) if "--shared" in sys.argv else ():
         table = dict(cuda_kernels.KERNEL_SIGNATURES)
         for name, kernel in cuda_kernels.GEMM_KERNELS.items():
             if name == str(ft):
@@ -210,6 +216,8 @@ PTX_SCRIPT = textwrap.dedent("""
             count += 1
     out = Path(tempfile.mkdtemp())
     for path in sys.argv[1:]:
+        if path == "--shared":
+            continue
         spec_file = read_spec(path)
         target = out / (Path(path).stem + "_cuda.py")
         write_module(build_source(spec_file, target="cuda"), target)
@@ -223,10 +231,13 @@ PTX_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_every_kernel_compiles_to_ptx_for_sm90():
+@pytest.mark.parametrize("what", ["--shared", *SPECS],
+                         ids=["cuda_kernels", *(p.stem for p in SPECS)])
+def test_every_kernel_compiles_to_ptx_for_sm90(what):
     """What the simulator accepts but a GPU rejects (lists in kernels, mixed dtypes,
-    Python objects) fails here, without a GPU."""
-    out = subprocess.run([sys.executable, "-c", PTX_SCRIPT, *map(str, SPECS)],
+    Python objects) fails here, without a GPU: the shared kernels, then each spec's
+    (one test each, so that the workers share the compiling)."""
+    out = subprocess.run([sys.executable, "-c", PTX_SCRIPT, str(what)],
                          check=False, capture_output=True, text=True, env=_no_sim_env(), cwd=ROOT,
                          timeout=600)
     if out.returncode == 77:
@@ -253,3 +264,114 @@ def test_gpu_benchmark_runs_on_the_simulator():
                          cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr[-4000:]
     assert "CUDA simulator" in out.stdout and "lstm  tiny" in out.stdout
+
+
+HOST_LOOP_SPECS = ("lstm", "gru", "two_streams", "layernorm_lstm")
+
+
+def _without_persistent(name: str, tmp_path):
+    from rnndsl.plan import PASSES
+    passes = tuple(p for p in PASSES if p != "persistent")
+    target = tmp_path / f"{name}_host_loop.py"
+    write_module(build_source(read_spec(ROOT / "specs" / f"{name}.rnn"), passes=passes,
+                              target="cuda"), target)
+    return load_built(target)
+
+
+def _driver_time_loops(source: str) -> int:
+    """How many `for t` loops the host drivers (the undecorated functions) hold."""
+    import ast
+    count = 0
+    for fn in ast.parse(source).body:
+        if isinstance(fn, ast.FunctionDef) and not fn.decorator_list:
+            count += sum(isinstance(n, ast.For) and getattr(n.target, "id", "") == "t"
+                         for n in ast.walk(fn))
+    return count
+
+
+@pytest.mark.parametrize("name", HOST_LOOP_SPECS)
+def test_host_driven_time_loop_matches_interpreter(name, tmp_path):
+    """With the `persistent` pass off, each step is launched from the host: that path
+    stays correct too (outputs, states, every gradient; float64)."""
+    module = _without_persistent(name, tmp_path)
+    cls = getattr(module, module.CELLS[0])
+    assert _driver_time_loops(Path(module.__file__).read_text()) == 2
+    Ref = rnndsl.load(ROOT / "specs" / f"{name}.rnn", target="interp")
+    dims = {d: SIZE for d in Ref.spec.dims}
+    cell, ref = cls(dtype=np.float64, seed=1, **dims), Ref(dtype=np.float64, seed=1, **dims)
+    rng = np.random.default_rng(2)
+    x = _inputs(cell, rng, np.float64)
+    run, want = cell.forward(x), ref.forward(x)
+    d_out = {k: rng.normal(size=v.shape) for k, v in want.outputs.items()}
+    got, exp = cell.backward(run, d_outputs=d_out), ref.backward(want, d_outputs=d_out)
+    for name_, value in want.outputs.items():
+        assert _rel(run.outputs[name_], value) < 1e-10, name_
+    for kind in ("params", "inputs", "state"):
+        for key, value in getattr(exp, kind).items():
+            assert _rel(getattr(got, kind)[key], value) < 1e-10, (kind, key)
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_time_loop_runs_as_one_persistent_kernel(path):
+    """The pass must not quietly fall back to the host loop on any spec: no driver keeps
+    a `for t` loop, and each cell has a forward and a backward persistent kernel."""
+    source = build_source(read_spec(path), target="cuda")
+    assert _driver_time_loops(source) == 0
+    for cell in read_spec(path).cells:
+        assert f"def forward_{cell}_steps(" in source
+        assert f"def backward_{cell}_steps(" in source
+    assert "grid.sync()" in source and "launch_persistent(" in source
+
+
+def test_persistent_barriers_follow_the_dependencies():
+    """A barrier goes exactly where a phase touches what an earlier phase since the last
+    barrier wrote, or writes what one read; views count as the array they view."""
+    from rnndsl.emit_persistent import PersistentLoop
+    driver = textwrap.dedent('''
+        def forward_X(T, B, a, b, c, d, k0):
+            v = a[:, 0:2]
+            for t in range(T):
+                copy2(b, a)
+                copy2(c, a)
+                copy2(a, d)
+                gemm(v, b, d)
+                fill2(c, k0)
+                copy2(d, b)
+                w = c[:, 1:3]
+                copy2(w, b)
+    ''').strip()
+    text, work, span = PersistentLoop(driver, {}, "k0").kernel("forward_X_steps", "test")
+    body = text.split("for t in range(T):")[1]
+    phases = [line.strip() for line in body.splitlines()
+              if line.strip().startswith(("# copy2", "# fill2", "# d = ", "grid.sync"))]
+    assert phases == [
+        "# copy2(b, a)", "# copy2(c, a)",       # both only read a: no barrier
+        "grid.sync()", "# copy2(a, d)",         # writes a, which both read
+        "grid.sync()", "# d = v @ b: a block a tile, staged in shared memory",  # v is a view of a
+        "# fill2(c, k0)",                        # c: last touched before the barrier
+        "grid.sync()", "# copy2(d, b)",         # d was written by the GEMM
+        "# copy2(w, b)",                         # w views c: untouched since the barrier
+        "grid.sync()"]                           # the step's end
+    assert span == (2, 11) and "d.shape[0]" in work
+    assert "= v[i0 + rq, kb + kq]" in text     # a view made before the loop: an argument
+    assert "c[r, 1 + j] = b[r, j]" in text     # one made inside it: composed
+
+
+def test_workspace_arrays_have_the_asked_shape_and_dtype():
+    """The drivers' and tapes' allocator; under the simulator (and by default) the
+    buffer pool is off and each call allocates."""
+    from rnndsl.cuda_kernels import POOL, workspace, workspace_like
+    assert not POOL
+    for shape, dtype in (((3, 2, 5), np.float32), (7, np.float64), ((0, 4), np.float32)):
+        a = workspace(shape, dtype)
+        want = (shape,) if isinstance(shape, int) else shape
+        assert tuple(a.shape) == want and a.dtype == np.dtype(dtype)
+        assert tuple(workspace_like(a).shape) == want
+
+
+def test_persistent_pass_is_named_only_for_the_cuda_target():
+    from rnndsl.plan import PASSES, passes_for
+    assert "persistent" in PASSES and "persistent" not in passes_for(PASSES, "cpu")
+    spec_file = read_spec(ROOT / "specs" / "elman.rnn")
+    assert "persistent" in build_source(spec_file, target="cuda").split("Optimizations:")[1]
+    assert "persistent" not in build_source(spec_file).split("Optimizations:")[1].split("\n")[0]

@@ -1,0 +1,377 @@
+"""Stage 6, cuda target: a driver's time loop as one persistent, cooperative kernel.
+
+Driven from the host, every step of the time loop costs several kernel launches (the
+recurrent GEMM, the fused elementwise kernel, copies), and a launch from Python costs
+20-160 us on an H200 (measured, benchmarks/RESULTS.md), growing with the number of array
+arguments: more than a step's arithmetic at the sizes people train at. This pass moves
+the whole loop onto the device: one launch runs every step, with the grid kept resident
+(a cooperative launch) and `grid.sync()` (about 1.4 us there) between dependent phases.
+It is the skeleton of Diamos et al., "Persistent RNNs" (2016), without their main trick:
+the recurrent weights are read from global memory at each step (4 MB for an LSTM at
+H = 512, which the H200's L2 can hold), not kept in registers across steps.
+
+Input: the text of a driver that emit_cuda.py printed, with its kernels' bodies and
+axes. Each statement of the time loop becomes one phase of the persistent kernel, run by
+all of the grid's threads in a grid-stride loop:
+  - `K[launch(...)](...)`: a generated loop-nest kernel; its body is inlined, its
+    parallel axes flattened onto the grid;
+  - `copy1/2`, `copy_rows`, `fill1/2`, `add_into1/2`: the same loops written out;
+  - `gemm(a, b, out)`: out = a @ b, a block a tile of `out`, through shared memory;
+  - `x = y[...]` inside the loop: a view, composed into the indices of later phases.
+Operands such as `hist_c[t]` or `w[:, H:2 * H]` become index arithmetic on the whole
+array, so every array reaches the kernel whole and is indexed at its full rank.
+
+The phases' own temporaries (flat, tile, kb, acc0, ...) never take the names the emitter
+gives (k<n> constants, e<n> values, arrays), which a phase must not overwrite.
+
+A phase waits behind `grid.sync()` only when it touches memory that a phase since the
+last barrier wrote, or writes memory that one read (arrays are followed to the array they
+view); every step ends with one. A loop holding anything else is left on the host.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+
+from .emit import CONSTS_PLACEHOLDER
+from .printer_py import Printer
+
+ROWS_PER_THREAD = 4          # rows of a GEMM's output one thread computes
+K_TILE = 16                  # depth of the slices a GEMM phase stages in shared memory
+THREADS_CAP = 256            # threads a block at most (cuda_kernels.THREADS)
+
+
+@dataclass
+class KernelInfo:
+    """What a generated loop-nest kernel is made of, for inlining."""
+    parallel: list[tuple[str, str]]          # (variable, extent), outermost first
+    serial: list[tuple[str, str]]
+    body: list[str]                          # at depth 0
+    about: str
+
+
+@dataclass
+class _Phase:
+    lines: list[str]
+    reads: set[str] = field(default_factory=set)
+    writes: set[str] = field(default_factory=set)
+    work: str = "1"                           # how many grid-stride items it has
+
+
+class Unsupported(Exception):
+    """A statement this pass cannot put on the device: the loop stays on the host."""
+
+
+def _atom(expr: str) -> str:
+    """expr, parenthesised unless it is a name, a number or a `.shape[k]`."""
+    return expr if re.fullmatch(r"[\w.]+(\[\d+\])?", expr) else f"({expr})"
+
+
+def _view_items(node: ast.expr) -> tuple[str, list[tuple]]:
+    """(array, items) of a plain name or a basic-index view of one; an item is
+    ("fix", expr), ("slice", lo, hi) with either side None, or ("all",)."""
+    if isinstance(node, ast.Name):
+        return node.id, []
+    if not (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)):
+        raise Unsupported(ast.unparse(node))
+    elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+    items = []
+    for e in elts:
+        if isinstance(e, ast.Slice):
+            if e.step is not None:
+                raise Unsupported(ast.unparse(node))
+            lo = ast.unparse(e.lower) if e.lower is not None else None
+            hi = ast.unparse(e.upper) if e.upper is not None else None
+            items.append(("all",) if lo is None and hi is None else ("slice", lo, hi))
+        else:
+            items.append(("fix", ast.unparse(e)))
+    return node.value.id, items
+
+
+class _View:
+    """An operand of a helper call: which array, and how its elements map onto the
+    array's own indices."""
+
+    def __init__(self, array: str, items: list[tuple], rank: int):
+        free = sum(1 for it in items if it[0] != "fix")
+        self.array = array
+        self.items = items + [("all",)] * (rank - free)   # trailing axes taken whole
+        self.rank = rank
+
+    def at(self, *idx: str) -> str:
+        assert len(idx) == self.rank
+        out, k = [], 0
+        for it in self.items:
+            if it[0] == "fix":
+                out.append(it[1])
+                continue
+            i = idx[k]
+            k += 1
+            out.append(i if it[0] == "all" or it[1] in (None, "0") else f"{it[1]} + {i}")
+        return f"{self.array}[{', '.join(out)}]"
+
+    def extent(self, axis: int) -> str:
+        k = -1
+        for pos, it in enumerate(self.items):
+            if it[0] == "fix":
+                continue
+            k += 1
+            if k == axis:
+                if it[0] == "all":
+                    return f"{self.array}.shape[{pos}]"
+                lo, hi = it[1] or "0", it[2] or f"{self.array}.shape[{pos}]"
+                return f"({hi} - {lo})" if lo != "0" else hi
+        raise AssertionError(axis)
+
+
+class PersistentLoop:
+    """Turns one driver's time loop into a cooperative kernel and its launch."""
+
+    def __init__(self, driver: str, kernels: dict[str, KernelInfo], zero: str):
+        # the typed-constant block is filled in later; any statement parses in its place
+        self.tree = ast.parse(driver.replace(CONSTS_PLACEHOLDER, "pass"))
+        self.fn = self.tree.body[0]
+        assert isinstance(self.fn, ast.FunctionDef)
+        self.kernels = kernels
+        self.zero = zero                     # the typed-constant name holding 0.0
+        self.root: dict[str, str] = {}      # view -> the array it views (before the loop)
+        self.local_views: dict[str, ast.expr] = {}
+
+    # ------------------------------------------------------------------ analysis
+    def loop(self) -> ast.For | None:
+        for st in self.fn.body:
+            if isinstance(st, ast.For) and isinstance(st.target, ast.Name) \
+                    and st.target.id == "t":
+                return st
+        return None
+
+    def _follow_views(self, upto: ast.stmt) -> None:
+        """Which array each name views, from the driver's assignments before the loop."""
+        for st in self.fn.body:
+            if st is upto:
+                break
+            if not (isinstance(st, ast.Assign) and len(st.targets) == 1
+                    and isinstance(st.targets[0], ast.Name)):
+                continue
+            value = st.value
+            base = None
+            if isinstance(value, ast.Subscript) and isinstance(value.value, ast.Name):
+                base = value.value.id
+            elif (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
+                  and value.func.attr == "reshape" and isinstance(value.func.value, ast.Name)):
+                base = value.func.value.id
+            if base is not None:
+                self.root[st.targets[0].id] = self.root.get(base, base)
+
+    def _root(self, name: str) -> str:
+        return self.root.get(name, name)
+
+    def _operand(self, node: ast.expr, rank: int) -> _View:
+        array, items = _view_items(node)
+        if array in self.local_views:
+            if items:
+                raise Unsupported(f"a view of the in-loop view {array}")
+            array, items = _view_items(self.local_views[array])
+        if array in self.local_views:
+            raise Unsupported(f"a view of the in-loop view {array}")
+        return _View(array, items, rank)
+
+    # ------------------------------------------------------------------ phases
+    @staticmethod
+    def _grid_loop(p: Printer, axes: list[tuple[str, str]]) -> str:
+        """Open a grid-stride loop over `axes` (outermost first), neighbouring threads on
+        neighbouring elements of the innermost axis; returns the work (items)."""
+        if not axes:
+            p.line("if tid == 0:")
+            p.depth += 1
+            return "1"
+        extents = [_atom(e) for _, e in axes]
+        work = " * ".join(extents)
+        if len(axes) == 1:
+            p.line(f"for {axes[0][0]} in range(tid, {work}, nthreads):")
+            p.depth += 1
+            return work
+        p.line(f"for flat in range(tid, {work}, nthreads):")
+        p.depth += 1
+        rest = "flat"
+        for k, (v, _) in enumerate(axes[:-1]):
+            inner = " * ".join(extents[k + 1:])
+            inner = inner if len(extents) - k == 2 else f"({inner})"
+            p.line(f"{v} = {rest} // {inner}")
+            if k == len(axes) - 2:
+                p.line(f"{axes[-1][0]} = {rest} - {v} * {inner}")
+            else:
+                p.line(f"rem{k} = {rest} - {v} * {inner}")
+                rest = f"rem{k}"
+        return work
+
+    def _kernel_phase(self, call: ast.Call) -> _Phase:
+        name = call.func.value.id
+        info = self.kernels.get(name)
+        if info is None:
+            raise Unsupported(name)
+        p = Printer()
+        p.comment(info.about)
+        work = self._grid_loop(p, info.parallel)
+        for v, e in info.serial:
+            p.line(f"for {v} in range({e}):")
+            p.depth += 1
+        for line in info.body:
+            p.line(line)
+        reads, writes = set(), set()
+        for node in ast.walk(ast.parse("\n".join(info.body))):
+            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
+                (writes if isinstance(node.ctx, ast.Store) else reads).add(node.value.id)
+            if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Subscript):
+                reads.add(node.target.value.id)
+        return _Phase(p.lines, {self._root(n) for n in reads}, {self._root(n) for n in writes},
+                      work)
+
+    def _helper_phase(self, call: ast.Call) -> _Phase:
+        fname = call.func.id
+        args = call.args
+        p = Printer()
+        if fname == "gemm":
+            return self._gemm_phase(args)
+        rank = {"copy1": 1, "fill1": 1, "add_into1": 1}.get(fname, 2)
+        dst = self._operand(args[0], rank)
+        idx = ("j",) if rank == 1 else ("r", "j")
+        axes = list(zip(idx, (dst.extent(k) for k in range(rank))))
+        p.comment(ast.unparse(call))
+        work = self._grid_loop(p, axes)
+        reads = set()
+        if fname in ("copy1", "copy2", "add_into1", "add_into2"):
+            src = self._operand(args[1], rank)
+            op = "+=" if fname.startswith("add_into") else "="
+            p.line(f"{dst.at(*idx)} {op} {src.at(*idx)}")
+            reads.add(src.array)
+            if op == "+=":
+                reads.add(dst.array)
+        elif fname == "copy_rows":
+            src = self._operand(args[1], 1)
+            p.line(f"{dst.at(*idx)} = {src.at('j')}")
+            reads.add(src.array)
+        elif fname in ("fill1", "fill2"):
+            if not isinstance(args[1], ast.Name):
+                raise Unsupported(ast.unparse(call))
+            p.line(f"{dst.at(*idx)} = {args[1].id}")
+        else:
+            raise Unsupported(fname)
+        return _Phase(p.lines, {self._root(n) for n in reads}, {self._root(dst.array)}, work)
+
+    def _gemm_phase(self, args: list[ast.expr]) -> _Phase:
+        """out = a @ b, a block a tile of out: the block stages a K_TILE-deep slice of
+        a's rows and b's columns in shared memory (loads in flight together, coalesced),
+        then each thread sums ROWS_PER_THREAD rows of one column from it. A tile is
+        ROWS_PER_THREAD * (threads / columns) rows by min(threads, 64) columns."""
+        a, b, out = (self._operand(x, 2) for x in args)
+        m, n, depth = out.extent(0), out.extent(1), a.extent(1)
+        rows, kt, z = ROWS_PER_THREAD, K_TILE, self.zero
+        p = Printer()
+        p.comment(f"{ast.unparse(args[2])} = {ast.unparse(args[0])} @ {ast.unparse(args[1])}:"
+                  " a block a tile, staged in shared memory")
+        p.line(f"sa = cuda.shared.array(({kt}, {rows * THREADS_CAP // 64}), "
+               f"{out.array}.dtype)")
+        p.line(f"sb = cuda.shared.array(({kt}, 64), {out.array}.dtype)")
+        p.line(f"gm = {m}")
+        p.line(f"gn = {n}")
+        p.line(f"gk = {depth}")
+        p.line("tn = min(cuda.blockDim.x, 64)")
+        p.line(f"tm = cuda.blockDim.x // tn * {rows}")
+        p.line("col = cuda.threadIdx.x % tn")
+        p.line(f"row = cuda.threadIdx.x // tn * {rows}")
+        p.line("ntn = (gn + tn - 1) // tn")
+        with p.indent("for tile in range(cuda.blockIdx.x, (gm + tm - 1) // tm * ntn, "
+                      "cuda.gridDim.x):"):
+            p.line("i0 = tile // ntn * tm")
+            p.line("c0 = (tile - tile // ntn * ntn) * tn")
+            for q in range(rows):
+                p.line(f"acc{q} = {z}")
+            with p.indent(f"for kb in range(0, gk, {kt}):"):
+                with p.indent(f"for e in range(cuda.threadIdx.x, {kt} * tm, cuda.blockDim.x):"):
+                    p.line(f"rq = e // {kt}")
+                    p.line(f"kq = e - rq * {kt}")
+                    with p.indent("if i0 + rq < gm and kb + kq < gk:"):
+                        p.line(f"sa[kq, rq] = {a.at('i0 + rq', 'kb + kq')}")
+                    with p.indent("else:"):
+                        p.line(f"sa[kq, rq] = {z}")
+                with p.indent(f"for e in range(cuda.threadIdx.x, {kt} * tn, cuda.blockDim.x):"):
+                    p.line("kq = e // tn")
+                    p.line("cq = e - kq * tn")
+                    with p.indent("if kb + kq < gk and c0 + cq < gn:"):
+                        p.line(f"sb[kq, cq] = {b.at('kb + kq', 'c0 + cq')}")
+                    with p.indent("else:"):
+                        p.line(f"sb[kq, cq] = {z}")
+                p.line("cuda.syncthreads()")
+                with p.indent(f"for kk in range({kt}):"):
+                    p.line("bv = sb[kk, col]")
+                    for q in range(rows):
+                        p.line(f"acc{q} += sa[kk, row + {q}] * bv")
+                p.line("cuda.syncthreads()")
+            with p.indent("if c0 + col < gn:"):
+                for q in range(rows):
+                    with p.indent(f"if i0 + row + {q} < gm:"):
+                        p.line(f"{out.at(f'i0 + row + {q}', 'c0 + col')} = acc{q}")
+        tile_rows = rows * THREADS_CAP // 64
+        work = (f"(({_atom(m)} + {tile_rows - 1}) // {tile_rows}) * (({_atom(n)} + 63) // 64)"
+                f" * {THREADS_CAP}")
+        return _Phase(p.lines, {self._root(a.array), self._root(b.array)},
+                      {self._root(out.array)}, work)
+
+    def _phase(self, st: ast.stmt) -> _Phase:
+        if (isinstance(st, ast.Assign) and len(st.targets) == 1
+                and isinstance(st.targets[0], ast.Name) and isinstance(st.value, ast.Subscript)):
+            name = st.targets[0].id
+            base, _ = _view_items(st.value)
+            self.local_views[name] = st.value
+            self.root[name] = self._root(base)
+            # kept as a statement too: the inlined kernels name the view
+            return _Phase([ast.unparse(st)], work="1")
+        if not (isinstance(st, ast.Expr) and isinstance(st.value, ast.Call)):
+            raise Unsupported(ast.unparse(st))
+        call = st.value
+        if isinstance(call.func, ast.Subscript) and isinstance(call.func.value, ast.Name):
+            return self._kernel_phase(call)
+        if isinstance(call.func, ast.Name):
+            return self._helper_phase(call)
+        raise Unsupported(ast.unparse(st))
+
+    # ------------------------------------------------------------------ output
+    def kernel(self, name: str, about: str) -> tuple[str, str, tuple[int, int]] | None:
+        """(kernel text, its work: how many threads its widest phase can keep busy, the
+        driver's lines [start, stop) that the loop spans), or None when the loop holds
+        something this pass does not handle."""
+        loop = self.loop()
+        if loop is None:
+            return None
+        self._follow_views(loop)
+        try:
+            phases = [self._phase(st) for st in loop.body]
+        except Unsupported:
+            return None
+        if not phases:
+            return None
+        p = Printer()
+        p.line("@cuda.jit")
+        with p.indent(f"def {name}(<<params>>):"):
+            p.comment(about)
+            p.line("grid = cuda.cg.this_grid()")
+            p.line("tid = cuda.grid(1)")
+            p.line("nthreads = cuda.gridsize(1)")
+            with p.indent(f"for t in {ast.unparse(loop.iter)}:"):
+                reads: set[str] = set()
+                writes: set[str] = set()
+                for ph in phases:
+                    if writes & (ph.reads | ph.writes) or reads & ph.writes:
+                        p.line("grid.sync()")
+                        reads, writes = set(), set()
+                    reads |= ph.reads
+                    writes |= ph.writes
+                    for line in ph.lines:
+                        p.line(line)
+                p.comment("the next step reads what this one wrote")
+                p.line("grid.sync()")
+        work = "max(" + ", ".join([*dict.fromkeys(ph.work for ph in phases), "1"]) + ")"
+        return p.text(), work, (loop.lineno - 1, loop.end_lineno)
