@@ -24,6 +24,7 @@ from .compose import LENGTH_MASK, with_lengths
 from .errors import BindError
 from .grad import UnrolledGrads, grad_unrolled
 from .interp import Context, evaluate
+from .malloc import keep_freed_memory
 from .ir import StepGraph, Unrolled, lower, unroll
 
 DTYPES = (np.float32, np.float64)
@@ -560,6 +561,11 @@ class CompiledCell(Cell):
     target = "cpu"
     kernels: Any = None
     meta: dict = {}
+
+    def __init__(self, dtype=np.float32, seed: int | None = 0, **dims: int):
+        # each call's tapes and work arrays: reused heap blocks, not fresh pages (malloc.py)
+        keep_freed_memory()
+        super().__init__(dtype=dtype, seed=seed, **dims)
 
     @classmethod
     def _make_lengths_class(cls) -> type:
