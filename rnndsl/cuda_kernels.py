@@ -67,15 +67,24 @@ def persistent_grid(kernel, work: int, *args) -> tuple[int, int]:
     larger than its widest phase needs. RNNDSL_CUDA_BLOCKS=N caps the blocks (a tuning
     knob: benchmarks/gpu_probe.py measures what the cap does). The simulator runs a
     cooperative grid as one block."""
+    cap = _blocks_cap()
     if SIMULATOR:       # each simulated thread is a Python thread: keep blocks small
         return 1, min(64, _pow2(work))
     threads = min(THREADS, _pow2(work))
     compiled = kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))
     blocks = min(compiled.max_cooperative_grid_blocks(threads), (work + threads - 1) // threads)
+    return max(1, min(blocks, cap or blocks)), threads
+
+
+def _blocks_cap() -> int | None:
     cap = os.environ.get("RNNDSL_CUDA_BLOCKS")
-    if cap:
-        blocks = min(blocks, int(cap))
-    return max(1, blocks), threads
+    if not cap:
+        return None
+    if not cap.isdigit() or int(cap) < 1:
+        from .errors import TargetError
+        raise TargetError(f"RNNDSL_CUDA_BLOCKS must be a positive whole number of blocks, "
+                          f"not {cap!r}; unset it for the default")
+    return int(cap)
 
 
 LAST_GRID: dict = {}      # kernel -> the (blocks, threads) of its last launch, for probes

@@ -375,3 +375,13 @@ def test_persistent_pass_is_named_only_for_the_cuda_target():
     spec_file = read_spec(ROOT / "specs" / "elman.rnn")
     assert "persistent" in build_source(spec_file, target="cuda").split("Optimizations:")[1]
     assert "persistent" not in build_source(spec_file).split("Optimizations:")[1].split("\n")[0]
+
+
+def test_a_bad_blocks_cap_is_a_clear_error(monkeypatch):
+    from rnndsl.cuda_kernels import persistent_grid
+    from rnndsl.errors import TargetError
+    monkeypatch.setenv("RNNDSL_CUDA_BLOCKS", "lots")
+    with pytest.raises(TargetError, match="RNNDSL_CUDA_BLOCKS must be a positive whole"):
+        persistent_grid(None, 100)
+    monkeypatch.setenv("RNNDSL_CUDA_BLOCKS", "8")
+    assert persistent_grid(None, 100) == (1, 64)      # the simulator: one block
