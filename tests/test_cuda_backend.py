@@ -385,3 +385,15 @@ def test_a_bad_blocks_cap_is_a_clear_error(monkeypatch):
         persistent_grid(None, 100)
     monkeypatch.setenv("RNNDSL_CUDA_BLOCKS", "8")
     assert persistent_grid(None, 100) == (1, 64)      # the simulator: one block
+
+
+def test_the_cuda_doc_example_runs(monkeypatch):
+    """docs/cuda.md's Python example, as written (under the simulator here)."""
+    text = (ROOT / "docs" / "cuda.md").read_text()
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(ROOT)
+    scope: dict = {}
+    exec(compile(block, "docs/cuda.md", "exec"), scope)
+    assert is_device_array(scope["run"].outputs["h"])
+    assert is_device_array(scope["grads"].params["U_i"])
+    assert tuple(scope["grads"].params["U_i"].shape) == (16, 16)
