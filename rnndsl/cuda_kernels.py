@@ -234,6 +234,37 @@ def clone(src):
     return out
 
 
+@cuda.jit
+def _gather_last(dst, src, last):
+    # dst[b, j] = src[last[b], b, j]: a `final` output at each sequence's last step
+    j, b = cuda.grid(2)
+    if b < dst.shape[0] and j < dst.shape[1]:
+        dst[b, j] = src[last[b], b, j]
+
+
+@cuda.jit
+def _scatter_last(dst, src, last):
+    # dst[last[b], b, j] = src[b, j] (dst filled with zeros first): its cotangent
+    j, b = cuda.grid(2)
+    if b < src.shape[0] and j < src.shape[1]:
+        dst[last[b], b, j] = src[b, j]
+
+
+def gather_last(src, last):
+    """(T, B, n) device array and B last-step indices -> (B, n), on the device."""
+    out = cuda.device_array(src.shape[1:], src.dtype)
+    _gather_last[launch(*out.shape)](out, src, last)
+    return out
+
+
+def scatter_last(src, last, T: int):
+    """(B, n) device array -> (T, B, n), src at each sequence's last step, 0 elsewhere."""
+    out = cuda.device_array((T,) + tuple(src.shape), src.dtype)
+    fill1(out.reshape((out.size,)), out.dtype.type(0))
+    _scatter_last[launch(*src.shape)](out, src, last)
+    return out
+
+
 # ---------------------------------------------------------------------------- products
 def _make_gemm(nb_type, tile: int):
     """C = A @ B for 2-D arrays of any strides, one TILE x TILE block of C a block.
@@ -316,12 +347,15 @@ def gemm(a, b, out):
 
 
 # Each kernel with its argument kinds: "aN" an N-D array of the cell's float type, "f" a
-# scalar of it, "i" an int64 (tests/test_cuda_backend.py compiles them all to PTX).
+# scalar of it, "i" an int64, "ia1" a 1-D int64 array (tests/test_cuda_backend.py compiles
+# them all to PTX).
 KERNEL_SIGNATURES = {
     "copy1": (_copy1, ("a1", "a1")), "copy2": (_copy2, ("a2", "a2")),
     "copy_rows": (_copy_rows, ("a2", "a1")), "copy_t": (_copy_t, ("a2", "a2")),
     "fill1": (_fill1, ("a1", "f")), "fill2": (_fill2, ("a2", "f")),
     "add_into1": (_add_into1, ("a1", "a1")), "add_into2": (_add_into2, ("a2", "a2")),
     "gemv": (_gemv, ("a2", "a1", "a1")), "vecmat": (_vecmat, ("a1", "a2", "a1")),
+    "gather_last": (_gather_last, ("a2", "a3", "ia1")),
+    "scatter_last": (_scatter_last, ("a3", "a2", "ia1")),
 }
 GEMM_KERNELS = {"float32": _GEMM_F32, "float64": _GEMM_F64}

@@ -12,6 +12,8 @@ class keeps the CPU target's contract (runtime.CompiledCell) and its argument li
   then used in place; their gradients come back as device arrays when the run was on
   the device. The tape stays on the device between forward and backward.
 - Device arrays are checked for dtype and shape, not for NaN: that would copy them back.
+- A `final` output of a run on the device is gathered on the device, and its (B, ...)
+  cotangent scattered there: nothing crosses to the host.
 
 `require_cuda()` is the clear error when numba-cuda is missing, or when there is neither
 a GPU nor the simulator (NUMBA_ENABLE_CUDASIM=1, set before numba is imported).
@@ -190,6 +192,38 @@ class CudaCell(CompiledCell):
         from numba import cuda
         total = param_grad.copy_to_host() + state_grad.copy_to_host().sum(axis=0)
         return cuda.to_device(total)
+
+    # ------------------------------------------------------------------ `final` outputs
+    def _last_step(self, full, lengths):
+        """On the device when the run was: a gather kernel, nothing copied back."""
+        if not is_device_array(full):
+            return super()._last_step(full, lengths)
+        from .cuda_kernels import gather_last
+        T, B = full.shape[:2]
+        rest = tuple(full.shape[2:])
+        out = gather_last(full.reshape((T, B, int(np.prod(rest)))), self._ends(lengths, T, B))
+        return out.reshape((B,) + rest)
+
+    def _checked_cotangent(self, what: str, value, shape, layout: str):
+        if is_device_array(value):
+            return self._device(what, value, shape, layout)
+        return super()._checked_cotangent(what, value, shape, layout)
+
+    def _last_step_cotangent(self, value, T: int, lengths):
+        if not is_device_array(value):
+            return super()._last_step_cotangent(value, T, lengths)
+        from .cuda_kernels import scatter_last
+        B = value.shape[0]
+        rest = tuple(value.shape[1:])
+        out = scatter_last(value.reshape((B, int(np.prod(rest)))), self._ends(lengths, T, B), T)
+        return out.reshape((T, B) + rest)
+
+    @staticmethod
+    def _ends(lengths, T: int, B: int):
+        from numba import cuda
+
+        from .modes import _lengths
+        return cuda.to_device((_lengths(lengths, T, B) - 1).astype(np.int64))
 
     def _cotangents_any(self, what: str, given, T: int, B: int) -> dict:
         """d_outputs / d_state, host or device, checked and on the device."""

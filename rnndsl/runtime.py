@@ -384,28 +384,38 @@ class Cell:
         finals = self._final_outputs()
         if not finals:
             return run
-        from .modes import last_step
         run._lengths = lengths
         for name in finals:
-            full = run.outputs[name]
-            if not isinstance(full, np.ndarray):      # a device array (cuda)
-                full = full.copy_to_host()
-            run.outputs[name] = last_step(full, lengths)
+            run.outputs[name] = self._last_step(run.outputs[name], lengths)
         return run
+
+    def _last_step(self, full, lengths):
+        """(T, B, ...) -> (B, ...) at each sequence's last step (cuda: on the device)."""
+        from .modes import last_step
+        return last_step(full, lengths)
+
+    def _last_step_cotangent(self, value, T: int, lengths):
+        """(B, ...) -> (T, B, ...), zero but at each sequence's last step."""
+        from .modes import last_step_cotangent
+        return last_step_cotangent(value, T, lengths)
 
     def _final_cotangents(self, run: Run, d_outputs):
         finals = self._final_outputs()
         if not finals or not isinstance(d_outputs, Mapping) or not isinstance(run, Run):
             return d_outputs
-        from .modes import last_step_cotangent
         out = dict(d_outputs)
         for name in finals & set(out):
             o = next(o for o in self.spec.outputs if o.name == name)
             size = tuple(d.evaluate(self.dims) for d in o.type.shape)
-            value = self._array(f"d_outputs['{name}'] (a final output)", out[name],
-                                (run.B,) + size, f"(B{''.join(f', {n}' for n in size)})")
-            out[name] = last_step_cotangent(value, run.T, getattr(run, "_lengths", None))
+            value = self._checked_cotangent(f"d_outputs['{name}'] (a final output)",
+                                            out[name], (run.B,) + size,
+                                            f"(B{''.join(f', {n}' for n in size)})")
+            out[name] = self._last_step_cotangent(value, run.T,
+                                                  getattr(run, "_lengths", None))
         return out
+
+    def _checked_cotangent(self, what: str, value, shape, layout: str):
+        return self._array(what, value, shape, layout)
 
     def _lengths_twin(self) -> "Cell":
         """This cell's masked variant (compose.with_lengths), sharing its params."""

@@ -203,6 +203,7 @@ PTX_SCRIPT = textwrap.dedent("""
 
     def sig(kinds, ft):
         return tuple(types.int64 if k == "i" else ft if k == "f" else
+                     types.Array(types.int64, int(k[2:]), "A") if k.startswith("ia") else
                      types.Array(ft, int(k[1:]), "A") for k in kinds)
 
     count = 0
@@ -397,3 +398,24 @@ def test_the_cuda_doc_example_runs(monkeypatch):
     assert is_device_array(scope["run"].outputs["h"])
     assert is_device_array(scope["grads"].params["U_i"])
     assert tuple(scope["grads"].params["U_i"].shape) == (16, 16)
+
+
+@pytest.mark.parametrize("lengths", [None, np.array([4, 2, 3])], ids=["full", "lengths"])
+def test_a_final_output_stays_on_the_device(lengths):
+    """Device arrays in: the `final` output comes back as a device array, its (B, K)
+    cotangent may be one, and both match the interpreter."""
+    from test_modes import DECLARED      # its cell Cls has `final logits = V @ h'`
+    Cuda = rnndsl.load_text(DECLARED, target="cuda", cell="Cls")
+    Ref = rnndsl.load_text(DECLARED, target="interp", cell="Cls")
+    cell, ref = Cuda(I=3, H=4, K=2, dtype=np.float64), Ref(I=3, H=4, K=2, dtype=np.float64)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(4, 3, 3))
+    got, want = cell.forward(cuda.to_device(x), lengths=lengths), ref.forward(x, lengths=lengths)
+    assert is_device_array(got.outputs["logits"])
+    assert _rel(got.outputs["logits"].copy_to_host(), want.outputs["logits"]) < 1e-12
+    d = rng.normal(size=(3, 2))
+    g = cell.backward(got, d_outputs={"logits": cuda.to_device(d)})
+    gr = ref.backward(want, d_outputs={"logits": d})
+    for k in gr.params:
+        assert is_device_array(g.params[k])
+        assert _rel(g.params[k].copy_to_host(), gr.params[k]) < 1e-10, k
