@@ -5,8 +5,8 @@ the layer-normalised LSTM), and the generated kernels allocate their work arrays
 way. glibc's malloc serves each block above its mmap threshold (128 KB to 32 MB) with a
 fresh mmap and unmaps it on free, so the next call touches new pages and pays a page
 fault for each: measured here (a VM), allocating and filling 29 arrays of 100x16x128
-float32 takes 15-18 ms, against 0.7 ms for the same arrays reused, and the LSTM's forward
-at the benchmark's small shape goes from 9.1-12.2 ms to 4.5-5.1 ms (one BLAS thread;
+float32 takes about 10 ms as malloc comes and under 1.3 ms tuned, and the LSTM's forward
+at the benchmark's small shape goes from 9.1-12.2 ms to 4.3-6.3 ms (one BLAS thread;
 `benchmarks/malloc_effect.py`, recorded in benchmarks/RESULTS.md).
 
 `keep_freed_memory()` raises the mmap threshold to 1 GiB and the trim threshold to 2 GiB
