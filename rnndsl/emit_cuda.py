@@ -111,6 +111,15 @@ def kernel_params(source: str) -> list[tuple[str, str]]:
     return params
 
 
+def with_params(name: str, text: str) -> tuple[str, list[tuple[str, str]], str]:
+    """A kernel's text printed as `def name(<<params>>):`, with its parameters (the free
+    names of its body) filled in: (text, params with their kinds, the names joined)."""
+    text = text.replace(f"def {name}(<<params>>):", f"def {name}():")
+    params = kernel_params(text)
+    names = ", ".join(n for n, _ in params)
+    return text.replace(f"def {name}():", f"def {name}({names}):"), params, names
+
+
 class _CudaKernel(_Kernel):
     """A driver (forward or backward) whose loop nests become device kernels."""
 
@@ -163,10 +172,7 @@ class CudaEmitter(_Emitter):
                 p.depth += 1
             for line in body:
                 p.line(line)
-        text = p.text().replace("<<params>>", "")
-        params = kernel_params(text)
-        names = ", ".join(n for n, _ in params)
-        text = text.replace(f"def {name}():", f"def {name}({names}):")
+        text, params, names = with_params(name, p.text())
         self.kernels.append((name, text, params))
         self.kernel_info[name] = KernelInfo(parallel, serial, list(body), what)
         extents = ", ".join(e for _, e in parallel)
@@ -196,10 +202,7 @@ class CudaEmitter(_Emitter):
         if made is None:
             return driver
         text, work, (start, stop) = made
-        text = text.replace("(<<params>>):", "():")
-        params = kernel_params(text)
-        names = ", ".join(n for n, _ in params)
-        text = text.replace(f"def {name}():", f"def {name}({names}):")
+        text, params, names = with_params(name, text)
         lines = driver.split("\n")
         indent = lines[start][:len(lines[start]) - len(lines[start].lstrip())]
         launch = [f"{indent}# the time loop on the device: one launch for all steps, with "
