@@ -18,6 +18,12 @@
    process since the switch is read at import.
 6. The host side of one call at T=1 (7 ms on the H200, far above its launches' cost):
    the functions it spends that in, from cProfile.
+7. Breakdown: one LSTM forward and backward (B=64, H=512) at T=1 and T=101, with the
+   device synchronised around every helper the generated driver calls (workspace, gemm,
+   copies, the persistent launch) and every memory hook of the cell, so each one's time
+   is its own; the per-step column, (T=101 - T=1) / 100, shows what grows with T.
+
+    PROBES="breakdown pool" python benchmarks/gpu_probe.py    # only these probes
 """
 
 from __future__ import annotations
@@ -195,7 +201,8 @@ def probe_allocation() -> None:
     if os.environ.get("RNNDSL_CUDA_POOL") != "1":
         env = dict(os.environ, RNNDSL_CUDA_POOL="1")
         code = ("import sys; sys.argv = ['gpu_probe']; sys.path.insert(0, 'benchmarks'); "
-                "import gpu_probe; print('## with RNNDSL_CUDA_POOL=1'); gpu_probe.probe_steps()")
+                "import gpu_probe; print('## with RNNDSL_CUDA_POOL=1'); gpu_probe.probe_breakdown(); "
+                "gpu_probe.probe_steps()")
         out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, text=True,
                              capture_output=True, timeout=600)
         print(out.stdout + out.stderr[-2000:])
@@ -225,18 +232,319 @@ def probe_host() -> None:
     print(text.getvalue()[-6000:])
 
 
+def probe_breakdown(B: int = 64, H: int = 512) -> None:
+    import collections
+    import types
+
+    from numba import cuda
+    Cell = rnndsl.load(ROOT / "specs" / "lstm.rnn", target="cuda")
+    module = sys.modules[Cell.__module__]
+    totals: dict = collections.defaultdict(float)
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            cuda.synchronize()
+            t0 = time.perf_counter()
+            result = fn(*args, **kwargs)
+            cuda.synchronize()
+            totals[name] += time.perf_counter() - t0
+            return result
+        return wrapper
+
+    for name, obj in list(vars(module).items()):
+        if isinstance(obj, types.FunctionType) and obj.__module__ == "rnndsl.cuda_kernels":
+            setattr(module, name, timed(name, obj))
+    cell = Cell(I=H, H=H, seed=0)
+    cell.params = {k: cuda.to_device(v) for k, v in cell.params.items()}
+    for hook in ("_prepare", "_consts", "_kernel_param", "_empty", "_workspace", "_zeros",
+                 "_launch", "_deliver", "_cotangents_for", "_finalise"):
+        if hasattr(cell, hook):
+            setattr(cell, hook, timed("cell." + hook, getattr(cell, hook)))
+    rng = np.random.default_rng(0)
+    rows: dict = {}
+    for T in (1, 101):
+        x = cuda.to_device(rng.normal(size=(T, B, H)).astype(np.float32))
+        dy = cuda.to_device(rng.normal(size=(T, B, H)).astype(np.float32))
+
+        def call():
+            cuda.synchronize()
+            t0 = time.perf_counter()
+            run = cell.forward(x)
+            cuda.synchronize()
+            t1 = time.perf_counter()
+            cell.backward(run, d_outputs={"h": dy})
+            cuda.synchronize()
+            totals["= forward, whole call"] += t1 - t0
+            totals["= backward, whole call"] += time.perf_counter() - t1
+        call()
+        totals.clear()
+        for _ in range(3):
+            call()
+        rows[T] = {k: v / 3 * 1e3 for k, v in totals.items()}
+        totals.clear()
+    print(f"## breakdown: LSTM B={B} H={H}, synchronised around each helper and hook "
+          "(ms a call, inclusive; hooks contain helpers)")
+    print(f"  {'':34s} {'T=1 ms':>9} {'T=101 ms':>9} {'us/step':>8}")
+    for name in sorted(set(rows[1]) | set(rows[101]), key=lambda n: -rows[101].get(n, 0)):
+        a, b = rows[1].get(name, 0.0), rows[101].get(name, 0.0)
+        print(f"  {name:34s} {a:9.3f} {b:9.3f} {(b - a) * 10:8.1f}")
+
+
+def probe_kernel(B: int = 64, H: int = 512) -> None:
+    """The persistent kernel alone, relaunched on the arguments a real call gave it, in
+    variants: as generated, with its grid.sync() calls removed (wrong numbers, the
+    phases' cost), and with only its barriers left; beside it the bare barrier kernel of
+    probe_sync on the same grid."""
+    import tempfile
+
+    from numba import cuda
+
+    from rnndsl.build import load_built
+    from rnndsl.cuda_kernels import persistent_grid
+    Cell = rnndsl.load(ROOT / "specs" / "lstm.rnn", target="cuda")
+    source = Path(sys.modules[Cell.__module__].__file__).read_text()
+    name = "forward_LSTM_steps"
+    no_sync = source.replace("        grid.sync()\n", "        pass\n")
+    variants = {
+        "as generated": source,
+        "no grid.sync()": no_sync,
+        "barriers only": drop_phases(source, name, lambda c: not c.startswith("# the next step")),
+    }
+    rng = np.random.default_rng(0)
+    xs = {T: cuda.to_device(rng.normal(size=(T, B, H)).astype(np.float32)) for T in (1, 101)}
+    tmp = Path(tempfile.mkdtemp())
+    print(f"## the persistent kernel alone: LSTM forward B={B} H={H}, relaunched on a real "
+          "call's arguments (ms, median of 5)")
+    grid_used = None
+    for k, (label, text) in enumerate(variants.items()):
+        path = tmp / f"lstm_kernel_{k}.py"
+        path.write_text(text)
+        module = load_built(path)
+        captured = {}
+
+        def record(kernel, work, *args, _module=module, _captured=captured):
+            _captured["call"] = (kernel, work, args)
+            grid = persistent_grid(kernel, work, *args)
+            kernel[grid](*args)
+        module.launch_persistent = record
+        cell = module.LSTM(I=H, H=H, seed=0)
+        cell.params = {n: cuda.to_device(v) for n, v in cell.params.items()}
+        times = {}
+        for T in (1, 101):
+            cell.forward(xs[T])
+            kernel, work, args = captured["call"]
+            grid = grid_used = persistent_grid(kernel, work, *args)
+            times[T] = _median_ms(lambda: kernel[grid](*args))
+        print(f"  {label:20s} T=1 {times[1]:8.3f}  T=101 {times[101]:8.3f}  "
+              f"{(times[101] - times[1]) * 10:8.1f} us a step  (grid {grid_used})")
+
+    @cuda.jit
+    def barriers(a, n):
+        grid = cuda.cg.this_grid()
+        for _ in range(n):
+            grid.sync()
+        if cuda.grid(1) == 0:
+            a[0] += 1.0
+    a = cuda.to_device(np.zeros(1, np.float32))
+    blocks, threads = grid_used
+    t4 = _median_ms(lambda: barriers[blocks, threads](a, 4))
+    t404 = _median_ms(lambda: barriers[blocks, threads](a, 404))
+    print(f"  {'bare barrier kernel':20s} 4 barriers {t4:8.3f}  404 barriers {t404:8.3f}  "
+          f"{(t404 - t4) * 10:8.1f} us a step of 4")
+
+
+def probe_launch(B: int = 64, H: int = 512, T: int = 101) -> None:
+    """Why a call's persistent launch costs more than the kernel relaunched alone: the
+    same launch timed four ways, and one whole call profiled on the host."""
+    import cProfile
+    import io
+    import pstats
+
+    from numba import cuda
+
+    from rnndsl import cuda_kernels
+    Cell = rnndsl.load(ROOT / "specs" / "lstm.rnn", target="cuda")
+    module = sys.modules[Cell.__module__]
+    captured = {}
+    original = module.launch_persistent
+
+    def record(kernel, work, *args):
+        captured["call"] = (kernel, work, args)
+        captured["before"] = [cuda_kernels.clone(a.reshape(a.size)) if hasattr(a, "copy_to_host")
+                              else None for a in args]
+        original(kernel, work, *args)
+    module.launch_persistent = record
+    cell = Cell(I=H, H=H, seed=0)
+    cell.params = {n: cuda.to_device(v) for n, v in cell.params.items()}
+    x = cuda.to_device(np.random.default_rng(0).normal(size=(T, B, H)).astype(np.float32))
+    cell.forward(x)
+    kernel, work, args = captured["call"]
+    grid = cuda_kernels.persistent_grid(kernel, work, *args)
+    def restored():
+        for a, before in zip(args, captured["before"]):
+            if before is not None:
+                cuda_kernels.copy1(a.reshape(a.size), before)
+        cuda.synchronize()
+        t0 = time.perf_counter()
+        kernel[grid](*args)
+        cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e3
+    print(f"## one launch, LSTM forward B={B} H={H} T={T} (ms, median of 5)")
+    label = "kernel, inputs restored"
+    print(f"  {label:24s} {statistics.median(restored() for _ in range(5)):9.3f}")
+    for label, fn in (("whole cell.forward", lambda: cell.forward(x)),
+                      ("launch_persistent", lambda: original(kernel, work, *args)),
+                      ("kernel[grid](*args)", lambda: kernel[grid](*args)),
+                      ("persistent_grid alone", lambda: cuda_kernels.persistent_grid(
+                          kernel, work, *args))):
+        print(f"  {label:24s} {_median_ms(fn):9.3f}")
+    profile = cProfile.Profile()
+    cuda.synchronize()
+    profile.enable()
+    cell.forward(x)
+    cuda.synchronize()
+    profile.disable()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(30)
+    print(f"## host side of one cell.forward at T={T} (cProfile, cumulative)")
+    print(text.getvalue()[-7000:])
+
+
+def probe_ktile(B: int = 64, H: int = 512) -> None:
+    """The persistent kernels alone (forward and backward), relaunched on a real call's
+    arguments, built with each depth of the GEMM phases' shared-memory slices
+    (emit_persistent.K_TILE): fewer, deeper slices are fewer round trips to memory and
+    fewer syncthreads() a step."""
+    import tempfile
+
+    from numba import cuda
+
+    from rnndsl import emit_persistent
+    from rnndsl.build import build_source, load_built
+    from rnndsl.cuda_kernels import persistent_grid
+    from rnndsl.spec import read_spec
+    spec = read_spec(ROOT / "specs" / "lstm.rnn")
+    rng = np.random.default_rng(0)
+    xs = {T: cuda.to_device(rng.normal(size=(T, B, H)).astype(np.float32)) for T in (1, 101)}
+    tmp = Path(tempfile.mkdtemp())
+    default = emit_persistent.K_TILE
+    print(f"## persistent kernels alone by K_TILE: LSTM B={B} H={H}, us a step "
+          f"(default K_TILE {default})")
+    for kt in (16, 32, 64):
+        emit_persistent.K_TILE = kt
+        try:
+            path = tmp / f"lstm_ktile_{kt}.py"
+            path.write_text(build_source(spec, target="cuda"))
+        finally:
+            emit_persistent.K_TILE = default
+        module = load_built(path)
+        captured = {}
+
+        def record(kernel, work, *args, _captured=captured):
+            _captured[kernel] = (work, args)
+            kernel[persistent_grid(kernel, work, *args)](*args)
+        module.launch_persistent = record
+        cell = module.LSTM(I=H, H=H, seed=0)
+        cell.params = {n: cuda.to_device(v) for n, v in cell.params.items()}
+        times: dict = {}
+        for T in (1, 101):
+            run = cell.forward(xs[T])
+            cell.backward(run, d_outputs={"h": xs[T]})
+            for kernel, (work, args) in captured.items():
+                grid = persistent_grid(kernel, work, *args)
+                times.setdefault(kernel.__name__ if hasattr(kernel, "__name__")
+                                 else str(kernel), {})[T] = \
+                    _median_ms(lambda: kernel[grid](*args))
+        print(f"  K_TILE {kt:3d}: " + ";  ".join(
+            f"{name} {(t[101] - t[1]) * 10:7.1f}" for name, t in times.items()))
+
+
+def probe_phases(B: int = 64, H: int = 512) -> None:
+    """What each phase of the persistent kernels costs: the kernels alone (relaunched on
+    a real call's arguments, as in probe_kernel), built once as generated, once with
+    their grid.sync() calls gone, and once with each phase cut out in turn (variant k
+    cuts the k-th phase of the forward kernel and of the backward kernel; each kernel is
+    timed on its own). The numbers the cut kernels compute are wrong; only time counts."""
+    import itertools
+    import tempfile
+
+    from numba import cuda
+
+    from rnndsl.build import load_built
+    from rnndsl.cuda_kernels import persistent_grid
+    Cell = rnndsl.load(ROOT / "specs" / "lstm.rnn", target="cuda")
+    source = Path(sys.modules[Cell.__module__].__file__).read_text()
+    kernels = ("forward_LSTM_steps", "backward_LSTM_steps")
+
+    def phase_comments(name):
+        lines = drop_phases(source, name, lambda c: False).split("\n")
+        start = next(i for i, line in enumerate(lines) if line.startswith(f"def {name}("))
+        out = []
+        for line in lines[start + 1:]:
+            if line and not line.startswith(" "):
+                break
+            if line.startswith(" " * 8) and not line.startswith(" " * 9) and \
+                    line.strip().startswith("#"):
+                out.append(line.strip()[:60])
+        return out
+    comments = {k: phase_comments(k) for k in kernels}
+    most = max(len(c) for c in comments.values()) - 1        # the last: "the next step"
+    variants = {"as generated": source,
+                "no grid.sync()": source.replace("        grid.sync()\n", "        pass\n")}
+    for k in range(most):
+        text = source
+        for name in kernels:
+            count = itertools.count()
+            text = drop_phases(text, name, lambda c, _n=count, _k=k: next(_n) == _k)
+        variants[f"without phase {k}"] = text
+    rng = np.random.default_rng(0)
+    xs = {T: cuda.to_device(rng.normal(size=(T, B, H)).astype(np.float32)) for T in (1, 101)}
+    tmp = Path(tempfile.mkdtemp())
+    print(f"## persistent kernels by phase: LSTM B={B} H={H}, us a step of each kernel alone")
+    for name in kernels:
+        for k, c in enumerate(comments[name]):
+            print(f"  {name} phase {k}: {c}")
+    for v, (label, text) in enumerate(variants.items()):
+        path = tmp / f"lstm_phases_{v}.py"
+        path.write_text(text)
+        module = load_built(path)
+        captured = {}
+
+        def record(kernel, work, *args, _captured=captured):
+            _captured[kernel.__name__] = (kernel, work, args)
+            kernel[persistent_grid(kernel, work, *args)](*args)
+        module.launch_persistent = record
+        cell = module.LSTM(I=H, H=H, seed=0)
+        cell.params = {n: cuda.to_device(w) for n, w in cell.params.items()}
+        times: dict = {}
+        for T in (1, 101):
+            run = cell.forward(xs[T])
+            cell.backward(run, d_outputs={"h": xs[T]})
+            for name, (kernel, work, args) in captured.items():
+                grid = persistent_grid(kernel, work, *args)
+                times.setdefault(name, {})[T] = _median_ms(lambda: kernel[grid](*args), 3)
+        print(f"  {label:18s} " + ";  ".join(
+            f"{name.split('_')[0]} {(t[101] - t[1]) * 10:7.1f}" for name, t in times.items()))
+
+
+PROBES = {"sync": probe_sync, "gemm": probe_gemm, "steps": probe_steps,
+          "ablation": probe_ablation, "kernel": probe_kernel, "launch": probe_launch, "ktile": probe_ktile, "phases": probe_phases, "breakdown": probe_breakdown,
+          "pool": probe_allocation, "host": probe_host}
+
+
 def main() -> int:
     from numba import config, cuda
     if config.ENABLE_CUDASIM or not cuda.is_available():
         print("gpu_probe.py measures a GPU; none is here")
         return 1
     print(f"# rnndsl {rnndsl.__version__} on {cuda.get_current_device().name}")
-    probe_sync()
-    probe_gemm()
-    probe_steps()
-    probe_ablation()
-    probe_allocation()
-    probe_host()
+    chosen = os.environ.get("PROBES", " ".join(PROBES)).split()
+    unknown = [p for p in chosen if p not in PROBES]
+    if unknown:
+        print(f"gpu_probe.py: unknown probe {', '.join(unknown)}; the probes: {' '.join(PROBES)}")
+        return 2
+    for name in chosen:
+        PROBES[name]()
     return 0
 
 

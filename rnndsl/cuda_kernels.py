@@ -109,19 +109,74 @@ POOL = not SIMULATOR and os.environ.get("RNNDSL_CUDA_POOL") == "1"
 _FREE: dict[int, list] = {}
 
 
+if SIMULATOR:
+    DeviceArray = None
+else:
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+    class DeviceArray(DeviceNDArray):
+        """A numba-cuda device array whose basic slices cost O(ndim) on the host.
+
+        numba-cuda's own `__getitem__` walks every contiguous run of the view in Python
+        to find the memory it spans: `mm0[:, :, 0:H]` of a (T, B, 4H) array is T*B
+        steps of Python, and the generated drivers take a few such views of their T-long
+        arrays a call. Measured on an H100 (benchmarks/gpu_probe.py, "launch"): an LSTM
+        forward at T=101, B=64, H=512 spent about 90 ms of its 100 ms there, around a
+        10 ms kernel. Here a view of slices with unit steps is made from its shape,
+        strides and the span they imply; anything else goes to numba-cuda's way."""
+
+        def __getitem__(self, item):
+            view = _basic_view(self, item, DeviceArray)
+            return view if view is not None else super().__getitem__(item)
+
+
+def _basic_view(array, item, make):
+    """The view `array[item]` for a tuple of unit-step slices, made by `make(shape,
+    strides, dtype, stream=, gpu_data=)` on the span of memory it covers; None for
+    another kind of index (an integer, a step, an empty or reversed axis)."""
+    items = item if isinstance(item, tuple) else (item,)
+    if len(items) > len(array.shape) or not all(
+            isinstance(s, slice) and s.step in (None, 1) for s in items):
+        return None
+    items = items + (slice(None),) * (len(array.shape) - len(items))
+    shape, offset, span = [], 0, array.dtype.itemsize
+    for s, n, stride in zip(items, array.shape, array.strides):
+        start, stop, _ = s.indices(n)
+        size = stop - start
+        if size <= 0 or stride < 0:
+            return None                    # empty or reversed: numba-cuda's way
+        shape.append(size)
+        offset += start * stride
+        span += (size - 1) * stride
+    data = array.gpu_data.view(offset, offset + span)
+    return make(tuple(shape), array.strides, array.dtype, stream=array.stream, gpu_data=data)
+
+
+def fast_views(array):
+    """`array` as a DeviceArray (the same memory), so that its slices are cheap."""
+    if SIMULATOR or isinstance(array, DeviceArray) or not hasattr(array, "gpu_data"):
+        return array
+    return DeviceArray(array.shape, array.strides, array.dtype, stream=array.stream,
+                       gpu_data=array.gpu_data)
+
+
+def device_array(shape, dtype):
+    """An uninitialised device array (a DeviceArray on a GPU)."""
+    return fast_views(cuda.device_array(shape, dtype))
+
+
 def workspace(shape, dtype):
     """An uninitialised device array for a driver's own use or a run's tape."""
     shape = (int(shape),) if isinstance(shape, int) else tuple(int(n) for n in shape)
     dtype = np.dtype(dtype)
     nbytes = dtype.itemsize * math.prod(shape)
     if not POOL or nbytes == 0:
-        return cuda.device_array(shape, dtype)
-    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+        return device_array(shape, dtype)
     free = _FREE.setdefault(nbytes, [])
     buf = free.pop() if free else cuda.device_array(nbytes, np.uint8)
     pointer = buf.gpu_data.view(0, nbytes)
     strides = tuple(dtype.itemsize * math.prod(shape[k + 1:]) for k in range(len(shape)))
-    array = DeviceNDArray(shape, strides, dtype, gpu_data=pointer)
+    array = DeviceArray(shape, strides, dtype, gpu_data=pointer)
     weakref.finalize(pointer, free.append, buf)     # back to the pool when unused
     return array
 
@@ -252,14 +307,14 @@ def _scatter_last(dst, src, last):
 
 def gather_last(src, last):
     """(T, B, n) device array and B last-step indices -> (B, n), on the device."""
-    out = cuda.device_array(src.shape[1:], src.dtype)
+    out = device_array(src.shape[1:], src.dtype)
     _gather_last[launch(*out.shape)](out, src, last)
     return out
 
 
 def scatter_last(src, last, T: int):
     """(B, n) device array -> (T, B, n), src at each sequence's last step, 0 elsewhere."""
-    out = cuda.device_array((T,) + tuple(src.shape), src.dtype)
+    out = device_array((T,) + tuple(src.shape), src.dtype)
     fill1(out.reshape((out.size,)), out.dtype.type(0))
     _scatter_last[launch(*src.shape)](out, src, last)
     return out

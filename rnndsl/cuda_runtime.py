@@ -49,6 +49,15 @@ def require_cuda() -> None:
                           f"driver); use target='cpu', or {hint}")
 
 
+def fresh_host_copy(value) -> np.ndarray:
+    """A fresh C-ordered copy of a host array, for cuda.to_device. NumPy calls an array
+    with a length-1 axis contiguous whatever that axis's stride (a length mask made by
+    broadcasting has such a stride), and numba-cuda's reshape on a real GPU then refuses
+    the device copy with "operation requires copying"; a fresh array has the canonical
+    strides. (The simulator reshapes with NumPy and never shows the problem.)"""
+    return np.array(value, order="C", copy=True)
+
+
 def is_device_array(value) -> bool:
     """A device array: numba-cuda's own, the simulator's, or a foreign CUDA array."""
     return not isinstance(value, np.ndarray) and (
@@ -68,10 +77,11 @@ class CudaCell(CompiledCell):
     def _device(self, what: str, value, shape: tuple[int, ...], layout: str):
         """A checked device array for `value`, host or device (copied if strided)."""
         from numba import cuda
+
+        from .cuda_kernels import fast_views
         if not is_device_array(value):
-            # a fresh copy: NumPy calls an array with a length-1 axis contiguous whatever
-            # that axis's stride, and numba-cuda's reshape on the GPU then refuses it
-            return cuda.to_device(np.array(self._array(what, value, shape, layout), order="C"))
+            return fast_views(cuda.to_device(
+                fresh_host_copy(self._array(what, value, shape, layout))))
         if not hasattr(value, "copy_to_host"):
             value = cuda.as_cuda_array(value)
         if np.dtype(value.dtype) != self.dtype:
@@ -84,7 +94,7 @@ class CudaCell(CompiledCell):
             from .cuda_kernels import clone
             value = clone(value.reshape(value.shape)) if len(shape) <= 2 else \
                 cuda.to_device(value.copy_to_host())
-        return value
+        return fast_views(value)
 
     def _inputs_any(self, x, hidden=None):
         """Like Cell._inputs, for host or device arrays: (device dict, T, B, on_device).
@@ -117,13 +127,13 @@ class CudaCell(CompiledCell):
             value = extra.get(name)
             if value is None:
                 value = np.ones((T, B) + self._size(d), self.dtype)
-            arrays[name] = cuda.to_device(np.ascontiguousarray(value))
+            arrays[name] = cuda.to_device(fresh_host_copy(value))
         return arrays, T, B, True
 
     def _state_any(self, state, B: int):
         from numba import cuda
 
-        from .cuda_kernels import copy_rows, fill2
+        from .cuda_kernels import copy_rows, device_array, fill2
         given = self._named("state", state, self.spec.states)
         values, from_params = {}, set()
         for d in self.spec.states:
@@ -132,7 +142,7 @@ class CudaCell(CompiledCell):
                 values[d.name] = self._device(f"state {d.name}", given[d.name], (B,) + size,
                                               f"(B, {size[0]})")
                 continue
-            values[d.name] = cuda.device_array((B,) + size, self.dtype)
+            values[d.name] = device_array((B,) + size, self.dtype)
             if isinstance(d.init, spec_ast.ParamRefInit):
                 copy_rows(values[d.name], self._param_device(d.init.name))
                 from_params.add(d.name)
@@ -160,8 +170,8 @@ class CudaCell(CompiledCell):
         return self._param_device(name)
 
     def _empty(self, shape: tuple[int, ...]):
-        from numba import cuda
-        return cuda.device_array(shape, self.dtype)
+        from .cuda_kernels import device_array
+        return device_array(shape, self.dtype)
 
     def _workspace(self, shape: tuple[int, ...]):
         from .cuda_kernels import workspace

@@ -64,6 +64,11 @@ class Unsupported(Exception):
     """A statement this pass cannot put on the device: the loop stays on the host."""
 
 
+def _times(n: int, expr: str) -> str:
+    """`n * expr`, written as `expr` when n is 1."""
+    return expr if n == 1 else f"{n} * {expr}"
+
+
 def _atom(expr: str) -> str:
     """expr, parenthesised unless it is a name, a number or a `.shape[k]`."""
     return expr if re.fullmatch(r"[\w.]+(\[\d+\])?", expr) else f"({expr})"
@@ -263,12 +268,16 @@ class PersistentLoop:
 
     def _gemm_phase(self, args: list[ast.expr]) -> _Phase:
         """out = a @ b, a block a tile of out: the block stages a K_TILE-deep slice of
-        a's rows and b's columns in shared memory (loads in flight together, coalesced),
-        then each thread sums ROWS_PER_THREAD rows of one column from it. A tile is
+        a's rows and b's columns in shared memory (a thread's loads all issued before
+        its stores, so that they are in flight together; coalesced), then each thread
+        sums ROWS_PER_THREAD rows of one column from it. A tile is
         ROWS_PER_THREAD * (threads / columns) rows by min(threads, 64) columns."""
         a, b, out = (self._operand(x, 2) for x in args)
         m, n, depth = out.extent(0), out.extent(1), a.extent(1)
         rows, kt, z = ROWS_PER_THREAD, K_TILE, self.zero
+        # loads of a's and of b's slice a thread makes at THREADS_CAP threads a block
+        la = max(1, kt * (rows * THREADS_CAP // 64) // THREADS_CAP)
+        lb = max(1, kt * 64 // THREADS_CAP)
         p = Printer()
         p.comment(f"{ast.unparse(args[2])} = {ast.unparse(args[0])} @ {ast.unparse(args[1])}:"
                   " a block a tile, staged in shared memory")
@@ -290,20 +299,37 @@ class PersistentLoop:
             for q in range(rows):
                 p.line(f"acc{q} = {z}")
             with p.indent(f"for kb in range(0, gk, {kt}):"):
-                with p.indent(f"for e in range(cuda.threadIdx.x, {kt} * tm, cuda.blockDim.x):"):
-                    p.line(f"rq = e // {kt}")
-                    p.line(f"kq = e - rq * {kt}")
-                    with p.indent("if i0 + rq < gm and kb + kq < gk:"):
-                        p.line(f"sa[kq, rq] = {a.at('i0 + rq', 'kb + kq')}")
-                    with p.indent("else:"):
-                        p.line(f"sa[kq, rq] = {z}")
-                with p.indent(f"for e in range(cuda.threadIdx.x, {kt} * tn, cuda.blockDim.x):"):
-                    p.line("kq = e // tn")
-                    p.line("cq = e - kq * tn")
-                    with p.indent("if kb + kq < gk and c0 + cq < gn:"):
-                        p.line(f"sb[kq, cq] = {b.at('kb + kq', 'c0 + cq')}")
-                    with p.indent("else:"):
-                        p.line(f"sb[kq, cq] = {z}")
+                # every load of the slice is issued before the first store to shared
+                # memory: a thread waits for a load only where it uses it, so the loads
+                # are in flight together and a slice costs one trip to memory. (A loop
+                # of load-then-store waited a trip for each; measured on an H100, that
+                # was 85 of the forward kernel's 100 us a step: gpu_probe.py "phases".)
+                # At THREADS_CAP threads a block this is one round; fewer threads (the
+                # simulator) take more rounds.
+                per_a, per_b = (_times(n, "cuda.blockDim.x") for n in (la, lb))
+                p.line(f"rounds = max(({kt} * tm + {per_a} - 1) // ({per_a}), "
+                       f"({kt} * tn + {per_b} - 1) // ({per_b}))")
+                with p.indent("for rnd in range(rounds):"):
+                    for q in range(la):
+                        p.line(f"ea{q} = cuda.threadIdx.x + ({_times(la, 'rnd')} + {q}) * "
+                               "cuda.blockDim.x")
+                        p.line(f"ra{q} = ea{q} // {kt}")
+                        p.line(f"ka{q} = ea{q} - ra{q} * {kt}")
+                        p.line(f"va{q} = {a.at(f'i0 + ra{q}', f'kb + ka{q}')} if ea{q} < {kt} * tm "
+                               f"and i0 + ra{q} < gm and kb + ka{q} < gk else {z}")
+                    for q in range(lb):
+                        p.line(f"eb{q} = cuda.threadIdx.x + ({_times(lb, 'rnd')} + {q}) * "
+                               "cuda.blockDim.x")
+                        p.line(f"db{q} = eb{q} // tn")
+                        p.line(f"cb{q} = eb{q} - db{q} * tn")
+                        p.line(f"vb{q} = {b.at(f'kb + db{q}', f'c0 + cb{q}')} if eb{q} < {kt} * tn "
+                               f"and kb + db{q} < gk and c0 + cb{q} < gn else {z}")
+                    for q in range(la):
+                        with p.indent(f"if ea{q} < {kt} * tm:"):
+                            p.line(f"sa[ka{q}, ra{q}] = va{q}")
+                    for q in range(lb):
+                        with p.indent(f"if eb{q} < {kt} * tn:"):
+                            p.line(f"sb[db{q}, cb{q}] = vb{q}")
                 p.line("cuda.syncthreads()")
                 with p.indent(f"for kk in range({kt}):"):
                     p.line("bv = sb[kk, col]")
