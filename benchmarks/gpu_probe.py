@@ -12,7 +12,8 @@
    (RNNDSL_CUDA_BLOCKS).
 4. Ablation: the same step cost with phases cut out of the persistent kernel (the GEMM,
    the gate arithmetic, the copies, all of them: only the barriers left). The numbers
-   it computes are then wrong; only the time is of interest.
+   it computes are then wrong; only the time is of interest. It times whole calls, so
+   host time is in every variant; probes 8-11 time the kernels alone.
 5. Allocation: what allocating (and freeing) the arrays of one LSTM forward costs, and
    the step cost with RNNDSL_CUDA_POOL=1 (device buffers kept across calls), in a child
    process since the switch is read at import.
@@ -22,8 +23,16 @@
    device synchronised around every helper the generated driver calls (workspace, gemm,
    copies, the persistent launch) and every memory hook of the cell, so each one's time
    is its own; the per-step column, (T=101 - T=1) / 100, shows what grows with T.
+8. kernel: the forward's persistent kernel alone, relaunched on a real call's arguments:
+   as generated, without its grid.sync() calls, barriers only; and the bare barrier
+   kernel on the same grid.
+9. launch: one call's persistent launch timed four ways (whole call, the launcher, the
+   kernel, the grid query) and the whole call profiled on the host.
+10. ktile: the forward and backward kernels alone, built with each K_TILE.
+11. phases: the two kernels alone with each of their phases cut out in turn.
 
-    PROBES="breakdown pool" python benchmarks/gpu_probe.py    # only these probes
+    PROBES="launch phases" python benchmarks/gpu_probe.py    # only these probes
+    (names: sync gemm steps ablation kernel launch ktile phases breakdown pool host)
 """
 
 from __future__ import annotations
