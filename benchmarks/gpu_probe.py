@@ -28,11 +28,13 @@
    kernel on the same grid.
 9. launch: one call's persistent launch timed four ways (whole call, the launcher, the
    kernel, the grid query) and the whole call profiled on the host.
-10. ktile: the forward and backward kernels alone, built with each K_TILE.
+10. ktile: the forward and backward kernels alone, built with each K_TILE;
+    gemm_scheme: the same with each GEMM_SCHEME ("tiles", "splitk"), at three shapes.
 11. phases: the two kernels alone with each of their phases cut out in turn.
 
     PROBES="launch phases" python benchmarks/gpu_probe.py    # only these probes
-    (names: sync gemm steps ablation kernel launch ktile phases breakdown pool host)
+    (names: sync gemm steps ablation kernel launch ktile gemm_scheme phases breakdown
+    pool host)
 """
 
 from __future__ import annotations
@@ -419,11 +421,10 @@ def probe_launch(B: int = 64, H: int = 512, T: int = 101) -> None:
     print(text.getvalue()[-7000:])
 
 
-def probe_ktile(B: int = 64, H: int = 512) -> None:
+def _kernels_by_build(setting: str, values, B: int, H: int) -> None:
     """The persistent kernels alone (forward and backward), relaunched on a real call's
-    arguments, built with each depth of the GEMM phases' shared-memory slices
-    (emit_persistent.K_TILE): fewer, deeper slices are fewer round trips to memory and
-    fewer syncthreads() a step."""
+    arguments, in LSTM modules built with emit_persistent.<setting> at each value; and
+    how far each build's forward output and gradient of U_i are from the first's."""
     import tempfile
 
     from numba import cuda
@@ -436,21 +437,22 @@ def probe_ktile(B: int = 64, H: int = 512) -> None:
     rng = np.random.default_rng(0)
     xs = {T: cuda.to_device(rng.normal(size=(T, B, H)).astype(np.float32)) for T in (1, 101)}
     tmp = Path(tempfile.mkdtemp())
-    default = emit_persistent.K_TILE
-    print(f"## persistent kernels alone by K_TILE: LSTM B={B} H={H}, us a step "
-          f"(default K_TILE {default})")
-    for kt in (16, 32, 64):
-        emit_persistent.K_TILE = kt
+    default = getattr(emit_persistent, setting)
+    print(f"## persistent kernels alone by {setting}: LSTM B={B} H={H}, us a step "
+          f"(default {default}); rel. difference from the first build at T=101")
+    first = None
+    for value in values:
+        setattr(emit_persistent, setting, value)
         try:
-            path = tmp / f"lstm_ktile_{kt}.py"
+            path = tmp / f"lstm_{setting.lower()}_{value}.py"
             path.write_text(build_source(spec, target="cuda"))
         finally:
-            emit_persistent.K_TILE = default
+            setattr(emit_persistent, setting, default)
         module = load_built(path)
         captured = {}
 
         def record(kernel, work, *args, _captured=captured):
-            _captured[kernel] = (work, args)
+            _captured[kernel.__name__] = (kernel, work, args)
             kernel[persistent_grid(kernel, work, *args)](*args)
         module.launch_persistent = record
         cell = module.LSTM(I=H, H=H, seed=0)
@@ -458,14 +460,30 @@ def probe_ktile(B: int = 64, H: int = 512) -> None:
         times: dict = {}
         for T in (1, 101):
             run = cell.forward(xs[T])
-            cell.backward(run, d_outputs={"h": xs[T]})
-            for kernel, (work, args) in captured.items():
+            grads = cell.backward(run, d_outputs={"h": xs[T]})
+            result = (run.outputs["h"].copy_to_host(), grads.params["U_i"].copy_to_host())
+            for name, (kernel, work, args) in captured.items():
                 grid = persistent_grid(kernel, work, *args)
-                times.setdefault(kernel.__name__ if hasattr(kernel, "__name__")
-                                 else str(kernel), {})[T] = \
-                    _median_ms(lambda: kernel[grid](*args))
-        print(f"  K_TILE {kt:3d}: " + ";  ".join(
-            f"{name} {(t[101] - t[1]) * 10:7.1f}" for name, t in times.items()))
+                times.setdefault(name, {})[T] = _median_ms(lambda: kernel[grid](*args))
+        first = first or result
+        diff = max(float(np.abs(r - f).max() / (np.abs(f).max() or 1.0))
+                   for r, f in zip(result, first))
+        print(f"  {setting} {value!s:6s}: " + ";  ".join(
+            f"{name} {(t[101] - t[1]) * 10:7.1f}" for name, t in times.items())
+            + f";  rel. diff {diff:.1e}")
+
+
+def probe_ktile(B: int = 64, H: int = 512) -> None:
+    """The kernels alone by the depth of the "tiles" GEMM phases' shared-memory slices
+    (emit_persistent.K_TILE): fewer, deeper slices are fewer round trips a step."""
+    _kernels_by_build("K_TILE", (16, 32, 64), B, H)
+
+
+def probe_gemm_scheme(B: int = 64, H: int = 512) -> None:
+    """The kernels alone with each way of writing the step's GEMM phase
+    (emit_persistent.GEMM_SCHEME): "tiles" against "splitk"."""
+    for b, h in ((B, H), (B, 2 * H), (4 * B, H)):
+        _kernels_by_build("GEMM_SCHEME", ("tiles", "splitk"), b, h)
 
 
 def probe_phases(B: int = 64, H: int = 512) -> None:
@@ -537,7 +555,7 @@ def probe_phases(B: int = 64, H: int = 512) -> None:
 
 
 PROBES = {"sync": probe_sync, "gemm": probe_gemm, "steps": probe_steps,
-          "ablation": probe_ablation, "kernel": probe_kernel, "launch": probe_launch, "ktile": probe_ktile, "phases": probe_phases, "breakdown": probe_breakdown,
+          "ablation": probe_ablation, "kernel": probe_kernel, "launch": probe_launch, "ktile": probe_ktile, "gemm_scheme": probe_gemm_scheme, "phases": probe_phases, "breakdown": probe_breakdown,
           "pool": probe_allocation, "host": probe_host}
 
 

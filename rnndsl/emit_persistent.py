@@ -38,9 +38,16 @@ from dataclasses import dataclass, field
 from .emit import CONSTS_PLACEHOLDER
 from .printer_py import Printer
 
-ROWS_PER_THREAD = 4          # rows of a GEMM's output one thread computes
+ROWS_PER_THREAD = 4          # rows of a GEMM's output one thread computes ("tiles")
 K_TILE = 16                  # depth of the slices a GEMM phase stages in shared memory
 THREADS_CAP = 256            # threads a block at most (cuda_kernels.THREADS)
+# How a GEMM phase is written: "tiles" (measured on an H100: benchmarks/RESULTS.md) or
+# "splitk" (16 x 16 tiles whose K is split among a block's 16-thread groups; built for
+# the backward's product, which "tiles" leaves to 32 of 128 blocks, and not yet measured
+# on a GPU: gpu_probe.py's "gemm_scheme" probe compares the two).
+GEMM_SCHEME = "tiles"
+SPLITK_TILE = 16             # "splitk": a block's tile of the output is 16 x 16
+SPLITK_DEPTH = 8             # "splitk": K rows a 16-thread group takes a round
 
 
 @dataclass
@@ -239,6 +246,8 @@ class PersistentLoop:
         args = call.args
         p = Printer()
         if fname == "gemm":
+            if GEMM_SCHEME == "splitk":
+                return self._gemm_phase_splitk(args)
             return self._gemm_phase(args)
         rank = {"copy1": 1, "fill1": 1, "add_into1": 1}.get(fname, 2)
         dst = self._operand(args[0], rank)
@@ -342,6 +351,93 @@ class PersistentLoop:
                         p.line(f"{out.at(f'i0 + row + {q}', 'c0 + col')} = acc{q}")
         tile_rows = rows * THREADS_CAP // 64
         work = (f"(({_atom(m)} + {tile_rows - 1}) // {tile_rows}) * (({_atom(n)} + 63) // 64)"
+                f" * {THREADS_CAP}")
+        return _Phase(p.lines, {self._root(a.array), self._root(b.array)},
+                      {self._root(out.array)}, work)
+
+    def _gemm_phase_splitk(self, args: list[ast.expr]) -> _Phase:
+        """out = a @ b, a block a 16 x 16 tile of out, with K split among the block's
+        groups of 16 threads. Each thread holds a 4 x 4 register tile of the output; a
+        round stages SPLITK_DEPTH rows of K a group (every load issued before the first
+        store), the groups multiply their own rows, and at the tile's end the groups'
+        partial sums are added in shared memory. Small tiles keep every block busy when
+        the output is small and K long (the backward's (B x 4H) @ (4H x H)); the split
+        keeps the rounds few. Needs blockDim a multiple of 16, at least 16: the phase's
+        work is whole blocks of 256 threads, so a persistent grid has 256 (64 on the
+        simulator)."""
+        a, b, out = (self._operand(x, 2) for x in args)
+        m, n, depth = out.extent(0), out.extent(1), a.extent(1)
+        ts, kg, z = SPLITK_TILE, SPLITK_DEPTH, self.zero
+        # loads of a's and of b's slice a thread makes a round: a group of 16 threads
+        # stages kg rows of K for 16 rows of a and 16 columns of b
+        per = kg * ts // 16
+        regs = [(i, j) for i in range(4) for j in range(4)]
+        p = Printer()
+        p.comment(f"{ast.unparse(args[2])} = {ast.unparse(args[0])} @ {ast.unparse(args[1])}:"
+                  f" a block a {ts} x {ts} tile, K split among its {ts}-thread groups")
+        # staging: a's slice at [0, stage), b's after it; later, the groups' partial sums
+        stage = kg * (THREADS_CAP // 16) * ts
+        p.line(f"sbuf = cuda.shared.array({2 * stage}, {out.array}.dtype)")
+        p.line(f"gm = {m}")
+        p.line(f"gn = {n}")
+        p.line(f"gk = {depth}")
+        p.line("ngrp = cuda.blockDim.x // 16")
+        p.line("grp = cuda.threadIdx.x // 16")
+        p.line("lane = cuda.threadIdx.x - grp * 16")
+        p.line("tr = lane // 4 * 4")
+        p.line("tc = (lane - lane // 4 * 4) * 4")
+        p.line(f"kdepth = ngrp * {kg}")
+        p.line(f"ntn = (gn + {ts - 1}) // {ts}")
+        with p.indent(f"for tile in range(cuda.blockIdx.x, (gm + {ts - 1}) // {ts} * ntn, "
+                      "cuda.gridDim.x):"):
+            p.line(f"i0 = tile // ntn * {ts}")
+            p.line(f"c0 = (tile - tile // ntn * ntn) * {ts}")
+            for i, j in regs:
+                p.line(f"acc{i}{j} = {z}")
+            with p.indent("for kb in range(0, gk, kdepth):"):
+                # a[i0 + r, kb + kr] to sbuf[kr * 16 + r]: neighbouring threads read
+                # neighbouring kr (a's rows are contiguous); b[kb + kr, c0 + c] to
+                # sbuf[stage + kr * 16 + c]
+                for q in range(per):
+                    p.line(f"ea{q} = cuda.threadIdx.x + {q} * cuda.blockDim.x")
+                    p.line(f"ra{q} = ea{q} // kdepth")
+                    p.line(f"ka{q} = ea{q} - ra{q} * kdepth")
+                    p.line(f"va{q} = {a.at(f'i0 + ra{q}', f'kb + ka{q}')} if i0 + ra{q} < gm "
+                           f"and kb + ka{q} < gk else {z}")
+                for q in range(per):
+                    p.line(f"eb{q} = cuda.threadIdx.x + {q} * cuda.blockDim.x")
+                    p.line(f"db{q} = eb{q} // {ts}")
+                    p.line(f"cb{q} = eb{q} - db{q} * {ts}")
+                    p.line(f"vb{q} = {b.at(f'kb + db{q}', f'c0 + cb{q}')} if kb + db{q} < gk "
+                           f"and c0 + cb{q} < gn else {z}")
+                for q in range(per):
+                    p.line(f"sbuf[ka{q} * {ts} + ra{q}] = va{q}")
+                for q in range(per):
+                    p.line(f"sbuf[{stage} + db{q} * {ts} + cb{q}] = vb{q}")
+                p.line("cuda.syncthreads()")
+                with p.indent(f"for kk in range({kg}):"):
+                    p.line(f"kr = grp * {kg} + kk")
+                    for i in range(4):
+                        p.line(f"av{i} = sbuf[kr * {ts} + tr + {i}]")
+                    for j in range(4):
+                        p.line(f"bv{j} = sbuf[{stage} + kr * {ts} + tc + {j}]")
+                    for i, j in regs:
+                        p.line(f"acc{i}{j} += av{i} * bv{j}")
+                p.line("cuda.syncthreads()")
+            p.comment("the groups' partial sums, added in shared memory")
+            for i, j in regs:
+                p.line(f"sbuf[grp * {ts * ts} + (tr + {i}) * {ts} + tc + {j}] = acc{i}{j}")
+            p.line("cuda.syncthreads()")
+            with p.indent(f"for o in range(cuda.threadIdx.x, {ts * ts}, cuda.blockDim.x):"):
+                p.line(f"total = {z}")
+                with p.indent("for g in range(ngrp):"):
+                    p.line(f"total += sbuf[g * {ts * ts} + o]")
+                p.line(f"ro = o // {ts}")
+                p.line(f"co = o - ro * {ts}")
+                with p.indent("if i0 + ro < gm and c0 + co < gn:"):
+                    p.line(f"{out.at('i0 + ro', 'c0 + co')} = total")
+            p.line("cuda.syncthreads()")
+        work = (f"(({_atom(m)} + {ts - 1}) // {ts}) * (({_atom(n)} + {ts - 1}) // {ts})"
                 f" * {THREADS_CAP}")
         return _Phase(p.lines, {self._root(a.array), self._root(b.array)},
                       {self._root(out.array)}, work)

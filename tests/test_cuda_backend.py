@@ -217,9 +217,12 @@ PTX_SCRIPT = textwrap.dedent("""
         for name, (kernel, kinds) in sorted(table.items()):
             cuda.compile_ptx(kernel.py_func, sig(kinds, ft), cc=(9, 0))
             count += 1
+    if "--splitk" in sys.argv:
+        from rnndsl import emit_persistent
+        emit_persistent.GEMM_SCHEME = "splitk"
     out = Path(tempfile.mkdtemp())
     for path in sys.argv[1:]:
-        if path == "--shared":
+        if path in ("--shared", "--splitk"):
             continue
         spec_file = read_spec(path)
         target = out / (Path(path).stem + "_cuda.py")
@@ -234,13 +237,15 @@ PTX_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("what", ["--shared", *SPECS],
-                         ids=["cuda_kernels", *(p.stem for p in SPECS)])
+@pytest.mark.parametrize("what", [("--shared",), *((str(p),) for p in SPECS),
+                                  ("--splitk", str(ROOT / "specs" / "lstm.rnn"))],
+                         ids=["cuda_kernels", *(p.stem for p in SPECS), "lstm_splitk"])
 def test_every_kernel_compiles_to_ptx_for_sm90(what):
     """What the simulator accepts but a GPU rejects (lists in kernels, mixed dtypes,
     Python objects) fails here, without a GPU: the shared kernels, then each spec's
-    (one test each, so that the workers share the compiling)."""
-    out = subprocess.run([sys.executable, "-c", PTX_SCRIPT, str(what)],
+    (one test each, so that the workers share the compiling), and the LSTM's with the
+    "splitk" GEMM phases."""
+    out = subprocess.run([sys.executable, "-c", PTX_SCRIPT, *what],
                          check=False, capture_output=True, text=True, env=_no_sim_env(), cwd=ROOT,
                          timeout=600)
     if out.returncode == 77:
@@ -297,18 +302,25 @@ def test_host_driven_time_loop_matches_interpreter(name, tmp_path):
     """With the `persistent` pass off, each step is launched from the host: that path
     stays correct too (outputs, states, every gradient; float64)."""
     module = _without_persistent(name, tmp_path)
-    cls = getattr(module, module.CELLS[0])
     assert _driver_time_loops(Path(module.__file__).read_text()) == 2
+    _built_matches_interpreter(module, name, SIZE, seed=1)
+
+
+def _built_matches_interpreter(module, name: str, size: int, seed: int) -> None:
+    """A built cuda module's first cell against the interpreter, float64: outputs and
+    every gradient, every dim `size`."""
+    cls = getattr(module, module.CELLS[0])
     Ref = rnndsl.load(ROOT / "specs" / f"{name}.rnn", target="interp")
-    dims = {d: SIZE for d in Ref.spec.dims}
-    cell, ref = cls(dtype=np.float64, seed=1, **dims), Ref(dtype=np.float64, seed=1, **dims)
-    rng = np.random.default_rng(2)
+    dims = {d: size for d in Ref.spec.dims}
+    cell, ref = (cls(dtype=np.float64, seed=seed, **dims),
+                 Ref(dtype=np.float64, seed=seed, **dims))
+    rng = np.random.default_rng(seed + 1)
     x = _inputs(cell, rng, np.float64)
     run, want = cell.forward(x), ref.forward(x)
     d_out = {k: rng.normal(size=v.shape) for k, v in want.outputs.items()}
     got, exp = cell.backward(run, d_outputs=d_out), ref.backward(want, d_outputs=d_out)
-    for name_, value in want.outputs.items():
-        assert _rel(run.outputs[name_], value) < 1e-10, name_
+    for key, value in want.outputs.items():
+        assert _rel(run.outputs[key], value) < 1e-10, key
     for kind in ("params", "inputs", "state"):
         for key, value in getattr(exp, kind).items():
             assert _rel(getattr(got, kind)[key], value) < 1e-10, (kind, key)
@@ -490,3 +502,19 @@ def test_fast_device_views_span_what_numpy_views_span(data):
     assert got.shape == want.shape and got.strides == want.strides
     assert (got.gpu_data.start, got.gpu_data.stop) == (lo - origin, hi - origin)
     assert _basic_view(whole, (0,) + item[1:], View) is None      # an integer index
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "projected_lstm"])
+def test_splitk_gemm_phases_match_the_interpreter(name, tmp_path, monkeypatch):
+    """emit_persistent's "splitk" GEMM phases (16 x 16 tiles, K split among 16-thread
+    groups, partial sums added in shared memory), not yet the default: at sizes that
+    give several tiles, partial tiles and several rounds of K (H = 20: the backward's
+    product has K = 80), float64, against the interpreter."""
+    from rnndsl import emit_persistent
+    monkeypatch.setattr(emit_persistent, "GEMM_SCHEME", "splitk")
+    target = tmp_path / f"{name}_splitk.py"
+    write_module(build_source(read_spec(ROOT / "specs" / f"{name}.rnn"), target="cuda"),
+                 target)
+    source = target.read_text()
+    assert "K split among its 16-thread groups" in source
+    _built_matches_interpreter(load_built(target), name, 20, seed=3)
