@@ -98,13 +98,13 @@ def launch_persistent(kernel, work: int, *args) -> None:
 
 # ---------------------------------------------------------------------------- workspace
 # RNNDSL_CUDA_POOL=1 keeps device buffers across calls instead of allocating each call's
-# work arrays and tapes afresh. Off by default until it is measured on a GPU: the first
-# GPU measurements (benchmarks/RESULTS.md, 2026-11-26) found ~400 us a time step spent
-# outside the persistent kernel, growing with T*B*H, and per-call allocation is the
-# suspect that this switch tests. Never used for arrays handed to the user: a buffer goes
-# back to the pool when the array made on it (and its reshapes) is garbage, and a slice
-# of it does not keep it out, which is safe only for arrays that stay inside a call or
-# inside a Run's tape.
+# work arrays and tapes afresh. Measured once on an H100 (gpu_probe.py, session 4; LSTM
+# forward, T=101, B=64, H=512): 50.5 ms a call with it, 69.9 without (before the slicing
+# fix below; after it, cProfile put 12 ms of a 20 ms call in freeing). The cuda tests
+# have not yet run with it on a GPU, so it is off by default. Never used for arrays
+# handed to the user. A buffer goes back to the pool when the array made on it is
+# garbage; its reshapes share its pointer, and its slices (DeviceArray) hold the array,
+# so neither lets the buffer go while it lives.
 POOL = not SIMULATOR and os.environ.get("RNNDSL_CUDA_POOL") == "1"
 _FREE: dict[int, list] = {}
 
@@ -149,7 +149,12 @@ def _basic_view(array, item, make):
         offset += start * stride
         span += (size - 1) * stride
     data = array.gpu_data.view(offset, offset + span)
-    return make(tuple(shape), array.strides, array.dtype, stream=array.stream, gpu_data=data)
+    view = make(tuple(shape), array.strides, array.dtype, stream=array.stream, gpu_data=data)
+    # numba-cuda's memory views hold the allocation's owner, not the pointer a pooled
+    # workspace is tracked by: holding the array keeps a pooled buffer out of the pool
+    # while any view of it lives
+    view.viewed = array
+    return view
 
 
 def fast_views(array):

@@ -500,6 +500,7 @@ def test_fast_device_views_span_what_numpy_views_span(data):
     lo, hi = byte_bounds(want)
     origin = byte_bounds(base)[0]
     assert got.shape == want.shape and got.strides == want.strides
+    assert got.viewed is whole          # keeps a pooled buffer from going back early
     assert (got.gpu_data.start, got.gpu_data.stop) == (lo - origin, hi - origin)
     assert _basic_view(whole, (0,) + item[1:], View) is None      # an integer index
 
