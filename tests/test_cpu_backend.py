@@ -207,8 +207,8 @@ def test_disable_jit_runs_the_same_file_as_python(tmp_path):
     assert abs(y - ri.outputs["h"].sum()) < 1e-9 and abs(dU - gi.params["U_f"].sum()) < 1e-9
 
 
-# Random cells compile afresh (seconds each), so a handful by default; the long profile
-# (HYPOTHESIS_PROFILE=long) runs 500.
+# Random cells compile afresh (seconds each), so a handful by default;
+# RNNDSL_RANDOM_CPU_CELLS=N runs N (this count wins over the Hypothesis profile).
 @settings(max_examples=int(os.environ.get("RNNDSL_RANDOM_CPU_CELLS", "4")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
