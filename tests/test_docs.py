@@ -218,3 +218,4 @@ def test_readme_has_its_two_setup_commands():
     ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.startswith("#")]
     assert ci[-1] == "bash .ci/test", ".ci/run must end by running the README's test command"
+    assert "bash .ci/setup" in ci[:-1], ".ci/run must install (from pyproject.toml) first"
