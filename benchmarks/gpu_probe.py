@@ -66,7 +66,8 @@ def _median_ms(fn, repeat=5) -> float:
     return statistics.median(times)
 
 
-def probe_sync() -> None:
+def _barrier_kernel():
+    """A cooperative kernel that does nothing but n grid.sync() calls."""
     from numba import cuda
 
     @cuda.jit
@@ -76,7 +77,12 @@ def probe_sync() -> None:
             grid.sync()
         if cuda.grid(1) == 0:
             a[0] += 1.0
+    return barriers
 
+
+def probe_sync() -> None:
+    from numba import cuda
+    barriers = _barrier_kernel()
     a = cuda.to_device(np.zeros(1, np.float32))
     n = 2000
     barriers[1, 256](a, 1)
@@ -301,6 +307,54 @@ def probe_breakdown(B: int = 64, H: int = 512) -> None:
         print(f"  {name:34s} {a:9.3f} {b:9.3f} {(b - a) * 10:8.1f}")
 
 
+def _step_inputs(B: int, H: int) -> dict:
+    """LSTM inputs on the device at T=1 and T=101 (one step = the difference / 100)."""
+    from numba import cuda
+    rng = np.random.default_rng(0)
+    return {T: cuda.to_device(rng.normal(size=(T, B, H)).astype(np.float32)) for T in (1, 101)}
+
+
+def _module_from(text: str, path: Path):
+    path.write_text(text)
+    from rnndsl.build import load_built
+    return load_built(path)
+
+
+def _kernels_alone(module, xs: dict, backward: bool = True, repeat: int = 5):
+    """Each persistent kernel of `module`'s LSTM relaunched alone on the arguments a real
+    call gave it, at each T of `xs`: ({kernel: {T: ms}}, {kernel: grid}, and the output
+    h (with the gradient of U_i when `backward`) at the last T)."""
+    from numba import cuda
+
+    from rnndsl.cuda_kernels import persistent_grid
+    captured: dict = {}
+
+    def record(kernel, work, *args):
+        captured[kernel.__name__] = (kernel, work, args)
+        kernel[persistent_grid(kernel, work, *args)](*args)
+    module.launch_persistent = record
+    H = next(iter(xs.values())).shape[2]
+    cell = module.LSTM(I=H, H=H, seed=0)
+    cell.params = {n: cuda.to_device(v) for n, v in cell.params.items()}
+    times: dict = {}
+    grids: dict = {}
+    result = None
+    for T, x in xs.items():
+        run = cell.forward(x)
+        result = (run.outputs["h"].copy_to_host(),)
+        if backward:
+            grads = cell.backward(run, d_outputs={"h": x})
+            result += (grads.params["U_i"].copy_to_host(),)
+        for name, (kernel, work, args) in captured.items():
+            grid = grids[name] = persistent_grid(kernel, work, *args)
+            times.setdefault(name, {})[T] = _median_ms(lambda: kernel[grid](*args), repeat)
+    return times, grids, result
+
+
+def _us_a_step(t: dict) -> float:
+    return (t[101] - t[1]) * 10
+
+
 def probe_kernel(B: int = 64, H: int = 512) -> None:
     """The persistent kernel alone, relaunched on the arguments a real call gave it, in
     variants: as generated, with its grid.sync() calls removed (wrong numbers, the
@@ -309,9 +363,6 @@ def probe_kernel(B: int = 64, H: int = 512) -> None:
     import tempfile
 
     from numba import cuda
-
-    from rnndsl.build import load_built
-    from rnndsl.cuda_kernels import persistent_grid
     Cell = rnndsl.load(ROOT / "specs" / "lstm.rnn", target="cuda")
     source = Path(sys.modules[Cell.__module__].__file__).read_text()
     name = "forward_LSTM_steps"
@@ -321,43 +372,19 @@ def probe_kernel(B: int = 64, H: int = 512) -> None:
         "no grid.sync()": no_sync,
         "barriers only": drop_phases(source, name, lambda c: not c.startswith("# the next step")),
     }
-    rng = np.random.default_rng(0)
-    xs = {T: cuda.to_device(rng.normal(size=(T, B, H)).astype(np.float32)) for T in (1, 101)}
+    xs = _step_inputs(B, H)
     tmp = Path(tempfile.mkdtemp())
     print(f"## the persistent kernel alone: LSTM forward B={B} H={H}, relaunched on a real "
           "call's arguments (ms, median of 5)")
-    grid_used = None
     for k, (label, text) in enumerate(variants.items()):
-        path = tmp / f"lstm_kernel_{k}.py"
-        path.write_text(text)
-        module = load_built(path)
-        captured = {}
-
-        def record(kernel, work, *args, _module=module, _captured=captured):
-            _captured["call"] = (kernel, work, args)
-            grid = persistent_grid(kernel, work, *args)
-            kernel[grid](*args)
-        module.launch_persistent = record
-        cell = module.LSTM(I=H, H=H, seed=0)
-        cell.params = {n: cuda.to_device(v) for n, v in cell.params.items()}
-        times = {}
-        for T in (1, 101):
-            cell.forward(xs[T])
-            kernel, work, args = captured["call"]
-            grid = grid_used = persistent_grid(kernel, work, *args)
-            times[T] = _median_ms(lambda: kernel[grid](*args))
-        print(f"  {label:20s} T=1 {times[1]:8.3f}  T=101 {times[101]:8.3f}  "
-              f"{(times[101] - times[1]) * 10:8.1f} us a step  (grid {grid_used})")
-
-    @cuda.jit
-    def barriers(a, n):
-        grid = cuda.cg.this_grid()
-        for _ in range(n):
-            grid.sync()
-        if cuda.grid(1) == 0:
-            a[0] += 1.0
+        module = _module_from(text, tmp / f"lstm_kernel_{k}.py")
+        times, grids, _ = _kernels_alone(module, xs, backward=False)
+        t = times[name]
+        print(f"  {label:20s} T=1 {t[1]:8.3f}  T=101 {t[101]:8.3f}  "
+              f"{_us_a_step(t):8.1f} us a step  (grid {grids[name]})")
+    barriers = _barrier_kernel()
     a = cuda.to_device(np.zeros(1, np.float32))
-    blocks, threads = grid_used
+    blocks, threads = grids[name]
     t4 = _median_ms(lambda: barriers[blocks, threads](a, 4))
     t404 = _median_ms(lambda: barriers[blocks, threads](a, 404))
     print(f"  {'bare barrier kernel':20s} 4 barriers {t4:8.3f}  404 barriers {t404:8.3f}  "
@@ -427,15 +454,11 @@ def _kernels_by_build(setting: str, values, B: int, H: int) -> None:
     how far each build's forward output and gradient of U_i are from the first's."""
     import tempfile
 
-    from numba import cuda
-
     from rnndsl import emit_persistent
-    from rnndsl.build import build_source, load_built
-    from rnndsl.cuda_kernels import persistent_grid
+    from rnndsl.build import build_source
     from rnndsl.spec import read_spec
     spec = read_spec(ROOT / "specs" / "lstm.rnn")
-    rng = np.random.default_rng(0)
-    xs = {T: cuda.to_device(rng.normal(size=(T, B, H)).astype(np.float32)) for T in (1, 101)}
+    xs = _step_inputs(B, H)
     tmp = Path(tempfile.mkdtemp())
     default = getattr(emit_persistent, setting)
     print(f"## persistent kernels alone by {setting}: LSTM B={B} H={H}, us a step "
@@ -444,32 +467,16 @@ def _kernels_by_build(setting: str, values, B: int, H: int) -> None:
     for value in values:
         setattr(emit_persistent, setting, value)
         try:
-            path = tmp / f"lstm_{setting.lower()}_{value}.py"
-            path.write_text(build_source(spec, target="cuda"))
+            text = build_source(spec, target="cuda")
         finally:
             setattr(emit_persistent, setting, default)
-        module = load_built(path)
-        captured = {}
-
-        def record(kernel, work, *args, _captured=captured):
-            _captured[kernel.__name__] = (kernel, work, args)
-            kernel[persistent_grid(kernel, work, *args)](*args)
-        module.launch_persistent = record
-        cell = module.LSTM(I=H, H=H, seed=0)
-        cell.params = {n: cuda.to_device(v) for n, v in cell.params.items()}
-        times: dict = {}
-        for T in (1, 101):
-            run = cell.forward(xs[T])
-            grads = cell.backward(run, d_outputs={"h": xs[T]})
-            result = (run.outputs["h"].copy_to_host(), grads.params["U_i"].copy_to_host())
-            for name, (kernel, work, args) in captured.items():
-                grid = persistent_grid(kernel, work, *args)
-                times.setdefault(name, {})[T] = _median_ms(lambda: kernel[grid](*args))
+        module = _module_from(text, tmp / f"lstm_{setting.lower()}_{value}.py")
+        times, _, result = _kernels_alone(module, xs)
         first = first or result
         diff = max(float(np.abs(r - f).max() / (np.abs(f).max() or 1.0))
                    for r, f in zip(result, first))
         print(f"  {setting} {value!s:6s}: " + ";  ".join(
-            f"{name} {(t[101] - t[1]) * 10:7.1f}" for name, t in times.items())
+            f"{name} {_us_a_step(t):7.1f}" for name, t in times.items())
             + f";  rel. diff {diff:.1e}")
 
 
@@ -494,11 +501,6 @@ def probe_phases(B: int = 64, H: int = 512) -> None:
     timed on its own). The numbers the cut kernels compute are wrong; only time counts."""
     import itertools
     import tempfile
-
-    from numba import cuda
-
-    from rnndsl.build import load_built
-    from rnndsl.cuda_kernels import persistent_grid
     Cell = rnndsl.load(ROOT / "specs" / "lstm.rnn", target="cuda")
     source = Path(sys.modules[Cell.__module__].__file__).read_text()
     kernels = ("forward_LSTM_steps", "backward_LSTM_steps")
@@ -524,39 +526,23 @@ def probe_phases(B: int = 64, H: int = 512) -> None:
             count = itertools.count()
             text = drop_phases(text, name, lambda c, _n=count, _k=k: next(_n) == _k)
         variants[f"without phase {k}"] = text
-    rng = np.random.default_rng(0)
-    xs = {T: cuda.to_device(rng.normal(size=(T, B, H)).astype(np.float32)) for T in (1, 101)}
+    xs = _step_inputs(B, H)
     tmp = Path(tempfile.mkdtemp())
     print(f"## persistent kernels by phase: LSTM B={B} H={H}, us a step of each kernel alone")
     for name in kernels:
         for k, c in enumerate(comments[name]):
             print(f"  {name} phase {k}: {c}")
     for v, (label, text) in enumerate(variants.items()):
-        path = tmp / f"lstm_phases_{v}.py"
-        path.write_text(text)
-        module = load_built(path)
-        captured = {}
-
-        def record(kernel, work, *args, _captured=captured):
-            _captured[kernel.__name__] = (kernel, work, args)
-            kernel[persistent_grid(kernel, work, *args)](*args)
-        module.launch_persistent = record
-        cell = module.LSTM(I=H, H=H, seed=0)
-        cell.params = {n: cuda.to_device(w) for n, w in cell.params.items()}
-        times: dict = {}
-        for T in (1, 101):
-            run = cell.forward(xs[T])
-            cell.backward(run, d_outputs={"h": xs[T]})
-            for name, (kernel, work, args) in captured.items():
-                grid = persistent_grid(kernel, work, *args)
-                times.setdefault(name, {})[T] = _median_ms(lambda: kernel[grid](*args), 3)
+        module = _module_from(text, tmp / f"lstm_phases_{v}.py")
+        times, _, _ = _kernels_alone(module, xs, repeat=3)
         print(f"  {label:18s} " + ";  ".join(
-            f"{name.split('_')[0]} {(t[101] - t[1]) * 10:7.1f}" for name, t in times.items()))
+            f"{name.split('_')[0]} {_us_a_step(t):7.1f}" for name, t in times.items()))
 
 
 PROBES = {"sync": probe_sync, "gemm": probe_gemm, "steps": probe_steps,
-          "ablation": probe_ablation, "kernel": probe_kernel, "launch": probe_launch, "ktile": probe_ktile, "gemm_scheme": probe_gemm_scheme, "phases": probe_phases, "breakdown": probe_breakdown,
-          "pool": probe_allocation, "host": probe_host}
+          "ablation": probe_ablation, "kernel": probe_kernel, "launch": probe_launch,
+          "ktile": probe_ktile, "gemm_scheme": probe_gemm_scheme, "phases": probe_phases,
+          "breakdown": probe_breakdown, "pool": probe_allocation, "host": probe_host}
 
 
 def main() -> int:

@@ -284,13 +284,14 @@ class PersistentLoop:
         a, b, out = (self._operand(x, 2) for x in args)
         m, n, depth = out.extent(0), out.extent(1), a.extent(1)
         rows, kt, z = ROWS_PER_THREAD, K_TILE, self.zero
+        tile_rows = rows * THREADS_CAP // 64       # a tile's rows at THREADS_CAP threads
         # loads of a's and of b's slice a thread makes at THREADS_CAP threads a block
-        la = max(1, kt * (rows * THREADS_CAP // 64) // THREADS_CAP)
+        la = max(1, kt * tile_rows // THREADS_CAP)
         lb = max(1, kt * 64 // THREADS_CAP)
         p = Printer()
         p.comment(f"{ast.unparse(args[2])} = {ast.unparse(args[0])} @ {ast.unparse(args[1])}:"
                   " a block a tile, staged in shared memory")
-        p.line(f"sa = cuda.shared.array(({kt}, {rows * THREADS_CAP // 64}), "
+        p.line(f"sa = cuda.shared.array(({kt}, {tile_rows}), "
                f"{out.array}.dtype)")
         p.line(f"sb = cuda.shared.array(({kt}, 64), {out.array}.dtype)")
         p.line(f"gm = {m}")
@@ -349,7 +350,6 @@ class PersistentLoop:
                 for q in range(rows):
                     with p.indent(f"if i0 + row + {q} < gm:"):
                         p.line(f"{out.at(f'i0 + row + {q}', 'c0 + col')} = acc{q}")
-        tile_rows = rows * THREADS_CAP // 64
         work = (f"(({_atom(m)} + {tile_rows - 1}) // {tile_rows}) * (({_atom(n)} + 63) // 64)"
                 f" * {THREADS_CAP}")
         return _Phase(p.lines, {self._root(a.array), self._root(b.array)},
