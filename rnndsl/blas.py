@@ -1,4 +1,4 @@
-"""How many threads the BLAS inside compiled kernels may use.
+"""How many threads compiled kernels may use: their BLAS, and their own parallel loops.
 
 Numba's `np.dot` calls SciPy's OpenBLAS (not NumPy's: they are separate libraries).
 On a machine whose cores are busy (other processes, test workers, a data loader),
@@ -9,6 +9,11 @@ thread, restored afterwards. On a quiet machine more threads help the large shap
 (LSTM forward+BPTT float32: 1 thread 24 / 84 / 577 ms, 2 threads 19 / 56 / 339 ms at
 the small / mid / large shapes): set RNNDSL_BLAS_THREADS=2 (a count) or =all (leave the
 BLAS as it is) for that.
+
+Kernels built with the `microkernel` pass (the default) parallelise themselves instead:
+RNNDSL_BLAS_THREADS sets how many of Numba's threads their loops use (`all`: Numba's
+pool, one thread a core unless NUMBA_NUM_THREADS says otherwise), and their BLAS calls
+stay at one thread, so that OpenBLAS's spinning pool and Numba's never share the cores.
 """
 
 from __future__ import annotations
@@ -49,6 +54,17 @@ def configured_threads() -> int | None:
         raise BindError(f"RNNDSL_BLAS_THREADS must be a positive integer or 'all', got "
                         f"{value!r}")
     return int(value)
+
+
+def kernel_thread_count() -> int:
+    """How many threads rnndsl's own parallel loops (the register-tiled GEMMs of
+    rnndsl.gemm) may use in a kernel call: RNNDSL_BLAS_THREADS, or for "all" every
+    thread Numba has (NUMBA_NUM_THREADS, by default one a core)."""
+    n = configured_threads()
+    if n is None:
+        import numba
+        return numba.get_num_threads()
+    return n
 
 
 @contextmanager

@@ -328,9 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "to run, not to build")
     p.add_argument("--no-pass", action="append", metavar="PASS",
                    help="switch an optimisation pass off (repeatable): cse, simplify, hoist, "
-                        "fuse_matmul, fuse_elementwise, defer_grads, and for --target cuda "
-                        "persistent (each time loop as one cooperative kernel; off, each "
-                        "step is launched from the host)")
+                        "fuse_matmul, fuse_elementwise, defer_grads; for --target cpu "
+                        "microkernel (the per-step GEMMs in rnndsl's register tiles; off, "
+                        "one BLAS call a step); for --target cuda persistent (each time "
+                        "loop as one cooperative kernel; off, each step is launched from "
+                        "the host)")
     p.set_defaults(run=cmd_build)
 
     p = sub.add_parser("explain", help="print a cell's compiled plan as a loop nest",

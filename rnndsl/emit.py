@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import __version__, printer
+from .gemm_gen import MR, NR
 from .ops import HARD_SIGMOID_SLOPE, Op
 from .plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan, passes_for
 from .printer_py import Printer, safe_comment
@@ -219,6 +220,8 @@ class _Kernel:
         """The scalar of node nid at row r, feature j (loops over r and j are open)."""
         if nid in local:
             return local[nid]
+        if self.em.zero_term(nid):
+            return self.em.k(0.0)
         expr, mode = self.ref(nid, stage)
         t = self.em.G[nid].type
         direct = self.block_element(nid, expr, t)
@@ -371,6 +374,26 @@ class _Kernel:
                         {0: f"{dest}[0]", 1: f"{dest}[j]", 2: f"{dest}[i, j]"}[node.type.rank])
                 p.line(f"{target} = e{n}")
 
+    def gemm(self, a: str, b: str, out: str, stage: str, rows: bool = True) -> str:
+        """The call computing out = a @ b: over all T*B rows with the microkernel pass,
+        rnndsl.gemm.parallel_dot (the kernel's threads, one BLAS thread each)."""
+        if rows and self.em.micro and stage not in LOOP_STAGES:
+            return f"parallel_dot({a}, {b}, {out}, threads)"
+        return f"{self.d.dot}({a}, {b}, {out})"
+
+    def gemm_tn(self, g: str, x: str, out: str, stage: str, tname: str) -> str:
+        """out = g^T @ x, a weight gradient summed over rows, with no transposed copy of
+        g: cpu kernels pass BLAS the transposed view (g must be C-contiguous)."""
+        if self.d.target != "cpu":
+            key = (stage, g)
+            if key not in self.transposes:      # one transpose serves every weight
+                self.transposes[key] = tname
+                self.p.line(f"{self.transposes[key]} = transposed({g})")
+            return f"{self.d.dot}({self.transposes[key]}, {x}, {out})"
+        if self.em.micro and stage not in LOOP_STAGES:
+            return f"parallel_dot_tn({g}, {x}, {out}, threads)"
+        return f"{self.d.dot}({g}.T, {x}, {out})"
+
     def emit_matmul_group(self, grp: MatmulGroup, stage: str) -> None:
         em, G, p = self.em, self.em.G, self.p
         g = em.matmul_index[id(grp)]
@@ -392,6 +415,12 @@ class _Kernel:
             p.line(f"mm{g} = {self.d.empty}((T, B, {total}), dtype)")
             p.line(f"mm{g}_r = mm{g}.reshape((R, {total}))")
             self.bind_members(grp, stage)
+        if em.micro and stage in LOOP_STAGES:
+            with p.indent(f"if micro{g}:"):
+                p.line(f"packed_gemm({vec}, wp{g}, {target}, threads)")
+            with p.indent("else:"):
+                p.line(f"{self.d.dot}({vec}, wt{g}, {target})")
+            return
         if em.splits_small(grp, stage):
             with p.indent(f"if split{g}:"):
                 p.comment("small: member by member, in OpenBLAS's direct kernel")
@@ -404,7 +433,7 @@ class _Kernel:
             with p.indent("else:"):
                 p.line(f"{self.d.dot}({vec}, wt{g}, {target})")
             return
-        p.line(f"{self.d.dot}({vec}, wt{g}, {target})")
+        p.line(self.gemm(vec, f"wt{g}", target, stage))
 
     def bind_members(self, grp: MatmulGroup, stage: str) -> None:
         em, G, p = self.em, self.em.G, self.p
@@ -452,7 +481,7 @@ class _Kernel:
             g = a[1]
             if em.is_view(node.args[1]):
                 g = self.contiguous(g)
-            p.line(f"{self.d.dot}({g}, {a[0]}, {out})")
+            p.line(self.gemm(g, a[0], out, stage, t.batched))
         elif op == Op.OUTER:
             gt, xt = G[node.args[0]].type, G[node.args[1]].type
             if gt.batched:
@@ -460,11 +489,8 @@ class _Kernel:
                 p.comment(f"a weight gradient, g^T {what}, as one GEMM"
                           + (" over all T*B rows" if stage == "post" else ""))
                 x = a[1] if not em.is_view(node.args[1]) else self.contiguous(a[1])
-                key = (stage, a[0])
-                if key not in self.transposes:      # one transpose serves every weight
-                    self.transposes[key] = f"gT{node.args[0]}"
-                    p.line(f"{self.transposes[key]} = transposed({a[0]})")
-                p.line(f"{self.d.dot}({self.transposes[key]}, {x}, {out})")
+                g = a[0] if not em.is_view(node.args[0]) else self.contiguous(a[0])
+                p.line(self.gemm_tn(g, x, out, stage, f"gT{node.args[0]}"))
             else:
                 axes = [("i", _dim(gt.shape[0]), True), ("j", _dim(xt.shape[0]), True)]
                 with self.loops(axes):
@@ -514,6 +540,8 @@ class _Kernel:
         i, u = em.mt_use[nid]
         use = em.plan.cotangent_groups[i].uses[u]
         first = use.matvec_t[0]
+        if em.elided_zero(nid):
+            return
         if stage not in LOOP_STAGES:
             self.alloc(nid, stage)
             if nid != first:
@@ -523,6 +551,12 @@ class _Kernel:
         names = ", ".join(em.G[w].attrs[0] for w in use.weights)
         p.comment(f"sum of g_k @ W_k for W_k in [{names}]: one GEMM (the other terms stay 0)")
         buffer, dest = self.cotangent_buffer(i, stage), self.dest(nid, stage)
+        if em.micro and em.per_step_cotangent_gemm(i, u):
+            with p.indent(f"if microc{i}_{u}:"):
+                p.line(f"packed_gemm({buffer}, wsp{i}_{u}, {dest}, threads)")
+            with p.indent("else:"):
+                p.line(f"{self.d.dot}({buffer}, ws{i}_{u}, {dest})")
+            return
         if stage in LOOP_STAGES and em.splits_cotangents(i, u):
             with p.indent(f"if splitc{i}_{u}:"):
                 p.comment("small: term by term, in OpenBLAS's direct kernel")
@@ -538,7 +572,7 @@ class _Kernel:
             with p.indent("else:"):
                 p.line(f"{self.d.dot}({buffer}, ws{i}_{u}, {dest})")
             return
-        p.line(f"{self.d.dot}({buffer}, ws{i}_{u}, {dest})")
+        p.line(self.gemm(buffer, f"ws{i}_{u}", dest, stage))
 
     def emit_stacked_outer(self, nid: int, stage: str) -> None:
         """Every dW_k = g_k^T v of one GEMM group as one GEMM, split by row blocks."""
@@ -552,15 +586,11 @@ class _Kernel:
         cols = _dim(G[use.vector].type.shape[0])
         p.comment(f"the gradients of [{names}] as one GEMM over all T*B rows")
         buf = self.cotangent_buffer(i, stage)
-        key = (stage, buf)
-        if key not in self.transposes:
-            self.transposes[key] = f"gT{i}"
-            p.line(f"gT{i} = transposed({buf})")
         vec = self.whole(use.vector, stage)
         if em.is_view(use.vector):
             vec = self.contiguous(vec)
         p.line(f"dwc{i}_{u} = {self.d.empty}(({em.cg_total[i]}, {cols}), dtype)")
-        p.line(f"{self.d.dot}({self.transposes[key]}, {vec}, dwc{i}_{u})")
+        p.line(self.gemm_tn(buf, vec, f"dwc{i}_{u}", stage, f"gT{i}"))
         for o, g in zip(use.outers, em.plan.cotangent_groups[i].cotangents):
             _, start, stop = em.cg_block[g]
             p.line(f"v{o} = dwc{i}_{u}[{start}:{stop}, :]")
@@ -707,22 +737,46 @@ class _Emitter:
         # slices, stacked cotangents and matmul results (column blocks of a GEMM's output)
         return node.op == Op.SLICE or nid in self.cg_block or nid in self.member_block
 
+    def zero_term(self, nid: int) -> bool:
+        """A term g_k @ W_k of a stacked sum whose GEMM wrote the whole sum into the first
+        term: its value is zero."""
+        use = self.mt_use.get(nid)
+        if use is None:
+            return False
+        return nid != self.plan.cotangent_groups[use[0]].uses[use[1]].matvec_t[0]
+
+    def elided_zero(self, nid: int) -> bool:
+        """A zero term that no array needs to hold: only elementwise ops read it (as the
+        literal 0, which folds away), and it is neither saved nor a result."""
+        return (self.zero_term(nid) and nid not in self.roots and nid not in self.plan.saved
+                and all(self.G[u].op in ELEMENTWISE for u in self.users.get(nid, ())))
+
     def needs_array(self, nid: int, group: set[int]) -> bool:
         if nid in self.roots or nid in self.plan.saved:
             return True
         return any(u not in group for u in self.users.get(nid, ()))
 
-    def splits_cotangents(self, i: int, u: int) -> bool:
-        """Whether a stacked cotangent GEMM gets a term-by-term path for small B."""
-        cg = self.plan.cotangent_groups[i]
-        use = cg.uses[u]
-        return (self.dialect.target == "cpu" and len(cg.cotangents) > 1
-                and bool(use.matvec_t) and self.G[use.vector].type.batched
+    @property
+    def micro(self) -> bool:
+        """Whether per-step GEMMs run in rnndsl.gemm's register tiles (cpu)."""
+        return self.dialect.target == "cpu" and "microkernel" in self.plan.passes
+
+    def per_step_cotangent_gemm(self, i: int, u: int) -> bool:
+        """Whether use u of cotangent group i is a stacked GEMM inside the backward loop."""
+        use = self.plan.cotangent_groups[i].uses[u]
+        return (bool(use.matvec_t) and self.G[use.vector].type.batched
                 and self.plan.stage.get(use.matvec_t[0]) in LOOP_STAGES)
+
+    def splits_cotangents(self, i: int, u: int) -> bool:
+        """Whether a stacked cotangent GEMM gets a term-by-term path for small B (the
+        BLAS path only: the register tiles have no such cliff)."""
+        return (self.dialect.target == "cpu" and not self.micro
+                and len(self.plan.cotangent_groups[i].cotangents) > 1
+                and self.per_step_cotangent_gemm(i, u))
 
     def splits_small(self, grp: MatmulGroup, stage: str) -> bool:
         """Whether a per-step stacked GEMM gets a member-by-member path for small B."""
-        return (self.dialect.target == "cpu" and stage in LOOP_STAGES
+        return (self.dialect.target == "cpu" and not self.micro and stage in LOOP_STAGES
                 and len(grp.members) > 1 and self.G[grp.vector].type.batched)
 
     def group_total(self, grp: MatmulGroup) -> str:
@@ -816,6 +870,8 @@ class _Emitter:
         cell = step.cell
         args: list[tuple] = [("dim", d) for d in cell.dims]
         args += [("T",), ("B",), ("consts",)]
+        if self.micro:
+            args += [("threads",)]    # for rnndsl.gemm's parallel loops
         args += [("param", d.name) for d in cell.params]
         args += [("input", d.name) for d in cell.inputs]
         tapes = sorted(n for n in plan.saved if plan.stage[n] in ("pre", "fwd"))
@@ -840,7 +896,7 @@ class _Emitter:
                  "output": "out_{}", "final": "fin_{}", "output_grad": "dout_{}",
                  "final_grad": "dfin_{}", "param_grad": "dp_{}", "input_grad": "din_{}",
                  "state0_grad": "ds0_{}", "hist": "hist_{}", "tape": "tape{}"}
-        if kind in ("T", "B", "consts"):
+        if kind in ("T", "B", "consts", "threads"):
             return kind
         return names[kind].format(ident(arg[1]))
 
@@ -1008,6 +1064,9 @@ class _Emitter:
                 if not use.matvec_t:
                     continue
                 cols = _dim(G[use.vector].type.shape[0])
+                if self.micro and self.per_step_cotangent_gemm(i, u):
+                    self._packed_cotangent_weights(kern, i, u, total, cols)
+                    continue
                 p.line(f"ws{i}_{u} = {self.dialect.empty}(({total}, {cols}), dtype)")
                 for w, g in zip(use.weights, cg.cotangents):
                     _, start, stop = self.cg_block[g]
@@ -1037,6 +1096,9 @@ class _Emitter:
                     continue
                 g = self.matmul_index[id(grp)]
                 cols = _dim(G[grp.vector].type.shape[0])
+                if self.micro and s in LOOP_STAGES:
+                    self._packed_weights(kern, grp, g, cols)
+                    continue
                 if len(grp.members) == 1:
                     w = G[G[grp.members[0]].args[0]].attrs[0]
                     p.line(f"wt{g} = transposed(p_{ident(w)})")
@@ -1061,6 +1123,53 @@ class _Emitter:
                         p.line(f"wt{g}_{k} = transposed(p_{ident(w)}) if split{g} else "
                                f"{self.dialect.empty}((0, 0), dtype)")
 
+    def _packed_weights(self, kern: _Kernel, grp: MatmulGroup, g: int, cols: str) -> None:
+        """A per-step GEMM's stacked weights [W_1^T, ..., W_n^T], packed once into
+        rnndsl.gemm's panels; below MR rows of batch, stacked for one BLAS call a step."""
+        G, p = self.G, kern.p
+        total = self.group_total(grp)
+        members = [(m, G[G[m].args[0]].attrs[0]) for m in grp.members]
+        p.comment(f"{', '.join(w for _, w in members)}, packed once for the per-step GEMM's")
+        p.comment(f"register tiles (rnndsl.gemm); a batch under {MR} rows takes BLAS instead")
+        p.line(f"micro{g} = B >= MR")
+        p.line(f"wp{g} = np.zeros((({total} + NR - 1) // NR if micro{g} else 0, {cols}, NR), "
+               "dtype)")
+        p.line(f"wt{g} = {self.dialect.empty}((0 if micro{g} else {cols}, {total}), dtype)")
+        offset = Dim.lit(0)
+        with p.indent(f"if micro{g}:"):
+            for m, w in members:
+                p.line(f"pack_cols_t(wp{g}, p_{ident(w)}, {_dim(offset)})")
+                offset = offset + G[m].type.shape[0]
+        offset = Dim.lit(0)
+        with p.indent("else:"):
+            for m, w in members:
+                stop = offset + G[m].type.shape[0]
+                p.line(f"copy_t(wt{g}[:, {_dim(offset)}:{_dim(stop)}], p_{ident(w)})")
+                offset = stop
+
+    def _packed_cotangent_weights(self, kern: _Kernel, i: int, u: int, total: str,
+                                  cols: str) -> None:
+        """The backward loop's stacked [W_1; ...; W_n], packed once into rnndsl.gemm's
+        panels; below MR rows of batch, stacked for one BLAS call a step."""
+        G, p = self.G, kern.p
+        cg = self.plan.cotangent_groups[i]
+        use = cg.uses[u]
+        names = ", ".join(G[w].attrs[0] for w in use.weights)
+        p.comment(f"[{names}] stacked, packed once for the backward step's register tiles")
+        p.comment(f"(rnndsl.gemm); a batch under {MR} rows takes BLAS instead")
+        p.line(f"microc{i}_{u} = B >= MR")
+        p.line(f"wsp{i}_{u} = np.zeros((({cols} + NR - 1) // NR if microc{i}_{u} else 0, "
+               f"{total}, NR), dtype)")
+        p.line(f"ws{i}_{u} = {self.dialect.empty}((0 if microc{i}_{u} else {total}, {cols}), "
+               "dtype)")
+        blocks = [(G[w].attrs[0], self.cg_block[g]) for w, g in zip(use.weights, cg.cotangents)]
+        with p.indent(f"if microc{i}_{u}:"):
+            for w, (_, start, _) in blocks:
+                p.line(f"pack_rows(wsp{i}_{u}, p_{ident(w)}, {start})")
+        with p.indent("else:"):
+            for w, (_, start, stop) in blocks:
+                p.line(f"copy2(ws{i}_{u}[{start}:{stop}, :], p_{ident(w)})")
+
     def _loop_arrays(self, kern: _Kernel, stage: str, nodes: list[int]) -> None:
         """Work arrays of a loop stage, allocated once before the loop."""
         G, p = self.G, kern.p
@@ -1083,6 +1192,8 @@ class _Emitter:
             if n in grouped or node.op == Op.SLICE or n in self.cg_block:
                 continue
             if n in self.mt_use:
+                if self.elided_zero(n):
+                    continue
                 kern.alloc(n, stage)
                 i, u = self.mt_use[n]
                 if n != self.plan.cotangent_groups[i].uses[u].matvec_t[0]:
@@ -1114,6 +1225,8 @@ def explain_lines(plan: Plan, which: str = "both") -> list[str]:
 
     def describe(stage: str) -> list[str]:
         out = []
+        tiles = (" in register tiles" if stage in LOOP_STAGES and "microkernel" in plan.passes
+                 else "")
         mm = {m: grp for grp in plan.matmuls.get(stage, []) for m in grp.members}
         seen: set[int] = set()
         for group in plan.fused.get(stage, []):
@@ -1126,7 +1239,9 @@ def explain_lines(plan: Plan, which: str = "both") -> list[str]:
             if nid in mm:
                 grp = mm[nid]
                 ws = ", ".join(G[G[m].args[0]].attrs[0] for m in grp.members)
-                out.append(f"GEMM [{ws}] @ {G.names.get(grp.vector, G.label(grp.vector))}")
+                batched = G[grp.vector].type.batched
+                out.append(f"GEMM [{ws}] @ {G.names.get(grp.vector, G.label(grp.vector))}"
+                           + (tiles if batched else ""))
                 shown.update(grp.members)
             elif node.op in ELEMENTWISE:
                 group = next(g for g in plan.fused[stage] if nid in g)
@@ -1142,7 +1257,7 @@ def explain_lines(plan: Plan, which: str = "both") -> list[str]:
                                "(stacked cotangents)")
                     members = [o for o, w in stacked_outer.items() if w is weights]
                 else:
-                    out.append(f"GEMM g @ [{names}] (stacked cotangents)")
+                    out.append(f"GEMM g @ [{names}] (stacked cotangents){tiles}")
                     members = [m for m, w in stacked_mt.items() if w is weights]
                 shown.update(members)
             elif node.op == Op.OUTER:
@@ -1216,6 +1331,11 @@ def module_header(spec_path: str, digest: str, cells: list[str], target: str = "
         for i in range(0, len(names), 6):
             p.line(", ".join(names[i:i + 6]) + ",")
     p.line(")")
+    if target == "cpu":
+        p.line("from rnndsl.gemm import (  # noqa: F401  the per-step GEMMs' register tiles")
+        with p.indent():
+            p.line("MR, NR, pack_cols_t, pack_rows, packed_gemm, parallel_dot, parallel_dot_tn,")
+        p.line(")")
     p.line("")
     p.line(f"RNNDSL_VERSION = {__version__!r}")
     p.line(f"SPEC_HASH = {digest!r}")

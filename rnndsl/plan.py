@@ -26,10 +26,12 @@ from .ir import Graph, StepGraph, lower
 from .ops import Op
 
 PASSES = ("cse", "simplify", "hoist", "fuse_matmul", "fuse_elementwise", "defer_grads",
-          "persistent")
+          "persistent", "microkernel")
 # Passes that only one target's emitter acts on; the others emit the same program with
-# them on or off. `persistent` runs each time loop as one cooperative kernel (cuda).
-TARGET_PASSES = {"persistent": "cuda"}
+# them on or off. `persistent` runs each time loop as one cooperative kernel (cuda);
+# `microkernel` runs the per-step GEMMs in rnndsl.gemm's register tiles over weights
+# packed once per call, instead of a BLAS call a step (cpu).
+TARGET_PASSES = {"persistent": "cuda", "microkernel": "cpu"}
 
 
 def passes_for(passes, target: str) -> list[str]:

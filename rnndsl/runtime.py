@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import ast
-from .blas import kernel_threads
+from .blas import kernel_thread_count, kernel_threads
 from .check import CheckedCell, Decl
 from .compose import LENGTH_MASK, with_lengths
 from .errors import BindError
@@ -629,7 +629,10 @@ class CompiledCell(Cell):
         return np.zeros(shape, self.dtype)
 
     def _launch(self, driver, args) -> None:
-        with kernel_threads():
+        # Kernels built with the microkernel pass run their own parallel loops on
+        # Numba's threads (the `threads` argument), so the BLAS inside stays at one.
+        own_threads = ("threads",) in self.meta["forward_args"]
+        with kernel_threads(1 if own_threads else None):
             driver(*args)
 
     def _deliver(self, arrays: dict, on_device: bool) -> dict:
@@ -662,6 +665,8 @@ class CompiledCell(Cell):
                 args.append(T if kind == "T" else B)
             elif kind == "consts":
                 args.append(consts)
+            elif kind == "threads":
+                args.append(kernel_thread_count())
             elif kind == "param":
                 args.append(self._kernel_param(arg[1]))
             elif kind == "input":
@@ -706,6 +711,8 @@ class CompiledCell(Cell):
                 args.append(T if kind == "T" else B)
             elif kind == "consts":
                 args.append(tape.consts)
+            elif kind == "threads":
+                args.append(kernel_thread_count())
             elif kind == "param":
                 args.append(self._kernel_param(arg[1]))
             elif kind == "input":
