@@ -79,7 +79,9 @@ def cell_flops(cell: str, T: int, B: int, I: int, H: int, backward: bool) -> flo
     """Matmul flops only: the GEMM-bound part the ceiling compares against."""
     gates = CELLS[cell][1]
     fwd = 2 * T * B * (I + H) * gates * H
-    return fwd * (3 if backward else 1)   # backward: d_input/d_state and d_weights GEMMs
+    # BPTT (no input gradient, as every runner here): d_state, dW and dU
+    bwd = 2 * T * B * (2 * H + I) * gates * H
+    return fwd + (bwd if backward else 0)
 
 
 # ---------------------------------------------------------------------------- rnndsl
@@ -95,15 +97,17 @@ def rnndsl_runner(cell, T, B, I, H, dtype, rng, passes=None):
     x = rng.standard_normal((T, B, I)).astype(dtype)
     dy = rng.standard_normal((T, B, H)).astype(dtype)
     out = next(iter(Cell.spec.outputs)).name
+    # Like the peers (torch: x.requires_grad is False; jax: grad over the params only),
+    # BPTT computes the params' gradients, not the input sequence's.
     t0 = time.perf_counter()
-    c.backward(c.forward(x), d_outputs={out: dy})
+    c.backward(c.forward(x), d_outputs={out: dy}, input_grads=False)
     compile_s = time.perf_counter() - t0
 
     def fwd():
         c.forward(x)
 
     def fwdbwd():
-        c.backward(c.forward(x), d_outputs={out: dy})
+        c.backward(c.forward(x), d_outputs={out: dy}, input_grads=False)
     return fwd, fwdbwd, compile_s
 
 

@@ -737,6 +737,35 @@ class _Emitter:
         # slices, stacked cotangents and matmul results (column blocks of a GEMM's output)
         return node.op == Op.SLICE or nid in self.cg_block or nid in self.member_block
 
+    def inputs_only(self, post: list[int]) -> set[int]:
+        """The deferred nodes that only the input sequences' gradients need. Whole units
+        (a fused loop, a GEMM group, a stacked GEMM) stay together: a unit any other
+        gradient needs is computed always, with everything it reads."""
+        grads, G = self.plan.grads, self.G
+        units: dict[int, set[int]] = {}
+        for group in self.plan.fused.get("post", []):
+            for n in group:
+                units[n] = set(group)
+        for grp in self.plan.matmuls.get("post", []):
+            for n in grp.members:
+                units[n] = set(grp.members)
+        for cg in self.plan.cotangent_groups:
+            for use in cg.uses:
+                for members in (use.matvec_t, use.outers):
+                    for n in members or ():
+                        units[n] = set(members)
+        mine = set(post)
+        roots = [n for n in (*grads.params.values(), *grads.states.values()) if n is not None]
+        shared = set(G.needed(roots)) & mine
+        while True:
+            grown = set(shared)
+            for n in shared:
+                grown |= units.get(n, set()) & mine
+            grown = set(G.needed(sorted(grown))) & mine
+            if grown == shared:
+                return mine - shared
+            shared = grown
+
     def zero_term(self, nid: int) -> bool:
         """A term g_k @ W_k of a stacked sum whose GEMM wrote the whole sum into the first
         term: its value is zero."""
@@ -880,6 +909,8 @@ class _Emitter:
             args += [("output", name) for name in step.outputs]
             args += [("final", d.name) for d in cell.states]
         else:
+            if self.dialect.target == "cpu":
+                args += [("input_grads",)]    # whether to compute the inputs' gradients
             args += [("output_grad", name) for name in step.outputs]
             args += [("final_grad", d.name) for d in cell.states]
             args += [("param_grad", d.name) for d in cell.params]
@@ -898,6 +929,8 @@ class _Emitter:
                  "state0_grad": "ds0_{}", "hist": "hist_{}", "tape": "tape{}"}
         if kind in ("T", "B", "consts", "threads"):
             return kind
+        if kind == "input_grads":
+            return "want_din"
         return names[kind].format(ident(arg[1]))
 
     def _prologue(self, kern: _Kernel, args: list[tuple]) -> None:
@@ -1011,13 +1044,23 @@ class _Emitter:
                 p.line(f"copy2(ds0_{ident(d.name)}, ds_{ident(d.name)})")
             if nodes["post"]:
                 p.comment("deferred out of the backward loop: all T*B rows at once")
-                kern.emit_stage("post", nodes["post"])
+                inputs_only = self.inputs_only(nodes["post"])
+                kern.emit_stage("post", [n for n in nodes["post"] if n not in inputs_only])
                 for name, nid in grads.params.items():
                     if nid is not None and plan.stage.get(nid) == "post":
                         nd = 1 if G[nid].type.rank < 2 else 2
                         p.line(f"copy{nd}(dp_{ident(name)}, {kern.whole(nid, 'post')})")
-                for name, nid in grads.inputs.items():
-                    if nid is not None and plan.stage.get(nid) == "post":
+                din = [(name, nid) for name, nid in grads.inputs.items()
+                       if nid is not None and plan.stage.get(nid) == "post"]
+                if din and self.dialect.target == "cpu":
+                    with p.indent("if want_din:"):
+                        p.comment("the input sequences' gradients, when the caller wants them")
+                        kern.emit_stage("post", [n for n in nodes["post"] if n in inputs_only])
+                        for name, nid in din:
+                            p.line(f"copy2(din_{ident(name)}_r, {kern.whole(nid, 'post')})")
+                else:
+                    kern.emit_stage("post", [n for n in nodes["post"] if n in inputs_only])
+                    for name, nid in din:
                         p.line(f"copy2(din_{ident(name)}_r, {kern.whole(nid, 'post')})")
         return p.text(), args
 

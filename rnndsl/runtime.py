@@ -324,12 +324,19 @@ class Cell:
             run._twin = twin
         return self._finalise(run, lengths)
 
-    def backward(self, run: Run, d_outputs=None, d_state=None) -> Grads:
+    def backward(self, run: Run, d_outputs=None, d_state=None,
+                 input_grads: bool = True) -> Grads:
         """Gradients of sum_t <d_outputs_t, outputs_t> + <d_state, final state> (for a
-        `final` output, d_outputs holds its (B, ...) cotangent: its last step's)."""
+        `final` output, d_outputs holds its (B, ...) cotangent: its last step's).
+
+        input_grads=False leaves out the gradients of the input sequences (`g.inputs` is
+        then empty): a layer fed with data never needs them, and the compiled cpu
+        kernels then skip their work (for an LSTM, one of BPTT's three big GEMMs)."""
         d_outputs = self._final_cotangents(run, d_outputs)
         twin = getattr(run, "_twin", None)
-        grads = (twin or self)._back(run, d_outputs, d_state)
+        grads = (twin or self)._back(run, d_outputs, d_state, bool(input_grads))
+        if not input_grads:
+            grads.inputs.clear()
         for name in (twin or self).hidden_inputs:
             grads.inputs.pop(name, None)
         for d in self.spec.inputs:
@@ -438,7 +445,9 @@ class Cell:
     def _run(self, x, state, hidden) -> Run:
         raise NotImplementedError
 
-    def _back(self, run: Run, d_outputs, d_state) -> Grads:
+    def _back(self, run: Run, d_outputs, d_state, input_grads: bool = True) -> Grads:
+        """The gradients; input_grads=False lets a target skip the inputs' (the caller
+        drops whatever it returns for them)."""
         raise NotImplementedError
 
 
@@ -492,7 +501,7 @@ class InterpCell(Cell):
         final = {name: values[nid].copy() for name, nid in u.final_state.items()}
         return Run(outputs, final, T, B, _Tape(u, values, ctx, from_params, self._token))
 
-    def _back(self, run: Run, d_outputs, d_state) -> Grads:
+    def _back(self, run: Run, d_outputs, d_state, input_grads: bool = True) -> Grads:
         tape, d_out, d_st = self._backward_args(run, _Tape, d_outputs, d_state)
         T, B = run.T, run.B
         sizes_state = {d.name: self._size(d) for d in self.spec.states}
@@ -695,12 +704,15 @@ class CompiledCell(Cell):
         return Run(self._deliver(shown, on_device), self._deliver(finals, on_device), T, B,
                    tape)
 
-    def _back(self, run: Run, d_outputs, d_state) -> Grads:
+    def _back(self, run: Run, d_outputs, d_state, input_grads: bool = True) -> Grads:
         tape, d_out, d_st = self._cotangents_for(run, d_outputs, d_state)
         T, B = run.T, run.B
         sizes_state = {d.name: self._size(d) for d in self.spec.states}
         params = {d.name: self._zeros(self._size(d) or (1,)) for d in self.spec.params}
-        inputs = {d.name: self._zeros((T, B) + self._size(d)) for d in self.spec.inputs}
+        # without input_grads the kernel may leave these unwritten: no zeroing needed
+        skip_inputs = not input_grads and ("input_grads",) in self.meta["backward_args"]
+        blank = self._empty if skip_inputs else self._zeros
+        inputs = {d.name: blank((T, B) + self._size(d)) for d in self.spec.inputs}
         state = {d.name: self._zeros((B,) + self._size(d)) for d in self.spec.states}
         args = []
         for arg in self.meta["backward_args"]:
@@ -713,6 +725,8 @@ class CompiledCell(Cell):
                 args.append(tape.consts)
             elif kind == "threads":
                 args.append(kernel_thread_count())
+            elif kind == "input_grads":
+                args.append(not skip_inputs)
             elif kind == "param":
                 args.append(self._kernel_param(arg[1]))
             elif kind == "input":

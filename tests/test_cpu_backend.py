@@ -270,3 +270,34 @@ def test_small_stacked_gemms_split_member_by_member_match_interp(dtype, build_di
     source = build_source(read_spec(spec), blas)
     assert "if split1:" in source and "if splitc0_1:" in source
     compare(compiled(spec, blas, build_dir), spec, dtype, T=3, B=B, dims={"I": 8, "H": H})
+
+
+@pytest.mark.parametrize("stem", ["lstm", "gru", "two_streams"])
+def test_backward_without_input_grads_skips_them(stem, build_dir):
+    """input_grads=False: the same params' and initial states' gradients, no inputs'
+    ones, and the kernel leaves out the deferred input-gradient GEMM."""
+    spec = REPO / "specs" / f"{stem}.rnn"
+    Compiled = compiled(spec, tuple(PASSES), build_dir)
+    cell = Compiled(dtype=np.float64, seed=1, **{d: 5 for d in Compiled.spec.dims})
+    rng = np.random.default_rng(0)
+    x = {d.name: rng.standard_normal((4, 9, 5)) for d in Compiled.spec.inputs}
+    run = cell.forward(x if len(x) > 1 else next(iter(x.values())))
+    d_out = {k: rng.standard_normal(v.shape) for k, v in run.outputs.items()}
+    full = cell.backward(run, d_outputs=d_out)
+    lean = cell.backward(run, d_outputs=d_out, input_grads=False)
+    assert full.inputs and lean.inputs == {}
+    for k in full.params:
+        assert np.array_equal(lean.params[k], full.params[k]), k
+    for k in full.state:
+        assert np.array_equal(lean.state[k], full.state[k]), k
+    source = build_source(read_spec(spec))
+    skipped = source.split("    if want_din:\n", 1)
+    assert len(skipped) == 2 and "parallel_dot(" in skipped[1].split("\n\n")[0]
+
+
+def test_interp_backward_without_input_grads():
+    Interp = rnndsl.load(REPO / "specs" / "lstm.rnn", target="interp")
+    cell = Interp(I=3, H=4, dtype=np.float64, seed=0)
+    run = cell.forward(np.ones((2, 2, 3)))
+    g = cell.backward(run, d_outputs={"h": np.ones((2, 2, 4))}, input_grads=False)
+    assert g.inputs == {} and set(g.params) == {d.name for d in Interp.spec.params}
