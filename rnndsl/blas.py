@@ -86,3 +86,22 @@ def kernel_threads(n: int | None = None):
         for c, old in zip(controllers, before):
             if c.num_threads != old:
                 c.set_num_threads(old)
+
+
+@contextmanager
+def numba_threads(n: int | None):
+    """Numba's thread count for this thread's parallel loops held to n for a call (a
+    parallel loop of one thread then runs inline, waking no other thread)."""
+    if n is None:
+        yield
+        return
+    import numba
+    before = numba.get_num_threads()
+    n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+    if n != before:
+        numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            numba.set_num_threads(before)

@@ -164,8 +164,8 @@ def packed_gemm(A, Bp, C, threads):
     parts = min(threads, Bp.shape[0])
     if parts > 1:
         _panels_parallel(A, Bp, Cc, parts)
-    else:
-        _panels(A, Bp, Cc, 0, Bp.shape[0])
+    else:   # 0 * parts: Numba would compile a literal 0 as a second specialisation
+        _panels(A, Bp, Cc, 0 * parts, Bp.shape[0])
     if Cc.ctypes.data != C.ctypes.data:
         for i in range(C.shape[0]):
             for j in range(C.shape[1]):

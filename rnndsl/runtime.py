@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import ast
-from .blas import kernel_thread_count, kernel_threads
+from .blas import kernel_thread_count, kernel_threads, numba_threads
 from .check import CheckedCell, Decl
 from .compose import LENGTH_MASK, with_lengths
 from .errors import BindError
@@ -641,7 +641,8 @@ class CompiledCell(Cell):
         # Kernels built with the microkernel pass run their own parallel loops on
         # Numba's threads (the `threads` argument), so the BLAS inside stays at one.
         own_threads = ("threads",) in self.meta["forward_args"]
-        with kernel_threads(1 if own_threads else None):
+        with kernel_threads(1 if own_threads else None), \
+                numba_threads(kernel_thread_count() if own_threads else None):
             driver(*args)
 
     def _deliver(self, arrays: dict, on_device: bool) -> dict:

@@ -301,3 +301,13 @@ def test_interp_backward_without_input_grads():
     run = cell.forward(np.ones((2, 2, 3)))
     g = cell.backward(run, d_outputs={"h": np.ones((2, 2, 4))}, input_grads=False)
     assert g.inputs == {} and set(g.params) == {d.name for d in Interp.spec.params}
+
+
+@pytest.mark.parametrize("stem", ["lstm", "layernorm_lstm"])
+def test_compiled_with_two_threads_matches_interp(stem, build_dir, monkeypatch):
+    """RNNDSL_BLAS_THREADS=2: the kernels split the per-step tiles' panels, and the big
+    GEMMs' rows (T*B = 640 here), among two of Numba's threads."""
+    monkeypatch.setenv("RNNDSL_BLAS_THREADS", "2")
+    spec = REPO / "specs" / f"{stem}.rnn"
+    compare(compiled(spec, tuple(PASSES), build_dir), spec, np.float64, T=40, B=16,
+            dims={d: 20 for d in ("I", "H")})

@@ -96,3 +96,21 @@ def test_tiles_compile_to_vector_fmas():
     asm = "\n".join(fresh.inspect_asm().values())
     packed = re.findall(r"\bv(?:fmadd\d+|mul)ps\s[^\n]*%[yz]mm", asm)
     assert len(packed) >= gemm.MR, f"{len(packed)} packed float32 multiply(-add)s"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_parallel_big_gemms_match_numpy(dtype, threads):
+    """The GEMMs over all T*B rows, split among threads: by rows of C (parallel_dot,
+    blocks of 64 rows or more) and by the summed rows (parallel_dot_tn, 256 or more)."""
+    rng = np.random.default_rng(threads)
+    A = rng.standard_normal((777, 33)).astype(dtype)
+    W = rng.standard_normal((33, 20)).astype(dtype)
+    C = np.full((777, 20), np.nan, dtype)
+    gemm.parallel_dot(A, W, C, threads)
+    _check(C, A, W)
+    G = rng.standard_normal((1100, 24)).astype(dtype)
+    X = rng.standard_normal((1100, 7)).astype(dtype)
+    D = np.full((24, 7), np.nan, dtype)
+    gemm.parallel_dot_tn(G, X, D, threads)
+    _check(D, G.T, X)
