@@ -17,6 +17,7 @@ as an identifier, a number the emitter formats itself, or a sanitised comment.
 
 from __future__ import annotations
 
+import ast
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -859,7 +860,8 @@ class _Emitter:
         bwd = self.kernel_nodes("backward")
         fwd_body, fwd_args = self.forward_kernel(fwd)
         bwd_body, bwd_args = self.backward_kernel(bwd)
-        fwd_body, bwd_body = self._fill_consts(fwd_body), self._fill_consts(bwd_body)
+        fwd_body = prune_dead_views(self._fill_consts(fwd_body))
+        bwd_body = prune_dead_views(self._fill_consts(bwd_body))
         name = cell.name
         meta = Printer()
         meta.line(f"{name}_META = dict(")
@@ -1250,6 +1252,43 @@ class _Emitter:
             kern.alloc(n, stage)
             if not node.type.batched:
                 self.loop_allocated.add(n)
+
+
+def _is_view(value: ast.expr) -> bool:
+    """An expression that only names part of an array: a subscript or a reshape."""
+    if isinstance(value, ast.Subscript):
+        return True
+    return (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
+            and value.func.attr == "reshape")
+
+
+def prune_dead_views(source: str) -> str:
+    """The source without the one-line view assignments (`v15 = mm0[:, :, 0:H]`) that
+    nothing reads. Views are emitted per node whether or not a later stage uses them;
+    they cost nothing on the CPU but a host-side call each on the cuda target, and they
+    make the generated code harder to read. A block keeps at least one statement."""
+    while True:
+        tree = ast.parse(source)
+        read = {n.id for n in ast.walk(tree)
+                if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)}
+        dead: list[int] = []
+        for node in ast.walk(tree):
+            for field in ("body", "orelse"):
+                block = getattr(node, field, None)
+                if not isinstance(block, list):
+                    continue
+                gone = [st.lineno for st in block
+                        if isinstance(st, ast.Assign) and len(st.targets) == 1
+                        and isinstance(st.targets[0], ast.Name)
+                        and st.targets[0].id not in read and _is_view(st.value)
+                        and st.lineno == st.end_lineno]
+                dead += gone[:len(block) - 1] if len(gone) == len(block) else gone
+        if not dead:
+            return source
+        lines = source.split("\n")
+        for lineno in sorted(dead, reverse=True):
+            del lines[lineno - 1]
+        source = "\n".join(lines)
 
 
 def explain_lines(plan: Plan, which: str = "both") -> list[str]:
