@@ -482,7 +482,13 @@ class _Kernel:
             g = a[1]
             if em.is_view(node.args[1]):
                 g = self.contiguous(g)
-            p.line(self.gemm(g, a[0], out, stage, t.batched))
+            if em.packs_single(nid):
+                with p.indent(f"if microt{nid}:"):
+                    p.line(f"packed_gemm({g}, wpt{nid}, {out}, threads)")
+                with p.indent("else:"):
+                    p.line(f"{self.d.dot}({g}, {a[0]}, {out})")
+            else:
+                p.line(self.gemm(g, a[0], out, stage, t.batched))
         elif op == Op.OUTER:
             gt, xt = G[node.args[0]].type, G[node.args[1]].type
             if gt.batched:
@@ -791,6 +797,14 @@ class _Emitter:
         """Whether per-step GEMMs run in rnndsl.gemm's register tiles (cpu)."""
         return self.dialect.target == "cpu" and "microkernel" in self.plan.passes
 
+    def packs_single(self, nid: int) -> bool:
+        """Whether a lone g @ W in the backward loop (one no stacked group took, like
+        GRU's g @ U_n) runs in the register tiles over W packed once per call."""
+        node = self.G[nid]
+        return (self.micro and node.op == Op.MATVEC_T and nid not in self.mt_use
+                and node.type.batched and self.plan.stage.get(nid) in LOOP_STAGES
+                and self.G[node.args[0]].op == Op.PARAM)
+
     def per_step_cotangent_gemm(self, i: int, u: int) -> bool:
         """Whether use u of cotangent group i is a stacked GEMM inside the backward loop."""
         use = self.plan.cotangent_groups[i].uses[u]
@@ -1016,6 +1030,7 @@ class _Emitter:
                     p.line(f"tape{n} = {self.dialect.empty}((T, B, {kern.size(n)}), dtype)")
                     p.line(f"tape{n}_r = tape{n}.reshape((R, {kern.size(n)}))")
             self._cotangent_buffers(kern)
+            self._packed_single_weights(kern, nodes["bwd"])
             for name in sorted(plan.saved_next_seeds):
                 size = _dim(step.graph[step.states[name]].type.shape[0])
                 p.line(f"dnext_{ident(name)} = {self.dialect.empty}((T, B, {size}), dtype)")
@@ -1215,6 +1230,20 @@ class _Emitter:
             for w, (_, start, stop) in blocks:
                 p.line(f"copy2(ws{i}_{u}[{start}:{stop}, :], p_{ident(w)})")
 
+    def _packed_single_weights(self, kern: _Kernel, nodes: list[int]) -> None:
+        """Panels for each lone g @ W of the backward loop (see packs_single)."""
+        p = kern.p
+        for n in nodes:
+            if not self.packs_single(n):
+                continue
+            w = ident(self.G[self.G[n].args[0]].attrs[0])
+            p.comment(f"{w}, packed once for the backward step's register tiles (rnndsl.gemm)")
+            p.line(f"microt{n} = B >= MR")
+            p.line(f"wpt{n} = np.zeros(((p_{w}.shape[1] + NR - 1) // NR if microt{n} else 0, "
+                   f"p_{w}.shape[0], NR), dtype)")
+            with p.indent(f"if microt{n}:"):
+                p.line(f"pack_rows(wpt{n}, p_{w}, 0)")
+
     def _loop_arrays(self, kern: _Kernel, stage: str, nodes: list[int]) -> None:
         """Work arrays of a loop stage, allocated once before the loop."""
         G, p = self.G, kern.p
@@ -1346,7 +1375,8 @@ def explain_lines(plan: Plan, which: str = "both") -> list[str]:
                 out.append(f"GEMM d_W = g^T {G.names.get(node.args[1], 'v')} ({G[nid].type})")
                 shown.add(nid)
             elif node.op == Op.MATVEC_T:
-                out.append(f"GEMM g @ {G[node.args[0]].attrs[0]}")
+                lone = node.type.batched and G[node.args[0]].op == Op.PARAM
+                out.append(f"GEMM g @ {G[node.args[0]].attrs[0]}" + (tiles if lone else ""))
                 shown.add(nid)
             elif node.op == Op.UNBROADCAST:
                 out.append(f"sum over rows ({G[nid].type}: a bias or scale gradient)")
