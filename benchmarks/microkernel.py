@@ -84,11 +84,12 @@ def main(argv=None) -> int:
                 for threads in (1, 2):
                     with threadpool_limits(threads):
                         rates.append(flops / median_s(
-                            lambda: blas_steps(A, W, C, args.steps)) / 1e9)
+                            lambda A=A, W=W, C=C: blas_steps(A, W, C, args.steps)) / 1e9)
                 with threadpool_limits(1):
                     for threads in (1, 2):
                         rates.append(flops / median_s(
-                            lambda: tile_steps(A, Bp, C, args.steps, threads)) / 1e9)
+                            lambda A=A, Bp=Bp, C=C, n=threads: tile_steps(A, Bp, C, args.steps,
+                                                                          n)) / 1e9)
                 print(f"| {shape} {what} | {M} x {K} x {N} | {dname} | "
                       + " | ".join(f"{r:.0f}" for r in rates)
                       + f" | {rates[3] / rates[1]:.2f} |", flush=True)

@@ -40,7 +40,7 @@ from numba.core.registry import CPUDispatcher
 from . import gemm_tiles
 from .gemm_gen import MR, NR
 
-_TILE_JIT = dict(error_model="numpy", fastmath={"contract"}, boundscheck=False)
+_TILE_JIT = {"error_model": "numpy", "fastmath": {"contract"}, "boundscheck": False}
 
 if not config.DISABLE_JIT:
     # Start Numba's threading layer now. A kernel loaded from Numba's disk cache that
@@ -170,7 +170,6 @@ def packed_gemm(A, Bp, C, threads):
         for i in range(C.shape[0]):
             for j in range(C.shape[1]):
                 C[i, j] = Cc[i, j]
-
 
 
 # ------------------------------------------------------------------ the big GEMMs

@@ -30,8 +30,8 @@ def tile_source(mr: int, nr: int) -> str:
         return [f"{indent}{b} = Bp[p, {k}, {c}]" for c, b in enumerate(bs)]
 
     out = [f"def tile_{mr}x{nr}(A, i, Bp, p, C, ci, cj, zero):",
-           f'    """C[ci:ci+{mr}, cj:cj+{nr}] = A[i:i+{mr}, :] @ Bp[p] (one panel); zero is 0 in'
-           f' C\'s dtype."""']
+           (f'    """C[ci:ci+{mr}, cj:cj+{nr}] = A[i:i+{mr}, :] @ Bp[p] (one panel); zero is 0 '
+            f'in C\'s dtype."""')]
     for r in range(mr):
         out.append("    " + " = ".join(acc[r]) + " = zero")
     out.append("    for k in range(A.shape[1]):")
