@@ -219,3 +219,44 @@ def test_readme_has_its_two_setup_commands():
           if line.strip() and not line.startswith("#")]
     assert ci[-1] == "bash .ci/test", ".ci/run must end by running the README's test command"
     assert "bash .ci/setup" in ci[:-1], ".ci/run must install (from pyproject.toml) first"
+
+
+# ----------------------------------------------------------------------------- docs/cpu.md
+
+CPU_DOC = REPO / "docs" / "cpu.md"
+CPU_DOC_PYTHON = [(m.group(2), CPU_DOC.read_text().count("\n", 0, m.start()) + 1)
+                  for m in FENCE.finditer(CPU_DOC.read_text())
+                  if m.group(1).strip() == "python" and not m.group(2).startswith("    ")]
+
+
+def test_cpu_doc_has_a_runnable_example():
+    assert CPU_DOC_PYTHON, "docs/cpu.md lost its example"
+
+
+@pytest.mark.parametrize("text,line", CPU_DOC_PYTHON, ids=[f"cpu.md:{n}" for _, n in
+                                                           CPU_DOC_PYTHON])
+def test_cpu_doc_python_block_runs(text, line, at_repo_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNDSL_CACHE_DIR", str(tmp_path / "cache"))
+    exec(compile("\n" * line + text, str(CPU_DOC), "exec"), {"__name__": "__cpu_doc__"})
+
+
+def test_cpu_doc_shows_the_current_plan_and_passes():
+    """The explain output and the generated loop quoted in docs/cpu.md are what rnndsl
+    prints and writes today; every pass has a row in its table."""
+    from rnndsl.build import build_source
+    from rnndsl.emit import explain_lines
+    from rnndsl.ir import lower
+    from rnndsl.plan import PASSES, make_plan
+    from rnndsl.spec import read_spec
+    doc = CPU_DOC.read_text()
+    spec = read_spec(REPO / "specs" / "lstm.rnn")
+    plan = make_plan(lower(spec.cells["LSTM"]), PASSES)
+    for line in explain_lines(plan)[:14]:
+        assert line in doc, line
+    source = build_source(spec)
+    quoted = doc.split("In the generated module, the step reads:")[1].split("```python\n")[1]
+    for line in quoted.split("        ...")[0].splitlines():
+        assert line in source, line
+    for name in PASSES:
+        if name != "persistent":
+            assert f"`{name}`" in doc, name
