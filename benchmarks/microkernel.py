@@ -8,7 +8,8 @@ as the time loop runs them. Each line gives GFLOP/s (median of `--repeat` runs) 
 thread and with two: for BLAS, OpenBLAS's own threads (threadpoolctl); for the tiles,
 rnndsl's parallel loop over panels (Numba's threads). The tiles' weights are packed once,
 outside the timing, as a kernel packs them once per call. Results are checked against
-np.dot before timing.
+np.dot before timing. Last, a weight gradient g^T h at the mid shape, through a
+transposed copy of g (as the kernels did before) and through a transposed view.
 """
 
 from __future__ import annotations
@@ -95,6 +96,31 @@ def main(argv=None) -> int:
                       + f" | {rates[3] / rates[1]:.2f} |", flush=True)
     print("\n(GFLOP/s, median of the runs; the tiles take batches of at least "
           f"{gemm.MR} rows in the kernels: smaller ones take BLAS)")
+
+    # A weight gradient g^T x over all T*B rows, as the kernels computed it before this
+    # session (a transposed copy of g, then the GEMM) and now (BLAS reads g^T as a view).
+    from rnndsl.kernels import transposed
+
+    @njit(cache=True)
+    def tn_copy(G, X, out):
+        np.dot(transposed(G), X, out)
+
+    @njit(cache=True)
+    def tn_view(G, X, out):
+        np.dot(G.T, X, out)
+
+    print("\n| weight gradient (mid: T*B = 1600, 4H = 1024, H = 256) | dtype | transposed copy "
+          "ms | transposed view ms |")
+    print("|---|---|---|---|")
+    for dname in args.dtypes.split(","):
+        dtype = np.dtype(dname).type
+        G = rng.standard_normal((1600, 1024)).astype(dtype)
+        X = rng.standard_normal((1600, 256)).astype(dtype)
+        out = np.empty((1024, 256), dtype)
+        with threadpool_limits(1):
+            copy_ms = 1000 * median_s(lambda G=G, X=X, out=out: tn_copy(G, X, out))
+            view_ms = 1000 * median_s(lambda G=G, X=X, out=out: tn_view(G, X, out))
+        print(f"| dU = g^T h, one thread | {dname} | {copy_ms:.2f} | {view_ms:.2f} |")
     return 0
 
 

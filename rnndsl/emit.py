@@ -375,6 +375,15 @@ class _Kernel:
                         {0: f"{dest}[0]", 1: f"{dest}[j]", 2: f"{dest}[i, j]"}[node.type.rank])
                 p.line(f"{target} = e{n}")
 
+    def step_gemm(self, a: str, panels: str, b: str, out: str) -> None:
+        """out = a @ B for one step: in the register tiles over B's panels, or with a
+        batch under MR rows (`tiles` is False) one BLAS call on B as an array."""
+        p = self.p
+        with p.indent("if tiles:"):
+            p.line(f"packed_gemm({a}, {panels}, {out}, threads)")
+        with p.indent("else:"):
+            p.line(f"{self.d.dot}({a}, {b}, {out})")
+
     def gemm(self, a: str, b: str, out: str, stage: str, rows: bool = True) -> str:
         """The call computing out = a @ b: over all T*B rows with the microkernel pass,
         rnndsl.gemm.parallel_dot (the kernel's threads, one BLAS thread each)."""
@@ -417,10 +426,7 @@ class _Kernel:
             p.line(f"mm{g}_r = mm{g}.reshape((R, {total}))")
             self.bind_members(grp, stage)
         if em.micro and stage in LOOP_STAGES:
-            with p.indent(f"if micro{g}:"):
-                p.line(f"packed_gemm({vec}, wp{g}, {target}, threads)")
-            with p.indent("else:"):
-                p.line(f"{self.d.dot}({vec}, wt{g}, {target})")
+            self.step_gemm(vec, f"wp{g}", f"wt{g}", target)
             return
         if em.splits_small(grp, stage):
             with p.indent(f"if split{g}:"):
@@ -483,10 +489,7 @@ class _Kernel:
             if em.is_view(node.args[1]):
                 g = self.contiguous(g)
             if em.packs_single(nid):
-                with p.indent(f"if microt{nid}:"):
-                    p.line(f"packed_gemm({g}, wpt{nid}, {out}, threads)")
-                with p.indent("else:"):
-                    p.line(f"{self.d.dot}({g}, {a[0]}, {out})")
+                self.step_gemm(g, f"wpt{nid}", a[0], out)
             else:
                 p.line(self.gemm(g, a[0], out, stage, t.batched))
         elif op == Op.OUTER:
@@ -559,10 +562,7 @@ class _Kernel:
         p.comment(f"sum of g_k @ W_k for W_k in [{names}]: one GEMM (the other terms stay 0)")
         buffer, dest = self.cotangent_buffer(i, stage), self.dest(nid, stage)
         if em.micro and em.per_step_cotangent_gemm(i, u):
-            with p.indent(f"if microc{i}_{u}:"):
-                p.line(f"packed_gemm({buffer}, wsp{i}_{u}, {dest}, threads)")
-            with p.indent("else:"):
-                p.line(f"{self.d.dot}({buffer}, ws{i}_{u}, {dest})")
+            self.step_gemm(buffer, f"wsp{i}_{u}", f"ws{i}_{u}", dest)
             return
         if stage in LOOP_STAGES and em.splits_cotangents(i, u):
             with p.indent(f"if splitc{i}_{u}:"):
@@ -953,6 +953,8 @@ class _Emitter:
         p = kern.p
         p.line("R = T * B")
         p.line("dtype = consts.dtype")
+        if self.micro:
+            p.line(f"tiles = B >= MR   # per-step GEMMs in rnndsl.gemm's tiles ({MR}+ rows)")
         p.line(CONSTS_PLACEHOLDER)   # filled in by emit(): constants are found as we go
         cell = self.plan.step.cell
         sizes = {d.name: d for d in (*cell.inputs, *cell.states)}
@@ -1190,13 +1192,12 @@ class _Emitter:
         total = self.group_total(grp)
         members = [(m, G[G[m].args[0]].attrs[0]) for m in grp.members]
         p.comment(f"{', '.join(w for _, w in members)}, packed once for the per-step GEMM's")
-        p.comment(f"register tiles (rnndsl.gemm); a batch under {MR} rows takes BLAS instead")
-        p.line(f"micro{g} = B >= MR")
-        p.line(f"wp{g} = np.zeros((({total} + NR - 1) // NR if micro{g} else 0, {cols}, NR), "
+        p.comment("register tiles (rnndsl.gemm), or stacked for BLAS")
+        p.line(f"wp{g} = np.zeros((({total} + NR - 1) // NR if tiles else 0, {cols}, NR), "
                "dtype)")
-        p.line(f"wt{g} = {self.dialect.empty}((0 if micro{g} else {cols}, {total}), dtype)")
+        p.line(f"wt{g} = {self.dialect.empty}((0 if tiles else {cols}, {total}), dtype)")
         offset = Dim.lit(0)
-        with p.indent(f"if micro{g}:"):
+        with p.indent("if tiles:"):
             for m, w in members:
                 p.line(f"pack_cols_t(wp{g}, p_{ident(w)}, {_dim(offset)})")
                 offset = offset + G[m].type.shape[0]
@@ -1216,14 +1217,12 @@ class _Emitter:
         use = cg.uses[u]
         names = ", ".join(G[w].attrs[0] for w in use.weights)
         p.comment(f"[{names}] stacked, packed once for the backward step's register tiles")
-        p.comment(f"(rnndsl.gemm); a batch under {MR} rows takes BLAS instead")
-        p.line(f"microc{i}_{u} = B >= MR")
-        p.line(f"wsp{i}_{u} = np.zeros((({cols} + NR - 1) // NR if microc{i}_{u} else 0, "
+        p.comment("(rnndsl.gemm), or stacked for BLAS")
+        p.line(f"wsp{i}_{u} = np.zeros((({cols} + NR - 1) // NR if tiles else 0, "
                f"{total}, NR), dtype)")
-        p.line(f"ws{i}_{u} = {self.dialect.empty}((0 if microc{i}_{u} else {total}, {cols}), "
-               "dtype)")
+        p.line(f"ws{i}_{u} = {self.dialect.empty}((0 if tiles else {total}, {cols}), dtype)")
         blocks = [(G[w].attrs[0], self.cg_block[g]) for w, g in zip(use.weights, cg.cotangents)]
-        with p.indent(f"if microc{i}_{u}:"):
+        with p.indent("if tiles:"):
             for w, (_, start, _) in blocks:
                 p.line(f"pack_rows(wsp{i}_{u}, p_{ident(w)}, {start})")
         with p.indent("else:"):
@@ -1238,10 +1237,9 @@ class _Emitter:
                 continue
             w = ident(self.G[self.G[n].args[0]].attrs[0])
             p.comment(f"{w}, packed once for the backward step's register tiles (rnndsl.gemm)")
-            p.line(f"microt{n} = B >= MR")
-            p.line(f"wpt{n} = np.zeros(((p_{w}.shape[1] + NR - 1) // NR if microt{n} else 0, "
+            p.line(f"wpt{n} = np.zeros(((p_{w}.shape[1] + NR - 1) // NR if tiles else 0, "
                    f"p_{w}.shape[0], NR), dtype)")
-            with p.indent(f"if microt{n}:"):
+            with p.indent("if tiles:"):
                 p.line(f"pack_rows(wpt{n}, p_{w}, 0)")
 
     def _loop_arrays(self, kern: _Kernel, stage: str, nodes: list[int]) -> None:

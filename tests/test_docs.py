@@ -207,9 +207,14 @@ README_PYTHON = [(m.group(2), README.read_text().count("\n", 0, m.start()) + 1)
 @pytest.mark.parametrize("text,line", README_PYTHON, ids=[f"README.md:{n}" for _, n in
                                                           README_PYTHON])
 def test_readme_python_block_runs(text, line, at_repo_root, tmp_path, monkeypatch):
+    _run_block(README, text, line, tmp_path, monkeypatch)
+
+
+def _run_block(path, text, line, tmp_path, monkeypatch):
+    """Run a page's python block, with its own rnndsl cache; tracebacks name the page."""
     monkeypatch.setenv("RNNDSL_CACHE_DIR", str(tmp_path / "cache"))
-    code = compile("\n" * line + text, str(README), "exec")
-    exec(code, {"__name__": "__readme_example__"})
+    code = compile("\n" * line + text, str(path), "exec")
+    exec(code, {"__name__": "__doc_example__"})
 
 
 def test_readme_has_its_two_setup_commands():
@@ -236,8 +241,7 @@ def test_cpu_doc_has_a_runnable_example():
 @pytest.mark.parametrize("text,line", CPU_DOC_PYTHON, ids=[f"cpu.md:{n}" for _, n in
                                                            CPU_DOC_PYTHON])
 def test_cpu_doc_python_block_runs(text, line, at_repo_root, tmp_path, monkeypatch):
-    monkeypatch.setenv("RNNDSL_CACHE_DIR", str(tmp_path / "cache"))
-    exec(compile("\n" * line + text, str(CPU_DOC), "exec"), {"__name__": "__cpu_doc__"})
+    _run_block(CPU_DOC, text, line, tmp_path, monkeypatch)
 
 
 def test_cpu_doc_shows_the_current_plan_and_passes():
@@ -254,7 +258,7 @@ def test_cpu_doc_shows_the_current_plan_and_passes():
     for line in explain_lines(plan)[:14]:
         assert line in doc, line
     source = build_source(spec)
-    quoted = doc.split("In the generated module, the step reads:")[1].split("```python\n")[1]
+    quoted = doc.split("In the generated module, the step reads")[1].split("```python\n")[1]
     for line in quoted.split("        ...")[0].splitlines():
         assert line in source, line
     for name in PASSES:
