@@ -10,10 +10,14 @@ thread, restored afterwards. On a quiet machine more threads help the large shap
 the small / mid / large shapes): set RNNDSL_BLAS_THREADS=2 (a count) or =all (leave the
 BLAS as it is) for that.
 
-Kernels built with the `microkernel` pass (the default) parallelise themselves instead:
-RNNDSL_BLAS_THREADS sets how many of Numba's threads their loops use (`all`: Numba's
-pool, one thread a core unless NUMBA_NUM_THREADS says otherwise), and their BLAS calls
-stay at one thread, so that OpenBLAS's spinning pool and Numba's never share the cores.
+Kernels built with the `microkernel` pass (the default) parallelise themselves instead,
+and RNNDSL_BLAS_THREADS sets how many threads a call uses (`all`: one a core, unless
+NUMBA_NUM_THREADS says otherwise). With 8 batch rows or more a thread, the runtime
+splits the batch into that many blocks of rows, and each thread runs the whole time
+loop on its block (`runtime.CompiledCell._row_blocks`; RNNDSL_ROW_BLOCKS=0 switches
+that off, for comparison). Under 8 rows a thread, one kernel call splits its GEMMs
+among Numba's threads. Either way every BLAS call stays at one thread, so that
+OpenBLAS's spinning pool never shares the cores with ours.
 """
 
 from __future__ import annotations
@@ -65,6 +69,16 @@ def kernel_thread_count() -> int:
         import numba
         return numba.get_num_threads()
     return n
+
+
+def row_blocks_enabled() -> bool:
+    """Whether a compiled call may split its batch rows among threads (RNNDSL_ROW_BLOCKS,
+    on unless it is 0: the switch is there to measure what the split gains)."""
+    value = os.environ.get("RNNDSL_ROW_BLOCKS", "").strip()
+    if value not in ("", "0", "1"):
+        from .errors import BindError
+        raise BindError(f"RNNDSL_ROW_BLOCKS must be 0 or 1, got {value!r}")
+    return value != "0"
 
 
 @contextmanager

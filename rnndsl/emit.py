@@ -57,7 +57,9 @@ HELPER_NAMES = ("copy1", "copy2", "copy_rows", "copy_t", "transposed", "fill1", 
                 "add_into1", "add_into2", "tanh", "sigmoid", "softplus", "sign")
 
 CPU = Dialect(
-    target="cpu", decorator='@njit(cache=True, error_model="numpy")', empty="np.empty",
+    # nogil: the runtime runs blocks of batch rows on threads of its own (runtime.py)
+    target="cpu", decorator='@njit(cache=True, error_model="numpy", nogil=True)',
+    empty="np.empty",
     empty_like="np.empty_like", dot="np.dot", contiguous="np.ascontiguousarray",
     clone="{}.copy()", helpers="rnndsl.kernels", helper_names=HELPER_NAMES,
     runtime="rnndsl.runtime:compiled_cell_class", engine="Numba @njit")

@@ -25,6 +25,9 @@ Threads. `packed_gemm(A, Bp, C, threads)` splits the panels among `threads` work
 Numba parallel region when threads > 1; with 1 it never starts one. `parallel_dot` does
 the same for the big GEMMs over all T*B rows (hoisted and deferred ones), splitting rows
 among single-threaded BLAS calls, so that a kernel uses one pool of threads, Numba's.
+These splits serve batches under 8 rows a thread; with more, the runtime gives each
+thread a block of batch rows and its own kernel call (threads = 1 here), which also
+runs the elementwise work in parallel (runtime.CompiledCell._row_blocks).
 """
 
 from __future__ import annotations

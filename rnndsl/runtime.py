@@ -18,10 +18,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import ast
-from .blas import kernel_thread_count, kernel_threads, numba_threads
+from .blas import kernel_thread_count, kernel_threads, numba_threads, row_blocks_enabled
 from .check import CheckedCell, Decl
 from .compose import LENGTH_MASK, with_lengths
 from .errors import BindError
+from .gemm_gen import MR
 from .grad import UnrolledGrads, grad_unrolled
 from .interp import Context, evaluate
 from .malloc import keep_freed_memory
@@ -559,8 +560,7 @@ def _dim_from(value) -> "object":
 
 @dataclass
 class _CompiledTape:
-    arrays: dict[tuple, Any]        # ("hist", name) / ("tape", nid) -> (T, B, size)
-    inputs: dict[str, Any]
+    blocks: tuple                   # _RowBlock: one, or one per thread (_row_blocks)
     consts: np.ndarray              # host scalars: kernels take them by value
     owner: object                   # the cell's token: ids of dead objects get reused
     from_params: frozenset = frozenset()   # states that started at a learned param
@@ -658,10 +658,41 @@ class CompiledCell(Cell):
         """A learned initial state's param collects its batch's gradient."""
         return param_grad + state_grad.sum(axis=0)
 
+    # ------------------------------------------------------------------ row blocks
+    def _row_blocks(self, B: int) -> list[tuple[int, int]]:
+        """The batch rows each thread runs the whole time loop on: [(0, B)], or with
+        more threads (RNNDSL_BLAS_THREADS) and MR+ rows a thread, contiguous blocks.
+
+        A cell's rows never meet (DESIGN.md: each row is its own sequence), so each
+        thread can run the entire forward or backward on its rows with no barrier
+        between steps, and the elementwise work and the copies go parallel too, not
+        only the GEMMs. Under MR rows a thread the kernel splits its GEMMs' panels
+        among the threads instead (rnndsl.gemm), since a block that small would lose
+        the register tiles. RNNDSL_ROW_BLOCKS=0 keeps one block (to measure the gain)."""
+        if ("threads",) not in self.meta["forward_args"] or not row_blocks_enabled():
+            return [(0, B)]
+        parts = max(1, min(kernel_thread_count(), B // MR))
+        return [(q * B // parts, (q + 1) * B // parts) for q in range(parts)]
+
+    def _launch_blocks(self, driver, arg_lists) -> None:
+        """Each block's kernel call on its own thread (this one runs the first). The
+        kernels are compiled `nogil`, and each runs one thread: its BLAS held to one,
+        its own parallel loops off (`threads` = 1 in its arguments)."""
+        if len(arg_lists) == 1:
+            self._launch(driver, arg_lists[0])
+            return
+        with kernel_threads(1), numba_threads(1):
+            pending = [_block_pool().submit(driver, *args) for args in arg_lists[1:]]
+            try:
+                driver(*arg_lists[0])
+            finally:
+                for future in pending:
+                    future.result()
+
     # ------------------------------------------------------------------ the drivers
-    def _run(self, x, state, hidden) -> Run:
-        inputs, state0, from_params, T, B, on_device = self._prepare(x, state, hidden)
-        consts = self._consts()
+    def _forward_args(self, inputs, state0, T: int, B: int, consts, threads: int):
+        """One block's forward argument list, and the outputs, finals and tapes it
+        writes (fresh arrays, B rows)."""
         states = {d.name: d for d in self.spec.states}
         outputs: dict[str, Any] = {}
         finals: dict[str, Any] = {}
@@ -676,7 +707,7 @@ class CompiledCell(Cell):
             elif kind == "consts":
                 args.append(consts)
             elif kind == "threads":
-                args.append(kernel_thread_count())
+                args.append(threads)
             elif kind == "param":
                 args.append(self._kernel_param(arg[1]))
             elif kind == "input":
@@ -697,21 +728,43 @@ class CompiledCell(Cell):
                 args.append(tapes[arg])
             else:
                 raise AssertionError(f"unknown forward argument {arg}")
-        self._launch(self.meta["forward"], args)
+        return args, outputs, finals, tapes
+
+    def _run(self, x, state, hidden) -> Run:
+        inputs, state0, from_params, T, B, on_device = self._prepare(x, state, hidden)
+        consts = self._consts()
+        rows = self._row_blocks(B)
+        if len(rows) == 1:
+            args, outputs, finals, tapes = self._forward_args(
+                inputs, state0, T, B, consts, kernel_thread_count())
+            self._launch(self.meta["forward"], args)
+            blocks = (_RowBlock(0, B, tapes, inputs),)
+        else:
+            blocks, parts = [], []
+            for r0, r1 in rows:
+                mine = _rows_of(inputs, r0, r1, axis=1)
+                args, outputs, finals, tapes = self._forward_args(
+                    mine, _rows_of(state0, r0, r1, axis=0), T, r1 - r0, consts, 1)
+                blocks.append(_RowBlock(r0, r1, tapes, mine))
+                parts.append((args, outputs, finals))
+            self._launch_blocks(self.meta["forward"], [p[0] for p in parts])
+            outputs = _joined([p[1] for p in parts], axis=1)
+            finals = _joined([p[2] for p in parts], axis=0)
         shown = {name: (y.reshape((T, B)) if self._scalar_output(name) else y)
                  for name, y in outputs.items()}
-        tape = _CompiledTape(tapes, inputs, consts, self._token, frozenset(from_params),
+        tape = _CompiledTape(tuple(blocks), consts, self._token, frozenset(from_params),
                              on_device)
         return Run(self._deliver(shown, on_device), self._deliver(finals, on_device), T, B,
                    tape)
 
-    def _back(self, run: Run, d_outputs, d_state, input_grads: bool = True) -> Grads:
-        tape, d_out, d_st = self._cotangents_for(run, d_outputs, d_state)
-        T, B = run.T, run.B
+    def _block_backward_args(self, block: _RowBlock, consts, d_out, d_st, T: int,
+                       skip_inputs: bool, threads: int):
+        """One block's backward argument list, and the gradients it writes (fresh
+        arrays: params, inputs (T, rows), states (rows))."""
+        B = block.r1 - block.r0
         sizes_state = {d.name: self._size(d) for d in self.spec.states}
         params = {d.name: self._zeros(self._size(d) or (1,)) for d in self.spec.params}
         # without input_grads the kernel may leave these unwritten: no zeroing needed
-        skip_inputs = not input_grads and ("input_grads",) in self.meta["backward_args"]
         blank = self._empty if skip_inputs else self._zeros
         inputs = {d.name: blank((T, B) + self._size(d)) for d in self.spec.inputs}
         state = {d.name: self._zeros((B,) + self._size(d)) for d in self.spec.states}
@@ -723,15 +776,15 @@ class CompiledCell(Cell):
             elif kind in ("T", "B"):
                 args.append(T if kind == "T" else B)
             elif kind == "consts":
-                args.append(tape.consts)
+                args.append(consts)
             elif kind == "threads":
-                args.append(kernel_thread_count())
+                args.append(threads)
             elif kind == "input_grads":
                 args.append(not skip_inputs)
             elif kind == "param":
                 args.append(self._kernel_param(arg[1]))
             elif kind == "input":
-                args.append(tape.inputs[arg[1]])
+                args.append(block.inputs[arg[1]])
             elif kind == "output_grad":
                 size = self._out_size(arg[1])
                 given = d_out.get(arg[1])
@@ -748,10 +801,34 @@ class CompiledCell(Cell):
             elif kind == "state0_grad":
                 args.append(state[arg[1]])
             elif kind in ("hist", "tape"):
-                args.append(tape.arrays[arg])
+                args.append(block.arrays[arg])
             else:
                 raise AssertionError(f"unknown backward argument {arg}")
-        self._launch(self.meta["backward"], args)
+        return args, params, inputs, state
+
+    def _back(self, run: Run, d_outputs, d_state, input_grads: bool = True) -> Grads:
+        tape, d_out, d_st = self._cotangents_for(run, d_outputs, d_state)
+        T = run.T
+        skip_inputs = not input_grads and ("input_grads",) in self.meta["backward_args"]
+        if len(tape.blocks) == 1:   # the forward's rows decide, not today's thread count
+            args, params, inputs, state = self._block_backward_args(
+                tape.blocks[0], tape.consts, d_out, d_st, T, skip_inputs,
+                kernel_thread_count())
+            self._launch(self.meta["backward"], args)
+        else:
+            parts = []
+            for block in tape.blocks:
+                r0, r1 = block.r0, block.r1
+                parts.append(self._block_backward_args(
+                    block, tape.consts, _rows_of(d_out, r0, r1, axis=1),
+                    _rows_of(d_st, r0, r1, axis=0), T, skip_inputs, 1))
+            self._launch_blocks(self.meta["backward"], [p[0] for p in parts])
+            params = parts[0][1]
+            for part in parts[1:]:      # each block's rows' share of the weight gradients
+                for name, grad in part[1].items():
+                    params[name] += grad
+            inputs = _joined([p[2] for p in parts], axis=1)
+            state = _joined([p[3] for p in parts], axis=0)
         params = self._deliver(params, tape.on_device)
         state = self._deliver(state, tape.on_device)
         for d in self.spec.states:
@@ -760,6 +837,40 @@ class CompiledCell(Cell):
         if not tape.on_device:
             params = {d.name: params[d.name].reshape(self._size(d)) for d in self.spec.params}
         return Grads(params, self._deliver(inputs, tape.on_device), state)
+
+
+@dataclass
+class _RowBlock:
+    """The rows r0 .. r1-1 of a compiled run, as one kernel call saw them: its tapes and
+    its inputs (the caller's arrays for a single block, contiguous copies otherwise)."""
+    r0: int
+    r1: int
+    arrays: dict[tuple, Any]        # ("hist", name) / ("tape", nid) -> (T, rows, size)
+    inputs: dict[str, Any]
+
+
+def _rows_of(arrays: Mapping[str, np.ndarray], r0: int, r1: int, axis: int) -> dict:
+    """Rows r0 .. r1-1 (batch axis `axis`) of each array, as C-contiguous copies."""
+    index = (slice(None),) * axis + (slice(r0, r1),)
+    return {k: np.ascontiguousarray(v[index]) for k, v in arrays.items()}
+
+
+def _joined(parts: list[dict], axis: int) -> dict:
+    """The blocks' arrays put back together along the batch axis."""
+    return {k: np.concatenate([p[k] for p in parts], axis=axis) for k in parts[0]}
+
+
+_POOL = None
+
+
+def _block_pool():
+    """The threads that run row blocks beside the caller's (made once, kept)."""
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+        # threads start as blocks need them; RNNDSL_BLAS_THREADS caps how many do
+        _POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rnndsl-rows")
+    return _POOL
 
 
 def _spec_file_of(module, meta):

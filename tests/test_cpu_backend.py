@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import rnndsl
 from rnndsl.build import build_source, load_built, write_module
+from rnndsl.errors import BindError
 from rnndsl.gradcheck import default_dims
 from rnndsl.plan import PASSES
 from rnndsl.spec import read_spec
@@ -304,13 +305,67 @@ def test_interp_backward_without_input_grads():
 
 
 @pytest.mark.parametrize("stem", ["lstm", "layernorm_lstm"])
-def test_compiled_with_two_threads_matches_interp(stem, build_dir, monkeypatch):
-    """RNNDSL_BLAS_THREADS=2: the kernels split the per-step tiles' panels, and the big
-    GEMMs' rows (T*B = 640 here), among two of Numba's threads."""
+@pytest.mark.parametrize("B, blocks", [(15, 1), (19, 2)])
+def test_compiled_with_two_threads_matches_interp(stem, B, blocks, build_dir, monkeypatch):
+    """RNNDSL_BLAS_THREADS=2. B = 19: two blocks of rows (9 and 10), each running the
+    whole time loop on its own thread (runtime `_row_blocks`). B = 15, under 8 rows a
+    thread: one block, whose kernel splits the per-step tiles' panels, and the big
+    GEMMs' rows (T*B = 600), among two of Numba's threads."""
     monkeypatch.setenv("RNNDSL_BLAS_THREADS", "2")
     spec = REPO / "specs" / f"{stem}.rnn"
-    compare(compiled(spec, tuple(PASSES), build_dir), spec, np.float64, T=40, B=16,
-            dims={d: 20 for d in ("I", "H")})
+    Compiled = compiled(spec, tuple(PASSES), build_dir)
+    assert len(Compiled(dtype=np.float64, I=20, H=20)._row_blocks(B)) == blocks
+    compare(Compiled, spec, np.float64, T=40, B=B, dims={d: 20 for d in ("I", "H")})
+
+
+def test_row_blocks_give_what_one_block_gives(build_dir, monkeypatch):
+    """The same LSTM run with one thread and with two (two blocks of rows, their tapes
+    kept apart, their weight gradients added): the same outputs, final states and
+    gradients, with and without input gradients, with and without lengths."""
+    Compiled = compiled(REPO / "specs" / "lstm.rnn", tuple(PASSES), build_dir)
+    cell = Compiled(dtype=np.float64, seed=3, I=6, H=10)
+    rng = np.random.default_rng(3)
+    T, B = 6, 19
+    x = rng.standard_normal((T, B, 6))
+    h0 = {"h": rng.standard_normal((B, 10)), "c": rng.standard_normal((B, 10))}
+    lengths = rng.integers(1, T + 1, size=B)
+    d_out = {"h": rng.standard_normal((T, B, 10))}
+    d_st = {"c": rng.standard_normal((B, 10))}
+
+    def everything(threads, **kw):
+        monkeypatch.setenv("RNNDSL_BLAS_THREADS", str(threads))
+        run = cell.forward(x, state=h0, **kw)
+        assert len(run._tape.blocks) == threads
+        monkeypatch.setenv("RNNDSL_BLAS_THREADS", "1")   # the run's blocks decide
+        full = cell.backward(run, d_outputs=d_out, d_state=d_st)
+        lean = cell.backward(run, d_outputs=d_out, d_state=d_st, input_grads=False)
+        assert lean.inputs == {}
+        return {**{f"out {k}": v for k, v in run.outputs.items()},
+                **{f"final {k}": v for k, v in run.state.items()},
+                **{f"d {k}": v for k, v in full.params.items()},
+                **{f"d lean {k}": v for k, v in lean.params.items()},
+                **{f"d input {k}": v for k, v in full.inputs.items()},
+                **{f"d state {k}": v for k, v in full.state.items()}}
+
+    for kw in ({}, {"lengths": lengths}):
+        one, two = everything(1, **kw), everything(2, **kw)
+        assert one.keys() == two.keys()
+        for k in one:
+            assert one[k].shape == two[k].shape, k
+            np.testing.assert_allclose(two[k], one[k], rtol=1e-12, atol=1e-12, err_msg=k)
+
+
+def test_row_blocks_switch(build_dir, monkeypatch):
+    Compiled = compiled(REPO / "specs" / "lstm.rnn", tuple(PASSES), build_dir)
+    cell = Compiled(dtype=np.float64, I=2, H=3)
+    monkeypatch.setenv("RNNDSL_BLAS_THREADS", "3")
+    assert cell._row_blocks(30) == [(0, 10), (10, 20), (20, 30)]
+    assert cell._row_blocks(23) == [(0, 11), (11, 23)]      # 8 rows a block at least
+    monkeypatch.setenv("RNNDSL_ROW_BLOCKS", "0")
+    assert cell._row_blocks(30) == [(0, 30)]
+    monkeypatch.setenv("RNNDSL_ROW_BLOCKS", "yes")
+    with pytest.raises(BindError, match="RNNDSL_ROW_BLOCKS must be 0 or 1"):
+        cell._row_blocks(30)
 
 
 def test_dead_views_are_pruned_from_generated_code():
