@@ -215,6 +215,19 @@ class _Kernel:
             return f"gc{i}[r, {start} + j]"
         return None
 
+    def mirror_elements(self, nid: int, stage: str) -> list[str]:
+        """The element (row r, feature j) of a stacked cotangent in each group that holds
+        it besides its home (see plan.CotangentGroup)."""
+        found = []
+        for i, start in self.em.cg_mirrors.get(nid, ()):
+            if not self.em.plan.cotangent_groups[i].taped:
+                found.append(f"gc{i}[r, {start} + j]")
+            elif stage in LOOP_STAGES:
+                found.append(f"tgc{i}[t, r, {start} + j]")
+            else:
+                found.append(f"tgc{i}_r[r, {start} + j]")
+        return found
+
     def whole(self, nid: int, stage: str) -> str:
         expr, mode = self.ref(nid, stage)
         return f"{expr}[t]" if mode == "step3" else expr
@@ -365,6 +378,8 @@ class _Kernel:
                 direct = self.block_element(n, expr_, node.type)
                 if direct is not None:
                     p.line(f"{direct} = e{n}")
+                    for copy in self.mirror_elements(n, stage):
+                        p.line(f"{copy} = e{n}   # also stacked with another group")
                     continue
                 if n in em.plan.saved and em.writes_tape_directly(n):
                     target = (f"tape{n}[t, r, {'j' if node.type.rank else '0'}]"
@@ -571,7 +586,7 @@ class _Kernel:
                 p.comment("small: term by term, in OpenBLAS's direct kernel")
                 cg = em.plan.cotangent_groups[i]
                 for k, g in enumerate(cg.cotangents):
-                    _, start, stop = em.cg_block[g]
+                    start, stop = em.cg_cols[(i, g)]
                     p.line(f"copy2(gk{i}_{u}_{k}, {buffer}[:, {start}:{stop}])")
                     if k == 0:
                         p.line(f"{self.d.dot}(gk{i}_{u}_{k}, wsk{i}_{u}_{k}, {dest})")
@@ -601,7 +616,7 @@ class _Kernel:
         p.line(f"dwc{i}_{u} = {self.d.empty}(({em.cg_total[i]}, {cols}), dtype)")
         p.line(self.gemm_tn(buf, vec, f"dwc{i}_{u}", stage, f"gT{i}"))
         for o, g in zip(use.outers, em.plan.cotangent_groups[i].cotangents):
-            _, start, stop = em.cg_block[g]
+            start, stop = em.cg_cols[(i, g)]
             p.line(f"v{o} = dwc{i}_{u}[{start}:{stop}, :]")
 
     def emit_unbroadcast(self, nid, stage, src, out) -> None:
@@ -696,8 +711,11 @@ class _Emitter:
         self.roots = set(step.roots()) | set(grads.roots())
         self.loop_allocated: set[int] = set()
         self.titles_by_node = self._titles()
-        # stacked cotangents (plan.cotangent_groups): g -> (group, column range)
+        # stacked cotangents (plan.cotangent_groups): g -> its home (group, column range);
+        # (group, g) -> g's columns in that group; g -> the other groups' copies of it
         self.cg_block: dict[int, tuple[int, str, str]] = {}
+        self.cg_cols: dict[tuple[int, int], tuple[str, str]] = {}
+        self.cg_mirrors: dict[int, list[tuple[int, str]]] = {}
         self.cg_total: dict[int, str] = {}
         self.mt_use: dict[int, tuple[int, int]] = {}       # MATVEC_T -> (group, use)
         self.outer_use: dict[int, tuple[int, int]] = {}    # OUTER -> (group, use)
@@ -705,7 +723,11 @@ class _Emitter:
             offset = Dim.lit(0)
             for g in cg.cotangents:
                 stop = offset + self.G[g].type.shape[0]
-                self.cg_block[g] = (i, _dim(offset), _dim(stop))
+                self.cg_cols[(i, g)] = (_dim(offset), _dim(stop))
+                if g in self.cg_block:
+                    self.cg_mirrors.setdefault(g, []).append((i, _dim(offset)))
+                else:
+                    self.cg_block[g] = (i, _dim(offset), _dim(stop))
                 offset = stop
             self.cg_total[i] = _dim(offset)
             for u, use in enumerate(cg.uses):
@@ -1118,6 +1140,8 @@ class _Emitter:
             else:
                 p.line(f"gc{i} = {self.dialect.empty}((B, {total}), dtype)")
             for g in cg.cotangents:
+                if self.cg_block[g][0] != i:
+                    continue    # a mirror: g's views name its home group's columns
                 _, start, stop = self.cg_block[g]
                 if cg.taped:
                     p.line(f"tape{g} = tgc{i}[:, :, {start}:{stop}]")
@@ -1133,7 +1157,7 @@ class _Emitter:
                     continue
                 p.line(f"ws{i}_{u} = {self.dialect.empty}(({total}, {cols}), dtype)")
                 for w, g in zip(use.weights, cg.cotangents):
-                    _, start, stop = self.cg_block[g]
+                    start, stop = self.cg_cols[(i, g)]
                     p.line(f"copy2(ws{i}_{u}[{start}:{stop}, :], p_{ident(G[w].attrs[0])})")
                 if not self.splits_cotangents(i, u):
                     continue
@@ -1223,12 +1247,13 @@ class _Emitter:
         p.line(f"wsp{i}_{u} = np.zeros((({cols} + NR - 1) // NR if tiles else 0, "
                f"{total}, NR), dtype)")
         p.line(f"ws{i}_{u} = {self.dialect.empty}((0 if tiles else {total}, {cols}), dtype)")
-        blocks = [(G[w].attrs[0], self.cg_block[g]) for w, g in zip(use.weights, cg.cotangents)]
+        blocks = [(G[w].attrs[0], self.cg_cols[(i, g)])
+                  for w, g in zip(use.weights, cg.cotangents)]
         with p.indent("if tiles:"):
-            for w, (_, start, _) in blocks:
+            for w, (start, _) in blocks:
                 p.line(f"pack_rows(wsp{i}_{u}, p_{ident(w)}, {start})")
         with p.indent("else:"):
-            for w, (_, start, stop) in blocks:
+            for w, (start, stop) in blocks:
                 p.line(f"copy2(ws{i}_{u}[{start}:{stop}, :], p_{ident(w)})")
 
     def _packed_single_weights(self, kern: _Kernel, nodes: list[int]) -> None:

@@ -73,7 +73,12 @@ class StackedUse:
 @dataclass
 class CotangentGroup:
     """Cotangents g_k of stacked matvecs, kept side by side in one buffer, so that
-    sum_k g_k @ W_k is one GEMM against [W_1; ...; W_n] and the dW_k one GEMM g^T v."""
+    sum_k g_k @ W_k is one GEMM against [W_1; ...; W_n] and the dW_k one GEMM g^T v.
+
+    A cotangent may sit in two groups: a GRU's g_r and g_z stack with g_n on the input
+    side ([W_r; W_z; W_n]) and with r * g_n on the hidden side ([U_r; U_z; U_n]). Its
+    home is the first group that lists it; the loop that computes it also writes it
+    into the later groups' buffers (the emitter's mirrors)."""
 
     cotangents: list[int]
     stage: str
@@ -224,7 +229,6 @@ def _group_cotangents(plan: Plan, all_nodes: list[int]) -> None:
             users.setdefault(a, []).append(n)
     observed = set(plan.saved) | set(plan.step.roots()) | set(grads.roots())
     position = {n: i for s in plan.order.values() for i, n in enumerate(s)}
-    taken: set[int] = set()
     by_cotangents: dict[tuple, CotangentGroup] = {}
     for s in ("pre", "fwd"):
         for grp in plan.matmuls.get(s, []):
@@ -239,9 +243,7 @@ def _group_cotangents(plan: Plan, all_nodes: list[int]) -> None:
                 continue
             key = tuple(gs)
             if key not in by_cotangents:
-                if taken & set(gs):
-                    continue
-                taken |= set(gs)
+                # a g_k another group holds already is written to both (mirrored)
                 by_cotangents[key] = CotangentGroup(list(gs), "bwd", taped.pop(), [])
             weights = [G[m].args[0] for m in grp.members]
             mts = [G._index.get((Op.MATVEC_T, (w, g), ())) for w, g in zip(weights, gs)]

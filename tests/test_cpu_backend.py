@@ -368,6 +368,25 @@ def test_row_blocks_switch(build_dir, monkeypatch):
         cell._row_blocks(30)
 
 
+def test_gru_cotangents_stack_on_both_sides():
+    """GRU's g_r and g_z stack with g_n for [W_r; W_z; W_n] and with r * g_n for
+    [U_r; U_z; U_n]: each is written to both buffers, so the backward step is one GEMM
+    and dU one GEMM over a contiguous tape (before: three of each, two of the dU ones
+    through contiguous copies of strided tapes)."""
+    from rnndsl.ir import lower
+    from rnndsl.plan import make_plan
+    spec = read_spec(REPO / "specs" / "gru.rnn")
+    plan = make_plan(lower(spec.cells["GRU"]), PASSES)
+    w_side, u_side = plan.cotangent_groups
+    assert w_side.cotangents[:2] == u_side.cotangents[:2]
+    assert w_side.cotangents[2] != u_side.cotangents[2]
+    source = build_source(spec)
+    backward = source[source.index("def backward_GRU"):source.index("GRU_META")]
+    assert "GEMM g @ [U_r, U_z, U_n] (stacked cotangents) in register tiles" in backward
+    assert backward.count("packed_gemm(") == 1 and "ascontiguousarray" not in backward
+    assert backward.count("# also stacked with another group") == 2
+
+
 def test_dead_views_are_pruned_from_generated_code():
     from rnndsl.emit import prune_dead_views
     source = ("def f(a, b, flag):\n"
