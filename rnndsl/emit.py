@@ -54,7 +54,8 @@ class Dialect:
 
 
 HELPER_NAMES = ("copy1", "copy2", "copy_rows", "copy_t", "transposed", "fill1", "fill2",
-                "add_into1", "add_into2", "tanh", "sigmoid", "softplus", "sign")
+                "add_into1", "add_into2", "tanh", "sigmoid", "softplus", "sign", "row_sum")
+CPU_ONLY_HELPERS = ("row_sum",)     # the cuda kernels sum a row in a plain loop
 
 CPU = Dialect(
     # nogil: the runtime runs blocks of batch rows on threads of its own (runtime.py)
@@ -626,6 +627,17 @@ class _Kernel:
         p.line(f"fill{2 if node.type.batched else 1}({out}, {k(0.0)})")
         gcol = "j" if gt.rank else "0"
         rows, n = self.rows(stage), self.size(node.args[0])
+        if self.d.target == "cpu" and gt.rank and (not gt.batched or not target.rank):
+            # sums over the features, in vector partial sums (kernels.row_sum)
+            if not gt.batched:
+                p.line(f"{out}[0] += row_sum({src}, {k(0.0)})")
+            elif target.batched:    # (rows, n) -> (rows, 1)
+                with self.loops([("r", rows, True)]):
+                    p.line(f"{out}[r, 0] += row_sum({src}[r], {k(0.0)})")
+            else:                   # (rows, n) -> a scalar
+                with self.loops([("r", rows, False)]):
+                    p.line(f"{out}[0] += row_sum({src}[r], {k(0.0)})")
+            return
         if gt.batched:
             # the summed axes are reductions: a parallel target keeps them in one thread
             if target.batched:      # feature sum only: (rows, n) -> (rows, 1)
@@ -646,6 +658,13 @@ class _Kernel:
         node = G[nid]
         n = self.size(node.args[0])
         scale = f" / {k(('dim', G[node.args[0]].type.shape[0]))}" if mean else ""
+        if self.d.target == "cpu":      # in vector partial sums (kernels.row_sum)
+            if node.type.batched:
+                with self.loops([("r", self.rows(stage), True)]):
+                    p.line(f"{out}[r, 0] = row_sum({src}[r], {k(0.0)}){scale}")
+            else:
+                p.line(f"{out}[0] = row_sum({src}, {k(0.0)}){scale}")
+            return
         if node.type.batched:
             with self.loops([("r", self.rows(stage), True)]):
                 p.line(f"acc = {k(0.0)}")

@@ -30,6 +30,7 @@ import re
 from contextlib import contextmanager
 
 from .emit import (
+    CPU_ONLY_HELPERS,
     ELEMENTWISE_FORMATS,
     HELPER_NAMES,
     Dialect,
@@ -70,7 +71,8 @@ CUDA = Dialect(
     target="cuda", decorator=None, empty="workspace",
     empty_like="workspace_like", dot="gemm", contiguous="", clone="clone({})",
     helpers="rnndsl.cuda_kernels",
-    helper_names=tuple(n for n in HELPER_NAMES if n not in KERNEL_FUNCTIONS)
+    helper_names=tuple(n for n in HELPER_NAMES
+                       if n not in KERNEL_FUNCTIONS + CPU_ONLY_HELPERS)
     + ("clone", "gemm", "launch", "launch_persistent", "workspace", "workspace_like"),
     runtime="rnndsl.cuda_runtime:cuda_cell_class",
     engine="numba-cuda @cuda.jit kernels driven from Python")

@@ -121,3 +121,39 @@ def test_blas_threads_setting(monkeypatch):
     assert blas.configured_threads() == 3
     monkeypatch.delenv("RNNDSL_BLAS_THREADS")
     assert blas.configured_threads() == 1           # the default: one thread a call
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_sum_matches_numpy_and_keeps_nan_and_infinities(dtype):
+    rng = np.random.default_rng(0)
+    zero = dtype(0)
+    for n in (0, 1, 7, 16, 255, 1000):
+        x = rng.standard_normal(n).astype(dtype)
+        want = float(np.sum(x, dtype=np.float64))
+        got = kernels.row_sum(x, zero)
+        assert type(got) in (dtype, float) and abs(got - want) <= 1e-5 * max(1.0, np.abs(x).sum())
+    x = np.ones(40, dtype)
+    x[17] = np.inf
+    assert kernels.row_sum(x, zero) == np.inf
+    x[3] = -np.inf
+    assert np.isnan(kernels.row_sum(x, zero))
+    x[:] = 1
+    x[30] = np.nan
+    assert np.isnan(kernels.row_sum(x, zero))
+    assert kernels.row_sum(np.arange(6, dtype=dtype)[::2], zero) == 6   # a strided view
+
+
+def test_row_sum_compiles_to_vector_adds():
+    """Why row_sum exists: with its adds free to reassociate, LLVM sums in vector
+    registers. A fresh, uncached compile must hold packed float32 adds on vector
+    registers (a plain `acc += x[j]` loop holds only scalar ones, vaddss)."""
+    import re
+    from numba.core import config
+    if config.DISABLE_JIT:
+        pytest.skip("NUMBA_DISABLE_JIT=1: nothing is compiled")
+    options = {k: v for k, v in kernels.row_sum.targetoptions.items()
+               if k not in ("cache", "nopython")}
+    fresh = njit(**options)(kernels.row_sum.py_func)
+    assert fresh(np.ones(100, np.float32), np.float32(0)) == 100
+    asm = "\n".join(fresh.inspect_asm().values())
+    assert re.search(r"\bvaddps\s[^\n]*%[yz]mm", asm), "no packed float32 adds"
