@@ -54,12 +54,14 @@ class Dialect:
 
 
 HELPER_NAMES = ("copy1", "copy2", "copy_rows", "copy_t", "transposed", "fill1", "fill2",
-                "add_into1", "add_into2", "tanh", "sigmoid", "softplus", "sign", "row_sum")
-CPU_ONLY_HELPERS = ("row_sum",)     # the cuda kernels sum a row in a plain loop
+                "add_into1", "add_into2", "tanh", "sigmoid", "softplus", "sign", "row_sum",
+                "kernel_jit")
+# the cuda kernels sum a row in a plain loop, and are compiled by numba-cuda
+CPU_ONLY_HELPERS = ("row_sum", "kernel_jit")
 
 CPU = Dialect(
     # nogil: the runtime runs blocks of batch rows on threads of its own (runtime.py)
-    target="cpu", decorator='@njit(cache=True, error_model="numpy", nogil=True)',
+    target="cpu", decorator='@kernel_jit(cache=True, error_model="numpy", nogil=True)',
     empty="np.empty",
     empty_like="np.empty_like", dot="np.dot", contiguous="np.ascontiguousarray",
     clone="{}.copy()", helpers="rnndsl.kernels", helper_names=HELPER_NAMES,
@@ -1479,7 +1481,8 @@ def module_header(spec_path: str, digest: str, cells: list[str], target: str = "
     p.line("import sys")
     p.line("")
     p.line("import numpy as np")
-    p.line("from numba import njit" if target == "cpu" else "from numba import cuda")
+    if target != "cpu":
+        p.line("from numba import cuda")
     p.line("")
     p.line(f"from {dialect.helpers} import (  # noqa: F401  array loops and scalar functions")
     with p.indent():

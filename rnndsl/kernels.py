@@ -7,10 +7,57 @@ compile time at every place it is written.
 """
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 from numba import njit, types
+from numba.core import config
+from numba.core.registry import CPUDispatcher
 from numba.extending import overload
+
+# ---------------------------------------------------------------------------- the kernels' jit
+# A fused elementwise loop reads and writes many arrays (a layer-normalised LSTM's first
+# backward loop, 43). LLVM cannot prove Numba's arrays apart, so it vectorises such a
+# loop only behind run-time overlap checks, and gives up past 128 of them: that loop ran
+# one element at a time (104 us a step at B = 32, H = 256; 59 us vectorised). rnndsl's
+# kernels are compiled with that limit raised; the checks stay, so an overlap (there is
+# none in a kernel: every array it writes is its own) would still take the scalar path.
+_ALIAS_CHECKS = 4096
+_LLVM_DEFAULT_ALIAS_CHECKS = 128
+
+
+@contextmanager
+def _many_alias_checks():
+    import llvmlite.binding as llvm
+    llvm.set_option("", f"-vectorize-memory-check-threshold={_ALIAS_CHECKS}")
+    try:
+        yield
+    finally:   # back to LLVM's default for everything else the process compiles
+        llvm.set_option("", f"-vectorize-memory-check-threshold={_LLVM_DEFAULT_ALIAS_CHECKS}")
+
+
+class _KernelDispatcher(CPUDispatcher):
+    """A Numba dispatcher whose compilations (a generated kernel, and what it inlines)
+    may vectorise loops behind more run-time overlap checks (see above)."""
+
+    def compile(self, sig):
+        with _many_alias_checks():
+            return super().compile(sig)
+
+
+def kernel_jit(cache: bool = True, **options):
+    """`njit` for generated kernels: the same options, compiled by `_KernelDispatcher`.
+    Under NUMBA_DISABLE_JIT=1 the function stays plain Python, as with njit."""
+    def wrap(func):
+        if config.DISABLE_JIT:
+            return func
+        disp = _KernelDispatcher(py_func=func, locals={},
+                                 targetoptions=dict(nopython=True, **options))
+        if cache:
+            disp.enable_caching()
+        return disp
+    return wrap
+
 
 
 @njit(cache=True, error_model="numpy")

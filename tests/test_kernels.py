@@ -157,3 +157,37 @@ def test_row_sum_compiles_to_vector_adds():
     assert fresh(np.ones(100, np.float32), np.float32(0)) == 100
     asm = "\n".join(fresh.inspect_asm().values())
     assert re.search(r"\bvaddps\s[^\n]*%[yz]mm", asm), "no packed float32 adds"
+
+
+def _many_streams_loop():
+    """A loop over 16 arrays read and 16 written, as a big fused elementwise loop is:
+    vectorising it needs more run-time overlap checks than LLVM allows by default."""
+    n = 16
+    ins = ", ".join(f"a{i}" for i in range(n))
+    outs = ", ".join(f"b{i}" for i in range(n))
+    body = "\n".join(f"        b{i}[j] = a{i}[j] * a{(i + 1) % n}[j] + a{(i + 2) % n}[j]"
+                     for i in range(n))
+    namespace: dict = {}
+    exec(f"def loop({ins}, {outs}):\n    for j in range(a0.shape[0]):\n{body}\n", namespace)
+    return namespace["loop"], n
+
+
+def test_kernel_jit_vectorises_loops_over_many_arrays_and_only_its_own():
+    """Generated kernels compile through kernel_jit, which lets LLVM vectorise loops
+    behind more run-time overlap checks. The same loop through plain njit, compiled
+    after it, stays scalar: the limit is back to LLVM's default outside kernel_jit."""
+    import re
+    from numba.core import config
+    if config.DISABLE_JIT:
+        pytest.skip("NUMBA_DISABLE_JIT=1: nothing is compiled")
+    loop, n = _many_streams_loop()
+    arrays = [np.full(64, i + 1.0, np.float32) for i in range(2 * n)]
+    packed = {}
+    for name, jit in (("kernel_jit", kernels.kernel_jit(cache=False, error_model="numpy")),
+                      ("njit", njit(error_model="numpy"))):
+        fn = jit(loop)
+        fn(*arrays)
+        assert np.allclose(arrays[n], arrays[0] * arrays[1] + arrays[2])
+        asm = "\n".join(fn.inspect_asm().values())
+        packed[name] = len(re.findall(r"\bv(?:fmadd\d+|mul|add)ps\s[^\n]*%[yz]mm", asm))
+    assert packed["kernel_jit"] >= n and packed["njit"] == 0, packed
