@@ -42,6 +42,7 @@ from numba.core.registry import CPUDispatcher
 
 from . import gemm_tiles
 from .gemm_gen import MR, NR
+from .kernels import jit_with
 
 _TILE_JIT = {"error_model": "numpy", "fastmath": {"contract"}, "boundscheck": False}
 
@@ -84,13 +85,7 @@ class _VectorisedDispatcher(CPUDispatcher):
 
 
 def _vectorised_njit(func, cache: bool = True):
-    if config.DISABLE_JIT:
-        return func
-    disp = _VectorisedDispatcher(py_func=func, locals={},
-                                 targetoptions=dict(nopython=True, **_TILE_JIT))
-    if cache:
-        disp.enable_caching()
-    return disp
+    return jit_with(_VectorisedDispatcher, func, cache, _TILE_JIT)
 
 
 # ------------------------------------------------------------------ packing

@@ -45,18 +45,20 @@ class _KernelDispatcher(CPUDispatcher):
             return super().compile(sig)
 
 
+def jit_with(dispatcher: type, func, cache: bool, options: dict):
+    """What `njit(**options)(func)` makes, but a `dispatcher` (a CPUDispatcher subclass
+    that changes how it compiles). Under NUMBA_DISABLE_JIT=1, func itself, as njit."""
+    if config.DISABLE_JIT:
+        return func
+    disp = dispatcher(py_func=func, locals={}, targetoptions=dict(nopython=True, **options))
+    if cache:
+        disp.enable_caching()
+    return disp
+
+
 def kernel_jit(cache: bool = True, **options):
-    """`njit` for generated kernels: the same options, compiled by `_KernelDispatcher`.
-    Under NUMBA_DISABLE_JIT=1 the function stays plain Python, as with njit."""
-    def wrap(func):
-        if config.DISABLE_JIT:
-            return func
-        disp = _KernelDispatcher(py_func=func, locals={},
-                                 targetoptions=dict(nopython=True, **options))
-        if cache:
-            disp.enable_caching()
-        return disp
-    return wrap
+    """`njit` for generated kernels: the same options, compiled by `_KernelDispatcher`."""
+    return lambda func: jit_with(_KernelDispatcher, func, cache, options)
 
 
 
