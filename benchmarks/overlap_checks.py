@@ -1,6 +1,6 @@
 """What rnndsl.kernels.kernel_jit's raised limit on LLVM's run-time overlap checks buys.
 
-    .venv/bin/python benchmarks/overlap_checks.py [SPEC] [--limit N]
+    .venv/bin/python benchmarks/overlap_checks.py [SPEC]
 
 It takes the first fused elementwise loop of the backward time loop of SPEC's cpu
 kernels (default: specs/layernorm_lstm.rnn, whose loop touches 43 arrays), compiles it
@@ -79,7 +79,8 @@ def main(argv=None) -> int:
     from rnndsl.kernels import _ALIAS_CHECKS, _LLVM_DEFAULT_ALIAS_CHECKS
     from rnndsl.spec import read_spec
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("spec", nargs="?", default=str(ROOT / "specs" / "layernorm_lstm.rnn"))
+    ap.add_argument("spec", nargs="?", default=str(ROOT / "specs" / "layernorm_lstm.rnn"),
+                    help="a .rnn file (default: specs/layernorm_lstm.rnn)")
     args = ap.parse_args(argv)
     body, names, shapes = first_backward_loop(build_source(read_spec(args.spec)))
     code = ("from rnndsl.kernels import sigmoid, tanh\nimport math\n"
@@ -91,7 +92,8 @@ def main(argv=None) -> int:
     path = Path(os.environ.get("TMPDIR", "/tmp")) / "rnndsl_overlap_loop.py"
     path.write_text(code)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    print(f"# {args.spec}: the backward's first fused loop, {len(names)} arrays and "
+    shown = os.path.relpath(args.spec, ROOT) if Path(args.spec).is_absolute() else args.spec
+    print(f"{shown}: the backward's first fused loop, {len(names)} arrays and "
           f"scalars, {body.count(' = ')} assignments; B={ROWS}, dims {COLS}, float32")
     print("| overlap-check limit | us a step | LLVM says |")
     print("|---|---|---|")
