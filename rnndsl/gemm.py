@@ -38,6 +38,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 from numba.core import config
+from numba.core.compiler_lock import global_compiler_lock
 from numba.core.registry import CPUDispatcher
 
 from . import gemm_tiles
@@ -80,7 +81,8 @@ class _VectorisedDispatcher(CPUDispatcher):
     4 s once; Numba's disk cache keeps it), and never in the caller's settings."""
 
     def compile(self, sig):
-        with _slp_vectorizer():
+        # under Numba's compiler lock: the setting is process-wide (see _KernelDispatcher)
+        with global_compiler_lock, _slp_vectorizer():
             return super().compile(sig)
 
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import numpy as np
 from numba import njit, types
 from numba.core import config
+from numba.core.compiler_lock import global_compiler_lock
 from numba.core.registry import CPUDispatcher
 from numba.extending import overload
 
@@ -38,10 +39,12 @@ def _many_alias_checks():
 
 class _KernelDispatcher(CPUDispatcher):
     """A Numba dispatcher whose compilations (a generated kernel, and what it inlines)
-    may vectorise loops behind more run-time overlap checks (see above)."""
+    may vectorise loops behind more run-time overlap checks (see above). The setting is
+    process-wide, so it is made under Numba's compiler lock: a compilation on another
+    thread never sees it, and never resets it under ours."""
 
     def compile(self, sig):
-        with _many_alias_checks():
+        with global_compiler_lock, _many_alias_checks():
             return super().compile(sig)
 
 

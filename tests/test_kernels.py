@@ -148,6 +148,7 @@ def test_row_sum_compiles_to_vector_adds():
     registers. A fresh, uncached compile must hold packed float32 adds on vector
     registers (a plain `acc += x[j]` loop holds only scalar ones, vaddss)."""
     import re
+
     from numba.core import config
     if config.DISABLE_JIT:
         pytest.skip("NUMBA_DISABLE_JIT=1: nothing is compiled")
@@ -177,6 +178,7 @@ def test_kernel_jit_vectorises_loops_over_many_arrays_and_only_its_own():
     behind more run-time overlap checks. The same loop through plain njit, compiled
     after it, stays scalar: the limit is back to LLVM's default outside kernel_jit."""
     import re
+
     from numba.core import config
     if config.DISABLE_JIT:
         pytest.skip("NUMBA_DISABLE_JIT=1: nothing is compiled")
@@ -191,3 +193,25 @@ def test_kernel_jit_vectorises_loops_over_many_arrays_and_only_its_own():
         asm = "\n".join(fn.inspect_asm().values())
         packed[name] = len(re.findall(r"\bv(?:fmadd\d+|mul|add)ps\s[^\n]*%[yz]mm", asm))
     assert packed["kernel_jit"] >= n and packed["njit"] == 0, packed
+
+
+def test_kernel_jit_sets_llvm_under_numba_compiler_lock(monkeypatch):
+    """The overlap-check limit is process-wide: kernel_jit changes it only while holding
+    Numba's compiler lock, so that a compilation on another thread neither sees it nor
+    resets it in the middle of a kernel's."""
+    from contextlib import contextmanager
+
+    from numba.core import config
+    from numba.core.compiler_lock import global_compiler_lock
+    if config.DISABLE_JIT:
+        pytest.skip("NUMBA_DISABLE_JIT=1: nothing is compiled")
+    held = []
+
+    @contextmanager
+    def recorder():
+        held.append(global_compiler_lock.is_locked())
+        yield
+
+    monkeypatch.setattr(kernels, "_many_alias_checks", recorder)
+    fn = kernels.kernel_jit(cache=False)(lambda a: a + 1)
+    assert fn(1) == 2 and held == [True]
