@@ -398,35 +398,45 @@ class Sampler:
                               f"integer ids in 0..{self.vocab - 1}")
         return ids.astype(np.int64)
 
+    def _stops(self, stop) -> np.ndarray | None:
+        """`stop` (one token id, or several: any of them ends a sequence) as an array."""
+        if stop is None:
+            return None
+        arr = np.asarray(stop)
+        return self._ids("stop", arr.reshape(1) if arr.ndim == 0 else arr, ndim=(1,))
+
     # ------------------------------------------------------------------ generating
     def generate(self, length: int, strategy: Callable, *, prime=None, state=None,
-                 batch: int | None = None, seed=None, stop: int | None = None,
+                 batch: int | None = None, seed=None, stop=None,
                  pad: int | None = None, return_state: bool = False):
         """Sample `length` tokens for each row after the prefix: ids (B, length).
 
         `strategy(logp (B, V) float64, rng) -> ids (B,)`: `greedy()`, `temperature(t)`,
-        `top_k(k)`, `top_p(p)` or a function of your own. After a row emits `stop`, its
-        later positions hold `pad` (default: the stop id) and its state is frozen. With
-        `return_state`, also the `Primed` to continue from (the last tokens fed too).
+        `top_k(k)`, `top_p(p)` or a function of your own. `stop` is a token id, or a list
+        of them (an end-of-text id and a newline, say). After a row emits one, its later
+        positions hold `pad` (default: the stop id it emitted) and its state is frozen.
+        With `return_state`, also the `Primed` to continue from (the last tokens fed too).
         """
         length = _count("length", length, 0)
         if not callable(strategy):
             raise SampleError(f"strategy must be callable, like greedy() or top_k(40), got "
                               f"{strategy!r}")
-        stop = None if stop is None else int(self._ids("stop", [stop])[0])
+        stops = self._stops(stop)
         if pad is not None and (isinstance(pad, bool) or not isinstance(pad, (int, np.integer))):
             raise SampleError(f"pad must be an integer (any, -1 say), got {pad!r}")
-        pad = stop if pad is None else int(pad)
         rng = np.random.default_rng(seed)
         cur = self._start(prime, state, batch)
-        ids = np.full((cur.batch, length), 0 if pad is None else pad, dtype=np.int64)
+        ids = np.full((cur.batch, length), 0 if pad is None else int(pad), dtype=np.int64)
         done = np.zeros(cur.batch, dtype=bool)
         for s in range(length):
             tok = np.where(done, ids[:, s], self._choose(strategy, cur.logp, rng))
             ids[:, s] = tok
             was_done = done
-            if stop is not None:
-                done = done | (tok == stop)
+            if stops is not None:
+                ended = ~done & np.isin(tok, stops)
+                if pad is None:     # an ended row repeats its own stop id
+                    ids[ended, s + 1:] = tok[ended, None]
+                done = done | ended
             more = s < length - 1 and not done.all()
             if (more or return_state) and not was_done.all():
                 nxt = self.step(cur, np.where(was_done, 0, tok))
@@ -436,17 +446,19 @@ class Sampler:
         return (ids, cur) if return_state else ids
 
     def beam_search(self, width: int, length: int, prime=None, *, state=None,
-                    stop: int | None = None, length_penalty: float = 0.0) -> list[Hypothesis]:
+                    stop=None, length_penalty: float = 0.0) -> list[Hypothesis]:
         """The `width` most likely continuations of up to `length` tokens, best first.
 
         Keeps the `width` best partial sequences at each step (their states gathered from
-        their parents). A sequence that emits `stop` ends there. Ranking is by log-prob /
+        their parents). A sequence that emits `stop` (a token id, or any of a list of
+        them) ends there. Ranking is by log-prob /
         len ** length_penalty (fairseq's `lenpen`); 0 ranks by log-prob, and matters only
         when `stop` lets lengths differ. Each result holds the raw log-prob.
         """
         width, length = _count("width", width, 1), _count("length", length, 1)
         alpha = _real("length_penalty", length_penalty, 0.0, low_open=False)
-        stop = None if stop is None else int(self._ids("stop", [stop])[0])
+        stops = self._stops(stop)
+        ends = set() if stops is None else {int(t) for t in stops}
         cur = self._start(prime, state, None)
         if cur.batch != 1:
             raise SampleError(f"beam search starts from one sequence; the prefix or state "
@@ -459,8 +471,9 @@ class Sampler:
             order = np.argsort(-flat, kind="stable")
             keep = []
             for idx in order[np.isfinite(flat[order])]:   # -inf: an impossible sequence
-                if stop is not None and idx % V == stop:
-                    finished.append(Hypothesis(np.append(tokens[idx // V], stop), flat[idx]))
+                if idx % V in ends:
+                    finished.append(Hypothesis(np.append(tokens[idx // V], idx % V),
+                                               flat[idx]))
                     continue
                 keep.append(idx)
                 if len(keep) == width:

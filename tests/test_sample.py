@@ -231,7 +231,7 @@ def brute_force(cell, prefix, V, length, stop=None, alpha=0.0):
             row = logits[len(prefix) - 1 + i, b]
             total += row[tok] - logsumexp(row)
             ids.append(int(tok))
-            if tok == stop:
+            if tok in np.atleast_1d(stop if stop is not None else []):
                 break
         found[tuple(ids)] = total
     return sorted(found.items(), key=lambda kv: -kv[1] / len(kv[0]) ** alpha)
@@ -501,3 +501,42 @@ def test_a_compiled_cell_samples_like_the_interpreter():
     assert [tuple(h.ids) for h in beams] == [ids for ids, _ in expected]
     np.testing.assert_allclose([h.logprob for h in beams], [lp for _, lp in expected],
                                rtol=1e-10)
+
+
+def test_several_stop_ids_each_end_a_row():
+    """stop=[2, 4]: a row ends at the first of either; its later positions repeat the
+    id it ended on (or hold pad), and its state stays where that token left it."""
+    cell = tiny(seed=12)
+    sampler = Sampler(cell)
+    free = sampler.generate(15, temperature(1.0), prime=[0], batch=6, seed=4)
+    ids, primed = sampler.generate(15, temperature(1.0), prime=[0], batch=6, seed=4,
+                                   stop=[2, 4], return_state=True)
+    padded = sampler.generate(15, temperature(1.0), prime=[0], batch=6, seed=4,
+                              stop=np.array([4, 2]), pad=-1)
+    cuts = [next((i + 1 for i, t in enumerate(row) if t in (2, 4)), 15) for row in free]
+    assert len({row[cut - 1] for row, cut in zip(free, cuts) if cut < 15}) == 2, \
+        "the seed should end rows on both ids"
+    for b, (row, got, pads, cut) in enumerate(zip(free, ids, padded, cuts)):
+        np.testing.assert_array_equal(got[:cut], row[:cut])
+        assert (got[cut:] == row[cut - 1]).all() and (pads[cut:] == -1).all()
+        fed = cell.forward(onehot([[0] + list(row[:cut])], 5)).state["h"][0]
+        np.testing.assert_allclose(primed.state["h"][b], fed, rtol=1e-12, atol=1e-15)
+
+
+def test_a_wide_beam_with_two_stop_ids_is_brute_force():
+    cell = tiny(V=3, H=6, seed=21)
+    beams = Sampler(cell).beam_search(81, 4, [1], stop=[1, 2])
+    expected = brute_force(cell, [1], 3, 4, stop=[1, 2])
+    assert len(beams) == len(expected) < 81        # sequences end early on either id
+    assert [tuple(h.ids) for h in beams] == [ids for ids, _ in expected]
+
+
+@pytest.mark.parametrize("stop, message", [
+    ([], "stop is empty"),
+    ([[1, 2]], r"stop has shape \(1, 2\)"),
+    (True, "stop must hold integer token ids"),
+    ([1, 9], "stop id 9 at index"),
+])
+def test_bad_stop_ids_are_refused(stop, message):
+    with pytest.raises(SampleError, match=message):
+        Sampler(tiny(seed=1)).generate(3, greedy(), prime=[0], stop=stop)
