@@ -626,19 +626,17 @@ class _Kernel:
         G, p, k = self.em.G, self.p, self.em.k
         node = G[nid]
         target, gt = node.attrs[0], G[node.args[0]].type
+        if gt.rank and (target.batched or not gt.batched):
+            # a sum over the features only, (rows, n) -> (rows, 1) or (n,) -> (): `sum`
+            self.emit_reduce(nid, stage, src, out, mean=False)
+            return
         p.line(f"fill{2 if node.type.batched else 1}({out}, {k(0.0)})")
         gcol = "j" if gt.rank else "0"
         rows, n = self.rows(stage), self.size(node.args[0])
-        if self.d.target == "cpu" and gt.rank and (not gt.batched or not target.rank):
-            # sums over the features, in vector partial sums (kernels.row_sum)
-            if not gt.batched:
-                p.line(f"{out}[0] += row_sum({src}, {k(0.0)})")
-            elif target.batched:    # (rows, n) -> (rows, 1)
-                with self.loops([("r", rows, True)]):
-                    p.line(f"{out}[r, 0] += row_sum({src}[r], {k(0.0)})")
-            else:                   # (rows, n) -> a scalar
-                with self.loops([("r", rows, False)]):
-                    p.line(f"{out}[0] += row_sum({src}[r], {k(0.0)})")
+        if self.d.target == "cpu" and gt.rank and not target.rank:
+            # (rows, n) -> a scalar: each row in vector partial sums (kernels.row_sum)
+            with self.loops([("r", rows, False)]):
+                p.line(f"{out}[0] += row_sum({src}[r], {k(0.0)})")
             return
         if gt.batched:
             # the summed axes are reductions: a parallel target keeps them in one thread

@@ -20,7 +20,8 @@ from numba.extending import overload
 # A fused elementwise loop reads and writes many arrays (a layer-normalised LSTM's first
 # backward loop, 43). LLVM cannot prove Numba's arrays apart, so it vectorises such a
 # loop only behind run-time overlap checks, and gives up past 128 of them: that loop ran
-# one element at a time (104 us a step at B = 32, H = 256; 59 us vectorised). rnndsl's
+# one element at a time (103 us a step at B = 32, H = 256, against 52 us vectorised:
+# benchmarks/overlap_checks.py). rnndsl's
 # kernels are compiled with that limit raised; the checks stay, so an overlap (there is
 # none in a kernel: every array it writes is its own) would still take the scalar path.
 _ALIAS_CHECKS = 4096
@@ -62,7 +63,6 @@ def jit_with(dispatcher: type, func, cache: bool, options: dict):
 def kernel_jit(cache: bool = True, **options):
     """`njit` for generated kernels: the same options, compiled by `_KernelDispatcher`."""
     return lambda func: jit_with(_KernelDispatcher, func, cache, options)
-
 
 
 @njit(cache=True, error_model="numpy")
@@ -126,6 +126,7 @@ def add_into2(dst, src):
         for j in range(dst.shape[1]):
             dst[r, j] += src[r, j]
 
+
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
 def row_sum(x, zero):
     """The sum of a 1-D array. `reassoc` lets LLVM keep vector partial sums: a plain
@@ -136,6 +137,7 @@ def row_sum(x, zero):
     for j in range(x.shape[0]):
         acc += x[j]
     return acc
+
 
 # ---------------------------------------------------------------------------- activations
 # tanh and sigmoid are specialised by precision. float64 calls libm (math.tanh, math.exp):
