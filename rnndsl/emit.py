@@ -167,6 +167,8 @@ class _Kernel:
     def ref(self, nid: int, stage: str) -> tuple[str, str]:
         """How `stage` reads node nid: (array expression, mode); see the module doc."""
         em, G = self.em, self.em.G
+        if nid in em.same_as:
+            return self.ref(em.same_as[nid], stage)
         node = G[nid]
         loop = stage in LOOP_STAGES
         if node.op == Op.PARAM:
@@ -237,9 +239,11 @@ class _Kernel:
 
     def at(self, nid: int, stage: str, local: dict[int, str]) -> str:
         """The scalar of node nid at row r, feature j (loops over r and j are open)."""
+        if nid in self.em.same_as:
+            return self.at(self.em.same_as[nid], stage, local)
         if nid in local:
             return local[nid]
-        if self.em.zero_term(nid):
+        if self.em.zero_term(nid) or nid in self.em.zero_sums:
             return self.em.k(0.0)
         expr, mode = self.ref(nid, stage)
         t = self.em.G[nid].type
@@ -348,6 +352,9 @@ class _Kernel:
 
     def emit_elementwise(self, group: list[int], stage: str) -> None:
         em, G = self.em, self.em.G
+        group = [n for n in group if not em.folded(n)]
+        if not group:
+            return
         first = G[group[0]].type
         members = set(group)
         stored = [n for n in group if em.needs_array(n, members)]
@@ -763,6 +770,49 @@ class _Emitter:
                 for m in grp.members:
                     self.member_block[m] = (self.matmul_index[id(grp)], _dim(offset))
                     offset = offset + self.G[m].type.shape[0]
+        self._fold_zero_sums(everything)
+
+    def _fold_zero_sums(self, everything: list[int]) -> None:
+        """Sums whose other terms are zero (the terms of a stacked g_k @ W_k sum whose one
+        GEMM wrote the whole sum into its first term) need no code: a sum of zeros is 0
+        (`zero_sums`), and a + 0 is a (`same_as`), read wherever a lives. Without this an
+        LSTM's backward added three zeros to every element of dh and of dx, in a loop of
+        its own and a copy (k1 is a value read at run time: LLVM cannot drop x + 0.0,
+        which is not x for x = -0.0, and the fold here changes no value but that sign)."""
+        G, plan = self.G, self.plan
+        self.zero_sums: set[int] = set()
+        self.same_as: dict[int, int] = {}
+
+        def zero(n: int) -> bool:
+            return self.zero_term(n) or n in self.zero_sums
+
+        def same_place(a: int, n: int) -> bool:
+            """Whether n's readers can read a where they would read n."""
+            if a not in plan.stage:        # a leaf: a param, an input, a state, a seed
+                return G[a].op not in (Op.CONST, Op.DIM)
+            return (plan.stage[a] == plan.stage[n]
+                    and (a in self.forward_nodes) == (n in self.forward_nodes))
+
+        for n in sorted(everything):       # ids grow with the graph: operands come first
+            node = G[n]
+            if node.op != Op.ADD or n in plan.saved:
+                continue
+            args = [self.same_as.get(a, a) for a in node.args]
+            rest = [a for a in args if not zero(a)]
+            if not rest:
+                if n not in self.roots and all(G[u].op in ELEMENTWISE
+                                               for u in self.users.get(n, ())):
+                    self.zero_sums.add(n)
+            elif len(rest) == 1 and G[rest[0]].type == node.type and same_place(rest[0], n):
+                self.same_as[n] = rest[0]
+        # what reads an alias reads its target: the target keeps an array for them
+        for n, a in self.same_as.items():
+            self.users.setdefault(a, set()).update(self.users.get(n, ()))
+        self.alias_roots = {self.same_as[r] for r in self.roots if r in self.same_as}
+
+    def folded(self, nid: int) -> bool:
+        """A node that needs no code of its own (see _fold_zero_sums)."""
+        return nid in self.same_as or nid in self.zero_sums
 
     # ---------------------------------------------------------------- helpers
     def k(self, value) -> str:
@@ -831,7 +881,9 @@ class _Emitter:
                 and all(self.G[u].op in ELEMENTWISE for u in self.users.get(nid, ())))
 
     def needs_array(self, nid: int, group: set[int]) -> bool:
-        if nid in self.roots or nid in self.plan.saved:
+        if self.folded(nid):
+            return False
+        if nid in self.roots or nid in self.plan.saved or nid in self.alias_roots:
             return True
         return any(u not in group for u in self.users.get(nid, ()))
 
@@ -1081,9 +1133,17 @@ class _Emitter:
                 p.line(f"dnext_{ident(name)} = {self.dialect.empty}((T, B, {size}), dtype)")
                 p.line(f"dnext_{ident(name)}_r = dnext_{ident(name)}.reshape((R, {size}))")
             self._loop_arrays(kern, "bwd", nodes["bwd"])
+            # The state gradients a step hands back: each straight into ds_*, unless one
+            # is computed from another state's ds_* as it stood (a state passed on
+            # unchanged), which needs the new values apart (nds_*) until all are done.
+            state_src = {name: None if nid is None else kern.whole(nid, "bwd")
+                         for name, nid in grads.states.items()}
+            buffered = any(src is not None and src.startswith("ds_")
+                           for src in state_src.values())
             for d in step.cell.states:
                 p.line(f"ds_{ident(d.name)} = {self.dialect.clone.format('dfin_' + ident(d.name))}")
-                p.line(f"nds_{ident(d.name)} = {self.dialect.empty_like}(ds_{ident(d.name)})")
+                if buffered:
+                    p.line(f"nds_{ident(d.name)} = {self.dialect.empty_like}(ds_{ident(d.name)})")
             with p.indent("for t in range(T - 1, -1, -1):"):
                 for name in sorted(plan.saved_next_seeds):
                     p.line(f"copy2(dnext_{ident(name)}[t], ds_{ident(name)})")
@@ -1095,13 +1155,17 @@ class _Emitter:
                 for name, nid in grads.inputs.items():
                     if nid is not None and plan.stage.get(nid) != "post":
                         p.line(f"copy2(din_{ident(name)}[t], {kern.whole(nid, 'bwd')})")
-                for name, nid in grads.states.items():
-                    if nid is None:
-                        p.line(f"fill2(nds_{ident(name)}, {self.k(0.0)})")
-                    else:
-                        p.line(f"copy2(nds_{ident(name)}, {kern.whole(nid, 'bwd')})")
-                for name in grads.states:
-                    p.line(f"copy2(ds_{ident(name)}, nds_{ident(name)})")
+                into = "nds_" if buffered else "ds_"
+                for name, src in state_src.items():
+                    if src is None:
+                        p.line(f"fill2({into}{ident(name)}, {self.k(0.0)})")
+                    elif src != f"ds_{ident(name)}":
+                        p.line(f"copy2({into}{ident(name)}, {src})")
+                    elif buffered:
+                        p.line(f"copy2(nds_{ident(name)}, ds_{ident(name)})")
+                if buffered:
+                    for name in grads.states:
+                        p.line(f"copy2(ds_{ident(name)}, nds_{ident(name)})")
             for d in step.cell.states:
                 p.line(f"copy2(ds0_{ident(d.name)}, ds_{ident(d.name)})")
             if nodes["post"]:
@@ -1318,7 +1382,7 @@ class _Emitter:
                     p.line(f"fill2(w{n}, {self.k(0.0)})   # its term is in the stacked GEMM")
                 continue
             if node.op in ELEMENTWISE:
-                if not self.needs_array(n, group_of.get(n, {n})):
+                if self.folded(n) or not self.needs_array(n, group_of.get(n, {n})):
                     continue
                 if n in self.plan.saved and self.writes_tape_directly(n):
                     continue

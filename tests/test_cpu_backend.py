@@ -8,6 +8,7 @@ recompile for. Tolerances are DESIGN.md's: relative 1e-10 in float64, 1e-4 in fl
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -262,6 +263,41 @@ def test_backward_hoisted_work_reads_forward_hoisted_values_from_tape(tmp_path):
         out = tmp_path / ("on" if passes else "off") / "minmean.py"
         write_module(build_source(read_spec(spec), passes), out)
         compare(load_built(out).MinMean, spec, np.float64, T=2, B=3, dims={"D0": 3})
+
+
+def test_states_handed_on_unchanged_keep_their_old_gradients_apart(tmp_path):
+    """a' = b and b' = a + tanh(W @ x): a state's gradient is another's as it stood at
+    the step's start, so the backward keeps the new gradients apart (nds_*) until all
+    are written; the LSTM, whose state gradients are all computed, writes them straight
+    into ds_* (no nds_*)."""
+    spec = tmp_path / "swap.rnn"
+    spec.write_text("cell Swap {\n  dims D\n  input x[D]\n  state a[D], b[D]\n"
+                    "  param W[D, D]\n  a' = b\n  b' = a + tanh(W @ x)\n"
+                    "  output y = b'\n}\n")
+    source = build_source(read_spec(spec))
+    assert "copy2(ds_a, nds_a)" in source and "copy2(ds_b, nds_b)" in source
+    lstm = build_source(read_spec(REPO / "specs" / "lstm.rnn"))
+    assert "nds_" not in lstm
+    for passes in (tuple(PASSES), ()):
+        out = tmp_path / ("on" if passes else "off") / "swap.py"
+        write_module(build_source(read_spec(spec), passes), out)
+        compare(load_built(out).Swap, spec, np.float64, T=4, B=3, dims={"D": 3})
+
+
+def test_sums_of_zero_terms_fold_away():
+    """A stacked g_k @ W_k sum's GEMM writes the whole sum into its first term; the other
+    terms are zero, and the adds of them compile to nothing: the LSTM's dh and dx are
+    read straight from their GEMMs' outputs (before: a loop adding k1 + k1 + k1 to each
+    element, and a copy)."""
+    source = build_source(read_spec(REPO / "specs" / "lstm.rnn"))
+    backward = source[source.index("def backward_LSTM"):source.index("LSTM_META")]
+    k0 = re.search(r"(k\d+) = consts\[\d+\]  # 0\.0", backward)
+    assert k0, "the LSTM's backward reads a 0.0"
+    assert not re.search(rf"\b{k0.group(1)} \+|\+ {k0.group(1)}\b", backward)
+    gemm_out = re.search(r"packed_gemm\(tgc0\[t\], wsp0_1, (w\d+), threads\)", backward)
+    assert gemm_out and f"copy2(ds_h, {gemm_out.group(1)})" in backward
+    assert re.search(r"parallel_dot\(tgc0_r, ws0_0, (v\d+_r), threads\)\n\s+"
+                     r"copy2\(din_x_r, \1\)", backward)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
