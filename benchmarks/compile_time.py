@@ -7,6 +7,11 @@ Each measurement is a fresh process. "cold": empty rnndsl and Numba caches, then
 load, and the first forward and backward (which is when Numba compiles them, float32).
 "warm": the same again in a new process over the caches the cold run filled. Specs
 after the first share Numba's cache of rnndsl.kernels, as they do on a user's machine.
+
+The backward kernel compiles in a second process beside the forward
+(rnndsl.compile_ahead; RNNDSL_COMPILE_AHEAD=1 here, so that the load average of the
+runs before does not decide). --one-process compiles both in the one process
+(RNNDSL_COMPILE_AHEAD=0), to compare: run it with fresh caches too.
 """
 
 from __future__ import annotations
@@ -43,14 +48,19 @@ def main(argv=None) -> int:
                     "each in a fresh process (issue 3: under 5 s cold, 0.3 s warm).")
     ap.add_argument("specs", nargs="*", default=["lstm", "gru"], metavar="SPEC",
                     help="names of files in specs/, without .rnn (default: lstm gru)")
-    specs = ap.parse_args(argv).specs
+    ap.add_argument("--one-process", action="store_true",
+                    help="compile the backward in the same process (RNNDSL_COMPILE_AHEAD=0)")
+    args = ap.parse_args(argv)
+    specs = args.specs
     missing = [s for s in specs if not (ROOT / "specs" / f"{s}.rnn").is_file()]
     if missing:
         known = " ".join(sorted(p.stem for p in (ROOT / "specs").glob("*.rnn")))
         ap.error(f"no specs/{missing[0]}.rnn; the specs: {known}")
     cache = Path(tempfile.mkdtemp(prefix="rnndsl-compile-"))
     env = dict(os.environ, PYTHONPATH=str(ROOT), RNNDSL_CACHE_DIR=str(cache / "rnndsl"),
-               NUMBA_CACHE_DIR=str(cache / "numba"))
+               NUMBA_CACHE_DIR=str(cache / "numba"),
+               RNNDSL_COMPILE_AHEAD="0" if args.one_process else "1")
+    print(f"# backward compiled {'in the same process' if args.one_process else 'beside'}")
     print("| spec | run | import s | build + load s | first forward s | first backward s "
           "| total s |")
     print("|---|---|---|---|---|---|---|")

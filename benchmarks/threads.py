@@ -1,15 +1,23 @@
 """What a compiled call gains from more threads, and from splitting its batch rows.
 
     .venv/bin/python benchmarks/threads.py [--cells lstm,gru,elman] [--shapes small,mid,large]
+    .venv/bin/python benchmarks/threads.py --busy 2     # beside two busy loops
 
 For each cell and shape (DESIGN.md's, float32) it times forward and forward+BPTT (no
 input gradients, as bench.py does) in three set-ups, each in a fresh process:
 
-    1 thread      RNNDSL_BLAS_THREADS=1, the default
+    1 thread      RNNDSL_BLAS_THREADS=1
     one block     RNNDSL_BLAS_THREADS=all, RNNDSL_ROW_BLOCKS=0: one kernel call, its
                   GEMMs split among Numba's threads (rnndsl.gemm)
     row blocks    RNNDSL_BLAS_THREADS=all: each thread runs the whole time loop on its
                   own block of batch rows (runtime.CompiledCell._row_blocks)
+
+With RNNDSL_BLAS_THREADS unset, a call runs row blocks on every core where the batch
+has 8 rows a core, and one thread otherwise: "row blocks" at the small, mid and large
+shapes, "1 thread" at the char one.
+
+--busy N runs N processes of a busy Python loop for the whole measurement: a machine
+whose cores are taken by other work, which is where thread pools that spin lose.
 
 The set-ups take turns, --rounds times, so that a noisy spell on a shared machine hits
 all of them; each cell of the table is the best (min) and the median over every call
@@ -70,12 +78,25 @@ def main(argv=None) -> int:
     ap.add_argument("--cells", default="lstm,gru,elman")
     ap.add_argument("--shapes", default="small,mid,large")
     ap.add_argument("--rounds", type=int, default=3, help="turns each set-up takes (3)")
+    ap.add_argument("--busy", type=int, default=0, metavar="N",
+                    help="keep N other processes busy while measuring (0)")
     args = ap.parse_args(argv)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(args.busy)]
+    try:
+        return _measure(args)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def _measure(args) -> int:
     env = {k: v for k, v in os.environ.items()
            if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     env["PYTHONPATH"] = str(ROOT)
-    print(f"# {os.cpu_count()} cores; float32; ms, best / median over "
-          f"{args.rounds} rounds")
+    print(f"# {os.cpu_count()} cores; {args.busy} busy processes beside; float32; ms, "
+          f"best / median over {args.rounds} rounds")
     print("| cell | shape | pass | " + " | ".join(SETUPS) + " | row blocks vs one block |")
     print("|---|---|---|" + "---|" * (len(SETUPS) + 1))
     for cell in args.cells.split(","):

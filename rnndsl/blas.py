@@ -4,20 +4,31 @@ Numba's `np.dot` calls SciPy's OpenBLAS (not NumPy's: they are separate librarie
 On a machine whose cores are busy (other processes, test workers, a data loader),
 OpenBLAS's spinning thread pool on the small per-step GEMMs is a disaster: a 70 ms
 2-layer LSTM forward took 3 s here with the load average at 7, and a 5 ms LSTM forward
-400-800 ms. So by default each kernel call holds that library (never NumPy's) to ONE
-thread, restored afterwards. On a quiet machine more threads help the large shapes
-(LSTM forward+BPTT float32: 1 thread 24 / 84 / 577 ms, 2 threads 19 / 56 / 339 ms at
-the small / mid / large shapes): set RNNDSL_BLAS_THREADS=2 (a count) or =all (leave the
-BLAS as it is) for that.
+400-800 ms. So each kernel call holds that library (never NumPy's) to ONE thread,
+restored afterwards, unless RNNDSL_BLAS_THREADS says otherwise (a count, or `all`:
+leave the BLAS as it is).
 
 Kernels built with the `microkernel` pass (the default) parallelise themselves instead,
-and RNNDSL_BLAS_THREADS sets how many threads a call uses (`all`: one a core, unless
-NUMBA_NUM_THREADS says otherwise). With 8 batch rows or more a thread, the runtime
-splits the batch into that many blocks of rows, and each thread runs the whole time
-loop on its block (`runtime.CompiledCell._row_blocks`; RNNDSL_ROW_BLOCKS=0 switches
-that off, for comparison). Under 8 rows a thread, one kernel call splits its GEMMs
-among Numba's threads. Either way every BLAS call stays at one thread, so that
-OpenBLAS's spinning pool never shares the cores with ours.
+in one of two ways:
+
+- **Row blocks.** With 8 batch rows or more a thread, the runtime splits the batch into
+  blocks of rows, and each thread runs the whole time loop on its block
+  (`runtime.CompiledCell._row_blocks`). The threads wait on a lock, never spin, so a
+  busy machine costs them no more than it costs one thread: with both cores of this
+  machine taken by two other processes, LSTM forward+BPTT at the mid shape took 80.8
+  ms (median) in two row blocks against 106.2 ms on one thread
+  (`benchmarks/threads.py --busy 2`). This is the default, one block a core the
+  process may run on (`os.sched_getaffinity`).
+- **Parallel GEMMs in one call.** Under 8 rows a thread, one kernel call can split its
+  GEMMs among Numba's threads (rnndsl.gemm). Under load that lost to one thread (the
+  same run: 168.2 ms), so it happens only when asked for.
+
+RNNDSL_BLAS_THREADS unset: row blocks on every core, otherwise one thread. A count N
+(or `all`: one a core, unless NUMBA_NUM_THREADS says otherwise): up to N row blocks,
+and under 8 rows a thread, parallel GEMMs on N threads. RNNDSL_BLAS_THREADS=1: one
+thread always. RNNDSL_ROW_BLOCKS=0 switches the row blocks off, for comparison. Either
+way every BLAS call stays at one thread, so that OpenBLAS's spinning pool never shares
+the cores with ours.
 """
 
 from __future__ import annotations
@@ -45,6 +56,20 @@ def _kernel_blas():
     return _controllers
 
 
+def threads_configured() -> bool:
+    """Whether RNNDSL_BLAS_THREADS is set (else the defaults: row blocks on every core,
+    one thread otherwise)."""
+    return bool(os.environ.get("RNNDSL_BLAS_THREADS", "").strip())
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:    # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
 def configured_threads() -> int | None:
     """RNNDSL_BLAS_THREADS as a positive int (default 1), or None for "all" (leave the
     BLAS as it is)."""
@@ -69,6 +94,14 @@ def kernel_thread_count() -> int:
         import numba
         return numba.get_num_threads()
     return n
+
+
+def row_block_threads() -> int:
+    """How many blocks of rows a call may split its batch into: RNNDSL_BLAS_THREADS
+    (`all`: Numba's thread count), or, unset, one a usable core."""
+    if not threads_configured():
+        return usable_cores()
+    return kernel_thread_count()
 
 
 def row_blocks_enabled() -> bool:

@@ -12,13 +12,15 @@ reference interpreter over the unrolled graph; compiled backends subclass `Cell`
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
 from . import ast
-from .blas import kernel_thread_count, kernel_threads, numba_threads, row_blocks_enabled
+from .blas import (kernel_thread_count, kernel_threads, numba_threads, row_block_threads,
+                   row_blocks_enabled)
 from .check import CheckedCell, Decl
 from .compose import LENGTH_MASK, with_lengths
 from .errors import BindError
@@ -585,6 +587,7 @@ class CompiledCell(Cell):
         # each call's tapes and work arrays: reused heap blocks, not fresh pages (malloc.py)
         keep_freed_memory()
         super().__init__(dtype=dtype, seed=seed, **dims)
+        self._compile_backward_ahead()
 
     @classmethod
     def _make_lengths_class(cls) -> type:
@@ -620,8 +623,8 @@ class CompiledCell(Cell):
         inputs, T, B = self._inputs(x, hidden)
         state0, from_params = self._initial_state(state, B)
         self._check_params()
-        inputs = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
-        state0 = {k: np.ascontiguousarray(v) for k, v in state0.items()}
+        inputs = {k: _kernel_array(v) for k, v in inputs.items()}
+        state0 = {k: _kernel_array(v) for k, v in state0.items()}
         return inputs, state0, from_params, T, B, False
 
     def _kernel_param(self, name: str):
@@ -651,8 +654,8 @@ class CompiledCell(Cell):
     def _cotangents_for(self, run, d_outputs, d_state):
         """(tape, d_outputs, d_state), checked and contiguous."""
         tape, d_out, d_st = self._backward_args(run, _CompiledTape, d_outputs, d_state)
-        return (tape, {k: np.ascontiguousarray(v) for k, v in d_out.items()},
-                {k: np.ascontiguousarray(v) for k, v in d_st.items()})
+        return (tape, {k: _kernel_array(v) for k, v in d_out.items()},
+                {k: _kernel_array(v) for k, v in d_st.items()})
 
     def _plus_batch_sum(self, param_grad, state_grad):
         """A learned initial state's param collects its batch's gradient."""
@@ -661,17 +664,20 @@ class CompiledCell(Cell):
     # ------------------------------------------------------------------ row blocks
     def _row_blocks(self, B: int) -> list[tuple[int, int]]:
         """The batch rows each thread runs the whole time loop on: [(0, B)], or with
-        more threads (RNNDSL_BLAS_THREADS) and MR+ rows a thread, contiguous blocks.
+        more threads (by default one a core; RNNDSL_BLAS_THREADS) and MR+ rows a
+        thread, contiguous blocks.
 
         A cell's rows never meet (DESIGN.md: each row is its own sequence), so each
         thread can run the entire forward or backward on its rows with no barrier
         between steps, and the elementwise work and the copies go parallel too, not
         only the GEMMs. Under MR rows a thread the kernel splits its GEMMs' panels
         among the threads instead (rnndsl.gemm), since a block that small would lose
-        the register tiles. RNNDSL_ROW_BLOCKS=0 keeps one block (to measure the gain)."""
+        the register tiles, if RNNDSL_BLAS_THREADS asks for more than one thread
+        (rnndsl.blas says why not by default). RNNDSL_ROW_BLOCKS=0 keeps one block (to
+        measure the gain)."""
         if ("threads",) not in self.meta["forward_args"] or not row_blocks_enabled():
             return [(0, B)]
-        parts = max(1, min(kernel_thread_count(), B // MR))
+        parts = max(1, min(row_block_threads(), B // MR))
         return [(q * B // parts, (q + 1) * B // parts) for q in range(parts)]
 
     def _launch_blocks(self, driver, arg_lists) -> None:
@@ -688,6 +694,48 @@ class CompiledCell(Cell):
             finally:
                 for future in pending:
                     future.result()
+
+    # ------------------------------------------------------------------ compiling ahead
+    def _kernel_signatures(self) -> tuple[tuple, tuple]:
+        """The Numba signatures of this cell's forward and backward kernel calls: the
+        argument lists of one block at T = B = 1 (never run), whose arrays are of the
+        kinds every call passes (this dtype, C-contiguous, writeable)."""
+        import numba
+        T = B = 1
+        inputs = {d.name: self._zeros((T, B) + self._size(d)) for d in self.spec.inputs}
+        state0 = {d.name: self._zeros((B,) + self._size(d)) for d in self.spec.states}
+        consts = self._consts()
+        forward, _, _, tapes = self._forward_args(inputs, state0, T, B, consts, 1)
+        backward = self._block_backward_args(_RowBlock(0, B, tapes, inputs), consts, {}, {},
+                                             T, False, 1)[0]
+        return (tuple(numba.typeof(a) for a in forward),
+                tuple(numba.typeof(a) for a in backward))
+
+    def _compile_backward_ahead(self) -> None:
+        """When the first cell of this class and dtype is made in the process: if its
+        backward kernel is neither compiled nor cached, have a child process compile it
+        while this one goes on to its first forward (rnndsl.compile_ahead)."""
+        key = (type(self), self.dtype)
+        if key in _AHEAD_ASKED:
+            return
+        with _AHEAD_LOCK:
+            if key in _AHEAD_ASKED:
+                return
+            _AHEAD_ASKED.add(key)
+            from . import compile_ahead
+            if not compile_ahead.enabled() or not hasattr(self.meta["backward"], "overloads"):
+                return
+            child = compile_ahead.start(self.kernels, self.meta["backward"].__name__,
+                                        self._kernel_signatures()[1])
+            if child is not None:
+                _AHEAD_CHILDREN[key] = child
+
+    def _wait_for_backward_compile(self) -> None:
+        """The first backward waits for the child compiling its kernel, if there is one,
+        and then loads it from Numba's cache (or compiles it here, if the child failed)."""
+        child = _AHEAD_CHILDREN.get((type(self), self.dtype))
+        if child is not None:
+            child.wait()
 
     # ------------------------------------------------------------------ the drivers
     def _forward_args(self, inputs, state0, T: int, B: int, consts, threads: int):
@@ -808,6 +856,7 @@ class CompiledCell(Cell):
 
     def _back(self, run: Run, d_outputs, d_state, input_grads: bool = True) -> Grads:
         tape, d_out, d_st = self._cotangents_for(run, d_outputs, d_state)
+        self._wait_for_backward_compile()
         T = run.T
         skip_inputs = not input_grads and ("input_grads",) in self.meta["backward_args"]
         if len(tape.blocks) == 1:   # the forward's rows decide, not today's thread count
@@ -849,6 +898,15 @@ class _RowBlock:
     inputs: dict[str, Any]
 
 
+def _kernel_array(value: np.ndarray) -> np.ndarray:
+    """The array as the kernels take it: C-contiguous and writeable. Numba compiles a
+    kernel once for each kind of array it is called with, and a read-only one (a memory
+    map, a broadcast) is another kind: another 2-9 s compile. A copy costs less."""
+    if value.flags.c_contiguous and value.flags.writeable:
+        return value
+    return np.array(value, order="C")
+
+
 def _rows_of(arrays: Mapping[str, np.ndarray], r0: int, r1: int, axis: int) -> dict:
     """Rows r0 .. r1-1 (batch axis `axis`) of each array, as C-contiguous copies."""
     index = (slice(None),) * axis + (slice(r0, r1),)
@@ -862,13 +920,19 @@ def _joined(parts: list[dict], axis: int) -> dict:
 
 _POOL = None
 
+# compile_ahead's bookkeeping: the (cell class, dtype) pairs whose first forward has
+# been seen, and the child processes compiling their backward kernels
+_AHEAD_LOCK = threading.Lock()
+_AHEAD_ASKED: set = set()
+_AHEAD_CHILDREN: dict = {}
+
 
 def _block_pool():
     """The threads that run row blocks beside the caller's (made once, kept)."""
     global _POOL
     if _POOL is None:
         from concurrent.futures import ThreadPoolExecutor
-        # threads start as blocks need them; RNNDSL_BLAS_THREADS caps how many do
+        # threads start as blocks need them; row_block_threads caps how many do
         _POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rnndsl-rows")
     return _POOL
 

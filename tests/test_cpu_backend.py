@@ -410,6 +410,27 @@ def test_row_blocks_switch(build_dir, monkeypatch):
         cell._row_blocks(30)
 
 
+def test_default_threads_are_row_blocks_on_every_core(build_dir, monkeypatch):
+    """RNNDSL_BLAS_THREADS unset: one block of rows a usable core (8 rows a block at
+    least), and one thread inside a call: never Numba's parallel GEMMs, which lost to
+    one thread on a busy machine (rnndsl.blas)."""
+    from rnndsl import blas
+    Compiled = compiled(REPO / "specs" / "lstm.rnn", tuple(PASSES), build_dir)
+    cell = Compiled(dtype=np.float64, I=2, H=3)
+    monkeypatch.delenv("RNNDSL_BLAS_THREADS", raising=False)
+    monkeypatch.delenv("RNNDSL_ROW_BLOCKS", raising=False)
+    monkeypatch.setattr(blas, "usable_cores", lambda: 4)
+    assert cell._row_blocks(64) == [(0, 16), (16, 32), (32, 48), (48, 64)]
+    assert cell._row_blocks(20) == [(0, 10), (10, 20)]
+    assert cell._row_blocks(15) == [(0, 15)]
+    assert blas.kernel_thread_count() == 1      # the one-block call runs one thread
+    monkeypatch.setattr(blas, "usable_cores", lambda: 1)
+    assert cell._row_blocks(64) == [(0, 64)]
+    monkeypatch.setattr(blas, "usable_cores", lambda: 4)
+    monkeypatch.setenv("RNNDSL_BLAS_THREADS", "1")       # one thread, asked for
+    assert cell._row_blocks(64) == [(0, 64)]
+
+
 def test_gru_cotangents_stack_on_both_sides():
     """GRU's g_r and g_z stack with g_n for [W_r; W_z; W_n] and with r * g_n for
     [U_r; U_z; U_n]: each is written to both buffers, so the backward step is one GEMM
