@@ -810,6 +810,21 @@ class _Emitter:
             self.users.setdefault(a, set()).update(self.users.get(n, ()))
         self.alias_roots = {self.same_as[r] for r in self.roots if r in self.same_as}
 
+    def views_state_buffer(self, nid: int, leaf: Op) -> bool:
+        """Whether node nid's array is a loop's state buffer, or a slice of one: s_* in
+        the forward (leaf STATE), ds_* in BPTT (leaf SEED, of a state). Writing the next
+        states straight into those buffers would then overwrite what another state's
+        copy still reads."""
+        while True:
+            nid = self.same_as.get(nid, nid)
+            node = self.G[nid]
+            if node.op != Op.SLICE:
+                break
+            nid = node.args[0]
+        if leaf == Op.SEED:
+            return node.op == Op.SEED and node.attrs[0] != "output"
+        return node.op == leaf
+
     def folded(self, nid: int) -> bool:
         """A node that needs no code of its own (see _fold_zero_sums)."""
         return nid in self.same_as or nid in self.zero_sums
@@ -1096,9 +1111,16 @@ class _Emitter:
             for name in hoisted:
                 p.line(f"copy2(out_{ident(name)}_r, {kern.whole(step.outputs[name], 'pre')})")
             self._loop_arrays(kern, "fwd", nodes["fwd"])
+            # The next states: each straight into s_*, unless one is another state as it
+            # stood (a state handed on unchanged: s_*), which needs the new values apart
+            # (nx_*) until all are written.
+            next_src = {name: kern.whole(nid, "fwd") for name, nid in step.next_state.items()}
+            buffered = any(self.views_state_buffer(nid, Op.STATE)
+                           for nid in step.next_state.values())
             for d in step.cell.states:
                 p.line(f"s_{ident(d.name)} = {self.dialect.clone.format('s0_' + ident(d.name))}")
-                p.line(f"nx_{ident(d.name)} = {self.dialect.empty_like}(s0_{ident(d.name)})")
+                if buffered:
+                    p.line(f"nx_{ident(d.name)} = {self.dialect.empty_like}(s0_{ident(d.name)})")
             with p.indent("for t in range(T):"):
                 for name in sorted(plan.saved_states):
                     p.line(f"copy2(hist_{ident(name)}[t], s_{ident(name)})")
@@ -1106,10 +1128,13 @@ class _Emitter:
                 for name, nid in step.outputs.items():
                     if name not in hoisted:
                         p.line(f"copy2(out_{ident(name)}[t], {kern.whole(nid, 'fwd')})")
-                for name, nid in step.next_state.items():
-                    p.line(f"copy2(nx_{ident(name)}, {kern.whole(nid, 'fwd')})")
-                for name in step.next_state:
-                    p.line(f"copy2(s_{ident(name)}, nx_{ident(name)})")
+                into = "nx_" if buffered else "s_"
+                for name, src in next_src.items():
+                    if src != f"s_{ident(name)}" or buffered:
+                        p.line(f"copy2({into}{ident(name)}, {src})")
+                if buffered:
+                    for name in step.next_state:
+                        p.line(f"copy2(s_{ident(name)}, nx_{ident(name)})")
             for d in step.cell.states:
                 p.line(f"copy2(fin_{ident(d.name)}, s_{ident(d.name)})")
         return p.text(), args
@@ -1138,8 +1163,8 @@ class _Emitter:
             # unchanged), which needs the new values apart (nds_*) until all are done.
             state_src = {name: None if nid is None else kern.whole(nid, "bwd")
                          for name, nid in grads.states.items()}
-            buffered = any(src is not None and src.startswith("ds_")
-                           for src in state_src.values())
+            buffered = any(nid is not None and self.views_state_buffer(nid, Op.SEED)
+                           for nid in grads.states.values())
             for d in step.cell.states:
                 p.line(f"ds_{ident(d.name)} = {self.dialect.clone.format('dfin_' + ident(d.name))}")
                 if buffered:

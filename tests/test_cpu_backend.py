@@ -265,23 +265,30 @@ def test_backward_hoisted_work_reads_forward_hoisted_values_from_tape(tmp_path):
         compare(load_built(out).MinMean, spec, np.float64, T=2, B=3, dims={"D0": 3})
 
 
-def test_states_handed_on_unchanged_keep_their_old_gradients_apart(tmp_path):
-    """a' = b and b' = a + tanh(W @ x): a state's gradient is another's as it stood at
-    the step's start, so the backward keeps the new gradients apart (nds_*) until all
-    are written; the LSTM, whose state gradients are all computed, writes them straight
-    into ds_* (no nds_*)."""
-    spec = tmp_path / "swap.rnn"
-    spec.write_text("cell Swap {\n  dims D\n  input x[D]\n  state a[D], b[D]\n"
-                    "  param W[D, D]\n  a' = b\n  b' = a + tanh(W @ x)\n"
-                    "  output y = b'\n}\n")
+@pytest.mark.parametrize("name,body", [
+    ("Swap", "  state a[D], b[D]\n  param W[D, D]\n  a' = b\n  b' = a + tanh(W @ x)\n"
+             "  output y = b'\n"),
+    # a' reads a slice of the state s: a view of its buffer, not a copy
+    ("Halves", "  state s[2 * D], a[D]\n  param W[2 * D, D]\n"
+               "  s' = tanh(W @ x + concat(a, a))\n  a' = s[D:2 * D]\n  output y = a'\n"),
+])
+def test_states_handed_on_unchanged_keep_their_old_values_apart(name, body, tmp_path):
+    """a' = b, or a' = a slice of s: a next state is another state as it stood at the
+    step's start, so the forward keeps the new states apart (nx_*) until all are
+    written, and BPTT its new state gradients (nds_*). The LSTM, whose next states and
+    state gradients are all computed, writes them straight into s_* and ds_*."""
+    spec = tmp_path / f"{name.lower()}.rnn"
+    spec.write_text(f"cell {name} {{\n  dims D\n  input x[D]\n{body}}}\n")
     source = build_source(read_spec(spec))
-    assert "copy2(ds_a, nds_a)" in source and "copy2(ds_b, nds_b)" in source
+    assert "copy2(s_a, nx_a)" in source
+    if name == "Swap":
+        assert "copy2(ds_a, nds_a)" in source and "copy2(ds_b, nds_b)" in source
     lstm = build_source(read_spec(REPO / "specs" / "lstm.rnn"))
-    assert "nds_" not in lstm
+    assert "nds_" not in lstm and "nx_" not in lstm
     for passes in (tuple(PASSES), ()):
-        out = tmp_path / ("on" if passes else "off") / "swap.py"
+        out = tmp_path / ("on" if passes else "off") / f"{name.lower()}.py"
         write_module(build_source(read_spec(spec), passes), out)
-        compare(load_built(out).Swap, spec, np.float64, T=4, B=3, dims={"D": 3})
+        compare(getattr(load_built(out), name), spec, np.float64, T=4, B=3, dims={"D": 3})
 
 
 def test_sums_of_zero_terms_fold_away():
