@@ -34,10 +34,18 @@ def load(path: str | Path, target: str = DEFAULT_TARGET, cell: str | None = None
 
     `cell` picks one cell when the file (with the files it uses) defines several.
     """
-    from .spec import read_spec
     _check_target(target)
+    if target != "interp":
+        from .cache import remember_class, warm_class
+        found = warm_class(path, target, cell)     # a spec loaded before: no reading
+        if found is not None:
+            return found
+    from .spec import read_spec
     spec_file = read_spec(path)
-    return _cell_class(spec_file, target, cell)
+    cls = _cell_class(spec_file, target, cell)
+    if target != "interp":
+        remember_class(path, target, cell, spec_file, cls)
+    return cls
 
 
 def load_text(text: str, target: str = DEFAULT_TARGET, cell: str | None = None,

@@ -3,22 +3,20 @@
 `build_source` runs plan and emit for every cell of a spec file and assembles one module.
 `write_module` validates the text (ast.parse, compile) and writes it atomically (a
 temporary file, then a rename), so a failed build never leaves a half-written module
-and the previous build stays in place. `load_built` imports a module file under a name
-derived from its path, the same in every process, which Numba's on-disk cache needs.
-`cached_module` keeps built modules in a cache folder keyed by the spec's hash, the
-rnndsl version and the passes, and reuses them across processes.
+and the previous build stays in place. `cached_module` keeps built modules in a cache
+folder keyed by the spec's hash, the rnndsl version and the passes, and reuses them
+across processes. Where that folder is, how a module file is imported (`load_built`,
+under a name derived from its path, the same in every process, which Numba's on-disk
+cache needs) and how a warm load skips reading its spec live in `cache.py`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
-import sys
-import tempfile
 from pathlib import Path
 
-from . import __version__
+from .cache import (cache_dir, compiler_hash, load_built, module_name_for,  # noqa: F401
+                    remember_spec, write_atomically)
 from .emit import CPU, emit, module_footer, module_header
 from .compose import with_lengths
 from .errors import RnnError
@@ -85,19 +83,6 @@ def validate(source: str, filename: str) -> None:
         raise AssertionError(f"rnndsl generated invalid Python in {filename}: {exc}") from exc
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write a temporary file in the same folder, then rename: a failure at any point
-    leaves the previous file intact and no temporary file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_module(source: str, path: Path) -> None:
@@ -106,52 +91,12 @@ def write_module(source: str, path: Path) -> None:
     write_atomically(path, source.encode())
 
 
-def module_name_for(path: Path) -> str:
-    """A stable module name for a built file: its stem plus a hash of its folder."""
-    folder = hashlib.sha256(str(path.resolve().parent).encode()).hexdigest()[:10]
-    return f"_rnndsl_{path.stem}_{folder}"
 
 
-def load_built(path: Path):
-    """Import a built module file (or return it if this process already has it)."""
-    name = module_name_for(path)
-    mod = sys.modules.get(name)
-    if mod is not None and getattr(mod, "__file__", None) == str(path):
-        return mod
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
 
 
-def cache_dir() -> Path:
-    """$RNNDSL_CACHE_DIR, else $XDG_CACHE_HOME/rnndsl, else ~/.cache/rnndsl."""
-    env = os.environ.get("RNNDSL_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rnndsl"
 
 
-_COMPILER_HASH: str | None = None
-
-
-def compiler_hash() -> str:
-    """A hash of rnndsl's own code: a changed compiler never serves an old build."""
-    global _COMPILER_HASH
-    if _COMPILER_HASH is None:
-        h = hashlib.sha256(__version__.encode())
-        here = Path(__file__).resolve().parent
-        for path in sorted(here.glob("*.py")):
-            h.update(path.name.encode())
-            h.update(path.read_bytes())
-        _COMPILER_HASH = h.hexdigest()[:16]
-    return _COMPILER_HASH
 
 
 def cached_module(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
@@ -173,4 +118,5 @@ def cached_module(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
         except OSError as exc:
             raise BuildError(f"cannot write the build cache at {path}: {exc.strerror}; "
                              "set RNNDSL_CACHE_DIR to a writable folder") from None
+    remember_spec(spec_file, path)    # the module's classes read it, not the spec again
     return load_built(path)

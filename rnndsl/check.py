@@ -14,8 +14,6 @@ import keyword
 import math
 from dataclasses import replace
 
-import networkx as nx
-
 from . import ast
 from .check_layers import LayerChecks
 from .checked import CheckedCell, Constraint, Decl, Definition, OutputRef
@@ -299,6 +297,7 @@ class _Checker(LayerChecks):
 
     def order(self) -> list[str]:
         """Evaluation order of lets and nexts; reports a cycle within a step."""
+        import networkx as nx    # here, not at the top: a warm load checks nothing
         graph = nx.DiGraph()
         position: dict[str, int] = {}
         defs = {**{n: s for n, s in self.lets.items()},

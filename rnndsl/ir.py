@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from . import ast
 from .check import CheckedCell
 from .ops import BINARY_OPS, FUNCTIONS, LEAVES, Op, infer
@@ -45,6 +43,7 @@ class Graph:
     """
 
     def __init__(self, cse: bool = True, simplify: bool = False) -> None:
+        import networkx as nx    # here, not at the top: a warm load makes no graph
         self.nodes: list[Node] = []
         self.nx = nx.DiGraph()
         self._index: dict[tuple, int] = {}

@@ -938,10 +938,25 @@ def _block_pool():
 
 
 def _spec_file_of(module, meta):
-    """The spec file a generated module was built from, from the texts it carries."""
+    """The spec file a generated module was built from: the checked one kept beside a
+    cached module (cache.recalled_spec), or else read from the texts it carries."""
+    from .cache import recalled_spec
+    kept = recalled_spec(module)
+    if kept is not None:
+        return kept
     from .spec import read_spec
     return read_spec(meta["spec_path"], meta["spec_text"],
                      files=getattr(module, "SPEC_FILES", {}))
+
+
+class _LoweredOnDemand:
+    """A compiled cell class's `step` (its one-step graph), made when first asked for:
+    the kernels do not need it, and making it imports networkx, 0.08 s of a warm load."""
+
+    def __get__(self, obj, owner):
+        step = lower(owner.spec)
+        owner.step = step     # the class keeps it: the next access is a plain attribute
+        return step
 
 
 def compiled_cell_class(module, name: str) -> type:
@@ -950,7 +965,7 @@ def compiled_cell_class(module, name: str) -> type:
     spec = _spec_file_of(module, meta).cells[name]
     if getattr(module, "VARIANT", None) == "lengths":
         spec = with_lengths(spec)
-    namespace = {"spec": spec, "step": lower(spec), "kernels": module, "meta": meta,
+    namespace = {"spec": spec, "step": _LoweredOnDemand(), "kernels": module, "meta": meta,
                  "digest": getattr(module, "SPEC_HASH", ""), "__module__": module.__name__,
                  "__doc__": f"The cell {name} from {meta['spec_path']}, compiled for the CPU. "
                             f"Dims: {', '.join(spec.dims)}."}

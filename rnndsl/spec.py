@@ -15,7 +15,6 @@ from pathlib import Path
 from . import ast
 from .check import CheckedCell, check
 from .errors import CheckError, Diagnostic, Source, SpecError, SpecFileError
-from .parse import parse
 
 
 @dataclass
@@ -86,6 +85,7 @@ def read_spec(path: str | Path, text: str | None = None, _stack: tuple = (),
     path = Path(path)
     if text is None:
         text = _read(path, shown)
+    from .parse import parse     # Lark, 0.02 s: not for a warm load (cache.py), which reads no spec
     source = Source(shown, text)
     module = parse(text, shown)
     errors: list[Diagnostic] = []

@@ -1,0 +1,103 @@
+"""The build cache's warm path (rnndsl/cache.py): a spec loaded before is found through
+its index entry and its kept checked spec, without parsing or checking it again, and
+never served stale."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import rnndsl
+from rnndsl import cache
+
+REPO = Path(__file__).resolve().parent.parent
+
+WARM = """
+import json, sys
+import numpy as np
+import rnndsl
+Cell = rnndsl.load(sys.argv[1])
+cell = Cell(dtype=np.float64, I=2, H=3, O=2)
+y = cell.forward(np.ones((2, 1, 2))).outputs["y"]
+front_end = [m for m in ("lark", "networkx", "rnndsl.parse", "rnndsl.emit", "rnndsl.plan",
+                         "rnndsl.build") if m in sys.modules]
+print(json.dumps({"front_end": front_end, "name": Cell.__name__, "y": y.tolist()}))
+"""
+
+
+def load_in_a_new_process(spec: Path, cache_dir: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), RNNDSL_CACHE_DIR=str(cache_dir))
+    out = subprocess.run([sys.executable, "-c", WARM, str(spec)], cwd=REPO, env=env,
+                         text=True, capture_output=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_warm_load_reads_no_spec(tmp_path):
+    """The first process builds (parses, checks, plans, emits); the second finds the
+    module through the index and its checked spec in the pickle: no Lark, no networkx,
+    no parser, checker or emitter imported, and the same outputs."""
+    spec = REPO / "specs" / "elman.rnn"
+    cold = load_in_a_new_process(spec, tmp_path)
+    assert {"lark", "rnndsl.parse", "rnndsl.emit", "rnndsl.build"} <= set(cold["front_end"])
+    assert len(list((tmp_path / "index").glob("*.json"))) == 1
+    assert len(list(tmp_path.glob("elman_*.spec.pickle"))) == 1
+    warm = load_in_a_new_process(spec, tmp_path)
+    assert warm["front_end"] == [] and warm["name"] == "Elman"
+    assert np.array_equal(warm["y"], cold["y"])
+
+
+def test_an_edited_used_file_is_rebuilt_not_served_from_the_index(tmp_path, monkeypatch):
+    """The index is keyed by the text of the file loaded; the files it uses are checked
+    by their hashes at every hit."""
+    monkeypatch.setenv("RNNDSL_CACHE_DIR", str(tmp_path / "cache"))
+    base = tmp_path / "base.rnn"
+    text = (REPO / "specs" / "elman_relu.rnn").read_text()
+    base.write_text(text)
+    top = tmp_path / "top.rnn"
+    top.write_text('use "base.rnn"\n')
+    first = rnndsl.load(top)
+    assert rnndsl.load(top) is first                       # a hit: the same class
+    base.write_text(text.replace("relu(", "tanh("))
+    second = rnndsl.load(top)
+    assert second.kernels.__file__ != first.kernels.__file__
+    assert "tanh(" in second.spec.source.text and "relu(" in first.spec.source.text
+
+
+def test_damaged_index_and_pickle_fall_back_to_reading_the_spec(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNDSL_CACHE_DIR", str(tmp_path))
+    spec = REPO / "specs" / "elman.rnn"
+    first = rnndsl.load(spec)
+    entry, = (tmp_path / "index").glob("*.json")
+    kept, = tmp_path.glob("elman_*.spec.pickle")
+    entry.write_text("{not json")
+    kept.write_bytes(b"not a pickle")
+    assert cache.warm_class(spec, "cpu", None) is None
+    assert cache.recalled_spec(first.kernels) is None
+    again = rnndsl.load(spec)                       # the slow way, and the entry again
+    assert again.spec.name == "Elman"
+    assert json.loads(entry.read_text())["class"] == "Elman"
+
+
+def test_a_stale_pickle_is_not_used(tmp_path, monkeypatch):
+    """A kept spec whose digest is not the module's SPEC_HASH is ignored."""
+    monkeypatch.setenv("RNNDSL_CACHE_DIR", str(tmp_path))
+    elman = rnndsl.load(REPO / "specs" / "elman.rnn")
+    gru = rnndsl.load(REPO / "specs" / "gru.rnn")
+    kept, = tmp_path.glob("elman_*.spec.pickle")
+    other, = tmp_path.glob("gru_*.spec.pickle")
+    kept.write_bytes(other.read_bytes())
+    assert cache.recalled_spec(elman.kernels) is None
+    assert cache.recalled_spec(gru.kernels).digest == gru.kernels.SPEC_HASH
+
+
+def test_a_compiled_class_lowers_its_step_on_demand():
+    from rnndsl.ir import StepGraph
+    Cell = rnndsl.load(REPO / "specs" / "elman.rnn")
+    step = Cell.step
+    assert isinstance(step, StepGraph) and Cell.step is step     # made once, then kept
