@@ -317,8 +317,8 @@ def main(argv=None) -> int:
           f"{platform.python_implementation()} {platform.python_version()}")
     print("# versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     print(f"# BLAS: {blas_report()}")
-    print(f"# rnndsl kernels' BLAS threads: RNNDSL_BLAS_THREADS="
-          f"{os.environ.get('RNNDSL_BLAS_THREADS', '1 (default)')}")
+    print(f"# rnndsl's threads: RNNDSL_BLAS_THREADS="
+          f"{os.environ.get('RNNDSL_BLAS_THREADS', '(unset: row blocks on every core)')}")
     if args.pass_gains:
         return pass_gains(args)
     ceilings = {d: gemm_ceiling_gflops(np.dtype(d).type) for d in args.dtypes.split(",")}
