@@ -292,7 +292,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cells", default=",".join(CELLS))
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--dtypes", default="float32,float64")
-    ap.add_argument("--peers", default="torch-nn,torch-loop,jax")
+    ap.add_argument("--peers", default="torch-nn,torch-loop,jax",
+                    help="comma-separated, of torch-nn, torch-loop, jax; or none (rnndsl "
+                         "alone)")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--pass-gains", action="store_true",
@@ -301,7 +303,11 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-blas-env", action="store_true",
                     help="do not unset OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE")
     args = ap.parse_args(argv)
-    peers = set(args.peers.split(","))
+    peers = set() if args.peers == "none" else set(args.peers.split(","))
+    unknown = peers - {"torch-nn", "torch-loop", "jax"}
+    if unknown:
+        ap.error(f"unknown peer {', '.join(sorted(unknown))}; the peers: torch-nn, "
+                 "torch-loop, jax (or none)")
     versions = {"rnndsl": rnndsl.__version__, "numpy": np.__version__}
     try:
         import numba
