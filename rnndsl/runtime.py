@@ -733,9 +733,15 @@ class CompiledCell(Cell):
     def _wait_for_backward_compile(self) -> None:
         """The first backward waits for the child compiling its kernel, if there is one,
         and then loads it from Numba's cache (or compiles it here, if the child failed)."""
-        child = _AHEAD_CHILDREN.get((type(self), self.dtype))
-        if child is not None:
-            child.wait()
+        child = _AHEAD_CHILDREN.pop((type(self), self.dtype), None)
+        if child is not None and not child.wait():
+            import warnings
+            lines = child.stderr.strip().splitlines()
+            warnings.warn(f"rnndsl: the second process compiling {child.what} failed (exit "
+                          f"{child.returncode}); compiling it here instead. Its last words: "
+                          + (lines[-1] if lines else "(none)")
+                          + "; RNNDSL_COMPILE_AHEAD=0 switches compiling ahead off",
+                          RuntimeWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ the drivers
     def _forward_args(self, inputs, state0, T: int, B: int, consts, threads: int):

@@ -97,6 +97,27 @@ def test_a_failed_child_leaves_the_backward_to_this_process(tmp_path):
     assert "backward_Nothing" in child.stderr
 
 
+def test_a_failed_child_is_reported_and_the_backward_still_runs(monkeypatch):
+    """The cell's backward warns that its child failed, then compiles in-process."""
+    from rnndsl import runtime
+    Cell = rnndsl.load(REPO / "specs" / "elman.rnn")
+    cell = Cell(dtype=np.float64, I=2, H=2, O=2)
+
+    class Failed:
+        what, returncode, stderr = "_rnndsl_elman.backward_Elman", 1, "Traceback\nBoom: no"
+
+        def wait(self):
+            return False
+
+    monkeypatch.setitem(runtime._AHEAD_CHILDREN, (Cell, np.dtype(np.float64)), Failed())
+    run = cell.forward(np.ones((2, 1, 2)))
+    with pytest.warns(RuntimeWarning, match="failed \\(exit 1\\).*Boom: no"):
+        grads = cell.backward(run, d_outputs={k: np.ones_like(v)
+                                             for k, v in run.outputs.items()})
+    assert np.isfinite(grads.params["W_hh"]).all()
+    assert (Cell, np.dtype(np.float64)) not in runtime._AHEAD_CHILDREN   # warned once
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_predicted_signatures_are_the_calls_signatures(dtype, monkeypatch):
     """What a child compiles must be what the calls use, or the child's work is lost:
