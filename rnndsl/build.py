@@ -83,20 +83,10 @@ def validate(source: str, filename: str) -> None:
         raise AssertionError(f"rnndsl generated invalid Python in {filename}: {exc}") from exc
 
 
-
-
 def write_module(source: str, path: Path) -> None:
     """Validate, then write atomically."""
     validate(source, str(path))
     write_atomically(path, source.encode())
-
-
-
-
-
-
-
-
 
 
 def cached_module(spec_file: SpecFile, passes=PASSES, target: str = "cpu",

@@ -82,9 +82,10 @@ def module_name_for(path: Path) -> str:
     return f"_rnndsl_{path.stem}_{folder}"
 
 
-def load_built(path: Path):
-    """Import a built module file (or return it if this process already has it)."""
-    name = module_name_for(path)
+def load_built(path: Path, name: str | None = None):
+    """Import a built module file (or return it if this process already has it), under
+    `name` (default: `module_name_for(path)`)."""
+    name = name or module_name_for(path)
     mod = sys.modules.get(name)
     if mod is not None and getattr(mod, "__file__", None) == str(path):
         return mod
@@ -175,8 +176,8 @@ def remember_class(path, target: str, cell: str | None, spec_file, cls) -> None:
             return    # the file changed under us: remember nothing
         uses = {str(Path(p).resolve()): _text_hash(t)
                 for p, t in spec_file.used_files.items()}
-        entry = {"module": str(Path(module_file).resolve()), "class": cls.__name__,
-                 "uses": uses}
+        # the path as this process imported it: load_built then finds the same module
+        entry = {"module": module_file, "class": cls.__name__, "uses": uses}
         write_atomically(_index_path(spec_path, text, target, cell),
                          json.dumps(entry, indent=1).encode())
     except (OSError, UnicodeDecodeError):

@@ -133,24 +133,11 @@ def start(module, kernel: str, sig: tuple) -> Child | None:
 
 
 def _compile_request(request: bytes) -> None:
-    """The child: import the module under its name, compile the kernel (which writes
-    Numba's cache).
-
-    The child needs the module's kernels, not its cell classes: the module's last lines
-    make those through rnndsl.runtime, which reads the spec again and imports the
-    front end (Lark, networkx). A stand-in runtime skips that, 0.3 s of the child's
-    start."""
-    import importlib.util
-    import types
+    """The child: import the module under the parent's name for it (Numba's cache key),
+    and compile the kernel, which writes Numba's cache."""
+    from .cache import load_built
     name, file, kernel, sig = pickle.loads(request)
-    stand_in = types.ModuleType("rnndsl.runtime")
-    stand_in.compiled_cell_class = lambda module, cell: None
-    sys.modules["rnndsl.runtime"] = stand_in
-    spec = importlib.util.spec_from_file_location(name, file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    getattr(module, kernel).compile(sig)
+    getattr(load_built(Path(file), name), kernel).compile(sig)
 
 
 if __name__ == "__main__":

@@ -1130,8 +1130,7 @@ class _Emitter:
                         p.line(f"copy2(out_{ident(name)}[t], {kern.whole(nid, 'fwd')})")
                 into = "nx_" if buffered else "s_"
                 for name, src in next_src.items():
-                    if src != f"s_{ident(name)}" or buffered:
-                        p.line(f"copy2({into}{ident(name)}, {src})")
+                    p.line(f"copy2({into}{ident(name)}, {src})")
                 if buffered:
                     for name in step.next_state:
                         p.line(f"copy2(s_{ident(name)}, nx_{ident(name)})")
@@ -1184,10 +1183,8 @@ class _Emitter:
                 for name, src in state_src.items():
                     if src is None:
                         p.line(f"fill2({into}{ident(name)}, {self.k(0.0)})")
-                    elif src != f"ds_{ident(name)}":
+                    else:      # never ds_<name> itself unless buffered (views_state_buffer)
                         p.line(f"copy2({into}{ident(name)}, {src})")
-                    elif buffered:
-                        p.line(f"copy2(nds_{ident(name)}, ds_{ident(name)})")
                 if buffered:
                     for name in grads.states:
                         p.line(f"copy2(ds_{ident(name)}, nds_{ident(name)})")

@@ -926,8 +926,8 @@ def _joined(parts: list[dict], axis: int) -> dict:
 
 _POOL = None
 
-# compile_ahead's bookkeeping: the (cell class, dtype) pairs whose first forward has
-# been seen, and the child processes compiling their backward kernels
+# compile_ahead's bookkeeping: the (cell class, dtype) pairs whose first cell has been
+# made, and the child processes still compiling their backward kernels
 _AHEAD_LOCK = threading.Lock()
 _AHEAD_ASKED: set = set()
 _AHEAD_CHILDREN: dict = {}
