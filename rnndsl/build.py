@@ -12,14 +12,16 @@ cache needs) and how a warm load skips reading its spec live in `cache.py`.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+from collections import Counter
 from pathlib import Path
 
 from .cache import (cache_dir, compiler_hash, load_built, module_name_for,  # noqa: F401
                     remember_spec, write_atomically)
 from .emit import CPU, emit, module_footer, module_header
 from .compose import with_lengths
-from .errors import RnnError
+from .errors import CheckError, Diagnostic, RnnError
 from .ir import lower
 from .plan import PASSES, make_plan
 from .spec import SpecFile
@@ -63,7 +65,38 @@ def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
                  f"SPEC_FILES = {dict(sorted(spec_file.used_files.items()))!r}\n"
                  f"VARIANT = {variant!r}\n")
     parts.append(module_footer(names, dialect))
-    return "".join(parts)
+    source = "".join(parts)
+    _check_class_names(source, cells)
+    return source
+
+
+def _module_bindings(source: str) -> Counter:
+    """How many times each name is bound at the top level of a module's text."""
+    bound: Counter = Counter()
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            bound[node.name] += 1
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            bound.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return bound
+
+
+def _check_class_names(source: str, cells) -> None:
+    """Each cell is a class of its own name in the module, beside the module's imports,
+    helpers and every cell's kernels (`forward_LSTM`, `LSTM_META`, ...). A cell named
+    like one of those would replace it, or be replaced, and the module would break or
+    compute something else: that is the spec's error, reported at the cell's name."""
+    bound = _module_bindings(source)
+    errors = [Diagnostic(f"'{c.name}' cannot name a cell: the generated module already "
+                         f"uses that name for its own code",
+                         c.source, c.ast.name_span if c.ast is not None else None,
+                         hint="rename the cell")
+              for c in cells if bound[c.name] > 1]
+    if errors:
+        raise CheckError(errors)
 
 
 def module_file_name(spec_file: SpecFile) -> str:

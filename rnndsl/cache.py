@@ -61,12 +61,25 @@ def compiler_hash() -> str:
     return _COMPILER_HASH
 
 
+def _process_umask() -> int:
+    # os.umask only reads the mask by setting it; at import, before any thread of ours
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write a temporary file in the same folder, then rename: a failure at any point
-    leaves the previous file intact and no temporary file behind."""
+    leaves the previous file intact and no temporary file behind. The file gets the
+    mode `open()` would give it (0o666 less the umask), not mkstemp's owner-only 0o600,
+    so a build folder can be shared as any other."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

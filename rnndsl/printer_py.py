@@ -46,3 +46,11 @@ def _is_statement(text: str) -> bool:
 def safe_comment(text: str) -> str:
     """Text for a comment: printable ASCII only, so nothing can end the comment early."""
     return "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)
+
+
+def safe_docstring(text: str) -> str:
+    """Text for the inside of a triple-quoted docstring: a comment's text, less the
+    double quote (three of them in a spec's path would close the string, and what
+    follows would run at import) and the backslash (which could escape the closing
+    quotes or start a bad escape)."""
+    return "".join("?" if ch in '"\\' else ch for ch in safe_comment(text))

@@ -202,3 +202,45 @@ def test_explain_shows_the_plan_and_follows_the_passes():
     assert off.returncode == 0
     assert "all T*B rows: GEMM" not in off.stdout.split("backward:")[0]
     assert "GEMM [U_i] @ h" in off.stdout
+
+
+def test_a_spec_path_cannot_put_code_into_the_module(tmp_path):
+    """The spec's path is printed into the module's docstring: quotes and backslashes in
+    it must not end the string. The module imports, runs nothing of the path's, and gets
+    the mode open() would give it."""
+    import os
+    import stat
+    folder = tmp_path / "dir\\"
+    folder.mkdir()
+    spec = folder / 'a"""; open("injected", "w").close(); """b\\.rnn'
+    spec.write_text((REPO / "specs" / "elman.rnn").read_text())
+    out = tmp_path / "build"
+    done = rnndsl("build", spec, "-o", out)
+    assert done.returncode == 0, done.stderr
+    (module,) = out.glob("*.py")
+    text = module.read_text()
+    assert '"""' not in text.split("\n", 1)[0][3:], "the path's quotes reached the docstring"
+    run = subprocess.run([sys.executable, "-c", f"import {module.stem} as m; print(m.CELLS)"],
+                         cwd=out, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "('Elman',)"
+    assert not (out / "injected").exists(), "text from the spec's path ran at import"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(module.stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("text,name,line", [
+    ("cell tanh {\n  dims I\n  input x[I]\n  state h[I]\n  h' = x\n}\n", "tanh", 1),
+    (("cell A {\n  dims I\n  input x[I]\n  state h[I]\n  h' = x\n}\n"
+      "cell forward_A {\n  dims I\n  input x[I]\n  state h[I]\n  h' = x\n}\n"),
+     "forward_A", 7),
+], ids=["a helper", "another cell's kernel"])
+def test_a_cell_named_like_the_modules_own_code_is_an_error(tmp_path, text, name, line):
+    spec = tmp_path / "names.rnn"
+    spec.write_text(text)
+    out = tmp_path / "build"
+    done = rnndsl("build", spec, "-o", out)
+    assert done.returncode == 2, done.stderr
+    assert f"names.rnn:{line}:6: error: '{name}' cannot name a cell" in done.stderr
+    assert not out.exists() or not list(out.glob("*.py"))

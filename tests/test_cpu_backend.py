@@ -238,6 +238,32 @@ def test_random_cells_compiled_match_interp(data, tmp_path_factory):
         compare(Compiled, spec, np.float64, T=cell.T, B=cell.B, dims=cell.dims)
 
 
+# Every kind of name that gets a 2-D rows view (`in_x` -> `in_x_r`), beside a name that
+# ends in `_r`: the generated code once read input x_r as x's view, silently.
+CLASHING_NAMES = """
+cell Clash {
+  dims I, H
+  input x[I], x_r[I]
+  state h[H], h_r[H], h_r_[H]
+  param W[H, I], W_r[H, I], U[H, H], U_r[H, H]
+  h' = tanh(W @ x + U @ h + W_r @ x_r)
+  h_r' = sigmoid(U_r @ h_r + W @ x_r) * h
+  h_r_' = h_r' + h_r_
+  output y = h' * h_r'
+  output y_r = h' + h_r_'
+}
+"""
+
+
+def test_names_ending_in_r_are_not_other_names_rows_views(tmp_path):
+    spec = tmp_path / "clash.rnn"
+    spec.write_text(CLASHING_NAMES)
+    source = build_source(read_spec(spec))
+    for name in ("in_x_r", "in_x_r_", "in_x_r__r", "hist_h_r__r", "s_h_r__", "out_y_r_"):
+        assert re.search(rf"\b{name}\b", source), name
+    compare(rnndsl.load(spec, target="cpu"), spec, np.float64, T=4, B=9)
+
+
 def test_weight_used_twice_sums_matrix_gradients(tmp_path):
     """Found by the random cells: W1 @ x0 and W1 @ s1 add two matrix gradients."""
     spec = tmp_path / "twice.rnn"

@@ -76,6 +76,18 @@ def _inputs(cell, rng, dtype):
 def test_spec_matches_interpreter(path, dtype):
     """Outputs, final states and every gradient, with given initial states and cotangents
     on the outputs and the final states."""
+    _matches_interpreter(path, dtype)
+
+
+def test_names_ending_in_r_are_not_other_names_rows_views(tmp_path):
+    """The cpu test's cell (tests/test_cpu_backend.py) through the cuda emitter."""
+    from test_cpu_backend import CLASHING_NAMES
+    spec = tmp_path / "clash.rnn"
+    spec.write_text(CLASHING_NAMES)
+    _matches_interpreter(spec, np.float64)
+
+
+def _matches_interpreter(path: Path, dtype) -> None:
     cell, ref = _pair(path, dtype)
     rng = np.random.default_rng(7)
     x = _inputs(cell, rng, dtype)
