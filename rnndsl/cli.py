@@ -248,6 +248,13 @@ def cmd_explain(args) -> int:
 
 
 # ---------------------------------------------------------------------------- main
+NO_PASS_HELP = ("switch an optimisation pass off (repeatable): cse, simplify, hoist, "
+                "fuse_matmul, fuse_elementwise, defer_grads; for --target cpu microkernel "
+                "(the per-step GEMMs in rnndsl's register tiles; off, one BLAS call a "
+                "step); for --target cuda persistent (each time loop as one cooperative "
+                "kernel; off, each step is launched from the host)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnndsl",
@@ -326,13 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu: Numba @njit kernels (default); cuda: numba-cuda kernels, which "
                         "need the numba-cuda package and a GPU (or NUMBA_ENABLE_CUDASIM=1) "
                         "to run, not to build")
-    p.add_argument("--no-pass", action="append", metavar="PASS",
-                   help="switch an optimisation pass off (repeatable): cse, simplify, hoist, "
-                        "fuse_matmul, fuse_elementwise, defer_grads; for --target cpu "
-                        "microkernel (the per-step GEMMs in rnndsl's register tiles; off, "
-                        "one BLAS call a step); for --target cuda persistent (each time "
-                        "loop as one cooperative kernel; off, each step is launched from "
-                        "the host)")
+    p.add_argument("--no-pass", action="append", metavar="PASS", help=NO_PASS_HELP)
     p.set_defaults(run=cmd_build)
 
     p = sub.add_parser("explain", help="print a cell's compiled plan as a loop nest",
@@ -342,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="SPEC")
     p.add_argument("--cell", help="the cell to explain, in a file with several")
     p.add_argument("--no-pass", action="append", metavar="PASS",
-                   help="switch an optimisation pass off (repeatable)")
+                   help=NO_PASS_HELP + "; see what each one changes in the plan")
     p.set_defaults(run=cmd_explain)
 
     from .cli_train import add_parsers

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from . import __version__, printer
 from .gemm_gen import MR, NR
-from .ops import HARD_SIGMOID_SLOPE, Op
+from .ops import HARD_SIGMOID_SLOPE, LEAVES, Op
 from .plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan, passes_for
 from .printer_py import Printer, safe_docstring
 from .shapes import Dim
@@ -516,6 +516,8 @@ class _Kernel:
         if nid in em.outer_use:
             self.emit_stacked_outer(nid, stage)
             return
+        for title in em.titles([nid]):
+            p.comment(title)
         if not loop or not t.batched:
             if not (loop and not t.batched and nid in em.loop_allocated):
                 self.alloc(nid, stage)
@@ -747,6 +749,7 @@ class _Emitter:
         self.roots = set(step.roots()) | set(grads.roots())
         self.loop_allocated: set[int] = set()
         self.titles_by_node = self._titles()
+        self.equation_of, self.equation_order = self._equations_of_nodes()
         # stacked cotangents (plan.cotangent_groups): g -> its home (group, column range);
         # (group, g) -> g's columns in that group; g -> the other groups' copies of it
         self.cg_block: dict[int, tuple[int, str, str]] = {}
@@ -966,7 +969,34 @@ class _Emitter:
         return out
 
     def titles(self, group: list[int]) -> list[str]:
-        return [self.titles_by_node[n] for n in group if n in self.titles_by_node]
+        """The comments over a fused loop: in the forward, the equations its nodes
+        complete; in the backward, the equations whose gradients its nodes are (from
+        the last equation back, as the backward runs), each once."""
+        done = [self.titles_by_node[n] for n in group if n in self.titles_by_node]
+        sources = {f for n in group if (f := self.G.adjoint_of.get(n)) is not None}
+        through = {self.equation_of[f] for f in sources if f in self.equation_of}
+        ordered = [t for t in reversed(self.equation_order) if t in through]
+        leaves = sorted({f"{self.G[f].op.value} {self.G[f].attrs[0]}" for f in sources
+                         if self.G[f].op in (Op.STATE, Op.INPUT, Op.PARAM)})
+        return (done + [f"gradient through {t}" for t in ordered]
+                + [f"gradient of {leaf}: its uses summed" for leaf in leaves])
+
+    def _equations_of_nodes(self) -> tuple[dict[int, str], list[str]]:
+        """Each forward node that is not a leaf -> the first equation (in the spec's
+        order) that needs it; and the equations in that order."""
+        owner: dict[int, str] = {}
+        order: list[str] = []
+        by_text = {t: n for n, t in self.titles_by_node.items()}
+        for d in self.plan.step.cell.definitions:
+            text = f"{d.name}{chr(39) if d.kind == 'next' else ''} = {printer.expr(d.expr)}"
+            nid = by_text.get(text)
+            if nid is None:
+                continue
+            order.append(text)
+            for a in self.G.needed([nid]):
+                if self.G[a].op not in LEAVES:
+                    owner.setdefault(a, text)
+        return owner, order
 
     # ---------------------------------------------------------------- kernels
     def kernel_nodes(self, which: str) -> dict[str, list[int]]:
@@ -1002,7 +1032,7 @@ class _Emitter:
         with meta.indent():
             meta.line(f"spec_path={self.spec_path!r},")
             meta.line(f"spec_text={self.spec_text!r},")
-            meta.line(f"passes={tuple(sorted(self.plan.passes))!r},")
+            meta.line(f"passes={tuple(passes_for(self.plan.passes, self.dialect.target))!r},")
             meta.line(f"consts={[_const_repr(c) for c in self.consts]!r},")
             meta.line(f"tapes={[(n, _dim_repr(d)) for n, d in self._tapes()]!r},")
             meta.line(f"forward_args={fwd_args!r},")
@@ -1519,7 +1549,18 @@ def explain_lines(plan: Plan, which: str = "both") -> list[str]:
                 out.append(f"GEMM g @ {G[node.args[0]].attrs[0]}" + (tiles if lone else ""))
                 shown.add(nid)
             elif node.op == Op.UNBROADCAST:
-                out.append(f"sum over rows ({G[nid].type}: a bias or scale gradient)")
+                t = G[nid].type
+                if t.batched:     # one value a row, used across the row's features
+                    out.append(f"sum over each row's features ({t}: the gradient of a "
+                               "value used across the row)")
+                elif t.rank:
+                    out.append(f"sum over rows ({t}: a bias or scale gradient)")
+                else:
+                    out.append(f"sum over rows and features ({t}: the gradient of a "
+                               "scalar)")
+                shown.add(nid)
+            elif node.op in (Op.SUM, Op.MEAN) and node.type.batched:
+                out.append(f"{node.op.value} of each row's features")
                 shown.add(nid)
             else:
                 out.append(node.op.value)

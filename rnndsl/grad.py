@@ -176,6 +176,7 @@ def backward(G: Graph, seeds: list[tuple[int, int]], wrt: list[int],
         if nid not in reaches or nid not in pending:
             continue
         parts = pending.pop(nid)
+        first_new = len(G.nodes)
         g = parts[0]
         for p in parts[1:]:
             g = G.add(Op.ADD, (g, p))
@@ -193,6 +194,8 @@ def backward(G: Graph, seeds: list[tuple[int, int]], wrt: list[int],
                 f"{G[contribution].type} (batched={G[contribution].type.batched}), but the "
                 f"operand %{arg} is {G[arg].type} (batched={G[arg].type.batched})")
             pending.setdefault(arg, []).append(contribution)
+        for made in range(first_new, len(G.nodes)):
+            G.adjoint_of.setdefault(made, nid)
     if totals is not None:      # every node's summed cotangent, for the planner
         totals.update(total)
     return {w: total.get(w) for w in wrt}

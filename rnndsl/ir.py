@@ -48,6 +48,9 @@ class Graph:
         self.nx = nx.DiGraph()
         self._index: dict[tuple, int] = {}
         self.names: dict[int, str] = {}   # a readable name for dumps: the spec's names
+        # cotangent node -> the node whose VJP made it (grad.backward), so that generated
+        # backward code can name the equations it differentiates
+        self.adjoint_of: dict[int, int] = {}
         self.cse, self.simplify = cse, simplify
 
     def add(self, op: Op, args: tuple[int, ...] = (), attrs: tuple = ()) -> int:

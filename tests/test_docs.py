@@ -264,3 +264,69 @@ def test_cpu_doc_shows_the_current_plan_and_passes():
     for name in PASSES:
         if name != "persistent":
             assert f"`{name}`" in doc, name
+
+
+def _console_commands() -> list[tuple[str, int, str, list[str]]]:
+    """(doc, line, command, shown output lines) of every `$ rnndsl check|explain|build`
+    in README.md and docs/*.md whose files are in the repository."""
+    import glob
+    import shlex
+    found = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        for m in FENCE.finditer(text):
+            if m.group(1).strip() != "console":
+                continue
+            first = text.count("\n", 0, m.start()) + 2
+            lines = m.group(2).splitlines()
+            for i, line in enumerate(lines):
+                if not line.startswith("$ rnndsl "):
+                    continue
+                command = line[2:].split("  #")[0].strip()
+                words = shlex.split(command)
+                if words[1] not in ("check", "explain", "build"):
+                    continue
+                files = [w for w in words[2:] if w.endswith(".rnn")]
+                if not all(glob.glob(str(REPO / f)) for f in files):
+                    continue        # a file the reader makes (broken.rnn)
+                shown = []
+                for out in lines[i + 1:]:
+                    if out.startswith("$ "):
+                        break
+                    shown.append(out)
+                found.append((doc.name, first + i, command, shown))
+    return found
+
+
+@pytest.mark.parametrize("doc,line,command,shown", _console_commands(),
+                         ids=[f"{d}:{n}" for d, n, _, _ in _console_commands()])
+def test_console_output_in_the_docs_is_what_rnndsl_prints(doc, line, command, shown, tmp_path):
+    """What a page shows after `$ rnndsl ...` is that command's output today: the lines
+    before a `...` begin it, and each run of lines after one appears later, in order."""
+    import glob
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+    shutil.copytree(REPO / "specs", tmp_path / "specs")
+    words = shlex.split(command)
+    args = [a for w in words[1:] for a in (sorted(glob.glob(w, root_dir=tmp_path))
+                                           if "*" in w else [w])]
+    done = subprocess.run([sys.executable, "-m", "rnndsl", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    actual = done.stdout.splitlines()
+    runs = [[]]
+    for out in shown:
+        if out.strip() == "...":
+            runs.append([])
+        else:
+            runs[-1].append(out)
+    assert actual[:len(runs[0])] == runs[0], f"{doc}:{line}: {command}\n" + "\n".join(actual)
+    at = len(runs[0])
+    for run in runs[1:]:
+        if not run:
+            continue
+        starts = [k for k in range(at, len(actual)) if actual[k:k + len(run)] == run]
+        assert starts, f"{doc}:{line}: not in the output of {command}: {run}"
+        at = starts[0] + len(run)
