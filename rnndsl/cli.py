@@ -209,16 +209,18 @@ def _passes(args) -> tuple[str, ...]:
 
 
 def cmd_build(args) -> int:
-    from .build import build_source, module_file_name, write_module
+    from .build import build_source, module_file_name, validate, write_module
     from .spec import read_spec
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"-o {out_dir}: exists and is not a folder")
     passes = _passes(args)
     built = []
-    for path in args.files:          # check everything before writing anything
+    for path in args.files:          # check and generate everything before writing anything
         spec_file = read_spec(path)
-        built.append((path, spec_file, build_source(spec_file, passes, args.target)))
+        source = build_source(spec_file, passes, args.target)
+        validate(source, str(out_dir / module_file_name(spec_file)))
+        built.append((path, spec_file, source))
     names = [module_file_name(spec_file) for _, spec_file, _ in built]
     twice = {n for n in names if names.count(n) > 1}
     if twice:
@@ -326,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "after the spec file (specs/lstm.rnn -> OUT/lstm.py), "
                                    "holding each cell as a class: `from lstm import LSTM`. "
                                    "Writes are atomic: a failed build leaves the previous "
-                                   "module in place.")
+                                   "module in place, and an error in any of the specs "
+                                   "writes none of them.")
     p.add_argument("files", nargs="+", metavar="SPEC")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     p.add_argument("--target", choices=("cpu", "cuda"), default="cpu",

@@ -244,3 +244,12 @@ def test_a_cell_named_like_the_modules_own_code_is_an_error(tmp_path, text, name
     assert done.returncode == 2, done.stderr
     assert f"names.rnn:{line}:6: error: '{name}' cannot name a cell" in done.stderr
     assert not out.exists() or not list(out.glob("*.py"))
+
+
+def test_an_error_in_one_spec_of_a_build_writes_none(tmp_path):
+    broken = tmp_path / "broken.rnn"
+    broken.write_text((REPO / "specs" / "elman.rnn").read_text().replace("tanh(", "tanh(q + "))
+    out = tmp_path / "build"
+    done = rnndsl("build", REPO / "specs" / "elman.rnn", broken, "-o", out)
+    assert done.returncode == 2 and "unknown name 'q'" in done.stderr
+    assert not out.exists() or not list(out.iterdir())
