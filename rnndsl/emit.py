@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import re
+import textwrap
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from . import __version__, printer
 from .gemm_gen import MR, NR
 from .ops import HARD_SIGMOID_SLOPE, LEAVES, Op
 from .plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan, passes_for
-from .printer_py import Printer, safe_docstring
+from .printer_py import Printer, safe_comment, safe_docstring
 from .shapes import Dim
 
 CONSTS_PLACEHOLDER = "<<constants>>"
@@ -391,7 +392,9 @@ class _Kernel:
             node = G[n]
             args = [self.at(a, stage, local) for a in node.args]
             expr = self.formats[node.op](node.op, args, node.attrs, em.k)
-            p.line(f"e{n} = {expr}")
+            # the spec's name for the value, where it has one (`e12 = ...  # i`)
+            named = f"  # {safe_comment(G.names[n])}" if n in G.names else ""
+            p.line(f"e{n} = {expr}{named}")
             local[n] = f"e{n}"
             if n in stored:
                 expr_, _ = self.ref(n, stage)
@@ -1122,7 +1125,7 @@ class _Emitter:
                 n = arg[1]
                 p.line(f"tape{n}_r = tape{n}.reshape((R, {kern.size(n)}))")
 
-    def _docstring(self, kern: _Kernel, which: str) -> None:
+    def _docstring(self, kern: _Kernel, which: str, args: list[tuple]) -> None:
         plan = self.plan
         p = kern.p
         on = ", ".join(passes_for(plan.passes, self.dialect.target)) or "none"
@@ -1134,6 +1137,15 @@ class _Emitter:
         p.line("Loop nest:")
         for line in explain_lines(plan, which):
             p.line("    " + safe_docstring(line))
+        named = [f"tape{n} = {self.G.names[n]}" for n in sorted(self.plan.saved)
+                 if ("tape", n) in args and n in self.G.names]
+        if named:
+            p.line("")
+            p.line("Saved values with a name in the spec:")
+            # each `tapeN = name` kept whole on a line (no-break spaces while wrapping)
+            text = ", ".join(item.replace(" ", "\xa0") for item in named)
+            for line in textwrap.wrap(text, 80, initial_indent="  ", subsequent_indent="  "):
+                p.line(safe_docstring(line.replace("\xa0", " ")))
         p.line("")
         p.line(f"Optimizations: {on}.")
         p.line('"""')
@@ -1262,7 +1274,7 @@ class _Emitter:
             p.line(self.dialect.decorator)
         names = ", ".join(self.arg_name(a) for a in args)
         with p.indent(f"def {which}_{self.plan.step.cell.name}({names}):"):
-            self._docstring(kern, which)
+            self._docstring(kern, which, args)
             self._prologue(kern, args)
             self._weights(kern, weight_stages)
             if nodes["const"]:

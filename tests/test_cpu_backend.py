@@ -255,6 +255,19 @@ def test_random_cells_compiled_match_interp(data, tmp_path_factory):
         compare(Compiled, spec, np.float64, T=cell.T, B=cell.B, dims=cell.dims)
 
 
+def test_generated_code_names_values_after_the_spec():
+    """Temporaries are numbered (e19, tape19), so the values the spec names carry their
+    names: a comment on the line that computes them, and a list of the saved ones in
+    each kernel's docstring."""
+    source = build_source(read_spec(REPO / "specs" / "lstm.rnn"))
+    for gate, fn in (("i", "sigmoid"), ("f", "sigmoid"), ("g", "tanh"), ("o", "sigmoid")):
+        found = re.search(rf"^ +e(\d+) = {fn}\(.*\)  # {gate}$", source, re.MULTILINE)
+        assert found, gate
+        assert f"tape{found.group(1)} = {gate}" in source, gate
+    assert re.search(r"^ +e\d+ = e\d+ \+ e\d+  # c'$", source, re.MULTILINE)
+    assert source.count("Saved values with a name in the spec:") == 2   # both kernels
+
+
 # Every kind of name that gets a 2-D rows view (`in_x` -> `in_x_r`), beside a name that
 # ends in `_r`: the generated code once read input x_r as x's view, silently.
 CLASHING_NAMES = """
