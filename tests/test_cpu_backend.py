@@ -66,8 +66,10 @@ def compiled(spec_path: Path, passes: tuple, folder: Path):
 def rel(a, b, floor: float = 1e-30) -> float:
     """Max error relative to the reference's largest entry, or to `floor` when that is
     smaller: a gradient that is zero but for rounding (a softmax's, summed) has no
-    relative error to speak of, only an error against the scale of the whole run."""
-    scale = max(float(np.abs(b).max()), floor) if b.size else 1.0
+    relative error to speak of, only an error against the scale of the whole run. A run
+    that is zero throughout (a ReLU cell whose units are all off) compares against the
+    smallest normal float: any difference at all is then an error."""
+    scale = max(float(np.abs(b).max()), floor, np.finfo(np.float64).tiny) if b.size else 1.0
     return float(np.abs(a - b).max()) / scale if b.size else 0.0
 
 
