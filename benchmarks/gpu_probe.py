@@ -29,12 +29,14 @@
 9. launch: one call's persistent launch timed four ways (whole call, the launcher, the
    kernel, the grid query) and the whole call profiled on the host.
 10. ktile: the forward and backward kernels alone, built with each K_TILE;
-    gemm_scheme: the same with each GEMM_SCHEME ("tiles", "splitk"), at three shapes.
+    gemm_scheme: the same with each GEMM_SCHEME ("tiles", "splitk"), at three shapes;
+    resident: the same with the recurrent weights held in shared memory across the
+    steps (RESIDENT_WEIGHTS) and without, at four shapes.
 11. phases: the two kernels alone with each of their phases cut out in turn.
 
     PROBES="launch phases" python benchmarks/gpu_probe.py    # only these probes
-    (names: sync gemm steps ablation kernel launch ktile gemm_scheme phases breakdown
-    pool host)
+    (names: sync gemm steps ablation kernel launch ktile gemm_scheme resident phases
+    breakdown pool host)
 """
 
 from __future__ import annotations
@@ -471,13 +473,13 @@ def _kernels_by_build(setting: str, values, B: int, H: int) -> None:
         finally:
             setattr(emit_persistent, setting, default)
         module = _module_from(text, tmp / f"lstm_{setting.lower()}_{value}.py")
-        times, _, result = _kernels_alone(module, xs)
+        times, grids, result = _kernels_alone(module, xs)
         first = first or result
         diff = max(float(np.abs(r - f).max() / (np.abs(f).max() or 1.0))
                    for r, f in zip(result, first))
         print(f"  {setting} {value!s:6s}: " + ";  ".join(
-            f"{name} {_us_a_step(t):7.1f}" for name, t in times.items())
-            + f";  rel. diff {diff:.1e}")
+            f"{name} {_us_a_step(t):7.1f} (grid {grids[name][0]}x{grids[name][1]})"
+            for name, t in times.items()) + f";  rel. diff {diff:.1e}")
 
 
 def probe_ktile(B: int = 64, H: int = 512) -> None:
@@ -491,6 +493,17 @@ def probe_gemm_scheme(B: int = 64, H: int = 512) -> None:
     (emit_persistent.GEMM_SCHEME): "tiles" against "splitk"."""
     for b, h in ((B, H), (B, 2 * H), (4 * B, H)):
         _kernels_by_build("GEMM_SCHEME", ("tiles", "splitk"), b, h)
+
+
+def probe_resident(B: int = 64, H: int = 512) -> None:
+    """The kernels alone with the recurrent weights read from global memory at every
+    step and held in shared memory across the steps (emit_persistent.RESIDENT_WEIGHTS),
+    at four shapes. Whether the held path ran shows in the grid: it needs
+    ceil(4H / floor(cap / H)) blocks for the forward (cap = the elements a block holds,
+    4864 for the LSTM: 228 blocks at H = 512), and falls back to the "tiles" phase on a
+    smaller grid."""
+    for b, h in ((B, H), (B, 2 * H), (4 * B, H), (B // 2, H // 2)):
+        _kernels_by_build("RESIDENT_WEIGHTS", (False, True), b, h)
 
 
 def probe_phases(B: int = 64, H: int = 512) -> None:
@@ -541,7 +554,8 @@ def probe_phases(B: int = 64, H: int = 512) -> None:
 
 PROBES = {"sync": probe_sync, "gemm": probe_gemm, "steps": probe_steps,
           "ablation": probe_ablation, "kernel": probe_kernel, "launch": probe_launch,
-          "ktile": probe_ktile, "gemm_scheme": probe_gemm_scheme, "phases": probe_phases,
+          "ktile": probe_ktile, "gemm_scheme": probe_gemm_scheme, "resident": probe_resident,
+          "phases": probe_phases,
           "breakdown": probe_breakdown, "pool": probe_allocation, "host": probe_host}
 
 

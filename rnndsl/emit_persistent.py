@@ -6,9 +6,11 @@ recurrent GEMM, the fused elementwise kernel, copies), and a launch from Python 
 arguments: more than a step's arithmetic at the sizes people train at. This pass moves
 the whole loop onto the device: one launch runs every step, with the grid kept resident
 (a cooperative launch) and `grid.sync()` (about 1.4 us there) between dependent phases.
-It is the skeleton of Diamos et al., "Persistent RNNs" (2016), without their main trick:
-the recurrent weights are read from global memory at each step (4 MB for an LSTM at
-H = 512, which the H200's L2 can hold), not kept in registers across steps.
+It is the skeleton of Diamos et al., "Persistent RNNs" (2016). By default the recurrent
+weights are read from global memory at each step (4 MB for an LSTM at H = 512, which an
+H100's L2 can hold). Their main trick, the weights kept on chip across the steps, is
+RESIDENT_WEIGHTS below: each block holds its own columns of them in shared memory (not
+in registers, which Numba cannot index), where they fit; opt-in until a GPU has timed it.
 
 Input: the text of a driver that emit_cuda.py printed, with its kernels' bodies and
 axes. Each statement of the time loop becomes one phase of the persistent kernel, run by
@@ -32,6 +34,7 @@ view); every step ends with one. A loop holding anything else is left on the hos
 from __future__ import annotations
 
 import ast
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -48,6 +51,20 @@ THREADS_CAP = 256            # threads a block at most (cuda_kernels.THREADS)
 GEMM_SCHEME = "tiles"
 SPLITK_TILE = 16             # "splitk": a block's tile of the output is 16 x 16
 SPLITK_DEPTH = 8             # "splitk": K rows a 16-thread group takes a round
+# Diamos et al.'s trick, opt-in until a GPU has timed it (gpu_probe.py's "resident"
+# probe): a step's GEMM whose right operand the loop never writes (the recurrent weights,
+# U forward and U^T backward) reads it from shared memory, where each block loaded its
+# own columns once before the first step, instead of from global memory at every step.
+# The kernel checks at run time that a block's columns fit in its share of the shared
+# memory the kernel's other arrays leave, and runs GEMM_SCHEME's phase where they do
+# not; the grid asks for enough blocks that they fit.
+RESIDENT_WEIGHTS = False
+RESIDENT_CAP = 6144          # elements a held GEMM holds at most (a tuning knob)
+# A block's static shared memory may not pass 48 KiB (CUDA's limit without opting in to
+# more); a kernel's arrays are counted at 8 bytes an element, so that one kernel text
+# fits in float64 and in float32.
+SHARED_ELEMENTS = 48 * 1024 // 8
+RESIDENT_ROWS = 4            # output rows a thread sums, sharing each weight it reads
 
 
 @dataclass
@@ -65,6 +82,47 @@ class _Phase:
     reads: set[str] = field(default_factory=set)
     writes: set[str] = field(default_factory=set)
     work: str = "1"                           # how many grid-stride items it has
+    prologue: list[str] = field(default_factory=list)   # run once, before the first step
+    gemm: list[ast.expr] | None = None        # a GEMM phase's (a, b, out)
+
+
+_SHARED_DECL = re.compile(r"\s*(\w+) = cuda\.shared\.array\((.*), [\w.]+\)$")
+
+
+def shared_elements(lines: list[str]) -> int:
+    """How many elements the `name = cuda.shared.array(shape, dtype)` lines among
+    `lines` declare, a name counted once (hoist_shared keeps one array a name)."""
+    sizes = {}
+    for line in lines:
+        m = _SHARED_DECL.match(line)
+        if m:
+            shape = ast.literal_eval(m.group(2))
+            sizes[m.group(1)] = math.prod(shape if isinstance(shape, tuple) else (shape,))
+    return sum(sizes.values())
+
+
+def hoist_shared(phases: list[_Phase]) -> list[str]:
+    """The phases' shared arrays, declared once each before the loop (returned) instead
+    of in each phase (removed from their lines). Numba gives every declaration its own
+    memory, and two GEMM phases' staging buffers could pass the 48 KiB a block may
+    have; one buffer a name serves them all, since a block runs its phases one after
+    another and each phase's last read of shared memory is followed by a
+    cuda.syncthreads() that every thread of the block reaches (the tile loops' trip
+    counts are the same for a block's threads)."""
+    decls: dict[str, str] = {}
+    for ph in phases:
+        kept = []
+        for line in ph.lines:
+            m = _SHARED_DECL.match(line)
+            if m is None:
+                kept.append(line)
+                continue
+            first = decls.setdefault(m.group(1), line.strip())
+            # the same shape; the dtype may be read off another array, but one kernel
+            # runs in one float type
+            assert _SHARED_DECL.match(first).group(2) == m.group(2), line
+        ph.lines = kept
+    return list(decls.values())
 
 
 class Unsupported(Exception):
@@ -246,9 +304,10 @@ class PersistentLoop:
         args = call.args
         p = Printer()
         if fname == "gemm":
-            if GEMM_SCHEME == "splitk":
-                return self._gemm_phase_splitk(args)
-            return self._gemm_phase(args)
+            phase = (self._gemm_phase_splitk if GEMM_SCHEME == "splitk"
+                     else self._gemm_phase)(args)
+            phase.gemm = args
+            return phase
         rank = {"copy1": 1, "fill1": 1, "add_into1": 1}.get(fname, 2)
         dst = self._operand(args[0], rank)
         idx = ("j",) if rank == 1 else ("r", "j")
@@ -442,6 +501,98 @@ class PersistentLoop:
         return _Phase(p.lines, {self._root(a.array), self._root(b.array)},
                       {self._root(out.array)}, work)
 
+    def _resident_phase(self, k: int, args: list[ast.expr], cap: int,
+                        fallback: _Phase) -> _Phase:
+        """out = a @ b with b (the loop never writes it) held in shared memory across the
+        steps, Diamos et al.'s trick: before the first step, block g loads columns
+        [g * n, (g + 1) * n) of b, n = ceil(columns / blocks), into `held<k>`; at each
+        step it computes those columns of out for every row, a thread RESIDENT_ROWS rows
+        of one column, reading a (the step's few rows, cached in L1) from global memory
+        and each weight from shared memory once for its rows. Where a block's columns do
+        not fit in `cap` elements (a grid too small for these weights) the `fallback`
+        phase runs instead; the choice is the same for every block."""
+        a, b, out = (self._operand(x, 2) for x in args)
+        held, z, rows = f"held{k}", self.zero, RESIDENT_ROWS
+        cols, c0, on = f"{held}_n", f"{held}_c0", f"{held}_on"
+        bk, bn = b.extent(0), b.extent(1)
+        pro = Printer()
+        pro.comment(f"{ast.unparse(args[1])}, held in shared memory for every step where "
+                    f"it fits: this block's {cols} columns from {c0}")
+        pro.line(f"{held} = cuda.shared.array({cap}, {out.array}.dtype)")
+        pro.line(f"{cols} = ({bn} + cuda.gridDim.x - 1) // cuda.gridDim.x")
+        pro.line(f"{c0} = cuda.blockIdx.x * {cols}")
+        pro.line(f"{on} = {_atom(bk)} * {cols} <= {cap}")
+        with pro.indent(f"if {on}:"):
+            with pro.indent(f"for e in range(cuda.threadIdx.x, {_atom(bk)} * {cols}, "
+                            "cuda.blockDim.x):"):
+                pro.line(f"kr = e // {cols}")
+                pro.line(f"kc = e - kr * {cols}")
+                pro.line(f"{held}[e] = {b.at('kr', f'{c0} + kc')} if {c0} + kc < {bn} "
+                         f"else {z}")
+            pro.line("cuda.syncthreads()")
+        p = Printer()
+        p.comment(f"{ast.unparse(args[2])} = {ast.unparse(args[0])} @ {ast.unparse(args[1])}:"
+                  f" this block's columns, {ast.unparse(args[1])} from shared memory")
+        with p.indent(f"if {on}:"):
+            p.line(f"gm = {out.extent(0)}")
+            p.line(f"gk = {bk}")
+            with p.indent(f"for o in range(cuda.threadIdx.x, (gm + {rows - 1}) // {rows} "
+                          f"* {cols}, cuda.blockDim.x):"):
+                p.line(f"ro = o // {cols}")
+                p.line(f"co = o - ro * {cols}")
+                with p.indent(f"if {c0} + co < {bn}:"):
+                    p.line(f"i0 = ro * {rows}")
+                    for q in range(1, rows):      # rows past the end read the last row
+                        p.line(f"i{q} = min(i0 + {q}, gm - 1)")
+                    for q in range(rows):
+                        p.line(f"acc{q} = {z}")
+                    with p.indent("for kk in range(gk):"):
+                        p.line(f"wv = {held}[kk * {cols} + co]")
+                        for q in range(rows):
+                            p.line(f"acc{q} += {a.at(f'i{q}', 'kk')} * wv")
+                    for q in range(rows):
+                        store = f"{out.at(f'i0 + {q}' if q else 'i0', f'{c0} + co')} = acc{q}"
+                        if q == 0:
+                            p.line(store)
+                        else:
+                            with p.indent(f"if i0 + {q} < gm:"):
+                                p.line(store)
+        with p.indent("else:"):
+            for line in fallback.lines:
+                p.line(line)
+        # enough blocks that each holds at most `cap` elements of b: a block's columns,
+        # ceil(bn / blocks), at most cap // bk of them
+        per = f"max(1, {cap} // {_atom(bk)})"
+        work = f"max({fallback.work}, ({bn} + {per} - 1) // {per} * {THREADS_CAP})"
+        return _Phase(p.lines, fallback.reads | {self._root(b.array)}, fallback.writes, work,
+                      pro.lines, args)
+
+    def _hold_weights(self, phases: list[_Phase]) -> list[_Phase]:
+        """The GEMM phases whose right operand the loop never writes, and which names
+        nothing the loop sets (t, an in-loop view), rewritten by _resident_phase; they
+        share RESIDENT_CAP."""
+        written = set().union(*(ph.writes for ph in phases))
+        local = {"t", *self.local_views}
+
+        def held(ph: _Phase) -> bool:
+            if ph.gemm is None:
+                return False
+            b = ph.gemm[1]
+            names = {n.id for n in ast.walk(b) if isinstance(n, ast.Name)}
+            return not names & local and self._root(_view_items(b)[0]) not in written
+        chosen = [i for i, ph in enumerate(phases) if held(ph)]
+        if not chosen:
+            return phases
+        # each phase keeps its own shared arrays for the fallback
+        left = SHARED_ELEMENTS - shared_elements([ln for ph in phases for ln in ph.lines])
+        cap = min(RESIDENT_CAP, left // len(chosen))
+        if cap < 1:
+            return phases
+        out = list(phases)
+        for k, i in enumerate(chosen):
+            out[i] = self._resident_phase(k, phases[i].gemm, cap, phases[i])
+        return out
+
     def _phase(self, st: ast.stmt) -> _Phase:
         if (isinstance(st, ast.Assign) and len(st.targets) == 1
                 and isinstance(st.targets[0], ast.Name) and isinstance(st.value, ast.Subscript)):
@@ -475,6 +626,9 @@ class PersistentLoop:
             return None
         if not phases:
             return None
+        if RESIDENT_WEIGHTS:
+            phases = self._hold_weights(phases)
+        shared = hoist_shared(phases)
         p = Printer()
         p.line("@cuda.jit")
         with p.indent(f"def {name}(<<params>>):"):
@@ -482,6 +636,13 @@ class PersistentLoop:
             p.line("grid = cuda.cg.this_grid()")
             p.line("tid = cuda.grid(1)")
             p.line("nthreads = cuda.gridsize(1)")
+            if shared:
+                p.comment("shared memory for the GEMM phases, one array a name for them all")
+            for line in shared:
+                p.line(line)
+            for ph in phases:
+                for line in ph.prologue:
+                    p.line(line)
             with p.indent(f"for t in {ast.unparse(loop.iter)}:"):
                 reads: set[str] = set()
                 writes: set[str] = set()

@@ -12,6 +12,7 @@ simulator (needs numba-cuda[cu13]; skipped without it).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -235,12 +236,14 @@ PTX_SCRIPT = textwrap.dedent("""
         for name, (kernel, kinds) in sorted(table.items()):
             cuda.compile_ptx(kernel.py_func, sig(kinds, ft), cc=(9, 0))
             count += 1
+    from rnndsl import emit_persistent
     if "--splitk" in sys.argv:
-        from rnndsl import emit_persistent
         emit_persistent.GEMM_SCHEME = "splitk"
+    if "--resident" in sys.argv:
+        emit_persistent.RESIDENT_WEIGHTS = True
     out = Path(tempfile.mkdtemp())
     for path in sys.argv[1:]:
-        if path in ("--shared", "--splitk"):
+        if path in ("--shared", "--splitk", "--resident"):
             continue
         spec_file = read_spec(path)
         target = out / (Path(path).stem + "_cuda.py")
@@ -256,13 +259,16 @@ PTX_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("what", [("--shared",), *((str(p),) for p in PTX_SPECS),
-                                  ("--splitk", str(ROOT / "specs" / "lstm.rnn"))],
-                         ids=["cuda_kernels", *(p.stem for p in PTX_SPECS), "lstm_splitk"])
+                                  ("--splitk", str(ROOT / "specs" / "lstm.rnn")),
+                                  ("--resident", str(ROOT / "specs" / "gru_cho.rnn"))],
+                         ids=["cuda_kernels", *(p.stem for p in PTX_SPECS), "lstm_splitk",
+                              "gru_cho_resident"])
 def test_every_kernel_compiles_to_ptx_for_sm90(what):
     """What the simulator accepts but a GPU rejects (lists in kernels, mixed dtypes,
     Python objects) fails here, without a GPU: the shared kernels, then each spec's
-    (one test each, so that the workers share the compiling), and the LSTM's with the
-    "splitk" GEMM phases."""
+    (one test each, so that the workers share the compiling), the LSTM's with the
+    "splitk" GEMM phases, and the Cho GRU's with its recurrent weights held in shared
+    memory (two held GEMMs a step)."""
     out = subprocess.run([sys.executable, "-c", PTX_SCRIPT, *what],
                          check=False, capture_output=True, text=True, env=_no_sim_env(), cwd=ROOT,
                          timeout=600)
@@ -521,6 +527,95 @@ def test_fast_device_views_span_what_numpy_views_span(data):
     assert got.viewed is whole          # keeps a pooled buffer from going back early
     assert (got.gpu_data.start, got.gpu_data.stop) == (lo - origin, hi - origin)
     assert _basic_view(whole, (0,) + item[1:], View) is None      # an integer index
+
+
+HELD_CASES = [("lstm", None), ("gru_cho", None), ("lstm", 64)] + (
+    [("projected_lstm", None), ("gru", None), ("gru_cho", 64)] if LONG else [])
+
+
+@pytest.mark.parametrize("name,cap", HELD_CASES)
+def test_held_weights_match_the_interpreter(name, cap, tmp_path, monkeypatch):
+    """emit_persistent.RESIDENT_WEIGHTS (not yet the default): each step's GEMM against
+    the recurrent weights reads them from shared memory, where each block loaded its own
+    columns before the first step. At H = 18 the weights fit (the simulator's grid is one
+    block, which holds them all) and that path runs; with RESIDENT_CAP at 64 elements
+    they do not, and the kernel must take the "tiles" phase instead. float64, against
+    the interpreter."""
+    from rnndsl import emit_persistent
+    monkeypatch.setattr(emit_persistent, "RESIDENT_WEIGHTS", True)
+    if cap is not None:
+        monkeypatch.setattr(emit_persistent, "RESIDENT_CAP", cap)
+    target = tmp_path / f"{name}_held.py"
+    write_module(build_source(read_spec(ROOT / "specs" / f"{name}.rnn"), target="cuda"),
+                 target)
+    source = target.read_text()
+    # forward and backward each hold their recurrent product's weights
+    assert source.count("= cuda.shared.array(") > source.count("held0 = cuda.shared.array(") >= 2
+    caps = {int(n) for n in re.findall(r"held\d_on = .* <= (\d+)$", source, re.MULTILINE)}
+    assert caps and max(caps) <= emit_persistent.RESIDENT_CAP, caps
+    _built_matches_interpreter(load_built(target), name, 18, seed=5)
+
+
+@pytest.mark.parametrize("scheme", ["tiles", "splitk"])
+def test_every_persistent_kernel_fits_the_static_shared_memory_limit(scheme, monkeypatch):
+    """A block's static shared memory may not pass 48 KiB, a limit the simulator and
+    compile_ptx do not enforce (the GPU refuses the launch). Every spec's persistent
+    kernels, with their weights held and with each GEMM scheme, counted at 8 bytes an
+    element (float64); and the held phases take what the rest leaves."""
+    from rnndsl import emit_persistent
+    monkeypatch.setattr(emit_persistent, "RESIDENT_WEIGHTS", True)
+    monkeypatch.setattr(emit_persistent, "GEMM_SCHEME", scheme)
+    held = 0
+    for path in SPECS:
+        source = build_source(read_spec(path), target="cuda")
+        for kernel in re.split(r"\n(?=@cuda.jit\n)", source):
+            if "grid = cuda.cg.this_grid()" not in kernel:
+                continue
+            used = emit_persistent.shared_elements(kernel.split("\n"))
+            assert used * 8 <= 48 * 1024, (path.stem, kernel.split("(")[0], used)
+            held += "held0 = cuda.shared.array(" in kernel
+    assert held >= 2 * len(SPECS)
+
+
+def test_held_weights_leave_alone_what_the_loop_writes_or_indexes_by_step():
+    """Only a right operand that no step writes and that is not a step's slice is held:
+    the backward's `tgc0[t] @ ws0_1` holds ws0_1, never the per-step tgc0[t]; and a
+    product against a tape (`hist_h[t]`) would be indexed by t. The rule on a made-up
+    loop: every gemm's b and what is held."""
+    from rnndsl import emit_persistent
+    from rnndsl.emit_persistent import PersistentLoop
+    driver = textwrap.dedent("""
+        def drive(T, u, s, hist, w, out1, out2, out3):
+            for t in range(T):
+                gemm(s, u, out1)
+                gemm(s, hist[t], out2)
+                gemm(s, w, out3)
+                copy2(w, out1)
+    """)
+    old = emit_persistent.RESIDENT_WEIGHTS
+    emit_persistent.RESIDENT_WEIGHTS = True
+    try:
+        made = PersistentLoop(driver, {}, "k0").kernel("k", "about")
+    finally:
+        emit_persistent.RESIDENT_WEIGHTS = old
+    text = made[0]
+    assert "held0 = cuda.shared.array(" in text and "held1" not in text
+    assert "u, held in shared memory" in text
+    # three "tiles" phases share one pair of staging arrays; u takes what they leave
+    assert text.count("sa = cuda.shared.array(") == 1
+    cap = int(re.search(r"held0 = cuda.shared.array\((\d+),", text).group(1))
+    assert f"held0_on = u.shape[0] * held0_n <= {cap}" in text
+    assert emit_persistent.shared_elements(text.split("\n")) == emit_persistent.SHARED_ELEMENTS
+    # the grid the kernel asks for is wide enough that a block's columns of u fit
+    from types import SimpleNamespace as Array
+    for rows, depth, cols in ((64, 512, 2048), (64, 2048, 512), (3, 1000, 7), (1, 1, 1),
+                              (256, 700, 2800), (5, cap, 9), (5, cap + 1, 9)):
+        shapes = {n: Array(shape=(rows, depth)) for n in ("s", "w")}
+        shapes.update({n: Array(shape=(rows, cols)) for n in ("out1", "out2", "out3")})
+        shapes.update(u=Array(shape=(depth, cols)), hist=Array(shape=(9, depth, cols)))
+        blocks = eval(made[1], {}, shapes) // emit_persistent.THREADS_CAP
+        fits = depth * -(-cols // blocks) <= cap
+        assert fits == (depth <= cap), (rows, depth, cols, blocks)
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru", "projected_lstm"] if LONG else ["lstm"])
