@@ -499,9 +499,9 @@ def probe_resident(B: int = 64, H: int = 512) -> None:
     """The kernels alone with the recurrent weights read from global memory at every
     step and held in shared memory across the steps (emit_persistent.RESIDENT_WEIGHTS),
     at four shapes. Whether the held path ran shows in the grid: it needs
-    ceil(4H / floor(cap / H)) blocks for the forward (cap = the elements a block holds,
-    4864 for the LSTM: 228 blocks at H = 512), and falls back to the "tiles" phase on a
-    smaller grid."""
+    ceil(N / floor(cap / (K + 1))) blocks for a K x N weight (cap = the elements a block
+    holds, 3840 for the LSTM: 293 blocks forward and 512 backward at H = 512), and falls
+    back to the "tiles" phase on a smaller grid."""
     for b, h in ((B, H), (B, 2 * H), (4 * B, H), (B // 2, H // 2)):
         _kernels_by_build("RESIDENT_WEIGHTS", (False, True), b, h)
 

@@ -504,52 +504,79 @@ class PersistentLoop:
     def _resident_phase(self, k: int, args: list[ast.expr], cap: int,
                         fallback: _Phase) -> _Phase:
         """out = a @ b with b (the loop never writes it) held in shared memory across the
-        steps, Diamos et al.'s trick: before the first step, block g loads columns
-        [g * n, (g + 1) * n) of b, n = ceil(columns / blocks), into `held<k>`; at each
-        step it computes those columns of out for every row, a thread RESIDENT_ROWS rows
-        of one column, reading a (the step's few rows, cached in L1) from global memory
-        and each weight from shared memory once for its rows. Where a block's columns do
-        not fit in `cap` elements (a grid too small for these weights) the `fallback`
-        phase runs instead; the choice is the same for every block."""
+        steps, Diamos et al.'s trick.
+
+        Before the first step, block g loads columns [g * n, (g + 1) * n) of b, n =
+        ceil(columns / blocks), into `held<k>`, a column after another, each padded by
+        one element (so that neighbouring threads reading neighbouring columns at the
+        same depth hit different banks). At each step the block computes those columns of
+        out for every row: an item is RESIDENT_ROWS rows of one column, reading each
+        weight once for its rows. Where the block has fewer items than threads (the
+        backward's product, 4H deep and H wide, gives each block one or two columns),
+        each item's depth is split among `split` neighbouring threads, which read
+        neighbouring elements of a's rows and of the held column, and their partial sums
+        are added through shared memory (`held_sum`, one for all the kernel's held
+        phases). Where a block's columns do not fit in `cap` elements (a grid too small
+        for these weights) the `fallback` phase runs instead; the choice is the same for
+        every block."""
         a, b, out = (self._operand(x, 2) for x in args)
         held, z, rows = f"held{k}", self.zero, RESIDENT_ROWS
         cols, c0, on = f"{held}_n", f"{held}_c0", f"{held}_on"
         bk, bn = b.extent(0), b.extent(1)
+        stride = f"({bk} + 1)"
         pro = Printer()
         pro.comment(f"{ast.unparse(args[1])}, held in shared memory for every step where "
-                    f"it fits: this block's {cols} columns from {c0}")
+                    f"it fits: this block's {cols} columns from {c0}, a column after "
+                    "another, each padded by one")
         pro.line(f"{held} = cuda.shared.array({cap}, {out.array}.dtype)")
-        pro.line(f"{cols} = ({bn} + cuda.gridDim.x - 1) // cuda.gridDim.x")
+        pro.line(f"{cols} = max(1, ({bn} + cuda.gridDim.x - 1) // cuda.gridDim.x)")
         pro.line(f"{c0} = cuda.blockIdx.x * {cols}")
-        pro.line(f"{on} = {_atom(bk)} * {cols} <= {cap}")
+        pro.line(f"{on} = {stride} * {cols} <= {cap}")
         with pro.indent(f"if {on}:"):
             with pro.indent(f"for e in range(cuda.threadIdx.x, {_atom(bk)} * {cols}, "
                             "cuda.blockDim.x):"):
                 pro.line(f"kr = e // {cols}")
                 pro.line(f"kc = e - kr * {cols}")
-                pro.line(f"{held}[e] = {b.at('kr', f'{c0} + kc')} if {c0} + kc < {bn} "
-                         f"else {z}")
+                pro.line(f"{held}[kc * {stride} + kr] = {b.at('kr', f'{c0} + kc')} "
+                         f"if {c0} + kc < {bn} else {z}")
             pro.line("cuda.syncthreads()")
         p = Printer()
         p.comment(f"{ast.unparse(args[2])} = {ast.unparse(args[0])} @ {ast.unparse(args[1])}:"
                   f" this block's columns, {ast.unparse(args[1])} from shared memory")
         with p.indent(f"if {on}:"):
+            p.line(f"held_sum = cuda.shared.array({THREADS_CAP * rows}, {out.array}.dtype)")
             p.line(f"gm = {out.extent(0)}")
             p.line(f"gk = {bk}")
-            with p.indent(f"for o in range(cuda.threadIdx.x, (gm + {rows - 1}) // {rows} "
-                          f"* {cols}, cuda.blockDim.x):"):
-                p.line(f"ro = o // {cols}")
-                p.line(f"co = o - ro * {cols}")
-                with p.indent(f"if {c0} + co < {bn}:"):
-                    p.line(f"i0 = ro * {rows}")
-                    for q in range(1, rows):      # rows past the end read the last row
-                        p.line(f"i{q} = min(i0 + {q}, gm - 1)")
+            p.line(f"items = (gm + {rows - 1}) // {rows} * {cols}")
+            p.line("split = max(1, cuda.blockDim.x // max(1, items))")
+            with p.indent("for base in range(0, items * split, cuda.blockDim.x):"):
+                p.line("w = base + cuda.threadIdx.x")
+                p.line("item = w // split")
+                p.line("part = w - item * split")
+                p.line(f"ro = item // {cols}")
+                p.line(f"co = item - ro * {cols}")
+                p.line(f"live = item < items and {c0} + co < {bn}")
+                p.line(f"i0 = ro * {rows}")
+                for q in range(1, rows):      # rows past the end read the last row
+                    p.line(f"i{q} = min(i0 + {q}, gm - 1)")
+                for q in range(rows):
+                    p.line(f"acc{q} = {z}")
+                with p.indent("if live:"), p.indent("for kk in range(part, gk, split):"):
+                    p.line(f"wv = {held}[co * (gk + 1) + kk]")
                     for q in range(rows):
-                        p.line(f"acc{q} = {z}")
-                    with p.indent("for kk in range(gk):"):
-                        p.line(f"wv = {held}[kk * {cols} + co]")
+                        p.line(f"acc{q} += {a.at(f'i{q}', 'kk')} * wv")
+                with p.indent("if split > 1:"):
+                    p.comment("the partial sums of an item's threads, added by its first")
+                    for q in range(rows):
+                        off = _times(q, "cuda.blockDim.x") + " + " if q else ""
+                        p.line(f"held_sum[{off}cuda.threadIdx.x] = acc{q}")
+                    p.line("cuda.syncthreads()")
+                    with p.indent("if live and part == 0:"), p.indent("for s in range(1, split):"):
                         for q in range(rows):
-                            p.line(f"acc{q} += {a.at(f'i{q}', 'kk')} * wv")
+                            off = _times(q, "cuda.blockDim.x") + " + " if q else ""
+                            p.line(f"acc{q} += held_sum[{off}cuda.threadIdx.x + s]")
+                    p.line("cuda.syncthreads()")
+                with p.indent("if live and part == 0:"):
                     for q in range(rows):
                         store = f"{out.at(f'i0 + {q}' if q else 'i0', f'{c0} + co')} = acc{q}"
                         if q == 0:
@@ -561,8 +588,8 @@ class PersistentLoop:
             for line in fallback.lines:
                 p.line(line)
         # enough blocks that each holds at most `cap` elements of b: a block's columns,
-        # ceil(bn / blocks), at most cap // bk of them
-        per = f"max(1, {cap} // {_atom(bk)})"
+        # ceil(bn / blocks), at most cap // (bk + 1) of them
+        per = f"max(1, {cap} // {stride})"
         work = f"max({fallback.work}, ({bn} + {per} - 1) // {per} * {THREADS_CAP})"
         return _Phase(p.lines, fallback.reads | {self._root(b.array)}, fallback.writes, work,
                       pro.lines, args)
@@ -584,7 +611,9 @@ class PersistentLoop:
         if not chosen:
             return phases
         # each phase keeps its own shared arrays for the fallback
-        left = SHARED_ELEMENTS - shared_elements([ln for ph in phases for ln in ph.lines])
+        # the fallbacks' arrays, and the partial sums that the held phases share
+        left = SHARED_ELEMENTS - shared_elements([ln for ph in phases for ln in ph.lines]) \
+            - THREADS_CAP * RESIDENT_ROWS
         cap = min(RESIDENT_CAP, left // len(chosen))
         if cap < 1:
             return phases
