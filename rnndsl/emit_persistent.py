@@ -567,14 +567,16 @@ class PersistentLoop:
                         p.line(f"acc{q} += {a.at(f'i{q}', 'kk')} * wv")
                 with p.indent("if split > 1:"):
                     p.comment("the partial sums of an item's threads, added by its first")
+                    # acc<q> of thread x at held_sum[q * blockDim + x]
+                    slot = ["cuda.threadIdx.x"] + [
+                        f"{_times(q, 'cuda.blockDim.x')} + cuda.threadIdx.x"
+                        for q in range(1, rows)]
                     for q in range(rows):
-                        off = _times(q, "cuda.blockDim.x") + " + " if q else ""
-                        p.line(f"held_sum[{off}cuda.threadIdx.x] = acc{q}")
+                        p.line(f"held_sum[{slot[q]}] = acc{q}")
                     p.line("cuda.syncthreads()")
                     with p.indent("if live and part == 0:"), p.indent("for s in range(1, split):"):
                         for q in range(rows):
-                            off = _times(q, "cuda.blockDim.x") + " + " if q else ""
-                            p.line(f"acc{q} += held_sum[{off}cuda.threadIdx.x + s]")
+                            p.line(f"acc{q} += held_sum[{slot[q]} + s]")
                     p.line("cuda.syncthreads()")
                 with p.indent("if live and part == 0:"):
                     for q in range(rows):
@@ -597,7 +599,8 @@ class PersistentLoop:
     def _hold_weights(self, phases: list[_Phase]) -> list[_Phase]:
         """The GEMM phases whose right operand the loop never writes, and which names
         nothing the loop sets (t, an in-loop view), rewritten by _resident_phase; they
-        share RESIDENT_CAP."""
+        share what the kernel's other shared arrays leave of SHARED_ELEMENTS, each at
+        most RESIDENT_CAP."""
         written = set().union(*(ph.writes for ph in phases))
         local = {"t", *self.local_views}
 
@@ -610,8 +613,7 @@ class PersistentLoop:
         chosen = [i for i, ph in enumerate(phases) if held(ph)]
         if not chosen:
             return phases
-        # each phase keeps its own shared arrays for the fallback
-        # the fallbacks' arrays, and the partial sums that the held phases share
+        # what the fallbacks' arrays and the held phases' partial sums leave, shared
         left = SHARED_ELEMENTS - shared_elements([ln for ph in phases for ln in ph.lines]) \
             - THREADS_CAP * RESIDENT_ROWS
         cap = min(RESIDENT_CAP, left // len(chosen))

@@ -242,6 +242,7 @@ PTX_SCRIPT = textwrap.dedent("""
     variants = {"--splitk": ("GEMM_SCHEME", "splitk"),
                 "--resident": ("RESIDENT_WEIGHTS", True)}
     paths = [a for a in sys.argv[1:] if not a.startswith("--")]
+    defaults = {name: getattr(emit_persistent, name) for name, _ in variants.values()}
     out = Path(tempfile.mkdtemp())
     for variant in [a for a in sys.argv[1:] if a in variants] or [None]:
         if variant:
@@ -261,7 +262,8 @@ PTX_SCRIPT = textwrap.dedent("""
                     for ft in (types.float32, types.float64):
                         cuda.compile_ptx(kernel.py_func, sig(kinds, ft), cc=(9, 0))
                         count += 1
-        emit_persistent.GEMM_SCHEME, emit_persistent.RESIDENT_WEIGHTS = "tiles", False
+        for name, value in defaults.items():
+            setattr(emit_persistent, name, value)
     print(f"compiled {count} kernels to PTX")
 """)
 
@@ -590,7 +592,7 @@ def test_every_persistent_kernel_fits_the_static_shared_memory_limit(scheme, mon
     assert held >= 2 * len(SPECS)
 
 
-def test_held_weights_leave_alone_what_the_loop_writes_or_indexes_by_step():
+def test_held_weights_leave_alone_what_the_loop_writes_or_indexes_by_step(monkeypatch):
     """Only a right operand that no step writes and that is not a step's slice is held:
     the backward's `tgc0[t] @ ws0_1` holds ws0_1, never the per-step tgc0[t]; and a
     product against a tape (`hist_h[t]`) would be indexed by t. The rule on a made-up
@@ -605,12 +607,8 @@ def test_held_weights_leave_alone_what_the_loop_writes_or_indexes_by_step():
                 gemm(s, w, out3)
                 copy2(w, out1)
     """)
-    old = emit_persistent.RESIDENT_WEIGHTS
-    emit_persistent.RESIDENT_WEIGHTS = True
-    try:
-        made = PersistentLoop(driver, {}, "k0").kernel("k", "about")
-    finally:
-        emit_persistent.RESIDENT_WEIGHTS = old
+    monkeypatch.setattr(emit_persistent, "RESIDENT_WEIGHTS", True)
+    made = PersistentLoop(driver, {}, "k0").kernel("k", "about")
     text = made[0]
     assert "held0 = cuda.shared.array(" in text and "held1" not in text
     assert "u, held in shared memory" in text
