@@ -31,7 +31,8 @@
 10. ktile: the forward and backward kernels alone, built with each K_TILE;
     gemm_scheme: the same with each GEMM_SCHEME ("tiles", "splitk"), at three shapes;
     resident: the same with the recurrent weights held in shared memory across the
-    steps (RESIDENT_WEIGHTS) and without, at four shapes.
+    steps (the hold_weights pass, by its traffic rule and wherever they fit) and
+    without, at six shapes.
 11. phases: the two kernels alone with each of their phases cut out in turn.
 
     PROBES="launch phases" python benchmarks/gpu_probe.py    # only these probes
@@ -450,60 +451,73 @@ def probe_launch(B: int = 64, H: int = 512, T: int = 101) -> None:
     print(text.getvalue()[-7000:])
 
 
-def _kernels_by_build(setting: str, values, B: int, H: int) -> None:
+def _kernels_by_build(title: str, builds, B: int, H: int) -> None:
     """The persistent kernels alone (forward and backward), relaunched on a real call's
-    arguments, in LSTM modules built with emit_persistent.<setting> at each value; and
-    how far each build's forward output and gradient of U_i are from the first's."""
+    arguments, in LSTM modules built each way of `builds`: (label, emit_persistent
+    settings, passes switched off); and how far each build's forward output and
+    gradient of U_i are from the first's."""
     import tempfile
 
     from rnndsl import emit_persistent
     from rnndsl.build import build_source
+    from rnndsl.plan import PASSES
     from rnndsl.spec import read_spec
     spec = read_spec(ROOT / "specs" / "lstm.rnn")
     xs = _step_inputs(B, H)
     tmp = Path(tempfile.mkdtemp())
-    default = getattr(emit_persistent, setting)
-    print(f"## persistent kernels alone by {setting}: LSTM B={B} H={H}, us a step "
-          f"(default {default}); rel. difference from the first build at T=101")
+    print(f"## persistent kernels alone by {title}: LSTM B={B} H={H}, us a step; "
+          "rel. difference from the first build at T=101")
     first = None
-    for value in values:
-        setattr(emit_persistent, setting, value)
+    for k, (label, settings, off) in enumerate(builds):
+        found = {name: getattr(emit_persistent, name) for name in settings}
+        for name, value in settings.items():
+            setattr(emit_persistent, name, value)
         try:
-            text = build_source(spec, target="cuda")
+            text = build_source(spec, [p for p in PASSES if p not in off], target="cuda")
         finally:
-            setattr(emit_persistent, setting, default)
-        module = _module_from(text, tmp / f"lstm_{setting.lower()}_{value}.py")
+            for name, value in found.items():
+                setattr(emit_persistent, name, value)
+        module = _module_from(text, tmp / f"lstm_build{k}.py")
         times, grids, result = _kernels_alone(module, xs)
         first = first or result
         diff = max(float(np.abs(r - f).max() / (np.abs(f).max() or 1.0))
                    for r, f in zip(result, first))
-        print(f"  {setting} {value!s:6s}: " + ";  ".join(
+        print(f"  {label:14s}: " + ";  ".join(
             f"{name} {_us_a_step(t):7.1f} (grid {grids[name][0]}x{grids[name][1]})"
             for name, t in times.items()) + f";  rel. diff {diff:.1e}")
+
+
+def _by_setting(setting: str, values) -> list:
+    return [(f"{setting} {value}", {setting: value}, ()) for value in values]
 
 
 def probe_ktile(B: int = 64, H: int = 512) -> None:
     """The kernels alone by the depth of the "tiles" GEMM phases' shared-memory slices
     (emit_persistent.K_TILE): fewer, deeper slices are fewer round trips a step."""
-    _kernels_by_build("K_TILE", (16, 32, 64), B, H)
+    _kernels_by_build("K_TILE", _by_setting("K_TILE", (16, 32, 64)), B, H)
 
 
 def probe_gemm_scheme(B: int = 64, H: int = 512) -> None:
     """The kernels alone with each way of writing the step's GEMM phase
     (emit_persistent.GEMM_SCHEME): "tiles" against "splitk"."""
     for b, h in ((B, H), (B, 2 * H), (4 * B, H)):
-        _kernels_by_build("GEMM_SCHEME", ("tiles", "splitk"), b, h)
+        _kernels_by_build("GEMM_SCHEME", _by_setting("GEMM_SCHEME", ("tiles", "splitk")),
+                          b, h)
 
 
 def probe_resident(B: int = 64, H: int = 512) -> None:
     """The kernels alone with the recurrent weights read from global memory at every
-    step and held in shared memory across the steps (emit_persistent.RESIDENT_WEIGHTS),
-    at four shapes. Whether the held path ran shows in the grid: it needs
+    step (`--no-pass hold_weights`), held in shared memory across the steps where
+    holding pays by the traffic rule (the default, emit_persistent.HOLD_RULE "traffic":
+    blocks x B <= N), and held wherever they fit (HOLD_RULE "fit"), at batches on both
+    sides of the rule. Whether the held path ran shows in the grid: it needs
     ceil(N / floor(cap / (K + 1))) blocks for a K x N weight (cap = the elements a block
     holds, 3840 for the LSTM: 293 blocks forward and 512 backward at H = 512), and falls
     back to the "tiles" phase on a smaller grid."""
-    for b, h in ((B, H), (B, 2 * H), (4 * B, H), (B // 2, H // 2)):
-        _kernels_by_build("RESIDENT_WEIGHTS", (False, True), b, h)
+    builds = [("streamed", {}, ("hold_weights",)), ("held, traffic", {}, ()),
+              ("held, fit", {"HOLD_RULE": "fit"}, ())]
+    for b, h in ((1, H), (4, H), (16, H), (B, H), (1, 2 * H), (B // 2, H // 2)):
+        _kernels_by_build("hold_weights", builds, b, h)
 
 
 def probe_phases(B: int = 64, H: int = 512) -> None:

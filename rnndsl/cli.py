@@ -254,7 +254,9 @@ NO_PASS_HELP = ("switch an optimisation pass off (repeatable): cse, simplify, ho
                 "fuse_matmul, fuse_elementwise, defer_grads; for --target cpu microkernel "
                 "(the per-step GEMMs in rnndsl's register tiles; off, one BLAS call a "
                 "step); for --target cuda persistent (each time loop as one cooperative "
-                "kernel; off, each step is launched from the host)")
+                "kernel; off, each step is launched from the host) and hold_weights (the "
+                "recurrent weights held in shared memory across the steps, at small "
+                "batches where they fit; off, read from global memory at every step)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -87,6 +87,28 @@ def _blocks_cap() -> int | None:
     return int(cap)
 
 
+def held_threads(depth: int, cols: int, cap: int, rows: int = 0) -> int:
+    """Threads a persistent kernel asks for so that a GEMM phase of the `hold_weights`
+    pass (emit_persistent.py) can hold its depth x cols weight in shared memory: enough
+    blocks of THREADS that each block's columns, ceil(cols / blocks), take at most `cap`
+    elements, a column padded by one.
+
+    Or 0 (the phase asks for nothing more than its fallback) where holding would not
+    pay. Every block reads all `rows` rows of the step's left operand (rows x depth) at
+    every step, blocks x rows x depth elements, against the depth x cols elements of the
+    weights that holding spares reading: it pays where blocks x rows <= cols, that is at
+    small batches (an LSTM at H = 512: B <= 6 forward, B = 1 backward). rows = 0 holds
+    wherever the weights fit. Where not even one column fits, 0 too. The kernel checks
+    the same on the grid it gets."""
+    per = cap // (depth + 1)
+    if per < 1:
+        return 0
+    blocks = (cols + per - 1) // per
+    if rows * blocks > cols:
+        return 0
+    return blocks * THREADS
+
+
 LAST_GRID: dict = {}      # kernel -> the (blocks, threads) of its last launch, for probes
 
 

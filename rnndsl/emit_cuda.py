@@ -73,7 +73,8 @@ CUDA = Dialect(
     helpers="rnndsl.cuda_kernels",
     helper_names=tuple(n for n in HELPER_NAMES
                        if n not in KERNEL_FUNCTIONS + CPU_ONLY_HELPERS)
-    + ("clone", "gemm", "launch", "launch_persistent", "workspace", "workspace_like"),
+    + ("clone", "gemm", "held_threads", "launch", "launch_persistent", "workspace",
+       "workspace_like"),
     runtime="rnndsl.cuda_runtime:cuda_cell_class",
     engine="numba-cuda @cuda.jit kernels driven from Python")
 
@@ -200,7 +201,8 @@ class CudaEmitter(_Emitter):
         about = (f"every step of {which}_{cell}'s time loop in one launch: the grid stays "
                  "resident and waits at grid.sync() where a phase needs the last one's "
                  "results")
-        made = PersistentLoop(driver, self.kernel_info, self.k(0.0)).kernel(name, about)
+        made = PersistentLoop(driver, self.kernel_info, self.k(0.0),
+                              hold="hold_weights" in self.plan.passes).kernel(name, about)
         if made is None:
             return driver
         text, work, (start, stop) = made

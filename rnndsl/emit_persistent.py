@@ -6,11 +6,12 @@ recurrent GEMM, the fused elementwise kernel, copies), and a launch from Python 
 arguments: more than a step's arithmetic at the sizes people train at. This pass moves
 the whole loop onto the device: one launch runs every step, with the grid kept resident
 (a cooperative launch) and `grid.sync()` (about 1.4 us there) between dependent phases.
-It is the skeleton of Diamos et al., "Persistent RNNs" (2016). By default the recurrent
-weights are read from global memory at each step (4 MB for an LSTM at H = 512, which an
-H100's L2 can hold). Their main trick, the weights kept on chip across the steps, is
-RESIDENT_WEIGHTS below: each block holds its own columns of them in shared memory (not
-in registers, which Numba cannot index), where they fit; opt-in until a GPU has timed it.
+It is the skeleton of Diamos et al., "Persistent RNNs" (2016). Their main trick, the
+recurrent weights kept on chip across the steps, is the `hold_weights` pass (on by
+default): each block holds its own columns of them in shared memory (not in registers,
+which Numba cannot index), where they fit and where that reads less memory a step than
+streaming them (hold_pays, below: at small batches). Elsewhere the weights are read from
+global memory at each step (4 MB for an LSTM at H = 512, which an H100's L2 can hold).
 
 Input: the text of a driver that emit_cuda.py printed, with its kernels' bodies and
 axes. Each statement of the time loop becomes one phase of the persistent kernel, run by
@@ -51,14 +52,14 @@ THREADS_CAP = 256            # threads a block at most (cuda_kernels.THREADS)
 GEMM_SCHEME = "tiles"
 SPLITK_TILE = 16             # "splitk": a block's tile of the output is 16 x 16
 SPLITK_DEPTH = 8             # "splitk": K rows a 16-thread group takes a round
-# Diamos et al.'s trick, opt-in until a GPU has timed it (gpu_probe.py's "resident"
-# probe): a step's GEMM whose right operand the loop never writes (the recurrent weights,
-# U forward and U^T backward) reads it from shared memory, where each block loaded its
-# own columns once before the first step, instead of from global memory at every step.
-# The kernel checks at run time that a block's columns fit in its share of the shared
-# memory the kernel's other arrays leave, and runs GEMM_SCHEME's phase where they do
-# not; the grid asks for enough blocks that they fit.
-RESIDENT_WEIGHTS = False
+# Diamos et al.'s trick, the `hold_weights` pass: a step's GEMM whose right operand the
+# loop never writes (the recurrent weights, U forward and U^T backward) reads it from
+# shared memory, where each block loaded its own columns once before the first step,
+# instead of from global memory at every step. The kernel checks at run time that a
+# block's columns fit in its share of the shared memory the kernel's other arrays leave,
+# and (HOLD_RULE "traffic") that holding pays; elsewhere it runs GEMM_SCHEME's phase.
+# "fit" holds wherever the columns fit (for gpu_probe.py to time the rule against).
+HOLD_RULE = "traffic"
 RESIDENT_CAP = 6144          # elements a held GEMM holds at most (a tuning knob)
 # A block's static shared memory may not pass 48 KiB (CUDA's limit without opting in to
 # more); a kernel's arrays are counted at 8 bytes an element, so that one kernel text
@@ -199,13 +200,15 @@ class _View:
 class PersistentLoop:
     """Turns one driver's time loop into a cooperative kernel and its launch."""
 
-    def __init__(self, driver: str, kernels: dict[str, KernelInfo], zero: str):
+    def __init__(self, driver: str, kernels: dict[str, KernelInfo], zero: str,
+                 hold: bool = False):
         # the typed-constant block is filled in later; any statement parses in its place
         self.tree = ast.parse(driver.replace(CONSTS_PLACEHOLDER, "pass"))
         self.fn = self.tree.body[0]
         assert isinstance(self.fn, ast.FunctionDef)
         self.kernels = kernels
         self.zero = zero                     # the typed-constant name holding 0.0
+        self.hold = hold                     # the hold_weights pass
         self.root: dict[str, str] = {}      # view -> the array it views (before the loop)
         self.local_views: dict[str, ast.expr] = {}
 
@@ -522,7 +525,7 @@ class PersistentLoop:
         a, b, out = (self._operand(x, 2) for x in args)
         held, z, rows = f"held{k}", self.zero, RESIDENT_ROWS
         cols, c0, on = f"{held}_n", f"{held}_c0", f"{held}_on"
-        bk, bn = b.extent(0), b.extent(1)
+        bk, bn, gm = b.extent(0), b.extent(1), out.extent(0)
         stride = f"({bk} + 1)"
         pro = Printer()
         pro.comment(f"{ast.unparse(args[1])}, held in shared memory for every step where "
@@ -531,7 +534,16 @@ class PersistentLoop:
         pro.line(f"{held} = cuda.shared.array({cap}, {out.array}.dtype)")
         pro.line(f"{cols} = max(1, ({bn} + cuda.gridDim.x - 1) // cuda.gridDim.x)")
         pro.line(f"{c0} = cuda.blockIdx.x * {cols}")
-        pro.line(f"{on} = {stride} * {cols} <= {cap}")
+        if HOLD_RULE == "traffic":
+            a_text, b_text = ast.unparse(args[0]), ast.unparse(args[1])
+            pro.comment(f"held where the columns fit and where that pays: every block reads "
+                        f"all of {a_text}'s rows a step, no more than reading {b_text} a "
+                        f"step where blocks x rows <= {b_text}'s columns "
+                        "(cuda_kernels.held_threads)")
+            pro.line(f"{on} = {stride} * {cols} <= {cap} and {_atom(gm)} * cuda.gridDim.x "
+                     f"<= {bn}")
+        else:
+            pro.line(f"{on} = {stride} * {cols} <= {cap}")
         with pro.indent(f"if {on}:"):
             with pro.indent(f"for e in range(cuda.threadIdx.x, {_atom(bk)} * {cols}, "
                             "cuda.blockDim.x):"):
@@ -545,7 +557,7 @@ class PersistentLoop:
                   f" this block's columns, {ast.unparse(args[1])} from shared memory")
         with p.indent(f"if {on}:"):
             p.line(f"held_sum = cuda.shared.array({THREADS_CAP * rows}, {out.array}.dtype)")
-            p.line(f"gm = {out.extent(0)}")
+            p.line(f"gm = {gm}")
             p.line(f"gk = {bk}")
             p.line(f"items = (gm + {rows - 1}) // {rows} * {cols}")
             p.line("split = max(1, cuda.blockDim.x // max(1, items))")
@@ -589,10 +601,9 @@ class PersistentLoop:
         with p.indent("else:"):
             for line in fallback.lines:
                 p.line(line)
-        # enough blocks that each holds at most `cap` elements of b: a block's columns,
-        # ceil(bn / blocks), at most cap // (bk + 1) of them
-        per = f"max(1, {cap} // {stride})"
-        work = f"max({fallback.work}, ({bn} + {per} - 1) // {per} * {THREADS_CAP})"
+        # enough blocks that each holds at most `cap` elements of b, where holding pays
+        rows = gm if HOLD_RULE == "traffic" else "0"
+        work = f"max({fallback.work}, held_threads({bk}, {bn}, {cap}, {rows}))"
         return _Phase(p.lines, fallback.reads | {self._root(b.array)}, fallback.writes, work,
                       pro.lines, args)
 
@@ -600,16 +611,21 @@ class PersistentLoop:
         """The GEMM phases whose right operand the loop never writes, and which names
         nothing the loop sets (t, an in-loop view), rewritten by _resident_phase; they
         share what the kernel's other shared arrays leave of SHARED_ELEMENTS, each at
-        most RESIDENT_CAP."""
+        most RESIDENT_CAP. The output's rows must be known before the loop too: the
+        prologue weighs them (HOLD_RULE "traffic")."""
         written = set().union(*(ph.writes for ph in phases))
         local = {"t", *self.local_views}
+
+        def names(expr: str) -> set[str]:
+            return {n.id for n in ast.walk(ast.parse(expr)) if isinstance(n, ast.Name)}
 
         def held(ph: _Phase) -> bool:
             if ph.gemm is None:
                 return False
             b = ph.gemm[1]
-            names = {n.id for n in ast.walk(b) if isinstance(n, ast.Name)}
-            return not names & local and self._root(_view_items(b)[0]) not in written
+            rows = self._operand(ph.gemm[2], 2).extent(0)
+            return (not (names(ast.unparse(b)) | names(rows)) & local
+                    and self._root(_view_items(b)[0]) not in written)
         chosen = [i for i, ph in enumerate(phases) if held(ph)]
         if not chosen:
             return phases
@@ -657,7 +673,7 @@ class PersistentLoop:
             return None
         if not phases:
             return None
-        if RESIDENT_WEIGHTS:
+        if self.hold:
             phases = self._hold_weights(phases)
         shared = hoist_shared(phases)
         p = Printer()

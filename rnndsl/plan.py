@@ -26,12 +26,14 @@ from .ir import Graph, StepGraph, lower
 from .ops import Op
 
 PASSES = ("cse", "simplify", "hoist", "fuse_matmul", "fuse_elementwise", "defer_grads",
-          "persistent", "microkernel")
+          "persistent", "hold_weights", "microkernel")
 # Passes that only one target's emitter acts on; the others emit the same program with
 # them on or off. `persistent` runs each time loop as one cooperative kernel (cuda);
+# `hold_weights` has those kernels keep the recurrent weights in shared memory across
+# the steps, where they fit and where that pays (cuda, with `persistent`);
 # `microkernel` runs the per-step GEMMs in rnndsl.gemm's register tiles over weights
 # packed once per call, instead of a BLAS call a step (cpu).
-TARGET_PASSES = {"persistent": "cuda", "microkernel": "cpu"}
+TARGET_PASSES = {"persistent": "cuda", "hold_weights": "cuda", "microkernel": "cpu"}
 
 
 def passes_for(passes, target: str) -> list[str]:

@@ -237,7 +237,8 @@ def test_disable_jit_runs_the_same_file_as_python(tmp_path):
     assert abs(y - ri.outputs["h"].sum()) < 1e-9 and abs(dU - gi.params["U_f"].sum()) < 1e-9
 
 
-# Random cells compile afresh (seconds each), so a handful by default;
+# Random cells compile afresh (seconds each), so a handful by default, each with the
+# passes on or off as Hypothesis draws it (both with RNNDSL_LONG=1);
 # RNNDSL_RANDOM_CPU_CELLS=N runs N (this count wins over the Hypothesis profile).
 @settings(max_examples=int(os.environ.get("RNNDSL_RANDOM_CPU_CELLS", "4")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -250,7 +251,8 @@ def test_random_cells_compiled_match_interp(data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("random_cell")
     spec = folder / "random.rnn"
     spec.write_text(cell.text)
-    for passes in (tuple(PASSES), ()):
+    both = (tuple(PASSES), ())
+    for passes in both if LONG else (data.draw(st.sampled_from(both), label="passes"),):
         out = folder / ("on" if passes else "off") / "random.py"
         write_module(build_source(read_spec(spec), passes), out)
         Compiled = getattr(load_built(out), load_built(out).CELLS[0])

@@ -66,8 +66,8 @@ def _pair(path: Path, dtype, **kw):
     return Cuda(dtype=dtype, seed=1, **dims, **kw), Ref(dtype=dtype, seed=1, **dims, **kw)
 
 
-def _inputs(cell, rng, dtype):
-    x = {d.name: rng.normal(size=(T, B) + cell._size(d)).astype(dtype)
+def _inputs(cell, rng, dtype, batch=B):
+    x = {d.name: rng.normal(size=(T, batch) + cell._size(d)).astype(dtype)
          for d in cell.spec.inputs}
     return next(iter(x.values())) if len(x) == 1 else x
 
@@ -88,11 +88,11 @@ def test_names_ending_in_r_are_not_other_names_rows_views(tmp_path):
     _matches_interpreter(spec, np.float64)
 
 
-def _matches_interpreter(path: Path, dtype) -> None:
+def _matches_interpreter(path: Path, dtype, batch=B) -> None:
     cell, ref = _pair(path, dtype)
     rng = np.random.default_rng(7)
-    x = _inputs(cell, rng, dtype)
-    s0 = {d.name: (0.5 * rng.normal(size=(B,) + cell._size(d))).astype(dtype)
+    x = _inputs(cell, rng, dtype, batch)
+    s0 = {d.name: (0.5 * rng.normal(size=(batch,) + cell._size(d))).astype(dtype)
           for d in cell.spec.states}
     run, want = cell.forward(x, state=s0), ref.forward(x, state=s0)
     tol = TOL[dtype]
@@ -236,12 +236,14 @@ PTX_SCRIPT = textwrap.dedent("""
         for name, (kernel, kinds) in sorted(table.items()):
             cuda.compile_ptx(kernel.py_func, sig(kinds, ft), cc=(9, 0))
             count += 1
-    # --splitk, --resident: the specs built with that way of writing the persistent
-    # kernels, each on its own; only the persistent kernels differ, so only they compile
+    # --splitk: the specs built with the "splitk" GEMM phases too; only the persistent
+    # kernels differ, so only they compile
     from rnndsl import emit_persistent
-    variants = {"--splitk": ("GEMM_SCHEME", "splitk"),
-                "--resident": ("RESIDENT_WEIGHTS", True)}
+    variants = {"--splitk": ("GEMM_SCHEME", "splitk")}
     paths = [a for a in sys.argv[1:] if not a.startswith("--")]
+    # a spec's kernels are one text for both dtypes: float32 (what GPUs train in) by
+    # default, float64 too with --both (RNNDSL_LONG=1)
+    spec_dtypes = (types.float32, types.float64) if "--both" in sys.argv else (types.float32,)
     defaults = {name: getattr(emit_persistent, name) for name, _ in variants.values()}
     out = Path(tempfile.mkdtemp())
     for variant in [a for a in sys.argv[1:] if a in variants] or [None]:
@@ -251,15 +253,16 @@ PTX_SCRIPT = textwrap.dedent("""
             spec_file = read_spec(path)
             target = out / f"{Path(path).stem}_{(variant or '-')[2:]}_cuda.py"
             text = build_source(spec_file, target="cuda")
-            assert {None: "", "--splitk": "K split among", "--resident":
-                    "held0 = cuda.shared.array("}[variant] in text, variant
+            # every spec holds its recurrent weights (hold_weights is on by default)
+            assert "held0 = cuda.shared.array(" in text, path
+            assert variant is None or "K split among" in text, variant
             write_module(text, target)
             module = load_built(target)
             for cell in module.CELLS:
                 for name, kernel, kinds in getattr(module, cell + "_KERNELS"):
                     if variant and not name.endswith("_steps"):
                         continue
-                    for ft in (types.float32, types.float64):
+                    for ft in spec_dtypes:
                         cuda.compile_ptx(kernel.py_func, sig(kinds, ft), cc=(9, 0))
                         count += 1
         for name, value in defaults.items():
@@ -269,17 +272,18 @@ PTX_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("what", [("--shared",), *((str(p),) for p in PTX_SPECS),
-                                  ("--splitk", "--resident", str(ROOT / "specs" / "lstm.rnn"),
+                                  ("--splitk", str(ROOT / "specs" / "lstm.rnn"),
                                    *([str(ROOT / "specs" / "gru_cho.rnn")] if LONG else []))],
                          ids=["cuda_kernels", *(p.stem for p in PTX_SPECS), "persistent_variants"])
 def test_every_kernel_compiles_to_ptx_for_sm90(what):
     """What the simulator accepts but a GPU rejects (lists in kernels, mixed dtypes,
     Python objects) fails here, without a GPU: the shared kernels, then each spec's
-    (one test each, so that the workers share the compiling), and the LSTM's persistent
-    kernels written the other ways: with the "splitk" GEMM phases, and with the
-    recurrent weights held in shared memory (with RNNDSL_LONG=1 the Cho GRU's too, two
-    held GEMMs a step)."""
-    out = subprocess.run([sys.executable, "-c", PTX_SCRIPT, *what],
+    (one test each, so that the workers share the compiling; float32, and float64 too
+    with RNNDSL_LONG=1; their persistent kernels hold the recurrent weights in shared
+    memory, the hold_weights pass), and the LSTM's
+    persistent kernels with the "splitk" GEMM phases (with RNNDSL_LONG=1 the Cho GRU's
+    too, two held GEMMs a step)."""
+    out = subprocess.run([sys.executable, "-c", PTX_SCRIPT, *what, *(["--both"] if LONG else [])],
                          check=False, capture_output=True, text=True, env=_no_sim_env(), cwd=ROOT,
                          timeout=600)
     if out.returncode == 77:
@@ -539,25 +543,26 @@ def test_fast_device_views_span_what_numpy_views_span(data):
     assert _basic_view(whole, (0,) + item[1:], View) is None      # an integer index
 
 
-# (spec, RESIDENT_CAP or None for the default, every dim): 40 s of simulator for the
-# first, so the Cho GRU (two held products a step) and the rest wait for RNNDSL_LONG=1
-HELD_CASES = [("lstm", None, 18), ("lstm", 64, 6)] + (
-    [("gru_cho", None, 18), ("projected_lstm", None, 18), ("gru", None, 18),
-     ("gru_cho", 64, 6)] if LONG else [])
+# (spec, RESIDENT_CAP or None for the default, every dim). Every spec holds its weights
+# in test_spec_matches_interpreter (the pass is on by default), and the grid emulator's
+# cases below hold them across blocks, in several rounds of items, with split sums; the
+# cases at H = 18 (15-40 s of simulator each) wait for RNNDSL_LONG=1.
+HELD_CASES = [("lstm", 64, 6)] + (
+    [("lstm", None, 18), ("gru_cho", None, 18), ("projected_lstm", None, 18),
+     ("gru", None, 18), ("gru_cho", 64, 6)] if LONG else [])
 
 
 @pytest.mark.parametrize("name,cap,size", HELD_CASES)
 def test_held_weights_match_the_interpreter(name, cap, size, tmp_path, monkeypatch):
-    """emit_persistent.RESIDENT_WEIGHTS (not yet the default): each step's GEMM against
-    the recurrent weights reads them from shared memory, where each block loaded its own
-    columns before the first step. At H = 18 the weights fit (the simulator's grid is one
-    block of 64 threads, which holds them all) and that path runs: at B = 2 the LSTM's
-    forward has 72 items (4 rows of a column) for 64 threads, two rounds, and its
-    backward 18, each summed by 3 threads whose parts are added in shared memory. With
-    RESIDENT_CAP at 64 elements they do not fit, and the kernel must take the "tiles"
-    phase instead. float64, against the interpreter."""
+    """The hold_weights pass: each step's GEMM against the recurrent weights reads them
+    from shared memory, where each block loaded its own columns before the first step.
+    At H = 18 the weights fit (the simulator's grid is one block of 64 threads, which
+    holds them all), and at B = 2 holding pays (1 block x 2 rows <= 72 and 18 columns),
+    so that path runs: the LSTM's forward has 72 items (4 rows of a column) for 64
+    threads, two rounds, and its backward 18, each summed by 3 threads whose parts are
+    added in shared memory. With RESIDENT_CAP at 64 elements they do not fit, and the
+    kernel must take the "tiles" phase instead. float64, against the interpreter."""
     from rnndsl import emit_persistent
-    monkeypatch.setattr(emit_persistent, "RESIDENT_WEIGHTS", True)
     if cap is not None:
         monkeypatch.setattr(emit_persistent, "RESIDENT_CAP", cap)
     target = tmp_path / f"{name}_held.py"
@@ -566,7 +571,7 @@ def test_held_weights_match_the_interpreter(name, cap, size, tmp_path, monkeypat
     source = target.read_text()
     # forward and backward each hold their recurrent product's weights
     assert source.count("= cuda.shared.array(") > source.count("held0 = cuda.shared.array(") >= 2
-    caps = {int(n) for n in re.findall(r"held\d_on = .* <= (\d+)$", source, re.MULTILINE)}
+    caps = {int(n) for n in re.findall(r"held\d_on = .* <= (\d+) and ", source)}
     assert caps and max(caps) <= emit_persistent.RESIDENT_CAP, caps
     _built_matches_interpreter(load_built(target), name, size, seed=5)
 
@@ -578,7 +583,6 @@ def test_every_persistent_kernel_fits_the_static_shared_memory_limit(scheme, mon
     kernels, with their weights held and with each GEMM scheme, counted at 8 bytes an
     element (float64); and the held phases take what the rest leaves."""
     from rnndsl import emit_persistent
-    monkeypatch.setattr(emit_persistent, "RESIDENT_WEIGHTS", True)
     monkeypatch.setattr(emit_persistent, "GEMM_SCHEME", scheme)
     held = 0
     for path in SPECS:
@@ -607,26 +611,66 @@ def test_held_weights_leave_alone_what_the_loop_writes_or_indexes_by_step(monkey
                 gemm(s, w, out3)
                 copy2(w, out1)
     """)
-    monkeypatch.setattr(emit_persistent, "RESIDENT_WEIGHTS", True)
-    made = PersistentLoop(driver, {}, "k0").kernel("k", "about")
+    assert PersistentLoop(driver, {}, "k0").kernel("k", "about")[0].count("held") == 0
+    made = PersistentLoop(driver, {}, "k0", hold=True).kernel("k", "about")
     text = made[0]
     assert "held0 = cuda.shared.array(" in text and "held1" not in text
     assert "u, held in shared memory" in text
     # three "tiles" phases share one pair of staging arrays; u takes what they leave
     assert text.count("sa = cuda.shared.array(") == 1
     cap = int(re.search(r"held0 = cuda.shared.array\((\d+),", text).group(1))
-    assert f"held0_on = (u.shape[0] + 1) * held0_n <= {cap}" in text
+    # held where a block's columns fit and where reading out1's rows a block costs no
+    # more than reading u
+    assert (f"held0_on = (u.shape[0] + 1) * held0_n <= {cap} and "
+            "out1.shape[0] * cuda.gridDim.x <= u.shape[1]\n") in text
     assert emit_persistent.shared_elements(text.split("\n")) == emit_persistent.SHARED_ELEMENTS
-    # the grid the kernel asks for is wide enough that a block's columns of u fit
+    # where that holds for the grid the kernel asks for, a block's columns of u fit
     from types import SimpleNamespace as Array
-    for rows, depth, cols in ((64, 512, 2048), (64, 2048, 512), (3, 1000, 7), (1, 1, 1),
-                              (256, 700, 2800), (5, cap - 1, 9), (5, cap, 9)):
+
+    from rnndsl.cuda_kernels import THREADS, held_threads
+    held = 0
+    for rows, depth, cols in ((64, 512, 2048), (6, 512, 2048), (1, 2048, 512), (3, 1000, 7),
+                              (1, 1, 1), (2, 700, 2800), (1, cap - 1, 9), (1, cap, 9)):
         shapes = {n: Array(shape=(rows, depth)) for n in ("s", "w")}
         shapes.update({n: Array(shape=(rows, cols)) for n in ("out1", "out2", "out3")})
         shapes.update(u=Array(shape=(depth, cols)), hist=Array(shape=(9, depth, cols)))
-        blocks = eval(made[1], {}, shapes) // emit_persistent.THREADS_CAP
-        fits = (depth + 1) * -(-cols // blocks) <= cap     # a column padded by one
-        assert fits == (depth + 1 <= cap), (rows, depth, cols, blocks)
+        wanted = held_threads(depth, cols, cap, rows)
+        blocks = eval(made[1], {"held_threads": held_threads}, shapes) // THREADS
+        assert blocks * THREADS >= wanted
+        if wanted:
+            assert (depth + 1) * -(-cols // blocks) <= cap, (rows, depth, cols, blocks)
+            held += rows * blocks <= cols       # the kernel's check, on the grid it gets
+    # not (64, ...) and (3, ...), where holding does not pay; not (1, cap, 9), whose
+    # column padded by one does not fit; and not (1, cap - 1, 9), where the other phases
+    # widen the grid to 14 blocks, each of which would read the row: 14 > 9 columns
+    assert held == 4
+
+
+def test_holding_pays_at_small_batches():
+    """cuda_kernels.held_threads, the grid a held GEMM asks for, worked by hand for an
+    LSTM at H = 512 (cap 3840 elements, a column padded by one, 256 threads a block):
+    forward, U is 512 x 2048, 7 columns a block, 293 blocks, each reading the step's B
+    rows of h: holding reads 293 B rows of 512 against U's 2048 columns of 512, so it
+    pays up to B = 6; backward, U^T is 2048 x 512, one column a block, 512 blocks, up to
+    B = 1. At H = 1024 a backward column (4097 elements) never fits."""
+    from rnndsl.cuda_kernels import held_threads
+    assert held_threads(512, 2048, 3840, 6) == 293 * 256
+    assert held_threads(512, 2048, 3840, 7) == 0
+    assert held_threads(2048, 512, 3840, 1) == 512 * 256
+    assert held_threads(2048, 512, 3840, 2) == 0
+    assert held_threads(4096, 1024, 3840, 1) == 0
+    assert held_threads(1024, 4096, 3840, 1) == 1366 * 256   # more than an H100 keeps
+    assert held_threads(512, 2048, 3840) == 293 * 256        # rows 0: wherever it fits
+    assert held_threads(2048, 512, 3840, 0) == 512 * 256
+
+
+def test_a_step_holds_where_it_pays_and_streams_where_not():
+    """At B = 5 and H = 3 the LSTM's forward holds U (3 x 12: one simulated block x 5
+    rows <= 12 columns) and its backward streams U^T (12 x 3: 5 rows > 3 columns), the
+    two paths in one cell, against the interpreter in float64."""
+    source = build_source(read_spec(ROOT / "specs" / "lstm.rnn"), target="cuda")
+    assert source.count("held0_on = ") == 2
+    _matches_interpreter(ROOT / "specs" / "lstm.rnn", np.float64, batch=5)
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru", "projected_lstm"] if LONG else ["lstm"])
@@ -644,3 +688,55 @@ def test_splitk_gemm_phases_match_the_interpreter(name, tmp_path, monkeypatch):
     source = target.read_text()
     assert "K split among its 16-thread groups" in source
     _built_matches_interpreter(load_built(target), name, 18, seed=3)
+
+
+# (spec, batch, every other dim, blocks, passes off) on blocks of 8 threads: the
+# simulator runs a cooperative grid as one block, so what a block does among several ran
+# only on a GPU until tests/grid_emulator.py. The LSTM at B = 1: both products held, U's
+# 20 columns 7 a block (the last block 6) forward, 7 items for 8 threads, and U^T's 5
+# columns 2 a block (the last 1) backward, each 5-deep sum split among 4 threads; at
+# B = 5, 14 items a block forward, two rounds, and the backward streams (3 blocks x 5
+# rows > 5 columns); without the pass, the "tiles" phases at B = 17 have two row tiles
+# (17 > 16 rows), one a block. With RNNDSL_LONG=1 the Cho GRU too (two held
+# products a step) and the GRU on 4 blocks.
+GRID_CASES = [("lstm", 1, 5, 3, ()), ("lstm", 5, 5, 3, ()),
+              ("lstm", 17, 3, 2, ("hold_weights",))] + (
+    [("gru_cho", 1, 5, 3, ()), ("gru", 3, 7, 4, ("hold_weights",))] if LONG else [])
+
+
+@pytest.mark.parametrize("name,batch,size,blocks,off", GRID_CASES)
+def test_persistent_kernels_on_a_grid_of_several_blocks(name, batch, size, blocks, off,
+                                                        tmp_path, monkeypatch):
+    """The persistent kernels on a cooperative grid of several blocks of 8 threads, run
+    at once on CPU threads (tests/grid_emulator.py: each block its own shared memory,
+    filled with NaN; syncthreads a block's barrier, grid.sync the grid's), float64,
+    outputs and every gradient against the interpreter."""
+    from grid_emulator import run_grid
+
+    from rnndsl.plan import PASSES
+    passes = [p for p in PASSES if p not in off]
+    target = tmp_path / f"{name}_grid.py"
+    write_module(build_source(read_spec(ROOT / "specs" / f"{name}.rnn"), passes,
+                              target="cuda"), target)
+    module = load_built(target)
+    launched = []
+
+    def launch(kernel, work, *args):
+        launched.append(kernel)
+        run_grid(kernel, blocks, 8, *args)
+    monkeypatch.setattr(module, "launch_persistent", launch)
+    cls = getattr(module, module.CELLS[0])
+    Ref = rnndsl.load(ROOT / "specs" / f"{name}.rnn", target="interp")
+    dims = {d: size for d in Ref.spec.dims}
+    cell, ref = cls(dtype=np.float64, seed=4, **dims), Ref(dtype=np.float64, seed=4, **dims)
+    rng = np.random.default_rng(9)
+    x = _inputs(cell, rng, np.float64, batch)
+    run, want = cell.forward(x), ref.forward(x)
+    d_out = {k: rng.normal(size=v.shape) for k, v in want.outputs.items()}
+    got, exp = cell.backward(run, d_outputs=d_out), ref.backward(want, d_outputs=d_out)
+    assert len(launched) == 2               # the forward's kernel and the backward's
+    for key, value in want.outputs.items():
+        assert _rel(run.outputs[key], value) < 1e-10, key
+    for kind in ("params", "inputs", "state"):
+        for key, value in getattr(exp, kind).items():
+            assert _rel(getattr(got, kind)[key], value) < 1e-10, (kind, key)
