@@ -29,31 +29,50 @@ PLANNED_TARGETS: tuple[str, ...] = ()
 OPTIONAL_TARGETS = ("cuda",)
 
 
-def load(path: str | Path, target: str = DEFAULT_TARGET, cell: str | None = None) -> type:
+def load(path: str | Path, target: str = DEFAULT_TARGET, cell: str | None = None, *,
+         no_passes=()) -> type:
     """Read, check and prepare a .rnn spec; return its cell class.
 
     `cell` picks one cell when the file (with the files it uses) defines several.
+    `no_passes` switches optimisation passes off, as `rnndsl build --no-pass` does
+    (`rnndsl build --help` lists them): e.g. no_passes=["hold_weights"] on the cuda
+    target reads the recurrent weights from global memory at every step.
     """
     _check_target(target)
+    off = _passes_off(no_passes)
     if target != "interp":
         from .cache import remember_class, warm_class
-        found = warm_class(path, target, cell)     # a spec loaded before: no reading
+        found = warm_class(path, target, cell, off)     # a spec loaded before: no reading
         if found is not None:
             return found
     from .spec import read_spec
     spec_file = read_spec(path)
-    cls = _cell_class(spec_file, target, cell)
+    cls = _cell_class(spec_file, target, cell, off)
     if target != "interp":
-        remember_class(path, target, cell, spec_file, cls)
+        remember_class(path, target, cell, spec_file, cls, off)
     return cls
 
 
 def load_text(text: str, target: str = DEFAULT_TARGET, cell: str | None = None,
-              path: str = "<text>") -> type:
+              path: str = "<text>", *, no_passes=()) -> type:
     """Like `load`, for a spec held in a string (`use` paths resolve from the cwd)."""
     from .spec import read_spec
     _check_target(target)
-    return _cell_class(read_spec(path, text=text), target, cell)
+    return _cell_class(read_spec(path, text=text), target, cell, _passes_off(no_passes))
+
+
+def _passes_off(no_passes) -> tuple[str, ...]:
+    """The pass names in `no_passes`, checked and sorted (none: nothing imported)."""
+    if isinstance(no_passes, str):
+        no_passes = [no_passes]
+    off = tuple(sorted(set(no_passes)))
+    if off:
+        from .plan import PASSES
+        unknown = [p for p in off if p not in PASSES]
+        if unknown:
+            raise TargetError(f"unknown pass '{unknown[0]}' in no_passes; passes: "
+                              + ", ".join(PASSES))
+    return off
 
 
 def _check_target(target: str) -> None:
@@ -71,7 +90,7 @@ def _check_target(target: str) -> None:
     raise TargetError(f"unknown target '{target}'; targets: " + ", ".join(known))
 
 
-def _cell_class(spec_file, target: str, cell: str | None) -> type:
+def _cell_class(spec_file, target: str, cell: str | None, off: tuple[str, ...] = ()) -> type:
     from .runtime import make_cell_class
     spec = spec_file.pick(cell)
     if target == "interp":
@@ -85,4 +104,6 @@ def _cell_class(spec_file, target: str, cell: str | None) -> type:
     from .spec import read_spec
     if spec.name not in spec_file.cells:      # a cell from a `use`d file: build that file
         spec_file = read_spec(spec.source.path)
-    return getattr(cached_module(spec_file, target=target), spec.name)
+    from .plan import PASSES
+    passes = [p for p in PASSES if p not in off]
+    return getattr(cached_module(spec_file, passes, target=target), spec.name)

@@ -152,19 +152,21 @@ def _text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _index_path(spec_path: Path, text: str, target: str, cell: str | None) -> Path:
+def _index_path(spec_path: Path, text: str, target: str, cell: str | None,
+                off: tuple[str, ...]) -> Path:
     key = hashlib.sha256("\0".join([str(spec_path), text, compiler_hash(), target,
-                                    str(cell)]).encode()).hexdigest()[:32]
+                                    str(cell), *off]).encode()).hexdigest()[:32]
     return cache_dir() / "index" / f"{key}.json"
 
 
-def warm_class(path, target: str, cell: str | None):
-    """The cell class a previous load of this spec file made, if the index knows it and
-    nothing it depends on changed; else None (then load the slow way, then remember)."""
+def warm_class(path, target: str, cell: str | None, off: tuple[str, ...] = ()):
+    """The cell class a previous load of this spec file (with these passes off) made, if
+    the index knows it and nothing it depends on changed; else None (then load the slow
+    way, then remember)."""
     try:
         spec_path = Path(path).resolve()
         text = spec_path.read_text()
-        entry = json.loads(_index_path(spec_path, text, target, cell).read_text())
+        entry = json.loads(_index_path(spec_path, text, target, cell, off).read_text())
         for used, digest in entry["uses"].items():
             if _text_hash(Path(used).read_text()) != digest:
                 return None
@@ -176,7 +178,8 @@ def warm_class(path, target: str, cell: str | None):
         return None
 
 
-def remember_class(path, target: str, cell: str | None, spec_file, cls) -> None:
+def remember_class(path, target: str, cell: str | None, spec_file, cls,
+                   off: tuple[str, ...] = ()) -> None:
     """Write the index entry `warm_class` reads for this load (best effort)."""
     module = sys.modules.get(cls.__module__)
     module_file = getattr(module, "__file__", None)
@@ -191,7 +194,7 @@ def remember_class(path, target: str, cell: str | None, spec_file, cls) -> None:
                 for p, t in spec_file.used_files.items()}
         # the path as this process imported it: load_built then finds the same module
         entry = {"module": module_file, "class": cls.__name__, "uses": uses}
-        write_atomically(_index_path(spec_path, text, target, cell),
+        write_atomically(_index_path(spec_path, text, target, cell, off),
                          json.dumps(entry, indent=1).encode())
     except (OSError, UnicodeDecodeError):
         pass

@@ -592,8 +592,12 @@ class CompiledCell(Cell):
     @classmethod
     def _make_lengths_class(cls) -> type:
         from .build import cached_module
+        from .plan import PASSES, passes_for
         spec_file = _spec_file_of(cls.kernels, cls.meta)
-        module = cached_module(spec_file, target=cls.target, variant="lengths")
+        # the passes this class was built with (its module lists those of its target)
+        off = set(passes_for(PASSES, cls.target)) - set(cls.meta["passes"])
+        module = cached_module(spec_file, [p for p in PASSES if p not in off],
+                               target=cls.target, variant="lengths")
         return getattr(module, cls.spec.name)
 
     def _consts(self) -> np.ndarray:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import rnndsl
 from rnndsl import cache
@@ -20,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 WARM = """
 import json, sys
 import numpy as np
+import pytest
 import rnndsl
 Cell = rnndsl.load(sys.argv[1])
 cell = Cell(dtype=np.float64, I=2, H=3, O=2)
@@ -101,3 +103,27 @@ def test_a_compiled_class_lowers_its_step_on_demand():
     Cell = rnndsl.load(REPO / "specs" / "elman.rnn")
     step = Cell.step
     assert isinstance(step, StepGraph) and Cell.step is step     # made once, then kept
+
+
+def test_passes_switched_off_from_python_build_and_remember_their_own_module(tmp_path,
+                                                                               monkeypatch):
+    """rnndsl.load(..., no_passes=[...]) is `rnndsl build --no-pass` from Python: its own
+    module (the cache key holds the passes), its own warm-load entry, and a variable-
+    length twin built with the same passes; an unknown name is a TargetError that lists
+    the passes."""
+    monkeypatch.setenv("RNNDSL_CACHE_DIR", str(tmp_path))
+    spec = REPO / "specs" / "elman.rnn"
+    plain = rnndsl.load(spec)
+    off = rnndsl.load(spec, no_passes=["microkernel", "hoist"])
+    assert off.kernels.__file__ != plain.kernels.__file__
+    assert "microkernel" in plain.meta["passes"] and "hoist" in plain.meta["passes"]
+    assert "microkernel" not in off.meta["passes"] and "hoist" not in off.meta["passes"]
+    assert len(list((tmp_path / "index").glob("*.json"))) == 2
+    assert rnndsl.load(spec, no_passes=("hoist", "microkernel")) is off     # warm, either order
+    assert rnndsl.load(spec) is plain
+    x = np.random.default_rng(0).normal(size=(4, 3, 2))
+    cell = off(I=2, H=3, O=2, dtype=np.float64)
+    cell.forward(x, lengths=np.array([4, 2, 3]))
+    assert "microkernel" not in type(cell)._lengths_cls.meta["passes"]
+    with pytest.raises(rnndsl.TargetError, match="unknown pass 'fuse'.*microkernel"):
+        rnndsl.load(spec, no_passes=["fuse"])

@@ -692,16 +692,17 @@ def test_splitk_gemm_phases_match_the_interpreter(name, tmp_path, monkeypatch):
 
 # (spec, batch, every other dim, blocks, passes off) on blocks of 8 threads: the
 # simulator runs a cooperative grid as one block, so what a block does among several ran
-# only on a GPU until tests/grid_emulator.py. The LSTM at B = 1: both products held, U's
-# 20 columns 7 a block (the last block 6) forward, 7 items for 8 threads, and U^T's 5
-# columns 2 a block (the last 1) backward, each 5-deep sum split among 4 threads; at
-# B = 5, 14 items a block forward, two rounds, and the backward streams (3 blocks x 5
-# rows > 5 columns); without the pass, the "tiles" phases at B = 17 have two row tiles
-# (17 > 16 rows), one a block. With RNNDSL_LONG=1 the Cho GRU too (two held
-# products a step) and the GRU on 4 blocks.
-GRID_CASES = [("lstm", 1, 5, 3, ()), ("lstm", 5, 5, 3, ()),
-              ("lstm", 17, 3, 2, ("hold_weights",))] + (
-    [("gru_cho", 1, 5, 3, ()), ("gru", 3, 7, 4, ("hold_weights",))] if LONG else [])
+# only on a GPU until tests/grid_emulator.py. Every spec at B = 1, where each holds its
+# weights: for the LSTM, U's 20 columns 7 a block (the last block 6) forward, 7 items for
+# 8 threads, and U^T's 5 columns 2 a block (the last 1) backward, each 5-deep sum split
+# among 4 threads. The LSTM at B = 5: 14 items a block forward, two rounds, while the
+# backward streams (3 blocks x 5 rows > 5 columns); without the pass, the "tiles" phases
+# at B = 17 have two row tiles (17 > 16 rows), one a block. With RNNDSL_LONG=1 every
+# spec at B = 5 too, and the GRU without the pass on 4 blocks. 1-3 s a case.
+GRID_CASES = [(p.stem, 1, 5, 3, ()) for p in SPECS] + [
+    ("lstm", 5, 5, 3, ()), ("lstm", 17, 3, 2, ("hold_weights",))] + (
+    [(p.stem, 5, 5, 3, ()) for p in SPECS if p.stem != "lstm"]
+    + [("gru", 3, 7, 4, ("hold_weights",))] if LONG else [])
 
 
 @pytest.mark.parametrize("name,batch,size,blocks,off", GRID_CASES)
@@ -716,8 +717,8 @@ def test_persistent_kernels_on_a_grid_of_several_blocks(name, batch, size, block
     from rnndsl.plan import PASSES
     passes = [p for p in PASSES if p not in off]
     target = tmp_path / f"{name}_grid.py"
-    write_module(build_source(read_spec(ROOT / "specs" / f"{name}.rnn"), passes,
-                              target="cuda"), target)
+    spec = ROOT / "specs" / f"{name}.rnn"
+    write_module(build_source(read_spec(spec), passes, target="cuda"), target)
     module = load_built(target)
     launched = []
 
@@ -726,7 +727,7 @@ def test_persistent_kernels_on_a_grid_of_several_blocks(name, batch, size, block
         run_grid(kernel, blocks, 8, *args)
     monkeypatch.setattr(module, "launch_persistent", launch)
     cls = getattr(module, module.CELLS[0])
-    Ref = rnndsl.load(ROOT / "specs" / f"{name}.rnn", target="interp")
+    Ref = rnndsl.load(spec, target="interp")
     dims = {d: size for d in Ref.spec.dims}
     cell, ref = cls(dtype=np.float64, seed=4, **dims), Ref(dtype=np.float64, seed=4, **dims)
     rng = np.random.default_rng(9)
@@ -734,9 +735,23 @@ def test_persistent_kernels_on_a_grid_of_several_blocks(name, batch, size, block
     run, want = cell.forward(x), ref.forward(x)
     d_out = {k: rng.normal(size=v.shape) for k, v in want.outputs.items()}
     got, exp = cell.backward(run, d_outputs=d_out), ref.backward(want, d_outputs=d_out)
-    assert len(launched) == 2               # the forward's kernel and the backward's
+    # both time loops ran on the emulated grid
+    assert {k.__name__.split("_")[0] for k in launched} == {"forward", "backward"}
     for key, value in want.outputs.items():
         assert _rel(run.outputs[key], value) < 1e-10, key
     for kind in ("params", "inputs", "state"):
         for key, value in getattr(exp, kind).items():
             assert _rel(getattr(got, kind)[key], value) < 1e-10, (kind, key)
+
+
+def test_the_weights_are_streamed_when_python_switches_the_pass_off(tmp_path, monkeypatch):
+    """rnndsl.load(..., no_passes=["hold_weights"]): the persistent kernels read the
+    recurrent weights from global memory at every step; by default they hold them."""
+    monkeypatch.setenv("RNNDSL_CACHE_DIR", str(tmp_path))
+    spec = ROOT / "specs" / "gru.rnn"
+    held = Path(rnndsl.load(spec, target="cuda").kernels.__file__).read_text()
+    streamed = rnndsl.load(spec, target="cuda", no_passes=["hold_weights"])
+    text = Path(streamed.kernels.__file__).read_text()
+    assert "held0 = cuda.shared.array(" in held
+    assert "held0" not in text and "held_threads(" not in text and "grid.sync()" in text
+    assert "hold_weights" not in streamed.meta["passes"]
