@@ -673,13 +673,16 @@ def test_a_step_holds_where_it_pays_and_streams_where_not():
     _matches_interpreter(ROOT / "specs" / "lstm.rnn", np.float64, batch=5)
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru", "projected_lstm"] if LONG else ["lstm"])
+# the simulator's one block of 64 threads; test_splitk_gemm_phases_on_a_grid_of_several_blocks
+# runs the LSTM's by default, on two blocks
+@pytest.mark.skipif(not LONG, reason="RNNDSL_LONG=1 only (20 s each on the simulator)")
+@pytest.mark.parametrize("name", ["lstm", "gru", "projected_lstm"])
 def test_splitk_gemm_phases_match_the_interpreter(name, tmp_path, monkeypatch):
     """emit_persistent's "splitk" GEMM phases (16 x 16 tiles, K split among 16-thread
     groups, partial sums added in shared memory), not yet the default: at sizes that
     give several tiles, partial tiles and several rounds of K (H = 18: the backward's
     product has K = 72, three rounds on the simulator), float64, against the
-    interpreter. GRU and the projected LSTM too with RNNDSL_LONG=1 (20 s each)."""
+    interpreter. With RNNDSL_LONG=1 (20 s each)."""
     from rnndsl import emit_persistent
     monkeypatch.setattr(emit_persistent, "GEMM_SCHEME", "splitk")
     target = tmp_path / f"{name}_splitk.py"
@@ -712,6 +715,24 @@ def test_persistent_kernels_on_a_grid_of_several_blocks(name, batch, size, block
     at once on CPU threads (tests/grid_emulator.py: each block its own shared memory,
     filled with NaN; syncthreads a block's barrier, grid.sync the grid's), float64,
     outputs and every gradient against the interpreter."""
+    _on_a_grid(name, batch, size, blocks, 8, off, tmp_path, monkeypatch)
+
+
+def test_splitk_gemm_phases_on_a_grid_of_several_blocks(tmp_path, monkeypatch):
+    """The "splitk" GEMM phases (not the default) across 2 blocks of 16 threads, one
+    16-thread group each: the LSTM at B = 3, H = 18 has 5 output tiles forward (the last
+    8 columns wide) and 2 backward (the last 2 wide), and the backward's K = 72 takes
+    9 rounds of 8 rows. Its weights are streamed (hold_weights off), so that every
+    product takes the "splitk" phase."""
+    from rnndsl import emit_persistent
+    monkeypatch.setattr(emit_persistent, "GEMM_SCHEME", "splitk")
+    source = _on_a_grid("lstm", 3, 18, 2, 16, ("hold_weights",), tmp_path, monkeypatch)
+    assert "K split among its 16-thread groups" in source
+
+
+def _on_a_grid(name, batch, size, blocks, threads, off, tmp_path, monkeypatch) -> str:
+    """Build `name` without the passes `off`, run its persistent kernels on the grid
+    emulator, and compare with the interpreter (float64); returns the module's text."""
     from grid_emulator import run_grid
 
     from rnndsl.plan import PASSES
@@ -724,7 +745,7 @@ def test_persistent_kernels_on_a_grid_of_several_blocks(name, batch, size, block
 
     def launch(kernel, work, *args):
         launched.append(kernel)
-        run_grid(kernel, blocks, 8, *args)
+        run_grid(kernel, blocks, threads, *args)
     monkeypatch.setattr(module, "launch_persistent", launch)
     cls = getattr(module, module.CELLS[0])
     Ref = rnndsl.load(spec, target="interp")
@@ -742,6 +763,7 @@ def test_persistent_kernels_on_a_grid_of_several_blocks(name, batch, size, block
     for kind in ("params", "inputs", "state"):
         for key, value in getattr(exp, kind).items():
             assert _rel(getattr(got, kind)[key], value) < 1e-10, (kind, key)
+    return target.read_text()
 
 
 def test_the_weights_are_streamed_when_python_switches_the_pass_off(tmp_path, monkeypatch):
