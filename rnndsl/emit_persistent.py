@@ -10,8 +10,9 @@ It is the skeleton of Diamos et al., "Persistent RNNs" (2016). Their main trick,
 recurrent weights kept on chip across the steps, is the `hold_weights` pass (on by
 default): each block holds its own columns of them in shared memory (not in registers,
 which Numba cannot index), where they fit and where that reads less memory a step than
-streaming them (hold_pays, below: at small batches). Elsewhere the weights are read from
-global memory at each step (4 MB for an LSTM at H = 512, which an H100's L2 can hold).
+streaming them (HOLD_RULE below, and cuda_kernels.held_threads: at small batches).
+Elsewhere the weights are read from global memory at each step (4 MB for an LSTM at
+H = 512, which an H100's L2 can hold).
 
 Input: the text of a driver that emit_cuda.py printed, with its kernels' bodies and
 axes. Each statement of the time loop becomes one phase of the persistent kernel, run by
