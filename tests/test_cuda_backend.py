@@ -695,15 +695,19 @@ def test_splitk_gemm_phases_match_the_interpreter(name, tmp_path, monkeypatch):
 
 # (spec, batch, every other dim, blocks, passes off) on blocks of 8 threads: the
 # simulator runs a cooperative grid as one block, so what a block does among several ran
-# only on a GPU until tests/grid_emulator.py. Every spec at B = 1, where each holds its
-# weights: for the LSTM, U's 20 columns 7 a block (the last block 6) forward, 7 items for
-# 8 threads, and U^T's 5 columns 2 a block (the last 1) backward, each 5-deep sum split
-# among 4 threads. The LSTM at B = 5: 14 items a block forward, two rounds, while the
-# backward streams (3 blocks x 5 rows > 5 columns); without the pass, the "tiles" phases
-# at B = 17 have two row tiles (17 > 16 rows), one a block. With RNNDSL_LONG=1 every
-# spec at B = 5 too, and the GRU without the pass on 4 blocks. 1-3 s a case.
-GRID_CASES = [(p.stem, 1, 5, 3, ()) for p in SPECS] + [
-    ("lstm", 5, 5, 3, ()), ("lstm", 17, 3, 2, ("hold_weights",))] + (
+# only on a GPU until tests/grid_emulator.py. At B = 1 every product is held: for the
+# LSTM, U's 20 columns 7 a block (the last block 6) forward, 7 items for 8 threads, and
+# U^T's 5 columns 2 a block (the last 1) backward, each 5-deep sum split among 4
+# threads. By default the specs that between them hold every kind of phase (two held
+# products a step, layer-norm reductions, several inputs and three held products); the
+# rest with RNNDSL_LONG=1. The LSTM at B = 5, H = 4: 12 items a block forward, two
+# rounds, while the backward streams (3 blocks x 5 rows > 4 columns); without the pass,
+# the "tiles" phases at B = 17 have two row tiles (17 > 16 rows), one a block. With
+# RNNDSL_LONG=1 every spec at B = 5 too, and the GRU without the pass on 4 blocks.
+GRID_SPECS = [p for p in SPECS if LONG or p.stem in (
+    "lstm", "gru_cho", "layernorm_lstm", "two_streams")]
+GRID_CASES = [(p.stem, 1, 5, 3, ()) for p in GRID_SPECS] + [
+    ("lstm", 5, 4, 3, ()), ("lstm", 17, 2, 2, ("hold_weights",))] + (
     [(p.stem, 5, 5, 3, ()) for p in SPECS if p.stem != "lstm"]
     + [("gru", 3, 7, 4, ("hold_weights",))] if LONG else [])
 
@@ -720,13 +724,14 @@ def test_persistent_kernels_on_a_grid_of_several_blocks(name, batch, size, block
 
 def test_splitk_gemm_phases_on_a_grid_of_several_blocks(tmp_path, monkeypatch):
     """The "splitk" GEMM phases (not the default) across 2 blocks of 16 threads, one
-    16-thread group each: the LSTM at B = 3, H = 18 has 5 output tiles forward (the last
-    8 columns wide) and 2 backward (the last 2 wide), and the backward's K = 72 takes
-    9 rounds of 8 rows. Its weights are streamed (hold_weights off), so that every
-    product takes the "splitk" phase."""
+    16-thread group each: the LSTM at B = 2, H = 9 has 3 output tiles forward (the last
+    4 columns wide) and 1 backward (9 wide), and the backward's K = 36 takes 5 rounds
+    of 8 rows. Its weights are streamed (hold_weights off), so that every product takes
+    the "splitk" phase. (The one-block simulator runs, with RNNDSL_LONG=1, go to
+    H = 18.)"""
     from rnndsl import emit_persistent
     monkeypatch.setattr(emit_persistent, "GEMM_SCHEME", "splitk")
-    source = _on_a_grid("lstm", 3, 18, 2, 16, ("hold_weights",), tmp_path, monkeypatch)
+    source = _on_a_grid("lstm", 2, 9, 2, 16, ("hold_weights",), tmp_path, monkeypatch)
     assert "K split among its 16-thread groups" in source
 
 
