@@ -510,10 +510,10 @@ def probe_resident(B: int = 64, H: int = 512) -> None:
     step (`--no-pass hold_weights`), held in shared memory across the steps where
     holding pays by the traffic rule (the default, emit_persistent.HOLD_RULE "traffic":
     blocks x B <= N), and held wherever they fit (HOLD_RULE "fit"), at batches on both
-    sides of the rule. Whether the held path ran shows in the grid: it needs
-    ceil(N / floor(cap / (K + 1))) blocks for a K x N weight (cap = the elements a block
-    holds, 3840 for the LSTM: 293 blocks forward and 512 backward at H = 512), and falls
-    back to the "tiles" phase on a smaller grid."""
+    sides of the rule. Which kernel ran shows in its name (`..._steps_held` holds the
+    weights) and its grid: ceil(N / floor(cap / (K + 1))) blocks for a K x N weight
+    (cap = the elements a block holds, 5120 for the LSTM: 228 blocks forward and 256
+    backward at H = 512)."""
     builds = [("streamed", {}, ("hold_weights",)), ("held, traffic", {}, ()),
               ("held, fit", {"HOLD_RULE": "fit"}, ())]
     for b, h in ((1, H), (4, H), (16, H), (B, H), (1, 2 * H), (B // 2, H // 2)):

@@ -97,9 +97,9 @@ def held_threads(depth: int, cols: int, cap: int, rows: int = 0) -> int:
     pay. Every block reads all `rows` rows of the step's left operand (rows x depth) at
     every step, blocks x rows x depth elements, against the depth x cols elements of the
     weights that holding spares reading: it pays where blocks x rows <= cols, that is at
-    small batches (an LSTM at H = 512: B <= 6 forward, B = 1 backward). rows = 0 holds
-    wherever the weights fit. Where not even one column fits, 0 too. The kernel checks
-    the same on the grid it gets."""
+    small batches (an LSTM at H = 512: B <= 8 forward, B <= 2 backward). rows = 0 holds
+    wherever the weights fit. Where not even one column
+    fits, 0 too. held_grid_fits checks the same on the grid the GPU gives."""
     per = cap // (depth + 1)
     if per < 1:
         return 0
@@ -107,6 +107,21 @@ def held_threads(depth: int, cols: int, cap: int, rows: int = 0) -> int:
     if rows * blocks > cols:
         return 0
     return blocks * THREADS
+
+
+def held_grid_fits(kernel, work: int, checks, *args) -> bool:
+    """Whether to launch a loop's kernel that holds its weights (emit_persistent's
+    hold_weights pass) rather than the one that streams them: for each held GEMM's
+    (depth, cols, cap, rows), holding must pay and fit at the grid it asks for
+    (held_threads), and the cooperative grid the GPU gives the kernel must be wide
+    enough that each block's columns, a column padded by one, fit in `cap` elements,
+    and no wider than holding pays for (blocks x rows <= cols). The kernel has no
+    other way to compute the products, so this is the whole of its guard."""
+    if not all(held_threads(*check) for check in checks):
+        return False
+    blocks, _ = persistent_grid(kernel, work, *args)
+    return all((depth + 1) * -(-cols // blocks) <= cap and rows * blocks <= cols
+               for depth, cols, cap, rows in checks)
 
 
 LAST_GRID: dict = {}      # kernel -> the (blocks, threads) of its last launch, for probes

@@ -73,8 +73,8 @@ CUDA = Dialect(
     helpers="rnndsl.cuda_kernels",
     helper_names=tuple(n for n in HELPER_NAMES
                        if n not in KERNEL_FUNCTIONS + CPU_ONLY_HELPERS)
-    + ("clone", "gemm", "held_threads", "launch", "launch_persistent", "workspace",
-       "workspace_like"),
+    + ("clone", "gemm", "held_grid_fits", "held_threads", "launch", "launch_persistent",
+       "workspace", "workspace_like"),
     runtime="rnndsl.cuda_runtime:cuda_cell_class",
     engine="numba-cuda @cuda.jit kernels driven from Python")
 
@@ -205,18 +205,35 @@ class CudaEmitter(_Emitter):
                               hold="hold_weights" in self.plan.passes).kernel(name, about)
         if made is None:
             return driver
-        text, work, (start, stop) = made
-        text, params, names = with_params(name, text)
+        start, stop = made.span
+        text, params, names = with_params(name, made.text)
         lines = driver.split("\n")
         indent = lines[start][:len(lines[start]) - len(lines[start].lstrip())]
-        launch = [f"{indent}# the time loop on the device: one launch for all steps, with "
-                  "as many threads as its widest phase has items",
-                  f"{indent}launch_persistent({name}, {work}, {names})"]
+        launch = [(f"{indent}# the time loop on the device: one launch for all steps, with "
+                   "as many threads as its widest phase has items")]
+        streamed = f"launch_persistent({name}, {made.work}, {names})"
+        held = made.held
+        if held is None:
+            launch.append(indent + streamed)
+        else:
+            held_text, held_params, held_names = with_params(held.name, held.text)
+            checks = "(" + "".join(f"({', '.join(c)}), " for c in held.checks) + ")"
+            launch += [(f"{indent}# the recurrent weights held in shared memory where they "
+                        "fit and where holding pays (depth, columns, cap, rows of each held "
+                        "GEMM)"),
+                       f"{indent}held_work = {held.work}",
+                       (f"{indent}if held_grid_fits({held.name}, held_work, {checks}, "
+                        f"{held_names}):"),
+                       f"{indent}    launch_persistent({held.name}, held_work, {held_names})",
+                       f"{indent}else:",
+                       f"{indent}    {streamed}"]
         driver = "\n".join(lines[:start] + launch + lines[stop:])
         # the loop's kernels now live inside the persistent one
         self.kernels = [k for k in self.kernels
                         if not k[0].startswith(f"{which}_") or k[0] + "[" in driver]
         self.kernels.append((name, text, params))
+        if held is not None:
+            self.kernels.append((held.name, held_text, held_params))
         return driver
 
     def emit(self) -> Emitted:

@@ -56,10 +56,12 @@ SPLITK_DEPTH = 8             # "splitk": K rows a 16-thread group takes a round
 # Diamos et al.'s trick, the `hold_weights` pass: a step's GEMM whose right operand the
 # loop never writes (the recurrent weights, U forward and U^T backward) reads it from
 # shared memory, where each block loaded its own columns once before the first step,
-# instead of from global memory at every step. The kernel checks at run time that a
-# block's columns fit in its share of the shared memory the kernel's other arrays leave,
-# and (HOLD_RULE "traffic") that holding pays; elsewhere it runs GEMM_SCHEME's phase.
-# "fit" holds wherever the columns fit (for gpu_probe.py to time the rule against).
+# instead of from global memory at every step. It is a second kernel for the loop, which
+# the host launches where a block's columns fit in its share of the shared memory the
+# kernel's other arrays leave, on the grid the GPU gives, and (HOLD_RULE "traffic")
+# where holding pays (cuda_kernels.held_grid_fits); elsewhere it launches the streamed
+# kernel, GEMM_SCHEME's phases. Only the kernel launched is compiled. "fit" holds
+# wherever the columns fit (for gpu_probe.py to time the rule against).
 HOLD_RULE = "traffic"
 RESIDENT_CAP = 6144          # elements a held GEMM holds at most (a tuning knob)
 # A block's static shared memory may not pass 48 KiB (CUDA's limit without opting in to
@@ -88,6 +90,26 @@ class _Phase:
     gemm: list[ast.expr] | None = None        # a GEMM phase's (a, b, out)
 
 
+@dataclass
+class HeldKernel:
+    """The kernel that holds the loop's weights in shared memory (hold_weights)."""
+    name: str
+    text: str
+    work: str
+    checks: list[tuple[str, str, str, str]]   # a held GEMM's (depth, columns, cap, rows)
+
+
+@dataclass
+class PersistentKernel:
+    """A time loop as a persistent kernel: its text (`def name(<<params>>):`), its work
+    (threads its widest phase can keep busy), the driver's lines [start, stop) that the
+    loop spans, and the kernel that holds the weights, if any."""
+    text: str
+    work: str
+    span: tuple[int, int]
+    held: HeldKernel | None = None
+
+
 _SHARED_DECL = re.compile(r"\s*(\w+) = cuda\.shared\.array\((.*), [\w.]+\)$")
 
 
@@ -103,15 +125,17 @@ def shared_elements(lines: list[str]) -> int:
     return sum(sizes.values())
 
 
-def hoist_shared(phases: list[_Phase]) -> list[str]:
-    """The phases' shared arrays, declared once each before the loop (returned) instead
-    of in each phase (removed from their lines). Numba gives every declaration its own
+def hoist_shared(phases: list[_Phase]) -> tuple[list[str], list[list[str]]]:
+    """The phases' shared arrays, declared once each before the loop, instead of in each
+    phase: (the declarations, each phase's lines without them). Numba gives every
+    declaration its own
     memory, and two GEMM phases' staging buffers could pass the 48 KiB a block may
     have; one buffer a name serves them all, since a block runs its phases one after
     another and each phase's last read of shared memory is followed by a
     cuda.syncthreads() that every thread of the block reaches (the tile loops' trip
     counts are the same for a block's threads)."""
     decls: dict[str, str] = {}
+    lines = []
     for ph in phases:
         kept = []
         for line in ph.lines:
@@ -123,8 +147,8 @@ def hoist_shared(phases: list[_Phase]) -> list[str]:
             # the same shape; the dtype may be read off another array, but one kernel
             # runs in one float type
             assert _SHARED_DECL.match(first).group(2) == m.group(2), line
-        ph.lines = kept
-    return list(decls.values())
+        lines.append(kept)
+    return list(decls.values()), lines
 
 
 class Unsupported(Exception):
@@ -506,9 +530,10 @@ class PersistentLoop:
                       {self._root(out.array)}, work)
 
     def _resident_phase(self, k: int, args: list[ast.expr], cap: int,
-                        fallback: _Phase) -> _Phase:
+                        streamed: _Phase) -> tuple[_Phase, tuple[str, str, str, str]]:
         """out = a @ b with b (the loop never writes it) held in shared memory across the
-        steps, Diamos et al.'s trick.
+        steps, Diamos et al.'s trick; and the check (b's depth and columns, cap, out's
+        rows) the host makes before it launches the kernel that holds it.
 
         Before the first step, block g loads columns [g * n, (g + 1) * n) of b, n =
         ceil(columns / blocks), into `held<k>`, a column after another, each padded by
@@ -520,100 +545,87 @@ class PersistentLoop:
         each item's depth is split among `split` neighbouring threads, which read
         neighbouring elements of a's rows and of the held column, and their partial sums
         are added through shared memory (`held_sum`, one for all the kernel's held
-        phases). Where a block's columns do not fit in `cap` elements (a grid too small
-        for these weights) the `fallback` phase runs instead; the choice is the same for
-        every block."""
+        phases). The kernel has no other way to compute the product: the host launches
+        it only on a grid where every block's columns fit in `cap` elements
+        (cuda_kernels.held_grid_fits), and the streamed kernel elsewhere."""
         a, b, out = (self._operand(x, 2) for x in args)
         held, z, rows = f"held{k}", self.zero, RESIDENT_ROWS
-        cols, c0, on = f"{held}_n", f"{held}_c0", f"{held}_on"
+        cols, c0 = f"{held}_n", f"{held}_c0"
         bk, bn, gm = b.extent(0), b.extent(1), out.extent(0)
         stride = f"({bk} + 1)"
         pro = Printer()
-        pro.comment(f"{ast.unparse(args[1])}, held in shared memory for every step where "
-                    f"it fits: this block's {cols} columns from {c0}, a column after "
-                    "another, each padded by one")
+        pro.comment(f"{ast.unparse(args[1])}, held in shared memory for every step: this "
+                    f"block's {cols} columns from {c0}, a column after another, each padded "
+                    "by one (the host chose a grid on which they fit)")
         pro.line(f"{held} = cuda.shared.array({cap}, {out.array}.dtype)")
         pro.line(f"{cols} = max(1, ({bn} + cuda.gridDim.x - 1) // cuda.gridDim.x)")
         pro.line(f"{c0} = cuda.blockIdx.x * {cols}")
-        if HOLD_RULE == "traffic":
-            a_text, b_text = ast.unparse(args[0]), ast.unparse(args[1])
-            pro.comment(f"held where the columns fit and where that pays: every block reads "
-                        f"all of {a_text}'s rows a step, no more than reading {b_text} a "
-                        f"step where blocks x rows <= {b_text}'s columns "
-                        "(cuda_kernels.held_threads)")
-            pro.line(f"{on} = {stride} * {cols} <= {cap} and {_atom(gm)} * cuda.gridDim.x "
-                     f"<= {bn}")
-        else:
-            pro.line(f"{on} = {stride} * {cols} <= {cap}")
-        with pro.indent(f"if {on}:"):
-            with pro.indent(f"for e in range(cuda.threadIdx.x, {_atom(bk)} * {cols}, "
-                            "cuda.blockDim.x):"):
-                pro.line(f"kr = e // {cols}")
-                pro.line(f"kc = e - kr * {cols}")
-                pro.line(f"{held}[kc * {stride} + kr] = {b.at('kr', f'{c0} + kc')} "
-                         f"if {c0} + kc < {bn} else {z}")
-            pro.line("cuda.syncthreads()")
+        with pro.indent(f"for e in range(cuda.threadIdx.x, {_atom(bk)} * {cols}, "
+                        "cuda.blockDim.x):"):
+            pro.line(f"kr = e // {cols}")
+            pro.line(f"kc = e - kr * {cols}")
+            pro.line(f"{held}[kc * {stride} + kr] = {b.at('kr', f'{c0} + kc')} "
+                     f"if {c0} + kc < {bn} else {z}")
+        pro.line("cuda.syncthreads()")
         p = Printer()
         p.comment(f"{ast.unparse(args[2])} = {ast.unparse(args[0])} @ {ast.unparse(args[1])}:"
                   f" this block's columns, {ast.unparse(args[1])} from shared memory")
-        with p.indent(f"if {on}:"):
-            p.line(f"held_sum = cuda.shared.array({THREADS_CAP * rows}, {out.array}.dtype)")
-            p.line(f"gm = {gm}")
-            p.line(f"gk = {bk}")
-            p.line(f"items = (gm + {rows - 1}) // {rows} * {cols}")
-            p.line("split = max(1, cuda.blockDim.x // max(1, items))")
-            with p.indent("for base in range(0, items * split, cuda.blockDim.x):"):
-                p.line("w = base + cuda.threadIdx.x")
-                p.line("item = w // split")
-                p.line("part = w - item * split")
-                p.line(f"ro = item // {cols}")
-                p.line(f"co = item - ro * {cols}")
-                p.line(f"live = item < items and {c0} + co < {bn}")
-                p.line(f"i0 = ro * {rows}")
-                for q in range(1, rows):      # rows past the end read the last row
-                    p.line(f"i{q} = min(i0 + {q}, gm - 1)")
+        p.line(f"held_sum = cuda.shared.array({THREADS_CAP * rows}, {out.array}.dtype)")
+        p.line(f"gm = {gm}")
+        p.line(f"gk = {bk}")
+        p.line(f"items = (gm + {rows - 1}) // {rows} * {cols}")
+        p.line("split = max(1, cuda.blockDim.x // max(1, items))")
+        with p.indent("for base in range(0, items * split, cuda.blockDim.x):"):
+            p.line("w = base + cuda.threadIdx.x")
+            p.line("item = w // split")
+            p.line("part = w - item * split")
+            p.line(f"ro = item // {cols}")
+            p.line(f"co = item - ro * {cols}")
+            p.line(f"live = item < items and {c0} + co < {bn}")
+            p.line(f"i0 = ro * {rows}")
+            for q in range(1, rows):      # rows past the end read the last row
+                p.line(f"i{q} = min(i0 + {q}, gm - 1)")
+            for q in range(rows):
+                p.line(f"acc{q} = {z}")
+            with p.indent("if live:"), p.indent("for kk in range(part, gk, split):"):
+                p.line(f"wv = {held}[co * (gk + 1) + kk]")
                 for q in range(rows):
-                    p.line(f"acc{q} = {z}")
-                with p.indent("if live:"), p.indent("for kk in range(part, gk, split):"):
-                    p.line(f"wv = {held}[co * (gk + 1) + kk]")
+                    p.line(f"acc{q} += {a.at(f'i{q}', 'kk')} * wv")
+            with p.indent("if split > 1:"):
+                p.comment("the partial sums of an item's threads, added by its first")
+                # acc<q> of thread x at held_sum[q * blockDim + x]
+                slot = ["cuda.threadIdx.x"] + [
+                    f"{_times(q, 'cuda.blockDim.x')} + cuda.threadIdx.x"
+                    for q in range(1, rows)]
+                for q in range(rows):
+                    p.line(f"held_sum[{slot[q]}] = acc{q}")
+                p.line("cuda.syncthreads()")
+                with p.indent("if live and part == 0:"), p.indent("for s in range(1, split):"):
                     for q in range(rows):
-                        p.line(f"acc{q} += {a.at(f'i{q}', 'kk')} * wv")
-                with p.indent("if split > 1:"):
-                    p.comment("the partial sums of an item's threads, added by its first")
-                    # acc<q> of thread x at held_sum[q * blockDim + x]
-                    slot = ["cuda.threadIdx.x"] + [
-                        f"{_times(q, 'cuda.blockDim.x')} + cuda.threadIdx.x"
-                        for q in range(1, rows)]
-                    for q in range(rows):
-                        p.line(f"held_sum[{slot[q]}] = acc{q}")
-                    p.line("cuda.syncthreads()")
-                    with p.indent("if live and part == 0:"), p.indent("for s in range(1, split):"):
-                        for q in range(rows):
-                            p.line(f"acc{q} += held_sum[{slot[q]} + s]")
-                    p.line("cuda.syncthreads()")
-                with p.indent("if live and part == 0:"):
-                    for q in range(rows):
-                        store = f"{out.at(f'i0 + {q}' if q else 'i0', f'{c0} + co')} = acc{q}"
-                        if q == 0:
+                        p.line(f"acc{q} += held_sum[{slot[q]} + s]")
+                p.line("cuda.syncthreads()")
+            with p.indent("if live and part == 0:"):
+                for q in range(rows):
+                    store = f"{out.at(f'i0 + {q}' if q else 'i0', f'{c0} + co')} = acc{q}"
+                    if q == 0:
+                        p.line(store)
+                    else:
+                        with p.indent(f"if i0 + {q} < gm:"):
                             p.line(store)
-                        else:
-                            with p.indent(f"if i0 + {q} < gm:"):
-                                p.line(store)
-        with p.indent("else:"):
-            for line in fallback.lines:
-                p.line(line)
-        # enough blocks that each holds at most `cap` elements of b, where holding pays
-        rows = gm if HOLD_RULE == "traffic" else "0"
-        work = f"max({fallback.work}, held_threads({bk}, {bn}, {cap}, {rows}))"
-        return _Phase(p.lines, fallback.reads | {self._root(b.array)}, fallback.writes, work,
-                      pro.lines, args)
+        # enough blocks that each holds at most `cap` elements of b
+        work = f"held_threads({bk}, {bn}, {cap})"
+        check = (bk, bn, str(cap), gm if HOLD_RULE == "traffic" else "0")
+        return (_Phase(p.lines, streamed.reads | {self._root(b.array)}, streamed.writes,
+                       work, pro.lines, args), check)
 
-    def _hold_weights(self, phases: list[_Phase]) -> list[_Phase]:
-        """The GEMM phases whose right operand the loop never writes, and which names
-        nothing the loop sets (t, an in-loop view), rewritten by _resident_phase; they
-        share what the kernel's other shared arrays leave of SHARED_ELEMENTS, each at
-        most RESIDENT_CAP. The output's rows must be known before the loop too: the
-        prologue weighs them (HOLD_RULE "traffic")."""
+    def _hold_weights(self, phases: list[_Phase]
+                      ) -> tuple[list[_Phase], list[tuple[str, str, str, str]]] | None:
+        """The phases of the kernel that holds its weights, and the host's checks for it;
+        None where no phase qualifies. The GEMM phases whose right operand the loop never
+        writes, and which names nothing the loop sets (t, an in-loop view), become
+        _resident_phase's; they share what the kernel's other shared arrays leave of
+        SHARED_ELEMENTS, each at most RESIDENT_CAP. The output's rows must be known before
+        the loop too: the host weighs them (HOLD_RULE "traffic")."""
         written = set().union(*(ph.writes for ph in phases))
         local = {"t", *self.local_views}
 
@@ -629,17 +641,18 @@ class PersistentLoop:
                     and self._root(_view_items(b)[0]) not in written)
         chosen = [i for i, ph in enumerate(phases) if held(ph)]
         if not chosen:
-            return phases
-        # what the fallbacks' arrays and the held phases' partial sums leave, shared
-        left = SHARED_ELEMENTS - shared_elements([ln for ph in phases for ln in ph.lines]) \
-            - THREADS_CAP * RESIDENT_ROWS
+            return None
+        # what the other phases' arrays and the held phases' partial sums leave, shared
+        others = [ln for i, ph in enumerate(phases) if i not in chosen for ln in ph.lines]
+        left = SHARED_ELEMENTS - shared_elements(others) - THREADS_CAP * RESIDENT_ROWS
         cap = min(RESIDENT_CAP, left // len(chosen))
         if cap < 1:
-            return phases
-        out = list(phases)
+            return None
+        out, checks = list(phases), []
         for k, i in enumerate(chosen):
-            out[i] = self._resident_phase(k, phases[i].gemm, cap, phases[i])
-        return out
+            out[i], check = self._resident_phase(k, phases[i].gemm, cap, phases[i])
+            checks.append(check)
+        return out, checks
 
     def _phase(self, st: ast.stmt) -> _Phase:
         if (isinstance(st, ast.Assign) and len(st.targets) == 1
@@ -660,10 +673,10 @@ class PersistentLoop:
         raise Unsupported(ast.unparse(st))
 
     # ------------------------------------------------------------------ output
-    def kernel(self, name: str, about: str) -> tuple[str, str, tuple[int, int]] | None:
-        """(kernel text, its work: how many threads its widest phase can keep busy, the
-        driver's lines [start, stop) that the loop spans), or None when the loop holds
-        something this pass does not handle."""
+    def kernel(self, name: str, about: str) -> PersistentKernel | None:
+        """The loop as a persistent kernel (and, with the hold_weights pass, as a second
+        one that holds its weights), or None when the loop holds something this pass
+        does not handle."""
         loop = self.loop()
         if loop is None:
             return None
@@ -674,9 +687,21 @@ class PersistentLoop:
             return None
         if not phases:
             return None
-        if self.hold:
-            phases = self._hold_weights(phases)
-        shared = hoist_shared(phases)
+        text, work = self._text(name, about, loop, phases)
+        made = PersistentKernel(text, work, (loop.lineno - 1, loop.end_lineno))
+        held = self._hold_weights(phases) if self.hold else None
+        if held is not None:
+            held_phases, checks = held
+            text, work = self._text(
+                f"{name}_held", about + "; the recurrent weights held in shared memory "
+                "across the steps (the hold_weights pass)", loop, held_phases)
+            made.held = HeldKernel(f"{name}_held", text, work, checks)
+        return made
+
+    @staticmethod
+    def _text(name: str, about: str, loop: ast.For, phases: list[_Phase]) -> tuple[str, str]:
+        """(kernel text, its work: how many threads its widest phase can keep busy)."""
+        shared, bodies = hoist_shared(phases)
         p = Printer()
         p.line("@cuda.jit")
         with p.indent(f"def {name}(<<params>>):"):
@@ -694,15 +719,15 @@ class PersistentLoop:
             with p.indent(f"for t in {ast.unparse(loop.iter)}:"):
                 reads: set[str] = set()
                 writes: set[str] = set()
-                for ph in phases:
+                for ph, body in zip(phases, bodies):
                     if writes & (ph.reads | ph.writes) or reads & ph.writes:
                         p.line("grid.sync()")
                         reads, writes = set(), set()
                     reads |= ph.reads
                     writes |= ph.writes
-                    for line in ph.lines:
+                    for line in body:
                         p.line(line)
                 p.comment("the next step reads what this one wrote")
                 p.line("grid.sync()")
         work = "max(" + ", ".join([*dict.fromkeys(ph.work for ph in phases), "1"]) + ")"
-        return p.text(), work, (loop.lineno - 1, loop.end_lineno)
+        return p.text(), work

@@ -393,7 +393,8 @@ def test_persistent_barriers_follow_the_dependencies():
                 w = c[:, 1:3]
                 copy2(w, b)
     ''').strip()
-    text, work, span = PersistentLoop(driver, {}, "k0").kernel("forward_X_steps", "test")
+    made = PersistentLoop(driver, {}, "k0").kernel("forward_X_steps", "test")
+    text, work, span = made.text, made.work, made.span
     body = text.split("for t in range(T):")[1]
     phases = [line.strip() for line in body.splitlines()
               if line.strip().startswith(("# copy2", "# fill2", "# d = ", "grid.sync"))]
@@ -558,22 +559,29 @@ def test_held_weights_match_the_interpreter(name, cap, size, tmp_path, monkeypat
     from shared memory, where each block loaded its own columns before the first step.
     At H = 18 the weights fit (the simulator's grid is one block of 64 threads, which
     holds them all), and at B = 2 holding pays (1 block x 2 rows <= 72 and 18 columns),
-    so that path runs: the LSTM's forward has 72 items (4 rows of a column) for 64
-    threads, two rounds, and its backward 18, each summed by 3 threads whose parts are
-    added in shared memory. With RESIDENT_CAP at 64 elements they do not fit, and the
-    kernel must take the "tiles" phase instead. float64, against the interpreter."""
-    from rnndsl import emit_persistent
+    so the kernels that hold them run: the LSTM's forward has 72 items (4 rows of a
+    column) for 64 threads, two rounds, and its backward 18, each summed by 3 threads
+    whose parts are added in shared memory. With RESIDENT_CAP at 64 elements they do not
+    fit, and the host must launch the kernels that stream them instead. float64, against
+    the interpreter."""
+    from rnndsl import cuda_kernels, emit_persistent
     if cap is not None:
         monkeypatch.setattr(emit_persistent, "RESIDENT_CAP", cap)
     target = tmp_path / f"{name}_held.py"
     write_module(build_source(read_spec(ROOT / "specs" / f"{name}.rnn"), target="cuda"),
                  target)
     source = target.read_text()
-    # forward and backward each hold their recurrent product's weights
-    assert source.count("= cuda.shared.array(") > source.count("held0 = cuda.shared.array(") >= 2
-    caps = {int(n) for n in re.findall(r"held\d_on = .* <= (\d+) and ", source)}
+    # forward and backward each have a kernel that holds the recurrent product's weights
+    assert source.count("held0 = cuda.shared.array(") >= 2
+    caps = {int(n) for n in re.findall(r"held\d = cuda.shared.array\((\d+),", source)}
     assert caps and max(caps) <= emit_persistent.RESIDENT_CAP, caps
-    _built_matches_interpreter(load_built(target), name, size, seed=5)
+    module = load_built(target)
+    launched = []
+    monkeypatch.setattr(module, "launch_persistent", lambda kernel, work, *args: (
+        launched.append(kernel.py_func.__name__), cuda_kernels.launch_persistent(
+            kernel, work, *args)))
+    _built_matches_interpreter(module, name, size, seed=5)
+    assert all(n.endswith("_held") == (cap is None) for n in launched), launched
 
 
 @pytest.mark.parametrize("scheme", ["tiles", "splitk"])
@@ -611,57 +619,70 @@ def test_held_weights_leave_alone_what_the_loop_writes_or_indexes_by_step(monkey
                 gemm(s, w, out3)
                 copy2(w, out1)
     """)
-    assert PersistentLoop(driver, {}, "k0").kernel("k", "about")[0].count("held") == 0
+    plain = PersistentLoop(driver, {}, "k0").kernel("k", "about")
+    assert plain.held is None and "held" not in plain.text
     made = PersistentLoop(driver, {}, "k0", hold=True).kernel("k", "about")
-    text = made[0]
+    assert made.text == plain.text              # the kernel that streams them, unchanged
+    held = made.held
+    text = held.text
+    assert held.name == "k_held" and "def k_held(<<params>>):" in text
     assert "held0 = cuda.shared.array(" in text and "held1" not in text
     assert "u, held in shared memory" in text
-    # three "tiles" phases share one pair of staging arrays; u takes what they leave
+    # the two other "tiles" phases share one pair of staging arrays; u takes what they leave
     assert text.count("sa = cuda.shared.array(") == 1
     cap = int(re.search(r"held0 = cuda.shared.array\((\d+),", text).group(1))
-    # held where a block's columns fit and where reading out1's rows a block costs no
-    # more than reading u
-    assert (f"held0_on = (u.shape[0] + 1) * held0_n <= {cap} and "
-            "out1.shape[0] * cuda.gridDim.x <= u.shape[1]\n") in text
     assert emit_persistent.shared_elements(text.split("\n")) == emit_persistent.SHARED_ELEMENTS
-    # where that holds for the grid the kernel asks for, a block's columns of u fit
+    # the host's check: u's depth and columns, the cap, and the rows that every block reads
+    assert held.checks == [("u.shape[0]", "u.shape[1]", str(cap), "out1.shape[0]")]
+    # on the grid the held kernel asks for, where the check passes, a block's columns fit
     from types import SimpleNamespace as Array
 
-    from rnndsl.cuda_kernels import THREADS, held_threads
-    held = 0
+    from rnndsl import cuda_kernels
+    from rnndsl.cuda_kernels import THREADS, held_grid_fits, held_threads
+    monkeypatch.setattr(cuda_kernels, "persistent_grid",
+                        lambda kernel, work: (max(1, -(-work // THREADS)), THREADS))
+    chosen = []
     for rows, depth, cols in ((64, 512, 2048), (6, 512, 2048), (1, 2048, 512), (3, 1000, 7),
                               (1, 1, 1), (2, 700, 2800), (1, cap - 1, 9), (1, cap, 9)):
         shapes = {n: Array(shape=(rows, depth)) for n in ("s", "w")}
         shapes.update({n: Array(shape=(rows, cols)) for n in ("out1", "out2", "out3")})
         shapes.update(u=Array(shape=(depth, cols)), hist=Array(shape=(9, depth, cols)))
-        wanted = held_threads(depth, cols, cap, rows)
-        blocks = eval(made[1], {"held_threads": held_threads}, shapes) // THREADS
-        assert blocks * THREADS >= wanted
-        if wanted:
-            assert (depth + 1) * -(-cols // blocks) <= cap, (rows, depth, cols, blocks)
-            held += rows * blocks <= cols       # the kernel's check, on the grid it gets
+        work = eval(held.work, {"held_threads": held_threads}, shapes)
+        checks = [tuple(eval(c, {}, shapes) for c in check) for check in held.checks]
+        assert work >= held_threads(depth, cols, cap, rows)
+        if held_grid_fits(None, work, checks):
+            blocks = -(-work // THREADS)
+            assert (depth + 1) * -(-cols // blocks) <= cap and rows * blocks <= cols
+            chosen.append((rows, depth, cols))
     # not (64, ...) and (3, ...), where holding does not pay; not (1, cap, 9), whose
-    # column padded by one does not fit; and not (1, cap - 1, 9), where the other phases
-    # widen the grid to 14 blocks, each of which would read the row: 14 > 9 columns
-    assert held == 4
+    # column padded by one does not fit; not (1, cap - 1, 9), where copy2 widens the
+    # grid to 15 blocks (3839 items), each of which would read the row: 15 > 9 columns
+    assert chosen == [(6, 512, 2048), (1, 2048, 512), (1, 1, 1), (2, 700, 2800)]
 
 
 def test_holding_pays_at_small_batches():
     """cuda_kernels.held_threads, the grid a held GEMM asks for, worked by hand for an
-    LSTM at H = 512 (cap 3840 elements, a column padded by one, 256 threads a block):
-    forward, U is 512 x 2048, 7 columns a block, 293 blocks, each reading the step's B
-    rows of h: holding reads 293 B rows of 512 against U's 2048 columns of 512, so it
-    pays up to B = 6; backward, U^T is 2048 x 512, one column a block, 512 blocks, up to
-    B = 1. At H = 1024 a backward column (4097 elements) never fits."""
+    LSTM (cap 5120 elements, what its kernels' other shared arrays leave; a column
+    padded by one; 256 threads a block), the numbers docs/cuda.md gives. At H = 512,
+    forward: U is 512 x 2048, 9 columns a block (10 x 513 > 5120), 228 blocks, each
+    reading the step's B rows of h: holding reads 228 B rows of 512 against U's 2048
+    columns of 512, so it pays up to B = 8; backward: U^T is 2048 x 512, 2 columns a
+    block, 256 blocks, up to B = 2. At H = 1024: 4 columns a block and 1024 blocks
+    forward (B <= 4), 1 column and 1024 blocks backward (B = 1). A column that does not
+    fit asks for nothing."""
     from rnndsl.cuda_kernels import held_threads
-    assert held_threads(512, 2048, 3840, 6) == 293 * 256
-    assert held_threads(512, 2048, 3840, 7) == 0
-    assert held_threads(2048, 512, 3840, 1) == 512 * 256
-    assert held_threads(2048, 512, 3840, 2) == 0
-    assert held_threads(4096, 1024, 3840, 1) == 0
-    assert held_threads(1024, 4096, 3840, 1) == 1366 * 256   # more than an H100 keeps
-    assert held_threads(512, 2048, 3840) == 293 * 256        # rows 0: wherever it fits
-    assert held_threads(2048, 512, 3840, 0) == 512 * 256
+    source = build_source(read_spec(ROOT / "specs" / "lstm.rnn"), target="cuda")
+    assert set(re.findall(r"held0 = cuda.shared.array\((\d+),", source)) == {"5120"}
+    assert held_threads(512, 2048, 5120, 8) == 228 * 256
+    assert held_threads(512, 2048, 5120, 9) == 0
+    assert held_threads(2048, 512, 5120, 2) == 256 * 256
+    assert held_threads(2048, 512, 5120, 3) == 0
+    assert held_threads(1024, 4096, 5120, 4) == 1024 * 256
+    assert held_threads(1024, 4096, 5120, 5) == 0
+    assert held_threads(4096, 1024, 5120, 1) == 1024 * 256
+    assert held_threads(4096, 1024, 5120, 2) == 0
+    assert held_threads(512, 2048, 5120) == 228 * 256        # rows 0: wherever it fits
+    assert held_threads(6000, 10, 5120, 1) == 0               # a column does not fit
 
 
 def test_a_step_holds_where_it_pays_and_streams_where_not():
@@ -669,7 +690,7 @@ def test_a_step_holds_where_it_pays_and_streams_where_not():
     rows <= 12 columns) and its backward streams U^T (12 x 3: 5 rows > 3 columns), the
     two paths in one cell, against the interpreter in float64."""
     source = build_source(read_spec(ROOT / "specs" / "lstm.rnn"), target="cuda")
-    assert source.count("held0_on = ") == 2
+    assert "def forward_LSTM_steps_held(" in source and "def backward_LSTM_steps_held(" in source
     _matches_interpreter(ROOT / "specs" / "lstm.rnn", np.float64, batch=5)
 
 
@@ -718,8 +739,15 @@ def test_persistent_kernels_on_a_grid_of_several_blocks(name, batch, size, block
     """The persistent kernels on a cooperative grid of several blocks of 8 threads, run
     at once on CPU threads (tests/grid_emulator.py: each block its own shared memory,
     filled with NaN; syncthreads a block's barrier, grid.sync the grid's), float64,
-    outputs and every gradient against the interpreter."""
-    _on_a_grid(name, batch, size, blocks, 8, off, tmp_path, monkeypatch)
+    outputs and every gradient against the interpreter; and which kernels ran: at B = 1
+    the ones that hold the weights, without the pass the ones that stream them."""
+    launched = _on_a_grid(name, batch, size, blocks, 8, off, tmp_path, monkeypatch)
+    if off:
+        assert not any(k.endswith("_held") for k in launched), launched
+    elif batch == 1:
+        assert all(k.endswith("_held") for k in launched), launched
+    elif (name, batch, size) == ("lstm", 5, 4):
+        assert launched == ["forward_LSTM_steps_held", "backward_LSTM_steps"], launched
 
 
 def test_splitk_gemm_phases_on_a_grid_of_several_blocks(tmp_path, monkeypatch):
@@ -731,17 +759,21 @@ def test_splitk_gemm_phases_on_a_grid_of_several_blocks(tmp_path, monkeypatch):
     H = 18.)"""
     from rnndsl import emit_persistent
     monkeypatch.setattr(emit_persistent, "GEMM_SCHEME", "splitk")
-    source = _on_a_grid("lstm", 2, 9, 2, 16, ("hold_weights",), tmp_path, monkeypatch)
+    _on_a_grid("lstm", 2, 9, 2, 16, ("hold_weights",), tmp_path, monkeypatch)
+    source = (tmp_path / "lstm_grid.py").read_text()
     assert "K split among its 16-thread groups" in source
 
 
-def _on_a_grid(name, batch, size, blocks, threads, off, tmp_path, monkeypatch) -> str:
+def _on_a_grid(name, batch, size, blocks, threads, off, tmp_path, monkeypatch) -> list[str]:
     """Build `name` without the passes `off`, run its persistent kernels on the grid
-    emulator (on a GPU, on the GPU with the same grid), and compare with the
-    interpreter (float64); returns the module's text."""
+    emulator (on a GPU, on the GPU with the same grid: the choice between holding and
+    streaming the weights is made for that grid), and compare with the interpreter
+    (float64); returns the names of the kernels launched."""
     from grid_emulator import run_grid
 
+    from rnndsl import cuda_kernels
     from rnndsl.plan import PASSES
+    monkeypatch.setattr(cuda_kernels, "persistent_grid", lambda *_: (blocks, threads))
     passes = [p for p in PASSES if p not in off]
     target = tmp_path / f"{name}_grid.py"
     spec = ROOT / "specs" / f"{name}.rnn"
@@ -765,14 +797,15 @@ def _on_a_grid(name, batch, size, blocks, threads, off, tmp_path, monkeypatch) -
     run, want = cell.forward(x), ref.forward(x)
     d_out = {k: rng.normal(size=v.shape) for k, v in want.outputs.items()}
     got, exp = cell.backward(run, d_outputs=d_out), ref.backward(want, d_outputs=d_out)
+    names = [k.py_func.__name__ for k in launched]
     # both time loops ran on the emulated grid
-    assert {k.py_func.__name__.split("_")[0] for k in launched} == {"forward", "backward"}
+    assert {n.split("_")[0] for n in names} == {"forward", "backward"}
     for key, value in want.outputs.items():
         assert _rel(run.outputs[key], value) < 1e-10, key
     for kind in ("params", "inputs", "state"):
         for key, value in getattr(exp, kind).items():
             assert _rel(getattr(got, kind)[key], value) < 1e-10, (kind, key)
-    return target.read_text()
+    return names
 
 
 def test_the_weights_are_streamed_when_python_switches_the_pass_off(tmp_path, monkeypatch):
