@@ -93,12 +93,11 @@ def held_threads(depth: int, cols: int, cap: int, rows: int = 0) -> int:
     blocks of THREADS that each block's columns, ceil(cols / blocks), take at most `cap`
     elements, a column padded by one.
 
-    Or 0 (the phase asks for nothing more than its fallback) where holding would not
-    pay. Every block reads all `rows` rows of the step's left operand (rows x depth) at
-    every step, blocks x rows x depth elements, against the depth x cols elements of the
-    weights that holding spares reading: it pays where blocks x rows <= cols, that is at
-    small batches (an LSTM at H = 512: B <= 8 forward, B <= 2 backward). rows = 0 holds
-    wherever the weights fit. Where not even one column
+    Or 0 where holding would not pay. Every block reads all `rows` rows of the step's
+    left operand (rows x depth) at every step, blocks x rows x depth elements, against
+    the depth x cols elements of the weights that holding spares reading: it pays where
+    blocks x rows <= cols, that is at small batches (an LSTM at H = 512: B <= 8 forward,
+    B <= 2 backward). rows = 0 holds wherever the weights fit. Where not even one column
     fits, 0 too. held_grid_fits checks the same on the grid the GPU gives."""
     per = cap // (depth + 1)
     if per < 1:
@@ -117,6 +116,7 @@ def held_grid_fits(kernel, work: int, checks, *args) -> bool:
     enough that each block's columns, a column padded by one, fit in `cap` elements,
     and no wider than holding pays for (blocks x rows <= cols). The kernel has no
     other way to compute the products, so this is the whole of its guard."""
+    # implied by the check below, but made first: asking for the grid compiles the kernel
     if not all(held_threads(*check) for check in checks):
         return False
     blocks, _ = persistent_grid(kernel, work, *args)
@@ -456,3 +456,22 @@ KERNEL_SIGNATURES = {
     "scatter_last": (_scatter_last, ("a3", "a2", "ia1")),
 }
 GEMM_KERNELS = {"float32": _GEMM_F32, "float64": _GEMM_F64}
+
+
+def kernel_ptx(kernel, kinds, float_type, cc=(9, 0)) -> str:
+    """PTX for `kernel`, its arguments of `kinds` (as in KERNEL_SIGNATURES and a built
+    module's <Cell>_KERNELS) in `float_type` (numba's float32 or float64), for compute
+    capability `cc`: what tests/test_cuda_backend.py and benchmarks/cuda_compile_time.py
+    compile, with or without a GPU (not under the simulator). cuda.cg.this_grid() (the
+    persistent kernels) is a device function that numba-cuda compiles for the current
+    device; where there is none, its lookup is pointed at a stand-in for `cc`."""
+    from types import SimpleNamespace
+
+    import numba.cuda.dispatcher
+    from numba import types
+    if not cuda.is_available():
+        numba.cuda.dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=cc)
+    sig = tuple(types.int64 if k == "i" else float_type if k == "f" else
+                types.Array(types.int64, int(k[2:]), "A") if k.startswith("ia") else
+                types.Array(float_type, int(k[1:]), "A") for k in kinds)
+    return cuda.compile_ptx(kernel.py_func, sig, cc=cc)[0]

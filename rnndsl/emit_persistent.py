@@ -560,6 +560,14 @@ class PersistentLoop:
         pro.line(f"{held} = cuda.shared.array({cap}, {out.array}.dtype)")
         pro.line(f"{cols} = max(1, ({bn} + cuda.gridDim.x - 1) // cuda.gridDim.x)")
         pro.line(f"{c0} = cuda.blockIdx.x * {cols}")
+        # the product's shape and how its items fall on the block's threads: the same at
+        # every step
+        gm_k, gk_k, items, split = (f"{held}_rows", f"{held}_depth", f"{held}_items",
+                                    f"{held}_split")
+        pro.line(f"{gm_k} = {gm}")
+        pro.line(f"{gk_k} = {bk}")
+        pro.line(f"{items} = ({gm_k} + {rows - 1}) // {rows} * {cols}")
+        pro.line(f"{split} = max(1, cuda.blockDim.x // max(1, {items}))")
         with pro.indent(f"for e in range(cuda.threadIdx.x, {_atom(bk)} * {cols}, "
                         "cuda.blockDim.x):"):
             pro.line(f"kr = e // {cols}")
@@ -571,27 +579,23 @@ class PersistentLoop:
         p.comment(f"{ast.unparse(args[2])} = {ast.unparse(args[0])} @ {ast.unparse(args[1])}:"
                   f" this block's columns, {ast.unparse(args[1])} from shared memory")
         p.line(f"held_sum = cuda.shared.array({THREADS_CAP * rows}, {out.array}.dtype)")
-        p.line(f"gm = {gm}")
-        p.line(f"gk = {bk}")
-        p.line(f"items = (gm + {rows - 1}) // {rows} * {cols}")
-        p.line("split = max(1, cuda.blockDim.x // max(1, items))")
-        with p.indent("for base in range(0, items * split, cuda.blockDim.x):"):
+        with p.indent(f"for base in range(0, {items} * {split}, cuda.blockDim.x):"):
             p.line("w = base + cuda.threadIdx.x")
-            p.line("item = w // split")
-            p.line("part = w - item * split")
+            p.line(f"item = w // {split}")
+            p.line(f"part = w - item * {split}")
             p.line(f"ro = item // {cols}")
             p.line(f"co = item - ro * {cols}")
-            p.line(f"live = item < items and {c0} + co < {bn}")
+            p.line(f"live = item < {items} and {c0} + co < {bn}")
             p.line(f"i0 = ro * {rows}")
             for q in range(1, rows):      # rows past the end read the last row
-                p.line(f"i{q} = min(i0 + {q}, gm - 1)")
+                p.line(f"i{q} = min(i0 + {q}, {gm_k} - 1)")
             for q in range(rows):
                 p.line(f"acc{q} = {z}")
-            with p.indent("if live:"), p.indent("for kk in range(part, gk, split):"):
-                p.line(f"wv = {held}[co * (gk + 1) + kk]")
+            with p.indent("if live:"), p.indent(f"for kk in range(part, {gk_k}, {split}):"):
+                p.line(f"wv = {held}[co * ({gk_k} + 1) + kk]")
                 for q in range(rows):
                     p.line(f"acc{q} += {a.at(f'i{q}', 'kk')} * wv")
-            with p.indent("if split > 1:"):
+            with p.indent(f"if {split} > 1:"):
                 p.comment("the partial sums of an item's threads, added by its first")
                 # acc<q> of thread x at held_sum[q * blockDim + x]
                 slot = ["cuda.threadIdx.x"] + [
@@ -600,7 +604,8 @@ class PersistentLoop:
                 for q in range(rows):
                     p.line(f"held_sum[{slot[q]}] = acc{q}")
                 p.line("cuda.syncthreads()")
-                with p.indent("if live and part == 0:"), p.indent("for s in range(1, split):"):
+                with p.indent("if live and part == 0:"), \
+                        p.indent(f"for s in range(1, {split}):"):
                     for q in range(rows):
                         p.line(f"acc{q} += held_sum[{slot[q]} + s]")
                 p.line("cuda.syncthreads()")
@@ -610,13 +615,13 @@ class PersistentLoop:
                     if q == 0:
                         p.line(store)
                     else:
-                        with p.indent(f"if i0 + {q} < gm:"):
+                        with p.indent(f"if i0 + {q} < {gm_k}:"):
                             p.line(store)
         # enough blocks that each holds at most `cap` elements of b
         work = f"held_threads({bk}, {bn}, {cap})"
         check = (bk, bn, str(cap), gm if HOLD_RULE == "traffic" else "0")
-        return (_Phase(p.lines, streamed.reads | {self._root(b.array)}, streamed.writes,
-                       work, pro.lines, args), check)
+        return (_Phase(p.lines, streamed.reads, streamed.writes, work, pro.lines, args),
+                check)
 
     def _hold_weights(self, phases: list[_Phase]
                       ) -> tuple[list[_Phase], list[tuple[str, str, str, str]]] | None:

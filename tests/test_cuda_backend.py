@@ -212,20 +212,10 @@ PTX_SCRIPT = textwrap.dedent("""
     except Exception as exc:          # no NVVM: numba-cuda[cu13] is not installed
         print(f"no PTX compiler: {exc}")
         sys.exit(77)
-    # cuda.cg.this_grid() (the persistent kernels) is a device function that numba-cuda
-    # compiles for the current device, which needs a GPU; a stand-in names cc 9.0.
-    from types import SimpleNamespace
-    import numba.cuda.dispatcher
-    numba.cuda.dispatcher.get_current_device = \
-        lambda: SimpleNamespace(compute_capability=(9, 0))
     from rnndsl import cuda_kernels
     from rnndsl.build import build_source, load_built, write_module
+    from rnndsl.cuda_kernels import kernel_ptx
     from rnndsl.spec import read_spec
-
-    def sig(kinds, ft):
-        return tuple(types.int64 if k == "i" else ft if k == "f" else
-                     types.Array(types.int64, int(k[2:]), "A") if k.startswith("ia") else
-                     types.Array(ft, int(k[1:]), "A") for k in kinds)
 
     count = 0
     for ft in (types.float32, types.float64) if "--shared" in sys.argv else ():
@@ -234,7 +224,7 @@ PTX_SCRIPT = textwrap.dedent("""
             if name == str(ft):
                 table["gemm"] = (kernel, ("a2", "a2", "a2"))
         for name, (kernel, kinds) in sorted(table.items()):
-            cuda.compile_ptx(kernel.py_func, sig(kinds, ft), cc=(9, 0))
+            kernel_ptx(kernel, kinds, ft)
             count += 1
     # --splitk: the specs built with the "splitk" GEMM phases too; only the persistent
     # kernels differ, so only they compile
@@ -263,7 +253,7 @@ PTX_SCRIPT = textwrap.dedent("""
                     if variant and not name.endswith("_steps"):
                         continue
                     for ft in spec_dtypes:
-                        cuda.compile_ptx(kernel.py_func, sig(kinds, ft), cc=(9, 0))
+                        kernel_ptx(kernel, kinds, ft)
                         count += 1
         for name, value in defaults.items():
             setattr(emit_persistent, name, value)
