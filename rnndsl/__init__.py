@@ -54,11 +54,16 @@ def load(path: str | Path, target: str = DEFAULT_TARGET, cell: str | None = None
 
 
 def load_text(text: str, target: str = DEFAULT_TARGET, cell: str | None = None,
-              path: str = "<text>", *, no_passes=()) -> type:
-    """Like `load`, for a spec held in a string (`use` paths resolve from the cwd)."""
+              path: str = "<text>", *, no_passes=(), files: dict[str, str] | None = None
+              ) -> type:
+    """Like `load`, for a spec held in a string (`use` paths resolve from `path`'s folder,
+    the cwd by default). `files` maps the paths of used files (as `use` resolves them
+    from `path`) to their texts, which then win over the disk: a checkpoint carries them
+    (`rnndsl.checkpoint.cell_class`), so that it loads after its spec moved."""
     from .spec import read_spec
     _check_target(target)
-    return _cell_class(read_spec(path, text=text), target, cell, _passes_off(no_passes))
+    return _cell_class(read_spec(path, text=text, files=files), target, cell,
+                       _passes_off(no_passes), files)
 
 
 def _passes_off(no_passes) -> tuple[str, ...]:
@@ -90,11 +95,14 @@ def _check_target(target: str) -> None:
     raise TargetError(f"unknown target '{target}'; targets: " + ", ".join(known))
 
 
-def _cell_class(spec_file, target: str, cell: str | None, off: tuple[str, ...] = ()) -> type:
+def _cell_class(spec_file, target: str, cell: str | None, off: tuple[str, ...] = (),
+                files: dict[str, str] | None = None) -> type:
     from .runtime import make_cell_class
     spec = spec_file.pick(cell)
     if target == "interp":
-        return make_cell_class(spec, target, spec_file.digest)
+        cls = make_cell_class(spec, target, spec_file.digest)
+        cls.spec_files = spec_file.used_files    # what a checkpoint carries (checkpoint.py)
+        return cls
     try:
         from .build import cached_module
     except ImportError as exc:   # numba or scipy missing: say what to install
@@ -103,7 +111,8 @@ def _cell_class(spec_file, target: str, cell: str | None, off: tuple[str, ...] =
                           "target='interp'") from None
     from .spec import read_spec
     if spec.name not in spec_file.cells:      # a cell from a `use`d file: build that file
-        spec_file = read_spec(spec.source.path)
+        carried = (files or {}).get(str(spec.source.path))
+        spec_file = read_spec(spec.source.path, carried, files=files)
     from .plan import PASSES
     passes = [p for p in PASSES if p not in off]
     return getattr(cached_module(spec_file, passes, target=target), spec.name)

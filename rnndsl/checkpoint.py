@@ -10,11 +10,18 @@ param, optimiser buffer or meta value each array is. Names therefore never becom
 member names, so any param name (`l1.W_i`, names with `/`, names that differ only in
 case) round-trips.
 
-The header carries what identifies the model: the cell's class name, `cell.digest` (the
-hash of its spec text), its dims and dtype. `load` refuses a checkpoint whose class, digest
-or dims differ from the cell's with a `CheckpointError` that says what was expected, what
-was found and what to do: params of another spec would load without complaint and mean
-nothing. A different dtype is allowed (train in float64, run in float32): values are cast.
+The header carries what identifies the model: the cell's class name, its dims and dtype,
+and its spec: the text of the file that defines the cell and of every file it `use`s,
+with the cell's canonical form (rnndsl.canonical: the model without comments or layout)
+and that form's hash. `load` refuses a checkpoint whose class, canonical form or dims
+differ from the cell's with a `CheckpointError` that says what changed and what to do:
+params of another model would load without complaint and mean nothing. A comment added
+to the spec, or the spec moved or reformatted, changes nothing. A different dtype is
+allowed (train in float64, run in float32): values are cast. Checkpoints written before
+the spec was carried (no "spec" section) are compared by the hash of the raw spec text.
+
+`cell_class(info)` rebuilds the cell class from the texts a checkpoint carries, so a
+checkpoint loads from any folder after its spec moved or was deleted.
 `load` writes into the cell's existing param arrays, so whoever holds them (an optimiser,
 a compiled kernel, a trainer) sees the loaded values.
 
@@ -36,6 +43,7 @@ import numpy as np
 
 from . import __version__
 from .build import write_atomically
+from .canonical import canonical_digest, canonical_form, describe_change
 from .errors import RnnError
 
 FORMAT = "rnndsl-checkpoint"
@@ -60,6 +68,7 @@ class CheckpointInfo:
     optimizer: str | None       # the optimiser's class name, None when not saved
     meta: dict
     rnndsl_version: str
+    spec: dict | None = None    # path, text, files (used texts), cell, canonical, ...
 
 
 # ---------------------------------------------------------------------------- encoding
@@ -101,6 +110,30 @@ def _cell_name(cell) -> str:
     return type(cell).spec.name
 
 
+def spec_record(cls) -> dict:
+    """What a checkpoint carries of a cell class's spec: the text of the file defining
+    the cell (and its path, as it was given), the texts of the files it uses, the cell's
+    name and its canonical form and hash (memoised on the class)."""
+    cached = cls.__dict__.get("_spec_record")
+    if cached is not None:
+        return cached
+    spec = cls.spec
+    path, text = str(spec.source.path), spec.source.text
+    files = getattr(cls, "spec_files", None)
+    if files is None:
+        files = getattr(getattr(cls, "kernels", None), "SPEC_FILES", None)
+    if files is None:                  # a class made some other way: follow its uses now
+        from .spec import read_spec
+        try:
+            files = read_spec(path, text).used_files
+        except (RnnError, OSError):
+            files = {}
+    record = {"path": path, "text": text, "files": dict(files), "cell": spec.name,
+              "canonical": canonical_form(spec), "canonical_digest": canonical_digest(spec)}
+    cls._spec_record = record
+    return record
+
+
 # ---------------------------------------------------------------------------- save
 def save(path: str | Path, cell, optimizer=None, meta: dict | None = None) -> None:
     """Write the cell's params (and optimiser state, and meta) to `path`, atomically.
@@ -114,6 +147,7 @@ def save(path: str | Path, cell, optimizer=None, meta: dict | None = None) -> No
     header = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "rnndsl_version": __version__,
         "cell": _cell_name(cell), "digest": str(getattr(cell, "digest", "")),
+        "spec": spec_record(type(cell)),
         "dims": dict(cell.dims), "dtype": np.dtype(cell.dtype).name,
         "params": _pack(dict(cell.params), arrays, "params"),
         "optimizer": None if optimizer is None else _pack(optimizer.state_dict(), arrays,
@@ -134,10 +168,23 @@ def _read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}" + (
             ": it is a folder" if path.is_dir() else " (no such file)"))
+    not_ours = CheckpointError(f"{path} is not an rnndsl checkpoint (no rnndsl header): "
+                               "checkpoints are written by rnndsl train or "
+                               "rnndsl.checkpoint.save")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt, truncated or "
+                              "not an .npz archive)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):   # a bare .npy array
+            raise not_ours
+        with loaded as npz:
+            if "__header__" not in npz.files:      # before reading what may need pickle
+                raise not_ours
             arrays = {name: npz[name] for name in npz.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        if "allow_pickle" in str(exc):             # pickled members: not ours either
+            raise not_ours from None
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt, truncated or "
                               f"not an .npz: {type(exc).__name__}: {exc})") from None
     raw = arrays.pop("__header__", None)
@@ -146,8 +193,7 @@ def _read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     except (UnicodeDecodeError, json.JSONDecodeError):
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is an .npz but not an rnndsl checkpoint (no valid "
-                              "header); write checkpoints with rnndsl.checkpoint.save")
+        raise not_ours
     if header.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by rnndsl {header.get('rnndsl_version')} "
                               f"in checkpoint format {header['format_version']}; this rnndsl "
@@ -170,28 +216,89 @@ def peek(path: str | Path) -> CheckpointInfo:
         dims=dict(header["dims"]), dtype=header["dtype"],
         params={n: tuple(a.shape) for n, a in header["params"].items()},
         optimizer=optimizer.get("kind") if isinstance(optimizer, dict) else None,
-        meta=header["meta"], rnndsl_version=header.get("rnndsl_version", "?"))
+        meta=header["meta"], rnndsl_version=header.get("rnndsl_version", "?"),
+        spec=header.get("spec") if isinstance(header.get("spec"), dict) else None)
 
 
-def _refuse_other_model(path, header: dict, cell) -> None:
-    name, digest = _cell_name(cell), str(getattr(cell, "digest", ""))
-    source = type(cell).spec.source.path
+def cell_class(info: "CheckpointInfo | str | Path", target: str = "cpu",
+               spec_path: str | Path | None = None) -> type:
+    """The cell class a checkpoint was saved from, rebuilt from the spec texts it
+    carries (never from a file of the same name elsewhere); with `spec_path`, from that
+    file instead (its cell must describe the same model: `load` checks). A checkpoint
+    written before specs were carried needs `spec_path`, or finds the spec where its
+    trainer recorded it."""
+    from . import load, load_text
+    if not isinstance(info, CheckpointInfo):
+        info = peek(info)
+    if spec_path is not None:
+        return load(spec_path, target=target, cell=_own_cell(spec_path, info.cell))
+    spec = info.spec
+    if spec and isinstance(spec.get("text"), str):
+        files = spec.get("files") if isinstance(spec.get("files"), dict) else {}
+        return load_text(spec["text"], target=target, cell=spec.get("cell", info.cell),
+                         path=str(spec.get("path", "<checkpoint>")), files=files)
+    recorded = info.meta.get("user", {}).get("spec") if isinstance(info.meta, dict) else None
+    if isinstance(recorded, str) and Path(recorded).is_file():
+        return load(recorded, target=target, cell=info.cell)
+    raise CheckpointError(
+        f"{info.path} carries no spec text (it was written by rnndsl "
+        f"{info.rnndsl_version}, before checkpoints carried their spec)"
+        + (f" and its spec {recorded} is not there" if recorded else "")
+        + "; give the spec it was trained with (rnndsl sample --spec FILE, or "
+        "checkpoint.cell_class(..., spec_path=FILE))")
+
+
+def _own_cell(spec_path, name: str) -> str | None:
+    """`name` if the file at spec_path defines or uses a cell of that name, else None
+    (then `load` picks the file's only cell, or says which to choose)."""
+    from .spec import read_spec
+    spec_file = read_spec(spec_path)
+    return name if name in {**spec_file.used, **spec_file.cells} else None
+
+
+def _refuse_other_class(path, header: dict, cls, dims: dict) -> None:
+    """Refuse a checkpoint of another cell, model (canonical form) or dims than `cls`
+    bound to `dims`."""
+    name, digest = cls.spec.name, str(getattr(cls, "digest", ""))
+    source = cls.spec.source.path
     if header["cell"] != name:
         raise CheckpointError(
             f"{path} holds a {header['cell']} cell (spec hash {header['digest']}), not a "
             f"{name}: load it into a cell built from the spec that {header['cell']} came "
             "from")
-    if header["digest"] != digest:
+    stored = header.get("spec") if isinstance(header.get("spec"), dict) else {}
+    if stored.get("canonical_digest"):
+        ours = spec_record(cls)
+        if stored["canonical_digest"] != ours["canonical_digest"]:
+            change = describe_change(str(stored.get("canonical", "")), ours["canonical"])
+            raise CheckpointError(
+                f"{path} was saved from a different {name} model than {source} describes "
+                f"(comments and layout aside):\n  {change}\nload it with the spec it was "
+                "trained with (a checkpoint carries it: rnndsl sample without --spec), or "
+                "train afresh; params of another model would load but mean something else")
+    elif header["digest"] != digest:
         raise CheckpointError(
             f"{path} was saved from a different spec of {name}: expected spec hash "
             f"{digest} ({source}), found {header['digest']}. The spec text changed since "
             "the checkpoint was written; load it with the spec it was trained with (or "
             "retrain), since params of another spec would load but mean something else")
-    if dict(header["dims"]) != dict(cell.dims):
+    if dict(header["dims"]) != dict(dims):
         shown = ", ".join(f"{k}={v}" for k, v in header["dims"].items())
-        ours = ", ".join(f"{k}={v}" for k, v in cell.dims.items())
+        ours = ", ".join(f"{k}={v}" for k, v in dims.items())
         raise CheckpointError(f"{path} holds {name}({shown}); this cell is {name}({ours}): "
                               f"create the cell with {shown} to load it")
+
+
+def check_model(info: CheckpointInfo, cls, dims: dict) -> None:
+    """Refuse (CheckpointError) a checkpoint that `cls` bound to `dims` cannot load:
+    another cell, another model (what changed is named) or other dims. No cell needed."""
+    header = {"cell": info.cell, "digest": info.digest, "dims": info.dims,
+              "spec": info.spec or {}}
+    _refuse_other_class(info.path, header, cls, dims)
+
+
+def _refuse_other_model(path, header: dict, cell) -> None:
+    _refuse_other_class(path, header, type(cell), cell.dims)
     stored = {n: tuple(a.shape) for n, a in header["params"].items()}
     expected = {n: tuple(np.shape(a)) for n, a in cell.params.items()}
     if stored != expected:

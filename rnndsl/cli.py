@@ -1,8 +1,10 @@
-"""The command line: `rnndsl check | graph | gradcheck | build | explain | train | sample`.
+"""The command line: `rnndsl check | graph | gradcheck | build | explain | train | sample
+| info | specs`.
 
 Every user error (a bad spec, a missing file, bad arguments) prints one clear message
-and exits with status 2; never a traceback (`--debug` shows one). Exit status 1 means the
-command ran and found a failure (gradcheck above tolerance); 0 means all is well.
+and exits with status 2, before any work where it can be known before; never a traceback
+(`--debug` shows one). Exit status 1 means the command ran and found a failure (gradcheck
+above tolerance); 0 means all is well; 3 is kept for rnndsl's own bugs.
 """
 
 from __future__ import annotations
@@ -15,28 +17,12 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__
+from . import __version__, cli_args
+from .cli_args import UsageError
 from .errors import RnnError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 STAGES = ("ast", "check", "ir", "unroll", "grad")
-
-
-class UsageError(RnnError):
-    """Bad arguments that argparse could not catch."""
-
-
-def _parse_dims(text: str | None) -> dict[str, int]:
-    if not text:
-        return {}
-    dims = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        if not sep or not name.strip() or not value.strip().lstrip("-").isdigit():
-            raise UsageError(f"--dims takes NAME=SIZE pairs separated by commas, like "
-                             f"H=8,I=4; got {part!r}")
-        dims[name.strip()] = int(value)
-    return dims
 
 
 # ---------------------------------------------------------------------------- check
@@ -173,12 +159,19 @@ def cmd_gradcheck(args) -> int:
     from . import load
     from .gradcheck import default_dims, gradcheck
     status = EXIT_OK
-    for path in args.files:
-        Cell = load(path, target="interp", cell=args.cell)
-        dims = dict(default_dims(Cell.spec), **_parse_dims(args.dims))
+    classes = []
+    for path in args.files:       # every spec read and every dim checked before any work
+        Cell = load(path, target=args.target, cell=args.cell)
+        given = args.dims or {}
+        unknown = [d for d in given if d not in Cell.spec.dims]
+        if unknown:
+            raise UsageError(f"--dims: {Cell.spec.name} has no dim {', '.join(unknown)} "
+                             f"({path}); its dims: {', '.join(Cell.spec.dims)}")
+        classes.append((path, Cell, dict(default_dims(Cell.spec), **given)))
+    for path, Cell, dims in classes:
         shown = ", ".join(f"{k}={v}" for k, v in dims.items())
         print(f"{path}: cell {Cell.spec.name}({shown}), T={args.T}, B={args.B}, float64, "
-              f"cotangents on {args.inject}")
+              f"{args.target} target, cotangents on {args.inject}")
         rows = gradcheck(Cell, dims=dims, T=args.T, B=args.B, seed=args.seed,
                          inject=args.inject)
         width = max(len(r.what) for r in rows)
@@ -259,8 +252,17 @@ NO_PASS_HELP = ("switch an optimisation pass off (repeatable): cse, simplify, ho
                 "batches where they fit; off, read from global memory at every step)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported in two lines (the message and where the
+    options are listed) instead of the whole usage block above it."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n"
+                              f"  (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rnndsl",
         description="Write recurrent cells as equations in .rnn files; check them, draw "
                     "their graphs, check their BPTT gradients, and compile them.",
@@ -291,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "writes it), check (typed equations in evaluation order), ir (the "
                         "step graph), unroll (the unrolled graph, see --unroll), grad (the "
                         "adjoint of one step)")
-    p.add_argument("--unroll", type=int, default=2, metavar="T",
+    p.add_argument("--unroll", type=cli_args.at_least(1), default=2, metavar="T",
                    help="steps for --dump-after unroll (default 2)")
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     p.set_defaults(run=cmd_check)
@@ -301,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "as Graphviz DOT, or SVG when Graphviz's dot is installed.")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--cell", help="the cell to draw, in a file with several")
-    p.add_argument("--unroll", type=int, metavar="T", help="draw T unrolled steps")
+    p.add_argument("--unroll", type=cli_args.at_least(1), metavar="T",
+                   help="draw T unrolled steps (T at least 1)")
     p.add_argument("--grad", action="store_true",
                    help="add the adjoint: of one step, or BPTT over the unrolled steps")
     p.add_argument("-o", "--output", metavar="OUT",
@@ -309,20 +312,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_graph)
 
     p = sub.add_parser("gradcheck", help="check BPTT gradients against finite differences",
-                       description="Run the reference interpreter in float64 and compare "
-                                   "every gradient (params, inputs, initial states) with "
-                                   "central finite differences along a random direction.")
+                       description="Run a cell in float64 and compare every gradient "
+                                   "(params, inputs, initial states) with central finite "
+                                   "differences along a random direction: the reference "
+                                   "interpreter by default, or the compiled kernels with "
+                                   "--target cpu (or cuda). Exit status 1 if any gradient "
+                                   "is above --tol.")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--cell", help="the cell to check, in a file with several")
-    p.add_argument("-T", type=int, default=3, help="sequence length (default 3)")
-    p.add_argument("-B", type=int, default=2, help="batch size (default 2)")
-    p.add_argument("--dims", metavar="H=8,I=4",
+    p.add_argument("--target", choices=("interp", "cpu", "cuda"), default="interp",
+                   help="what computes the gradients: interp (the NumPy reference; "
+                        "default), cpu (the compiled Numba kernels, compiled in float64 "
+                        "first: a few seconds), cuda (numba-cuda kernels)")
+    p.add_argument("-T", type=cli_args.at_least(1), default=3,
+                   help="sequence length (default 3)")
+    p.add_argument("-B", type=cli_args.at_least(1), default=2, help="batch size (default 2)")
+    p.add_argument("--dims", metavar="H=8,I=4", type=cli_args.dims,
                    help="dim sizes (default: distinct small sizes 3, 4, 5, ...)")
     p.add_argument("--inject", choices=("outputs", "state", "both"), default="both",
                    help="where the random loss puts its cotangents (default both)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tol", type=float, default=1e-6,
-                   help="largest relative error that passes (default 1e-6)")
+    p.add_argument("--seed", type=cli_args.at_least(0), default=0)
+    p.add_argument("--tol", type=cli_args.above(0), default=1e-6,
+                   help="largest relative error that passes, above 0 (default 1e-6)")
     p.set_defaults(run=cmd_gradcheck)
 
     p = sub.add_parser("build", help="compile specs into importable Python modules",
@@ -358,7 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:        # --help, --version (0) or a bad argument (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # train's resume command
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -136,7 +136,7 @@ def test_gradcheck_passes_on_lstm():
 def test_gradcheck_bad_dims_argument():
     done = rnndsl("gradcheck", REPO / "specs" / "lstm.rnn", "--dims", "H:4")
     assert done.returncode == 2
-    assert "--dims takes NAME=SIZE pairs" in done.stderr
+    assert "--dims: takes NAME=SIZE pairs" in done.stderr
 
 
 def test_gradcheck_unknown_dim_is_a_bind_error():

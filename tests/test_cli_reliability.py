@@ -1,0 +1,335 @@
+"""What a user types at `rnndsl train | sample | info | gradcheck`: every mistake is
+caught before work starts (exit 2, the option named), checkpoints are never overwritten
+by accident, travel with their spec, and survive comments; Ctrl-C saves.
+
+Most tests call `rnndsl.cli.main` in this process (the interp target: no compiling); the
+ones about signals and folders run a real `python -m rnndsl`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnndsl import checkpoint
+from rnndsl.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = REPO / "specs" / "char_lstm.rnn"
+TEXT = "the cat sat on the mat. the dog sat on the log. " * 40
+SMALL = ["--dims", "H=4", "--batch", "2", "--seq", "4", "--target", "interp",
+         "--dtype", "float64", "--sample-chars", "5"]
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    """A working folder with a small corpus and a copy of the spec (and what it uses)."""
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    for name in ("char_lstm.rnn", "lstm.rnn"):
+        shutil.copy(REPO / "specs" / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RNNDSL_BLAS_THREADS", os.environ.get("RNNDSL_BLAS_THREADS", "1"))
+    return tmp_path
+
+
+def train(capsys, *extra, steps=2):
+    return run(["train", "char_lstm.rnn", "--corpus", "corpus.txt", "--steps", steps,
+                *SMALL, *extra], capsys)
+
+
+# ------------------------------------------------------------------ arguments first
+@pytest.mark.parametrize("args, option", [
+    (["--steps", "0"], "--steps"),
+    (["--steps", "-3"], "--steps"),
+    (["--minutes", "-1"], "--minutes"),
+    (["--minutes", "0"], "--minutes"),
+    (["--minutes", "nan"], "--minutes"),
+    (["--lr", "-1"], "--lr"),
+    (["--clip", "-1"], "--clip"),
+    (["--temperatures", "0"], "--temperatures"),
+    (["--temperatures", "0.5,-1"], "--temperatures"),
+    (["--sample-chars", "-1"], "--sample-chars"),
+    (["--batch", "0"], "--batch"),
+    (["--seq", "0"], "--seq"),
+    (["--val", "1.5"], "--val"),
+    (["--val", "0"], "--val"),
+    (["--every", "-1"], "--every"),
+    (["--max-chars", "0"], "--max-chars"),
+    (["--dims", "H=0"], "--dims"),
+    (["--dims", "H"], "--dims"),
+    (["--threads", "0"], "--threads"),
+])
+def test_bad_train_arguments_exit_2_naming_the_option_before_any_work(folder, capsys,
+                                                                       args, option):
+    code, out, err = run(["train", "char_lstm.rnn", "--corpus", "corpus.txt", "--target",
+                          "interp", *args], capsys)
+    assert code == 2, (out, err)
+    assert option in err and "Traceback" not in err and "internal error" not in err
+    assert out == "" and not (folder / "model.npz").exists()      # nothing ran
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["gradcheck", "-B", "-1", SPEC], "-B"),
+    (["gradcheck", "-T", "0", SPEC], "-T"),
+    (["gradcheck", "--tol", "-1", SPEC], "--tol"),
+    (["gradcheck", "--dims", "H=-2", SPEC], "--dims"),
+    (["graph", SPEC, "--unroll", "0"], "--unroll"),
+    (["check", SPEC, "--dump-after", "unroll", "--unroll", "-1"], "--unroll"),
+])
+def test_bad_arguments_of_other_commands_exit_2(capsys, argv, option):
+    code, out, err = run(argv, capsys)
+    assert code == 2 and option in err and "internal error" not in err
+
+
+def test_gradcheck_names_a_dim_the_spec_lacks(capsys):
+    code, _, err = run(["gradcheck", SPEC, "--dims", "Q=3"], capsys)
+    assert code == 2 and "has no dim Q" in err
+
+
+def test_temperatures_and_prime_are_checked_before_training(folder, capsys):
+    code, out, err = train(capsys, "--prime", "xyzq")
+    assert code == 2 and "'q'" in err and "'x'" in err and "never saw" in err
+    assert "compiling" not in out and not (folder / "model.npz").exists()
+
+
+def test_sample_chars_0_means_no_samples(folder, capsys):
+    code, out, err = train(capsys, "--sample-chars", "0")
+    assert code == 0, err
+    assert "validation:" in out and "--- sample" not in out
+
+
+def test_clip_0_switches_clipping_off(folder, capsys):
+    code, out, err = train(capsys, "--clip", "0")
+    assert code == 0, err
+
+
+def test_a_corpus_folder_is_named_as_a_folder(folder, capsys):
+    (folder / "texts").mkdir()
+    code, _, err = run(["train", "char_lstm.rnn", "--corpus", "texts", "--target", "interp"],
+                       capsys)
+    assert code == 2 and "is a folder" in err and "no such file" not in err
+
+
+# ------------------------------------------------------------------ never destroy work
+def test_train_refuses_to_overwrite_a_checkpoint_without_resume_or_force(folder, capsys):
+    assert train(capsys)[0] == 0
+    before = (folder / "model.npz").read_bytes()
+    code, out, err = train(capsys)
+    assert code == 2 and "--resume" in err and "--force" in err
+    assert (folder / "model.npz").read_bytes() == before
+    code, out, err = train(capsys, "--force")
+    assert code == 0, err
+    assert checkpoint.peek("model.npz").meta["trainer"]["steps"] == 2   # afresh
+
+
+def test_resume_with_other_dims_names_both(folder, capsys):
+    assert train(capsys)[0] == 0
+    code, _, err = train(capsys, "--resume", "--dims", "H=6")
+    assert code == 2 and "H=4" in err and "H=6" in err
+
+
+def test_resume_continues_and_resume_without_checkpoint_starts_afresh(folder, capsys):
+    code, out, _ = train(capsys, "--resume")             # nothing to resume: a new model
+    assert code == 0 and "resuming" not in out
+    code, out, err = train(capsys, "--resume", "--dims", "H=4")   # same dims: fine
+    assert code == 0, err
+    assert "resuming at step 2" in out
+    assert checkpoint.peek("model.npz").meta["trainer"]["steps"] == 4
+
+
+def test_dry_run_checks_and_writes_nothing(folder, capsys):
+    code, out, err = train(capsys, "--dry-run", "--json", "run.json")
+    assert code == 0, err
+    assert "dry run" in out and "plan: train for 2 steps" in out
+    assert not (folder / "model.npz").exists() and not (folder / "run.json").exists()
+    code, _, err = train(capsys, "--dry-run", "--corpus", "missing.txt")
+    assert code == 2 and "no such file" in err
+
+
+def test_json_summary_matches_the_closing_lines(folder, capsys):
+    code, out, err = train(capsys, "--json", "run.json", "--temperatures", "0.7")
+    assert code == 0, err
+    summary = json.loads((folder / "run.json").read_text())
+    trained = next(line for line in out.splitlines() if line.startswith("trained "))
+    assert trained.startswith(f"trained {summary['steps']} steps ({summary['chars']:,} chars)")
+    assert trained.endswith(f"checkpoint: {summary['checkpoint']}")
+    validation = next(line for line in out.splitlines() if line.startswith("validation:"))
+    assert f"{summary['validation_bits_per_char']:.3f} bits/char" in validation
+    assert [s["temperature"] for s in summary["samples"]] == [0.7]
+    assert summary["samples"][0]["text"] in out
+
+
+def test_threads_option_sets_the_kernels_threads(folder, capsys, monkeypatch):
+    monkeypatch.delenv("RNNDSL_BLAS_THREADS", raising=False)
+    code, _, err = train(capsys, "--threads", "1", "--dry-run")
+    assert code == 0, err
+    assert os.environ["RNNDSL_BLAS_THREADS"] == "1"
+
+
+# ------------------------------------------------------------------ checkpoints travel
+def test_sample_works_from_another_folder_after_the_spec_is_deleted(folder, capsys,
+                                                                   tmp_path_factory,
+                                                                   monkeypatch):
+    assert train(capsys, "--checkpoint", "m.npz")[0] == 0
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    shutil.move(folder / "m.npz", elsewhere / "m.npz")
+    (folder / "char_lstm.rnn").unlink()
+    (folder / "lstm.rnn").unlink()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run(["sample", "m.npz", "--target", "interp", "--length", "10",
+                          "--prime", "the "], capsys)
+    assert code == 0, err
+    assert out.startswith("the ") and len(out.rstrip("\n")) == 14
+
+
+def test_a_comment_or_new_layout_keeps_a_checkpoint_loadable(folder, capsys):
+    assert train(capsys, "--checkpoint", "m.npz")[0] == 0
+    spec = folder / "char_lstm.rnn"
+    spec.write_text("# a comment added after training\n" + spec.read_text()
+                    .replace("param W_y[V, H], b_y[V]", "param W_y[V, H],   b_y[V]  # out"))
+    code, out, err = run(["sample", "m.npz", "--spec", spec, "--target", "interp",
+                          "--length", "5"], capsys)
+    assert code == 0, err
+    code, out, err = train(capsys, "--checkpoint", "m.npz", "--resume")
+    assert code == 0 and "resuming at step 2" in out, err
+
+
+def test_a_real_change_is_refused_naming_what_changed(folder, capsys):
+    assert train(capsys, "--checkpoint", "m.npz")[0] == 0
+    spec = folder / "char_lstm.rnn"
+    spec.write_text(spec.read_text().replace("W_y @ h2 + b_y", "W_y @ h1 + b_y"))
+    code, _, err = run(["sample", "m.npz", "--spec", spec, "--target", "interp"], capsys)
+    assert code == 2
+    assert "was: output logits = W_y @ h2 + b_y" in err
+    assert "now: output logits = W_y @ h1 + b_y" in err
+    code, _, err = train(capsys, "--checkpoint", "m.npz", "--resume")
+    assert code == 2 and "W_y @ h1" in err
+
+
+def test_a_checkpoint_uses_its_own_text_not_a_shipped_spec_of_that_name(folder, capsys):
+    """The carried text wins: a changed lstm.rnn next to the checkpoint is not read."""
+    assert train(capsys, "--checkpoint", "m.npz")[0] == 0
+    lstm = folder / "lstm.rnn"
+    lstm.write_text(lstm.read_text().replace("b_f[H] ~ ones", "b_f[H] ~ zeros"))
+    code, _, err = run(["sample", "m.npz", "--target", "interp", "--length", "5"], capsys)
+    assert code == 0, err
+
+
+def test_sample_refuses_other_npz_files_clearly(folder, capsys):
+    np.savez(folder / "weights.npz", a=np.array([{"x": 1}], dtype=object))
+    code, _, err = run(["sample", "weights.npz"], capsys)
+    assert code == 2 and "not an rnndsl checkpoint" in err and "allow_pickle" not in err
+    cell = __import__("rnndsl").load(folder / "lstm.rnn", target="interp")(I=2, H=3)
+    checkpoint.save(folder / "bare.npz", cell)
+    code, _, err = run(["sample", "bare.npz"], capsys)
+    assert code == 2 and "not written by rnndsl train" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--beam", "0"], "--beam"),
+    (["-n", "0"], "-n"),
+    (["--length", "0"], "--length"),
+    (["--temperature", "0"], "--temperature"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--beam", "2", "--greedy"], "--beam"),
+    (["--prime", "Q"], "never saw: 'Q'"),
+    (["--top-k", "1000"], "--top-k"),
+])
+def test_bad_sample_arguments_exit_2(folder, capsys, argv, message):
+    assert train(capsys, "--checkpoint", "m.npz")[0] == 0
+    code, _, err = run(["sample", "m.npz", "--target", "interp", *argv], capsys)
+    assert code == 2 and message in err, err
+    assert "Python" not in err        # CLI advice, not the Python API's
+
+
+def test_info_shows_what_a_checkpoint_holds(folder, capsys):
+    assert train(capsys, "--checkpoint", "m.npz")[0] == 0
+    code, out, err = run(["info", "m.npz"], capsys)
+    assert code == 0, err
+    assert "CharLSTM(V=14, H=4)" in out and "trained: 2 steps on corpus.txt" in out
+    assert "validation:" in out and "bits/char" in out
+    assert "  | cell CharLSTM {" in out
+    code, out, _ = run(["info", "m.npz", "--json"], capsys)
+    report = json.loads(out)
+    assert report["steps"] == 2 and report["dims"] == {"V": 14, "H": 4}
+    assert report["spec_text"] == SPEC.read_text()
+    assert report["validation"]["bits_per_char"] > 0
+
+
+# ------------------------------------------------------------------ gradcheck, compiled
+def test_gradcheck_checks_the_compiled_kernels(capsys):
+    code, out, err = run(["gradcheck", REPO / "specs" / "elman.rnn", "--target", "cpu",
+                          "-T", "2"], capsys)
+    assert code == 0, err
+    assert "cpu target" in out and "passed:" in out
+
+
+# ------------------------------------------------------------------ Ctrl-C
+def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(folder):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "rnndsl", "train", "char_lstm.rnn", "--corpus", "corpus.txt",
+         "--minutes", "5", "--every", "0", "--checkpoint", "m.npz", *SMALL],
+        cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = ""
+    deadline = time.monotonic() + 120
+    while "compiling kernels ..." not in seen and time.monotonic() < deadline:
+        seen += child.stdout.readline()
+    time.sleep(1.5)                  # a few steps into training
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    out = seen + out
+    assert child.returncode == 130, (out, err)
+    assert "interrupted" in out and "--resume" in out and "Traceback" not in err
+    steps = checkpoint.peek(folder / "m.npz").meta["trainer"]["steps"]
+    assert steps >= 1 and f"trained {steps} steps" in out
+    resume = out.split("resume with:")[1].strip().splitlines()[0]
+    assert "--minutes 5" in resume and resume.endswith("--resume")
+
+
+# ------------------------------------------------------------------ progress display
+class _Terminal:
+    """A stream that says it is a terminal, as stderr does in a shell."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def test_progress_is_a_tqdm_bar_on_a_terminal_and_plain_lines_elsewhere():
+    import io
+    from rnndsl.cli_train import Progress
+    tty = _Terminal()
+    bar = Progress(total=1.0, stream=tty)
+    bar.show(0.5, "step 7 | loss 1.000", force=True)
+    bar.done()
+    assert bar.tty and "50%|" in tty.text and "step 7 | loss 1.000" in tty.text
+    log = io.StringIO()
+    lines = Progress(total=1.0, stream=log, every=0.0)
+    lines.show(0.25, "step 1 | loss 2.000")
+    lines.show(0.5, "step 2 | loss 1.500")
+    lines.done()
+    assert log.getvalue() == "step 1 | loss 2.000\nstep 2 | loss 1.500\n"
