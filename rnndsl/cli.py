@@ -27,11 +27,8 @@ STAGES = ("ast", "check", "ir", "unroll", "grad")
 
 # ---------------------------------------------------------------------------- check
 def _summary(spec) -> str:
-    def decls(items):
-        return ", ".join(f"{d.name}{d.type}" for d in items) or "none"
-    outs = ", ".join(o.name for o in spec.outputs) or "none (final state only)"
-    return (f"cell {spec.name}({', '.join(spec.dims)}): inputs {decls(spec.inputs)}; "
-            f"states {decls(spec.states)}; {len(spec.params)} params; outputs {outs}")
+    from .shipped import cell_summary
+    return cell_summary(spec)
 
 
 def cmd_check(args) -> int:
@@ -242,6 +239,24 @@ def cmd_explain(args) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------- specs
+def cmd_specs(args) -> int:
+    from .shipped import shipped_specs, specs_dir
+    listing = shipped_specs()
+    if args.paths:
+        for spec in listing:
+            print(spec.path)
+        return EXIT_OK
+    print(f"# the specs shipped with rnndsl ({specs_dir()}); use \"NAME.rnn\" finds them "
+          "when the using file's folder has no file of that name")
+    width = max(len(spec.name) for spec in listing)
+    for spec in listing:
+        print(f"{spec.name:<{width}}  {spec.summary}")
+        if spec.comment:
+            print(f"{'':<{width}}  # {spec.comment}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------- main
 NO_PASS_HELP = ("switch an optimisation pass off (repeatable): cse, simplify, hoist, "
                 "fuse_matmul, fuse_elementwise, defer_grads; for --target cpu microkernel "
@@ -276,7 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  rnndsl explain specs/lstm.rnn            the compiled loop nest\n"
                "  rnndsl train specs/char_lstm.rnn         a character model, 3 minutes\n"
                "  rnndsl sample model.npz --prime 'def '   text from the trained model\n"
-               "\nexit status: 0 ok, 1 a check failed, 2 bad input (spec or arguments)",
+               "  rnndsl info model.npz                    what a checkpoint holds\n"
+               "  rnndsl specs                             the specs shipped with rnndsl\n"
+               "\nexit status: 0 ok, 1 a check failed, 2 bad input (spec, arguments, "
+               "files), 3 a bug in rnndsl (please report it), 130 interrupted",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"rnndsl {__version__}")
     parser.add_argument("--debug", action="store_true",
@@ -362,6 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help=NO_PASS_HELP + "; see what each one changes in the plan")
     p.set_defaults(run=cmd_explain)
 
+    p = sub.add_parser("specs", help="list the specs shipped with rnndsl",
+                       description="List the .rnn specs that ship inside the rnndsl "
+                                   "package, with what each cell is. A spec's `use "
+                                   "\"lstm.rnn\"` finds a shipped spec when its own folder "
+                                   "has no file of that name (docs/language.md, `use`).")
+    p.add_argument("--paths", action="store_true",
+                   help="print only the files' paths (to copy one: cp $(rnndsl specs "
+                        "--paths | grep lstm.rnn) .)")
+    p.set_defaults(run=cmd_specs)
+
     from .cli_train import add_parsers
     add_parsers(sub)
     return parser
@@ -387,6 +415,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:       # a path the user gave that cannot be read or written
+        if exc.errno is None or isinstance(exc, BrokenPipeError):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        return EXIT_USAGE
     except BrokenPipeError:      # `rnndsl explain ... | head`: the reader left; not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -64,7 +64,7 @@ class SpecFile:
 
 def _read(path: Path, shown: str) -> str:
     try:
-        return path.read_text()
+        return path.read_text(encoding="utf-8")     # whatever the locale: specs are UTF-8
     except FileNotFoundError:
         raise SpecFileError(f"{shown}: no such file") from None
     except IsADirectoryError:
@@ -74,17 +74,23 @@ def _read(path: Path, shown: str) -> str:
             from None
     except OSError as exc:
         raise SpecFileError(f"{shown}: cannot read ({exc.strerror})") from None
+    except ValueError:      # a NUL in the name: no file can have it
+        raise SpecFileError(f"{shown!r}: not a file name (it holds a NUL character)") \
+            from None
 
 
 def read_spec(path: str | Path, text: str | None = None, _stack: tuple = (),
               files: dict[str, str] | None = None) -> SpecFile:
-    """Read, parse and check a spec file and the files it uses. `files` maps the paths of
-    used files (as `use` spells them from `path`) to their texts: a built module carries
-    them, so that it loads wherever it is copied."""
+    """Read, parse and check a spec file and the files it uses. A `use` names a file in
+    the using file's folder or, a bare file name not found there, a shipped spec
+    (shipped.py). `files` maps the paths of used files (as `use` resolves them from
+    `path`) to their texts, which win over both: a built module carries them, so that it
+    loads wherever it is copied."""
     shown = str(path)
     path = Path(path)
     if text is None:
         text = _read(path, shown)
+    text = text.removeprefix("\ufeff")     # a UTF-8 BOM, which some editors write
     from .parse import parse     # Lark, 0.02 s: not for a warm load (cache.py), which reads no spec
     source = Source(shown, text)
     module = parse(text, shown)
@@ -92,28 +98,32 @@ def read_spec(path: str | Path, text: str | None = None, _stack: tuple = (),
     used: dict[str, CheckedCell] = {}
     here = path.resolve()
     for use in module.uses:
+        # where: a text carried for the path wins over the disk; this file's folder first,
+        # then, for a bare file name, the specs shipped with rnndsl (shipped.py)
         target = (path.parent / use.path)
+        if str(target) not in (files or {}) and not target.is_file():
+            from .shipped import shipped_path
+            shipped = shipped_path(use.path)
+            if shipped is None or (str(shipped) not in (files or {})
+                                   and not shipped.is_file()):
+                looked, hint = f"{target}", "paths in use are relative to this file"
+                if shipped is not None:
+                    looked += f", then for the shipped spec {shipped}"
+                    hint += ("; a bare file name not found there is looked for among the "
+                             "specs shipped with rnndsl")
+                errors.append(Diagnostic(f"cannot use '{use.path}': no such file "
+                                         f"(looked for {looked})", source, use.span, hint))
+                continue
+            target = shipped
         if target.resolve() in _stack + (here,):
             errors.append(Diagnostic(f"'{use.path}' is already being read: a cycle of uses",
                                      source, use.span))
             continue
-        if files is not None and str(target) in files:
-            try:
-                other = read_spec(target, files[str(target)], _stack + (here,), files)
-            except SpecError as exc:
-                errors.extend(exc.diagnostics)
-                continue
-        elif not target.is_file():
-            errors.append(Diagnostic(f"cannot use '{use.path}': no such file "
-                                     f"(looked for {target})", source, use.span,
-                                     "paths in use are relative to this file"))
+        try:
+            other = read_spec(target, (files or {}).get(str(target)), _stack + (here,), files)
+        except SpecError as exc:
+            errors.extend(exc.diagnostics)
             continue
-        else:
-            try:
-                other = read_spec(target, None, _stack + (here,), files)
-            except SpecError as exc:
-                errors.extend(exc.diagnostics)
-                continue
         for name, c in {**other.used, **other.cells}.items():
             if name in used and used[name].source.path != c.source.path:
                 errors.append(Diagnostic(f"two used files define a cell '{name}'",

@@ -333,3 +333,23 @@ def test_progress_is_a_tqdm_bar_on_a_terminal_and_plain_lines_elsewhere():
     lines.show(0.5, "step 2 | loss 1.500")
     lines.done()
     assert log.getvalue() == "step 1 | loss 2.000\nstep 2 | loss 1.500\n"
+
+
+# ------------------------------------------------------------------ shipped specs, files
+def test_specs_lists_every_shipped_spec(capsys):
+    code, out, err = run(["specs"], capsys)
+    assert code == 0, err
+    for path in sorted((REPO / "specs").glob("*.rnn")):
+        assert any(line.startswith(path.name + " ") for line in out.splitlines()), path.name
+    assert "cell LSTM(I, H): inputs x[I]; states h[H], c[H]; 12 params; outputs h" in out
+    code, out, _ = run(["specs", "--paths"], capsys)
+    assert code == 0 and all(Path(line).is_file() for line in out.splitlines())
+
+
+@pytest.mark.parametrize("argv", [
+    ["build", REPO / "specs" / "elman.rnn", "-o", "/dev/null/x"],
+    ["graph", REPO / "specs" / "elman.rnn", "-o", "/dev/null/x.dot"],
+])
+def test_a_path_that_cannot_be_written_is_a_user_error(capsys, argv):
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "error: /dev/null" in err and "internal error" not in err
