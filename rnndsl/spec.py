@@ -79,6 +79,17 @@ def _read(path: Path, shown: str) -> str:
             from None
 
 
+def _carried_elsewhere(files: dict[str, str] | None, target: Path, name: str) -> Path | None:
+    """With carried texts (a checkpoint's or a built module's) and none under `target`:
+    the one carried path whose file name is the bare `name`. A shipped spec is carried
+    under the path of the install that built it, which another install does not share;
+    what was carried must win over any file on this disk."""
+    if not files or str(target) in files or Path(name).name != name:
+        return None
+    found = [k for k in files if Path(k).name == name]
+    return Path(found[0]) if len(found) == 1 else None
+
+
 def read_spec(path: str | Path, text: str | None = None, _stack: tuple = (),
               files: dict[str, str] | None = None) -> SpecFile:
     """Read, parse and check a spec file and the files it uses. A `use` names a file in
@@ -101,6 +112,9 @@ def read_spec(path: str | Path, text: str | None = None, _stack: tuple = (),
         # where: a text carried for the path wins over the disk; this file's folder first,
         # then, for a bare file name, the specs shipped with rnndsl (shipped.py)
         target = (path.parent / use.path)
+        carried = _carried_elsewhere(files, target, use.path)
+        if carried is not None:
+            target = carried
         if str(target) not in (files or {}) and not target.is_file():
             from .shipped import shipped_path
             shipped = shipped_path(use.path)

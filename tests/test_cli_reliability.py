@@ -353,3 +353,25 @@ def test_specs_lists_every_shipped_spec(capsys):
 def test_a_path_that_cannot_be_written_is_a_user_error(capsys, argv):
     code, _, err = run(argv, capsys)
     assert code == 2 and "error: /dev/null" in err and "internal error" not in err
+
+
+def test_a_carried_shipped_spec_wins_in_another_install(tmp_path, monkeypatch):
+    """A checkpoint of a spec that used a shipped lstm.rnn carries it under the path of
+    the install that trained it; elsewhere (another install, a folder with an lstm.rnn
+    of its own) the carried text is still what loads."""
+    import rnndsl
+    from rnndsl.shipped import specs_dir
+    (tmp_path / "model.rnn").write_text((REPO / "specs" / "char_lstm.rnn").read_text())
+    monkeypatch.chdir(tmp_path)
+    cell = rnndsl.load("model.rnn", target="interp")(V=3, H=2, dtype=np.float64)
+    checkpoint.save("m.npz", cell)
+    header = checkpoint.peek("m.npz").spec
+    assert list(header["files"]) == [str(specs_dir() / "lstm.rnn")]
+    moved = {"/elsewhere/site-packages/rnndsl/specs/lstm.rnn": header["files"].popitem()[1]}
+    info = checkpoint.peek("m.npz")
+    info.spec["files"] = moved
+    (tmp_path / "lstm.rnn").write_text("cell LSTM { dims I, H  input x[I]  state h[H]\n"
+                                       "  h' = x }\n")      # a different LSTM beside it
+    Cell = checkpoint.cell_class(info, target="interp")
+    assert len(Cell.spec.params) == len(type(cell).spec.params)
+    checkpoint.load("m.npz", Cell(V=3, H=2, dtype=np.float64))
