@@ -170,12 +170,27 @@ def warm_class(path, target: str, cell: str | None, off: tuple[str, ...] = ()):
         for used, digest in entry["uses"].items():
             if _text_hash(Path(used).read_text()) != digest:
                 return None
+        if any(Path(p).exists() for p in entry.get("absent", ())):
+            return None     # a file now shadows a shipped spec that the entry used
         module_path = Path(entry["module"])
         if not module_path.is_file():
             return None
         return getattr(load_built(module_path), entry["class"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         return None
+
+
+def _shadowing_paths(spec_path: Path, uses: dict[str, str]) -> list[str]:
+    """Where a file would take the place of a shipped spec that this load used: a `use`
+    looks in the using file's folder before the shipped specs (spec.read_spec), so a file
+    of that name appearing beside the spec or beside one of its own used files makes the
+    entry stale."""
+    from .shipped import specs_dir
+    shipped_folder = specs_dir().resolve()
+    shipped = [Path(p) for p in uses if Path(p).parent == shipped_folder]
+    folders = {spec_path.parent} | {Path(p).parent for p in uses
+                                    if Path(p).parent != shipped_folder}
+    return sorted(str(folder / s.name) for folder in folders for s in shipped)
 
 
 def remember_class(path, target: str, cell: str | None, spec_file, cls,
@@ -193,7 +208,8 @@ def remember_class(path, target: str, cell: str | None, spec_file, cls,
         uses = {str(Path(p).resolve()): _text_hash(t)
                 for p, t in spec_file.used_files.items()}
         # the path as this process imported it: load_built then finds the same module
-        entry = {"module": module_file, "class": cls.__name__, "uses": uses}
+        entry = {"module": module_file, "class": cls.__name__, "uses": uses,
+                 "absent": _shadowing_paths(spec_path, uses)}
         write_atomically(_index_path(spec_path, text, target, cell, off),
                          json.dumps(entry, indent=1).encode())
     except (OSError, UnicodeDecodeError):

@@ -161,3 +161,18 @@ def test_a_carried_text_of_a_shipped_path_needs_no_shipped_file(tmp_path):
     assert not gone.exists()
     lstm = read_spec(path, files={str(gone): MINE}).used["LSTM"]
     assert (lstm.source.path, lstm.source.text) == (str(gone), MINE)
+
+
+def test_a_warm_load_notices_a_file_that_now_shadows_a_shipped_spec(tmp_path, monkeypatch):
+    """The warm index remembers which shipped specs a load used; a file of that name put
+    beside the spec afterwards is what `use` now finds, so the entry is stale."""
+    import rnndsl
+    monkeypatch.setenv("RNNDSL_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "model.rnn").write_text('use "elman_relu.rnn"\n')
+    first = rnndsl.load(tmp_path / "model.rnn", target="cpu")
+    assert [d.name for d in first.spec.params] == ["W_xh", "W_hh", "b_h"]
+    (tmp_path / "elman_relu.rnn").write_text(
+        "cell ElmanReLU {\n  dims I, H\n  input x[I]\n  state h[H]\n  param W[H, I]\n"
+        "  h' = relu(W @ x)\n  output h'\n}\n")
+    again = rnndsl.load(tmp_path / "model.rnn", target="cpu")
+    assert [d.name for d in again.spec.params] == ["W"]
