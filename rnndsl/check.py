@@ -23,7 +23,7 @@ from .checked import article as _a
 from .checked import provably as _provably
 from .checked import suggest as _suggest
 from .compose import Inlined
-from .errors import CheckError, Diagnostic, Source, Span, Warnings
+from .errors import CheckError, Diagnostic, Source, Span, Warnings, shorten
 from .ops import BINARY_OPS, FUNCTIONS, Op, ShapeMismatch, infer
 from .shapes import Dim, Type, shape_str
 
@@ -76,10 +76,10 @@ class _Checker(LayerChecks):
 
     def text(self, span: Span) -> str:
         """The source text under a span, for messages that quote an operand."""
-        lines = self.source.text.splitlines()
+        lines = self.source.lines
         if span.line != span.end_line or not (1 <= span.line <= len(lines)):
             return "this expression"
-        return lines[span.line - 1][span.column - 1:span.end_column - 1]
+        return shorten(lines[span.line - 1][span.column - 1:span.end_column - 1])
 
     # ------------------------------------------------------------------ declarations
     def value_names(self) -> set[str]:

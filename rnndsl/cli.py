@@ -50,6 +50,8 @@ def cmd_check(args) -> int:
         cells = list(spec_file.cells.values())
         if args.cell:
             cells = [spec_file.pick(args.cell)]
+        elif not cells and not args.quiet:
+            print(f"{path}: ok: no cell of its own; uses {', '.join(spec_file.used)}")
         if args.dump_after == "ast":
             print(unparse(spec_file.module), end="")
         for spec in cells:
@@ -208,6 +210,10 @@ def cmd_build(args) -> int:
     built = []
     for path in args.files:          # check and generate everything before writing anything
         spec_file = read_spec(path)
+        if not spec_file.cells:
+            raise UsageError(f"{path} defines no cell of its own (it uses "
+                             f"{', '.join(spec_file.used)}): build the file that defines "
+                             "them, or define a cell here")
         source = build_source(spec_file, passes, args.target)
         validate(source, str(out_dir / module_file_name(spec_file)))
         built.append((path, spec_file, source))

@@ -8,12 +8,54 @@ Spec errors carry a `Span` and render as
           |            ^^^^^^
     hint: declared names are: h, c, x, ...
 
+Whatever the text, the rendering stays short: the source line is shown as a window of
+at most `WINDOW` columns around the caret (`...` marks a cut end), invisible and control
+characters as `<U+XXXX>`, quoted text is cut by `shorten`, and an error lists at most
+`MAX_SHOWN` of its diagnostics. A 1 MB line with an error at its end renders in a few
+hundred characters.
+
 Internal invariants are plain `assert`s: they are bugs, not user errors.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
+
+WINDOW = 100        # columns of a source line shown around the caret
+MAX_QUOTE = 40      # characters of a token or a piece of source quoted in a message
+MAX_WORD = 160      # a longer word in a message is cut (a huge name quoted as it is)
+MAX_TEXT = 600      # characters of a message or a hint
+MAX_SHOWN = 20      # diagnostics rendered by one error; the rest are counted
+
+
+def shorten(text: str, limit: int = MAX_QUOTE) -> str:
+    """`text` cut in its middle to about `limit` characters, for quoting in a message: a
+    500 KB identifier is shown by its two ends and its length."""
+    if len(text) <= limit:
+        return text
+    note = f" ({len(text)} characters)"
+    room = max(8, limit - len(note) - 3)
+    head = room * 2 // 3
+    return f"{text[:head]}...{text[len(text) - (room - head):]}{note}"
+
+
+_LONG_WORD = re.compile(r"\S{%d,}" % (MAX_WORD + 1))
+# controls but the newline, zero-width and direction marks, line separators, the BOM
+_INVISIBLE = re.compile(
+    r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+
+
+def _tame(text: str) -> str:
+    """A message or hint as shown: control and invisible characters (a NUL in a quoted
+    path) escaped, a word longer than MAX_WORD (a huge name that a check quoted whole) cut
+    by `shorten`, and the whole held to about MAX_TEXT."""
+    text = _INVISIBLE.sub(lambda m: repr(m.group())[1:-1], text)
+    if len(text) > MAX_WORD:
+        text = _LONG_WORD.sub(lambda m: shorten(m.group(), MAX_QUOTE * 2), text)
+    return shorten(text, MAX_TEXT)
 
 
 @dataclass(frozen=True)
@@ -42,9 +84,23 @@ class Source:
     path: str
     text: str
 
+    @property
+    def lines(self) -> tuple[str, ...]:
+        """The lines as the parser counts them: split at "\\n" only (str.splitlines also
+        splits at \\r, \\f, U+2028 and others, which would number lines differently), a
+        CRLF's \\r dropped."""
+        return _lines(self.text)
+
     def line(self, number: int) -> str:
-        lines = self.text.splitlines()
+        lines = self.lines
         return lines[number - 1] if 1 <= number <= len(lines) else ""
+
+
+@lru_cache(maxsize=8)
+def _lines(text: str) -> tuple[str, ...]:
+    # cached apart from Source, which is pickled with a built module's spec: an error per
+    # line of a large file splits its text once, not once an error
+    return tuple(line[:-1] if line.endswith("\r") else line for line in text.split("\n"))
 
 
 class RnnError(Exception):
@@ -65,23 +121,73 @@ class Diagnostic:
     severity: str = "error"
 
     def render(self) -> str:
+        message = _tame(self.message)
         if self.source is None or self.span is None:
             head = f"{self.source.path if self.source else '<spec>'}: {self.severity}: "
-            text = head + self.message
+            text = head + message
         else:
             sp = self.span
-            text = f"{self.source.path}:{sp.line}:{sp.column}: {self.severity}: {self.message}"
+            text = f"{self.source.path}:{sp.line}:{sp.column}: {self.severity}: {message}"
             line = self.source.line(sp.line)
             if line:
-                gutter = f"{sp.line:>5} | "
                 width = (sp.end_column - sp.column if sp.end_line == sp.line
                          else len(line) - sp.column + 1)
-                width = max(1, width)
-                caret = " " * (len(gutter) - 2) + "| " + " " * (sp.column - 1) + "^" * width
-                text += "\n" + gutter + line.expandtabs(1) + "\n" + caret
+                shown, before, under = _window(line, sp.column - 1, max(1, width))
+                gutter = f"{sp.line:>5} | "
+                caret = " " * (len(gutter) - 2) + "| " + " " * before + "^" * under
+                text += "\n" + gutter + shown + "\n" + caret
         if self.hint:
-            text += f"\n  hint: {self.hint}"
+            text += f"\n  hint: {_tame(self.hint)}"
         return text
+
+
+def _shown(ch: str) -> str:
+    """One character of a source line as shown above a caret: a tab as one space (a caret
+    counts one column a character), what is invisible or moves the cursor (controls,
+    zero-width and format characters, spaces other than ' ', line separators) by its
+    code point, so that the caret has something to stand under."""
+    if ch == "\t":
+        return " "
+    if ch == " " or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn", "Zs",
+                                                      "Zl", "Zp"):
+        return ch
+    return f"<U+{ord(ch):04X}>"
+
+
+def _columns(shown: str) -> int:
+    """Terminal columns of shown text: wide East Asian characters take two, combining
+    marks none."""
+    if shown.isascii():
+        return len(shown)
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else
+               0 if unicodedata.combining(c) else 1 for c in shown)
+
+
+def _window(line: str, start: int, width: int) -> tuple[str, int, int]:
+    """The part of `line` shown around characters [start, start + width): its text, the
+    columns before the caret, and the number of carets. At most WINDOW columns of the line,
+    up to a third of them before the caret, with `...` at each end that is cut."""
+    start = max(0, min(start, len(line)))
+
+    def cols(i: int) -> int:
+        return _columns(_shown(line[i]))
+
+    lo, used = start, 0
+    while lo > 0 and used + cols(lo - 1) <= WINDOW // 3:
+        lo -= 1
+        used += cols(lo)
+    hi = start
+    while hi < len(line) and used + cols(hi) <= WINDOW:
+        used += cols(hi)
+        hi += 1
+    while lo > 0 and used + cols(lo - 1) <= WINDOW:    # the line ends early: more before
+        lo -= 1
+        used += cols(lo)
+    before = ("..." if lo > 0 else "") + "".join(_shown(c) for c in line[lo:start])
+    under = "".join(_shown(c) for c in line[start:min(hi, start + width)])
+    shown = before + "".join(_shown(c) for c in line[start:hi]) + ("..." if hi < len(line)
+                                                                   else "")
+    return shown, _columns(before), max(1, _columns(under))
 
 
 class SpecError(RnnError):
@@ -104,7 +210,12 @@ class SpecError(RnnError):
         return self.diagnostics[0].span
 
     def render(self) -> str:
-        return "\n".join(d.render() for d in self.diagnostics)
+        shown = [d.render() for d in self.diagnostics[:MAX_SHOWN]]
+        more = len(self.diagnostics) - MAX_SHOWN
+        if more > 0:
+            shown.append(f"... and {more} more error{'s' if more > 1 else ''} (the first "
+                         f"{MAX_SHOWN} are shown)")
+        return "\n".join(shown)
 
     def __str__(self) -> str:
         return self.render()

@@ -5,11 +5,20 @@ Input: the text of a .rnn file and the path it is reported under. Output: an
 `grammars/rnn.lark` (LALR(1)); syntax errors are labelled by matching the parser's state
 against canonical bad inputs (as lark's `match_examples` does) and reported as `SpecSyntaxError`
 with file:line:col and a caret. Nothing else ever escapes `parse`.
+
+Whatever the text, the outcome is an AST or a placed error: a leading UTF-8 BOM is dropped;
+a file that defines no cell and uses none is an error at 1:1; a character pasted from a
+paper (a typographic prime or minus, a non-breaking space) gets a hint naming the ASCII
+character to type (LOOKALIKES); and an expression nesting more than MAX_NESTING levels is
+refused before any recursive stage (this module's transformer, the checker, lowering,
+the printer) can meet Python's recursion limit.
 """
 
 from __future__ import annotations
 
 import functools
+import re
+import unicodedata
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -18,7 +27,7 @@ import lark
 from lark import Lark, Token, Transformer, v_args
 
 from . import ast
-from .errors import Diagnostic, Source, Span, SpecSyntaxError
+from .errors import Diagnostic, Source, Span, SpecSyntaxError, shorten
 from .shapes import Dim
 
 GRAMMAR_NAME = "rnn.lark"
@@ -48,9 +57,32 @@ def _span_of(item) -> Span:
     return Span(item.line, item.column, item.end_line, item.end_column)
 
 
+# A whole number in a size has at most this many digits: no array has 10**18 features, and
+# int() refuses strings of more than 4300 digits.
+MAX_SIZE_DIGITS = 18
+# The longest file name and path a `use` may give (Linux's NAME_MAX and PATH_MAX - 1): a
+# longer one names no file, and the OS would refuse to look it up.
+MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 4095
+
+
 @v_args(meta=True)
 class _ToAst(Transformer):
-    """Builds the dataclasses of `ast` from lark's tree; rule aliases name the classes."""
+    """Builds the dataclasses of `ast` from lark's tree; rule aliases name the classes.
+    Text the grammar admits but no spec can mean (a size of 5000 digits) is a
+    `SpecSyntaxError`, raised through lark's VisitError and unwrapped by `parse`."""
+
+    def __init__(self, source: Source):
+        super().__init__()
+        self.source = source
+
+    def _refuse(self, message: str, where, hint: str | None = None) -> SpecSyntaxError:
+        return SpecSyntaxError(Diagnostic(message, self.source, _span_of(where), hint))
+
+    def _size(self, token: Token) -> int:
+        if len(token) > MAX_SIZE_DIGITS:
+            raise self._refuse(f"a size of {len(token)} digits is too large: sizes are whole "
+                               f"numbers below 10**{MAX_SIZE_DIGITS}", token)
+        return int(token)
 
     # ---- module structure
     def start(self, meta, items):
@@ -60,7 +92,12 @@ class _ToAst(Transformer):
 
     def use(self, meta, children):
         (token,) = children
-        return ast.Use(str(token)[1:-1], _span_of(meta))
+        path = str(token)[1:-1]
+        longest = max(len(part.encode("utf-8", "replace")) for part in path.split("/"))
+        if longest > MAX_NAME_BYTES or len(path.encode("utf-8", "replace")) > MAX_PATH_BYTES:
+            raise self._refuse(f"the path in `use` is too long to name a file (a name is at "
+                               f"most {MAX_NAME_BYTES} bytes, a path {MAX_PATH_BYTES})", token)
+        return ast.Use(path, _span_of(meta))
 
     def cell(self, meta, children):
         name, *body = children
@@ -112,13 +149,13 @@ class _ToAst(Transformer):
         return dims, _span_of(meta)
 
     def dim_int(self, meta, children):
-        return Dim.lit(int(children[0]))
+        return Dim.lit(self._size(children[0]))
 
     def dim_name(self, meta, children):
         return Dim.of(str(children[0]))
 
     def dim_scaled(self, meta, children):
-        return Dim.of(str(children[1])).scaled(int(children[0]))
+        return Dim.of(str(children[1])).scaled(self._size(children[0]))
 
     def dim_add(self, meta, children):
         return children[0] + children[1]
@@ -399,23 +436,87 @@ def _describe_expected(expected: set[str]) -> str:
 def _token_text(token: Token) -> str:
     if token.type == "$END":
         return "the end of the file"
-    return repr(str(token))
+    return repr(shorten(str(token)))
+
+
+# Characters pasted from papers and word processors that look like ASCII the grammar
+# knows: character -> (what to type instead, the hint). Looked up when the lexer stops.
+_PRIME = ("'", "type ' (the ASCII apostrophe) instead: a next value is written h'")
+_MINUS = ("-", "type - (the ASCII hyphen-minus) instead: a - b, -x")
+_TIMES = ("*", "type * instead for an elementwise product, or @ for a matrix-vector "
+               "product: W @ x * g")
+_DIVIDE = ("/", "type / (the ASCII slash) instead: a / b")
+_QUOTE = ('"', 'type " (the ASCII double quote) instead: use "other.rnn"')
+_SPACE = (" ", "type a plain space instead: this one only looks like a space")
+_INVISIBLE = ("", "delete it: an invisible character, often pasted along with text")
+
+
+def _typed(char: str) -> tuple[str, str]:
+    return char, f"type {char} instead"
+
+
+LOOKALIKES: dict[str, tuple[str, str]] = {
+    **dict.fromkeys("\u2032\u2019\u2018\u02b9\u02bc\u00b4\u201b\uff07", _PRIME),
+    **dict.fromkeys("\u2212\u2013\u2014\u2010\u2011\u2012\u2015\ufe63\uff0d", _MINUS),
+    **dict.fromkeys("\u00d7\u00b7\u2217\u22c5\u2022\u2219\u2299\u2218\u2715\uff0a",
+                    _TIMES),
+    **dict.fromkeys("\u00f7\u2215\u2044\uff0f", _DIVIDE),
+    **dict.fromkeys("\u201c\u201d\u201e\u201f\u2033\uff02", _QUOTE),
+    **dict.fromkeys("\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+                    "\u2008\u2009\u200a\u202f\u205f\u3000", _SPACE),
+    **dict.fromkeys("\u200b\u200c\u200d\u2060\ufeff\u00ad", _INVISIBLE),
+    **dict.fromkeys("\u2028\u2029\u0085", ("\n", "type a plain newline instead")),
+    **{wide: _typed(chr(ord(wide) - 0xFEE0)) for wide in "\uff08\uff09\uff0b\uff0c\uff1a"
+       "\uff1d\uff20\uff3b\uff3d\uff5b\uff5d"},       # full-width ( ) + , : = @ [ ] { }
+    "\u2254": ("=", "type = instead: an equation is written h' = ..."),
+    "\u2190": ("=", "type = instead: an equation is written h' = ..."),
+    "\u2236": _typed(":"),
+    "\u03c3": ("sigmoid", "write sigmoid(x): the logistic function is a call"),
+    "\u2211": ("sum", "write sum(v) for the sum of a vector's features"),
+    "\u03a3": ("sum", "write sum(v) for the sum of a vector's features"),
+    "\u221a": ("sqrt", "write sqrt(x)"),
+    "\u00b2": ("**", "write x ** 2"),
+    "\u00b3": ("**", "write x ** 3"),
+    "\u2295": ("concat", "write concat(a, b) to join two vectors"),
+}
+
+
+def _character_hint(char: str) -> str:
+    """The hint for a character that no token starts with."""
+    if char in LOOKALIKES:
+        return LOOKALIKES[char][1]
+    if char == "'":
+        return "a prime follows a state name directly, like h'"
+    if not char.isascii() and char.isalpha():
+        return ("names are ASCII letters, digits and _, starting with a letter: spell it "
+                "out (sigma, W_1)")
+    if not char.isascii() and char.isdigit():
+        return "digits are ASCII: write W_1, not W\u2081"
+    return "names are letters, digits and _, starting with a letter; comments start with #"
+
+
+def _character_text(char: str) -> str:
+    """A character in a message: quoted, with its code point and name when not ASCII, so
+    that an invisible or look-alike one can be told apart."""
+    if char.isascii():
+        return repr(char)
+    name = unicodedata.name(char, "")
+    return f"{char!r} (U+{ord(char):04X}{' ' + name if name else ''})"
 
 
 def _syntax_error(text: str, source: Source, exc: lark.exceptions.LarkError) -> SpecSyntaxError:
     label = None
     if isinstance(exc, lark.exceptions.UnexpectedToken):
         label = _label(exc)
-    lines = text.splitlines() or [""]
+    # the end of the file is shown after the last line's text, not on the empty line that
+    # follows a final newline
+    lines = source.lines[:-1] if len(source.lines) > 1 and text.endswith("\n") else \
+        source.lines
     if isinstance(exc, lark.exceptions.UnexpectedCharacters):
         span = Span.point(exc.line, exc.column)
         char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
-        message = f"unexpected character {char!r}"
-        hint = ("names are letters, digits and _, starting with a letter; "
-                "comments start with #")
-        if char == "'":
-            hint = "a prime follows a state name directly, like h'"
-        return SpecSyntaxError(Diagnostic(message, source, span, hint))
+        message = f"unexpected character {_character_text(char)}"
+        return SpecSyntaxError(Diagnostic(message, source, span, _character_hint(char)))
     token = getattr(exc, "token", None)
     if token is None or token.type == "$END" or getattr(token, "line", None) in (None, -1):
         span = Span.point(len(lines), len(lines[-1]) + 1)
@@ -438,13 +539,90 @@ def _syntax_error(text: str, source: Source, exc: lark.exceptions.LarkError) -> 
     return SpecSyntaxError(Diagnostic(message, source, span, hint))
 
 
+# How deep an expression (or a size) may nest: each operator, call, slice, member and
+# unary minus is a level, so `tanh(W @ x + b)` is 3 and a sum of n terms n - 1. The stages
+# after this one recurse over expressions, the deepest by 4 Python frames a level (the
+# printer, and the AST's generated __eq__ and __repr__), so 100 levels take about 420 of
+# Python's 1000 frames and leave the rest to the caller; the shipped specs nest at most 7.
+# tests/test_text_input.py runs every stage at this limit under a deep caller's stack.
+MAX_NESTING = 100
+
+_EXPRESSION_RULES = frozenset({"add", "sub", "mul", "div", "matmul", "neg", "pow", "slice",
+                               "member", "call"})
+_SIZE_RULES = frozenset({"dim_add", "dim_sub"})
+
+
+def _nesting(tree: lark.Tree) -> tuple[lark.Tree, int] | None:
+    """The first expression or size (in the order of the text) nesting more than
+    MAX_NESTING levels, with its depth; None if there is none. Iterative: it must not
+    itself meet the recursion limit it protects."""
+    height: dict[int, int] = {}
+    stack: list[tuple[lark.Tree, bool]] = [(tree, False)]
+    while stack:
+        node, done = stack.pop()
+        subtrees = [c for c in node.children if isinstance(c, lark.Tree)]
+        if done:
+            height[id(node)] = 1 + max(height[id(c)] for c in subtrees) if subtrees else 0
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in subtrees)
+    if height[id(tree)] <= MAX_NESTING:
+        return None
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if node.data in _EXPRESSION_RULES | _SIZE_RULES and height[id(node)] > MAX_NESTING:
+            return node, height[id(node)]
+        todo.extend(reversed([c for c in node.children if isinstance(c, lark.Tree)]))
+    return None     # only the statements around the expressions are deep: never too deep
+
+
+def _too_deep(source: Source, node: lark.Tree, depth: int) -> SpecSyntaxError:
+    meta = node.meta
+    span = Span(meta.line, meta.column, meta.end_line, meta.end_column)
+    if node.data in _SIZE_RULES:
+        message = (f"this size nests {depth} levels deep; rnndsl allows at most "
+                   f"{MAX_NESTING}: write it with fewer terms")
+        hint = "a sum of n terms nests n - 1 levels: write 4 * H for H + H + H + H"
+    else:
+        message = (f"expression nests {depth} levels deep; rnndsl allows at most "
+                   f"{MAX_NESTING}: split it into named equations")
+        hint = ("each operator, call, slice and unary minus is a level, and a sum of n terms "
+                "nests n - 1: name the parts, like `a = W @ x + b` then `h' = tanh(a)`")
+    return SpecSyntaxError(Diagnostic(message, source, span, hint))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+EMPTY_HINT = ("a spec holds at least one cell, `cell Name { ... }` with its dims, inputs, "
+              "states, params and equations, or `use \"other.rnn\"` lines")
+
+
 def parse(text: str, path: str = "<spec>") -> ast.Module:
     """Parse the text of a .rnn file into an `ast.Module`, or raise `SpecSyntaxError`."""
+    text = text.removeprefix("\ufeff")     # a UTF-8 BOM that some editors write
     source = Source(path, text)
+    surrogate = None if text.isascii() else _SURROGATE.search(text)
+    if surrogate is not None:   # only a Python caller's str can hold one; no file can
+        line = text.count("\n", 0, surrogate.start()) + 1
+        column = surrogate.start() - (text.rfind("\n", 0, surrogate.start()) + 1) + 1
+        raise SpecSyntaxError(Diagnostic(
+            f"a lone surrogate {surrogate.group()!r} in the text: it is not Unicode text",
+            source, Span.point(line, column), "decode the file as UTF-8 before passing it"))
     try:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedInput as exc:
         raise _syntax_error(text, source, exc) from None
-    except lark.exceptions.VisitError as exc:  # pragma: no cover - the transformer is total
+    deepest = _nesting(tree)
+    if deepest is not None:
+        raise _too_deep(source, *deepest)
+    try:
+        module = _ToAst(source).transform(tree)
+    except lark.exceptions.VisitError as exc:
+        if isinstance(exc.orig_exc, SpecSyntaxError):
+            raise exc.orig_exc from None
         raise AssertionError(f"AST builder failed on {path}: {exc.orig_exc!r}") from exc
-    return _ToAst().transform(tree)
+    if not module.cells and not module.uses:
+        raise SpecSyntaxError(Diagnostic("the file defines no cell", source, Span.point(1, 1),
+                                         EMPTY_HINT))
+    return module

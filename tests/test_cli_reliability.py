@@ -375,3 +375,12 @@ def test_a_carried_shipped_spec_wins_in_another_install(tmp_path, monkeypatch):
     Cell = checkpoint.cell_class(info, target="interp")
     assert len(Cell.spec.params) == len(type(cell).spec.params)
     checkpoint.load("m.npz", Cell(V=3, H=2, dtype=np.float64))
+
+
+def test_a_file_of_uses_only_checks_and_is_not_built(tmp_path, capsys):
+    (tmp_path / "only.rnn").write_text(f'use "{REPO / "specs" / "lstm.rnn"}"\n')
+    code, out, _ = run(["check", tmp_path / "only.rnn"], capsys)
+    assert code == 0 and "no cell of its own; uses LSTM" in out
+    code, _, err = run(["build", tmp_path / "only.rnn", "-o", tmp_path / "out"], capsys)
+    assert code == 2 and "defines no cell of its own" in err
+    assert not (tmp_path / "out").exists()

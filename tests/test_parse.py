@@ -76,8 +76,10 @@ def test_use_after_a_cell_still_counts_as_a_use():
 
 
 @pytest.mark.parametrize("text", ["", "   \n\t\n", "# only a comment", "# one\n# two\n"])
-def test_empty_files_are_empty_modules(text):
-    assert parse(text) == Module((), ())
+def test_a_file_without_cells_or_uses_is_an_error_at_its_start(text):
+    error = syntax_error(text)
+    assert error.message == "the file defines no cell"
+    assert (error.span.line, error.span.column) == (1, 1)
 
 
 def test_the_file_path_is_the_one_reported():
@@ -592,7 +594,7 @@ def test_an_overflowing_literal_prints_as_one():
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(strategies.modules)
+@given(strategies.modules.filter(lambda m: m.cells or m.uses))   # an empty file is an error
 def test_printer_round_trip_on_random_asts(module):
     printed = unparse(module)
     assert parse(printed) == module, printed
