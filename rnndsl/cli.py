@@ -23,6 +23,7 @@ from .errors import RnnError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 STAGES = ("ast", "check", "ir", "unroll", "grad")
+MAX_WARNINGS = 20       # a generated spec may have thousands; the first ones say enough
 
 
 # ---------------------------------------------------------------------------- check
@@ -44,9 +45,12 @@ def cmd_check(args) -> int:
             print(exc.render() if hasattr(exc, "render") else f"error: {exc}", file=sys.stderr)
             status = EXIT_USAGE
             continue
-        for w in spec_file.warnings:
-            if not args.quiet:
+        if not args.quiet:
+            for w in spec_file.warnings[:MAX_WARNINGS]:
                 print(w.render(), file=sys.stderr)
+            if len(spec_file.warnings) > MAX_WARNINGS:
+                print(f"{path}: ... and {len(spec_file.warnings) - MAX_WARNINGS} more "
+                      "warnings", file=sys.stderr)
         cells = list(spec_file.cells.values())
         if args.cell:
             cells = [spec_file.pick(args.cell)]

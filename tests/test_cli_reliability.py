@@ -384,3 +384,13 @@ def test_a_file_of_uses_only_checks_and_is_not_built(tmp_path, capsys):
     code, _, err = run(["build", tmp_path / "only.rnn", "-o", tmp_path / "out"], capsys)
     assert code == 2 and "defines no cell of its own" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_check_shows_at_most_20_warnings_and_counts_the_rest(tmp_path, capsys):
+    params = ", ".join(f"P{i}[H]" for i in range(50))
+    (tmp_path / "many.rnn").write_text(f"cell C {{\n  dims H\n  input x[H]\n  state h[H]\n"
+                                       f"  param {params}\n"
+                                       "  h' = tanh(h + x)\n}\n")
+    code, out, err = run(["check", tmp_path / "many.rnn"], capsys)
+    assert code == 0, err
+    assert err.count("warning:") == 20 and "... and 30 more warnings" in err
