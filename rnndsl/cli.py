@@ -425,18 +425,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:      # `rnndsl explain ... | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except OSError as exc:       # a path the user gave that cannot be read or written
-        if exc.errno is None or isinstance(exc, BrokenPipeError):
+        if exc.errno is None:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror}", file=sys.stderr)
         if args.debug:
             traceback.print_exc()
         return EXIT_USAGE
-    except BrokenPipeError:      # `rnndsl explain ... | head`: the reader left; not an error
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
     except Exception as exc:  # a bug: say so plainly, keep the traceback behind --debug
         if args.debug:
             traceback.print_exc()

@@ -394,3 +394,11 @@ def test_check_shows_at_most_20_warnings_and_counts_the_rest(tmp_path, capsys):
     code, out, err = run(["check", tmp_path / "many.rnn"], capsys)
     assert code == 0, err
     assert err.count("warning:") == 20 and "... and 30 more warnings" in err
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(tmp_path):
+    """`rnndsl explain ... | head -2`: the pipe closes early; exit 0, no traceback."""
+    done = subprocess.run(f"{sys.executable} -m rnndsl explain {REPO / 'specs' / 'lstm.rnn'}"
+                          " | head -1", shell=True, capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.stdout.startswith("# cell LSTM") and "Traceback" not in done.stderr
