@@ -20,6 +20,12 @@ Both are written atomically and only ever read from the cache folder, whose .py 
 Python executes anyway; either missing or stale, the load takes the slow way and
 writes them again. Modules written by `rnndsl build -o DIR` have neither: they read
 their spec text, and load wherever they are copied.
+
+Several processes may load, build and compile into one cache at once (test workers, a
+load and its compile_ahead child, two trainings starting): every file here is written
+to a fresh temporary name and renamed, and a module's text depends only on its key, so
+whichever writer renames last leaves the same bytes. Numba's own cache beside the
+modules needed one fix: kernels.serialise_numba_cache_saves.
 """
 
 from __future__ import annotations

@@ -331,6 +331,49 @@ def clone(src):
     return out
 
 
+# ---------------------------------------------------------------------------- fingerprints
+_FP_BITS = 52
+_FP_MASK = (1 << _FP_BITS) - 1
+_FP_WEIGHT_MASK = (1 << (_FP_BITS - 32)) - 1     # word (< 2**32) * weight < 2**52
+_FP_BLOCKS = 8                  # partial sums a fingerprint adds atomically: 8 * THREADS
+
+
+@cuda.jit
+def _fingerprint(words, out, k):
+    # out[k] += this thread's partial sum of words[i] * weight(i) mod 2**52, over a
+    # grid-stride loop; weight(i) = (2i + 1) mod 2**20, odd. The partials stay under
+    # 2**52 and there are at most 8 * 256 of them, so out[k] never wraps: the same
+    # total whatever order the atomic adds land in (and the simulator, which does
+    # uint64 arithmetic on NumPy scalars, never warns of an overflow)
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    acc = numba.uint64(0)
+    while i < words.shape[0]:
+        weight = numba.uint64((2 * i + 1) & _FP_WEIGHT_MASK)
+        acc = (acc + numba.uint64(words[i]) * weight) & numba.uint64(_FP_MASK)
+        i += step
+    cuda.atomic.add(out, k, acc)
+
+
+def fingerprints(arrays) -> np.ndarray:
+    """rnndsl.seen's fingerprints of C-contiguous device arrays, taken on the device and
+    copied back together (one synchronisation). Not the host's function (device memory
+    would have to cross to the host for that): a weighted sum of single 32-bit words mod
+    2**52 in partials, compared only with itself, at a run's forward and backward."""
+    out = cuda.to_device(np.zeros(len(arrays), np.uint64))
+    for k, array in enumerate(arrays):
+        words = array.reshape(int(np.prod(array.shape))).view(np.uint32)
+        n = words.shape[0]
+        if SIMULATOR:
+            blocks, threads = launch(min(n, 64))
+        else:
+            threads = min(THREADS, _pow2(n))
+            blocks = ((min(n, _FP_BLOCKS * threads) + threads - 1) // threads,)
+            threads = (threads,)
+        _fingerprint[blocks, threads](words, out, k)
+    return out.copy_to_host()
+
+
 @cuda.jit
 def _gather_last(dst, src, last):
     # dst[b, j] = src[last[b], b, j]: a `final` output at each sequence's last step
@@ -444,8 +487,8 @@ def gemm(a, b, out):
 
 
 # Each kernel with its argument kinds: "aN" an N-D array of the cell's float type, "f" a
-# scalar of it, "i" an int64, "ia1" a 1-D int64 array (tests/test_cuda_backend.py compiles
-# them all to PTX).
+# scalar of it, "i" an int64, "ia1" a 1-D int64 array, "u32a1" / "u64a1" 1-D uint32 /
+# uint64 arrays (tests/test_cuda_backend.py compiles them all to PTX).
 KERNEL_SIGNATURES = {
     "copy1": (_copy1, ("a1", "a1")), "copy2": (_copy2, ("a2", "a2")),
     "copy_rows": (_copy_rows, ("a2", "a1")), "copy_t": (_copy_t, ("a2", "a2")),
@@ -454,6 +497,7 @@ KERNEL_SIGNATURES = {
     "gemv": (_gemv, ("a2", "a1", "a1")), "vecmat": (_vecmat, ("a1", "a2", "a1")),
     "gather_last": (_gather_last, ("a2", "a3", "ia1")),
     "scatter_last": (_scatter_last, ("a3", "a2", "ia1")),
+    "fingerprint": (_fingerprint, ("u32a1", "u64a1", "i")),
 }
 GEMM_KERNELS = {"float32": _GEMM_F32, "float64": _GEMM_F64}
 
@@ -471,7 +515,9 @@ def kernel_ptx(kernel, kinds, float_type, cc=(9, 0)) -> str:
     from numba import types
     if not cuda.is_available():
         numba.cuda.dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=cc)
+    unsigned = {"u32": types.uint32, "u64": types.uint64}
     sig = tuple(types.int64 if k == "i" else float_type if k == "f" else
                 types.Array(types.int64, int(k[2:]), "A") if k.startswith("ia") else
+                types.Array(unsigned[k[:3]], int(k[4:]), "A") if k[:3] in unsigned else
                 types.Array(float_type, int(k[1:]), "A") for k in kinds)
     return cuda.compile_ptx(kernel.py_func, sig, cc=cc)[0]

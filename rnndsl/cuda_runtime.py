@@ -14,6 +14,12 @@ class keeps the CPU target's contract (runtime.CompiledCell) and its argument li
 - Device arrays are checked for dtype and shape, not for NaN: that would copy them back.
 - A `final` output of a run on the device is gathered on the device, and its (B, ...)
   cotangent scattered there: nothing crosses to the host.
+- Backward reads the device copies of the params and inputs that its forward made (or
+  the caller's device arrays it was given), and, as on every target, refuses a run whose
+  arrays the caller changed in place since (rnndsl.seen): host arrays are fingerprinted
+  on the host, device arrays on the device, a small kernel each, their fingerprints
+  copied back together at forward and at backward (a launch from Python took about 30
+  us on an H100, so about 0.4 ms a call for an LSTM's 12 params held on the device).
 
 `require_cuda()` is the clear error when numba-cuda is missing, or when there is neither
 a GPU nor the simulator (NUMBA_ENABLE_CUDASIM=1, set before numba is imported).
@@ -29,6 +35,7 @@ import numpy as np
 from . import ast as spec_ast
 from .errors import BindError, TargetError
 from .runtime import TARGETS, CompiledCell, Run, _CompiledTape, compiled_cell_class
+from .seen import Seen, compiled_fingerprints
 
 
 def require_cuda() -> None:
@@ -97,8 +104,10 @@ class CudaCell(CompiledCell):
         return fast_views(value)
 
     def _inputs_any(self, x, hidden=None):
-        """Like Cell._inputs, for host or device arrays: (device dict, T, B, on_device).
-        The hidden inputs (dropout and length masks) are made on the host and copied."""
+        """Like Cell._inputs, for host or device arrays: (device dict, T, B, on_device,
+        read), `read` the caller's arrays: the host ones, or the device ones the kernels
+        read. The hidden inputs (dropout and length masks) are made on the host and
+        copied."""
         from numba import cuda
         decls = tuple(d for d in self.spec.inputs if d.name not in self.hidden_inputs)
         if len(decls) == 1 and not isinstance(x, dict):
@@ -108,7 +117,7 @@ class CudaCell(CompiledCell):
         if not on_device:
             arrays, T, B = self._inputs(x, hidden)
             return {k: self._device(f"input {k}", v, v.shape, "")
-                    for k, v in arrays.items()}, T, B, False
+                    for k, v in arrays.items()}, T, B, False, arrays
         missing = [d.name for d in decls if d.name not in given]
         if missing:
             raise BindError(f"missing input {', '.join(missing)}")
@@ -128,7 +137,7 @@ class CudaCell(CompiledCell):
             if value is None:
                 value = np.ones((T, B) + self._size(d), self.dtype)
             arrays[name] = cuda.to_device(fresh_host_copy(value))
-        return arrays, T, B, True
+        return arrays, T, B, True, arrays
 
     def _state_any(self, state, B: int):
         from numba import cuda
@@ -162,9 +171,19 @@ class CudaCell(CompiledCell):
 
     # ------------------------------------------------------------------ memory hooks
     def _prepare(self, x, state, hidden):
-        inputs, T, B, on_device = self._inputs_any(x, hidden)
+        inputs, T, B, on_device, read = self._inputs_any(x, hidden)
         state0, from_params = self._state_any(state, B)
-        return inputs, state0, from_params, T, B, on_device
+        return inputs, state0, from_params, T, B, on_device, read
+
+    def _seen_of(self, params: dict, read: dict) -> Seen:
+        """The caller's arrays this forward read, fingerprinted: a host param or input as
+        the caller holds it (the kernels read a device copy of it, which the run keeps),
+        a device one as the kernels read it."""
+        caller = {}
+        for d in self.spec.params:
+            value = self.params.get(d.name)
+            caller[d.name] = params[d.name] if is_device_array(value) else value
+        return self._seen(caller, read, _fingerprints)
 
     def _kernel_param(self, name: str):
         return self._param_device(name)
@@ -193,6 +212,7 @@ class CudaCell(CompiledCell):
         tape = run._tape if isinstance(run, Run) else None
         if not isinstance(tape, _CompiledTape) or tape.owner is not self._token:
             raise BindError("backward needs the Run that this cell's forward returned")
+        tape.seen.check()
         return (tape, self._cotangents_any("d_outputs", d_outputs, run.T, run.B),
                 self._cotangents_any("d_state", d_state, run.T, run.B))
 
@@ -257,6 +277,21 @@ class CudaCell(CompiledCell):
             shape, layout = shape_of(sizes[key])
             out[key] = self._device(f"{what}['{key}']", value, shape, layout)
         return out
+
+
+def _fingerprints(arrays: tuple) -> np.ndarray:
+    """rnndsl.seen's fingerprints of host and device arrays: the host ones in one
+    compiled call, the device ones on the device."""
+    out = np.zeros(len(arrays), np.uint64)
+    host = [k for k, a in enumerate(arrays) if not is_device_array(a)]
+    device = [k for k in range(len(arrays)) if k not in set(host)]
+    if host:
+        out[host] = compiled_fingerprints(tuple(np.ascontiguousarray(arrays[k])
+                                                for k in host))
+    if device:
+        from .cuda_kernels import fingerprints
+        out[device] = fingerprints(tuple(arrays[k] for k in device))
+    return out
 
 
 def cuda_cell_class(module, name: str) -> type:

@@ -28,6 +28,7 @@ from .gemm_gen import MR
 from .grad import UnrolledGrads, grad_unrolled
 from .interp import Context, evaluate
 from .malloc import keep_freed_memory
+from .seen import Seen, compiled_fingerprints, numpy_fingerprints
 from .ir import StepGraph, Unrolled, lower, unroll
 
 DTYPES = (np.float32, np.float64)
@@ -273,6 +274,19 @@ class Cell:
             self._array(f"param {d.name}", self.params.get(d.name), self._size(d),
                         str(list(self._size(d))), finite=False)
 
+    def _seen(self, params: Mapping[str, Any], inputs: Mapping[str, Any],
+              fingerprints) -> Seen:
+        """The params and the caller's inputs as this forward reads them (not the hidden
+        inputs: the runtime makes those), fingerprinted for its backward (rnndsl.seen)."""
+        names = self.__dict__.get("_seen_names")   # made once: this runs every forward
+        if names is None:
+            read = tuple(d.name for d in self.spec.params), tuple(
+                d.name for d in self.spec.inputs if d.name not in self.hidden_inputs)
+            names = self._seen_names = read + (tuple(f"param {n}" for n in read[0])
+                                               + tuple(f"input {n}" for n in read[1]),)
+        arrays = tuple([params[n] for n in names[0]] + [inputs[n] for n in names[1]])
+        return Seen(names[2], arrays, fingerprints)
+
     def _cotangents(self, what: str, given, names_sizes, shape_of) -> dict[str, np.ndarray]:
         if given is None:
             return {}
@@ -296,6 +310,7 @@ class Cell:
         tape = run._tape if isinstance(run, Run) else None
         if not isinstance(tape, tape_type) or tape.owner is not self._token:
             raise BindError("backward needs the Run that this cell's forward returned")
+        tape.seen.check()
         T, B = run.T, run.B
         sizes_out = {o.name: tuple(d.evaluate(self.dims) for d in o.type.shape)
                      for o in self.spec.outputs}
@@ -316,7 +331,12 @@ class Cell:
         dropout(...) sites, for training; None (evaluation) keeps every unit.
         steps: T, for a cell whose every input is `input once` (one-to-many).
         An `input once z[Z]` takes (B, Z): z at the first step, zeros after. A
-        `final y = ...` output comes back as (B, ...): y at each sequence's last step."""
+        `final y = ...` output comes back as (B, ...): y at each sequence's last step.
+
+        The run keeps the param and input arrays it read, for `backward`: until then,
+        replace a param rather than change it in place (`cell.params["W"] = W2` leaves
+        this run's W alone; `cell.params["W"] += ...` makes its backward raise), and do
+        not change x in place."""
         x = self._expand_once(x, steps)
         hidden = self._hidden(lengths, dropout)
         if lengths is None:
@@ -334,7 +354,14 @@ class Cell:
 
         input_grads=False leaves out the gradients of the input sequences (`g.inputs` is
         then empty): a layer fed with data never needs them, and the compiled cpu
-        kernels then skip their work (for an LSTM, one of BPTT's three big GEMMs)."""
+        kernels then skip their work (for an LSTM, one of BPTT's three big GEMMs).
+
+        These are the gradients of the forward that was run, at the params and inputs
+        it read, on every target: a param replaced since (`cell.params["W"] = W2`)
+        changes nothing, since the run holds the array its forward read. If one of
+        those arrays was changed in place since (`cell.params["W"] += ...`,
+        `x[...] = 0`), the values the forward saw are gone: backward raises BindError
+        naming it (it compares a fingerprint of each, taken at forward: rnndsl.seen)."""
         d_outputs = self._final_cotangents(run, d_outputs)
         twin = getattr(run, "_twin", None)
         grads = (twin or self)._back(run, d_outputs, d_state, bool(input_grads))
@@ -461,6 +488,7 @@ class _Tape:
     ctx: Context
     from_params: set[str]
     owner: object   # the cell's token: ids of dead objects get reused
+    seen: Seen      # the params and inputs the values were computed from (rnndsl.seen)
 
 
 class InterpCell(Cell):
@@ -489,7 +517,12 @@ class InterpCell(Cell):
     def _run(self, x, state, hidden) -> Run:
         inputs, T, B = self._inputs(x, hidden)
         state0, from_params = self._initial_state(state, B)
+        # the tape holds what it was fed: copies of the states (backward needs them, and
+        # the compiled targets keep their own copies too), the params and inputs as they
+        # are, fingerprinted
+        state0 = {k: v.copy() for k, v in state0.items()}
         self._check_params()
+        seen = self._seen(self.params, inputs, numpy_fingerprints)
         u = self.unrolled(T)
         feeds = {u.params[n]: a for n, a in self.params.items()}
         feeds.update({u.initial_state[n]: a for n, a in state0.items()})
@@ -502,7 +535,8 @@ class InterpCell(Cell):
             stacked = np.stack([values[nid] for nid in seq])
             outputs[name] = stacked[..., 0] if self._scalar_output(name) else stacked
         final = {name: values[nid].copy() for name, nid in u.final_state.items()}
-        return Run(outputs, final, T, B, _Tape(u, values, ctx, from_params, self._token))
+        return Run(outputs, final, T, B, _Tape(u, values, ctx, from_params, self._token,
+                                               seen))
 
     def _back(self, run: Run, d_outputs, d_state, input_grads: bool = True) -> Grads:
         tape, d_out, d_st = self._backward_args(run, _Tape, d_outputs, d_state)
@@ -567,6 +601,8 @@ class _CompiledTape:
     owner: object                   # the cell's token: ids of dead objects get reused
     from_params: frozenset = frozenset()   # states that started at a learned param
     on_device: bool = False         # (cuda) did the caller pass device arrays?
+    params: dict = field(default_factory=dict)   # the param arrays the kernels read
+    seen: Seen | None = None        # and the caller's arrays, fingerprinted (rnndsl.seen)
 
 
 class CompiledCell(Cell):
@@ -623,13 +659,20 @@ class CompiledCell(Cell):
 
     # ------------------------------------------------------------------ memory hooks
     def _prepare(self, x, state, hidden):
-        """(inputs, initial states, states from params, T, B, on_device), checked."""
+        """(inputs, initial states, states from params, T, B, on_device, read), checked;
+        `read`: the inputs as the caller's arrays that the kernels read (`_seen`)."""
         inputs, T, B = self._inputs(x, hidden)
         state0, from_params = self._initial_state(state, B)
         self._check_params()
         inputs = {k: _kernel_array(v) for k, v in inputs.items()}
         state0 = {k: _kernel_array(v) for k, v in state0.items()}
-        return inputs, state0, from_params, T, B, False
+        return inputs, state0, from_params, T, B, False, inputs
+
+    def _seen_of(self, params: dict, read: dict) -> Seen:
+        """The arrays the forward's kernels read from the caller, fingerprinted: here the
+        params and inputs they are given (C-contiguous; a copy where the caller's were
+        not, which nothing else can change)."""
+        return self._seen(params, read, compiled_fingerprints)
 
     def _kernel_param(self, name: str):
         return self._param(name)
@@ -709,9 +752,10 @@ class CompiledCell(Cell):
         inputs = {d.name: self._zeros((T, B) + self._size(d)) for d in self.spec.inputs}
         state0 = {d.name: self._zeros((B,) + self._size(d)) for d in self.spec.states}
         consts = self._consts()
-        forward, _, _, tapes = self._forward_args(inputs, state0, T, B, consts, 1)
-        backward = self._block_backward_args(_RowBlock(0, B, tapes, inputs), consts, {}, {},
-                                             T, False, 1)[0]
+        params = {d.name: self._kernel_param(d.name) for d in self.spec.params}
+        forward, _, _, tapes = self._forward_args(params, inputs, state0, T, B, consts, 1)
+        backward = self._block_backward_args(_RowBlock(0, B, tapes, inputs), params, consts,
+                                             {}, {}, T, False, 1)[0]
         return (tuple(numba.typeof(a) for a in forward),
                 tuple(numba.typeof(a) for a in backward))
 
@@ -748,9 +792,10 @@ class CompiledCell(Cell):
                           RuntimeWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ the drivers
-    def _forward_args(self, inputs, state0, T: int, B: int, consts, threads: int):
+    def _forward_args(self, params, inputs, state0, T: int, B: int, consts, threads: int):
         """One block's forward argument list, and the outputs, finals and tapes it
-        writes (fresh arrays, B rows)."""
+        writes (fresh arrays, B rows). `params`: the kernels' param arrays, taken once a
+        run (`_kernel_param`), which the run's backward reads too."""
         states = {d.name: d for d in self.spec.states}
         outputs: dict[str, Any] = {}
         finals: dict[str, Any] = {}
@@ -767,7 +812,7 @@ class CompiledCell(Cell):
             elif kind == "threads":
                 args.append(threads)
             elif kind == "param":
-                args.append(self._kernel_param(arg[1]))
+                args.append(params[arg[1]])
             elif kind == "input":
                 args.append(inputs[arg[1]])
             elif kind == "state0":
@@ -789,12 +834,14 @@ class CompiledCell(Cell):
         return args, outputs, finals, tapes
 
     def _run(self, x, state, hidden) -> Run:
-        inputs, state0, from_params, T, B, on_device = self._prepare(x, state, hidden)
+        inputs, state0, from_params, T, B, on_device, read = self._prepare(x, state, hidden)
         consts = self._consts()
+        params = {d.name: self._kernel_param(d.name) for d in self.spec.params}
+        seen = self._seen_of(params, read)
         rows = self._row_blocks(B)
         if len(rows) == 1:
             args, outputs, finals, tapes = self._forward_args(
-                inputs, state0, T, B, consts, kernel_thread_count())
+                params, inputs, state0, T, B, consts, kernel_thread_count())
             self._launch(self.meta["forward"], args)
             blocks = (_RowBlock(0, B, tapes, inputs),)
         else:
@@ -802,7 +849,7 @@ class CompiledCell(Cell):
             for r0, r1 in rows:
                 mine = _rows_of(inputs, r0, r1, axis=1)
                 args, outputs, finals, tapes = self._forward_args(
-                    mine, _rows_of(state0, r0, r1, axis=0), T, r1 - r0, consts, 1)
+                    params, mine, _rows_of(state0, r0, r1, axis=0), T, r1 - r0, consts, 1)
                 blocks.append(_RowBlock(r0, r1, tapes, mine))
                 parts.append((args, outputs, finals))
             self._launch_blocks(self.meta["forward"], [p[0] for p in parts])
@@ -811,14 +858,16 @@ class CompiledCell(Cell):
         shown = {name: (y.reshape((T, B)) if self._scalar_output(name) else y)
                  for name, y in outputs.items()}
         tape = _CompiledTape(tuple(blocks), consts, self._token, frozenset(from_params),
-                             on_device)
+                             on_device, params, seen)
         return Run(self._deliver(shown, on_device), self._deliver(finals, on_device), T, B,
                    tape)
 
-    def _block_backward_args(self, block: _RowBlock, consts, d_out, d_st, T: int,
-                       skip_inputs: bool, threads: int):
+    def _block_backward_args(self, block: _RowBlock, tape_params, consts, d_out, d_st,
+                             T: int, skip_inputs: bool, threads: int):
         """One block's backward argument list, and the gradients it writes (fresh
-        arrays: params, inputs (T, rows), states (rows))."""
+        arrays: params, inputs (T, rows), states (rows)). It reads the params the
+        forward read (`tape_params`), not today's: a param replaced since changes
+        nothing (and one changed in place, tape.seen refuses)."""
         B = block.r1 - block.r0
         sizes_state = {d.name: self._size(d) for d in self.spec.states}
         params = {d.name: self._zeros(self._size(d) or (1,)) for d in self.spec.params}
@@ -840,7 +889,7 @@ class CompiledCell(Cell):
             elif kind == "input_grads":
                 args.append(not skip_inputs)
             elif kind == "param":
-                args.append(self._kernel_param(arg[1]))
+                args.append(tape_params[arg[1]])
             elif kind == "input":
                 args.append(block.inputs[arg[1]])
             elif kind == "output_grad":
@@ -871,7 +920,7 @@ class CompiledCell(Cell):
         skip_inputs = not input_grads and ("input_grads",) in self.meta["backward_args"]
         if len(tape.blocks) == 1:   # the forward's rows decide, not today's thread count
             args, params, inputs, state = self._block_backward_args(
-                tape.blocks[0], tape.consts, d_out, d_st, T, skip_inputs,
+                tape.blocks[0], tape.params, tape.consts, d_out, d_st, T, skip_inputs,
                 kernel_thread_count())
             self._launch(self.meta["backward"], args)
         else:
@@ -879,7 +928,7 @@ class CompiledCell(Cell):
             for block in tape.blocks:
                 r0, r1 = block.r0, block.r1
                 parts.append(self._block_backward_args(
-                    block, tape.consts, _rows_of(d_out, r0, r1, axis=1),
+                    block, tape.params, tape.consts, _rows_of(d_out, r0, r1, axis=1),
                     _rows_of(d_st, r0, r1, axis=0), T, skip_inputs, 1))
             self._launch_blocks(self.meta["backward"], [p[0] for p in parts])
             params = parts[0][1]
