@@ -42,7 +42,7 @@ from numba import literal_unroll, njit  # noqa: E402
 
 import rnndsl  # noqa: E402
 from rnndsl import kernels  # noqa: E402
-from rnndsl.seen import compiled_fingerprints  # noqa: E402
+from rnndsl.cells.seen import compiled_fingerprints  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 T, B, I, H = 100, 1, 65, 128       # bench.py's "char" shape

@@ -89,8 +89,8 @@ def rnndsl_runner(cell, T, B, I, H, dtype, rng, passes=None):
     if passes is None:
         Cell = rnndsl.load(CELLS[cell][0], target="cpu")
     else:   # a build with some passes switched off, from the same cache
-        from rnndsl.build import cached_module
-        from rnndsl.spec import read_spec
+        from rnndsl.build.modules import cached_module
+        from rnndsl.lang.specfile import read_spec
         spec_file = read_spec(CELLS[cell][0])
         Cell = getattr(cached_module(spec_file, passes=passes), spec_file.pick().name)
     c = Cell(I=I, H=H, dtype=dtype, seed=0)
@@ -262,8 +262,8 @@ def blas_report() -> str:
 
 def pass_gains(args) -> int:
     """Each optimisation pass's gain: forward+BPTT time without it / with every pass."""
-    from rnndsl.plan import PASSES as ALL_PASSES
-    from rnndsl.plan import passes_for
+    from rnndsl.schedule.plan import PASSES as ALL_PASSES
+    from rnndsl.schedule.plan import passes_for
     PASSES = tuple(passes_for(ALL_PASSES, "cpu"))      # the cuda-only ones change nothing here
     print("| cell | shape | dtype | all passes ms | " + " | ".join(
         f"no {p}" for p in PASSES) + " |")

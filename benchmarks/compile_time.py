@@ -6,10 +6,10 @@ new process (under 0.3 s), for the cpu target.
 Each measurement is a fresh process. "cold": empty rnndsl and Numba caches, then build,
 load, and the first forward and backward (which is when Numba compiles them, float32).
 "warm": the same again in a new process over the caches the cold run filled. Specs
-after the first share Numba's cache of rnndsl.kernels, as they do on a user's machine.
+after the first share Numba's cache of rnndsl.kernels.loops, as they do on a user's machine.
 
 The backward kernel compiles in a second process beside the forward
-(rnndsl.compile_ahead; RNNDSL_COMPILE_AHEAD=1 here, so that the load average of the
+(rnndsl.build.compile_ahead; RNNDSL_COMPILE_AHEAD=1 here, so that the load average of the
 runs before does not decide). --one-process compiles both in the one process
 (RNNDSL_COMPILE_AHEAD=0), to compare: run it with fresh caches too.
 """

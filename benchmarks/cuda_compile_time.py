@@ -31,9 +31,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from numba import types
 
-    from rnndsl.build import build_source, load_built, write_module
-    from rnndsl.cuda_kernels import kernel_ptx
-    from rnndsl.spec import read_spec
+    from rnndsl.build.modules import build_source, load_built, write_module
+    from rnndsl.kernels.cuda import kernel_ptx
+    from rnndsl.lang.specfile import read_spec
     out = Path(tempfile.mkdtemp())
     print("# seconds to compile to PTX (sm_90, float32): best / median of "
           f"{args.repeat}")

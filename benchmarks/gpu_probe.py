@@ -4,7 +4,7 @@
 
 1. grid.sync(): microseconds per barrier of a cooperative grid, by the number of blocks
    (256 threads each), in a kernel that does nothing else.
-2. The tiled GEMM (rnndsl.cuda_kernels.gemm) at the LSTM's hoisted input projection,
+2. The tiled GEMM (rnndsl.kernels.cuda.gemm) at the LSTM's hoisted input projection,
    (T*B x I) @ (I x 4H), in TFLOP/s.
 3. The LSTM's forward (specs/lstm.rnn, float32, everything on the device): its
    persistent kernel's grid and registers, and the cost of one time step, taken as
@@ -101,7 +101,7 @@ def probe_sync() -> None:
 def probe_gemm() -> None:
     from numba import cuda
 
-    from rnndsl.cuda_kernels import gemm
+    from rnndsl.kernels.cuda import gemm
     print("## tiled GEMM (cuda_kernels.gemm), float32")
     rng = np.random.default_rng(0)
     for m, k, n in ((6400, 512, 2048), (64, 512, 2048)):
@@ -115,7 +115,7 @@ def probe_gemm() -> None:
 def probe_steps() -> None:
     from numba import cuda
 
-    from rnndsl.cuda_kernels import LAST_GRID
+    from rnndsl.kernels.cuda import LAST_GRID
     Cell = rnndsl.load(ROOT / "specs" / "lstm.rnn", target="cuda")
     module = sys.modules[Cell.__module__]
     kernel = module.forward_LSTM_steps
@@ -177,7 +177,7 @@ def probe_ablation() -> None:
 
     from numba import cuda
 
-    from rnndsl.build import load_built
+    from rnndsl.build.modules import load_built
     Cell = rnndsl.load(ROOT / "specs" / "lstm.rnn", target="cuda")
     source = Path(sys.modules[Cell.__module__].__file__).read_text()
     variants = {
@@ -272,7 +272,7 @@ def probe_breakdown(B: int = 64, H: int = 512) -> None:
         return wrapper
 
     for name, obj in list(vars(module).items()):
-        if isinstance(obj, types.FunctionType) and obj.__module__ == "rnndsl.cuda_kernels":
+        if isinstance(obj, types.FunctionType) and obj.__module__ == "rnndsl.kernels.cuda":
             setattr(module, name, timed(name, obj))
     cell = Cell(I=H, H=H, seed=0)
     cell.params = {k: cuda.to_device(v) for k, v in cell.params.items()}
@@ -319,7 +319,7 @@ def _step_inputs(B: int, H: int) -> dict:
 
 def _module_from(text: str, path: Path):
     path.write_text(text)
-    from rnndsl.build import load_built
+    from rnndsl.build.modules import load_built
     return load_built(path)
 
 
@@ -329,7 +329,7 @@ def _kernels_alone(module, xs: dict, backward: bool = True, repeat: int = 5):
     h (with the gradient of U_i when `backward`) at the last T)."""
     from numba import cuda
 
-    from rnndsl.cuda_kernels import persistent_grid
+    from rnndsl.kernels.cuda import persistent_grid
     captured: dict = {}
 
     def record(kernel, work, *args):
@@ -403,7 +403,7 @@ def probe_launch(B: int = 64, H: int = 512, T: int = 101) -> None:
 
     from numba import cuda
 
-    from rnndsl import cuda_kernels
+    from rnndsl.kernels import cuda as cuda_kernels
     Cell = rnndsl.load(ROOT / "specs" / "lstm.rnn", target="cuda")
     module = sys.modules[Cell.__module__]
     captured = {}
@@ -458,10 +458,10 @@ def _kernels_by_build(title: str, builds, B: int, H: int) -> None:
     gradient of U_i are from the first's."""
     import tempfile
 
-    from rnndsl import emit_persistent
-    from rnndsl.build import build_source
-    from rnndsl.plan import PASSES
-    from rnndsl.spec import read_spec
+    from rnndsl.codegen import emit_persistent
+    from rnndsl.build.modules import build_source
+    from rnndsl.schedule.plan import PASSES
+    from rnndsl.lang.specfile import read_spec
     spec = read_spec(ROOT / "specs" / "lstm.rnn")
     xs = _step_inputs(B, H)
     tmp = Path(tempfile.mkdtemp())

@@ -33,8 +33,8 @@ def allocate_and_fill():
     for a in arrays:
         a[:] = 1
 if __import__("os").environ.get("RNNDSL_MALLOC") != "system":
-    import rnndsl.malloc
-    rnndsl.malloc.keep_freed_memory()
+    import rnndsl.kernels.malloc
+    rnndsl.kernels.malloc.keep_freed_memory()
 print("29-arrays", 0, median_ms(allocate_and_fill))
 for spec in ("lstm", "layernorm_lstm"):
     cell = rnndsl.load(f"specs/{spec}.rnn", target="cpu")(I=64, H=128, dtype=np.float32)

@@ -1,4 +1,4 @@
-"""The per-step GEMM alone: rnndsl.gemm's register tiles against OpenBLAS (Numba's np.dot).
+"""The per-step GEMM alone: rnndsl.kernels.gemm's register tiles against OpenBLAS (Numba's np.dot).
 
     .venv/bin/python benchmarks/microkernel.py [--steps 50] [--repeat 10] [--dtypes float32]
 
@@ -42,8 +42,7 @@ def main(argv=None) -> int:
     from numba import njit
     from threadpoolctl import threadpool_limits
 
-    from rnndsl import gemm
-
+    from rnndsl.kernels import gemm
     @njit(cache=True)
     def blas_steps(A, W, C, steps):
         for _ in range(steps):
@@ -99,7 +98,7 @@ def main(argv=None) -> int:
 
     # A weight gradient g^T x over all T*B rows, as the kernels computed it before this
     # session (a transposed copy of g, then the GEMM) and now (BLAS reads g^T as a view).
-    from rnndsl.kernels import transposed
+    from rnndsl.kernels.loops import transposed
 
     @njit(cache=True)
     def tn_copy(G, X, out):

@@ -1,4 +1,4 @@
-"""What rnndsl.kernels.kernel_jit's raised limit on LLVM's run-time overlap checks buys.
+"""What rnndsl.kernels.loops.kernel_jit's raised limit on LLVM's run-time overlap checks buys.
 
     .venv/bin/python benchmarks/overlap_checks.py [SPEC]
 
@@ -75,15 +75,15 @@ def first_backward_loop(source: str) -> tuple[str, list[str], list[tuple]]:
 
 
 def main(argv=None) -> int:
-    from rnndsl.build import build_source
-    from rnndsl.kernels import _ALIAS_CHECKS, _LLVM_DEFAULT_ALIAS_CHECKS
-    from rnndsl.spec import read_spec
+    from rnndsl.build.modules import build_source
+    from rnndsl.kernels.loops import _ALIAS_CHECKS, _LLVM_DEFAULT_ALIAS_CHECKS
+    from rnndsl.lang.specfile import read_spec
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("spec", nargs="?", default=str(ROOT / "specs" / "layernorm_lstm.rnn"),
                     help="a .rnn file (default: specs/layernorm_lstm.rnn)")
     args = ap.parse_args(argv)
     body, names, shapes = first_backward_loop(build_source(read_spec(args.spec)))
-    code = ("from rnndsl.kernels import sigmoid, tanh\nimport math\n"
+    code = ("from rnndsl.kernels.loops import sigmoid, tanh\nimport math\n"
             f"SHAPES = {shapes!r}\n"
             f"B = {ROWS}\n"
             + "".join(f"{d} = {COLS}\n" for d in sorted(set(re.findall(r"\bdim_\w+", body))))

@@ -48,8 +48,8 @@ def without_tape_stores(source: str) -> tuple[str, int]:
 
 
 def main(argv=None) -> int:
-    from rnndsl.build import build_source
-    from rnndsl.spec import read_spec
+    from rnndsl.build.modules import build_source
+    from rnndsl.lang.specfile import read_spec
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("spec", nargs="?", default=str(ROOT / "specs" / "layernorm_lstm.rnn"),
                     help="a .rnn file with one input sequence (default: the "

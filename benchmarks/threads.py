@@ -8,7 +8,7 @@ input gradients, as bench.py does) in three set-ups, each in a fresh process:
 
     1 thread      RNNDSL_BLAS_THREADS=1
     one block     RNNDSL_BLAS_THREADS=all, RNNDSL_ROW_BLOCKS=0: one kernel call, its
-                  GEMMs split among Numba's threads (rnndsl.gemm)
+                  GEMMs split among Numba's threads (rnndsl.kernels.gemm)
     row blocks    RNNDSL_BLAS_THREADS=all: each thread runs the whole time loop on its
                   own block of batch rows (runtime.CompiledCell._row_blocks)
 

@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 
 import rnndsl
-from rnndsl.data import Vocab, one_hot, shakespeare_corpus, split, stdlib_corpus, tbptt_batches
-from rnndsl.optim import Adam
-from rnndsl.sample import Sampler, temperature
-from rnndsl.train import Trainer
+from rnndsl.train.data import Vocab, one_hot, shakespeare_corpus, split, stdlib_corpus, tbptt_batches
+from rnndsl.train.optim import Adam
+from rnndsl.train.sample import Sampler, temperature
+from rnndsl.train.trainer import Trainer
 
 from common import add_common_options, parse_with_quick
 

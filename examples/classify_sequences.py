@@ -4,7 +4,7 @@
     .venv/bin/python examples/classify_sequences.py --task parity    # odd number of ones?
     .venv/bin/python examples/classify_sequences.py --quick          # seconds: a smoke run
 
-The data is made here, seeded (rnndsl.data): for `most_frequent`, sequences of 5 to 20
+The data is made here, seeded (rnndsl.train.data): for `most_frequent`, sequences of 5 to 20
 symbols out of 4, labelled with the symbol that occurs most often (ties are redrawn);
 for `parity`, bit strings of 2 to 12 labelled with the parity of their ones, the
 classic case where the label depends on every step. Training and test sets come from
@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 import rnndsl
-from rnndsl import modes
-from rnndsl.data import SequenceSet, most_frequent_task, parity_task
-from rnndsl.optim import Adam
-from rnndsl.train import Trainer
+from rnndsl.cells import modes
+from rnndsl.train.data import SequenceSet, most_frequent_task, parity_task
+from rnndsl.train.optim import Adam
+from rnndsl.train.trainer import Trainer
 
 from common import add_common_options, parse_with_quick
 

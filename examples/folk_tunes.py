@@ -6,7 +6,7 @@
 
 Needs music21 (pip install 'rnndsl[music]'): its corpus ships the ABC transcriptions of
 O'Neill's Music of Ireland (1903) and Ryan's Mammoth Collection (1883), and it reads
-the sampled tunes back. `rnndsl.data.abc_tunes()` splits the files into tunes and
+the sampled tunes back. `rnndsl.train.data.abc_tunes()` splits the files into tunes and
 writes each in a folk-rnn-like normal form (`M:`, `L:`, `K:`, the music), one tune per
 document, a blank line after each.
 
@@ -34,10 +34,10 @@ import warnings
 import numpy as np
 
 import rnndsl
-from rnndsl.data import Vocab, abc_tunes
-from rnndsl.optim import Adam
-from rnndsl.sample import Sampler, temperature
-from rnndsl.train import Trainer
+from rnndsl.train.data import Vocab, abc_tunes
+from rnndsl.train.optim import Adam
+from rnndsl.train.sample import Sampler, temperature
+from rnndsl.train.trainer import Trainer
 
 # The sibling example, next to this file: a tune model is a character model on other text.
 from char_model import (ROOT, SPEC, clock, train_stream, unigram_bits, validation_bits,

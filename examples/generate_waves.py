@@ -4,7 +4,7 @@
     .venv/bin/python examples/generate_waves.py --mode first   # the vector at step 0 only
     .venv/bin/python examples/generate_waves.py --quick        # seconds: a smoke run
 
-The data is made here, seeded (`rnndsl.data.sine_task`): each example is one vector
+The data is made here, seeded (`rnndsl.train.data.sine_task`): each example is one vector
 (the frequency, scaled to [-1, 1], and the phase as a point on the circle) and the 50
 steps of sin(2 pi f t + phase) it stands for, f between 1/40 and 1/8 cycles a step.
 Training and test sets come from different seeds.
@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 
 import rnndsl
-from rnndsl import modes
-from rnndsl.data import sine_task
-from rnndsl.optim import Adam
-from rnndsl.train import Trainer
+from rnndsl.cells import modes
+from rnndsl.train.data import sine_task
+from rnndsl.train.optim import Adam
+from rnndsl.train.trainer import Trainer
 
 from common import add_common_options, parse_with_quick
 

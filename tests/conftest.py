@@ -19,7 +19,7 @@ from hypothesis import settings  # noqa: E402
 # The suite runs one worker per core; kernels' BLAS threads would oversubscribe them.
 os.environ.setdefault("RNNDSL_BLAS_THREADS", "1")
 # Nor is there a core to spare for compiling a backward kernel in a second process
-# (rnndsl.compile_ahead); tests/test_compile_ahead.py switches it on where it tests it.
+# (rnndsl.build.compile_ahead); tests/test_compile_ahead.py switches it on where it tests it.
 os.environ.setdefault("RNNDSL_COMPILE_AHEAD", "0")
 
 settings.register_profile("fast", max_examples=40, deadline=None)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from rnndsl import ast
-from rnndsl.ops import FUNCTIONS
-from rnndsl.shapes import Dim
+from rnndsl.lang import ast
+from rnndsl.core.ops import FUNCTIONS
+from rnndsl.core.shapes import Dim
 
 KEYWORDS = ("cell", "dims", "input", "state", "param", "output", "use")
 INITIALISER_NAMES = ("zeros", "ones", "constant", "uniform", "normal", "glorot", "orthogonal")
@@ -204,7 +204,7 @@ def checkable_cells(draw) -> str:
     """The text of a cell over a fixed set of declarations with random equations and
     outputs: it parses, and reaches every corner of the checker (names, shapes, slices,
     cycles, updates), mostly with errors and sometimes without."""
-    from rnndsl.printer import stmt
+    from rnndsl.lang.printer import stmt
     body = draw(st.lists(_cell_statements, min_size=1, max_size=6))
     if draw(st.booleans()):  # often a well-formed update, so that shape errors show
         body += [ast.Equation("h", True, ast.Call("tanh", (ast.BinOp(

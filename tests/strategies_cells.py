@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import strategies as st
 
-from rnndsl.ops import HARD_SIGMOID_SLOPE, Op
+from rnndsl.core.ops import HARD_SIGMOID_SLOPE, Op
 
 SCALAR = "scalar"
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import rnndsl
-from rnndsl import seen
-from rnndsl.errors import BindError
+from rnndsl.cells import seen
+from rnndsl.core.errors import BindError
 
 ROOT = Path(__file__).resolve().parent.parent
 LSTM = ROOT / "specs" / "lstm.rnn"
@@ -181,7 +181,7 @@ def test_cuda_device_arrays_changed_in_place_are_refused():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1,), (7,), (4, 5), (3, 2, 3)])
 def test_the_compiled_fingerprint_is_the_reference(dtype, shape):
-    from rnndsl import kernels
+    from rnndsl.kernels import loops as kernels
     a = np.random.default_rng(1).standard_normal(shape).astype(dtype)
     assert int(kernels.fingerprint(a)) == seen.fingerprint(a)
     b = np.random.default_rng(2).standard_normal((2, 3)).astype(dtype)

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 import rnndsl
-from rnndsl import cache
-
+from rnndsl.build import cache
 REPO = Path(__file__).resolve().parent.parent
 
 WARM = """
@@ -26,8 +25,8 @@ import rnndsl
 Cell = rnndsl.load(sys.argv[1])
 cell = Cell(dtype=np.float64, I=2, H=3, O=2)
 y = cell.forward(np.ones((2, 1, 2))).outputs["y"]
-front_end = [m for m in ("lark", "networkx", "rnndsl.parse", "rnndsl.emit", "rnndsl.plan",
-                         "rnndsl.build") if m in sys.modules]
+front_end = [m for m in ("lark", "networkx", "rnndsl.lang.parse", "rnndsl.codegen.emit", "rnndsl.schedule.plan",
+                         "rnndsl.build.modules") if m in sys.modules]
 print(json.dumps({"front_end": front_end, "name": Cell.__name__, "y": y.tolist()}))
 """
 
@@ -46,7 +45,7 @@ def test_a_warm_load_reads_no_spec(tmp_path):
     no parser, checker or emitter imported, and the same outputs."""
     spec = REPO / "specs" / "elman.rnn"
     cold = load_in_a_new_process(spec, tmp_path)
-    assert {"lark", "rnndsl.parse", "rnndsl.emit", "rnndsl.build"} <= set(cold["front_end"])
+    assert {"lark", "rnndsl.lang.parse", "rnndsl.codegen.emit", "rnndsl.build.modules"} <= set(cold["front_end"])
     assert len(list((tmp_path / "index").glob("*.json"))) == 1
     assert len(list(tmp_path.glob("elman_*.spec.pickle"))) == 1
     warm = load_in_a_new_process(spec, tmp_path)
@@ -99,7 +98,7 @@ def test_a_stale_pickle_is_not_used(tmp_path, monkeypatch):
 
 
 def test_a_compiled_class_lowers_its_step_on_demand():
-    from rnndsl.ir import StepGraph
+    from rnndsl.ir.graph import StepGraph
     Cell = rnndsl.load(REPO / "specs" / "elman.rnn")
     step = Cell.step
     assert isinstance(step, StepGraph) and Cell.step is step     # made once, then kept

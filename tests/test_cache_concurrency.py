@@ -71,8 +71,8 @@ def test_two_processes_loading_one_spec_at_once_agree(tmp_path):
 
 
 def test_two_builds_into_one_folder_at_once_agree(tmp_path):
-    from rnndsl.build import build_source
-    from rnndsl.spec import read_spec
+    from rnndsl.build.modules import build_source
+    from rnndsl.lang.specfile import read_spec
     out = tmp_path / "built"
     _at_once([[sys.executable, "-m", "rnndsl", "build", str(SPEC), "-o", str(out)]] * 2,
              tmp_path)
@@ -85,7 +85,7 @@ def test_two_saves_of_one_function_at_once_keep_both(tmp_path):
     with its own handle on one index, both reading the empty index before either
     writes it (unless a save waits for the other, as rnndsl makes them). Each
     signature must load back its own data."""
-    import rnndsl.kernels  # noqa: F401  serialises the saves
+    import rnndsl.kernels.loops  # noqa: F401  serialises the saves
     from numba.core.caching import IndexDataCacheFile
     handles = [IndexDataCacheFile(str(tmp_path), "f-1.py311", "stamp") for _ in range(2)]
     both_read = threading.Barrier(2)

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import rnndsl
-from rnndsl.check import CheckedCell, check
-from rnndsl.errors import BindError, CheckError, Source, SpecFileError
-from rnndsl.parse import parse
-from rnndsl.spec import read_spec
+from rnndsl.lang.check import CheckedCell, check
+from rnndsl.core.errors import BindError, CheckError, Source, SpecFileError
+from rnndsl.lang.parse import parse
+from rnndsl.lang.specfile import read_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import strategies_ast as strategies  # noqa: E402
@@ -815,7 +815,7 @@ def test_cell_names_must_make_python_classes(name):
 def test_a_size_that_can_be_zero_is_checked_when_bound():
     import numpy as np
     import rnndsl
-    from rnndsl.errors import BindError
+    from rnndsl.core.errors import BindError
     text = "cell C {\n  dims H\n  input x[H]\n  param w[H - 1]\n  output y = sum(x) + sum(w)\n}\n"
     C = rnndsl.load_text(text, target="interp")
     C(H=2, dtype=np.float64)

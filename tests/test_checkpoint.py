@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 import rnndsl
-from rnndsl import checkpoint
-from rnndsl.checkpoint import CheckpointError, load, peek, save
-from rnndsl.errors import RnnError
-from rnndsl.optim import SGD, Adam
+from rnndsl.train import checkpoint
+from rnndsl.train.checkpoint import CheckpointError, load, peek, save
+from rnndsl.core.errors import RnnError
+from rnndsl.train.optim import SGD, Adam
 
 SPEC = """
 cell Mixer {

@@ -2,7 +2,7 @@
 caught before work starts (exit 2, the option named), checkpoints are never overwritten
 by accident, travel with their spec, and survive comments; Ctrl-C saves.
 
-Most tests call `rnndsl.cli.main` in this process (the interp target: no compiling); the
+Most tests call `rnndsl.cli.main.main` in this process (the interp target: no compiling); the
 ones about signals and folders run a real `python -m rnndsl`.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnndsl import checkpoint
-from rnndsl.cli import main
+from rnndsl.train import checkpoint
+from rnndsl.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = REPO / "specs" / "char_lstm.rnn"
@@ -321,7 +321,7 @@ class _Terminal:
 
 def test_progress_is_a_tqdm_bar_on_a_terminal_and_plain_lines_elsewhere():
     import io
-    from rnndsl.cli_train import Progress
+    from rnndsl.cli.train import Progress
     tty = _Terminal()
     bar = Progress(total=1.0, stream=tty)
     bar.show(0.5, "step 7 | loss 1.000", force=True)
@@ -360,7 +360,7 @@ def test_a_carried_shipped_spec_wins_in_another_install(tmp_path, monkeypatch):
     the install that trained it; elsewhere (another install, a folder with an lstm.rnn
     of its own) the carried text is still what loads."""
     import rnndsl
-    from rnndsl.shipped import specs_dir
+    from rnndsl.lang.shipped import specs_dir
     (tmp_path / "model.rnn").write_text((REPO / "specs" / "char_lstm.rnn").read_text())
     monkeypatch.chdir(tmp_path)
     cell = rnndsl.load("model.rnn", target="interp")(V=3, H=2, dtype=np.float64)

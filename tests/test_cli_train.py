@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnndsl import checkpoint
-
+from rnndsl.train import checkpoint
 REPO = Path(__file__).resolve().parent.parent
 SPEC = REPO / "specs" / "char_lstm.rnn"
 TEXT = "the cat sat on the mat. the dog sat on the log. " * 40
@@ -132,7 +131,7 @@ def test_plot_writes_a_png(tmp_path):
 
 def test_one_hot_training_data_matches_the_text(tmp_path):
     """The vocabulary is the corpus's sorted characters; V follows it."""
-    from rnndsl.data import Vocab
+    from rnndsl.train.data import Vocab
     vocab = Vocab.from_text(TEXT)
     assert len(vocab) == len(set(TEXT)) == 14
     assert vocab.decode(vocab.encode("the cat")) == "the cat"

@@ -1,4 +1,4 @@
-"""The backward kernel compiled in a second process (rnndsl.compile_ahead), and the
+"""The backward kernel compiled in a second process (rnndsl.build.compile_ahead), and the
 kernel signatures it compiles for: the ones the calls have."""
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 
 import rnndsl
-from rnndsl import compile_ahead
-from rnndsl.errors import BindError
+from rnndsl.build import compile_ahead
+from rnndsl.core.errors import BindError
 
 REPO = Path(__file__).resolve().parent.parent
 
 CHILD = """
 import json, os, sys
 import numpy as np
-import rnndsl, rnndsl.blas, rnndsl.runtime as runtime
-import rnndsl.compile_ahead
-rnndsl.compile_ahead.usable_cores = lambda: 2   # two cores, whatever this machine has
+import rnndsl, rnndsl.kernels.blas, rnndsl.cells.runtime as runtime
+import rnndsl.build.compile_ahead
+rnndsl.build.compile_ahead.usable_cores = lambda: 2   # two cores, whatever this machine has
 Cell = rnndsl.load("specs/elman.rnn")
 cell = Cell(dtype=np.float64, I=3, H=4, O=2)
 started = (type(cell), cell.dtype) in runtime._AHEAD_CHILDREN
@@ -99,7 +99,7 @@ def test_a_failed_child_leaves_the_backward_to_this_process(tmp_path):
 
 def test_a_failed_child_is_reported_and_the_backward_still_runs(monkeypatch):
     """The cell's backward warns that its child failed, then compiles in-process."""
-    from rnndsl import runtime
+    from rnndsl.cells import runtime
     Cell = rnndsl.load(REPO / "specs" / "elman.rnn")
     cell = Cell(dtype=np.float64, I=2, H=2, O=2)
 

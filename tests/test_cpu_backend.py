@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rnndsl
-from rnndsl.build import build_source, load_built, write_module
-from rnndsl.errors import BindError
-from rnndsl.gradcheck import default_dims
-from rnndsl.plan import PASSES
-from rnndsl.spec import read_spec
+from rnndsl.build.modules import build_source, load_built, write_module
+from rnndsl.core.errors import BindError
+from rnndsl.cells.gradcheck import default_dims
+from rnndsl.schedule.plan import PASSES
+from rnndsl.lang.specfile import read_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "specs").glob("*.rnn"))
@@ -121,7 +121,7 @@ CASES = [(spec, dtype, passes)
 @pytest.mark.parametrize("spec,dtype,passes", CASES, ids=[
     f"{s.stem}-{np.dtype(d).name}-{'on' if p else 'off'}" for s, d, p in CASES])
 def test_compiled_matches_interp(spec, dtype, passes, build_dir):
-    # B = 11 with the passes on: the per-step GEMMs take rnndsl.gemm's register tiles
+    # B = 11 with the passes on: the per-step GEMMs take rnndsl.kernels.gemm's register tiles
     # (B >= MR = 8: one 8-row tile and three single rows); B = 3 takes BLAS
     compare(compiled(spec, passes, build_dir), spec, dtype, T=4, B=11 if passes else 3)
 
@@ -216,7 +216,7 @@ def test_disable_jit_runs_the_same_file_as_python(tmp_path):
     out = tmp_path / "mgu.py"
     write_module(build_source(read_spec(REPO / "specs" / "mgu.rnn")), out)
     probe = ("import sys, numpy as np\n"
-             "from rnndsl.build import load_built\n"
+             "from rnndsl.build.modules import load_built\n"
              "from pathlib import Path\n"
              "m = load_built(Path(sys.argv[1]))\n"
              "import numba\n"
@@ -390,7 +390,7 @@ def test_small_stacked_gemms_split_member_by_member_match_interp(dtype, build_di
     """B = 16, H = 128: the stacked per-step products (16 x 128 by 128 x 512, and BPTT's
     16 x 512 by 512 x 128) are above OpenBLAS's small-matrix size and their members are
     not, so the generated kernels take the member-by-member branch."""
-    from rnndsl.emit import SMALL_PRODUCT
+    from rnndsl.codegen.emit import SMALL_PRODUCT
     B, H = 16, 128
     assert B * H * 4 * H > SMALL_PRODUCT >= B * H * H
     spec = REPO / "specs" / "lstm.rnn"
@@ -498,8 +498,8 @@ def test_row_blocks_switch(build_dir, monkeypatch):
 def test_default_threads_are_row_blocks_on_every_core(build_dir, monkeypatch):
     """RNNDSL_BLAS_THREADS unset: one block of rows a usable core (8 rows a block at
     least), and one thread inside a call: never Numba's parallel GEMMs, which lost to
-    one thread on a busy machine (rnndsl.blas)."""
-    from rnndsl import blas
+    one thread on a busy machine (rnndsl.kernels.blas)."""
+    from rnndsl.kernels import blas
     Compiled = compiled(REPO / "specs" / "lstm.rnn", tuple(PASSES), build_dir)
     cell = Compiled(dtype=np.float64, I=2, H=3)
     monkeypatch.delenv("RNNDSL_BLAS_THREADS", raising=False)
@@ -521,8 +521,8 @@ def test_gru_cotangents_stack_on_both_sides():
     [U_r; U_z; U_n]: each is written to both buffers, so the backward step is one GEMM
     and dU one GEMM over a contiguous tape (before: three of each, two of the dU ones
     through contiguous copies of strided tapes)."""
-    from rnndsl.ir import lower
-    from rnndsl.plan import make_plan
+    from rnndsl.ir.graph import lower
+    from rnndsl.schedule.plan import make_plan
     spec = read_spec(REPO / "specs" / "gru.rnn")
     plan = make_plan(lower(spec.cells["GRU"]), PASSES)
     w_side, u_side = plan.cotangent_groups
@@ -536,7 +536,7 @@ def test_gru_cotangents_stack_on_both_sides():
 
 
 def test_dead_views_are_pruned_from_generated_code():
-    from rnndsl.emit import prune_dead_views
+    from rnndsl.codegen.emit import prune_dead_views
     source = ("def f(a, b, flag):\n"
               "    v1 = a[:, 0:2]\n"          # read below: kept
               "    v2 = a[:, 2:4]\n"          # never read: dropped

@@ -24,14 +24,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnndsl
-from rnndsl.build import build_source, load_built, write_module
-from rnndsl.errors import BindError
-from rnndsl.spec import read_spec
+from rnndsl.build.modules import build_source, load_built, write_module
+from rnndsl.core.errors import BindError
+from rnndsl.lang.specfile import read_spec
 
 pytest.importorskip("numba_cuda")
 from numba import config, cuda
 
-from rnndsl.cuda_runtime import is_device_array
+from rnndsl.cells.cuda import is_device_array
 
 ROOT = Path(__file__).resolve().parent.parent
 # char_lstm (two LSTMs stacked) adds only time under the simulator unless RNNDSL_LONG=1:
@@ -147,7 +147,7 @@ def test_device_arrays_are_checked():
 
 def test_gemm_partial_tiles_and_strided_views():
     """The tiled GEMM at shapes that are not multiples of the tile, on column views."""
-    from rnndsl.cuda_kernels import TILE, gemm
+    from rnndsl.kernels.cuda import TILE, gemm
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
         m, k, n = TILE + 1, 2 * TILE + 3, TILE - 1
@@ -212,10 +212,10 @@ PTX_SCRIPT = textwrap.dedent("""
     except Exception as exc:          # no NVVM: numba-cuda[cu13] is not installed
         print(f"no PTX compiler: {exc}")
         sys.exit(77)
-    from rnndsl import cuda_kernels
-    from rnndsl.build import build_source, load_built, write_module
-    from rnndsl.cuda_kernels import kernel_ptx
-    from rnndsl.spec import read_spec
+    from rnndsl.kernels import cuda as cuda_kernels
+    from rnndsl.build.modules import build_source, load_built, write_module
+    from rnndsl.kernels.cuda import kernel_ptx
+    from rnndsl.lang.specfile import read_spec
 
     count = 0
     for ft in (types.float32, types.float64) if "--shared" in sys.argv else ():
@@ -228,7 +228,7 @@ PTX_SCRIPT = textwrap.dedent("""
             count += 1
     # --splitk: the specs built with the "splitk" GEMM phases too; only the persistent
     # kernels differ, so only they compile
-    from rnndsl import emit_persistent
+    from rnndsl.codegen import emit_persistent
     variants = {"--splitk": ("GEMM_SCHEME", "splitk")}
     paths = [a for a in sys.argv[1:] if not a.startswith("--")]
     # a spec's kernels are one text for both dtypes: float32 (what GPUs train in) by
@@ -306,7 +306,7 @@ HOST_LOOP_SPECS = ("lstm", "gru", "two_streams", "layernorm_lstm")
 
 
 def _without_persistent(name: str, tmp_path):
-    from rnndsl.plan import PASSES
+    from rnndsl.schedule.plan import PASSES
     passes = tuple(p for p in PASSES if p != "persistent")
     target = tmp_path / f"{name}_host_loop.py"
     write_module(build_source(read_spec(ROOT / "specs" / f"{name}.rnn"), passes=passes,
@@ -369,7 +369,7 @@ def test_every_time_loop_runs_as_one_persistent_kernel(path):
 def test_persistent_barriers_follow_the_dependencies():
     """A barrier goes exactly where a phase touches what an earlier phase since the last
     barrier wrote, or writes what one read; views count as the array they view."""
-    from rnndsl.emit_persistent import PersistentLoop
+    from rnndsl.codegen.emit_persistent import PersistentLoop
     driver = textwrap.dedent('''
         def forward_X(T, B, a, b, c, d, k0):
             v = a[:, 0:2]
@@ -404,7 +404,7 @@ def test_persistent_barriers_follow_the_dependencies():
 def test_workspace_arrays_have_the_asked_shape_and_dtype():
     """The drivers' and tapes' allocator; under the simulator (and by default) the
     buffer pool is off and each call allocates."""
-    from rnndsl.cuda_kernels import POOL, workspace, workspace_like
+    from rnndsl.kernels.cuda import POOL, workspace, workspace_like
     assert not POOL
     for shape, dtype in (((3, 2, 5), np.float32), (7, np.float64), ((0, 4), np.float32)):
         a = workspace(shape, dtype)
@@ -414,7 +414,7 @@ def test_workspace_arrays_have_the_asked_shape_and_dtype():
 
 
 def test_persistent_pass_is_named_only_for_the_cuda_target():
-    from rnndsl.plan import PASSES, passes_for
+    from rnndsl.schedule.plan import PASSES, passes_for
     assert "persistent" in PASSES and "persistent" not in passes_for(PASSES, "cpu")
     spec_file = read_spec(ROOT / "specs" / "elman.rnn")
     assert "persistent" in build_source(spec_file, target="cuda").split("Optimizations:")[1]
@@ -422,8 +422,8 @@ def test_persistent_pass_is_named_only_for_the_cuda_target():
 
 
 def test_a_bad_blocks_cap_is_a_clear_error(monkeypatch):
-    from rnndsl.cuda_kernels import persistent_grid
-    from rnndsl.errors import TargetError
+    from rnndsl.kernels.cuda import persistent_grid
+    from rnndsl.core.errors import TargetError
     monkeypatch.setenv("RNNDSL_CUDA_BLOCKS", "lots")
     with pytest.raises(TargetError, match="RNNDSL_CUDA_BLOCKS must be a positive whole"):
         persistent_grid(None, 100)
@@ -431,7 +431,7 @@ def test_a_bad_blocks_cap_is_a_clear_error(monkeypatch):
     if config.ENABLE_CUDASIM:
         assert persistent_grid(None, 100) == (1, 64)      # the simulator: one block
         return
-    from rnndsl.cuda_kernels import _copy1
+    from rnndsl.kernels.cuda import _copy1
     a = cuda.device_array(1 << 20, np.float32)
     blocks, threads = persistent_grid(_copy1, 1 << 20, a, a)
     assert blocks == 8 and threads == 256                  # a GPU: the cap holds
@@ -477,7 +477,7 @@ def test_host_arrays_reach_the_device_with_canonical_strides():
     its last axis, failed on the H100 with "operation requires copying". Every host
     array goes through fresh_host_copy on its way to the device."""
     from test_modes import DECLARED
-    from rnndsl.cuda_runtime import fresh_host_copy
+    from rnndsl.cells.cuda import fresh_host_copy
 
     def canonical(shape, itemsize):
         return tuple(itemsize * int(np.prod(shape[k + 1:])) for k in range(len(shape)))
@@ -501,7 +501,7 @@ def test_fast_device_views_span_what_numpy_views_span(data):
     strides and starts and ends where NumPy's view of the same slices does."""
     from numpy.lib.array_utils import byte_bounds
 
-    from rnndsl.cuda_kernels import _basic_view
+    from rnndsl.kernels.cuda import _basic_view
 
     class Pointer:                      # stands in for numba-cuda's MemoryPointer
         def __init__(self, start, stop):
@@ -554,7 +554,8 @@ def test_held_weights_match_the_interpreter(name, cap, size, tmp_path, monkeypat
     whose parts are added in shared memory. With RESIDENT_CAP at 64 elements they do not
     fit, and the host must launch the kernels that stream them instead. float64, against
     the interpreter."""
-    from rnndsl import cuda_kernels, emit_persistent
+    from rnndsl.kernels import cuda as cuda_kernels
+    from rnndsl.codegen import emit_persistent
     if cap is not None:
         monkeypatch.setattr(emit_persistent, "RESIDENT_CAP", cap)
     target = tmp_path / f"{name}_held.py"
@@ -580,7 +581,7 @@ def test_every_persistent_kernel_fits_the_static_shared_memory_limit(scheme, mon
     compile_ptx do not enforce (the GPU refuses the launch). Every spec's persistent
     kernels, with their weights held and with each GEMM scheme, counted at 8 bytes an
     element (float64); and the held phases take what the rest leaves."""
-    from rnndsl import emit_persistent
+    from rnndsl.codegen import emit_persistent
     monkeypatch.setattr(emit_persistent, "GEMM_SCHEME", scheme)
     held = 0
     for path in SPECS:
@@ -599,8 +600,8 @@ def test_held_weights_leave_alone_what_the_loop_writes_or_indexes_by_step(monkey
     the backward's `tgc0[t] @ ws0_1` holds ws0_1, never the per-step tgc0[t]; and a
     product against a tape (`hist_h[t]`) would be indexed by t. The rule on a made-up
     loop: every gemm's b and what is held."""
-    from rnndsl import emit_persistent
-    from rnndsl.emit_persistent import PersistentLoop
+    from rnndsl.codegen import emit_persistent
+    from rnndsl.codegen.emit_persistent import PersistentLoop
     driver = textwrap.dedent("""
         def drive(T, u, s, hist, w, out1, out2, out3):
             for t in range(T):
@@ -627,8 +628,8 @@ def test_held_weights_leave_alone_what_the_loop_writes_or_indexes_by_step(monkey
     # on the grid the held kernel asks for, where the check passes, a block's columns fit
     from types import SimpleNamespace as Array
 
-    from rnndsl import cuda_kernels
-    from rnndsl.cuda_kernels import THREADS, held_grid_fits, held_threads
+    from rnndsl.kernels import cuda as cuda_kernels
+    from rnndsl.kernels.cuda import THREADS, held_grid_fits, held_threads
     monkeypatch.setattr(cuda_kernels, "persistent_grid",
                         lambda kernel, work: (max(1, -(-work // THREADS)), THREADS))
     chosen = []
@@ -660,7 +661,7 @@ def test_holding_pays_at_small_batches():
     block, 256 blocks, up to B = 2. At H = 1024: 4 columns a block and 1024 blocks
     forward (B <= 4), 1 column and 1024 blocks backward (B = 1). A column that does not
     fit asks for nothing."""
-    from rnndsl.cuda_kernels import held_threads
+    from rnndsl.kernels.cuda import held_threads
     source = build_source(read_spec(ROOT / "specs" / "lstm.rnn"), target="cuda")
     assert set(re.findall(r"held0 = cuda.shared.array\((\d+),", source)) == {"5120"}
     assert held_threads(512, 2048, 5120, 8) == 228 * 256
@@ -694,7 +695,7 @@ def test_splitk_gemm_phases_match_the_interpreter(name, tmp_path, monkeypatch):
     give several tiles, partial tiles and several rounds of K (H = 18: the backward's
     product has K = 72, three rounds on the simulator), float64, against the
     interpreter. With RNNDSL_LONG=1 (20 s each)."""
-    from rnndsl import emit_persistent
+    from rnndsl.codegen import emit_persistent
     monkeypatch.setattr(emit_persistent, "GEMM_SCHEME", "splitk")
     target = tmp_path / f"{name}_splitk.py"
     write_module(build_source(read_spec(ROOT / "specs" / f"{name}.rnn"), target="cuda"),
@@ -747,7 +748,7 @@ def test_splitk_gemm_phases_on_a_grid_of_several_blocks(tmp_path, monkeypatch):
     of 8 rows. Its weights are streamed (hold_weights off), so that every product takes
     the "splitk" phase. (The one-block simulator runs, with RNNDSL_LONG=1, go to
     H = 18.)"""
-    from rnndsl import emit_persistent
+    from rnndsl.codegen import emit_persistent
     monkeypatch.setattr(emit_persistent, "GEMM_SCHEME", "splitk")
     _on_a_grid("lstm", 2, 9, 2, 16, ("hold_weights",), tmp_path, monkeypatch)
     source = (tmp_path / "lstm_grid.py").read_text()
@@ -761,8 +762,8 @@ def _on_a_grid(name, batch, size, blocks, threads, off, tmp_path, monkeypatch) -
     (float64); returns the names of the kernels launched."""
     from grid_emulator import run_grid
 
-    from rnndsl import cuda_kernels
-    from rnndsl.plan import PASSES
+    from rnndsl.kernels import cuda as cuda_kernels
+    from rnndsl.schedule.plan import PASSES
     monkeypatch.setattr(cuda_kernels, "persistent_grid", lambda *_: (blocks, threads))
     passes = [p for p in PASSES if p not in off]
     target = tmp_path / f"{name}_grid.py"

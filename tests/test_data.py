@@ -1,6 +1,6 @@
 """The data side of the examples: corpora, vocabularies, truncated-BPTT chunks, tasks.
 
-Every expectation is computed here independently of rnndsl.data: stream reconstruction
+Every expectation is computed here independently of rnndsl.train.data: stream reconstruction
 by concatenation, counts by Python loops, sines by math.sin, the exclusion rules on a
 stdlib-like tree built in tmp_path, ABC rules on hand-written tunes.
 """
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnndsl import corpora
-from rnndsl.data import (PAD, Corpus, DataError, PackageMissingError, Vocab, abc_tunes,
+from rnndsl.train import corpora
+from rnndsl.train.data import (PAD, Corpus, DataError, PackageMissingError, Vocab, abc_tunes,
                          most_frequent_task, normal_tune, one_hot, parity_task,
                          shakespeare_corpus, sine_task, split, stdlib_corpus, tbptt_batches)
-from rnndsl.errors import RnnError
+from rnndsl.core.errors import RnnError
 
 SEPARATOR = re.compile(r"^# ==== (.+) ====$", re.MULTILINE)
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 import rnndsl
-from rnndsl.check import INITIALISERS
-from rnndsl.ops import FUNCTIONS, HARD_SIGMOID_SLOPE
-from rnndsl.spec import read_spec
+from rnndsl.lang.check import INITIALISERS
+from rnndsl.core.ops import FUNCTIONS, HARD_SIGMOID_SLOPE
+from rnndsl.lang.specfile import read_spec
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "language.md"
@@ -247,11 +247,11 @@ def test_cpu_doc_python_block_runs(text, line, at_repo_root, tmp_path, monkeypat
 def test_cpu_doc_shows_the_current_plan_and_passes():
     """The explain output and the generated loop quoted in docs/cpu.md are what rnndsl
     prints and writes today; every pass has a row in its table."""
-    from rnndsl.build import build_source
-    from rnndsl.emit import explain_lines
-    from rnndsl.ir import lower
-    from rnndsl.plan import PASSES, TARGET_PASSES, make_plan
-    from rnndsl.spec import read_spec
+    from rnndsl.build.modules import build_source
+    from rnndsl.codegen.emit import explain_lines
+    from rnndsl.ir.graph import lower
+    from rnndsl.schedule.plan import PASSES, TARGET_PASSES, make_plan
+    from rnndsl.lang.specfile import read_spec
     doc = CPU_DOC.read_text()
     spec = read_spec(REPO / "specs" / "lstm.rnn")
     plan = make_plan(lower(spec.cells["LSTM"]), PASSES)

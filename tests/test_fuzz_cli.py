@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rnndsl.cli import build_parser, main
+from rnndsl.cli.main import build_parser, main
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "the cat sat on the mat. the dog sat on the log. " * 20

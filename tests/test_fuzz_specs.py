@@ -31,13 +31,13 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rnndsl.cli import main
-from rnndsl.errors import MAX_SHOWN, RnnError, SpecError
-from rnndsl.grad import grad_step
-from rnndsl.ir import lower
-from rnndsl.parse import LOOKALIKES, MAX_NESTING, parse
-from rnndsl.printer import unparse
-from rnndsl.spec import read_spec
+from rnndsl.cli.main import main
+from rnndsl.core.errors import MAX_SHOWN, RnnError, SpecError
+from rnndsl.ir.grad import grad_step
+from rnndsl.ir.graph import lower
+from rnndsl.lang.parse import LOOKALIKES, MAX_NESTING, parse
+from rnndsl.lang.printer import unparse
+from rnndsl.lang.specfile import read_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from strategies_cells import cells  # noqa: E402

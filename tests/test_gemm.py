@@ -1,4 +1,4 @@
-"""rnndsl.gemm, the register-tiled GEMM of the per-step products: against NumPy on random
+"""rnndsl.kernels.gemm, the register-tiled GEMM of the per-step products: against NumPy on random
 shapes (every tail: rows below MR, a last panel past N), both packings, one and two
 threads; the committed tiles file against its generator; the machine code vectorised."""
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rnndsl import gemm, gemm_gen
+from rnndsl.kernels import gemm
 
-
+from rnndsl.codegen import gemm_gen
 def _reference(A, W):
     return A.astype(np.float64) @ W.astype(np.float64)
 
@@ -77,7 +77,7 @@ def test_padding_columns_stay_zero():
 def test_tiles_file_is_what_the_generator_writes():
     with open(gemm_gen.TILES_PATH, encoding="utf-8") as f:
         assert f.read() == gemm_gen.tiles_module_source(), \
-            "rnndsl/gemm_tiles.py is stale: run python -m rnndsl.gemm_gen"
+            "rnndsl/gemm_tiles.py is stale: run python -m rnndsl.codegen.gemm_gen"
     assert gemm_gen.main(["--check"]) == 0
 
 

@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from rnndsl import kernels
-
-
+from rnndsl.kernels import loops as kernels
 @njit(error_model="numpy")
 def _apply_tanh(x, out):
     for i in range(x.shape[0]):
@@ -102,8 +100,8 @@ def test_plain_python_bodies_agree_with_numpy():
 
 
 def test_blas_threads_setting(monkeypatch):
-    from rnndsl import blas
-    from rnndsl.errors import BindError
+    from rnndsl.kernels import blas
+    from rnndsl.core.errors import BindError
     monkeypatch.setenv("RNNDSL_BLAS_THREADS", "1")
     controllers = blas._kernel_blas()
     assert controllers, "SciPy's OpenBLAS, which Numba's np.dot calls, was not found"

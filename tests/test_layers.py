@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import rnndsl
-from rnndsl.errors import BindError, CheckError
+from rnndsl.core.errors import BindError, CheckError
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = REPO / "specs"
@@ -267,7 +267,7 @@ def test_cuda_lengths_and_dropout_match_the_interpreter():
     """Under the CUDA simulator (tests/conftest.py): the masked twin and the hidden
     dropout inputs take the same path on the cuda target."""
     pytest.importorskip("numba.cuda")
-    from rnndsl.cuda_runtime import require_cuda
+    from rnndsl.cells.cuda import require_cuda
     try:
         require_cuda()
     except rnndsl.RnnError as exc:

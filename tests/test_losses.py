@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rnndsl.losses import LOSSES, binary_cross_entropy, bits_per_char, mse, softmax_cross_entropy
+from rnndsl.train.losses import LOSSES, binary_cross_entropy, bits_per_char, mse, softmax_cross_entropy
 
 
 def naive_cross_entropy(logits, targets, mask):

@@ -1,4 +1,4 @@
-"""rnndsl.malloc: compiled cells keep freed memory for reuse (glibc's mallopt), and
+"""rnndsl.kernels.malloc: compiled cells keep freed memory for reuse (glibc's mallopt), and
 RNNDSL_MALLOC=system leaves malloc alone. What it buys is measured, not asserted:
 benchmarks/RESULTS.md (2026-11-26) and the module's docstring."""
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc",
                                 reason="mallopt is glibc's")
 
 PROBE = """
-import numpy as np, rnndsl, rnndsl.malloc as m
+import numpy as np, rnndsl, rnndsl.kernels.malloc as m
 assert m._state == {}, m._state            # nothing is tuned on import
 Cell = rnndsl.load("specs/elman.rnn", target="cpu")
 Cell(I=2, H=3, O=2)

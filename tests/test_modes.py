@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import rnndsl
-from rnndsl import modes
-from rnndsl.errors import BindError
-from rnndsl.losses import softmax_cross_entropy
-from rnndsl.optim import Adam
-from rnndsl.train import Trainer
+from rnndsl.cells import modes
+from rnndsl.core.errors import BindError
+from rnndsl.train.losses import softmax_cross_entropy
+from rnndsl.train.optim import Adam
+from rnndsl.train.trainer import Trainer
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 

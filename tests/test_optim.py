@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from rnndsl.optim import OPTIMIZERS, SGD, Adam, RMSprop, clip_elementwise, clip_global_norm
+from rnndsl.train.optim import OPTIMIZERS, SGD, Adam, RMSprop, clip_elementwise, clip_global_norm
 
 
 class MirrorSGD:

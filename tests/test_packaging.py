@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 PROBE = """
 import sys, numpy as np, rnndsl
-from rnndsl.parse import grammar_path
+from rnndsl.lang.parse import grammar_path
 assert rnndsl.__file__.startswith(sys.argv[1]), rnndsl.__file__
 assert str(grammar_path()).startswith(sys.argv[1]), grammar_path()
 Cell = rnndsl.load(sys.argv[2], target="interp")
@@ -37,8 +37,9 @@ cell Tagger {
 
 SHIPPED_PROBE = """
 import sys, numpy as np, rnndsl
-from rnndsl.shipped import shipped_specs, specs_dir
-from rnndsl.spec import read_spec
+from rnndsl.lang.catalog import shipped_specs
+from rnndsl.lang.shipped import specs_dir
+from rnndsl.lang.specfile import read_spec
 site, spec = sys.argv[1], sys.argv[2]
 assert str(specs_dir()) == site + "/rnndsl/specs", specs_dir()
 used = read_spec(spec).used["LSTM"].source.path

@@ -17,15 +17,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rnndsl import ast
-from rnndsl.ast import (BinOp, Call, Cell, ConstInit, DimsDecl, Equation, InputDecl, Module,
+from rnndsl.lang import ast
+from rnndsl.lang.ast import (BinOp, Call, Cell, ConstInit, DimsDecl, Equation, InputDecl, Module,
                         NamedInit, Name, Neg, Number, Output, ParamDecl, ParamRefInit, Pow,
                         Primed, Slice, StateDecl, Use, Var)
-from rnndsl.errors import Span, SpecSyntaxError
-from rnndsl.ops import FUNCTIONS
-from rnndsl.parse import HINTS, SYNTAX_EXAMPLES, parse
-from rnndsl.printer import unparse
-from rnndsl.shapes import Dim
+from rnndsl.core.errors import Span, SpecSyntaxError
+from rnndsl.core.ops import FUNCTIONS
+from rnndsl.lang.parse import HINTS, SYNTAX_EXAMPLES, parse
+from rnndsl.lang.printer import unparse
+from rnndsl.core.shapes import Dim
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import strategies_ast as strategies  # noqa: E402

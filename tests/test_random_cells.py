@@ -16,9 +16,9 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, note, settings
 
 import rnndsl
-from rnndsl.grad import grad_step, grad_unrolled
-from rnndsl.gradcheck import DEFAULT_TOLERANCE, gradcheck, worst
-from rnndsl.ir import unroll
+from rnndsl.ir.grad import grad_step, grad_unrolled
+from rnndsl.cells.gradcheck import DEFAULT_TOLERANCE, gradcheck, worst
+from rnndsl.ir.graph import unroll
 
 from strategies_cells import RandomCell, cells, kink_distance
 

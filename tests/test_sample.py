@@ -18,7 +18,7 @@ from scipy.special import logsumexp, softmax
 from scipy.stats import chisquare
 
 import rnndsl
-from rnndsl.sample import (Greedy, Primed, Sampler, SampleError, Sampling, greedy,
+from rnndsl.train.sample import (Greedy, Primed, Sampler, SampleError, Sampling, greedy,
                            temperature, top_k, top_p)
 
 TINY = rnndsl.load_text("""

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 import rnndsl
-from rnndsl import cli
-from rnndsl.errors import CheckError
-from rnndsl.shipped import first_comment, shipped_path, shipped_specs, specs_dir
-from rnndsl.spec import read_spec
+from rnndsl.cli import main as cli
+from rnndsl.core.errors import CheckError
+from rnndsl.lang.catalog import first_comment, shipped_specs
+from rnndsl.lang.shipped import shipped_path, specs_dir
+from rnndsl.lang.specfile import read_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "specs").glob("*.rnn"))

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 import rnndsl
-from rnndsl.build import build_source
-from rnndsl.ir import lower
-from rnndsl.ops import Op
-from rnndsl.plan import PASSES
-from rnndsl.spec import read_spec
+from rnndsl.build.modules import build_source
+from rnndsl.ir.graph import lower
+from rnndsl.core.ops import Op
+from rnndsl.schedule.plan import PASSES
+from rnndsl.lang.specfile import read_spec
 
 NOISY = '''
 cell S {
@@ -58,8 +58,8 @@ def test_cse_off_keeps_each_occurrence(tmp_path):
 @pytest.mark.parametrize("off", [(), ("simplify",), ("cse",), ("cse", "simplify")])
 def test_compiled_with_and_without_the_passes_matches_the_interpreter(tmp_path, off):
     path, _ = spec_of(NOISY, tmp_path)
-    from rnndsl.build import cached_module
-    from rnndsl.spec import read_spec as read
+    from rnndsl.build.modules import cached_module
+    from rnndsl.lang.specfile import read_spec as read
     module = cached_module(read(path), passes=tuple(p for p in PASSES if p not in off))
     compiled = module.S(I=3, H=4, dtype=np.float64, seed=1)
     ref = rnndsl.load(path, target="interp")(I=3, H=4, dtype=np.float64, seed=1)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import rnndsl
-from rnndsl import grad
-from rnndsl.gradcheck import DEFAULT_TOLERANCE, GradCheckRow, gradcheck, worst
-from rnndsl.ops import Op
+from rnndsl.ir import grad
+from rnndsl.cells.gradcheck import DEFAULT_TOLERANCE, GradCheckRow, gradcheck, worst
+from rnndsl.core.ops import Op
 
 SPECS = sorted((Path(__file__).resolve().parents[1] / "specs").glob("*.rnn"))
 

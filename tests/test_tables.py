@@ -13,13 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnndsl import grad, interp, ops
-from rnndsl.grad import backward, grad_step, grad_unrolled, rules_for
-from rnndsl.interp import Context, evaluate
-from rnndsl.ir import Graph, lower, unroll
-from rnndsl.ops import Op
-from rnndsl.shapes import Dim, Type
-from rnndsl.spec import read_spec
+from rnndsl.ir import grad
+
+from rnndsl.ir import interp
+
+from rnndsl.core import ops
+from rnndsl.ir.grad import backward, grad_step, grad_unrolled, rules_for
+from rnndsl.ir.interp import Context, evaluate
+from rnndsl.ir.graph import Graph, lower, unroll
+from rnndsl.core.ops import Op
+from rnndsl.core.shapes import Dim, Type
+from rnndsl.lang.specfile import read_spec
 
 SPECS = sorted((Path(__file__).resolve().parents[1] / "specs").glob("*.rnn"))
 N, M = Dim.of("N"), Dim.of("M")

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 import rnndsl
-from rnndsl.cli import main
-from rnndsl.errors import (MAX_SHOWN, CheckError, Diagnostic, Source, Span, SpecError,
+from rnndsl.cli.main import main
+from rnndsl.core.errors import (MAX_SHOWN, CheckError, Diagnostic, Source, Span, SpecError,
                            SpecSyntaxError, shorten)
-from rnndsl.grad import grad_step
-from rnndsl.ir import lower
-from rnndsl.parse import LOOKALIKES, MAX_NESTING, parse
-from rnndsl.printer import unparse
-from rnndsl.spec import read_spec
+from rnndsl.ir.grad import grad_step
+from rnndsl.ir.graph import lower
+from rnndsl.lang.parse import LOOKALIKES, MAX_NESTING, parse
+from rnndsl.lang.printer import unparse
+from rnndsl.lang.specfile import read_spec
 
 REPO = Path(__file__).resolve().parents[1]
 ELMAN = REPO / "specs" / "elman.rnn"

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import rnndsl
-from rnndsl.errors import BindError
-from rnndsl.losses import binary_cross_entropy, softmax_cross_entropy
-from rnndsl.optim import SGD, Adam
-from rnndsl.train import Trainer
+from rnndsl.core.errors import BindError
+from rnndsl.train.losses import binary_cross_entropy, softmax_cross_entropy
+from rnndsl.train.optim import SGD, Adam
+from rnndsl.train.trainer import Trainer
 
 TINY = """
 cell Tiny {

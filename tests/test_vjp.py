@@ -1,14 +1,14 @@
 """Every VJP rule against a numerical JVP, one primitive at a time.
 
 A table of gradient specs in the manner of jax's `lax_autodiff_test.py`: each case builds
-a tiny IR graph straight from `rnndsl.ir.Graph` (no parser, no checker), names the input
+a tiny IR graph straight from `rnndsl.ir.graph.Graph` (no parser, no checker), names the input
 domain of every leaf and its tolerance, and is checked as `check_vjp` does it: for a
 random cotangent u and a random direction v,
 
     <VJP(u), v>  ==  <f(x + h v) - f(x - h v), u> / 2h     (Richardson-extrapolated)
 
-with the VJP built by `rnndsl.grad.backward` from a SEED leaf and both sides evaluated by
-`rnndsl.interp.evaluate` in float64. Every leaf is checked on its own direction, so a rule
+with the VJP built by `rnndsl.ir.grad.backward` from a SEED leaf and both sides evaluated by
+`rnndsl.ir.interp.evaluate` in float64. Every leaf is checked on its own direction, so a rule
 wrong for one operand cannot hide behind another.
 
 Domains keep each function where it is smooth: log and sqrt and fractional powers on
@@ -24,12 +24,12 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from rnndsl import ops
-from rnndsl.grad import VJP_RULES, backward
-from rnndsl.interp import Context, evaluate
-from rnndsl.ir import Graph
-from rnndsl.ops import Op
-from rnndsl.shapes import Dim, Type
+from rnndsl.core import ops
+from rnndsl.ir.grad import VJP_RULES, backward
+from rnndsl.ir.interp import Context, evaluate
+from rnndsl.ir.graph import Graph
+from rnndsl.core.ops import Op
+from rnndsl.core.shapes import Dim, Type
 
 N, M = Dim.of("N"), Dim.of("M")
 DIMS = {"N": 4, "M": 3}     # distinct from each other and from the batch: no silent transposes

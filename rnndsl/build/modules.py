@@ -1,0 +1,59 @@
+"""Modules on disk: generated source (from pipeline.py) -> a file -> an imported module.
+
+`write_module` validates the text (ast.parse, compile) and writes it atomically (a
+temporary file, then a rename), so a failed build never leaves a half-written module
+and the previous build stays in place. `cached_module` keeps built modules in a cache
+folder keyed by the spec's hash, the rnndsl version and the passes, and reuses them
+across processes. Where that folder is, how a module file is imported (`load_built`,
+under a name derived from its path, the same in every process, which Numba's on-disk
+cache needs) and how a warm load skips reading its spec live in `cache.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ..core.files import write_atomically
+from ..lang.specfile import SpecFile
+from ..pipeline import BuildError, build_source, validate  # noqa: F401  (re-exported)
+from ..schedule.plan import PASSES
+from .cache import cache_dir, compiler_hash, load_built, module_name_for, remember_spec
+
+
+def module_file_name(spec_file: SpecFile) -> str:
+    """specs/lstm.rnn -> lstm.py; a stem that is not an identifier is made one."""
+    stem = Path(spec_file.source.path).stem
+    name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in stem)
+    if not name or name[0].isdigit():
+        name = "cell_" + name
+    return name + ".py"
+
+
+def write_module(source: str, path: Path) -> None:
+    """Validate, then write atomically."""
+    validate(source, str(path))
+    write_atomically(path, source.encode())
+
+
+def cached_module(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
+                  variant: str | None = None):
+    """The built module of a spec file, from the cache or built into it now.
+
+    The key is the spec's hash (with the files it uses), rnndsl's own code, the target
+    and the passes, so an edited spec or an upgraded rnndsl is rebuilt, never served
+    stale; Numba's cache beside each module keeps its machine code across processes.
+    """
+    passes = tuple(sorted(passes))
+    key = hashlib.sha256(
+        f"{spec_file.digest}|{compiler_hash()}|{target}|{passes}|{variant}".encode())
+    stem = "".join(ch if ch.isalnum() else "_" for ch in Path(spec_file.source.path).stem)
+    path = cache_dir() / f"{stem}_{key.hexdigest()[:16]}.py"
+    if not path.is_file():
+        try:
+            write_module(build_source(spec_file, passes, target, variant), path)
+        except OSError as exc:
+            raise BuildError(f"cannot write the build cache at {path}: {exc.strerror}; "
+                             "set RNNDSL_CACHE_DIR to a writable folder") from None
+    remember_spec(spec_file, path)    # the module's classes read it, not the spec again
+    return load_built(path)

@@ -1,0 +1,110 @@
+"""What a forward read, kept for its backward: the param and input arrays a `Run` was
+computed from, and a fingerprint of each.
+
+Input: the arrays a forward read, by name ("param W_i", "input x"). Output: a `Seen`,
+which the run's tape holds and backward checks before it computes anything.
+Invariant: backward gives the gradients of the forward that was run, or raises.
+
+- The run holds the arrays themselves, so a param replaced between the two
+  (`cell.params["W"] = W2`) changes nothing: backward reads the array its forward read.
+- It holds their fingerprints from the forward, so that one of them changed in place in
+  between (`cell.params["W"] += ...`, `x[...] = 0`) makes backward raise a BindError
+  naming it, where it would otherwise mix the new values with the old ones on the tape.
+
+Why fingerprints and not copies: a copy would let backward go on with the old values
+instead of raising, but it writes every byte once more, and it cost more. At the
+benchmark's char shape (LSTM, T=100, B=1, I=65, H=128, float32: 388 KB of params and a
+26 KB input against a forward of about 0.52 ms), measured by
+benchmarks/backward_snapshot.py on a 2-core AMD EPYC VM: copying them into buffers kept
+by the cell took 11.5-12.2 us (2.2-2.4% of the forward); fingerprinting them took
+7.8-8.5 us at forward (1.5-1.7%) and 6.4-6.9 us at backward (0.8-0.9% of a 0.75 ms
+backward), and cost 13-23 us a forward and 11-26 us a backward in place, where the
+params come from L3 (the forward's working set is larger than L2). That is over the 1%
+it was meant to stay under: reading 400 KB takes 4 us or more however it is done, and
+only the kernels, which read every param anyway, could check them for less.
+
+The fingerprint of an array: its bytes in C order as 32-bit words w[0 .. n), taken in
+pairs p_i = w[2i] | w[2i+1] << 32 (an odd last word is a pair with a high half of 0),
+summed as sum_i (2i + 1) * p_i mod 2**64. Each weight is odd, so a change to any one pair
+always changes the sum; the weights differ, so swapping two unequal values changes it too
+(unless their difference times 2(j - i) is 0 mod 2**64). It catches accidents, not an
+adversary. `kernels.fingerprints` computes it in one compiled call for all of a run's
+arrays; `fingerprint` below, in NumPy, is the reference and what the interp target uses.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..core.errors import BindError
+
+_MASK = (1 << 64) - 1
+
+
+def fingerprint(array) -> int:
+    """The fingerprint of one array (the module docstring defines it), in NumPy."""
+    words = np.ascontiguousarray(array).reshape(-1).view(np.uint32)
+    half = words.size // 2
+    pairs = words[0:2 * half:2].astype(np.uint64) | \
+        (words[1:2 * half:2].astype(np.uint64) << np.uint64(32))
+    weights = np.arange(1, 2 * half, 2, dtype=np.uint64)
+    total = int((pairs * weights).sum(dtype=np.uint64))     # array arithmetic wraps
+    if words.size % 2:
+        total += int(words[-1]) * (2 * half + 1)
+    return total & _MASK
+
+
+def numpy_fingerprints(arrays: tuple) -> np.ndarray:
+    """The fingerprints of host arrays of any layout, in NumPy (the interp target)."""
+    return np.array([fingerprint(a) for a in arrays], dtype=np.uint64)
+
+
+_COMPILED: list = []       # kernels.fingerprints, or None under NUMBA_DISABLE_JIT
+
+
+def compiled_fingerprints(arrays: tuple) -> np.ndarray:
+    """The fingerprints of C-contiguous host arrays in one compiled call (kernels.py);
+    in NumPy under NUMBA_DISABLE_JIT, where the kernel would be plain Python."""
+    if not _COMPILED:
+        from numba.core import config
+
+        from ..kernels.loops import fingerprints
+        _COMPILED.append(None if config.DISABLE_JIT else fingerprints)
+    kernel = _COMPILED[0]
+    if kernel is None or not arrays:
+        return numpy_fingerprints(arrays)
+    out = np.empty(len(arrays), np.uint64)
+    kernel(arrays, out)
+    return out
+
+
+class Seen:
+    """The arrays a forward read, their names ("param W", "input x") and their
+    fingerprints at the forward. `fingerprints` is the target's way to take them (a
+    tuple of arrays -> an array of uint64): the same function at forward and backward."""
+
+    __slots__ = ("names", "arrays", "sums", "fingerprints")
+
+    def __init__(self, names: tuple[str, ...], arrays: tuple,
+                 fingerprints: Callable[[tuple], np.ndarray]):
+        assert len(names) == len(arrays), f"{len(names)} names for {len(arrays)} arrays"
+        self.names = names
+        self.arrays = arrays
+        self.fingerprints = fingerprints
+        self.sums = fingerprints(arrays)
+
+    def check(self) -> None:
+        """Raise BindError if an array changed since the forward (the first one, named)."""
+        now = self.fingerprints(self.arrays)
+        if now.tobytes() == self.sums.tobytes():    # 0.3 us; np.array_equal takes 2
+            return
+        name = self.names[int(np.flatnonzero(now != self.sums)[0])]
+        kind, short = name.split(" ", 1)
+        hint = (f"update params after backward, or replace this one instead "
+                f"(cell.params['{short}'] = new_array): the run keeps the array it read"
+                if kind == "param" else
+                "change it after backward, or give forward a copy")
+        raise BindError(f"{name} was changed in place since this run's forward; backward "
+                        f"needs the values that forward saw: {hint}")

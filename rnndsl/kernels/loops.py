@@ -1,0 +1,308 @@
+"""Loops and scalar functions that every generated CPU module imports.
+
+Kept in one real module so that Numba compiles each once per array type and caches it on
+disk for all cells (`cache=True`), instead of once per generated module. Copies, fills
+and transposes are explicit loops: Numba's slice assignment costs about half a second of
+compile time at every place it is written.
+"""
+
+import math
+import os
+from contextlib import contextmanager
+
+import numpy as np
+from numba import literal_unroll, njit, types
+from numba.core import config
+from numba.core.compiler_lock import global_compiler_lock
+from numba.core.registry import CPUDispatcher
+from numba.extending import overload
+
+
+# ---------------------------------------------------------------------------- Numba's cache
+def serialise_numba_cache_saves() -> None:
+    """Make Numba's saves to its on-disk cache one at a time for each function, across
+    processes (process-wide, once: below, before anything here or in a generated module
+    compiles).
+
+    Numba keeps the compiled versions of a function in an index (signature -> data file
+    name) and numbered data files beside it. A save reads the index, takes the first
+    number not in it, writes the index, then the data (numba.core.caching,
+    IndexDataCacheFile.save). Two processes saving two different signatures of one
+    function at once (rnndsl's shared helpers, `copy2` and the like, compiled for the
+    array kinds each needs: two processes building different specs or dtypes, or a
+    process and its compile_ahead child) can both read the index before either writes
+    it and take the same number. One entry is then lost, and the data file can end up
+    holding the other signature's machine code under the surviving entry: nothing checks
+    the data against its key, so the next process to load it runs code compiled for
+    other types. Here each save holds an exclusive lock on a file beside the index
+    (`<index>.lock`), so it reads the index the last save wrote. Loads take no lock:
+    both files are replaced by renames, and a save never reuses a number in the index.
+    Where there is no fcntl (Windows) this does nothing."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    from numba.core import caching
+    save = caching.IndexDataCacheFile.save
+    if getattr(save, "rnndsl_serialised", False):
+        return
+
+    def serialised_save(self, key, data):
+        try:
+            fd = os.open(self._index_path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:          # a folder we cannot write to: Numba's save says so
+            return save(self, key, data)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return save(self, key, data)
+        finally:
+            os.close(fd)         # and with it the lock
+
+    serialised_save.rnndsl_serialised = True
+    caching.IndexDataCacheFile.save = serialised_save
+
+
+serialise_numba_cache_saves()
+
+
+# ---------------------------------------------------------------------------- the kernels' jit
+# A fused elementwise loop reads and writes many arrays (a layer-normalised LSTM's first
+# backward loop, 43). LLVM cannot prove Numba's arrays apart, so it vectorises such a
+# loop only behind run-time overlap checks, and gives up past 128 of them: that loop ran
+# one element at a time (103 us a step at B = 32, H = 256, against 52 us vectorised:
+# benchmarks/overlap_checks.py). rnndsl's
+# kernels are compiled with that limit raised; the checks stay, so an overlap (there is
+# none in a kernel: every array it writes is its own) would still take the scalar path.
+_ALIAS_CHECKS = 4096
+_LLVM_DEFAULT_ALIAS_CHECKS = 128
+
+
+@contextmanager
+def _many_alias_checks():
+    import llvmlite.binding as llvm
+    llvm.set_option("", f"-vectorize-memory-check-threshold={_ALIAS_CHECKS}")
+    try:
+        yield
+    finally:   # back to LLVM's default for everything else the process compiles
+        llvm.set_option("", f"-vectorize-memory-check-threshold={_LLVM_DEFAULT_ALIAS_CHECKS}")
+
+
+class _KernelDispatcher(CPUDispatcher):
+    """A Numba dispatcher whose compilations (a generated kernel, and what it inlines)
+    may vectorise loops behind more run-time overlap checks (see above). The setting is
+    process-wide, so it is made under Numba's compiler lock: a compilation on another
+    thread never sees it, and never resets it under ours."""
+
+    def compile(self, sig):
+        with global_compiler_lock, _many_alias_checks():
+            return super().compile(sig)
+
+
+def jit_with(dispatcher: type, func, cache: bool, options: dict):
+    """What `njit(**options)(func)` makes, but a `dispatcher` (a CPUDispatcher subclass
+    that changes how it compiles). Under NUMBA_DISABLE_JIT=1, func itself, as njit."""
+    if config.DISABLE_JIT:
+        return func
+    disp = dispatcher(py_func=func, locals={}, targetoptions=dict(nopython=True, **options))
+    if cache:
+        disp.enable_caching()
+    return disp
+
+
+def kernel_jit(cache: bool = True, **options):
+    """`njit` for generated kernels: the same options, compiled by `_KernelDispatcher`."""
+    return lambda func: jit_with(_KernelDispatcher, func, cache, options)
+
+
+@njit(cache=True, error_model="numpy")
+def copy1(dst, src):
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
+
+
+@njit(cache=True, error_model="numpy")
+def copy2(dst, src):
+    for r in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[r, j] = src[r, j]
+
+
+@njit(cache=True, error_model="numpy")
+def copy_rows(dst, src):
+    # every row of dst gets the vector src
+    for r in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[r, j] = src[j]
+
+
+@njit(cache=True, error_model="numpy")
+def copy_t(dst, src):
+    # dst = src transposed
+    for i in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[i, j] = src[j, i]
+
+
+@njit(cache=True, error_model="numpy")
+def transposed(src):
+    out = np.empty((src.shape[1], src.shape[0]), src.dtype)
+    copy_t(out, src)
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def fill1(dst, value):
+    for j in range(dst.shape[0]):
+        dst[j] = value
+
+
+@njit(cache=True, error_model="numpy")
+def fill2(dst, value):
+    for r in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[r, j] = value
+
+
+@njit(cache=True, error_model="numpy")
+def add_into1(dst, src):
+    for j in range(dst.shape[0]):
+        dst[j] += src[j]
+
+
+@njit(cache=True, error_model="numpy")
+def add_into2(dst, src):
+    for r in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[r, j] += src[r, j]
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def row_sum(x, zero):
+    """The sum of a 1-D array. `reassoc` lets LLVM keep vector partial sums: a plain
+    `acc += x[j]` loop adds one element at a time, each add waiting for the last (IEEE
+    order), 10 times slower here at 256 float32 elements. Only these adds may be
+    reordered; nothing else in a kernel is. `zero` is a 0 of the array's dtype."""
+    acc = zero
+    for j in range(x.shape[0]):
+        acc += x[j]
+    return acc
+
+
+
+# ---------------------------------------------------------------------------- fingerprints
+@njit(cache=True, error_model="numpy", nogil=True)
+def fingerprint(a):
+    """rnndsl.cells.seen's fingerprint of a C-contiguous array (seen.fingerprint is the NumPy
+    reference): its bytes as 32-bit words, taken in pairs, each pair times an odd weight,
+    summed mod 2**64. In pairs, so that each step is one 64-bit multiply-add: by single
+    words the loop ran at half the speed (7.9 against 3.8 us for 400 KB here)."""
+    w = a.reshape(a.size).view(np.uint32)
+    n = w.shape[0]
+    total = np.uint64(0)
+    weight = np.uint64(1)
+    two = np.uint64(2)
+    shift = np.uint64(32)
+    for i in range(n // 2):
+        total += (np.uint64(w[2 * i]) | (np.uint64(w[2 * i + 1]) << shift)) * weight
+        weight += two
+    if n % 2:
+        total += np.uint64(w[n - 1]) * weight
+    return total
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def fingerprints(arrays, out):
+    """out[k] = fingerprint(arrays[k]) for a tuple of C-contiguous arrays of any kinds:
+    one call for all of a run's params and inputs (a call an array took 1.5 us more
+    for an LSTM's 13, benchmarks/backward_snapshot.py). Compiled once a tuple type:
+    0.4-0.6 s for a new cell and dtype, then cached."""
+    k = 0
+    for a in literal_unroll(arrays):
+        out[k] = fingerprint(a)
+        k += 1
+
+
+# ---------------------------------------------------------------------------- activations
+# tanh and sigmoid are specialised by precision. float64 calls libm (math.tanh, math.exp):
+# exact to an ulp, as the 1e-10 agreement with the interpreter needs. float32 uses the
+# 13/6 rational approximation of tanh that Eigen and XLA use (clamped where float32 tanh
+# rounds to +-1), in float32 arithmetic only: it vectorises, where libm calls stay scalar
+# (about 10 ns an element here). tests/test_kernels.py holds it to NumPy over the whole
+# float32 range. The plain-Python bodies below are what NUMBA_DISABLE_JIT=1 runs.
+
+_TANH_CLAMP = np.float32(7.90531110763549805)
+_TANH_P = tuple(np.float32(c) for c in (
+    -2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
+    1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03))
+_TANH_Q = tuple(np.float32(c) for c in (
+    1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03))
+_F32_HALF = np.float32(0.5)
+_P0, _P1, _P2, _P3, _P4, _P5, _P6 = _TANH_P
+_Q0, _Q1, _Q2, _Q3 = _TANH_Q
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _tanh_f32(x):
+    # clamp without min/max, whose Python semantics would turn a NaN into a bound
+    if x > _TANH_CLAMP:
+        x = _TANH_CLAMP
+    elif x < -_TANH_CLAMP:
+        x = -_TANH_CLAMP
+    x2 = x * x
+    p = x2 * _P0 + _P1
+    p = x2 * p + _P2
+    p = x2 * p + _P3
+    p = x2 * p + _P4
+    p = x2 * p + _P5
+    p = x2 * p + _P6
+    p = x * p
+    q = x2 * _Q0 + _Q1
+    q = x2 * q + _Q2
+    q = x2 * q + _Q3
+    return p / q
+
+
+@njit(cache=True, error_model="numpy")
+def _sigmoid_f64(x, one):
+    # 1 / (1 + exp(-x)), written so that exp never overflows
+    if x >= 0:
+        return one / (one + math.exp(-x))
+    e = math.exp(x)
+    return e / (one + e)
+
+
+def tanh(x):
+    return math.tanh(x)
+
+
+def sigmoid(x, one):
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+@overload(tanh, jit_options={"error_model": "numpy"})
+def _tanh_impl(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: _tanh_f32(x)
+    return lambda x: math.tanh(x)
+
+
+@overload(sigmoid, jit_options={"error_model": "numpy"})
+def _sigmoid_impl(x, one):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x, one: _F32_HALF * _tanh_f32(_F32_HALF * x) + _F32_HALF
+    return lambda x, one: _sigmoid_f64(x, one)
+
+
+@njit(cache=True, error_model="numpy")
+def softplus(x, zero, one):
+    # log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), stable at both ends
+    return max(x, zero) + math.log1p(math.exp(-abs(x)))
+
+
+@njit(cache=True, error_model="numpy")
+def sign(x, zero, one):
+    if x > zero:
+        return one
+    if x < zero:
+        return -one
+    return zero

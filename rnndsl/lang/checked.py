@@ -1,0 +1,103 @@
+"""The checked cell: what `check` produces and every later stage reads.
+
+A `CheckedCell` holds its dims, its inputs, states and params (`Decl`s with symbolic
+types), its definitions in evaluation order, its outputs and the size constraints to
+test when dims are bound. The small helpers at the end word the checker's messages.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from . import ast
+from ..core.errors import Diagnostic, Source, Span
+from ..core.shapes import Dim, Type
+
+
+@dataclass(frozen=True)
+class Decl:
+    """A declared input, state or param with its type and initialiser."""
+
+    name: str
+    type: Type
+    init: ast.Init | None
+    span: Span
+    once: bool = False      # an input given once a sequence, at its first step
+
+@dataclass(frozen=True)
+class Definition:
+    """One equation, in evaluation order: kind is 'let', 'next' (h' = ...) or 'output'."""
+
+    kind: str
+    name: str
+    expr: ast.Expr
+    type: Type
+    span: Span
+
+
+@dataclass(frozen=True)
+class OutputRef:
+    """An output's name and where its value comes from: ('value', name) or ('next', state)."""
+
+    name: str
+    source: tuple[str, str]
+    type: Type
+    span: Span
+    final: bool = False     # read at each sequence's last step only (many-to-one)
+
+@dataclass(frozen=True)
+class Constraint:
+    """A size that must be at least `minimum` once dims are bound (slice bounds)."""
+
+    size: Dim
+    minimum: int
+    message: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class CheckedCell:
+    name: str
+    source: Source
+    dims: tuple[str, ...]
+    inputs: tuple[Decl, ...]
+    states: tuple[Decl, ...]
+    params: tuple[Decl, ...]
+    definitions: tuple[Definition, ...]
+    outputs: tuple[OutputRef, ...]
+    constraints: tuple[Constraint, ...]
+    warnings: tuple[Diagnostic, ...] = field(default=(), compare=False)
+    ast: ast.Cell | None = field(default=None, compare=False, repr=False)
+    layers: tuple[tuple[str, str], ...] = ()        # (layer name, cell name), inlined
+    dropouts: tuple[tuple[str, float], ...] = ()    # (mask input, rate): see `dropout`
+
+
+class Poison(Exception):
+    """An expression failed; its error is already recorded."""
+
+
+def suggest(name: str, candidates) -> str | None:
+    close = difflib.get_close_matches(name, sorted(candidates), n=3, cutoff=0.6)
+    return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else None
+
+
+def article(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def arguments_text(low: int, high: int) -> str:
+    if high == 0:
+        return "no arguments"
+    count = str(low) if low == high else f"{low} to {high}"
+    return f"{count} argument{'' if high == 1 else 's'}"
+
+
+def provably(size: Dim) -> int:
+    """+1 if size >= 0 for all dims >= 1, -1 if size < 0 for all, 0 if it depends."""
+    coefs = [c for _, c in size.terms]
+    if all(c >= 0 for c in coefs) and size.const + sum(coefs) >= 0:
+        return 1
+    if all(c <= 0 for c in coefs) and size.const + sum(coefs) < 0:
+        return -1
+    return 0

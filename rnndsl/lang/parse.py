@@ -1,0 +1,616 @@
+"""Stage 1: text -> AST.
+
+Input: the text of a .rnn file and the path it is reported under. Output: an
+`ast.Module` of frozen dataclasses carrying source spans. The grammar is
+`grammars/rnn.lark` (LALR(1)); syntax errors are labelled by matching the parser's state
+against canonical bad inputs (as lark's `match_examples` does) and reported as `SpecSyntaxError`
+with file:line:col and a caret. Nothing else ever escapes `parse`.
+
+Whatever the text, the outcome is an AST or a placed error: a leading UTF-8 BOM is dropped;
+a file that defines no cell and uses none is an error at 1:1; a character pasted from a
+paper (a typographic prime or minus, a non-breaking space) gets a hint naming the ASCII
+character to type (LOOKALIKES); and an expression nesting more than MAX_NESTING levels is
+refused before any recursive stage (this module's transformer, the checker, lowering,
+the printer) can meet Python's recursion limit.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+
+import lark
+from lark import Lark, Token, Transformer, v_args
+
+from . import ast
+from ..core.errors import Diagnostic, Source, Span, SpecSyntaxError, shorten
+from ..core.shapes import Dim
+from .shipped import GRAMMAR_NAME, grammar_path  # noqa: F401  (re-exported)
+
+@functools.lru_cache(maxsize=None)
+def _parser() -> Lark:
+    # cache=True keeps the LALR tables in a temporary file keyed by the grammar's hash:
+    # building them took 0.12 s of every new process's warm load
+    return Lark(grammar_path().read_text(), parser="lalr", propagate_positions=True,
+                maybe_placeholders=True, cache=True)
+
+
+def _span_of(item) -> Span:
+    if isinstance(item, Token):
+        return Span(item.line, item.column, item.end_line, item.end_column)
+    return Span(item.line, item.column, item.end_line, item.end_column)
+
+
+# A whole number in a size has at most this many digits: no array has 10**18 features, and
+# int() refuses strings of more than 4300 digits.
+MAX_SIZE_DIGITS = 18
+# The longest file name and path a `use` may give (Linux's NAME_MAX and PATH_MAX - 1): a
+# longer one names no file, and the OS would refuse to look it up.
+MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 4095
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Builds the dataclasses of `ast` from lark's tree; rule aliases name the classes.
+    Text the grammar admits but no spec can mean (a size of 5000 digits) is a
+    `SpecSyntaxError`, raised through lark's VisitError and unwrapped by `parse`."""
+
+    def __init__(self, source: Source):
+        super().__init__()
+        self.source = source
+
+    def _refuse(self, message: str, where, hint: str | None = None) -> SpecSyntaxError:
+        return SpecSyntaxError(Diagnostic(message, self.source, _span_of(where), hint))
+
+    def _size(self, token: Token) -> int:
+        if len(token) > MAX_SIZE_DIGITS:
+            raise self._refuse(f"a size of {len(token)} digits is too large: sizes are whole "
+                               f"numbers below 10**{MAX_SIZE_DIGITS}", token)
+        return int(token)
+
+    # ---- module structure
+    def start(self, meta, items):
+        uses = tuple(i for i in items if isinstance(i, ast.Use))
+        cells = tuple(i for i in items if isinstance(i, ast.Cell))
+        return ast.Module(uses, cells)
+
+    def use(self, meta, children):
+        (token,) = children
+        path = str(token)[1:-1]
+        longest = max(len(part.encode("utf-8", "replace")) for part in path.split("/"))
+        if longest > MAX_NAME_BYTES or len(path.encode("utf-8", "replace")) > MAX_PATH_BYTES:
+            raise self._refuse(f"the path in `use` is too long to name a file (a name is at "
+                               f"most {MAX_NAME_BYTES} bytes, a path {MAX_PATH_BYTES})", token)
+        return ast.Use(path, _span_of(meta))
+
+    def cell(self, meta, children):
+        name, *body = children
+        return ast.Cell(str(name), tuple(body), _span_of(meta), _span_of(name))
+
+    # ---- declarations
+    def dims_decl(self, meta, names):
+        return ast.DimsDecl(tuple(str(n) for n in names), _span_of(meta),
+                            tuple(_span_of(n) for n in names))
+
+    def input_decl(self, meta, vars_):
+        return ast.InputDecl(tuple(vars_), _span_of(meta))
+
+    def once_decl(self, meta, children):
+        _once, *vars_ = children
+        return ast.InputDecl(tuple(vars_), _span_of(meta), once=True)
+
+    def state_decl(self, meta, vars_):
+        return ast.StateDecl(tuple(vars_), _span_of(meta))
+
+    def param_decl(self, meta, vars_):
+        return ast.ParamDecl(tuple(vars_), _span_of(meta))
+
+    def layer_decl(self, meta, children):
+        name, cell, *binds = children
+        binds = tuple(b for b in binds if b is not None)
+        return ast.LayerDecl(str(name), str(cell), binds, _span_of(meta), _span_of(name),
+                             _span_of(cell))
+
+    def dim_bind(self, meta, children):
+        name, size = children
+        return ast.DimBind(str(name), size, _span_of(meta))
+
+    def var(self, meta, children):
+        name, (shape, shape_span) = children
+        return ast.Var(str(name), shape, None, _span_of(meta), shape_span)
+
+    def state_var(self, meta, children):
+        name, (shape, shape_span), init = children
+        return ast.Var(str(name), shape, init, _span_of(meta), shape_span)
+
+    def param_var(self, meta, children):
+        name, shaped, init = children
+        shape, shape_span = shaped if shaped is not None else ((), _span_of(name))
+        return ast.Var(str(name), shape, init, _span_of(meta), shape_span)
+
+    def shape(self, meta, dims):
+        dims = tuple(d for d in dims if d is not None)
+        return dims, _span_of(meta)
+
+    def dim_int(self, meta, children):
+        return Dim.lit(self._size(children[0]))
+
+    def dim_name(self, meta, children):
+        return Dim.of(str(children[0]))
+
+    def dim_scaled(self, meta, children):
+        return Dim.of(str(children[1])).scaled(self._size(children[0]))
+
+    def dim_add(self, meta, children):
+        return children[0] + children[1]
+
+    def dim_sub(self, meta, children):
+        return children[0] - children[1]
+
+    def signed_number(self, meta, children):
+        return float(children[0])
+
+    def const_init(self, meta, children):
+        return ast.ConstInit(children[0], _span_of(meta))
+
+    def param_ref_init(self, meta, children):
+        return ast.ParamRefInit(str(children[0]), _span_of(meta))
+
+    def named_init(self, meta, children):
+        return ast.NamedInit(str(children[0]), (), _span_of(meta))
+
+    def called_init(self, meta, children):
+        name, *args = children
+        return ast.NamedInit(str(name), tuple(a for a in args if a is not None), _span_of(meta))
+
+    # ---- equations and outputs
+    def target(self, meta, children):
+        name, prime = children
+        return str(name), prime is not None, _span_of(meta)
+
+    def equation(self, meta, children):
+        (name, primed, target_span), expr = children
+        return ast.Equation(name, primed, expr, _span_of(meta), target_span)
+
+    def output_expr(self, meta, children):
+        name, expr = children
+        return ast.Output(str(name), expr, False, _span_of(meta), _span_of(name))
+
+    def output_state(self, meta, children):
+        name, _prime = children
+        return ast.Output(str(name), None, True, _span_of(meta), _span_of(name))
+
+    def output_name(self, meta, children):
+        (name,) = children
+        return ast.Output(str(name), None, False, _span_of(meta), _span_of(name))
+
+    def final_expr(self, meta, children):
+        return replace(self.output_expr(meta, children), final=True)
+
+    def final_state(self, meta, children):
+        return replace(self.output_state(meta, children), final=True)
+
+    def final_name(self, meta, children):
+        return replace(self.output_name(meta, children), final=True)
+
+    # ---- expressions
+    def _bin(op):
+        def build(self, meta, children):
+            left, right = children
+            return ast.BinOp(op, left, right, _span_of(meta))
+        return build
+
+    add, sub, mul, div, matmul = _bin("+"), _bin("-"), _bin("*"), _bin("/"), _bin("@")
+
+    def neg(self, meta, children):
+        return ast.Neg(children[0], _span_of(meta))
+
+    def pow(self, meta, children):
+        return ast.Pow(children[0], children[1], _span_of(meta))
+
+    def slice(self, meta, children):
+        operand, start, stop = children
+        return ast.Slice(operand, start, stop, _span_of(meta))
+
+    def member(self, meta, children):
+        operand, name = children
+        return ast.Member(operand, str(name), _span_of(meta))
+
+    def number(self, meta, children):
+        return ast.Number(float(children[0]), _span_of(meta))
+
+    def name(self, meta, children):
+        return ast.Name(str(children[0]), _span_of(meta))
+
+    def primed(self, meta, children):
+        return ast.Primed(str(children[0]), _span_of(meta))
+
+    def call(self, meta, children):
+        fn, *args = children
+        args = tuple(a for a in args if a is not None)
+        return ast.Call(str(fn), args, _span_of(meta), _span_of(fn))
+
+
+MISSING_BRACE = "missing '}' at the end of the cell"
+UNCLOSED_PAREN = "unclosed parenthesis: expected ')'"
+
+# Canonical bad inputs, one list per labelled message. `_label` matches the parser state at
+# an error against these; an example failing on the same token wins, else the first label
+# whose example fails in the same state. A test checks that each example gets its label.
+SYNTAX_EXAMPLES: dict[str, list[str]] = {
+    "expected an expression": [
+        "cell C { h' = }",
+        "cell C { h' = tanh(x) + }",
+        "cell C { h' = x - }",
+        "cell C { h' = 2 * }",
+        "cell C { h' = x / }",
+        "cell C { h' = W @ }",
+        "cell C { h' = x ** }",
+        "cell C { h' = - }",
+        "cell C { h' = ( }",
+        "cell C { output y = }",
+        "cell C { h' = tanh( , x) }",
+        "cell C { h' = max(x, ) }",
+    ],
+    UNCLOSED_PAREN: [
+        "cell C { h' = tanh(x }",
+        "cell C { h' = (a + b }",
+        "cell C { h' = max(a, b }",
+    ],
+    "a statement outside a cell: statements go inside `cell Name { ... }`": [
+        "dims H",
+        "input x[I]",
+        "h' = x",
+        "param W[H, H]",
+        "cell C { } dims H",
+        "cell C { dims H } input x[I]",
+        "cell C { } state h[H]",
+        "cell C { dims H } h' = x",
+        "cell C { dims H } output y",
+        "use \"a.rnn\" input x[I]",
+    ],
+    "an unmatched '}': the cell before it is already closed": [
+        "cell C { } }",
+        "cell C { dims H } }",
+        "}",
+    ],
+    "a declared name needs a shape in brackets, like `x[I]`": [
+        "cell C { input x }",
+        "cell C { input x, y[I] }",
+        "cell C { state h }",
+        "cell C { state h, c[H] }",
+    ],
+    "a state starts at a number or at a param: `state h[H] = 0.5` or `state h[H] = h0`": [
+        "cell C { state h[H] = }",
+        "cell C { state h[H] = -h0 }",
+        "cell C { state h[H] = zeros() }",
+    ],
+    "expected '=' after the name: an equation reads `name = expr` or `state' = expr`": [
+        "cell C { h' tanh(x) }",
+        "cell C { a tanh(x) }",
+        "cell C { h' = a \n b }",
+    ],
+    MISSING_BRACE: [
+        "cell C { dims H",
+        "cell C { h' = tanh(x)",
+        "cell C { input x[I]",
+    ],
+    "a cell needs a name and a body: `cell Name { ... }`": [
+        "cell { }",
+        "cell C dims H }",
+    ],
+    "a size is a dim, a whole number, or a sum of them, like `H`, `4 * H`, `I + H`": [
+        "cell C { input x[1.5] }",
+        "cell C { input x[H * 2] }",
+        "cell C { param W[H,] }",
+        "cell C { h' = x[0.5:] }",
+        "cell C { h' = x[:0.5] }",
+        "cell C { h' = x[H * 2:] }",
+        "cell C { h' = x[:H * 2] }",
+    ],
+    "a slice needs a colon, like `x[0:H]`, `x[H:]` or `x[i:i + 1]` for one feature": [
+        "cell C { h' = x[0] }",
+        "cell C { h' = x[H] }",
+    ],
+    "an initialiser follows `~`: a number, or a name like `glorot` or `uniform(-0.1, 0.1)`": [
+        "cell C { param W[H] ~ }",
+        "cell C { param W[H] ~ [1] }",
+        "cell C { param W[H] ~ f(x) }",
+        "cell C { param a ~ }",
+        "cell C { param a ~ f(x) }",
+    ],
+    "`use` takes a quoted path: `use \"other.rnn\"`": [
+        "use other.rnn",
+        "use other",
+    ],
+}
+
+HINTS = {
+    "expected '=' after the name: an equation reads `name = expr` or `state' = expr`":
+        "is an operator missing between two operands on the line before?",
+    MISSING_BRACE: "every `cell Name {` needs a closing `}`",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _example_errors() -> tuple[tuple[str, int, frozenset, str, str], ...]:
+    """Where each of SYNTAX_EXAMPLES fails: (label, parser state, accepts, token type, text)."""
+    found = []
+    for label, examples in SYNTAX_EXAMPLES.items():
+        for text in examples:
+            try:
+                _parser().parse(text)
+            except lark.exceptions.UnexpectedToken as exc:
+                found.append((label, exc.state.position, frozenset(exc.accepts),
+                              exc.token.type, str(exc.token)))
+            else:
+                raise AssertionError(f"the syntax example {text!r} parses")
+    return tuple(found)
+
+
+def _label(exc: lark.exceptions.UnexpectedToken) -> str | None:
+    """The label of the canonical bad input that fails in the same parser state.
+
+    Like lark's `match_examples`, but the state is compared by its LALR state and the set of
+    tokens it accepts, not by the depth of the parser's stack: lark's comparison counts the
+    statements before the error, so an example only matched errors in a cell's first
+    statement. Examples that fail at the end of the file label only errors there.
+    """
+    at_end = exc.token.type == "$END"
+    if at_end:
+        closer = _missing_closer(exc)
+        if closer is not None:
+            return closer
+    accepts = frozenset(exc.accepts)
+    candidate = None
+    for label, state, example_accepts, token_type, token_text in _example_errors():
+        if state != exc.state.position or example_accepts != accepts:
+            continue
+        if token_type == "$END" and not at_end:
+            continue
+        if (token_type, token_text) == (exc.token.type, str(exc.token)):
+            return label
+        candidate = candidate or label
+    return candidate
+
+
+_CLOSERS = (("}", MISSING_BRACE), (")}", UNCLOSED_PAREN), ("))}", UNCLOSED_PAREN),
+            (")))}", UNCLOSED_PAREN), ("]}", "unclosed bracket: expected ']'"))
+_CLOSER_TOKENS = {"}": "RBRACE", ")": "RPAR", "]": "RSQB"}
+
+
+def _missing_closer(exc: lark.exceptions.UnexpectedToken) -> str | None:
+    """At the end of the file: the label of the closers that would complete the text."""
+    for closers, label in _CLOSERS:
+        parser = exc.interactive_parser.copy()
+        try:
+            for c in closers:
+                parser.feed_token(Token(_CLOSER_TOKENS[c], c))
+            parser.feed_eof()
+        except lark.exceptions.UnexpectedInput:
+            continue
+        return label
+    return None
+
+
+_PRETTY = {
+    "NAME": "a name", "NUMBER": "a number", "SIGNED_NUMBER": "a number", "INT": "an integer",
+    "STRING": "a quoted path", "$END": "the end of the file",
+}
+
+
+def _pretty(terminal: str) -> str:
+    """A terminal as a person reads it: keywords bare, punctuation quoted."""
+    if terminal in _PRETTY:
+        return _PRETTY[terminal]
+    for t in _parser().terminals:
+        if t.name == terminal and isinstance(t.pattern, lark.lexer.PatternStr):
+            text = t.pattern.value
+            return text if text.isalpha() else repr(text) if "'" not in text else f'"{text}"'
+    return terminal.lower()
+
+
+def _describe_expected(expected: set[str]) -> str:
+    words = sorted({_pretty(e) for e in expected})
+    if len(words) > 8:
+        return ", ".join(words[:8]) + ", ..."
+    return ", ".join(words)
+
+
+def _token_text(token: Token) -> str:
+    if token.type == "$END":
+        return "the end of the file"
+    return repr(shorten(str(token)))
+
+
+# Characters pasted from papers and word processors that look like ASCII the grammar
+# knows: character -> (what to type instead, the hint). Looked up when the lexer stops.
+_PRIME = ("'", "type ' (the ASCII apostrophe) instead: a next value is written h'")
+_MINUS = ("-", "type - (the ASCII hyphen-minus) instead: a - b, -x")
+_TIMES = ("*", "type * instead for an elementwise product, or @ for a matrix-vector "
+               "product: W @ x * g")
+_DIVIDE = ("/", "type / (the ASCII slash) instead: a / b")
+_QUOTE = ('"', 'type " (the ASCII double quote) instead: use "other.rnn"')
+_SPACE = (" ", "type a plain space instead: this one only looks like a space")
+_INVISIBLE = ("", "delete it: an invisible character, often pasted along with text")
+
+
+def _typed(char: str) -> tuple[str, str]:
+    return char, f"type {char} instead"
+
+
+LOOKALIKES: dict[str, tuple[str, str]] = {
+    **dict.fromkeys("\u2032\u2019\u2018\u02b9\u02bc\u00b4\u201b\uff07", _PRIME),
+    **dict.fromkeys("\u2212\u2013\u2014\u2010\u2011\u2012\u2015\ufe63\uff0d", _MINUS),
+    **dict.fromkeys("\u00d7\u00b7\u2217\u22c5\u2022\u2219\u2299\u2218\u2715\uff0a",
+                    _TIMES),
+    **dict.fromkeys("\u00f7\u2215\u2044\uff0f", _DIVIDE),
+    **dict.fromkeys("\u201c\u201d\u201e\u201f\u2033\uff02", _QUOTE),
+    **dict.fromkeys("\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+                    "\u2008\u2009\u200a\u202f\u205f\u3000", _SPACE),
+    **dict.fromkeys("\u200b\u200c\u200d\u2060\ufeff\u00ad", _INVISIBLE),
+    **dict.fromkeys("\u2028\u2029\u0085", ("\n", "type a plain newline instead")),
+    **{wide: _typed(chr(ord(wide) - 0xFEE0)) for wide in "\uff08\uff09\uff0b\uff0c\uff1a"
+       "\uff1d\uff20\uff3b\uff3d\uff5b\uff5d"},       # full-width ( ) + , : = @ [ ] { }
+    "\u2254": ("=", "type = instead: an equation is written h' = ..."),
+    "\u2190": ("=", "type = instead: an equation is written h' = ..."),
+    "\u2236": _typed(":"),
+    "\u03c3": ("sigmoid", "write sigmoid(x): the logistic function is a call"),
+    "\u2211": ("sum", "write sum(v) for the sum of a vector's features"),
+    "\u03a3": ("sum", "write sum(v) for the sum of a vector's features"),
+    "\u221a": ("sqrt", "write sqrt(x)"),
+    "\u00b2": ("**", "write x ** 2"),
+    "\u00b3": ("**", "write x ** 3"),
+    "\u2295": ("concat", "write concat(a, b) to join two vectors"),
+}
+
+
+def _character_hint(char: str) -> str:
+    """The hint for a character that no token starts with."""
+    if char in LOOKALIKES:
+        return LOOKALIKES[char][1]
+    if char == "'":
+        return "a prime follows a state name directly, like h'"
+    if not char.isascii() and char.isalpha():
+        return ("names are ASCII letters, digits and _, starting with a letter: spell it "
+                "out (sigma, W_1)")
+    if not char.isascii() and char.isdigit():
+        return "digits are ASCII: write W_1, not W\u2081"
+    return "names are letters, digits and _, starting with a letter; comments start with #"
+
+
+def _character_text(char: str) -> str:
+    """A character in a message: quoted, with its code point and name when not ASCII, so
+    that an invisible or look-alike one can be told apart."""
+    if char.isascii():
+        return repr(char)
+    name = unicodedata.name(char, "")
+    return f"{char!r} (U+{ord(char):04X}{' ' + name if name else ''})"
+
+
+def _syntax_error(text: str, source: Source, exc: lark.exceptions.LarkError) -> SpecSyntaxError:
+    label = None
+    if isinstance(exc, lark.exceptions.UnexpectedToken):
+        label = _label(exc)
+    # the end of the file is shown after the last line's text, not on the empty line that
+    # follows a final newline
+    lines = source.lines[:-1] if len(source.lines) > 1 and text.endswith("\n") else \
+        source.lines
+    if isinstance(exc, lark.exceptions.UnexpectedCharacters):
+        span = Span.point(exc.line, exc.column)
+        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
+        message = f"unexpected character {_character_text(char)}"
+        return SpecSyntaxError(Diagnostic(message, source, span, _character_hint(char)))
+    token = getattr(exc, "token", None)
+    if token is None or token.type == "$END" or getattr(token, "line", None) in (None, -1):
+        span = Span.point(len(lines), len(lines[-1]) + 1)
+        found = "the end of the file"
+    else:
+        span = _span_of(token)
+        found = _token_text(token)
+    # `accepts` is what the parser would take here; lark's `expected` is the LALR table's
+    # row, which lists ')' where no parenthesis is open and omits the keywords
+    expected = getattr(exc, "accepts", None) or getattr(exc, "expected", None) or set()
+    generic = f"unexpected {found}"
+    if expected:
+        generic += f"; expected {_describe_expected(set(expected))}"
+    if label:
+        message = f"{label} (found {found})"
+        hint = HINTS.get(label)
+    else:
+        message = generic
+        hint = None
+    return SpecSyntaxError(Diagnostic(message, source, span, hint))
+
+
+# How deep an expression (or a size) may nest: each operator, call, slice, member and
+# unary minus is a level, so `tanh(W @ x + b)` is 3 and a sum of n terms n - 1. The stages
+# after this one recurse over expressions, the deepest by 4 Python frames a level (the
+# printer, and the AST's generated __eq__ and __repr__), so 100 levels take about 420 of
+# Python's 1000 frames and leave the rest to the caller; the shipped specs nest at most 7.
+# tests/test_text_input.py runs every stage at this limit under a deep caller's stack.
+MAX_NESTING = 100
+
+_EXPRESSION_RULES = frozenset({"add", "sub", "mul", "div", "matmul", "neg", "pow", "slice",
+                               "member", "call"})
+_SIZE_RULES = frozenset({"dim_add", "dim_sub"})
+
+
+def _nesting(tree: lark.Tree) -> tuple[lark.Tree, int] | None:
+    """The first expression or size (in the order of the text) nesting more than
+    MAX_NESTING levels, with its depth; None if there is none. Iterative: it must not
+    itself meet the recursion limit it protects."""
+    height: dict[int, int] = {}
+    stack: list[tuple[lark.Tree, bool]] = [(tree, False)]
+    while stack:
+        node, done = stack.pop()
+        subtrees = [c for c in node.children if isinstance(c, lark.Tree)]
+        if done:
+            height[id(node)] = 1 + max(height[id(c)] for c in subtrees) if subtrees else 0
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in subtrees)
+    if height[id(tree)] <= MAX_NESTING:
+        return None
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if node.data in _EXPRESSION_RULES | _SIZE_RULES and height[id(node)] > MAX_NESTING:
+            return node, height[id(node)]
+        todo.extend(reversed([c for c in node.children if isinstance(c, lark.Tree)]))
+    return None     # only the statements around the expressions are deep: never too deep
+
+
+def _too_deep(source: Source, node: lark.Tree, depth: int) -> SpecSyntaxError:
+    meta = node.meta
+    span = Span(meta.line, meta.column, meta.end_line, meta.end_column)
+    if node.data in _SIZE_RULES:
+        message = (f"this size nests {depth} levels deep; rnndsl allows at most "
+                   f"{MAX_NESTING}: write it with fewer terms")
+        hint = "a sum of n terms nests n - 1 levels: write 4 * H for H + H + H + H"
+    else:
+        message = (f"expression nests {depth} levels deep; rnndsl allows at most "
+                   f"{MAX_NESTING}: split it into named equations")
+        hint = ("each operator, call, slice and unary minus is a level, and a sum of n terms "
+                "nests n - 1: name the parts, like `a = W @ x + b` then `h' = tanh(a)`")
+    return SpecSyntaxError(Diagnostic(message, source, span, hint))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+EMPTY_HINT = ("a spec holds at least one cell, `cell Name { ... }` with its dims, inputs, "
+              "states, params and equations, or `use \"other.rnn\"` lines")
+
+
+def parse(text: str, path: str = "<spec>") -> ast.Module:
+    """Parse the text of a .rnn file into an `ast.Module`, or raise `SpecSyntaxError`."""
+    text = text.removeprefix("\ufeff")     # a UTF-8 BOM that some editors write
+    source = Source(path, text)
+    surrogate = None if text.isascii() else _SURROGATE.search(text)
+    if surrogate is not None:   # only a Python caller's str can hold one; no file can
+        line = text.count("\n", 0, surrogate.start()) + 1
+        column = surrogate.start() - (text.rfind("\n", 0, surrogate.start()) + 1) + 1
+        raise SpecSyntaxError(Diagnostic(
+            f"a lone surrogate {surrogate.group()!r} in the text: it is not Unicode text",
+            source, Span.point(line, column), "decode the file as UTF-8 before passing it"))
+    try:
+        tree = _parser().parse(text)
+    except lark.exceptions.UnexpectedInput as exc:
+        raise _syntax_error(text, source, exc) from None
+    deepest = _nesting(tree)
+    if deepest is not None:
+        raise _too_deep(source, *deepest)
+    try:
+        module = _ToAst(source).transform(tree)
+    except lark.exceptions.VisitError as exc:
+        if isinstance(exc.orig_exc, SpecSyntaxError):
+            raise exc.orig_exc from None
+        raise AssertionError(f"AST builder failed on {path}: {exc.orig_exc!r}") from exc
+    if not module.cells and not module.uses:
+        raise SpecSyntaxError(Diagnostic("the file defines no cell", source, Span.point(1, 1),
+                                         EMPTY_HINT))
+    return module

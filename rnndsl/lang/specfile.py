@@ -1,0 +1,163 @@
+"""Reading spec files: text -> parse -> check, following `use "other.rnn"`.
+
+Input: a path. Output: a `SpecFile` holding each cell of that file checked, and the cells
+of the files it uses. A `use` is resolved relative to the file that says it; a missing
+file, a cycle of uses, or two cells of one name are errors at the `use` or the cell.
+This is the front half of the pipeline that the runtime and the CLI call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import ast
+from .check import CheckedCell, check
+from ..core.errors import CheckError, Diagnostic, Source, SpecError, SpecFileError
+
+
+@dataclass
+class SpecFile:
+    path: Path
+    source: Source
+    module: ast.Module
+    cells: dict[str, CheckedCell]                       # defined in this file
+    used: dict[str, CheckedCell] = field(default_factory=dict)   # from `use`d files
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def digest(self) -> str:
+        """A hash of this file's text and of every file it uses."""
+        h = hashlib.sha256(self.source.text.encode())
+        for c in self.used.values():
+            h.update(c.source.text.encode())
+        return h.hexdigest()[:16]
+
+    @property
+    def used_files(self) -> dict[str, str]:
+        """Path -> text of every file this one uses, directly or not."""
+        return {str(c.source.path): c.source.text for c in self.used.values()}
+
+    def pick(self, name: str | None = None) -> CheckedCell:
+        """The cell called `name`, or this file's only cell."""
+        everything = {**self.used, **self.cells}
+        if name is not None:
+            if name not in everything:
+                raise SpecFileError(f"{self.source.path}: no cell named '{name}'; it has "
+                                    + ", ".join(everything))
+            return everything[name]
+        if len(self.cells) == 1:
+            return next(iter(self.cells.values()))
+        if not self.cells and len(self.used) == 1:
+            return next(iter(self.used.values()))
+        if not self.cells and not self.used:
+            raise SpecFileError(f"{self.source.path}: the file defines no cell")
+        if not self.cells:
+            raise SpecFileError(f"{self.source.path} defines no cell of its own and uses "
+                                "several (" + ", ".join(self.used) + "); choose one with "
+                                "cell=NAME (--cell NAME on the command line)")
+        raise SpecFileError(f"{self.source.path} defines several cells ("
+                            + ", ".join(self.cells) + "); choose one with cell=NAME "
+                            "(--cell NAME on the command line)")
+
+
+def _read(path: Path, shown: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")     # whatever the locale: specs are UTF-8
+    except FileNotFoundError:
+        raise SpecFileError(f"{shown}: no such file") from None
+    except IsADirectoryError:
+        raise SpecFileError(f"{shown}: is a directory, not a .rnn file") from None
+    except UnicodeDecodeError as exc:
+        raise SpecFileError(f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start})") \
+            from None
+    except OSError as exc:
+        raise SpecFileError(f"{shown}: cannot read ({exc.strerror})") from None
+    except ValueError:      # a NUL in the name: no file can have it
+        raise SpecFileError(f"{shown!r}: not a file name (it holds a NUL character)") \
+            from None
+
+
+def _carried_elsewhere(files: dict[str, str] | None, target: Path, name: str) -> Path | None:
+    """With carried texts (a checkpoint's or a built module's) and none under `target`:
+    the one carried path whose file name is the bare `name`. A shipped spec is carried
+    under the path of the install that built it, which another install does not share;
+    what was carried must win over any file on this disk."""
+    if not files or str(target) in files or Path(name).name != name:
+        return None
+    found = [k for k in files if Path(k).name == name]
+    return Path(found[0]) if len(found) == 1 else None
+
+
+def read_spec(path: str | Path, text: str | None = None, _stack: tuple = (),
+              files: dict[str, str] | None = None) -> SpecFile:
+    """Read, parse and check a spec file and the files it uses. A `use` names a file in
+    the using file's folder or, a bare file name not found there, a shipped spec
+    (shipped.py). `files` maps the paths of used files (as `use` resolves them from
+    `path`) to their texts, which win over both: a built module carries them, so that it
+    loads wherever it is copied."""
+    shown = str(path)
+    path = Path(path)
+    if text is None:
+        text = _read(path, shown)
+    text = text.removeprefix("\ufeff")     # a UTF-8 BOM, which some editors write
+    from .parse import parse  # Lark, 0.02 s: not for a warm load (cache.py), which reads no spec
+    source = Source(shown, text)
+    module = parse(text, shown)
+    errors: list[Diagnostic] = []
+    used: dict[str, CheckedCell] = {}
+    here = path.resolve()
+    for use in module.uses:
+        # where: a text carried for the path wins over the disk; this file's folder first,
+        # then, for a bare file name, the specs shipped with rnndsl (shipped.py)
+        target = (path.parent / use.path)
+        carried = _carried_elsewhere(files, target, use.path)
+        if carried is not None:
+            target = carried
+        if str(target) not in (files or {}) and not target.is_file():
+            from .shipped import shipped_path
+            shipped = shipped_path(use.path)
+            if shipped is None or (str(shipped) not in (files or {})
+                                   and not shipped.is_file()):
+                looked, hint = f"{target}", "paths in use are relative to this file"
+                if shipped is not None:
+                    looked += f", then for the shipped spec {shipped}"
+                    hint += ("; a bare file name not found there is looked for among the "
+                             "specs shipped with rnndsl")
+                errors.append(Diagnostic(f"cannot use '{use.path}': no such file "
+                                         f"(looked for {looked})", source, use.span, hint))
+                continue
+            target = shipped
+        if target.resolve() in _stack + (here,):
+            errors.append(Diagnostic(f"'{use.path}' is already being read: a cycle of uses",
+                                     source, use.span))
+            continue
+        try:
+            other = read_spec(target, (files or {}).get(str(target)), _stack + (here,), files)
+        except SpecError as exc:
+            errors.extend(exc.diagnostics)
+            continue
+        for name, c in {**other.used, **other.cells}.items():
+            if name in used and used[name].source.path != c.source.path:
+                errors.append(Diagnostic(f"two used files define a cell '{name}'",
+                                         source, use.span))
+            used[name] = c
+    cells: dict[str, CheckedCell] = {}
+    warnings: list[Diagnostic] = []
+    for cell in module.cells:
+        if cell.name in cells or cell.name in used:
+            where = "this file" if cell.name in cells else f"{used[cell.name].source.path}"
+            errors.append(Diagnostic(f"cell '{cell.name}' is already defined in {where}",
+                                     source, cell.name_span))
+            continue
+        try:
+            checked = check(cell, source, library={**used, **cells})
+        except SpecError as exc:
+            errors.extend(exc.diagnostics)
+            continue
+        cells[cell.name] = checked
+        warnings.extend(checked.warnings)
+    if errors:
+        raise CheckError(errors)
+    return SpecFile(path, source, module, cells, used, warnings)

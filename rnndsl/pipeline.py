@@ -1,0 +1,101 @@
+"""The one driver: a checked spec file, passes and a target -> a generated module's text.
+
+    spec file --lower--> step graph --make_plan (grad, passes)--> plan --emit--> text
+
+Pure: it reads and writes no files (build/ writes, caches and imports what this returns)
+and is the only place, beside the CLI's inspection commands, that strings the stages
+together. Reading and checking a spec (lang.specfile.read_spec) comes before it.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+
+from .codegen.emit import module_footer, module_header
+from .core import targets
+from .core.errors import CheckError, Diagnostic, RnnError
+from .ir.graph import lower
+from .lang.compose import with_lengths
+from .lang.specfile import SpecFile
+from .schedule.plan import PASSES, make_plan
+
+
+class BuildError(RnnError):
+    """No module can be built as asked (an unknown target or variant), or it could not
+    be written (the spec itself was fine)."""
+
+
+def backend(target: str):
+    """(emit, dialect) of a compiled target, from the target registry (core/targets.py):
+    a target's emitter is imported only when it is asked for."""
+    record = targets.target(target)
+    if not record.compiled:
+        raise BuildError(f"target '{target}' runs no generated code; compiled targets: "
+                         + ", ".join(targets.COMPILED))
+    return targets.resolve(record.emitter), targets.resolve(record.dialect)
+
+
+def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
+                 variant: str | None = None) -> str:
+    """The full text of the generated module for every cell defined in a spec file.
+    variant="lengths" builds each cell's variable-length form (compose.with_lengths)."""
+    emit_cell, dialect = backend(target)
+    cells = list(spec_file.cells.values())
+    if variant == "lengths":
+        cells = [with_lengths(c) for c in cells]
+    elif variant is not None:
+        raise BuildError(f"unknown build variant '{variant}'")
+    names = [c.name for c in cells]
+    parts = [module_header(str(spec_file.source.path), spec_file.digest, names, target,
+                           dialect)]
+    for cell in cells:
+        plan = make_plan(lower(cell), passes)
+        parts.append(f"\n\n# {'-' * 70} cell {cell.name}\n\n")
+        parts.append(emit_cell(plan, cell.source.path, cell.source.text,
+                               spec_file.digest).source)
+    parts.append("\n\n# The files this spec uses, so that its cells' layers resolve wherever this\n"
+                 "# module is imported from.\n"
+                 f"SPEC_FILES = {dict(sorted(spec_file.used_files.items()))!r}\n"
+                 f"VARIANT = {variant!r}\n")
+    parts.append(module_footer(names, dialect))
+    source = "".join(parts)
+    _check_class_names(source, cells)
+    return source
+
+
+def _module_bindings(source: str) -> Counter:
+    """How many times each name is bound at the top level of a module's text."""
+    bound: Counter = Counter()
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            bound[node.name] += 1
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            bound.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return bound
+
+
+def _check_class_names(source: str, cells) -> None:
+    """Each cell is a class of its own name in the module, beside the module's imports,
+    helpers and every cell's kernels (`forward_LSTM`, `LSTM_META`, ...). A cell named
+    like one of those would replace it, or be replaced, and the module would break or
+    compute something else: that is the spec's error, reported at the cell's name."""
+    bound = _module_bindings(source)
+    errors = [Diagnostic(f"'{c.name}' cannot name a cell: the generated module already "
+                         f"uses that name for its own code",
+                         c.source, c.ast.name_span if c.ast is not None else None,
+                         hint="rename the cell")
+              for c in cells if bound[c.name] > 1]
+    if errors:
+        raise CheckError(errors)
+
+
+def validate(source: str, filename: str) -> None:
+    """The generated text must be Python: a failure here is a bug, reported as one."""
+    try:
+        compile(source, filename, "exec")
+    except SyntaxError as exc:  # pragma: no cover - a bug in the emitter
+        raise AssertionError(f"rnndsl generated invalid Python in {filename}: {exc}") from exc

@@ -1,0 +1,213 @@
+"""A truncated-BPTT trainer for any cell, interpreted or compiled.
+
+    trainer = Trainer(cell, loss="softmax_cross_entropy", optimizer=Adam(1e-2), clip_norm=5)
+    for x, y in chunks:                     # consecutive (T, B, ...) pieces of long sequences
+        loss = trainer.step(x, y)           # forward from the carried state, backward, update
+    trainer.reset_state()                   # before the next, unrelated sequences
+
+Truncated BPTT: the final state of one chunk is the initial state of the next, so the
+forward pass sees the whole sequence, but gradients stop at chunk boundaries (no d_state
+is passed back into an earlier chunk). The carried state is the one computed with the
+params of its own step, before the update, as in every truncated-BPTT loop.
+
+The trainer only uses the `Cell` API (forward, backward, params, spec), so it trains
+target="interp" and target="cpu" cells alike. Cells with several inputs (the data and,
+say, dropout masks) get the data as `x` and the rest as `extra_inputs`; the trainer draws
+nothing itself, but its `rng` (seeded) is there for whatever the caller draws per step,
+and it is saved with `save` so a resumed run draws what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from . import checkpoint
+from ..core.errors import BindError
+from .losses import LOSSES
+from .optim import Adam, Optimizer, clip_elementwise, clip_global_norm, global_norm
+
+
+def _pick(kind: str, given: str | None, decls, hint: str) -> str:
+    names = [d.name for d in decls]
+    if given is None:
+        if len(names) != 1:
+            raise BindError(f"the cell has {len(names)} {kind}s ({', '.join(names)}); say "
+                            f"which one with {hint}")
+        return names[0]
+    if given not in names:
+        raise BindError(f"the cell has no {kind} '{given}'; its {kind}s are: "
+                        f"{', '.join(names)}")
+    return given
+
+
+class Trainer:
+    """Runs steps of truncated BPTT: forward, loss, backward, clipping, optimiser step.
+
+    loss: a name in `losses.LOSSES` or a function (pred, targets, mask) -> (loss, d_pred).
+    output / input: which cell output the loss reads and which input x feeds (defaults:
+    the only one). optimizer: an `optim.Optimizer` (default Adam(lr=1e-3)). clip_value
+    clamps gradient elements, then clip_norm rescales to that global norm (either or both).
+    seed seeds `self.rng`, the trainer's random stream for the caller's per-step draws.
+    """
+
+    def __init__(self, cell, loss: str | Callable = "softmax_cross_entropy",
+                 output: str | None = None, input: str | None = None,
+                 optimizer: Optimizer | None = None, clip_norm: float | None = None,
+                 clip_value: float | None = None, seed: int | None = 0) -> None:
+        spec = type(cell).spec
+        self.cell = cell
+        self.output = _pick("output", output, spec.outputs, "output='...'")
+        self._user_inputs = tuple(d for d in spec.inputs if d.name not in cell.hidden_inputs)
+        self.input = _pick("input", input, self._user_inputs, "input='...' (the rest go in "
+                           "extra_inputs)")
+        if isinstance(loss, str):
+            if loss not in LOSSES:
+                raise ValueError(f"unknown loss '{loss}'; losses are: {', '.join(LOSSES)}")
+            self.loss_name, self.loss = loss, LOSSES[loss]
+        elif callable(loss):
+            self.loss_name, self.loss = getattr(loss, "__name__", "custom"), loss
+        else:
+            raise ValueError(f"loss must be a name ({', '.join(LOSSES)}) or a function, "
+                             f"got {type(loss).__name__}")
+        if optimizer is not None and not isinstance(optimizer, Optimizer):
+            raise ValueError("optimizer must be an rnndsl.train.optim optimiser (SGD, RMSprop, "
+                             f"Adam), got {type(optimizer).__name__}")
+        self.optimizer = optimizer if optimizer is not None else Adam()
+        for name, value in (("clip_norm", clip_norm), ("clip_value", clip_value)):
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{name} must be a positive number or None, got {value!r}")
+        self.clip_norm, self.clip_value = clip_norm, clip_value
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.steps = 0
+        self.last_grad_norm: float | None = None   # before clipping
+        self.last_run = None                       # the Run of the last step or evaluate
+        self._state: dict[str, np.ndarray] | None = None
+        self._eval_state: dict[str, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ carried state
+    @property
+    def state(self) -> dict[str, np.ndarray] | None:
+        """The state the next `step` starts from (None: the cell's initial state)."""
+        return self._state
+
+    @state.setter
+    def state(self, value: Mapping[str, np.ndarray] | None) -> None:
+        self._state = None if value is None else {k: np.array(v) for k, v in value.items()}
+
+    @property
+    def eval_state(self) -> dict[str, np.ndarray] | None:
+        """The state the next `evaluate` starts from, apart from training's."""
+        return self._eval_state
+
+    def reset_state(self, which: str = "both") -> None:
+        """Forget the carried state ("train", "eval" or "both"): the next chunk starts a
+        new sequence from the cell's initial state."""
+        if which not in ("train", "eval", "both"):
+            raise ValueError(f"which must be 'train', 'eval' or 'both', got {which!r}")
+        if which in ("train", "both"):
+            self._state = None
+        if which in ("eval", "both"):
+            self._eval_state = None
+
+    @staticmethod
+    def _following(state, B: int):
+        """The carried state if it is for B rows; a batch of another size starts afresh."""
+        if state is None or any(v.shape[0] != B for v in state.values()):
+            return None
+        return state
+
+    def _inputs(self, x, extra_inputs) -> tuple[dict[str, np.ndarray], int]:
+        names = [d.name for d in self._user_inputs]
+        extra = dict(extra_inputs or {})
+        if self.input in extra:
+            raise BindError(f"extra_inputs has '{self.input}', which the trainer feeds with "
+                            "x; pass only the other inputs there")
+        unknown = [k for k in extra if k not in names]
+        missing = [n for n in names if n != self.input and n not in extra]
+        if unknown or missing:
+            raise BindError(f"the cell's inputs are {', '.join(names)}: x feeds "
+                            f"'{self.input}' and extra_inputs must give the others"
+                            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+                            + (f"; missing: {', '.join(missing)}" if missing else ""))
+        if not isinstance(x, np.ndarray) or x.ndim < 2:
+            raise BindError(f"x must be a NumPy array (T, B, ...) for input '{self.input}', "
+                            f"got {type(x).__name__} of shape {np.shape(x)}")
+        return {self.input: x, **extra}, x.shape[1]
+
+    # ------------------------------------------------------------------ steps
+    @staticmethod
+    def _mask(mask, lengths, T: int):
+        """Positions the loss counts: the given mask, and with lengths only t < length."""
+        if lengths is None:
+            return mask
+        running = np.arange(T)[:, None] < np.asarray(lengths)[None, :]
+        return running if mask is None else (np.asarray(mask, bool) & running)
+
+    def step(self, x, targets, mask=None, extra_inputs=None, lengths=None) -> float:
+        """One chunk of truncated BPTT; returns the chunk's loss (before the update).
+        Dropout sites of the cell draw their masks from `self.rng`; `lengths` (one per
+        sequence) freezes each sequence after its end and leaves those steps out of the
+        loss."""
+        inputs, B = self._inputs(x, extra_inputs)
+        run = self.cell.forward(inputs, state=self._following(self._state, B),
+                                lengths=lengths, dropout=self.rng)
+        if self.output not in self.cell._final_outputs():   # a final output is (B, ...)
+            mask = self._mask(mask, lengths, run.T)
+        loss, d_pred = self.loss(run.outputs[self.output], targets, mask)
+        # the data needs no gradient: the compiled kernels skip that work
+        grads = self.cell.backward(run, d_outputs={self.output: d_pred},
+                                   input_grads=False).params
+        if self.clip_value is not None:
+            clip_elementwise(grads, self.clip_value)
+        if self.clip_norm is not None:
+            self.last_grad_norm = clip_global_norm(grads, self.clip_norm)
+        else:
+            self.last_grad_norm = global_norm(grads)
+        self.optimizer.step(self.cell.params, grads)
+        self._state = {k: v.copy() for k, v in run.state.items()}
+        self.last_run = run
+        self.steps += 1
+        return loss
+
+    def evaluate(self, x, targets, mask=None, extra_inputs=None, state=None,
+                 lengths=None) -> float:
+        """The loss without an update (and without dropout), carrying its own state
+        (apart from training's) from one call to the next, or starting from `state`."""
+        inputs, B = self._inputs(x, extra_inputs)
+        start = state if state is not None else self._following(self._eval_state, B)
+        run = self.cell.forward(inputs, state=start, lengths=lengths)
+        if self.output not in self.cell._final_outputs():   # a final output is (B, ...)
+            mask = self._mask(mask, lengths, run.T)
+        loss, _ = self.loss(run.outputs[self.output], targets, mask)
+        self._eval_state = {k: v.copy() for k, v in run.state.items()}
+        self.last_run = run
+        return loss
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path: str | Path, meta: dict | None = None) -> None:
+        """A checkpoint of the cell, the optimiser and the trainer (steps, rng, carried
+        states), plus the caller's meta under "user"; written atomically."""
+        trainer = {"steps": self.steps, "loss": self.loss_name,
+                   "rng": self.rng.bit_generator.state,
+                   "state": self._state, "eval_state": self._eval_state}
+        checkpoint.save(path, self.cell, self.optimizer,
+                        meta={"trainer": trainer, "user": meta or {}})
+
+    def load(self, path: str | Path) -> dict:
+        """Resume from `save`: params, optimiser, steps, rng and carried states; returns
+        the caller's meta."""
+        if not isinstance(checkpoint.peek(path).meta.get("trainer"), dict):
+            raise checkpoint.CheckpointError(
+                f"{path} was not written by Trainer.save (no trainer section); load it "
+                "with rnndsl.train.checkpoint.load(path, cell, optimizer)")
+        meta = checkpoint.load(path, self.cell, self.optimizer)
+        trainer = meta["trainer"]
+        self.steps = int(trainer["steps"])
+        self.rng.bit_generator.state = trainer["rng"]
+        self._state = trainer["state"]
+        self._eval_state = trainer["eval_state"]
+        return meta.get("user", {})
