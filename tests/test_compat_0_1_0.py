@@ -38,10 +38,16 @@ def _close(a, b, what):
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=what)
 
 
-@pytest.mark.parametrize("file, cell, dims", [
-    ("elman.py", "Elman", {"I": 3, "H": 4, "O": 2}),
-    ("char_lstm.py", "CharLSTM", {"V": 5, "H": 3}),
-])
+def test_a_0_1_0_module_with_layers_imports_and_reads_its_used_files(tmp_path):
+    """char_lstm.py carries lstm.rnn's text (SPEC_FILES): its layers resolve from there."""
+    shutil.copy(BUILT / "char_lstm.py", tmp_path / "char_lstm.py")
+    module = _import(tmp_path / "char_lstm.py", "_old_CharLSTM")
+    cell = module.CharLSTM(dtype=np.float32, seed=0, V=5, H=3)
+    assert cell.params["l2.U_f"].shape == (3, 3) and cell.params["W_y"].shape == (5, 3)
+    assert [name for name, _ in module.CharLSTM.spec.layers] == ["l1", "l2"]
+
+
+@pytest.mark.parametrize("file, cell, dims", [("elman.py", "Elman", {"I": 3, "H": 4, "O": 2})])
 def test_a_0_1_0_cpu_module_imports_and_runs(tmp_path, file, cell, dims):
     shutil.copy(BUILT / file, tmp_path / file)
     module = _import(tmp_path / file, f"_old_{cell}")
