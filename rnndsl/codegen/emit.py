@@ -927,11 +927,35 @@ class _Emitter:
                 and all(self.G[u].op in ELEMENTWISE for u in self.users.get(nid, ())))
 
     def needs_array(self, nid: int, group: set[int]) -> bool:
+        """Whether a node of a fused group is written to an array: something outside the
+        group reads it. A folded user emits no code and reads nothing itself: a zero sum
+        reads nothing, and an alias (same_as) is read through, so its own users count.
+        Deciding this the same way whether `group` holds the folded nodes or not keeps
+        the loop's allocations (the whole group) and its stores (the nodes emitted) in
+        step: they once disagreed and stored into an array never allocated."""
         if self.folded(nid):
             return False
         if nid in self.roots or nid in self.plan.saved or nid in self.alias_roots:
             return True
-        return any(u not in group for u in self.users.get(nid, ()))
+        return self._read_outside(nid, nid, group, set())
+
+    def _read_outside(self, nid: int, via: int, group: set[int], seen: set[int]) -> bool:
+        for user in self.users.get(via, ()):
+            if user in seen:
+                continue
+            seen.add(user)
+            if self.folded(user):
+                if self._alias_of(user) == nid and self._read_outside(nid, user, group, seen):
+                    return True
+                continue
+            if user not in group:
+                return True
+        return False
+
+    def _alias_of(self, nid: int) -> int:
+        while nid in self.same_as:
+            nid = self.same_as[nid]
+        return nid
 
     @property
     def micro(self) -> bool:
