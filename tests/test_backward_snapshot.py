@@ -200,3 +200,19 @@ def test_the_fingerprint_sees_one_bit_and_a_swap():
     b = a.copy()
     b[[3, 20]] = b[[20, 3]]
     assert seen.fingerprint(b) != base
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_forward_with_grad_false_is_the_same_forward_and_refuses_a_backward(target,
+                                                                             lengths):
+    """grad=False (what sampling and evaluation use) skips the fingerprints; its outputs
+    are the same, and a backward on it says why it cannot run."""
+    cell = _cell(target)
+    x, dy = _data()
+    kept, bare = cell.forward(x, lengths=lengths), cell.forward(x, lengths=lengths,
+                                                                   grad=False)
+    for name in kept.outputs:
+        assert np.array_equal(np.asarray(bare.outputs[name]), np.asarray(kept.outputs[name]))
+    with pytest.raises(BindError, match=r"grad=False"):
+        cell.backward(bare, dy)
+    _same(_flat(cell.backward(kept, dy)), _grads(cell, x, dy, lengths=lengths))

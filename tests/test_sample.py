@@ -117,9 +117,10 @@ def counting(cell):
     """Record the T of every forward call the cell gets."""
     calls, forward = [], cell.forward
 
-    def wrapped(x, state=None):
+    def wrapped(x, state=None, **options):
         calls.append(len(x["x"] if isinstance(x, dict) else x))
-        return forward(x, state=state)
+        cell.forward_options = options
+        return forward(x, state=state, **options)
     cell.forward = wrapped
     return calls
 
@@ -277,6 +278,7 @@ def test_the_prefix_runs_once_and_each_step_once():
     calls.clear()
     sampler.beam_search(3, 5, [0, 1, 2])
     assert calls == [3] + [1] * 4
+    assert cell.forward_options == {"grad": False}    # no backward follows a sample
 
 
 def test_carried_state_continues_like_one_long_rollout():

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..lang import ast as spec_ast
 from ..core.errors import BindError, TargetError
-from .runtime import CompiledCell, Run, _CompiledTape, compiled_cell_class
+from .runtime import CompiledCell, check_seen, Run, _CompiledTape, compiled_cell_class
 from .seen import Seen, compiled_fingerprints
 
 
@@ -212,7 +212,7 @@ class CudaCell(CompiledCell):
         tape = run._tape if isinstance(run, Run) else None
         if not isinstance(tape, _CompiledTape) or tape.owner is not self._token:
             raise BindError("backward needs the Run that this cell's forward returned")
-        tape.seen.check()
+        check_seen(tape)
         return (tape, self._cotangents_any("d_outputs", d_outputs, run.T, run.B),
                 self._cotangents_any("d_state", d_state, run.T, run.B))
 

@@ -330,7 +330,7 @@ class Sampler:
             x = {self.input: x}
             per_step = [self._extra_step(steps + t, B) for t in range(T)]
             x.update({n: np.stack([s[n] for s in per_step]) for n in self.extras})
-        run = self.cell.forward(x, state=state)
+        run = self.cell.forward(x, state=state, grad=False)   # no backward follows
         out = run.outputs[self.output][-1]
         logits = np.asarray(self.readout(out)) if self.readout is not None else out
         if logits.shape != (B, self.vocab):

@@ -179,7 +179,7 @@ class Trainer:
         (apart from training's) from one call to the next, or starting from `state`."""
         inputs, B = self._inputs(x, extra_inputs)
         start = state if state is not None else self._following(self._eval_state, B)
-        run = self.cell.forward(inputs, state=start, lengths=lengths)
+        run = self.cell.forward(inputs, state=start, lengths=lengths, grad=False)
         if self.output not in self.cell._final_outputs():   # a final output is (B, ...)
             mask = self._mask(mask, lengths, run.T)
         loss, _ = self.loss(run.outputs[self.output], targets, mask)
