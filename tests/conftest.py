@@ -14,12 +14,16 @@ if os.environ.get("RNNDSL_REAL_GPU") != "1":
         from numba.core import config as _numba_config
         _numba_config.reload_config()
 
+# tests/ holds shared helpers (strategies_*.py, grid_emulator.py) beside the per-stage
+# folders of test files (tests/lang/, tests/cells/, ...: the package's layout)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 from hypothesis import settings  # noqa: E402
 
 # The suite runs one worker per core; kernels' BLAS threads would oversubscribe them.
 os.environ.setdefault("RNNDSL_BLAS_THREADS", "1")
 # Nor is there a core to spare for compiling a backward kernel in a second process
-# (rnndsl.build.compile_ahead); tests/test_compile_ahead.py switches it on where it tests it.
+# (rnndsl.build.compile_ahead); tests/build/test_compile_ahead.py switches it on where it tests it.
 os.environ.setdefault("RNNDSL_COMPILE_AHEAD", "0")
 
 settings.register_profile("fast", max_examples=40, deadline=None)

@@ -3,7 +3,7 @@
 One enum names every op. Surface primitives are what a spec can write; internal ops only
 appear in adjoint graphs (transposed matvec, outer product, unbroadcast, ...). Each stage
 keeps its own table keyed by `Op` (`SHAPE_RULES` here, `interp.INTERP_RULES`,
-`grad.VJP_RULES`); `tests/test_tables.py` asserts that no op is missing from any of them.
+`grad.VJP_RULES`); `tests/core/test_tables.py` asserts that no op is missing from any of them.
 
 A shape rule takes the operands' `Type`s and the node's attrs and returns the result's
 `Type`, or raises `ShapeMismatch` with a sentence the checker places under a caret.

@@ -488,7 +488,7 @@ def gemm(a, b, out):
 
 # Each kernel with its argument kinds: "aN" an N-D array of the cell's float type, "f" a
 # scalar of it, "i" an int64, "ia1" a 1-D int64 array, "u32a1" / "u64a1" 1-D uint32 /
-# uint64 arrays (tests/test_cuda_backend.py compiles them all to PTX).
+# uint64 arrays (tests/cells/test_cuda_backend.py compiles them all to PTX).
 KERNEL_SIGNATURES = {
     "copy1": (_copy1, ("a1", "a1")), "copy2": (_copy2, ("a2", "a2")),
     "copy_rows": (_copy_rows, ("a2", "a1")), "copy_t": (_copy_t, ("a2", "a2")),
@@ -505,7 +505,7 @@ GEMM_KERNELS = {"float32": _GEMM_F32, "float64": _GEMM_F64}
 def kernel_ptx(kernel, kinds, float_type, cc=(9, 0)) -> str:
     """PTX for `kernel`, its arguments of `kinds` (as in KERNEL_SIGNATURES and a built
     module's <Cell>_KERNELS) in `float_type` (numba's float32 or float64), for compute
-    capability `cc`: what tests/test_cuda_backend.py and benchmarks/cuda_compile_time.py
+    capability `cc`: what tests/cells/test_cuda_backend.py and benchmarks/cuda_compile_time.py
     compile, with or without a GPU (not under the simulator). cuda.cg.this_grid() (the
     persistent kernels) is a device function that numba-cuda compiles for the current
     device; where there is none, its lookup is pointed at a stand-in for `cc`."""

@@ -3,7 +3,7 @@ do not edit.
 
 Straight-line scalar code: LLVM's SLP vectoriser turns each panel row's NR products into
 vector FMAs. rnndsl.kernels.gemm compiles these functions (with that vectoriser on) and drives
-them; tests/test_gemm.py checks this file against its generator.
+them; tests/kernels/test_gemm.py checks this file against its generator.
 """
 
 

@@ -227,7 +227,7 @@ def fingerprints(arrays, out):
 # exact to an ulp, as the 1e-10 agreement with the interpreter needs. float32 uses the
 # 13/6 rational approximation of tanh that Eigen and XLA use (clamped where float32 tanh
 # rounds to +-1), in float32 arithmetic only: it vectorises, where libm calls stay scalar
-# (about 10 ns an element here). tests/test_kernels.py holds it to NumPy over the whole
+# (about 10 ns an element here). tests/kernels/test_kernels.py holds it to NumPy over the whole
 # float32 range. The plain-Python bodies below are what NUMBA_DISABLE_JIT=1 runs.
 
 _TANH_CLAMP = np.float32(7.90531110763549805)

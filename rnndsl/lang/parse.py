@@ -532,7 +532,7 @@ def _syntax_error(text: str, source: Source, exc: lark.exceptions.LarkError) -> 
 # after this one recurse over expressions, the deepest by 4 Python frames a level (the
 # printer, and the AST's generated __eq__ and __repr__), so 100 levels take about 420 of
 # Python's 1000 frames and leave the rest to the caller; the shipped specs nest at most 7.
-# tests/test_text_input.py runs every stage at this limit under a deep caller's stack.
+# tests/lang/test_text_input.py runs every stage at this limit under a deep caller's stack.
 MAX_NESTING = 100
 
 _EXPRESSION_RULES = frozenset({"add", "sub", "mul", "div", "matmul", "neg", "pow", "slice",

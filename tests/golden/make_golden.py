@@ -1,4 +1,4 @@
-"""Generate the PyTorch golden reference cases for tests/test_pytorch_golden.py.
+"""Generate the PyTorch golden reference cases for tests/cells/test_pytorch_golden.py.
 
 Run from the repository root with the separate PyTorch venv:
 

@@ -19,7 +19,7 @@ import pytest
 import rnndsl
 from rnndsl.core.errors import BindError, TargetError
 
-SPECS = Path(__file__).resolve().parents[1] / "specs"
+SPECS = Path(__file__).resolve().parents[2] / "specs"
 T, B = 5, 2
 
 # A learned initial state (h = h0, a param), a constant one (c = 0.5), a scalar output.

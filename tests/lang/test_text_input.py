@@ -4,7 +4,7 @@ Pinned here: an empty file; a UTF-8 BOM; characters pasted from papers (a typogr
 prime, minus or space); expressions nested past `parse.MAX_NESTING` (refused at once) and
 at it (every stage survives, beneath a deep caller's stack); cells with thousands of
 equations; and the rendering of errors on megabyte lines, which stays a few hundred
-characters. tests/test_fuzz_specs.py mutates real specs at random for the same promises.
+characters. tests/lang/test_fuzz_specs.py mutates real specs at random for the same promises.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from rnndsl.lang.parse import LOOKALIKES, MAX_NESTING, parse
 from rnndsl.lang.printer import unparse
 from rnndsl.lang.specfile import read_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ELMAN = REPO / "specs" / "elman.rnn"
 
 

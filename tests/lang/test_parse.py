@@ -27,10 +27,10 @@ from rnndsl.lang.parse import HINTS, SYNTAX_EXAMPLES, parse
 from rnndsl.lang.printer import unparse
 from rnndsl.core.shapes import Dim
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import strategies_ast as strategies  # noqa: E402
 
-SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.rnn"))
+SPECS = sorted((Path(__file__).resolve().parents[2] / "specs").glob("*.rnn"))
 H, I = Dim.of("H"), Dim.of("I")
 
 a, b, c, h, W, x = (Name(n) for n in ("a", "b", "c", "h", "W", "x"))

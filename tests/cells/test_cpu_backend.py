@@ -25,14 +25,14 @@ from rnndsl.cells.gradcheck import default_dims
 from rnndsl.schedule.plan import PASSES
 from rnndsl.lang.specfile import read_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "specs").glob("*.rnn"))
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
 # The full matrix (every spec x dtype x passes on/off) compiles 48 kernel pairs; by
 # default passes-off runs on a representative subset. RNNDSL_LONG=1 runs all of it.
 LONG = os.environ.get("RNNDSL_LONG") == "1"
 PASSES_OFF_SPECS = {"lstm", "gru", "two_streams"}
-# A stack of two LSTMs: tests/test_layers.py checks it compiled against its layers run one
+# A stack of two LSTMs: tests/cells/test_layers.py checks it compiled against its layers run one
 # after the other; compiling it once more here costs 40 s of the suite.
 LONG_ONLY_SPECS = {"char_lstm"}
 
@@ -250,7 +250,7 @@ def test_disable_jit_runs_the_same_file_as_python(tmp_path):
                                  HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_cells_compiled_match_interp(data, tmp_path_factory):
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from strategies_cells import cells
     cell = data.draw(cells(max_depth=2, max_B=10))   # B >= 8 takes the register tiles
     folder = tmp_path_factory.mktemp("random_cell")

@@ -15,7 +15,7 @@ import pytest
 
 import rnndsl
 from rnndsl.build import cache
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 WARM = """
 import json, sys

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rnndsl.train import checkpoint
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "specs" / "char_lstm.rnn"
 TEXT = "the cat sat on the mat. the dog sat on the log. " * 40
 

@@ -23,7 +23,7 @@ import pytest
 from rnndsl.train import checkpoint
 from rnndsl.cli.main import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "specs" / "char_lstm.rnn"
 TEXT = "the cat sat on the mat. the dog sat on the log. " * 40
 SMALL = ["--dims", "H=4", "--batch", "2", "--seq", "4", "--target", "interp",

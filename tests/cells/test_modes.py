@@ -14,7 +14,7 @@ from rnndsl.train.losses import softmax_cross_entropy
 from rnndsl.train.optim import Adam
 from rnndsl.train.trainer import Trainer
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
+SPECS = Path(__file__).resolve().parents[2] / "specs"
 
 FED = '''
 cell Fed {

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from rnndsl.cli.main import build_parser, main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TEXT = "the cat sat on the mat. the dog sat on the log. " * 20
 
 

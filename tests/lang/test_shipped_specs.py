@@ -18,7 +18,7 @@ from rnndsl.lang.catalog import first_comment, shipped_specs
 from rnndsl.lang.shipped import shipped_path, specs_dir
 from rnndsl.lang.specfile import read_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "specs").glob("*.rnn"))
 
 # a cell of its own beside the `use`, so that the file loads without cell=

@@ -39,10 +39,10 @@ from rnndsl.lang.parse import LOOKALIKES, MAX_NESTING, parse
 from rnndsl.lang.printer import unparse
 from rnndsl.lang.specfile import read_spec
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from strategies_cells import cells  # noqa: E402
 
-SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"
+SPECS_DIR = Path(__file__).resolve().parents[2] / "specs"
 SPECS = {p.name: p.read_text() for p in sorted(SPECS_DIR.glob("*.rnn"))}
 
 # Whitespace runs are tokens too, so that joining the tokens gives the text back.

@@ -20,7 +20,7 @@ import pytest
 
 import rnndsl
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BUILT = REPO / "tests" / "golden" / "built_0_1_0"
 
 
@@ -75,7 +75,7 @@ def test_a_0_1_0_cuda_module_imports_and_runs_on_the_simulator(tmp_path):
     pytest.importorskip("numba_cuda")
     from numba import config
     if not config.ENABLE_CUDASIM:
-        pytest.skip("a real GPU: tests/test_cuda_backend.py covers today's kernels there")
+        pytest.skip("a real GPU: tests/cells/test_cuda_backend.py covers today's kernels there")
     shutil.copy(BUILT / "cuda" / "gru.py", tmp_path / "gru.py")
     module = _import(tmp_path / "gru.py", "_old_cuda_gru")
     Ref = rnndsl.load(REPO / "specs" / "gru.rnn", target="interp")

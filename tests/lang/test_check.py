@@ -21,7 +21,7 @@ from rnndsl.core.errors import BindError, CheckError, Source, SpecFileError
 from rnndsl.lang.parse import parse
 from rnndsl.lang.specfile import read_spec
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import strategies_ast as strategies  # noqa: E402
 
 # the declarations most tests share: lines 2 to 6
@@ -653,7 +653,7 @@ def test_a_dim_used_only_in_a_slice_is_used():
 
 
 @pytest.mark.parametrize("path", sorted(
-    (Path(__file__).resolve().parent.parent / "specs").glob("*.rnn")), ids=lambda p: p.name)
+    (Path(__file__).resolve().parents[2] / "specs").glob("*.rnn")), ids=lambda p: p.name)
 def test_every_spec_checks_without_warnings(path):
     assert read_spec(path).warnings == []
 

@@ -25,7 +25,7 @@ from rnndsl.core.ops import Op
 from rnndsl.core.shapes import Dim, Type
 from rnndsl.lang.specfile import read_spec
 
-SPECS = sorted((Path(__file__).resolve().parents[1] / "specs").glob("*.rnn"))
+SPECS = sorted((Path(__file__).resolve().parents[2] / "specs").glob("*.rnn"))
 N, M = Dim.of("N"), Dim.of("M")
 DIMS = {"N": 4, "M": 3}
 BATCH = 2

@@ -33,9 +33,9 @@ from numba import config, cuda
 
 from rnndsl.cells.cuda import is_device_array
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # char_lstm (two LSTMs stacked) adds only time under the simulator unless RNNDSL_LONG=1:
-# tests/test_layers.py checks stacking, and lstm.rnn covers the kernels it compiles to.
+# tests/cells/test_layers.py checks stacking, and lstm.rnn covers the kernels it compiles to.
 LONG = os.environ.get("RNNDSL_LONG") == "1"
 SPECS = sorted(p for p in (ROOT / "specs").glob("*.rnn") if LONG or p.stem != "char_lstm")
 # Compiling to PTX takes 6-20 s a spec: by default the specs that between them hold every
@@ -81,7 +81,7 @@ def test_spec_matches_interpreter(path, dtype):
 
 
 def test_names_ending_in_r_are_not_other_names_rows_views(tmp_path):
-    """The cpu test's cell (tests/test_cpu_backend.py) through the cuda emitter."""
+    """The cpu test's cell (tests/cells/test_cpu_backend.py) through the cuda emitter."""
     from test_cpu_backend import CLASHING_NAMES
     spec = tmp_path / "clash.rnn"
     spec.write_text(CLASHING_NAMES)

@@ -16,7 +16,7 @@ import rnndsl
 from rnndsl.build import compile_ahead
 from rnndsl.core.errors import BindError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import json, os, sys

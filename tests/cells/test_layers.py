@@ -18,7 +18,7 @@ import pytest
 import rnndsl
 from rnndsl.core.errors import BindError, CheckError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SPECS = REPO / "specs"
 
 

@@ -18,7 +18,7 @@ from rnndsl.ir import grad
 from rnndsl.cells.gradcheck import DEFAULT_TOLERANCE, GradCheckRow, gradcheck, worst
 from rnndsl.core.ops import Op
 
-SPECS = sorted((Path(__file__).resolve().parents[1] / "specs").glob("*.rnn"))
+SPECS = sorted((Path(__file__).resolve().parents[2] / "specs").glob("*.rnn"))
 
 
 @pytest.fixture(scope="module")

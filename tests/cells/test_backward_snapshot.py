@@ -16,7 +16,7 @@ import rnndsl
 from rnndsl.cells import seen
 from rnndsl.core.errors import BindError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LSTM = ROOT / "specs" / "lstm.rnn"
 HAS_CUDA = importlib.util.find_spec("numba_cuda") is not None
 TARGETS = ["interp", "cpu", pytest.param("cuda", marks=pytest.mark.skipif(
