@@ -1,5 +1,6 @@
-"""The Python API: load.py (rnndsl.load), runtime.py (Cell, Run, Grads, the reference
-cell and the compiled CPU cell, the target registry), cuda.py (the cuda cell),
+"""The Python API: load.py (rnndsl.load), base.py (Cell, Run, Grads), reference.py (the
+interpreter's cell), compiled.py (the CPU kernels' cell), cuda.py (the cuda cell),
+runtime.py (the names they had in 0.1.0),
 modes.py (lengths, final outputs), seen.py (what a forward read, for its backward),
 gradcheck.py.
 """

@@ -34,7 +34,8 @@ import numpy as np
 
 from ..lang import ast as spec_ast
 from ..core.errors import BindError, TargetError
-from .runtime import CompiledCell, check_seen, Run, _CompiledTape, compiled_cell_class
+from .base import Run, check_seen
+from .compiled import CompiledCell, _CompiledTape, compiled_cell_class
 from .seen import Seen, compiled_fingerprints
 
 

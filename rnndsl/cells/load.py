@@ -81,7 +81,7 @@ def _check_target(target: str) -> None:
 
 def _cell_class(spec_file, target: str, cell: str | None, off: tuple[str, ...] = (),
                 files: dict[str, str] | None = None) -> type:
-    from .runtime import make_cell_class
+    from .reference import make_cell_class
     spec = spec_file.pick(cell)
     if not targets.target(target).compiled:
         cls = make_cell_class(spec, target, spec_file.digest)

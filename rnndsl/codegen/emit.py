@@ -77,7 +77,7 @@ CPU = Dialect(
     empty="np.empty",
     empty_like="np.empty_like", dot="np.dot", contiguous="np.ascontiguousarray",
     clone="{}.copy()", helpers="rnndsl.kernels.loops", helper_names=HELPER_NAMES,
-    runtime="rnndsl.cells.runtime:compiled_cell_class", engine="Numba @njit",
+    runtime="rnndsl.cells.compiled:compiled_cell_class", engine="Numba @njit",
     debug_hint="Run it as plain Python for debugging with NUMBA_DISABLE_JIT=1.",
     transposed_views=True, vector_row_sums=True, register_tiles=True,
     small_batch_splits=True, skips_input_grads=True,

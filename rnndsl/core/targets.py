@@ -33,9 +33,9 @@ class Target:
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("interp", "the NumPy reference: the unrolled graph, forward and reverse mode",
-           cell_class="rnndsl.cells.runtime:InterpCell"),
+           cell_class="rnndsl.cells.reference:InterpCell"),
     Target("cpu", "Numba @njit kernels (the default)",
-           cell_class="rnndsl.cells.runtime:CompiledCell",
+           cell_class="rnndsl.cells.compiled:CompiledCell",
            emitter="rnndsl.codegen.emit:emit", dialect="rnndsl.codegen.emit:CPU",
            requires=("numba", "scipy")),
     Target("cuda", "numba-cuda kernels for NVIDIA GPUs (or NUMBA_ENABLE_CUDASIM=1)",

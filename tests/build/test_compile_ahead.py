@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHILD = """
 import json, os, sys
 import numpy as np
-import rnndsl, rnndsl.kernels.blas, rnndsl.cells.runtime as runtime
+import rnndsl, rnndsl.kernels.blas, rnndsl.cells.compiled as runtime
 import rnndsl.build.compile_ahead
 rnndsl.build.compile_ahead.usable_cores = lambda: 2   # two cores, whatever this machine has
 Cell = rnndsl.load("specs/elman.rnn")
@@ -99,7 +99,7 @@ def test_a_failed_child_leaves_the_backward_to_this_process(tmp_path):
 
 def test_a_failed_child_is_reported_and_the_backward_still_runs(monkeypatch):
     """The cell's backward warns that its child failed, then compiles in-process."""
-    from rnndsl.cells import runtime
+    from rnndsl.cells import compiled as runtime
     Cell = rnndsl.load(REPO / "specs" / "elman.rnn")
     cell = Cell(dtype=np.float64, I=2, H=2, O=2)
 

@@ -1,0 +1,496 @@
+"""Cells as Python objects: the API contract every target keeps (DESIGN.md).
+
+    Cell = rnndsl.load("specs/lstm.rnn", target="interp")
+    cell = Cell(I=65, H=128, dtype=np.float32, seed=0)
+    run = cell.forward(x, state={"h": h0})            # run.outputs, run.state
+    g = cell.backward(run, d_outputs={"h": dY})      # g.params, g.inputs, g.state
+
+`Cell` binds dims, owns the params and checks every array that crosses the API (type,
+dtype, shape, finiteness) with a message naming what was expected; `Run` and `Grads`
+are what forward and backward return. The targets subclass it: reference.py (the
+interpreter), compiled.py (generated CPU kernels), cuda.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..core.errors import BindError
+from ..lang import ast
+from ..lang.checked import CheckedCell, Decl
+from ..lang.compose import LENGTH_MASK
+from ..ir.graph import StepGraph
+from .seen import Seen
+
+DTYPES = (np.float32, np.float64)
+_NO_GRAD = threading.local()     # .on while a forward with grad=False runs (this thread)
+
+
+def check_seen(tape) -> None:
+    """Before a backward: the run's inputs and params are as its forward saw them, and
+    it was a forward that a backward may follow."""
+    if tape.seen is None:
+        raise BindError("this Run came from forward(..., grad=False), which keeps nothing "
+                        "for a backward; run forward again without grad=False")
+    tape.seen.check()
+
+
+@dataclass
+class Run:
+    """What `forward` returns: outputs (T, B, size), final states (B, size), and a tape."""
+
+    outputs: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]
+    T: int
+    B: int
+    _tape: Any = field(default=None, repr=False)
+
+
+@dataclass
+class Grads:
+    """What `backward` returns: gradients for params, inputs (T, B, size), initial states."""
+
+    params: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]
+
+
+def _init_param(decl: Decl, shape: tuple[int, ...], rng: np.random.Generator, dtype):
+    init = decl.init
+    if init is None:
+        init = ast.NamedInit("glorot" if len(shape) == 2 else "zeros")
+    if isinstance(init, ast.ConstInit):
+        return np.full(shape, init.value, dtype=dtype)
+    name, args = init.name, init.args
+    if name == "zeros":
+        return np.zeros(shape, dtype=dtype)
+    if name == "ones":
+        return np.ones(shape, dtype=dtype)
+    if name == "constant":
+        return np.full(shape, args[0], dtype=dtype)
+    if name == "uniform":
+        return rng.uniform(args[0], args[1], size=shape).astype(dtype)
+    if name == "normal":
+        return rng.normal(args[0], args[1], size=shape).astype(dtype)
+    if name == "glorot":  # Glorot & Bengio 2010, uniform: fan_in = columns, fan_out = rows
+        limit = np.sqrt(6.0 / (shape[0] + shape[1]))
+        return rng.uniform(-limit, limit, size=shape).astype(dtype)
+    if name == "orthogonal":  # Saxe et al. 2014: Q of a Gaussian, signs fixed by R
+        rows, cols = shape
+        a = rng.normal(size=(max(rows, cols), min(rows, cols)))
+        q, r = np.linalg.qr(a)
+        q = q * np.sign(np.diag(r))
+        return (q if rows >= cols else q.T).astype(dtype)
+    raise AssertionError(f"initialiser {name} passed the checker but has no implementation")
+
+
+class Cell:
+    """A cell type bound to one spec; instantiate it with dims to get params."""
+
+    spec: CheckedCell
+    step: StepGraph
+    target = "abstract"
+
+    def __init__(self, dtype=np.float32, seed: int | None = 0, **dims: int):
+        spec = self.spec
+        self.dtype = self._check_dtype(dtype)
+        self.dims = self._check_dims(dims)
+        for c in spec.constraints:
+            value = c.size.evaluate(self.dims)
+            if value < c.minimum:
+                bound = ", ".join(f"{k}={v}" for k, v in self.dims.items())
+                raise BindError(f"with {bound}: {c.message} "
+                                f"({spec.source.path}:{c.span.line}:{c.span.column})")
+        self.seed = seed
+        self._token = object()   # identifies this cell's Runs (not id(): ids are reused)
+        rng = np.random.default_rng(seed)
+        self.params: dict[str, np.ndarray] = {
+            d.name: _init_param(d, self._size(d), rng, self.dtype) for d in spec.params}
+
+    # ------------------------------------------------------------------ binding
+    @classmethod
+    def _check_dtype(cls, dtype) -> np.dtype:
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise BindError(f"dtype {dtype!r} is not a NumPy dtype; use np.float32 or "
+                            "np.float64") from None
+        if dt not in [np.dtype(d) for d in DTYPES]:
+            raise BindError(f"dtype {dt} is not supported; use np.float32 or np.float64")
+        return dt
+
+    @classmethod
+    def _check_dims(cls, dims: Mapping[str, Any]) -> dict[str, int]:
+        spec = cls.spec
+        missing = [d for d in spec.dims if d not in dims]
+        unknown = [d for d in dims if d not in spec.dims]
+        if unknown:
+            raise BindError(f"{spec.name} has no dim {', '.join(unknown)}; its dims are "
+                            f"{', '.join(spec.dims)}")
+        if missing:
+            raise BindError(f"{spec.name} needs dims {', '.join(spec.dims)}; missing: "
+                            f"{', '.join(missing)} (pass them as {spec.name}("
+                            + ", ".join(f"{d}=..." for d in spec.dims) + "))")
+        bound = {}
+        for name in spec.dims:
+            value = dims[name]
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+                    or value < 1:
+                raise BindError(f"dim {name} must be a positive integer, got {value!r}")
+            bound[name] = int(value)
+        return bound
+
+    def _size(self, decl: Decl) -> tuple[int, ...]:
+        """The bound shape of a declaration, memoised: the Python around a one-step
+        kernel (sampling calls it once a token) must cost less than the kernel."""
+        cache = self.__dict__.setdefault("_sizes", {})
+        key = id(decl)          # decls live as long as the class's spec holds them
+        if key not in cache:
+            cache[key] = (decl, tuple(d.evaluate(self.dims) for d in decl.type.shape))
+        return cache[key][1]
+
+    def __repr__(self) -> str:
+        dims = ", ".join(f"{k}={v}" for k, v in self.dims.items())
+        return f"<{self.spec.name}({dims}) {self.target} {self.dtype.name}>"
+
+    # ------------------------------------------------------------------ checking arrays
+    def _array(self, what: str, value, shape: tuple[int, ...], layout: str,
+               finite: bool = True) -> np.ndarray:
+        if not isinstance(value, np.ndarray):
+            raise BindError(f"{what} must be a NumPy array of shape {layout}, got "
+                            f"{type(value).__name__}")
+        if value.dtype != self.dtype:
+            raise BindError(f"{what} is {value.dtype} but the cell is {self.dtype.name}; "
+                            f"convert it with .astype(np.{self.dtype.name})")
+        if value.shape != shape:
+            raise BindError(f"{what} has shape {value.shape}; expected {shape} = {layout}")
+        if finite and not np.isfinite(value).all():
+            where = tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])
+            raise BindError(f"{what} has a non-finite value ({value[where]}) at index {where}")
+        return value
+
+    def _named(self, what: str, given, decls: tuple[Decl, ...]) -> dict[str, Any]:
+        if given is None:
+            return {}
+        if not isinstance(given, Mapping):
+            raise BindError(f"{what} must be a dict keyed by name ("
+                            + ", ".join(d.name for d in decls) + f"), got "
+                            f"{type(given).__name__}")
+        names = [d.name for d in decls]
+        for key in given:
+            if key not in names:
+                raise BindError(f"{self.spec.name} has no {what} '{key}'; "
+                                f"its {what}s are: {', '.join(names) or 'none'}")
+        return dict(given)
+
+    @property
+    def hidden_inputs(self) -> dict[str, Decl]:
+        """Inputs the runtime fills, not the caller: dropout masks and the length mask."""
+        hidden = set(dict(self.spec.dropouts)) | {LENGTH_MASK}
+        return {d.name: d for d in self.spec.inputs if d.name in hidden}
+
+    def _inputs(self, x, hidden=None) -> tuple[dict[str, np.ndarray], int, int]:
+        """The caller's inputs, checked, and the hidden ones from `hidden(T, B)`."""
+        decls = tuple(d for d in self.spec.inputs if d.name not in self.hidden_inputs)
+        if len(decls) == 1 and not isinstance(x, Mapping):
+            x = {decls[0].name: x}
+        elif not isinstance(x, Mapping):
+            raise BindError(f"{self.spec.name} has {len(decls)} inputs ("
+                            + ", ".join(d.name for d in decls) + "); pass them as a dict")
+        given = self._named("input", x, decls)
+        missing = [d.name for d in decls if d.name not in given]
+        if missing:
+            raise BindError(f"missing input {', '.join(missing)}")
+        T = B = None
+        arrays = {}
+        for d in decls:
+            value = given[d.name]
+            size = self._size(d)
+            if isinstance(value, np.ndarray) and value.ndim != 3:
+                raise BindError(f"input {d.name} has shape {value.shape}; expected 3 axes, "
+                                f"(T, B, {size[0]}): time-major, one row per sequence")
+            if isinstance(value, np.ndarray) and T is None:
+                T, B = value.shape[:2]
+                if T < 1 or B < 1:
+                    raise BindError(f"input {d.name} has shape {value.shape}: a sequence "
+                                    "needs T >= 1 steps and B >= 1 rows")
+            arrays[d.name] = self._array(f"input {d.name}", value,
+                                         (T if T else -1, B if B else -1) + size,
+                                         f"(T, B, {size[0]})")
+        if not decls:
+            raise BindError(f"{self.spec.name} has no inputs")
+        extra = hidden(T, B) if hidden is not None else {}
+        for name, d in self.hidden_inputs.items():
+            arrays[name] = (extra[name] if name in extra else
+                            np.ones((T, B) + self._size(d), self.dtype))
+        return arrays, T, B
+
+    def _hidden(self, lengths, dropout):
+        """A function (T, B) -> the hidden inputs: dropout masks (ones unless `dropout`
+        is a random generator or seed: then 0 or 1/(1-p), inverted dropout) and, with
+        `lengths`, the mask that is 1 while each sequence runs."""
+        rng = None
+        if dropout is not None and dropout is not False:
+            rng = dropout if isinstance(dropout, np.random.Generator) else \
+                np.random.default_rng(dropout)
+
+        def make(T: int, B: int) -> dict[str, np.ndarray]:
+            out = {}
+            for name, rate in self.spec.dropouts:
+                size = self._size(self.hidden_inputs[name])
+                if rng is None or rate == 0.0:
+                    out[name] = np.ones((T, B) + size, self.dtype)
+                else:
+                    keep = rng.random((T, B) + size) >= rate
+                    out[name] = keep.astype(self.dtype) / self.dtype.type(1.0 - rate)
+            if lengths is not None:
+                from .modes import check_lengths
+                arr = check_lengths(lengths, T, B)
+                on = np.arange(T)[:, None] < arr[None, :]
+                out[LENGTH_MASK] = on.astype(self.dtype)[..., None]
+            return out
+        return make
+
+    def _initial_state(self, state, B: int) -> tuple[dict[str, np.ndarray], set[str]]:
+        given = self._named("state", state, self.spec.states)
+        values, from_params = {}, set()
+        for d in self.spec.states:
+            size = self._size(d)
+            if d.name in given:
+                values[d.name] = self._array(f"state {d.name}", given[d.name], (B,) + size,
+                                             f"(B, {size[0]})")
+            elif isinstance(d.init, ast.ParamRefInit):
+                values[d.name] = np.broadcast_to(self.params[d.init.name], (B,) + size).copy()
+                from_params.add(d.name)
+            else:
+                value = d.init.value if isinstance(d.init, ast.ConstInit) else 0.0
+                values[d.name] = np.full((B,) + size, value, dtype=self.dtype)
+        return values, from_params
+
+    def _check_params(self) -> None:
+        """Type, dtype and shape of every param. Not finiteness: scanning every weight on
+        every call cost more than a one-step kernel when sampling, and a non-finite
+        weight shows in the outputs (the losses refuse them, naming divergence)."""
+        for d in self.spec.params:
+            self._array(f"param {d.name}", self.params.get(d.name), self._size(d),
+                        str(list(self._size(d))), finite=False)
+
+    def _seen(self, params: Mapping[str, Any], inputs: Mapping[str, Any],
+              fingerprints) -> Seen | None:
+        """The params and the caller's inputs as this forward reads them (not the hidden
+        inputs: the runtime makes those), fingerprinted for its backward (rnndsl.cells.seen);
+        None for a forward with grad=False, which no backward may follow."""
+        if getattr(_NO_GRAD, "on", False):
+            return None
+        names = self.__dict__.get("_seen_names")   # made once: this runs every forward
+        if names is None:
+            read = tuple(d.name for d in self.spec.params), tuple(
+                d.name for d in self.spec.inputs if d.name not in self.hidden_inputs)
+            names = self._seen_names = read + (tuple(f"param {n}" for n in read[0])
+                                               + tuple(f"input {n}" for n in read[1]),)
+        arrays = tuple([params[n] for n in names[0]] + [inputs[n] for n in names[1]])
+        return Seen(names[2], arrays, fingerprints)
+
+    def _cotangents(self, what: str, given, names_sizes, shape_of) -> dict[str, np.ndarray]:
+        if given is None:
+            return {}
+        if not isinstance(given, Mapping):
+            raise BindError(f"{what} must be a dict keyed by name, got {type(given).__name__}")
+        out = {}
+        noun = {"d_outputs": "output", "d_state": "state"}[what]
+        for key, value in given.items():
+            if key not in names_sizes:
+                raise BindError(f"{self.spec.name} has no {noun} '{key}'; "
+                                f"its {noun}s are: {', '.join(names_sizes)}")
+            shape, layout = shape_of(names_sizes[key])
+            out[key] = self._array(f"{what}['{key}']", value, shape, layout)
+        return out
+
+    def _scalar_output(self, name: str) -> bool:
+        return next(o for o in self.spec.outputs if o.name == name).type.rank == 0
+
+    def _backward_args(self, run, tape_type, d_outputs, d_state):
+        """The run's tape (if this cell made it) and the checked cotangents."""
+        tape = run._tape if isinstance(run, Run) else None
+        if not isinstance(tape, tape_type) or tape.owner is not self._token:
+            raise BindError("backward needs the Run that this cell's forward returned")
+        check_seen(tape)
+        T, B = run.T, run.B
+        sizes_out = {o.name: tuple(d.evaluate(self.dims) for d in o.type.shape)
+                     for o in self.spec.outputs}
+        sizes_state = {d.name: self._size(d) for d in self.spec.states}
+        d_out = self._cotangents("d_outputs", d_outputs, sizes_out,
+                                 lambda s: ((T, B) + s, f"(T, B{''.join(f', {n}' for n in s)})"))
+        d_st = self._cotangents("d_state", d_state, sizes_state,
+                                lambda s: ((B,) + s, f"(B, {s[0]})"))
+        return tape, d_out, d_st
+
+    # ------------------------------------------------------------------ the contract
+    def forward(self, x, state=None, *, lengths=None, dropout=None, steps=None,
+                grad: bool = True) -> Run:
+        """Run the cell over x (T, B, ...) from `state` (default: as declared).
+
+        lengths: one int per sequence: sequence b runs lengths[b] steps; after that its
+        state is frozen (run.state holds it at its end) and its outputs are 0.
+        dropout: a np.random.Generator (or a seed) to draw the masks of the cell's
+        dropout(...) sites, for training; None (evaluation) keeps every unit.
+        steps: T, for a cell whose every input is `input once` (one-to-many).
+        An `input once z[Z]` takes (B, Z): z at the first step, zeros after. A
+        `final y = ...` output comes back as (B, ...): y at each sequence's last step.
+
+        The run keeps the param and input arrays it read, for `backward`: until then,
+        replace a param rather than change it in place (`cell.params["W"] = W2` leaves
+        this run's W alone; `cell.params["W"] += ...` makes its backward raise), and do
+        not change x in place. grad=False (sampling, evaluation) says no backward will
+        follow: the run keeps nothing for one and skips fingerprinting what it read
+        (about 8 us at the char shape, 6% of a one-step forward); its backward raises."""
+        x = self._expand_once(x, steps)
+        hidden = self._hidden(lengths, dropout)
+        _NO_GRAD.on = not grad
+        try:
+            if lengths is None:
+                run = self._run(x, state, hidden)
+            else:
+                twin = self._lengths_twin()
+                run = twin._run(x, state, hidden)
+                run._twin = twin
+        finally:
+            _NO_GRAD.on = False
+        return self._finalise(run, lengths)
+
+    def backward(self, run: Run, d_outputs=None, d_state=None,
+                 input_grads: bool = True) -> Grads:
+        """Gradients of sum_t <d_outputs_t, outputs_t> + <d_state, final state> (for a
+        `final` output, d_outputs holds its (B, ...) cotangent: its last step's).
+
+        input_grads=False leaves out the gradients of the input sequences (`g.inputs` is
+        then empty): a layer fed with data never needs them, and the compiled cpu
+        kernels then skip their work (for an LSTM, one of BPTT's three big GEMMs).
+
+        These are the gradients of the forward that was run, at the params and inputs
+        it read, on every target: a param replaced since (`cell.params["W"] = W2`)
+        changes nothing, since the run holds the array its forward read. If one of
+        those arrays was changed in place since (`cell.params["W"] += ...`,
+        `x[...] = 0`), the values the forward saw are gone: backward raises BindError
+        naming it (it compares a fingerprint of each, taken at forward: rnndsl.cells.seen)."""
+        d_outputs = self._final_cotangents(run, d_outputs)
+        twin = getattr(run, "_twin", None)
+        grads = (twin or self)._back(run, d_outputs, d_state, bool(input_grads))
+        if not input_grads:
+            grads.inputs.clear()
+        for name in (twin or self).hidden_inputs:
+            grads.inputs.pop(name, None)
+        for d in self.spec.inputs:
+            if d.once and d.name in grads.inputs:   # z fed the first step only
+                grads.inputs[d.name] = grads.inputs[d.name][0]
+        return grads
+
+    # ------------------------------------------------------------------ modes
+    def _expand_once(self, x, steps):
+        """`input once` arrays (B, size) -> (T, B, size), zero after the first step."""
+        once = [d for d in self.spec.inputs if d.once]
+        user = [d for d in self.spec.inputs if d.name not in self.hidden_inputs]
+        if not once:
+            if steps is not None:
+                raise BindError(f"steps= is for cells whose inputs are all 'input once'; "
+                                f"{self.spec.name} takes T from its input sequences")
+            return x
+        if len(user) == 1 and not isinstance(x, Mapping):
+            x = {user[0].name: x}
+        given = self._named("input", x, tuple(user))
+        per_step = [d for d in user if not d.once and d.name in given]
+        if per_step:
+            first = given[per_step[0].name]
+            T = first.shape[0] if isinstance(first, np.ndarray) and first.ndim == 3 else None
+            if steps is not None and steps != T:
+                raise BindError(f"steps={steps}, but input {per_step[0].name} has T = {T}")
+        else:
+            T = steps
+            if not isinstance(T, (int, np.integer)) or isinstance(T, bool) or T < 1:
+                raise BindError(f"{self.spec.name}'s inputs are all 'input once': say how "
+                                f"many steps to run with steps=T (a positive int), got "
+                                f"{steps!r}")
+        out = dict(given)
+        for d in once:
+            if d.name not in given or T is None:
+                continue       # a missing input or a bad sequence: _inputs says which
+            size = self._size(d)
+            value = given[d.name]
+            B = value.shape[0] if isinstance(value, np.ndarray) and value.ndim == 2 else -1
+            value = self._array(f"input {d.name} (input once)", value, (B,) + size,
+                                f"(B, {size[0]}): one vector a sequence")
+            seq = np.zeros((int(T),) + value.shape, self.dtype)
+            seq[0] = value
+            out[d.name] = seq
+        return out
+
+    def _final_outputs(self) -> set[str]:
+        return {o.name for o in self.spec.outputs if o.final}
+
+    def _finalise(self, run: Run, lengths) -> Run:
+        """Each `final` output at each sequence's last step: (T, B, ...) -> (B, ...)."""
+        finals = self._final_outputs()
+        if not finals:
+            return run
+        run._lengths = lengths
+        for name in finals:
+            run.outputs[name] = self._last_step(run.outputs[name], lengths)
+        return run
+
+    def _last_step(self, full, lengths):
+        """(T, B, ...) -> (B, ...) at each sequence's last step (cuda: on the device)."""
+        from .modes import last_step
+        return last_step(full, lengths)
+
+    def _last_step_cotangent(self, value, T: int, lengths):
+        """(B, ...) -> (T, B, ...), zero but at each sequence's last step."""
+        from .modes import last_step_cotangent
+        return last_step_cotangent(value, T, lengths)
+
+    def _final_cotangents(self, run: Run, d_outputs):
+        finals = self._final_outputs()
+        if not finals or not isinstance(d_outputs, Mapping) or not isinstance(run, Run):
+            return d_outputs
+        out = dict(d_outputs)
+        for name in finals & set(out):
+            o = next(o for o in self.spec.outputs if o.name == name)
+            size = tuple(d.evaluate(self.dims) for d in o.type.shape)
+            value = self._checked_cotangent(f"d_outputs['{name}'] (a final output)",
+                                            out[name], (run.B,) + size,
+                                            f"(B{''.join(f', {n}' for n in size)})")
+            out[name] = self._last_step_cotangent(value, run.T,
+                                                  getattr(run, "_lengths", None))
+        return out
+
+    def _checked_cotangent(self, what: str, value, shape, layout: str):
+        return self._array(what, value, shape, layout)
+
+    def _lengths_twin(self) -> "Cell":
+        """This cell's masked variant (compose.with_lengths), sharing its params."""
+        cls = type(self)
+        if "_lengths_cls" not in cls.__dict__:
+            cls._lengths_cls = cls._make_lengths_class()
+        twin = getattr(self, "_twin_cell", None)
+        if twin is None:
+            twin = object.__new__(cls._lengths_cls)
+            twin.dtype, twin.dims, twin.seed = self.dtype, self.dims, self.seed
+            twin._token = object()
+            self._twin_cell = twin
+        twin.params = self.params
+        return twin
+
+    @classmethod
+    def _make_lengths_class(cls) -> type:
+        raise NotImplementedError
+
+    def _run(self, x, state, hidden) -> Run:
+        raise NotImplementedError
+
+    def _back(self, run: Run, d_outputs, d_state, input_grads: bool = True) -> Grads:
+        """The gradients; input_grads=False lets a target skip the inputs' (the caller
+        drops whatever it returns for them)."""
+        raise NotImplementedError
