@@ -248,7 +248,7 @@ def test_cpu_doc_shows_the_current_plan_and_passes():
     """The explain output and the generated loop quoted in docs/cpu.md are what rnndsl
     prints and writes today; every pass has a row in its table."""
     from rnndsl.build.modules import build_source
-    from rnndsl.codegen.emit import explain_lines
+    from rnndsl.schedule.explain import explain_lines
     from rnndsl.ir.graph import lower
     from rnndsl.schedule.plan import PASSES, TARGET_PASSES, make_plan
     from rnndsl.lang.specfile import read_spec

@@ -238,7 +238,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from ..codegen.emit import explain_lines
+    from ..schedule.explain import explain_lines
     from ..ir.graph import lower
     from ..schedule.plan import make_plan, passes_for
     from ..lang.specfile import read_spec
