@@ -1,4 +1,6 @@
-"""Code generation: a plan -> the text of a module of kernels. emit.py (the CPU dialect
-and the shared emitter), emit_cuda.py and emit_persistent.py (the cuda target),
-printer_py.py (the printer), gemm_gen.py (writes kernels/gemm_tiles.py).
+"""Code generation: a plan -> the text of a module of kernels. emit.py (the emitter),
+dialect.py (what differs between targets: the CPU dialect, per-op formats), kernel.py
+(one kernel's loop nests), module.py (the module's header and footer), emit_cuda.py and
+emit_persistent.py (the cuda target), printer_py.py (the printer), gemm_gen.py (writes
+kernels/gemm_tiles.py).
 """

@@ -1,0 +1,170 @@
+"""What differs between the compiled targets, as data: a `Dialect` record per target
+(allocation, GEMM call, helpers, what its kernels can do), the names generated code
+takes from a spec (`ident`), and the per-op expression formats of elementwise code.
+emit.py's CPU dialect is here; emit_cuda.py holds the CUDA one."""
+
+from __future__ import annotations
+
+import ast
+import re
+import textwrap
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ..core.version import __version__
+from ..lang import printer
+from ..kernels.tile_sizes import MR, NR
+from ..core.ops import HARD_SIGMOID_SLOPE, LEAVES, Op
+from ..schedule.explain import explain_lines
+from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan, passes_for
+from .printer_py import Printer, safe_comment, safe_docstring
+from ..core.shapes import Dim
+
+
+
+CONSTS_PLACEHOLDER = "<<constants>>"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What a target writes differently in a kernel's host-side code; nothing else.
+
+    The plan, the references, the fused expressions and the stage order are shared by
+    every target. A target differs in how it allocates and multiplies (these strings) and
+    in the skeleton of a loop nest (`_Kernel.loops`, overridden by emit_cuda.py).
+    """
+
+    target: str
+    decorator: str | None      # on the forward/backward drivers (None: plain Python)
+    empty: str                 # allocate (shape, dtype)
+    empty_like: str
+    dot: str                   # dot(a, b, out): GEMM, GEMV or vector-matrix
+    contiguous: str            # wraps a strided view before a GEMM ("": views are fine)
+    clone: str                 # a fresh copy of an array, "{}" is the array
+    helpers: str               # the module of array helpers and scalar functions
+    helper_names: tuple[str, ...]
+    runtime: str               # "module:function" that turns META into a cell class
+    engine: str                # for the header: what compiles the kernels
+    debug_hint: str            # for the header: how to step through the kernels
+    # what the target's kernels can do, which the shared emitter asks instead of its name
+    transposed_views: bool = False   # its dot takes a transposed view (no transposed copy)
+    vector_row_sums: bool = False    # a row's sum in vector partial sums (kernels.row_sum)
+    register_tiles: bool = False     # per-step GEMMs in kernels.gemm's tiles (microkernel)
+    small_batch_splits: bool = False  # a stacked GEMM split member by member at small B
+    skips_input_grads: bool = False  # the backward takes `want_din` and may skip d_inputs
+    imports: tuple[str, ...] = ()    # further import lines of its modules
+    tile_imports: tuple[str, ...] = ()   # names from kernels.gemm (the register tiles)
+
+
+HELPER_NAMES = ("copy1", "copy2", "copy_rows", "copy_t", "transposed", "fill1", "fill2",
+                "add_into1", "add_into2", "tanh", "sigmoid", "softplus", "sign", "row_sum",
+                "kernel_jit")
+# the cuda kernels sum a row in a plain loop, and are compiled by numba-cuda
+CPU_ONLY_HELPERS = ("row_sum", "kernel_jit")
+
+CPU = Dialect(
+    # nogil: the runtime runs blocks of batch rows on threads of its own (runtime.py)
+    target="cpu", decorator='@kernel_jit(cache=True, error_model="numpy", nogil=True)',
+    empty="np.empty",
+    empty_like="np.empty_like", dot="np.dot", contiguous="np.ascontiguousarray",
+    clone="{}.copy()", helpers="rnndsl.kernels.loops", helper_names=HELPER_NAMES,
+    runtime="rnndsl.cells.compiled:compiled_cell_class", engine="Numba @njit",
+    debug_hint="Run it as plain Python for debugging with NUMBA_DISABLE_JIT=1.",
+    transposed_views=True, vector_row_sums=True, register_tiles=True,
+    small_batch_splits=True, skips_input_grads=True,
+    tile_imports=("MR", "NR", "pack_cols_t", "pack_rows", "packed_gemm", "parallel_dot",
+                  "parallel_dot_tn"))
+
+
+@dataclass
+class Emitted:
+    source: str
+    forward_args: list[tuple]
+    backward_args: list[tuple]
+    consts: list[tuple]            # ("value", float) or ("dim", Dim)
+    tapes: list[tuple[int, object]]   # (node id, size Dim) of tapes the runtime allocates
+
+
+
+# OpenBLAS multiplies small products (M*N*K up to about 2^18 here) with a direct kernel
+# that is twice as fast a flop as its packed path: four (16 x 128) @ (128 x 128) took
+# 1.83 ms a 100 steps, one (16 x 128) @ (128 x 512) 3.99 ms (benchmarks/RESULTS.md). A
+# stacked per-step GEMM below this size is therefore run member by member.
+SMALL_PRODUCT = 1 << 18
+
+
+_ENDS_LIKE_A_VIEW = re.compile(r"_r_*\Z")
+
+
+def ident(name) -> str:
+    """The Python identifier for a spec name, one to one. Names of a stacked layer's
+    params and states are qualified (`l1.W_i`); the dot becomes a double underscore,
+    which the checker keeps out of names a user writes, so two names never meet.
+
+    A kernel names an array's 2-D rows view by adding `_r` (`in_x` -> `in_x_r`), so a
+    name that ends in `_r` (then any underscores) gets one more underscore: inputs
+    `x` and `x_r` are `in_x`, `in_x_r` (x's view) and `in_x_r_`, never one variable.
+    Such names are the only ones the rule moves, and they stay among themselves."""
+    text = str(name).replace(".", "__")
+    return text + "_" if _ENDS_LIKE_A_VIEW.search(text) else text
+
+def _dim(d: Dim) -> str:
+    """A size as a Python expression over the kernel's dim arguments."""
+    parts = [f"{c} * dim_{n}" if c != 1 else f"dim_{n}" for n, c in d.terms]
+    if d.const or not parts:
+        parts.append(str(d.const))
+    return " + ".join(parts).replace("+ -", "- ")
+
+
+def _elementwise_expr(op: Op, a: list[str], attrs: tuple, k) -> str:
+    if op == Op.ADD:
+        return f"{a[0]} + {a[1]}"
+    if op == Op.SUB:
+        return f"{a[0]} - {a[1]}"
+    if op == Op.MUL:
+        return f"{a[0]} * {a[1]}"
+    if op == Op.DIV:
+        return f"{a[0]} / {a[1]}"
+    if op == Op.NEG:
+        return f"-{a[0]}"
+    if op == Op.POW:
+        p = attrs[0]
+        if p == 2.0:
+            return f"{a[0]} * {a[0]}"
+        if p == 1.0:
+            return a[0]
+        return f"{a[0]} ** {k(p)}"
+    if op == Op.MIN:
+        return f"min({a[0]}, {a[1]})"
+    if op == Op.MAX:
+        return f"max({a[0]}, {a[1]})"
+    if op == Op.TANH:
+        return f"tanh({a[0]})"
+    if op == Op.SIGMOID:
+        return f"sigmoid({a[0]}, {k(1.0)})"
+    if op == Op.RELU:
+        return f"max({a[0]}, {k(0.0)})"
+    if op == Op.EXP:
+        return f"math.exp({a[0]})"
+    if op == Op.LOG:
+        return f"math.log({a[0]})"
+    if op == Op.SQRT:
+        return f"math.sqrt({a[0]})"
+    if op == Op.SOFTPLUS:
+        return f"softplus({a[0]}, {k(0.0)}, {k(1.0)})"
+    if op == Op.HARD_SIGMOID:
+        return f"min(max({a[0]} * {k(HARD_SIGMOID_SLOPE)} + {k(0.5)}, {k(0.0)}), {k(1.0)})"
+    if op == Op.ABS:
+        return f"abs({a[0]})"
+    if op == Op.GT:
+        return f"{k(1.0)} if {a[0]} > {a[1]} else {k(0.0)}"
+    if op == Op.SIGN:
+        return f"sign({a[0]}, {k(0.0)}, {k(1.0)})"
+    if op in (Op.BATCH, Op.EXPAND):
+        return a[0]
+    raise AssertionError(f"{op} is not elementwise")
+
+
+ELEMENTWISE_FORMATS = {op: _elementwise_expr for op in ELEMENTWISE}
+
+
