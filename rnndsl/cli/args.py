@@ -30,37 +30,33 @@ def _number(text: str, kind):
     return value
 
 
+def _bounded(kind, low, strict: bool):
+    """A parser of `kind` (int or a finite float) that is above `low` (strict) or at
+    least `low`, refusing others with the rule it broke."""
+    def parse(text: str):
+        value = _number(text, kind)
+        if value < low or (strict and value == low):
+            shown = value if kind is int else text
+            rule = "above" if strict else "at least"
+            raise argparse.ArgumentTypeError(f"must be {rule} {low:g}, got {shown}")
+        return value
+    parse.__name__ = f"{'integer' if kind is int else 'number'} {'>' if strict else '>='} {low:g}"
+    return parse
+
+
 def at_least(low: int):
     """An int >= low."""
-    def parse(text: str) -> int:
-        value = _number(text, int)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-    parse.__name__ = f"integer >= {low}"
-    return parse
+    return _bounded(int, low, strict=False)
 
 
 def above(low: float):
     """A finite float > low."""
-    def parse(text: str) -> float:
-        value = _number(text, float)
-        if not value > low:
-            raise argparse.ArgumentTypeError(f"must be above {low:g}, got {text}")
-        return value
-    parse.__name__ = f"number > {low:g}"
-    return parse
+    return _bounded(float, low, strict=True)
 
 
 def at_least_float(low: float):
     """A finite float >= low."""
-    def parse(text: str) -> float:
-        value = _number(text, float)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
-        return value
-    parse.__name__ = f"number >= {low:g}"
-    return parse
+    return _bounded(float, low, strict=False)
 
 
 def fraction_open(text: str) -> float:
