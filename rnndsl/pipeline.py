@@ -1,6 +1,7 @@
 """The one driver: a checked spec file, passes and a target -> a generated module's text.
 
-    spec file --lower--> step graph --make_plan (grad, passes)--> plan --emit--> text
+    checked cell --lower--> step graph --grad--> step + adjoint --make_plan--> plan
+                 --emit (target's dialect)--> text
 
 Pure: it reads and writes no files (build/ writes, caches and imports what this returns)
 and is the only place, beside the CLI's inspection commands, that strings the stages
@@ -15,10 +16,12 @@ from collections import Counter
 from .codegen.emit import module_footer, module_header
 from .core import targets
 from .core.errors import CheckError, Diagnostic, RnnError
-from .ir.graph import lower
+from .ir.grad import StepGrads, grad_step
+from .ir.graph import StepGraph, lower
+from .lang.checked import CheckedCell
 from .lang.compose import with_lengths
 from .lang.specfile import SpecFile
-from .schedule.plan import PASSES, make_plan
+from .schedule.plan import GRAPH_PASSES, PASSES, Plan, make_plan
 
 
 class BuildError(RnnError):
@@ -36,6 +39,21 @@ def backend(target: str):
     return targets.resolve(record.emitter), targets.resolve(record.dialect)
 
 
+def differentiate(cell: CheckedCell, passes=PASSES) -> tuple[StepGraph, StepGrads]:
+    """A cell's one-step graph, lowered once with the graph-building passes among
+    `passes` (cse, simplify: they act as nodes are added), and its adjoint, which
+    grad_step adds to the same graph: the planner needs both in one graph."""
+    flags = {name: name in passes for name in GRAPH_PASSES}
+    step = lower(cell, **flags)
+    return step, grad_step(step)
+
+
+def plan_cell(cell: CheckedCell, passes=PASSES) -> Plan:
+    """lower -> grad -> schedule: the plan that `rnndsl explain` prints and emit reads."""
+    step, grads = differentiate(cell, passes)
+    return make_plan(step, grads, passes)
+
+
 def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
                  variant: str | None = None) -> str:
     """The full text of the generated module for every cell defined in a spec file.
@@ -50,7 +68,7 @@ def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
     parts = [module_header(str(spec_file.source.path), spec_file.digest, names, target,
                            dialect)]
     for cell in cells:
-        plan = make_plan(lower(cell), passes)
+        plan = plan_cell(cell, passes)
         parts.append(f"\n\n# {'-' * 70} cell {cell.name}\n\n")
         parts.append(emit_cell(plan, cell.source.path, cell.source.text,
                                spec_file.digest).source)

@@ -249,12 +249,12 @@ def test_cpu_doc_shows_the_current_plan_and_passes():
     prints and writes today; every pass has a row in its table."""
     from rnndsl.build.modules import build_source
     from rnndsl.schedule.explain import explain_lines
-    from rnndsl.ir.graph import lower
-    from rnndsl.schedule.plan import PASSES, TARGET_PASSES, make_plan
+    from rnndsl.pipeline import plan_cell
+    from rnndsl.schedule.plan import PASSES, TARGET_PASSES
     from rnndsl.lang.specfile import read_spec
     doc = CPU_DOC.read_text()
     spec = read_spec(REPO / "specs" / "lstm.rnn")
-    plan = make_plan(lower(spec.cells["LSTM"]), PASSES)
+    plan = plan_cell(spec.cells["LSTM"], PASSES)
     for line in explain_lines(plan)[:14]:
         assert line in doc, line
     source = build_source(spec)

@@ -239,11 +239,11 @@ def cmd_build(args) -> int:
 
 def cmd_explain(args) -> int:
     from ..schedule.explain import explain_lines
-    from ..ir.graph import lower
-    from ..schedule.plan import make_plan, passes_for
+    from ..pipeline import plan_cell
+    from ..schedule.plan import passes_for
     from ..lang.specfile import read_spec
     spec = read_spec(args.file).pick(args.cell)
-    plan = make_plan(lower(spec), _passes(args))
+    plan = plan_cell(spec, _passes(args))
     on = ", ".join(passes_for(plan.passes, args.target)) or "none"
     print(f"# cell {spec.name}: plan for the {args.target} target (passes: {on})")
     for line in explain_lines(plan, target=args.target):

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..ir.grad import StepGrads, grad_step
-from ..ir.graph import Graph, StepGraph, lower
+from ..ir.grad import StepGrads
+from ..ir.graph import Graph, StepGraph
 from ..core.ops import Op
 
 PASSES = ("cse", "simplify", "hoist", "fuse_matmul", "fuse_elementwise", "defer_grads",
@@ -125,15 +125,21 @@ def _flags(G: Graph, nodes: list[int]) -> dict[int, frozenset[str]]:
     return deps
 
 
-def make_plan(step: StepGraph, passes=PASSES) -> Plan:
+GRAPH_PASSES = ("cse", "simplify")   # act while the graph is built (ir.graph.Graph's flags)
+
+
+def make_plan(step: StepGraph, grads: StepGrads, passes=PASSES) -> Plan:
+    """The schedule of a step graph and its adjoint (both in `step.graph`, as
+    `pipeline.differentiate` makes them). The planner neither lowers nor differentiates,
+    and adds nothing to the graph: it only reads it."""
     passes = frozenset(passes)
     unknown = passes - set(PASSES)
     assert not unknown, f"unknown passes {sorted(unknown)}"
-    graph_flags = ("cse" in passes, "simplify" in passes)
-    if (step.graph.cse, step.graph.simplify) != graph_flags:   # these two act as it is built
-        step = lower(step.cell, cse=graph_flags[0], simplify=graph_flags[1])
+    built = {"cse": step.graph.cse, "simplify": step.graph.simplify}
+    wanted = {name: name in passes for name in GRAPH_PASSES}
+    assert built == wanted, (f"the graph was built with {built} but the passes ask for "
+                             f"{wanted}: lower it through pipeline.differentiate")
     G = step.graph
-    grads = grad_step(step)
     fwd_nodes = G.needed(step.roots())
     all_nodes = G.needed(step.roots() + grads.roots())
     deps = _flags(G, all_nodes)

@@ -526,10 +526,9 @@ def test_gru_cotangents_stack_on_both_sides():
     [U_r; U_z; U_n]: each is written to both buffers, so the backward step is one GEMM
     and dU one GEMM over a contiguous tape (before: three of each, two of the dU ones
     through contiguous copies of strided tapes)."""
-    from rnndsl.ir.graph import lower
-    from rnndsl.schedule.plan import make_plan
+    from rnndsl.pipeline import plan_cell
     spec = read_spec(REPO / "specs" / "gru.rnn")
-    plan = make_plan(lower(spec.cells["GRU"]), PASSES)
+    plan = plan_cell(spec.cells["GRU"], PASSES)
     w_side, u_side = plan.cotangent_groups
     assert w_side.cotangents[:2] == u_side.cotangents[:2]
     assert w_side.cotangents[2] != u_side.cotangents[2]
