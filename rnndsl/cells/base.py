@@ -19,6 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..core.flat import flat_views
+
 from ..core.errors import BindError
 from ..lang import ast
 from ..lang.checked import CheckedCell, Decl
@@ -108,8 +110,13 @@ class Cell:
         self.seed = seed
         self._token = object()   # identifies this cell's Runs (not id(): ids are reused)
         rng = np.random.default_rng(seed)
-        self.params: dict[str, np.ndarray] = {
-            d.name: _init_param(d, self._size(d), rng, self.dtype) for d in spec.params}
+        # views of one flat buffer, in the spec's order (core/flat.py): a norm or an
+        # optimiser step over the whole model is then one loop
+        _, views = flat_views([self._size(d) for d in spec.params], self.dtype, fill=None)
+        self.params: dict[str, np.ndarray] = {}
+        for d, view in zip(spec.params, views):
+            view[...] = _init_param(d, self._size(d), rng, self.dtype)
+            self.params[d.name] = view
 
     # ------------------------------------------------------------------ binding
     @classmethod

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..core.flat import flat_span, flat_views
 from ..ir.graph import lower
 from ..kernels.blas import (kernel_thread_count, kernel_threads, numba_threads,
                             row_block_threads, row_blocks_enabled)
@@ -88,6 +89,14 @@ class CompiledCell(Cell):
         value = np.ascontiguousarray(self.params[name])
         return value.reshape(1) if value.ndim == 0 else value
 
+    def _param_grad_arrays(self) -> dict[str, np.ndarray]:
+        """Zeroed arrays for one backward call's param gradients: views of one flat
+        buffer (core/flat.py), so that the norm, the clipping and the optimiser step of
+        a training step are one loop each over the whole model."""
+        shapes = [self._size(d) or (1,) for d in self.spec.params]
+        _, views = flat_views(shapes, self.dtype)
+        return dict(zip((d.name for d in self.spec.params), views))
+
     def _out_size(self, name: str) -> tuple[int, ...]:
         o = next(o for o in self.spec.outputs if o.name == name)
         return tuple(d.evaluate(self.dims) for d in o.type.shape) or (1,)
@@ -140,8 +149,10 @@ class CompiledCell(Cell):
                 {k: _kernel_array(v) for k, v in d_st.items()})
 
     def _plus_batch_sum(self, param_grad, state_grad):
-        """A learned initial state's param collects its batch's gradient."""
-        return param_grad + state_grad.sum(axis=0)
+        """A learned initial state's param collects its batch's gradient (in place: the
+        gradient stays a view of the flat buffer)."""
+        param_grad += state_grad.sum(axis=0).reshape(param_grad.shape)
+        return param_grad
 
     # ------------------------------------------------------------------ row blocks
     def _row_blocks(self, B: int) -> list[tuple[int, int]]:
@@ -305,7 +316,7 @@ class CompiledCell(Cell):
         nothing (and one changed in place, tape.seen refuses)."""
         B = block.r1 - block.r0
         sizes_state = {d.name: self._size(d) for d in self.spec.states}
-        params = {d.name: self._zeros(self._size(d) or (1,)) for d in self.spec.params}
+        params = self._param_grad_arrays()
         # without input_grads the kernel may leave these unwritten: no zeroing needed
         blank = self._empty if skip_inputs else self._zeros
         inputs = {d.name: blank((T, B) + self._size(d)) for d in self.spec.inputs}
@@ -367,7 +378,12 @@ class CompiledCell(Cell):
                     _rows_of(d_st, r0, r1, axis=0), T, skip_inputs, 1))
             self._launch_blocks(self.meta["backward"], [p[0] for p in parts])
             params = parts[0][1]
+            total = flat_span(list(params.values()))
             for part in parts[1:]:      # each block's rows' share of the weight gradients
+                share = flat_span(list(part[1].values()))
+                if total is not None and share is not None:
+                    total += share
+                    continue
                 for name, grad in part[1].items():
                     params[name] += grad
             inputs = _joined([p[2] for p in parts], axis=1)

@@ -203,6 +203,11 @@ class CudaCell(CompiledCell):
         fill1(out.reshape((int(np.prod(shape)),)), self.dtype.type(0))
         return out
 
+    def _param_grad_arrays(self) -> dict:
+        """Zeroed device arrays, one a param (a flat buffer would buy nothing here: the
+        host-side optimiser sees copies)."""
+        return {d.name: self._zeros(self._size(d) or (1,)) for d in self.spec.params}
+
     def _launch(self, driver, args) -> None:
         driver(*args)
 

@@ -1,6 +1,7 @@
 """What generated modules call at run time: array loops and scalar functions (loops.py),
 the per-step GEMMs' register tiles (gemm.py, gemm_tiles.py, tile_sizes.py), the cuda
-helpers (cuda.py), BLAS thread control (blas.py) and the allocator setting (malloc.py).
+helpers (cuda.py), BLAS thread control (blas.py), the allocator setting (malloc.py), and the
+training step's norms, clipping and optimiser updates (optim.py).
 Imports nothing of rnndsl above core/, so every layer may import it.
 
 Modules written by rnndsl 0.1.0 import their helpers from `rnndsl.kernels` itself; its
@@ -11,7 +12,8 @@ warm load that needs only tile_sizes.py should not pay for).
 
 import importlib
 
-_SUBMODULES = ("blas", "cuda", "gemm", "gemm_tiles", "loops", "malloc", "tile_sizes")
+_SUBMODULES = ("blas", "cuda", "gemm", "gemm_tiles", "loops", "malloc", "optim",
+               "tile_sizes")
 
 
 def __getattr__(name: str):

@@ -10,6 +10,13 @@ optimiser keeps its buffers per param name, in the param's dtype, and implements
 update rule written in PyTorch's documentation of `torch.optim` (the pseudo-code is copied
 into each docstring, with the same symbols), so results can be checked against PyTorch.
 
+The updates, the norm and the clipping are compiled loops (rnndsl.kernels.optim): they call
+no BLAS, so no library's thread pool wakes up between two kernel calls to compete with the
+kernels' threads, and each makes one pass over memory. When the params, the gradients and
+the buffers are each views of one flat buffer (a cell's params are; a compiled backward's
+gradients are; the buffers are made so), a step is one call over the whole model; else
+one call a param.
+
 `state_dict()` is a plain dict of numbers, strings and dicts of arrays: it goes through
 `checkpoint.save` into an .npz and comes back through `load_state_dict`, after which the
 next step is the one an uninterrupted run would take.
@@ -21,6 +28,11 @@ import math
 from typing import Mapping
 
 import numpy as np
+
+from ..core.flat import flat_span, flat_views
+from ..kernels import optim as kernels
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _check_pairs(params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> None:
@@ -51,7 +63,12 @@ def _check_number(name: str, value, low: float, high: float = math.inf,
 
 
 class Optimizer:
-    """Common bookkeeping: hyperparameters, the step counter t and per-param buffers."""
+    """Common bookkeeping: hyperparameters, the step counter t and per-param buffers.
+
+    A subclass names its buffers (BUFFERS), says which of them its settings use
+    (`_used`), and implements `_update(p, g, buffers, fresh)` over 1-D arrays of one
+    dtype, which `step` calls once over the whole model where it lies in flat buffers,
+    else once a param."""
 
     BUFFERS: tuple[str, ...] = ()
 
@@ -64,22 +81,52 @@ class Optimizer:
         args = ", ".join(f"{k}={v}" for k, v in self.hyper.items())
         return f"{type(self).__name__}({args})"
 
+    def _used(self) -> tuple[str, ...]:
+        """The buffers these settings update (the others stay empty)."""
+        return self.BUFFERS
+
     def step(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> None:
         """One update of every param that has a gradient (params without one are left)."""
         _check_pairs(params, grads)
         self.t += 1
-        for name, g in grads.items():
-            self._update(name, params[name], g.astype(params[name].dtype, copy=False))
+        names = list(grads)
+        ps = [params[n] for n in names]
+        gs = [np.ascontiguousarray(grads[n], dtype=params[n].dtype) for n in names]
+        used = self._used()
+        fresh = {n for n in names if any(n not in self.buffers[k] for k in used)}
+        bufs = {k: self._buffers_for(k, names, ps) for k in used}
+        whole = [flat_span(ps), flat_span(gs)] + [flat_span(bufs[k]) for k in used]
+        if all(a is not None for a in whole) and (not fresh or len(fresh) == len(names)):
+            self._update(whole[0], whole[1], dict(zip(used, whole[2:])), bool(fresh))
+            return
+        for i, name in enumerate(names):
+            p = ps[i]
+            work = p if p.flags.c_contiguous else np.ascontiguousarray(p)
+            self._update(work.reshape(-1), gs[i].reshape(-1),
+                         {k: bufs[k][i].reshape(-1) for k in used}, name in fresh)
+            if work is not p:
+                p[...] = work
 
-    def _buffer(self, kind: str, name: str, like: np.ndarray) -> np.ndarray:
-        buf = self.buffers[kind].get(name)
-        if buf is None or buf.shape != like.shape:
-            buf = self.buffers[kind][name] = np.zeros_like(like)
-        elif buf.dtype != like.dtype:     # state restored from a run in another dtype
-            buf = self.buffers[kind][name] = buf.astype(like.dtype)
-        return buf
+    def _buffers_for(self, kind: str, names: list[str], like: list[np.ndarray]
+                     ) -> list[np.ndarray]:
+        """The `kind` buffers of these params, made (zeros, as views of one flat buffer)
+        for those that have none or one of another shape; converted where a state
+        restored from a run in another dtype left them in that dtype."""
+        held = self.buffers[kind]
+        missing = [i for i, n in enumerate(names)
+                   if n not in held or held[n].shape != like[i].shape]
+        if missing:
+            _, views = flat_views([like[i].shape for i in missing], like[missing[0]].dtype)
+            for i, view in zip(missing, views):
+                held[names[i]] = view if view.dtype == like[i].dtype else view.astype(
+                    like[i].dtype)
+        for i, n in enumerate(names):
+            if held[n].dtype != like[i].dtype:
+                held[n] = held[n].astype(like[i].dtype)
+        return [held[n] for n in names]
 
-    def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
+    def _update(self, p: np.ndarray, g: np.ndarray, buffers: dict[str, np.ndarray],
+                fresh: bool) -> None:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -90,7 +137,8 @@ class Optimizer:
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore buffers and the step counter; hyperparameters stay this object's own
-        (a resumed run may change the learning rate), but the kind must match."""
+        (a resumed run may change the learning rate), but the kind must match. The
+        buffers come back as views of one flat buffer a kind, as `step` makes them."""
         kind = state.get("kind") if isinstance(state, Mapping) else None
         if kind != type(self).__name__:
             raise ValueError(f"optimiser state is for {kind!r}; this optimiser is "
@@ -100,8 +148,27 @@ class Optimizer:
             raise ValueError(f"{kind} state has buffers {sorted(buffers)}; expected "
                              f"{sorted(self.BUFFERS)}")
         self.t = int(state.get("t", 0))
-        self.buffers = {k: {n: np.array(a, copy=True) for n, a in buffers[k].items()}
-                        for k in self.BUFFERS}
+        self.buffers = {}
+        for k in self.BUFFERS:
+            arrays = {n: np.asarray(a) for n, a in buffers[k].items()}
+            self.buffers[k] = {}
+            if arrays:
+                dtype = np.result_type(*arrays.values())
+                _, views = flat_views([a.shape for a in arrays.values()], dtype, fill=None)
+                for (n, a), view in zip(arrays.items(), views):
+                    view[...] = a
+                    self.buffers[k][n] = view if a.dtype == dtype else a.copy()
+
+
+def _typed(p: np.ndarray, *values: float):
+    """The scalars in p's dtype: a float32 model updates in float32 arithmetic."""
+    if p.dtype not in _KERNEL_DTYPES:
+        raise ValueError(f"optimisers update float32 or float64 params, got {p.dtype}")
+    return tuple(p.dtype.type(v) for v in values)
+
+
+def _unused(p: np.ndarray) -> np.ndarray:
+    return p[:0]
 
 
 class SGD(Optimizer):
@@ -124,20 +191,14 @@ class SGD(Optimizer):
             raise ValueError("nesterov=True needs a momentum above 0")
         self.nesterov = bool(nesterov)
 
-    def _update(self, name, p, g):
-        lr, mu, wd = self.hyper["lr"], self.hyper["momentum"], self.hyper["weight_decay"]
-        if wd:
-            g = g + p.dtype.type(wd) * p
-        if mu:
-            fresh = name not in self.buffers["momentum_buffer"]
-            b = self._buffer("momentum_buffer", name, p)
-            if fresh:
-                b[...] = g
-            else:
-                b *= p.dtype.type(mu)
-                b += g
-            g = g + p.dtype.type(mu) * b if self.nesterov else b
-        p -= p.dtype.type(lr) * g
+    def _used(self):
+        return self.BUFFERS if self.hyper["momentum"] else ()
+
+    def _update(self, p, g, buffers, fresh):
+        lr, mu, wd = _typed(p, self.hyper["lr"], self.hyper["momentum"],
+                            self.hyper["weight_decay"])
+        b = buffers.get("momentum_buffer", _unused(p))
+        kernels.sgd_update(p, g, b, lr, mu, wd, self.nesterov, fresh)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -169,27 +230,18 @@ class RMSprop(Optimizer):
                          weight_decay=_check_number("weight_decay", weight_decay, 0.0))
         self.centered = bool(centered)
 
-    def _update(self, name, p, g):
-        h = {k: p.dtype.type(v) for k, v in self.hyper.items()}
-        if h["weight_decay"]:
-            g = g + h["weight_decay"] * p
-        v = self._buffer("square_avg", name, p)
-        v *= h["alpha"]
-        v += (1 - h["alpha"]) * g * g
-        if self.centered:
-            g_ave = self._buffer("grad_avg", name, p)
-            g_ave *= h["alpha"]
-            g_ave += (1 - h["alpha"]) * g
-            denom = np.sqrt(v - g_ave * g_ave) + h["eps"]
-        else:
-            denom = np.sqrt(v) + h["eps"]
-        if h["momentum"] > 0:
-            b = self._buffer("momentum_buffer", name, p)
-            b *= h["momentum"]
-            b += g / denom
-            p -= h["lr"] * b
-        else:
-            p -= h["lr"] * g / denom
+    def _used(self):
+        return (("square_avg",) + (("momentum_buffer",) if self.hyper["momentum"] > 0 else ())
+                + (("grad_avg",) if self.centered else ()))
+
+    def _update(self, p, g, buffers, fresh):
+        h = self.hyper
+        lr, alpha, eps, mu, wd = _typed(p, h["lr"], h["alpha"], h["eps"], h["momentum"],
+                                        h["weight_decay"])
+        kernels.rmsprop_update(p, g, buffers["square_avg"],
+                               buffers.get("momentum_buffer", _unused(p)),
+                               buffers.get("grad_avg", _unused(p)),
+                               lr, alpha, eps, mu, wd, self.centered)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -223,30 +275,42 @@ class Adam(Optimizer):
                          eps=_check_number("eps", eps, 0.0),
                          weight_decay=_check_number("weight_decay", weight_decay, 0.0))
 
-    def _update(self, name, p, g):
+    def _update(self, p, g, buffers, fresh):
         h = self.hyper
-        dt = p.dtype.type
-        if h["weight_decay"]:
-            g = g + dt(h["weight_decay"]) * p
-        m = self._buffer("exp_avg", name, p)
-        v = self._buffer("exp_avg_sq", name, p)
-        m *= dt(h["beta1"])
-        m += dt(1 - h["beta1"]) * g
-        v *= dt(h["beta2"])
-        v += dt(1 - h["beta2"]) * g * g
         correction1 = 1 - h["beta1"] ** self.t
         correction2 = 1 - h["beta2"] ** self.t
-        denom = np.sqrt(v / dt(correction2)) + dt(h["eps"])
-        p -= dt(h["lr"] / correction1) * m / denom
+        beta1, beta2, step_size, c2, eps, wd = _typed(
+            p, h["beta1"], h["beta2"], h["lr"] / correction1, correction2, h["eps"],
+            h["weight_decay"])
+        kernels.adam_update(p, g, buffers["exp_avg"], buffers["exp_avg_sq"], beta1, beta2,
+                            step_size, c2, eps, wd)
+
+
+def _flat_or_each(grads: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """The gradients as 1-D arrays for the compiled loops: one over all of them where
+    they lie in one flat buffer, else one each (a copy only where one is not
+    C-contiguous or not float32/float64; such a copy is read, never written back)."""
+    arrays = [np.asarray(g) for g in grads.values()]
+    whole = flat_span(arrays)
+    if whole is not None and whole.dtype in _KERNEL_DTYPES:
+        return [whole]
+    return [(a if a.dtype in _KERNEL_DTYPES else a.astype(np.float64)).reshape(-1)
+            for a in arrays]
 
 
 def global_norm(grads: Mapping[str, np.ndarray]) -> float:
-    """sqrt of the sum of squares of every gradient element, accumulated in float64."""
-    total = 0.0
-    for g in grads.values():
-        flat = np.asarray(g, dtype=np.float64).ravel()
-        total += float(flat @ flat)
-    return math.sqrt(total)
+    """sqrt of the sum of squares of every gradient element, accumulated in float64
+    (a compiled loop: no BLAS call, see the module's docstring)."""
+    return math.sqrt(sum(kernels.sum_squares(a) for a in _flat_or_each(grads)))
+
+
+def _writable_each(grads: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """1-D views to change the gradients in place through (flat where they are)."""
+    arrays = list(grads.values())
+    whole = flat_span(arrays)
+    if whole is not None and whole.dtype in _KERNEL_DTYPES:
+        return [whole]
+    return arrays
 
 
 def clip_global_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
@@ -261,17 +325,23 @@ def clip_global_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
         raise ValueError(f"gradient norm is {norm}: non-finite gradients in "
                          f"{', '.join(bad)}; the model diverged or its input is bad")
     if norm > max_norm:
-        scale = max_norm / norm
-        for g in grads.values():
-            g *= g.dtype.type(scale)
+        factor = max_norm / norm
+        for g in _writable_each(grads):
+            if g.dtype in _KERNEL_DTYPES and g.flags.c_contiguous:
+                kernels.scale(g.reshape(-1), g.dtype.type(factor))
+            else:
+                g *= g.dtype.type(factor)
     return norm
 
 
 def clip_elementwise(grads: Mapping[str, np.ndarray], limit: float) -> None:
     """Clamp every gradient element to [-limit, limit], in place (clip_grad_value_)."""
     limit = _check_number("limit", limit, 0.0)
-    for g in grads.values():
-        np.clip(g, -limit, limit, out=g)
+    for g in _writable_each(grads):
+        if g.dtype in _KERNEL_DTYPES and g.flags.c_contiguous:
+            kernels.clamp(g.reshape(-1), g.dtype.type(limit))
+        else:
+            np.clip(g, -limit, limit, out=g)
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam}

@@ -168,7 +168,8 @@ class Trainer:
         else:
             self.last_grad_norm = global_norm(grads)
         self.optimizer.step(self.cell.params, grads)
-        self._state = {k: v.copy() for k, v in run.state.items()}
+        # the forward's final states are fresh arrays of its own: carried, not copied
+        self._state = dict(run.state)
         self.last_run = run
         self.steps += 1
         return loss
@@ -183,7 +184,7 @@ class Trainer:
         if self.output not in self.cell._final_outputs():   # a final output is (B, ...)
             mask = self._mask(mask, lengths, run.T)
         loss, _ = self.loss(run.outputs[self.output], targets, mask)
-        self._eval_state = {k: v.copy() for k, v in run.state.items()}
+        self._eval_state = dict(run.state)
         self.last_run = run
         return loss
 
