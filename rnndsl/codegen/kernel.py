@@ -5,29 +5,44 @@ kind of node (fused elementwise groups, stacked GEMMs, reductions, softmax, view
 
 from __future__ import annotations
 
-import ast
-import re
-import textwrap
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..core.version import __version__
-from ..lang import printer
-from ..kernels.tile_sizes import MR, NR
-from ..core.ops import HARD_SIGMOID_SLOPE, LEAVES, Op
-from ..schedule.explain import explain_lines
-from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan, passes_for
-from .printer_py import Printer, safe_comment, safe_docstring
+from ..core.ops import LEAVES, Op
 from ..core.shapes import Dim
+from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup
+from .dialect import ELEMENTWISE_FORMATS, Dialect, _dim, ident
+from .printer_py import Printer, safe_comment
 
-from .dialect import *  # noqa: F401,F403
-from .dialect import _dim, _elementwise_expr, _ENDS_LIKE_A_VIEW  # noqa: F401
+if TYPE_CHECKING:       # emit.py imports this module
+    from .emit import _Emitter
 
 
 class _Kernel:
     """Emits one kernel (forward or backward) of a plan."""
 
     formats = ELEMENTWISE_FORMATS      # op -> scalar expression; a target may override some
+    # The code of each op that is neither a leaf (read in place, `ref`) nor elementwise
+    # (`formats`, in a fused loop nest), as in the tables of the other stages, so that
+    # tests/core/test_tables.py finds an op with no code by name. The rows are method
+    # names, so that a target changes one op's code by overriding its method; each is
+    # called as method(nid, stage, operands, out) after the node's titles and allocation.
+    # The plan's groups come first (emit_stage's GEMM groups, emit_other's stacked GEMMs).
+    OP_EMITTERS: dict[Op, str] = {
+        Op.MATVEC: "emit_matvec",
+        Op.MATVEC_T: "emit_matvec_t",
+        Op.OUTER: "emit_outer",
+        Op.UNBROADCAST: "emit_unbroadcast",
+        Op.SUM: "emit_reduce",
+        Op.MEAN: "emit_reduce",
+        Op.SOFTMAX: "emit_softmax",
+        Op.LOG_SOFTMAX: "emit_softmax",
+        Op.CONCAT: "emit_concat",
+        Op.PAD: "emit_pad",
+    }
+    # Ops whose value is a view of an operand's array: no titles and no allocation; each
+    # is called as method(nid, stage).
+    VIEW_EMITTERS: dict[Op, str] = {Op.SLICE: "emit_slice"}
 
     def __init__(self, em: "_Emitter", which: str):
         self.em, self.which = em, which
@@ -358,22 +373,13 @@ class _Kernel:
             offset = stop
 
     def emit_other(self, nid: int, stage: str) -> None:
-        em, G, p = self.em, self.em.G, self.p
-        node = G[nid]
-        op, t = node.op, node.type
-        loop = stage in LOOP_STAGES
-        if op == Op.SLICE:
-            start, stop = node.attrs
-            src = self.whole(node.args[0], stage)
-            if not t.batched:
-                p.line(f"v{nid} = {src}[{_dim(start)}:{_dim(stop)}]")
-            elif loop:
-                p.line(f"w{nid} = {src}[:, {_dim(start)}:{_dim(stop)}]")
-            else:
-                full, _ = self.ref(node.args[0], stage)
-                assert full.endswith("_r"), full
-                p.line(f"v{nid}_r = {full}[:, {_dim(start)}:{_dim(stop)}]")
-                p.line(f"v{nid} = {full[:-2]}[:, :, {_dim(start)}:{_dim(stop)}]")
+        """A node that is neither elementwise nor in a GEMM group: a view (no titles, no
+        array of its own), a term of a stacked GEMM, or the row of its op in
+        `OP_EMITTERS`, after its titles and its allocation."""
+        em, p = self.em, self.p
+        op, t = em.G[nid].op, em.G[nid].type
+        if op in self.VIEW_EMITTERS:
+            getattr(self, self.VIEW_EMITTERS[op])(nid, stage)
             return
         if nid in em.mt_use:
             self.emit_stacked_matvec_t(nid, stage)
@@ -381,65 +387,96 @@ class _Kernel:
         if nid in em.outer_use:
             self.emit_stacked_outer(nid, stage)
             return
+        if op not in self.OP_EMITTERS:
+            raise AssertionError(f"no {self.d.target} code for {op} (node {nid}): "
+                                 f"{type(self).__name__}.OP_EMITTERS has no row for it")
         for title in em.titles([nid]):
             p.comment(title)
+        loop = stage in LOOP_STAGES
         if not loop or not t.batched:
             if not (loop and not t.batched and nid in em.loop_allocated):
                 self.alloc(nid, stage)
         out = self.dest(nid, stage)
-        a = [self.whole(x, stage) for x in node.args]
-        if op == Op.MATVEC_T:
-            g = a[1]
-            if em.is_view(node.args[1]):
-                g = self.contiguous(g)
-            if em.packs_single(nid):
-                self.step_gemm(g, f"wpt{nid}", a[0], out)
-            else:
-                p.line(self.gemm(g, a[0], out, stage, t.batched))
-        elif op == Op.OUTER:
-            gt, xt = G[node.args[0]].type, G[node.args[1]].type
-            if gt.batched:
-                what = G.names.get(node.args[1], G.label(node.args[1]))
-                p.comment(f"a weight gradient, g^T {what}, as one GEMM"
-                          + (" over all T*B rows" if stage == "post" else ""))
-                x = a[1] if not em.is_view(node.args[1]) else self.contiguous(a[1])
-                g = a[0] if not em.is_view(node.args[0]) else self.contiguous(a[0])
-                p.line(self.gemm_tn(g, x, out, stage, f"gT{node.args[0]}"))
-            else:
-                axes = [("i", _dim(gt.shape[0]), True), ("j", _dim(xt.shape[0]), True)]
-                with self.loops(axes):
-                    p.line(f"{out}[i, j] = {a[0]}[i] * {a[1]}[j]")
-        elif op == Op.UNBROADCAST:
-            self.emit_unbroadcast(nid, stage, a[0], out)
-        elif op in (Op.SUM, Op.MEAN):
-            self.emit_reduce(nid, stage, a[0], out, op == Op.MEAN)
-        elif op in (Op.SOFTMAX, Op.LOG_SOFTMAX):
-            self.emit_softmax(nid, stage, a[0], out, op == Op.LOG_SOFTMAX)
-        elif op == Op.CONCAT:
-            offset = Dim.lit(0)
-            for x, arg in zip(a, node.args):
-                at = G[arg].type
-                stop = offset + at.shape[0]
-                if t.batched and not at.batched:
-                    p.line(f"copy_rows({out}[:, {_dim(offset)}:{_dim(stop)}], {x})")
-                elif t.batched:
-                    p.line(f"copy2({out}[:, {_dim(offset)}:{_dim(stop)}], {x})")
-                else:
-                    p.line(f"copy1({out}[{_dim(offset)}:{_dim(stop)}], {x})")
-                offset = stop
-        elif op == Op.PAD:
-            start, total = node.attrs
-            stop = start + G[node.args[0]].type.shape[0]
-            if t.batched:
-                p.line(f"fill2({out}, {em.k(0.0)})")
-                p.line(f"copy2({out}[:, {_dim(start)}:{_dim(stop)}], {a[0]})")
-            else:
-                p.line(f"fill1({out}, {em.k(0.0)})")
-                p.line(f"copy1({out}[{_dim(start)}:{_dim(stop)}], {a[0]})")
-        elif op == Op.MATVEC:
-            p.line(f"{self.d.dot}({a[0]}, {a[1]}, {out})")
+        # every op's operands are read here, before its method runs: reading a constant
+        # numbers it (`em.k`), and that numbering is part of the generated text
+        a = [self.whole(x, stage) for x in em.G[nid].args]
+        getattr(self, self.OP_EMITTERS[op])(nid, stage, a, out)
+
+    def emit_slice(self, nid: int, stage: str) -> None:
+        """x[start:stop] as a view of x's array (the rows view too, outside the loops)."""
+        node, p = self.em.G[nid], self.p
+        start, stop = node.attrs
+        src = self.whole(node.args[0], stage)
+        if not node.type.batched:
+            p.line(f"v{nid} = {src}[{_dim(start)}:{_dim(stop)}]")
+        elif stage in LOOP_STAGES:
+            p.line(f"w{nid} = {src}[:, {_dim(start)}:{_dim(stop)}]")
         else:
-            raise AssertionError(f"no CPU emitter for {op}")
+            full, _ = self.ref(node.args[0], stage)
+            assert full.endswith("_r"), full
+            p.line(f"v{nid}_r = {full}[:, {_dim(start)}:{_dim(stop)}]")
+            p.line(f"v{nid} = {full[:-2]}[:, :, {_dim(start)}:{_dim(stop)}]")
+
+    def emit_matvec(self, nid: int, stage: str, a: list[str], out: str) -> None:
+        """W @ x alone (a matvec in no GEMM group)."""
+        self.p.line(f"{self.d.dot}({a[0]}, {a[1]}, {out})")
+
+    def emit_matvec_t(self, nid: int, stage: str, a: list[str], out: str) -> None:
+        """g @ W, a cotangent through W @ x, where it is in no stacked GEMM."""
+        em, node = self.em, self.em.G[nid]
+        g = a[1]
+        if em.is_view(node.args[1]):
+            g = self.contiguous(g)
+        if em.packs_single(nid):
+            self.step_gemm(g, f"wpt{nid}", a[0], out)
+        else:
+            self.p.line(self.gemm(g, a[0], out, stage, node.type.batched))
+
+    def emit_outer(self, nid: int, stage: str, a: list[str], out: str) -> None:
+        """g^T x summed over rows (a weight gradient), where it is in no stacked GEMM."""
+        em, G, p = self.em, self.em.G, self.p
+        node = G[nid]
+        gt, xt = G[node.args[0]].type, G[node.args[1]].type
+        if gt.batched:
+            what = G.names.get(node.args[1], G.label(node.args[1]))
+            p.comment(f"a weight gradient, g^T {what}, as one GEMM"
+                      + (" over all T*B rows" if stage == "post" else ""))
+            x = a[1] if not em.is_view(node.args[1]) else self.contiguous(a[1])
+            g = a[0] if not em.is_view(node.args[0]) else self.contiguous(a[0])
+            p.line(self.gemm_tn(g, x, out, stage, f"gT{node.args[0]}"))
+        else:
+            axes = [("i", _dim(gt.shape[0]), True), ("j", _dim(xt.shape[0]), True)]
+            with self.loops(axes):
+                p.line(f"{out}[i, j] = {a[0]}[i] * {a[1]}[j]")
+
+    def emit_concat(self, nid: int, stage: str, a: list[str], out: str) -> None:
+        """Each operand copied into its columns (an unbatched one into every row)."""
+        G, p = self.em.G, self.p
+        t = G[nid].type
+        offset = Dim.lit(0)
+        for x, arg in zip(a, G[nid].args):
+            at = G[arg].type
+            stop = offset + at.shape[0]
+            if t.batched and not at.batched:
+                p.line(f"copy_rows({out}[:, {_dim(offset)}:{_dim(stop)}], {x})")
+            elif t.batched:
+                p.line(f"copy2({out}[:, {_dim(offset)}:{_dim(stop)}], {x})")
+            else:
+                p.line(f"copy1({out}[{_dim(offset)}:{_dim(stop)}], {x})")
+            offset = stop
+
+    def emit_pad(self, nid: int, stage: str, a: list[str], out: str) -> None:
+        """The operand at its columns in zeros (a slice's cotangent)."""
+        G, p, k = self.em.G, self.p, self.em.k
+        node = G[nid]
+        start, total = node.attrs
+        stop = start + G[node.args[0]].type.shape[0]
+        if node.type.batched:
+            p.line(f"fill2({out}, {k(0.0)})")
+            p.line(f"copy2({out}[:, {_dim(start)}:{_dim(stop)}], {a[0]})")
+        else:
+            p.line(f"fill1({out}, {k(0.0)})")
+            p.line(f"copy1({out}[{_dim(start)}:{_dim(stop)}], {a[0]})")
 
     def cotangent_buffer(self, i: int, stage: str) -> str:
         """The stacked cotangents of group i: this step's rows, or all T*B rows."""
@@ -506,13 +543,16 @@ class _Kernel:
             start, stop = em.cg_cols[(i, g)]
             p.line(f"v{o} = dwc{i}_{u}[{start}:{stop}, :]")
 
-    def emit_unbroadcast(self, nid, stage, src, out) -> None:
+    def emit_unbroadcast(self, nid: int, stage: str, a: list[str], out: str) -> None:
+        """A cotangent summed down to its operand's type, over the batch, the features or
+        both; the summed axes stay in one thread (they are reductions)."""
         G, p, k = self.em.G, self.p, self.em.k
         node = G[nid]
+        src = a[0]
         target, gt = node.attrs[0], G[node.args[0]].type
         if gt.rank and (target.batched or not gt.batched):
             # a sum over the features only, (rows, n) -> (rows, 1) or (n,) -> (): `sum`
-            self.emit_reduce(nid, stage, src, out, mean=False)
+            self.emit_reduce(nid, stage, a, out)
             return
         p.line(f"fill{2 if node.type.batched else 1}({out}, {k(0.0)})")
         gcol = "j" if gt.rank else "0"
@@ -537,9 +577,11 @@ class _Kernel:
             with self.loops([("j", n, False)]):
                 p.line(f"{out}[0] += {src}[j]")
 
-    def emit_reduce(self, nid, stage, src, out, mean: bool) -> None:
+    def emit_reduce(self, nid: int, stage: str, a: list[str], out: str) -> None:
+        """sum or mean over the features of each row (and unbroadcast's feature sums)."""
         G, p, k = self.em.G, self.p, self.em.k
         node = G[nid]
+        src, mean = a[0], node.op == Op.MEAN
         n = self.size(node.args[0])
         scale = f" / {k(('dim', G[node.args[0]].type.shape[0]))}" if mean else ""
         if self.d.vector_row_sums:      # in vector partial sums (kernels.row_sum)
@@ -562,14 +604,14 @@ class _Kernel:
                     p.line(f"acc += {src}[j]")
                 p.line(f"{out}[0] = acc{scale}")
 
-    def emit_softmax(self, nid, stage, src, out, log: bool) -> None:
-        G = self.em.G
-        node = G[nid]
+    def emit_softmax(self, nid: int, stage: str, a: list[str], out: str) -> None:
+        """softmax or log_softmax of each row, one row a thread."""
+        node = self.em.G[nid]
         n = self.size(nid)
         batched = node.type.batched
         row = "r, " if batched else ""
         with self.loops([("r", self.rows(stage), True)] if batched else []):
-            self.softmax_body(src, out, row, n, log)
+            self.softmax_body(a[0], out, row, n, node.op == Op.LOG_SOFTMAX)
 
     def softmax_body(self, src: str, out: str, row: str, n: str, log: bool) -> None:
         p, k = self.p, self.em.k
@@ -591,3 +633,35 @@ class _Kernel:
         return f"{self.d.contiguous}({expr})" if self.d.contiguous else expr
 
 
+CODEGEN_KINDS = ("leaf", "elementwise", "view", "op")
+
+
+def codegen_rules(kernel: type[_Kernel] = _Kernel) -> dict[Op, tuple[str, str]]:
+    """How a kernel class writes each op, as (kind, how), for tests and for reading; an
+    op it has no code for is left out, so a missing row shows as a missing key.
+
+    - "leaf", "ref": inputs, states, params, constants, dims and seeds have no code; a
+      kernel reads their arrays (or typed constants) where they are, see `ref`.
+    - "elementwise", the format function's name: one scalar expression inside a fused
+      loop nest (`formats`). BATCH and EXPAND are here: their format is the operand,
+      since the repetition over rows or features is in how `at` indexes it.
+    - "view", a method name: the value is a view of an operand's array (`VIEW_EMITTERS`).
+    - "op", a method name: a loop nest or a call of its own (`OP_EMITTERS`).
+    A MATVEC in a GEMM group, a MATVEC_T or OUTER in a stacked GEMM and an ADD of zeros
+    (emit.py's `_fold_zero_sums`) are written by the plan's groups before these rows.
+    """
+    rules: dict[Op, tuple[str, str]] = {}
+
+    def add(op: Op, kind: str, how: str) -> None:
+        assert op not in rules, f"{op} is both {rules[op][0]} and {kind} in {kernel.__name__}"
+        rules[op] = (kind, how)
+
+    for op in LEAVES:
+        add(op, "leaf", "ref")
+    for op in ELEMENTWISE & set(kernel.formats):
+        add(op, "elementwise", kernel.formats[op].__name__)
+    for op, method in kernel.VIEW_EMITTERS.items():
+        add(op, "view", method)
+    for op, method in kernel.OP_EMITTERS.items():
+        add(op, "op", method)
+    return rules

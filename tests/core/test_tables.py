@@ -1,9 +1,11 @@
 """Every op has a row in every table, and the IR keeps its own invariants.
 
 The tables are keyed by `ops.Op`: the shape rule (`ops.SHAPE_RULES`), the interpreter
-(`interp.INTERP_RULES`) and the derivative rules (`grad.VJP_RULES`). A new op that misses
-one of them fails here by name, before any cell happens to use it. Each op is also built
-once as a real node (`EXAMPLES`), so the rules are exercised, not only looked up.
+(`interp.INTERP_RULES`), the derivative rules (`grad.VJP_RULES`) and each target's code
+(`kernel.codegen_rules`: leaves, elementwise formats, view and op emitters). A new op
+that misses one of them fails here by name, before any cell happens to use it. Each op is
+also built once as a real node (`EXAMPLES`), so the rules are exercised, not only looked
+up (the codegen rows are looked up only: the cells' tests run the code they write).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from rnndsl.ir import grad
 
 from rnndsl.ir import interp
 
+from rnndsl.codegen import kernel
+from rnndsl.codegen.emit_cuda import _CudaKernel
 from rnndsl.core import ops
 from rnndsl.ir.grad import backward, grad_step, grad_unrolled, rules_for
 from rnndsl.ir.interp import Context, evaluate
@@ -24,6 +28,7 @@ from rnndsl.ir.graph import Graph, lower, unroll
 from rnndsl.core.ops import Op
 from rnndsl.core.shapes import Dim, Type
 from rnndsl.lang.specfile import read_spec
+from rnndsl.schedule.plan import ELEMENTWISE
 
 SPECS = sorted((Path(__file__).resolve().parents[2] / "specs").glob("*.rnn"))
 N, M = Dim.of("N"), Dim.of("M")
@@ -170,6 +175,43 @@ def test_every_primitive_is_reachable_from_the_surface():
     surface |= {Op.NEG, Op.POW, Op.SLICE}   # unary minus, **, x[a:b]
     assert ops.PRIMITIVES <= surface, f"unreachable: {ops.PRIMITIVES - surface}"
     assert surface <= ops.PRIMITIVES, f"surface writes internal ops: {surface - ops.PRIMITIVES}"
+
+
+KERNELS = {"cpu": kernel._Kernel, "cuda": _CudaKernel}
+
+
+@pytest.mark.parametrize("target", KERNELS)
+@pytest.mark.parametrize("op", list(Op), ids=lambda op: op.value)
+def test_every_op_has_a_codegen_row(op, target):
+    """Each target writes every op: a leaf read in place, an elementwise format, or a
+    method of the kernel class named in its view or op table."""
+    cls = KERNELS[target]
+    rules = kernel.codegen_rules(cls)
+    assert op in rules, (f"{target}: {cls.__name__} has no code for {op} (no format, and "
+                         "no row in VIEW_EMITTERS or OP_EMITTERS)")
+    kind, how = rules[op]
+    assert kind in kernel.CODEGEN_KINDS
+    if kind in ("view", "op"):
+        assert callable(getattr(cls, how, None)), f"{target}: {cls.__name__}.{how} ({op})"
+
+
+@pytest.mark.parametrize("target", KERNELS)
+@pytest.mark.parametrize("op", sorted(ELEMENTWISE, key=lambda op: op.value),
+                         ids=lambda op: op.value)
+def test_every_elementwise_op_has_a_format(op, target):
+    cls = KERNELS[target]
+    assert op in cls.formats, f"{target}: {cls.__name__}.formats has no format for {op}"
+    assert kernel.codegen_rules(cls)[op] == ("elementwise", cls.formats[op].__name__)
+
+
+def test_codegen_kinds_follow_the_op_sets():
+    """Leaves have no code and only leaves; the view and op tables hold no elementwise op
+    (emit_stage sends those to the fused loop nests, never to emit_other)."""
+    for cls in KERNELS.values():
+        kinds = {op: kind for op, (kind, _) in kernel.codegen_rules(cls).items()}
+        assert {op for op, kind in kinds.items() if kind == "leaf"} == ops.LEAVES
+        assert {op for op, kind in kinds.items() if kind == "elementwise"} == ELEMENTWISE
+    assert kernel.codegen_rules(_CudaKernel)[Op.TANH] == ("elementwise", "_cuda_expr")
 
 
 # ------------------------------------------------------------------ the IR's invariants
