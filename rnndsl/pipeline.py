@@ -45,13 +45,27 @@ def differentiate(cell: CheckedCell, passes=PASSES) -> tuple[StepGraph, StepGrad
     grad_step adds to the same graph: the planner needs both in one graph."""
     flags = {name: name in passes for name in GRAPH_PASSES}
     step = lower(cell, **flags)
-    return step, grad_step(step)
+    grads = grad_step(step)
+    for d in cell.inputs:
+        if d.token:          # given as ids: no gradient to compute
+            grads.inputs[d.name] = None
+    return step, grads
 
 
 def plan_cell(cell: CheckedCell, passes=PASSES) -> Plan:
     """lower -> grad -> schedule: the plan that `rnndsl explain` prints and emit reads."""
     step, grads = differentiate(cell, passes)
     return make_plan(step, grads, passes)
+
+
+def token_nodes(plan: Plan, target: str) -> frozenset[int]:
+    """The plan's `input token` nodes that `target`'s kernels take as ids (its dialect
+    gathers weight columns by id): for `rnndsl explain`."""
+    _, dialect = backend(target)
+    if not dialect.gathers_tokens:
+        return frozenset()
+    step = plan.step
+    return frozenset(step.inputs[d.name] for d in step.cell.inputs if d.token)
 
 
 def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",

@@ -217,6 +217,10 @@ class Cell:
         for d in decls:
             value = given[d.name]
             size = self._size(d)
+            if d.token:
+                arrays[d.name] = ids = self._token_input(d, value, size[0], T, B)
+                T, B = T or ids.shape[0], B or ids.shape[1]
+                continue
             if isinstance(value, np.ndarray) and value.ndim != 3:
                 raise BindError(f"input {d.name} has shape {value.shape}; expected 3 axes, "
                                 f"(T, B, {size[0]}): time-major, one row per sequence")
@@ -235,6 +239,47 @@ class Cell:
             arrays[name] = (extra[name] if name in extra else
                             np.ones((T, B) + self._size(d), self.dtype))
         return arrays, T, B
+
+    def _token_input(self, d: Decl, value, V: int, T, B) -> np.ndarray:
+        """An `input token x[V]`, given as integer ids (T, B) in [0, V) or as one-hot
+        rows (T, B, V), in the form this target's kernels take (`_token_form`)."""
+        layout = f"ids (T, B) in [0, {V}), or one-hot rows (T, B, {V})"
+        what = f"input {d.name} (input token)"
+        if not isinstance(value, np.ndarray):
+            raise BindError(f"{what} must be a NumPy array: {layout}; got "
+                            f"{type(value).__name__}")
+        if np.issubdtype(value.dtype, np.integer) and value.ndim == 2:
+            ids = value
+            if ids.size and (ids.min() < 0 or ids.max() >= V):
+                bad = tuple(int(i) for i in np.argwhere((ids < 0) | (ids >= V))[0])
+                raise BindError(f"{what} has id {ids[bad]} at index {bad}; ids are in "
+                                f"[0, {V})")
+        elif value.ndim == 3 and value.shape[2] == V and np.issubdtype(value.dtype,
+                                                                         np.floating):
+            ones = value == 1
+            if not ((ones | (value == 0)).all() and (ones.sum(axis=2) == 1).all()):
+                rows = ~((ones | (value == 0)).all(axis=2) & (ones.sum(axis=2) == 1))
+                bad = tuple(int(i) for i in np.argwhere(rows)[0])
+                raise BindError(f"{what}: row {bad} is not one-hot (one 1, the rest 0); "
+                                f"give {layout}")
+            ids = ones.argmax(axis=2)
+        else:
+            raise BindError(f"{what} has shape {value.shape} and dtype {value.dtype}; "
+                            f"expected {layout}")
+        if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+            raise BindError(f"{what} has shape {value.shape}: a sequence needs T >= 1 "
+                            "steps and B >= 1 rows")
+        if (T, B) != (None, None) and ids.shape != (T, B):
+            raise BindError(f"{what} has {ids.shape[0]} steps of {ids.shape[1]} rows; the "
+                            f"other inputs have (T, B) = ({T}, {B})")
+        return self._token_form(d, ids, V)
+
+    def _token_form(self, d: Decl, ids: np.ndarray, V: int) -> np.ndarray:
+        """What the kernels read for a token input: here the one-hot rows (T, B, V) in
+        the cell's dtype; targets whose kernels gather by id take the ids."""
+        out = np.zeros(ids.shape + (V,), self.dtype)
+        np.put_along_axis(out, ids[..., None].astype(np.intp), 1, axis=2)
+        return out
 
     def _hidden(self, lengths, dropout):
         """A function (T, B) -> the hidden inputs: dropout masks (ones unless `dropout`
@@ -391,6 +436,9 @@ class Cell:
             grads.inputs.clear()
         for name in (twin or self).hidden_inputs:
             grads.inputs.pop(name, None)
+        for d in self.spec.inputs:
+            if d.token:           # ids have no gradient
+                grads.inputs.pop(d.name, None)
         for d in self.spec.inputs:
             if d.once and d.name in grads.inputs:   # z fed the first step only
                 grads.inputs[d.name] = grads.inputs[d.name][0]

@@ -97,6 +97,13 @@ class CompiledCell(Cell):
         _, views = flat_views(shapes, self.dtype)
         return dict(zip((d.name for d in self.spec.params), views))
 
+    def _token_form(self, d, ids: np.ndarray, V: int) -> np.ndarray:
+        """Kernels built to gather by id (meta "token_ids") take the ids as int64;
+        others (older modules, targets without the gather) the one-hot rows."""
+        if d.name in self.meta.get("token_ids", ()):
+            return np.ascontiguousarray(ids, dtype=np.int64)
+        return super()._token_form(d, ids, V)
+
     def _out_size(self, name: str) -> tuple[int, ...]:
         o = next(o for o in self.spec.outputs if o.name == name)
         return tuple(d.evaluate(self.dims) for d in o.type.shape) or (1,)
@@ -195,7 +202,9 @@ class CompiledCell(Cell):
         kinds every call passes (this dtype, C-contiguous, writeable)."""
         import numba
         T = B = 1
-        inputs = {d.name: self._zeros((T, B) + self._size(d)) for d in self.spec.inputs}
+        inputs = {d.name: (self._token_form(d, np.zeros((T, B), np.int64), self._size(d)[0])
+                           if d.token else self._zeros((T, B) + self._size(d)))
+                  for d in self.spec.inputs}
         state0 = {d.name: self._zeros((B,) + self._size(d)) for d in self.spec.states}
         consts = self._consts()
         params = {d.name: self._kernel_param(d.name) for d in self.spec.params}
@@ -319,7 +328,8 @@ class CompiledCell(Cell):
         params = self._param_grad_arrays()
         # without input_grads the kernel may leave these unwritten: no zeroing needed
         blank = self._empty if skip_inputs else self._zeros
-        inputs = {d.name: blank((T, B) + self._size(d)) for d in self.spec.inputs}
+        inputs = {d.name: blank((T, B) + self._size(d)) for d in self.spec.inputs
+                  if not d.token}     # ids have no gradient
         state = {d.name: self._zeros((B,) + self._size(d)) for d in self.spec.states}
         args = []
         for arg in self.meta["backward_args"]:

@@ -60,6 +60,13 @@ def cmd_check(args) -> int:
         if args.dump_after == "ast":
             print(unparse(spec_file.module), end="")
         for spec in cells:
+            if any(d.token for d in spec.inputs):
+                try:      # how a token input is used is known once layers are inlined
+                    lower(spec)
+                except RnnError as exc:
+                    print(exc.render(), file=sys.stderr)
+                    status = EXIT_USAGE
+                    continue
             if not args.quiet:
                 print(f"{path}: ok: {_summary(spec)}")
             if args.dump_after == "check":
@@ -239,14 +246,15 @@ def cmd_build(args) -> int:
 
 def cmd_explain(args) -> int:
     from ..schedule.explain import explain_lines
-    from ..pipeline import plan_cell
+    from ..pipeline import plan_cell, token_nodes
     from ..schedule.plan import passes_for
     from ..lang.specfile import read_spec
     spec = read_spec(args.file).pick(args.cell)
     plan = plan_cell(spec, _passes(args))
     on = ", ".join(passes_for(plan.passes, args.target)) or "none"
     print(f"# cell {spec.name}: plan for the {args.target} target (passes: {on})")
-    for line in explain_lines(plan, target=args.target):
+    for line in explain_lines(plan, target=args.target,
+                              tokens=token_nodes(plan, args.target)):
         print(line)
     return EXIT_OK
 

@@ -99,6 +99,10 @@ class _Emitter:
                 for m in grp.members:
                     self.member_block[m] = (self.matmul_index[id(grp)], _dim(offset))
                     offset = offset + self.G[m].type.shape[0]
+        # `input token` nodes whose kernels take ids (dialect.gathers_tokens)
+        self.token_names = tuple(d.name for d in step.cell.inputs
+                                 if d.token and self.dialect.gathers_tokens)
+        self.token_nodes = {step.inputs[name] for name in self.token_names}
         self._fold_zero_sums(everything)
 
     def _fold_zero_sums(self, everything: list[int]) -> None:
@@ -377,6 +381,8 @@ class _Emitter:
             meta.line(f"tapes={[(n, _dim_repr(d)) for n, d in self._tapes()]!r},")
             meta.line(f"forward_args={fwd_args!r},")
             meta.line(f"backward_args={bwd_args!r},")
+            if self.token_names:     # inputs the kernels take as ids (T, B)
+                meta.line(f"token_ids={self.token_names!r},")
             meta.line(f"forward=forward_{name},")
             meta.line(f"backward=backward_{name},")
         meta.line(")")
@@ -420,7 +426,7 @@ class _Emitter:
             args += [("output_grad", name) for name in step.outputs]
             args += [("final_grad", d.name) for d in cell.states]
             args += [("param_grad", d.name) for d in cell.params]
-            args += [("input_grad", d.name) for d in cell.inputs]
+            args += [("input_grad", d.name) for d in cell.inputs if not d.token]
             args += [("state0_grad", d.name) for d in cell.states]
         args += [("hist", name) for name in sorted(plan.saved_states)]
         args += [("tape", n) for n in tapes]
@@ -454,6 +460,9 @@ class _Emitter:
                 name = self.arg_name(arg)
                 if kind in ("output", "output_grad"):
                     size = kern.size(self.plan.step.outputs[arg[1]])
+                elif kind == "input" and arg[1] in self.token_names:
+                    p.line(f"{name}_r = {name}.reshape(R)   # token ids, one a row")
+                    continue
                 else:
                     t = sizes[arg[1]].type
                     size = _dim(t.shape[0])
@@ -472,7 +481,7 @@ class _Emitter:
                         "initial states."))
         p.line("")
         p.line("Loop nest:")
-        for line in explain_lines(plan, which):
+        for line in explain_lines(plan, which, tokens=self.token_nodes):
             p.line("    " + safe_docstring(line))
         named = [f"tape{n} = {self.G.names[n]}" for n in sorted(self.plan.saved)
                  if ("tape", n) in args and n in self.G.names]

@@ -6,16 +6,11 @@ kind of node (fused elementwise groups, stacked GEMMs, reductions, softmax, view
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
-
 from ..core.ops import LEAVES, Op
 from ..core.shapes import Dim
 from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup
 from .dialect import ELEMENTWISE_FORMATS, Dialect, _dim, ident
 from .printer_py import Printer, safe_comment
-
-if TYPE_CHECKING:       # emit.py imports this module
-    from .emit import _Emitter
 
 
 class _Kernel:
@@ -44,7 +39,7 @@ class _Kernel:
     # is called as method(nid, stage).
     VIEW_EMITTERS: dict[Op, str] = {Op.SLICE: "emit_slice"}
 
-    def __init__(self, em: "_Emitter", which: str):
+    def __init__(self, em, which: str):       # em: the _Emitter (emit.py) driving it
         self.em, self.which = em, which
         self.d: Dialect = em.dialect
         self.p = Printer()
@@ -321,6 +316,10 @@ class _Kernel:
             return f"parallel_dot_tn({g}, {x}, {out}, threads)"
         return f"{self.d.dot}({g}.T, {x}, {out})"
 
+    def token(self, nid: int) -> bool:
+        """Whether node nid is an `input token` that these kernels take as ids."""
+        return nid in self.em.token_nodes
+
     def emit_matmul_group(self, grp: MatmulGroup, stage: str) -> None:
         em, G, p = self.em, self.em.G, self.p
         g = em.matmul_index[id(grp)]
@@ -342,6 +341,11 @@ class _Kernel:
             p.line(f"mm{g} = {self.d.empty}((T, B, {total}), dtype)")
             p.line(f"mm{g}_r = mm{g}.reshape((R, {total}))")
             self.bind_members(grp, stage)
+        if self.token(grp.vector):
+            p.comment(f"{G.names.get(grp.vector, 'x')} is a token: the GEMM against its "
+                      "one-hot rows is a gather of rows of the stacked W^T")
+            p.line(f"gather_rows(wt{g}, {vec}, {target})")
+            return
         if em.micro and stage in LOOP_STAGES:
             self.step_gemm(vec, f"wp{g}", f"wt{g}", target)
             return
@@ -418,7 +422,9 @@ class _Kernel:
             p.line(f"v{nid} = {full[:-2]}[:, :, {_dim(start)}:{_dim(stop)}]")
 
     def emit_matvec(self, nid: int, stage: str, a: list[str], out: str) -> None:
-        """W @ x alone (a matvec in no GEMM group)."""
+        """W @ x alone (a matvec in no GEMM group: an unbatched vector; a token input,
+        always batched, is in a group and gathered there)."""
+        assert not self.token(self.em.G[nid].args[1]), "a token's product is in a group"
         self.p.line(f"{self.d.dot}({a[0]}, {a[1]}, {out})")
 
     def emit_matvec_t(self, nid: int, stage: str, a: list[str], out: str) -> None:
@@ -443,6 +449,10 @@ class _Kernel:
                       + (" over all T*B rows" if stage == "post" else ""))
             x = a[1] if not em.is_view(node.args[1]) else self.contiguous(a[1])
             g = a[0] if not em.is_view(node.args[0]) else self.contiguous(a[0])
+            if self.token(node.args[1]):
+                p.comment(f"{what} is a token: g's rows added into W's columns by id")
+                p.line(f"scatter_cols({g}, {x}, {out})")
+                return
             p.line(self.gemm_tn(g, x, out, stage, f"gT{node.args[0]}"))
         else:
             axes = [("i", _dim(gt.shape[0]), True), ("j", _dim(xt.shape[0]), True)]
@@ -538,7 +548,11 @@ class _Kernel:
         if em.is_view(use.vector):
             vec = self.contiguous(vec)
         p.line(f"dwc{i}_{u} = {self.d.empty}(({em.cg_total[i]}, {cols}), dtype)")
-        p.line(self.gemm_tn(buf, vec, f"dwc{i}_{u}", stage, f"gT{i}"))
+        if self.token(use.vector):
+            p.comment("a token vector: each row's cotangents added into its id's column")
+            p.line(f"scatter_cols({buf}, {vec}, dwc{i}_{u})")
+        else:
+            p.line(self.gemm_tn(buf, vec, f"dwc{i}_{u}", stage, f"gT{i}"))
         for o, g in zip(use.outers, em.plan.cotangent_groups[i].cotangents):
             start, stop = em.cg_cols[(i, g)]
             p.line(f"v{o} = dwc{i}_{u}[{start}:{stop}, :]")

@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..lang import ast
-from ..lang.check import CheckedCell
+from ..core.errors import CheckError, Diagnostic
+from ..lang.checked import CheckedCell
 from ..core.ops import BINARY_OPS, FUNCTIONS, LEAVES, Op, infer
 from ..core.shapes import Dim, Type
 
@@ -226,7 +227,41 @@ def lower(cell: CheckedCell, cse: bool = True, simplify: bool = False) -> StepGr
         outputs[o.name] = _batched(g, nexts[name] if kind == "next" else values[name])
     for name, nid in {**params, **inputs, **states}.items():
         g.name(nid, name)
-    return StepGraph(cell, g, inputs, states, params, nexts, outputs)
+    step = StepGraph(cell, g, inputs, states, params, nexts, outputs)
+    _check_token_uses(step)
+    return step
+
+
+def _check_token_uses(step: StepGraph) -> None:
+    """An `input token x[V]` is given as ids, never as a vector: the compiled kernels
+    read column id of W for `W @ x` (and add into that column for dW). Any other use
+    would need the one-hot vector itself, so it is refused at the declaration."""
+    G, cell = step.graph, step.cell
+    roots = step.roots()
+    needed = G.needed(roots)
+    for d in cell.inputs:
+        if not d.token:
+            continue
+        nid = step.inputs[d.name]
+        misuse = None
+        if nid in roots:
+            misuse = "is an output or a next state as it is"
+        for user in needed:
+            node = G[user]
+            if nid not in node.args:
+                continue
+            if node.op == Op.MATVEC and node.args[0] != nid:
+                continue
+            misuse = ("is the matrix of a product" if node.op == Op.MATVEC else
+                      f"feeds {node.op.value}(...)")
+            break
+        if misuse is not None:
+            raise CheckError([Diagnostic(
+                f"token input '{d.name}' {misuse}; a token input can only be multiplied "
+                f"by a matrix (W @ {d.name}), since it arrives as ids, not as a vector",
+                cell.source, d.span,
+                hint=f"declare it `input {d.name}[...]` (without `token`) to use it as a "
+                     "vector")])
 
 
 def _exponent(expr: ast.Expr) -> float:

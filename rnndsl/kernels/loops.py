@@ -188,6 +188,33 @@ def row_sum(x, zero):
     return acc
 
 
+# ---------------------------------------------------------------------------- token inputs
+# `input token x[V]` arrives as ids: W @ x is column ids[r] of W, and dW = g^T @ x adds
+# row r of g into that column. These replace a GEMM against (rows, V) one-hot zeros.
+@njit(cache=True, error_model="numpy", nogil=True)
+def gather_rows(table, ids, out):
+    """out[r, :] = table[ids[r], :]: W @ x for a token x, with table = W^T (V, N) (the
+    stacked transposed weights of a GEMM group: one contiguous row a token)."""
+    for r in range(ids.shape[0]):
+        k = ids[r]
+        for j in range(out.shape[1]):
+            out[r, j] = table[k, j]
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def scatter_cols(g, ids, out):
+    """out = g^T @ onehot(ids): column v of out (N, V) is the sum of the rows r of g
+    (R, N) whose id is v, and the columns of ids no row has are 0. The sums are made in
+    a (V, N) buffer, one contiguous row a token, then transposed into out."""
+    acc = np.zeros((out.shape[1], out.shape[0]), out.dtype)
+    for r in range(ids.shape[0]):
+        k = ids[r]
+        for j in range(g.shape[1]):
+            acc[k, j] += g[r, j]
+    for j in range(out.shape[0]):
+        for v in range(out.shape[1]):
+            out[j, v] = acc[v, j]
+
 
 # ---------------------------------------------------------------------------- fingerprints
 @njit(cache=True, error_model="numpy", nogil=True)

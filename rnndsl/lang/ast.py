@@ -144,11 +144,13 @@ class DimsDecl:
 @dataclass(frozen=True)
 class InputDecl:
     """`input x[I]`; `input once z[Z]`: one vector a sequence, given at its first step
-    (one-to-many)."""
+    (one-to-many); `input token x[V]`: a one-hot vector, given as the id of its 1 (the
+    compiled kernels gather weight columns instead of multiplying by zeros)."""
 
     vars: tuple[Var, ...]
     span: Span = _span()
     once: bool = False
+    token: bool = False
 
 
 @dataclass(frozen=True)

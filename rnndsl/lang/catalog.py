@@ -24,7 +24,8 @@ def cell_summary(cell) -> str:
     """One line saying what a checked cell is, in the form `rnndsl check` prints:
     `cell LSTM(I, H): inputs x[I]; states h[H], c[H]; 12 params; outputs h'`."""
     def decls(items):
-        return ", ".join(f"{d.name}{d.type}" for d in items) or "none"
+        return ", ".join(("token " if getattr(d, "token", False) else "") + f"{d.name}{d.type}"
+                         for d in items) or "none"
     outs = ", ".join(o.name for o in cell.outputs) or "none (final state only)"
     return (f"cell {cell.name}({', '.join(cell.dims)}): inputs {decls(cell.inputs)}; "
             f"states {decls(cell.states)}; {len(cell.params)} params; outputs {outs}")

@@ -35,7 +35,7 @@ RESERVED_CELL_NAMES = frozenset({"math", "sys", "np", "njit", "compiled_cell_cla
 
 # The words that open statements: reserved, so a state can always be written `name'`.
 KEYWORDS = frozenset({"cell", "dims", "input", "state", "param", "output", "use", "layer",
-                      "final", "once"})
+                      "final", "once", "token"})
 
 # name -> (min args, max args, needs a matrix)
 INITIALISERS: dict[str, tuple[int, int, bool]] = {
@@ -177,7 +177,8 @@ class _Checker(LayerChecks):
                 continue
             del self.broken[var.name]
             decl = Decl(var.name, Type(shape, kind != "param"), var.init, var.span,
-                        once=getattr(stmt, "once", False))
+                        once=getattr(stmt, "once", False),
+                        token=getattr(stmt, "token", False))
             {"input": self.inputs, "state": self.states, "param": self.params}[kind][
                 var.name] = decl
             self.types[var.name] = decl.type

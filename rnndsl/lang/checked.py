@@ -24,6 +24,7 @@ class Decl:
     init: ast.Init | None
     span: Span
     once: bool = False      # an input given once a sequence, at its first step
+    token: bool = False     # a one-hot input, given as ids (`input token x[V]`)
 
 @dataclass(frozen=True)
 class Definition:

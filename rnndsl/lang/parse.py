@@ -103,6 +103,10 @@ class _ToAst(Transformer):
         _once, *vars_ = children
         return ast.InputDecl(tuple(vars_), _span_of(meta), once=True)
 
+    def token_decl(self, meta, children):
+        _token, *vars_ = children
+        return ast.InputDecl(tuple(vars_), _span_of(meta), token=True)
+
     def state_decl(self, meta, vars_):
         return ast.StateDecl(tuple(vars_), _span_of(meta))
 

@@ -87,7 +87,8 @@ def stmt(s: ast.Stmt) -> str:
     if isinstance(s, ast.DimsDecl):
         return "dims " + ", ".join(s.names)
     if isinstance(s, ast.InputDecl):
-        return "input " + ("once " if s.once else "") + ", ".join(var(v, "=") for v in s.vars)
+        word = "once " if s.once else "token " if s.token else ""
+        return "input " + word + ", ".join(var(v, "=") for v in s.vars)
     if isinstance(s, ast.StateDecl):
         return "state " + ", ".join(var(v, "=") for v in s.vars)
     if isinstance(s, ast.ParamDecl):

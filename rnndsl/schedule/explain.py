@@ -8,9 +8,11 @@ from ..core.ops import Op
 from .plan import ELEMENTWISE, LOOP_STAGES, Plan, passes_for
 
 
-def explain_lines(plan: Plan, which: str = "both", target: str = "cpu") -> list[str]:
+def explain_lines(plan: Plan, which: str = "both", target: str = "cpu",
+                  tokens=frozenset()) -> list[str]:
     """The loop nest in pseudocode: what runs where, in order, on `target` (whose passes
-    among the plan's decide the notes: register tiles, persistent kernels)."""
+    among the plan's decide the notes: register tiles, persistent kernels). `tokens`:
+    the `input token` nodes the target's kernels take as ids (a gather, not a GEMM)."""
     G = plan.graph
     lines: list[str] = []
     active = set(passes_for(plan.passes, target))
@@ -41,8 +43,11 @@ def explain_lines(plan: Plan, which: str = "both", target: str = "cpu") -> list[
                 grp = mm[nid]
                 ws = ", ".join(G[G[m].args[0]].attrs[0] for m in grp.members)
                 batched = G[grp.vector].type.batched
-                out.append(f"GEMM [{ws}] @ {G.names.get(grp.vector, G.label(grp.vector))}"
-                           + (tiles if batched else ""))
+                vec = G.names.get(grp.vector, G.label(grp.vector))
+                if grp.vector in tokens:
+                    out.append(f"gather [{ws}] columns by the ids of token {vec}")
+                else:
+                    out.append(f"GEMM [{ws}] @ {vec}" + (tiles if batched else ""))
                 shown.update(grp.members)
             elif node.op in ELEMENTWISE:
                 group = next(g for g in plan.fused[stage] if nid in g)
@@ -53,7 +58,11 @@ def explain_lines(plan: Plan, which: str = "both", target: str = "cpu") -> list[
             elif nid in stacked_outer or nid in stacked_mt:
                 weights = stacked_outer.get(nid) or stacked_mt[nid]
                 names = ", ".join(G[w].attrs[0] for w in weights)
-                if nid in stacked_outer:
+                if nid in stacked_outer and node.args[1] in tokens:
+                    out.append(f"scatter d[{names}] columns by the ids of token "
+                               f"{G.names.get(node.args[1], 'v')} (stacked cotangents)")
+                    members = [o for o, w in stacked_outer.items() if w is weights]
+                elif nid in stacked_outer:
                     out.append(f"GEMM d[{names}] = g^T {G.names.get(node.args[1], 'v')} "
                                "(stacked cotangents)")
                     members = [o for o, w in stacked_outer.items() if w is weights]
@@ -61,6 +70,10 @@ def explain_lines(plan: Plan, which: str = "both", target: str = "cpu") -> list[
                     out.append(f"GEMM g @ [{names}] (stacked cotangents){tiles}")
                     members = [m for m, w in stacked_mt.items() if w is weights]
                 shown.update(members)
+            elif node.op == Op.OUTER and node.args[1] in tokens:
+                out.append(f"scatter d_W columns by the ids of token "
+                           f"{G.names.get(node.args[1], 'v')} ({G[nid].type})")
+                shown.add(nid)
             elif node.op == Op.OUTER:
                 out.append(f"GEMM d_W = g^T {G.names.get(node.args[1], 'v')} ({G[nid].type})")
                 shown.add(nid)

@@ -206,6 +206,7 @@ class Sampler:
         in_decl = next(d for d in spec.inputs if d.name == self.input)
         out_decl = next(o for o in spec.outputs if o.name == self.output)
         self.input_size = self._vector_size("input", in_decl)
+        self._token_input = bool(getattr(in_decl, "token", False))   # fed as ids
         out_size = None if readout is not None else self._vector_size("output", out_decl)
         if encode is None:
             if vocab is not None and vocab != self.input_size:
@@ -297,6 +298,8 @@ class Sampler:
     def _encode(self, ids: np.ndarray) -> np.ndarray:
         dtype = self.cell.dtype
         if self.encode is None:
+            if self._token_input:        # `input token x[V]`: the ids themselves
+                return ids
             return np.eye(self.vocab, dtype=dtype)[ids]
         x = np.asarray(self.encode(ids))
         if x.shape != ids.shape + (self.input_size,):
