@@ -67,6 +67,14 @@ def fraction_open(text: str) -> float:
     return value
 
 
+def fraction_closed(text: str) -> float:
+    """A float from 0 to 1, both included."""
+    value = _number(text, float)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
+
 def probability(text: str) -> float:
     """A float in (0, 1]."""
     value = _number(text, float)

@@ -15,6 +15,14 @@ target="interp" and target="cpu" cells alike. Cells with several inputs (the dat
 say, dropout masks) get the data as `x` and the rest as `extra_inputs`; the trainer draws
 nothing itself, but its `rng` (seeded) is there for whatever the caller draws per step,
 and it is saved with `save` so a resumed run draws what an uninterrupted one would.
+
+A learning-rate schedule (rnndsl.train.schedule) scales the optimiser's lr before each
+update; its position (the step it started at, the run's `progress`) is saved too:
+
+    trainer = Trainer(cell, optimizer=Adam(5e-3),
+                      lr_schedule=Cosine(warmup=50, total_steps=2_000))
+    # a run of unknown length (a time budget): Cosine(warmup=50), and before each step
+    trainer.progress = elapsed / budget
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from . import checkpoint
 from ..core.errors import BindError
 from .losses import LOSSES
 from .optim import Adam, Optimizer, clip_elementwise, clip_global_norm, global_norm
+from .schedule import Schedule
 
 
 def _pick(kind: str, given: str | None, decls, hint: str) -> str:
@@ -51,12 +60,17 @@ class Trainer:
     the only one). optimizer: an `optim.Optimizer` (default Adam(lr=1e-3)). clip_value
     clamps gradient elements, then clip_norm rescales to that global norm (either or both).
     seed seeds `self.rng`, the trainer's random stream for the caller's per-step draws.
+    lr_schedule: a `schedule.Schedule`; before each update the optimiser's lr becomes
+    `peak_lr * lr_schedule(steps - schedule_start, progress)`, where peak_lr is the
+    optimiser's lr when the Trainer is made and `progress` (None, or 0 to 1) is how far
+    the run is, which the caller sets when the schedule has no total_steps.
     """
 
     def __init__(self, cell, loss: str | Callable = "softmax_cross_entropy",
                  output: str | None = None, input: str | None = None,
                  optimizer: Optimizer | None = None, clip_norm: float | None = None,
-                 clip_value: float | None = None, seed: int | None = 0) -> None:
+                 clip_value: float | None = None, seed: int | None = 0,
+                 lr_schedule: Schedule | None = None) -> None:
         spec = type(cell).spec
         self.cell = cell
         self.output = _pick("output", output, spec.outputs, "output='...'")
@@ -80,6 +94,14 @@ class Trainer:
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
                 raise ValueError(f"{name} must be a positive number or None, got {value!r}")
         self.clip_norm, self.clip_value = clip_norm, clip_value
+        if lr_schedule is not None and not isinstance(lr_schedule, Schedule):
+            raise ValueError("lr_schedule must be an rnndsl.train.schedule schedule "
+                             f"(Constant, Cosine, StepDecay), got {type(lr_schedule).__name__}")
+        self.lr_schedule = lr_schedule
+        self.peak_lr = float(self.optimizer.hyper["lr"])
+        self.schedule_start = 0                    # the step the schedule's step 0 is
+        self.progress: float | None = None         # how far the run is, 0 to 1, if known
+        self.last_lr = self.peak_lr                # the lr of the last update
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.steps = 0
@@ -151,7 +173,11 @@ class Trainer:
         """One chunk of truncated BPTT; returns the chunk's loss (before the update).
         Dropout sites of the cell draw their masks from `self.rng`; `lengths` (one per
         sequence) freezes each sequence after its end and leaves those steps out of the
-        loss."""
+        loss. With an lr_schedule, the update's lr is the schedule's (`last_lr`)."""
+        if self.lr_schedule is not None:          # before any work: it may refuse
+            self.last_lr = self.peak_lr * self.lr_schedule(self.steps - self.schedule_start,
+                                                           self.progress)
+            self.optimizer.hyper["lr"] = self.last_lr
         inputs, B = self._inputs(x, extra_inputs)
         run = self.cell.forward(inputs, state=self._following(self._state, B),
                                 lengths=lengths, dropout=self.rng)
@@ -191,16 +217,25 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | Path, meta: dict | None = None) -> None:
         """A checkpoint of the cell, the optimiser and the trainer (steps, rng, carried
-        states), plus the caller's meta under "user"; written atomically."""
+        states, the lr schedule's settings and position), plus the caller's meta under
+        "user"; written atomically."""
+        schedule = self.lr_schedule.to_dict() if self.lr_schedule is not None else None
         trainer = {"steps": self.steps, "loss": self.loss_name,
                    "rng": self.rng.bit_generator.state,
-                   "state": self._state, "eval_state": self._eval_state}
+                   "state": self._state, "eval_state": self._eval_state,
+                   "lr_schedule": schedule, "schedule_start": self.schedule_start,
+                   "progress": self.progress, "peak_lr": self.peak_lr,
+                   "last_lr": self.last_lr}
         checkpoint.save(path, self.cell, self.optimizer,
                         meta={"trainer": trainer, "user": meta or {}})
 
     def load(self, path: str | Path) -> dict:
-        """Resume from `save`: params, optimiser, steps, rng and carried states; returns
-        the caller's meta."""
+        """Resume from `save`: params, optimiser, steps, rng, carried states and where
+        the run is in its lr schedule (`schedule_start`, `progress`); returns the
+        caller's meta. The schedule and peak lr stay this Trainer's own, as the
+        optimiser's settings do (a resumed run may change them);
+        `schedule.from_dict(peek(path).meta["trainer"]["lr_schedule"])` is the saved one.
+        A checkpoint saved without a position starts the schedule at its step."""
         if not isinstance(checkpoint.peek(path).meta.get("trainer"), dict):
             raise checkpoint.CheckpointError(
                 f"{path} was not written by Trainer.save (no trainer section); load it "
@@ -211,4 +246,13 @@ class Trainer:
         self.rng.bit_generator.state = trainer["rng"]
         self._state = trainer["state"]
         self._eval_state = trainer["eval_state"]
+        self.schedule_start = int(trainer.get("schedule_start", self.steps))
+        progress = trainer.get("progress")
+        self.progress = None if progress is None else float(progress)
         return meta.get("user", {})
+
+    def restart_schedule(self) -> None:
+        """Start the lr schedule afresh at the next step (its warm-up and decay again; a
+        warm restart, as in SGDR), with the run's progress back at 0."""
+        self.schedule_start = self.steps
+        self.progress = 0.0 if self.progress is not None else None
