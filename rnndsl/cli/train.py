@@ -2,12 +2,15 @@
 from the shell.
 
 train: spec + corpus -> a checkpoint (.npz carrying the spec's text, the vocabulary and
-the trainer's state), a progress bar (loss, characters a second, time left), validation
-bits per character, samples at two temperatures, and optionally a loss-curve PNG and a
-JSON summary. Every argument, the spec, the corpus and the checkpoint's fate are checked
-before the first step (`--dry-run` stops there); an existing checkpoint is never
-overwritten without --resume or --force; Ctrl-C saves a checkpoint and prints the
-command that resumes it.
+the trainer's state), a progress bar (loss, learning rate, characters a second, time
+left), validation bits per character every --val-every steps and at the end, the
+checkpoint that validated best (<checkpoint>.best.npz), samples at two temperatures, and
+optionally a loss-curve PNG and a JSON summary. The learning rate follows a schedule
+(rnndsl.train.schedule: warm-up, then cosine or step decay) over the run's steps or
+minutes, continued by --resume. Every argument, the spec, the corpus and the
+checkpoints' fate are checked before the first step (`--dry-run` stops there); an
+existing checkpoint is never overwritten without --resume or --force; Ctrl-C saves a
+checkpoint and prints the command that resumes it.
 sample: checkpoint -> text, by any strategy of rnndsl.train.sample, from any folder: the
 checkpoint carries its spec.
 info: what a checkpoint holds.
@@ -33,6 +36,9 @@ from . import args as cli_args
 from ..core.errors import RnnError
 
 DEFAULT_DIM = 128
+DEFAULT_LR_FLOOR = 0.1          # cosine: the lr at the end, as a fraction of --lr
+DEFAULT_DECAY_GAMMA = 0.5
+DEFAULT_VAL_EVERY = 200         # at H=128, 50,000 val chars cost about 8 steps: 4%
 EXIT_INTERRUPTED = 130
 
 
@@ -68,6 +74,14 @@ class Progress:
         else:
             self.stream.write(text + "\n")
             self.stream.flush()
+
+    def note(self, text: str, stream) -> None:
+        """`text` on a line of its own on `stream`, above the bar where one is drawn."""
+        if self.bar is not None:
+            self.bar.clear()
+        print(text, file=stream, flush=True)
+        if self.bar is not None:
+            self.bar.refresh()
 
     def done(self) -> None:
         if self.bar is not None:
@@ -185,6 +199,10 @@ class _Plan:
     y_name: str
     checkpoint: Path
     resume: bool
+    schedule: object                    # the lr schedule (rnndsl.train.schedule)
+    schedule_from: float | None         # the progress it resumes at; None: from its start
+    best: Path | None                   # where the best checkpoint goes (None: not kept)
+    best_record: dict | None            # the validation it holds, when a resumed run has one
     info: object = None                 # the checkpoint's CheckpointInfo when resuming
     prefix: np.ndarray = field(default=None, repr=False)
 
@@ -200,8 +218,9 @@ def _prepare(args) -> _Plan:
             raise TrainError("--plot needs matplotlib: pip install 'rnndsl[plot]' (or "
                              "pip install matplotlib)") from None
     for option, value in (("--plot", args.plot), ("--json", args.json),
-                          ("--checkpoint", args.checkpoint)):
+                          ("--checkpoint", args.checkpoint), ("--best", args.best)):
         _writable_file(option, value)
+    schedule = _schedule(args)
     if args.minutes is None and args.steps is None:
         args.minutes = 3.0
     dtype = np.dtype(args.dtype)
@@ -250,8 +269,67 @@ def _prepare(args) -> _Plan:
                          "short: raise --val or use more text")
     tbptt_batches(train_ids, args.batch, args.seq)     # refuses a corpus too short
     prefix = _encode_prime(vocab, args.prime, "the corpus")
+    best, best_record = _best(args, checkpoint, info is not None, len(val_ids) - 1)
+    progress = info.meta.get("trainer", {}).get("progress") if info else None
+    schedule_from = progress if isinstance(progress, (int, float)) and 0 <= progress < 1 \
+        else None
     return _Plan(Cell, dims, dtype, corpus, vocab, train_ids, val_ids, x_name, y_name,
-                 checkpoint, info is not None, info, prefix)
+                 checkpoint, info is not None, schedule, schedule_from, best, best_record,
+                 info, prefix)
+
+
+def _schedule(args):
+    """--lr-schedule with its settings, each refused where the schedule has no use for it."""
+    from ..train.schedule import Constant, Cosine, StepDecay
+    for dest, option, kind in (("lr_floor", "--lr-floor", "cosine"),
+                               ("decay_every", "--decay-every", "step"),
+                               ("decay_gamma", "--decay-gamma", "step")):
+        if getattr(args, dest) is not None and args.lr_schedule != kind:
+            raise cli_args.UsageError(f"{option} is a setting of --lr-schedule {kind}; "
+                                      f"--lr-schedule {args.lr_schedule} has no use for it")
+    if args.lr_schedule == "cosine":
+        floor = DEFAULT_LR_FLOOR if args.lr_floor is None else args.lr_floor
+        return Cosine(warmup=args.warmup, floor=floor)
+    if args.lr_schedule == "step":
+        if args.decay_every is None:
+            raise cli_args.UsageError("--lr-schedule step needs --decay-every N: the lr is "
+                                      "multiplied by --decay-gamma (default "
+                                      f"{DEFAULT_DECAY_GAMMA:g}) every N steps")
+        gamma = DEFAULT_DECAY_GAMMA if args.decay_gamma is None else args.decay_gamma
+        return StepDecay(warmup=args.warmup, every=args.decay_every, gamma=gamma)
+    return Constant(warmup=args.warmup)
+
+
+def _best(args, checkpoint: Path, resuming: bool, val_chars: int):
+    """(where the best checkpoint goes, the validation it holds when this run continues
+    it); (None, None) without validation during training. An existing best checkpoint is
+    continued by --resume (if it was validated on as many chars), overwritten by --force
+    and otherwise kept: the run is refused."""
+    if not args.val_every:
+        if args.best:
+            raise cli_args.UsageError("--best keeps the checkpoint that validates best during "
+                                      "training: it needs --val-every N above 0")
+        return None, None
+    best = Path(args.best) if args.best else checkpoint.with_name(
+        f"{checkpoint.stem}.best{checkpoint.suffix or '.npz'}")
+    if best.resolve() == checkpoint.resolve():
+        raise cli_args.UsageError(f"--best {best} is the --checkpoint itself; name another "
+                                  "file")
+    if not best.is_file() or (args.force and not resuming):
+        return best, None
+    if not resuming:
+        raise TrainError(f"{best} exists (the best checkpoint of an earlier run): training "
+                         "would overwrite it. Overwrite it with --force, or name another file "
+                         "with --best" + ("" if args.resume else ", or continue that run with "
+                                          "--resume"))
+    from ..train.checkpoint import peek
+    try:
+        record = peek(best).meta.get("user", {}).get("validation")
+    except RnnError as exc:
+        raise TrainError(f"--best {best}: {exc}") from None
+    if not isinstance(record, dict) or record.get("chars") != val_chars:
+        return best, None       # not comparable: the next validation replaces it
+    return best, record
 
 
 def _describe(plan: _Plan, args, out) -> None:
@@ -262,9 +340,28 @@ def _describe(plan: _Plan, args, out) -> None:
           f"{args.target}, {plan.dtype.name})", file=out)
     print(f"corpus: {plan.corpus.describe()}", file=out)
     steps = plan.info.meta.get("trainer", {}).get("steps", 0) if plan.info else 0
+    where = ("its lr schedule started afresh" if plan.schedule_from is None else
+             f"{plan.schedule_from:.0%} into its lr schedule")
     print(f"data: {len(plan.vocab)} symbols; {len(plan.train_ids):,} chars to train on, "
           f"{len(plan.val_ids) - 1:,} to validate; batch {args.batch} x {args.seq} steps"
-          + (f"; resuming at step {steps}" if plan.resume else ""), file=out)
+          + (f"; resuming at step {steps}, {where}" if plan.resume else ""), file=out)
+    warmup = plan.schedule.warmup
+    if args.steps is not None and args.minutes is None and warmup >= args.steps \
+            and plan.schedule_from is None:
+        print(f"note: the warm-up ({warmup} steps) is not shorter than --steps {args.steps}: "
+              "the learning rate never reaches --lr (lower --warmup)", file=out)
+
+
+def _plan_text(plan: _Plan, args) -> str:
+    fate = ("resumed and updated" if plan.resume else
+            "overwritten" if plan.checkpoint.is_file() else "written")
+    return (f"plan: train for {_budget_text(args)}; {args.optimizer} at lr {args.lr:g} "
+            f"({plan.schedule.describe()})"
+            + (f", gradient norm clipped to {args.clip:g}" if args.clip else "")
+            + (f"; validation every {args.val_every} steps and at the end, the best "
+               f"checkpoint kept in {plan.best}" if plan.best else "; validation at the end")
+            + f"; checkpoint {plan.checkpoint} {fate}"
+            + (f" every {args.every} steps and at the end" if args.every else " at the end"))
 
 
 def _budget_text(args) -> str:
@@ -312,124 +409,185 @@ class _StopAtStepEnd:
         return False
 
 
+class _Run:
+    """One `rnndsl train` past its checks: the trainer, where it is in the corpus and in
+    its lr schedule, the training loss and validation histories, and the checkpoints it
+    writes (the last state, and with --val-every the one that validated best)."""
+
+    def __init__(self, plan: _Plan, args, out):
+        from ..train.optim import OPTIMIZERS
+        from ..train.trainer import Trainer
+        self.plan, self.args, self.out = plan, args, out
+        self.cell = plan.Cell(dtype=plan.dtype, seed=args.seed, **plan.dims)
+        self.trainer = Trainer(self.cell, output=plan.y_name, input=plan.x_name,
+                               optimizer=OPTIMIZERS[args.optimizer](lr=args.lr),
+                               clip_norm=args.clip or None, seed=args.seed,
+                               lr_schedule=plan.schedule)
+        self.position = {"epoch": 0, "chunk": 0}
+        self.history: list[tuple[int, float]] = []          # (step, training loss)
+        self.val_history: list[tuple[int, float]] = []      # (step, validation bits/char)
+        self.best = plan.best_record        # the best checkpoint's validation, or None
+        self.chars, self.steps_done, self.val_seconds = 0, 0, 0.0
+        self.meta = {"spec": str(args.spec), "cell": plan.Cell.spec.name,
+                     "target": args.target, "vocab": plan.vocab.to_json(),
+                     "corpus": plan.corpus.describe(), "corpus_sha256": plan.corpus.sha256,
+                     "x": plan.x_name, "y": plan.y_name,
+                     "settings": {"batch": args.batch, "seq": args.seq,
+                                  "optimizer": args.optimizer, "lr": args.lr,
+                                  "clip": args.clip, "seed": args.seed,
+                                  "lr_schedule": plan.schedule.to_dict()}}
+        if plan.resume:
+            user = self.trainer.load(plan.checkpoint)
+            self.position = user["position"]
+            self.history = [tuple(p) for p in user["history"]]
+            self.val_history = [tuple(p) for p in user.get("val_history", [])]
+            if "validation" in user:
+                self.meta["validation"] = user["validation"]
+        if plan.schedule_from is None:      # a fresh run, or one whose schedule had ended
+            self.trainer.restart_schedule()
+        self.progress0 = plan.schedule_from or 0.0
+        self.trainer.progress = self.progress0
+
+    def save(self, path: Path | None = None) -> None:
+        self.trainer.save(path or self.plan.checkpoint, meta={
+            **self.meta, "position": self.position,
+            "history": [list(h) for h in self.history],
+            "val_history": [list(v) for v in self.val_history]})
+
+    def validate(self) -> bool:
+        """Bits per character on the held-out text now, recorded (the checkpoint's
+        "validation" is the latest); True when it beats the best, whose checkpoint it
+        then writes."""
+        plan, trainer = self.plan, self.trainer
+        started = time.monotonic()
+        bpc = _validate(trainer, plan.vocab, plan.val_ids, self.args, plan.dtype)
+        self.val_seconds += time.monotonic() - started
+        record = {"bits_per_char": bpc, "chars": len(plan.val_ids) - 1, "step": trainer.steps}
+        self.val_history.append((trainer.steps, bpc))
+        self.meta["validation"] = record
+        if plan.best is None or (self.best and bpc >= self.best["bits_per_char"]):
+            return False
+        self.best = record
+        self.save(plan.best)
+        return True
+
+    def train(self, stop: _StopAtStepEnd) -> float:
+        """Steps until the budget is spent or Ctrl-C; returns the seconds it took."""
+        from ..train.data import tbptt_batches
+        args, plan, trainer = self.args, self.plan, self.trainer
+        feed = _feeder(plan.Cell.spec, plan.x_name, len(plan.vocab), plan.dtype)
+        batches = tbptt_batches(plan.train_ids, args.batch, args.seq)
+        budget_s = args.minutes * 60 if args.minutes is not None else None
+        progress = Progress(total=1.0)
+        start, recent = time.monotonic(), []
+        while not stop.asked:
+            for k, (x_ids, y_ids) in enumerate(batches):
+                if k < self.position["chunk"]:
+                    continue
+                if k == 0:
+                    trainer.reset_state("train")
+                loss = trainer.step(feed(x_ids), y_ids)
+                if not math.isfinite(loss):
+                    progress.done()
+                    raise TrainError(f"the loss became {loss} at step {trainer.steps}: lower "
+                                     "--lr or set --clip (the last good checkpoint is kept)")
+                self.position["chunk"] = k + 1
+                self.steps_done += 1
+                self.chars += x_ids.size
+                recent.append(loss)
+                self.history.append((trainer.steps, float(loss)))
+                elapsed = time.monotonic() - start
+                fractions = []
+                if budget_s is not None:
+                    fractions.append(elapsed / budget_s)
+                if args.steps is not None:
+                    fractions.append(self.steps_done / args.steps)
+                done = min(1.0, max(fractions))
+                # the schedule's run: what the checkpoint had done, then this budget
+                trainer.progress = self.progress0 + (1 - self.progress0) * done
+                left = elapsed / max(done, 1e-9) - elapsed
+                mean = float(np.mean(recent[-20:]))
+                training_s = max(elapsed - self.val_seconds, 1e-9)   # chars/s: training's
+                epoch = self.position["epoch"] + 1
+                progress.show(done, f"step {trainer.steps} | epoch {epoch} "
+                              f"{k + 1}/{len(batches)} | loss {mean:.3f} "
+                              f"({mean / math.log(2):.2f} bits/char) | "
+                              f"lr {trainer.last_lr:.2e} | "
+                              f"{self.chars / training_s:,.0f} chars/s | "
+                              f"{_clock(left)} left")
+                if args.val_every and trainer.steps % args.val_every == 0:
+                    best = self.validate()
+                    progress.note(f"validation at step {trainer.steps}: "
+                                  f"{self.val_history[-1][1]:.3f} bits/char"
+                                  + (f" (the best so far: saved to {plan.best})" if best
+                                     else ""), self.out)
+                if args.every and trainer.steps % args.every == 0:
+                    self.save()
+                if done >= 1.0 or stop.asked:
+                    break
+            else:
+                self.position = {"epoch": self.position["epoch"] + 1, "chunk": 0}
+                continue
+            break
+        progress.done()
+        return time.monotonic() - start
+
+
 def cmd_train(args) -> int:
-    from ..train.data import one_hot, tbptt_batches
-    from ..train.optim import OPTIMIZERS
-    from ..train.trainer import Trainer
     cli_args.set_threads(args.threads)
     plan = _prepare(args)
     out = sys.stdout
     _describe(plan, args, out)
     if args.dry_run:
-        fate = ("resumed and updated" if plan.resume else
-                "overwritten" if plan.checkpoint.is_file() else "written")
-        print(f"plan: train for {_budget_text(args)}; {args.optimizer} at lr {args.lr:g}"
-              + (f", gradient norm clipped to {args.clip:g}" if args.clip else "")
-              + f"; checkpoint {plan.checkpoint} {fate}"
-              + (f" every {args.every} steps and at the end" if args.every else
-                 " at the end"), file=out)
+        print(_plan_text(plan, args), file=out)
         print("dry run: arguments, spec, corpus and checkpoint are fine; nothing was "
               "trained or written", file=out)
         return 0
-    Cell, dims, dtype, vocab = plan.Cell, plan.dims, plan.dtype, plan.vocab
-    val_ids = plan.val_ids
-    cell = Cell(dtype=dtype, seed=args.seed, **dims)
-    optimizer = OPTIMIZERS[args.optimizer](lr=args.lr)
-    trainer = Trainer(cell, output=plan.y_name, input=plan.x_name, optimizer=optimizer,
-                      clip_norm=args.clip or None, seed=args.seed)
-    position = {"epoch": 0, "chunk": 0}
-    history: list[tuple[int, float]] = []
-    if plan.resume:
-        user = trainer.load(plan.checkpoint)
-        position, history = user["position"], [tuple(p) for p in user["history"]]
+    run = _Run(plan, args, out)
+    trainer = run.trainer
     out.flush()
-    meta = {"spec": str(args.spec), "cell": Cell.spec.name, "target": args.target,
-            "vocab": vocab.to_json(), "corpus": plan.corpus.describe(),
-            "corpus_sha256": plan.corpus.sha256, "x": plan.x_name, "y": plan.y_name,
-            "settings": {"batch": args.batch, "seq": args.seq, "optimizer": args.optimizer,
-                         "lr": args.lr, "clip": args.clip, "seed": args.seed}}
-    if plan.resume and "validation" in plan.info.meta.get("user", {}):
-        meta["validation"] = plan.info.meta["user"]["validation"]
-
-    def save(**extra):
-        meta.update(extra)
-        trainer.save(plan.checkpoint, meta={**meta, "position": position,
-                                            "history": [list(h) for h in history]})
-
-    batches = tbptt_batches(plan.train_ids, args.batch, args.seq)
-    _warm_up(cell, plan.x_name, len(vocab), dtype, out)
-    budget_s = args.minutes * 60 if args.minutes is not None else None
-    progress = Progress(total=1.0)
-    start, chars, recent = time.monotonic(), 0, []
-    step0 = trainer.steps
+    _warm_up(run.cell, plan.x_name, len(plan.vocab), plan.dtype, out)
     with _StopAtStepEnd() as stop:
-        while not stop.asked:
-            for k, (x_ids, y_ids) in enumerate(batches):
-                if k < position["chunk"]:
-                    continue
-                if k == 0:
-                    trainer.reset_state("train")
-                loss = trainer.step(one_hot(x_ids, len(vocab), dtype), y_ids)
-                if not math.isfinite(loss):
-                    progress.done()
-                    raise TrainError(f"the loss became {loss} at step {trainer.steps}: lower "
-                                     "--lr or set --clip (the last good checkpoint is kept)")
-                position["chunk"] = k + 1
-                chars += x_ids.size
-                recent.append(loss)
-                history.append((trainer.steps, float(loss)))
-                elapsed = time.monotonic() - start
-                done_steps = trainer.steps - step0
-                fractions = []
-                if budget_s is not None:
-                    fractions.append(elapsed / budget_s)
-                if args.steps is not None:
-                    fractions.append(done_steps / args.steps)
-                done = min(1.0, max(fractions))
-                left = elapsed / max(done, 1e-9) - elapsed
-                mean = float(np.mean(recent[-20:]))
-                progress.show(done, f"step {trainer.steps} | epoch {position['epoch'] + 1} "
-                              f"{k + 1}/{len(batches)} | loss {mean:.3f} "
-                              f"({mean / math.log(2):.2f} bits/char) | "
-                              f"{chars / max(elapsed, 1e-9):,.0f} chars/s | "
-                              f"{_clock(left)} left")
-                if args.every and trainer.steps % args.every == 0:
-                    save()
-                if done >= 1.0 or stop.asked:
-                    break
-            else:
-                position = {"epoch": position["epoch"] + 1, "chunk": 0}
-                continue
-            break
-    progress.done()
-    save()
-    elapsed = time.monotonic() - start
-    summary = {"steps": trainer.steps - step0, "total_steps": trainer.steps, "chars": chars,
-               "seconds": round(elapsed, 3), "chars_per_second": chars / max(elapsed, 1e-9),
+        elapsed = run.train(stop)
+    run.save()
+    training_s = max(elapsed - run.val_seconds, 1e-9)
+    summary = {"steps": run.steps_done, "total_steps": trainer.steps, "chars": run.chars,
+               "seconds": round(elapsed, 3), "chars_per_second": run.chars / training_s,
+               "validation_seconds": round(run.val_seconds, 3),
                "checkpoint": str(plan.checkpoint), "interrupted": stop.asked,
-               "model": {"cell": Cell.spec.name, "spec": str(args.spec), "dims": dims,
-                         "target": args.target, "dtype": dtype.name},
-               "corpus": plan.corpus.describe()}
-    print(f"trained {summary['steps']} steps ({chars:,} chars) in {_clock(elapsed)} "
+               "model": {"cell": plan.Cell.spec.name, "spec": str(args.spec),
+                         "dims": plan.dims, "target": args.target, "dtype": plan.dtype.name},
+               "corpus": plan.corpus.describe(),
+               "lr_schedule": {**plan.schedule.to_dict(), "peak_lr": args.lr,
+                               "last_lr": trainer.last_lr, "progress": trainer.progress}}
+    print(f"trained {summary['steps']} steps ({run.chars:,} chars) in {_clock(elapsed)} "
           f"({summary['chars_per_second']:,.0f} chars/s); checkpoint: {plan.checkpoint}",
           file=out)
     if stop.asked:
         print(f"interrupted: the checkpoint holds step {trainer.steps}; resume with:\n  "
               f"{_resume_command(args)}", file=out)
+        summary["validation_history"] = [list(v) for v in run.val_history]
         _write_json(args.json, summary)
         return EXIT_INTERRUPTED
-    bpc = _validate(trainer, vocab, val_ids, args, dtype)
-    val_chars = len(val_ids) - 1
+    if not run.val_history or run.val_history[-1][0] != trainer.steps:
+        run.validate()                  # else it just ran, at this very step
+    bpc, val_chars = run.meta["validation"]["bits_per_char"], len(plan.val_ids) - 1
     print(f"validation: {bpc:.3f} bits/char over {val_chars:,} chars", file=out)
-    save(validation={"bits_per_char": bpc, "chars": val_chars, "step": trainer.steps})
-    summary.update(validation_bits_per_char=bpc, validation_chars=val_chars)
+    run.save()
+    summary.update(validation_bits_per_char=bpc, validation_chars=val_chars,
+                   validation_history=[list(v) for v in run.val_history],
+                   best_checkpoint={"path": str(plan.best), **run.best} if run.best else None)
+    if run.best:
+        print(f"best: {run.best['bits_per_char']:.3f} bits/char at step "
+              f"{run.best['step']}; checkpoint: {plan.best}", file=out)
     if args.plot:
-        _plot(history, args.plot, f"{Cell.spec.name} on {plan.corpus.name}")
+        _plot(run.history, run.val_history, args.plot,
+              f"{plan.Cell.spec.name} on {plan.corpus.name}")
         print(f"loss curve: {args.plot}", file=out)
     samples = []
     if args.sample_chars:
         for t in args.temperatures:
-            text = _generate(cell, vocab, plan.x_name, plan.y_name, plan.prefix,
+            text = _generate(run.cell, plan.vocab, plan.x_name, plan.y_name, plan.prefix,
                              args.sample_chars, t, args.seed)
             samples.append({"temperature": t, "text": args.prime + text})
             print(f"\n--- sample at temperature {t} ---\n{args.prime}{text}", file=out)
@@ -444,30 +602,41 @@ def _write_json(path: str | None, summary: dict) -> None:
         write_atomically(Path(path), (json.dumps(summary, indent=2) + "\n").encode())
 
 
+def _feeder(spec, x_name: str, V: int, dtype):
+    """ids (T, B) -> what the cell's input x takes: the ids themselves for an `input
+    token x[V]` (the kernels gather by id), else one-hot rows (T, B, V)."""
+    from ..train.data import one_hot
+    if next(d for d in spec.inputs if d.name == x_name).token:
+        return lambda ids: ids
+    return lambda ids: one_hot(ids, V, dtype)
+
+
 def _warm_up(cell, x_name: str, V: int, dtype, out) -> None:
     """Compile (or load from Numba's cache) the kernels before the clock starts: one
     kernel serves every T and B, so a one-step batch is enough."""
     started = time.monotonic()
     print("compiling kernels ...", end="", file=out, flush=True)
-    run = cell.forward(np.zeros((1, 1, V), dtype))
+    feed = _feeder(type(cell).spec, x_name, V, dtype)
+    run = cell.forward({x_name: feed(np.zeros((1, 1), np.int64))})
     cell.backward(run)
     print(f" {time.monotonic() - started:.1f} s", file=out, flush=True)
 
 
 def _validate(trainer, vocab, val_ids, args, dtype) -> float:
     """Bits per character on the validation stream, state carried across chunks."""
-    from ..train.data import one_hot, tbptt_batches
+    from ..train.data import tbptt_batches
+    feed = _feeder(type(trainer.cell).spec, trainer.input, len(vocab), dtype)
     rows = max(1, min(args.batch, (len(val_ids) - 1) // args.seq))
     total = count = 0.0
     trainer.reset_state("eval")
     for x_ids, y_ids in tbptt_batches(val_ids, rows, args.seq):
-        loss = trainer.evaluate(one_hot(x_ids, len(vocab), dtype), y_ids)
+        loss = trainer.evaluate(feed(x_ids), y_ids)
         total += loss * y_ids.size
         count += y_ids.size
     return total / count / math.log(2)
 
 
-def _plot(history, path: str, title: str) -> None:
+def _plot(history, val_history, path: str, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -478,8 +647,11 @@ def _plot(history, path: str, title: str) -> None:
     if len(loss) >= 20:
         smooth = np.convolve(loss, np.ones(20) / 20, mode="valid")
         ax.plot(steps[19:], smooth, lw=1.5, label="mean of 20")
+    if val_history:
+        ax.plot([v[0] for v in val_history], [v[1] for v in val_history], "o-", lw=1.5,
+                ms=3, label="validation")
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (bits/char)")
+    ax.set_ylabel("loss (bits/char)")
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
@@ -599,7 +771,10 @@ def add_parsers(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a cell with one token input x[V] and one logits output on text, "
                     "by truncated BPTT, with a progress bar; then report validation bits "
-                    "per character and print samples. V is the vocabulary size; other "
+                    "per character and print samples. The learning rate warms up over "
+                    "--warmup steps, then follows --lr-schedule (cosine decay by default); "
+                    "every --val-every steps the model is validated and the best one so "
+                    "far saved to --best. V is the vocabulary size; other "
                     f"dims default to {DEFAULT_DIM}. Every argument, the spec and the "
                     "corpus are checked before training starts. An existing checkpoint is "
                     "never overwritten unless you say --resume (continue it) or --force "
@@ -612,6 +787,9 @@ def add_parsers(sub) -> None:
                "  rnndsl train specs/char_lstm.rnn --resume        continue a checkpoint\n"
                "  rnndsl train specs/char_lstm.rnn --dry-run       check, print the plan\n"
                "  rnndsl train specs/char_lstm.rnn --json run.json   a summary to parse\n"
+               "  rnndsl train specs/char_lstm.rnn --val-every 500 --best best.npz\n"
+               "  rnndsl train specs/char_lstm.rnn --lr-schedule step --decay-every 1000\n"
+               "  rnndsl train specs/char_lstm.rnn --lr-schedule constant --warmup 0\n"
                "\nexit status: 0 trained, 2 bad input (nothing trained), 130 interrupted "
                "(checkpoint saved)\n")
     p.add_argument("spec", metavar="SPEC")
@@ -631,7 +809,24 @@ def add_parsers(sub) -> None:
                    help="steps of truncated BPTT a chunk (default 64)")
     p.add_argument("--optimizer", choices=("adam", "rmsprop", "sgd"), default="adam")
     p.add_argument("--lr", type=cli_args.above(0), default=5e-3,
-                   help="learning rate, above 0 (default 5e-3)")
+                   help="the peak learning rate, above 0 (default 5e-3)")
+    p.add_argument("--lr-schedule", choices=("cosine", "constant", "step"), default="cosine",
+                   help="how the learning rate moves after the warm-up: cosine (default) "
+                        "decays it to --lr-floor x --lr by the end of the run (of --steps, "
+                        "or of --minutes), constant keeps it, step multiplies it by "
+                        "--decay-gamma every --decay-every steps")
+    p.add_argument("--warmup", type=nonneg, default=50, metavar="N",
+                   help="raise the learning rate linearly over the first N steps, from "
+                        "--lr/N to --lr (default 50; 0: none)")
+    p.add_argument("--lr-floor", type=cli_args.fraction_closed, metavar="F",
+                   help=f"cosine: the learning rate at the end, F x --lr, F from 0 to 1 "
+                        f"(default {DEFAULT_LR_FLOOR:g})")
+    p.add_argument("--decay-every", type=positive, metavar="N",
+                   help="step: multiply the learning rate by --decay-gamma every N steps "
+                        "(needed with --lr-schedule step)")
+    p.add_argument("--decay-gamma", type=cli_args.probability, metavar="G",
+                   help=f"step: the factor, above 0 and at most 1 (default "
+                        f"{DEFAULT_DECAY_GAMMA:g})")
     p.add_argument("--clip", type=cli_args.at_least_float(0), default=5.0,
                    help="clip the gradient's global norm to this (default 5; 0: no clipping)")
     p.add_argument("--val", type=cli_args.fraction_open, default=0.05,
@@ -639,12 +834,21 @@ def add_parsers(sub) -> None:
                         "(default 0.05)")
     p.add_argument("--val-chars", type=positive, default=50_000,
                    help="validate on at most this many characters (default 50,000)")
+    p.add_argument("--val-every", type=nonneg, default=DEFAULT_VAL_EVERY, metavar="N",
+                   help=f"validate every N steps too, printing the bits/char, and keep the "
+                        f"checkpoint that validates best in --best (default "
+                        f"{DEFAULT_VAL_EVERY}; 0: validate only at the end, no best "
+                        "checkpoint)")
+    p.add_argument("--best", metavar="PATH",
+                   help="where the best checkpoint goes (default: the checkpoint's name with "
+                        ".best, model.best.npz for model.npz); --resume continues it")
     p.add_argument("--checkpoint", default="model.npz",
                    help="where to save (default model.npz)")
     p.add_argument("--every", type=nonneg, default=200,
                    help="save every N steps (default 200; 0: only at the end)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from --checkpoint if it exists (its dims and vocabulary)")
+                   help="continue from --checkpoint if it exists (its dims, vocabulary and "
+                        "place in the lr schedule; a finished schedule starts afresh)")
     p.add_argument("--force", action="store_true",
                    help="start afresh even if --checkpoint exists, overwriting it")
     p.add_argument("--dry-run", action="store_true",
@@ -652,7 +856,8 @@ def add_parsers(sub) -> None:
                         "and stop without training or writing anything")
     p.add_argument("--json", metavar="FILE",
                    help="also write the closing summary (steps, chars/s, checkpoint, "
-                        "validation bits/char, samples) as JSON to FILE")
+                        "validation bits/char and history, best checkpoint, lr schedule, "
+                        "samples) as JSON to FILE")
     p.add_argument("--plot", metavar="PNG", help="write the loss curve (needs matplotlib)")
     p.add_argument("--temperatures", type=cli_args.temperatures,
                    default=[0.5, 1.0], help="sample at these when done, each above 0 "
@@ -662,7 +867,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--prime", default="", help="text the samples start from")
     p.add_argument("--seed", type=nonneg, default=0)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--target", choices=("cpu", "interp"), default="cpu")
+    p.add_argument("--target", choices=("cpu", "interp", "cuda"), default="cpu",
+                   help="cpu (default: compiled kernels), interp (the reference "
+                        "interpreter: slow, nothing to compile) or cuda (an NVIDIA GPU; pip "
+                        "install 'rnndsl[cuda]'; NUMBA_ENABLE_CUDASIM=1 runs it on numba's "
+                        "simulator, slowly)")
     p.add_argument("--threads", type=positive, metavar="N",
                    help="threads the kernels may use (default: one a core; sets "
                         "RNNDSL_BLAS_THREADS)")
