@@ -26,7 +26,11 @@ def explain_lines(plan: Plan, which: str = "both", target: str = "cpu",
             for o in use.outers or []:
                 stacked_outer[o] = use.weights
 
-    def describe(stage: str) -> list[str]:
+    forward_nodes = set(G.needed(plan.step.roots()))
+
+    def describe(stage: str, part=None) -> list[str]:
+        """The lines of one stage; `part`: only its forward (True) or backward (False)
+        nodes (the pre stage holds both: the backward's are computed in its kernel)."""
         out = []
         tiles = (" in register tiles" if stage in LOOP_STAGES and "microkernel" in active
                  else "")
@@ -36,7 +40,7 @@ def explain_lines(plan: Plan, which: str = "both", target: str = "cpu",
             seen.update(group)
         shown: set[int] = set()
         for nid in plan.order[stage]:
-            if nid in shown:
+            if nid in shown or (part is not None and (nid in forward_nodes) != part):
                 continue
             node = G[nid]
             if nid in mm:
@@ -108,7 +112,7 @@ def explain_lines(plan: Plan, which: str = "both", target: str = "cpu",
         lines.append("forward:")
         if plan.order["const"]:
             lines.append(f"  once: {len(plan.order['const'])} parameter-only ops")
-        for item in describe("pre"):
+        for item in describe("pre", part=True):
             lines.append(f"  all T*B rows: {item}")
         lines.append("  for t in 0 .. T-1:" + loop_note)
         for item in describe("fwd"):
@@ -117,6 +121,8 @@ def explain_lines(plan: Plan, which: str = "both", target: str = "cpu",
             lines.append(f"    save {len(plan.saved)} values for BPTT")
     if which in ("backward", "both"):
         lines.append("backward:")
+        for item in describe("pre", part=False):
+            lines.append(f"  all T*B rows: {item}")
         lines.append("  for t in T-1 .. 0:" + loop_note)
         for item in describe("bwd"):
             lines.append(f"    {item}")

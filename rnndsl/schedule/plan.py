@@ -25,8 +25,8 @@ from ..ir.grad import StepGrads
 from ..ir.graph import Graph, StepGraph
 from ..core.ops import Op
 
-PASSES = ("cse", "simplify", "hoist", "fuse_matmul", "fuse_elementwise", "defer_grads",
-          "persistent", "hold_weights", "microkernel")
+PASSES = ("cse", "simplify", "hoist", "hoist_outputs", "fuse_matmul", "fuse_elementwise",
+          "defer_grads", "persistent", "hold_weights", "microkernel")
 # Passes that only one target's emitter acts on; the others emit the same program with
 # them on or off. `persistent` runs each time loop as one cooperative kernel (cuda);
 # `hold_weights` has those kernels keep the recurrent weights in shared memory across
@@ -42,6 +42,8 @@ def passes_for(passes, target: str) -> list[str]:
 """cse: an expression computed twice is computed once (the IR is hash-consed; off, only
 leaves are shared). simplify: constant folding and algebraic identities (simplify.py).
 hoist: state-independent work leaves the time loop (the W @ x GEMMs over T*B rows).
+hoist_outputs: the backward's work that carries no state cotangent, only the outputs'
+(a readout's gradient, W_y^T @ d_logits), runs over all T*B rows before the backward loop.
 fuse_matmul: matvecs sharing their vector become one GEMM with stacked weights.
 fuse_elementwise: a step's elementwise ops share one loop nest, temporaries in registers.
 defer_grads: weight and input gradients leave the backward loop, one GEMM each."""
@@ -108,7 +110,8 @@ class Plan:
 
 
 def _flags(G: Graph, nodes: list[int]) -> dict[int, frozenset[str]]:
-    """What each node depends on: 'state', 'input', 'seed' (its cotangent inputs)."""
+    """What each node depends on: 'state', 'input', 'seed' (its cotangent inputs), and
+    'next_seed' among those, the next states' cotangents (the outputs' are given)."""
     deps: dict[int, frozenset[str]] = {}
     for nid in nodes:
         node = G[nid]
@@ -119,6 +122,8 @@ def _flags(G: Graph, nodes: list[int]) -> dict[int, frozenset[str]]:
             found.add("input")
         elif node.op == Op.SEED:
             found.add("seed")
+            if node.attrs[0] == "next":
+                found.add("next_seed")    # a state's cotangent: known only in the loop
         for a in node.args:
             found |= deps[a]
         deps[nid] = frozenset(found)
@@ -147,6 +152,7 @@ def make_plan(step: StepGraph, grads: StepGrads, passes=PASSES) -> Plan:
     carried_roots = [n for n in grads.states.values() if n is not None]
     carries = set(G.needed(carried_roots))
     hoist = "hoist" in passes
+    grad_roots = set(grads.roots())
     stage: dict[int, str] = {}
     for nid in all_nodes:
         node = G[nid]
@@ -168,6 +174,12 @@ def make_plan(step: StepGraph, grads: StepGrads, passes=PASSES) -> Plan:
                 stage[nid] = "pre"
             else:
                 stage[nid] = "fwd" if nid in fwd_set else "bwd"
+        elif ("hoist_outputs" in passes and hoist and not d & {"state", "next_seed"}
+              and nid not in grad_roots):
+            # the gradient of work that feeds no state (a readout): from the outputs'
+            # cotangents alone, all T*B rows before the backward loop (the gradients
+            # themselves stay with the others, deferred or summed a step)
+            stage[nid] = "pre"
         elif nid in carries or "defer_grads" not in passes:
             stage[nid] = "bwd"
         else:

@@ -83,7 +83,9 @@ def compare(Compiled, spec_path, dtype, T, B, dims=None, seed=0):
         value = rng.uniform(-0.5, 0.5, size=c.params[name].shape).astype(dtype)
         c.params[name][...] = value
         i.params[name][...] = value
-    x = {d.name: rng.normal(size=(T, B) + c._size(d)).astype(dtype) for d in Interp.spec.inputs}
+    x = {d.name: (rng.integers(0, c._size(d)[0], (T, B)) if d.token else   # ids
+                  rng.normal(size=(T, B) + c._size(d)).astype(dtype))
+         for d in Interp.spec.inputs}
     s0 = {d.name: rng.normal(size=(B,) + c._size(d)).astype(dtype) for d in Interp.spec.states}
     rc, ri = c.forward(x, state=s0), i.forward(x, state=s0)
     d_out = {k: rng.normal(size=v.shape).astype(dtype) for k, v in ri.outputs.items()}

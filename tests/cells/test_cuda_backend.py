@@ -67,7 +67,8 @@ def _pair(path: Path, dtype, **kw):
 
 
 def _inputs(cell, rng, dtype, batch=B):
-    x = {d.name: rng.normal(size=(T, batch) + cell._size(d)).astype(dtype)
+    x = {d.name: (rng.integers(0, cell._size(d)[0], (T, batch)) if d.token else   # ids
+                  rng.normal(size=(T, batch) + cell._size(d)).astype(dtype))
          for d in cell.spec.inputs}
     return next(iter(x.values())) if len(x) == 1 else x
 
