@@ -100,6 +100,14 @@ def unigram_bits(train_ids: np.ndarray, val_ids: np.ndarray, V: int) -> float:
     return float(-logp[val_ids].mean())
 
 
+def feed(cell, ids: np.ndarray, V: int, dtype) -> np.ndarray:
+    """What the cell's character input takes: the ids themselves when it is declared
+    `input token x[V]` (the kernels then gather weight columns instead of multiplying by
+    one-hot rows), else one-hot rows (T, B, V)."""
+    token = next(d for d in type(cell).spec.inputs if d.name == "x").token
+    return ids if token else one_hot(ids, V, dtype)
+
+
 def validation_bits(trainer: Trainer, val_ids: np.ndarray, V: int, batch: int, seq: int,
                     dtype) -> float:
     """Bits per character of the model on a held-out id stream, the state carried from
@@ -109,7 +117,7 @@ def validation_bits(trainer: Trainer, val_ids: np.ndarray, V: int, batch: int, s
     total = count = 0.0
     trainer.reset_state("eval")
     for x_ids, y_ids in tbptt_batches(val_ids, rows, seq):
-        total += trainer.evaluate(one_hot(x_ids, V, dtype), y_ids) * y_ids.size
+        total += trainer.evaluate(feed(trainer.cell, x_ids, V, dtype), y_ids) * y_ids.size
         count += y_ids.size
     return total / count / math.log(2)
 
@@ -129,7 +137,7 @@ def train_stream(trainer: Trainer, train_ids: np.ndarray, V: int, args, dtype,
     while True:
         trainer.reset_state("train")
         for k, (x_ids, y_ids) in enumerate(batches):
-            loss = trainer.step(one_hot(x_ids, V, dtype), y_ids)
+            loss = trainer.step(feed(trainer.cell, x_ids, V, dtype), y_ids)
             if not math.isfinite(loss):
                 sys.exit(f"error: the loss became {loss} at step {trainer.steps}; "
                          "lower --lr or --clip")
@@ -152,7 +160,7 @@ def warm_up(cell, V: int, dtype) -> float:
     """Compile the kernels (or load them from rnndsl's cache) before the clock starts;
     one kernel serves every T and B, so one step of one sequence is enough."""
     started = time.monotonic()
-    cell.backward(cell.forward(np.zeros((1, 1, V), dtype)))
+    cell.backward(cell.forward(feed(cell, np.zeros((1, 1), np.int64), V, dtype)))
     return time.monotonic() - started
 
 

@@ -61,7 +61,9 @@ def gradcheck(Cell, dims: dict[str, int] | None = None, T: int = 3, B: int = 2,
     rng = np.random.default_rng(seed + 1)
     for name, value in cell.params.items():   # random, not initial, values: no zero biases
         value[...] = rng.uniform(-param_scale, param_scale, size=value.shape)
-    x = {d.name: rng.normal(size=(T, B) + cell._size(d)) for d in spec.inputs}
+    # a token input is ids (no gradient to check); the rest random vectors
+    x = {d.name: (rng.integers(0, cell._size(d)[0], (T, B)) if d.token else
+                  rng.normal(size=(T, B) + cell._size(d))) for d in spec.inputs}
     s0 = {d.name: rng.normal(scale=0.5, size=(B,) + cell._size(d)) for d in spec.states}
     run = cell.forward(x, state=s0)
     d_out = {} if inject == "state" else {
@@ -97,7 +99,7 @@ def gradcheck(Cell, dims: dict[str, int] | None = None, T: int = 3, B: int = 2,
 
     rows = []
     groups = [(f"param {n}", cell.params[n], grads.params[n]) for n in cell.params]
-    groups += [(f"input {n}", x[n], grads.inputs[n]) for n in x]
+    groups += [(f"input {n}", x[n], grads.inputs[n]) for n in x if n in grads.inputs]
     groups += [(f"state {n}", s0[n], grads.state[n]) for n in s0]
     for what, target, grad in groups:
         v = rng.normal(size=target.shape)

@@ -72,18 +72,19 @@ def sgd_update(p, g, b, lr, momentum, weight_decay, nesterov, first):
 
 
 @njit(cache=True, nogil=True)
-def rmsprop_update(p, g, v, b, g_ave, lr, alpha, eps, momentum, weight_decay, centered):
+def rmsprop_update(p, g, v, b, g_ave, lr, alpha, rest, eps, momentum, weight_decay,
+                   centered):
     """torch.optim.RMSprop: v the square average, b the momentum buffer (used when
-    momentum > 0), g_ave the gradient average (used when centered)."""
-    one = alpha - alpha + 1    # 1 in the arrays' dtype
+    momentum > 0), g_ave the gradient average (used when centered); rest = 1 - alpha,
+    computed in float64 by the caller, as PyTorch's Python scalars are."""
     for i in range(p.size):
         gi = g[i]
         if weight_decay != 0:
             gi = gi + weight_decay * p[i]
-        vi = alpha * v[i] + (one - alpha) * gi * gi
+        vi = alpha * v[i] + rest * gi * gi
         v[i] = vi
         if centered:
-            ai = alpha * g_ave[i] + (one - alpha) * gi
+            ai = alpha * g_ave[i] + rest * gi
             g_ave[i] = ai
             vi = vi - ai * ai
         denom = np.sqrt(vi) + eps
@@ -96,16 +97,17 @@ def rmsprop_update(p, g, v, b, g_ave, lr, alpha, eps, momentum, weight_decay, ce
 
 
 @njit(cache=True, nogil=True)
-def adam_update(p, g, m, v, beta1, beta2, step_size, correction2, eps, weight_decay):
-    """torch.optim.Adam (amsgrad off, L2 weight decay): step_size = lr / (1 - beta1**t),
-    correction2 = 1 - beta2**t."""
-    one = beta1 - beta1 + 1    # 1 in the arrays' dtype
+def adam_update(p, g, m, v, beta1, rest1, beta2, rest2, step_size, correction2, eps,
+                weight_decay):
+    """torch.optim.Adam (amsgrad off, L2 weight decay): rest1 = 1 - beta1 and rest2 =
+    1 - beta2 (computed in float64 by the caller, as PyTorch's Python scalars are),
+    step_size = lr / (1 - beta1**t), correction2 = 1 - beta2**t."""
     for i in range(p.size):
         gi = g[i]
         if weight_decay != 0:
             gi = gi + weight_decay * p[i]
-        mi = beta1 * m[i] + (one - beta1) * gi
-        vi = beta2 * v[i] + (one - beta2) * gi * gi
+        mi = beta1 * m[i] + rest1 * gi
+        vi = beta2 * v[i] + rest2 * gi * gi
         m[i] = mi
         v[i] = vi
         p[i] -= step_size * mi / (np.sqrt(vi / correction2) + eps)

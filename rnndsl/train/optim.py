@@ -236,12 +236,12 @@ class RMSprop(Optimizer):
 
     def _update(self, p, g, buffers, fresh):
         h = self.hyper
-        lr, alpha, eps, mu, wd = _typed(p, h["lr"], h["alpha"], h["eps"], h["momentum"],
-                                        h["weight_decay"])
+        lr, alpha, rest, eps, mu, wd = _typed(p, h["lr"], h["alpha"], 1 - h["alpha"],
+                                              h["eps"], h["momentum"], h["weight_decay"])
         kernels.rmsprop_update(p, g, buffers["square_avg"],
                                buffers.get("momentum_buffer", _unused(p)),
                                buffers.get("grad_avg", _unused(p)),
-                               lr, alpha, eps, mu, wd, self.centered)
+                               lr, alpha, rest, eps, mu, wd, self.centered)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -279,11 +279,11 @@ class Adam(Optimizer):
         h = self.hyper
         correction1 = 1 - h["beta1"] ** self.t
         correction2 = 1 - h["beta2"] ** self.t
-        beta1, beta2, step_size, c2, eps, wd = _typed(
-            p, h["beta1"], h["beta2"], h["lr"] / correction1, correction2, h["eps"],
-            h["weight_decay"])
-        kernels.adam_update(p, g, buffers["exp_avg"], buffers["exp_avg_sq"], beta1, beta2,
-                            step_size, c2, eps, wd)
+        beta1, rest1, beta2, rest2, step_size, c2, eps, wd = _typed(
+            p, h["beta1"], 1 - h["beta1"], h["beta2"], 1 - h["beta2"], h["lr"] / correction1,
+            correction2, h["eps"], h["weight_decay"])
+        kernels.adam_update(p, g, buffers["exp_avg"], buffers["exp_avg_sq"], beta1, rest1,
+                            beta2, rest2, step_size, c2, eps, wd)
 
 
 def _flat_or_each(grads: Mapping[str, np.ndarray]) -> list[np.ndarray]:
