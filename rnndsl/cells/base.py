@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..core.flat import flat_views
+from ..core.initialisers import initial_value
 
 from ..core.errors import BindError
 from ..lang import ast
@@ -62,32 +63,14 @@ class Grads:
 
 
 def _init_param(decl: Decl, shape: tuple[int, ...], rng: np.random.Generator, dtype):
+    """A param's starting value: its `~ initialiser` (core/initialisers.py, the table the
+    checker reads too), a number, or by default glorot for a matrix and zeros else."""
     init = decl.init
     if init is None:
         init = ast.NamedInit("glorot" if len(shape) == 2 else "zeros")
     if isinstance(init, ast.ConstInit):
         return np.full(shape, init.value, dtype=dtype)
-    name, args = init.name, init.args
-    if name == "zeros":
-        return np.zeros(shape, dtype=dtype)
-    if name == "ones":
-        return np.ones(shape, dtype=dtype)
-    if name == "constant":
-        return np.full(shape, args[0], dtype=dtype)
-    if name == "uniform":
-        return rng.uniform(args[0], args[1], size=shape).astype(dtype)
-    if name == "normal":
-        return rng.normal(args[0], args[1], size=shape).astype(dtype)
-    if name == "glorot":  # Glorot & Bengio 2010, uniform: fan_in = columns, fan_out = rows
-        limit = np.sqrt(6.0 / (shape[0] + shape[1]))
-        return rng.uniform(-limit, limit, size=shape).astype(dtype)
-    if name == "orthogonal":  # Saxe et al. 2014: Q of a Gaussian, signs fixed by R
-        rows, cols = shape
-        a = rng.normal(size=(max(rows, cols), min(rows, cols)))
-        q, r = np.linalg.qr(a)
-        q = q * np.sign(np.diag(r))
-        return (q if rows >= cols else q.T).astype(dtype)
-    raise AssertionError(f"initialiser {name} passed the checker but has no implementation")
+    return initial_value(init.name, init.args, shape, rng, dtype)
 
 
 class Cell:

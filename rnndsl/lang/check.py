@@ -14,6 +14,7 @@ import keyword
 import math
 from dataclasses import replace
 
+from ..core.initialisers import INITIALISERS
 from . import ast
 from .check_layers import LayerChecks
 from .checked import CheckedCell, Constraint, Decl, Definition, OutputRef
@@ -37,12 +38,6 @@ RESERVED_CELL_NAMES = frozenset({"math", "sys", "np", "njit", "compiled_cell_cla
 KEYWORDS = frozenset({"cell", "dims", "input", "state", "param", "output", "use", "layer",
                       "final", "once", "token"})
 
-# name -> (min args, max args, needs a matrix)
-INITIALISERS: dict[str, tuple[int, int, bool]] = {
-    "zeros": (0, 0, False), "ones": (0, 0, False), "constant": (1, 1, False),
-    "uniform": (2, 2, False), "normal": (2, 2, False),
-    "glorot": (0, 0, True), "orthogonal": (0, 0, True),
-}
 
 
 class _Checker(LayerChecks):
@@ -203,7 +198,8 @@ class _Checker(LayerChecks):
                                _suggest(init.name, INITIALISERS) or
                                "known: " + ", ".join(INITIALISERS))
                     continue
-                low, high, matrix = INITIALISERS[init.name]
+                known = INITIALISERS[init.name]
+                low, high, matrix = known.min_args, known.max_args, known.matrix
                 if not low <= len(init.args) <= high:
                     self.error(f"'{init.name}' takes {_arguments(low, high)}, got "
                                f"{len(init.args)}", init.span)
