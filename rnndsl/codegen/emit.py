@@ -32,7 +32,7 @@ from ..kernels.tile_sizes import MR, NR
 from ..core.ops import HARD_SIGMOID_SLOPE, LEAVES, Op
 from ..schedule.explain import explain_lines
 from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan, passes_for
-from .printer_py import Printer, safe_comment, safe_docstring
+from .printer_py import Printer, safe_comment, safe_docstring, signature
 from ..core.shapes import Dim
 
 from .dialect import *  # noqa: F401,F403
@@ -618,8 +618,8 @@ class _Emitter:
         p = kern.p
         if self.dialect.decorator:
             p.line(self.dialect.decorator)
-        names = ", ".join(self.arg_name(a) for a in args)
-        with p.indent(f"def {which}_{self.plan.step.cell.name}({names}):"):
+        names = [self.arg_name(a) for a in args]
+        with p.indent(signature(f"{which}_{self.plan.step.cell.name}", names)):
             self._docstring(kern, which, args)
             self._prologue(kern, args)
             self._weights(kern, weight_stages)

@@ -42,7 +42,7 @@ from .emit import (
 from .emit_persistent import KernelInfo, PersistentLoop
 from ..core.ops import Op
 from ..schedule.plan import Plan
-from .printer_py import Printer
+from .printer_py import Printer, signature
 
 KERNEL_FUNCTIONS = ("tanh", "sigmoid", "softplus", "sign")   # inline in CUDA kernels
 
@@ -122,7 +122,8 @@ def with_params(name: str, text: str) -> tuple[str, list[tuple[str, str]], str]:
     text = text.replace(f"def {name}(<<params>>):", f"def {name}():")
     params = kernel_params(text)
     names = ", ".join(n for n, _ in params)
-    return text.replace(f"def {name}():", f"def {name}({names}):"), params, names
+    return (text.replace(f"def {name}():", signature(name, [n for n, _ in params])),
+            params, names)
 
 
 class _CudaKernel(_Kernel):

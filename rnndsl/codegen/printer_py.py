@@ -38,6 +38,15 @@ class Printer:
         return "\n".join(self.lines) + "\n"
 
 
+def signature(name: str, params) -> str:
+    """`def name(...):` with one parameter a line (a kernel takes dozens: one line of
+    them is hundreds of characters that nobody reads), or `def name():`."""
+    params = list(params)
+    if not params:
+        return f"def {name}():"
+    return f"def {name}(\n" + "".join(f"    {p},\n" for p in params) + "):"
+
+
 def _is_statement(text: str) -> bool:
     stripped = text.strip()
     return bool(stripped) and not stripped.startswith("#")
