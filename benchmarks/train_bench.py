@@ -392,7 +392,10 @@ def child_breakdown(config: dict) -> dict:
     _, V, train_ids, _ = load_data(MAIN_JOB[1], config["max_chars"])
     dtype = np.dtype(SETTINGS["dtype"])
     cell = rnndsl.load(model.spec)(dtype=dtype, seed=SETTINGS["seed"], V=V, H=model.H)
-    cell.backward(cell.forward(np.zeros((1, 1, V), dtype)))      # build, as _warm_up does
+    # an `input token x[V]` takes ids, as rnndsl train feeds it; else one-hot rows
+    token = next(d for d in type(cell).spec.inputs if d.name == "x").token
+    feed = (lambda ids: ids) if token else (lambda ids: one_hot(ids, V, dtype))
+    cell.backward(cell.forward(feed(np.zeros((1, 1), np.int64))))   # build, as _warm_up does
     trainer = Trainer(cell, output="logits", input="x", optimizer=Adam(lr=SETTINGS["lr"]),
                       clip_norm=SETTINGS["clip"], seed=SETTINGS["seed"])
     kernels, spent = KernelClock(cell), {}
@@ -405,7 +408,7 @@ def child_breakdown(config: dict) -> dict:
     for i in range(config["warm"] + config["steps"]):
         x_ids, y_ids = next(chunks)
         t0 = time.perf_counter()
-        x = one_hot(x_ids, V, dtype)
+        x = feed(x_ids)
         t1 = time.perf_counter()
         spent.clear()
         kernels.take()
@@ -440,7 +443,7 @@ BREAKDOWN_ROWS = (   # (key, label): medians over the steps, each of its own
     ("backward_kernels", "    of which the kernel calls"),
     ("optimizer", "  Adam (optimizer.step)"),
     ("rest", "  clipping and the rest of the step"),
-    ("one_hot", "one_hot (train loop, outside the step)"),
+    ("one_hot", "the input: ids, or one-hot rows (train loop, outside the step)"),
     ("kernels", "kernel calls in Trainer.step"),
     ("overhead", "Python overhead (step - kernel calls)"),
     ("around_kernels", "  of which the Cell API around the kernels"),
