@@ -414,8 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--paths | grep lstm.rnn) .)")
     p.set_defaults(run=cmd_specs)
 
-    from .train import add_parsers
-    add_parsers(sub)
+    from . import sample, train
+    train.add_parsers(sub)
+    sample.add_parsers(sub)
     return parser
 
 

