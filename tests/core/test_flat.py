@@ -61,3 +61,25 @@ def test_fill_none_leaves_memory_for_the_caller():
     buffer, views = flat_views([(2,), (3,)], np.float32, fill=None)
     assert buffer.size == 5 and flat_span(views) is not None
     assert flat_span([]) is None
+
+
+def test_a_remembered_span_is_checked_again_and_keeps_nothing_alive():
+    """flat_span remembers recent answers (a training step asks about the same arrays
+    several times); a reused id, a replaced view or a changed shape must not fool it,
+    and it must not hold old gradients in memory."""
+    import gc
+    import weakref
+    buffer, views = flat_views([(2, 3), (4,)], np.float32)
+    first = flat_span(views)
+    assert flat_span(views) is not first and np.shares_memory(flat_span(views), buffer)
+    views[0].shape = (3, 2)                        # same memory, another shape: still flat
+    assert flat_span(views) is not None
+    swapped = [views[0].copy(), views[1]]
+    assert flat_span(swapped) is None
+    ref = weakref.ref(buffer)
+    del buffer, views, first, swapped
+    gc.collect()
+    assert ref() is None                           # nothing was kept alive
+    _, fresh = flat_views([(2, 3), (4,)], np.float32)   # ids may be reused: still right
+    fresh[1] = np.zeros(4, np.float32)
+    assert flat_span(fresh) is None
