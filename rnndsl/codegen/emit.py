@@ -32,6 +32,7 @@ from ..kernels.tile_sizes import MR, NR
 from ..core.ops import HARD_SIGMOID_SLOPE, LEAVES, Op
 from ..schedule.explain import explain_lines
 from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan, passes_for
+from .args import arg_name, arg_note
 from .printer_py import Printer, safe_comment, safe_docstring, signature
 from ..core.shapes import Dim
 
@@ -432,18 +433,10 @@ class _Emitter:
         args += [("tape", n) for n in tapes]
         return args
 
-    @staticmethod
-    def arg_name(arg: tuple) -> str:
-        kind = arg[0]
-        names = {"dim": "dim_{}", "param": "p_{}", "input": "in_{}", "state0": "s0_{}",
-                 "output": "out_{}", "final": "fin_{}", "output_grad": "dout_{}",
-                 "final_grad": "dfin_{}", "param_grad": "dp_{}", "input_grad": "din_{}",
-                 "state0_grad": "ds0_{}", "hist": "hist_{}", "tape": "tape{}"}
-        if kind in ("T", "B", "consts", "threads"):
-            return kind
-        if kind == "input_grads":
-            return "want_din"
-        return names[kind].format(ident(arg[1]))
+    arg_name = staticmethod(arg_name)
+
+    def arg_note(self, arg: tuple, which: str) -> str:
+        return arg_note(arg, which, self.G.names, self.token_names)
 
     def _prologue(self, kern: _Kernel, args: list[tuple]) -> None:
         p = kern.p
@@ -618,7 +611,7 @@ class _Emitter:
         p = kern.p
         if self.dialect.decorator:
             p.line(self.dialect.decorator)
-        names = [self.arg_name(a) for a in args]
+        names = [(self.arg_name(a), self.arg_note(a, which)) for a in args]
         with p.indent(signature(f"{which}_{self.plan.step.cell.name}", names)):
             self._docstring(kern, which, args)
             self._prologue(kern, args)

@@ -40,11 +40,15 @@ class Printer:
 
 def signature(name: str, params) -> str:
     """`def name(...):` with one parameter a line (a kernel takes dozens: one line of
-    them is hundreds of characters that nobody reads), or `def name():`."""
-    params = list(params)
+    them is hundreds of characters that nobody reads), or `def name():`. A parameter is
+    a name or (name, note): the note follows it as a comment (what the value is)."""
+    params = [(p, None) if isinstance(p, str) else p for p in params]
     if not params:
         return f"def {name}():"
-    return f"def {name}(\n" + "".join(f"    {p},\n" for p in params) + "):"
+    width = max(len(p) for p, _ in params) + 1
+    lines = [f"    {p + ',':<{width}}  # {safe_comment(note)}" if note else f"    {p},"
+             for p, note in params]
+    return f"def {name}(\n" + "\n".join(lines) + "\n):"
 
 
 def _is_statement(text: str) -> bool:
