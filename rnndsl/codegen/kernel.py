@@ -411,8 +411,9 @@ class _Kernel:
         node, p = self.em.G[nid], self.p
         start, stop = node.attrs
         src = self.whole(node.args[0], stage)
-        if not node.type.batched:
-            p.line(f"v{nid} = {src}[{_dim(start)}:{_dim(stop)}]")
+        if not node.type.batched:    # named as `ref` reads it: w in a loop, v outside
+            name = f"w{nid}" if stage in LOOP_STAGES else f"v{nid}"
+            p.line(f"{name} = {src}[{_dim(start)}:{_dim(stop)}]")
         elif stage in LOOP_STAGES:
             p.line(f"w{nid} = {src}[:, {_dim(start)}:{_dim(stop)}]")
         else:
