@@ -384,7 +384,7 @@ def child_breakdown(config: dict) -> dict:
     chunks: each step whole and in parts, timed by wrapping (on these instances only)
     the cell's forward and backward, their kernels, the loss and the optimiser's step."""
     import rnndsl
-    from rnndsl.train.data import one_hot, tbptt_batches
+    from rnndsl.train.data import tbptt_batches, token_feed
     from rnndsl.train.optim import Adam
     from rnndsl.train.trainer import Trainer
     model = MODELS[MAIN_JOB[0]]
@@ -392,8 +392,7 @@ def child_breakdown(config: dict) -> dict:
     dtype = np.dtype(SETTINGS["dtype"])
     cell = rnndsl.load(model.spec)(dtype=dtype, seed=SETTINGS["seed"], V=V, H=model.H)
     # an `input token x[V]` takes ids, as rnndsl train feeds it; else one-hot rows
-    token = next(d for d in type(cell).spec.inputs if d.name == "x").token
-    feed = (lambda ids: ids) if token else (lambda ids: one_hot(ids, V, dtype))
+    feed = token_feed(type(cell).spec, "x", V, dtype)
     cell.backward(cell.forward(feed(np.zeros((1, 1), np.int64))))   # build, as _warm_up does
     trainer = Trainer(cell, output="logits", input="x", optimizer=Adam(lr=SETTINGS["lr"]),
                       clip_norm=SETTINGS["clip"], seed=SETTINGS["seed"])

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 import rnndsl
-from rnndsl.train.data import Vocab, one_hot, shakespeare_corpus, split, stdlib_corpus, tbptt_batches
+from rnndsl.train.data import (Vocab, shakespeare_corpus, split, stdlib_corpus, tbptt_batches,
+                               token_feed)
 from rnndsl.train.optim import Adam
 from rnndsl.train.sample import Sampler, temperature
 from rnndsl.train.trainer import Trainer
@@ -101,11 +102,9 @@ def unigram_bits(train_ids: np.ndarray, val_ids: np.ndarray, V: int) -> float:
 
 
 def feed(cell, ids: np.ndarray, V: int, dtype) -> np.ndarray:
-    """What the cell's character input takes: the ids themselves when it is declared
-    `input token x[V]` (the kernels then gather weight columns instead of multiplying by
-    one-hot rows), else one-hot rows (T, B, V)."""
-    token = next(d for d in type(cell).spec.inputs if d.name == "x").token
-    return ids if token else one_hot(ids, V, dtype)
+    """What the cell's character input takes (rnndsl.train.data.token_feed): the ids
+    themselves when it is declared `input token x[V]`, else one-hot rows (T, B, V)."""
+    return token_feed(type(cell).spec, "x", V, dtype)(ids)
 
 
 def validation_bits(trainer: Trainer, val_ids: np.ndarray, V: int, batch: int, seq: int,

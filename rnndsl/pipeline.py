@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 from collections import Counter
 
+from .codegen.dialect import gathered_tokens
 from .codegen.emit import module_footer, module_header
 from .core import targets
 from .core.errors import CheckError, Diagnostic, RnnError
@@ -62,10 +63,8 @@ def token_nodes(plan: Plan, target: str) -> frozenset[int]:
     """The plan's `input token` nodes that `target`'s kernels take as ids (its dialect
     gathers weight columns by id): for `rnndsl explain`."""
     _, dialect = backend(target)
-    if not dialect.gathers_tokens:
-        return frozenset()
-    step = plan.step
-    return frozenset(step.inputs[d.name] for d in step.cell.inputs if d.token)
+    return frozenset(plan.step.inputs[name] for name in gathered_tokens(plan.step.cell,
+                                                                        dialect))
 
 
 def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",

@@ -240,9 +240,9 @@ class Cell:
         elif value.ndim == 3 and value.shape[2] == V and np.issubdtype(value.dtype,
                                                                          np.floating):
             ones = value == 1
-            if not ((ones | (value == 0)).all() and (ones.sum(axis=2) == 1).all()):
-                rows = ~((ones | (value == 0)).all(axis=2) & (ones.sum(axis=2) == 1))
-                bad = tuple(int(i) for i in np.argwhere(rows)[0])
+            one_hot = (ones | (value == 0)).all(axis=2) & (ones.sum(axis=2) == 1)
+            if not one_hot.all():
+                bad = tuple(int(i) for i in np.argwhere(~one_hot)[0])
                 raise BindError(f"{what}: row {bad} is not one-hot (one 1, the rest 0); "
                                 f"give {layout}")
             ids = ones.argmax(axis=2)

@@ -470,9 +470,9 @@ class _Run:
 
     def train(self, stop: _StopAtStepEnd) -> float:
         """Steps until the budget is spent or Ctrl-C; returns the seconds it took."""
-        from ..train.data import tbptt_batches
+        from ..train.data import tbptt_batches, token_feed
         args, plan, trainer = self.args, self.plan, self.trainer
-        feed = _feeder(plan.Cell.spec, plan.x_name, len(plan.vocab), plan.dtype)
+        feed = token_feed(plan.Cell.spec, plan.x_name, len(plan.vocab), plan.dtype)
         batches = tbptt_batches(plan.train_ids, args.batch, args.seq)
         budget_s = args.minutes * 60 if args.minutes is not None else None
         progress = Progress(total=1.0)
@@ -599,21 +599,13 @@ def _write_json(path: str | None, summary: dict) -> None:
         write_atomically(Path(path), (json.dumps(summary, indent=2) + "\n").encode())
 
 
-def _feeder(spec, x_name: str, V: int, dtype):
-    """ids (T, B) -> what the cell's input x takes: the ids themselves for an `input
-    token x[V]` (the kernels gather by id), else one-hot rows (T, B, V)."""
-    from ..train.data import one_hot
-    if next(d for d in spec.inputs if d.name == x_name).token:
-        return lambda ids: ids
-    return lambda ids: one_hot(ids, V, dtype)
-
-
 def _warm_up(cell, x_name: str, V: int, dtype, out) -> None:
     """Compile (or load from Numba's cache) the kernels before the clock starts: one
     kernel serves every T and B, so a one-step batch is enough."""
     started = time.monotonic()
     print("compiling kernels ...", end="", file=out, flush=True)
-    feed = _feeder(type(cell).spec, x_name, V, dtype)
+    from ..train.data import token_feed
+    feed = token_feed(type(cell).spec, x_name, V, dtype)
     run = cell.forward({x_name: feed(np.zeros((1, 1), np.int64))})
     cell.backward(run)
     print(f" {time.monotonic() - started:.1f} s", file=out, flush=True)
@@ -621,8 +613,8 @@ def _warm_up(cell, x_name: str, V: int, dtype, out) -> None:
 
 def _validate(trainer, vocab, val_ids, args, dtype) -> float:
     """Bits per character on the validation stream, state carried across chunks."""
-    from ..train.data import tbptt_batches
-    feed = _feeder(type(trainer.cell).spec, trainer.input, len(vocab), dtype)
+    from ..train.data import tbptt_batches, token_feed
+    feed = token_feed(type(trainer.cell).spec, trainer.input, len(vocab), dtype)
     rows = max(1, min(args.batch, (len(val_ids) - 1) // args.seq))
     total = count = 0.0
     trainer.reset_state("eval")

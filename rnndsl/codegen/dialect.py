@@ -57,6 +57,12 @@ class Dialect:
     tile_imports: tuple[str, ...] = ()   # names from kernels.gemm (the register tiles)
 
 
+def gathered_tokens(cell, dialect: Dialect) -> tuple[str, ...]:
+    """The cell's `input token` inputs that `dialect`'s kernels take as ids (a gather
+    of weight columns); none where the dialect has no gather (one-hot rows instead)."""
+    return tuple(d.name for d in cell.inputs if d.token) if dialect.gathers_tokens else ()
+
+
 HELPER_NAMES = ("copy1", "copy2", "copy_rows", "copy_t", "transposed", "fill1", "fill2",
                 "add_into1", "add_into2", "tanh", "sigmoid", "softplus", "sign", "row_sum",
                 "kernel_jit", "gather_rows", "scatter_cols")

@@ -38,6 +38,7 @@ from ..core.shapes import Dim
 
 from .dialect import *  # noqa: F401,F403
 from .dialect import _dim, _elementwise_expr, _ENDS_LIKE_A_VIEW  # noqa: F401
+from .dialect import gathered_tokens
 from .kernel import _Kernel  # noqa: F401
 from .module import (_const_repr, _dim_repr, module_footer, module_header,  # noqa: F401
                      prune_dead_views)
@@ -101,8 +102,7 @@ class _Emitter:
                     self.member_block[m] = (self.matmul_index[id(grp)], _dim(offset))
                     offset = offset + self.G[m].type.shape[0]
         # `input token` nodes whose kernels take ids (dialect.gathers_tokens)
-        self.token_names = tuple(d.name for d in step.cell.inputs
-                                 if d.token and self.dialect.gathers_tokens)
+        self.token_names = gathered_tokens(step.cell, self.dialect)
         self.token_nodes = {step.inputs[name] for name in self.token_names}
         self._fold_zero_sums(everything)
 

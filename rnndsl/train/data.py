@@ -28,7 +28,7 @@ from .corpora import (Corpus, DataError, PackageMissingError, abc_tunes, normal_
 
 __all__ = ["Corpus", "DataError", "PackageMissingError", "stdlib_corpus", "shakespeare_corpus",
            "abc_tunes", "normal_tune", "Vocab", "split", "tbptt_batches", "TBPTTBatches",
-           "one_hot", "PAD", "SequenceSet", "GenerationSet", "most_frequent_task",
+           "one_hot", "token_feed", "PAD", "SequenceSet", "GenerationSet", "most_frequent_task",
            "parity_task", "sine_task"]
 
 ID_DTYPE = np.int32
@@ -272,6 +272,16 @@ def one_hot(ids, V: int, dtype=np.float32) -> np.ndarray:
     out = np.zeros(ids.shape + (int(V),), dtype=dtype)
     np.put_along_axis(out, ids[..., None].astype(np.intp), 1, axis=-1)
     return out
+
+
+def token_feed(spec, input_name: str, V: int, dtype=np.float32):
+    """ids (T, B) -> what input `input_name` of a cell with `spec` takes: the ids
+    themselves for an `input token x[V]` (its kernels gather weight columns by id),
+    else one-hot rows (T, B, V) in `dtype`."""
+    decl = next(d for d in spec.inputs if d.name == input_name)
+    if decl.token:
+        return lambda ids: ids
+    return lambda ids: one_hot(ids, V, dtype)
 
 
 PAD = -1   # the id of padding steps in SequenceSet.ids

@@ -118,9 +118,8 @@ class Optimizer:
         if missing:
             _, views = flat_views([like[i].shape for i in missing], like[missing[0]].dtype)
             for i, view in zip(missing, views):
-                held[names[i]] = view if view.dtype == like[i].dtype else view.astype(
-                    like[i].dtype)
-        for i, n in enumerate(names):
+                held[names[i]] = view
+        for i, n in enumerate(names):     # another dtype: restored state, or mixed params
             if held[n].dtype != like[i].dtype:
                 held[n] = held[n].astype(like[i].dtype)
         return [held[n] for n in names]

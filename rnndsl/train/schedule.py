@@ -89,9 +89,6 @@ class Constant(Schedule):
 
     NAME = "constant"
 
-    def _words(self) -> str:
-        return "constant"
-
 
 @dataclass(frozen=True, kw_only=True)
 class Cosine(Schedule):

@@ -205,3 +205,23 @@ def test_sampling_feeds_ids():
     a = Sampler(token).generate(12, temperature(1.0), prime=prime, seed=0)
     b = Sampler(plain).generate(12, temperature(1.0), prime=prime, seed=0)
     np.testing.assert_array_equal(a, b)
+
+
+def test_token_is_how_data_arrives_not_another_model(tmp_path):
+    """A checkpoint of the one-hot char model loads into the token one and back (the
+    README says the model and its checkpoints are the same): `token` is not part of the
+    model's canonical form."""
+    from rnndsl.lang.canonical import canonical_form
+    from rnndsl.lang.specfile import read_spec
+    from rnndsl.train import checkpoint
+    plain = CHAR.replace("input token", "input")
+    assert canonical_form(read_spec(PATH, text=CHAR).cells["Char"]) == \
+        canonical_form(read_spec(PATH, text=plain).cells["Char"])
+    Token = rnndsl.load_text(CHAR, path=PATH, target="interp")
+    Plain = rnndsl.load_text(plain, path=PATH, target="interp")
+    saved = Plain(V=7, H=5, seed=3)
+    checkpoint.save(tmp_path / "m.npz", saved)
+    loaded = Token(V=7, H=5, seed=9)
+    checkpoint.load(tmp_path / "m.npz", loaded)
+    for name, value in saved.params.items():
+        np.testing.assert_array_equal(loaded.params[name], value)

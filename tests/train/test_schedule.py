@@ -19,16 +19,7 @@ from rnndsl.train.optim import SGD, Adam
 from rnndsl.train.schedule import SCHEDULES, Constant, Cosine, StepDecay, from_dict
 from rnndsl.train.trainer import Trainer
 
-TINY = """
-cell Tiny {
-  dims I, H, V
-  input x[I]
-  state h[H]
-  param W[H, I], U[H, H] ~ orthogonal, b[H] ~ zeros, Wo[V, H], bo[V] ~ zeros
-  h' = tanh(W @ x + U @ h + b)
-  output logits = Wo @ h' + bo
-}
-"""
+from tiny_cells import TINY  # noqa: E402  (tests/ is on sys.path)
 V = 3
 
 

@@ -17,16 +17,7 @@ from rnndsl.train.losses import binary_cross_entropy, softmax_cross_entropy
 from rnndsl.train.optim import SGD, Adam
 from rnndsl.train.trainer import Trainer
 
-TINY = """
-cell Tiny {
-  dims I, H, V
-  input x[I]
-  state h[H]
-  param W[H, I], U[H, H] ~ orthogonal, b[H] ~ zeros, Wo[V, H], bo[V] ~ zeros
-  h' = tanh(W @ x + U @ h + b)
-  output logits = Wo @ h' + bo
-}
-"""
+from tiny_cells import TINY  # noqa: E402  (tests/ is on sys.path)
 # A second input as a dropout mask would be: the trainer passes it through untouched.
 MASKED = """
 cell Masked {
