@@ -422,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    given = list(sys.argv[1:] if argv is None else argv)
+    bad = next((a for a in given if isinstance(a, str) and "\x00" in a), None)
+    if bad is not None:    # no shell can pass one; main(argv) from Python can, and every
+        # path and name would then fail deep inside (ValueError: embedded null character)
+        print(f"error: argument {bad!r} contains a NUL character", file=sys.stderr)
+        return EXIT_USAGE
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:        # --help, --version (0) or a bad argument (2)

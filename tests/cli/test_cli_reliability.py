@@ -402,3 +402,14 @@ def test_a_reader_that_leaves_early_is_not_an_error(tmp_path):
                           " | head -1", shell=True, capture_output=True, text=True,
                           cwd=tmp_path)
     assert done.stdout.startswith("# cell LSTM") and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("argv", [["build", "specs/elman.rnn", "-o", "\x00"],
+                                  ["check", "spec\x00.rnn"],
+                                  ["train", "specs/char_lstm.rnn", "--checkpoint", "m\x00.npz"]])
+def test_a_nul_character_in_an_argument_is_a_usage_error(argv, capsys):
+    """Found by tests/cli/test_fuzz_cli.py: `build -o '\\0'` was an internal error
+    (ValueError: embedded null character) once the spec had been read."""
+    from rnndsl.cli.main import main
+    assert main(argv) == 2
+    assert "contains a NUL character" in capsys.readouterr().err
