@@ -21,7 +21,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rnndsl"
 # highest first: a layer may import the ones after it
 ORDER = ("cli", "interop", "distributed", "train", "cells", "build", "pipeline", "codegen",
          "schedule", "ir", "lang", "core")
-SIDE = {"interop": "train", "distributed": "train"}     # siblings of train, same height
+# distributed is a sibling of train, at its height; interop sits above both (its
+# safetensors files reuse train.checkpoint's spec record and model check)
+SIDE = {"distributed": "train"}
 ANYWHERE = "kernels"
 TOP = "face"       # __init__, __main__ and the 0.1.0 shims: may import anything
 

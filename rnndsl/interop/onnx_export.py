@@ -1,0 +1,348 @@
+"""ONNX export: a cell with its params -> an ONNX model (`rnndsl.onnx.export`,
+`rnndsl export SPEC --format onnx`).
+
+Input: a `Cell` instance (rnndsl.cells: its spec, bound dims, params and dtype). Output:
+an `onnx.ModelProto`, written atomically by `export`.
+
+What the model is (docs/onnx.md):
+- A cell that has the form of one of ONNX's recurrent operators (onnx_match.py decides,
+  structurally: its step graph against a template spec of each operator) becomes that
+  operator, RNN, LSTM (with or without peepholes) or GRU (linear_before_reset 0 or 1),
+  its weights packed in ONNX's gate order from the params, plus its readouts (Elman's
+  `y = sigmoid(W_hy @ h' + b_y)`) computed over the whole sequence after it.
+- Every other cell becomes a `Scan` whose body is the cell's step graph, node by node
+  (onnx_nodes.py); what reads only params is computed once before it, and what reads
+  the inputs but no state once for the whole sequence (`_emit_scan`).
+Either way the graph's inputs are the spec's inputs (T, B, size) (a token input: int64
+ids (T, B); an `input once`: (B, size)), then `initial_<state>` (B, size) and
+`sequence_lens` (B,) int32, both optional: each is also an initializer holding its
+default (the state's declared start, (1, size), repeated over the batch; lengths of
+2**31-1, cut to T), which onnxruntime uses when the input is not fed. Its outputs are
+the spec's outputs as `Cell.forward` returns them, (T, B, size) (a `final` output
+(B, size)), then `final_<state>` (B, size). Params are initializers named as in the
+spec; dropout sites are off (evaluation), as in `forward` without `dropout=`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..cells.base import Cell
+from ..core.errors import RnnError
+from ..core.files import write_atomically
+from ..core.version import __version__
+from ..core.ops import Op
+from ..ir.graph import lower
+from ..lang import ast
+from .onnx_nodes import IR_VERSION, OPSET, Builder, Emit, elem_type, emit_nodes
+
+LENGTHS = "sequence_lens"
+FULL_LENGTH = 2 ** 31 - 1
+EXPORTED_AS = "rnndsl.exported_as"     # metadata: "Scan" or the operator, e.g. "LSTM"
+
+
+class ExportError(RnnError):
+    """A cell (or an export option) that rnndsl cannot write as ONNX."""
+
+
+def export(cell, path, *, operators: bool | None = None):
+    """Write `cell` (an instance: dims bound, params set) as an ONNX model to `path`,
+    atomically; return the `onnx.ModelProto`.
+
+    operators: True uses ONNX's RNN/LSTM/GRU operators for a cell of their form; False
+    always writes a Scan over the cell's equations; None (the default) uses them in
+    float32, and a Scan in float64, since onnxruntime's CPU kernels of those
+    operators take float32 only."""
+    model = to_model(cell, operators=operators)
+    write_atomically(Path(path), model.SerializeToString())
+    return model
+
+
+def exported_as(model) -> str:
+    """What `to_model` made of the cell: "Scan", or the operator ("LSTM", ...)."""
+    return next((p.value for p in model.metadata_props if p.key == EXPORTED_AS), "?")
+
+
+def to_model(cell, *, operators: bool | None = None):
+    """The ONNX model of `cell` (see the module docstring)."""
+    import onnx
+    from onnx import helper
+    if not isinstance(cell, Cell):
+        what = (f"the cell class {cell.__name__}" if isinstance(cell, type)
+                else repr(cell)[:60])
+        raise ExportError(f"export takes a cell instance, with dims bound and params set "
+                          f"(like rnndsl.load(spec)(I=8, H=16)); got {what}")
+    spec = cell.spec
+    if operators is None:
+        operators = cell.dtype == np.float32
+    b = Builder()
+    frame = _Frame.make(cell, b)
+    step = lower(spec)
+    found = None
+    if operators:
+        from .onnx_match import match_operator
+        found = match_operator(step, cell.dims)
+    if found is not None:
+        from .onnx_operator import emit_operator
+        sequences, finals = emit_operator(frame, step, found)
+        kind = found.operator
+    else:
+        sequences, finals = _emit_scan(frame, step)
+        kind = "Scan"
+    frame.finish(sequences, finals)
+    for name, value in cell.params.items():
+        b.initializer(name, np.asarray(value))
+    graph = helper.make_graph(b.nodes, spec.name, frame.inputs, frame.outputs,
+                              initializer=b.initializers,
+                              doc_string=f"cell {spec.name} from {spec.source.path}")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="rnndsl", doc_string=graph.doc_string)
+    model.ir_version = IR_VERSION
+    helper.set_model_props(model, {
+        EXPORTED_AS: kind, "rnndsl.version": __version__,
+        "rnndsl.dims": ",".join(f"{k}={v}" for k, v in cell.dims.items()),
+        "rnndsl.spec": spec.source.text})
+    onnx.checker.check_model(model)
+    return model
+
+
+# ---------------------------------------------------------------------------- frame
+@dataclass
+class _Frame:
+    """What both kinds of model share: the graph's inputs (the spec's inputs, the
+    optional initial states and lengths), the sizes T and B read from the first input,
+    each state's start (B, size), the lengths (B,) and the mask (T, B, 1)."""
+
+    cell: object
+    b: Builder
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    sequences: dict[str, str] = field(default_factory=dict)   # spec input -> (T, B, ...)
+    tokens: set[str] = field(default_factory=set)
+    starts: dict[str, str] = field(default_factory=dict)      # state -> (B, size)
+    T: str = ""              # [T], int64
+    B: str = ""              # [B], int64
+    lengths: str = ""        # (B,), int64, each in 0..T
+    mask: str = ""           # (T, B, 1), bool: true while a sequence runs
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.cell.dtype
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return self.cell.dims
+
+    def size(self, decl) -> int:
+        (d,) = decl.type.shape
+        return d.evaluate(self.dims)
+
+    def emit(self, batch_shape: str, b: Builder | None = None) -> Emit:
+        return Emit(b or self.b, self.dims, self.dtype, batch_shape, set(self.tokens))
+
+    @classmethod
+    def make(cls, cell, b: Builder) -> "_Frame":
+        from onnx import helper
+        f = cls(cell, b)
+        spec = cell.spec
+        _claim_names(cell, b)
+        hidden = dict(spec.dropouts)
+        users = [d for d in spec.inputs if d.name not in hidden]
+        per_step = [d for d in users if not d.once]
+        if not per_step:
+            raise ExportError(f"{spec.name}: every input is `input once`, so the length of "
+                              "the sequence would need one more input; ONNX export needs "
+                              "at least one input given at every step")
+        ft = elem_type(cell.dtype)
+        for d in users:
+            if d.token:
+                shape, et = ["T", "B"], elem_type(np.int64)
+            elif d.once:
+                shape, et = ["B", f.size(d)], ft
+            else:
+                shape, et = ["T", "B", f.size(d)], ft
+            f.inputs.append(helper.make_tensor_value_info(d.name, et, shape))
+        first = per_step[0].name
+        f.T = b.op("Shape", [first], hint="T", start=0, end=1)
+        f.B = b.op("Shape", [first], hint="B", start=1, end=2)
+        t_scalar = b.op("Squeeze", [f.T], hint="T.scalar")
+        steps = b.op("Range", [b.const(np.int64(0)), t_scalar, b.const(np.int64(1))],
+                     hint="steps")
+        for d in users:
+            if d.token:
+                f.tokens.add(d.name)
+            if d.once:    # (B, size) -> (T, B, size): the value at the first step, 0 after
+                first_step = b.op("Cast", [b.op("Equal", [steps, b.const(np.int64(0))])],
+                                  to=ft)
+                first_step = b.op("Reshape", [first_step, b.const(np.array([-1, 1, 1],
+                                                                            np.int64))])
+                f.sequences[d.name] = b.op("Mul", [b.op("Unsqueeze", [
+                    d.name, b.const(np.array([0], np.int64))]), first_step], hint=d.name + ".seq")
+            else:
+                f.sequences[d.name] = d.name
+        for d in spec.states:
+            size = f.size(d)
+            name = "initial_" + d.name
+            b.initializer(name, _declared_start(cell, d, size))
+            f.inputs.append(helper.make_tensor_value_info(name, ft, ["B", size]))
+            f.starts[d.name] = b.op("Expand", [name, b.op("Concat", [
+                f.B, b.const(np.array([size], np.int64))], axis=0)], hint=d.name + ".start")
+        b.initializer(LENGTHS, np.array([FULL_LENGTH], np.int32))
+        f.inputs.append(helper.make_tensor_value_info(LENGTHS, elem_type(np.int32), ["B"]))
+        lengths = b.op("Expand", [b.op("Cast", [LENGTHS], to=elem_type(np.int64)), f.B])
+        f.lengths = b.op("Min", [lengths, f.T], hint="lengths")
+        running = b.op("Less", [b.op("Unsqueeze", [steps, b.const(np.array([1], np.int64))]),
+                                b.op("Unsqueeze", [f.lengths,
+                                                   b.const(np.array([0], np.int64))])])
+        f.mask = b.op("Unsqueeze", [running, b.const(np.array([2], np.int64))], hint="mask")
+        return f
+
+    def finish(self, sequences: dict[str, str], finals: dict[str, str]) -> None:
+        """The graph's outputs from each output's (T, B, ...) sequence (a batched scalar
+        (T, B, 1)) and each state's final value (B, size)."""
+        from onnx import helper
+        b, spec, ft = self.b, self.cell.spec, elem_type(self.dtype)
+        for o in spec.outputs:
+            value = sequences[o.name]
+            sizes = [d.evaluate(self.dims) for d in o.type.shape]
+            if not sizes:
+                value = b.op("Squeeze", [value, b.const(np.array([-1], np.int64))])
+            if o.final:      # each sequence's value at its last step
+                last = b.op("Sub", [self.lengths, b.const(np.array(1, np.int64))])
+                last = b.op("Max", [last, b.const(np.array(0, np.int64))])
+                by_row = b.op("Transpose", [value], perm=[1, 0] + list(range(2, 2 + len(sizes))))
+                value = b.op("GatherND", [by_row, b.op("Unsqueeze", [
+                    last, b.const(np.array([1], np.int64))])], batch_dims=1)
+                shape = ["B"] + sizes
+            else:
+                shape = ["T", "B"] + sizes
+            b.op("Identity", [value], out=o.name)
+            self.outputs.append(helper.make_tensor_value_info(o.name, ft, shape))
+        for d in spec.states:
+            name = "final_" + d.name
+            b.op("Identity", [finals[d.name]], out=name)
+            self.outputs.append(helper.make_tensor_value_info(name, ft, ["B", self.size(d)]))
+
+
+def _declared_start(cell, d, size: int) -> np.ndarray:
+    """A state's start as `forward` makes it without `state=`: 0, the declared number,
+    or the param it names; (1, size), repeated over the batch in the graph."""
+    if isinstance(d.init, ast.ParamRefInit):
+        value = np.asarray(cell.params[d.init.name])
+    elif isinstance(d.init, ast.ConstInit):
+        value = np.full(size, d.init.value)
+    else:
+        value = np.zeros(size)
+    return value.astype(cell.dtype).reshape(1, size)
+
+
+def _claim_names(cell, b: Builder) -> None:
+    """The model's fixed names, each once: a spec whose param is called like one of its
+    outputs (or `final_h`, ...) cannot be written with these names."""
+    spec = cell.spec
+    hidden = dict(spec.dropouts)
+    names = [("input", d.name) for d in spec.inputs if d.name not in hidden]
+    names += [("initial state", "initial_" + d.name) for d in spec.states]
+    names += [("lengths", LENGTHS)]
+    names += [("param", name) for name in cell.params]
+    names += [("output", o.name) for o in spec.outputs]
+    names += [("final state", "final_" + d.name) for d in spec.states]
+    seen: dict[str, str] = {}
+    for what, name in names:
+        if name in seen:
+            raise ExportError(f"{spec.name}: the {what} and the {seen[name]} would both be "
+                              f"called '{name}' in the ONNX graph; rename one in the spec")
+        seen[name] = what
+        b.claim(name)
+
+
+# ---------------------------------------------------------------------------- Scan
+def _reading(step, leaf_ops) -> set[int]:
+    """The nodes that read a leaf of one of `leaf_ops`, directly or not."""
+    G = step.graph
+    out: set[int] = set()
+    for nid in G.needed(step.roots()):
+        node = G[nid]
+        if node.op in leaf_ops or any(a in out for a in node.args):
+            out.add(nid)
+    return out
+
+
+def _emit_scan(frame: _Frame, step):
+    """A Scan over T whose body is the part of the step graph that reads the states;
+    states frozen and outputs 0 after each sequence's end, as `forward(x, lengths=...)`
+    does. What reads only params is computed once before it, what reads the inputs
+    but no state once for all T steps (the input's products: one MatMul of T*B rows),
+    and fed to the body step by step. Returns the outputs' sequences and the final
+    states."""
+    from onnx import helper
+    b, spec, G = frame.b, frame.cell.spec, step.graph
+    ft = elem_type(frame.dtype)
+    order = G.needed(step.roots())
+    in_body = _reading(step, (Op.STATE,))
+    per_input = _reading(step, (Op.INPUT,)) - in_body
+    names: dict[int, str] = {}
+    emit_nodes(frame.emit(frame.B), step,
+               [n for n in order if n not in in_body and n not in per_input], names)
+
+    # the inputs' part over the whole sequence: batched values are (T, B, ...) there
+    e_seq = frame.emit(b.op("Concat", [frame.T, frame.B], axis=0, hint="TB"))
+    seq_names = {n: v for n, v in names.items() if G[n].op != Op.BATCH}   # (B, ...) ones
+    hidden = dict(spec.dropouts)
+    for d in spec.inputs:
+        nid = step.inputs[d.name]
+        if nid not in per_input:
+            continue
+        if d.name in hidden:       # dropout off: the mask is ones
+            size = frame.size(d)
+            seq_names[nid] = b.op("Expand", [b.const(np.ones(size, frame.dtype)),
+                                             e_seq.batched_shape(size)], hint=d.name)
+        else:
+            seq_names[nid] = frame.sequences[d.name]
+    emit_nodes(e_seq, step, [n for n in order if n in per_input], seq_names)
+
+    roots = set(step.roots())
+    crossing = sorted(n for n in per_input
+                      if n in roots or any(n in G[u].args for u in in_body))
+    body = Builder(prefix="step/", root=b)
+    e = frame.emit(frame.B, body)
+    body_inputs, body_outputs, scanned = [], [], []
+    for d in spec.states:
+        name = body.fresh(d.name)
+        names[step.states[d.name]] = name
+        body_inputs.append(helper.make_tensor_value_info(name, ft, ["B", frame.size(d)]))
+    for nid in crossing:
+        label = G.names.get(nid, G.label(nid))
+        name = body.fresh(label)
+        names[nid] = name
+        scanned.append(seq_names[nid])
+        is_ids = seq_names[nid] in frame.tokens
+        if is_ids:
+            e.tokens.add(name)
+        body_inputs.append(helper.make_tensor_value_info(
+            name, elem_type(np.int64) if is_ids else ft, None))
+    running = body.fresh("running")
+    body_inputs.append(helper.make_tensor_value_info(running, elem_type(np.bool_), ["B", 1]))
+    scanned.append(frame.mask)
+    emit_nodes(e, step, [n for n in order if n in in_body], names)
+
+    zero = e.scalar(0.0)
+    for d in spec.states:
+        new, old = names[step.next_state[d.name]], names[step.states[d.name]]
+        out = body.op("Where", [running, new, old], hint=d.name + "'")
+        body_outputs.append(helper.make_tensor_value_info(out, ft, None))
+    for o in spec.outputs:
+        out = body.op("Where", [running, names[step.outputs[o.name]], zero], hint=o.name)
+        body_outputs.append(helper.make_tensor_value_info(out, ft, None))
+    graph = helper.make_graph(body.nodes, f"{spec.name}_step", body_inputs, body_outputs)
+    results = b.op("Scan", [frame.starts[d.name] for d in spec.states] + scanned,
+                   hint="scan", n_out=len(spec.states) + len(spec.outputs),
+                   body=graph, num_scan_inputs=len(scanned))
+    results = results if isinstance(results, list) else [results]
+    k = len(spec.states)
+    finals = {d.name: results[i] for i, d in enumerate(spec.states)}
+    sequences = {o.name: results[k + i] for i, o in enumerate(spec.outputs)}
+    return sequences, finals

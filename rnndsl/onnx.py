@@ -1,0 +1,23 @@
+"""ONNX export of rnndsl cells (the optional extra `pip install 'rnndsl[onnx]'`).
+
+    import rnndsl, rnndsl.onnx
+    cell = rnndsl.load("specs/lstm.rnn", target="interp")(I=8, H=16, seed=0)
+    rnndsl.onnx.export(cell, "lstm.onnx")        # one ONNX LSTM node; a custom cell: a Scan
+
+The code is in rnndsl/interop/ (onnx_export.py, onnx_match.py, onnx_operator.py,
+onnx_nodes.py); docs/onnx.md says what each cell becomes. This face only re-exports
+it, so that `import rnndsl` never imports onnx.
+"""
+
+from __future__ import annotations
+
+try:
+    import onnx  # noqa: F401
+except ImportError as exc:          # say what to install, not just what is missing
+    raise ImportError("rnndsl.onnx needs onnx (and onnxruntime to run the models): "
+                      "pip install 'rnndsl[onnx]'") from exc
+
+from .interop.onnx_export import ExportError, export, exported_as, to_model
+from .interop.onnx_match import TEMPLATES, match_operator
+
+__all__ = ["export", "to_model", "exported_as", "ExportError", "match_operator", "TEMPLATES"]

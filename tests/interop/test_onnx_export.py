@@ -1,0 +1,376 @@
+"""ONNX export (rnndsl.onnx, `rnndsl export`) against the interpreter, run in onnxruntime.
+
+Every shipped spec is exported and run with random inputs, random initial states and
+sequence lengths, and compared with `forward` of the reference interpreter; the
+standard cells must come out as ONNX's operators (RNN, LSTM, GRU), recognised by their
+structure, and the rest as a Scan.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import onnx  # noqa: E402
+
+import rnndsl  # noqa: E402
+import rnndsl.onnx  # noqa: E402
+from rnndsl.cli.main import main  # noqa: E402
+from rnndsl.core.errors import SpecError  # noqa: E402
+from rnndsl.lang.specfile import read_spec  # noqa: E402
+from rnndsl.core.ops import INTERNAL, PRIMITIVES, Op  # noqa: E402
+from rnndsl.interop.onnx_nodes import ONNX_RULES  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+SPECS = sorted((REPO / "specs").glob("*.rnn"))
+TORCH_CELLS = [(path, name) for path in sorted((REPO / "specs" / "torch").glob("*.rnn"))
+               for name in read_spec(path).cells]
+DIMS = dict(I=3, H=4, O=2, V=5, P=3, A=2, G=3, K=3)
+OPERATORS = {"elman": "RNN", "elman_relu": "RNN", "lstm": "LSTM", "peephole_lstm": "LSTM",
+             "gru": "GRU", "gru_cho": "GRU"}
+
+
+def session(model):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3     # the overridable initializers' notice
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def make_cell(spec, dtype=np.float32, text=None, **dims):
+    Cell = (rnndsl.load(spec, target="interp") if text is None
+            else rnndsl.load_text(text, target="interp"))
+    dims = dims or {d: DIMS[d] for d in Cell.spec.dims}
+    return Cell(dtype=dtype, seed=0, **dims)
+
+
+def random_feed(cell, T=5, B=3, seed=1):
+    """Inputs as `forward` takes them, initial states and lengths, drawn at random."""
+    rng = np.random.default_rng(seed)
+    xs = {}
+    for d in cell.spec.inputs:
+        if d.name in cell.hidden_inputs:
+            continue
+        size = d.type.shape[0].evaluate(cell.dims)
+        if d.token:
+            xs[d.name] = rng.integers(0, size, (T, B)).astype(np.int64)
+        elif d.once:
+            xs[d.name] = rng.normal(size=(B, size)).astype(cell.dtype)
+        else:
+            xs[d.name] = rng.normal(size=(T, B, size)).astype(cell.dtype)
+    state = {d.name: rng.normal(size=(B, d.type.shape[0].evaluate(cell.dims)))
+             .astype(cell.dtype) for d in cell.spec.states}
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    if B > 2 and not any(o.final for o in cell.spec.outputs):
+        lengths[2] = 0          # an empty sequence keeps its start
+    return xs, state, lengths
+
+
+def assert_same(cell, model, T=5, B=3, tol=1e-5, seed=1):
+    """The model in onnxruntime and cell.forward agree: with states and lengths given,
+    and with the optional inputs left to their defaults."""
+    xs, state, lengths = random_feed(cell, T, B, seed)
+    x = xs if len(xs) > 1 else next(iter(xs.values()))
+    sess = session(model)
+    names = [o.name for o in sess.get_outputs()]
+    feed = dict(xs, sequence_lens=lengths.astype(np.int32),
+                **{f"initial_{k}": v for k, v in state.items()})
+    for run, given in ((cell.forward(x, state, lengths=lengths), feed),
+                       (cell.forward(x), dict(xs))):
+        got = dict(zip(names, sess.run(None, given)))
+        want = dict(run.outputs, **{f"final_{k}": v for k, v in run.state.items()})
+        assert sorted(got) == sorted(want)
+        for name, value in want.items():
+            assert got[name].shape == value.shape, name
+            assert got[name].dtype == cell.dtype, name
+            scale = max(1.0, float(np.abs(value).max()))
+            err = float(np.abs(got[name] - value).max())
+            assert err <= tol * scale, (name, err)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
+def test_every_shipped_spec_runs_in_onnxruntime_as_the_interpreter(spec, tmp_path):
+    cell = make_cell(spec)
+    path = tmp_path / "model.onnx"
+    model = rnndsl.onnx.export(cell, path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    assert rnndsl.onnx.exported_as(model) == OPERATORS.get(spec.stem, "Scan")
+    assert_same(cell, model)
+    assert [i.name for i in model.graph.initializer if i.name in cell.params] == \
+        list(cell.params)
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.stem in OPERATORS],
+                         ids=lambda p: p.stem)
+def test_operator_cells_also_run_as_a_scan(spec):
+    cell = make_cell(spec)
+    model = rnndsl.onnx.to_model(cell, operators=False)
+    assert rnndsl.onnx.exported_as(model) == "Scan"
+    assert_same(cell, model)
+
+
+def _operator_node(model):
+    return next(n for n in model.graph.node if n.op_type in ("RNN", "LSTM", "GRU"))
+
+
+def test_the_operators_attributes_follow_the_specs_conventions():
+    def attrs(stem):
+        node = _operator_node(rnndsl.onnx.to_model(make_cell(REPO / "specs" / f"{stem}.rnn")))
+        return node, {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs("gru")[1]["linear_before_reset"] == 1
+    assert attrs("gru_cho")[1]["linear_before_reset"] == 0
+    assert attrs("elman_relu")[1]["activations"] == [b"Relu"]
+    assert attrs("elman")[1]["activations"] == [b"Tanh"]
+    node, _ = attrs("peephole_lstm")
+    assert len(node.input) == 8 and node.input[7]
+    node, _ = attrs("lstm")
+    assert len(node.input) == 7
+
+
+# a standard LSTM written another way: other names, terms and factors in another order,
+# two biases on one gate and none on another; the file's and cell's names say nothing
+RENAMED_LSTM = """
+cell Mine {
+  dims  N, M
+  input u[N]
+  state s[M], k[M]
+  param A1[M, N], A2[M, N], A3[M, N], A4[M, N]
+  param B1[M, M], B2[M, M], B3[M, M], B4[M, M]
+  param c1[M], c2[M], c3[M], c3b[M]
+
+  in_gate  = sigmoid(c1 + B1 @ s + A1 @ u)
+  keep     = sigmoid(A2 @ u + B2 @ s)
+  cand     = tanh(c3 + A3 @ u + c3b + B3 @ s)
+  out_gate = sigmoid(B4 @ s + A4 @ u + c2)
+  k' = cand * in_gate + k * keep
+  s' = tanh(k') * out_gate
+  output s'
+  output y = softmax(s')
+}
+"""
+
+
+def test_an_lstm_is_recognised_by_its_structure_not_its_names():
+    cell = make_cell(None, text=RENAMED_LSTM, N=3, M=4)
+    model = rnndsl.onnx.to_model(cell)
+    assert rnndsl.onnx.exported_as(model) == "LSTM"
+    assert_same(cell, model)
+
+
+@pytest.mark.parametrize("change", [
+    ("k' = cand * in_gate + k * keep", "k' = cand * in_gate + k * keep * keep"),
+    ("s' = tanh(k') * out_gate", "s' = relu(k') * out_gate"),
+    ("output y = softmax(s')", "output y = softmax(k')"),      # reads the cell state
+])
+def test_a_cell_that_differs_from_the_operator_becomes_a_scan(change):
+    cell = make_cell(None, text=RENAMED_LSTM.replace(*change), N=3, M=4)
+    model = rnndsl.onnx.to_model(cell)
+    assert rnndsl.onnx.exported_as(model) == "Scan"
+    assert any(n.op_type == "Scan" for n in model.graph.node)
+    assert_same(cell, model)
+
+
+# PyTorch's form: stacked weights in torch's gate order (i, f, g, o), sliced into gates
+STACKED_LSTM = """
+cell Stacked {
+  dims  I, H
+  input x[I]
+  state h[H], c[H]
+  param weight_ih[4 * H, I], weight_hh[4 * H, H], bias_ih[4 * H], bias_hh[4 * H]
+  z  = weight_ih @ x + bias_ih + weight_hh @ h + bias_hh
+  i  = sigmoid(z[0:H])
+  f  = sigmoid(z[H:2 * H])
+  g  = tanh(z[2 * H:3 * H])
+  o  = sigmoid(z[3 * H:4 * H])
+  c' = f * c + i * g
+  h' = o * tanh(c')
+  output h'
+}
+"""
+
+
+def test_stacked_weights_sliced_into_gates_are_recognised():
+    cell = make_cell(None, text=STACKED_LSTM, I=3, H=4)
+    model = rnndsl.onnx.to_model(cell)
+    assert rnndsl.onnx.exported_as(model) == "LSTM"
+    assert_same(cell, model)
+    tied = STACKED_LSTM.replace("i  = sigmoid(z[0:H])", "i  = sigmoid(z[H:2 * H])")
+    cell = make_cell(None, text=tied, I=3, H=4)     # i is f: an LSTM whose i and f rows agree
+    model = rnndsl.onnx.to_model(cell)
+    assert rnndsl.onnx.exported_as(model) == "LSTM"
+    assert_same(cell, model)
+    other = STACKED_LSTM.replace("g  = tanh(z[2 * H:3 * H])", "g  = tanh(z[2 * H:3 * H] * 2)")
+    cell = make_cell(None, text=other, I=3, H=4)
+    model = rnndsl.onnx.to_model(cell)
+    assert rnndsl.onnx.exported_as(model) == "Scan"
+    assert_same(cell, model)
+
+
+@pytest.mark.parametrize("path, name", TORCH_CELLS, ids=lambda v: getattr(v, "stem", v))
+def test_the_torch_specs_run_in_onnxruntime_and_all_but_projections_are_operators(
+        path, name):
+    Cell = rnndsl.load(path, target="interp", cell=name)
+    cell = Cell(dtype=np.float32, seed=0, **{d: DIMS[d] for d in Cell.spec.dims})
+    model = rnndsl.onnx.to_model(cell)
+    kind = rnndsl.onnx.exported_as(model)
+    assert (kind == "Scan") == ("Proj" in name), kind
+    assert_same(cell, model)
+
+
+def test_every_op_of_the_language_has_an_onnx_rule():
+    missing = (PRIMITIVES | {Op.CONST, Op.DIM, Op.BATCH}) - set(ONNX_RULES)
+    assert not missing
+    # internal ops of adjoint graphs only, which no export writes, may lack one
+    assert set(Op) - set(ONNX_RULES) <= INTERNAL | {Op.INPUT, Op.STATE, Op.PARAM, Op.SEED}
+
+
+def test_export_refuses_what_is_not_a_cell_instance(tmp_path):
+    Cell = rnndsl.load(REPO / "specs" / "lstm.rnn", target="interp")
+    for bad in (Cell, "specs/lstm.rnn", None):
+        with pytest.raises(rnndsl.onnx.ExportError, match="instance"):
+            rnndsl.onnx.export(bad, tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_float64_exports_a_scan_that_matches_closely():
+    for stem in ("lstm", "two_streams", "layernorm_lstm"):
+        cell = make_cell(REPO / "specs" / f"{stem}.rnn", dtype=np.float64)
+        model = rnndsl.onnx.to_model(cell)
+        assert rnndsl.onnx.exported_as(model) == "Scan"
+        assert_same(cell, model, tol=1e-12)
+
+
+MODES = """
+cell Modes {
+  dims  I, H, Z, K
+  input x[I]
+  input once z[Z]
+  state h[H] = 0.25, q[H] = m0
+  param W[H, I], U[H, H], C[H, Z], b[H], V[K, H], p[H] ~ uniform(-1, 1)
+  param m0[H] ~ uniform(-1, 1)
+  h' = tanh(W @ dropout(x, 0.3) + U @ h + C @ z + b) + hard_sigmoid(p) * 0.1 + q
+  q' = 0.5 * q + 0.5 * h'
+  final logits = V @ h'
+  output m = mean(softplus(h')) + max(sum(abs(h')), 1) ** 0.5
+  output e = concat(exp(-h'[0:2]), p[0:1], log(1 + sigmoid(h')))
+  output l = log_softmax(min(h', 0.5) / 2 - sum(x[0:1]) * h)
+}
+"""
+
+
+def test_once_and_final_inputs_dropout_and_declared_starts():
+    cell = make_cell(None, text=MODES, I=3, H=4, Z=2, K=3)
+    model = rnndsl.onnx.to_model(cell)
+    assert rnndsl.onnx.exported_as(model) == "Scan"
+    assert_same(cell, model)
+    outputs = {o.name: o for o in model.graph.output}
+    assert [d.dim_param or d.dim_value for d in
+            outputs["logits"].type.tensor_type.shape.dim] == ["B", 3]
+
+
+def test_an_op_without_an_onnx_rule_is_refused_naming_it_and_its_place(monkeypatch):
+    from rnndsl.interop import onnx_nodes
+    monkeypatch.delitem(onnx_nodes.ONNX_RULES, Op.SOFTPLUS)
+    cell = make_cell(None, text=MODES, I=3, H=4, Z=2, K=3)
+    with pytest.raises(SpecError) as info:
+        rnndsl.onnx.to_model(cell)
+    text = info.value.render()
+    assert "softplus" in text and "<text>:12:" in text and "output m" in text
+
+
+def test_import_rnndsl_does_not_import_onnx():
+    code = ("import sys, rnndsl, rnndsl.cli.main; rnndsl.cli.main.build_parser(); "
+            "print('onnx' in sys.modules, 'onnxruntime' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------------------- CLI
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_writes_an_operator_model_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "lstm.onnx"
+    argv = ["export", REPO / "specs" / "lstm.rnn", "--dims", "I=3,H=4", "-o", out]
+    code, text, err = run(argv, capsys)
+    assert code == 0, err
+    assert "LSTM node" in text and out.is_file()
+    before = out.read_bytes()
+    code, _, err = run(argv + ["--seed", "1"], capsys)
+    assert code == 2 and "--force" in err and out.read_bytes() == before
+    code, _, err = run(argv + ["--seed", "1", "--force"], capsys)
+    assert code == 0 and out.read_bytes() != before
+    cell = make_cell(REPO / "specs" / "lstm.rnn", I=3, H=4)
+    cell.params.update(make_cell(REPO / "specs" / "lstm.rnn", I=3, H=4).params)
+    assert_same(type(cell)(dtype=np.float32, seed=1, I=3, H=4), onnx.load(str(out)))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--dims", "I=3"], "--dims"),
+    (["--dims", "I=3,H=4,Q=1"], "--dims"),
+    (["--dims", "I=3,H=0"], "--dims"),
+    (["--dims", "I=3,H=4", "--cell", "Nope"], "--cell"),
+    (["--dims", "I=3,H=4", "--format", "tflite"], "--format"),
+    (["--dims", "I=3,H=4", "--scan", "--operators"], "--scan"),
+    (["--dims", "I=3,H=4", "--params", "missing.npz"], "missing.npz"),
+])
+def test_cli_bad_arguments_exit_2_naming_the_option(tmp_path, capsys, extra, message):
+    out = tmp_path / "m.onnx"
+    code, _, err = run(["export", REPO / "specs" / "lstm.rnn", "-o", out] + extra, capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_cli_missing_spec_and_folder_output_exit_2(tmp_path, capsys):
+    code, _, err = run(["export", tmp_path / "nope.rnn", "--dims", "I=3", "-o",
+                        tmp_path / "m.onnx"], capsys)
+    assert code == 2 and "nope.rnn" in err
+    code, _, err = run(["export", REPO / "specs" / "lstm.rnn", "--dims", "I=3,H=4", "-o",
+                        tmp_path], capsys)
+    assert code == 2 and "folder" in err
+
+
+def test_cli_help_teaches_with_an_example(capsys):
+    assert main(["export", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "rnndsl export specs/lstm.rnn --dims I=8,H=16 -o lstm.onnx" in text
+
+
+def test_the_python_in_docs_onnx_md_runs(tmp_path, monkeypatch):
+    text = (REPO / "docs" / "onnx.md").read_text()
+    blocks = [b.split("\n", 1)[1] for b in text.split("```")[1::2] if b.startswith("python")]
+    assert blocks
+    (tmp_path / "specs").symlink_to(REPO / "specs")
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "docs/onnx.md", "exec"), {})
+    assert (tmp_path / "lstm.onnx").is_file()
+
+
+def test_cli_exports_a_checkpoints_params(tmp_path, capsys):
+    from rnndsl.train import checkpoint
+    cell = make_cell(REPO / "specs" / "gru.rnn", I=3, H=4)
+    for value in cell.params.values():
+        value += np.random.default_rng(5).normal(size=value.shape).astype(value.dtype)
+    checkpoint.save(tmp_path / "gru.npz", cell)
+    out = tmp_path / "gru.onnx"
+    code, text, err = run(["export", REPO / "specs" / "gru.rnn", "--dims", "I=3,H=4", "-o",
+                           out, "--params", tmp_path / "gru.npz"], capsys)
+    assert code == 0, err
+    assert "GRU node" in text
+    assert_same(cell, onnx.load(str(out)))
+    code, _, err = run(["export", REPO / "specs" / "gru.rnn", "--dims", "I=3,H=5", "-o",
+                        tmp_path / "other.onnx", "--params", tmp_path / "gru.npz"], capsys)
+    assert code == 2 and "H" in err and not (tmp_path / "other.onnx").exists()
