@@ -206,7 +206,13 @@ README_PYTHON = [(m.group(2), README.read_text().count("\n", 0, m.start()) + 1)
 
 @pytest.mark.parametrize("text,line", README_PYTHON, ids=[f"README.md:{n}" for _, n in
                                                           README_PYTHON])
-def test_readme_python_block_runs(text, line, at_repo_root, tmp_path, monkeypatch):
+def test_readme_python_block_runs(text, line, tmp_path, monkeypatch):
+    """Run where a user of the repository would, a folder with specs/ in it, but not
+    the repository itself: what a block writes (mgu.onnx) lands in a temporary folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "specs").symlink_to(REPO / "specs", target_is_directory=True)
+    monkeypatch.chdir(work)
     _run_block(README, text, line, tmp_path, monkeypatch)
 
 

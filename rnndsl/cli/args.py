@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from pathlib import Path
 
 from ..core.errors import RnnError
 
@@ -136,3 +137,15 @@ def set_threads(count: int | None) -> None:
     at each kernel call; rnndsl.kernels.blas)."""
     if count is not None:
         os.environ["RNNDSL_BLAS_THREADS"] = str(count)
+
+
+def writable_file(option: str, value: str | None, error=UsageError) -> None:
+    """An output path whose folder exists and that is not a folder itself (None: the
+    option was not given); else `error` naming the option."""
+    if value is None:
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise error(f"{option} {value}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise error(f"{option} {value}: the folder {path.parent} does not exist")

@@ -1,5 +1,5 @@
 """The command line: `rnndsl check | graph | gradcheck | build | explain | train | sample
-| info | specs`.
+| info | sweep | export | specs`.
 
 Every user error (a bad spec, a missing file, bad arguments) prints one clear message
 and exits with status 2, before any work where it can be known before; never a traceback
@@ -280,9 +280,9 @@ def cmd_specs(args) -> int:
 
 # ---------------------------------------------------------------------------- main
 NO_PASS_HELP = ("switch an optimisation pass off (repeatable): cse, simplify, hoist, "
-                "fuse_matmul, fuse_elementwise, defer_grads; for --target cpu microkernel "
-                "(the per-step GEMMs in rnndsl's register tiles; off, one BLAS call a "
-                "step); for --target cuda persistent (each time loop as one cooperative "
+                "hoist_outputs, fuse_matmul, fuse_elementwise, defer_grads; for --target "
+                "cpu microkernel (the per-step GEMMs in rnndsl's register tiles; off, one "
+                "BLAS call a step); for --target cuda persistent (each time loop as one cooperative "
                 "kernel; off, each step is launched from the host) and hold_weights (the "
                 "recurrent weights held in shared memory across the steps, at small "
                 "batches where they fit; off, read from global memory at every step)")
@@ -311,8 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  rnndsl build specs/lstm.rnn -o build/    compile: from lstm import LSTM\n"
                "  rnndsl explain specs/lstm.rnn            the compiled loop nest\n"
                "  rnndsl train specs/char_lstm.rnn         a character model, 3 minutes\n"
+               "  rnndsl sweep specs/char_lstm.rnn --grid lr=1e-3,3e-3 --workers 2   a grid\n"
                "  rnndsl sample model.npz --prime 'def '   text from the trained model\n"
                "  rnndsl info model.npz                    what a checkpoint holds\n"
+               "  rnndsl export specs/lstm.rnn --dims I=8,H=16 -o lstm.onnx   as ONNX\n"
                "  rnndsl specs                             the specs shipped with rnndsl\n"
                "\nexit status: 0 ok, 1 a check failed, 2 bad input (spec, arguments, "
                "files), 3 a bug in rnndsl (please report it), 130 interrupted",
@@ -414,9 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "--paths | grep lstm.rnn) .)")
     p.set_defaults(run=cmd_specs)
 
-    from . import sample, train
+    from . import export, sample, sweep, train
     train.add_parsers(sub)
     sample.add_parsers(sub)
+    sweep.add_parsers(sub)
+    export.add_parsers(sub)
     return parser
 
 

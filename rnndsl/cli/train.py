@@ -18,6 +18,7 @@ V is bound to the vocabulary's size, the other dims come from --dims (default 12
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shlex
@@ -169,17 +170,6 @@ def _encode_prime(vocab, prime: str, where: str) -> np.ndarray:
     return vocab.encode(prime)
 
 
-def _writable_file(option: str, value: str | None) -> None:
-    """An output path whose folder exists and that is not a folder itself."""
-    if value is None:
-        return
-    path = Path(value)
-    if path.is_dir():
-        raise TrainError(f"{option} {value}: is a folder; give a file name")
-    if not path.parent.is_dir():
-        raise TrainError(f"{option} {value}: the folder {path.parent} does not exist")
-
-
 # ---------------------------------------------------------------------------- train
 @dataclass
 class _Plan:
@@ -216,7 +206,7 @@ def _prepare(args) -> _Plan:
                              "pip install matplotlib)") from None
     for option, value in (("--plot", args.plot), ("--json", args.json),
                           ("--checkpoint", args.checkpoint), ("--best", args.best)):
-        _writable_file(option, value)
+        cli_args.writable_file(option, value, TrainError)
     schedule = _schedule(args)
     if args.minutes is None and args.steps is None:
         args.minutes = 3.0
@@ -380,6 +370,20 @@ def _resume_command(args) -> str:
     return shlex.join(["rnndsl", *argv])
 
 
+@contextlib.contextmanager
+def _diverged(cell):
+    """A model whose params are no longer finite (too high an --lr) makes the loss
+    refuse its logits with a ValueError: that is the user's run diverging, said as
+    such (exit 2), not a bug. With finite params, the ValueError is left as it is."""
+    try:
+        yield
+    except ValueError:
+        if all(np.isfinite(v).all() for v in cell.params.values()):
+            raise
+        raise TrainError("the model diverged: its params are no longer finite; lower --lr "
+                         "(or --clip)") from None
+
+
 class _StopAtStepEnd:
     """Ctrl-C during training: finish the step under way, then stop and save (a second
     Ctrl-C stops at once). Only the main thread can set signal handlers."""
@@ -411,10 +415,10 @@ class _Run:
     its lr schedule, the training loss and validation histories, and the checkpoints it
     writes (the last state, and with --val-every the one that validated best)."""
 
-    def __init__(self, plan: _Plan, args, out):
+    def __init__(self, plan: _Plan, args, out, err=None):
         from ..train.optim import OPTIMIZERS
         from ..train.trainer import Trainer
-        self.plan, self.args, self.out = plan, args, out
+        self.plan, self.args, self.out, self.err = plan, args, out, err
         self.cell = plan.Cell(dtype=plan.dtype, seed=args.seed, **plan.dims)
         self.trainer = Trainer(self.cell, output=plan.y_name, input=plan.x_name,
                                optimizer=OPTIMIZERS[args.optimizer](lr=args.lr),
@@ -475,7 +479,7 @@ class _Run:
         feed = token_feed(plan.Cell.spec, plan.x_name, len(plan.vocab), plan.dtype)
         batches = tbptt_batches(plan.train_ids, args.batch, args.seq)
         budget_s = args.minutes * 60 if args.minutes is not None else None
-        progress = Progress(total=1.0)
+        progress = Progress(total=1.0, stream=self.err)
         start, recent = time.monotonic(), []
         while not stop.asked:
             for k, (x_ids, y_ids) in enumerate(batches):
@@ -531,20 +535,28 @@ class _Run:
 
 
 def cmd_train(args) -> int:
+    return run_training(args)[0]
+
+
+def run_training(args, out=None, err=None) -> tuple[int, dict | None]:
+    """One `rnndsl train` with these parsed arguments, as a function: (its exit status,
+    the summary that --json writes; None for --dry-run). Its lines go to `out` (default
+    standard output) and its progress to `err` (default standard error), so that a sweep
+    (rnndsl.cli.sweep) can run many of them, each a point, and keep each one's text."""
     cli_args.set_threads(args.threads)
     plan = _prepare(args)
-    out = sys.stdout
+    out = out or sys.stdout
     _describe(plan, args, out)
     if args.dry_run:
         print(_plan_text(plan, args), file=out)
         print("dry run: arguments, spec, corpus and checkpoint are fine; nothing was "
               "trained or written", file=out)
-        return 0
-    run = _Run(plan, args, out)
+        return 0, None
+    run = _Run(plan, args, out, err)
     trainer = run.trainer
     out.flush()
     _warm_up(run.cell, plan.x_name, len(plan.vocab), plan.dtype, out)
-    with _StopAtStepEnd() as stop:
+    with _StopAtStepEnd() as stop, _diverged(run.cell):
         elapsed = run.train(stop)
     run.save()
     training_s = max(elapsed - run.val_seconds, 1e-9)
@@ -565,9 +577,10 @@ def cmd_train(args) -> int:
               f"{_resume_command(args)}", file=out)
         summary["validation_history"] = [list(v) for v in run.val_history]
         _write_json(args.json, summary)
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED, summary
     if not run.val_history or run.val_history[-1][0] != trainer.steps:
-        run.validate()                  # else it just ran, at this very step
+        with _diverged(run.cell):
+            run.validate()              # else it just ran, at this very step
     bpc, val_chars = run.meta["validation"]["bits_per_char"], len(plan.val_ids) - 1
     print(f"validation: {bpc:.3f} bits/char over {val_chars:,} chars", file=out)
     run.save()
@@ -590,7 +603,7 @@ def cmd_train(args) -> int:
             print(f"\n--- sample at temperature {t} ---\n{args.prime}{text}", file=out)
     summary["samples"] = samples
     _write_json(args.json, summary)
-    return 0
+    return 0, summary
 
 
 def _write_json(path: str | None, summary: dict) -> None:
@@ -661,7 +674,6 @@ def _generate(cell, vocab, x_name, y_name, prefix, length: int, t: float, seed,
 # ---------------------------------------------------------------------------- parsers
 def add_parsers(sub) -> None:
     import argparse
-    positive, nonneg = cli_args.at_least(1), cli_args.at_least(0)
     p = sub.add_parser(
         "train", help="train a token model (a character RNN) on a corpus",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -688,6 +700,28 @@ def add_parsers(sub) -> None:
                "  rnndsl train specs/char_lstm.rnn --lr-schedule constant --warmup 0\n"
                "\nexit status: 0 trained, 2 bad input (nothing trained), 130 interrupted "
                "(checkpoint saved)\n")
+    add_train_arguments(p)
+    p.set_defaults(run=cmd_train)
+
+
+class _Leaving:
+    """A parser's add_argument that leaves out the options named (by their first
+    option string), for a command that takes train's settings but not all of them."""
+
+    def __init__(self, parser, leave_out):
+        self.parser, self.leave_out = parser, set(leave_out)
+
+    def add_argument(self, *flags, **kwargs):
+        if flags[0] not in self.leave_out:
+            self.parser.add_argument(*flags, **kwargs)
+
+
+def add_train_arguments(parser, leave_out=()) -> None:
+    """Train's positional SPEC and every option of `rnndsl train`, but those named in
+    `leave_out` (like "--checkpoint"): one definition of each setting, its type, range
+    and help, shared by `train` and `sweep`."""
+    positive, nonneg = cli_args.at_least(1), cli_args.at_least(0)
+    p = _Leaving(parser, leave_out)
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--cell", help="the cell, in a file with several")
     p.add_argument("--corpus", default="stdlib",
@@ -771,7 +805,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--threads", type=positive, metavar="N",
                    help="threads the kernels may use (default: one a core; sets "
                         "RNNDSL_BLAS_THREADS)")
-    p.set_defaults(run=cmd_train)
 
 
-__all__ = ["add_parsers", "cmd_train", "TrainError"]
+__all__ = ["add_parsers", "add_train_arguments", "cmd_train", "run_training", "TrainError"]

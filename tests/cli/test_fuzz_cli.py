@@ -79,10 +79,15 @@ PREFIX = {
     "train": ["char_lstm.rnn", "--corpus", "corpus.txt", "--dims", "H=3", "--batch", "2",
               "--seq", "3", "--steps", "1", "--sample-chars", "2", "--target", "interp",
               "--checkpoint", "fuzzed.npz", "--force", "--every", "0", "--val-chars", "40"],
+    "sweep": ["char_lstm.rnn", "--corpus", "corpus.txt", "--dims", "H=3", "--batch", "2",
+              "--seq", "3", "--steps", "1", "--sample-chars", "2", "--target", "interp",
+              "--every", "0", "--val-chars", "40", "--grid", "seed=0,1", "--out", "swept",
+              "--force"],
     "sample": ["model.npz", "--target", "interp", "--length", "3"],
     "gradcheck": ["elman.rnn", "-T", "2", "-B", "1", "--target", "interp"],
     "info": ["model.npz"], "check": ["elman.rnn"], "graph": ["elman.rnn"],
     "explain": ["elman.rnn"], "build": ["elman.rnn", "-o", "built"], "specs": [],
+    "export": ["elman.rnn", "--dims", "I=2,H=3,O=2", "-o", "fuzzed.onnx", "--force"],
 }
 # what a fuzzed value may not do: run for minutes, or compile float64 kernels
 SLOW = {("train", "--minutes"), ("train", "--steps"), ("train", "--max-chars"),
@@ -90,6 +95,10 @@ SLOW = {("train", "--minutes"), ("train", "--steps"), ("train", "--max-chars"),
         ("train", "--seq"), ("train", "--dims"), ("train", "--sample-chars"),
         ("train", "--val-chars"), ("sample", "--target"), ("sample", "--length"),
         ("sample", "-n"), ("sample", "--beam"), ("gradcheck", "--target"),
+        ("sweep", "--minutes"), ("sweep", "--steps"), ("sweep", "--max-chars"),
+        ("sweep", "--target"), ("sweep", "--corpus"), ("sweep", "--batch"),
+        ("sweep", "--seq"), ("sweep", "--dims"), ("sweep", "--sample-chars"),
+        ("sweep", "--val-chars"), ("sweep", "--workers"),    # a cluster: seconds to start
         ("gradcheck", "-T"), ("gradcheck", "-B"), ("gradcheck", "--dims")}
 
 
@@ -118,7 +127,7 @@ def _check(workdir, args):
 
 
 COMMANDS = ["train", "sample", "info", "gradcheck", "check", "graph", "explain", "build",
-            "specs"]
+            "specs", "sweep", "export"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -144,6 +153,11 @@ def test_fuzzed_arguments_exit_cleanly(workdir, command):
     ["sample", "model.npz", "--spec", "elman.rnn", "--target", "interp"],
     ["check", "\x00"], ["build", "elman.rnn", "-o", "corpus.txt"],
     ["explain", "char_lstm.rnn", "--no-pass", "nope"],
+    ["export", "elman.rnn", "--dims", "I=2,H=3", "-o", "e.onnx"],
+    ["export", "elman.rnn", "--dims", "I=2,H=3,O=2", "-o", "corpus.txt"],
+    ["export", "elman.rnn", "--dims", "I=2,H=3,O=2", "-o", "folder"],
+    ["export", "broken.rnn", "--dims", "H=2", "-o", "b.onnx"],
+    ["export", "elman.rnn", "--dims", "I=2,H=3,O=2", "-o", "e.onnx", "--params", "other.npz"],
 ])
 def test_known_bad_invocations_exit_2(workdir, args):
     code, _, err = _main(workdir, args)

@@ -1,0 +1,305 @@
+"""`rnndsl sweep`: a grid of `rnndsl train` points, in this process or on Dask.
+
+Arguments are checked before any work (exit 2, the option named, nothing written); a
+sweep without --workers or --scheduler runs in this process and never imports Dask (in
+a fresh process, since other tests here import it); on a 2-worker LocalCluster, and on
+a cluster joined with --scheduler, the points end with the bits/char they end with in
+this process (same seed, same settings); results.csv agrees with what each checkpoint
+records; an earlier sweep is kept without --force. Tiny settings and the interpreter
+(nothing to compile) keep each sweep to a second or two.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from rnndsl.cli.main import main
+from rnndsl.cli.sweep import Axis, points
+from rnndsl.distributed import ClusterError, place
+from rnndsl.train import checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+TEXT = "the cat sat on the mat. the dog sat on the log. " * 40
+TINY = ["--corpus", "corpus.txt", "--steps", "2", "--batch", "2", "--seq", "4",
+        "--target", "interp", "--dtype", "float64", "--sample-chars", "3", "--val-every",
+        "0", "--warmup", "0"]
+GRID = ["--grid", "lr=1e-3,3e-2", "--grid", "H=3,5"]
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def sweep(capsys, *extra):
+    return run(["sweep", "char_lstm.rnn", *TINY, *extra], capsys)
+
+
+def _setup(where: Path) -> Path:
+    (where / "corpus.txt").write_text(TEXT)
+    for name in ("char_lstm.rnn", "lstm.rnn"):
+        shutil.copy(REPO / "specs" / name, where / name)
+    return where
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(_setup(tmp_path))
+    return tmp_path
+
+
+def results(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------ arguments first
+@pytest.mark.parametrize("args, named", [
+    ([], "--grid"),
+    (["--grid", "lr"], "--grid"),
+    (["--grid", "lr="], "--grid"),
+    (["--grid", "lr=1e-3,,3e-3"], "--grid"),
+    (["--grid", "lr=1e-3,1e-3"], "given twice"),
+    (["--grid", "lr=1e-3,0.001"], "given twice"),
+    (["--grid", "lr=1e-3", "--grid", "lr=3e-3"], "more than one --grid"),
+    (["--grid", "lr-floor=0.1", "--grid", "lr_floor=0.2"], "the same setting"),
+    (["--grid", "lr=-1"], "--grid lr=-1"),
+    (["--grid", "lr=fast"], "--grid lr=fast"),
+    (["--grid", "clip=-1"], "--grid clip=-1"),
+    (["--grid", "batch=0"], "--grid batch=0"),
+    (["--grid", "optimizer=adam,lbfgs"], "--grid optimizer=lbfgs"),
+    (["--grid", "Q=1,2", "--grid", "zz=3"], "Q, zz"),
+    (["--grid", "H=0"], "--grid H=0"),
+    (["--grid", "V=10"], "vocabulary"),
+    (["--grid", "H=3", "--dims", "H=4"], "--dims"),
+    (["--grid", "dims=3"], "--grid dims"),
+    (["--grid", "threads=1,2"], "--grid threads"),
+    (["--grid", "workers=1,2"], "--grid workers"),
+    (["--grid", "checkpoint=a.npz,b.npz"], "--grid checkpoint"),
+    (["--grid", "lr=1e-3", "--lr", "0.1"], "--lr and --grid lr"),
+    (["--grid", "lr=1e-3", "--workers", "0"], "--workers"),
+    (["--grid", "lr=1e-3", "--workers", "999"], "--workers 999"),
+    (["--grid", "lr=1e-3", "--workers", "1", "--threads", "999"], "--threads"),
+    (["--grid", "lr=1e-3", "--workers", "1", "--scheduler", "tcp://h:1"], "--scheduler"),
+    (["--grid", "lr=1e-3", "--scheduler", "nowhere"], "--scheduler"),
+    (["--grid", "lr=1e-3", "--scheduler", "tcp://h:70000"], "--scheduler"),
+    (["--grid", "lr=1e-3", "--checkpoint", "m.npz"], "--checkpoint"),
+    (["--grid", "lr=1e-3", "--resume"], "--resume"),
+    (["--grid", "lr=1e-3", "--out", "corpus.txt"], "--out"),
+    (["--grid", "lr=1e-3", "--plot", "nofolder/p.png"], "--plot"),
+    (["--grid", "lr=1e-3", "--steps", "0"], "--steps"),
+    (["--grid", "max-chars=5000,10"], "point max-chars=10"),   # train's check of a point
+    (["--grid", "lr-floor=0.1", "--lr-schedule", "constant"], "--lr-floor"),
+])
+def test_bad_arguments_exit_2_naming_the_option_before_any_work(folder, capsys, args, named):
+    before = sorted(p.name for p in folder.iterdir())
+    code, out, err = sweep(capsys, *args)
+    assert code == 2, (out, err)
+    assert named in err, err
+    assert "Traceback" not in err and "internal error" not in err
+    assert "[1/" not in out and sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_dry_run_lists_the_points_and_writes_nothing(folder, capsys):
+    code, out, err = sweep(capsys, *GRID, "--dry-run")
+    assert code == 0, err
+    assert [line.strip() for line in out.splitlines() if line.startswith("  ")] == [
+        "lr=0.001,H=3", "lr=0.001,H=5", "lr=0.03,H=3", "lr=0.03,H=5"]
+    assert not (folder / "sweep-char_lstm").exists()
+
+
+# ------------------------------------------------------------------ in this process
+IN_PROCESS = textwrap.dedent("""
+    import sys
+    from rnndsl.cli.main import main
+    code = main(sys.argv[1:])
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed"))
+    print("DASK MODULES:", loaded)
+    sys.exit(code)
+""")
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory):
+    """A 2 x 2 sweep in a fresh process, without --workers or --scheduler."""
+    where = _setup(tmp_path_factory.mktemp("sweep_here"))
+    done = subprocess.run([sys.executable, "-c", IN_PROCESS, "sweep", "char_lstm.rnn",
+                           *TINY, *GRID], cwd=where, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return where, done.stdout
+
+
+def test_a_sweep_without_a_cluster_runs_here_and_never_imports_dask(in_process):
+    where, out = in_process
+    assert "DASK MODULES: []" in out
+    assert "in this process" in out
+    progress = [line for line in out.splitlines() if line.startswith("[")]
+    assert [line.split("]")[0] for line in progress] == ["[1/4", "[2/4", "[3/4", "[4/4"]
+    assert all("best so far" in line for line in progress)
+
+
+def test_results_csv_agrees_with_the_checkpoints(in_process):
+    where, out = in_process
+    rows = results(where / "sweep-char_lstm" / "results.csv")
+    assert list(rows[0]) == ["lr", "H", "bits_per_char", "checkpoint"]
+    assert [(r["lr"], r["H"]) for r in rows] == [("0.001", "3"), ("0.001", "5"),
+                                                 ("0.03", "3"), ("0.03", "5")]
+    for row in rows:
+        path = Path(row["checkpoint"])
+        assert path.parent == where / "sweep-char_lstm"
+        assert path.name == f"lr={row['lr']},H={row['H']}.npz"
+        info = checkpoint.peek(path)
+        assert info.dims["H"] == int(row["H"])
+        assert info.meta["user"]["settings"]["lr"] == float(row["lr"])
+        assert info.meta["trainer"]["steps"] == 2
+        assert float(row["bits_per_char"]) == info.meta["user"]["validation"]["bits_per_char"]
+        assert path.with_suffix(".log").read_text().startswith("model: CharLSTM")
+    best = min(rows, key=lambda r: float(r["bits_per_char"]))
+    assert f"best: {float(best['bits_per_char']):.4f} bits/char" in out
+    table = out.split("\n\n")[-1].splitlines()
+    assert table[0].split()[:3] == ["lr", "H", "bits/char"]
+    shown = [float(line.split()[2]) for line in table[1:5]]
+    assert shown == sorted(shown)                                 # best first
+
+
+# ------------------------------------------------------------------ on Dask
+def test_a_sweep_on_a_local_cluster_matches_the_one_in_process(in_process, folder, capsys):
+    pytest.importorskip("distributed")
+    code, out, err = sweep(capsys, *GRID, "--workers", "2", "--out", "two")
+    assert code == 0, err
+    assert "LocalCluster of 2 worker processes" in out
+    here = {(r["lr"], r["H"]): float(r["bits_per_char"])
+            for r in results(in_process[0] / "sweep-char_lstm" / "results.csv")}
+    there = {(r["lr"], r["H"]): float(r["bits_per_char"])
+             for r in results(folder / "two" / "results.csv")}
+    assert there == pytest.approx(here, rel=1e-12)    # same seed and settings: same run
+    assert len(list((folder / "two").glob("*.log"))) == 4
+
+
+def test_a_sweep_joins_a_cluster_with_scheduler(folder, capsys):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        code, out, err = sweep(capsys, "--grid", "seed=1,2", "--scheduler",
+                               cluster.scheduler_address, "--out", "joined")
+    assert code == 0, err
+    rows = results(folder / "joined" / "results.csv")
+    assert [r["seed"] for r in rows] == ["1", "2"]
+    assert rows[0]["bits_per_char"] != rows[1]["bits_per_char"]    # the seed reached them
+
+
+def test_the_workers_share_out_the_cores():
+    pytest.importorskip("distributed")         # place() refuses a cluster without Dask
+    assert place(2, None, None, cores=8).threads == 4
+    assert place(3, None, None, cores=8).threads == 2
+    assert place(None, None, 3, cores=8).in_process
+    for workers in range(1, 9):
+        placed = place(workers, None, None, cores=8)
+        assert placed.workers * placed.threads <= 8
+    with pytest.raises(ClusterError, match="at most 8"):
+        place(9, None, None, cores=8)
+    with pytest.raises(ClusterError, match="--threads"):
+        place(2, None, 5, cores=8)
+
+
+# ------------------------------------------------------------------ never destroy work
+def test_an_earlier_sweep_is_overwritten_only_with_force(folder, capsys):
+    assert sweep(capsys, "--grid", "H=3,4")[0] == 0
+    out_dir = folder / "sweep-char_lstm"
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    code, out, err = sweep(capsys, "--grid", "H=3,4")
+    assert code == 2 and "--force" in err and "results.csv" in err
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
+    code, out, err = sweep(capsys, "--grid", "H=3,4", "--force", "--seed", "7")
+    assert code == 0, err
+    assert (out_dir / "results.csv").read_bytes() != before["results.csv"]
+    assert checkpoint.peek(out_dir / "H=3.npz").meta["user"]["settings"]["seed"] == 7
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")      # NumPy, on the overflow
+def test_a_diverging_point_is_a_row_without_bits_and_the_rest_go_on(folder, capsys):
+    # float32 params overflow at once at lr 1e300 (float64 ones can stay finite)
+    code, out, err = sweep(capsys, "--grid", "lr=1e300,1e-3", "--dtype", "float32")
+    assert code == 0, err
+    rows = results(folder / "sweep-char_lstm" / "results.csv")
+    assert rows[0]["bits_per_char"] == "" and float(rows[1]["bits_per_char"]) > 0
+    assert "diverged" in out
+    code, out, err = sweep(capsys, "--grid", "lr=1e300", "--dtype", "float32", "--out", "all")
+    assert code == 2 and "no point of the sweep trained" in err
+
+
+def test_point_names_are_safe_for_files_and_distinct():
+    axes = [Axis("corpus", False, "corpus", ("a/b.txt", "a_b.txt", "x y"),
+                 ("a/b.txt", "a_b.txt", "x y"))]
+    names = [p.name for p in points(axes)]
+    assert names == ["corpus=a_b.txt", "corpus=a_b.txt-2", "corpus=x_y"]
+    assert all(os.sep not in n and " " not in n for n in names)
+
+
+def test_plot_writes_a_png(folder, capsys):
+    pytest.importorskip("matplotlib")
+    code, out, err = sweep(capsys, "--grid", "lr=1e-3,3e-2", "--plot", "sweep.png")
+    assert code == 0, err
+    assert (folder / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ctrl_c_stops_the_sweep_and_keeps_the_point_under_way(tmp_path):
+    """In this process, Ctrl-C ends the point under way as it ends `rnndsl train` (at the
+    end of its step, its checkpoint saved), and then the sweep, with status 130."""
+    where = _setup(tmp_path)
+    child = subprocess.Popen([sys.executable, "-m", "rnndsl", "sweep", "char_lstm.rnn", *TINY,
+                              "--steps", "1000000", "--grid", "H=3,4"], cwd=where,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, deadline = "", time.monotonic() + 120
+    while "step 1 |" not in seen and time.monotonic() < deadline:
+        seen += child.stderr.readline()         # the point's progress, shown live
+    time.sleep(0.5)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, (out, err)
+    assert "interrupted: 0 of 2 points trained" in out and "Traceback" not in err
+    rows = results(where / "sweep-char_lstm" / "results.csv")
+    assert [(r["H"], r["bits_per_char"]) for r in rows] == [("3", "")]
+    assert checkpoint.peek(rows[0]["checkpoint"]).meta["trainer"]["steps"] >= 1
+
+
+def _dies(settings, out, err):
+    os._exit(1)                         # as a worker killed mid-point
+
+
+def _trains(settings, out, err):
+    print("trained", file=out)
+    return 0, {"value": settings}
+
+
+def test_a_point_whose_worker_dies_fails_alone():
+    """A worker that dies under a task: Dask tries it elsewhere (here: not at all), then
+    it is a failed Outcome, and the other tasks' outcomes still come."""
+    pytest.importorskip("distributed")
+    import cloudpickle
+    import dask
+    from rnndsl.distributed import Placement, Task, runner
+    here = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(here)      # the workers cannot import tests/
+    tasks = [Task("dies", _dies, None), Task("trains", _trains, 7)]
+    try:
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+                runner(Placement(workers=2, threads=1)) as run:
+            outcomes = {o.key: o for o in run(tasks)}
+    finally:
+        cloudpickle.unregister_pickle_by_value(here)
+    assert not outcomes["dies"].ok and "died" in outcomes["dies"].error
+    assert outcomes["trains"].ok and outcomes["trains"].summary == {"value": 7}
+    assert outcomes["trains"].log == "trained\n"
