@@ -653,7 +653,8 @@ def test_a_dim_used_only_in_a_slice_is_used():
 
 
 @pytest.mark.parametrize("path", sorted(
-    (Path(__file__).resolve().parents[2] / "specs").glob("*.rnn")), ids=lambda p: p.name)
+    (Path(__file__).resolve().parents[2] / "specs").rglob("*.rnn")),
+    ids=lambda p: str(p.relative_to(p.parents[1] if p.parent.name == "torch" else p.parent)))
 def test_every_spec_checks_without_warnings(path):
     assert read_spec(path).warnings == []
 

@@ -30,7 +30,8 @@ from rnndsl.core.shapes import Dim
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import strategies_ast as strategies  # noqa: E402
 
-SPECS = sorted((Path(__file__).resolve().parents[2] / "specs").glob("*.rnn"))
+# the shipped specs, and those in PyTorch's names that rnndsl.torch uses (specs/torch/)
+SPECS = sorted((Path(__file__).resolve().parents[2] / "specs").rglob("*.rnn"))
 H, I = Dim.of("H"), Dim.of("I")
 
 a, b, c, h, W, x = (Name(n) for n in ("a", "b", "c", "h", "W", "x"))
