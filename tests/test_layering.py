@@ -21,9 +21,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rnndsl"
 # highest first: a layer may import the ones after it
 ORDER = ("cli", "interop", "distributed", "train", "cells", "build", "pipeline", "codegen",
          "schedule", "ir", "lang", "core")
-# distributed is a sibling of train, at its height; interop sits above both (its
-# safetensors files reuse train.checkpoint's spec record and model check)
-SIDE = {"distributed": "train"}
+# interop and distributed sit above train, in that order: the safetensors files reuse
+# train.checkpoint's spec record and model check, and data-parallel training runs the
+# trainer on each worker
+SIDE: dict[str, str] = {}
 ANYWHERE = "kernels"
 TOP = "face"       # __init__, __main__ and the 0.1.0 shims: may import anything
 

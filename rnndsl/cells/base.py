@@ -31,6 +31,7 @@ from .seen import Seen
 
 DTYPES = (np.float32, np.float64)
 _NO_GRAD = threading.local()     # .on while a forward with grad=False runs (this thread)
+_TWIN_LOCK = threading.Lock()    # making a class's variable-length twin, once
 
 
 def check_seen(tape) -> None:
@@ -73,14 +74,35 @@ def _init_param(decl: Decl, shape: tuple[int, ...], rng: np.random.Generator, dt
     return initial_value(init.name, init.args, shape, rng, dtype)
 
 
+DIRECTIONS = ("forward", "reverse", "bidirectional")
+
+
 class Cell:
-    """A cell type bound to one spec; instantiate it with dims to get params."""
+    """A cell type bound to one spec; instantiate it with dims to get params.
+
+    `direction="reverse"` or `"bidirectional"` gives a cell run backwards in time, or
+    both ways (rnndsl.cells.directions.Directional: the same API)."""
 
     spec: CheckedCell
     step: StepGraph
     target = "abstract"
+    # rnndsl.cells.directions.Directional, set by rnndsl/cells/__init__.py (so that
+    # this module need not import the one that builds on it)
+    _directional: Any = None
 
-    def __init__(self, dtype=np.float32, seed: int | None = 0, **dims: int):
+    def __new__(cls, *args, direction: str = "forward", **kwargs):
+        if direction == "forward":
+            return super().__new__(cls)
+        if direction not in DIRECTIONS:
+            raise BindError(f"direction {direction!r} is not one of: "
+                            + ", ".join(DIRECTIONS))
+        if Cell._directional is None:
+            import importlib
+            importlib.import_module(__name__.rsplit(".", 1)[0])   # rnndsl.cells sets it
+        return Cell._directional(cls, direction, *args, **kwargs)
+
+    def __init__(self, dtype=np.float32, seed: int | None = 0, direction: str = "forward",
+                 **dims: int):
         spec = self.spec
         self.dtype = self._check_dtype(dtype)
         self.dims = self._check_dims(dims)
@@ -511,7 +533,9 @@ class Cell:
         """This cell's masked variant (compose.with_lengths), sharing its params."""
         cls = type(self)
         if "_lengths_cls" not in cls.__dict__:
-            cls._lengths_cls = cls._make_lengths_class()
+            with _TWIN_LOCK:     # two threads (a bidirectional cell's) may ask at once
+                if "_lengths_cls" not in cls.__dict__:
+                    cls._lengths_cls = cls._make_lengths_class()
         twin = getattr(self, "_twin_cell", None)
         if twin is None:
             twin = object.__new__(cls._lengths_cls)

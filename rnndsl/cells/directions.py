@@ -1,0 +1,251 @@
+"""A cell run backwards in time, or both ways: `Cell(..., direction="reverse" |
+"bidirectional")`.
+
+Input: a cell class, its dims, a direction. Output: an object with the Cell API
+(`params`, `forward`, `backward`, `dims`, `dtype`, `spec`) over one cell (reverse) or two
+(bidirectional), each a plain forward-in-time cell of the class.
+
+- A reverse pass runs each sequence backwards from its own last step: with `lengths`,
+  sequence b's steps 0 .. lengths[b]-1 are fed in the order lengths[b]-1 .. 0, and its
+  padding stays where it was (`reverse_in_lengths`, its own inverse). Its outputs are
+  put back in time order, so output t of either direction belongs to input t, and its
+  final state is the state after input 0, as torch.nn.LSTM's reverse direction gives.
+- A bidirectional cell holds two param sets: the spec's names for the forward direction
+  and the same names ending in `_reverse` for the other (torch's naming). Each output
+  is the two directions' outputs concatenated on the feature axis, forward first (a
+  per-step scalar output becomes (T, B, 2)); final states come back under both names
+  (`h`, `h_reverse`), and initial states are taken the same way.
+- The two directions of a compiled cell run at once, one on this thread and one on a
+  second (the kernels release the GIL), each held to one thread, as the cpu target's
+  row blocks are; other targets run them one after the other.
+- The reversal is done on the host, in NumPy; the cuda target, whose arrays may live
+  on the device, is refused (with the direction named) rather than copied back and forth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..core.errors import BindError, TargetError
+from .base import Cell, Grads, Run
+
+DIRECTIONS = ("forward", "reverse", "bidirectional")
+REVERSE = "_reverse"
+
+
+def reverse_index(T: int, B: int, lengths) -> np.ndarray:
+    """(T, B) step indices that reverse each sequence within its length (all T without
+    lengths) and leave its padding in place: index[t, b] = lengths[b] - 1 - t while t <
+    lengths[b], else t. Applying it twice gives the identity."""
+    t = np.arange(T)[:, None]
+    if lengths is None:
+        return np.broadcast_to(T - 1 - t, (T, B)).copy()
+    n = np.asarray(lengths, dtype=np.int64)[None, :]
+    return np.where(t < n, n - 1 - t, t)
+
+
+def reverse_in_lengths(a: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """A (T, B, ...) array with each sequence's steps taken in `index`'s order."""
+    cols = np.arange(a.shape[1])[None, :]
+    return np.ascontiguousarray(a[index, cols])
+
+
+@dataclass
+class DirectionalRun(Run):
+    """A directional forward: the combined outputs and states, and each direction's own
+    run (`runs`: (suffix, reversed, Run)) for its backward."""
+
+    runs: tuple = ()
+    index: Any = None          # reverse_index of the run (None without a reverse pass)
+
+
+class Directional:
+    """The Cell API over one reversed cell or a forward and a reversed one (see the
+    module docstring). Made by `CellClass(..., direction=...)`."""
+
+    def __init__(self, cls: type, direction: str, dtype=np.float32, seed: int | None = 0,
+                 **dims):
+        if getattr(cls, "target", "") == "cuda":
+            raise TargetError(f"direction={direction!r} runs on the host, in NumPy: use the "
+                              "cpu or interp target (the cuda target keeps its arrays on the "
+                              "device)")
+        self.direction = direction
+        self.cell_class = cls
+        self.spec = cls.spec
+        self.target = cls.target
+        runs = ((("", True),) if direction == "reverse"
+                else (("", False), (REVERSE, True)))
+        self.cells = []
+        self.params: dict[str, np.ndarray] = {}
+        for k, (suffix, reverse) in enumerate(runs):
+            cell = cls(dtype=dtype, seed=None if seed is None else seed + k, **dims)
+            self.cells.append((suffix, reverse, cell))
+            for name, value in cell.params.items():
+                self.params[name + suffix] = value
+        first = self.cells[0][2]
+        self.dtype, self.dims, self.seed = first.dtype, first.dims, seed
+        self.hidden_inputs = first.hidden_inputs
+
+    def __repr__(self) -> str:
+        dims = ", ".join(f"{k}={v}" for k, v in self.dims.items())
+        return f"<{self.spec.name}({dims}) direction={self.direction!r}, {self.target}>"
+
+    # ------------------------------------------------------------------ forward
+    def _bound(self, suffix: str, cell: Cell) -> Cell:
+        """The direction's cell, reading this object's params (which may have been
+        replaced: cell.params['W_reverse'] = new)."""
+        cell.params = {d.name: self.params[d.name + suffix] for d in self.spec.params}
+        return cell
+
+    def _reversed_inputs(self, x, index):
+        """x with every per-step sequence reversed within its length; `input once`
+        arrays (B, size) and hidden inputs are left alone."""
+        def flip(value, once: bool):
+            a = np.asarray(value)
+            return a if once or a.ndim < 2 else reverse_in_lengths(a, index)
+        once = {d.name for d in self.spec.inputs if d.once}
+        if isinstance(x, Mapping):
+            return {k: flip(v, k in once) for k, v in x.items()}
+        user = [d for d in self.spec.inputs if d.name not in self.hidden_inputs]
+        return flip(x, bool(user) and user[0].once)
+
+    def _split_state(self, state, suffix: str):
+        if state is None:
+            return None
+        if not isinstance(state, Mapping):
+            raise BindError("state must be a dict keyed by state name, got "
+                            f"{type(state).__name__}")
+        names = {d.name for d in self.spec.states}
+        known = {n + s for n in names for s, _, _ in self.cells}
+        unknown = sorted(set(state) - known)
+        if unknown:
+            raise BindError(f"{self.spec.name} ({self.direction}) has no state "
+                            f"{', '.join(unknown)}; its states are {', '.join(sorted(known))}")
+        return {n: state[n + suffix] for n in names if n + suffix in state}
+
+    def _T_B(self, x, steps) -> tuple[int, int]:
+        first = next(iter(x.values())) if isinstance(x, Mapping) else x
+        a = np.asarray(first)
+        once = [d for d in self.spec.inputs if d.once]
+        if steps is not None and once:
+            return int(steps), a.shape[0]
+        if a.ndim < 2:
+            raise BindError(f"input must be (T, B, ...), got shape {a.shape}")
+        return a.shape[0], a.shape[1]
+
+    def forward(self, x, state=None, *, lengths=None, dropout=None, steps=None,
+                grad: bool = True) -> DirectionalRun:
+        """Cell.forward for each direction (module docstring): a reverse pass sees each
+        sequence backwards within its own length."""
+        T, B = self._T_B(x, steps)
+        if lengths is not None:
+            from .modes import check_lengths
+            lengths = check_lengths(lengths, T, B)
+        index = reverse_index(T, B, lengths)
+        calls = []
+        for k, (suffix, reverse, cell) in enumerate(self.cells):
+            cell = self._bound(suffix, cell)
+            xs = self._reversed_inputs(x, index) if reverse else x
+            drop = dropout
+            if k and isinstance(dropout, np.random.Generator):   # its own: threads
+                drop = np.random.default_rng(dropout.integers(2 ** 63))
+            elif k and isinstance(dropout, (int, np.integer)) and not isinstance(dropout, bool):
+                drop = dropout + k
+            calls.append((cell, xs, self._split_state(state, suffix), drop))
+        runs = _run_all([lambda c=c: c[0].forward(c[1], c[2], lengths=lengths, dropout=c[3],
+                                                  steps=steps, grad=grad)
+                         for c in calls], self.target)
+        outputs, finals = {}, {}
+        parts: dict[str, list[np.ndarray]] = {}
+        for (suffix, reverse, _), run in zip(self.cells, runs):
+            for name, y in run.outputs.items():
+                if reverse and not _is_final(self.spec, name):
+                    y = reverse_in_lengths(y, index)
+                parts.setdefault(name, []).append(y)
+            for name, s in run.state.items():
+                finals[name + suffix] = s
+        for name, ys in parts.items():
+            outputs[name] = ys[0] if len(ys) == 1 else _joined(ys, _is_scalar(ys[0], T, B))
+        return DirectionalRun(outputs, finals, runs[0].T, runs[0].B,
+                              runs=tuple((s, r, run) for (s, r, _), run in
+                                         zip(self.cells, runs)), index=index)
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, run: DirectionalRun, d_outputs=None, d_state=None,
+                 input_grads: bool = True) -> Grads:
+        """Cell.backward for each direction: the cotangent of a concatenated output is
+        split between them (and reversed for the reverse pass), and their input
+        gradients are added, each in time order."""
+        if not isinstance(run, DirectionalRun) or len(run.runs) != len(self.cells):
+            raise BindError(f"backward takes the Run that this {self.direction} cell's "
+                            "forward returned")
+        d_outputs = dict(d_outputs or {})
+        unknown = sorted(set(d_outputs) - set(run.outputs))
+        if unknown:
+            raise BindError(f"{self.spec.name} has no output {', '.join(unknown)}; its "
+                            f"outputs are {', '.join(run.outputs)}")
+        T, B = run.T, run.B
+        widths = {name: [r.outputs[name].shape[-1] if not _is_scalar(r.outputs[name], T, B)
+                         else 1 for _, _, r in run.runs] for name in run.outputs}
+        calls = []
+        for k, ((suffix, reverse, cell), (_, _, inner)) in enumerate(zip(self.cells,
+                                                                         run.runs)):
+            mine = {}
+            for name, g in d_outputs.items():
+                g = np.asarray(g, dtype=self.dtype)
+                if len(self.cells) > 1:
+                    scalar = _is_scalar(inner.outputs[name], T, B)
+                    at = sum(widths[name][:k])
+                    g = g[..., k] if scalar else g[..., at:at + widths[name][k]]
+                if reverse and not _is_final(self.spec, name):
+                    g = reverse_in_lengths(g, run.index)
+                mine[name] = np.ascontiguousarray(g)
+            states = self._split_state(d_state, suffix)
+            calls.append((self._bound(suffix, cell), inner, mine, states))
+        grads = _run_all([lambda c=c: c[0].backward(c[1], c[2], c[3], input_grads=input_grads)
+                          for c in calls], self.target)
+        params, inputs, state = {}, {}, {}
+        for (suffix, reverse, _), g in zip(self.cells, grads):
+            params.update({n + suffix: v for n, v in g.params.items()})
+            state.update({n + suffix: v for n, v in g.state.items()})
+            for name, v in g.inputs.items():
+                if reverse and v.ndim >= 2 and v.shape[:2] == (T, B):
+                    v = reverse_in_lengths(v, run.index)
+                inputs[name] = v if name not in inputs else inputs[name] + v
+        return Grads(params, inputs, state)
+
+
+def _is_final(spec, name: str) -> bool:
+    return any(o.name == name and o.final for o in spec.outputs)
+
+
+def _is_scalar(y: np.ndarray, T: int, B: int) -> bool:
+    """A per-step scalar output comes back as (T, B); a final scalar one as (B,)."""
+    return y.shape in ((T, B), (B,))
+
+
+def _joined(ys: list[np.ndarray], scalar: bool) -> np.ndarray:
+    return np.stack(ys, axis=-1) if scalar else np.concatenate(ys, axis=-1)
+
+
+def _run_all(calls: list, target: str) -> list:
+    """Each call's result; a compiled cell's two calls at once, on this thread and a
+    second one, each held to one kernel thread (as cells.compiled's row blocks are)."""
+    if len(calls) == 1 or target != "cpu":
+        return [c() for c in calls]
+    from ..kernels.blas import kernel_threads, numba_threads
+    from .compiled import _block_pool
+
+    def alone(call):
+        with numba_threads(1):
+            return call()
+    with kernel_threads(1), numba_threads(1):
+        pending = [_block_pool().submit(alone, c) for c in calls[1:]]
+        try:
+            first = calls[0]()
+        finally:
+            rest = [p.result() for p in pending]
+    return [first] + rest

@@ -1,0 +1,140 @@
+"""Cells run backwards in time and both ways (rnndsl/cells/directions.py): a reverse pass
+is the plain cell over each sequence reversed within its own length, a bidirectional one
+is both, concatenated forward first; their gradients are checked against finite
+differences, and the compiled cpu cell against the interpreter."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rnndsl
+from rnndsl.cells.directions import Directional, reverse_index, reverse_in_lengths
+from rnndsl.core.errors import BindError, TargetError
+
+SPECS = Path(__file__).resolve().parents[2] / "specs"
+T, B, I, H = 5, 3, 2, 3
+LENGTHS = [5, 2, 3]
+
+
+def _x(seed=0):
+    return np.random.default_rng(seed).standard_normal((T, B, I))
+
+
+def _plain(target="interp", seed=0):
+    return rnndsl.load(SPECS / "lstm.rnn", target=target)(dtype=np.float64, seed=seed,
+                                                          I=I, H=H)
+
+
+def test_reverse_index_reverses_within_each_length_and_is_its_own_inverse():
+    idx = reverse_index(4, 3, [4, 2, 0])
+    assert idx[:, 0].tolist() == [3, 2, 1, 0]
+    assert idx[:, 1].tolist() == [1, 0, 2, 3]       # padding stays in place
+    assert idx[:, 2].tolist() == [0, 1, 2, 3]
+    a = np.arange(12.0).reshape(4, 3)[..., None]
+    assert np.array_equal(reverse_in_lengths(reverse_in_lengths(a, idx), idx), a)
+
+
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
+def test_reverse_is_the_cell_over_each_sequence_backwards(lengths):
+    Cls = rnndsl.load(SPECS / "lstm.rnn", target="interp")
+    rev = Cls(dtype=np.float64, seed=0, direction="reverse", I=I, H=H)
+    assert isinstance(rev, Directional) and sorted(rev.params) == sorted(_plain().params)
+    x = _x()
+    run = rev.forward(x, lengths=lengths)
+    plain = _plain()
+    for b in range(B):
+        n = T if lengths is None else lengths[b]
+        alone = plain.forward(x[:n, b:b + 1][::-1].copy())
+        np.testing.assert_allclose(run.outputs["h"][:n, b], alone.outputs["h"][::-1, 0],
+                                   rtol=1e-12)
+        assert np.all(run.outputs["h"][n:, b] == 0)
+        np.testing.assert_allclose(run.state["c"][b], alone.state["c"][0], rtol=1e-12)
+
+
+def test_bidirectional_concatenates_forward_then_reverse_with_two_param_sets():
+    Cls = rnndsl.load(SPECS / "lstm.rnn", target="interp")
+    bi = Cls(dtype=np.float64, seed=0, direction="bidirectional", I=I, H=H)
+    assert "W_i" in bi.params and "W_i_reverse" in bi.params
+    assert not np.array_equal(bi.params["W_i"], bi.params["W_i_reverse"])
+    x = _x()
+    h0 = {"h": np.full((B, H), 0.1), "h_reverse": np.full((B, H), -0.2)}
+    run = bi.forward(x, h0, lengths=LENGTHS)
+    assert run.outputs["h"].shape == (T, B, 2 * H)
+    assert sorted(run.state) == ["c", "c_reverse", "h", "h_reverse"]
+    fwd = _plain(seed=0).forward(x, {"h": h0["h"]}, lengths=LENGTHS)
+    np.testing.assert_allclose(run.outputs["h"][..., :H], fwd.outputs["h"], rtol=1e-12)
+    rev = Cls(dtype=np.float64, seed=1, direction="reverse", I=I, H=H)
+    back = rev.forward(x, {"h": h0["h_reverse"]}, lengths=LENGTHS)
+    np.testing.assert_allclose(run.outputs["h"][..., H:], back.outputs["h"], rtol=1e-12)
+    np.testing.assert_allclose(run.state["h_reverse"], back.state["h"], rtol=1e-12)
+
+
+def _loss_and_grads(cell, x, dY, dS, lengths):
+    run = cell.forward(x, lengths=lengths)
+    loss = float(np.sum(run.outputs["h"] * dY) + sum(np.sum(run.state[k] * v)
+                                                     for k, v in dS.items()))
+    return loss, cell.backward(run, {"h": dY}, dS)
+
+
+def test_bidirectional_gradients_match_finite_differences():
+    Cls = rnndsl.load(SPECS / "lstm.rnn", target="interp")
+    bi = Cls(dtype=np.float64, seed=3, direction="bidirectional", I=I, H=H)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((T, B, I))
+    dY = rng.standard_normal((T, B, 2 * H))
+    dS = {"c": rng.standard_normal((B, H)), "h_reverse": rng.standard_normal((B, H))}
+    _, g = _loss_and_grads(bi, x, dY, dS, LENGTHS)
+    assert sorted(g.params) == sorted(bi.params)
+    def slope(array, where, eps=1e-6):
+        """d loss / d array[where] by central differences."""
+        old = array[where]
+        array[where] = old + eps
+        up, _ = _loss_and_grads(bi, x, dY, dS, LENGTHS)
+        array[where] = old - eps
+        down, _ = _loss_and_grads(bi, x, dY, dS, LENGTHS)
+        array[where] = old
+        return (up - down) / (2 * eps)
+
+    for name, where in (("U_f", (1, 2)), ("W_g_reverse", (0, 1)), ("b_o_reverse", (2,))):
+        assert abs(slope(bi.params[name], where) - g.params[name][where]) < 1e-6, name
+    for where in ((0, 0, 1), (1, 1, 0), (4, 1, 1)):     # (4, 1): padding: no gradient
+        assert abs(slope(x, where) - g.inputs["x"][where]) < 1e-6, where
+
+
+def test_the_compiled_bidirectional_cell_is_the_interpreters():
+    """cpu: the two directions run at once on two threads; the same numbers."""
+    x = _x(5)
+    dY = np.random.default_rng(6).standard_normal((T, B, 2 * H))
+    out = {}
+    for target in ("interp", "cpu"):
+        Cls = rnndsl.load(SPECS / "lstm.rnn", target=target)
+        bi = Cls(dtype=np.float64, seed=2, direction="bidirectional", I=I, H=H)
+        run = bi.forward(x, lengths=LENGTHS)
+        out[target] = (run, bi.backward(run, {"h": dY}))
+    (ri, gi), (rc, gc) = out["interp"], out["cpu"]
+    np.testing.assert_allclose(rc.outputs["h"], ri.outputs["h"], rtol=1e-10, atol=1e-12)
+    for k in gi.params:
+        np.testing.assert_allclose(gc.params[k], gi.params[k], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gc.inputs["x"], gi.inputs["x"], rtol=1e-9, atol=1e-12)
+
+
+def test_directions_are_checked():
+    Cls = rnndsl.load(SPECS / "lstm.rnn", target="interp")
+    with pytest.raises(BindError, match="direction 'sideways' is not one of"):
+        Cls(I=I, H=H, direction="sideways")
+    bi = Cls(I=I, H=H, direction="bidirectional")
+    with pytest.raises(BindError, match="has no state q"):
+        bi.forward(_x().astype(np.float32), {"q": np.zeros((B, H))})
+    assert type(Cls(I=I, H=H, direction="forward")) is Cls
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None,
+                    reason="numba-cuda is not installed")
+def test_the_cuda_target_refuses_a_host_side_direction():
+    Cls = rnndsl.load(SPECS / "elman_relu.rnn", target="cuda")
+    with pytest.raises(TargetError, match="runs on the host"):
+        Cls(I=I, H=H, direction="reverse")
