@@ -1,12 +1,15 @@
-"""ONNX export of rnndsl cells (the optional extra `pip install 'rnndsl[onnx]'`).
+"""ONNX export and import of rnndsl cells (the optional extra `pip install 'rnndsl[onnx]'`).
 
     import rnndsl, rnndsl.onnx
     cell = rnndsl.load("specs/lstm.rnn", target="interp")(I=8, H=16, seed=0)
     rnndsl.onnx.export(cell, "lstm.onnx")        # one ONNX LSTM node; a custom cell: a Scan
+    session = rnndsl.onnx.InferenceSession("lstm.onnx")   # back: run as onnxruntime would
+    session.cells                                # the spec text of each cell it built
 
-The code is in rnndsl/interop/ (onnx_export.py, onnx_match.py, onnx_operator.py,
-onnx_nodes.py); docs/onnx.md says what each cell becomes. This face only re-exports
-it, so that `import rnndsl` never imports onnx.
+The code is in rnndsl/interop/ (export: onnx_export.py, onnx_match.py, onnx_operator.py,
+onnx_nodes.py; import: onnx_import.py, onnx_cells.py, onnx_glue.py); docs/onnx.md says
+what each cell becomes and what each model runs as. This face only re-exports it, so
+that `import rnndsl` never imports onnx.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ except ImportError as exc:          # say what to install, not just what is miss
                       "pip install 'rnndsl[onnx]'") from exc
 
 from .interop.onnx_export import ExportError, export, exported_as, to_model
+from .interop.onnx_import import InferenceSession, NodeArg
+from .interop.onnx_cells import OnnxImportError
 from .interop.onnx_match import TEMPLATES, match_operator
 
-__all__ = ["export", "to_model", "exported_as", "ExportError", "match_operator", "TEMPLATES"]
+__all__ = ["export", "to_model", "exported_as", "ExportError", "match_operator", "TEMPLATES",
+           "InferenceSession", "NodeArg", "OnnxImportError"]

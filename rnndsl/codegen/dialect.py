@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..core.version import __version__
 from ..lang import printer
 from ..kernels.tile_sizes import MR, NR
-from ..core.ops import HARD_SIGMOID_SLOPE, LEAVES, Op
+from ..core.ops import LEAVES, Op, hard_sigmoid_coefficients
 from ..schedule.explain import explain_lines
 from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan, passes_for
 from .printer_py import Printer, safe_comment, safe_docstring
@@ -160,7 +160,8 @@ def _elementwise_expr(op: Op, a: list[str], attrs: tuple, k) -> str:
     if op == Op.SOFTPLUS:
         return f"softplus({a[0]}, {k(0.0)}, {k(1.0)})"
     if op == Op.HARD_SIGMOID:
-        return f"min(max({a[0]} * {k(HARD_SIGMOID_SLOPE)} + {k(0.5)}, {k(0.0)}), {k(1.0)})"
+        alpha, beta = hard_sigmoid_coefficients(attrs)
+        return f"min(max({a[0]} * {k(alpha)} + {k(beta)}, {k(0.0)}), {k(1.0)})"
     if op == Op.ABS:
         return f"abs({a[0]})"
     if op == Op.GT:

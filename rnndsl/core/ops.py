@@ -58,13 +58,16 @@ class Op(enum.Enum):
     EXPAND = "expand"        # (dim,): a scalar repeated over dim features
     PAD = "pad"              # (start, total): a vector placed at start in zeros of total
     BATCH = "batch"          # an unbatched value repeated over the batch
-    GT = "gt"                # 1 where a > b, else 0
+    # a comparison: surface `greater(a, b)`, also made by adjoint graphs (relu's, max's)
+    GT = "gt"                # 1 where a > b, else 0; no gradient
     SIGN = "sign"
 
 
 LEAVES = frozenset({Op.INPUT, Op.STATE, Op.PARAM, Op.CONST, Op.DIM, Op.SEED})
 INTERNAL = frozenset({Op.MATVEC_T, Op.OUTER, Op.UNBROADCAST, Op.EXPAND, Op.PAD, Op.BATCH,
-                      Op.GT, Op.SIGN})
+                      Op.SIGN})
+# Primitives whose value is piecewise constant: their VJP rules are None (no gradient).
+COMPARISONS = frozenset({Op.GT})
 PRIMITIVES = frozenset(Op) - LEAVES - INTERNAL
 
 # Surface function names: name -> (op, arity); None arity means one or more.
@@ -72,7 +75,7 @@ FUNCTIONS: dict[str, tuple[Op, int | None]] = {
     "tanh": (Op.TANH, 1), "sigmoid": (Op.SIGMOID, 1), "relu": (Op.RELU, 1),
     "exp": (Op.EXP, 1), "log": (Op.LOG, 1), "sqrt": (Op.SQRT, 1),
     "softplus": (Op.SOFTPLUS, 1), "hard_sigmoid": (Op.HARD_SIGMOID, 1), "abs": (Op.ABS, 1),
-    "min": (Op.MIN, 2), "max": (Op.MAX, 2),
+    "min": (Op.MIN, 2), "max": (Op.MAX, 2), "greater": (Op.GT, 2),
     "softmax": (Op.SOFTMAX, 1), "log_softmax": (Op.LOG_SOFTMAX, 1),
     "sum": (Op.SUM, 1), "mean": (Op.MEAN, 1), "concat": (Op.CONCAT, None),
 }
@@ -81,6 +84,23 @@ BINARY_OPS: dict[str, Op] = {"+": Op.ADD, "-": Op.SUB, "*": Op.MUL, "/": Op.DIV,
 
 # hard_sigmoid(x) = clip(HARD_SIGMOID_SLOPE * x + 0.5, 0, 1), as in ONNX and Keras.
 HARD_SIGMOID_SLOPE = 0.2
+
+# Functions that also take trailing constant numbers, which become the node's attrs:
+# hard_sigmoid(a, alpha, beta) = clip(alpha * a + beta, 0, 1) (ONNX's HardSigmoid).
+CONSTANT_ARGS: dict[str, tuple[str, ...]] = {"hard_sigmoid": ("alpha", "beta")}
+_CONSTANT_DEFAULTS: dict[str, tuple[float, ...]] = {"hard_sigmoid": (HARD_SIGMOID_SLOPE, 0.5)}
+
+
+def constant_attrs(fn: str, values) -> tuple:
+    """The attrs of a call's constants: () where they are the defaults, so that
+    `hard_sigmoid(x, 0.2, 0.5)` and `hard_sigmoid(x)` are one node."""
+    values = tuple(float(v) for v in values)
+    return () if values == _CONSTANT_DEFAULTS[fn] else values
+
+
+def hard_sigmoid_coefficients(attrs: tuple) -> tuple[float, float]:
+    """(alpha, beta) of a HARD_SIGMOID node: its attrs, or the defaults."""
+    return tuple(attrs) if attrs else _CONSTANT_DEFAULTS["hard_sigmoid"]
 
 
 class ShapeMismatch(Exception):

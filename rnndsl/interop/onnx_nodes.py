@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from ..core.errors import Diagnostic, SpecError
-from ..core.ops import HARD_SIGMOID_SLOPE, LEAVES, Op
+from ..core.ops import LEAVES, Op, hard_sigmoid_coefficients
 from ..ir.graph import StepGraph
 
 OPSET = 18            # ReduceMean takes its axes as an input from 18 on
@@ -212,6 +212,11 @@ def _pad(e, step, nid, args):
                           e.ints([-1])])
 
 
+def _hard_sigmoid(e, step, nid, args):
+    alpha, beta = hard_sigmoid_coefficients(step.graph[nid].attrs)
+    return e.b.op("HardSigmoid", args, alpha=alpha, beta=beta)
+
+
 def _gt(e, step, nid, args):
     return e.b.op("Cast", [e.b.op("Greater", args)], to=elem_type(e.dtype))
 
@@ -224,7 +229,7 @@ ONNX_RULES: dict[Op, Rule] = {
     Op.TANH: _unary("Tanh"), Op.SIGMOID: _unary("Sigmoid"), Op.RELU: _unary("Relu"),
     Op.EXP: _unary("Exp"), Op.LOG: _unary("Log"), Op.SQRT: _unary("Sqrt"),
     Op.SOFTPLUS: _unary("Softplus"), Op.ABS: _unary("Abs"), Op.SIGN: _unary("Sign"),
-    Op.HARD_SIGMOID: _unary("HardSigmoid", alpha=HARD_SIGMOID_SLOPE, beta=0.5),
+    Op.HARD_SIGMOID: _hard_sigmoid,
     Op.SOFTMAX: _unary("Softmax", axis=-1), Op.LOG_SOFTMAX: _unary("LogSoftmax", axis=-1),
     Op.SUM: _reduce("ReduceSum"), Op.MEAN: _reduce("ReduceMean"),
     Op.CONCAT: _concat, Op.SLICE: _slice, Op.MATVEC: _matvec,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from .graph import Graph, StepGraph, Unrolled
-from ..core.ops import HARD_SIGMOID_SLOPE, LEAVES, Op
+from ..core.ops import LEAVES, Op, hard_sigmoid_coefficients
 from ..core.shapes import Dim, Type
 
 Rule = Optional[Callable[[Graph, int, int], int]]
@@ -50,6 +50,18 @@ def _sub(G, a, b):
 
 def _div(G, a, b):
     return G.add(Op.DIV, (a, b))
+
+
+def _hard_sigmoid_rule(G, nid, g):
+    """alpha where 0 < alpha * x + beta < 1 (strictly: 0 at the kinks), else 0; written
+    on x's bounds, so the default's are -2.5 < x < 2.5."""
+    alpha, beta = hard_sigmoid_coefficients(G[nid].attrs)
+    x = _arg(G, nid, 0)
+    if alpha == 0:
+        return _mul(G, g, G.const(0.0))
+    lo, hi = sorted((-beta / alpha, (1.0 - beta) / alpha))
+    inside = _mul(G, G.add(Op.GT, (x, G.const(lo))), G.add(Op.GT, (G.const(hi), x)))
+    return _mul(G, g, _mul(G, G.const(alpha), inside))
 
 
 def _pow_rule(G, nid, g):
@@ -121,9 +133,7 @@ VJP_RULES: dict[Op, tuple[Rule, ...]] = {
     Op.LOG: (lambda G, n, g: _div(G, g, _arg(G, n, 0)),),
     Op.SQRT: (lambda G, n, g: _div(G, g, _mul(G, G.const(2.0), n)),),
     Op.SOFTPLUS: (lambda G, n, g: _mul(G, g, G.add(Op.SIGMOID, (_arg(G, n, 0),))),),
-    Op.HARD_SIGMOID: (lambda G, n, g: _mul(G, g, _mul(G, G.const(HARD_SIGMOID_SLOPE), _mul(
-        G, G.add(Op.GT, (_arg(G, n, 0), G.const(-0.5 / HARD_SIGMOID_SLOPE))),
-        G.add(Op.GT, (G.const(0.5 / HARD_SIGMOID_SLOPE), _arg(G, n, 0)))))),),
+    Op.HARD_SIGMOID: (_hard_sigmoid_rule,),
     Op.ABS: (lambda G, n, g: _mul(G, g, G.add(Op.SIGN, (_arg(G, n, 0),))),),
     Op.SOFTMAX: (_softmax,),
     Op.LOG_SOFTMAX: (_log_softmax,),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ..lang import ast
 from ..core.errors import CheckError, Diagnostic
 from ..lang.checked import CheckedCell
-from ..core.ops import BINARY_OPS, FUNCTIONS, LEAVES, Op, infer
+from ..core.ops import BINARY_OPS, CONSTANT_ARGS, FUNCTIONS, LEAVES, Op, constant_attrs, infer
 from ..core.shapes import Dim, Type
 
 
@@ -203,7 +203,10 @@ def lower(cell: CheckedCell, cse: bool = True, simplify: bool = False) -> StepGr
         if isinstance(expr, ast.Pow):
             return g.add(Op.POW, (emit(expr.base),), (_exponent(expr.exponent),))
         if isinstance(expr, ast.Call):
-            op, _ = FUNCTIONS[expr.fn]
+            op, arity = FUNCTIONS[expr.fn]
+            if expr.fn in CONSTANT_ARGS and len(expr.args) > arity:
+                attrs = constant_attrs(expr.fn, [_exponent(a) for a in expr.args[arity:]])
+                return g.add(op, tuple(emit(a) for a in expr.args[:arity]), attrs)
             return g.add(op, tuple(emit(a) for a in expr.args))
         if isinstance(expr, ast.Slice):
             base = emit(expr.operand)
@@ -268,7 +271,7 @@ def _exponent(expr: ast.Expr) -> float:
     sign = 1.0
     while isinstance(expr, ast.Neg):
         sign, expr = -sign, expr.operand
-    assert isinstance(expr, ast.Number), "the checker admits only constant exponents"
+    assert isinstance(expr, ast.Number), "the checker admits only constant numbers here"
     return sign * expr.value
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .graph import Graph
-from ..core.ops import HARD_SIGMOID_SLOPE, LEAVES, Op
+from ..core.ops import LEAVES, Op, hard_sigmoid_coefficients
 from ..core.shapes import Type
 
 
@@ -110,8 +110,9 @@ def _typed(fn):
     return rule
 
 
-def _hard_sigmoid(x):
-    return np.clip(x * HARD_SIGMOID_SLOPE + 0.5, 0, 1)
+def _hard_sigmoid(args, attrs, ctx):
+    alpha, beta = hard_sigmoid_coefficients(attrs)
+    return np.asarray(np.clip(args[0] * alpha + beta, 0, 1), dtype=ctx.dtype)
 
 
 InterpRule = Callable[[list, tuple, Context], np.ndarray]
@@ -127,7 +128,7 @@ INTERP_RULES: dict[Op, InterpRule] = {
     Op.RELU: _typed(lambda x: np.maximum(x, 0)), Op.EXP: _typed(np.exp),
     Op.LOG: _typed(np.log), Op.SQRT: _typed(np.sqrt),
     Op.SOFTPLUS: _typed(lambda x: np.logaddexp(0, x)),
-    Op.HARD_SIGMOID: _typed(_hard_sigmoid), Op.ABS: _typed(np.abs),
+    Op.HARD_SIGMOID: _hard_sigmoid, Op.ABS: _typed(np.abs),
     Op.SOFTMAX: _typed(_softmax), Op.LOG_SOFTMAX: _typed(_log_softmax),
     Op.SUM: _reduce(np.sum), Op.MEAN: _reduce(np.mean),
     Op.CONCAT: _concat, Op.SLICE: _slice,

@@ -25,7 +25,7 @@ from .checked import provably as _provably
 from .checked import suggest as _suggest
 from .compose import Inlined
 from ..core.errors import CheckError, Diagnostic, Source, Span, Warnings, shorten
-from ..core.ops import BINARY_OPS, FUNCTIONS, Op, ShapeMismatch, infer
+from ..core.ops import BINARY_OPS, CONSTANT_ARGS, FUNCTIONS, Op, ShapeMismatch, infer
 from ..core.shapes import Dim, Type, shape_str
 
 __all__ = ["check", "CheckedCell", "Constraint", "Decl", "Definition", "OutputRef",
@@ -409,18 +409,8 @@ class _Checker(LayerChecks):
         raise _Poison
 
     def exponent(self, expr: ast.Pow) -> float:
-        e = expr.exponent
-        sign = 1.0
-        while isinstance(e, ast.Neg):
-            sign, e = -sign, e.operand
-        if not isinstance(e, ast.Number):
-            self.error("the exponent of ** must be a constant number", expr.exponent.span,
-                       "for a variable exponent write exp(b * log(a))")
-            raise _Poison
-        if not math.isfinite(e.value):
-            self.error(f"the number {self.text(e.span)} is too large for a float", e.span)
-            raise _Poison
-        return sign * e.value
+        return self.constant(expr.exponent, "the exponent of **",
+                             "for a variable exponent write exp(b * log(a))")
 
     def call(self, expr: ast.Call) -> Type:
         if expr.fn not in FUNCTIONS:
@@ -432,15 +422,38 @@ class _Checker(LayerChecks):
                            "functions: " + ", ".join(sorted(FUNCTIONS)))
             raise _Poison
         op, arity = FUNCTIONS[expr.fn]
-        if arity is not None and len(expr.args) != arity:
-            self.error(f"{expr.fn} takes {arity} argument{'s' if arity > 1 else ''}, "
+        constants = CONSTANT_ARGS.get(expr.fn, ())
+        args = expr.args
+        if constants and len(args) == arity + len(constants):
+            for arg, what in zip(args[arity:], constants):
+                self.constant(arg, f"the {what} of {expr.fn}")
+            args = args[:arity]
+        elif arity is not None and len(expr.args) != arity:
+            also = (f" (or {arity + len(constants)}, with the constants "
+                    f"{', '.join(constants)})" if constants else "")
+            self.error(f"{expr.fn} takes {arity} argument{'s' if arity > 1 else ''}{also}, "
                        f"got {len(expr.args)}", expr.span)
             raise _Poison
         if arity is None and not expr.args:
             self.error(f"{expr.fn} needs at least one argument", expr.span)
             raise _Poison
-        types = self.infer_all(expr.args)
-        return self.apply(op, types, (), expr, operands=list(expr.args), symbol=expr.fn)
+        types = self.infer_all(args)
+        return self.apply(op, types, (), expr, operands=list(args), symbol=expr.fn)
+
+    def constant(self, expr: ast.Expr, what: str,
+                 hint: str = "write the number itself, e.g. hard_sigmoid(x, 0.2, 0.5)"
+                 ) -> float:
+        """A constant number (possibly negated): an exponent, hard_sigmoid's alpha."""
+        e, sign = expr, 1.0
+        while isinstance(e, ast.Neg):
+            sign, e = -sign, e.operand
+        if not isinstance(e, ast.Number):
+            self.error(f"{what} must be a constant number", expr.span, hint)
+            raise _Poison
+        if not math.isfinite(e.value):
+            self.error(f"the number {self.text(e.span)} is too large for a float", e.span)
+            raise _Poison
+        return sign * e.value
 
     def slice(self, expr: ast.Slice) -> Type:
         base = self.infer(expr.operand)

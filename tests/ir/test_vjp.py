@@ -182,6 +182,15 @@ CASES: list[Case] = [
     unary(Op.SQRT, uniform(0.01, 0.1), tag="_near_zero"), unary(Op.SOFTPLUS),
     unary(Op.SOFTPLUS, uniform(-30.0, 30.0), tag="_wide"),
     unary(Op.HARD_SIGMOID, away((-2.5, 2.5), lo=-4.0, hi=4.0)),
+    # hard_sigmoid(x, alpha, beta): kinks where alpha * x + beta is 0 or 1
+    Case("hard_sigmoid_0.5_-0.25", (vec("x", domain=away((0.5, 2.5), lo=-1.0, hi=3.5)),),
+         lambda G, x: G.add(Op.HARD_SIGMOID, (x,), (0.5, -0.25))),
+    Case("hard_sigmoid_-0.4_0.3", (vec("x", domain=away((0.75, -1.75), lo=-3.0, hi=2.0)),),
+         lambda G, x: G.add(Op.HARD_SIGMOID, (x,), (-0.4, 0.3))),
+    # greater selects: x * greater(x, p) (ONNX's ThresholdedRelu) is x above p, else 0;
+    # greater itself passes no gradient, so the product's rule alone must be right
+    Case("select_by_greater", (vec("x", domain=away((0.1,))),),
+         lambda G, x: G.add(Op.MUL, (x, G.add(Op.GT, (x, const(G, 0.1)))))),
     unary(Op.ABS, away((0.0,))),
     unary(Op.TANH, leaf=pvec), unary(Op.EXP, leaf=bscalar),
     # constant powers
@@ -310,7 +319,8 @@ def test_every_op_with_a_vjp_has_a_case():
         covered |= {G[n].op for n in G.needed([y])}
     differentiable = {op for op, rules in VJP_RULES.items()
                       if op not in ops.LEAVES and (op == Op.CONCAT or any(rules))}
-    assert ops.PRIMITIVES <= differentiable
+    assert ops.PRIMITIVES - ops.COMPARISONS <= differentiable
+    assert all(VJP_RULES[op] == (None,) * len(VJP_RULES[op]) for op in ops.COMPARISONS)
     missing = differentiable - covered
     assert not missing, f"no gradient case for {sorted(op.value for op in missing)}"
 

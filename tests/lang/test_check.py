@@ -109,8 +109,8 @@ def test_unknown_function_lists_the_functions():
     d = error(cell(*DECLS, "h' = b + zzzzzz(b)"))
     assert d.message == "unknown function 'zzzzzz'"
     assert at(d) == (7, 12)
-    assert d.hint == ("functions: abs, concat, exp, hard_sigmoid, log, log_softmax, max, "
-                      "mean, min, relu, sigmoid, softmax, softplus, sqrt, sum, tanh")
+    assert d.hint == ("functions: abs, concat, exp, greater, hard_sigmoid, log, log_softmax, "
+                      "max, mean, min, relu, sigmoid, softmax, softplus, sqrt, sum, tanh")
 
 
 def test_a_value_called_as_a_function():
@@ -124,11 +124,34 @@ def test_a_value_called_as_a_function():
     ("tanh(b, b)", "tanh takes 1 argument, got 2"),
     ("sum()", "sum takes 1 argument, got 0"),
     ("concat()", "concat needs at least one argument"),
+    ("hard_sigmoid(b, 0.5)",
+     "hard_sigmoid takes 1 argument (or 3, with the constants alpha, beta), got 2"),
+    ("greater(b)", "greater takes 2 arguments, got 1"),
 ])
 def test_wrong_arity(call, message):
     d = error(cell(*DECLS, f"h' = b + {call}"))
     assert d.message == message
     assert at(d) == (7, 12)
+
+
+@pytest.mark.parametrize("call, column, message", [
+    ("hard_sigmoid(b, b, 0.5)", 28, "the alpha of hard_sigmoid must be a constant number"),
+    ("hard_sigmoid(b, 0.2, sum(b))", 33, "the beta of hard_sigmoid must be a constant number"),
+])
+def test_hard_sigmoids_constants_must_be_numbers(call, column, message):
+    d = error(cell(*DECLS, f"h' = b + {call}"))
+    assert d.message == message
+    assert at(d) == (7, column)
+
+
+def test_hard_sigmoid_with_its_default_constants_is_hard_sigmoid():
+    from rnndsl.core.ops import Op
+    from rnndsl.ir.graph import lower
+    text = cell(*DECLS, "h' = hard_sigmoid(b, 0.2, 0.5) + hard_sigmoid(b)"
+                        " + hard_sigmoid(b, 1, -0.5)")
+    G = lower(read_spec("<t>", text=text).pick()).graph
+    found = sorted(n.attrs for n in G.nodes if n.op == Op.HARD_SIGMOID)
+    assert found == [(), (1.0, -0.5)]
 
 
 # ----------------------------------------------------------------------------- declarations
