@@ -37,8 +37,8 @@ from pathlib import Path
 from ..core.errors import RnnError, SpecError
 from . import args as cli_args
 from .args import UsageError
-from .train import (TrainError, _clock, _load_class, _prepare, _token_dims,
-                    add_train_arguments, run_training)
+from .train import TrainError, _clock, _load_class, _prepare, _token_dims, run_training
+from .train_options import add_train_arguments
 
 MAX_POINTS = 10_000
 RESULTS = "results.csv"

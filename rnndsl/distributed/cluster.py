@@ -79,7 +79,7 @@ def place(workers: int | None, scheduler: str | None, threads: int | None,
     if workers > cores:
         raise ClusterError(f"--workers {workers}: this machine lets rnndsl use {cores} "
                            f"core{'s' if cores > 1 else ''}, so at most {cores} workers "
-                           "(each trains one point at a time on its own cores)")
+                           "(each works on cores of its own)")
     if threads is None:
         threads = max(1, cores // workers)
     elif workers * threads > cores:
@@ -129,8 +129,12 @@ def open_client(placement: Placement):
             yield client
         return
     # one task a worker at a time: the kernels' threads do the computing; no dashboard
-    # (a second sweep on the same machine would fight for its port)
-    with LocalCluster(n_workers=placement.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+    # (a second sweep on the same machine would fight for its port); no statistical
+    # profiler, which samples every worker's stacks every 10 ms for that dashboard
+    # (the nannies hand this config to the workers they start, and restart)
+    import dask
+    with dask.config.set({"distributed.worker.profile.enabled": False}), \
+            LocalCluster(n_workers=placement.workers, threads_per_worker=1, processes=True,
+                         dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
             Client(cluster) as client:
         yield client

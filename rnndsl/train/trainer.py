@@ -174,6 +174,16 @@ class Trainer:
         Dropout sites of the cell draw their masks from `self.rng`; `lengths` (one per
         sequence) freezes each sequence after its end and leaves those steps out of the
         loss. With an lr_schedule, the update's lr is the schedule's (`last_lr`)."""
+        loss, grads, run = self.gradients(x, targets, mask, extra_inputs, lengths)
+        self.apply(grads, run)
+        return loss
+
+    def gradients(self, x, targets, mask=None, extra_inputs=None, lengths=None):
+        """The first half of `step`, which changes nothing but the optimiser's lr: this
+        step's lr from the schedule (first: it may refuse before any work), then
+        forward from the carried state and BPTT. Returns (loss, the params' gradients,
+        the run), for `apply`. Apart so that data-parallel training
+        (rnndsl.distributed) can sum several processes' gradients in between."""
         if self.lr_schedule is not None:          # before any work: it may refuse
             self.last_lr = self.peak_lr * self.lr_schedule(self.steps - self.schedule_start,
                                                            self.progress)
@@ -187,6 +197,11 @@ class Trainer:
         # the data needs no gradient: the compiled kernels skip that work
         grads = self.cell.backward(run, d_outputs={self.output: d_pred},
                                    input_grads=False).params
+        return loss, grads, run
+
+    def apply(self, grads, run) -> None:
+        """The second half of `step`: clip `grads` (in place), update the params, carry
+        `run`'s final state to the next step and count the step."""
         if self.clip_value is not None:
             clip_elementwise(grads, self.clip_value)
         if self.clip_norm is not None:
@@ -198,7 +213,6 @@ class Trainer:
         self._state = dict(run.state)
         self.last_run = run
         self.steps += 1
-        return loss
 
     def evaluate(self, x, targets, mask=None, extra_inputs=None, state=None,
                  lengths=None) -> float:

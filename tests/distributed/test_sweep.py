@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -120,21 +119,11 @@ def test_dry_run_lists_the_points_and_writes_nothing(folder, capsys):
 
 
 # ------------------------------------------------------------------ in this process
-IN_PROCESS = textwrap.dedent("""
-    import sys
-    from rnndsl.cli.main import main
-    code = main(sys.argv[1:])
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed"))
-    print("DASK MODULES:", loaded)
-    sys.exit(code)
-""")
-
-
 @pytest.fixture(scope="module")
-def in_process(tmp_path_factory):
+def in_process(tmp_path_factory, cli_listing_dask):
     """A 2 x 2 sweep in a fresh process, without --workers or --scheduler."""
     where = _setup(tmp_path_factory.mktemp("sweep_here"))
-    done = subprocess.run([sys.executable, "-c", IN_PROCESS, "sweep", "char_lstm.rnn",
+    done = subprocess.run([sys.executable, "-c", cli_listing_dask, "sweep", "char_lstm.rnn",
                            *TINY, *GRID], cwd=where, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
