@@ -21,16 +21,25 @@ default (the state's declared start, (1, size), repeated over the batch; lengths
 the spec's outputs as `Cell.forward` returns them, (T, B, size) (a `final` output
 (B, size)), then `final_<state>` (B, size). Params are initializers named as in the
 spec; dropout sites are off (evaluation), as in `forward` without `dropout=`.
+
+A `Directional` cell (`direction="reverse"` or `"bidirectional"`, rnndsl.cells.directions)
+is written the same way, per direction (`_Frame.views`): an operator cell as one node
+with ONNX's `direction` attribute, a Scan cell as a Scan per direction whose reverse one
+reads its inputs through ReverseSequence (each sequence within its length) and writes
+its outputs back the same way. Its states' inputs and outputs are named with the
+direction's suffix (`initial_h_reverse`, `final_h_reverse`), its outputs are both
+directions' concatenated on the last axis, forward first, as its `forward` returns them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..cells.base import Cell
+from ..cells.directions import Directional
 from ..core.errors import RnnError
 from ..core.files import write_atomically
 from ..core.version import __version__
@@ -70,11 +79,12 @@ def to_model(cell, *, operators: bool | None = None):
     """The ONNX model of `cell` (see the module docstring)."""
     import onnx
     from onnx import helper
-    if not isinstance(cell, Cell):
+    if not isinstance(cell, (Cell, Directional)):
         what = (f"the cell class {cell.__name__}" if isinstance(cell, type)
                 else repr(cell)[:60])
         raise ExportError(f"export takes a cell instance, with dims bound and params set "
-                          f"(like rnndsl.load(spec)(I=8, H=16)); got {what}")
+                          f"(like rnndsl.load(spec)(I=8, H=16), or with direction="
+                          f"'reverse' or 'bidirectional'); got {what}")
     spec = cell.spec
     if operators is None:
         operators = cell.dtype == np.float32
@@ -87,12 +97,12 @@ def to_model(cell, *, operators: bool | None = None):
         found = match_operator(step, cell.dims)
     if found is not None:
         from .onnx_operator import emit_operator
-        sequences, finals = emit_operator(frame, step, found)
+        results = emit_operator(frame, step, found)
         kind = found.operator
     else:
-        sequences, finals = _emit_scan(frame, step)
+        results = [_emit_scan(view, step) for view in frame.views()]
         kind = "Scan"
-    frame.finish(sequences, finals)
+    frame.finish(results)
     for name, value in cell.params.items():
         b.initializer(name, np.asarray(value))
     graph = helper.make_graph(b.nodes, spec.name, frame.inputs, frame.outputs,
@@ -103,6 +113,7 @@ def to_model(cell, *, operators: bool | None = None):
     model.ir_version = IR_VERSION
     helper.set_model_props(model, {
         EXPORTED_AS: kind, "rnndsl.version": __version__,
+        "rnndsl.direction": frame.direction,
         "rnndsl.dims": ",".join(f"{k}={v}" for k, v in cell.dims.items()),
         "rnndsl.spec": spec.source.text})
     onnx.checker.check_model(model)
@@ -127,6 +138,41 @@ class _Frame:
     B: str = ""              # [B], int64
     lengths: str = ""        # (B,), int64, each in 0..T
     mask: str = ""           # (T, B, 1), bool: true while a sequence runs
+    runs: tuple = (("", False),)   # (suffix, reversed) of each direction, forward first
+    all_starts: dict = field(default_factory=dict)   # suffix -> {state: (B, size)}
+    suffix: str = ""         # a view's direction: its params are named name + suffix
+    reverse: bool = False    # a view whose sequences run backwards within their lengths
+
+    @property
+    def direction(self) -> str:
+        """ONNX's `direction` attribute for the cell."""
+        return getattr(self.cell, "direction", "forward")
+
+    def param(self, name: str) -> str:
+        """The ONNX name of a spec param in this view's direction."""
+        return name + self.suffix
+
+    def views(self) -> list["_Frame"]:
+        """One frame per direction, forward first: its starts, its param suffix, and (the
+        reverse one) its per-step inputs reversed within each sequence's length (an
+        `input once` is not: it is fed at the first step either way)."""
+        out = []
+        for suffix, reverse in self.runs:
+            sequences, tokens = self.sequences, set(self.tokens)
+            if reverse:
+                once = {d.name for d in self.cell.spec.inputs if d.once}
+                sequences = {k: v if k in once else self.reversed(v)
+                             for k, v in sequences.items()}
+                tokens |= {sequences[k] for k in self.tokens}
+            out.append(replace(self, suffix=suffix, reverse=reverse, sequences=sequences,
+                               tokens=tokens, starts=self.all_starts[suffix]))
+        return out
+
+    def reversed(self, value: str) -> str:
+        """A (T, B, ...) sequence with each sequence's steps 0 .. length-1 in reverse
+        order and its padding left in place: rnndsl's reverse pass (its own inverse)."""
+        return self.b.op("ReverseSequence", [value, self.lengths], hint=value + ".rev",
+                         batch_axis=1, time_axis=0)
 
     @property
     def dtype(self) -> np.dtype:
@@ -148,6 +194,8 @@ class _Frame:
         from onnx import helper
         f = cls(cell, b)
         spec = cell.spec
+        if isinstance(cell, Directional):
+            f.runs = tuple((suffix, reverse) for suffix, reverse, _ in cell.cells)
         _claim_names(cell, b)
         hidden = dict(spec.dropouts)
         users = [d for d in spec.inputs if d.name not in hidden]
@@ -183,13 +231,17 @@ class _Frame:
                     d.name, b.const(np.array([0], np.int64))]), first_step], hint=d.name + ".seq")
             else:
                 f.sequences[d.name] = d.name
-        for d in spec.states:
-            size = f.size(d)
-            name = "initial_" + d.name
-            b.initializer(name, _declared_start(cell, d, size))
-            f.inputs.append(helper.make_tensor_value_info(name, ft, ["B", size]))
-            f.starts[d.name] = b.op("Expand", [name, b.op("Concat", [
-                f.B, b.const(np.array([size], np.int64))], axis=0)], hint=d.name + ".start")
+        for suffix, _ in f.runs:
+            starts = f.all_starts[suffix] = {}
+            for d in spec.states:
+                size = f.size(d)
+                name = "initial_" + d.name + suffix
+                b.initializer(name, _declared_start(cell, d, size, suffix))
+                f.inputs.append(helper.make_tensor_value_info(name, ft, ["B", size]))
+                starts[d.name] = b.op("Expand", [name, b.op("Concat", [
+                    f.B, b.const(np.array([size], np.int64))], axis=0)],
+                    hint=d.name + suffix + ".start")
+        f.starts = f.all_starts[""]
         b.initializer(LENGTHS, np.array([FULL_LENGTH], np.int32))
         f.inputs.append(helper.make_tensor_value_info(LENGTHS, elem_type(np.int32), ["B"]))
         lengths = b.op("Expand", [b.op("Cast", [LENGTHS], to=elem_type(np.int64)), f.B])
@@ -200,38 +252,48 @@ class _Frame:
         f.mask = b.op("Unsqueeze", [running, b.const(np.array([2], np.int64))], hint="mask")
         return f
 
-    def finish(self, sequences: dict[str, str], finals: dict[str, str]) -> None:
-        """The graph's outputs from each output's (T, B, ...) sequence (a batched scalar
-        (T, B, 1)) and each state's final value (B, size)."""
+    def finish(self, results: list[tuple[dict[str, str], dict[str, str]]]) -> None:
+        """The graph's outputs from each direction's (sequences, finals): each output's
+        (T, B, ...) sequence (a batched scalar (T, B, 1)) in time order (a `final` one in
+        its run's order), joined on the last axis forward first, and each state's final
+        value (B, size) under the direction's suffix."""
         from onnx import helper
         b, spec, ft = self.b, self.cell.spec, elem_type(self.dtype)
         for o in spec.outputs:
-            value = sequences[o.name]
             sizes = [d.evaluate(self.dims) for d in o.type.shape]
-            if not sizes:
+            parts = [self._last(seqs[o.name], len(sizes) or 1) if o.final else seqs[o.name]
+                     for seqs, _ in results]
+            value = parts[0] if len(parts) == 1 else b.op("Concat", parts, axis=-1)
+            if not sizes and len(parts) == 1:
                 value = b.op("Squeeze", [value, b.const(np.array([-1], np.int64))])
-            if o.final:      # each sequence's value at its last step
-                last = b.op("Sub", [self.lengths, b.const(np.array(1, np.int64))])
-                last = b.op("Max", [last, b.const(np.array(0, np.int64))])
-                by_row = b.op("Transpose", [value], perm=[1, 0] + list(range(2, 2 + len(sizes))))
-                value = b.op("GatherND", [by_row, b.op("Unsqueeze", [
-                    last, b.const(np.array([1], np.int64))])], batch_dims=1)
-                shape = ["B"] + sizes
-            else:
-                shape = ["T", "B"] + sizes
+            elif len(parts) > 1:
+                sizes = [len(parts) * (sizes[0] if sizes else 1)]
+            shape = (["B"] if o.final else ["T", "B"]) + sizes
             b.op("Identity", [value], out=o.name)
             self.outputs.append(helper.make_tensor_value_info(o.name, ft, shape))
-        for d in spec.states:
-            name = "final_" + d.name
-            b.op("Identity", [finals[d.name]], out=name)
-            self.outputs.append(helper.make_tensor_value_info(name, ft, ["B", self.size(d)]))
+        for (suffix, _), (_, finals) in zip(self.runs, results):
+            for d in spec.states:
+                name = "final_" + d.name + suffix
+                b.op("Identity", [finals[d.name]], out=name)
+                self.outputs.append(helper.make_tensor_value_info(name, ft,
+                                                                  ["B", self.size(d)]))
+
+    def _last(self, value: str, rank: int) -> str:
+        """Each sequence's value at its last step: (T, B, ...) -> (B, ...)."""
+        b = self.b
+        last = b.op("Sub", [self.lengths, b.const(np.array(1, np.int64))])
+        last = b.op("Max", [last, b.const(np.array(0, np.int64))])
+        by_row = b.op("Transpose", [value], perm=[1, 0] + list(range(2, 2 + rank)))
+        return b.op("GatherND", [by_row, b.op("Unsqueeze", [
+            last, b.const(np.array([1], np.int64))])], batch_dims=1)
 
 
-def _declared_start(cell, d, size: int) -> np.ndarray:
+def _declared_start(cell, d, size: int, suffix: str = "") -> np.ndarray:
     """A state's start as `forward` makes it without `state=`: 0, the declared number,
-    or the param it names; (1, size), repeated over the batch in the graph."""
+    or the param it names (the direction's own); (1, size), repeated over the batch in
+    the graph."""
     if isinstance(d.init, ast.ParamRefInit):
-        value = np.asarray(cell.params[d.init.name])
+        value = np.asarray(cell.params[d.init.name + suffix])
     elif isinstance(d.init, ast.ConstInit):
         value = np.full(size, d.init.value)
     else:
@@ -245,11 +307,13 @@ def _claim_names(cell, b: Builder) -> None:
     spec = cell.spec
     hidden = dict(spec.dropouts)
     names = [("input", d.name) for d in spec.inputs if d.name not in hidden]
-    names += [("initial state", "initial_" + d.name) for d in spec.states]
+    suffixes = [c[0] for c in getattr(cell, "cells", [("",)])]
+    names += [("initial state", "initial_" + d.name + x) for x in suffixes
+              for d in spec.states]
     names += [("lengths", LENGTHS)]
     names += [("param", name) for name in cell.params]
     names += [("output", o.name) for o in spec.outputs]
-    names += [("final state", "final_" + d.name) for d in spec.states]
+    names += [("final state", "final_" + d.name + x) for x in suffixes for d in spec.states]
     seen: dict[str, str] = {}
     for what, name in names:
         if name in seen:
@@ -284,7 +348,7 @@ def _emit_scan(frame: _Frame, step):
     order = G.needed(step.roots())
     in_body = _reading(step, (Op.STATE,))
     per_input = _reading(step, (Op.INPUT,)) - in_body
-    names: dict[int, str] = {}
+    names = {nid: frame.param(p) for p, nid in step.params.items()}
     emit_nodes(frame.emit(frame.B), step,
                [n for n in order if n not in in_body and n not in per_input], names)
 
@@ -337,7 +401,8 @@ def _emit_scan(frame: _Frame, step):
     for o in spec.outputs:
         out = body.op("Where", [running, names[step.outputs[o.name]], zero], hint=o.name)
         body_outputs.append(helper.make_tensor_value_info(out, ft, None))
-    graph = helper.make_graph(body.nodes, f"{spec.name}_step", body_inputs, body_outputs)
+    graph = helper.make_graph(body.nodes, f"{spec.name}{frame.suffix}_step", body_inputs,
+                              body_outputs)
     results = b.op("Scan", [frame.starts[d.name] for d in spec.states] + scanned,
                    hint="scan", n_out=len(spec.states) + len(spec.outputs),
                    body=graph, num_scan_inputs=len(scanned))
@@ -345,4 +410,7 @@ def _emit_scan(frame: _Frame, step):
     k = len(spec.states)
     finals = {d.name: results[i] for i, d in enumerate(spec.states)}
     sequences = {o.name: results[k + i] for i, o in enumerate(spec.outputs)}
+    if frame.reverse:     # back in time order; a final output is taken in run order
+        sequences = {o.name: sequences[o.name] if o.final else frame.reversed(sequences[o.name])
+                     for o in spec.outputs}
     return sequences, finals

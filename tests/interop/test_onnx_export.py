@@ -85,15 +85,20 @@ def assert_same(cell, model, T=5, B=3, tol=1e-5, seed=1):
                 **{f"initial_{k}": v for k, v in state.items()})
     for run, given in ((cell.forward(x, state, lengths=lengths), feed),
                        (cell.forward(x), dict(xs))):
-        got = dict(zip(names, sess.run(None, given)))
-        want = dict(run.outputs, **{f"final_{k}": v for k, v in run.state.items()})
-        assert sorted(got) == sorted(want)
-        for name, value in want.items():
-            assert got[name].shape == value.shape, name
-            assert got[name].dtype == cell.dtype, name
-            scale = max(1.0, float(np.abs(value).max()))
-            err = float(np.abs(got[name] - value).max())
-            assert err <= tol * scale, (name, err)
+        assert_session_gives(sess, names, given, run, cell.dtype, tol)
+
+
+def assert_session_gives(sess, names, feed, run, dtype, tol) -> None:
+    """onnxruntime's outputs for `feed` are the Run's outputs and final states (named
+    final_<state>), each to `tol` of its scale."""
+    got = dict(zip(names, sess.run(None, feed)))
+    want = dict(run.outputs, **{f"final_{k}": v for k, v in run.state.items()})
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        assert got[name].shape == value.shape, name
+        assert got[name].dtype == dtype, name
+        err = float(np.abs(got[name] - value).max())
+        assert err <= tol * max(1.0, float(np.abs(value).max())), (name, err)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
@@ -238,6 +243,67 @@ def test_export_refuses_what_is_not_a_cell_instance(tmp_path):
         with pytest.raises(rnndsl.onnx.ExportError, match="instance"):
             rnndsl.onnx.export(bad, tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())
+
+
+DIRECTIONAL = [("lstm", "LSTM"), ("gru", "GRU"), ("elman_relu", "RNN"), ("mgu", "Scan")]
+
+
+def assert_directional_same(cell, model, T=5, B=3, tol=1e-5):
+    """A reverse or bidirectional cell's model in onnxruntime and its forward agree:
+    with each direction's initial states and lengths (one sequence empty), with the
+    states but no lengths, and with the optional inputs left to their defaults."""
+    xs, _, lengths = random_feed(cell, T, B)
+    rng = np.random.default_rng(2)
+    suffixes = [suffix for suffix, _, _ in cell.cells]
+    state = {d.name + s: rng.normal(size=(B, d.type.shape[0].evaluate(cell.dims)))
+             .astype(cell.dtype) for s in suffixes for d in cell.spec.states}
+    initial = {f"initial_{k}": v for k, v in state.items()}
+    x = xs if len(xs) > 1 else next(iter(xs.values()))
+    sess = session(model)
+    names = [o.name for o in sess.get_outputs()]
+    cases = ((cell.forward(x, state, lengths=lengths, grad=False),
+              dict(xs, sequence_lens=lengths.astype(np.int32), **initial)),
+             (cell.forward(x, state, grad=False), dict(xs, **initial)),
+             (cell.forward(x, grad=False), dict(xs)))
+    for run, feed in cases:
+        assert_session_gives(sess, names, feed, run, cell.dtype, tol)
+
+
+@pytest.mark.parametrize("direction", ["reverse", "bidirectional"])
+@pytest.mark.parametrize("stem, kind", DIRECTIONAL, ids=[s for s, _ in DIRECTIONAL])
+def test_reverse_and_bidirectional_cells_run_in_onnxruntime_as_the_interpreter(
+        stem, kind, direction, tmp_path):
+    Cell = rnndsl.load(REPO / "specs" / f"{stem}.rnn", target="interp")
+    cell = Cell(dtype=np.float32, seed=0, direction=direction,
+                **{d: DIMS[d] for d in Cell.spec.dims})
+    model = rnndsl.onnx.export(cell, tmp_path / "model.onnx")
+    assert rnndsl.onnx.exported_as(model) == kind
+    ops = [n.op_type for n in model.graph.node]
+    if kind == "Scan":     # a Scan per direction; the reverse one reads and writes reversed
+        assert ops.count("Scan") == (1 if direction == "reverse" else 2)
+        assert ops.count("ReverseSequence") == 2
+    else:                  # one node, both directions' weights stacked forward first
+        assert ops.count(kind) == 1
+        node = _operator_node(model)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["direction"] == direction.encode()
+    names = [i.name for i in model.graph.input]
+    assert ("initial_h_reverse" in names) == (direction == "bidirectional")
+    assert_directional_same(cell, model)
+
+
+@pytest.mark.parametrize("direction", ["reverse", "bidirectional"])
+def test_directional_scans_keep_tokens_once_inputs_final_and_scalar_outputs(direction):
+    """Token ids are reversed like vectors; an `input once` is not (it is fed at the
+    first step either way); a final output is each run's last step; a per-step scalar
+    becomes (T, B, 2); a start naming a param reads the direction's own."""
+    for spec, text, dims in ((REPO / "specs" / "char_lstm.rnn", None, {}),
+                             (None, MODES, dict(I=3, H=4, Z=2, K=3))):
+        Cell = (rnndsl.load(spec, target="interp") if text is None
+                else rnndsl.load_text(text, target="interp"))
+        dims = dims or {d: DIMS[d] for d in Cell.spec.dims}
+        cell = Cell(dtype=np.float32, seed=0, direction=direction, **dims)
+        assert_directional_same(cell, rnndsl.onnx.to_model(cell))
 
 
 def test_float64_exports_a_scan_that_matches_closely():
