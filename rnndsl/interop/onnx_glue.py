@@ -136,12 +136,30 @@ def _range(ins, attrs):
     return [np.arange(start, limit, delta, dtype=np.asarray(ins[0]).dtype)]
 
 
+def _reverse_sequence(ins, attrs):
+    """ONNX ReverseSequence: each batch entry's first sequence_lens[b] steps reversed
+    along the time axis, the rest left as they are (rnndsl's own export of a reverse
+    direction writes it around a Scan, and of a length-0 sequence's state)."""
+    x, lengths = ins[0], np.asarray(ins[1], dtype=np.int64)
+    batch_axis, time_axis = int(attrs.get("batch_axis", 1)), int(attrs.get("time_axis", 0))
+    out = np.array(x, copy=True)
+    for b, n in enumerate(lengths):
+        index = [slice(None)] * x.ndim
+        index[batch_axis] = b
+        index[time_axis] = slice(0, int(n))
+        view = x[tuple(index)]
+        axis = time_axis - (1 if batch_axis < time_axis else 0)
+        out[tuple(index)] = np.flip(view, axis=axis)
+    return [out]
+
+
 GLUE = {
     "Identity": lambda ins, attrs: [ins[0]],
     "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Transpose": _transpose,
     "Reshape": _reshape, "Concat": _concat, "Slice": _slice, "Gather": _gather,
     "Shape": _shape, "Constant": _constant, "ConstantOfShape": _constant_of_shape,
     "Expand": _expand, "Cast": _cast, "Range": _range,
+    "ReverseSequence": _reverse_sequence,
     "Add": _elementwise(np.add), "Sub": _elementwise(np.subtract),
     "Mul": _elementwise(np.multiply), "Min": _variadic(np.minimum),
     "Max": _variadic(np.maximum), "Equal": _elementwise(np.equal),

@@ -329,6 +329,30 @@ def test_round_trip_of_an_exported_spec(spec, tmp_path):
         np.testing.assert_allclose(g, w, rtol=TOL, atol=TOL)
 
 
+@pytest.mark.parametrize("spec", ["lstm", "gru"])
+@pytest.mark.parametrize("direction", ["reverse", "bidirectional"])
+def test_round_trip_of_an_exported_directional_cell(spec, direction, tmp_path):
+    """rnndsl's export of a reverse or bidirectional cell (one operator node, and the
+    ReverseSequence glue around a length-0 sequence's state) imports back, with and
+    without sequence lengths."""
+    cell = rnndsl.load(f"specs/{spec}.rnn", target="interp")(
+        I=3, H=4, dtype=np.float32, seed=1, direction=direction)
+    path = tmp_path / f"{spec}.onnx"
+    rnndsl.onnx.export(cell, str(path))
+    session = rnndsl.onnx.InferenceSession(str(path), target="interp")
+    names = [o.name for o in session.get_outputs()]
+    x = np.random.default_rng(2).normal(size=(5, 3, 3)).astype(np.float32)
+    lengths = np.array([5, 0, 3])
+    for run, feed in ((cell.forward(x), {"x": x}),
+                      (cell.forward(x, lengths=lengths),
+                       {"x": x, "sequence_lens": lengths.astype(np.int32)})):
+        got = dict(zip(names, session.run(None, feed)))
+        want = dict(run.outputs, **{f"final_{k}": v for k, v in run.state.items()})
+        assert sorted(got) == sorted(want)
+        for name, value in want.items():
+            np.testing.assert_allclose(got[name], value, rtol=TOL, atol=TOL, err_msg=name)
+
+
 # ------------------------------------------------------------------ the cells
 def test_cells_are_spec_text_that_loads_and_holds_the_weights():
     model, feed = recurrent_model("GRU", direction="bidirectional", initial=True,
