@@ -30,6 +30,11 @@ def cmd_export(args) -> int:
         raise UsageError(f"-o {out}: exists; overwrite it with --force, or name another file")
     if args.operators and args.scan:
         raise UsageError("--operators and --scan contradict each other; give one")
+    if args.direction != "forward" and args.params is not None:
+        raise UsageError(f"--params with --direction {args.direction}: a checkpoint of "
+                         "rnndsl train holds one direction's params; export a reverse or "
+                         "bidirectional cell from Python (rnndsl.onnx.export) with the "
+                         "params set")
     try:
         import onnx  # noqa: F401
     except ImportError:
@@ -54,7 +59,8 @@ def cmd_export(args) -> int:
         raise UsageError(f"--dims: {spec.name} needs a size for {', '.join(missing)} "
                          f"(like --dims {example})")
     Cell = load(args.spec, target="interp", cell=args.cell)
-    cell = Cell(dtype=np.dtype(args.dtype), seed=args.seed, **given)
+    cell = Cell(dtype=np.dtype(args.dtype), seed=args.seed, direction=args.direction,
+                **given)
     if args.params is not None:
         from ..train import checkpoint as ckpt
         ckpt.load(args.params, cell)
@@ -64,6 +70,8 @@ def cmd_export(args) -> int:
     kind = exported_as(model)
     what = (f"one ONNX {kind} node" if kind != "Scan"
             else "an ONNX Scan over its equations")
+    if args.direction != "forward":
+        what += f", direction {args.direction}"
     dims = ", ".join(f"{k}={v}" for k, v in cell.dims.items())
     ins = ", ".join(i.name for i in model.graph.input)
     outs = ", ".join(o.name for o in model.graph.output)
@@ -110,6 +118,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--params", metavar="CHECKPOINT",
                    help="take the params from a checkpoint (rnndsl train's .npz) of this "
                         "cell with these dims, instead of the initialisers")
+    p.add_argument("--direction", choices=("forward", "reverse", "bidirectional"),
+                   default="forward",
+                   help="run the cell forward in time (default), from each sequence's "
+                        "end, or both ways (a second param set, NAME_reverse; outputs "
+                        "joined forward first, as torch's bidirectional modules)")
     p.add_argument("--scan", action="store_true",
                    help="always a Scan over the equations, even for a cell of an "
                         "operator's form")

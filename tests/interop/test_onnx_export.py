@@ -383,6 +383,19 @@ def test_cli_writes_an_operator_model_and_refuses_to_overwrite(tmp_path, capsys)
     assert_same(type(cell)(dtype=np.float32, seed=1, I=3, H=4), onnx.load(str(out)))
 
 
+def test_cli_exports_a_bidirectional_cell(tmp_path, capsys):
+    out = tmp_path / "gru.onnx"
+    code, text, err = run(["export", REPO / "specs" / "gru.rnn", "--dims", "I=3,H=4",
+                           "--direction", "bidirectional", "-o", out], capsys)
+    assert code == 0, err
+    assert "GRU node, direction bidirectional" in text and "final_h_reverse" in text
+    cell = rnndsl.load(REPO / "specs" / "gru.rnn", target="interp")(
+        dtype=np.float32, seed=0, I=3, H=4, direction="bidirectional")
+    x = np.random.default_rng(0).normal(size=(4, 2, 3)).astype(np.float32)
+    got = session(onnx.load(str(out))).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, cell.forward(x).outputs["h"], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--dims", "I=3"], "--dims"),
     (["--dims", "I=3,H=4,Q=1"], "--dims"),
@@ -391,6 +404,8 @@ def test_cli_writes_an_operator_model_and_refuses_to_overwrite(tmp_path, capsys)
     (["--dims", "I=3,H=4", "--format", "tflite"], "--format"),
     (["--dims", "I=3,H=4", "--scan", "--operators"], "--scan"),
     (["--dims", "I=3,H=4", "--params", "missing.npz"], "missing.npz"),
+    (["--dims", "I=3,H=4", "--direction", "up"], "--direction"),
+    (["--dims", "I=3,H=4", "--direction", "reverse", "--params", "m.npz"], "--params"),
 ])
 def test_cli_bad_arguments_exit_2_naming_the_option(tmp_path, capsys, extra, message):
     out = tmp_path / "m.onnx"
