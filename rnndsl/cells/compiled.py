@@ -255,38 +255,35 @@ class CompiledCell(Cell):
         outputs: dict[str, Any] = {}
         finals: dict[str, Any] = {}
         tapes: dict[tuple, Any] = {}
-        args = []
-        for arg in self.meta["forward_args"]:
-            kind = arg[0]
-            if kind == "dim":
-                args.append(self.dims[arg[1]])
-            elif kind in ("T", "B"):
-                args.append(T if kind == "T" else B)
-            elif kind == "consts":
-                args.append(consts)
-            elif kind == "threads":
-                args.append(threads)
-            elif kind == "param":
-                args.append(params[arg[1]])
-            elif kind == "input":
-                args.append(inputs[arg[1]])
-            elif kind == "state0":
-                args.append(state0[arg[1]])
-            elif kind == "output":
-                outputs[arg[1]] = self._empty((T, B) + self._out_size(arg[1]))
-                args.append(outputs[arg[1]])
-            elif kind == "final":
-                finals[arg[1]] = self._empty((B,) + self._size(states[arg[1]]))
-                args.append(finals[arg[1]])
-            elif kind == "hist":
-                tapes[arg] = self._workspace((T, B) + self._size(states[arg[1]]))
-                args.append(tapes[arg])
-            elif kind == "tape":
-                tapes[arg] = self._workspace((T, B, self._tape_size(arg[1])))
-                args.append(tapes[arg])
-            else:
-                raise AssertionError(f"unknown forward argument {arg}")
+        args = self._arguments("forward", T, B, consts, threads, {
+            "param": lambda a: params[a[1]],
+            "input": lambda a: inputs[a[1]],
+            "state0": lambda a: state0[a[1]],
+            "output": lambda a: _kept(outputs, a[1],
+                                      self._empty((T, B) + self._out_size(a[1]))),
+            "final": lambda a: _kept(finals, a[1],
+                                     self._empty((B,) + self._size(states[a[1]]))),
+            "hist": lambda a: _kept(tapes, a,
+                                    self._workspace((T, B) + self._size(states[a[1]]))),
+            "tape": lambda a: _kept(tapes, a,
+                                    self._workspace((T, B, self._tape_size(a[1])))),
+        })
         return args, outputs, finals, tapes
+
+    def _arguments(self, which: str, T: int, B: int, consts, threads: int,
+                   take: Mapping[str, Any]) -> list:
+        """A kernel's argument list, read from its metadata (`forward_args` or
+        `backward_args`: (kind, name) records): the kinds both kernels take from here,
+        the others each from its getter in `take` (called with the record)."""
+        shared = {"dim": lambda a: self.dims[a[1]], "T": lambda a: T, "B": lambda a: B,
+                  "consts": lambda a: consts, "threads": lambda a: threads}
+        args = []
+        for arg in self.meta[f"{which}_args"]:
+            get = shared.get(arg[0]) or take.get(arg[0])
+            if get is None:
+                raise AssertionError(f"unknown {which} argument {arg}")
+            args.append(get(arg))
+        return args
 
     def _run(self, x, state, hidden) -> Run:
         inputs, state0, from_params, T, B, on_device, read = self._prepare(x, state, hidden)
@@ -331,42 +328,23 @@ class CompiledCell(Cell):
         inputs = {d.name: blank((T, B) + self._size(d)) for d in self.spec.inputs
                   if not d.token}     # ids have no gradient
         state = {d.name: self._zeros((B,) + self._size(d)) for d in self.spec.states}
-        args = []
-        for arg in self.meta["backward_args"]:
-            kind = arg[0]
-            if kind == "dim":
-                args.append(self.dims[arg[1]])
-            elif kind in ("T", "B"):
-                args.append(T if kind == "T" else B)
-            elif kind == "consts":
-                args.append(consts)
-            elif kind == "threads":
-                args.append(threads)
-            elif kind == "input_grads":
-                args.append(not skip_inputs)
-            elif kind == "param":
-                args.append(tape_params[arg[1]])
-            elif kind == "input":
-                args.append(block.inputs[arg[1]])
-            elif kind == "output_grad":
-                size = self._out_size(arg[1])
-                given = d_out.get(arg[1])
-                args.append(self._zeros((T, B) + size) if given is None
-                            else given.reshape((T, B) + size))
-            elif kind == "final_grad":
-                given = d_st.get(arg[1])
-                args.append(self._zeros((B,) + sizes_state[arg[1]]) if given is None
-                            else given)
-            elif kind == "param_grad":
-                args.append(params[arg[1]])
-            elif kind == "input_grad":
-                args.append(inputs[arg[1]])
-            elif kind == "state0_grad":
-                args.append(state[arg[1]])
-            elif kind in ("hist", "tape"):
-                args.append(block.arrays[arg])
-            else:
-                raise AssertionError(f"unknown backward argument {arg}")
+
+        def cotangent(given, shape):
+            return self._zeros(shape) if given is None else given.reshape(shape)
+
+        args = self._arguments("backward", T, B, consts, threads, {
+            "input_grads": lambda a: not skip_inputs,
+            "param": lambda a: tape_params[a[1]],
+            "input": lambda a: block.inputs[a[1]],
+            "output_grad": lambda a: cotangent(d_out.get(a[1]),
+                                               (T, B) + self._out_size(a[1])),
+            "final_grad": lambda a: cotangent(d_st.get(a[1]), (B,) + sizes_state[a[1]]),
+            "param_grad": lambda a: params[a[1]],
+            "input_grad": lambda a: inputs[a[1]],
+            "state0_grad": lambda a: state[a[1]],
+            "hist": lambda a: block.arrays[a],
+            "tape": lambda a: block.arrays[a],
+        })
         return args, params, inputs, state
 
     def _back(self, run: Run, d_outputs, d_state, input_grads: bool = True) -> Grads:
@@ -416,6 +394,12 @@ class _RowBlock:
     r1: int
     arrays: dict[tuple, Any]        # ("hist", name) / ("tape", nid) -> (T, rows, size)
     inputs: dict[str, Any]
+
+
+def _kept(into: dict, key, value):
+    """value, also recorded in `into` under key (the arrays a kernel call writes)."""
+    into[key] = value
+    return value
 
 
 def _kernel_array(value: np.ndarray) -> np.ndarray:
