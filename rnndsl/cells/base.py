@@ -86,8 +86,9 @@ class Cell:
     spec: CheckedCell
     step: StepGraph
     target = "abstract"
-    # rnndsl.cells.directions.Directional, set by rnndsl/cells/__init__.py (so that
-    # this module need not import the one that builds on it)
+    # rnndsl.cells.directions.Directional, set by rnndsl/cells/__init__.py, which runs
+    # before any module of the package (so that this one need not import the module
+    # that builds on it)
     _directional: Any = None
 
     def __new__(cls, *args, direction: str = "forward", **kwargs):
@@ -96,9 +97,6 @@ class Cell:
         if direction not in DIRECTIONS:
             raise BindError(f"direction {direction!r} is not one of: "
                             + ", ".join(DIRECTIONS))
-        if Cell._directional is None:
-            import importlib
-            importlib.import_module(__name__.rsplit(".", 1)[0])   # rnndsl.cells sets it
         return Cell._directional(cls, direction, *args, **kwargs)
 
     def __init__(self, dtype=np.float32, seed: int | None = 0, direction: str = "forward",

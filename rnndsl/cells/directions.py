@@ -30,10 +30,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..core.errors import BindError, TargetError
-from .base import Cell, Grads, Run
+from .base import DIRECTIONS, Cell, Grads, Run  # noqa: F401  (DIRECTIONS: for importers)
 
-DIRECTIONS = ("forward", "reverse", "bidirectional")
-REVERSE = "_reverse"
+REVERSE = "_reverse"       # the reverse direction's names: NAME_reverse, as torch's
 
 
 def reverse_index(T: int, B: int, lengths) -> np.ndarray:

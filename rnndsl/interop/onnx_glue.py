@@ -19,6 +19,8 @@ import functools
 
 import numpy as np
 
+from ..cells.directions import reverse_in_lengths, reverse_index
+
 
 def _axes(ins, attrs, rank):
     """Axes from the second input (opset >= 13) or the `axes` attribute (earlier)."""
@@ -139,18 +141,13 @@ def _range(ins, attrs):
 def _reverse_sequence(ins, attrs):
     """ONNX ReverseSequence: each batch entry's first sequence_lens[b] steps reversed
     along the time axis, the rest left as they are (rnndsl's own export of a reverse
-    direction writes it around a Scan, and of a length-0 sequence's state)."""
+    direction writes it around a Scan, and of a length-0 sequence's state): what
+    rnndsl.cells.directions does to a reverse cell's inputs, with the axes moved."""
     x, lengths = ins[0], np.asarray(ins[1], dtype=np.int64)
-    batch_axis, time_axis = int(attrs.get("batch_axis", 1)), int(attrs.get("time_axis", 0))
-    out = np.array(x, copy=True)
-    for b, n in enumerate(lengths):
-        index = [slice(None)] * x.ndim
-        index[batch_axis] = b
-        index[time_axis] = slice(0, int(n))
-        view = x[tuple(index)]
-        axis = time_axis - (1 if batch_axis < time_axis else 0)
-        out[tuple(index)] = np.flip(view, axis=axis)
-    return [out]
+    axes = (int(attrs.get("time_axis", 0)), int(attrs.get("batch_axis", 1)))
+    a = np.moveaxis(x, axes, (0, 1))
+    out = reverse_in_lengths(a, reverse_index(a.shape[0], a.shape[1], lengths))
+    return [np.moveaxis(out, (0, 1), axes)]
 
 
 GLUE = {

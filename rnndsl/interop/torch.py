@@ -28,12 +28,11 @@ import numpy as np
 import torch
 
 from ..cells.base import Cell
+from ..cells.directions import DIRECTIONS, REVERSE, reverse_index
 from ..cells.load import load
 from ..cells.modes import check_lengths
 from ..core.errors import BindError, TargetError
 
-DIRECTIONS = ("forward", "reverse", "bidirectional")
-REVERSE = "_reverse"     # the suffix of the reverse direction's names, as torch's
 _DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
@@ -141,10 +140,8 @@ def reversal(T: int, B: int, lengths: np.ndarray | None) -> torch.Tensor:
     """The rows of a (T * B, ...) view of a sequence that reverse each sequence within
     its own length: step t of sequence b reads step lengths[b] - 1 - t, and the padding
     after it stays in place (the cell masks it). A permutation that is its own inverse."""
-    t = torch.arange(T)[:, None]
-    ends = torch.full((1, B), T) if lengths is None else torch.as_tensor(lengths)[None, :]
-    steps = torch.where(t < ends, ends - 1 - t, t)
-    return (steps * B + torch.arange(B)[None, :]).reshape(-1)
+    steps = reverse_index(T, B, lengths)        # (T, B): the step each one reads
+    return torch.from_numpy((steps * B + np.arange(B)[None, :]).reshape(-1))
 
 
 def _take_rows(seq: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
