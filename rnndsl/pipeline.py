@@ -72,7 +72,9 @@ def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
     """The full text of the generated module for every cell defined in a spec file.
     variant="lengths" builds each cell's variable-length form (compose.with_lengths)."""
     emit_cell, dialect = backend(target)
-    cells = list(spec_file.cells.values())
+    # a cell with sequence layers is a network of parts, each built as a spec of its
+    # own when the cell is loaded (lang/network.py, cells/network.py)
+    cells = [c for c in spec_file.cells.values() if not c.sequence_layers]
     if variant == "lengths":
         cells = [with_lengths(c) for c in cells]
     elif variant is not None:

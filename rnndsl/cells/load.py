@@ -83,6 +83,12 @@ def _cell_class(spec_file, target: str, cell: str | None, off: tuple[str, ...] =
                 files: dict[str, str] | None = None) -> type:
     from .reference import make_cell_class
     spec = spec_file.pick(cell)
+    if spec.sequence_layers:     # a network of parts, each built like any spec
+        from .network import network_class
+        def load_part(text: str, name: str, path: str) -> type:
+            return load_text(text, target, name, path=path, no_passes=off, files=files)
+        return network_class(spec, {**spec_file.used, **spec_file.cells}, target, load_part,
+                             spec_file.used_files)
     if not targets.target(target).compiled:
         cls = make_cell_class(spec, target, spec_file.digest)
         cls.spec_files = spec_file.used_files    # what a checkpoint carries (checkpoint.py)

@@ -60,6 +60,9 @@ def cmd_check(args) -> int:
         if args.dump_after == "ast":
             print(unparse(spec_file.module), end="")
         for spec in cells:
+            if spec.sequence_layers:
+                status = max(status, _check_network(path, spec_file, spec, args))
+                continue
             if any(d.token for d in spec.inputs):
                 try:      # how a token input is used is known once layers are inlined
                     lower(spec)
@@ -86,6 +89,26 @@ def cmd_check(args) -> int:
     return status
 
 
+def _check_network(path, spec_file, spec, args) -> int:
+    """`rnndsl check` of a cell with sequence layers: each part it splits into is read
+    and checked as the spec it is built from (lang/network.py)."""
+    from ..ir.graph import lower
+    from ..lang.network import Segment, split
+    from ..lang.specfile import read_spec
+    network = split(spec, {**spec_file.used, **spec_file.cells})
+    for part in network.parts:
+        if isinstance(part, Segment):
+            part_file = read_spec(f"<{spec.name}>", text=part.text)
+            lower(part_file.pick(part.name))
+    if args.dump_after in ("ir", "grad", "unroll"):
+        raise UsageError(f"cell {spec.name} is a network of {len(network.parts)} parts "
+                         "(layers run over whole sequences), not one step: `rnndsl explain "
+                         f"{path}` shows each part and its spec")
+    if not args.quiet:
+        print(f"{path}: ok: {_summary(spec)}; {len(network.parts)} parts")
+    return EXIT_OK
+
+
 def _step_grad_dump(step, grads) -> str:
     titles: dict[int, list[str]] = {}
     for kind, table in (("d_param", grads.params), ("d_input", grads.inputs),
@@ -105,6 +128,10 @@ def cmd_graph(args) -> int:
     from ..ir.graph import lower, unroll
     from ..lang.specfile import read_spec
     spec = read_spec(args.file).pick(args.cell)
+    if spec.sequence_layers:
+        raise UsageError(f"cell {spec.name} is a network of parts (layers run over whole "
+                         "sequences), not one step to draw: `rnndsl explain "
+                         f"{args.file}` shows each part and its spec")
     step = lower(spec)
     results: dict[int, list[str]] = {}
     if args.unroll:
@@ -227,6 +254,12 @@ def cmd_build(args) -> int:
             raise UsageError(f"{path} defines no cell of its own (it uses "
                              f"{', '.join(spec_file.used)}): build the file that defines "
                              "them, or define a cell here")
+        networks = [c.name for c in spec_file.cells.values() if c.sequence_layers]
+        if len(networks) == len(spec_file.cells):
+            raise UsageError(f"{path}: cell {networks[0]} runs layers over whole sequences, "
+                             "so it is a network of parts, not one module's time loop: "
+                             f"load it with rnndsl.load({str(path)!r}) (its parts are built "
+                             "and cached at the first load)")
         source = build_source(spec_file, passes, args.target)
         validate(source, str(out_dir / module_file_name(spec_file)))
         built.append((path, spec_file, source))
@@ -238,9 +271,14 @@ def cmd_build(args) -> int:
     for (path, spec_file, source), name in zip(built, names):
         target = out_dir / name
         write_module(source, target)
-        cells = ", ".join(spec_file.cells)
-        print(f"{path} -> {target} (cell{'s' if len(spec_file.cells) > 1 else ''} {cells}; "
-              f"import with: from {target.stem} import {next(iter(spec_file.cells))})")
+        written = [c.name for c in spec_file.cells.values() if not c.sequence_layers]
+        cells = ", ".join(written)
+        print(f"{path} -> {target} (cell{'s' if len(written) > 1 else ''} {cells}; "
+              f"import with: from {target.stem} import {written[0]})")
+        for c in spec_file.cells.values():
+            if c.sequence_layers:
+                print(f"  note: cell {c.name} runs layers over whole sequences and is not in "
+                      f"the module: load it with rnndsl.load({str(path)!r})")
     return EXIT_OK
 
 
@@ -249,13 +287,48 @@ def cmd_explain(args) -> int:
     from ..pipeline import plan_cell, token_nodes
     from ..schedule.plan import passes_for
     from ..lang.specfile import read_spec
-    spec = read_spec(args.file).pick(args.cell)
+    spec_file = read_spec(args.file)
+    spec = spec_file.pick(args.cell)
+    if spec.sequence_layers:
+        return _explain_network(spec_file, spec, args)
     plan = plan_cell(spec, _passes(args))
     on = ", ".join(passes_for(plan.passes, args.target)) or "none"
     print(f"# cell {spec.name}: plan for the {args.target} target (passes: {on})")
     for line in explain_lines(plan, target=args.target,
                               tokens=token_nodes(plan, args.target)):
         print(line)
+    return EXIT_OK
+
+
+def _explain_network(spec_file, spec, args) -> int:
+    """`rnndsl explain` of a cell with sequence layers: its parts in the order they run,
+    each segment's spec and plan."""
+    from ..lang.network import Segment, split
+    from ..lang.specfile import read_spec
+    from ..pipeline import plan_cell, token_nodes
+    from ..schedule.explain import explain_lines
+    network = split(spec, {**spec_file.used, **spec_file.cells})
+    print(f"# cell {spec.name}: a network of {len(network.parts)} parts, run in turn over "
+          "whole sequences (layers run backwards or both ways cannot share a time loop)")
+    for k, part in enumerate(network.parts, 1):
+        def shown(pairs):
+            return ", ".join(f"{local} = {v[1]}" if local != v[1] else local
+                             for local, v in pairs) or "none"
+        if not isinstance(part, Segment):
+            lay = part.layer
+            print(f"\n## part {k}: layer {lay.name}, {lay.direction} {lay.cell.name} "
+                  f"(inputs {shown(part.inputs)}; outputs {shown(part.outputs)})")
+            continue
+        print(f"\n## part {k}: segment {part.name} (inputs {shown(part.inputs)}; "
+              f"outputs {shown(part.outputs)})")
+        body = part.text[part.text.index(f"cell {part.name} "):]
+        for line in body.rstrip().splitlines():
+            print(f"#   {line}")
+        plan = plan_cell(read_spec(f"<{spec.name}>", text=part.text).pick(part.name),
+                         _passes(args))
+        for line in explain_lines(plan, target=args.target,
+                                  tokens=token_nodes(plan, args.target)):
+            print(line)
     return EXIT_OK
 
 

@@ -199,7 +199,8 @@ class DimBind:
 
 @dataclass(frozen=True)
 class LayerDecl:
-    """`layer l1 = LSTM(I = V, H = H)`: an instance of another cell inside this one."""
+    """`layer l1 = LSTM(I = V, H = H)`: an instance of another cell inside this one;
+    `layer l1 = bidirectional LSTM(...)` (or `reverse`) one run over whole sequences."""
 
     name: str
     cell: str
@@ -207,6 +208,7 @@ class LayerDecl:
     span: Span = _span()
     name_span: Span = _span()
     cell_span: Span = _span()
+    direction: str = "forward"
 
 
 Stmt = Union[DimsDecl, InputDecl, StateDecl, ParamDecl, LayerDecl, Equation, Output]

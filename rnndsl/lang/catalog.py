@@ -27,6 +27,14 @@ def cell_summary(cell) -> str:
         return ", ".join(("token " if getattr(d, "token", False) else "") + f"{d.name}{d.type}"
                          for d in items) or "none"
     outs = ", ".join(o.name for o in cell.outputs) or "none (final state only)"
+    if cell.sequence_layers:        # a network: its own inputs, and its sequence layers
+        inputs = [d for d in cell.inputs if "." not in d.name]
+        layers = ", ".join(f"{s.name} ({s.direction} {s.cell.name})"
+                           for s in cell.sequence_layers)
+        states = [d for d in cell.states]
+        return (f"cell {cell.name}({', '.join(cell.dims)}): inputs {decls(inputs)}; "
+                f"layers over whole sequences {layers}; states {decls(states)} and "
+                f"those layers' own; outputs {outs}")
     return (f"cell {cell.name}({', '.join(cell.dims)}): inputs {decls(cell.inputs)}; "
             f"states {decls(cell.states)}; {len(cell.params)} params; outputs {outs}")
 

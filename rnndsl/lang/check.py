@@ -17,7 +17,7 @@ from dataclasses import replace
 from ..core.initialisers import INITIALISERS
 from . import ast
 from .check_layers import LayerChecks
-from .checked import CheckedCell, Constraint, Decl, Definition, OutputRef
+from .checked import CheckedCell, Constraint, Decl, Definition, OutputRef, SequenceLayer
 from .checked import Poison as _Poison
 from .checked import arguments_text as _arguments
 from .checked import article as _a
@@ -46,6 +46,7 @@ class _Checker(LayerChecks):
         self.library: dict[str, CheckedCell] = dict(library or {})
         self.layers: dict[str, Inlined | None] = {}     # None: declared with an error
         self.layer_spans: dict[str, Span] = {}
+        self.sequence_layers: dict[str, SequenceLayer] = {}   # bidirectional, reverse
         self.called: dict[str, tuple[tuple[ast.Expr, ...], Span]] = {}
         self.bindings: dict[str, tuple[Type, Span, str]] = {}   # "l1.x" -> expected
         self.dropout_sites: dict[str, tuple[str, float, Span]] = {}  # value -> mask, rate
@@ -567,13 +568,17 @@ class _Checker(LayerChecks):
         if self.errors:
             self.errors.sort(key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0))
             raise CheckError(self.errors)
-        return CheckedCell(
+        checked = CheckedCell(
             self.cell.name, self.source, tuple(self.dims), tuple(self.inputs.values()),
             tuple(self.states.values()), tuple(self.params.values()), tuple(definitions),
             tuple(outputs), tuple(self.constraints),
             tuple(sorted(self.warnings.items, key=lambda d: (d.span.line, d.span.column))),
             self.cell, tuple((n, lay.cell) for n, lay in self.layers.items() if lay),
-            tuple(self.dropouts))
+            tuple(self.dropouts), tuple(self.sequence_layers.values()))
+        if checked.sequence_layers:      # its parts must be computable in turn
+            from .network import split
+            split(checked, self.library)
+        return checked
 
     def output_refs(self) -> list[OutputRef]:
         refs = []

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import ast
-from .checked import Constraint, Decl
+from .checked import Constraint, Decl, SequenceLayer
 from .checked import provably as _provably
 from .checked import suggest as _suggest
-from .compose import inline
+from .compose import Inlined, inline, substitute, substitute_type
 from ..core.shapes import Dim, Type
 
 
@@ -78,6 +78,14 @@ class LayerChecks:
             ok = False
         if not ok:
             return
+        if sub.sequence_layers:
+            self.error(f"cell '{sub.name}' cannot be a layer: it runs layer "
+                       f"'{sub.sequence_layers[0].name}' over whole sequences, so it is not "
+                       "one step", stmt.cell_span, "declare its layers in this cell instead")
+            return
+        if stmt.direction != "forward":
+            self.declare_sequence_layer(stmt, sub, sizes)
+            return
         layer = inline(sub, stmt.name, sizes, stmt.span)
         for var, kind, table in [(v, "param", self.params) for v in layer.params] + \
                                 [(v, "state", self.states) for v in layer.states]:
@@ -94,6 +102,48 @@ class LayerChecks:
         for size, minimum, message in layer.constraints:
             self.constraints.append(Constraint(size, minimum, message, stmt.span))
         self.layers[stmt.name] = layer
+
+    def declare_sequence_layer(self, stmt: ast.LayerDecl, sub, sizes: dict) -> None:
+        """`layer l1 = bidirectional LSTM(...)` (or `reverse`): the layer runs over whole
+        sequences before the steps that read it (lang/network.py splits the cell there),
+        so it is not inlined. To this cell, each of its outputs is an input sequence
+        (`l1.h`, both directions side by side, forward first), and its argument a value
+        to compute (`l1.x`); its params and states stay the layer's own."""
+        problem = next((f"its input '{d.name}' is given once a sequence" for d in sub.inputs
+                        if d.once), None)
+        if problem is None and sub.dropouts:
+            problem = "it has dropout sites"
+        if problem is not None:
+            self.error(f"cell '{sub.name}' cannot be a {stmt.direction} layer: {problem}",
+                       stmt.cell_span, "a layer run over whole sequences takes per-step inputs")
+            return
+        both = stmt.direction == "bidirectional"
+        outputs: dict[str, ast.Expr] = {}
+        output_types: dict[str, Type] = {}
+        for o in sub.outputs:
+            if o.final:
+                continue        # one value a sequence: not an input sequence of this cell
+            t = substitute_type(o.type, sizes)
+            if both:
+                t = Type(((t.shape[0].scaled(2),) if t.shape else (Dim.lit(2),)), True)
+            name = f"{stmt.name}.{o.name}"
+            decl = Decl(name, t, None, stmt.span)
+            self.inputs[name] = decl
+            self.types[name] = t
+            self.used.add(name)
+            outputs[o.name] = ast.Name(name, stmt.span)
+            output_types[o.name] = t
+        bindings = tuple((f"{stmt.name}.{d.name}", substitute_type(d.type, sizes))
+                         for d in sub.inputs)
+        for size, minimum, message in (
+                (substitute(c.size, sizes), c.minimum,
+                 f"in layer '{stmt.name}' ({sub.name}): {c.message}") for c in sub.constraints):
+            self.constraints.append(Constraint(size, minimum, message, stmt.span))
+        self.layers[stmt.name] = Inlined(stmt.name, sub.name, (), (), bindings, (), (),
+                                         outputs, output_types, ())
+        self.sequence_layers[stmt.name] = SequenceLayer(
+            stmt.name, sub, stmt.direction, tuple(sizes.items()), stmt.span,
+            tuple(n for n, _ in bindings), tuple(outputs))
 
     def resolve(self, e: ast.Expr) -> ast.Expr:
         """The expression with each layer call `l1(x)` (and `l1(x).y`, `l1.y`) replaced by

@@ -58,6 +58,23 @@ class Constraint:
 
 
 @dataclass(frozen=True)
+class SequenceLayer:
+    """`layer l1 = bidirectional LSTM(I = V, H = H)` (or `reverse`): a layer run over
+    whole sequences, which the cell does not inline (lang/network.py).
+
+    inputs: the names its argument values take in the cell (`l1.x`); outputs: the names
+    of its per-step outputs, each an input sequence of the cell (`l1.<name>`)."""
+
+    name: str
+    cell: "CheckedCell"
+    direction: str
+    sizes: tuple[tuple[str, Dim], ...]      # its dims, in the outer cell's
+    span: Span
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class CheckedCell:
     name: str
     source: Source
@@ -72,6 +89,9 @@ class CheckedCell:
     ast: ast.Cell | None = field(default=None, compare=False, repr=False)
     layers: tuple[tuple[str, str], ...] = ()        # (layer name, cell name), inlined
     dropouts: tuple[tuple[str, float], ...] = ()    # (mask input, rate): see `dropout`
+    # layers run over whole sequences (`bidirectional`, `reverse`): such a cell is a
+    # network of parts (lang/network.py), not one time loop
+    sequence_layers: tuple[SequenceLayer, ...] = ()
 
 
 class Poison(Exception):

@@ -114,10 +114,10 @@ class _ToAst(Transformer):
         return ast.ParamDecl(tuple(vars_), _span_of(meta))
 
     def layer_decl(self, meta, children):
-        name, cell, *binds = children
+        name, direction, cell, *binds = children
         binds = tuple(b for b in binds if b is not None)
         return ast.LayerDecl(str(name), str(cell), binds, _span_of(meta), _span_of(name),
-                             _span_of(cell))
+                             _span_of(cell), str(direction) if direction else "forward")
 
     def dim_bind(self, meta, children):
         name, size = children

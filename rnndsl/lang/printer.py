@@ -95,7 +95,8 @@ def stmt(s: ast.Stmt) -> str:
         return "param " + ", ".join(var(v, "~") for v in s.vars)
     if isinstance(s, ast.LayerDecl):
         binds = ", ".join(f"{b.name} = {dim(b.size)}" for b in s.dims)
-        return f"layer {s.name} = {s.cell}({binds})"
+        way = "" if s.direction == "forward" else s.direction + " "
+        return f"layer {s.name} = {way}{s.cell}({binds})"
     if isinstance(s, ast.Equation):
         return f"{s.target}{chr(39) if s.primed else ''} = {expr(s.expr)}"
     if isinstance(s, ast.Output):

@@ -193,6 +193,13 @@ class Sampler:
         if not all(hasattr(cell, a) for a in ("spec", "dims", "dtype", "forward")):
             raise SampleError(f"Sampler needs an rnndsl cell, got {type(cell).__name__}")
         self.cell, spec = cell, cell.spec
+        backwards = [s.name for s in getattr(spec, "sequence_layers", ())]
+        if backwards or getattr(cell, "direction", "forward") != "forward":
+            what = (f"its layer {backwards[0]} runs" if backwards else
+                    f"it runs {cell.direction}")
+            raise SampleError(f"cannot sample from {spec.name}: {what} over whole sequences "
+                              "(a reverse pass reads the last step first), so it cannot "
+                              "make one token at a time")
         hidden = getattr(cell, "hidden_inputs", {})   # dropout masks: the runtime fills them
         user_inputs = [d for d in spec.inputs if d.name not in hidden]
         names = [d.name for d in user_inputs]

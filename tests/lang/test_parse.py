@@ -600,3 +600,18 @@ def test_printer_round_trip_on_random_asts(module):
     printed = unparse(module)
     assert parse(printed) == module, printed
     assert unparse(parse(printed)) == printed
+
+
+def test_a_layer_direction_parses_prints_back_and_leaves_the_words_free_elsewhere():
+    from rnndsl.lang import ast as A
+    text = ("cell Net {\n  dims I, H\n  input x[I]\n"
+            "  layer a = bidirectional LSTM(I = I, H = H)\n"
+            "  layer b = reverse LSTM(I = 2 * H, H = H)\n  layer c = LSTM(I = H, H = H)\n"
+            "  reverse = b(a(x))\n  bidirectional = c(reverse)\n  output y = bidirectional\n}\n")
+    module = parse(text)
+    layers = [s for s in module.cells[0].body if isinstance(s, A.LayerDecl)]
+    assert [s.direction for s in layers] == ["bidirectional", "reverse", "forward"]
+    printed = unparse(module)
+    assert "layer a = bidirectional LSTM(I = I, H = H)" in printed
+    assert "layer c = LSTM(I = H, H = H)" in printed
+    assert parse(printed) == module and unparse(parse(printed)) == printed

@@ -1,0 +1,248 @@
+"""The Cell API over a network of parts: a cell with layers run over whole sequences.
+
+`layer l1 = bidirectional LSTM(I = V, H = H)` splits a cell into parts that run one
+after another, each over the whole sequence (lang/network.py): segments, which are plain
+cells compiled like any other, and layer runs, a layer's cell run backwards or both ways
+(cells/directions.py). This class calls them in order and hands each the sequences the
+earlier ones made; its backward calls them in reverse, handing each part's input
+gradients to the part that made those inputs, and adding where a value fed several.
+
+Names, as the spec sees them: the params and states of the segments keep theirs (`W_y`,
+`l2.c` for a forward layer l2); a sequence layer's are qualified by the layer, its
+reverse direction's with the `_reverse` suffix of cells/directions.py (`l1.W_i`,
+`l1.W_i_reverse`, `l1.h_reverse`). A sequence layer's output is both directions side by
+side, forward first (as torch's bidirectional layers give them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..core.errors import BindError
+from ..lang.checked import CheckedCell
+from ..lang.network import LayerRun, Network, Segment, split
+from .base import Cell, Grads, Run
+
+
+@dataclass
+class NetworkRun(Run):
+    """A network's forward: its outputs and final states, and each part's own Run."""
+
+    runs: tuple = ()
+
+
+def network_class(spec: CheckedCell, library: dict[str, CheckedCell], target: str,
+                  load_part, spec_files: dict[str, str] | None = None) -> type:
+    """The cell class of a checked cell with sequence layers, on `target`: its parts'
+    classes built now by `load_part(text, cell, path)` (cells/load.py: through the
+    kernel cache on a compiled target, like any spec)."""
+    network = split(spec, library)
+    classes = []
+    for part in network.parts:
+        if isinstance(part, LayerRun):
+            # the layer's cell from its own file: the module `rnndsl.load` of that file
+            # builds, so the kernel cache holds it once
+            sub = part.layer.cell
+            classes.append(load_part(sub.source.text, sub.name, str(sub.source.path)))
+        else:
+            classes.append(load_part(part.text, part.name, f"<{spec.name}>"))
+    attrs = dict(spec=_outer_spec(spec, network, classes), target=target,
+                 network=network, part_classes=tuple(classes),
+                 spec_files=dict(spec_files or {}))
+    return type(spec.name, (NetworkCell,), attrs)
+
+
+def _outer_spec(spec: CheckedCell, network: Network, classes) -> CheckedCell:
+    """The cell as its users see it: its own inputs (not the sequences that pass between
+    its parts), and every part's params and states under the network's names."""
+    params, states = {}, {}
+    for part, cls in zip(network.parts, classes):
+        for kind, table in (("params", params), ("states", states)):
+            for d in getattr(cls.spec, kind):
+                if isinstance(part, Segment):
+                    table.setdefault(d.name, d)
+                    continue
+                for suffix in _suffixes(part):
+                    name = f"{part.layer.name}.{d.name}{suffix}"
+                    table[name] = replace(d, name=name)
+    hidden = {m for m, _ in spec.dropouts} | {i for p in network.parts
+                                              if isinstance(p, LayerRun) for i in p.layer.outputs}
+    inputs = tuple(d for d in spec.inputs if "." not in d.name and d.name not in hidden)
+    return replace(spec, inputs=inputs, states=tuple(states.values()),
+                   params=tuple(params.values()), definitions=(), dropouts=())
+
+
+def _suffixes(part: LayerRun) -> tuple[str, ...]:
+    from .directions import REVERSE
+    return ("", REVERSE) if part.layer.direction == "bidirectional" else ("",)
+
+
+class NetworkCell:
+    """Cell.forward / Cell.backward over the parts (module docstring)."""
+
+    spec: CheckedCell
+    target: str
+    network: Network
+    part_classes: tuple = ()
+    spec_files: dict = {}
+    hidden_inputs: dict = {}
+
+    _check_dims = classmethod(Cell._check_dims.__func__)
+    _size = Cell._size
+
+    def __init__(self, dtype=np.float32, seed: int | None = 0, direction: str = "forward",
+                 **dims):
+        if direction != "forward":
+            raise BindError(f"{self.spec.name} has layers run over whole sequences; give "
+                            "each its direction in the spec (layer l = bidirectional ...), "
+                            f"not direction={direction!r}")
+        self.dtype = Cell._check_dtype.__func__(type(self), dtype)
+        self.dims = self._check_dims(dims)
+        self.seed = seed
+        self.parts: list = []
+        self.params: dict[str, np.ndarray] = {}
+        for k, (part, cls) in enumerate(zip(self.network.parts, self.part_classes)):
+            part_seed = None if seed is None else seed + 1000 * k
+            if isinstance(part, Segment):
+                cell = cls(dtype=self.dtype, seed=part_seed, **self.dims)
+                for name, value in cell.params.items():
+                    self.params.setdefault(name, value)
+            else:
+                sizes = {n: size.evaluate(self.dims) for n, size in part.layer.sizes}
+                cell = cls(dtype=self.dtype, seed=part_seed, direction=part.layer.direction,
+                           **sizes)
+                for name, value in cell.params.items():
+                    self.params[f"{part.layer.name}.{name}"] = value
+            self.parts.append(cell)
+
+    def __repr__(self) -> str:
+        dims = ", ".join(f"{k}={v}" for k, v in self.dims.items())
+        return f"<{self.spec.name}({dims}), {len(self.parts)} parts, {self.target}>"
+
+    def _final_outputs(self) -> set[str]:
+        return {o.name for o in self.spec.outputs if o.final}
+
+    # ------------------------------------------------------------------ names
+    def _bind(self, k: int):
+        """Part k's cell, reading this network's params (which may have been replaced)."""
+        part, cell = self.network.parts[k], self.parts[k]
+        if isinstance(part, Segment):
+            cell.params = {d.name: self.params[d.name] for d in cell.spec.params}
+        else:
+            cell.params = {n: self.params[f"{part.layer.name}.{n}"] for n in cell.params}
+        return cell
+
+    def _part_names(self, k: int, given: Mapping | None) -> dict | None:
+        """The entries of a state (or state gradient) dict that belong to part k, under
+        its own names."""
+        if given is None:
+            return None
+        part = self.network.parts[k]
+        if isinstance(part, Segment):
+            mine = {d.name for d in self.part_classes[k].spec.states}
+            return {n: v for n, v in given.items() if n in mine}
+        prefix = part.layer.name + "."
+        return {n[len(prefix):]: v for n, v in given.items() if n.startswith(prefix)}
+
+    def _state_names(self, k: int, state: Mapping) -> dict:
+        part = self.network.parts[k]
+        if isinstance(part, Segment):
+            return dict(state)
+        return {f"{part.layer.name}.{n}": v for n, v in state.items()}
+
+    def _inputs(self, x) -> dict:
+        names = [d.name for d in self.spec.inputs]
+        if not isinstance(x, Mapping):
+            if len(names) != 1:
+                raise BindError(f"{self.spec.name} has inputs {', '.join(names)}: pass a "
+                                "dict keyed by input name")
+            return {("input", names[0]): x}
+        unknown = sorted(set(x) - set(names))
+        missing = [n for n in names if n not in x]
+        if unknown or missing:
+            raise BindError(f"{self.spec.name}'s inputs are {', '.join(names)}; "
+                            + (f"unknown: {', '.join(unknown)}" if unknown else
+                               f"missing: {', '.join(missing)}"))
+        return {("input", n): v for n, v in x.items()}
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x, state=None, *, lengths=None, dropout=None, steps=None,
+                grad: bool = True) -> NetworkRun:
+        """Cell.forward over the parts in turn."""
+        if state is not None and not isinstance(state, Mapping):
+            raise BindError("state must be a dict keyed by state name, got "
+                            f"{type(state).__name__}")
+        if state is not None:
+            known = {d.name for d in self.spec.states}
+            unknown = sorted(set(state) - known)
+            if unknown:
+                raise BindError(f"{self.spec.name} has no state {', '.join(unknown)}; its "
+                                f"states are {', '.join(sorted(known))}")
+        values: dict[Any, np.ndarray] = self._inputs(x)
+        runs, finals = [], {}
+        for k, part in enumerate(self.network.parts):
+            cell = self._bind(k)
+            given = {local: values[v] for local, v in part.inputs}
+            run = cell.forward(given, self._part_names(k, state), lengths=lengths,
+                               dropout=_dropout_for(dropout, k), steps=steps, grad=grad)
+            for local, v in part.outputs:
+                values[v] = run.outputs[local]
+            finals.update(self._state_names(k, run.state))
+            runs.append(run)
+        first = runs[0]
+        outputs = {name: values[v] for name, v in self.network.outputs}
+        return NetworkRun(outputs, finals, first.T, first.B, runs=tuple(runs))
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, run: NetworkRun, d_outputs=None, d_state=None,
+                 input_grads: bool = True) -> Grads:
+        """Cell.backward over the parts in reverse: each part's input gradients are the
+        output gradients of the parts that made those inputs."""
+        if not isinstance(run, NetworkRun) or len(run.runs) != len(self.parts):
+            raise BindError(f"backward takes the Run that this {self.spec.name}'s forward "
+                            "returned")
+        d_outputs = dict(d_outputs or {})
+        unknown = sorted(set(d_outputs) - set(run.outputs))
+        if unknown:
+            raise BindError(f"{self.spec.name} has no output {', '.join(unknown)}; its "
+                            f"outputs are {', '.join(run.outputs)}")
+        grads: dict[Any, np.ndarray] = {}
+
+        def add(v, g) -> None:
+            g = np.asarray(g)
+            grads[v] = g if v not in grads else grads[v] + g
+        for name, v in self.network.outputs:
+            if name in d_outputs and d_outputs[name] is not None:
+                add(v, d_outputs[name])
+        params: dict[str, np.ndarray] = {}
+        state: dict[str, np.ndarray] = {}
+        for k in reversed(range(len(self.parts))):
+            part, cell = self.network.parts[k], self._bind(k)
+            mine = {local: grads[v] for local, v in part.outputs if v in grads}
+            cut = any(v[0] != "input" for _, v in part.inputs)
+            g = cell.backward(run.runs[k], mine, self._part_names(k, d_state),
+                              input_grads=cut or input_grads)
+            for local, v in part.inputs:
+                if local in g.inputs:
+                    add(v, g.inputs[local])
+            for n, value in g.params.items():
+                full = n if isinstance(part, Segment) else f"{part.layer.name}.{n}"
+                params[full] = value if full not in params else params[full] + value
+            state.update(self._state_names(k, g.state))
+        inputs = {}
+        if input_grads:
+            inputs = {d.name: grads[("input", d.name)] for d in self.spec.inputs
+                      if ("input", d.name) in grads}
+        return Grads(params, inputs, state)
+
+
+def _dropout_for(dropout, k: int):
+    """Part k's dropout: its own stream from a Generator, seed + k from a seed."""
+    if k and isinstance(dropout, np.random.Generator):
+        return np.random.default_rng(dropout.integers(2 ** 63))
+    if k and isinstance(dropout, (int, np.integer)) and not isinstance(dropout, bool):
+        return dropout + k
+    return dropout
