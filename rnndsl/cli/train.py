@@ -121,6 +121,12 @@ def _corpus(name: str, max_chars: int | None):
 
 def _token_dims(spec) -> tuple[str, str, str]:
     """(input, output, vocabulary dim) of a token model, or a clear refusal."""
+    if spec.sequence_layers:
+        lay = spec.sequence_layers[0]
+        raise TrainError(f"cell {spec.name} runs layer {lay.name} {lay.direction} over whole "
+                         "sequences, so at each step it would read the characters it is "
+                         "to predict: rnndsl train trains next-token models; train it with "
+                         "rnndsl.train.Trainer on a task that may see the whole sequence")
     masks = {name for name, _ in spec.dropouts}      # the runtime fills these
     inputs = [d for d in spec.inputs if d.name not in masks]
     if len(inputs) != 1 or len(spec.outputs) != 1:

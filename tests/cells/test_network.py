@@ -291,3 +291,12 @@ def test_check_explain_and_build_describe_the_network(tmp_path, capsys):
     assert main(["build", str(path), "-o", str(tmp_path / "out")]) == 2
     assert "load it with rnndsl.load" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    # a next-token model must not see the future: rnndsl train refuses before any work
+    tokens = _spec(tmp_path, MIXED.replace("param W[K, 2 * H], b[K]", "param W[V, 2 * H], b[V]")
+                   .replace("  final last = s'\n", "").replace("  s' = tanh(U @ s + z[0:H] "
+                   "+ r2(z))\n", "  s' = tanh(U @ s + z[0:H])\n").replace(
+                   "  layer r2 = reverse GRU(I = 2 * H, H = H)\n", ""), "lm.rnn")
+    assert main(["train", str(tokens), "--steps", "3", "--checkpoint",
+                 str(tmp_path / "m.npz")]) == 2
+    assert "would read the characters it is to predict" in capsys.readouterr().err
+    assert not (tmp_path / "m.npz").exists()
