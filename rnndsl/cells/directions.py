@@ -18,8 +18,9 @@ Input: a cell class, its dims, a direction. Output: an object with the Cell API
 - The two directions of a compiled cell run at once, one on this thread and one on a
   second (the kernels release the GIL), each held to one thread, as the cpu target's
   row blocks are; other targets run them one after the other.
-- The reversal is done on the host, in NumPy; the cuda target, whose arrays may live
-  on the device, is refused (with the direction named) rather than copied back and forth.
+- The reversal is done on the host, in NumPy. On the cuda target a direction takes
+  NumPy arrays (each direction's kernels run on the device, one after the other); device
+  arrays are refused, with the direction named, rather than copied back and forth.
 """
 
 from __future__ import annotations
@@ -67,10 +68,6 @@ class Directional:
 
     def __init__(self, cls: type, direction: str, dtype=np.float32, seed: int | None = 0,
                  **dims):
-        if getattr(cls, "target", "") == "cuda":
-            raise TargetError(f"direction={direction!r} runs on the host, in NumPy: use the "
-                              "cpu or interp target (the cuda target keeps its arrays on the "
-                              "device)")
         self.direction = direction
         self.cell_class = cls
         self.spec = cls.spec
@@ -139,6 +136,8 @@ class Directional:
                 grad: bool = True) -> DirectionalRun:
         """Cell.forward for each direction (module docstring): a reverse pass sees each
         sequence backwards within its own length."""
+        if self.target == "cuda":
+            self._refuse_device_arrays(x, state)
         T, B = self._T_B(x, steps)
         if lengths is not None:
             from .modes import check_lengths
@@ -172,6 +171,17 @@ class Directional:
                               runs=tuple((s, r, run) for (s, r, _), run in
                                          zip(self.cells, runs)), index=index)
 
+    def _refuse_device_arrays(self, *given) -> None:
+        """The reversal within lengths runs on the host: on the cuda target a direction
+        takes NumPy arrays (each direction's kernels still run on the device)."""
+        from .cuda import is_device_array
+        for value in given:
+            values = value.values() if isinstance(value, Mapping) else [value]
+            if any(is_device_array(v) for v in values):
+                raise TargetError(f"direction={self.direction!r} reverses sequences on the "
+                                  "host: give the cuda target NumPy arrays (each direction's "
+                                  "kernels run on the GPU), not device arrays")
+
     # ------------------------------------------------------------------ backward
     def backward(self, run: DirectionalRun, d_outputs=None, d_state=None,
                  input_grads: bool = True) -> Grads:
@@ -186,6 +196,8 @@ class Directional:
         if unknown:
             raise BindError(f"{self.spec.name} has no output {', '.join(unknown)}; its "
                             f"outputs are {', '.join(run.outputs)}")
+        if self.target == "cuda":
+            self._refuse_device_arrays(d_outputs, d_state)
         T, B = run.T, run.B
         widths = {name: [r.outputs[name].shape[-1] if not _is_scalar(r.outputs[name], T, B)
                          else 1 for _, _, r in run.runs] for name in run.outputs}

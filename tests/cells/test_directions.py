@@ -134,7 +134,23 @@ def test_directions_are_checked():
 
 @pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None,
                     reason="numba-cuda is not installed")
-def test_the_cuda_target_refuses_a_host_side_direction():
-    Cls = rnndsl.load(SPECS / "elman_relu.rnn", target="cuda")
-    with pytest.raises(TargetError, match="runs on the host"):
-        Cls(I=I, H=H, direction="reverse")
+def test_the_cuda_target_runs_both_directions_on_host_arrays():
+    """Under the CUDA simulator (conftest.py): the reversal on the host, each direction's
+    kernels on the device, the same numbers as the interpreter; device arrays refused."""
+    from numba import cuda
+    kw = dict(dtype=np.float64, seed=3, direction="bidirectional", I=I, H=H)
+    ref = rnndsl.load(SPECS / "elman_relu.rnn", target="interp")(**kw)
+    dev = rnndsl.load(SPECS / "elman_relu.rnn", target="cuda")(**kw)
+    for name, value in ref.params.items():
+        dev.params[name][...] = value
+    x = _x(2)
+    a, b = ref.forward(x, lengths=LENGTHS), dev.forward(x, lengths=LENGTHS)
+    for name in a.outputs:
+        np.testing.assert_allclose(b.outputs[name], a.outputs[name], rtol=1e-10)
+    d = {name: np.random.default_rng(4).standard_normal(v.shape) for name, v in a.outputs.items()}
+    ga, gb = ref.backward(a, d), dev.backward(b, d)
+    for name in ga.params:
+        np.testing.assert_allclose(gb.params[name], ga.params[name], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gb.inputs["x"], ga.inputs["x"], rtol=1e-9, atol=1e-12)
+    with pytest.raises(TargetError, match="reverses sequences on the host"):
+        dev.forward(cuda.to_device(x))
