@@ -3,7 +3,8 @@
     python benchmarks/bench.py                       # everything installed, all shapes
     python benchmarks/bench.py --cells lstm --shapes small,mid --dtypes float32
 
-For each cell (Elman, LSTM, GRU, layer-normalised LSTM) and shape (T, B, I, H) it times
+For each cell (Elman, LSTM, GRU, layer-normalised LSTM, and LSTM and GRU as written in
+PyTorch's convention: specs/torch/) and shape (T, B, I, H) it times
 forward and forward+BPTT (median of --repeat runs after a warm-up) for:
   rnndsl      the compiled CPU target (rnndsl.load(..., target="cpu"))
   torch-nn    torch.nn.RNN / LSTM / GRU (oneDNN kernels), when PyTorch is installed
@@ -52,6 +53,25 @@ CELLS = {  # name: (spec, gates per hidden unit, torch.nn class name)
     "gru": (REPO / "specs" / "gru.rnn", 3, "GRU"),
     "layernorm_lstm": (REPO / "specs" / "layernorm_lstm.rnn", 4, None),
 }
+# The same cells written in PyTorch's convention (specs/torch/: the gates' weights
+# stacked, two biases each), against the same peers: name -> (the cell it mirrors, the
+# spec, the cell's name in it). Issue 19 asks that they run as fast as the shipped ones.
+TORCH_CONVENTION = {
+    "lstm_torch": ("lstm", REPO / "specs" / "torch" / "lstm.rnn", "TorchLSTM"),
+    "gru_torch": ("gru", REPO / "specs" / "torch" / "gru.rnn", "TorchGRU"),
+}
+
+
+def peer_cell(cell: str) -> str:
+    """The name the peers and the flop count know a cell by."""
+    return TORCH_CONVENTION[cell][0] if cell in TORCH_CONVENTION else cell
+
+
+def spec_of(cell: str) -> tuple[Path, str | None]:
+    """(spec file, cell name in it or None for its only cell) of a benchmark cell."""
+    if cell in TORCH_CONVENTION:
+        return TORCH_CONVENTION[cell][1], TORCH_CONVENTION[cell][2]
+    return CELLS[cell][0], None
 
 
 def median_ms(fn, repeat: int, budget_s: float = 20.0) -> float:
@@ -86,13 +106,14 @@ def cell_flops(cell: str, T: int, B: int, I: int, H: int, backward: bool) -> flo
 
 # ---------------------------------------------------------------------------- rnndsl
 def rnndsl_runner(cell, T, B, I, H, dtype, rng, passes=None):
+    path, name = spec_of(cell)
     if passes is None:
-        Cell = rnndsl.load(CELLS[cell][0], target="cpu")
+        Cell = rnndsl.load(path, target="cpu", cell=name)
     else:   # a build with some passes switched off, from the same cache
         from rnndsl.build.modules import cached_module
         from rnndsl.lang.specfile import read_spec
-        spec_file = read_spec(CELLS[cell][0])
-        Cell = getattr(cached_module(spec_file, passes=passes), spec_file.pick().name)
+        spec_file = read_spec(path)
+        Cell = getattr(cached_module(spec_file, passes=passes), spec_file.pick(name).name)
     c = Cell(I=I, H=H, dtype=dtype, seed=0)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     dy = rng.standard_normal((T, B, H)).astype(dtype)
@@ -289,7 +310,9 @@ def pass_gains(args) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cells", default=",".join(CELLS))
+    ap.add_argument("--cells", default=",".join([*CELLS, *TORCH_CONVENTION]),
+                    help="of " + ", ".join([*CELLS, *TORCH_CONVENTION]) + " (the _torch "
+                    "ones: the same cells written in PyTorch's convention, specs/torch/)")
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--dtypes", default="float32,float64")
     ap.add_argument("--peers", default="torch-nn,torch-loop,jax",
@@ -345,18 +368,19 @@ def main(argv=None) -> int:
                 timings = {"rnndsl": (median_ms(fwd, args.repeat),
                                       median_ms(fwdbwd, args.repeat))}
                 runners = {}
+                peer = peer_cell(cell)
                 if peers & {"torch-nn", "torch-loop"}:
                     runners.update({k: v for k, v in torch_runners(
-                        cell, T, B, I, H, dtype, rng).items() if k in peers})
+                        peer, T, B, I, H, dtype, rng).items() if k in peers})
                 if "jax" in peers:
-                    runners.update(jax_runners(cell, T, B, I, H, dtype, rng))
+                    runners.update(jax_runners(peer, T, B, I, H, dtype, rng))
                 for name, (f, fb) in runners.items():
                     timings[name] = (median_ms(f, args.repeat), median_ms(fb, args.repeat))
                 for i, mode in enumerate(("fwd", "fwd+bwd")):
                     ours = timings["rnndsl"][i]
                     others = {k: v[i] for k, v in timings.items() if k != "rnndsl"}
                     best = min(others.values()) if others else float("nan")
-                    gflops = cell_flops(cell, T, B, I, H, i == 1) / (ours / 1000) / 1e9
+                    gflops = cell_flops(peer, T, B, I, H, i == 1) / (ours / 1000) / 1e9
                     frac = 100 * gflops / ceilings[dname]
                     cols = [f"{others[k]:.2f}" if k in others else "-"
                             for k in ("torch-nn", "torch-loop", "jax")]
