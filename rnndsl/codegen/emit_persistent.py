@@ -41,7 +41,7 @@ import re
 from dataclasses import dataclass, field
 
 from .emit import CONSTS_PLACEHOLDER
-from .printer_py import Printer
+from .printer_py import LinePrinter as Printer
 
 ROWS_PER_THREAD = 4          # rows of a GEMM's output one thread computes ("tiles")
 K_TILE = 16                  # depth of the slices a GEMM phase stages in shared memory
