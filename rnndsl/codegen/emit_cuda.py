@@ -186,8 +186,8 @@ class CudaEmitter(_Emitter):
                                                                  for x in ax))), inner))
         else:
             top += inner
-        text, params = with_params(name, form.text(
-            [Raw("@cuda.jit"), Block(Code(f"def {name}(<<params>>):"), top)]))
+        params = form.free_syms(top)
+        text = device_kernel(name, top, params)
         self.kernels.append((name, text, kinds(params)))
         self.kernel_info[name] = KernelInfo(parallel, serial,
                                             form.text(body).rstrip("\n").split("\n"), what)
