@@ -22,7 +22,6 @@ from ..core.shapes import Dim
 
 
 
-CONSTS_PLACEHOLDER = "<<constants>>"
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,6 @@ host loop is what runs.
 
 from __future__ import annotations
 
-import ast
-import re
 from contextlib import contextmanager
 
 from .emit import (
@@ -42,7 +40,7 @@ from .emit import (
 )
 from . import form
 from .emit_persistent import KernelInfo, PersistentLoop
-from .form import Assign, Block, Call, Code, Comment, Consts, Launch, Raw, Sym, code, for_loop
+from .form import Assign, Block, Call, Code, Comment, Launch, Raw, Sym, code
 from .kernel import LOOP_VARS
 from ..core.ops import Op
 from ..schedule.plan import Plan
@@ -83,49 +81,6 @@ CUDA = Dialect(
     engine="numba-cuda @cuda.jit kernels driven from Python",
     debug_hint="Run it on the CUDA simulator for debugging with NUMBA_ENABLE_CUDASIM=1.",
     imports=("from numba import cuda",))
-
-# Names a kernel body may use that are not its arguments: modules and builtins.
-KERNEL_GLOBALS = frozenset({"cuda", "math", "min", "max", "abs", "range"})
-_INT_NAME = re.compile(r"^(t|T|B|R|dim_\w+)$")
-_FLOAT_NAME = re.compile(r"^k\d+$")
-_GRID_NAMES = ("x", "y", "z")
-
-
-def kernel_params(source: str) -> list[tuple[str, str]]:
-    """The free names of a kernel's text, sorted, each with its kind: "i" an int64 size or
-    step, "f" a scalar of the cell's float type, "aN" an N-D array of it."""
-    tree = ast.parse(source)
-    loads: set[str] = set()
-    stores: set[str] = set()
-    rank: dict[str, int] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            (stores if isinstance(node.ctx, ast.Store) else loads).add(node.id)
-        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
-            index = node.slice
-            n = len(index.elts) if isinstance(index, ast.Tuple) else 1
-            prev = rank.setdefault(node.value.id, n)
-            assert prev == n, f"{node.value.id} indexed with {prev} and {n} subscripts"
-    free = sorted(loads - stores - KERNEL_GLOBALS)
-    params = []
-    for name in free:
-        if name in rank:
-            params.append((name, f"a{rank[name]}"))
-        elif _INT_NAME.match(name):
-            params.append((name, "i"))
-        elif _FLOAT_NAME.match(name):
-            params.append((name, "f"))
-        else:
-            raise AssertionError(f"kernel argument {name!r} has no known kind")
-    return params
-
-
-def with_params(name: str, text: str) -> tuple[str, list[Sym]]:
-    """A persistent kernel's text printed as `def name(<<params>>):`, with its
-    parameters (the free names of its body) filled in: (text, params with their kinds)."""
-    text = text.replace(f"def {name}(<<params>>):", f"def {name}():")
-    params = [Sym(n, k) for n, k in kernel_params(text)]
-    return text.replace(f"def {name}():", signature(name, [s.name for s in params])), params
 
 
 def kinds(params: list[Sym]) -> list[tuple[str, str]]:
@@ -189,8 +144,7 @@ class CudaEmitter(_Emitter):
         params = form.free_syms(top)
         text = device_kernel(name, top, params)
         self.kernels.append((name, text, kinds(params)))
-        self.kernel_info[name] = KernelInfo(parallel, serial,
-                                            form.text(body).rstrip("\n").split("\n"), what)
+        self.kernel_info[name] = KernelInfo(parallel, serial, body, what)
         axes_text = " x ".join(f"{v}" for v, _ in parallel) or "one thread"
         kern.p.add(Launch(name, tuple(e for _, e in parallel), tuple(params),
                           f"  # threads: {axes_text}"))
@@ -217,12 +171,11 @@ class CudaEmitter(_Emitter):
         fn = next(st for st in driver if isinstance(st, Block))
         loop = next((st for st in fn.body if isinstance(st, Block) and st.var is not None
                      and st.var.name == "t"), None)
-        text = form.text([fn])
-        made = PersistentLoop(text, self.kernel_info, self.k(0.0),
+        made = PersistentLoop(fn.body, self.kernel_info, self.k(0.0),
                               hold="hold_weights" in self.plan.passes).kernel(name, about)
         if made is None:
             return driver
-        text, params = with_params(name, made.text)
+        text, params = made.text, made.params
         launch: list = [Comment("the time loop on the device: one launch for all steps, "
                                 "with as many threads as its widest phase has items")]
         streamed = Call("launch_persistent", (Code(name), Code(made.work), *params))
@@ -230,7 +183,7 @@ class CudaEmitter(_Emitter):
         if held is None:
             launch.append(streamed)
         else:
-            held_text, held_params = with_params(held.name, held.text)
+            held_text, held_params = held.text, held.params
             checks = "(" + "".join(f"({', '.join(c)}), " for c in held.checks) + ")"
             work = Sym("held_work", "x")
             fits = code("if held_grid_fits({}, {}, {}, {}):", held.name, work, checks,

@@ -81,3 +81,21 @@ def test_every_specs_drivers_are_pruned_and_read_every_constant_they_keep():
                     if isinstance(st, Assign) and isinstance(st.target, Sym)
                     and st.target.kind == "f" and st.target.name.startswith("k")}
             assert kept and kept <= read, (path, kept - read)
+
+
+def test_the_persistent_pass_reads_operands_items_and_kinds_from_the_form():
+    """A step's copy into columns of a work array from a tape's step: the phase indexes
+    both at full rank from the operands' items, and the kernel's parameters (hist_c a
+    3-D array, dim_H an int that only a slice bound names) come from the same data."""
+    from rnndsl.codegen.emit_persistent import PersistentLoop
+    dim_h = Sym("dim_H", "i")
+    w, hist = Sym("w3", "a2"), Sym("hist_c", "a3")
+    cols = (("all",), ("slice", dim_h, code("2 * {}", dim_h)))
+    loop = form.for_loop(t, code("range({})", T))
+    loop.body = [Call("copy2", (Arr(w, cols), Arr(hist, fix(t))))]
+    made = PersistentLoop([loop], {}, Sym("k0", "f")).kernel("f_steps", "test")
+    assert "w3[r, dim_H + j] = hist_c[t, r, j]" in made.text
+    assert [(p, p.kind) for p in made.params] == [("T", "i"), ("dim_H", "i"),
+                                                  ("hist_c", "a3"), ("w3", "a2")]
+    # the extent of the destination's columns, from the slice's bounds
+    assert "(2 * dim_H - dim_H)" in made.text
