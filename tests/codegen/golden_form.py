@@ -4,6 +4,9 @@ byte-for-byte check of a codegen refactor (issue 18's structured kernel form).
     python tests/codegen/golden_form.py write /tmp/sk-golden    # before the change
     python tests/codegen/golden_form.py check /tmp/sk-golden    # after each step
 
+(The "before" of another commit: `git worktree add /tmp/old <commit>`, then the write
+from /tmp/old with PYTHONPATH=/tmp/old, this script given by its path here.)
+
 The corpus: every spec under specs/ and specs/torch/, and every spec text the tests
 define (string constants in tests/ that read as a spec), on both compiled targets, with
 the default passes, none, each of a few passes left out, and the "lengths" variant. A
@@ -55,7 +58,8 @@ def corpus():
             spec = read_spec(path)
         except Exception:
             continue
-        yield f"test{i}_{hashlib.sha256(text.encode()).hexdigest()[:8]}", spec
+        # named by its text, not its place: a test added elsewhere renames nothing
+        yield f"test_{hashlib.sha256(text.encode()).hexdigest()[:8]}", spec
 
 
 def variants(target: str):
