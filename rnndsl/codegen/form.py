@@ -1,8 +1,11 @@
 """The structured kernel form: what the emitters build and the later passes read, printed
 to Python text once, at the end (printer_py.Printer builds it and prints it).
 
-Input: the emitters' calls (printer_py.Printer: `assign`, `call`, `launch`, `indent`,
-...). Output: a tree of statements whose operands are data, and its text.
+Input: the emitters' calls (printer_py.Printer: `assign`, `call`, `add`, `indent`,
+...). Output: a tree of statements whose operands are data, and its text. The passes on
+it: `prune_dead_views`, `fill_consts` (the typed constants' block), `free_syms` (a device
+kernel's parameters, emit_cuda.py), and the persistent pass (emit_persistent.py), which
+reads a driver's time loop as statements and operands.
 
 - Code is an expression's text together with the symbols it reads (`syms`). It is a
   `str`, so that the emitters' formats (dialect.py's elementwise formats) keep composing
@@ -15,6 +18,11 @@ Input: the emitters' calls (printer_py.Printer: `assign`, `call`, `launch`, `ind
   ("fix", Code) | ("slice", lo, hi) with either side Code or None | ("all",).
 - A statement knows what it reads (`reads`) and which names it binds (`binds`) from
   its operands. Blocks (`Block`: a loop, an if/else, a function) hold statements.
+
+Text made from Code by plain string operations (an f-string, `+`) has no symbols: a
+statement reads only what its operands say, so the emitters build operands with `code`,
+`Arr` and `Reshape`, and tests/codegen/golden_form.py checks that the parameters and the
+pruning this gives are the ones the text needs.
 
 Why a str subclass and not a separate expression tree: the emitted expressions are
 templates over operand texts (`f"{a[0]} * {k(1.0)}"`), shared by both targets and by
