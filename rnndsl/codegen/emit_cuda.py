@@ -168,9 +168,7 @@ class CudaEmitter(_Emitter):
         about = (f"every step of {which}_{cell}'s time loop in one launch: the grid stays "
                  "resident and waits at grid.sync() where a phase needs the last one's "
                  "results")
-        fn = next(st for st in driver if isinstance(st, Block))
-        loop = next((st for st in fn.body if isinstance(st, Block) and st.var is not None
-                     and st.var.name == "t"), None)
+        fn = next(st for st in driver if isinstance(st, Block))      # the def
         made = PersistentLoop(fn.body, self.kernel_info, self.k(0.0),
                               hold="hold_weights" in self.plan.passes).kernel(name, about)
         if made is None:
@@ -195,7 +193,7 @@ class CudaEmitter(_Emitter):
                        Block(fits, [Call("launch_persistent",
                                          (Code(held.name), work, *held_params))]),
                        Block(Code("else:"), [streamed])]
-        at = next(i for i, st in enumerate(fn.body) if st is loop)
+        at = next(i for i, st in enumerate(fn.body) if st is made.loop)
         fn.body[at:at + 1] = launch
         # the loop's kernels now live inside the persistent one
         launched = {st.kernel for st in form.walk(driver) if isinstance(st, form.Launch)}

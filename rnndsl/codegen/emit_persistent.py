@@ -114,11 +114,12 @@ class HeldKernel:
 @dataclass
 class PersistentKernel:
     """A time loop as a persistent kernel: its text, its work (threads its widest phase
-    can keep busy), its parameters (names with their kinds, sorted), and the kernel that
-    holds the weights, if any."""
+    can keep busy), its parameters (names with their kinds, sorted), the driver's loop it
+    replaces (a form.Block), and the kernel that holds the weights, if any."""
     text: str
     work: str
     params: list[Sym]
+    loop: form.Block
     held: HeldKernel | None = None
 
 
@@ -685,7 +686,7 @@ class PersistentLoop:
         if not phases:
             return None
         text, work, params = self._text(name, about, loop, phases)
-        made = PersistentKernel(text, work, params)
+        made = PersistentKernel(text, work, params, loop)
         held = self._hold_weights(phases) if self.hold else None
         if held is not None:
             held_phases, checks = held
