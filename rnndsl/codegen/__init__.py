@@ -1,6 +1,7 @@
-"""Code generation: a plan -> the text of a module of kernels. emit.py (the emitter),
-dialect.py (what differs between targets: the CPU dialect, per-op formats), kernel.py
-(one kernel's loop nests), module.py (the module's header and footer), emit_cuda.py and
-emit_persistent.py (the cuda target), printer_py.py (the printer), gemm_gen.py (writes
-kernels/gemm_tiles.py).
+"""Code generation: a plan -> the text of a module of kernels. form.py (the structured
+kernel form the emitters build and the passes read), emit.py (the emitter), buffers.py
+(its allocations), dialect.py (what differs between targets: the CPU dialect, per-op
+formats), kernel.py (one kernel's loop nests), module.py (the module's header and
+footer), emit_cuda.py and emit_persistent.py (the cuda target), printer_py.py (the
+printer of the form), gemm_gen.py (writes kernels/gemm_tiles.py).
 """

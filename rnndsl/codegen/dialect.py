@@ -5,7 +5,6 @@ emit.py's CPU dialect is here; emit_cuda.py holds the CUDA one."""
 
 from __future__ import annotations
 
-import ast
 import re
 import textwrap
 from contextlib import contextmanager
@@ -17,12 +16,12 @@ from ..kernels.tile_sizes import MR, NR
 from ..core.ops import LEAVES, Op, hard_sigmoid_coefficients
 from ..schedule.explain import explain_lines
 from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan, passes_for
+from .form import Code, Sym
 from .printer_py import Printer, safe_comment, safe_docstring
 from ..core.shapes import Dim
 
 
 
-CONSTS_PLACEHOLDER = "<<constants>>"
 
 
 @dataclass(frozen=True)
@@ -115,12 +114,13 @@ def ident(name) -> str:
     text = str(name).replace(".", "__")
     return text + "_" if _ENDS_LIKE_A_VIEW.search(text) else text
 
-def _dim(d: Dim) -> str:
-    """A size as a Python expression over the kernel's dim arguments."""
+def _dim(d: Dim) -> Code:
+    """A size as a Python expression over the kernel's dim arguments (which it reads)."""
     parts = [f"{c} * dim_{n}" if c != 1 else f"dim_{n}" for n, c in d.terms]
     if d.const or not parts:
         parts.append(str(d.const))
-    return " + ".join(parts).replace("+ -", "- ")
+    return Code(" + ".join(parts).replace("+ -", "- "),
+                [Sym(f"dim_{n}", "i") for n, _ in d.terms])
 
 
 def _elementwise_expr(op: Op, a: list[str], attrs: tuple, k) -> str:

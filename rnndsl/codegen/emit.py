@@ -20,7 +20,6 @@ as an identifier, a number the emitter formats itself, or a sanitised comment.
 """
 from __future__ import annotations
 
-import ast
 import re
 import textwrap
 from contextlib import contextmanager
@@ -39,12 +38,14 @@ from ..core.shapes import Dim
 from .dialect import *  # noqa: F401,F403
 from .dialect import _dim, _elementwise_expr, _ENDS_LIKE_A_VIEW  # noqa: F401
 from .dialect import gathered_tokens
-from .kernel import _Kernel  # noqa: F401
-from .module import (_const_repr, _dim_repr, module_footer, module_header,  # noqa: F401
-                     prune_dead_views)
+from . import form
+from .buffers import TILES, Buffers
+from .form import Arr, Consts, Reshape, Sym, code, fix, for_loop, prune_dead_views
+from .kernel import B, DTYPE, R, STEP, T, _Kernel, array
+from .module import _const_repr, _dim_repr, module_footer, module_header  # noqa: F401
 
 
-class _Emitter:
+class _Emitter(Buffers):
     kernel_class = _Kernel
     dialect = CPU
 
@@ -164,15 +165,15 @@ class _Emitter:
         return nid in self.same_as or nid in self.zero_sums
 
     # ---------------------------------------------------------------- helpers
-    def k(self, value) -> str:
+    def k(self, value) -> Sym:
         """A typed constant: a float, or ("dim", Dim) for a size as a float."""
         key = value if isinstance(value, tuple) else ("value", float(value))
         if key not in self._const_names:
-            self._const_names[key] = f"k{len(self.consts)}"
+            self._const_names[key] = Sym(f"k{len(self.consts)}", "f")
             self.consts.append(key)
         return self._const_names[key]
 
-    def const_of(self, nid: int) -> str:
+    def const_of(self, nid: int) -> Sym:
         node = self.G[nid]
         if node.op == Op.CONST:
             return self.k(node.attrs[0])
@@ -369,8 +370,8 @@ class _Emitter:
         bwd = self.kernel_nodes("backward")
         fwd_body, fwd_args = self.forward_kernel(fwd)
         bwd_body, bwd_args = self.backward_kernel(bwd)
-        fwd_body = prune_dead_views(self._fill_consts(fwd_body))
-        bwd_body = prune_dead_views(self._fill_consts(bwd_body))
+        fwd_body = form.text(prune_dead_views(form.fill_consts(fwd_body)))
+        bwd_body = form.text(prune_dead_views(form.fill_consts(bwd_body)))
         name = cell.name
         meta = Printer()
         meta.line(f"{name}_META = dict(")
@@ -389,18 +390,6 @@ class _Emitter:
         meta.line(")")
         source = fwd_body + "\n\n" + bwd_body + "\n\n" + meta.text()
         return Emitted(source, fwd_args, bwd_args, self.consts, self._tapes())
-
-    def _fill_consts(self, body: str) -> str:
-        lines = []
-        for line in body.splitlines():
-            if line.strip() == CONSTS_PLACEHOLDER:
-                indent = line[:len(line) - len(line.lstrip())]
-                for i, (kind, value) in enumerate(self.consts):
-                    what = f"size {value}" if kind == "dim" else repr(value)
-                    lines.append(f"{indent}k{i} = consts[{i}]  # {what}")
-            else:
-                lines.append(line)
-        return "\n".join(lines) + "\n"
 
     def _tapes(self) -> list[tuple[int, Dim]]:
         tapes = sorted(n for n in self.plan.saved if self.plan.stage[n] in ("pre", "fwd"))
@@ -440,11 +429,13 @@ class _Emitter:
 
     def _prologue(self, kern: _Kernel, args: list[tuple]) -> None:
         p = kern.p
-        p.line("R = T * B")
-        p.line("dtype = consts.dtype")
+        consts = Sym("consts", "a1")
+        p.assign(R, code("{} * {}", T, B))
+        p.assign(DTYPE, code("{}.dtype", consts))
         if self.micro:
-            p.line(f"tiles = B >= MR   # per-step GEMMs in rnndsl.kernels.gemm's tiles ({MR}+ rows)")
-        p.line(CONSTS_PLACEHOLDER)   # filled in by emit(): constants are found as we go
+            p.assign(TILES, code("{} >= MR", B),
+                     f"   # per-step GEMMs in rnndsl.kernels.gemm's tiles ({MR}+ rows)")
+        p.add(Consts(self.consts, consts))   # printed at the end: found as we go
         cell = self.plan.step.cell
         sizes = {d.name: d for d in (*cell.inputs, *cell.states)}
         for arg in args:
@@ -454,15 +445,17 @@ class _Emitter:
                 if kind in ("output", "output_grad"):
                     size = kern.size(self.plan.step.outputs[arg[1]])
                 elif kind == "input" and arg[1] in self.token_names:
-                    p.line(f"{name}_r = {name}.reshape(R)   # token ids, one a row")
+                    p.assign(array(f"{name}_r", 1), Reshape(array(name, 2), R),
+                             "   # token ids, one a row")
                     continue
                 else:
                     t = sizes[arg[1]].type
                     size = _dim(t.shape[0])
-                p.line(f"{name}_r = {name}.reshape((R, {size}))")
+                p.assign(array(f"{name}_r", 2), Reshape(array(name, 3), code("({}, {})", R, size)))
             elif kind == "tape":
                 n = arg[1]
-                p.line(f"tape{n}_r = tape{n}.reshape((R, {kern.size(n)}))")
+                p.assign(array(f"tape{n}_r", 2),
+                         Reshape(array(f"tape{n}", 3), code("({}, {})", R, kern.size(n))))
 
     def _docstring(self, kern: _Kernel, which: str, args: list[tuple]) -> None:
         plan = self.plan
@@ -500,7 +493,8 @@ class _Emitter:
                         "hoisted out of the time loop: no state, all T*B rows at once",
                         weight_stages=("pre", "fwd")):
             for name in hoisted:
-                p.line(f"copy2(out_{ident(name)}_r, {kern.whole(step.outputs[name], 'pre')})")
+                p.call("copy2", array(f"out_{ident(name)}_r", 2),
+                       kern.whole(step.outputs[name], "pre"))
             self._loop_arrays(kern, "fwd", nodes["fwd"])
             # The next states: each straight into s_*, unless one is another state as it
             # stood (a state handed on unchanged: s_*), which needs the new values apart
@@ -509,25 +503,37 @@ class _Emitter:
             buffered = any(self.views_state_buffer(nid, Op.STATE)
                            for nid in step.next_state.values())
             for d in step.cell.states:
-                p.line(f"s_{ident(d.name)} = {self.dialect.clone.format('s0_' + ident(d.name))}")
-                if buffered:
-                    p.line(f"nx_{ident(d.name)} = {self.dialect.empty_like}(s0_{ident(d.name)})")
-            with p.indent("for t in range(T):"):
+                self._state_buffers(kern, "s0_", "s_", "nx_", d.name, buffered)
+            with p.indent(for_loop(STEP, code("range({})", T))):
                 for name in sorted(plan.saved_states):
-                    p.line(f"copy2(hist_{ident(name)}[t], s_{ident(name)})")
+                    p.call("copy2", Arr(array(f"hist_{ident(name)}", 3), fix(STEP)),
+                           array(f"s_{ident(name)}", 2))
                 kern.emit_stage("fwd", nodes["fwd"])
                 for name, nid in step.outputs.items():
                     if name not in hoisted:
-                        p.line(f"copy2(out_{ident(name)}[t], {kern.whole(nid, 'fwd')})")
+                        p.call("copy2", Arr(array(f"out_{ident(name)}", 3), fix(STEP)),
+                               kern.whole(nid, "fwd"))
                 into = "nx_" if buffered else "s_"
                 for name, src in next_src.items():
-                    p.line(f"copy2({into}{ident(name)}, {src})")
+                    p.call("copy2", array(f"{into}{ident(name)}", 2), src)
                 if buffered:
                     for name in step.next_state:
-                        p.line(f"copy2(s_{ident(name)}, nx_{ident(name)})")
+                        p.call("copy2", array(f"s_{ident(name)}", 2),
+                               array(f"nx_{ident(name)}", 2))
             for d in step.cell.states:
-                p.line(f"copy2(fin_{ident(d.name)}, s_{ident(d.name)})")
-        return p.text(), args
+                p.call("copy2", array(f"fin_{ident(d.name)}", 2), array(f"s_{ident(d.name)}", 2))
+        return p.body, args
+
+    def _state_buffers(self, kern: _Kernel, given: str, into: str, apart: str, name: str,
+                       buffered: bool) -> None:
+        """A loop's state buffer, a copy of the given array, and its second buffer."""
+        name = ident(name)
+        src = array(given + name, 2)
+        kern.p.assign(array(into + name, 2), code(self.dialect.clone, src))
+        if buffered:
+            kern.p.assign(array(apart + name, 2), code("{}({})", self.dialect.empty_like,
+                                                        array(into + name if into == "ds_"
+                                                              else given + name, 2)))
 
     def backward_kernel(self, nodes: dict[str, list[int]]) -> tuple[str, list[tuple]]:
         kern = self.kernel_class(self, "backward")
@@ -539,14 +545,12 @@ class _Emitter:
                         "no cotangent and no state: all T*B rows at once"):
             for n in sorted(plan.saved):
                 if plan.stage[n] == "bwd" and n not in self.cg_block:
-                    p.line(f"tape{n} = {self.dialect.empty}((T, B, {kern.size(n)}), dtype)")
-                    p.line(f"tape{n}_r = tape{n}.reshape((R, {kern.size(n)}))")
+                    self._sequence(kern, f"tape{n}", kern.size(n))
             self._cotangent_buffers(kern)
             self._packed_single_weights(kern, nodes["bwd"])
             for name in sorted(plan.saved_next_seeds):
                 size = _dim(step.graph[step.states[name]].type.shape[0])
-                p.line(f"dnext_{ident(name)} = {self.dialect.empty}((T, B, {size}), dtype)")
-                p.line(f"dnext_{ident(name)}_r = dnext_{ident(name)}.reshape((R, {size}))")
+                self._sequence(kern, f"dnext_{ident(name)}", size)
             self._loop_arrays(kern, "bwd", nodes["bwd"])
             # The state gradients a step hands back: each straight into ds_*, unless one
             # is computed from another state's ds_* as it stood (a state passed on
@@ -556,31 +560,35 @@ class _Emitter:
             buffered = any(nid is not None and self.views_state_buffer(nid, Op.SEED)
                            for nid in grads.states.values())
             for d in step.cell.states:
-                p.line(f"ds_{ident(d.name)} = {self.dialect.clone.format('dfin_' + ident(d.name))}")
-                if buffered:
-                    p.line(f"nds_{ident(d.name)} = {self.dialect.empty_like}(ds_{ident(d.name)})")
-            with p.indent("for t in range(T - 1, -1, -1):"):
+                self._state_buffers(kern, "dfin_", "ds_", "nds_", d.name, buffered)
+            backwards = code("range({} - 1, -1, -1)", T)
+            with p.indent(for_loop(STEP, backwards)):
                 for name in sorted(plan.saved_next_seeds):
-                    p.line(f"copy2(dnext_{ident(name)}[t], ds_{ident(name)})")
+                    p.call("copy2", Arr(array(f"dnext_{ident(name)}", 3), fix(STEP)),
+                           array(f"ds_{ident(name)}", 2))
                 kern.emit_stage("bwd", nodes["bwd"])
                 for name, nid in grads.params.items():
                     if nid is not None and plan.stage.get(nid) != "post":
                         nd = 1 if G[nid].type.rank < 2 else 2
-                        p.line(f"add_into{nd}(dp_{ident(name)}, {kern.whole(nid, 'bwd')})")
+                        p.call(f"add_into{nd}", array(f"dp_{ident(name)}", nd),
+                               kern.whole(nid, "bwd"))
                 for name, nid in grads.inputs.items():
                     if nid is not None and plan.stage.get(nid) != "post":
-                        p.line(f"copy2(din_{ident(name)}[t], {kern.whole(nid, 'bwd')})")
+                        p.call("copy2", Arr(array(f"din_{ident(name)}", 3), fix(STEP)),
+                               kern.whole(nid, "bwd"))
                 into = "nds_" if buffered else "ds_"
                 for name, src in state_src.items():
                     if src is None:
-                        p.line(f"fill2({into}{ident(name)}, {self.k(0.0)})")
+                        p.call("fill2", array(f"{into}{ident(name)}", 2), self.k(0.0))
                     else:      # never ds_<name> itself unless buffered (views_state_buffer)
-                        p.line(f"copy2({into}{ident(name)}, {src})")
+                        p.call("copy2", array(f"{into}{ident(name)}", 2), src)
                 if buffered:
                     for name in grads.states:
-                        p.line(f"copy2(ds_{ident(name)}, nds_{ident(name)})")
+                        p.call("copy2", array(f"ds_{ident(name)}", 2),
+                               array(f"nds_{ident(name)}", 2))
             for d in step.cell.states:
-                p.line(f"copy2(ds0_{ident(d.name)}, ds_{ident(d.name)})")
+                p.call("copy2", array(f"ds0_{ident(d.name)}", 2),
+                       array(f"ds_{ident(d.name)}", 2))
             if nodes["post"]:
                 p.comment("deferred out of the backward loop: all T*B rows at once")
                 inputs_only = self.inputs_only(nodes["post"])
@@ -588,20 +596,23 @@ class _Emitter:
                 for name, nid in grads.params.items():
                     if nid is not None and plan.stage.get(nid) == "post":
                         nd = 1 if G[nid].type.rank < 2 else 2
-                        p.line(f"copy{nd}(dp_{ident(name)}, {kern.whole(nid, 'post')})")
+                        p.call(f"copy{nd}", array(f"dp_{ident(name)}", nd),
+                               kern.whole(nid, "post"))
                 din = [(name, nid) for name, nid in grads.inputs.items()
                        if nid is not None and plan.stage.get(nid) == "post"]
                 if din and self.dialect.skips_input_grads:
-                    with p.indent("if want_din:"):
+                    with p.indent(code("if {}:", Sym("want_din", "x"))):
                         p.comment("the input sequences' gradients, when the caller wants them")
                         kern.emit_stage("post", [n for n in nodes["post"] if n in inputs_only])
                         for name, nid in din:
-                            p.line(f"copy2(din_{ident(name)}_r, {kern.whole(nid, 'post')})")
+                            p.call("copy2", array(f"din_{ident(name)}_r", 2),
+                                   kern.whole(nid, "post"))
                 else:
                     kern.emit_stage("post", [n for n in nodes["post"] if n in inputs_only])
                     for name, nid in din:
-                        p.line(f"copy2(din_{ident(name)}_r, {kern.whole(nid, 'post')})")
-        return p.text(), args
+                        p.call("copy2", array(f"din_{ident(name)}_r", 2),
+                               kern.whole(nid, "post"))
+        return p.body, args
 
     @contextmanager
     def _open(self, kern: _Kernel, which: str, args, nodes, pre_comment: str,
@@ -623,186 +634,6 @@ class _Emitter:
                 p.comment(pre_comment)
                 kern.emit_stage("pre", nodes["pre"])
             yield
-
-    def _cotangent_buffers(self, kern: _Kernel) -> None:
-        """One buffer per group of stacked cotangents (views for each g_k), and the
-        stacked weights [W_1; ...; W_n] their GEMMs multiply by."""
-        G, p = self.G, kern.p
-        for i, cg in enumerate(self.plan.cotangent_groups):
-            total = self.cg_total[i]
-            if cg.taped:
-                p.line(f"tgc{i} = {self.dialect.empty}((T, B, {total}), dtype)")
-                p.line(f"tgc{i}_r = tgc{i}.reshape((R, {total}))")
-            else:
-                p.line(f"gc{i} = {self.dialect.empty}((B, {total}), dtype)")
-            for g in cg.cotangents:
-                if self.cg_block[g][0] != i:
-                    continue    # a mirror: g's views name its home group's columns
-                _, start, stop = self.cg_block[g]
-                if cg.taped:
-                    p.line(f"tape{g} = tgc{i}[:, :, {start}:{stop}]")
-                    p.line(f"tape{g}_r = tgc{i}_r[:, {start}:{stop}]")
-                else:
-                    p.line(f"w{g} = gc{i}[:, {start}:{stop}]")
-            for u, use in enumerate(cg.uses):
-                if not use.matvec_t:
-                    continue
-                cols = _dim(G[use.vector].type.shape[0])
-                if self.micro and self.per_step_cotangent_gemm(i, u):
-                    self._packed_cotangent_weights(kern, i, u, total, cols)
-                    continue
-                p.line(f"ws{i}_{u} = {self.dialect.empty}(({total}, {cols}), dtype)")
-                for w, g in zip(use.weights, cg.cotangents):
-                    start, stop = self.cg_cols[(i, g)]
-                    p.line(f"copy2(ws{i}_{u}[{start}:{stop}, :], p_{ident(G[w].attrs[0])})")
-                if not self.splits_cotangents(i, u):
-                    continue
-                sizes = [_dim(G[g].type.shape[0]) for g in cg.cotangents]
-                small = " and ".join(dict.fromkeys(
-                    f"B * {n} * {cols} <= {SMALL_PRODUCT}" for n in sizes))
-                p.comment("term by term when the stacked product is too big for OpenBLAS's "
-                          "small-matrix kernel and the terms are not")
-                p.line(f"splitc{i}_{u} = B * {total} * {cols} > {SMALL_PRODUCT} and {small}")
-                p.line(f"mt{i}_{u} = {self.dialect.empty}((B if splitc{i}_{u} else 0, {cols}), "
-                       "dtype)")
-                for k, (w, n) in enumerate(zip(use.weights, sizes)):
-                    p.line(f"gk{i}_{u}_{k} = {self.dialect.empty}((B if splitc{i}_{u} else 0, "
-                           f"{n}), dtype)")
-                    p.line(f"wsk{i}_{u}_{k} = np.ascontiguousarray(p_{ident(G[w].attrs[0])}) "
-                           f"if splitc{i}_{u} else {self.dialect.empty}((0, 0), dtype)")
-
-    def _weights(self, kern: _Kernel, stages) -> None:
-        """Stacked, transposed weights for each matmul group (once per call)."""
-        G, p = self.G, kern.p
-        for s in stages:
-            for grp in self.plan.matmuls.get(s, []):
-                if not G[grp.vector].type.batched:
-                    continue
-                g = self.matmul_index[id(grp)]
-                cols = _dim(G[grp.vector].type.shape[0])
-                if self.micro and s in LOOP_STAGES:
-                    self._packed_weights(kern, grp, g, cols)
-                    continue
-                if len(grp.members) == 1:
-                    w = G[G[grp.members[0]].args[0]].attrs[0]
-                    p.line(f"wt{g} = transposed(p_{ident(w)})")
-                    continue
-                p.line(f"wt{g} = {self.dialect.empty}(({cols}, {self.group_total(grp)}), dtype)")
-                offset = Dim.lit(0)
-                for m in grp.members:
-                    stop = offset + G[m].type.shape[0]
-                    w = G[G[m].args[0]].attrs[0]
-                    p.line(f"copy_t(wt{g}[:, {_dim(offset)}:{_dim(stop)}], p_{ident(w)})")
-                    offset = stop
-                if self.splits_small(grp, s):
-                    small = " and ".join(dict.fromkeys(
-                        f"B * {cols} * {_dim(G[m].type.shape[0])} <= {SMALL_PRODUCT}"
-                        for m in grp.members))
-                    p.comment("member by member when the stacked product is too big for "
-                              "OpenBLAS's small-matrix kernel and the members are not")
-                    p.line(f"split{g} = B * {cols} * ({self.group_total(grp)}) > "
-                           f"{SMALL_PRODUCT} and {small}")
-                    for k, m in enumerate(grp.members):
-                        w = G[G[m].args[0]].attrs[0]
-                        p.line(f"wt{g}_{k} = transposed(p_{ident(w)}) if split{g} else "
-                               f"{self.dialect.empty}((0, 0), dtype)")
-
-    def _packed_weights(self, kern: _Kernel, grp: MatmulGroup, g: int, cols: str) -> None:
-        """A per-step GEMM's stacked weights [W_1^T, ..., W_n^T], packed once into
-        rnndsl.kernels.gemm's panels; below MR rows of batch, stacked for one BLAS call a step."""
-        G, p = self.G, kern.p
-        total = self.group_total(grp)
-        members = [(m, G[G[m].args[0]].attrs[0]) for m in grp.members]
-        p.comment(f"{', '.join(w for _, w in members)}, packed once for the per-step GEMM's")
-        p.comment("register tiles (rnndsl.kernels.gemm), or stacked for BLAS")
-        p.line(f"wp{g} = np.zeros((({total} + NR - 1) // NR if tiles else 0, {cols}, NR), "
-               "dtype)")
-        p.line(f"wt{g} = {self.dialect.empty}((0 if tiles else {cols}, {total}), dtype)")
-        offset = Dim.lit(0)
-        with p.indent("if tiles:"):
-            for m, w in members:
-                p.line(f"pack_cols_t(wp{g}, p_{ident(w)}, {_dim(offset)})")
-                offset = offset + G[m].type.shape[0]
-        offset = Dim.lit(0)
-        with p.indent("else:"):
-            for m, w in members:
-                stop = offset + G[m].type.shape[0]
-                p.line(f"copy_t(wt{g}[:, {_dim(offset)}:{_dim(stop)}], p_{ident(w)})")
-                offset = stop
-
-    def _packed_cotangent_weights(self, kern: _Kernel, i: int, u: int, total: str,
-                                  cols: str) -> None:
-        """The backward loop's stacked [W_1; ...; W_n], packed once into rnndsl.kernels.gemm's
-        panels; below MR rows of batch, stacked for one BLAS call a step."""
-        G, p = self.G, kern.p
-        cg = self.plan.cotangent_groups[i]
-        use = cg.uses[u]
-        names = ", ".join(G[w].attrs[0] for w in use.weights)
-        p.comment(f"[{names}] stacked, packed once for the backward step's register tiles")
-        p.comment("(rnndsl.kernels.gemm), or stacked for BLAS")
-        p.line(f"wsp{i}_{u} = np.zeros((({cols} + NR - 1) // NR if tiles else 0, "
-               f"{total}, NR), dtype)")
-        p.line(f"ws{i}_{u} = {self.dialect.empty}((0 if tiles else {total}, {cols}), dtype)")
-        blocks = [(G[w].attrs[0], self.cg_cols[(i, g)])
-                  for w, g in zip(use.weights, cg.cotangents)]
-        with p.indent("if tiles:"):
-            for w, (start, _) in blocks:
-                p.line(f"pack_rows(wsp{i}_{u}, p_{ident(w)}, {start})")
-        with p.indent("else:"):
-            for w, (start, stop) in blocks:
-                p.line(f"copy2(ws{i}_{u}[{start}:{stop}, :], p_{ident(w)})")
-
-    def _packed_single_weights(self, kern: _Kernel, nodes: list[int]) -> None:
-        """Panels for each lone g @ W of the backward loop (see packs_single)."""
-        p = kern.p
-        for n in nodes:
-            if not self.packs_single(n):
-                continue
-            w = ident(self.G[self.G[n].args[0]].attrs[0])
-            p.comment(f"{w}, packed once for the backward step's register tiles (rnndsl.kernels.gemm)")
-            p.line(f"wpt{n} = np.zeros(((p_{w}.shape[1] + NR - 1) // NR if tiles else 0, "
-                   f"p_{w}.shape[0], NR), dtype)")
-            with p.indent("if tiles:"):
-                p.line(f"pack_rows(wpt{n}, p_{w}, 0)")
-
-    def _loop_arrays(self, kern: _Kernel, stage: str, nodes: list[int]) -> None:
-        """Work arrays of a loop stage, allocated once before the loop."""
-        G, p = self.G, kern.p
-        mine = set(nodes)
-        for grp in self.plan.matmuls.get(stage, []):
-            if G[grp.vector].type.batched and any(m in mine for m in grp.members):
-                g = self.matmul_index[id(grp)]
-                p.line(f"mm{g} = {self.dialect.empty}((B, {self.group_total(grp)}), dtype)")
-                if self.splits_small(grp, stage):
-                    for k, m in enumerate(grp.members):
-                        size = _dim(G[m].type.shape[0])
-                        p.line(f"mm{g}_{k} = {self.dialect.empty}((B if split{g} else 0, "
-                               f"{size}), dtype)")
-                kern.bind_members(grp, stage)
-        grouped = {m for grp in self.plan.matmuls.get(stage, []) for m in grp.members
-                   if G[grp.vector].type.batched}
-        group_of = {n: set(g) for g in self.plan.fused[stage] for n in g}
-        for n in nodes:
-            node = G[n]
-            if n in grouped or node.op == Op.SLICE or n in self.cg_block:
-                continue
-            if n in self.mt_use:
-                if self.elided_zero(n):
-                    continue
-                kern.alloc(n, stage)
-                i, u = self.mt_use[n]
-                if n != self.plan.cotangent_groups[i].uses[u].matvec_t[0]:
-                    p.line(f"fill2(w{n}, {self.k(0.0)})   # its term is in the stacked GEMM")
-                continue
-            if node.op in ELEMENTWISE:
-                if self.folded(n) or not self.needs_array(n, group_of.get(n, {n})):
-                    continue
-                if n in self.plan.saved and self.writes_tape_directly(n):
-                    continue
-            kern.alloc(n, stage)
-            if not node.type.batched:
-                self.loop_allocated.add(n)
-
 
 
 def emit(plan: Plan, spec_path: str, spec_text: str, digest: str) -> Emitted:

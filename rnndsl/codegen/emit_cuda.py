@@ -12,9 +12,10 @@ target changes two things:
   inside `for r ...: for j ...:` becomes the body of a module-level `@cuda.jit` kernel
   whose thread grid covers the parallel axes (x = the innermost, for coalescing), with a
   bounds guard; the reduction axes stay loops inside a thread. The driver launches it.
-A kernel's parameters are the free names of its body (arrays, the step `t`, sizes,
-typed constants), found with `ast` on the generated text, so whatever the shared
-emitter writes into a body reaches the kernel as an argument.
+A kernel's parameters are the free names of its body in the structured form (arrays,
+the step `t`, sizes, typed constants: form.free_syms), each with the kind the emitter
+gave it, so whatever the shared emitter writes into a body reaches the kernel as an
+argument.
 
 The drivers print their time loops on the host: each step a few launches over
 device-resident state, tapes and work arrays (the recurrent GEMM, one fused elementwise
@@ -25,8 +26,6 @@ host loop is what runs.
 
 from __future__ import annotations
 
-import ast
-import re
 from contextlib import contextmanager
 
 from .emit import (
@@ -39,7 +38,10 @@ from .emit import (
     _Emitter,
     _Kernel,
 )
+from . import form
 from .emit_persistent import KernelInfo, PersistentLoop
+from .form import Assign, Block, Call, Code, Comment, Launch, Raw, Sym, code
+from .kernel import LOOP_VARS
 from ..core.ops import Op
 from ..schedule.plan import Plan
 from .printer_py import Printer, signature
@@ -80,50 +82,20 @@ CUDA = Dialect(
     debug_hint="Run it on the CUDA simulator for debugging with NUMBA_ENABLE_CUDASIM=1.",
     imports=("from numba import cuda",))
 
-# Names a kernel body may use that are not its arguments: modules and builtins.
-KERNEL_GLOBALS = frozenset({"cuda", "math", "min", "max", "abs", "range"})
-_INT_NAME = re.compile(r"^(t|T|B|R|dim_\w+)$")
-_FLOAT_NAME = re.compile(r"^k\d+$")
-_GRID_NAMES = ("x", "y", "z")
+
+def kinds(params: list[Sym]) -> list[tuple[str, str]]:
+    """(name, kind) of a device kernel's parameters: "i" an int64 size or step, "f" a
+    scalar of the cell's float type, "aN" an N-D array of it."""
+    for s in params:
+        assert s.kind in ("i", "f") or s.kind[0] == "a", \
+            f"kernel argument {s.name!r} has no device kind ({s.kind})"
+    return [(s.name, s.kind) for s in params]
 
 
-def kernel_params(source: str) -> list[tuple[str, str]]:
-    """The free names of a kernel's text, sorted, each with its kind: "i" an int64 size or
-    step, "f" a scalar of the cell's float type, "aN" an N-D array of it."""
-    tree = ast.parse(source)
-    loads: set[str] = set()
-    stores: set[str] = set()
-    rank: dict[str, int] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            (stores if isinstance(node.ctx, ast.Store) else loads).add(node.id)
-        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
-            index = node.slice
-            n = len(index.elts) if isinstance(index, ast.Tuple) else 1
-            prev = rank.setdefault(node.value.id, n)
-            assert prev == n, f"{node.value.id} indexed with {prev} and {n} subscripts"
-    free = sorted(loads - stores - KERNEL_GLOBALS)
-    params = []
-    for name in free:
-        if name in rank:
-            params.append((name, f"a{rank[name]}"))
-        elif _INT_NAME.match(name):
-            params.append((name, "i"))
-        elif _FLOAT_NAME.match(name):
-            params.append((name, "f"))
-        else:
-            raise AssertionError(f"kernel argument {name!r} has no known kind")
-    return params
-
-
-def with_params(name: str, text: str) -> tuple[str, list[tuple[str, str]], str]:
-    """A kernel's text printed as `def name(<<params>>):`, with its parameters (the free
-    names of its body) filled in: (text, params with their kinds, the names joined)."""
-    text = text.replace(f"def {name}(<<params>>):", f"def {name}():")
-    params = kernel_params(text)
-    names = ", ".join(n for n, _ in params)
-    return (text.replace(f"def {name}():", signature(name, [n for n, _ in params])),
-            params, names)
+def device_kernel(name: str, body: list, params: list[Sym]) -> str:
+    """The text of `@cuda.jit def name(params): body`."""
+    return form.text([Raw("@cuda.jit"),
+                      Block(signature(name, [s.name for s in params]), body)])
 
 
 class _CudaKernel(_Kernel):
@@ -133,16 +105,9 @@ class _CudaKernel(_Kernel):
 
     @contextmanager
     def loops(self, axes, about=()):
-        """Print the body at depth 0, then cut it out of the driver into a kernel."""
-        p = self.p
-        start, depth = len(p.lines), p.depth
-        p.depth = 0
-        try:
+        """The body, kept out of the driver, becomes a device kernel."""
+        with self.p.capture() as body:
             yield
-        finally:
-            body = p.lines[start:]
-            del p.lines[start:]
-            p.depth = depth
         self.em.add_device_kernel(self, axes, list(about), body)
 
 
@@ -156,44 +121,43 @@ class CudaEmitter(_Emitter):
         self.kernel_info: dict[str, KernelInfo] = {}
 
     def add_device_kernel(self, kern: _CudaKernel, axes, about: list[str],
-                          body: list[str]) -> None:
+                          body: list) -> None:
         """Wrap a loop nest's body as a kernel; launch it from the driver."""
         name = f"{kern.which}_{self.plan.step.cell.name}_k{len(self.kernels)}"
-        parallel = [(v, e) for v, e, par in axes if par]
-        serial = [(v, e) for v, e, par in axes if not par]
+        parallel = [(LOOP_VARS[v], e) for v, e, par in axes if par]
+        serial = [(LOOP_VARS[v], e) for v, e, par in axes if not par]
         assert len(parallel) <= 3, axes
-        p = Printer()
-        p.line("@cuda.jit")
-        with p.indent(f"def {name}(<<params>>):"):
-            what = "; ".join(about) if about else "a loop nest of the plan"
-            p.comment(what)
-            if parallel:
-                grid = ", ".join(v for v, _ in reversed(parallel))
-                p.line(f"{grid} = cuda.grid({len(parallel)})")
-                guard = " and ".join(f"{v} < {e}" for v, e in parallel)
-                p.line(f"if {guard}:")
-                p.depth += 1
-            for v, e in serial:
-                p.line(f"for {v} in range({e}):")
-                p.depth += 1
-            for line in body:
-                p.line(line)
-        text, params, names = with_params(name, p.text())
-        self.kernels.append((name, text, params))
-        self.kernel_info[name] = KernelInfo(parallel, serial, list(body), what)
-        extents = ", ".join(e for _, e in parallel)
+        what = "; ".join(about) if about else "a loop nest of the plan"
+        inner = body
+        for v, e in reversed(serial):
+            inner = [Block(code("for {} in range({}):", v, e), inner, bound=(v,))]
+        top: list = [Comment(what)]
+        if parallel:
+            grid = Code(", ".join(v for v, _ in reversed(parallel)),
+                        [v for v, _ in reversed(parallel)])
+            top.append(Assign(grid, Code(f"cuda.grid({len(parallel)})"), unpack=True))
+            guard = " and ".join(f"{v} < {e}" for v, e in parallel)
+            top.append(Block(Code(f"if {guard}:", form.syms_of(*(x for ax in parallel
+                                                                 for x in ax))), inner))
+        else:
+            top += inner
+        params = form.free_syms(top)
+        text = device_kernel(name, top, params)
+        self.kernels.append((name, text, kinds(params)))
+        self.kernel_info[name] = KernelInfo(parallel, serial, body, what)
         axes_text = " x ".join(f"{v}" for v, _ in parallel) or "one thread"
-        kern.p.line(f"{name}[launch({extents})]({names})  # threads: {axes_text}")
+        kern.p.add(Launch(name, tuple(e for _, e in parallel), tuple(params),
+                          f"  # threads: {axes_text}"))
 
     def forward_kernel(self, nodes):
-        text, args = super().forward_kernel(nodes)
-        return self.persistent(text, "forward"), args
+        body, args = super().forward_kernel(nodes)
+        return self.persistent(body, "forward"), args
 
     def backward_kernel(self, nodes):
-        text, args = super().backward_kernel(nodes)
-        return self.persistent(text, "backward"), args
+        body, args = super().backward_kernel(nodes)
+        return self.persistent(body, "backward"), args
 
-    def persistent(self, driver: str, which: str) -> str:
+    def persistent(self, driver: list, which: str) -> list:
         """The `persistent` pass: the driver's time loop as one cooperative kernel
         (emit_persistent.py); the driver is unchanged where the pass is off or the loop
         holds a statement the pass does not handle."""
@@ -204,39 +168,40 @@ class CudaEmitter(_Emitter):
         about = (f"every step of {which}_{cell}'s time loop in one launch: the grid stays "
                  "resident and waits at grid.sync() where a phase needs the last one's "
                  "results")
-        made = PersistentLoop(driver, self.kernel_info, self.k(0.0),
+        fn = next(st for st in driver if isinstance(st, Block))      # the def
+        made = PersistentLoop(fn.body, self.kernel_info, self.k(0.0),
                               hold="hold_weights" in self.plan.passes).kernel(name, about)
         if made is None:
             return driver
-        start, stop = made.span
-        text, params, names = with_params(name, made.text)
-        lines = driver.split("\n")
-        indent = lines[start][:len(lines[start]) - len(lines[start].lstrip())]
-        launch = [(f"{indent}# the time loop on the device: one launch for all steps, with "
-                   "as many threads as its widest phase has items")]
-        streamed = f"launch_persistent({name}, {made.work}, {names})"
+        text, params = made.text, made.params
+        launch: list = [Comment("the time loop on the device: one launch for all steps, "
+                                "with as many threads as its widest phase has items")]
+        streamed = Call("launch_persistent", (Code(name), Code(made.work), *params))
         held = made.held
         if held is None:
-            launch.append(indent + streamed)
+            launch.append(streamed)
         else:
-            held_text, held_params, held_names = with_params(held.name, held.text)
+            held_text, held_params = held.text, held.params
             checks = "(" + "".join(f"({', '.join(c)}), " for c in held.checks) + ")"
-            launch += [(f"{indent}# the recurrent weights held in shared memory where they "
-                        "fit and where holding pays (depth, columns, cap, rows of each held "
-                        "GEMM)"),
-                       f"{indent}held_work = {held.work}",
-                       (f"{indent}if held_grid_fits({held.name}, held_work, {checks}, "
-                        f"{held_names}):"),
-                       f"{indent}    launch_persistent({held.name}, held_work, {held_names})",
-                       f"{indent}else:",
-                       f"{indent}    {streamed}"]
-        driver = "\n".join(lines[:start] + launch + lines[stop:])
+            work = Sym("held_work", "x")
+            fits = code("if held_grid_fits({}, {}, {}, {}):", held.name, work, checks,
+                        Code(", ".join(held_params), held_params))
+            launch += [Comment("the recurrent weights held in shared memory where they "
+                               "fit and where holding pays (depth, columns, cap, rows of "
+                               "each held GEMM)"),
+                       Assign(work, Code(held.work)),
+                       Block(fits, [Call("launch_persistent",
+                                         (Code(held.name), work, *held_params))]),
+                       Block(Code("else:"), [streamed])]
+        at = next(i for i, st in enumerate(fn.body) if st is made.loop)
+        fn.body[at:at + 1] = launch
         # the loop's kernels now live inside the persistent one
+        launched = {st.kernel for st in form.walk(driver) if isinstance(st, form.Launch)}
         self.kernels = [k for k in self.kernels
-                        if not k[0].startswith(f"{which}_") or k[0] + "[" in driver]
-        self.kernels.append((name, text, params))
+                        if not k[0].startswith(f"{which}_") or k[0] in launched]
+        self.kernels.append((name, text, kinds(params)))
         if held is not None:
-            self.kernels.append((held.name, held_text, held_params))
+            self.kernels.append((held.name, held_text, kinds(held_params)))
         return driver
 
     def emit(self) -> Emitted:

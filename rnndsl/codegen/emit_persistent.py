@@ -14,16 +14,23 @@ streaming them (HOLD_RULE below, and cuda_kernels.held_threads: at small batches
 Elsewhere the weights are read from global memory at each step (4 MB for an LSTM at
 H = 512, which an H100's L2 can hold).
 
-Input: the text of a driver that emit_cuda.py printed, with its kernels' bodies and
-axes. Each statement of the time loop becomes one phase of the persistent kernel, run by
-all of the grid's threads in a grid-stride loop:
-  - `K[launch(...)](...)`: a generated loop-nest kernel; its body is inlined, its
-    parallel axes flattened onto the grid;
-  - `copy1/2`, `copy_rows`, `fill1/2`, `add_into1/2`: the same loops written out;
-  - `gemm(a, b, out)`: out = a @ b, a block a tile of `out`, through shared memory;
-  - `x = y[...]` inside the loop: a view, composed into the indices of later phases.
-Operands such as `hist_c[t]` or `w[:, H:2 * H]` become index arithmetic on the whole
-array, so every array reaches the kernel whole and is indexed at its full rank.
+Input: a driver that emit_cuda.py built, in the structured form (form.py), with its
+device kernels' bodies and axes (KernelInfo). Each statement of the time loop becomes
+one phase of the persistent kernel, run by all of the grid's threads in a grid-stride
+loop:
+  - a Launch of a generated loop-nest kernel: its body is inlined, its parallel axes
+    flattened onto the grid;
+  - a Call of `copy1/2`, `copy_rows`, `fill1/2`, `add_into1/2`: the same loops written
+    out;
+  - a Call of `gemm(a, b, out)`: out = a @ b, a block a tile of `out`, through shared
+    memory;
+  - a view assignment `x = y[...]` inside the loop: composed into the indices of later
+    phases.
+Operands such as `hist_c[t]` or `w[:, H:2 * H]` (form.Arr: an array and its index
+items, as data) become index arithmetic on the whole array, so every array reaches the
+kernel whole and is indexed at its full rank. What each phase reads and writes, and the
+names its text uses (the kernel's parameters, with their kinds), come from the form's
+operands; the phases' text is printed from them, never read back.
 
 The phases' own temporaries (flat, tile, kb, acc0, ...) never take the names the emitter
 gives (k<n> constants, e<n> values, arrays), which a phase must not overwrite.
@@ -35,13 +42,14 @@ view); every step ends with one. A loop holding anything else is left on the hos
 
 from __future__ import annotations
 
-import ast
 import math
 import re
 from dataclasses import dataclass, field
 
-from .emit import CONSTS_PLACEHOLDER
-from .printer_py import Printer
+from . import form
+from .form import Arr, Assign, Call, Code, Comment, Launch, Sym
+from .printer_py import LinePrinter as Printer
+from .printer_py import signature
 
 ROWS_PER_THREAD = 4          # rows of a GEMM's output one thread computes ("tiles")
 K_TILE = 16                  # depth of the slices a GEMM phase stages in shared memory
@@ -74,9 +82,9 @@ RESIDENT_ROWS = 4            # output rows a thread sums, sharing each weight it
 @dataclass
 class KernelInfo:
     """What a generated loop-nest kernel is made of, for inlining."""
-    parallel: list[tuple[str, str]]          # (variable, extent), outermost first
-    serial: list[tuple[str, str]]
-    body: list[str]                          # at depth 0
+    parallel: list[tuple[Sym, Code]]         # (variable, extent), outermost first
+    serial: list[tuple[Sym, Code]]
+    body: list                               # its statements (form.py)
     about: str
 
 
@@ -87,7 +95,10 @@ class _Phase:
     writes: set[str] = field(default_factory=set)
     work: str = "1"                           # how many grid-stride items it has
     prologue: list[str] = field(default_factory=list)   # run once, before the first step
-    gemm: list[ast.expr] | None = None        # a GEMM phase's (a, b, out)
+    gemm: list[Code] | None = None            # a GEMM phase's (a, b, out)
+    uses: list = field(default_factory=list)  # the names its text takes from outside
+    # its shared arrays: (name, shape, dtype text), declared once for every phase
+    shared: list[tuple[str, tuple | int, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -97,58 +108,63 @@ class HeldKernel:
     text: str
     work: str
     checks: list[tuple[str, str, str, str]]   # a held GEMM's (depth, columns, cap, rows)
+    params: list[Sym]
 
 
 @dataclass
 class PersistentKernel:
-    """A time loop as a persistent kernel: its text (`def name(<<params>>):`), its work
-    (threads its widest phase can keep busy), the driver's lines [start, stop) that the
-    loop spans, and the kernel that holds the weights, if any."""
+    """A time loop as a persistent kernel: its text, its work (threads its widest phase
+    can keep busy), its parameters (names with their kinds, sorted), the driver's loop it
+    replaces (a form.Block), and the kernel that holds the weights, if any."""
     text: str
     work: str
-    span: tuple[int, int]
+    params: list[Sym]
+    loop: form.Block
     held: HeldKernel | None = None
 
 
-_SHARED_DECL = re.compile(r"\s*(\w+) = cuda\.shared\.array\((.*), [\w.]+\)$")
-
-
-def shared_elements(lines: list[str]) -> int:
-    """How many elements the `name = cuda.shared.array(shape, dtype)` lines among
-    `lines` declare, a name counted once (hoist_shared keeps one array a name)."""
-    sizes = {}
-    for line in lines:
-        m = _SHARED_DECL.match(line)
-        if m:
-            shape = ast.literal_eval(m.group(2))
-            sizes[m.group(1)] = math.prod(shape if isinstance(shape, tuple) else (shape,))
+def shared_elements(phases: list[_Phase]) -> int:
+    """How many elements the phases' shared arrays hold, a name counted once
+    (hoist_shared keeps one array a name)."""
+    sizes = {name: math.prod(shape if isinstance(shape, tuple) else (shape,))
+             for ph in phases for name, shape, _ in ph.shared}
     return sum(sizes.values())
 
 
-def hoist_shared(phases: list[_Phase]) -> tuple[list[str], list[list[str]]]:
+def hoist_shared(phases: list[_Phase]) -> list[str]:
     """The phases' shared arrays, declared once each before the loop, instead of in each
-    phase: (the declarations, each phase's lines without them). Numba gives every
-    declaration its own
-    memory, and two GEMM phases' staging buffers could pass the 48 KiB a block may
-    have; one buffer a name serves them all, since a block runs its phases one after
-    another and each phase's last read of shared memory is followed by a
-    cuda.syncthreads() that every thread of the block reaches (the tile loops' trip
-    counts are the same for a block's threads)."""
-    decls: dict[str, str] = {}
-    lines = []
+    phase. Numba gives every declaration its own memory, and two GEMM phases' staging
+    buffers could pass the 48 KiB a block may have; one buffer a name serves them all,
+    since a block runs its phases one after another and each phase's last read of
+    shared memory is followed by a cuda.syncthreads() that every thread of the block
+    reaches (the tile loops' trip counts are the same for a block's threads)."""
+    decls: dict[str, tuple] = {}
     for ph in phases:
-        kept = []
-        for line in ph.lines:
-            m = _SHARED_DECL.match(line)
-            if m is None:
-                kept.append(line)
-                continue
-            first = decls.setdefault(m.group(1), line.strip())
+        for name, shape, dtype in ph.shared:
+            first = decls.setdefault(name, (shape, dtype))
             # the same shape; the dtype may be read off another array, but one kernel
             # runs in one float type
-            assert _SHARED_DECL.match(first).group(2) == m.group(2), line
-        lines.append(kept)
-    return list(decls.values()), lines
+            assert first[0] == shape, (name, first, shape)
+    return [f"{name} = cuda.shared.array({shape}, {dtype})"
+            for name, (shape, dtype) in decls.items()]
+
+
+def touched(body: list) -> tuple[set[str], set[str]]:
+    """The arrays a kernel body reads and the ones it writes (an element stored into is
+    written; one added into, `+=`, read too), from its statements' operands."""
+    reads, writes = set(), set()
+
+    def arrays(*parts) -> set[str]:
+        return {s.name for s in form.syms_of(*parts) if s.kind.startswith("a")}
+    for st in form.walk(body):
+        if isinstance(st, Assign) and isinstance(st.target, Arr):
+            writes.add(st.target.array.name)
+            if st.op != "=":
+                reads.add(st.target.array.name)
+            reads |= arrays(st.value, *(x for it in st.target.items for x in it[1:]))
+        else:
+            reads |= arrays(*st.reads())
+    return reads, writes
 
 
 class Unsupported(Exception):
@@ -165,36 +181,27 @@ def _atom(expr: str) -> str:
     return expr if re.fullmatch(r"[\w.]+(\[\d+\])?", expr) else f"({expr})"
 
 
-def _view_items(node: ast.expr) -> tuple[str, list[tuple]]:
-    """(array, items) of a plain name or a basic-index view of one; an item is
-    ("fix", expr), ("slice", lo, hi) with either side None, or ("all",)."""
-    if isinstance(node, ast.Name):
-        return node.id, []
-    if not (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)):
-        raise Unsupported(ast.unparse(node))
-    elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-    items = []
-    for e in elts:
-        if isinstance(e, ast.Slice):
-            if e.step is not None:
-                raise Unsupported(ast.unparse(node))
-            lo = ast.unparse(e.lower) if e.lower is not None else None
-            hi = ast.unparse(e.upper) if e.upper is not None else None
-            items.append(("all",) if lo is None and hi is None else ("slice", lo, hi))
-        else:
-            items.append(("fix", ast.unparse(e)))
-    return node.value.id, items
+def _view_items(operand: Code) -> tuple[Sym, list[tuple]]:
+    """(array, items) of an array operand: a name, or a basic-index view of one (an
+    item is ("fix", index), ("slice", lo, hi) with either side None, or ("all",))."""
+    if isinstance(operand, Sym):
+        return operand, []
+    if not (isinstance(operand, Arr) and isinstance(operand.base, Sym)):
+        raise Unsupported(operand)
+    return operand.base, list(operand.items)
 
 
 class _View:
     """An operand of a helper call: which array, and how its elements map onto the
     array's own indices."""
 
-    def __init__(self, array: str, items: list[tuple], rank: int):
+    def __init__(self, array: Sym, items: list[tuple], rank: int):
         free = sum(1 for it in items if it[0] != "fix")
         self.array = array
         self.items = items + [("all",)] * (rank - free)   # trailing axes taken whole
         self.rank = rank
+        # the names its indices and extents use: parameters of the kernel
+        self.syms = form.syms_of(array, *(x for it in self.items for x in it[1:]))
 
     def at(self, *idx: str) -> str:
         assert len(idx) == self.rank
@@ -208,66 +215,54 @@ class _View:
             out.append(i if it[0] == "all" or it[1] in (None, "0") else f"{it[1]} + {i}")
         return f"{self.array}[{', '.join(out)}]"
 
-    def extent(self, axis: int) -> str:
+    def extent(self, axis: int) -> Code:
         k = -1
         for pos, it in enumerate(self.items):
             if it[0] == "fix":
                 continue
             k += 1
             if k == axis:
+                whole = form.code("{}.shape[{}]", self.array, pos)
                 if it[0] == "all":
-                    return f"{self.array}.shape[{pos}]"
-                lo, hi = it[1] or "0", it[2] or f"{self.array}.shape[{pos}]"
-                return f"({hi} - {lo})" if lo != "0" else hi
+                    return whole
+                lo, hi = it[1] or Code("0"), it[2] or whole
+                return form.code("({} - {})", hi, lo) if lo != "0" else hi
         raise AssertionError(axis)
 
 
 class PersistentLoop:
     """Turns one driver's time loop into a cooperative kernel and its launch."""
 
-    def __init__(self, driver: str, kernels: dict[str, KernelInfo], zero: str,
+    def __init__(self, body: list, kernels: dict[str, KernelInfo], zero: Sym,
                  hold: bool = False):
-        # the typed-constant block is filled in later; any statement parses in its place
-        self.tree = ast.parse(driver.replace(CONSTS_PLACEHOLDER, "pass"))
-        self.fn = self.tree.body[0]
-        assert isinstance(self.fn, ast.FunctionDef)
+        self.body = body                     # the driver function's statements
         self.kernels = kernels
-        self.zero = zero                     # the typed-constant name holding 0.0
+        self.zero = zero                     # the typed constant holding 0.0
         self.hold = hold                     # the hold_weights pass
         self.root: dict[str, str] = {}      # view -> the array it views (before the loop)
-        self.local_views: dict[str, ast.expr] = {}
+        self.local_views: dict[str, Arr] = {}
 
     # ------------------------------------------------------------------ analysis
-    def loop(self) -> ast.For | None:
-        for st in self.fn.body:
-            if isinstance(st, ast.For) and isinstance(st.target, ast.Name) \
-                    and st.target.id == "t":
+    def loop(self) -> form.Block | None:
+        for st in self.body:
+            if isinstance(st, form.Block) and st.var is not None and st.var.name == "t":
                 return st
         return None
 
-    def _follow_views(self, upto: ast.stmt) -> None:
+    def _follow_views(self, upto) -> None:
         """Which array each name views, from the driver's assignments before the loop."""
-        for st in self.fn.body:
+        for st in self.body:
             if st is upto:
                 break
-            if not (isinstance(st, ast.Assign) and len(st.targets) == 1
-                    and isinstance(st.targets[0], ast.Name)):
-                continue
-            value = st.value
-            base = None
-            if isinstance(value, ast.Subscript) and isinstance(value.value, ast.Name):
-                base = value.value.id
-            elif (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
-                  and value.func.attr == "reshape" and isinstance(value.func.value, ast.Name)):
-                base = value.func.value.id
-            if base is not None:
-                self.root[st.targets[0].id] = self.root.get(base, base)
+            if isinstance(st, Assign) and st.is_view() and isinstance(st.value.base, Sym):
+                base = st.value.base.name
+                self.root[st.target.name] = self.root.get(base, base)
 
     def _root(self, name: str) -> str:
         return self.root.get(name, name)
 
-    def _operand(self, node: ast.expr, rank: int) -> _View:
-        array, items = _view_items(node)
+    def _operand(self, operand: Code, rank: int) -> _View:
+        array, items = _view_items(operand)
         if array in self.local_views:
             if items:
                 raise Unsupported(f"a view of the in-loop view {array}")
@@ -305,31 +300,27 @@ class PersistentLoop:
                 rest = f"rem{k}"
         return work
 
-    def _kernel_phase(self, call: ast.Call) -> _Phase:
-        name = call.func.value.id
-        info = self.kernels.get(name)
+    def _kernel_phase(self, launch: Launch) -> _Phase:
+        info = self.kernels.get(launch.kernel)
         if info is None:
-            raise Unsupported(name)
+            raise Unsupported(launch.kernel)
         p = Printer()
         p.comment(info.about)
         work = self._grid_loop(p, info.parallel)
         for v, e in info.serial:
             p.line(f"for {v} in range({e}):")
             p.depth += 1
-        for line in info.body:
+        for line in form.text(info.body).rstrip("\n").split("\n"):
             p.line(line)
-        reads, writes = set(), set()
-        for node in ast.walk(ast.parse("\n".join(info.body))):
-            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
-                (writes if isinstance(node.ctx, ast.Store) else reads).add(node.value.id)
-            if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Subscript):
-                reads.add(node.target.value.id)
+        reads, writes = touched(info.body)
+        axes = info.parallel + info.serial
+        uses = [s for s in form.free_syms(info.body) if s not in [v for v, _ in axes]]
+        uses += form.syms_of(*(e for _, e in axes))
         return _Phase(p.lines, {self._root(n) for n in reads}, {self._root(n) for n in writes},
-                      work)
+                      work, uses=uses)
 
-    def _helper_phase(self, call: ast.Call) -> _Phase:
-        fname = call.func.id
-        args = call.args
+    def _helper_phase(self, call: Call) -> _Phase:
+        fname, args = call.fn, list(call.args)
         p = Printer()
         if fname == "gemm":
             phase = (self._gemm_phase_splitk if GEMM_SCHEME == "splitk"
@@ -340,29 +331,34 @@ class PersistentLoop:
         dst = self._operand(args[0], rank)
         idx = ("j",) if rank == 1 else ("r", "j")
         axes = list(zip(idx, (dst.extent(k) for k in range(rank))))
-        p.comment(ast.unparse(call))
+        p.comment(f"{fname}({', '.join(args)})")
         work = self._grid_loop(p, axes)
         reads = set()
+        uses = list(dst.syms)
         if fname in ("copy1", "copy2", "add_into1", "add_into2"):
             src = self._operand(args[1], rank)
             op = "+=" if fname.startswith("add_into") else "="
             p.line(f"{dst.at(*idx)} {op} {src.at(*idx)}")
-            reads.add(src.array)
+            reads.add(src.array.name)
+            uses += src.syms
             if op == "+=":
-                reads.add(dst.array)
+                reads.add(dst.array.name)
         elif fname == "copy_rows":
             src = self._operand(args[1], 1)
             p.line(f"{dst.at(*idx)} = {src.at('j')}")
-            reads.add(src.array)
+            reads.add(src.array.name)
+            uses += src.syms
         elif fname in ("fill1", "fill2"):
-            if not isinstance(args[1], ast.Name):
-                raise Unsupported(ast.unparse(call))
-            p.line(f"{dst.at(*idx)} = {args[1].id}")
+            if not isinstance(args[1], Sym):
+                raise Unsupported(call)
+            p.line(f"{dst.at(*idx)} = {args[1]}")
+            uses.append(args[1])
         else:
             raise Unsupported(fname)
-        return _Phase(p.lines, {self._root(n) for n in reads}, {self._root(dst.array)}, work)
+        return _Phase(p.lines, {self._root(n) for n in reads}, {self._root(dst.array.name)},
+                      work, uses=uses)
 
-    def _gemm_phase(self, args: list[ast.expr]) -> _Phase:
+    def _gemm_phase(self, args: list[Code]) -> _Phase:
         """out = a @ b, a block a tile of out: the block stages a K_TILE-deep slice of
         a's rows and b's columns in shared memory (a thread's loads all issued before
         its stores, so that they are in flight together; coalesced), then each thread
@@ -376,11 +372,9 @@ class PersistentLoop:
         la = max(1, kt * tile_rows // THREADS_CAP)
         lb = max(1, kt * 64 // THREADS_CAP)
         p = Printer()
-        p.comment(f"{ast.unparse(args[2])} = {ast.unparse(args[0])} @ {ast.unparse(args[1])}:"
-                  " a block a tile, staged in shared memory")
-        p.line(f"sa = cuda.shared.array(({kt}, {tile_rows}), "
-               f"{out.array}.dtype)")
-        p.line(f"sb = cuda.shared.array(({kt}, 64), {out.array}.dtype)")
+        p.comment(f"{args[2]} = {args[0]} @ {args[1]}: a block a tile, staged in shared memory")
+        shared = [("sa", (kt, tile_rows), f"{out.array}.dtype"),
+                  ("sb", (kt, 64), f"{out.array}.dtype")]
         p.line(f"gm = {m}")
         p.line(f"gn = {n}")
         p.line(f"gk = {depth}")
@@ -439,10 +433,11 @@ class PersistentLoop:
                         p.line(f"{out.at(f'i0 + row + {q}', 'c0 + col')} = acc{q}")
         work = (f"(({_atom(m)} + {tile_rows - 1}) // {tile_rows}) * (({_atom(n)} + 63) // 64)"
                 f" * {THREADS_CAP}")
-        return _Phase(p.lines, {self._root(a.array), self._root(b.array)},
-                      {self._root(out.array)}, work)
+        return _Phase(p.lines, {self._root(a.array.name), self._root(b.array.name)},
+                      {self._root(out.array.name)}, work, uses=[*a.syms, *b.syms, *out.syms, z],
+                      shared=shared)
 
-    def _gemm_phase_splitk(self, args: list[ast.expr]) -> _Phase:
+    def _gemm_phase_splitk(self, args: list[Code]) -> _Phase:
         """out = a @ b, a block a 16 x 16 tile of out, with K split among the block's
         groups of 16 threads. Each thread holds a 4 x 4 register tile of the output; a
         round stages SPLITK_DEPTH rows of K a group (every load issued before the first
@@ -460,11 +455,11 @@ class PersistentLoop:
         per = kg * ts // 16
         regs = [(i, j) for i in range(4) for j in range(4)]
         p = Printer()
-        p.comment(f"{ast.unparse(args[2])} = {ast.unparse(args[0])} @ {ast.unparse(args[1])}:"
+        p.comment(f"{args[2]} = {args[0]} @ {args[1]}:"
                   f" a block a {ts} x {ts} tile, K split among its {ts}-thread groups")
         # staging: a's slice at [0, stage), b's after it; later, the groups' partial sums
         stage = kg * (THREADS_CAP // 16) * ts
-        p.line(f"sbuf = cuda.shared.array({2 * stage}, {out.array}.dtype)")
+        shared = [("sbuf", 2 * stage, f"{out.array}.dtype")]
         p.line(f"gm = {m}")
         p.line(f"gn = {n}")
         p.line(f"gk = {depth}")
@@ -526,10 +521,11 @@ class PersistentLoop:
             p.line("cuda.syncthreads()")
         work = (f"(({_atom(m)} + {ts - 1}) // {ts}) * (({_atom(n)} + {ts - 1}) // {ts})"
                 f" * {THREADS_CAP}")
-        return _Phase(p.lines, {self._root(a.array), self._root(b.array)},
-                      {self._root(out.array)}, work)
+        return _Phase(p.lines, {self._root(a.array.name), self._root(b.array.name)},
+                      {self._root(out.array.name)}, work, uses=[*a.syms, *b.syms, *out.syms, z],
+                      shared=shared)
 
-    def _resident_phase(self, k: int, args: list[ast.expr], cap: int,
+    def _resident_phase(self, k: int, args: list[Code], cap: int,
                         streamed: _Phase) -> tuple[_Phase, tuple[str, str, str, str]]:
         """out = a @ b with b (the loop never writes it) held in shared memory across the
         steps, Diamos et al.'s trick; and the check (b's depth and columns, cap, out's
@@ -554,7 +550,7 @@ class PersistentLoop:
         bk, bn, gm = b.extent(0), b.extent(1), out.extent(0)
         stride = f"({bk} + 1)"
         pro = Printer()
-        pro.comment(f"{ast.unparse(args[1])}, held in shared memory for every step: this "
+        pro.comment(f"{args[1]}, held in shared memory for every step: this "
                     f"block's {cols} columns from {c0}, a column after another, each padded "
                     "by one (the host chose a grid on which they fit)")
         pro.line(f"{held} = cuda.shared.array({cap}, {out.array}.dtype)")
@@ -576,9 +572,9 @@ class PersistentLoop:
                      f"if {c0} + kc < {bn} else {z}")
         pro.line("cuda.syncthreads()")
         p = Printer()
-        p.comment(f"{ast.unparse(args[2])} = {ast.unparse(args[0])} @ {ast.unparse(args[1])}:"
-                  f" this block's columns, {ast.unparse(args[1])} from shared memory")
-        p.line(f"held_sum = cuda.shared.array({THREADS_CAP * rows}, {out.array}.dtype)")
+        p.comment(f"{args[2]} = {args[0]} @ {args[1]}:"
+                  f" this block's columns, {args[1]} from shared memory")
+        shared = [("held_sum", THREADS_CAP * rows, f"{out.array}.dtype")]
         with p.indent(f"for base in range(0, {items} * {split}, cuda.blockDim.x):"):
             p.line("w = base + cuda.threadIdx.x")
             p.line(f"item = w // {split}")
@@ -620,8 +616,8 @@ class PersistentLoop:
         # enough blocks that each holds at most `cap` elements of b
         work = f"held_threads({bk}, {bn}, {cap})"
         check = (bk, bn, str(cap), gm if HOLD_RULE == "traffic" else "0")
-        return (_Phase(p.lines, streamed.reads, streamed.writes, work, pro.lines, args),
-                check)
+        return (_Phase(p.lines, streamed.reads, streamed.writes, work, pro.lines, args,
+                       uses=[*a.syms, *b.syms, *out.syms, z], shared=shared), check)
 
     def _hold_weights(self, phases: list[_Phase]
                       ) -> tuple[list[_Phase], list[tuple[str, str, str, str]]] | None:
@@ -634,21 +630,21 @@ class PersistentLoop:
         written = set().union(*(ph.writes for ph in phases))
         local = {"t", *self.local_views}
 
-        def names(expr: str) -> set[str]:
-            return {n.id for n in ast.walk(ast.parse(expr)) if isinstance(n, ast.Name)}
+        def names(expr: Code) -> set[str]:
+            return {s.name for s in expr.syms}
 
         def held(ph: _Phase) -> bool:
             if ph.gemm is None:
                 return False
             b = ph.gemm[1]
             rows = self._operand(ph.gemm[2], 2).extent(0)
-            return (not (names(ast.unparse(b)) | names(rows)) & local
-                    and self._root(_view_items(b)[0]) not in written)
+            return (not (names(b) | names(rows)) & local
+                    and self._root(_view_items(b)[0].name) not in written)
         chosen = [i for i, ph in enumerate(phases) if held(ph)]
         if not chosen:
             return None
         # what the other phases' arrays and the held phases' partial sums leave, shared
-        others = [ln for i, ph in enumerate(phases) if i not in chosen for ln in ph.lines]
+        others = [ph for i, ph in enumerate(phases) if i not in chosen]
         left = SHARED_ELEMENTS - shared_elements(others) - THREADS_CAP * RESIDENT_ROWS
         cap = min(RESIDENT_CAP, left // len(chosen))
         if cap < 1:
@@ -659,23 +655,20 @@ class PersistentLoop:
             checks.append(check)
         return out, checks
 
-    def _phase(self, st: ast.stmt) -> _Phase:
-        if (isinstance(st, ast.Assign) and len(st.targets) == 1
-                and isinstance(st.targets[0], ast.Name) and isinstance(st.value, ast.Subscript)):
-            name = st.targets[0].id
+    def _phase(self, st) -> _Phase:
+        if isinstance(st, Assign) and st.is_view() and isinstance(st.value, Arr):
+            name = st.target.name
             base, _ = _view_items(st.value)
             self.local_views[name] = st.value
-            self.root[name] = self._root(base)
+            self.root[name] = self._root(base.name)
             # kept as a statement too: the inlined kernels name the view
-            return _Phase([ast.unparse(st)], work="1")
-        if not (isinstance(st, ast.Expr) and isinstance(st.value, ast.Call)):
-            raise Unsupported(ast.unparse(st))
-        call = st.value
-        if isinstance(call.func, ast.Subscript) and isinstance(call.func.value, ast.Name):
-            return self._kernel_phase(call)
-        if isinstance(call.func, ast.Name):
-            return self._helper_phase(call)
-        raise Unsupported(ast.unparse(st))
+            return _Phase([f"{st.target} = {st.value}"], work="1",
+                          uses=list(st.value.syms))
+        if isinstance(st, Launch):
+            return self._kernel_phase(st)
+        if isinstance(st, Call) and st.fn.isidentifier():
+            return self._helper_phase(st)
+        raise Unsupported(st)
 
     # ------------------------------------------------------------------ output
     def kernel(self, name: str, about: str) -> PersistentKernel | None:
@@ -687,29 +680,35 @@ class PersistentLoop:
             return None
         self._follow_views(loop)
         try:
-            phases = [self._phase(st) for st in loop.body]
+            phases = [self._phase(st) for st in loop.body if not isinstance(st, Comment)]
         except Unsupported:
             return None
         if not phases:
             return None
-        text, work = self._text(name, about, loop, phases)
-        made = PersistentKernel(text, work, (loop.lineno - 1, loop.end_lineno))
+        text, work, params = self._text(name, about, loop, phases)
+        made = PersistentKernel(text, work, params, loop)
         held = self._hold_weights(phases) if self.hold else None
         if held is not None:
             held_phases, checks = held
-            text, work = self._text(
+            text, work, params = self._text(
                 f"{name}_held", about + "; the recurrent weights held in shared memory "
                 "across the steps (the hold_weights pass)", loop, held_phases)
-            made.held = HeldKernel(f"{name}_held", text, work, checks)
+            made.held = HeldKernel(f"{name}_held", text, work, checks, params)
         return made
 
-    @staticmethod
-    def _text(name: str, about: str, loop: ast.For, phases: list[_Phase]) -> tuple[str, str]:
-        """(kernel text, its work: how many threads its widest phase can keep busy)."""
-        shared, bodies = hoist_shared(phases)
+    def _text(self, name: str, about: str, loop, phases: list[_Phase]
+              ) -> tuple[str, str, list[Sym]]:
+        """(kernel text, its work: how many threads its widest phase can keep busy, its
+        parameters: the names its phases take from outside, but the step and the in-loop
+        views, which the kernel sets itself)."""
+        shared = hoist_shared(phases)
+        bodies = [ph.lines for ph in phases]
+        local = {loop.var.name, *self.local_views}
+        uses = [*loop.iter.syms, *(s for ph in phases for s in ph.uses)]
+        params = form.free_syms([Call("", tuple(s for s in uses if s.name not in local))])
         p = Printer()
         p.line("@cuda.jit")
-        with p.indent(f"def {name}(<<params>>):"):
+        with p.indent(signature(name, [s.name for s in params])):
             p.comment(about)
             p.line("grid = cuda.cg.this_grid()")
             p.line("tid = cuda.grid(1)")
@@ -721,7 +720,7 @@ class PersistentLoop:
             for ph in phases:
                 for line in ph.prologue:
                     p.line(line)
-            with p.indent(f"for t in {ast.unparse(loop.iter)}:"):
+            with p.indent(f"for t in {loop.iter}:"):
                 reads: set[str] = set()
                 writes: set[str] = set()
                 for ph, body in zip(phases, bodies):
@@ -735,4 +734,4 @@ class PersistentLoop:
                 p.comment("the next step reads what this one wrote")
                 p.line("grid.sync()")
         work = "max(" + ", ".join([*dict.fromkeys(ph.work for ph in phases), "1"]) + ")"
-        return p.text(), work
+        return p.text(), work, params

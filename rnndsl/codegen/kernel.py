@@ -10,7 +10,24 @@ from ..core.ops import LEAVES, Op
 from ..core.shapes import Dim
 from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup
 from .dialect import ELEMENTWISE_FORMATS, Dialect, _dim, ident
+from .form import Arr, Code, Reshape, Sym, code, fix, for_loop, syms_of
 from .printer_py import Printer, safe_comment
+
+# the names every kernel has: sizes, steps, rows, and the loop variables
+T, B, R = Sym("T", "i"), Sym("B", "i"), Sym("R", "i")
+STEP, ROW, COL, I = Sym("t", "i"), Sym("r", "i"), Sym("j", "i"), Sym("i", "i")
+DTYPE = Sym("dtype", "x")
+THREADS = Sym("threads", "i")
+LOOP_VARS = {"r": ROW, "j": COL, "i": I, "t": STEP}
+
+
+def array(name: str, rank: int) -> Sym:
+    return Sym(name, f"a{rank}")
+
+
+def plus(a, b) -> Code:
+    """`a + b` of two index or size expressions."""
+    return code("{} + {}", a, b)
 
 
 class _Kernel:
@@ -47,11 +64,30 @@ class _Kernel:
         self.stacked_done: set[int] = set()
 
     # ------------------------------------------------------------------ references
-    def ref(self, nid: int, stage: str) -> tuple[str, str]:
-        """How `stage` reads node nid: (array expression, mode); see the module doc."""
+    def ref(self, nid: int, stage: str) -> tuple[Sym, str]:
+        """How `stage` reads node nid: (the array, or a typed constant, and the mode);
+        see the module doc. The array's rank is its kind."""
         em, G = self.em, self.em.G
         if nid in em.same_as:
             return self.ref(em.same_as[nid], stage)
+        node = G[nid]
+        name, mode = self._ref(nid, stage)
+        if mode == "k":
+            return name, mode
+        if mode == "ub":
+            rank = 2 if node.type.rank == 2 else 1
+        elif mode == "step3":
+            rank = 3
+        elif mode == "ids1":     # token ids, one a row (kernels that gather by id)
+            rank, mode = 1, "rows2"
+        elif mode == "ids2":
+            rank, mode = 2, "step3"
+        else:
+            rank = 2
+        return array(name, rank), mode
+
+    def _ref(self, nid: int, stage: str) -> tuple[str, str]:
+        em, G = self.em, self.em.G
         node = G[nid]
         loop = stage in LOOP_STAGES
         if node.op == Op.PARAM:
@@ -60,6 +96,8 @@ class _Kernel:
             return em.const_of(nid), "k"
         if node.op == Op.INPUT:
             name = ident(node.attrs[0])
+            if nid in em.token_nodes:
+                return (f"in_{name}", "ids2") if loop else (f"in_{name}_r", "ids1")
             return (f"in_{name}", "step3") if loop else (f"in_{name}_r", "rows2")
         if node.op == Op.STATE:
             name = ident(node.attrs[0])
@@ -96,11 +134,11 @@ class _Kernel:
             return None
         i, start, _ = block
         if expr == f"tape{nid}":
-            return f"tgc{i}[t, r, {start} + j]"
+            return Arr(array(f"tgc{i}", 3), fix(STEP, ROW, plus(start, COL)))
         if expr == f"tape{nid}_r":
-            return f"tgc{i}_r[r, {start} + j]"
+            return Arr(array(f"tgc{i}_r", 2), fix(ROW, plus(start, COL)))
         if expr == f"w{nid}":
-            return f"gc{i}[r, {start} + j]"
+            return Arr(array(f"gc{i}", 2), fix(ROW, plus(start, COL)))
         return None
 
     def mirror_elements(self, nid: int, stage: str) -> list[str]:
@@ -109,18 +147,18 @@ class _Kernel:
         found = []
         for i, start in self.em.cg_mirrors.get(nid, ()):
             if not self.em.plan.cotangent_groups[i].taped:
-                found.append(f"gc{i}[r, {start} + j]")
+                found.append(Arr(array(f"gc{i}", 2), fix(ROW, plus(start, COL))))
             elif stage in LOOP_STAGES:
-                found.append(f"tgc{i}[t, r, {start} + j]")
+                found.append(Arr(array(f"tgc{i}", 3), fix(STEP, ROW, plus(start, COL))))
             else:
-                found.append(f"tgc{i}_r[r, {start} + j]")
+                found.append(Arr(array(f"tgc{i}_r", 2), fix(ROW, plus(start, COL))))
         return found
 
-    def whole(self, nid: int, stage: str) -> str:
+    def whole(self, nid: int, stage: str) -> Code:
         expr, mode = self.ref(nid, stage)
-        return f"{expr}[t]" if mode == "step3" else expr
+        return Arr(expr, fix(STEP)) if mode == "step3" else expr
 
-    def at(self, nid: int, stage: str, local: dict[int, str]) -> str:
+    def at(self, nid: int, stage: str, local: dict[int, Code]) -> Code:
         """The scalar of node nid at row r, feature j (loops over r and j are open)."""
         if nid in self.em.same_as:
             return self.at(self.em.same_as[nid], stage, local)
@@ -139,16 +177,16 @@ class _Kernel:
             # not through a strided view, so the loop over j can vectorise
             g, offset = block
             if expr == f"w{nid}":
-                return f"mm{g}[r, {offset} + j]"
+                return Arr(array(f"mm{g}", 2), fix(ROW, plus(offset, COL)))
             if expr == f"v{nid}":
-                return f"mm{g}[t, r, {offset} + j]"
-            return f"mm{g}_r[r, {offset} + j]"
+                return Arr(array(f"mm{g}", 3), fix(STEP, ROW, plus(offset, COL)))
+            return Arr(array(f"mm{g}_r", 2), fix(ROW, plus(offset, COL)))
         if mode == "k":
             return expr
         if mode == "ub":
-            return {0: f"{expr}[0]", 1: f"{expr}[j]", 2: f"{expr}[i, j]"}[t.rank]
-        col = "j" if t.rank == 1 else "0"
-        return f"{expr}[t, r, {col}]" if mode == "step3" else f"{expr}[r, {col}]"
+            return Arr(expr, {0: fix("0"), 1: fix(COL), 2: fix(I, COL)}[t.rank])
+        col = COL if t.rank == 1 else "0"
+        return Arr(expr, fix(STEP, ROW, col) if mode == "step3" else fix(ROW, col))
 
     # ------------------------------------------------------------------ skeleton
     @contextmanager
@@ -163,44 +201,55 @@ class _Kernel:
         p = self.p
         for title in about:
             p.comment(title)
-        depth = p.depth
-        for var, extent, _ in axes:
-            p.line(f"for {var} in range({extent}):")
-            p.depth += 1
-        try:
+        with self.nest(axes):
             yield
-        finally:
-            p.depth = depth
+
+    @contextmanager
+    def nest(self, axes):
+        """`for` loops over axes (variable, extent, ...), outermost first."""
+        if not axes:
+            yield
+            return
+        (var, extent, *_), rest = axes[0], axes[1:]
+        over = code("range({})", extent)
+        with self.p.indent(for_loop(LOOP_VARS[var], over)), self.nest(rest):
+            yield
 
     # ------------------------------------------------------------------ allocation
-    def rows(self, stage: str) -> str:
-        return "B" if stage in LOOP_STAGES else "R"
+    def rows(self, stage: str) -> Sym:
+        return B if stage in LOOP_STAGES else R
 
-    def size(self, nid: int) -> str:
+    def size(self, nid: int) -> Code:
         t = self.em.G[nid].type
-        return _dim(t.shape[0]) if t.shape else "1"
+        return _dim(t.shape[0]) if t.shape else Code("1")
+
+    def empty(self, shape) -> Code:
+        """A fresh array of `shape` (a Code), in the kernel's float type."""
+        return code("{}({}, {})", self.d.empty, shape, DTYPE)
 
     def alloc(self, nid: int, stage: str) -> None:
         """Allocate the destination of a node that is not a view."""
-        G = self.em.G
+        G, p = self.em.G, self.p
         t = G[nid].type
         if t.rank == 2:
-            shape = f"({_dim(t.shape[0])}, {_dim(t.shape[1])})"
-            self.p.line(f"{self.dest(nid, stage)} = {self.d.empty}({shape}, dtype)")
+            shape = code("({}, {})", _dim(t.shape[0]), _dim(t.shape[1]))
+            p.assign(self.dest(nid, stage), self.empty(shape))
         elif not t.batched:
-            self.p.line(f"{self.dest(nid, stage)} = {self.d.empty}({self.size(nid)}, dtype)")
+            p.assign(self.dest(nid, stage), self.empty(self.size(nid)))
         elif stage in LOOP_STAGES:
-            self.p.line(f"w{nid} = {self.d.empty}((B, {self.size(nid)}), dtype)")
+            p.assign(array(f"w{nid}", 2), self.empty(code("({}, {})", B, self.size(nid))))
         else:
-            self.p.line(f"v{nid} = {self.d.empty}((T, B, {self.size(nid)}), dtype)")
-            self.p.line(f"v{nid}_r = v{nid}.reshape((R, {self.size(nid)}))")
+            v = array(f"v{nid}", 3)
+            p.assign(v, self.empty(code("({}, {}, {})", T, B, self.size(nid))))
+            p.assign(array(f"v{nid}_r", 2), Reshape(v, code("({}, {})", R, self.size(nid))))
 
-    def dest(self, nid: int, stage: str) -> str:
-        """The whole-array name a node's value is written to in its own stage."""
+    def dest(self, nid: int, stage: str) -> Sym:
+        """The whole array a node's value is written to in its own stage."""
         t = self.em.G[nid].type
         if not t.batched:
-            return f"w{nid}" if stage in LOOP_STAGES else f"v{nid}"
-        return f"w{nid}" if stage in LOOP_STAGES else f"v{nid}_r"
+            return array(f"w{nid}" if stage in LOOP_STAGES else f"v{nid}",
+                         2 if t.rank == 2 else 1)
+        return array(f"w{nid}", 2) if stage in LOOP_STAGES else array(f"v{nid}_r", 2)
 
     # ------------------------------------------------------------------ stages
     def emit_stage(self, stage: str, nodes: list[int]) -> None:
@@ -229,9 +278,10 @@ class _Kernel:
                       (matmul_of[nid].members if nid in matmul_of else [nid])):
                 if n in mine and n in em.plan.saved and not em.writes_tape_directly(n):
                     if stage in LOOP_STAGES:
-                        self.p.line(f"copy2(tape{n}[t], {self.dest(n, stage)})")
+                        self.p.call("copy2", Arr(array(f"tape{n}", 3), fix(STEP)),
+                                    self.dest(n, stage))
                     else:
-                        self.p.line(f"copy2(tape{n}_r, {self.dest(n, stage)})")
+                        self.p.call("copy2", array(f"tape{n}_r", 2), self.dest(n, stage))
 
     def emit_elementwise(self, group: list[int], stage: str) -> None:
         em, G = self.em, self.em.G
@@ -259,62 +309,77 @@ class _Kernel:
     def elementwise_body(self, group: list[int], stage: str, stored: list[int]) -> None:
         """One element (row r, feature j) of every node of a fused group."""
         em, G, p = self.em, self.em.G, self.p
-        local: dict[int, str] = {}
+        local: dict[int, Code] = {}
         for n in group:
             node = G[n]
             args = [self.at(a, stage, local) for a in node.args]
-            expr = self.formats[node.op](node.op, args, node.attrs, em.k)
+            expr = self.format(node.op, args, node.attrs)
             # the spec's name for the value, where it has one (`e12 = ...  # i`)
             named = f"  # {safe_comment(G.names[n])}" if n in G.names else ""
-            p.line(f"e{n} = {expr}{named}")
-            local[n] = f"e{n}"
+            value = Sym(f"e{n}", "f")
+            p.assign(value, expr, named)
+            local[n] = value
             if n in stored:
                 expr_, _ = self.ref(n, stage)
                 direct = self.block_element(n, expr_, node.type)
                 if direct is not None:
-                    p.line(f"{direct} = e{n}")
+                    p.assign(direct, value)
                     for copy in self.mirror_elements(n, stage):
-                        p.line(f"{copy} = e{n}   # also stacked with another group")
+                        p.assign(copy, value, "   # also stacked with another group")
                     continue
+                col = COL if node.type.rank else "0"
                 if n in em.plan.saved and em.writes_tape_directly(n):
-                    target = (f"tape{n}[t, r, {'j' if node.type.rank else '0'}]"
+                    target = (Arr(array(f"tape{n}", 3), fix(STEP, ROW, col))
                               if stage in LOOP_STAGES else
-                              f"tape{n}_r[r, {'j' if node.type.rank else '0'}]")
+                              Arr(array(f"tape{n}_r", 2), fix(ROW, col)))
                 else:
                     dest = self.dest(n, stage)
-                    col = "j" if node.type.rank else "0"
-                    target = f"{dest}[r, {col}]" if node.type.batched else (
-                        {0: f"{dest}[0]", 1: f"{dest}[j]", 2: f"{dest}[i, j]"}[node.type.rank])
-                p.line(f"{target} = e{n}")
+                    target = Arr(dest, fix(ROW, col) if node.type.batched else
+                                 {0: fix("0"), 1: fix(COL), 2: fix(I, COL)}[node.type.rank])
+                p.assign(target, value)
+
+    def format(self, op: Op, args: list[Code], attrs: tuple) -> Code:
+        """One op's scalar expression (the target's format over the operands' texts),
+        reading the operands and the typed constants the format asked for."""
+        consts = []
+
+        def k(value) -> Sym:
+            name = self.em.k(value)
+            consts.append(name)
+            return name
+        expr = self.formats[op](op, args, attrs, k)
+        return expr if isinstance(expr, Arr) else Code(expr, syms_of(*args, *consts))
 
     def step_gemm(self, a: str, panels: str, b: str, out: str) -> None:
         """out = a @ B for one step: in the register tiles over B's panels, or with a
         batch under MR rows (`tiles` is False) one BLAS call on B as an array."""
         p = self.p
         with p.indent("if tiles:"):
-            p.line(f"packed_gemm({a}, {panels}, {out}, threads)")
+            p.call("packed_gemm", a, panels, out, THREADS)
         with p.indent("else:"):
-            p.line(f"{self.d.dot}({a}, {b}, {out})")
+            p.call(self.d.dot, a, b, out)
 
-    def gemm(self, a: str, b: str, out: str, stage: str, rows: bool = True) -> str:
+    def gemm(self, a: Code, b: Code, out: Code, stage: str, rows: bool = True) -> None:
         """The call computing out = a @ b: over all T*B rows with the microkernel pass,
         rnndsl.kernels.gemm.parallel_dot (the kernel's threads, one BLAS thread each)."""
         if rows and self.em.micro and stage not in LOOP_STAGES:
-            return f"parallel_dot({a}, {b}, {out}, threads)"
-        return f"{self.d.dot}({a}, {b}, {out})"
+            self.p.call("parallel_dot", a, b, out, THREADS)
+        else:
+            self.p.call(self.d.dot, a, b, out)
 
-    def gemm_tn(self, g: str, x: str, out: str, stage: str, tname: str) -> str:
+    def gemm_tn(self, g: Code, x: Code, out: Code, stage: str, tname: str) -> None:
         """out = g^T @ x, a weight gradient summed over rows, with no transposed copy of
         g: cpu kernels pass BLAS the transposed view (g must be C-contiguous)."""
         if not self.d.transposed_views:
-            key = (stage, g)
+            key = (stage, str(g))
             if key not in self.transposes:      # one transpose serves every weight
-                self.transposes[key] = tname
-                self.p.line(f"{self.transposes[key]} = transposed({g})")
-            return f"{self.d.dot}({self.transposes[key]}, {x}, {out})"
-        if self.em.micro and stage not in LOOP_STAGES:
-            return f"parallel_dot_tn({g}, {x}, {out}, threads)"
-        return f"{self.d.dot}({g}.T, {x}, {out})"
+                self.transposes[key] = array(tname, 2)
+                self.p.assign(self.transposes[key], code("transposed({})", g))
+            self.p.call(self.d.dot, self.transposes[key], x, out)
+        elif self.em.micro and stage not in LOOP_STAGES:
+            self.p.call("parallel_dot_tn", g, x, out, THREADS)
+        else:
+            self.p.call(self.d.dot, code("{}.T", g), x, out)
 
     def token(self, nid: int) -> bool:
         """Whether node nid is an `input token` that these kernels take as ids."""
@@ -327,41 +392,45 @@ class _Kernel:
         if not G[grp.vector].type.batched:
             for m in grp.members:
                 self.alloc(m, stage)
-                p.line(f"{self.d.dot}(p_{ident(G[G[m].args[0]].attrs[0])}, {vec}, "
-                       f"{self.dest(m, stage)})")
+                w = self.ref(G[m].args[0], stage)[0]
+                p.call(self.d.dot, w, vec, self.dest(m, stage))
             return
         if em.is_view(grp.vector):
             vec = self.contiguous(vec)
         names = ", ".join(G[G[m].args[0]].attrs[0] for m in grp.members)
         p.comment(f"{names} @ {G.names.get(grp.vector, 'v')}: one GEMM"
                   + (" over all T*B rows" if stage == "pre" else ""))
-        target = f"mm{g}" if stage in LOOP_STAGES else f"mm{g}_r"
+        target = array(f"mm{g}", 2) if stage in LOOP_STAGES else array(f"mm{g}_r", 2)
+        wt = array(f"wt{g}", 2)
         if stage not in LOOP_STAGES:
             total = em.group_total(grp)
-            p.line(f"mm{g} = {self.d.empty}((T, B, {total}), dtype)")
-            p.line(f"mm{g}_r = mm{g}.reshape((R, {total}))")
+            whole = array(f"mm{g}", 3)
+            p.assign(whole, self.empty(code("({}, {}, {})", T, B, total)))
+            p.assign(target, Reshape(whole, code("({}, {})", R, total)))
             self.bind_members(grp, stage)
         if self.token(grp.vector):
             p.comment(f"{G.names.get(grp.vector, 'x')} is a token: the GEMM against its "
                       "one-hot rows is a gather of rows of the stacked W^T")
-            p.line(f"gather_rows(wt{g}, {vec}, {target})")
+            p.call("gather_rows", wt, vec, target)
             return
         if em.micro and stage in LOOP_STAGES:
-            self.step_gemm(vec, f"wp{g}", f"wt{g}", target)
+            self.step_gemm(vec, array(f"wp{g}", 3), wt, target)
             return
         if em.splits_small(grp, stage):
-            with p.indent(f"if split{g}:"):
+            with p.indent(code("if {}:", Sym(f"split{g}", "x"))):
                 p.comment("small: member by member, in OpenBLAS's direct kernel")
                 offset = Dim.lit(0)
                 for k, m in enumerate(grp.members):
                     stop = offset + G[m].type.shape[0]
-                    p.line(f"{self.d.dot}({vec}, wt{g}_{k}, mm{g}_{k})")
-                    p.line(f"copy2(mm{g}[:, {_dim(offset)}:{_dim(stop)}], mm{g}_{k})")
+                    part = array(f"mm{g}_{k}", 2)
+                    p.call(self.d.dot, vec, array(f"wt{g}_{k}", 2), part)
+                    cols = ("slice", _dim(offset), _dim(stop))
+                    p.call("copy2", Arr(array(f"mm{g}", 2), (("all",), cols)), part)
                     offset = stop
             with p.indent("else:"):
-                p.line(f"{self.d.dot}({vec}, wt{g}, {target})")
+                p.call(self.d.dot, vec, wt, target)
             return
-        p.line(self.gemm(vec, f"wt{g}", target, stage))
+        self.gemm(vec, wt, target, stage)
 
     def bind_members(self, grp: MatmulGroup, stage: str) -> None:
         em, G, p = self.em, self.em.G, self.p
@@ -369,11 +438,13 @@ class _Kernel:
         offset = Dim.lit(0)
         for m in grp.members:
             stop = offset + G[m].type.shape[0]
+            cols = ("slice", _dim(offset), _dim(stop))
             if stage in LOOP_STAGES:
-                p.line(f"w{m} = mm{g}[:, {_dim(offset)}:{_dim(stop)}]")
+                p.assign(array(f"w{m}", 2), Arr(array(f"mm{g}", 2), (("all",), cols)))
             else:
-                p.line(f"v{m} = mm{g}[:, :, {_dim(offset)}:{_dim(stop)}]")
-                p.line(f"v{m}_r = mm{g}_r[:, {_dim(offset)}:{_dim(stop)}]")
+                p.assign(array(f"v{m}", 3),
+                         Arr(array(f"mm{g}", 3), (("all",), ("all",), cols)))
+                p.assign(array(f"v{m}_r", 2), Arr(array(f"mm{g}_r", 2), (("all",), cols)))
             offset = stop
 
     def emit_other(self, nid: int, stage: str) -> None:
@@ -411,22 +482,25 @@ class _Kernel:
         node, p = self.em.G[nid], self.p
         start, stop = node.attrs
         src = self.whole(node.args[0], stage)
+        cols = ("slice", _dim(start), _dim(stop))
         if not node.type.batched:    # named as `ref` reads it: w in a loop, v outside
-            name = f"w{nid}" if stage in LOOP_STAGES else f"v{nid}"
-            p.line(f"{name} = {src}[{_dim(start)}:{_dim(stop)}]")
+            name = array(f"w{nid}" if stage in LOOP_STAGES else f"v{nid}",
+                         2 if node.type.rank == 2 else 1)
+            p.assign(name, Arr(src, (cols,)))
         elif stage in LOOP_STAGES:
-            p.line(f"w{nid} = {src}[:, {_dim(start)}:{_dim(stop)}]")
+            p.assign(array(f"w{nid}", 2), Arr(src, (("all",), cols)))
         else:
             full, _ = self.ref(node.args[0], stage)
             assert full.endswith("_r"), full
-            p.line(f"v{nid}_r = {full}[:, {_dim(start)}:{_dim(stop)}]")
-            p.line(f"v{nid} = {full[:-2]}[:, :, {_dim(start)}:{_dim(stop)}]")
+            p.assign(array(f"v{nid}_r", 2), Arr(full, (("all",), cols)))
+            p.assign(array(f"v{nid}", 3),
+                     Arr(array(full.name[:-2], 3), (("all",), ("all",), cols)))
 
     def emit_matvec(self, nid: int, stage: str, a: list[str], out: str) -> None:
         """W @ x alone (a matvec in no GEMM group: an unbatched vector; a token input,
         always batched, is in a group and gathered there)."""
         assert not self.token(self.em.G[nid].args[1]), "a token's product is in a group"
-        self.p.line(f"{self.d.dot}({a[0]}, {a[1]}, {out})")
+        self.p.call(self.d.dot, a[0], a[1], out)
 
     def emit_matvec_t(self, nid: int, stage: str, a: list[str], out: str) -> None:
         """g @ W, a cotangent through W @ x, where it is in no stacked GEMM."""
@@ -435,9 +509,9 @@ class _Kernel:
         if em.is_view(node.args[1]):
             g = self.contiguous(g)
         if em.packs_single(nid):
-            self.step_gemm(g, f"wpt{nid}", a[0], out)
+            self.step_gemm(g, array(f"wpt{nid}", 3), a[0], out)
         else:
-            self.p.line(self.gemm(g, a[0], out, stage, node.type.batched))
+            self.gemm(g, a[0], out, stage, node.type.batched)
 
     def emit_outer(self, nid: int, stage: str, a: list[str], out: str) -> None:
         """g^T x summed over rows (a weight gradient), where it is in no stacked GEMM."""
@@ -452,13 +526,14 @@ class _Kernel:
             g = a[0] if not em.is_view(node.args[0]) else self.contiguous(a[0])
             if self.token(node.args[1]):
                 p.comment(f"{what} is a token: g's rows added into W's columns by id")
-                p.line(f"scatter_cols({g}, {x}, {out})")
+                p.call("scatter_cols", g, x, out)
                 return
-            p.line(self.gemm_tn(g, x, out, stage, f"gT{node.args[0]}"))
+            self.gemm_tn(g, x, out, stage, f"gT{node.args[0]}")
         else:
             axes = [("i", _dim(gt.shape[0]), True), ("j", _dim(xt.shape[0]), True)]
             with self.loops(axes):
-                p.line(f"{out}[i, j] = {a[0]}[i] * {a[1]}[j]")
+                p.assign(Arr(out, fix(I, COL)),
+                         code("{} * {}", Arr(a[0], fix(I)), Arr(a[1], fix(COL))))
 
     def emit_concat(self, nid: int, stage: str, a: list[str], out: str) -> None:
         """Each operand copied into its columns (an unbatched one into every row)."""
@@ -468,12 +543,13 @@ class _Kernel:
         for x, arg in zip(a, G[nid].args):
             at = G[arg].type
             stop = offset + at.shape[0]
+            cols = ("slice", _dim(offset), _dim(stop))
             if t.batched and not at.batched:
-                p.line(f"copy_rows({out}[:, {_dim(offset)}:{_dim(stop)}], {x})")
+                p.call("copy_rows", Arr(out, (("all",), cols)), x)
             elif t.batched:
-                p.line(f"copy2({out}[:, {_dim(offset)}:{_dim(stop)}], {x})")
+                p.call("copy2", Arr(out, (("all",), cols)), x)
             else:
-                p.line(f"copy1({out}[{_dim(offset)}:{_dim(stop)}], {x})")
+                p.call("copy1", Arr(out, (cols,)), x)
             offset = stop
 
     def emit_pad(self, nid: int, stage: str, a: list[str], out: str) -> None:
@@ -482,19 +558,20 @@ class _Kernel:
         node = G[nid]
         start, total = node.attrs
         stop = start + G[node.args[0]].type.shape[0]
+        cols = ("slice", _dim(start), _dim(stop))
         if node.type.batched:
-            p.line(f"fill2({out}, {k(0.0)})")
-            p.line(f"copy2({out}[:, {_dim(start)}:{_dim(stop)}], {a[0]})")
+            p.call("fill2", out, k(0.0))
+            p.call("copy2", Arr(out, (("all",), cols)), a[0])
         else:
-            p.line(f"fill1({out}, {k(0.0)})")
-            p.line(f"copy1({out}[{_dim(start)}:{_dim(stop)}], {a[0]})")
+            p.call("fill1", out, k(0.0))
+            p.call("copy1", Arr(out, (cols,)), a[0])
 
-    def cotangent_buffer(self, i: int, stage: str) -> str:
+    def cotangent_buffer(self, i: int, stage: str) -> Code:
         """The stacked cotangents of group i: this step's rows, or all T*B rows."""
         cg = self.em.plan.cotangent_groups[i]
         if stage in LOOP_STAGES:
-            return f"tgc{i}[t]" if cg.taped else f"gc{i}"
-        return f"tgc{i}_r"
+            return Arr(array(f"tgc{i}", 3), fix(STEP)) if cg.taped else array(f"gc{i}", 2)
+        return array(f"tgc{i}_r", 2)
 
     def emit_stacked_matvec_t(self, nid: int, stage: str) -> None:
         """sum_k g_k @ W_k as one GEMM into the last term computed; the others stay zero."""
@@ -507,31 +584,34 @@ class _Kernel:
         if stage not in LOOP_STAGES:
             self.alloc(nid, stage)
             if nid != first:
-                p.line(f"fill2({self.dest(nid, stage)}, {em.k(0.0)})")
+                p.call("fill2", self.dest(nid, stage), em.k(0.0))
         if nid != first:
             return
         names = ", ".join(em.G[w].attrs[0] for w in use.weights)
         p.comment(f"sum of g_k @ W_k for W_k in [{names}]: one GEMM (the other terms stay 0)")
         buffer, dest = self.cotangent_buffer(i, stage), self.dest(nid, stage)
+        ws = array(f"ws{i}_{u}", 2)
         if em.micro and em.per_step_cotangent_gemm(i, u):
-            self.step_gemm(buffer, f"wsp{i}_{u}", f"ws{i}_{u}", dest)
+            self.step_gemm(buffer, array(f"wsp{i}_{u}", 3), ws, dest)
             return
         if stage in LOOP_STAGES and em.splits_cotangents(i, u):
-            with p.indent(f"if splitc{i}_{u}:"):
+            with p.indent(code("if {}:", Sym(f"splitc{i}_{u}", "x"))):
                 p.comment("small: term by term, in OpenBLAS's direct kernel")
                 cg = em.plan.cotangent_groups[i]
+                mt = array(f"mt{i}_{u}", 2)
                 for k, g in enumerate(cg.cotangents):
                     start, stop = em.cg_cols[(i, g)]
-                    p.line(f"copy2(gk{i}_{u}_{k}, {buffer}[:, {start}:{stop}])")
+                    gk = array(f"gk{i}_{u}_{k}", 2)
+                    p.call("copy2", gk, Arr(buffer, (("all",), ("slice", start, stop))))
                     if k == 0:
-                        p.line(f"{self.d.dot}(gk{i}_{u}_{k}, wsk{i}_{u}_{k}, {dest})")
+                        p.call(self.d.dot, gk, array(f"wsk{i}_{u}_{k}", 2), dest)
                     else:
-                        p.line(f"{self.d.dot}(gk{i}_{u}_{k}, wsk{i}_{u}_{k}, mt{i}_{u})")
-                        p.line(f"add_into2({dest}, mt{i}_{u})")
+                        p.call(self.d.dot, gk, array(f"wsk{i}_{u}_{k}", 2), mt)
+                        p.call("add_into2", dest, mt)
             with p.indent("else:"):
-                p.line(f"{self.d.dot}({buffer}, ws{i}_{u}, {dest})")
+                p.call(self.d.dot, buffer, ws, dest)
             return
-        p.line(self.gemm(buffer, f"ws{i}_{u}", dest, stage))
+        self.gemm(buffer, ws, dest, stage)
 
     def emit_stacked_outer(self, nid: int, stage: str) -> None:
         """Every dW_k = g_k^T v of one GEMM group as one GEMM, split by row blocks."""
@@ -548,15 +628,16 @@ class _Kernel:
         vec = self.whole(use.vector, stage)
         if em.is_view(use.vector):
             vec = self.contiguous(vec)
-        p.line(f"dwc{i}_{u} = {self.d.empty}(({em.cg_total[i]}, {cols}), dtype)")
+        dwc = array(f"dwc{i}_{u}", 2)
+        p.assign(dwc, self.empty(code("({}, {})", em.cg_total[i], cols)))
         if self.token(use.vector):
             p.comment("a token vector: each row's cotangents added into its id's column")
-            p.line(f"scatter_cols({buf}, {vec}, dwc{i}_{u})")
+            p.call("scatter_cols", buf, vec, dwc)
         else:
-            p.line(self.gemm_tn(buf, vec, f"dwc{i}_{u}", stage, f"gT{i}"))
+            self.gemm_tn(buf, vec, dwc, stage, f"gT{i}")
         for o, g in zip(use.outers, em.plan.cotangent_groups[i].cotangents):
             start, stop = em.cg_cols[(i, g)]
-            p.line(f"v{o} = dwc{i}_{u}[{start}:{stop}, :]")
+            p.assign(array(f"v{o}", 2), Arr(dwc, (("slice", start, stop), ("all",))))
 
     def emit_unbroadcast(self, nid: int, stage: str, a: list[str], out: str) -> None:
         """A cotangent summed down to its operand's type, over the batch, the features or
@@ -569,28 +650,29 @@ class _Kernel:
             # a sum over the features only, (rows, n) -> (rows, 1) or (n,) -> (): `sum`
             self.emit_reduce(nid, stage, a, out)
             return
-        p.line(f"fill{2 if node.type.batched else 1}({out}, {k(0.0)})")
-        gcol = "j" if gt.rank else "0"
+        p.call(f"fill{2 if node.type.batched else 1}", out, k(0.0))
+        gcol = COL if gt.rank else "0"
         rows, n = self.rows(stage), self.size(node.args[0])
         if self.d.vector_row_sums and gt.rank and not target.rank:
             # (rows, n) -> a scalar: each row in vector partial sums (kernels.row_sum)
             with self.loops([("r", rows, False)]):
-                p.line(f"{out}[0] += row_sum({src}[r], {k(0.0)})")
+                p.assign(Arr(out, fix("0")),
+                         code("row_sum({}, {})", Arr(src, fix(ROW)), k(0.0)), op="+=")
             return
         if gt.batched:
             # the summed axes are reductions: a parallel target keeps them in one thread
             if target.batched:      # feature sum only: (rows, n) -> (rows, 1)
                 with self.loops([("r", rows, True), ("j", n, False)]):
-                    p.line(f"{out}[r, 0] += {src}[r, {gcol}]")
+                    p.assign(Arr(out, fix(ROW, "0")), Arr(src, fix(ROW, gcol)), op="+=")
             elif target.rank:       # batch sum: (rows, n) -> (n,)
                 with self.loops([("r", rows, False), ("j", n, True)]):
-                    p.line(f"{out}[j] += {src}[r, {gcol}]")
+                    p.assign(Arr(out, fix(COL)), Arr(src, fix(ROW, gcol)), op="+=")
             else:
                 with self.loops([("r", rows, False), ("j", n, False)]):
-                    p.line(f"{out}[0] += {src}[r, {gcol}]")
+                    p.assign(Arr(out, fix("0")), Arr(src, fix(ROW, gcol)), op="+=")
         else:
             with self.loops([("j", n, False)]):
-                p.line(f"{out}[0] += {src}[j]")
+                p.assign(Arr(out, fix("0")), Arr(src, fix(COL)), op="+=")
 
     def emit_reduce(self, nid: int, stage: str, a: list[str], out: str) -> None:
         """sum or mean over the features of each row (and unbroadcast's feature sums)."""
@@ -598,54 +680,54 @@ class _Kernel:
         node = G[nid]
         src, mean = a[0], node.op == Op.MEAN
         n = self.size(node.args[0])
-        scale = f" / {k(('dim', G[node.args[0]].type.shape[0]))}" if mean else ""
+        scale = code(" / {}", k(("dim", G[node.args[0]].type.shape[0]))) if mean else ""
         if self.d.vector_row_sums:      # in vector partial sums (kernels.row_sum)
             if node.type.batched:
                 with self.loops([("r", self.rows(stage), True)]):
-                    p.line(f"{out}[r, 0] = row_sum({src}[r], {k(0.0)}){scale}")
+                    p.assign(Arr(out, fix(ROW, "0")),
+                             code("row_sum({}, {}){}", Arr(src, fix(ROW)), k(0.0), scale))
             else:
-                p.line(f"{out}[0] = row_sum({src}, {k(0.0)}){scale}")
+                p.assign(Arr(out, fix("0")), code("row_sum({}, {}){}", src, k(0.0), scale))
             return
-        if node.type.batched:
-            with self.loops([("r", self.rows(stage), True)]):
-                p.line(f"acc = {k(0.0)}")
-                with p.indent(f"for j in range({n}):"):
-                    p.line(f"acc += {src}[r, j]")
-                p.line(f"{out}[r, 0] = acc{scale}")
-        else:
-            with self.loops([]):
-                p.line(f"acc = {k(0.0)}")
-                with p.indent(f"for j in range({n}):"):
-                    p.line(f"acc += {src}[j]")
-                p.line(f"{out}[0] = acc{scale}")
+        acc = Sym("acc", "f")
+        row = fix(ROW) if node.type.batched else ()
+        with self.loops([("r", self.rows(stage), True)] if node.type.batched else []):
+            p.assign(acc, k(0.0))
+            with p.indent(for_loop(COL, code("range({})", n))):
+                p.assign(acc, Arr(src, row + fix(COL)), op="+=")
+            p.assign(Arr(out, row + fix("0")), code("{}{}", acc, scale))
 
     def emit_softmax(self, nid: int, stage: str, a: list[str], out: str) -> None:
         """softmax or log_softmax of each row, one row a thread."""
         node = self.em.G[nid]
         n = self.size(nid)
         batched = node.type.batched
-        row = "r, " if batched else ""
+        row = fix(ROW) if batched else ()
         with self.loops([("r", self.rows(stage), True)] if batched else []):
             self.softmax_body(a[0], out, row, n, node.op == Op.LOG_SOFTMAX)
 
-    def softmax_body(self, src: str, out: str, row: str, n: str, log: bool) -> None:
+    def softmax_body(self, src: Code, out: Code, row: tuple, n: Code, log: bool) -> None:
         p, k = self.p, self.em.k
-        p.line(f"top = {src}[{row}0]")
-        with p.indent(f"for j in range(1, {n}):"):
-            p.line(f"top = max(top, {src}[{row}j])")
-        p.line(f"acc = {k(0.0)}")
-        with p.indent(f"for j in range({n}):"):
-            p.line(f"acc += math.exp({src}[{row}j] - top)")
+        top, acc, lse = Sym("top", "f"), Sym("acc", "f"), Sym("lse", "f")
+        x = Arr(src, row + fix(COL))
+        every = for_loop(COL, code("range({})", n))
+        p.assign(top, Arr(src, row + fix("0")))
+        with p.indent(for_loop(COL, code("range(1, {})", n))):
+            p.assign(top, code("max({}, {})", top, x))
+        p.assign(acc, k(0.0))
+        with p.indent(every):
+            p.assign(acc, code("math.exp({} - {})", x, top), op="+=")
         if log:
-            p.line("lse = top + math.log(acc)")
-            with p.indent(f"for j in range({n}):"):
-                p.line(f"{out}[{row}j] = {src}[{row}j] - lse")
+            p.assign(lse, code("{} + math.log({})", top, acc))
+            with p.indent(for_loop(COL, code("range({})", n))):
+                p.assign(Arr(out, row + fix(COL)), code("{} - {}", x, lse))
         else:
-            with p.indent(f"for j in range({n}):"):
-                p.line(f"{out}[{row}j] = math.exp({src}[{row}j] - top) / acc")
+            with p.indent(for_loop(COL, code("range({})", n))):
+                p.assign(Arr(out, row + fix(COL)),
+                         code("math.exp({} - {}) / {}", x, top, acc))
 
-    def contiguous(self, expr: str) -> str:
-        return f"{self.d.contiguous}({expr})" if self.d.contiguous else expr
+    def contiguous(self, expr: Code) -> Code:
+        return code("{}({})", self.d.contiguous, expr) if self.d.contiguous else expr
 
 
 CODEGEN_KINDS = ("leaf", "elementwise", "view", "op")

@@ -1,9 +1,9 @@
-"""A generated module's frame: its header (docstring, imports, version and hash), its
-footer (the cell classes), and the pruning of view assignments nothing reads."""
+"""A generated module's frame: its header (docstring, imports, version and hash) and its
+footer (the cell classes). (The pruning of view assignments nothing reads is
+form.prune_dead_views, on the structured form.)"""
 
 from __future__ import annotations
 
-import ast
 import re
 import textwrap
 from contextlib import contextmanager
@@ -20,43 +20,6 @@ from ..core.shapes import Dim
 
 from .dialect import *  # noqa: F401,F403
 from .dialect import _dim  # noqa: F401
-
-
-def _is_view(value: ast.expr) -> bool:
-    """An expression that only names part of an array: a subscript or a reshape."""
-    if isinstance(value, ast.Subscript):
-        return True
-    return (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
-            and value.func.attr == "reshape")
-
-
-def prune_dead_views(source: str) -> str:
-    """The source without the one-line view assignments (`v15 = mm0[:, :, 0:H]`) that
-    nothing reads. Views are emitted per node whether or not a later stage uses them;
-    they cost nothing on the CPU but a host-side call each on the cuda target, and they
-    make the generated code harder to read. A block keeps at least one statement."""
-    while True:
-        tree = ast.parse(source)
-        read = {n.id for n in ast.walk(tree)
-                if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)}
-        dead: list[int] = []
-        for node in ast.walk(tree):
-            for field in ("body", "orelse"):
-                block = getattr(node, field, None)
-                if not isinstance(block, list):
-                    continue
-                gone = [st.lineno for st in block
-                        if isinstance(st, ast.Assign) and len(st.targets) == 1
-                        and isinstance(st.targets[0], ast.Name)
-                        and st.targets[0].id not in read and _is_view(st.value)
-                        and st.lineno == st.end_lineno]
-                dead += gone[:len(block) - 1] if len(gone) == len(block) else gone
-        if not dead:
-            return source
-        lines = source.split("\n")
-        for lineno in sorted(dead, reverse=True):
-            del lines[lineno - 1]
-        source = "\n".join(lines)
 
 
 def _dim_repr(d: Dim) -> tuple:

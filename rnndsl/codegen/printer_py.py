@@ -1,11 +1,71 @@
-"""A small printer for generated Python: `line()` and `with indent():`."""
+"""The printer of the structured kernel form (form.py): the emitters build the form
+through `Printer`, and its text is printed once, at the end."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 
+from . import form
+from .form import Assign, Block, Call, Comment, Raw, Stmt
+
 
 class Printer:
+    """Builds the structured kernel form (form.py) with `line()`, `assign()`, `call()`
+    and `with indent():`; `text()` prints it, once."""
+
+    def __init__(self) -> None:
+        self.body: list = []
+        self._into = self.body
+
+    def add(self, st: Stmt) -> Stmt:
+        self._into.append(st)
+        return st
+
+    def line(self, text: str = "") -> None:
+        """A line that reads nothing the passes follow (a docstring, a decorator)."""
+        self.add(Raw(text))
+
+    def comment(self, text: str) -> None:
+        for part in text.splitlines() or [""]:
+            self.add(Comment(safe_comment(part)))
+
+    def assign(self, target, value, note: str = "", op: str = "=") -> None:
+        self.add(Assign(target, value, op, note))
+
+    def call(self, fn: str, *args, note: str = "") -> None:
+        self.add(Call(fn, args, note))
+
+    @contextmanager
+    def indent(self, opener=None, bound: tuple = ()):
+        """Indent what the body adds under `opener` (a header text or a Block). A block
+        that holds no statement (a time loop whose every node was hoisted, say) is
+        dropped whole: Python rejects an empty block, and an empty loop is nothing to
+        do anyway. With no opener, the body is only indented (a continuation)."""
+        block = opener if isinstance(opener, Block) else Block(opener, bound=tuple(bound))
+        outer, self._into = self._into, block.body
+        try:
+            yield block
+        finally:
+            self._into = outer
+        if opener is None or any(st.is_statement() for st in block.body):
+            self.add(block)
+
+    @contextmanager
+    def capture(self):
+        """What the body adds, kept apart (a loop nest that becomes a device kernel)."""
+        outer, self._into = self._into, []
+        try:
+            yield self._into
+        finally:
+            self._into = outer
+
+    def text(self) -> str:
+        return form.text(self.body)
+
+
+class LinePrinter:
+    """Lines of text with `line()` and `with indent():` (the persistent pass's phases)."""
+
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.depth = 0
@@ -19,9 +79,6 @@ class Printer:
 
     @contextmanager
     def indent(self, opener: str | None = None):
-        """Indent what the body prints. A block opened by `opener` that printed no
-        statement (a time loop whose every node was hoisted, say) is dropped whole:
-        Python rejects an empty block, and an empty loop is nothing to do anyway."""
         start = len(self.lines)
         if opener is not None:
             self.line(opener)

@@ -575,26 +575,6 @@ def test_gru_cotangents_stack_on_both_sides():
     assert backward.count("# also stacked with another group") == 2
 
 
-def test_dead_views_are_pruned_from_generated_code():
-    from rnndsl.codegen.emit import prune_dead_views
-    source = ("def f(a, b, flag):\n"
-              "    v1 = a[:, 0:2]\n"          # read below: kept
-              "    v2 = a[:, 2:4]\n"          # never read: dropped
-              "    v3 = v2.reshape((4,))\n"   # never read: dropped, then v2 with it
-              "    x = len(a)\n"              # not a view: kept
-              "    if flag:\n"
-              "        v4 = b[0]\n"           # never read, but the block's only line
-              "    return v1, x\n")
-    pruned = prune_dead_views(source)
-    assert "v1 = a" in pruned and "x = len(a)" in pruned and "v4 = b[0]" in pruned
-    assert "v2" not in pruned and "v3" not in pruned
-    compile(pruned, "<pruned>", "exec")
-    for spec in SPECS:          # what every spec generates is pruned already
-        for target in ("cpu", "cuda"):
-            src = build_source(read_spec(spec), target=target)
-            assert prune_dead_views(src) == src, (spec.stem, target)
-
-
 def test_a_fused_value_read_only_through_a_folded_alias_is_not_stored(tmp_path):
     """Found by the random cells: in a fused backward group, a node whose one user outside
     the group was folded away (a sum with a zero term) was stored into an array that the

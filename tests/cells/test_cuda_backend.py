@@ -11,6 +11,8 @@ simulator (needs numba-cuda[cu13]; skipped without it).
 
 from __future__ import annotations
 
+import ast
+import math
 import os
 import re
 import subprocess
@@ -25,6 +27,7 @@ from hypothesis import strategies as st
 
 import rnndsl
 from rnndsl.build.modules import build_source, load_built, write_module
+from rnndsl.codegen.form import Arr, Assign, Call, Code, Sym
 from rnndsl.core.errors import BindError
 from rnndsl.lang.specfile import read_spec
 
@@ -367,25 +370,43 @@ def test_every_time_loop_runs_as_one_persistent_kernel(path):
     assert "grid.sync()" in source and "launch_persistent(" in source
 
 
+def _driver(before: list, loop: list) -> list:
+    """A driver's statements in the structured form: `before`, then `for t in range(T)`
+    over `loop`."""
+    from rnndsl.codegen.form import code, for_loop
+    block = for_loop(Sym("t", "i"), code("range({})", Sym("T", "i")))
+    block.body = loop
+    return [*before, block]
+
+
+def _cols(array, lo: int, hi: int):
+    """array[:, lo:hi]"""
+    return Arr(array, (("all",), ("slice", Code(str(lo)), Code(str(hi)))))
+
+
+def _shared_elements(kernel: str) -> int:
+    """How many elements a kernel's text declares in shared memory, a name counted once."""
+    sizes = {}
+    for m in re.finditer(r"^\s*(\w+) = cuda\.shared\.array\((.*), [\w.]+\)$", kernel,
+                         re.MULTILINE):
+        shape = ast.literal_eval(m.group(2))
+        sizes[m.group(1)] = math.prod(shape if isinstance(shape, tuple) else (shape,))
+    return sum(sizes.values())
+
+
 def test_persistent_barriers_follow_the_dependencies():
     """A barrier goes exactly where a phase touches what an earlier phase since the last
     barrier wrote, or writes what one read; views count as the array they view."""
     from rnndsl.codegen.emit_persistent import PersistentLoop
-    driver = textwrap.dedent('''
-        def forward_X(T, B, a, b, c, d, k0):
-            v = a[:, 0:2]
-            for t in range(T):
-                copy2(b, a)
-                copy2(c, a)
-                copy2(a, d)
-                gemm(v, b, d)
-                fill2(c, k0)
-                copy2(d, b)
-                w = c[:, 1:3]
-                copy2(w, b)
-    ''').strip()
-    made = PersistentLoop(driver, {}, "k0").kernel("forward_X_steps", "test")
-    text, work, span = made.text, made.work, made.span
+    a, b, c, d, v, w = (Sym(n, "a2") for n in ("a", "b", "c", "d", "v", "w"))
+    k0 = Sym("k0", "f")
+    driver = _driver(
+        [Assign(v, _cols(a, 0, 2))],       # v = a[:, 0:2]
+        [Call("copy2", (b, a)), Call("copy2", (c, a)), Call("copy2", (a, d)),
+         Call("gemm", (v, b, d)), Call("fill2", (c, k0)), Call("copy2", (d, b)),
+         Assign(w, _cols(c, 1, 3)), Call("copy2", (w, b))])
+    made = PersistentLoop(driver, {}, k0).kernel("forward_X_steps", "test")
+    text, work, params = made.text, made.work, made.params
     body = text.split("for t in range(T):")[1]
     phases = [line.strip() for line in body.splitlines()
               if line.strip().startswith(("# copy2", "# fill2", "# d = ", "grid.sync"))]
@@ -397,7 +418,11 @@ def test_persistent_barriers_follow_the_dependencies():
         "grid.sync()", "# copy2(d, b)",         # d was written by the GEMM
         "# copy2(w, b)",                         # w views c: untouched since the barrier
         "grid.sync()"]                           # the step's end
-    assert span == (2, 11) and "d.shape[0]" in work
+    # its parameters: what the phases use (not the in-loop view w), with their kinds
+    assert [(p, p.kind) for p in params] == [("T", "i"), ("a", "a2"), ("b", "a2"),
+                                             ("c", "a2"), ("d", "a2"), ("k0", "f"),
+                                             ("v", "a2")]
+    assert "def forward_X_steps(\n    T,\n    a," in text and "d.shape[0]" in work
     assert "= v[i0 + ra0, kb + ka0] if" in text     # a view made before the loop: an argument
     assert "c[r, 1 + j] = b[r, j]" in text     # one made inside it: composed
 
@@ -590,7 +615,7 @@ def test_every_persistent_kernel_fits_the_static_shared_memory_limit(scheme, mon
         for kernel in re.split(r"\n(?=@cuda.jit\n)", source):
             if "grid = cuda.cg.this_grid()" not in kernel:
                 continue
-            used = emit_persistent.shared_elements(kernel.split("\n"))
+            used = _shared_elements(kernel)
             assert used * 8 <= 48 * 1024, (path.stem, kernel.split("(")[0], used)
             held += "held0 = cuda.shared.array(" in kernel
     assert held >= 2 * len(SPECS)
@@ -603,27 +628,26 @@ def test_held_weights_leave_alone_what_the_loop_writes_or_indexes_by_step(monkey
     loop: every gemm's b and what is held."""
     from rnndsl.codegen import emit_persistent
     from rnndsl.codegen.emit_persistent import PersistentLoop
-    driver = textwrap.dedent("""
-        def drive(T, u, s, hist, w, out1, out2, out3):
-            for t in range(T):
-                gemm(s, u, out1)
-                gemm(s, hist[t], out2)
-                gemm(s, w, out3)
-                copy2(w, out1)
-    """)
-    plain = PersistentLoop(driver, {}, "k0").kernel("k", "about")
+    u, s, w, out1, out2, out3 = (Sym(n, "a2") for n in ("u", "s", "w", "out1", "out2",
+                                                         "out3"))
+    hist = Arr(Sym("hist", "a3"), (("fix", Sym("t", "i")),))
+    driver = _driver([], [Call("gemm", (s, u, out1)), Call("gemm", (s, hist, out2)),
+                          Call("gemm", (s, w, out3)), Call("copy2", (w, out1))])
+    k0 = Sym("k0", "f")
+    plain = PersistentLoop(driver, {}, k0).kernel("k", "about")
     assert plain.held is None and "held" not in plain.text
-    made = PersistentLoop(driver, {}, "k0", hold=True).kernel("k", "about")
+    made = PersistentLoop(driver, {}, k0, hold=True).kernel("k", "about")
     assert made.text == plain.text              # the kernel that streams them, unchanged
     held = made.held
     text = held.text
-    assert held.name == "k_held" and "def k_held(<<params>>):" in text
+    assert held.name == "k_held" and "def k_held(\n    T,\n    hist," in text
+    assert [p.kind for p in held.params if p == "hist"] == ["a3"]
     assert "held0 = cuda.shared.array(" in text and "held1" not in text
     assert "u, held in shared memory" in text
     # the two other "tiles" phases share one pair of staging arrays; u takes what they leave
     assert text.count("sa = cuda.shared.array(") == 1
     cap = int(re.search(r"held0 = cuda.shared.array\((\d+),", text).group(1))
-    assert emit_persistent.shared_elements(text.split("\n")) == emit_persistent.SHARED_ELEMENTS
+    assert _shared_elements(text) == emit_persistent.SHARED_ELEMENTS
     # the host's check: u's depth and columns, the cap, and the rows that every block reads
     assert held.checks == [("u.shape[0]", "u.shape[1]", str(cap), "out1.shape[0]")]
     # on the grid the held kernel asks for, where the check passes, a block's columns fit

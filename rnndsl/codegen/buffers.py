@@ -1,0 +1,224 @@
+"""The arrays a kernel allocates before its loops, for `_Emitter` (emit.py, a mixin):
+the stacked and packed weights of the GEMM groups, the stacked cotangents' buffers, a
+loop stage's work arrays, and (T, B, size) sequences with their rows views. Input: the
+emitter's plan and layout (its attributes); output: statements of the structured form
+(form.py), through the kernel's printer."""
+
+from __future__ import annotations
+
+from ..core.ops import Op
+from ..core.shapes import Dim
+from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup
+from .dialect import SMALL_PRODUCT, _dim, ident
+from .form import Arr, Code, Reshape, Sym, code
+from .kernel import B, DTYPE, R, T, _Kernel, array
+
+TILES = Sym("tiles", "x")       # whether the per-step GEMMs run in the register tiles
+
+
+class Buffers:
+    """The allocations of a kernel's prologue and loop stages (see the module doc)."""
+
+    def _sequence(self, kern: _Kernel, name: str, size: Code) -> None:
+        """A (T, B, size) array and its (R, size) rows view."""
+        whole = array(name, 3)
+        kern.p.assign(whole, kern.empty(code("({}, {}, {})", T, B, size)))
+        kern.p.assign(array(name + "_r", 2), Reshape(whole, code("({}, {})", R, size)))
+
+    def _cotangent_buffers(self, kern: _Kernel) -> None:
+        """One buffer per group of stacked cotangents (views for each g_k), and the
+        stacked weights [W_1; ...; W_n] their GEMMs multiply by."""
+        G, p = self.G, kern.p
+        for i, cg in enumerate(self.plan.cotangent_groups):
+            total = self.cg_total[i]
+            if cg.taped:
+                self._sequence(kern, f"tgc{i}", total)
+            else:
+                p.assign(array(f"gc{i}", 2), kern.empty(code("({}, {})", B, total)))
+            for g in cg.cotangents:
+                if self.cg_block[g][0] != i:
+                    continue    # a mirror: g's views name its home group's columns
+                _, start, stop = self.cg_block[g]
+                cols = ("slice", start, stop)
+                if cg.taped:
+                    p.assign(array(f"tape{g}", 3),
+                             Arr(array(f"tgc{i}", 3), (("all",), ("all",), cols)))
+                    p.assign(array(f"tape{g}_r", 2), Arr(array(f"tgc{i}_r", 2), (("all",), cols)))
+                else:
+                    p.assign(array(f"w{g}", 2), Arr(array(f"gc{i}", 2), (("all",), cols)))
+            for u, use in enumerate(cg.uses):
+                if not use.matvec_t:
+                    continue
+                cols = _dim(G[use.vector].type.shape[0])
+                if self.micro and self.per_step_cotangent_gemm(i, u):
+                    self._packed_cotangent_weights(kern, i, u, total, cols)
+                    continue
+                ws = array(f"ws{i}_{u}", 2)
+                p.assign(ws, kern.empty(code("({}, {})", total, cols)))
+                for w, g in zip(use.weights, cg.cotangents):
+                    start, stop = self.cg_cols[(i, g)]
+                    p.call("copy2", Arr(ws, (("slice", start, stop), ("all",))), param(G, w))
+                if not self.splits_cotangents(i, u):
+                    continue
+                sizes = [_dim(G[g].type.shape[0]) for g in cg.cotangents]
+                small = code(" and ".join(dict.fromkeys(
+                    f"B * {n} * {cols} <= {SMALL_PRODUCT}" for n in sizes)), sizes + [cols])
+                p.comment("term by term when the stacked product is too big for OpenBLAS's "
+                          "small-matrix kernel and the terms are not")
+                split = Sym(f"splitc{i}_{u}", "x")
+                p.assign(split, code("{} * {} * {} > {} and {}", B, total, cols, SMALL_PRODUCT,
+                                     small))
+                p.assign(array(f"mt{i}_{u}", 2),
+                         kern.empty(code("({} if {} else 0, {})", B, split, cols)))
+                for k, (w, n) in enumerate(zip(use.weights, sizes)):
+                    p.assign(array(f"gk{i}_{u}_{k}", 2),
+                             kern.empty(code("({} if {} else 0, {})", B, split, n)))
+                    p.assign(array(f"wsk{i}_{u}_{k}", 2),
+                             code("np.ascontiguousarray({}) if {} else {}", param(G, w), split,
+                                  kern.empty("(0, 0)")))
+
+    def _weights(self, kern: _Kernel, stages) -> None:
+        """Stacked, transposed weights for each matmul group (once per call)."""
+        G, p = self.G, kern.p
+        for s in stages:
+            for grp in self.plan.matmuls.get(s, []):
+                if not G[grp.vector].type.batched:
+                    continue
+                g = self.matmul_index[id(grp)]
+                cols = _dim(G[grp.vector].type.shape[0])
+                if self.micro and s in LOOP_STAGES:
+                    self._packed_weights(kern, grp, g, cols)
+                    continue
+                wt = array(f"wt{g}", 2)
+                if len(grp.members) == 1:
+                    p.assign(wt, code("transposed({})", param(G, G[grp.members[0]].args[0])))
+                    continue
+                total = self.group_total(grp)
+                p.assign(wt, kern.empty(code("({}, {})", cols, total)))
+                offset = Dim.lit(0)
+                for m in grp.members:
+                    stop = offset + G[m].type.shape[0]
+                    p.call("copy_t", Arr(wt, (("all",), ("slice", _dim(offset), _dim(stop)))),
+                           param(G, G[m].args[0]))
+                    offset = stop
+                if self.splits_small(grp, s):
+                    sizes = [_dim(G[m].type.shape[0]) for m in grp.members]
+                    small = code(" and ".join(dict.fromkeys(
+                        f"B * {cols} * {n} <= {SMALL_PRODUCT}" for n in sizes)), sizes + [cols])
+                    p.comment("member by member when the stacked product is too big for "
+                              "OpenBLAS's small-matrix kernel and the members are not")
+                    split = Sym(f"split{g}", "x")
+                    p.assign(split, code("{} * {} * ({}) > {} and {}", B, cols, total,
+                                         SMALL_PRODUCT, small))
+                    for k, m in enumerate(grp.members):
+                        p.assign(array(f"wt{g}_{k}", 2),
+                                 code("transposed({}) if {} else {}", param(G, G[m].args[0]),
+                                      split, kern.empty("(0, 0)")))
+
+    def _packed_weights(self, kern: _Kernel, grp: MatmulGroup, g: int, cols: str) -> None:
+        """A per-step GEMM's stacked weights [W_1^T, ..., W_n^T], packed once into
+        rnndsl.kernels.gemm's panels; below MR rows of batch, stacked for one BLAS call a step."""
+        G, p = self.G, kern.p
+        total = self.group_total(grp)
+        members = [(m, G[G[m].args[0]].attrs[0]) for m in grp.members]
+        p.comment(f"{', '.join(w for _, w in members)}, packed once for the per-step GEMM's")
+        p.comment("register tiles (rnndsl.kernels.gemm), or stacked for BLAS")
+        wp, wt = array(f"wp{g}", 3), array(f"wt{g}", 2)
+        p.assign(wp, code("np.zeros((({} + NR - 1) // NR if {} else 0, {}, NR), {})", total,
+                          TILES, cols, DTYPE))
+        p.assign(wt, kern.empty(code("(0 if {} else {}, {})", TILES, cols, total)))
+        offset = Dim.lit(0)
+        with p.indent(code("if {}:", TILES)):
+            for m, w in members:
+                p.call("pack_cols_t", wp, param(G, G[m].args[0]), _dim(offset))
+                offset = offset + G[m].type.shape[0]
+        offset = Dim.lit(0)
+        with p.indent("else:"):
+            for m, w in members:
+                stop = offset + G[m].type.shape[0]
+                p.call("copy_t", Arr(wt, (("all",), ("slice", _dim(offset), _dim(stop)))),
+                       param(G, G[m].args[0]))
+                offset = stop
+
+    def _packed_cotangent_weights(self, kern: _Kernel, i: int, u: int, total: str,
+                                  cols: str) -> None:
+        """The backward loop's stacked [W_1; ...; W_n], packed once into rnndsl.kernels.gemm's
+        panels; below MR rows of batch, stacked for one BLAS call a step."""
+        G, p = self.G, kern.p
+        cg = self.plan.cotangent_groups[i]
+        use = cg.uses[u]
+        names = ", ".join(G[w].attrs[0] for w in use.weights)
+        p.comment(f"[{names}] stacked, packed once for the backward step's register tiles")
+        p.comment("(rnndsl.kernels.gemm), or stacked for BLAS")
+        wsp, ws = array(f"wsp{i}_{u}", 3), array(f"ws{i}_{u}", 2)
+        p.assign(wsp, code("np.zeros((({} + NR - 1) // NR if {} else 0, {}, NR), {})", cols,
+                           TILES, total, DTYPE))
+        p.assign(ws, kern.empty(code("(0 if {} else {}, {})", TILES, total, cols)))
+        blocks = [(param(G, w), self.cg_cols[(i, g)])
+                  for w, g in zip(use.weights, cg.cotangents)]
+        with p.indent(code("if {}:", TILES)):
+            for w, (start, _) in blocks:
+                p.call("pack_rows", wsp, w, start)
+        with p.indent("else:"):
+            for w, (start, stop) in blocks:
+                p.call("copy2", Arr(ws, (("slice", start, stop), ("all",))), w)
+
+    def _packed_single_weights(self, kern: _Kernel, nodes: list[int]) -> None:
+        """Panels for each lone g @ W of the backward loop (see packs_single)."""
+        p = kern.p
+        for n in nodes:
+            if not self.packs_single(n):
+                continue
+            w = param(self.G, self.G[n].args[0])
+            p.comment(f"{ident(self.G[self.G[n].args[0]].attrs[0])}, packed once for the "
+                      "backward step's register tiles (rnndsl.kernels.gemm)")
+            wpt = array(f"wpt{n}", 3)
+            p.assign(wpt, code("np.zeros((({}.shape[1] + NR - 1) // NR if {} else 0, "
+                               "{}.shape[0], NR), {})", w, TILES, w, DTYPE))
+            with p.indent(code("if {}:", TILES)):
+                p.call("pack_rows", wpt, w, 0)
+
+    def _loop_arrays(self, kern: _Kernel, stage: str, nodes: list[int]) -> None:
+        """Work arrays of a loop stage, allocated once before the loop."""
+        G, p = self.G, kern.p
+        mine = set(nodes)
+        for grp in self.plan.matmuls.get(stage, []):
+            if G[grp.vector].type.batched and any(m in mine for m in grp.members):
+                g = self.matmul_index[id(grp)]
+                p.assign(array(f"mm{g}", 2),
+                         kern.empty(code("({}, {})", B, self.group_total(grp))))
+                if self.splits_small(grp, stage):
+                    for k, m in enumerate(grp.members):
+                        size = _dim(G[m].type.shape[0])
+                        p.assign(array(f"mm{g}_{k}", 2), kern.empty(
+                            code("({} if {} else 0, {})", B, Sym(f"split{g}", "x"), size)))
+                kern.bind_members(grp, stage)
+        grouped = {m for grp in self.plan.matmuls.get(stage, []) for m in grp.members
+                   if G[grp.vector].type.batched}
+        group_of = {n: set(g) for g in self.plan.fused[stage] for n in g}
+        for n in nodes:
+            node = G[n]
+            if n in grouped or node.op == Op.SLICE or n in self.cg_block:
+                continue
+            if n in self.mt_use:
+                if self.elided_zero(n):
+                    continue
+                kern.alloc(n, stage)
+                i, u = self.mt_use[n]
+                if n != self.plan.cotangent_groups[i].uses[u].matvec_t[0]:
+                    p.call("fill2", array(f"w{n}", 2), self.k(0.0),
+                           note="   # its term is in the stacked GEMM")
+                continue
+            if node.op in ELEMENTWISE:
+                if self.folded(n) or not self.needs_array(n, group_of.get(n, {n})):
+                    continue
+                if n in self.plan.saved and self.writes_tape_directly(n):
+                    continue
+            kern.alloc(n, stage)
+            if not node.type.batched:
+                self.loop_allocated.add(n)
+
+
+def param(G, nid: int) -> Sym:
+    """The array of param node nid (`p_<name>`)."""
+    return array(f"p_{ident(G[nid].attrs[0])}", 2 if G[nid].type.rank == 2 else 1)
