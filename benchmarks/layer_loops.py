@@ -6,12 +6,12 @@
 rnndsl compiles a stacked cell (specs/char_lstm.rnn: two LSTM layers and a readout) into
 one time loop: at each step layer 1, then layer 2, then the readout. cuDNN runs a loop
 per layer instead, which lets each layer's input projection (W @ h1 for layer 2) leave
-the loop as one GEMM over all T*B rows. This times forward+BPTT of both on the cpu
-target: "fused" is rnndsl.load("specs/char_lstm.rnn"); "per layer" is the same model as
-two cells run one after the other (layer 1 over the whole sequence, then layer 2 and the
-readout, its input projection hoisted by the `hoist` pass), with the gradient of layer
-2's input handed back to layer 1's backward. Both read token ids (a gather, not a GEMM
-against one-hot rows). Ratio: per-layer time / fused time (above 1: fused wins).
+the loop as one GEMM over all T*B rows. rnndsl's compiled class of a stacked cell can
+run either (cells/network.py's LayerLoops) and chooses at each call by a cost model
+(`rnndsl explain` prints it); this times forward+BPTT of both, forced
+(`cell.layer_loops = "fused"` / `"per_layer"`), interleaved, on the cpu target, with
+token ids as input. Ratio: per-layer time / fused time (above 1: fused wins), and the
+plan the cost model picks at that shape.
 """
 
 from __future__ import annotations
@@ -27,45 +27,22 @@ import numpy as np
 import rnndsl
 
 REPO = Path(__file__).resolve().parents[1]
-LAYER1 = """use "lstm.rnn"
-cell Layer1 {
-  dims V, H
-  input token x[V]
-  layer l1 = LSTM(I = V, H = H)
-  output h1 = l1(x)
-}
-"""
-REST = """use "lstm.rnn"
-cell Rest {
-  dims V, H
-  input h1[H]
-  layer l2 = LSTM(I = H, H = H)
-  param W_y[V, H], b_y[V]
-  output logits = W_y @ l2(h1) + b_y
-}
-"""
-SHAPES = ["64,32,96,128", "64,8,96,128", "64,1,96,128", "64,1,96,256", "100,1,65,128",
-          "50,32,96,256"]
+SHAPES = ["64,32,96,128", "64,8,96,128", "64,4,96,128", "64,1,96,128", "64,1,96,256",
+          "100,1,65,128", "50,32,96,256"]
 
 
 def runners(T: int, B: int, V: int, H: int):
-    specs = str(REPO / "specs" / "x.rnn")        # `use` resolves from specs/
-    fused = rnndsl.load(REPO / "specs" / "char_lstm.rnn")(V=V, H=H)
-    first = rnndsl.load_text(LAYER1, path=specs)(V=V, H=H)
-    rest = rnndsl.load_text(REST, path=specs)(V=V, H=H)
+    cell = rnndsl.load(REPO / "specs" / "char_lstm.rnn")(V=V, H=H)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, V, (T, B))
     dy = rng.standard_normal((T, B, V)).astype(np.float32)
 
-    def run_fused():
-        fused.backward(fused.forward(ids), {"logits": dy}, input_grads=False)
-
-    def run_per_layer():
-        r1 = first.forward(ids)
-        r2 = rest.forward({"h1": r1.outputs["h1"]})
-        g2 = rest.backward(r2, {"logits": dy})
-        first.backward(r1, {"h1": g2.inputs["h1"]}, input_grads=False)
-    return run_fused, run_per_layer
+    def run(way: str):
+        def call():
+            cell.layer_loops = way
+            cell.backward(cell.forward(ids), {"logits": dy}, input_grads=False)
+        return call
+    return run("fused"), run("per_layer")
 
 
 def main(argv=None) -> int:
@@ -74,8 +51,10 @@ def main(argv=None) -> int:
                     help="T,B,V,H each (default: " + " ".join(SHAPES) + ")")
     ap.add_argument("--repeat", type=int, default=20)
     args = ap.parse_args(argv)
-    print("| T, B, V, H | fused ms | per layer ms | per layer / fused |")
-    print("|---|---|---|---|")
+    from rnndsl.cells.network import layer_loops_choice
+    print("| T, B, V, H | fused ms | per layer ms | per layer / fused | the cost model's "
+          "choice |")
+    print("|---|---|---|---|---|")
     for shape in args.shapes:
         T, B, V, H = (int(v) for v in shape.split(","))
         fns = runners(T, B, V, H)
@@ -89,7 +68,7 @@ def main(argv=None) -> int:
                 times[k].append(time.perf_counter() - t0)
         fused, per_layer = (1000 * statistics.median(t) for t in times)
         print(f"| {T}, {B}, {V}, {H} | {fused:.2f} | {per_layer:.2f} | "
-              f"{per_layer / fused:.2f} |", flush=True)
+              f"{per_layer / fused:.2f} | {layer_loops_choice(T, B)} |", flush=True)
     return 0
 
 

@@ -36,7 +36,7 @@ def load(path: str | Path, target: str = DEFAULT_TARGET, cell: str | None = None
         from ..build.cache import remember_class, warm_class
         found = warm_class(path, target, cell, off)     # a spec loaded before: no reading
         if found is not None:
-            return found
+            return _with_plans(found)
     from ..lang.specfile import read_spec
     spec_file = read_spec(path)
     cls = _cell_class(spec_file, target, cell, off)
@@ -105,4 +105,14 @@ def _cell_class(spec_file, target: str, cell: str | None, off: tuple[str, ...] =
         spec_file = read_spec(spec.source.path, carried, files=files)
     from ..schedule.plan import PASSES
     passes = [p for p in PASSES if p not in off]
-    return getattr(cached_module(spec_file, passes, target=target), spec.name)
+    cls = getattr(cached_module(spec_file, passes, target=target), spec.name)
+    return _with_plans(cls, {**spec_file.used, **spec_file.cells})
+
+
+def _with_plans(cls: type, library=None) -> type:
+    """A compiled class, with the choices made per call on top of its kernels: a stacked
+    cell's loop per layer (cells/network.py's LayerLoops)."""
+    if getattr(cls, "target", None) != "cpu":
+        return cls
+    from .network import with_layer_loops
+    return with_layer_loops(cls, load_text, library)

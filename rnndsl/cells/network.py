@@ -35,11 +35,13 @@ class NetworkRun(Run):
 
 
 def network_class(spec: CheckedCell, library: dict[str, CheckedCell], target: str,
-                  load_part, spec_files: dict[str, str] | None = None) -> type:
-    """The cell class of a checked cell with sequence layers, on `target`: its parts'
-    classes built now by `load_part(text, cell, path)` (cells/load.py: through the
-    kernel cache on a compiled target, like any spec)."""
-    network = split(spec, library)
+                  load_part, spec_files: dict[str, str] | None = None,
+                  loops: tuple[str, ...] = ()) -> type:
+    """The cell class of a checked cell with sequence layers (or with `loops`, forward
+    layers run as loops of their own), on `target`: its parts' classes built now by
+    `load_part(text, cell, path)` (cells/load.py: through the kernel cache on a compiled
+    target, like any spec)."""
+    network = split(spec, library, loops)
     classes = []
     for part in network.parts:
         if isinstance(part, LayerRun):
@@ -246,3 +248,135 @@ def _dropout_for(dropout, k: int):
     if k and isinstance(dropout, (int, np.integer)) and not isinstance(dropout, bool):
         return dropout + k
     return dropout
+
+
+# ---------------------------------------------------------------------------- layer loops
+# A stacked cell runs as one time loop (every layer, each step) or as a loop per layer
+# (lang/network.split with `loops`: each layer over the whole sequence in turn, so that
+# the next layer's input projection is one GEMM over all T*B rows, as cuDNN runs stacks).
+# The cost model, from benchmarks/layer_loops.py on this project's CPU (a 2-core AMD
+# EPYC; per-layer time / fused time, forward+BPTT of char_lstm, T=64): at B=32 0.93-1.01,
+# at B=8 0.97-1.01; at B=1-4 0.81-0.89 with H=256 and 0.95-1.04 with H=128. One fused
+# loop wins or ties where the per-step GEMMs run in the register tiles (B at least MR
+# rows); below that they are BLAS calls on a few rows, and hoisting the next layer's
+# input projection out of the loop pays, once there are enough steps to hoist.
+PER_LAYER_MIN_STEPS = 32
+LAYER_LOOPS = ("auto", "fused", "per_layer")
+
+
+def layer_loops_choice(T: int, B: int) -> str:
+    """"per_layer" or "fused" for a call of T steps and B sequences (see above)."""
+    from ..kernels.tile_sizes import MR
+    return "per_layer" if B < MR and T >= PER_LAYER_MIN_STEPS else "fused"
+
+
+def layer_loops_reason() -> str:
+    from ..kernels.tile_sizes import MR
+    return (f"one fused time loop at {MR}+ sequences a call (the per-step GEMMs run in "
+            f"the register tiles); below {MR}, and with {PER_LAYER_MIN_STEPS}+ steps, a "
+            "loop per layer, each layer's input projection one GEMM over all T*B rows "
+            "(benchmarks/layer_loops.py: per layer / fused 0.81-0.89 at B=1-4 and H=256, "
+            "0.95-1.04 at H=128, 0.93-1.01 at B=32)")
+
+
+class LayerLoops:
+    """Mixed into a compiled class of a stacked cell (`with_layer_loops`): each call runs
+    the fused kernels, or the network of one loop per layer where `layer_loops_choice`
+    says so. Both read the same params (one dict); a Run says which made it, and
+    `backward` follows it. `layer_loops` forces one ("fused", "per_layer") or lets the
+    cost model choose ("auto"); `RNNDSL_LAYER_LOOPS` sets it for a process."""
+
+    layer_loops = "auto"
+    loops: tuple[str, ...] = ()
+    _loops_class: type | None = None
+
+    def _choice(self, x, steps) -> str:
+        way = _forced() or self.layer_loops
+        if way not in LAYER_LOOPS:
+            raise BindError(f"layer_loops must be one of {', '.join(LAYER_LOOPS)}, got "
+                            f"{way!r}")
+        if way != "auto":
+            return way
+        first = next(iter(x.values())) if isinstance(x, Mapping) else x
+        shape = getattr(first, "shape", ())
+        if steps is not None or len(shape) < 2:
+            return "fused"
+        return layer_loops_choice(shape[0], shape[1])
+
+    def _per_layer(self) -> "NetworkCell":
+        net = self.__dict__.get("_net")
+        if net is None:
+            cls = type(self)
+            if cls._loops_class is None:
+                cls._loops_class = _loops_class_of(cls)
+            net = cls._loops_class(dtype=self.dtype, seed=None, **self.dims)
+            self._net = net
+        net.params = self.params          # the one set of params, whatever replaced it
+        return net
+
+    def forward(self, x, state=None, *, lengths=None, dropout=None, steps=None,
+                grad: bool = True, **more):
+        if self._choice(x, steps) == "per_layer":
+            return self._per_layer().forward(x, state, lengths=lengths, dropout=dropout,
+                                             steps=steps, grad=grad)
+        return super().forward(x, state, lengths=lengths, dropout=dropout, steps=steps,
+                               grad=grad, **more)
+
+    def backward(self, run, d_outputs=None, d_state=None, input_grads: bool = True,
+                 **more):
+        if isinstance(run, NetworkRun):
+            return self._per_layer().backward(run, d_outputs, d_state, input_grads)
+        return super().backward(run, d_outputs, d_state, input_grads, **more)
+
+
+def _forced() -> str | None:
+    import os
+    return os.environ.get("RNNDSL_LAYER_LOOPS") or None
+
+
+_WITH_LOOPS: dict[type, type] = {}
+
+
+def with_layer_loops(cls: type, load_text, library: dict[str, CheckedCell] | None = None
+                     ) -> type:
+    """`cls` (a compiled cpu class), or its subclass that may run a loop per layer where
+    the cell's forward layers can each run alone (lang/network.layer_loops). `load_text`
+    builds the parts' classes when a call first runs per layer (cells/load.py's)."""
+    if cls in _WITH_LOOPS:
+        return _WITH_LOOPS[cls]
+    from ..lang.network import layer_loops
+    spec = cls.spec
+    stacked = spec.ast is not None and sum(
+        1 for s in spec.ast.body if type(s).__name__ == "LayerDecl") >= 2
+    made = cls
+    if stacked and getattr(cls, "target", None) == "cpu":
+        names = layer_loops(spec, library if library is not None else _library_of(cls))
+        if names:
+            made = type(cls.__name__, (LayerLoops, cls),
+                        {"loops": names, "_load_text": staticmethod(load_text),
+                         "__module__": cls.__module__,
+                         "__doc__": cls.__doc__, "__qualname__": cls.__qualname__})
+    _WITH_LOOPS[cls] = made
+    return made
+
+
+def _library_of(cls) -> dict[str, CheckedCell]:
+    from .compiled import _spec_file_of
+    spec_file = _spec_file_of(cls.kernels, cls.meta)
+    return {**spec_file.used, **spec_file.cells}
+
+
+def _loops_class_of(cls) -> type:
+    """The per-layer network of a LayerLoops class, its parts built with its passes."""
+    from ..schedule.plan import PASSES
+    on = set(cls.meta.get("passes", PASSES))
+    off = tuple(p for p in PASSES if p not in on and p in _cpu_passes())
+
+    def load_part(text: str, name: str, path: str) -> type:
+        return cls._load_text(text, "cpu", name, path=path, no_passes=off)
+    return network_class(cls.spec, _library_of(cls), "cpu", load_part, loops=cls.loops)
+
+
+def _cpu_passes() -> set[str]:
+    from ..schedule.plan import PASSES, passes_for
+    return set(passes_for(PASSES, "cpu"))

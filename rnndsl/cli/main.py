@@ -297,6 +297,12 @@ def cmd_explain(args) -> int:
     for line in explain_lines(plan, target=args.target,
                               tokens=token_nodes(plan, args.target)):
         print(line)
+    from ..lang.network import layer_loops
+    loops = layer_loops(spec, {**spec_file.used, **spec_file.cells})
+    if loops and args.target == "cpu":
+        from ..cells.network import layer_loops_reason
+        print(f"layer loops ({', '.join(loops)}), chosen at each call: "
+              f"{layer_loops_reason()}")
     return EXIT_OK
 
 

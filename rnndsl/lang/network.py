@@ -64,15 +64,43 @@ class Network:
     outputs: tuple[tuple[str, Value], ...]       # the cell's outputs: (name, value)
 
 
-def split(cell: CheckedCell, library: dict[str, CheckedCell]) -> Network:
+def split(cell: CheckedCell, library: dict[str, CheckedCell],
+          loops: tuple[str, ...] = ()) -> Network:
     """The parts of `cell` (module docstring); a CheckError where a sequence layer's
-    argument depends on its own output."""
-    return _Splitter(cell, library).network()
+    argument depends on its own output. `loops` names forward layers to run as parts of
+    their own too, each over the whole sequence (a loop per layer, as cuDNN runs stacks:
+    the layer after one then has its whole input before its loop, and its input
+    projection leaves the loop)."""
+    return _Splitter(cell, library, loops).network()
+
+
+def layer_loops(cell: CheckedCell, library: dict[str, CheckedCell]) -> tuple[str, ...]:
+    """The forward layers of `cell` that can each run as a loop of its own: all of them,
+    or none where that split is not possible (a layer's cell with `input once` or
+    dropout, a layer's output read by name elsewhere, its argument reading its own
+    output through a state); none for a cell with fewer than two."""
+    if cell.ast is None or cell.sequence_layers:
+        return ()
+    names = tuple(s.name for s in cell.ast.body if isinstance(s, ast.LayerDecl))
+    if len(names) < 2:
+        return ()
+    for s in cell.ast.body:
+        if isinstance(s, ast.LayerDecl):
+            sub = library.get(s.cell)
+            if sub is None or sub.dropouts or sub.sequence_layers or any(
+                    d.once for d in sub.inputs):
+                return ()
+    try:
+        split(cell, library, names)
+    except (CheckError, KeyError):
+        return ()
+    return names
 
 
 # ---------------------------------------------------------------------------- the walk
 class _Splitter:
-    def __init__(self, cell: CheckedCell, library: dict[str, CheckedCell]):
+    def __init__(self, cell: CheckedCell, library: dict[str, CheckedCell],
+                 loops: tuple[str, ...] = ()):
         assert cell.ast is not None, "a network is split from its spec"
         self.cell, self.library = cell, library
         body = cell.ast.body
@@ -108,12 +136,34 @@ class _Splitter:
         self.owner: dict[str, Value] = {}               # forward layer -> unit calling it
         self.deps = {key: self._reads(key, expr) for key, expr in self.units.items()}
         self.alias = self._aliases()
+        # forward layers run as loops of their own: what their arguments read comes from
+        # an earlier part, so the equation that calls one is a level above those reads
+        self.cuts: dict[str, set[Value]] = {}
+        for name in loops:
+            call = self._forward_call(name)
+            reads: set[Value] = set()
+            for arg in call.args:
+                reads |= self._reads(self.owner[name], arg)
+            self.cuts[name] = reads
 
     def _find_calls(self, e) -> None:
         if isinstance(e, ast.Call) and e.fn in self.seq:
             self.calls[e.fn] = e
         for child in _children(e):
             self._find_calls(child)
+
+    def _forward_call(self, layer: str) -> ast.Call:
+        """The call of a forward layer, in whatever unit makes it."""
+        found = []
+
+        def walk(e):
+            if isinstance(e, ast.Call) and e.fn == layer:
+                found.append(e)
+            for child in _children(e):
+                walk(child)
+        for expr in self.units.values():
+            walk(expr)
+        return found[0]
 
     def _seq_output(self, layer: str, name: str | None) -> Value:
         outs = self.seq[layer].outputs
@@ -188,7 +238,7 @@ class _Splitter:
     def levels(self) -> tuple[dict[Value, int], dict[str, int]]:
         lvl = {key: 0 for key in self.units}
         dir_lvl = {name: 1 for name in self.seq}
-        limit = len(self.seq)
+        limit = len(self.seq) + len(self.cuts)
 
         def level(v: Value) -> int:
             kind, name = v
@@ -208,6 +258,11 @@ class _Splitter:
                 new = max([lvl[key]] + [level(d) for d in deps])
                 if new != lvl[key]:
                     lvl[key], changed = new, True
+            for name, reads in self.cuts.items():
+                owner = self.owner[name]
+                new = max([lvl[owner]] + [1 + level(self.resolve(d)) for d in reads])
+                if new != lvl[owner]:
+                    lvl[owner], changed = new, True
             for name, layer in self.seq.items():
                 new = 1 + max([0] + [lvl[("arg", a)] for a in layer.inputs
                                      if ("arg", a) in lvl])
