@@ -79,6 +79,12 @@ def to_model(cell, *, operators: bool | None = None):
     """The ONNX model of `cell` (see the module docstring)."""
     import onnx
     from onnx import helper
+    if getattr(getattr(cell, "spec", None), "sequence_layers", ()):
+        layer = cell.spec.sequence_layers[0]
+        raise ExportError(f"{cell.spec.name} runs layer {layer.name} {layer.direction} over "
+                          "whole sequences, a network of parts in turn; ONNX export takes one "
+                          "cell (or one cell run in a direction: cell_class(..., direction="
+                          f"'{layer.direction}')) and cannot export such a network yet")
     if not isinstance(cell, (Cell, Directional)):
         what = (f"the cell class {cell.__name__}" if isinstance(cell, type)
                 else repr(cell)[:60])
