@@ -10,7 +10,7 @@ from .dialect import ident
 _NAMES = {"dim": "dim_{}", "param": "p_{}", "input": "in_{}", "state0": "s0_{}",
           "output": "out_{}", "final": "fin_{}", "output_grad": "dout_{}",
           "final_grad": "dfin_{}", "param_grad": "dp_{}", "input_grad": "din_{}",
-          "state0_grad": "ds0_{}", "hist": "hist_{}", "tape": "tape{}"}
+          "state0_grad": "ds0_{}", "hist": "hist_{}"}
 
 _NOTES = {
     "dim": "the size {}", "T": "steps", "B": "rows (sequences)",
@@ -25,9 +25,12 @@ _NOTES = {
     "state0_grad": "d state {} at the start, written"}
 
 
-def arg_name(arg: tuple) -> str:
-    """The argument's name in the generated signature (spec names pass through ident)."""
+def arg_name(arg: tuple, value_name) -> str:
+    """The argument's name in the generated signature (spec names pass through ident; a
+    tape is named as its node's value, by `value_name`, naming.ValueNames)."""
     kind = arg[0]
+    if kind == "tape":
+        return value_name("tape", arg[1])
     if kind in ("T", "B", "consts", "threads"):
         return kind
     if kind == "input_grads":

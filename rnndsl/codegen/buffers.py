@@ -41,11 +41,13 @@ class Buffers:
                 _, start, stop = self.cg_block[g]
                 cols = ("slice", start, stop)
                 if cg.taped:
-                    p.assign(array(f"tape{g}", 3),
+                    tape = self.value_name("tape", g)
+                    p.assign(array(tape, 3),
                              Arr(array(f"tgc{i}", 3), (("all",), ("all",), cols)))
-                    p.assign(array(f"tape{g}_r", 2), Arr(array(f"tgc{i}_r", 2), (("all",), cols)))
+                    p.assign(array(tape + "_r", 2), Arr(array(f"tgc{i}_r", 2), (("all",), cols)))
                 else:
-                    p.assign(array(f"w{g}", 2), Arr(array(f"gc{i}", 2), (("all",), cols)))
+                    p.assign(array(self.value_name("w", g), 2),
+                             Arr(array(f"gc{i}", 2), (("all",), cols)))
             for u, use in enumerate(cg.uses):
                 if not use.matvec_t:
                     continue
@@ -172,7 +174,7 @@ class Buffers:
             w = param(self.G, self.G[n].args[0])
             p.comment(f"{ident(self.G[self.G[n].args[0]].attrs[0])}, packed once for the "
                       "backward step's register tiles (rnndsl.kernels.gemm)")
-            wpt = array(f"wpt{n}", 3)
+            wpt = array(self.value_name("wpt", n), 3)
             p.assign(wpt, code("np.zeros((({}.shape[1] + NR - 1) // NR if {} else 0, "
                                "{}.shape[0], NR), {})", w, TILES, w, DTYPE))
             with p.indent(code("if {}:", TILES)):
@@ -206,7 +208,7 @@ class Buffers:
                 kern.alloc(n, stage)
                 i, u = self.mt_use[n]
                 if n != self.plan.cotangent_groups[i].uses[u].matvec_t[0]:
-                    p.call("fill2", array(f"w{n}", 2), self.k(0.0),
+                    p.call("fill2", array(self.value_name("w", n), 2), self.k(0.0),
                            note="   # its term is in the stacked GEMM")
                 continue
             if node.op in ELEMENTWISE:

@@ -15,13 +15,14 @@ Layout conventions inside the kernels (see plan.py for the stages):
   `k<i>` read from the `consts` array, so float32 kernels stay float32.
 
 Every generated name is a fixed prefix plus a spec identifier that the grammar already
-restricts to [A-Za-z_][A-Za-z0-9_]*, so nothing from a spec reaches the source except
-as an identifier, a number the emitter formats itself, or a sanitised comment.
+restricts to [A-Za-z_][A-Za-z0-9_]*, or a number, so nothing from a spec reaches the
+source except as an identifier, a number the emitter formats itself, or a sanitised
+comment. A node's value is named by naming.py's one rule (`e_i`, `tape_i`, `w_c__next`
+where the spec names it, `e17`, `tape38` where it does not), through `value_name`.
 """
 from __future__ import annotations
 
 import re
-import textwrap
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ from . import form
 from .buffers import TILES, Buffers
 from .form import Arr, Consts, Reshape, Sym, code, fix, for_loop, prune_dead_views
 from .kernel import B, DTYPE, R, STEP, T, _Kernel, array
+from .naming import ValueNames
 from .module import _const_repr, _dim_repr, module_footer, module_header  # noqa: F401
 
 
@@ -51,6 +53,7 @@ class _Emitter(Buffers):
 
     def __init__(self, plan: Plan, spec_path: str, spec_text: str, digest: str):
         self.plan, self.G = plan, plan.graph
+        self.value_name = ValueNames(self.G.names)    # node id -> its values' names
         self.spec_path, self.spec_text, self.digest = spec_path, spec_text, digest
         self.consts: list[tuple] = []
         self._const_names: dict[tuple, str] = {}
@@ -422,7 +425,8 @@ class _Emitter(Buffers):
         args += [("tape", n) for n in tapes]
         return args
 
-    arg_name = staticmethod(arg_name)
+    def arg_name(self, arg: tuple) -> str:
+        return arg_name(arg, self.value_name)
 
     def arg_note(self, arg: tuple, which: str) -> str:
         return arg_note(arg, which, self.G.names, self.token_names)
@@ -453,11 +457,11 @@ class _Emitter(Buffers):
                     size = _dim(t.shape[0])
                 p.assign(array(f"{name}_r", 2), Reshape(array(name, 3), code("({}, {})", R, size)))
             elif kind == "tape":
-                n = arg[1]
-                p.assign(array(f"tape{n}_r", 2),
-                         Reshape(array(f"tape{n}", 3), code("({}, {})", R, kern.size(n))))
+                name = self.arg_name(arg)
+                p.assign(array(f"{name}_r", 2),
+                         Reshape(array(name, 3), code("({}, {})", R, kern.size(arg[1]))))
 
-    def _docstring(self, kern: _Kernel, which: str, args: list[tuple]) -> None:
+    def _docstring(self, kern: _Kernel, which: str) -> None:
         plan = self.plan
         p = kern.p
         on = ", ".join(passes_for(plan.passes, self.dialect.target)) or "none"
@@ -469,15 +473,6 @@ class _Emitter(Buffers):
         p.line("Loop nest:")
         for line in explain_lines(plan, which, tokens=self.token_nodes):
             p.line("    " + safe_docstring(line))
-        named = [f"tape{n} = {self.G.names[n]}" for n in sorted(self.plan.saved)
-                 if ("tape", n) in args and n in self.G.names]
-        if named:
-            p.line("")
-            p.line("Saved values with a name in the spec:")
-            # each `tapeN = name` kept whole on a line (no-break spaces while wrapping)
-            text = ", ".join(item.replace(" ", "\xa0") for item in named)
-            for line in textwrap.wrap(text, 80, initial_indent="  ", subsequent_indent="  "):
-                p.line(safe_docstring(line.replace("\xa0", " ")))
         p.line("")
         p.line(f"Optimizations: {on}.")
         p.line('"""')
@@ -545,7 +540,7 @@ class _Emitter(Buffers):
                         "no cotangent and no state: all T*B rows at once"):
             for n in sorted(plan.saved):
                 if plan.stage[n] == "bwd" and n not in self.cg_block:
-                    self._sequence(kern, f"tape{n}", kern.size(n))
+                    self._sequence(kern, self.value_name("tape", n), kern.size(n))
             self._cotangent_buffers(kern)
             self._packed_single_weights(kern, nodes["bwd"])
             for name in sorted(plan.saved_next_seeds):
@@ -624,7 +619,7 @@ class _Emitter(Buffers):
             p.line(self.dialect.decorator)
         names = [(self.arg_name(a), self.arg_note(a, which)) for a in args]
         with p.indent(signature(f"{which}_{self.plan.step.cell.name}", names)):
-            self._docstring(kern, which, args)
+            self._docstring(kern, which)
             self._prologue(kern, args)
             self._weights(kern, weight_stages)
             if nodes["const"]:

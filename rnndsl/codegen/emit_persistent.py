@@ -33,7 +33,8 @@ names its text uses (the kernel's parameters, with their kinds), come from the f
 operands; the phases' text is printed from them, never read back.
 
 The phases' own temporaries (flat, tile, kb, acc0, ...) never take the names the emitter
-gives (k<n> constants, e<n> values, arrays), which a phase must not overwrite.
+gives (k<n> constants, the values' e_<name> and e<n>, arrays: naming.py), which a
+phase must not overwrite.
 
 A phase waits behind `grid.sync()` only when it touches memory that a phase since the
 last barrier wrote, or writes memory that one read (arrays are followed to the array they

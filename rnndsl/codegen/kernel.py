@@ -110,21 +110,22 @@ class _Kernel:
                 return (f"dout_{name}", "step3") if loop else (f"dout_{name}_r", "rows2")
             return (f"ds_{name}", "rows2") if loop else (f"dnext_{name}_r", "rows2")
         src = em.plan.stage[nid]
+        w, v, tape = (em.value_name(prefix, nid) for prefix in ("w", "v", "tape"))
         if not node.type.batched:
-            return (f"w{nid}" if src in LOOP_STAGES else f"v{nid}"), "ub"
+            return (w if src in LOOP_STAGES else v), "ub"
         taped = nid in em.plan.saved and em.writes_tape_directly(nid)
         if src == "pre" and self.which == "backward" and nid in em.forward_nodes:
             # computed by the forward kernel: the backward kernel reads its tape
-            return (f"tape{nid}", "step3") if loop else (f"tape{nid}_r", "rows2")
+            return (tape, "step3") if loop else (tape + "_r", "rows2")
         if src == stage:
             if loop:
-                return (f"tape{nid}", "step3") if taped else (f"w{nid}", "rows2")
-            return (f"tape{nid}_r" if taped else f"v{nid}_r"), "rows2"
+                return (tape, "step3") if taped else (w, "rows2")
+            return (tape + "_r" if taped else v + "_r"), "rows2"
         if src == "pre":
-            name = f"tape{nid}" if taped else f"v{nid}"
+            name = tape if taped else v
             return (name, "step3") if loop else (name + "_r", "rows2")
         assert nid in em.plan.saved, f"node {nid} ({src}) read from {stage} but not saved"
-        return (f"tape{nid}", "step3") if loop else (f"tape{nid}_r", "rows2")
+        return (tape, "step3") if loop else (tape + "_r", "rows2")
 
     def block_element(self, nid: int, expr: str, t) -> str | None:
         """A stacked cotangent's element, read or written in its group's contiguous
@@ -133,11 +134,12 @@ class _Kernel:
         if block is None or t.rank != 1:
             return None
         i, start, _ = block
-        if expr == f"tape{nid}":
+        tape = self.em.value_name("tape", nid)
+        if expr == tape:
             return Arr(array(f"tgc{i}", 3), fix(STEP, ROW, plus(start, COL)))
-        if expr == f"tape{nid}_r":
+        if expr == tape + "_r":
             return Arr(array(f"tgc{i}_r", 2), fix(ROW, plus(start, COL)))
-        if expr == f"w{nid}":
+        if expr == self.em.value_name("w", nid):
             return Arr(array(f"gc{i}", 2), fix(ROW, plus(start, COL)))
         return None
 
@@ -172,13 +174,14 @@ class _Kernel:
         if direct is not None:
             return direct
         block = self.em.member_block.get(nid)
-        if block is not None and expr in (f"w{nid}", f"v{nid}", f"v{nid}_r"):
+        w, v = self.em.value_name("w", nid), self.em.value_name("v", nid)
+        if block is not None and expr in (w, v, v + "_r"):
             # a matmul result: read the GEMM's C-contiguous output at a column offset,
             # not through a strided view, so the loop over j can vectorise
             g, offset = block
-            if expr == f"w{nid}":
+            if expr == w:
                 return Arr(array(f"mm{g}", 2), fix(ROW, plus(offset, COL)))
-            if expr == f"v{nid}":
+            if expr == v:
                 return Arr(array(f"mm{g}", 3), fix(STEP, ROW, plus(offset, COL)))
             return Arr(array(f"mm{g}_r", 2), fix(ROW, plus(offset, COL)))
         if mode == "k":
@@ -237,19 +240,19 @@ class _Kernel:
         elif not t.batched:
             p.assign(self.dest(nid, stage), self.empty(self.size(nid)))
         elif stage in LOOP_STAGES:
-            p.assign(array(f"w{nid}", 2), self.empty(code("({}, {})", B, self.size(nid))))
+            p.assign(self.dest(nid, stage), self.empty(code("({}, {})", B, self.size(nid))))
         else:
-            v = array(f"v{nid}", 3)
+            v = array(self.em.value_name("v", nid), 3)
             p.assign(v, self.empty(code("({}, {}, {})", T, B, self.size(nid))))
-            p.assign(array(f"v{nid}_r", 2), Reshape(v, code("({}, {})", R, self.size(nid))))
+            p.assign(self.dest(nid, stage), Reshape(v, code("({}, {})", R, self.size(nid))))
 
     def dest(self, nid: int, stage: str) -> Sym:
         """The whole array a node's value is written to in its own stage."""
         t = self.em.G[nid].type
+        w, v = self.em.value_name("w", nid), self.em.value_name("v", nid)
         if not t.batched:
-            return array(f"w{nid}" if stage in LOOP_STAGES else f"v{nid}",
-                         2 if t.rank == 2 else 1)
-        return array(f"w{nid}", 2) if stage in LOOP_STAGES else array(f"v{nid}_r", 2)
+            return array(w if stage in LOOP_STAGES else v, 2 if t.rank == 2 else 1)
+        return array(w, 2) if stage in LOOP_STAGES else array(v + "_r", 2)
 
     # ------------------------------------------------------------------ stages
     def emit_stage(self, stage: str, nodes: list[int]) -> None:
@@ -277,11 +280,12 @@ class _Kernel:
             for n in (group_of.get(nid, [nid]) if op in ELEMENTWISE else
                       (matmul_of[nid].members if nid in matmul_of else [nid])):
                 if n in mine and n in em.plan.saved and not em.writes_tape_directly(n):
+                    tape = em.value_name("tape", n)
                     if stage in LOOP_STAGES:
-                        self.p.call("copy2", Arr(array(f"tape{n}", 3), fix(STEP)),
+                        self.p.call("copy2", Arr(array(tape, 3), fix(STEP)),
                                     self.dest(n, stage))
                     else:
-                        self.p.call("copy2", array(f"tape{n}_r", 2), self.dest(n, stage))
+                        self.p.call("copy2", array(tape + "_r", 2), self.dest(n, stage))
 
     def emit_elementwise(self, group: list[int], stage: str) -> None:
         em, G = self.em, self.em.G
@@ -314,9 +318,9 @@ class _Kernel:
             node = G[n]
             args = [self.at(a, stage, local) for a in node.args]
             expr = self.format(node.op, args, node.attrs)
-            # the spec's name for the value, where it has one (`e12 = ...  # i`)
+            # the spec's name as written, where it has one (`e_c__next = ...  # c'`)
             named = f"  # {safe_comment(G.names[n])}" if n in G.names else ""
-            value = Sym(f"e{n}", "f")
+            value = Sym(em.value_name("e", n), "f")
             p.assign(value, expr, named)
             local[n] = value
             if n in stored:
@@ -329,9 +333,10 @@ class _Kernel:
                     continue
                 col = COL if node.type.rank else "0"
                 if n in em.plan.saved and em.writes_tape_directly(n):
-                    target = (Arr(array(f"tape{n}", 3), fix(STEP, ROW, col))
+                    tape = em.value_name("tape", n)
+                    target = (Arr(array(tape, 3), fix(STEP, ROW, col))
                               if stage in LOOP_STAGES else
-                              Arr(array(f"tape{n}_r", 2), fix(ROW, col)))
+                              Arr(array(tape + "_r", 2), fix(ROW, col)))
                 else:
                     dest = self.dest(n, stage)
                     target = Arr(dest, fix(ROW, col) if node.type.batched else
@@ -440,11 +445,11 @@ class _Kernel:
             stop = offset + G[m].type.shape[0]
             cols = ("slice", _dim(offset), _dim(stop))
             if stage in LOOP_STAGES:
-                p.assign(array(f"w{m}", 2), Arr(array(f"mm{g}", 2), (("all",), cols)))
+                p.assign(self.dest(m, stage), Arr(array(f"mm{g}", 2), (("all",), cols)))
             else:
-                p.assign(array(f"v{m}", 3),
+                p.assign(array(em.value_name("v", m), 3),
                          Arr(array(f"mm{g}", 3), (("all",), ("all",), cols)))
-                p.assign(array(f"v{m}_r", 2), Arr(array(f"mm{g}_r", 2), (("all",), cols)))
+                p.assign(self.dest(m, stage), Arr(array(f"mm{g}_r", 2), (("all",), cols)))
             offset = stop
 
     def emit_other(self, nid: int, stage: str) -> None:
@@ -484,16 +489,14 @@ class _Kernel:
         src = self.whole(node.args[0], stage)
         cols = ("slice", _dim(start), _dim(stop))
         if not node.type.batched:    # named as `ref` reads it: w in a loop, v outside
-            name = array(f"w{nid}" if stage in LOOP_STAGES else f"v{nid}",
-                         2 if node.type.rank == 2 else 1)
-            p.assign(name, Arr(src, (cols,)))
+            p.assign(self.dest(nid, stage), Arr(src, (cols,)))
         elif stage in LOOP_STAGES:
-            p.assign(array(f"w{nid}", 2), Arr(src, (("all",), cols)))
+            p.assign(self.dest(nid, stage), Arr(src, (("all",), cols)))
         else:
             full, _ = self.ref(node.args[0], stage)
             assert full.endswith("_r"), full
-            p.assign(array(f"v{nid}_r", 2), Arr(full, (("all",), cols)))
-            p.assign(array(f"v{nid}", 3),
+            p.assign(self.dest(nid, stage), Arr(full, (("all",), cols)))
+            p.assign(array(self.em.value_name("v", nid), 3),
                      Arr(array(full.name[:-2], 3), (("all",), ("all",), cols)))
 
     def emit_matvec(self, nid: int, stage: str, a: list[str], out: str) -> None:
@@ -509,7 +512,7 @@ class _Kernel:
         if em.is_view(node.args[1]):
             g = self.contiguous(g)
         if em.packs_single(nid):
-            self.step_gemm(g, array(f"wpt{nid}", 3), a[0], out)
+            self.step_gemm(g, array(em.value_name("wpt", nid), 3), a[0], out)
         else:
             self.gemm(g, a[0], out, stage, node.type.batched)
 
@@ -528,7 +531,7 @@ class _Kernel:
                 p.comment(f"{what} is a token: g's rows added into W's columns by id")
                 p.call("scatter_cols", g, x, out)
                 return
-            self.gemm_tn(g, x, out, stage, f"gT{node.args[0]}")
+            self.gemm_tn(g, x, out, stage, em.value_name("gT", node.args[0]))
         else:
             axes = [("i", _dim(gt.shape[0]), True), ("j", _dim(xt.shape[0]), True)]
             with self.loops(axes):
@@ -634,10 +637,11 @@ class _Kernel:
             p.comment("a token vector: each row's cotangents added into its id's column")
             p.call("scatter_cols", buf, vec, dwc)
         else:
-            self.gemm_tn(buf, vec, dwc, stage, f"gT{i}")
+            self.gemm_tn(buf, vec, dwc, stage, f"gTc{i}")
         for o, g in zip(use.outers, em.plan.cotangent_groups[i].cotangents):
             start, stop = em.cg_cols[(i, g)]
-            p.assign(array(f"v{o}", 2), Arr(dwc, (("slice", start, stop), ("all",))))
+            p.assign(array(em.value_name("v", o), 2),
+                     Arr(dwc, (("slice", start, stop), ("all",))))
 
     def emit_unbroadcast(self, nid: int, stage: str, a: list[str], out: str) -> None:
         """A cotangent summed down to its operand's type, over the batch, the features or

@@ -276,16 +276,66 @@ def test_random_cells_compiled_match_interp(data, tmp_path_factory):
 
 
 def test_generated_code_names_values_after_the_spec():
-    """Temporaries are numbered (e19, tape19), so the values the spec names carry their
-    names: a comment on the line that computes them, and a list of the saved ones in
-    each kernel's docstring."""
+    """The values the spec names carry their names (codegen/naming.py): a gate's scalar
+    `e_i`, its tape `tape_i` (a kernel argument), the next state's work array
+    `w_c__next`; values the spec does not name (gradients, temporaries) keep numbers."""
     source = build_source(read_spec(REPO / "specs" / "lstm.rnn"))
+    forward = source[source.index("def forward_LSTM("):source.index("def backward_LSTM(")]
     for gate, fn in (("i", "sigmoid"), ("f", "sigmoid"), ("g", "tanh"), ("o", "sigmoid")):
-        found = re.search(rf"^ +e(\d+) = {fn}\(.*\)  # {gate}$", source, re.MULTILINE)
-        assert found, gate
-        assert f"tape{found.group(1)} = {gate}" in source, gate
-    assert re.search(r"^ +e\d+ = e\d+ \+ e\d+  # c'$", source, re.MULTILINE)
-    assert source.count("Saved values with a name in the spec:") == 2   # both kernels
+        assert re.search(rf"^ +e_{gate} = {fn}\(.*\)  # {gate}$", forward, re.MULTILINE), gate
+        assert re.search(rf"^    tape_{gate}, +# {gate} at every step, written", forward,
+                         re.MULTILINE), gate
+        assert f"tape_{gate}[t, r, j] = e_{gate}\n" in forward, gate
+    assert re.search(r"^ +e_c__next = e\d+ \+ e\d+  # c'$", forward, re.MULTILINE)
+    assert "w_c__next[r, j] = e_c__next" in forward and "copy2(s_c, w_c__next)" in forward
+    assert re.search(r"^ +e\d+ = e\d+ \+ p_b_i\[j\]$", forward, re.MULTILINE)   # unnamed
+    # no named value under its number: the lines that compute them name them
+    assert not re.search(r"^ +(e|w|v|tape)\d+ = .*  # [ifgoch]'?$", forward, re.MULTILINE)
+    assert "Saved values with a name in the spec" not in source    # the names say it
+
+
+# Lets named like the names a kernel gives itself, or would give a value under a naive
+# rule (`e_i` beside `i`, `c_next` beside c', `k0`, `copy2`, `tiles`, `t`, a Python keyword)
+NAMES_LIKE_GENERATED = """
+cell Named {
+  dims I, H
+  input x[I]
+  state c[H], h[H]
+  param W[H, I], U[H, H], b[H]
+  t = W @ x + U @ h + b
+  tiles = sigmoid(t)
+  copy2 = tanh(t)
+  k0 = tiles * copy2
+  e_i = k0 + c
+  i = e_i * tiles
+  lambda = tanh(i)
+  c_next = lambda * copy2
+  dtype = c_next + e_i
+  np = dtype * i
+  r = np + k0
+  c' = dtype + r
+  h' = i * tanh(c') + c_next
+  output y = h'
+}
+"""
+
+
+def test_names_like_generated_ones_keep_apart(tmp_path):
+    """Every such let gets its own prefixed name (`e_t`, `e_copy2`, `e_e_i`, `e_lambda`,
+    ...), apart from the kernel's own `t`, `tiles`, `copy2`, `k0`, `np`, `r` and from
+    each other; the cell matches the interpreter."""
+    spec = tmp_path / "named.rnn"
+    spec.write_text(NAMES_LIKE_GENERATED)
+    source = build_source(read_spec(spec))
+    forward = source[source.index("def forward_Named("):source.index("def backward_Named(")]
+    for name in ("t", "tiles", "copy2", "k0", "e_i", "i", "lambda", "c_next", "dtype", "np",
+                 "r", "c__next", "h__next"):
+        assert re.search(rf"^ +e_{name} = .*  # {name.replace('__next', chr(39))}$",
+                         forward, re.MULTILINE), name
+    for passes in (tuple(PASSES), ()):
+        out = tmp_path / ("on" if passes else "off") / "named.py"
+        write_module(build_source(read_spec(spec), passes), out)
+        compare(load_built(out).Named, spec, np.float64, T=4, B=9)
 
 
 # Every kind of name that gets a 2-D rows view (`in_x` -> `in_x_r`), beside a name that

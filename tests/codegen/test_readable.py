@@ -39,8 +39,8 @@ def test_driver_parameters_say_what_they_are_in_the_specs_words():
     start = source.index("def forward_CharLSTM(")
     forward = source[start:source.index('"""', start)]     # up to its docstring
     assert re.search(r"    in_x, +# input x: ids, \(T, B\)", forward)      # a token input
-    assert re.search(r"    tape\d+, +# l1\.i at every step, written", forward)
+    assert re.search(r"    tape_l1__i, +# l1\.i at every step, written", forward)
     backward = source[source.index("def backward_CharLSTM("):]
-    assert re.search(r"    tape\d+, +# l1\.i at every step, read", backward)
+    assert re.search(r"    tape_l1__i, +# l1\.i at every step, read", backward)
     assert re.search(r"    dp_W_y, +# d param W_y, written", backward)
     assert max(len(line) for line in forward.splitlines()) <= 100
