@@ -45,6 +45,7 @@ from .form import Arr, Consts, Reshape, Sym, code, fix, for_loop, prune_dead_vie
 from .kernel import B, DTYPE, R, STEP, T, _Kernel, array
 from .naming import ValueNames
 from .module import _const_repr, _dim_repr, module_footer, module_header  # noqa: F401
+from ..kernels.meta import Arg, Tape
 
 
 class _Emitter(Buffers):
@@ -382,10 +383,10 @@ class _Emitter(Buffers):
             meta.line(f"spec_path={self.spec_path!r},")
             meta.line(f"spec_text={self.spec_text!r},")
             meta.line(f"passes={tuple(passes_for(self.plan.passes, self.dialect.target))!r},")
-            meta.line(f"consts={[_const_repr(c) for c in self.consts]!r},")
-            meta.line(f"tapes={[(n, _dim_repr(d)) for n, d in self._tapes()]!r},")
-            meta.line(f"forward_args={fwd_args!r},")
-            meta.line(f"backward_args={bwd_args!r},")
+            self._meta_list(meta, "consts", [_const_repr(c) for c in self.consts])
+            self._meta_list(meta, "tapes", [Tape(n, _dim_repr(d)) for n, d in self._tapes()])
+            self._meta_list(meta, "forward_args", [Arg(*a) for a in fwd_args])
+            self._meta_list(meta, "backward_args", [Arg(*a) for a in bwd_args])
             if self.token_names:     # inputs the kernels take as ids (T, B)
                 meta.line(f"token_ids={self.token_names!r},")
             meta.line(f"forward=forward_{name},")
@@ -393,6 +394,21 @@ class _Emitter(Buffers):
         meta.line(")")
         source = fwd_body + "\n\n" + bwd_body + "\n\n" + meta.text()
         return Emitted(source, fwd_args, bwd_args, self.consts, self._tapes())
+
+    def _meta_list(self, p, key: str, records: list) -> None:
+        """`key=[...],` in the metadata, one named record a line (kernels/meta.py); a
+        saved value's record says which value of the spec it is."""
+        if not records:
+            p.line(f"{key}=[],")
+            return
+        with p.indent(f"{key}=["):
+            for record in records:
+                node = (record.node if isinstance(record, Tape) else
+                        record[1] if isinstance(record, Arg) and record.kind == "tape"
+                        else None)
+                name = self.G.names.get(node) if node is not None else None
+                p.line(f"{record!r},  # {safe_comment(name)}" if name else f"{record!r},")
+        p.line("],")
 
     def _tapes(self) -> list[tuple[int, Dim]]:
         tapes = sorted(n for n in self.plan.saved if self.plan.stage[n] in ("pre", "fwd"))

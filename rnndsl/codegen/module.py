@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ..core.version import __version__
 from ..lang import printer
+from ..kernels.meta import Const, Size
 from ..kernels.tile_sizes import MR, NR
 from ..core.ops import HARD_SIGMOID_SLOPE, LEAVES, Op
 from ..schedule.explain import explain_lines
@@ -22,13 +23,13 @@ from .dialect import *  # noqa: F401,F403
 from .dialect import _dim  # noqa: F401
 
 
-def _dim_repr(d: Dim) -> tuple:
-    return (d.terms, d.const)
+def _dim_repr(d: Dim) -> Size:
+    return Size(d.terms, d.const)
 
 
-def _const_repr(c: tuple) -> tuple:
+def _const_repr(c: tuple) -> Const:
     kind, value = c
-    return (kind, _dim_repr(value)) if kind == "dim" else (kind, value)
+    return Const(kind, _dim_repr(value)) if kind == "dim" else Const(kind, value)
 
 
 def module_header(spec_path: str, digest: str, cells: list[str], target: str = "cpu",
@@ -56,6 +57,8 @@ def module_header(spec_path: str, digest: str, cells: list[str], target: str = "
         for i in range(0, len(names), 6):
             p.line(", ".join(names[i:i + 6]) + ",")
     p.line(")")
+    p.line("from rnndsl.kernels.meta import Arg, Const, Size, Tape  # noqa: F401  the "
+           "metadata's records")
     if dialect.tile_imports:
         p.line("from rnndsl.kernels.gemm import (  # noqa: F401  the per-step GEMMs' register tiles")
         with p.indent():
