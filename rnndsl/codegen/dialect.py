@@ -105,7 +105,9 @@ _ENDS_LIKE_A_VIEW = re.compile(r"_r_*\Z")
 def ident(name) -> str:
     """The Python identifier for a spec name, one to one. Names of a stacked layer's
     params and states are qualified (`l1.W_i`); the dot becomes a double underscore,
-    which the checker keeps out of names a user writes, so two names never meet.
+    which the checker keeps out of names a user writes, so two names never meet (but
+    for a layer named with a trailing `_` beside a value with a leading one, `a_.b` and
+    `a._b`, which the checker refuses: check.report_spelled_alike).
 
     A kernel names an array's 2-D rows view by adding `_r` (`in_x` -> `in_x_r`), so a
     name that ends in `_r` (then any underscores) gets one more underscore: inputs

@@ -565,6 +565,7 @@ class _Checker(LayerChecks):
             definitions.append(Definition(kind, name, stmt.expr, t, stmt.span))
         outputs = self.output_refs()
         self.report_unused()
+        self.report_spelled_alike()
         if self.errors:
             self.errors.sort(key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0))
             raise CheckError(self.errors)
@@ -579,6 +580,21 @@ class _Checker(LayerChecks):
             from .network import split
             split(checked, self.library)
         return checked
+
+    def report_spelled_alike(self) -> None:
+        """Generated code spells a layer's dot as a double underscore (`l1.W` ->
+        `l1__W`), which no name a user writes has; but a layer whose name ends in `_`
+        beside one whose value starts with `_` spell alike (`a_.b`, `a._b` -> `a___b`)."""
+        seen: dict[str, str] = {}
+        for table in (self.inputs, self.states, self.params):
+            for name in table:
+                spelled = name.replace(".", "__")
+                if spelled in seen and seen[spelled] != name:
+                    self.error(f"'{seen[spelled]}' and '{name}' would be one name in "
+                               f"generated code ({spelled})", table[name].span,
+                               "rename a layer so that its name does not end in '_', or "
+                               "the value so that it does not start with '_'")
+                seen.setdefault(spelled, name)
 
     def output_refs(self) -> list[OutputRef]:
         refs = []

@@ -845,3 +845,14 @@ def test_a_size_that_can_be_zero_is_checked_when_bound():
     C(H=2, dtype=np.float64)
     with pytest.raises(BindError, match=r"with H=1: size H - 1 of 'w' is not positive"):
         C(H=1, dtype=np.float64)
+
+
+def test_layer_names_that_generated_code_would_spell_alike_are_placed():
+    text = ("cell In {\n  dims H\n  input x[H]\n  param _b[H], b[H]\n  output y = x * _b + b\n}\n"
+            "cell Out {\n  dims H\n  input x[H]\n  layer a_ = In(H = H)\n"
+            "  layer a = In(H = H)\n  output y = a_(x) + a(x)\n}\n")
+    with pytest.raises(CheckError) as info:
+        read_spec("alike.rnn", text=text)
+    shown = info.value.render()
+    assert "alike.rnn:11:3: error: 'a_.b' and 'a._b' would be one name in generated code" \
+        in shown
