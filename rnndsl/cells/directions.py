@@ -191,11 +191,7 @@ class Directional:
         if not isinstance(run, DirectionalRun) or len(run.runs) != len(self.cells):
             raise BindError(f"backward takes the Run that this {self.direction} cell's "
                             "forward returned")
-        d_outputs = dict(d_outputs or {})
-        unknown = sorted(set(d_outputs) - set(run.outputs))
-        if unknown:
-            raise BindError(f"{self.spec.name} has no output {', '.join(unknown)}; its "
-                            f"outputs are {', '.join(run.outputs)}")
+        d_outputs = known_cotangents(self.spec.name, d_outputs, run.outputs)
         if self.target == "cuda":
             self._refuse_device_arrays(d_outputs, d_state)
         T, B = run.T, run.B
@@ -227,6 +223,17 @@ class Directional:
                     v = reverse_in_lengths(v, run.index)
                 inputs[name] = v if name not in inputs else inputs[name] + v
         return Grads(params, inputs, state)
+
+
+def known_cotangents(cell: str, d_outputs, outputs) -> dict:
+    """The output cotangents a backward was given, as a dict, or a BindError naming any
+    that is not an output of the run."""
+    d_outputs = dict(d_outputs or {})
+    unknown = sorted(set(d_outputs) - set(outputs))
+    if unknown:
+        raise BindError(f"{cell} has no output {', '.join(unknown)}; its outputs are "
+                        f"{', '.join(outputs)}")
+    return d_outputs
 
 
 def _is_final(spec, name: str) -> bool:

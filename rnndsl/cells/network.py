@@ -25,6 +25,7 @@ from ..core.errors import BindError
 from ..lang.checked import CheckedCell
 from ..lang.network import LayerRun, Network, Segment, split
 from .base import Cell, Grads, Run
+from .directions import known_cotangents
 
 
 @dataclass
@@ -206,11 +207,7 @@ class NetworkCell:
         if not isinstance(run, NetworkRun) or len(run.runs) != len(self.parts):
             raise BindError(f"backward takes the Run that this {self.spec.name}'s forward "
                             "returned")
-        d_outputs = dict(d_outputs or {})
-        unknown = sorted(set(d_outputs) - set(run.outputs))
-        if unknown:
-            raise BindError(f"{self.spec.name} has no output {', '.join(unknown)}; its "
-                            f"outputs are {', '.join(run.outputs)}")
+        d_outputs = known_cotangents(self.spec.name, d_outputs, run.outputs)
         grads: dict[Any, np.ndarray] = {}
 
         def add(v, g) -> None:
