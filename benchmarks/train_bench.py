@@ -45,14 +45,18 @@ cores are busy with other work its steps slow down many times over, so record on
 quiet machine.
 
 --step-breakdown (on in a run without --models) times `Trainer.step` of the main job's
-model in-process (30 steps after 5), and within it the forward, the loss, the backward,
-Adam and the rest (clipping), with the time inside the compiled kernels measured apart;
-"Python overhead" is the step minus the kernel calls (the loss, clipping and Adam in
-NumPy, and the Cell API around the kernels: checks, fingerprints, row blocks, thread
-settings). Each row is a median of its own, so the parts need not add up exactly. It
-runs twice: as the environment is, and with OPENBLAS_NUM_THREADS=1 (NumPy's and SciPy's
-OpenBLAS pools at one thread), to show whether those pools compete with the kernels'
-threads.
+model in-process (30 steps after 5), and within it the cell's call (one launch of the
+row blocks, each running its forward kernel, its rows' loss and its backward kernel:
+CompiledCell.step_with; or forward, loss and backward apart, where the trainer takes
+that way), Adam and the rest (clipping), with the time inside the compiled kernels
+measured apart: the wall time during which at least one kernel call runs, on any
+thread (one block's loss then overlaps the other block's kernel, and neither is
+counted twice). "Python overhead" is the step minus that kernel time (the loss, the
+clipping and Adam, and the Cell API around the kernels: checks, fingerprints, row
+blocks, thread hand-overs, copies). Each row is a median of its own, so the parts need
+not add up exactly. It runs twice: as the environment is, and with
+OPENBLAS_NUM_THREADS=1 (NumPy's and SciPy's OpenBLAS pools at one thread), to show
+whether those pools compete with the kernels' threads.
 """
 
 from __future__ import annotations
@@ -338,9 +342,11 @@ def child_torch(config: dict) -> dict:
 class KernelClock:
     """Times the compiled kernel calls of one cell: its forward and backward drivers are
     wrapped on this instance only (`cell.meta`, a copy of the class's). Row blocks run
-    the drivers on several threads at once, so a call's time is the span from the first
-    driver's start to the last one's end; the launch around them (thread and BLAS
-    settings, the pool) is not in it."""
+    the drivers on several threads at once: each kind's time is the span from its first
+    driver's start to its last one's end, and the kernel time of a step is the length
+    of the union of all the calls' intervals (time in which some kernel runs; a block's
+    backward may start while another's forward still runs). The launch around them
+    (thread and BLAS settings, the hand-over to the other threads) is not in it."""
 
     def __init__(self, cell):
         meta = dict(type(cell).meta)
@@ -359,13 +365,27 @@ class KernelClock:
         return timed
 
     def take(self) -> dict[str, float]:
-        """Seconds in each kind of kernel call since the last take."""
+        """Seconds in each kind of kernel call since the last take, and in any ("all")."""
         spans = {}
         for which in ("forward", "backward"):
             mine = [(a, b) for w, a, b in self.calls if w == which]
             spans[which] = max(b for _, b in mine) - min(a for a, _ in mine) if mine else 0.0
+        spans["all"] = _union_length([(a, b) for _, a, b in self.calls])
         self.calls.clear()
         return spans
+
+
+def _union_length(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of (start, end) intervals."""
+    total, end = 0.0, None
+    for a, b in sorted(intervals):
+        if end is None or a > end:
+            total += b - a
+            end = b
+        elif b > end:
+            total += b - end
+            end = b
+    return total
 
 
 def _timed(spent: dict, name: str, fn):
@@ -382,7 +402,8 @@ def _timed(spent: dict, name: str, fn):
 def child_breakdown(config: dict) -> dict:
     """Trainer.step of the main job's model, `steps` after `warm`, on the corpus's first
     chunks: each step whole and in parts, timed by wrapping (on these instances only)
-    the cell's forward and backward, their kernels, the loss and the optimiser's step."""
+    the cell's calls (step_with, or forward and backward), their kernels and the
+    optimiser's step."""
     import rnndsl
     from rnndsl.train.data import tbptt_batches, token_feed
     from rnndsl.train.optim import Adam
@@ -397,9 +418,10 @@ def child_breakdown(config: dict) -> dict:
     trainer = Trainer(cell, output="logits", input="x", optimizer=Adam(lr=SETTINGS["lr"]),
                       clip_norm=SETTINGS["clip"], seed=SETTINGS["seed"])
     kernels, spent = KernelClock(cell), {}
-    cell.forward = _timed(spent, "forward", cell.forward)
-    cell.backward = _timed(spent, "backward", cell.backward)
-    trainer.loss = _timed(spent, "loss", trainer.loss)
+    # the trainer's own loss is left unwrapped: the step takes its fused way only with it
+    for name in ("forward", "backward", "step_with"):
+        if hasattr(cell, name):
+            setattr(cell, name, _timed(spent, name, getattr(cell, name)))
     trainer.optimizer.step = _timed(spent, "optimizer", trainer.optimizer.step)
     chunks = iter(tbptt_batches(train_ids, SETTINGS["batch"], SETTINGS["seq"]))
     samples: dict[str, list[float]] = {}
@@ -415,13 +437,13 @@ def child_breakdown(config: dict) -> dict:
         k = kernels.take()
         if i < config["warm"]:
             continue
+        cell_calls = sum(spent.get(n, 0.0) for n in ("forward", "backward", "step_with"))
         parts = {"step": step, "one_hot": t1 - t0, **spent,
                  "forward_kernels": k["forward"], "backward_kernels": k["backward"],
-                 "kernels": k["forward"] + k["backward"],
+                 "kernels": k["all"],
                  "rest": step - sum(spent.values()),
-                 "overhead": step - k["forward"] - k["backward"],
-                 "around_kernels": spent["forward"] - k["forward"]
-                 + spent["backward"] - k["backward"]}
+                 "overhead": step - k["all"],
+                 "around_kernels": cell_calls - k["all"]}
         for key, value in parts.items():
             samples.setdefault(key, []).append(value)
     result = {k: 1000 * statistics.median(v) for k, v in samples.items()}
@@ -434,17 +456,17 @@ def child_breakdown(config: dict) -> dict:
 
 BREAKDOWN_ROWS = (   # (key, label): medians over the steps, each of its own
     ("step", "Trainer.step"),
-    ("forward", "  forward (Cell.forward)"),
-    ("forward_kernels", "    of which the kernel calls"),
-    ("loss", "  loss (softmax_cross_entropy)"),
-    ("backward", "  backward (Cell.backward)"),
-    ("backward_kernels", "    of which the kernel calls"),
+    ("step_with", "  forward, loss and backward in one launch (CompiledCell.step_with)"),
+    ("forward", "  forward (Cell.forward), where the step takes it"),
+    ("backward", "  backward (Cell.backward), where the step takes it"),
+    ("forward_kernels", "    forward kernel calls (first start to last end)"),
+    ("backward_kernels", "    backward kernel calls (first start to last end)"),
     ("optimizer", "  Adam (optimizer.step)"),
-    ("rest", "  clipping and the rest of the step"),
+    ("rest", "  clipping and the rest of the step (the loss apart from step_with)"),
     ("one_hot", "the input: ids, or one-hot rows (train loop, outside the step)"),
-    ("kernels", "kernel calls in Trainer.step"),
+    ("kernels", "kernel calls in Trainer.step (time some kernel runs)"),
     ("overhead", "Python overhead (step - kernel calls)"),
-    ("around_kernels", "  of which the Cell API around the kernels"),
+    ("around_kernels", "  of which the cell's calls around the kernels (with step_with's loss)"),
 )
 
 
@@ -455,7 +477,10 @@ def format_breakdown(results: dict[str, dict], markdown: bool = False) -> str:
     for key, label in BREAKDOWN_ROWS:
         cells = []
         for name in names:
-            value = results[name][key]
+            value = results[name].get(key)
+            if value is None:           # a part the step did not take
+                cells.append("-")
+                continue
             cells.append(f"{value:.2f}" + (f" ({results[name]['overhead_pct']:.1f}%)"
                                            if key == "overhead" else ""))
         rows.append([label.strip() if markdown else label] + cells)

@@ -8,13 +8,17 @@
 `Cell` binds dims, owns the params and checks every array that crosses the API (type,
 dtype, shape, finiteness) with a message naming what was expected; `Run` and `Grads`
 are what forward and backward return. The targets subclass it: reference.py (the
-interpreter), compiled.py (generated CPU kernels), cuda.py.
+interpreter), compiled.py (generated CPU kernels), cuda.py. A `Workspace`, lent to
+forward and backward by a caller that asks for it (the trainer), lets a target reuse
+its internal buffers from one call to the next.
 """
 
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Mapping
 
 import numpy as np
@@ -31,6 +35,7 @@ from .seen import Seen
 
 DTYPES = (np.float32, np.float64)
 _NO_GRAD = threading.local()     # .on while a forward with grad=False runs (this thread)
+_LENT = threading.local()        # .workspace: the Workspace lent to the call running here
 _TWIN_LOCK = threading.Lock()    # making a class's variable-length twin, once
 
 
@@ -61,6 +66,74 @@ class Grads:
     params: dict[str, np.ndarray]
     inputs: dict[str, np.ndarray]
     state: dict[str, np.ndarray]
+
+
+class Workspace:
+    """Buffers that a caller lends a cell's forward and backward calls, to be reused from
+    one call to the next instead of allocated and filled afresh (a training step's shapes
+    are the same every step):
+
+        ws = Workspace()
+        run = cell.forward(x, state, workspace=ws)      # the run's tapes are ws's
+        g = cell.backward(run, d_outputs, workspace=ws)  # and so are g's arrays
+
+    What a forward returns (outputs, final states) is never the workspace's. The tapes
+    its run keeps for backward are: the next forward with the workspace (of the same
+    cell, shape and row split) overwrites them, and backward on the earlier run then
+    raises. The gradients a backward with the workspace returns are the workspace's too,
+    valid until its next backward: whoever lends it consumes them before (rnndsl.train's
+    Trainer.step clips them and updates the params). Without a workspace every call's
+    arrays are its own. One call at a time: a workspace is not for two threads at once.
+    Targets that reuse nothing (interp, cuda) take it and ignore it.
+
+    `blas_held`: the lender says that it holds the kernels' BLAS at one thread around
+    the calls it lends the workspace to (`rnndsl.kernels.blas.kernel_threads(1)`), so
+    that a call wanting one thread need not set it and set it back (0.08 ms a call in a
+    training step).
+    """
+
+    MAX_SHAPES = 4        # the shapes kept (the last ones used): a short last chunk, ...
+
+    def __init__(self) -> None:
+        self._entries: dict = {}
+        self.blas_held = False
+
+    def _entry(self, key, make):
+        """The buffers kept under `key`, made by `make()` the first time."""
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            entry = make()
+        self._entries[key] = entry                  # the most recent last
+        while len(self._entries) > self.MAX_SHAPES:
+            del self._entries[next(iter(self._entries))]
+        return entry
+
+    def _holds(self, key, entry) -> bool:
+        return self._entries.get(key) is entry
+
+    def __repr__(self) -> str:
+        return f"<Workspace: {len(self._entries)} shape(s)>"
+
+
+def lent_workspace():
+    """The Workspace lent to the forward or backward running on this thread, or None."""
+    return getattr(_LENT, "workspace", None)
+
+
+@contextmanager
+def lending(workspace):
+    """`workspace` lent to the calls made on this thread inside (`lent_workspace`)."""
+    lent, _LENT.workspace = lent_workspace(), workspace
+    try:
+        yield
+    finally:
+        _LENT.workspace = lent
+
+
+def check_workspace(workspace) -> None:
+    if workspace is not None and not isinstance(workspace, Workspace):
+        raise BindError("workspace must be an rnndsl.cells.base.Workspace or None, got "
+                        f"{type(workspace).__name__}")
 
 
 def _init_param(decl: Decl, shape: tuple[int, ...], rng: np.random.Generator, dtype):
@@ -198,10 +271,15 @@ class Cell:
         return dict(given)
 
     @property
-    def hidden_inputs(self) -> dict[str, Decl]:
-        """Inputs the runtime fills, not the caller: dropout masks and the length mask."""
-        hidden = set(dict(self.spec.dropouts)) | {LENGTH_MASK}
-        return {d.name: d for d in self.spec.inputs if d.name in hidden}
+    def hidden_inputs(self) -> Mapping[str, Decl]:
+        """Inputs the runtime fills, not the caller: dropout masks and the length mask
+        (read-only, made once a cell: every call asks, some once an input)."""
+        found = self.__dict__.get("_hidden_inputs")
+        if found is None:
+            hidden = set(dict(self.spec.dropouts)) | {LENGTH_MASK}
+            found = self._hidden_inputs = MappingProxyType(
+                {d.name: d for d in self.spec.inputs if d.name in hidden})
+        return found
 
     def _inputs(self, x, hidden=None) -> tuple[dict[str, np.ndarray], int, int]:
         """The caller's inputs, checked, and the hidden ones from `hidden(T, B)`."""
@@ -251,7 +329,7 @@ class Cell:
         if not isinstance(value, np.ndarray):
             raise BindError(f"{what} must be a NumPy array: {layout}; got "
                             f"{type(value).__name__}")
-        if np.issubdtype(value.dtype, np.integer) and value.ndim == 2:
+        if value.dtype.kind in "iu" and value.ndim == 2:      # integer ids
             ids = value
             if ids.size and (ids.min() < 0 or ids.max() >= V):
                 bad = tuple(int(i) for i in np.argwhere((ids < 0) | (ids >= V))[0])
@@ -329,8 +407,20 @@ class Cell:
     def _check_params(self) -> None:
         """Type, dtype and shape of every param. Not finiteness: scanning every weight on
         every call cost more than a one-step kernel when sampling, and a non-finite
-        weight shows in the outputs (the losses refuse them, naming divergence)."""
-        for d in self.spec.params:
+        weight shows in the outputs (the losses refuse them, naming divergence).
+        Every param as expected is the common case, checked first in one quick pass."""
+        expected = self.__dict__.get("_param_shapes")
+        if expected is None:
+            expected = self._param_shapes = tuple((d.name, self._size(d))
+                                                  for d in self.spec.params)
+        params, dtype = self.params, self.dtype
+        for name, shape in expected:
+            p = params.get(name)
+            if type(p) is not np.ndarray or p.dtype != dtype or p.shape != shape:
+                break
+        else:
+            return
+        for d in self.spec.params:      # one is not: say which, and how
             self._array(f"param {d.name}", self.params.get(d.name), self._size(d),
                         str(list(self._size(d))), finite=False)
 
@@ -375,9 +465,13 @@ class Cell:
             raise BindError("backward needs the Run that this cell's forward returned")
         check_seen(tape)
         T, B = run.T, run.B
-        sizes_out = {o.name: tuple(d.evaluate(self.dims) for d in o.type.shape)
-                     for o in self.spec.outputs}
-        sizes_state = {d.name: self._size(d) for d in self.spec.states}
+        sizes = self.__dict__.get("_cotangent_sizes")      # made once: every backward asks
+        if sizes is None:
+            sizes = self._cotangent_sizes = (
+                {o.name: tuple(d.evaluate(self.dims) for d in o.type.shape)
+                 for o in self.spec.outputs},
+                {d.name: self._size(d) for d in self.spec.states})
+        sizes_out, sizes_state = sizes
         d_out = self._cotangents("d_outputs", d_outputs, sizes_out,
                                  lambda s: ((T, B) + s, f"(T, B{''.join(f', {n}' for n in s)})"))
         d_st = self._cotangents("d_state", d_state, sizes_state,
@@ -386,7 +480,7 @@ class Cell:
 
     # ------------------------------------------------------------------ the contract
     def forward(self, x, state=None, *, lengths=None, dropout=None, steps=None,
-                grad: bool = True) -> Run:
+                grad: bool = True, workspace: Workspace | None = None) -> Run:
         """Run the cell over x (T, B, ...) from `state` (default: as declared).
 
         lengths: one int per sequence: sequence b runs lengths[b] steps; after that its
@@ -402,23 +496,26 @@ class Cell:
         this run's W alone; `cell.params["W"] += ...` makes its backward raise), and do
         not change x in place. grad=False (sampling, evaluation) says no backward will
         follow: the run keeps nothing for one and skips fingerprinting what it read
-        (about 8 us at the char shape, 6% of a one-step forward); its backward raises."""
+        (about 8 us at the char shape, 6% of a one-step forward); its backward raises.
+        workspace: a `Workspace` whose buffers the run's tapes may reuse (see there)."""
+        check_workspace(workspace)
         x = self._expand_once(x, steps)
         hidden = self._hidden(lengths, dropout)
         _NO_GRAD.on = not grad
         try:
-            if lengths is None:
-                run = self._run(x, state, hidden)
-            else:
-                twin = self._lengths_twin()
-                run = twin._run(x, state, hidden)
-                run._twin = twin
+            with lending(workspace):
+                if lengths is None:
+                    run = self._run(x, state, hidden)
+                else:
+                    twin = self._lengths_twin()
+                    run = twin._run(x, state, hidden)
+                    run._twin = twin
         finally:
             _NO_GRAD.on = False
         return self._finalise(run, lengths)
 
     def backward(self, run: Run, d_outputs=None, d_state=None,
-                 input_grads: bool = True) -> Grads:
+                 input_grads: bool = True, workspace: Workspace | None = None) -> Grads:
         """Gradients of sum_t <d_outputs_t, outputs_t> + <d_state, final state> (for a
         `final` output, d_outputs holds its (B, ...) cotangent: its last step's).
 
@@ -431,10 +528,16 @@ class Cell:
         changes nothing, since the run holds the array its forward read. If one of
         those arrays was changed in place since (`cell.params["W"] += ...`,
         `x[...] = 0`), the values the forward saw are gone: backward raises BindError
-        naming it (it compares a fingerprint of each, taken at forward: rnndsl.cells.seen)."""
+        naming it (it compares a fingerprint of each, taken at forward: rnndsl.cells.seen).
+
+        workspace: the `Workspace` the run's forward was lent, whose buffers the
+        gradients may then be (valid until its next backward; see there). A run whose
+        tapes a later forward with its workspace has reused cannot go backward."""
+        check_workspace(workspace)
         d_outputs = self._final_cotangents(run, d_outputs)
         twin = getattr(run, "_twin", None)
-        grads = (twin or self)._back(run, d_outputs, d_state, bool(input_grads))
+        with lending(workspace):
+            grads = (twin or self)._back(run, d_outputs, d_state, bool(input_grads))
         if not input_grads:
             grads.inputs.clear()
         for name in (twin or self).hidden_inputs:

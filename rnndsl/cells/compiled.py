@@ -4,6 +4,14 @@
 cells. `CompiledCell` marshals the argument lists the module's META names, splits the
 batch into row blocks on threads, and keeps what backward needs; cuda.py subclasses it
 with device memory.
+
+A call lent a `Workspace` (base.py; the trainer lends one) reuses, from one call of the
+same cell and shape to the next, each row block's argument lists and every array in
+them that the caller never sees: the tapes and the rows' copies of the inputs,
+outputs and cotangents, and with backward the gradients themselves (`_Reused`); the
+(B, size) states go to the blocks as views of their rows. A training step allocates
+only what it returns, and marshals no argument list. `step_with` goes further for a
+trainer: forward, its loss and backward in one launch of the row blocks.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..core.errors import BindError
 from ..core.flat import flat_span, flat_views
 from ..ir.graph import lower
 from ..kernels.blas import (kernel_thread_count, kernel_threads, numba_threads,
@@ -21,7 +30,10 @@ from ..kernels.blas import (kernel_thread_count, kernel_threads, numba_threads,
 from ..kernels.malloc import keep_freed_memory
 from ..kernels.tile_sizes import MR
 from ..lang.compose import with_lengths
-from .base import Cell, Grads, Run, check_seen  # noqa: F401
+from .base import (Cell, Grads, Run, check_seen, check_workspace, lending,  # noqa: F401
+                   lent_workspace)
+from .blocks import (_NOTHING, _RowBlock, _blas_held, _give_back, _joined, _kept,
+                     _kernel_array, _rows_of, _take_helpers)
 from .seen import Seen, compiled_fingerprints
 
 def _dim_from(value) -> "object":
@@ -39,6 +51,8 @@ class _CompiledTape:
     on_device: bool = False         # (cuda) did the caller pass device arrays?
     params: dict = field(default_factory=dict)   # the param arrays the kernels read
     seen: Seen | None = None        # and the caller's arrays, fingerprinted (rnndsl.cells.seen)
+    reused: Any = None              # the workspace's _Reused whose tapes these are, if any
+    generation: int = 0             # and its generation when this run wrote them
 
 
 class CompiledCell(Cell):
@@ -141,10 +155,19 @@ class CompiledCell(Cell):
     def _launch(self, driver, args) -> None:
         # Kernels built with the microkernel pass run their own parallel loops on
         # Numba's threads (the `threads` argument), so the BLAS inside stays at one.
-        own_threads = ("threads",) in self.meta["forward_args"]
-        with kernel_threads(1 if own_threads else None), \
+        own_threads = self._own_threads()
+        blas = 1 if own_threads else None
+        with (_NOTHING if blas == 1 and _blas_held() else kernel_threads(blas)), \
                 numba_threads(kernel_thread_count() if own_threads else None):
             driver(*args)
+
+    def _own_threads(self) -> bool:
+        """Whether the kernels take a `threads` argument (the microkernel pass): they
+        then run their own parallel loops, and can run on row blocks."""
+        own = self.__dict__.get("_owns_threads")
+        if own is None:
+            own = self._owns_threads = ("threads",) in self.meta["forward_args"]
+        return own
 
     def _deliver(self, arrays: dict, on_device: bool) -> dict:
         return arrays
@@ -175,25 +198,36 @@ class CompiledCell(Cell):
         the register tiles, if RNNDSL_BLAS_THREADS asks for more than one thread
         (rnndsl.kernels.blas says why not by default). RNNDSL_ROW_BLOCKS=0 keeps one block (to
         measure the gain)."""
-        if ("threads",) not in self.meta["forward_args"] or not row_blocks_enabled():
+        if not self._own_threads() or not row_blocks_enabled():
             return [(0, B)]
         parts = max(1, min(row_block_threads(), B // MR))
         return [(q * B // parts, (q + 1) * B // parts) for q in range(parts)]
 
     def _launch_blocks(self, driver, arg_lists) -> None:
-        """Each block's kernel call on its own thread (this one runs the first). The
-        kernels are compiled `nogil`, and each runs one thread: its BLAS held to one,
-        its own parallel loops off (`threads` = 1 in its arguments)."""
+        """Each block's kernel call on its own thread (this one runs the first, the
+        others `_Helper`s). The kernels are compiled `nogil`, and each runs one thread:
+        its BLAS held to one, its own parallel loops off (`threads` = 1 in its
+        arguments: rnndsl.kernels.gemm opens no parallel region for one thread, so
+        Numba's thread count needs no setting, which costs a process-wide lock)."""
         if len(arg_lists) == 1:
             self._launch(driver, arg_lists[0])
             return
-        with kernel_threads(1), numba_threads(1):
-            pending = [_block_pool().submit(driver, *args) for args in arg_lists[1:]]
+        self._launch_jobs([(driver, args) for args in arg_lists])
+
+    def _launch_jobs(self, jobs: list[tuple]) -> None:
+        """(function, args) pairs, each on its own thread (`_launch_blocks`), the first
+        on this one; raises what one raised, once all have ended."""
+        with _NOTHING if _blas_held() else kernel_threads(1):
+            helpers = _take_helpers(len(jobs) - 1)
+            for helper, (function, args) in zip(helpers, jobs[1:]):
+                helper.start(function, args)
             try:
-                driver(*arg_lists[0])
+                jobs[0][0](*jobs[0][1])
             finally:
-                for future in pending:
-                    future.result()
+                failed = [error for error in (h.wait() for h in helpers) if error is not None]
+                _give_back(helpers)
+            if failed:
+                raise failed[0]
 
     # ------------------------------------------------------------------ compiling ahead
     def _kernel_signatures(self) -> tuple[tuple, tuple]:
@@ -287,6 +321,17 @@ class CompiledCell(Cell):
 
     def _run(self, x, state, hidden) -> Run:
         inputs, state0, from_params, T, B, on_device, read = self._prepare(x, state, hidden)
+        workspace = lent_workspace() if self.target == "cpu" else None
+        if workspace is not None:
+            params = self._host_params()
+            seen = self._seen_of(params, read)
+            outputs, finals, blocks, reused = self._run_reusing(
+                workspace, inputs, state0, T, B, params, self._row_blocks(B))
+            shown = {name: (y.reshape((T, B)) if self._scalar_output(name) else y)
+                     for name, y in outputs.items()}
+            tape = _CompiledTape(blocks, reused.consts, self._token, frozenset(from_params),
+                                 False, params, seen, reused, reused.generation)
+            return Run(shown, finals, T, B, tape)
         consts = self._consts()
         params = {d.name: self._kernel_param(d.name) for d in self.spec.params}
         seen = self._seen_of(params, read)
@@ -349,9 +394,23 @@ class CompiledCell(Cell):
 
     def _back(self, run: Run, d_outputs, d_state, input_grads: bool = True) -> Grads:
         tape, d_out, d_st = self._cotangents_for(run, d_outputs, d_state)
+        reused = tape.reused
+        if reused is not None and tape.generation != reused.generation:
+            raise BindError("this Run's tapes were overwritten by a later forward lent the "
+                            "same workspace: backward needs the run of the workspace's latest "
+                            "forward (or run forward without a workspace)")
         self._wait_for_backward_compile()
         T = run.T
-        skip_inputs = not input_grads and ("input_grads",) in self.meta["backward_args"]
+        skip_inputs = not input_grads and "input_grads" in self._arg_slots("backward")
+        workspace = lent_workspace()
+        if reused is not None and workspace is not None and workspace._holds(reused.key,
+                                                                             reused):
+            params, inputs, state = self._back_reusing(tape, d_out, d_st, T, skip_inputs)
+            for d in self.spec.states:
+                if d.name in tape.from_params:
+                    params[d.init.name] = self._plus_batch_sum(params[d.init.name],
+                                                               state[d.name])
+            return Grads(params, inputs, state)
         if len(tape.blocks) == 1:   # the forward's rows decide, not today's thread count
             args, params, inputs, state = self._block_backward_args(
                 tape.blocks[0], tape.params, tape.consts, d_out, d_st, T, skip_inputs,
@@ -386,59 +445,308 @@ class CompiledCell(Cell):
         return Grads(params, self._deliver(inputs, tape.on_device), state)
 
 
-@dataclass
-class _RowBlock:
-    """The rows r0 .. r1-1 of a compiled run, as one kernel call saw them: its tapes and
-    its inputs (the caller's arrays for a single block, contiguous copies otherwise)."""
-    r0: int
-    r1: int
-    arrays: dict[tuple, Any]        # ("hist", name) / ("tape", nid) -> (T, rows, size)
-    inputs: dict[str, Any]
+    # ------------------------------------------------------------------ reused buffers
+    def _host_params(self) -> dict[str, np.ndarray]:
+        """The kernels' param arrays (`_param`), as one dict that stays the same object
+        while the cell's params are the same arrays: the workspace's argument lists are
+        then up to date without a look. A param replaced makes a new dict (never this
+        one changed: an earlier run's tape holds it)."""
+        kept = self.__dict__.get("_kept_params")
+        current = self.params
+        if kept is not None:
+            sources, params = kept
+            if len(current) == len(sources) and all(
+                    current.get(name) is value for name, value in sources.items()):
+                return params
+        sources = {d.name: current.get(d.name) for d in self.spec.params}
+        params = {d.name: self._param(d.name) for d in self.spec.params}
+        self._kept_params = (sources, params)
+        return params
+
+    def _arg_slots(self, which: str) -> dict[str, list[tuple[int, tuple]]]:
+        """Where each kind of argument sits in a kernel's list: {kind: [(index, record)]}."""
+        cache = self.__dict__.setdefault("_slots", {})
+        if which not in cache:
+            slots: dict[str, list] = {}
+            for i, arg in enumerate(self.meta[f"{which}_args"]):
+                slots.setdefault(arg[0], []).append((i, arg))
+            cache[which] = slots
+        return cache[which]
+
+    def _reused(self, workspace, T: int, B: int, rows) -> "_Reused":
+        """The workspace's buffers for a call of this cell at (T, B) split into `rows`,
+        their generation moved on: a forward is about to write their tapes."""
+        key = (self._token, T, B, tuple(rows))
+        reused = workspace._entry(key, lambda: _Reused(key, rows, self._consts()))
+        reused.generation += 1
+        return reused
+
+    def _forward_slots(self, reused, inputs, state0, T: int, B: int, params) -> tuple:
+        """Each block's forward argument list made ready for this call: (outputs, final
+        states). The final states are fresh (B, size) arrays whose rows each block
+        writes through a view (a (B, size) array's rows are contiguous); the outputs are
+        fresh (T, B, size) arrays with one block, which the kernel writes, and {} with
+        several: each block writes its own (reused) ones, which the caller joins. With
+        several blocks, their rows of the inputs are copied into their buffers."""
+        slots = self._arg_slots("forward")
+        single = len(reused.blocks) == 1
+        finals = {d.name: self._empty(state0[d.name].shape) for d in self.spec.states}
+        outputs = {}
+        for block in reused.blocks:
+            r0, r1 = block.r0, block.r1
+            if block.forward is None:       # first use: the fresh path's list, kept
+                mine = inputs if single else _rows_of(inputs, r0, r1, axis=1)
+                block.forward, block.outputs, _, block.tapes = self._forward_args(
+                    params, mine, {k: v[r0:r1] for k, v in state0.items()}, T, r1 - r0,
+                    reused.consts, 1)
+                block.inputs, block.params = mine, params
+            args = block.forward
+            if block.params is not params:
+                for i, arg in slots.get("param", ()):
+                    args[i] = params[arg[1]]
+                block.params = params
+            for i, arg in slots.get("state0", ()):
+                args[i] = state0[arg[1]] if single else state0[arg[1]][r0:r1]
+            for i, arg in slots.get("final", ()):
+                args[i] = finals[arg[1]] if single else finals[arg[1]][r0:r1]
+            if single:      # the caller's inputs in, fresh outputs out
+                block.inputs = inputs
+                for i, arg in slots.get("input", ()):
+                    args[i] = inputs[arg[1]]
+                for i, arg in slots.get("output", ()):
+                    args[i] = outputs[arg[1]] = self._empty((T, B) + self._out_size(arg[1]))
+                for i, _ in slots.get("threads", ()):
+                    args[i] = kernel_thread_count()
+            else:           # the rows' copies of the inputs, in place
+                for name, mine in block.inputs.items():
+                    np.copyto(mine, inputs[name][:, r0:r1])
+        return outputs, finals
+
+    def _backward_slots(self, reused, taped, params, d_out, d_st, T: int, skip_inputs: bool,
+                        own_cotangents: bool = False) -> None:
+        """Each block's backward argument list made ready for this call (the run's
+        blocks `taped`, its params). The initial states' gradients are (B, size) arrays
+        of the workspace whose rows the blocks write, zeroed here; the final states'
+        cotangents are rows of the caller's (or of zeros kept apart). The outputs'
+        cotangents: with one block the caller's arrays; with several each block's own
+        rows, copied into its buffers; with `own_cotangents`, the block's own buffers
+        (`_ReusedBlock.d_outputs`), which the caller writes (`_step_reusing`). Each
+        block's param gradients are zeroed by whoever launches it."""
+        slots = self._arg_slots("backward")
+        single = len(reused.blocks) == 1
+        if reused.state_grads is None:
+            reused.state_grads = {d.name: self._zeros((reused.B,) + self._size(d))
+                                  for d in self.spec.states}
+            reused.zero_cotangents = {}
+        for grad in reused.state_grads.values():
+            grad.fill(0)
+        for block, run_block in zip(reused.blocks, taped):
+            r0, r1 = block.r0, block.r1
+            if block.backward is None:      # first use: the fresh path's list, kept
+                d_out_rows = d_out if single else _rows_of(d_out, r0, r1, axis=1)
+                args, grads, block.input_grads, _ = self._block_backward_args(
+                    run_block, params, reused.consts, d_out_rows,
+                    {k: v[r0:r1] for k, v in d_st.items()}, T, skip_inputs, 1)
+                block.backward, block.backward_params = args, params
+                block.grad_flat = flat_span(list(grads.values()))
+                block.grads = {d.name: grads[d.name].reshape(self._size(d))
+                               for d in self.spec.params}
+                assert block.grad_flat is not None, "param gradients are one flat buffer"
+                block.d_outputs = {arg[1]: (args[i] if not single else
+                                            np.zeros_like(args[i]))
+                                   for i, arg in slots.get("output_grad", ())}
+            args = block.backward
+            if block.backward_params is not params:
+                for i, arg in slots.get("param", ()):
+                    args[i] = params[arg[1]]
+                block.backward_params = params
+            for i, arg in slots.get("input", ()):
+                args[i] = run_block.inputs[arg[1]]
+            for i, arg in slots.get("state0_grad", ()):
+                args[i] = reused.state_grads[arg[1]][r0:r1]
+            for i, arg in slots.get("final_grad", ()):
+                given = d_st.get(arg[1])
+                if given is None:       # zeros, kept apart from any array of the caller's
+                    given = reused.zero_cotangents.get(arg[1])
+                    if given is None:
+                        given = reused.zero_cotangents[arg[1]] = np.zeros_like(
+                            reused.state_grads[arg[1]])
+                    elif r0 == 0:
+                        given.fill(0)
+                args[i] = given[r0:r1]
+            for i, arg in slots.get("output_grad", ()):
+                mine = block.d_outputs[arg[1]]
+                value = None if own_cotangents else d_out.get(arg[1])
+                if value is not None and single:
+                    args[i] = value.reshape(mine.shape)
+                    continue
+                if value is None:
+                    if not own_cotangents:
+                        mine.fill(0)
+                else:
+                    np.copyto(mine, value[:, r0:r1].reshape(mine.shape))
+                args[i] = mine
+            if not skip_inputs:
+                for grad in block.input_grads.values():
+                    grad.fill(0)
+            for i, _ in slots.get("input_grads", ()):
+                args[i] = not skip_inputs
+            for i, _ in slots.get("threads", ()):
+                args[i] = kernel_thread_count() if single else 1
+
+    def _gradients_of(self, reused, skip_inputs: bool) -> tuple[dict, dict, dict]:
+        """After the backward kernels: (params shaped, inputs, states), the blocks' weight
+        gradients added into the first block's (the workspace's arrays)."""
+        first = reused.blocks[0]
+        for block in reused.blocks[1:]:     # each block's rows' share of the weights'
+            np.add(first.grad_flat, block.grad_flat, out=first.grad_flat)
+        if len(reused.blocks) == 1:
+            inputs = dict(first.input_grads)
+        else:
+            inputs = {} if skip_inputs else _joined([b.input_grads for b in reused.blocks],
+                                                    axis=1)
+        return dict(first.grads), inputs, dict(reused.state_grads)
+
+    def _run_reusing(self, workspace, inputs, state0, T: int, B: int, params, rows):
+        """The forward's kernel calls on the workspace's buffers (module docstring):
+        (outputs, finals, row blocks, the _Reused), outputs and finals fresh arrays."""
+        reused = self._reused(workspace, T, B, rows)
+        outputs, finals = self._forward_slots(reused, inputs, state0, T, B, params)
+        self._launch_blocks(self.meta["forward"], [b.forward for b in reused.blocks])
+        if len(reused.blocks) > 1:
+            outputs = _joined([b.outputs for b in reused.blocks], axis=1)
+        blocks = tuple(_RowBlock(b.r0, b.r1, b.tapes, b.inputs) for b in reused.blocks)
+        return outputs, finals, blocks, reused
+
+    def _back_reusing(self, tape: _CompiledTape, d_out, d_st, T: int, skip_inputs: bool):
+        """The backward's kernel calls on the buffers of the workspace that the run's
+        forward used, which hold the gradients: (params shaped, inputs, states)."""
+        reused = tape.reused
+        self._backward_slots(reused, tape.blocks, tape.params, d_out, d_st, T, skip_inputs)
+        for block in reused.blocks:
+            block.grad_flat.fill(0)
+        self._launch_blocks(self.meta["backward"], [b.backward for b in reused.blocks])
+        return self._gradients_of(reused, skip_inputs)
+
+    # ------------------------------------------------------------------ a training step
+    def step_with(self, x, between, state=None, *, dropout=None, workspace):
+        """A training step's forward and backward (without the inputs' gradients) in one
+        launch of the row blocks, lent `workspace`: each block's thread runs its
+        forward kernel, then `between(k, r0, r1, outputs, d_outputs)` with its outputs
+        (T, rows, ...) and the arrays to write their cotangents into (the block's own,
+        which its backward kernel reads), and if that returns True, its backward kernel.
+        A block's loss then runs on its own thread, no cotangent is copied, the step
+        is one hand-over of threads instead of two, and each thread copies its block's
+        rows of the outputs into the run's last, beside the other blocks' kernels
+        (issue 19: the main job's step spent 2.2 ms outside its kernels through forward,
+        loss and backward, 1.3 ms so).
+
+        Returns (run, grads), as forward and backward lent `workspace` would; grads is
+        None if a `between` refused (the gradients are then not whole; the run is).
+        None for a call this way does not take (another target, `input once` inputs,
+        `final` outputs, a call a LayerLoops cell runs per layer): forward, a loss and
+        backward then.
+
+        The run's inputs and params are checked and fingerprinted as forward does
+        them, and checked again before the first block's backward (rnndsl.cells.seen)."""
+        choose = getattr(self, "_choice", None)     # cells.network.LayerLoops
+        if self.target != "cpu" or (choose is not None and choose(x, None) != "fused") \
+                or any(d.once for d in self.spec.inputs) or self._final_outputs():
+            return None
+        check_workspace(workspace)
+        with lending(workspace):
+            return self._step_reusing(x, between, state, dropout, workspace)
+
+    def _step_reusing(self, x, between, state, dropout, workspace):
+        inputs, state0, from_params, T, B, _, read = self._prepare(
+            x, state, self._hidden(None, dropout))
+        params = self._host_params()
+        seen = self._seen_of(params, read)
+        rows = self._row_blocks(B)
+        reused = self._reused(workspace, T, B, rows)
+        outputs, finals = self._forward_slots(reused, inputs, state0, T, B, params)
+        blocks = tuple(_RowBlock(b.r0, b.r1, b.tapes, b.inputs) for b in reused.blocks)
+        tape = _CompiledTape(blocks, reused.consts, self._token, frozenset(from_params),
+                             False, params, seen, reused, reused.generation)
+        skip_inputs = "input_grads" in self._arg_slots("backward")
+        self._backward_slots(reused, blocks, params, {}, {}, T, skip_inputs,
+                             own_cotangents=True)
+        single = len(rows) == 1
+        if not single:
+            outputs = {name: self._empty((T, B) + y.shape[2:])
+                       for name, y in reused.blocks[0].outputs.items()}
+        went_on = [False] * len(rows)
+        forward, backward = self.meta["forward"], self.meta["backward"]
+
+        def job(k: int) -> None:
+            block = reused.blocks[k]
+            forward(*block.forward)
+            try:
+                if not between(k, block.r0, block.r1,
+                               outputs if single else block.outputs, block.d_outputs):
+                    return
+                if k == 0:
+                    check_seen(tape)
+                block.grad_flat.fill(0)
+                backward(*block.backward)
+                went_on[k] = True
+            finally:    # its rows of the run's outputs: beside the other blocks' kernels
+                if not single:
+                    for name, y in block.outputs.items():
+                        outputs[name][:, block.r0:block.r1] = y
+
+        self._wait_for_backward_compile()
+        if single:
+            self._launch(job, (0,))
+        else:
+            self._launch_jobs([(job, (k,)) for k in range(len(rows))])
+        shown = {name: (y.reshape((T, B)) if self._scalar_output(name) else y)
+                 for name, y in outputs.items()}
+        run = Run(shown, finals, T, B, tape)
+        if not all(went_on):
+            return run, None
+        params, inputs, state = self._gradients_of(reused, skip_inputs)
+        for d in self.spec.states:
+            if d.name in tape.from_params:
+                params[d.init.name] = self._plus_batch_sum(params[d.init.name],
+                                                           state[d.name])
+        return run, Grads(params, {}, state)
 
 
-def _kept(into: dict, key, value):
-    """value, also recorded in `into` under key (the arrays a kernel call writes)."""
-    into[key] = value
-    return value
+class _Reused:
+    """A Workspace's buffers for one cell, (T, B) and row split (cpu): for each row
+    block, its forward's and backward's argument lists (built at their first use, by
+    the path that makes fresh arrays) and the arrays in them that no caller sees; and
+    the initial states' gradients, (B, size) arrays whose rows the blocks write.
+    `generation` counts the forwards that wrote its tapes: a run holds the count it
+    wrote, and its backward refuses once another forward moved it on."""
+
+    def __init__(self, key, rows, consts):
+        self.key = key
+        self.consts = consts
+        self.B = rows[-1][1]
+        self.generation = 0
+        self.blocks = [_ReusedBlock(r0, r1) for r0, r1 in rows]
+        self.state_grads = self.zero_cotangents = None
 
 
-def _kernel_array(value: np.ndarray) -> np.ndarray:
-    """The array as the kernels take it: C-contiguous and writeable. Numba compiles a
-    kernel once for each kind of array it is called with, and a read-only one (a memory
-    map, a broadcast) is another kind: another 2-9 s compile. A copy costs less."""
-    if value.flags.c_contiguous and value.flags.writeable:
-        return value
-    return np.array(value, order="C")
+class _ReusedBlock:
+    """One row block's part of a `_Reused` (its fields: `_run_reusing`, `_back_reusing`)."""
 
+    def __init__(self, r0: int, r1: int):
+        self.r0, self.r1 = r0, r1
+        self.forward = self.backward = None       # the argument lists
+        self.params = self.backward_params = None  # the param dict each list holds
+        self.inputs = self.outputs = self.tapes = None
+        self.grad_flat = self.grads = self.input_grads = None
+        self.d_outputs: dict = {}         # the outputs' cotangents this block's kernel reads
 
-def _rows_of(arrays: Mapping[str, np.ndarray], r0: int, r1: int, axis: int) -> dict:
-    """Rows r0 .. r1-1 (batch axis `axis`) of each array, as C-contiguous copies."""
-    index = (slice(None),) * axis + (slice(r0, r1),)
-    return {k: np.ascontiguousarray(v[index]) for k, v in arrays.items()}
-
-
-def _joined(parts: list[dict], axis: int) -> dict:
-    """The blocks' arrays put back together along the batch axis."""
-    return {k: np.concatenate([p[k] for p in parts], axis=axis) for k in parts[0]}
-
-
-_POOL = None
 
 # compile_ahead's bookkeeping: the (cell class, dtype) pairs whose first cell has been
 # made, and the child processes still compiling their backward kernels
 _AHEAD_LOCK = threading.Lock()
 _AHEAD_ASKED: set = set()
 _AHEAD_CHILDREN: dict = {}
-
-
-def _block_pool():
-    """The threads that run row blocks beside the caller's (made once, kept)."""
-    global _POOL
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-        # threads start as blocks need them; row_block_threads caps how many do
-        _POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rnndsl-rows")
-    return _POOL
 
 
 def _spec_file_of(module, meta):

@@ -255,7 +255,7 @@ def _run_all(calls: list, target: str) -> list:
     if len(calls) == 1 or target != "cpu":
         return [c() for c in calls]
     from ..kernels.blas import kernel_threads, numba_threads
-    from .compiled import _block_pool
+    from .blocks import _block_pool
 
     def alone(call):
         with numba_threads(1):

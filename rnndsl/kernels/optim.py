@@ -7,6 +7,12 @@ issue 19). These loops run on the calling thread and call no library. They also 
 pass over memory where NumPy's expressions (`m *= b1; m += (1 - b1) * g; ...`) make one a
 term, each with a temporary.
 
+The updates that divide are compiled with `error_model="numpy"`: Python's error model puts
+a zero check before every division, which keeps the loop from vectorising (Adam over the
+main job's 302,000 float32 params: 1.2 ms, against 0.13 ms without it; the results are
+the same bits, and a 0/0, which only eps=0 can make, is NaN as in PyTorch instead of a
+ZeroDivisionError).
+
 Each update reads and writes 1-D arrays of one dtype: a whole model's parameters at once
 when they lie in one flat buffer (`train.flat`), else one call a parameter. The scalars
 come in the arrays' dtype, so float32 training computes in float32, as PyTorch does.
@@ -71,7 +77,7 @@ def sgd_update(p, g, b, lr, momentum, weight_decay, nesterov, first):
         p[i] -= lr * gi
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def rmsprop_update(p, g, v, b, g_ave, lr, alpha, rest, eps, momentum, weight_decay,
                    centered):
     """torch.optim.RMSprop: v the square average, b the momentum buffer (used when
@@ -96,7 +102,7 @@ def rmsprop_update(p, g, v, b, g_ave, lr, alpha, rest, eps, momentum, weight_dec
             p[i] -= lr * gi / denom
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def adam_update(p, g, m, v, beta1, rest1, beta2, rest2, step_size, correction2, eps,
                 weight_decay):
     """torch.optim.Adam (amsgrad off, L2 weight decay): rest1 = 1 - beta1 and rest2 =

@@ -27,6 +27,18 @@ from typing import Callable
 import numpy as np
 
 Loss = Callable[..., "tuple[float, np.ndarray]"]
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_NO_MASK = np.zeros(0, dtype=bool)       # the compiled loss's "every position"
+_JIT: list = []
+
+
+def _jit_disabled() -> bool:
+    """Under NUMBA_DISABLE_JIT the compiled loss would be plain Python over every element:
+    the NumPy path is the one to take."""
+    if not _JIT:
+        from numba.core import config
+        _JIT.append(bool(config.DISABLE_JIT))
+    return _JIT[0]
 
 
 def _check_pred(what: str, pred) -> np.ndarray:
@@ -45,7 +57,7 @@ def _check_pred(what: str, pred) -> np.ndarray:
     return pred
 
 
-def _check_mask(mask, shape: tuple[int, ...], layout: str) -> np.ndarray | None:
+def check_mask(mask, shape: tuple[int, ...], layout: str) -> np.ndarray | None:
     """The mask as booleans, or None for "every position". Its shape is `shape` (the
     targets' positions); 0/1 numbers are accepted as well as booleans."""
     if mask is None:
@@ -67,7 +79,64 @@ def softmax_cross_entropy(logits: np.ndarray, targets, mask=None) -> tuple[float
     logits: (..., V) floats; targets: integer class ids of shape logits.shape[:-1], each in
     [0, V); mask: booleans of the targets' shape. The gradient is
     (softmax(logits) - onehot(targets)) * mask / count.
+
+    float32 and float64 logits go through one compiled pass (rnndsl.kernels.losses: no
+    BLAS, no temporaries); other dtypes, and any input it refuses (a non-finite logit, a
+    target out of range), through `softmax_cross_entropy_numpy`, the reference, which
+    words the error.
     """
+    if (not isinstance(logits, np.ndarray) or logits.dtype not in _KERNEL_DTYPES
+            or logits.ndim == 0 or _jit_disabled()):
+        return softmax_cross_entropy_numpy(logits, targets, mask)
+    V = logits.shape[-1]
+    positions = logits.shape[:-1]
+    targets = np.asarray(targets)
+    if (targets.shape != positions or not np.issubdtype(targets.dtype, np.integer)
+            or V == 0 or targets.size == 0):
+        return softmax_cross_entropy_numpy(logits, targets, mask)
+    try:
+        mask = check_mask(mask, positions, "logits.shape[:-1]")
+    except ValueError:                 # the reference's checks come first, in its order
+        return softmax_cross_entropy_numpy(logits, targets, mask)
+    count = targets.size if mask is None else int(np.count_nonzero(mask))
+    if count == 0:
+        return softmax_cross_entropy_numpy(logits, targets, mask)
+    flat = np.ascontiguousarray(logits).reshape(-1, V)
+    d_logits = np.empty(logits.shape, logits.dtype)
+    nll = np.empty(positions)
+    if softmax_cross_entropy_rows(flat, targets, mask, count, d_logits, nll) is None:
+        return softmax_cross_entropy_numpy(logits, targets, mask)    # it words the error
+    return float(nll.sum()) / count, d_logits
+
+
+def softmax_cross_entropy_rows(logits: np.ndarray, targets: np.ndarray, mask, count: int,
+                               d_logits: np.ndarray, nll: np.ndarray) -> bool | None:
+    """Part of a softmax cross-entropy over more rows (all of them, or a row block's in
+    Trainer.step): each position's -log softmax(logits)[target] into `nll` (0 where
+    `mask` says; None keeps all), and the gradient divided by `count` (the whole's kept
+    positions) into d_logits. logits: (..., V) of float32 or float64, C-contiguous;
+    targets, mask, nll (float64): of its positions' shape; d_logits: like logits. True;
+    None where the rows hold a non-finite logit or a target out of range
+    (`softmax_cross_entropy` on the whole then says which). The compiled pass of
+    rnndsl.kernels.losses: one compiled version a dtype (ids as intp)."""
+    from ..kernels import losses as kernels
+    V = logits.shape[-1]
+    flat = logits.reshape(-1, V)
+    out = nll.reshape(-1) if nll.flags.c_contiguous else np.empty(nll.size)
+    status = kernels.softmax_cross_entropy(
+        flat, *kernels.as_bits(flat), np.ascontiguousarray(targets, dtype=np.intp).reshape(-1),
+        _NO_MASK if mask is None else np.ascontiguousarray(mask, dtype=bool).reshape(-1),
+        count, d_logits.reshape(-1, V), out)
+    if status != kernels.OK:
+        return None
+    if not nll.flags.c_contiguous:      # a block's columns of the whole's (T, B)
+        nll[...] = out.reshape(nll.shape)
+    return True
+
+
+def softmax_cross_entropy_numpy(logits: np.ndarray, targets, mask=None
+                                ) -> tuple[float, np.ndarray]:
+    """`softmax_cross_entropy` in NumPy: the reference, and what it falls back to."""
     logits = _check_pred("logits", logits)
     V = logits.shape[-1]
     positions = logits.shape[:-1]
@@ -83,7 +152,7 @@ def softmax_cross_entropy(logits: np.ndarray, targets, mask=None) -> tuple[float
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"target {int(targets[where])} at index {where} is out of range: "
                          f"class ids must be in [0, {V}) for logits with {V} classes")
-    mask = _check_mask(mask, positions, layout)
+    mask = check_mask(mask, positions, layout)
     count = targets.size if mask is None else int(mask.sum())
     d_logits = np.zeros_like(logits)
     if count == 0:
@@ -115,7 +184,7 @@ def _elementwise_mask(mask, pred: np.ndarray) -> tuple[np.ndarray | None, int]:
         raise ValueError(f"mask has shape {shape}; expected a leading part of the "
                          f"prediction's shape {pred.shape} (e.g. {pred.shape[:2]} for "
                          "(T, B) positions)")
-    mask = _check_mask(mask, shape, "a leading part of the prediction's shape")
+    mask = check_mask(mask, shape, "a leading part of the prediction's shape")
     full = mask.reshape(shape + (1,) * (pred.ndim - len(shape)))
     per_position = math.prod(pred.shape[len(shape):])
     return full, int(mask.sum()) * per_position

@@ -33,8 +33,10 @@ from typing import Callable, Mapping
 import numpy as np
 
 from . import checkpoint
+from ..cells.base import Cell, Workspace
 from ..core.errors import BindError
-from .losses import LOSSES
+from ..kernels.blas import kernel_threads
+from .losses import LOSSES, check_mask, softmax_cross_entropy_rows
 from .optim import Adam, Optimizer, clip_elementwise, clip_global_norm, global_norm
 from .schedule import Schedule
 
@@ -64,16 +66,28 @@ class Trainer:
     `peak_lr * lr_schedule(steps - schedule_start, progress)`, where peak_lr is the
     optimiser's lr when the Trainer is made and `progress` (None, or 0 to 1) is how far
     the run is, which the caller sets when the schedule has no total_steps.
+    reuse_buffers: lend the cell a `Workspace` (rnndsl.cells.base), so that each step
+    reuses the last one's internal buffers: the run's tapes, the row blocks' copies, and
+    in `step` the gradients (which the step consumes). What the trainer hands out
+    (`last_run`'s outputs and state, `gradients`' results) is never reused; but
+    `last_run`'s tapes are, so a backward on it fails once the next step ran. With the
+    built-in softmax cross-entropy on a compiled cpu cell, `step` then runs forward,
+    loss and backward as one launch of the cell's row blocks (CompiledCell.step_with:
+    each block's rows of the loss on its own thread, between its kernels). False makes
+    every call's arrays its own and takes forward, loss and backward apart: the same
+    params, losses and states, bit for bit, more slowly (tests/train/
+    test_step_workspace.py).
     """
 
     def __init__(self, cell, loss: str | Callable = "softmax_cross_entropy",
                  output: str | None = None, input: str | None = None,
                  optimizer: Optimizer | None = None, clip_norm: float | None = None,
                  clip_value: float | None = None, seed: int | None = 0,
-                 lr_schedule: Schedule | None = None) -> None:
+                 lr_schedule: Schedule | None = None, reuse_buffers: bool = True) -> None:
         spec = type(cell).spec
         self.cell = cell
         self.output = _pick("output", output, spec.outputs, "output='...'")
+        self._output_rank = next(o for o in spec.outputs if o.name == self.output).type.rank
         self._user_inputs = tuple(d for d in spec.inputs if d.name not in cell.hidden_inputs)
         self.input = _pick("input", input, self._user_inputs, "input='...' (the rest go in "
                            "extra_inputs)")
@@ -107,6 +121,8 @@ class Trainer:
         self.steps = 0
         self.last_grad_norm: float | None = None   # before clipping
         self.last_run = None                       # the Run of the last step or evaluate
+        # lent to the cell's calls in training (cells that take one: rnndsl.cells.base.Cell)
+        self._workspace = Workspace() if reuse_buffers and isinstance(cell, Cell) else None
         self._state: dict[str, np.ndarray] | None = None
         self._eval_state: dict[str, np.ndarray] | None = None
 
@@ -174,7 +190,9 @@ class Trainer:
         Dropout sites of the cell draw their masks from `self.rng`; `lengths` (one per
         sequence) freezes each sequence after its end and leaves those steps out of the
         loss. With an lr_schedule, the update's lr is the schedule's (`last_lr`)."""
-        loss, grads, run = self.gradients(x, targets, mask, extra_inputs, lengths)
+        # the gradients are the workspace's: apply consumes them before the next step
+        loss, grads, run = self._gradients(x, targets, mask, extra_inputs, lengths,
+                                           self._workspace)
         self.apply(grads, run)
         return loss
 
@@ -183,21 +201,94 @@ class Trainer:
         step's lr from the schedule (first: it may refuse before any work), then
         forward from the carried state and BPTT. Returns (loss, the params' gradients,
         the run), for `apply`. Apart so that data-parallel training
-        (rnndsl.distributed) can sum several processes' gradients in between."""
+        (rnndsl.distributed) can sum several processes' gradients in between: the
+        gradients are the caller's own (not reused by the next step)."""
+        return self._gradients(x, targets, mask, extra_inputs, lengths, None)
+
+    def _gradients(self, x, targets, mask, extra_inputs, lengths, grad_workspace):
+        """`gradients`, with the backward lent `grad_workspace` (None: fresh gradients).
+        With a workspace, the kernels' BLAS is held at one thread (as each kernel call
+        would hold it) for the forward, the loss and the backward together, instead of
+        set and set back around each kernel call."""
+        workspace = self._workspace
+        if workspace is None or getattr(self.cell, "target", None) != "cpu":
+            return self._forward_loss_backward(x, targets, mask, extra_inputs, lengths,
+                                               grad_workspace)
+        with kernel_threads(1):
+            workspace.blas_held = True
+            try:
+                return self._forward_loss_backward(x, targets, mask, extra_inputs, lengths,
+                                                   grad_workspace)
+            finally:
+                workspace.blas_held = False
+
+    def _forward_loss_backward(self, x, targets, mask, extra_inputs, lengths, grad_workspace):
         if self.lr_schedule is not None:          # before any work: it may refuse
             self.last_lr = self.peak_lr * self.lr_schedule(self.steps - self.schedule_start,
                                                            self.progress)
             self.optimizer.hyper["lr"] = self.last_lr
         inputs, B = self._inputs(x, extra_inputs)
-        run = self.cell.forward(inputs, state=self._following(self._state, B),
-                                lengths=lengths, dropout=self.rng)
+        if grad_workspace is not None and lengths is None:
+            done = self._step_with(inputs, B, targets, mask, grad_workspace)
+            if done is not None and done[1] is not None:
+                return done
+            run = done[0] if done is not None else None
+        else:
+            run = None
+        if run is None:
+            lent = {} if self._workspace is None else {"workspace": self._workspace}
+            run = self.cell.forward(inputs, state=self._following(self._state, B),
+                                    lengths=lengths, dropout=self.rng, **lent)
         if self.output not in self.cell._final_outputs():   # a final output is (B, ...)
             mask = self._mask(mask, lengths, run.T)
         loss, d_pred = self.loss(run.outputs[self.output], targets, mask)
         # the data needs no gradient: the compiled kernels skip that work
+        lent = {} if grad_workspace is None else {"workspace": grad_workspace}
         grads = self.cell.backward(run, d_outputs={self.output: d_pred},
-                                   input_grads=False).params
+                                   input_grads=False, **lent).params
         return loss, grads, run
+
+    def _step_with(self, inputs, B: int, targets, mask, workspace):
+        """Forward, the softmax cross-entropy and backward as one launch of a compiled
+        cell's row blocks (CompiledCell.step_with: each block's loss runs on its thread
+        between its kernels, writing the cotangents the backward kernel reads). Returns
+        (loss, gradients, run); (run, None) if the loss refused a block (a non-finite
+        logit, a target out of range: the caller then takes the usual way from the run,
+        which words the error); None where this way does not apply (another loss or
+        cell, a mask the loss would refuse, nothing to count), before any work."""
+        step_with = getattr(self.cell, "step_with", None)
+        x = inputs[self.input]
+        if (step_with is None or self.loss is not LOSSES["softmax_cross_entropy"]
+                or self._output_rank != 1):
+            return None
+        targets = np.asarray(targets)
+        positions = tuple(x.shape[:2])
+        if targets.shape != positions or targets.dtype.kind not in "iu":
+            return None
+        try:
+            mask = check_mask(mask, positions, "logits.shape[:-1]")
+        except ValueError:
+            return None
+        count = targets.size if mask is None else int(np.count_nonzero(mask))
+        if count == 0:
+            return None
+        nll = np.empty(positions)            # each position's, summed as the loss sums
+        name = self.output
+
+        def loss_rows(k: int, r0: int, r1: int, outputs, d_outputs) -> bool:
+            rows = (slice(None), slice(r0, r1))
+            return softmax_cross_entropy_rows(
+                outputs[name], targets[rows], None if mask is None else mask[rows], count,
+                d_outputs[name], nll[rows]) is not None
+
+        done = step_with(inputs, loss_rows, self._following(self._state, B),
+                         dropout=self.rng, workspace=workspace)
+        if done is None:
+            return None
+        run, grads = done
+        if grads is None:
+            return run, None
+        return float(nll.sum()) / count, grads.params, run
 
     def apply(self, grads, run) -> None:
         """The second half of `step`: clip `grads` (in place), update the params, carry

@@ -297,7 +297,9 @@ def test_norm_and_clipping_over_a_flat_model_match_separate_arrays():
 # wakes NumPy's OpenBLAS thread pool, whose spinning threads then take the cores from
 # the next kernel call's threads (issue 19: Trainer.step 50.9 ms against 27.5 ms).
 STEP_MODULES = ["rnndsl/train/optim.py", "rnndsl/train/losses.py", "rnndsl/train/trainer.py",
-                "rnndsl/cells/compiled.py", "rnndsl/cells/seen.py", "rnndsl/core/flat.py"]
+                "rnndsl/cells/base.py", "rnndsl/cells/compiled.py", "rnndsl/cells/blocks.py",
+                "rnndsl/cells/seen.py",
+                "rnndsl/core/flat.py", "rnndsl/kernels/losses.py", "rnndsl/kernels/optim.py"]
 BLAS_CALLS = {"dot", "vdot", "inner", "outer", "matmul", "tensordot", "einsum", "kron",
               "norm", "linalg"}
 

@@ -1,0 +1,143 @@
+"""Row blocks: a compiled call's batch split into blocks of rows, one kernel call each,
+run beside the caller's on kept helper threads; and the arrays a block reads and writes.
+
+CompiledCell (compiled.py) splits a call into `_RowBlock`s and hands all but its own to
+`_Helper`s; cells/directions.py runs a second direction on `_block_pool()`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from .base import lent_workspace
+
+
+@dataclass
+class _RowBlock:
+    """The rows r0 .. r1-1 of a compiled run, as one kernel call saw them: its tapes and
+    its inputs (the caller's arrays for a single block, contiguous copies otherwise)."""
+    r0: int
+    r1: int
+    arrays: dict[tuple, Any]        # ("hist", name) / ("tape", nid) -> (T, rows, size)
+    inputs: dict[str, Any]
+
+
+_NOTHING = nullcontext()
+
+
+def _blas_held() -> bool:
+    """Whether the caller holds the kernels' BLAS at one thread around this call (a
+    lent Workspace's `blas_held`)."""
+    workspace = lent_workspace()
+    return workspace is not None and workspace.blas_held
+
+
+def _kept(into: dict, key, value):
+    """value, also recorded in `into` under key (the arrays a kernel call writes)."""
+    into[key] = value
+    return value
+
+
+def _kernel_array(value: np.ndarray) -> np.ndarray:
+    """The array as the kernels take it: C-contiguous and writeable. Numba compiles a
+    kernel once for each kind of array it is called with, and a read-only one (a memory
+    map, a broadcast) is another kind: another 2-9 s compile. A copy costs less."""
+    if value.flags.c_contiguous and value.flags.writeable:
+        return value
+    return np.array(value, order="C")
+
+
+def _rows_of(arrays: Mapping[str, np.ndarray], r0: int, r1: int, axis: int) -> dict:
+    """Rows r0 .. r1-1 (batch axis `axis`) of each array, as C-contiguous copies."""
+    index = (slice(None),) * axis + (slice(r0, r1),)
+    return {k: np.ascontiguousarray(v[index]) for k, v in arrays.items()}
+
+
+def _joined(parts: list[dict], axis: int) -> dict:
+    """The blocks' arrays put back together along the batch axis."""
+    return {k: np.concatenate([p[k] for p in parts], axis=axis) for k in parts[0]}
+
+
+_POOL = None
+
+
+
+class _Helper:
+    """A thread that runs other row blocks' kernel calls beside the caller's, one at a
+    time, handed over through two locks. A ThreadPoolExecutor's future, queue and
+    condition cost 90-150 us more a call in a training step, where the kernels have just
+    pushed the interpreter's data out of the caches (the wait after the last block
+    ended: 92 us with a pool, 19 us so; issue 19)."""
+
+    def __init__(self) -> None:
+        self._go = threading.Lock()
+        self._go.acquire()
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._job: tuple | None = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._serve, name="rnndsl-rows", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            self._go.acquire()
+            driver, args = self._job
+            self._job = None
+            try:
+                driver(*args)
+            except BaseException as error:      # handed to the caller, who raises it
+                self._error = error
+            self._done.release()
+
+    def start(self, driver, args) -> None:
+        self._job = (driver, args)
+        self._go.release()
+
+    def wait(self) -> BaseException | None:
+        """Wait for the call to end; what it raised, if anything."""
+        self._done.acquire()
+        error, self._error = self._error, None
+        return error
+
+
+_IDLE_HELPERS: list[_Helper] = []     # made as calls need them, kept
+_HELPERS_LOCK = threading.Lock()
+
+
+def _take_helpers(n: int) -> list[_Helper]:
+    with _HELPERS_LOCK:
+        taken = [_IDLE_HELPERS.pop() for _ in range(min(n, len(_IDLE_HELPERS)))]
+    return taken + [_Helper() for _ in range(n - len(taken))]
+
+
+def _give_back(helpers: list[_Helper]) -> None:
+    with _HELPERS_LOCK:
+        _IDLE_HELPERS.extend(helpers)
+
+
+def _forget_helpers() -> None:
+    """In a forked child: the helpers' threads did not come along."""
+    global _HELPERS_LOCK
+    _HELPERS_LOCK = threading.Lock()
+    _IDLE_HELPERS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helpers)
+
+
+def _block_pool():
+    """The threads that run a two-way cell's second direction beside the caller's
+    (cells/directions.py; row blocks have `_Helper`s): made once, kept."""
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+        # threads start as calls need them
+        _POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rnndsl-directions")
+    return _POOL
