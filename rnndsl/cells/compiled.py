@@ -502,8 +502,7 @@ class CompiledCell(Cell):
                 block.inputs, block.params = mine, params
             args = block.forward
             if block.params is not params:
-                for i, arg in slots.get("param", ()):
-                    args[i] = params[arg[1]]
+                _fill(args, slots, "param", params)
                 block.params = params
             for i, arg in slots.get("state0", ()):
                 args[i] = state0[arg[1]] if single else state0[arg[1]][r0:r1]
@@ -557,8 +556,7 @@ class CompiledCell(Cell):
                                    for i, arg in slots.get("output_grad", ())}
             args = block.backward
             if block.backward_params is not params:
-                for i, arg in slots.get("param", ()):
-                    args[i] = params[arg[1]]
+                _fill(args, slots, "param", params)
                 block.backward_params = params
             for i, arg in slots.get("input", ()):
                 args[i] = run_block.inputs[arg[1]]
@@ -711,6 +709,12 @@ class CompiledCell(Cell):
                 params[d.init.name] = self._plus_batch_sum(params[d.init.name],
                                                            state[d.name])
         return run, Grads(params, {}, state)
+
+
+def _fill(args: list, slots: dict, kind: str, values: Mapping) -> None:
+    """Put the arrays of `values` in the argument slots of `kind` (`_arg_slots`)."""
+    for i, arg in slots.get(kind, ()):
+        args[i] = values[arg[1]]
 
 
 class _Reused:

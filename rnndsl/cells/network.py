@@ -22,10 +22,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..core.errors import BindError
+from ..lang import ast
 from ..lang.checked import CheckedCell
 from ..lang.network import LayerRun, Network, Segment, split
 from .base import Cell, Grads, Run
-from .directions import known_cotangents
+from .directions import REVERSE, known_cotangents
 
 
 @dataclass
@@ -79,7 +80,6 @@ def _outer_spec(spec: CheckedCell, network: Network, classes) -> CheckedCell:
 
 
 def _suffixes(part: LayerRun) -> tuple[str, ...]:
-    from .directions import REVERSE
     return ("", REVERSE) if part.layer.direction == "bidirectional" else ("",)
 
 
@@ -344,7 +344,7 @@ def with_layer_loops(cls: type, load_text, library: dict[str, CheckedCell] | Non
     from ..lang.network import layer_loops
     spec = cls.spec
     stacked = spec.ast is not None and sum(
-        1 for s in spec.ast.body if type(s).__name__ == "LayerDecl") >= 2
+        1 for s in spec.ast.body if isinstance(s, ast.LayerDecl)) >= 2
     made = cls
     if stacked and getattr(cls, "target", None) == "cpu":
         names = layer_loops(spec, library if library is not None else _library_of(cls))

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from . import ast
 from .checked import CheckedCell, SequenceLayer
 from .printer import unparse
-from ..core.errors import CheckError, Diagnostic, Span
+from ..core.errors import CheckError, Diagnostic
 
 Value = tuple[str, str]      # ("input", x) ("let", h) ("state", s) ("next", s)
                              # ("arg", "l1.x") ("out", "l1.h")
@@ -572,4 +572,4 @@ def _names_in(e) -> set[str]:
     return found
 
 
-__all__ = ["Network", "Segment", "LayerRun", "split", "Span"]
+__all__ = ["Network", "Segment", "LayerRun", "split", "layer_loops"]
