@@ -129,8 +129,9 @@ class NetworkCell:
         return {o.name for o in self.spec.outputs if o.final}
 
     # ------------------------------------------------------------------ names
-    def _bind(self, k: int):
-        """Part k's cell, reading this network's params (which may have been replaced)."""
+    def part_cell(self, k: int):
+        """Part k's cell, reading this network's params (which may have been replaced);
+        the ONNX exporter writes each part from it."""
         part, cell = self.network.parts[k], self.parts[k]
         if isinstance(part, Segment):
             cell.params = {d.name: self.params[d.name] for d in cell.spec.params}
@@ -187,7 +188,7 @@ class NetworkCell:
         values: dict[Any, np.ndarray] = self._inputs(x)
         runs, finals = [], {}
         for k, part in enumerate(self.network.parts):
-            cell = self._bind(k)
+            cell = self.part_cell(k)
             given = {local: values[v] for local, v in part.inputs}
             run = cell.forward(given, self._part_names(k, state), lengths=lengths,
                                dropout=_dropout_for(dropout, k), steps=steps, grad=grad)
@@ -219,7 +220,7 @@ class NetworkCell:
         params: dict[str, np.ndarray] = {}
         state: dict[str, np.ndarray] = {}
         for k in reversed(range(len(self.parts))):
-            part, cell = self.network.parts[k], self._bind(k)
+            part, cell = self.network.parts[k], self.part_cell(k)
             mine = {local: grads[v] for local, v in part.outputs if v in grads}
             cut = any(v[0] != "input" for _, v in part.inputs)
             g = cell.backward(run.runs[k], mine, self._part_names(k, d_state),

@@ -64,12 +64,16 @@ def cmd_export(args) -> int:
     if args.params is not None:
         from ..train import checkpoint as ckpt
         ckpt.load(args.params, cell)
-    from ..interop.onnx_export import export, exported_as
+    from ..interop.onnx_export import export
+    from ..interop.onnx_interface import NETWORK, exported_as
     operators = True if args.operators else False if args.scan else None
     model = export(cell, out, operators=operators)
     kind = exported_as(model)
-    what = (f"one ONNX {kind} node" if kind != "Scan"
-            else "an ONNX Scan over its equations")
+    if kind.startswith(NETWORK):
+        what = f"a network of parts in turn: {kind[len(NETWORK):]}"
+    else:
+        what = (f"one ONNX {kind} node" if kind != "Scan"
+                else "an ONNX Scan over its equations")
     if args.direction != "forward":
         what += f", direction {args.direction}"
     dims = ", ".join(f"{k}={v}" for k, v in cell.dims.items())
@@ -89,7 +93,9 @@ def add_parsers(sub) -> None:
                     "names; any other cell becomes a Scan over its equations. Inputs: the "
                     "spec's inputs (T, B, size), then initial_<state> (B, size) and "
                     "sequence_lens (B,) int32, both optional; outputs: the spec's outputs "
-                    "(T, B, size), then final_<state> (B, size). docs/onnx.md has more.",
+                    "(T, B, size), then final_<state> (B, size). A cell with layers run "
+                    "over whole sequences (layer l1 = bidirectional ...) is its parts in "
+                    "turn, each written so. docs/onnx.md has more.",
         epilog="examples:\n"
                "  rnndsl export specs/lstm.rnn --dims I=8,H=16 -o lstm.onnx\n"
                "      one ONNX LSTM node; run it with onnxruntime:\n"

@@ -29,6 +29,13 @@ reads its inputs through ReverseSequence (each sequence within its length) and w
 its outputs back the same way. Its states' inputs and outputs are named with the
 direction's suffix (`initial_h_reverse`, `final_h_reverse`), its outputs are both
 directions' concatenated on the last axis, forward first, as its `forward` returns them.
+
+A network cell (a spec with `layer l1 = bidirectional LSTM(...)` or `reverse`,
+rnndsl.cells.network) is its parts, each written as above, chained into one graph in
+turn (onnx_network.py); its interface follows the same rules under the network's names
+(`l1.W_i_reverse`, `initial_l1.h`, `final_l1.h_reverse`). What both kinds of model
+share (the optional inputs' names and defaults, the metadata, `ExportError`) is in
+onnx_interface.py.
 """
 
 from __future__ import annotations
@@ -40,21 +47,15 @@ import numpy as np
 
 from ..cells.base import Cell
 from ..cells.directions import Directional
-from ..core.errors import RnnError
+from ..cells.network import NetworkCell
 from ..core.files import write_atomically
-from ..core.version import __version__
 from ..core.ops import Op
 from ..ir.graph import lower
 from ..lang import ast
-from .onnx_nodes import IR_VERSION, OPSET, Builder, Emit, elem_type, emit_nodes
-
-LENGTHS = "sequence_lens"
-FULL_LENGTH = 2 ** 31 - 1
-EXPORTED_AS = "rnndsl.exported_as"     # metadata: "Scan" or the operator, e.g. "LSTM"
-
-
-class ExportError(RnnError):
-    """A cell (or an export option) that rnndsl cannot write as ONNX."""
+from .onnx_interface import (FULL_LENGTH, LENGTHS, ExportError, claim_names, input_info,
+                             package)
+from .onnx_network import network_model
+from .onnx_nodes import Builder, Emit, elem_type, emit_nodes
 
 
 def export(cell, path, *, operators: bool | None = None):
@@ -70,21 +71,11 @@ def export(cell, path, *, operators: bool | None = None):
     return model
 
 
-def exported_as(model) -> str:
-    """What `to_model` made of the cell: "Scan", or the operator ("LSTM", ...)."""
-    return next((p.value for p in model.metadata_props if p.key == EXPORTED_AS), "?")
-
-
 def to_model(cell, *, operators: bool | None = None):
     """The ONNX model of `cell` (see the module docstring)."""
-    import onnx
     from onnx import helper
-    if getattr(getattr(cell, "spec", None), "sequence_layers", ()):
-        layer = cell.spec.sequence_layers[0]
-        raise ExportError(f"{cell.spec.name} runs layer {layer.name} {layer.direction} over "
-                          "whole sequences, a network of parts in turn; ONNX export takes one "
-                          "cell (or one cell run in a direction: cell_class(..., direction="
-                          f"'{layer.direction}')) and cannot export such a network yet")
+    if isinstance(cell, NetworkCell):     # its parts, each through this function
+        return network_model(cell, lambda part: to_model(part, operators=operators))
     if not isinstance(cell, (Cell, Directional)):
         what = (f"the cell class {cell.__name__}" if isinstance(cell, type)
                 else repr(cell)[:60])
@@ -114,16 +105,7 @@ def to_model(cell, *, operators: bool | None = None):
     graph = helper.make_graph(b.nodes, spec.name, frame.inputs, frame.outputs,
                               initializer=b.initializers,
                               doc_string=f"cell {spec.name} from {spec.source.path}")
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="rnndsl", doc_string=graph.doc_string)
-    model.ir_version = IR_VERSION
-    helper.set_model_props(model, {
-        EXPORTED_AS: kind, "rnndsl.version": __version__,
-        "rnndsl.direction": frame.direction,
-        "rnndsl.dims": ",".join(f"{k}={v}" for k, v in cell.dims.items()),
-        "rnndsl.spec": spec.source.text})
-    onnx.checker.check_model(model)
-    return model
+    return package(graph, cell, kind, direction=frame.direction)
 
 
 # ---------------------------------------------------------------------------- frame
@@ -202,7 +184,7 @@ class _Frame:
         spec = cell.spec
         if isinstance(cell, Directional):
             f.runs = tuple((suffix, reverse) for suffix, reverse, _ in cell.cells)
-        _claim_names(cell, b)
+        claim_names(cell, b)
         hidden = dict(spec.dropouts)
         users = [d for d in spec.inputs if d.name not in hidden]
         per_step = [d for d in users if not d.once]
@@ -211,14 +193,7 @@ class _Frame:
                               "the sequence would need one more input; ONNX export needs "
                               "at least one input given at every step")
         ft = elem_type(cell.dtype)
-        for d in users:
-            if d.token:
-                shape, et = ["T", "B"], elem_type(np.int64)
-            elif d.once:
-                shape, et = ["B", f.size(d)], ft
-            else:
-                shape, et = ["T", "B", f.size(d)], ft
-            f.inputs.append(helper.make_tensor_value_info(d.name, et, shape))
+        f.inputs += [input_info(d, cell.dims, cell.dtype) for d in users]
         first = per_step[0].name
         f.T = b.op("Shape", [first], hint="T", start=0, end=1)
         f.B = b.op("Shape", [first], hint="B", start=1, end=2)
@@ -305,28 +280,6 @@ def _declared_start(cell, d, size: int, suffix: str = "") -> np.ndarray:
     else:
         value = np.zeros(size)
     return value.astype(cell.dtype).reshape(1, size)
-
-
-def _claim_names(cell, b: Builder) -> None:
-    """The model's fixed names, each once: a spec whose param is called like one of its
-    outputs (or `final_h`, ...) cannot be written with these names."""
-    spec = cell.spec
-    hidden = dict(spec.dropouts)
-    names = [("input", d.name) for d in spec.inputs if d.name not in hidden]
-    suffixes = [c[0] for c in getattr(cell, "cells", [("",)])]
-    names += [("initial state", "initial_" + d.name + x) for x in suffixes
-              for d in spec.states]
-    names += [("lengths", LENGTHS)]
-    names += [("param", name) for name in cell.params]
-    names += [("output", o.name) for o in spec.outputs]
-    names += [("final state", "final_" + d.name + x) for x in suffixes for d in spec.states]
-    seen: dict[str, str] = {}
-    for what, name in names:
-        if name in seen:
-            raise ExportError(f"{spec.name}: the {what} and the {seen[name]} would both be "
-                              f"called '{name}' in the ONNX graph; rename one in the spec")
-        seen[name] = what
-        b.claim(name)
 
 
 # ---------------------------------------------------------------------------- Scan

@@ -304,12 +304,3 @@ def test_check_explain_and_build_describe_the_network(tmp_path, capsys):
                  str(tmp_path / "m.npz")]) == 2
     assert "would read the characters it is to predict" in capsys.readouterr().err
     assert not (tmp_path / "m.npz").exists()
-
-
-@pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="needs onnx")
-def test_onnx_export_refuses_a_network_by_its_layer(tmp_path):
-    import rnndsl.onnx
-    cell = rnndsl.load(_spec(tmp_path, TAGGER), target="interp")(I=2, H=2, K=2)
-    with pytest.raises(rnndsl.onnx.ExportError, match="runs layer l1 bidirectional over whole"):
-        rnndsl.onnx.export(cell, tmp_path / "net.onnx")
-    assert not (tmp_path / "net.onnx").exists()
