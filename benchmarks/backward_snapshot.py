@@ -1,17 +1,19 @@
 """What it costs a run to keep what its forward read for its backward (rnndsl/seen.py).
 
-    .venv/bin/python benchmarks/backward_snapshot.py [--repeat 400] [--spec specs/lstm.rnn]
+    .venv/bin/python benchmarks/backward_snapshot.py [--repeat 2000] [--spec specs/lstm.rnn]
 
 Backward must give the gradients of the forward that was run, though the caller may
 change a param or the input in place in between. At the benchmark's char shape (T=100,
 B=1, I=65, H=128, float32, cpu target) this times, warm, as medians:
 
-- a forward and a backward as rnndsl runs them, and the same calls with the mechanism
-  switched off (the cell's `_seen_of` made to fingerprint nothing), interleaved in
-  rounds so that a busy machine weighs on both alike;
-- the mechanism alone, as the runtime calls it: the fingerprints a forward takes
-  (`_seen_of`: one compiled call over the params and the input) and the check a
-  backward makes (`Seen.check`: the same call again, and a comparison);
+- a forward and its backward as rnndsl runs them, and the same calls with the mechanism
+  switched off (nothing fingerprinted: the kernels given an empty `seen`, `_seen_of`
+  made to take none), alternating call by call; the median of the pairs' differences
+  is what the mechanism costs (the kernels fingerprint what they read as they start);
+- the mechanism as the runtime takes it where a kernel cannot (row blocks, modules
+  from rnndsl 0.1.0): the fingerprints in a compiled call of their own (`_seen_of`)
+  and the check a backward then makes (`Seen.check`: the same call again, and a
+  comparison);
 - the candidates it was chosen over: copying the params and the input into snapshot
   buffers kept by the cell (allocated once, so no page faults; one compiled call), and
   fingerprinting each array in a call of its own.
@@ -87,23 +89,17 @@ def median_us(fn, repeat: int) -> float:
 class _Nothing:
     """What `_seen_of` returns with the mechanism off: nothing fingerprinted or checked."""
 
+    by_kernel = False
+
     @staticmethod
     def check():
         pass
 
 
-def interleaved(on, off, rounds: int, per_round: int) -> tuple[float, float]:
-    """Median us of `on` and of `off`, run alternately in rounds of `per_round` calls."""
-    a, b = [], []
-    for _ in range(rounds):
-        a.append(median_us(on, per_round))
-        b.append(median_us(off, per_round))
-    return statistics.median(a), statistics.median(b)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeat", type=int, default=400, help="calls timed per case")
+    ap.add_argument("--repeat", type=int, default=2000,
+                    help="forward+backward pairs timed with the mechanism on and off")
     ap.add_argument("--spec", default=str(REPO / "specs" / "lstm.rnn"))
     ap.add_argument("--keep-blas-env", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -127,61 +123,65 @@ def main(argv=None) -> int:
     arrays = tuple(params[d.name] for d in cell.spec.params) + (x,)
     seen = cell._seen_of(params, {"x": x})
     buffers = tuple(np.empty(a.size, a.dtype) for a in arrays)
-    fps = np.empty(len(arrays), np.uint64)
     copy_into(arrays, buffers)
     for fn in (forward, backward):          # warm: compiled, caches and heap settled
         for _ in range(30):
             fn()
 
-    per_round = max(10, args.repeat // 20)
-    real = cell._seen_of
+    real, in_kernel = cell._seen_of, cell._kernel_seen
 
-    def without(fn):
-        def call():
+    def step(on: bool) -> tuple[float, float]:
+        """A forward and its backward, as training runs them, with the mechanism on or
+        switched off (nothing fingerprinted, in the kernels or beside them)."""
+        if not on:
             cell._seen_of = lambda p, r: _Nothing
-            try:
-                return fn()
-            finally:
-                cell._seen_of = real
-        return call
+            cell._kernel_seen = lambda: None
+        try:
+            t0 = time.perf_counter()
+            run = cell.forward(x)
+            t1 = time.perf_counter()
+            cell.backward(run, dy)
+            return t1 - t0, time.perf_counter() - t1
+        finally:
+            cell._seen_of, cell._kernel_seen = real, in_kernel
 
-    def with_(fn):
-        def call():
-            cell._seen_of = real         # the same attribute traffic as `without`
-            try:
-                return fn()
-            finally:
-                cell._seen_of = real
-        return call
-
-    fwd_on, fwd_off = interleaved(with_(forward), without(forward), 20, per_round)
-    run_off = without(forward)()
-    bwd_on, bwd_off = interleaved(backward, lambda: cell.backward(run_off, dy), 20,
-                                  per_round)
-    take = median_us(lambda: cell._seen_of(params, {"x": x}), 5 * args.repeat)
-    check = median_us(seen.check, 5 * args.repeat)
-    copy = median_us(lambda: copy_into(arrays, buffers), 5 * args.repeat)
-    batched = median_us(lambda: compiled_fingerprints(arrays), 5 * args.repeat)
-    one_by_one = median_us(lambda: [kernels.fingerprint(a) for a in arrays], 5 * args.repeat)
+    for _ in range(30):
+        step(True), step(False)
+    # on and off alternate call by call (each first half the time), and the differences
+    # of each pair are taken: a busy machine's slow spells then weigh on both alike
+    off_f, off_b, d_f, d_b = [], [], [], []
+    for i in range(args.repeat):
+        order = (True, False) if i % 2 else (False, True)
+        timed = {on: step(on) for on in order}
+        off_f.append(timed[False][0])
+        off_b.append(timed[False][1])
+        d_f.append(timed[True][0] - timed[False][0])
+        d_b.append(timed[True][1] - timed[False][1])
+    fwd_off, bwd_off = (1e6 * statistics.median(v) for v in (off_f, off_b))
+    fwd_diff, bwd_diff = (1e6 * statistics.median(v) for v in (d_f, d_b))
+    take = median_us(lambda: cell._seen_of(params, {"x": x}), args.repeat)
+    check = median_us(seen.check, args.repeat)
+    copy = median_us(lambda: copy_into(arrays, buffers), args.repeat)
+    batched = median_us(lambda: compiled_fingerprints(arrays), args.repeat)
+    one_by_one = median_us(lambda: [kernels.fingerprint(a) for a in arrays], args.repeat)
 
     nbytes = sum(a.nbytes for a in arrays)
     print(f"CPU: {cpu_model()}")
     print(f"{Path(args.spec).name}, cpu target, float32, T={T} B={B} I={I} H={H}: "
           f"{len(arrays)} arrays the forward reads from the caller, {nbytes / 1024:.0f} KB")
-    print(f"{'':38}{'us':>9}{'% fwd':>9}{'% bwd':>9}")
+    print(f"{'':48}{'us':>9}{'% fwd':>9}{'% bwd':>9}")
 
     def row(name, us, of=("f", "b")):
         f = f"{100 * us / fwd_off:8.2f}%" if "f" in of else f"{'':9}"
         b = f"{100 * us / bwd_off:8.2f}%" if "b" in of else f"{'':9}"
-        print(f"{name:38}{us:9.1f}{f}{b}")
+        print(f"{name:48}{us:9.1f}{f}{b}")
 
     row("forward, mechanism off", fwd_off, ())
-    row("forward, with fingerprints", fwd_on, ())
-    row("  difference", fwd_on - fwd_off, ("f",))
+    row("  with it: the median pair's difference" + (" (kernels)" if in_kernel() else ""),
+        fwd_diff, ("f",))
     row("backward, mechanism off", bwd_off, ())
-    row("backward, with the check", bwd_on, ())
-    row("  difference", bwd_on - bwd_off, ("b",))
-    row("fingerprints at forward (_seen_of)", take, ("f",))
+    row("  with it: the median pair's difference", bwd_diff, ("b",))
+    row("fingerprints in a call of their own", take, ("f",))
     row("check at backward (Seen.check)", check, ("b",))
     print("candidates:")
     row("  fingerprints alone, one call", batched, ("f", "b"))

@@ -30,11 +30,13 @@ from ..kernels.blas import (kernel_thread_count, kernel_threads, numba_threads,
 from ..kernels.malloc import keep_freed_memory
 from ..kernels.tile_sizes import MR
 from ..lang.compose import with_lengths
-from .base import (Cell, Grads, Run, check_seen, check_workspace, lending,  # noqa: F401
+from .base import (_NO_GRAD, Cell, Grads, Run, check_seen, check_workspace, lending,  # noqa: F401
                    lent_workspace)
 from .blocks import (_NOTHING, _RowBlock, _blas_held, _give_back, _joined, _kept,
                      _kernel_array, _rows_of, _take_helpers)
 from .seen import Seen, compiled_fingerprints
+
+_NO_SEEN = np.empty(0, np.uint64)   # a forward kernel's `seen` when no fingerprints are wanted
 
 def _dim_from(value) -> "object":
     from ..core.shapes import Dim
@@ -138,6 +140,24 @@ class CompiledCell(Cell):
         params and inputs they are given (C-contiguous; a copy where the caller's were
         not, which nothing else can change)."""
         return self._seen(params, read, compiled_fingerprints)
+
+    def _kernel_seen(self) -> tuple[str, ...] | None:
+        """The names of what this forward's kernel fingerprints as it reads it (its
+        `seen` argument): the params and inputs in its argument order ("param W",
+        "input x"); None where it takes none: a module without that argument (rnndsl
+        0.1.0's), or a forward that no backward may follow (grad=False). Those are the
+        arrays `_seen_of` would fingerprint, and the hidden inputs, which the runtime
+        made and nothing changes. The backward kernel takes them again (`_back`): each
+        kernel reads these arrays anyway, so the fingerprints cost one extra pass, which
+        brings them into cache for the kernel's own reads, and no call of their own
+        (benchmarks/backward_snapshot.py)."""
+        names = self.__dict__.get("_kernel_seen_names", False)
+        if names is False:
+            args = [tuple(a) for a in self.meta["forward_args"]]
+            names = self._kernel_seen_names = (
+                tuple(f"{a[0]} {a[1]}" for a in args if a[0] in ("param", "input"))
+                if ("seen",) in args else None)
+        return None if names is None or getattr(_NO_GRAD, "on", False) else names
 
     def _kernel_param(self, name: str):
         return self._param(name)
@@ -281,15 +301,18 @@ class CompiledCell(Cell):
                           RuntimeWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ the drivers
-    def _forward_args(self, params, inputs, state0, T: int, B: int, consts, threads: int):
+    def _forward_args(self, params, inputs, state0, T: int, B: int, consts, threads: int,
+                      seen=_NO_SEEN):
         """One block's forward argument list, and the outputs, finals and tapes it
         writes (fresh arrays, B rows). `params`: the kernels' param arrays, taken once a
-        run (`_kernel_param`), which the run's backward reads too."""
+        run (`_kernel_param`), which the run's backward reads too. `seen`: where the
+        kernel writes its fingerprints (empty: it takes none)."""
         states = {d.name: d for d in self.spec.states}
         outputs: dict[str, Any] = {}
         finals: dict[str, Any] = {}
         tapes: dict[tuple, Any] = {}
         args = self._arguments("forward", T, B, consts, threads, {
+            "seen": lambda a: seen,
             "param": lambda a: params[a[1]],
             "input": lambda a: inputs[a[1]],
             "state0": lambda a: state0[a[1]],
@@ -310,10 +333,11 @@ class CompiledCell(Cell):
         `backward_args`: (kind, name) records): the kinds both kernels take from here,
         the others each from its getter in `take` (called with the record)."""
         shared = {"dim": lambda a: self.dims[a[1]], "T": lambda a: T, "B": lambda a: B,
-                  "consts": lambda a: consts, "threads": lambda a: threads}
+                  "consts": lambda a: consts, "threads": lambda a: threads,
+                  "seen": lambda a: _NO_SEEN}
         args = []
         for arg in self.meta[f"{which}_args"]:
-            get = shared.get(arg[0]) or take.get(arg[0])
+            get = take.get(arg[0]) or shared.get(arg[0])
             if get is None:
                 raise AssertionError(f"unknown {which} argument {arg}")
             args.append(get(arg))
@@ -334,14 +358,21 @@ class CompiledCell(Cell):
             return Run(shown, finals, T, B, tape)
         consts = self._consts()
         params = {d.name: self._kernel_param(d.name) for d in self.spec.params}
-        seen = self._seen_of(params, read)
         rows = self._row_blocks(B)
         if len(rows) == 1:
+            # the kernel fingerprints what it reads as it starts, where it can (no call of
+            # their own); else they are taken here
+            names = self._kernel_seen()
+            seen = None if names is not None else self._seen_of(params, read)
+            sums = _NO_SEEN if names is None else np.empty(len(names), np.uint64)
             args, outputs, finals, tapes = self._forward_args(
-                params, inputs, state0, T, B, consts, kernel_thread_count())
+                params, inputs, state0, T, B, consts, kernel_thread_count(), sums)
             self._launch(self.meta["forward"], args)
             blocks = (_RowBlock(0, B, tapes, inputs),)
+            if names is not None:
+                seen = Seen.taken_by_kernel(names, sums)
         else:
+            seen = self._seen_of(params, read)
             blocks, parts = [], []
             for r0, r1 in rows:
                 mine = _rows_of(inputs, r0, r1, axis=1)
@@ -360,11 +391,12 @@ class CompiledCell(Cell):
                    tape)
 
     def _block_backward_args(self, block: _RowBlock, tape_params, consts, d_out, d_st,
-                             T: int, skip_inputs: bool, threads: int):
+                             T: int, skip_inputs: bool, threads: int, seen=_NO_SEEN):
         """One block's backward argument list, and the gradients it writes (fresh
         arrays: params, inputs (T, rows), states (rows)). It reads the params the
         forward read (`tape_params`), not today's: a param replaced since changes
-        nothing (and one changed in place, tape.seen refuses)."""
+        nothing (and one changed in place, tape.seen refuses). `seen`: where the kernel
+        writes the fingerprints of what it reads (empty: it takes none)."""
         B = block.r1 - block.r0
         sizes_state = {d.name: self._size(d) for d in self.spec.states}
         params = self._param_grad_arrays()
@@ -378,6 +410,7 @@ class CompiledCell(Cell):
             return self._zeros(shape) if given is None else given.reshape(shape)
 
         args = self._arguments("backward", T, B, consts, threads, {
+            "seen": lambda a: seen,
             "input_grads": lambda a: not skip_inputs,
             "param": lambda a: tape_params[a[1]],
             "input": lambda a: block.inputs[a[1]],
@@ -412,10 +445,14 @@ class CompiledCell(Cell):
                                                                state[d.name])
             return Grads(params, inputs, state)
         if len(tape.blocks) == 1:   # the forward's rows decide, not today's thread count
+            seen = tape.seen
+            now = np.empty_like(seen.sums) if seen.by_kernel else _NO_SEEN
             args, params, inputs, state = self._block_backward_args(
                 tape.blocks[0], tape.params, tape.consts, d_out, d_st, T, skip_inputs,
-                kernel_thread_count())
+                kernel_thread_count(), now)
             self._launch(self.meta["backward"], args)
+            if seen.by_kernel:     # the kernel took them again as it read the arrays
+                seen.compare(now)
         else:
             parts = []
             for block in tape.blocks:

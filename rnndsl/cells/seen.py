@@ -16,12 +16,19 @@ instead of raising, but it writes every byte once more, and it cost more. At the
 benchmark's char shape (LSTM, T=100, B=1, I=65, H=128, float32: 388 KB of params and a
 26 KB input against a forward of about 0.52 ms), measured by
 benchmarks/backward_snapshot.py on a 2-core AMD EPYC VM: copying them into buffers kept
-by the cell took 11.5-12.2 us (2.2-2.4% of the forward); fingerprinting them took
-7.8-8.5 us at forward (1.5-1.7%) and 6.4-6.9 us at backward (0.8-0.9% of a 0.75 ms
-backward), and cost 13-23 us a forward and 11-26 us a backward in place, where the
-params come from L3 (the forward's working set is larger than L2). That is over the 1%
-it was meant to stay under: reading 400 KB takes 4 us or more however it is done, and
-only the kernels, which read every param anyway, could check them for less.
+by the cell took 11.5-12.2 us (2.2-2.4% of the forward); fingerprinting them in a
+compiled call of their own took 7.8-8.5 us, and with the Python around it added 15-17 us
+to a forward (2.9-3.1%) and 14-15 us to a backward (1.8%), the params then coming from
+L3. So the compiled cpu kernels take them themselves (their `seen` argument,
+rnndsl.codegen.emit): the forward kernel as it starts, its backward kernel again, and
+the runtime compares the two (`Seen.taken_by_kernel`). That costs no call and no
+unboxing of its own, and the pass brings the params into cache for the kernel's own
+copies of them: 5.5-6.6 us a forward (0.9-1.1%) and 10-13 us a backward (1.3%), the
+median of 2000 pairs with and without. The pass itself, 4.4-5.1 us over 413 KB in
+cache, is most of it; a pass fused into the kernels' weight copies ran 4x slower
+than the two apart (it stops them vectorising). Where a kernel cannot take them (row
+blocks, where each kernel sees its rows' copy of x; modules from rnndsl 0.1.0; the cuda
+target, which fingerprints on the device), the runtime takes them in one call.
 
 The fingerprint of an array: its bytes in C order as 32-bit words w[0 .. n), taken in
 pairs p_i = w[2i] | w[2i+1] << 32 (an odd last word is a pair with a high half of 0),
@@ -85,7 +92,7 @@ class Seen:
     fingerprints at the forward. `fingerprints` is the target's way to take them (a
     tuple of arrays -> an array of uint64): the same function at forward and backward."""
 
-    __slots__ = ("names", "arrays", "sums", "fingerprints")
+    __slots__ = ("names", "arrays", "sums", "fingerprints", "by_kernel")
 
     def __init__(self, names: tuple[str, ...], arrays: tuple,
                  fingerprints: Callable[[tuple], np.ndarray]):
@@ -93,11 +100,29 @@ class Seen:
         self.names = names
         self.arrays = arrays
         self.fingerprints = fingerprints
+        self.by_kernel = False
         self.sums = fingerprints(arrays)
+
+    @classmethod
+    def taken_by_kernel(cls, names: tuple[str, ...], sums: np.ndarray) -> "Seen":
+        """The fingerprints a forward kernel took as it read the arrays (its `seen`
+        argument, rnndsl.codegen.emit): the run's backward kernel takes them again and
+        the runtime compares them (`compare`, rnndsl.cells.compiled), so this keeps no
+        arrays and `check` is not for it."""
+        self = cls.__new__(cls)
+        self.names, self.arrays, self.fingerprints = names, None, None
+        self.by_kernel = True
+        self.sums = sums
+        return self
 
     def check(self) -> None:
         """Raise BindError if an array changed since the forward (the first one, named)."""
-        now = self.fingerprints(self.arrays)
+        assert not self.by_kernel, "the backward kernel takes these: compare its sums"
+        self.compare(self.fingerprints(self.arrays))
+
+    def compare(self, now: np.ndarray) -> None:
+        """Raise BindError if `now`, the arrays' fingerprints taken again, differ from
+        the forward's (naming the first array that changed)."""
         if now.tobytes() == self.sums.tobytes():    # 0.3 us; np.array_equal takes 2
             return
         name = self.names[int(np.flatnonzero(now != self.sums)[0])]

@@ -15,6 +15,7 @@ _NAMES = {"dim": "dim_{}", "param": "p_{}", "input": "in_{}", "state0": "s0_{}",
 _NOTES = {
     "dim": "the size {}", "T": "steps", "B": "rows (sequences)",
     "consts": "the constants k0, k1, ... below", "threads": "threads for the GEMMs",
+    "seen": "fingerprints of the params and inputs, written unless empty",
     "input_grads": "whether to write the inputs' gradients",
     "param": "param {}", "input": "input {}, (T, B, size)",
     "state0": "state {} at the start, (B, size)",
@@ -31,7 +32,7 @@ def arg_name(arg: tuple, value_name) -> str:
     kind = arg[0]
     if kind == "tape":
         return value_name("tape", arg[1])
-    if kind in ("T", "B", "consts", "threads"):
+    if kind in ("T", "B", "consts", "threads", "seen"):
         return kind
     if kind == "input_grads":
         return "want_din"

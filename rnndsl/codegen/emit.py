@@ -422,6 +422,8 @@ class _Emitter(Buffers):
         args += [("T",), ("B",), ("consts",)]
         if self.micro:
             args += [("threads",)]    # for rnndsl.kernels.gemm's parallel loops
+        if self.dialect.fingerprints:
+            args += [("seen",)]       # what backward checks (rnndsl.cells.seen)
         args += [("param", d.name) for d in cell.params]
         args += [("input", d.name) for d in cell.inputs]
         tapes = sorted(n for n in plan.saved if plan.stage[n] in ("pre", "fwd"))
@@ -456,6 +458,8 @@ class _Emitter(Buffers):
             p.assign(TILES, code("{} >= MR", B),
                      f"   # per-step GEMMs in rnndsl.kernels.gemm's tiles ({MR}+ rows)")
         p.add(Consts(self.consts, consts))   # printed at the end: found as we go
+        if ("seen",) in args:
+            self._fingerprints(kern, args)
         cell = self.plan.step.cell
         sizes = {d.name: d for d in (*cell.inputs, *cell.states)}
         for arg in args:
@@ -476,6 +480,28 @@ class _Emitter(Buffers):
                 name = self.arg_name(arg)
                 p.assign(array(f"{name}_r", 2),
                          Reshape(array(name, 3), code("({}, {})", R, kern.size(arg[1]))))
+
+    def _fingerprints(self, kern: _Kernel, args: list[tuple]) -> None:
+        """seen[k] = the fingerprint of the k-th param or input argument, in signature
+        order, where the caller asks (a non-empty `seen`): the forward's and the
+        backward's are compared, so that a param or input changed in place in between
+        is refused (rnndsl.cells.seen). Here, before the weights are copied, because
+        these reads bring the arrays into cache for the copies: a call of their own costs
+        the dispatch of every array and a pass from farther away
+        (benchmarks/backward_snapshot.py)."""
+        p = kern.p
+        cell = self.plan.step.cell
+        ranks = {d.name: (2 if d.type.rank == 2 else 1) for d in cell.params}
+        seen = array("seen", 1)
+        p.comment("fingerprints of the params and inputs this call reads: the backward's must")
+        p.comment("be the forward's (none changed in place in between, rnndsl.cells.seen)")
+        with p.indent(code("if {}.shape[0]:", seen)):
+            read = [a for a in args if a[0] in ("param", "input")]
+            for k, arg in enumerate(read):
+                rank = (ranks[arg[1]] if arg[0] == "param" else
+                        2 if arg[1] in self.token_names else 3)
+                p.assign(Arr(seen, fix(str(k))),
+                         code("fingerprint({})", array(self.arg_name(arg), rank)))
 
     def _docstring(self, kern: _Kernel, which: str) -> None:
         plan = self.plan

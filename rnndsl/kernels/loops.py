@@ -237,6 +237,21 @@ def fingerprint(a):
     return total
 
 
+if config.DISABLE_JIT:
+    def fingerprint(a):     # noqa: F811  plain Python (a generated kernel's debugging run):
+        """The same sum in NumPy: the loop above, run as Python, takes milliseconds and
+        warns at every wrap of its 64-bit sums."""
+        w = np.ascontiguousarray(a).reshape(-1).view(np.uint32)
+        half = w.size // 2
+        pairs = w[0:2 * half:2].astype(np.uint64) | (w[1:2 * half:2].astype(np.uint64)
+                                                      << np.uint64(32))
+        weights = np.arange(1, 2 * half, 2, dtype=np.uint64)
+        total = (pairs * weights).sum(dtype=np.uint64)
+        if w.size % 2:
+            total = (total + np.uint64(w[-1]) * np.uint64(2 * half + 1))
+        return np.uint64(total)
+
+
 @njit(cache=True, error_model="numpy", nogil=True)
 def fingerprints(arrays, out):
     """out[k] = fingerprint(arrays[k]) for a tuple of C-contiguous arrays of any kinds:

@@ -151,6 +151,31 @@ def test_cpu_row_blocks_read_the_forwards_params(monkeypatch):
     assert _changed("cpu", None, change, batch=batch).startswith("param W_o was changed")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_cpu_kernels_take_the_fingerprints_as_they_read(dtype):
+    """One row block: the forward kernel writes the fingerprints of the params and
+    inputs it reads (its `seen` argument), which are the reference's; the backward
+    kernel takes them again, so that what the runtime compares is the kernel's work
+    (a backward kernel that wrote none would be refused, and one that took the
+    forward's would let a change through)."""
+    cell = rnndsl.load(ROOT / "specs" / "char_lstm.rnn")(dtype=dtype, seed=0, V=5, H=3)
+    assert cell._kernel_seen() is not None
+    ids = np.random.default_rng(0).integers(0, 5, (4, 2))
+    run = cell.forward(ids)
+    tape = run._tape
+    assert tape.seen.by_kernel and len(tape.blocks) == 1
+    read = {**{f"param {n}": a for n, a in tape.params.items()},
+            **{f"input {n}": a for n, a in tape.blocks[0].inputs.items()}}
+    assert read["input x"].dtype == np.int64        # the token ids the kernel gathers by
+    assert list(tape.seen.sums) == [seen.fingerprint(read[n]) for n in tape.seen.names]
+    d = {"logits": np.ones_like(run.outputs["logits"])}
+    cell.backward(run, d)          # unchanged: the backward kernel's sums are the same
+    run = cell.forward(ids)
+    cell.params["l2.b_o"][1] += 1.0
+    with pytest.raises(BindError, match=r"^param l2\.b_o was changed in place"):
+        cell.backward(run, d)
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="numba-cuda is not installed")
 def test_cuda_device_arrays_changed_in_place_are_refused():
     """Params and inputs held on the device: fingerprinted on the device."""

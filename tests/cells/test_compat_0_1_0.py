@@ -69,6 +69,12 @@ def test_a_0_1_0_cpu_module_imports_and_runs(tmp_path, file, cell, dims):
                                                                         d_outputs=d_out)
     for name in g_ref.params:
         _close(g_old.params[name], g_ref.params[name], f"d {name}")
+    # its kernels take no fingerprints (no `seen` argument): the runtime takes them
+    run_old = old.forward(x)
+    assert not run_old._tape.seen.by_kernel
+    old.params["W_hh"][0, 0] += 1.0
+    with pytest.raises(rnndsl.BindError, match="^param W_hh was changed in place"):
+        old.backward(run_old, d_outputs=d_out)
 
 
 def test_a_0_1_0_cuda_module_imports_and_runs_on_the_simulator(tmp_path):

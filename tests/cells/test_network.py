@@ -16,7 +16,7 @@ import pytest
 
 import rnndsl
 from rnndsl.core.errors import BindError, CheckError, RnnError
-from rnndsl.lang.network import LayerRun, Segment, split
+from rnndsl.lang.network import LayerRun, split
 from rnndsl.lang.specfile import read_spec
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
