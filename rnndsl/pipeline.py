@@ -5,23 +5,28 @@
 
 Pure: it reads and writes no files (build/ writes, caches and imports what this returns)
 and is the only place, beside the CLI's inspection commands, that strings the stages
-together. Reading and checking a spec (lang.specfile.read_spec) comes before it.
+together. Reading and checking a spec (lang.specfile.read_spec) comes before it; the
+parts of a network cell, spec texts that lang/network.py writes, are checked here.
 """
 
 from __future__ import annotations
 
 import ast
 from collections import Counter
+from dataclasses import dataclass
 
 from .codegen.dialect import gathered_tokens
 from .codegen.emit import module_footer, module_header
+from .codegen.module import network_record
+from .codegen.printer_py import safe_comment
 from .core import targets
 from .core.errors import CheckError, Diagnostic, RnnError
 from .ir.grad import StepGrads, grad_step
 from .ir.graph import StepGraph, lower
 from .lang.checked import CheckedCell
 from .lang.compose import with_lengths
-from .lang.specfile import SpecFile
+from .lang.network import LayerRun, renamed_part, split
+from .lang.specfile import SpecFile, read_spec
 from .schedule.plan import GRAPH_PASSES, PASSES, Plan, make_plan
 
 
@@ -68,33 +73,95 @@ def token_nodes(plan: Plan, target: str) -> frozenset[int]:
 
 
 def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
-                 variant: str | None = None) -> str:
+                 variant: str | None = None, networks: bool = False) -> str:
     """The full text of the generated module for every cell defined in a spec file.
-    variant="lengths" builds each cell's variable-length form (compose.with_lengths)."""
+    variant="lengths" builds each cell's variable-length form (compose.with_lengths).
+
+    A cell with sequence layers is a network of parts (lang/network.py). networks=True
+    writes it too, as `rnndsl build` does: each part is a cell of the module under a name
+    of its own, and the network's class is made of theirs at import
+    (cells/network.built_network_class). Without it such a cell is left out: `rnndsl.load`
+    builds each part as a spec of its own (cells/load.py), so the build cache's module of
+    the spec has no use for them."""
     emit_cell, dialect = backend(target)
-    # a cell with sequence layers is a network of parts, each built as a spec of its
-    # own when the cell is loaded (lang/network.py, cells/network.py)
     cells = [c for c in spec_file.cells.values() if not c.sequence_layers]
+    nets = [c for c in spec_file.cells.values() if c.sequence_layers] if networks else []
     if variant == "lengths":
+        if nets:    # a network passes lengths on to its parts' classes, which build theirs
+            raise BuildError("the lengths variant is built for plain cells only")
         cells = [with_lengths(c) for c in cells]
     elif variant is not None:
         raise BuildError(f"unknown build variant '{variant}'")
-    names = [c.name for c in cells]
-    parts = [module_header(str(spec_file.source.path), spec_file.digest, names, target,
-                           dialect)]
-    for cell in cells:
+    taken = set(spec_file.used) | set(spec_file.cells)
+    parts = {net.name: network_parts(net, {**spec_file.used, **spec_file.cells}, taken)
+             for net in nets}
+    names = [c.name for c in spec_file.cells.values() if networks or not c.sequence_layers]
+    text = [module_header(str(spec_file.source.path), spec_file.digest, names, target,
+                          dialect, {n: [p.name for p in ps] for n, ps in parts.items()})]
+    sections = [(c, "") for c in cells]       # (cell, a comment line under its title)
+    sections += [(p.cell, "\n# " + safe_comment(f"part {k} of {n}: {p.what}"))
+                 for n, ps in parts.items() for k, p in enumerate(ps, 1)]
+    for cell, note in sections:
         plan = plan_cell(cell, passes)
-        parts.append(f"\n\n# {'-' * 70} cell {cell.name}\n\n")
-        parts.append(emit_cell(plan, cell.source.path, cell.source.text,
-                               spec_file.digest).source)
-    parts.append("\n\n# The files this spec uses, so that its cells' layers resolve wherever this\n"
-                 "# module is imported from.\n"
-                 f"SPEC_FILES = {dict(sorted(spec_file.used_files.items()))!r}\n"
-                 f"VARIANT = {variant!r}\n")
-    parts.append(module_footer(names, dialect))
-    source = "".join(parts)
-    _check_class_names(source, cells)
+        text.append(f"\n\n# {'-' * 70} cell {cell.name}{note}\n\n")
+        text.append(emit_cell(plan, cell.source.path, cell.source.text,
+                              spec_file.digest).source)
+    for net in nets:
+        text.append(f"\n\n# {'-' * 70} network {net.name}\n\n")
+        text.append(network_record(net.name, str(net.source.path), net.source.text,
+                                   [(p.split_name, p.name, p.what) for p in parts[net.name]]))
+    text.append("\n\n# The files this spec uses, so that its cells' layers resolve wherever this\n"
+                "# module is imported from.\n"
+                f"SPEC_FILES = {dict(sorted(spec_file.used_files.items()))!r}\n"
+                f"VARIANT = {variant!r}\n")
+    text.append(module_footer([c.name for c in cells] + [p.name for ps in parts.values()
+                                                         for p in ps],
+                              dialect, [net.name for net in nets]))
+    source = "".join(text)
+    _check_class_names(source, cells + nets, parts)
     return source
+
+
+@dataclass(frozen=True)
+class NetworkPart:
+    """A part of a network cell (lang/network.py) as a cell of a built module: `cell`,
+    checked from the part's text with its cell called `name`, a name that no other cell
+    of the module (the spec's, the files' it uses, other parts') has."""
+
+    name: str
+    split_name: str      # the part's cell as lang/network.split names it
+    cell: CheckedCell
+    what: str            # for the module's comments: which layer or equations, from where
+
+
+def network_parts(net: CheckedCell, library: dict[str, CheckedCell],
+                  taken: set[str]) -> list[NetworkPart]:
+    """The parts of `net`, in the order they run, each a checked cell of its own named
+    apart from `taken` (to which their names are added). A layer run's cell is named by
+    the network, the part's place and the layer (`BiTagger_part1_l1`): the layer's cell
+    (`LSTM`) may be a cell of the module too, or a part of another network."""
+    made = []
+    for k, part in enumerate(split(net, library).parts, 1):
+        if isinstance(part, LayerRun):
+            name = _fresh(f"{net.name}_part{k}_{part.layer.name}", taken)
+            sub = part.layer.cell
+            what = (f"layer {part.layer.name}, {part.layer.direction} {sub.name} (cell "
+                    f"{sub.name} from {sub.source.path})")
+        else:
+            name = _fresh(part.name, taken)
+            what = f"a segment of {net.name}'s own equations, states and forward layers"
+        text = part.text if name == part.name else renamed_part(part, name)
+        cell = read_spec(f"<{net.name}>", text=text).cells[name]
+        made.append(NetworkPart(name, part.name, cell, what))
+    return made
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
 
 
 def _module_bindings(source: str) -> Counter:
@@ -111,17 +178,24 @@ def _module_bindings(source: str) -> Counter:
     return bound
 
 
-def _check_class_names(source: str, cells) -> None:
+def _check_class_names(source: str, cells, parts: dict[str, list[NetworkPart]]) -> None:
     """Each cell is a class of its own name in the module, beside the module's imports,
-    helpers and every cell's kernels (`forward_LSTM`, `LSTM_META`, ...). A cell named
-    like one of those would replace it, or be replaced, and the module would break or
-    compute something else: that is the spec's error, reported at the cell's name."""
+    helpers and every cell's kernels (`forward_LSTM`, `LSTM_META`, ...), and so is each
+    part of a network. A cell named like one of those would replace it, or be replaced,
+    and the module would break or compute something else: that is the spec's error,
+    reported at the cell's name (at the network's, for a part's)."""
     bound = _module_bindings(source)
     errors = [Diagnostic(f"'{c.name}' cannot name a cell: the generated module already "
                          f"uses that name for its own code",
                          c.source, c.ast.name_span if c.ast is not None else None,
                          hint="rename the cell")
               for c in cells if bound[c.name] > 1]
+    by_name = {c.name: c for c in cells}
+    errors += [Diagnostic(f"'{p.name}' cannot name a part of cell '{net}': the generated "
+                          "module already uses that name for its own code",
+                          by_name[net].source, by_name[net].ast.name_span,
+                          hint="rename the cell")
+               for net, ps in parts.items() for p in ps if bound[p.name] > 1]
     if errors:
         raise CheckError(errors)
 

@@ -59,6 +59,43 @@ def network_class(spec: CheckedCell, library: dict[str, CheckedCell], target: st
     return type(spec.name, (NetworkCell,), attrs)
 
 
+def built_network_class(module, name: str) -> type:
+    """The class of network cell `name` in a module that `rnndsl build` wrote: made at
+    import of the classes of its parts, which the module holds as cells of their own
+    (pipeline.build_source), from the spec and the files it uses that the module carries:
+    nothing is read from disk and nothing compiled beyond what those classes do."""
+    from ..lang.specfile import read_spec
+    record = getattr(module, f"{name}_NETWORK")
+    spec_file = read_spec(record["spec_path"], record["spec_text"],
+                          files=getattr(module, "SPEC_FILES", {}))
+    parts = list(record["parts"])      # (the cell split() names, the module's class)
+    classes = []
+
+    def load_part(text: str, cell: str, path: str) -> type:
+        k = len(classes)
+        if k >= len(parts) or parts[k][0] != cell:
+            raise _stale(module, name)
+        classes.append(getattr(module, parts[k][1]))
+        return classes[-1]
+    cls = network_class(spec_file.cells[name], {**spec_file.used, **spec_file.cells},
+                        module.TARGET, load_part, spec_file.used_files)
+    if len(classes) != len(parts):
+        raise _stale(module, name)
+    cls.__module__ = module.__name__
+    cls.__doc__ = (f"The network cell {name} from {record['spec_path']}, its parts compiled "
+                   f"for the {module.TARGET} target. Dims: {', '.join(cls.spec.dims)}.")
+    return cls
+
+
+def _stale(module, name: str) -> Exception:
+    """A built module whose parts of a network are not the ones this rnndsl splits it
+    into (another version wrote it): only a rebuild makes them agree."""
+    from ..pipeline import BuildError
+    return BuildError(f"{module.__name__} was built by rnndsl "
+                      f"{getattr(module, 'RNNDSL_VERSION', '?')}, whose parts of {name} are "
+                      "not the ones this rnndsl runs: rebuild it with `rnndsl build`")
+
+
 def _outer_spec(spec: CheckedCell, network: Network, classes) -> CheckedCell:
     """The cell as its users see it: its own inputs (not the sequences that pass between
     its parts), and every part's params and states under the network's names."""

@@ -254,13 +254,7 @@ def cmd_build(args) -> int:
             raise UsageError(f"{path} defines no cell of its own (it uses "
                              f"{', '.join(spec_file.used)}): build the file that defines "
                              "them, or define a cell here")
-        networks = [c.name for c in spec_file.cells.values() if c.sequence_layers]
-        if len(networks) == len(spec_file.cells):
-            raise UsageError(f"{path}: cell {networks[0]} runs layers over whole sequences, "
-                             "so it is a network of parts, not one module's time loop: "
-                             f"load it with rnndsl.load({str(path)!r}) (its parts are built "
-                             "and cached at the first load)")
-        source = build_source(spec_file, passes, args.target)
+        source = build_source(spec_file, passes, args.target, networks=True)
         validate(source, str(out_dir / module_file_name(spec_file)))
         built.append((path, spec_file, source))
     names = [module_file_name(spec_file) for _, spec_file, _ in built]
@@ -271,14 +265,10 @@ def cmd_build(args) -> int:
     for (path, spec_file, source), name in zip(built, names):
         target = out_dir / name
         write_module(source, target)
-        written = [c.name for c in spec_file.cells.values() if not c.sequence_layers]
+        written = list(spec_file.cells)
         cells = ", ".join(written)
         print(f"{path} -> {target} (cell{'s' if len(written) > 1 else ''} {cells}; "
               f"import with: from {target.stem} import {written[0]})")
-        for c in spec_file.cells.values():
-            if c.sequence_layers:
-                print(f"  note: cell {c.name} runs layers over whole sequences and is not in "
-                      f"the module: load it with rnndsl.load({str(path)!r})")
     return EXIT_OK
 
 

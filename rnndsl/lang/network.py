@@ -97,6 +97,17 @@ def layer_loops(cell: CheckedCell, library: dict[str, CheckedCell]) -> tuple[str
     return names
 
 
+def renamed_part(part: Segment | LayerRun, name: str) -> str:
+    """The part's spec text with its cell called `name`. A built module holds each part
+    as a cell of its own beside the spec's cells, and a layer run's cell (`LSTM`) may be
+    one of those too, or the part of another network: there each part takes a name of
+    its own (pipeline.build_source). The other cells in the text are the ones it uses."""
+    from .parse import parse      # Lark: not for a warm load, which imports this module
+    module = parse(part.text)
+    cells = tuple(replace(c, name=name) if c.name == part.name else c for c in module.cells)
+    return unparse(ast.Module(module.uses, cells))
+
+
 # ---------------------------------------------------------------------------- the walk
 class _Splitter:
     def __init__(self, cell: CheckedCell, library: dict[str, CheckedCell],
@@ -572,4 +583,4 @@ def _names_in(e) -> set[str]:
     return found
 
 
-__all__ = ["Network", "Segment", "LayerRun", "split", "layer_loops"]
+__all__ = ["Network", "Segment", "LayerRun", "split", "layer_loops", "renamed_part"]
