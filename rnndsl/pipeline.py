@@ -27,7 +27,7 @@ from .lang.checked import CheckedCell
 from .lang.compose import with_lengths
 from .lang.network import LayerRun, renamed_part, split
 from .lang.specfile import SpecFile, read_spec
-from .schedule.plan import GRAPH_PASSES, PASSES, Plan, make_plan
+from .schedule.plan import GRAPH_PASSES, PASSES, TARGET_PASSES, Plan, make_plan
 
 
 class BuildError(RnnError):
@@ -58,8 +58,11 @@ def differentiate(cell: CheckedCell, passes=PASSES) -> tuple[StepGraph, StepGrad
     return step, grads
 
 
-def plan_cell(cell: CheckedCell, passes=PASSES) -> Plan:
-    """lower -> grad -> schedule: the plan that `rnndsl explain` prints and emit reads."""
+def plan_cell(cell: CheckedCell, passes=PASSES, target: str = "cpu") -> Plan:
+    """lower -> grad -> schedule: the plan that `rnndsl explain` prints and emit reads,
+    for `target` (another target's passes are left out: final_at_end changes the
+    schedule, which only the cpu emitter follows)."""
+    passes = [p for p in passes if TARGET_PASSES.get(p, target) == target]
     step, grads = differentiate(cell, passes)
     return make_plan(step, grads, passes)
 
@@ -102,7 +105,7 @@ def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
     sections += [(p.cell, "\n# " + safe_comment(f"part {k} of {n}: {p.what}"))
                  for n, ps in parts.items() for k, p in enumerate(ps, 1)]
     for cell, note in sections:
-        plan = plan_cell(cell, passes)
+        plan = plan_cell(cell, passes, target)
         text.append(f"\n\n# {'-' * 70} cell {cell.name}{note}\n\n")
         text.append(emit_cell(plan, cell.source.path, cell.source.text,
                               spec_file.digest).source)

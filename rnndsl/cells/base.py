@@ -594,12 +594,13 @@ class Cell:
         return {o.name for o in self.spec.outputs if o.final}
 
     def _finalise(self, run: Run, lengths) -> Run:
-        """Each `final` output at each sequence's last step: (T, B, ...) -> (B, ...)."""
+        """Each `final` output at each sequence's last step: (T, B, ...) -> (B, ...)
+        (but those the kernels computed there already, `run._at_end`)."""
         finals = self._final_outputs()
         if not finals:
             return run
         run._lengths = lengths
-        for name in finals:
+        for name in finals - getattr(run, "_at_end", frozenset()):
             run.outputs[name] = self._last_step(run.outputs[name], lengths)
         return run
 

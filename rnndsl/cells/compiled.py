@@ -120,6 +120,35 @@ class CompiledCell(Cell):
             return np.ascontiguousarray(ids, dtype=np.int64)
         return super()._token_form(d, ids, V)
 
+    @property
+    def _at_end(self) -> frozenset[str]:
+        """The `final` outputs that the forward kernel computes once, after its loop,
+        from the final states (the schedule's final_at_end): (B, size) arrays, already
+        at each sequence's last step. The others come back (T, B, size)."""
+        return frozenset(self.meta.get("at_end", ()))
+
+    def _output_shape(self, name: str, T: int, B: int) -> tuple[int, ...]:
+        rows = (B,) if name in self._at_end else (T, B)
+        return rows + self._out_size(name)
+
+    def _joined_outputs(self, parts: list[dict]) -> dict:
+        """Row blocks' outputs joined along the batch: axis 1 of (T, rows, size), axis 0
+        of an at-end output's (rows, size)."""
+        at_end = self._at_end
+        return {name: np.concatenate([p[name] for p in parts],
+                                     axis=0 if name in at_end else 1) for name in parts[0]}
+
+    def _shown(self, outputs: dict, T: int, B: int) -> dict:
+        """The outputs as forward returns them: a scalar output (T, B), or (B,) at the
+        end, without its size-1 axis."""
+        return {name: (y.reshape(y.shape[:-1]) if self._scalar_output(name) else y)
+                for name, y in outputs.items()}
+
+    def _made_run(self, outputs, finals, T: int, B: int, tape) -> Run:
+        run = Run(outputs, finals, T, B, tape)
+        run._at_end = self._at_end      # for _finalise (this cell may be a lengths twin)
+        return run
+
     def _out_size(self, name: str) -> tuple[int, ...]:
         o = next(o for o in self.spec.outputs if o.name == name)
         return tuple(d.evaluate(self.dims) for d in o.type.shape) or (1,)
@@ -317,7 +346,7 @@ class CompiledCell(Cell):
             "input": lambda a: inputs[a[1]],
             "state0": lambda a: state0[a[1]],
             "output": lambda a: _kept(outputs, a[1],
-                                      self._empty((T, B) + self._out_size(a[1]))),
+                                      self._empty(self._output_shape(a[1], T, B))),
             "final": lambda a: _kept(finals, a[1],
                                      self._empty((B,) + self._size(states[a[1]]))),
             "hist": lambda a: _kept(tapes, a,
@@ -351,11 +380,9 @@ class CompiledCell(Cell):
             seen = self._seen_of(params, read)
             outputs, finals, blocks, reused = self._run_reusing(
                 workspace, inputs, state0, T, B, params, self._row_blocks(B))
-            shown = {name: (y.reshape((T, B)) if self._scalar_output(name) else y)
-                     for name, y in outputs.items()}
             tape = _CompiledTape(blocks, reused.consts, self._token, frozenset(from_params),
                                  False, params, seen, reused, reused.generation)
-            return Run(shown, finals, T, B, tape)
+            return self._made_run(self._shown(outputs, T, B), finals, T, B, tape)
         consts = self._consts()
         params = {d.name: self._kernel_param(d.name) for d in self.spec.params}
         rows = self._row_blocks(B)
@@ -381,14 +408,12 @@ class CompiledCell(Cell):
                 blocks.append(_RowBlock(r0, r1, tapes, mine))
                 parts.append((args, outputs, finals))
             self._launch_blocks(self.meta["forward"], [p[0] for p in parts])
-            outputs = _joined([p[1] for p in parts], axis=1)
+            outputs = self._joined_outputs([p[1] for p in parts])
             finals = _joined([p[2] for p in parts], axis=0)
-        shown = {name: (y.reshape((T, B)) if self._scalar_output(name) else y)
-                 for name, y in outputs.items()}
         tape = _CompiledTape(tuple(blocks), consts, self._token, frozenset(from_params),
                              on_device, params, seen)
-        return Run(self._deliver(shown, on_device), self._deliver(finals, on_device), T, B,
-                   tape)
+        return self._made_run(self._deliver(self._shown(outputs, T, B), on_device),
+                              self._deliver(finals, on_device), T, B, tape)
 
     def _block_backward_args(self, block: _RowBlock, tape_params, consts, d_out, d_st,
                              T: int, skip_inputs: bool, threads: int, seen=_NO_SEEN):
@@ -550,7 +575,7 @@ class CompiledCell(Cell):
                 for i, arg in slots.get("input", ()):
                     args[i] = inputs[arg[1]]
                 for i, arg in slots.get("output", ()):
-                    args[i] = outputs[arg[1]] = self._empty((T, B) + self._out_size(arg[1]))
+                    args[i] = outputs[arg[1]] = self._empty(self._output_shape(arg[1], T, B))
                 for i, _ in slots.get("threads", ()):
                     args[i] = kernel_thread_count()
             else:           # the rows' copies of the inputs, in place
@@ -649,7 +674,7 @@ class CompiledCell(Cell):
         outputs, finals = self._forward_slots(reused, inputs, state0, T, B, params)
         self._launch_blocks(self.meta["forward"], [b.forward for b in reused.blocks])
         if len(reused.blocks) > 1:
-            outputs = _joined([b.outputs for b in reused.blocks], axis=1)
+            outputs = self._joined_outputs([b.outputs for b in reused.blocks])
         blocks = tuple(_RowBlock(b.r0, b.r1, b.tapes, b.inputs) for b in reused.blocks)
         return outputs, finals, blocks, reused
 
@@ -735,9 +760,7 @@ class CompiledCell(Cell):
             self._launch(job, (0,))
         else:
             self._launch_jobs([(job, (k,)) for k in range(len(rows))])
-        shown = {name: (y.reshape((T, B)) if self._scalar_output(name) else y)
-                 for name, y in outputs.items()}
-        run = Run(shown, finals, T, B, tape)
+        run = Run(self._shown(outputs, T, B), finals, T, B, tape)
         if not all(went_on):
             return run, None
         params, inputs, state = self._gradients_of(reused, skip_inputs)

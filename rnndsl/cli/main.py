@@ -281,7 +281,7 @@ def cmd_explain(args) -> int:
     spec = spec_file.pick(args.cell)
     if spec.sequence_layers:
         return _explain_network(spec_file, spec, args)
-    plan = plan_cell(spec, _passes(args))
+    plan = plan_cell(spec, _passes(args), args.target)
     on = ", ".join(passes_for(plan.passes, args.target)) or "none"
     print(f"# cell {spec.name}: plan for the {args.target} target (passes: {on})")
     for line in explain_lines(plan, target=args.target,
@@ -321,7 +321,7 @@ def _explain_network(spec_file, spec, args) -> int:
         for line in body.rstrip().splitlines():
             print(f"#   {line}")
         plan = plan_cell(read_spec(f"<{spec.name}>", text=part.text).pick(part.name),
-                         _passes(args))
+                         _passes(args), args.target)
         for line in explain_lines(plan, target=args.target,
                                   tokens=token_nodes(plan, args.target)):
             print(line)
@@ -351,8 +351,10 @@ def cmd_specs(args) -> int:
 NO_PASS_HELP = ("switch an optimisation pass off (repeatable): cse, simplify, hoist, "
                 "hoist_outputs, fuse_matmul, fuse_elementwise, defer_grads; for --target "
                 "cpu microkernel (the per-step GEMMs in rnndsl's register tiles; off, one "
-                "BLAS call a step); for --target cuda persistent (each time loop as one cooperative "
-                "kernel; off, each step is launched from the host) and hold_weights (the "
+                "BLAS call a step) and final_at_end (a final output read from the final "
+                "states computed once after the loop; off, at every step); for --target "
+                "cuda persistent (each time loop as one cooperative kernel; off, each step "
+                "is launched from the host) and hold_weights (the "
                 "recurrent weights held in shared memory across the steps, at small "
                 "batches where they fit; off, read from global memory at every step)")
 

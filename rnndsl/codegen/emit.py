@@ -60,6 +60,7 @@ class _Emitter(Buffers):
         self._const_names: dict[tuple, str] = {}
         step, grads = plan.step, plan.grads
         self.forward_nodes = set(self.G.needed(step.roots()))
+        self.next_state_of = {nid: name for name, nid in step.next_state.items()}
         self.matmul_index: dict[int, int] = {}
         for s, groups in plan.matmuls.items():
             for grp in groups:
@@ -353,7 +354,7 @@ class _Emitter(Buffers):
         plan = self.plan
         if which == "forward":
             wanted = set(self.G.needed(plan.step.roots()))
-            stages = ("const", "pre", "fwd")
+            stages = ("const", "pre", "fwd", "last")
         else:
             grads_needed = set(self.G.needed(plan.grads.roots()))
             wanted = {n for n in grads_needed
@@ -389,6 +390,8 @@ class _Emitter(Buffers):
             self._meta_list(meta, "backward_args", [Arg(*a) for a in bwd_args])
             if self.token_names:     # inputs the kernels take as ids (T, B)
                 meta.line(f"token_ids={self.token_names!r},")
+            if self.plan.at_end:     # final outputs the forward writes once, (B, size)
+                meta.line(f"at_end={tuple(self.plan.at_end)!r},")
             meta.line(f"forward=forward_{name},")
             meta.line(f"backward=backward_{name},")
         meta.line(")")
@@ -447,6 +450,8 @@ class _Emitter(Buffers):
         return arg_name(arg, self.value_name)
 
     def arg_note(self, arg: tuple, which: str) -> str:
+        if arg[0] == "output" and arg[1] in self.plan.at_end:
+            return f"output {arg[1]} at each sequence's end, written, (B, size)"
         return arg_note(arg, which, self.G.names, self.token_names)
 
     def _prologue(self, kern: _Kernel, args: list[tuple]) -> None:
@@ -526,9 +531,10 @@ class _Emitter(Buffers):
         step, plan = self.plan.step, self.plan
         hoisted = {name for name, nid in step.outputs.items()
                    if plan.stage.get(nid) == "pre" or step.graph[nid].op == Op.INPUT}
+        at_end = set(plan.at_end)
         with self._open(kern, "forward", args, nodes,
                         "hoisted out of the time loop: no state, all T*B rows at once",
-                        weight_stages=("pre", "fwd")):
+                        weight_stages=("pre", "fwd", "last")):
             for name in hoisted:
                 p.call("copy2", array(f"out_{ident(name)}_r", 2),
                        kern.whole(step.outputs[name], "pre"))
@@ -547,7 +553,7 @@ class _Emitter(Buffers):
                            array(f"s_{ident(name)}", 2))
                 kern.emit_stage("fwd", nodes["fwd"])
                 for name, nid in step.outputs.items():
-                    if name not in hoisted:
+                    if name not in hoisted and name not in at_end:
                         p.call("copy2", Arr(array(f"out_{ident(name)}", 3), fix(STEP)),
                                kern.whole(nid, "fwd"))
                 into = "nx_" if buffered else "s_"
@@ -559,6 +565,14 @@ class _Emitter(Buffers):
                                array(f"nx_{ident(name)}", 2))
             for d in step.cell.states:
                 p.call("copy2", array(f"fin_{ident(d.name)}", 2), array(f"s_{ident(d.name)}", 2))
+            if at_end:
+                p.comment(f"{', '.join(sorted(at_end))}: from the final states, once (each "
+                          "sequence's last step)")
+                self._loop_arrays(kern, "last", nodes["last"])
+                kern.emit_stage("last", nodes["last"])
+                for name in plan.at_end:
+                    p.call("copy2", array(f"out_{ident(name)}", 2),
+                           kern.whole(step.outputs[name], "last"))
         return p.body, args
 
     def _state_buffers(self, kern: _Kernel, given: str, into: str, apart: str, name: str,

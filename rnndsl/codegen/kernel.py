@@ -104,6 +104,10 @@ class _Kernel:
             if stage == "fwd":
                 return f"s_{name}", "rows2"
             return (f"hist_{name}", "step3") if loop else (f"hist_{name}_r", "rows2")
+        if stage == "last" and nid in em.next_state_of:
+            # after the loop: the state buffer holds the final states, each sequence's
+            # next state at its last step
+            return f"s_{ident(em.next_state_of[nid])}", "rows2"
         if node.op == Op.SEED:
             kind, name = node.attrs[0], ident(node.attrs[1])
             if kind == "output":

@@ -125,7 +125,10 @@ def with_lengths(cell):
     m[1] (1 while the sequence runs, 0 after it ends), and every state update written as
     `s' = s + m * (new - s)`, every output as `m * y`. After its end a sequence's state
     is frozen and its outputs are zero; gradients stay exact because the masking is part
-    of the graph that BPTT differentiates."""
+    of the graph that BPTT differentiates. A `final` output is left as it is: only its
+    value at each sequence's last step is read, where m is 1, and so a final output
+    that reads only the next states has the same value after the end, where the states
+    are frozen (the schedule's final_at_end computes it once there)."""
     from .checked import Decl, Definition, OutputRef
 
     span = cell.ast.span if cell.ast is not None else None
@@ -146,6 +149,9 @@ def with_lengths(cell):
                                       d.type, d.span))
     outputs = []
     for o in cell.outputs:
+        if o.final:
+            outputs.append(o)
+            continue
         kind, name = o.source
         value = ast.Primed(name, span) if kind == "next" else ast.Name(name, span)
         masked = f"{o.name}.masked"

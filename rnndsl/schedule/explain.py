@@ -119,6 +119,11 @@ def explain_lines(plan: Plan, which: str = "both", target: str = "cpu",
             lines.append(f"    {item}")
         if plan.saved:
             lines.append(f"    save {len(plan.saved)} values for BPTT")
+        if plan.at_end:
+            lines.append(f"  after the loop, from the final states, B rows: final "
+                         f"{', '.join(plan.at_end)}")
+            for item in describe("last"):
+                lines.append(f"    {item}")
     if which in ("backward", "both"):
         lines.append("backward:")
         for item in describe("pre", part=False):

@@ -6,6 +6,8 @@ puts every node in one of five stages and says what crosses between them:
     const   params and constants only: computed once per call (weight transposes too)
     pre     no state: hoisted out of the time loop, computed over all T*B rows at once
     fwd     the forward time loop body, t = 0 .. T-1
+    last    after the forward loop, over B rows: `final` outputs read only from the
+            final states (a classifier's readout), computed once, not at every step
     bwd     the backward time loop body, t = T-1 .. 0: only what carries the state
             cotangent to the previous step
     post    deferred after the backward loop, over all T*B rows: weight gradients as one
@@ -26,14 +28,17 @@ from ..ir.graph import Graph, StepGraph
 from ..core.ops import Op
 
 PASSES = ("cse", "simplify", "hoist", "hoist_outputs", "fuse_matmul", "fuse_elementwise",
-          "defer_grads", "persistent", "hold_weights", "microkernel")
+          "defer_grads", "final_at_end", "persistent", "hold_weights", "microkernel")
 # Passes that only one target's emitter acts on; the others emit the same program with
 # them on or off. `persistent` runs each time loop as one cooperative kernel (cuda);
 # `hold_weights` has those kernels keep the recurrent weights in shared memory across
 # the steps, where they fit and where that pays (cuda, with `persistent`);
 # `microkernel` runs the per-step GEMMs in rnndsl.kernels.gemm's register tiles over weights
 # packed once per call, instead of a BLAS call a step (cpu).
-TARGET_PASSES = {"persistent": "cuda", "hold_weights": "cuda", "microkernel": "cpu"}
+# `final_at_end` computes a `final` output that reads only the final states once, after
+# the loop (cpu; the cuda emitters compute every output in the loop).
+TARGET_PASSES = {"persistent": "cuda", "hold_weights": "cuda", "microkernel": "cpu",
+                 "final_at_end": "cpu"}
 
 
 def passes_for(passes, target: str) -> list[str]:
@@ -46,14 +51,17 @@ hoist_outputs: the backward's work that carries no state cotangent, only the out
 (a readout's gradient, W_y^T @ d_logits), runs over all T*B rows before the backward loop.
 fuse_matmul: matvecs sharing their vector become one GEMM with stacked weights.
 fuse_elementwise: a step's elementwise ops share one loop nest, temporaries in registers.
-defer_grads: weight and input gradients leave the backward loop, one GEMM each."""
+defer_grads: weight and input gradients leave the backward loop, one GEMM each.
+final_at_end: a `final` output that reads the step only through the next states (a
+readout such as `final logits = V @ h' + b`) is computed once after the loop, from the
+final states, over B rows (its gradient still enters BPTT at each sequence's last step)."""
 
 ELEMENTWISE = frozenset({
     Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.NEG, Op.POW, Op.MIN, Op.MAX, Op.TANH, Op.SIGMOID,
     Op.RELU, Op.EXP, Op.LOG, Op.SQRT, Op.SOFTPLUS, Op.HARD_SIGMOID, Op.ABS, Op.GT, Op.SIGN,
     Op.BATCH, Op.EXPAND})
 ROW_STAGES = ("pre", "post")
-LOOP_STAGES = ("fwd", "bwd")
+LOOP_STAGES = ("fwd", "bwd", "last")    # B rows a value (`last`: once, after the loop)
 
 
 @dataclass
@@ -100,6 +108,7 @@ class Plan:
     saved: set[int]                             # loop values kept on a T*B-row tape
     saved_states: set[str]                      # states whose previous values are taped
     saved_next_seeds: set[str]                  # carried cotangents that are taped
+    at_end: tuple[str, ...] = ()                # final outputs computed after the loop
     matmuls: dict[str, list[MatmulGroup]] = field(default_factory=dict)
     fused: dict[str, list[list[int]]] = field(default_factory=dict)   # elementwise groups
     cotangent_groups: list[CotangentGroup] = field(default_factory=list)
@@ -184,6 +193,8 @@ def make_plan(step: StepGraph, grads: StepGrads, passes=PASSES) -> Plan:
             stage[nid] = "bwd"
         else:
             stage[nid] = "post"
+    at_end = _final_at_end(step, G, stage, all_nodes, fwd_set) \
+        if "final_at_end" in passes else ()
     # A post node must not feed a bwd node (bwd runs first). By construction post nodes
     # are not ancestors of the carried cotangents, and bwd nodes are, so this holds.
     for nid, s in stage.items():
@@ -195,6 +206,8 @@ def make_plan(step: StepGraph, grads: StepGrads, passes=PASSES) -> Plan:
     saved_next: set[str] = set()
     state_names = {nid: name for name, nid in step.states.items()}
     for nid, s in stage.items():
+        if s == "last":
+            continue    # reads the final states and params, which need no tape
         for a in G[nid].args:
             src = stage.get(a)
             if src in LOOP_STAGES and src != s:
@@ -208,16 +221,63 @@ def make_plan(step: StepGraph, grads: StepGrads, passes=PASSES) -> Plan:
             if G[a].op == Op.SEED and G[a].attrs[0] == "next" and s in ROW_STAGES:
                 saved_next.add(G[a].attrs[1])
     # gradients computed in the backward loop but wanted as full sequences
-    order = {s: [] for s in ("const", "pre", "fwd", "bwd", "post")}
+    order = {s: [] for s in ("const", "pre", "fwd", "last", "bwd", "post")}
     for nid in all_nodes:
         if nid in stage:
             order[stage[nid]].append(nid)
-    plan = Plan(step, grads, passes, stage, order, saved, saved_states, saved_next)
+    plan = Plan(step, grads, passes, stage, order, saved, saved_states, saved_next,
+                at_end=at_end)
     _group_matmuls(plan)
     _schedule(plan)
     if "fuse_matmul" in passes:
         _group_cotangents(plan, all_nodes)
     return plan
+
+
+def _final_at_end(step: StepGraph, G: Graph, stage: dict[int, str], all_nodes: list[int],
+                  fwd_set: set[int]) -> tuple[str, ...]:
+    """The `final` outputs that can be computed once after the forward loop, their nodes
+    moved to stage "last" (in `stage`, in place); returns their names.
+
+    Such an output reads the step only through the next states (and params): after the
+    loop the state buffers hold each sequence's final states (with lengths, the states
+    freeze at each sequence's end, and compose.with_lengths leaves final outputs
+    unmasked), so the value there is the value at each sequence's last step. A node it
+    needs moves only if nothing else needs it at every step: the next states, the
+    other outputs, and the backward, which reads forward values from their tapes (the
+    output's gradient still enters the backward loop at each sequence's last step)."""
+    finals = [o.name for o in step.cell.outputs if o.final]
+    if not finals:
+        return ()
+    next_nodes = set(step.next_state.values())
+    backward_reads = {a for n in all_nodes if n not in fwd_set for a in G[n].args
+                      if a in fwd_set}
+    others = [nid for name, nid in step.outputs.items() if name not in finals]
+    moved = list(finals)        # optimistic; an output left in the loop pins its nodes
+    while True:
+        left = [step.outputs[name] for name in finals if name not in moved]
+        pinned = set(G.needed(list(next_nodes) + others + left)) | backward_reads
+        movable: dict[int, bool] = {}
+
+        def can_move(nid: int) -> bool:
+            if nid not in movable:
+                node = G[nid]
+                movable[nid] = (
+                    stage.get(nid) == "fwd" and nid not in pinned
+                    and all(a in next_nodes or stage.get(a) == "const"
+                            or G[a].op in (Op.PARAM, Op.CONST, Op.DIM) or can_move(a)
+                            for a in node.args))
+            return movable[nid]
+        chosen = [name for name in moved
+                  if step.outputs[name] in next_nodes or can_move(step.outputs[name])]
+        if chosen == moved:
+            break
+        moved = chosen
+    for name in moved:
+        for nid in G.needed([step.outputs[name]]):
+            if movable.get(nid):
+                stage[nid] = "last"
+    return tuple(moved)
 
 
 def _sum_chain_end(G: Graph, members: list[int], users: dict[int, list[int]],

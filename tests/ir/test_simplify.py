@@ -76,5 +76,5 @@ def test_compiled_with_and_without_the_passes_matches_the_interpreter(tmp_path, 
 def test_the_generated_source_names_the_passes(tmp_path):
     path, _ = spec_of(NOISY, tmp_path)
     source = build_source(read_spec(path))
-    assert "Optimizations: cse, defer_grads, fuse_elementwise, fuse_matmul, hoist, " \
-           "hoist_outputs, microkernel, simplify." in source
+    assert "Optimizations: cse, defer_grads, final_at_end, fuse_elementwise, fuse_matmul, " \
+           "hoist, hoist_outputs, microkernel, simplify." in source
