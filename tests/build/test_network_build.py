@@ -138,3 +138,20 @@ def test_a_cuda_build_of_a_network_imports(tmp_path):
     built, loaded = module.BiTagger(V=3, H=2, K=2), interp(V=3, H=2, K=2)
     for name, value in loaded.params.items():
         assert np.array_equal(np.asarray(built.params[name]), value), name
+
+
+def test_a_module_whose_parts_are_not_this_rnndsls_asks_for_a_rebuild(tmp_path):
+    """Another rnndsl may split the spec into other parts: the module's record then
+    disagrees with this one's split, and importing it says to rebuild (a BuildError)
+    instead of joining parts that do not fit."""
+    from rnndsl.pipeline import BuildError
+    path = _build(tmp_path, TAGGER)
+    text = path.read_text()
+    record = text[text.index("BiTagger_NETWORK = dict("):]
+    assert "('BiTagger_part3', 'BiTagger_part3')," in record
+    for stale in (record.replace("('BiTagger_part3', 'BiTagger_part3'),", "", 1),   # one fewer
+                  record.replace("('LSTM', 'BiTagger_part1_l1')", "('GRU', 'BiTagger_part1_l1')",
+                                 1)):                                             # another cell
+        path.write_text(text.replace(record, stale))
+        with pytest.raises(BuildError, match="rebuild it with `rnndsl build`"):
+            load_built(path)
