@@ -51,10 +51,12 @@ CompiledCell.step_with; or forward, loss and backward apart, where the trainer t
 that way), Adam and the rest (clipping), with the time inside the compiled kernels
 measured apart: the wall time during which at least one kernel call runs, on any
 thread (one block's loss then overlaps the other block's kernel, and neither is
-counted twice). "Python overhead" is the step minus that kernel time (the loss, the
-clipping and Adam, and the Cell API around the kernels: checks, fingerprints, row
-blocks, thread hand-overs, copies). Each row is a median of its own, so the parts need
-not add up exactly. It runs twice: as the environment is, and with
+counted twice). Two rows of overhead: "outside the model's kernels", the step minus
+that kernel time (the loss, the clipping and Adam, and the Cell API around the kernels:
+checks, fingerprints, row blocks, thread hand-overs, copies); and "Python overhead", the
+step minus the time some compiled code runs at all, the loss's, Adam's and the
+clipping's compiled loops (rnndsl.kernels.losses and .optim) counted with the kernels.
+Each row is a median of its own, so the parts need not add up exactly. It runs twice: as the environment is, and with
 OPENBLAS_NUM_THREADS=1 (NumPy's and SciPy's OpenBLAS pools at one thread), to show
 whether those pools compete with the kernels' threads.
 """
@@ -364,13 +366,21 @@ class KernelClock:
                 self.calls.append((which, started, time.perf_counter()))
         return timed
 
+    def wrap(self, module, name: str) -> None:
+        """Also time `module.name`, a compiled function the training step calls from
+        Python (the loss, the optimiser, the clipping: rnndsl.kernels.losses and .optim),
+        as "other" compiled code."""
+        setattr(module, name, self._timed(getattr(module, name), "other"))
+
     def take(self) -> dict[str, float]:
-        """Seconds in each kind of kernel call since the last take, and in any ("all")."""
+        """Seconds in each kind of kernel call since the last take, in any of the
+        model's kernels ("all"), and in any compiled code at all ("compiled")."""
         spans = {}
         for which in ("forward", "backward"):
             mine = [(a, b) for w, a, b in self.calls if w == which]
             spans[which] = max(b for _, b in mine) - min(a for a, _ in mine) if mine else 0.0
-        spans["all"] = _union_length([(a, b) for _, a, b in self.calls])
+        spans["all"] = _union_length([(a, b) for w, a, b in self.calls if w != "other"])
+        spans["compiled"] = _union_length([(a, b) for _, a, b in self.calls])
         self.calls.clear()
         return spans
 
@@ -418,6 +428,10 @@ def child_breakdown(config: dict) -> dict:
     trainer = Trainer(cell, output="logits", input="x", optimizer=Adam(lr=SETTINGS["lr"]),
                       clip_norm=SETTINGS["clip"], seed=SETTINGS["seed"])
     kernels, spent = KernelClock(cell), {}
+    from rnndsl.kernels import losses as loss_kernels, optim as optim_kernels
+    kernels.wrap(loss_kernels, "softmax_cross_entropy")
+    for name in ("adam_update", "sum_squares", "scale"):
+        kernels.wrap(optim_kernels, name)
     # the trainer's own loss is left unwrapped: the step takes its fused way only with it
     for name in ("forward", "backward", "step_with"):
         if hasattr(cell, name):
@@ -443,12 +457,14 @@ def child_breakdown(config: dict) -> dict:
                  "kernels": k["all"],
                  "rest": step - sum(spent.values()),
                  "overhead": step - k["all"],
+                 "python": step - k["compiled"],
                  "around_kernels": cell_calls - k["all"]}
         for key, value in parts.items():
             samples.setdefault(key, []).append(value)
     result = {k: 1000 * statistics.median(v) for k, v in samples.items()}
-    result["overhead_pct"] = 100 * statistics.median(
-        o / s for o, s in zip(samples["overhead"], samples["step"]))
+    for key in ("overhead", "python"):
+        result[f"{key}_pct"] = 100 * statistics.median(
+            o / s for o, s in zip(samples[key], samples["step"]))
     result.update(V=V, H=model.H, steps=config["steps"], warm=config["warm"],
                   blas=blas_report(), openblas_num_threads=os.environ.get("OPENBLAS_NUM_THREADS"))
     return result
@@ -465,8 +481,9 @@ BREAKDOWN_ROWS = (   # (key, label): medians over the steps, each of its own
     ("rest", "  clipping and the rest of the step (the loss apart from step_with)"),
     ("one_hot", "the input: ids, or one-hot rows (train loop, outside the step)"),
     ("kernels", "kernel calls in Trainer.step (time some kernel runs)"),
-    ("overhead", "Python overhead (step - kernel calls)"),
+    ("overhead", "outside the model's kernels (step - kernel calls)"),
     ("around_kernels", "  of which the cell's calls around the kernels (with step_with's loss)"),
+    ("python", "Python overhead: outside any compiled code (also the loss, Adam, clipping)"),
 )
 
 
@@ -481,8 +498,8 @@ def format_breakdown(results: dict[str, dict], markdown: bool = False) -> str:
             if value is None:           # a part the step did not take
                 cells.append("-")
                 continue
-            cells.append(f"{value:.2f}" + (f" ({results[name]['overhead_pct']:.1f}%)"
-                                           if key == "overhead" else ""))
+            pct = results[name].get(f"{key}_pct")
+            cells.append(f"{value:.2f}" + (f" ({pct:.1f}%)" if pct is not None else ""))
         rows.append([label.strip() if markdown else label] + cells)
     return format_grid(["part (median ms)"] + names, rows, markdown)
 
@@ -764,8 +781,9 @@ def markdown_section(args, info: dict, rows: list[dict], breakdown: dict) -> str
     if rows:
         parts += [format_results(rows, markdown=True), ""]
     if breakdown:
-        parts += ["Trainer.step of the main job, median ms (Python overhead: the step minus "
-                  "the kernel calls, and its share of the step):", "",
+        parts += ["Trainer.step of the main job, median ms (the step minus the model's "
+                  "kernel calls, and minus any compiled code, each with its share of the "
+                  "step):", "",
                   format_breakdown(breakdown, markdown=True), ""]
     return "\n".join(parts).rstrip() + "\n"
 

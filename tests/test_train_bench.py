@@ -113,10 +113,12 @@ def test_results_table_gives_rnndsl_over_each_peer():
 
 def test_breakdown_table_shows_the_overhead_share():
     keys = [k for k, _ in train_bench.BREAKDOWN_ROWS]
-    result = {k: 1.0 for k in keys} | {"step": 20.0, "overhead": 3.0, "overhead_pct": 15.0}
+    result = {k: 1.0 for k in keys} | {"step": 20.0, "overhead": 3.0, "overhead_pct": 15.0,
+                                        "python": 0.8, "python_pct": 4.0}
     text = train_bench.format_breakdown({"as is": result, "OPENBLAS_NUM_THREADS=1": result})
     assert "OPENBLAS_NUM_THREADS=1" in text.splitlines()[0]
-    assert "3.00 (15.0%)" in next(l for l in text.splitlines() if "Python overhead" in l)
+    assert "3.00 (15.0%)" in next(l for l in text.splitlines() if "model's kernels" in l)
+    assert "0.80 (4.0%)" in next(l for l in text.splitlines() if "Python overhead" in l)
     assert len(text.splitlines()) == 1 + len(keys)
 
 
