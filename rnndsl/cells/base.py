@@ -600,6 +600,9 @@ class Cell:
         if not finals:
             return run
         run._lengths = lengths
+        if lengths is not None:     # a last step needs a length of 1 or more
+            from .modes import check_lengths
+            check_lengths(lengths, run.T, run.B, minimum=1)
         for name in finals - getattr(run, "_at_end", frozenset()):
             run.outputs[name] = self._last_step(run.outputs[name], lengths)
         return run

@@ -38,6 +38,7 @@ from .seen import Seen, compiled_fingerprints
 
 _NO_SEEN = np.empty(0, np.uint64)   # a forward kernel's `seen` when no fingerprints are wanted
 
+
 def _dim_from(value) -> "object":
     from ..core.shapes import Dim
     terms, const = value

@@ -124,3 +124,16 @@ def test_row_blocks_and_a_workspace_match_the_interpreter(cells, monkeypatch):
     for lengths in (None, [7] * 8 + [3] * 8):
         _compare(cells, 16, lengths, workspace)
         _compare(cells, 16, lengths, workspace)     # the buffers reused
+
+
+def test_a_sequence_without_a_last_step_is_refused_either_way(cells, monkeypatch):
+    """A final output needs each sequence's last step: a length of 0 is refused as the
+    per-step way refuses it, also where every final output was computed at the end (here
+    forced by counting only those two as final), though the kernel has a value."""
+    c, i = cells
+    x = np.zeros((3, 2, 3))
+    if c.meta.get("at_end"):
+        monkeypatch.setattr(c, "_final_outputs", lambda: set(c.meta["at_end"]))
+    for cell in (c, i):
+        with pytest.raises(rnndsl.BindError, match=r"for a last step, lengths must lie in 1"):
+            cell.forward(x, lengths=[3, 0])
