@@ -139,7 +139,7 @@ class CompiledCell(Cell):
         return {name: np.concatenate([p[name] for p in parts],
                                      axis=0 if name in at_end else 1) for name in parts[0]}
 
-    def _shown(self, outputs: dict, T: int, B: int) -> dict:
+    def _shown(self, outputs: dict) -> dict:
         """The outputs as forward returns them: a scalar output (T, B), or (B,) at the
         end, without its size-1 axis."""
         return {name: (y.reshape(y.shape[:-1]) if self._scalar_output(name) else y)
@@ -383,7 +383,7 @@ class CompiledCell(Cell):
                 workspace, inputs, state0, T, B, params, self._row_blocks(B))
             tape = _CompiledTape(blocks, reused.consts, self._token, frozenset(from_params),
                                  False, params, seen, reused, reused.generation)
-            return self._made_run(self._shown(outputs, T, B), finals, T, B, tape)
+            return self._made_run(self._shown(outputs), finals, T, B, tape)
         consts = self._consts()
         params = {d.name: self._kernel_param(d.name) for d in self.spec.params}
         rows = self._row_blocks(B)
@@ -413,7 +413,7 @@ class CompiledCell(Cell):
             finals = _joined([p[2] for p in parts], axis=0)
         tape = _CompiledTape(tuple(blocks), consts, self._token, frozenset(from_params),
                              on_device, params, seen)
-        return self._made_run(self._deliver(self._shown(outputs, T, B), on_device),
+        return self._made_run(self._deliver(self._shown(outputs), on_device),
                               self._deliver(finals, on_device), T, B, tape)
 
     def _block_backward_args(self, block: _RowBlock, tape_params, consts, d_out, d_st,
@@ -761,7 +761,7 @@ class CompiledCell(Cell):
             self._launch(job, (0,))
         else:
             self._launch_jobs([(job, (k,)) for k in range(len(rows))])
-        run = Run(self._shown(outputs, T, B), finals, T, B, tape)
+        run = Run(self._shown(outputs), finals, T, B, tape)
         if not all(went_on):
             return run, None
         params, inputs, state = self._gradients_of(reused, skip_inputs)

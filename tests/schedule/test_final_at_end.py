@@ -68,7 +68,7 @@ def test_outputs_that_need_the_loop_stay_in_it(body, why):
     assert not plan.order["last"], why
 
 
-def test_the_generated_forward_computes_them_after_its_loop(tmp_path):
+def test_the_generated_forward_computes_them_after_its_loop():
     from rnndsl.build.modules import build_source
     source = build_source(read_spec(PATH, text=MANY))
     forward = source.split("def forward_Many(")[1].split("\ndef ")[0]
