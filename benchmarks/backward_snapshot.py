@@ -159,6 +159,8 @@ def main(argv=None) -> int:
         d_b.append(timed[True][1] - timed[False][1])
     fwd_off, bwd_off = (1e6 * statistics.median(v) for v in (off_f, off_b))
     fwd_diff, bwd_diff = (1e6 * statistics.median(v) for v in (d_f, d_b))
+    pair_off = 1e6 * statistics.median(f + b for f, b in zip(off_f, off_b))
+    pair_diff = 1e6 * statistics.median(f + b for f, b in zip(d_f, d_b))
     take = median_us(lambda: cell._seen_of(params, {"x": x}), args.repeat)
     check = median_us(seen.check, args.repeat)
     copy = median_us(lambda: copy_into(arrays, buffers), args.repeat)
@@ -181,6 +183,9 @@ def main(argv=None) -> int:
         fwd_diff, ("f",))
     row("backward, mechanism off", bwd_off, ())
     row("  with it: the median pair's difference", bwd_diff, ("b",))
+    print(f"{'a training call: forward and its backward, off':48}{pair_off:9.1f}")
+    print(f"{'  with it: the median pair difference':48}{pair_diff:9.1f}"
+          f"{100 * pair_diff / pair_off:8.2f}% of the pair")
     row("fingerprints in a call of their own", take, ("f",))
     row("check at backward (Seen.check)", check, ("b",))
     print("candidates:")

@@ -22,11 +22,13 @@ to a forward (2.9-3.1%) and 14-15 us to a backward (1.8%), the params then comin
 L3. So the compiled cpu kernels take them themselves (their `seen` argument,
 rnndsl.codegen.emit): the forward kernel as it starts, its backward kernel again, and
 the runtime compares the two (`Seen.taken_by_kernel`). That costs no call and no
-unboxing of its own, and the pass brings the params into cache for the kernel's own
-copies of them: 5.5-6.6 us a forward (0.9-1.1%) and 10-13 us a backward (1.3%), the
-median of 2000 pairs with and without. The pass itself, 4.4-5.1 us over 413 KB in
-cache, is most of it; a pass fused into the kernels' weight copies ran 4x slower
-than the two apart (it stops them vectorising). Where a kernel cannot take them (row
+unboxing of its own. A weight the kernel stacks for a GEMM by a flat copy is
+fingerprinted by that copy, chunk by chunk from L1 (kernels.stack_rows_seen), so its
+bytes come from memory once; the others are taken first, which brings them into cache
+for the kernel's transposing copies (a pass fused into those ran 4x slower: it stops
+them vectorising). 5-6 us a forward (0.9-1.1%) and 5-7 us a backward (0.7-1.0%), the
+median of 2000 pairs with and without; a pass over 413 KB in cache is 3.7 us, as fast
+as a plain sum of the words (L2's bandwidth). Where a kernel cannot take them (row
 blocks, where each kernel sees its rows' copy of x; modules from rnndsl 0.1.0; the cuda
 target, which fingerprints on the device), the runtime takes them in one call.
 

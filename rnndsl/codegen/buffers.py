@@ -10,10 +10,11 @@ from ..core.ops import Op
 from ..core.shapes import Dim
 from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup
 from .dialect import SMALL_PRODUCT, _dim, ident
-from .form import Arr, Code, Reshape, Sym, code
+from .form import Arr, Code, Reshape, Sym, code, fix
 from .kernel import B, DTYPE, R, T, _Kernel, array
 
 TILES = Sym("tiles", "x")       # whether the per-step GEMMs run in the register tiles
+SEEN = Sym("seen", "a1")        # the fingerprints a kernel takes (rnndsl.cells.seen)
 
 
 class Buffers:
@@ -59,7 +60,7 @@ class Buffers:
                 p.assign(ws, kern.empty(code("({}, {})", total, cols)))
                 for w, g in zip(use.weights, cg.cotangents):
                     start, stop = self.cg_cols[(i, g)]
-                    p.call("copy2", Arr(ws, (("slice", start, stop), ("all",))), param(G, w))
+                    self._stack(kern, ws, start, stop, w)
                 if not self.splits_cotangents(i, u):
                     continue
                 sizes = [_dim(G[g].type.shape[0]) for g in cg.cotangents]
@@ -96,13 +97,28 @@ class Buffers:
                     p.assign(wt, code("transposed({})", param(G, G[grp.members[0]].args[0])))
                     continue
                 total = self.group_total(grp)
-                p.assign(wt, kern.empty(code("({}, {})", cols, total)))
-                offset = Dim.lit(0)
-                for m in grp.members:
-                    stop = offset + G[m].type.shape[0]
-                    p.call("copy_t", Arr(wt, (("all",), ("slice", _dim(offset), _dim(stop)))),
-                           param(G, G[m].args[0]))
-                    offset = stop
+                if self.dialect.flat_stacks and grp.vector not in self.token_nodes:
+                    # [W_1; W_2; ...] stacked by flat copies and read through its
+                    # transposed view: BLAS multiplies by it as fast, and a transposing
+                    # copy took 4x as long (kernels.stack_rows); a token's gather reads
+                    # rows of W^T, so it keeps the transposed copy below
+                    wr = array(f"wr{g}", 2)
+                    p.assign(wr, kern.empty(code("({}, {})", total, cols)))
+                    offset = Dim.lit(0)
+                    for m in grp.members:
+                        stop = offset + G[m].type.shape[0]
+                        self._stack(kern, wr, _dim(offset), _dim(stop), G[m].args[0])
+                        offset = stop
+                    p.assign(wt, code("{}.T", wr))
+                else:
+                    p.assign(wt, kern.empty(code("({}, {})", cols, total)))
+                    offset = Dim.lit(0)
+                    for m in grp.members:
+                        stop = offset + G[m].type.shape[0]
+                        p.call("copy_t", Arr(wt, (("all",), ("slice", _dim(offset),
+                                                             _dim(stop)))),
+                               param(G, G[m].args[0]))
+                        offset = stop
                 if self.splits_small(grp, s):
                     sizes = [_dim(G[m].type.shape[0]) for m in grp.members]
                     small = code(" and ".join(dict.fromkeys(
@@ -116,6 +132,28 @@ class Buffers:
                         p.assign(array(f"wt{g}_{k}", 2),
                                  code("transposed({}) if {} else {}", param(G, G[m].args[0]),
                                       split, kern.empty("(0, 0)")))
+
+    def _seen_arg(self, w: int) -> tuple:
+        """Param node w's argument, as `seen_index` keys it."""
+        return ("param", self.G[w].attrs[0])
+
+    def _param_named(self, name: str) -> Sym:
+        rank = next(d.type.rank for d in self.plan.step.cell.params if d.name == name)
+        return array(f"p_{ident(name)}", 2 if rank == 2 else 1)
+
+    def _stack(self, kern: _Kernel, ws: Sym, start: Code, stop: Code, w: int) -> None:
+        """ws[start:stop, :] = param w, for a C-order stack ws: by a flat copy where the
+        dialect has one, which also takes w's fingerprint for `seen` the first time a
+        kernel that takes them stacks w (emit._fingerprints takes the rest)."""
+        p, arg = kern.p, self._seen_arg(w)
+        if not self.dialect.flat_stacks:
+            p.call("copy2", Arr(ws, (("slice", start, stop), ("all",))), param(self.G, w))
+        elif arg in kern.seen_index and arg not in kern.seen_taken:
+            kern.seen_taken.add(arg)
+            p.call("stack_rows_seen", ws, start, param(self.G, w), SEEN,
+                   code(str(kern.seen_index[arg])))
+        else:
+            p.call("stack_rows", ws, start, param(self.G, w))
 
     def _packed_weights(self, kern: _Kernel, grp: MatmulGroup, g: int, cols: str) -> None:
         """A per-step GEMM's stacked weights [W_1^T, ..., W_n^T], packed once into
@@ -156,14 +194,22 @@ class Buffers:
         p.assign(wsp, code("np.zeros((({} + NR - 1) // NR if {} else 0, {}, NR), {})", cols,
                            TILES, total, DTYPE))
         p.assign(ws, kern.empty(code("(0 if {} else {}, {})", TILES, total, cols)))
-        blocks = [(param(G, w), self.cg_cols[(i, g)])
-                  for w, g in zip(use.weights, cg.cotangents)]
+        blocks = [(w, self.cg_cols[(i, g)]) for w, g in zip(use.weights, cg.cotangents)]
+        # the flat copies below fingerprint these (_stack): packed, they are taken apart
+        fused = [self._seen_arg(w) for w, _ in blocks]
+        fused = [a for a in dict.fromkeys(fused)
+                 if a in kern.seen_index and a not in kern.seen_taken]
         with p.indent(code("if {}:", TILES)):
             for w, (start, _) in blocks:
-                p.call("pack_rows", wsp, w, start)
+                p.call("pack_rows", wsp, param(G, w), start)
+            if fused:
+                with p.indent(code("if {}.shape[0]:", SEEN)):
+                    for arg in fused:
+                        p.assign(Arr(SEEN, fix(str(kern.seen_index[arg]))),
+                                 code("fingerprint({})", self._param_named(arg[1])))
         with p.indent("else:"):
             for w, (start, stop) in blocks:
-                p.call("copy2", Arr(ws, (("slice", start, stop), ("all",))), w)
+                self._stack(kern, ws, start, stop, w)
 
     def _packed_single_weights(self, kern: _Kernel, nodes: list[int]) -> None:
         """Panels for each lone g @ W of the backward loop (see packs_single)."""

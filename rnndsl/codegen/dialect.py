@@ -53,6 +53,7 @@ class Dialect:
     skips_input_grads: bool = False  # the backward takes `want_din` and may skip d_inputs
     gathers_tokens: bool = False     # `input token x` as ids: W @ x a gather, dW a scatter
     fingerprints: bool = False       # the forward takes `seen` and fingerprints what it reads
+    flat_stacks: bool = False        # stacks [W_1; W_2; ...] by flat copies (kernels.stack_rows)
     imports: tuple[str, ...] = ()    # further import lines of its modules
     tile_imports: tuple[str, ...] = ()   # names from kernels.gemm (the register tiles)
 
@@ -65,9 +66,11 @@ def gathered_tokens(cell, dialect: Dialect) -> tuple[str, ...]:
 
 HELPER_NAMES = ("copy1", "copy2", "copy_rows", "copy_t", "transposed", "fill1", "fill2",
                 "add_into1", "add_into2", "tanh", "sigmoid", "softplus", "sign", "row_sum",
-                "kernel_jit", "gather_rows", "scatter_cols", "fingerprint")
+                "kernel_jit", "gather_rows", "scatter_cols", "fingerprint", "stack_rows",
+                "stack_rows_seen")
 # the cuda kernels sum a row in a plain loop, and are compiled by numba-cuda
-CPU_ONLY_HELPERS = ("row_sum", "kernel_jit", "gather_rows", "scatter_cols", "fingerprint")
+CPU_ONLY_HELPERS = ("row_sum", "kernel_jit", "gather_rows", "scatter_cols", "fingerprint",
+                    "stack_rows", "stack_rows_seen")
 
 CPU = Dialect(
     # nogil: the runtime runs blocks of batch rows on threads of its own (runtime.py)
@@ -79,6 +82,7 @@ CPU = Dialect(
     debug_hint="Run it as plain Python for debugging with NUMBA_DISABLE_JIT=1.",
     transposed_views=True, vector_row_sums=True, register_tiles=True,
     small_batch_splits=True, skips_input_grads=True, gathers_tokens=True, fingerprints=True,
+    flat_stacks=True,
     tile_imports=("MR", "NR", "pack_cols_t", "pack_rows", "packed_gemm", "parallel_dot",
                   "parallel_dot_tn"))
 

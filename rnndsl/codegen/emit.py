@@ -463,8 +463,11 @@ class _Emitter(Buffers):
             p.assign(TILES, code("{} >= MR", B),
                      f"   # per-step GEMMs in rnndsl.kernels.gemm's tiles ({MR}+ rows)")
         p.add(Consts(self.consts, consts))   # printed at the end: found as we go
-        if ("seen",) in args:
-            self._fingerprints(kern, args)
+        # seen[k]: the k-th param or input argument's fingerprint (_fingerprints), where
+        # the kernel takes them; a weight stacked by a flat copy takes its own there
+        read = [a for a in args if a[0] in ("param", "input")] if ("seen",) in args else []
+        kern.seen_index = {arg: k for k, arg in enumerate(read)}
+        kern.seen_taken = set()
         cell = self.plan.step.cell
         sizes = {d.name: d for d in (*cell.inputs, *cell.states)}
         for arg in args:
@@ -486,23 +489,27 @@ class _Emitter(Buffers):
                 p.assign(array(f"{name}_r", 2),
                          Reshape(array(name, 3), code("({}, {})", R, kern.size(arg[1]))))
 
-    def _fingerprints(self, kern: _Kernel, args: list[tuple]) -> None:
+    def _fingerprints(self, kern: _Kernel) -> None:
         """seen[k] = the fingerprint of the k-th param or input argument, in signature
         order, where the caller asks (a non-empty `seen`): the forward's and the
         backward's are compared, so that a param or input changed in place in between
-        is refused (rnndsl.cells.seen). Here, before the weights are copied, because
-        these reads bring the arrays into cache for the copies: a call of their own costs
-        the dispatch of every array and a pass from farther away
-        (benchmarks/backward_snapshot.py)."""
+        is refused (rnndsl.cells.seen). A weight stacked by a flat copy is fingerprinted
+        by that copy as it reads it (kernels.stack_rows_seen: its bytes come from memory
+        once; `seen_taken`), so this is emitted after the stacking code is, and printed
+        before it: the rest in one block, whose reads bring the arrays into cache for the
+        transposing copies. A call of their own would cost the dispatch of every array
+        and a pass from farther away (benchmarks/backward_snapshot.py)."""
         p = kern.p
         cell = self.plan.step.cell
         ranks = {d.name: (2 if d.type.rank == 2 else 1) for d in cell.params}
+        rest = [(arg, k) for arg, k in kern.seen_index.items() if arg not in kern.seen_taken]
+        if not rest:
+            return
         seen = array("seen", 1)
         p.comment("fingerprints of the params and inputs this call reads: the backward's must")
         p.comment("be the forward's (none changed in place in between, rnndsl.cells.seen)")
         with p.indent(code("if {}.shape[0]:", seen)):
-            read = [a for a in args if a[0] in ("param", "input")]
-            for k, arg in enumerate(read):
+            for arg, k in rest:
                 rank = (ranks[arg[1]] if arg[0] == "param" else
                         2 if arg[1] in self.token_names else 3)
                 p.assign(Arr(seen, fix(str(k))),
@@ -597,8 +604,12 @@ class _Emitter(Buffers):
             for n in sorted(plan.saved):
                 if plan.stage[n] == "bwd" and n not in self.cg_block:
                     self._sequence(kern, self.value_name("tape", n), kern.size(n))
-            self._cotangent_buffers(kern)
-            self._packed_single_weights(kern, nodes["bwd"])
+            with p.capture() as stacked:
+                self._cotangent_buffers(kern)
+                self._packed_single_weights(kern, nodes["bwd"])
+            self._fingerprints(kern)      # those the stacking copies do not take, first
+            for st in stacked:
+                p.add(st)
             for name in sorted(plan.saved_next_seeds):
                 size = _dim(step.graph[step.states[name]].type.shape[0])
                 self._sequence(kern, f"dnext_{ident(name)}", size)
@@ -677,7 +688,12 @@ class _Emitter(Buffers):
         with p.indent(signature(f"{which}_{self.plan.step.cell.name}", names)):
             self._docstring(kern, which)
             self._prologue(kern, args)
-            self._weights(kern, weight_stages)
+            with p.capture() as stacked:
+                self._weights(kern, weight_stages)
+            if which == "forward":        # the backward's after its cotangents' buffers
+                self._fingerprints(kern)  # those the stacking copies do not take, first
+            for st in stacked:
+                p.add(st)
             if nodes["const"]:
                 p.comment("once per call: parameters only")
                 kern.emit_stage("const", nodes["const"])

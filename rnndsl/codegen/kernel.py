@@ -61,6 +61,8 @@ class _Kernel:
         self.d: Dialect = em.dialect
         self.p = Printer()
         self.transposes: dict[tuple, str] = {}
+        self.seen_index: dict[tuple, int] = {}   # ("param", name) -> k in `seen` (emit.py)
+        self.seen_taken: set[tuple] = set()      # those a stacking copy fingerprints
         self.stacked_done: set[int] = set()
 
     # ------------------------------------------------------------------ references

@@ -31,7 +31,7 @@ none of the prefixes followed by `_` or a digit: the loop variables and sizes (`
 `j`, `i`, `B`, `T`, `R`), the constants `k<n>`, `dtype`, `tiles`, `threads`, `consts`,
 `want_din`, the arguments (`p_`, `in_`, `s0_`, `out_`, `fin_`, `dout_`, `hist_`, ...,
 `dim_`), the state buffers (`s_`, `nx_`, `ds_`, `nds_`, `dnext_`), the groups' arrays
-(`mm<g>`, `wt<g>`, `wp<g>`, `ws<i>_<u>`, `wsp`, `wsk`, `gc<i>`, `tgc<i>`, `gTc<i>`,
+(`mm<g>`, `wt<g>`, `wr<g>`, `wp<g>`, `ws<i>_<u>`, `wsp`, `wsk`, `gc<i>`, `tgc<i>`, `gTc<i>`,
 `dwc`), the persistent kernels' temporaries (`w`, `e`, `ea0`, `va0`, `held0`, ...), the
 helpers (`copy2`, `sigmoid`, ...) and the modules (`np`, `math`, `cuda`). Nor is it a
 Python keyword or builtin: `let lambda = ...` is `e_lambda`.

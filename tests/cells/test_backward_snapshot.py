@@ -241,3 +241,23 @@ def test_a_forward_with_grad_false_is_the_same_forward_and_refuses_a_backward(ta
     with pytest.raises(BindError, match=r"grad=False"):
         cell.backward(bare, dy)
     _same(_flat(cell.backward(kept, dy)), _grads(cell, x, dy, lengths=lengths))
+
+
+@pytest.mark.parametrize("batch", [2, 8], ids=["blas-steps", "register-tiles"])
+def test_every_param_the_cpu_kernels_read_is_checked(monkeypatch, batch):
+    """One row block, below and at MR rows (the backward stacks [U_i; ...] by flat
+    copies, which fingerprint as they copy, or packs them into panels, which do not):
+    a change in place to any one param between forward and backward is refused,
+    naming that param, whichever way the kernels read it."""
+    monkeypatch.setenv("RNNDSL_BLAS_THREADS", "1")
+    x, dy = _data(batch)
+    cell = _cell("cpu")
+    assert len(cell._row_blocks(batch)) == 1 and cell._kernel_seen() is not None
+    for name in cell.params:
+        run = cell.forward(x)
+        old = cell.params[name].flat[-1]
+        cell.params[name].flat[-1] += 1.0
+        with pytest.raises(BindError, match=f"^param {name} was changed in place"):
+            cell.backward(run, dy)
+        cell.params[name].flat[-1] = old
+        cell.backward(cell.forward(x), dy)     # restored: accepted

@@ -213,3 +213,28 @@ def test_kernel_jit_sets_llvm_under_numba_compiler_lock(monkeypatch):
     monkeypatch.setattr(kernels, "_many_alias_checks", recorder)
     fn = kernels.kernel_jit(cache=False)(lambda a: a + 1)
     assert fn(1) == 2 and held == [True]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows, cols", [(1, 1), (3, 5), (7, 3), (128, 65), (2, 4097)])
+def test_stack_rows_copies_a_block_and_takes_its_fingerprint(dtype, rows, cols):
+    """stack_rows(_seen) writes rows r0 .. r0+rows of a C-order stack and nothing else;
+    the _seen variant's fingerprint, taken chunk by chunk as it copies (odd sizes,
+    chunks that end on an odd 32-bit word, more than one chunk), is seen.fingerprint's,
+    and with an empty `seen` it writes no fingerprint."""
+    from rnndsl.cells.seen import fingerprint
+    rng = np.random.default_rng(rows * cols)
+    W = rng.standard_normal((rows, cols)).astype(dtype)
+    for fn in ("stack_rows", "stack_rows_seen"):
+        stack = np.full((2 * rows + 1, cols), 7.0, dtype)
+        seen = np.zeros(3, np.uint64)
+        if fn == "stack_rows":
+            kernels.stack_rows(stack, rows, W)
+        else:
+            kernels.stack_rows_seen(stack, rows, W, seen, 1)
+            assert seen[1] == fingerprint(W) and seen[0] == seen[2] == 0
+        assert np.array_equal(stack[rows:2 * rows], W)
+        assert (stack[:rows] == 7.0).all() and (stack[2 * rows:] == 7.0).all()
+    stack = np.empty((rows, cols), dtype)
+    kernels.stack_rows_seen(stack, 0, W, np.empty(0, np.uint64), 0)
+    assert np.array_equal(stack, W)
