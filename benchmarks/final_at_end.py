@@ -16,9 +16,7 @@ Shapes are T, B, I, H, K.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ import numpy as np
 import rnndsl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ab_calls import ab_cells, interleaved_ms  # noqa: E402
 from train_bench import cpu_name  # noqa: E402  lscpu's model name, as the other benchmarks
 
 SPEC = """
@@ -60,22 +59,8 @@ def main(argv=None) -> int:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((T, B, I)).astype(np.float32)
         d = {"logits": rng.standard_normal((B, K)).astype(np.float32)}
-        times = {(way, part): [] for way in cells for part in ("f", "fb")}
-        for i in range(args.repeat + 3):
-            for way in (("on", "off") if i % 2 else ("off", "on")):
-                cell = cells[way]
-                t0 = time.perf_counter()
-                run = cell.forward(x)
-                t1 = time.perf_counter()
-                cell.backward(run, d, input_grads=False)
-                t2 = time.perf_counter()
-                if i >= 3:
-                    times[way, "f"].append(t1 - t0)
-                    times[way, "fb"].append(t2 - t0)
-        ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-        print(f"| {T}, {B}, {I}, {H}, {K} | {ms['on', 'f']:.2f} | {ms['off', 'f']:.2f} | "
-              f"{ms['off', 'f'] / ms['on', 'f']:.2f} | {ms['on', 'fb']:.2f} | "
-              f"{ms['off', 'fb']:.2f} | {ms['off', 'fb'] / ms['on', 'fb']:.2f} |", flush=True)
+        ms = interleaved_ms(cells, x, d, args.repeat)
+        print(f"| {T}, {B}, {I}, {H}, {K} | {ab_cells(ms)}", flush=True)
     return 0
 
 

@@ -93,15 +93,18 @@ class Buffers:
                     self._packed_weights(kern, grp, g, cols)
                     continue
                 wt = array(f"wt{g}", 2)
+                # over T*B rows BLAS multiplies by W through its transposed view as fast
+                # as by a transposed copy, which costs 4x a flat one (kernels.stack_rows);
+                # a step's GEMM below MR rows runs slower on the view, and a token's
+                # gather reads rows of W^T, so those keep the transposed copy
+                flat = (self.dialect.flat_stacks and s not in LOOP_STAGES
+                        and grp.vector not in self.token_nodes)
                 if len(grp.members) == 1:
-                    p.assign(wt, code("transposed({})", param(G, G[grp.members[0]].args[0])))
+                    w = param(G, G[grp.members[0]].args[0])
+                    p.assign(wt, code("{}.T", w) if flat else code("transposed({})", w))
                     continue
                 total = self.group_total(grp)
-                if self.dialect.flat_stacks and grp.vector not in self.token_nodes:
-                    # [W_1; W_2; ...] stacked by flat copies and read through its
-                    # transposed view: BLAS multiplies by it as fast, and a transposing
-                    # copy took 4x as long (kernels.stack_rows); a token's gather reads
-                    # rows of W^T, so it keeps the transposed copy below
+                if flat:      # [W_1; W_2; ...] by flat copies, read as its view
                     wr = array(f"wr{g}", 2)
                     p.assign(wr, kern.empty(code("({}, {})", total, cols)))
                     offset = Dim.lit(0)

@@ -31,7 +31,8 @@ from ..lang import printer
 from ..kernels.tile_sizes import MR, NR
 from ..core.ops import HARD_SIGMOID_SLOPE, LEAVES, Op
 from ..schedule.explain import explain_lines
-from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan, passes_for
+from ..schedule.plan import (ELEMENTWISE, FORWARD_STAGES, LOOP_STAGES, MatmulGroup, Plan,
+                              passes_for)
 from .args import arg_name, arg_note
 from .printer_py import Printer, safe_comment, safe_docstring, signature
 from ..core.shapes import Dim
@@ -60,6 +61,11 @@ class _Emitter(Buffers):
         self._const_names: dict[tuple, str] = {}
         step, grads = plan.step, plan.grads
         self.forward_nodes = set(self.G.needed(step.roots()))
+        # outputs the forward computes after its loop (readout_after): node -> names
+        self.after_outputs: dict[int, list[str]] = {}
+        for name, nid in step.outputs.items():
+            if plan.stage.get(nid) == "after":
+                self.after_outputs.setdefault(nid, []).append(name)
         self.next_state_of = {nid: name for name, nid in step.next_state.items()}
         self.matmul_index: dict[int, int] = {}
         for s, groups in plan.matmuls.items():
@@ -244,8 +250,11 @@ class _Emitter(Buffers):
         step: they once disagreed and stored into an array never allocated."""
         if self.folded(nid):
             return False
-        if nid in self.roots or nid in self.plan.saved or nid in self.alias_roots:
+        if nid in self.plan.saved or nid in self.alias_roots:
             return True
+        if nid in self.roots and not (nid in self.after_outputs
+                                      and self.G[nid].op in ELEMENTWISE):
+            return True     # (an output computed after the loop is written straight in)
         return self._read_outside(nid, nid, group, set())
 
     def _read_outside(self, nid: int, via: int, group: set[int], seen: set[int]) -> bool:
@@ -354,7 +363,7 @@ class _Emitter(Buffers):
         plan = self.plan
         if which == "forward":
             wanted = set(self.G.needed(plan.step.roots()))
-            stages = ("const", "pre", "fwd", "last")
+            stages = ("const", "pre", "fwd", "last", "after")
         else:
             grads_needed = set(self.G.needed(plan.grads.roots()))
             wanted = {n for n in grads_needed
@@ -414,7 +423,7 @@ class _Emitter(Buffers):
         p.line("],")
 
     def _tapes(self) -> list[tuple[int, Dim]]:
-        tapes = sorted(n for n in self.plan.saved if self.plan.stage[n] in ("pre", "fwd"))
+        tapes = sorted(n for n in self.plan.saved if self.plan.stage[n] in FORWARD_STAGES)
         return [(n, self.G[n].type.shape[0] if self.G[n].type.shape else Dim.lit(1))
                 for n in tapes]
 
@@ -429,7 +438,7 @@ class _Emitter(Buffers):
             args += [("seen",)]       # what backward checks (rnndsl.cells.seen)
         args += [("param", d.name) for d in cell.params]
         args += [("input", d.name) for d in cell.inputs]
-        tapes = sorted(n for n in plan.saved if plan.stage[n] in ("pre", "fwd"))
+        tapes = sorted(n for n in plan.saved if plan.stage[n] in FORWARD_STAGES)
         if which == "forward":
             args += [("state0", d.name) for d in cell.states]
             args += [("output", name) for name in step.outputs]
@@ -539,9 +548,10 @@ class _Emitter(Buffers):
         hoisted = {name for name, nid in step.outputs.items()
                    if plan.stage.get(nid) == "pre" or step.graph[nid].op == Op.INPUT}
         at_end = set(plan.at_end)
+        after = {name for name, nid in step.outputs.items() if plan.stage.get(nid) == "after"}
         with self._open(kern, "forward", args, nodes,
                         "hoisted out of the time loop: no state, all T*B rows at once",
-                        weight_stages=("pre", "fwd", "last")):
+                        weight_stages=("pre", "fwd", "last", "after")):
             for name in hoisted:
                 p.call("copy2", array(f"out_{ident(name)}_r", 2),
                        kern.whole(step.outputs[name], "pre"))
@@ -560,7 +570,7 @@ class _Emitter(Buffers):
                            array(f"s_{ident(name)}", 2))
                 kern.emit_stage("fwd", nodes["fwd"])
                 for name, nid in step.outputs.items():
-                    if name not in hoisted and name not in at_end:
+                    if name not in hoisted and name not in at_end and name not in after:
                         p.call("copy2", Arr(array(f"out_{ident(name)}", 3), fix(STEP)),
                                kern.whole(nid, "fwd"))
                 into = "nx_" if buffered else "s_"
@@ -580,6 +590,12 @@ class _Emitter(Buffers):
                 for name in plan.at_end:
                     p.call("copy2", array(f"out_{ident(name)}", 2),
                            kern.whole(step.outputs[name], "last"))
+            if nodes["after"]:
+                p.comment("feeding no state: after the time loop, all T*B rows at once")
+                kern.emit_stage("after", nodes["after"])
+                for name in sorted(after - kern.outputs_written):   # a GEMM's, say
+                    p.call("copy2", array(f"out_{ident(name)}_r", 2),
+                           kern.whole(step.outputs[name], "after"))
         return p.body, args
 
     def _state_buffers(self, kern: _Kernel, given: str, into: str, apart: str, name: str,

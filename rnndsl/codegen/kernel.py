@@ -64,6 +64,7 @@ class _Kernel:
         self.seen_index: dict[tuple, int] = {}   # ("param", name) -> k in `seen` (emit.py)
         self.seen_taken: set[tuple] = set()      # those a stacking copy fingerprints
         self.stacked_done: set[int] = set()
+        self.outputs_written: set[str] = set()   # outputs an "after" stage's loop wrote
 
     # ------------------------------------------------------------------ references
     def ref(self, nid: int, stage: str) -> tuple[Sym, str]:
@@ -120,7 +121,7 @@ class _Kernel:
         if not node.type.batched:
             return (w if src in LOOP_STAGES else v), "ub"
         taped = nid in em.plan.saved and em.writes_tape_directly(nid)
-        if src == "pre" and self.which == "backward" and nid in em.forward_nodes:
+        if src in ("pre", "after") and self.which == "backward" and nid in em.forward_nodes:
             # computed by the forward kernel: the backward kernel reads its tape
             return (tape, "step3") if loop else (tape + "_r", "rows2")
         if src == stage:
@@ -329,6 +330,11 @@ class _Kernel:
             value = Sym(em.value_name("e", n), "f")
             p.assign(value, expr, named)
             local[n] = value
+            if stage == "after":     # an output computed after the loop: straight into it
+                col = COL if node.type.rank else "0"
+                for name in em.after_outputs.get(n, ()):
+                    p.assign(Arr(array(f"out_{ident(name)}_r", 2), fix(ROW, col)), value)
+                    self.outputs_written.add(name)
             if n in stored:
                 expr_, _ = self.ref(n, stage)
                 direct = self.block_element(n, expr_, node.type)

@@ -124,6 +124,8 @@ def explain_lines(plan: Plan, which: str = "both", target: str = "cpu",
                          f"{', '.join(plan.at_end)}")
             for item in describe("last"):
                 lines.append(f"    {item}")
+        for item in describe("after"):
+            lines.append(f"  after the loop, all T*B rows: {item}")
     if which in ("backward", "both"):
         lines.append("backward:")
         for item in describe("pre", part=False):

@@ -28,7 +28,8 @@ from ..ir.graph import Graph, StepGraph
 from ..core.ops import Op
 
 PASSES = ("cse", "simplify", "hoist", "hoist_outputs", "fuse_matmul", "fuse_elementwise",
-          "defer_grads", "final_at_end", "persistent", "hold_weights", "microkernel")
+          "defer_grads", "final_at_end", "readout_after", "persistent", "hold_weights",
+          "microkernel")
 # Passes that only one target's emitter acts on; the others emit the same program with
 # them on or off. `persistent` runs each time loop as one cooperative kernel (cuda);
 # `hold_weights` has those kernels keep the recurrent weights in shared memory across
@@ -36,9 +37,10 @@ PASSES = ("cse", "simplify", "hoist", "hoist_outputs", "fuse_matmul", "fuse_elem
 # `microkernel` runs the per-step GEMMs in rnndsl.kernels.gemm's register tiles over weights
 # packed once per call, instead of a BLAS call a step (cpu).
 # `final_at_end` computes a `final` output that reads only the final states once, after
-# the loop (cpu; the cuda emitters compute every output in the loop).
+# the loop (cpu; the cuda emitters compute every output in the loop). `readout_after`
+# computes the forward's work that feeds no state after the loop, over all T*B rows (cpu).
 TARGET_PASSES = {"persistent": "cuda", "hold_weights": "cuda", "microkernel": "cpu",
-                 "final_at_end": "cpu"}
+                 "final_at_end": "cpu", "readout_after": "cpu"}
 
 
 def passes_for(passes, target: str) -> list[str]:
@@ -54,14 +56,18 @@ fuse_elementwise: a step's elementwise ops share one loop nest, temporaries in r
 defer_grads: weight and input gradients leave the backward loop, one GEMM each.
 final_at_end: a `final` output that reads the step only through the next states (a
 readout such as `final logits = V @ h' + b`) is computed once after the loop, from the
-final states, over B rows (its gradient still enters BPTT at each sequence's last step)."""
+final states, over B rows (its gradient still enters BPTT at each sequence's last step).
+readout_after: the forward's work that feeds no state (a readout such as
+`output logits = W_y @ h' + b_y`) runs after the loop, over all T*B rows (one GEMM
+instead of one a step), reading the values it needs from their tapes."""
 
 ELEMENTWISE = frozenset({
     Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.NEG, Op.POW, Op.MIN, Op.MAX, Op.TANH, Op.SIGMOID,
     Op.RELU, Op.EXP, Op.LOG, Op.SQRT, Op.SOFTPLUS, Op.HARD_SIGMOID, Op.ABS, Op.GT, Op.SIGN,
     Op.BATCH, Op.EXPAND})
-ROW_STAGES = ("pre", "post")
+ROW_STAGES = ("pre", "after", "post")   # all T*B rows (`after`: the forward's, after its loop)
 LOOP_STAGES = ("fwd", "bwd", "last")    # B rows a value (`last`: once, after the loop)
+FORWARD_STAGES = ("pre", "fwd", "after")   # whose saved values the forward kernel tapes
 
 
 @dataclass
@@ -195,12 +201,16 @@ def make_plan(step: StepGraph, grads: StepGrads, passes=PASSES) -> Plan:
             stage[nid] = "post"
     at_end = _final_at_end(step, G, stage, all_nodes, fwd_set) \
         if "final_at_end" in passes else ()
+    if "readout_after" in passes:
+        _readout_after(step, G, stage)
     # A post node must not feed a bwd node (bwd runs first). By construction post nodes
     # are not ancestors of the carried cotangents, and bwd nodes are, so this holds.
     for nid, s in stage.items():
         for a in G[nid].args:
             assert not (s == "bwd" and stage.get(a) == "post"), (nid, a)
-            assert not (s in ("fwd", "pre") and stage.get(a) in ("bwd", "post")), (nid, a)
+            assert not (s in ("fwd", "pre", "last", "after")
+                        and stage.get(a) in ("bwd", "post")), (nid, a)
+            assert not (s in ("fwd", "pre", "last") and stage.get(a) == "after"), (nid, a)
     saved: set[int] = set()
     saved_states: set[str] = set()
     saved_next: set[str] = set()
@@ -214,14 +224,14 @@ def make_plan(step: StepGraph, grads: StepGrads, passes=PASSES) -> Plan:
                 saved.add(a)
             if src == "fwd" and s == "fwd":
                 continue
-            if src == "pre" and a in fwd_set and nid not in fwd_set:
+            if src in ("pre", "after") and a in fwd_set and nid not in fwd_set:
                 saved.add(a)      # computed in the forward kernel, read by the backward one
             if a in state_names and s != "fwd":
                 saved_states.add(state_names[a])
             if G[a].op == Op.SEED and G[a].attrs[0] == "next" and s in ROW_STAGES:
                 saved_next.add(G[a].attrs[1])
     # gradients computed in the backward loop but wanted as full sequences
-    order = {s: [] for s in ("const", "pre", "fwd", "last", "bwd", "post")}
+    order = {s: [] for s in ("const", "pre", "fwd", "last", "after", "bwd", "post")}
     for nid in all_nodes:
         if nid in stage:
             order[stage[nid]].append(nid)
@@ -280,6 +290,18 @@ def _final_at_end(step: StepGraph, G: Graph, stage: dict[int, str], all_nodes: l
     return tuple(moved)
 
 
+def _readout_after(step: StepGraph, G: Graph, stage: dict[int, str]) -> None:
+    """Move the forward loop's work that feeds no state to stage "after" (in `stage`, in
+    place): the forward kernel runs it after its time loop, over all T*B rows, so that a
+    readout (`output y = W_y @ h' + b_y`) is one GEMM over T*B rows instead of one a
+    step. What a next state needs stays in the loop; what moves reads the loop's values
+    from their tapes (a moved node's loop arguments are saved, as for the backward)."""
+    feeds_state = set(G.needed(list(step.next_state.values())))
+    for nid, s in list(stage.items()):
+        if s == "fwd" and nid not in feeds_state:
+            stage[nid] = "after"
+
+
 def _sum_chain_end(G: Graph, members: list[int], users: dict[int, list[int]],
                    observed: set[int]) -> int | None:
     """The node where all members meet in a chain of single-use adds, or None.
@@ -310,7 +332,7 @@ def _group_cotangents(plan: Plan, all_nodes: list[int]) -> None:
     observed = set(plan.saved) | set(plan.step.roots()) | set(grads.roots())
     position = {n: i for s in plan.order.values() for i, n in enumerate(s)}
     by_cotangents: dict[tuple, CotangentGroup] = {}
-    for s in ("pre", "fwd"):
+    for s in ("pre", "fwd", "after"):
         for grp in plan.matmuls.get(s, []):
             if len(grp.members) < 2 or not G[grp.vector].type.batched:
                 continue

@@ -77,4 +77,4 @@ def test_the_generated_source_names_the_passes(tmp_path):
     path, _ = spec_of(NOISY, tmp_path)
     source = build_source(read_spec(path))
     assert "Optimizations: cse, defer_grads, final_at_end, fuse_elementwise, fuse_matmul, " \
-           "hoist, hoist_outputs, microkernel, simplify." in source
+           "hoist, hoist_outputs, microkernel, readout_after, simplify." in source
