@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..core.ops import Op
 from ..core.shapes import Dim
 from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup
-from .dialect import SMALL_PRODUCT, _dim, ident
+from .dialect import MICRO_SPLIT_PRODUCT, SMALL_PRODUCT, _dim, ident
 from .form import Arr, Code, Reshape, Sym, code, fix
 from .kernel import B, DTYPE, R, T, _Kernel, array
 
@@ -71,14 +71,21 @@ class Buffers:
                 split = Sym(f"splitc{i}_{u}", "x")
                 p.assign(split, code("{} * {} * {} > {} and {}", B, total, cols, SMALL_PRODUCT,
                                      small))
-                p.assign(array(f"mt{i}_{u}", 2),
-                         kern.empty(code("({} if {} else 0, {})", B, split, cols)))
-                for k, (w, n) in enumerate(zip(use.weights, sizes)):
-                    p.assign(array(f"gk{i}_{u}_{k}", 2),
-                             kern.empty(code("({} if {} else 0, {})", B, split, n)))
-                    p.assign(array(f"wsk{i}_{u}_{k}", 2),
-                             code("np.ascontiguousarray({}) if {} else {}", param(G, w), split,
-                                  kern.empty("(0, 0)")))
+                self._term_buffers(kern, i, u, cols, split)
+
+    def _term_buffers(self, kern: _Kernel, i: int, u: int, cols: Code, split: Sym) -> None:
+        """The term-by-term path's arrays of a stacked cotangent GEMM (empty unless
+        `split`): each g_k apart, a product buffer, and each W_k (the param itself)."""
+        G, p = self.G, kern.p
+        cg = self.plan.cotangent_groups[i]
+        p.assign(array(f"mt{i}_{u}", 2),
+                 kern.empty(code("({} if {} else 0, {})", B, split, cols)))
+        for k, (w, g) in enumerate(zip(cg.uses[u].weights, cg.cotangents)):
+            n = _dim(G[g].type.shape[0])
+            p.assign(array(f"gk{i}_{u}_{k}", 2),
+                     kern.empty(code("({} if {} else 0, {})", B, split, n)))
+            p.assign(array(f"wsk{i}_{u}_{k}", 2),     # a kernel's params are C-order
+                     code("{} if {} else {}", param(G, w), split, kern.empty("(0, 0)")))
 
     def _weights(self, kern: _Kernel, stages) -> None:
         """Stacked, transposed weights for each matmul group (once per call)."""
@@ -90,7 +97,7 @@ class Buffers:
                 g = self.matmul_index[id(grp)]
                 cols = _dim(G[grp.vector].type.shape[0])
                 if self.micro and s in LOOP_STAGES:
-                    self._packed_weights(kern, grp, g, cols)
+                    self._packed_weights(kern, grp, g, cols, s)
                     continue
                 wt = array(f"wt{g}", 2)
                 # over T*B rows BLAS multiplies by W through its transposed view as fast
@@ -158,7 +165,8 @@ class Buffers:
         else:
             p.call("stack_rows", ws, start, param(self.G, w))
 
-    def _packed_weights(self, kern: _Kernel, grp: MatmulGroup, g: int, cols: str) -> None:
+    def _packed_weights(self, kern: _Kernel, grp: MatmulGroup, g: int, cols: str,
+                        stage: str) -> None:
         """A per-step GEMM's stacked weights [W_1^T, ..., W_n^T], packed once into
         rnndsl.kernels.gemm's panels; below MR rows of batch, stacked for one BLAS call a step."""
         G, p = self.G, kern.p
@@ -167,16 +175,27 @@ class Buffers:
         p.comment(f"{', '.join(w for _, w in members)}, packed once for the per-step GEMM's")
         p.comment("register tiles (rnndsl.kernels.gemm), or stacked for BLAS")
         wp, wt = array(f"wp{g}", 3), array(f"wt{g}", 2)
+        split = None
+        if self.splits_small(grp, stage):
+            split = Sym(f"split{g}", "x")
+            p.comment("below MR rows, member by member where one BLAS call would be slow")
+            p.assign(split, code("not {} and {} >= 2 and {} * {} * ({}) >= {}", TILES, B, B,
+                                 cols, total, MICRO_SPLIT_PRODUCT))
+            for k, m in enumerate(grp.members):
+                p.assign(array(f"wt{g}_{k}", 2),
+                         code("transposed({}) if {} else {}", param(G, G[m].args[0]), split,
+                              kern.empty("(0, 0)")))
         p.assign(wp, code("np.zeros((({} + NR - 1) // NR if {} else 0, {}, NR), {})", total,
                           TILES, cols, DTYPE))
-        p.assign(wt, kern.empty(code("(0 if {} else {}, {})", TILES, cols, total)))
+        p.assign(wt, kern.empty(code("(0 if {} else {}, {})", TILES if split is None else
+                                     code("{} or {}", TILES, split), cols, total)))
         offset = Dim.lit(0)
         with p.indent(code("if {}:", TILES)):
             for m, w in members:
                 p.call("pack_cols_t", wp, param(G, G[m].args[0]), _dim(offset))
                 offset = offset + G[m].type.shape[0]
         offset = Dim.lit(0)
-        with p.indent("else:"):
+        with p.indent("else:" if split is None else code("elif not {}:", split)):
             for m, w in members:
                 stop = offset + G[m].type.shape[0]
                 p.call("copy_t", Arr(wt, (("all",), ("slice", _dim(offset), _dim(stop)))),
@@ -194,9 +213,17 @@ class Buffers:
         p.comment(f"[{names}] stacked, packed once for the backward step's register tiles")
         p.comment("(rnndsl.kernels.gemm), or stacked for BLAS")
         wsp, ws = array(f"wsp{i}_{u}", 3), array(f"ws{i}_{u}", 2)
+        split = None
+        if self.splits_cotangents(i, u):
+            split = Sym(f"splitc{i}_{u}", "x")
+            p.comment("below MR rows, term by term where one BLAS call would be slow")
+            p.assign(split, code("not {} and {} >= 2 and {} * {} * {} >= {}", TILES, B, B,
+                                 total, cols, MICRO_SPLIT_PRODUCT))
+            self._term_buffers(kern, i, u, cols, split)
         p.assign(wsp, code("np.zeros((({} + NR - 1) // NR if {} else 0, {}, NR), {})", cols,
                            TILES, total, DTYPE))
-        p.assign(ws, kern.empty(code("(0 if {} else {}, {})", TILES, total, cols)))
+        p.assign(ws, kern.empty(code("(0 if {} else {}, {})", TILES if split is None else
+                                     code("{} or {}", TILES, split), total, cols)))
         blocks = [(w, self.cg_cols[(i, g)]) for w, g in zip(use.weights, cg.cotangents)]
         # the flat copies below fingerprint these (_stack): packed, they are taken apart
         fused = [self._seen_arg(w) for w, _ in blocks]
@@ -210,9 +237,14 @@ class Buffers:
                     for arg in fused:
                         p.assign(Arr(SEEN, fix(str(kern.seen_index[arg]))),
                                  code("fingerprint({})", self._param_named(arg[1])))
-        with p.indent("else:"):
+        with p.indent("else:" if split is None else code("elif not {}:", split)):
             for w, (start, stop) in blocks:
                 self._stack(kern, ws, start, stop, w)
+        if split is not None and fused:     # the terms read the params themselves
+            with p.indent(code("if {} and {}.shape[0]:", split, SEEN)):
+                for arg in fused:
+                    p.assign(Arr(SEEN, fix(str(kern.seen_index[arg]))),
+                             code("fingerprint({})", self._param_named(arg[1])))
 
     def _packed_single_weights(self, kern: _Kernel, nodes: list[int]) -> None:
         """Panels for each lone g @ W of the backward loop (see packs_single)."""

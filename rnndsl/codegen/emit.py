@@ -295,15 +295,16 @@ class _Emitter(Buffers):
                 and self.plan.stage.get(use.matvec_t[0]) in LOOP_STAGES)
 
     def splits_cotangents(self, i: int, u: int) -> bool:
-        """Whether a stacked cotangent GEMM gets a term-by-term path for small B (the
-        BLAS path only: the register tiles have no such cliff)."""
-        return (self.dialect.small_batch_splits and not self.micro
+        """Whether a stacked cotangent GEMM gets a term-by-term path for small B: the
+        BLAS path's (with the register tiles, the one taken below MR rows)."""
+        return (self.dialect.small_batch_splits
                 and len(self.plan.cotangent_groups[i].cotangents) > 1
                 and self.per_step_cotangent_gemm(i, u))
 
     def splits_small(self, grp: MatmulGroup, stage: str) -> bool:
-        """Whether a per-step stacked GEMM gets a member-by-member path for small B."""
-        return (self.dialect.small_batch_splits and not self.micro and stage in LOOP_STAGES
+        """Whether a per-step stacked GEMM gets a member-by-member path for small B (with
+        the register tiles, below MR rows: see MICRO_SPLIT_PRODUCT)."""
+        return (self.dialect.small_batch_splits and stage in LOOP_STAGES
                 and len(grp.members) > 1 and self.G[grp.vector].type.batched)
 
     def group_total(self, grp: MatmulGroup) -> str:

@@ -367,12 +367,17 @@ class _Kernel:
         expr = self.formats[op](op, args, attrs, k)
         return expr if isinstance(expr, Arr) else Code(expr, syms_of(*args, *consts))
 
-    def step_gemm(self, a: str, panels: str, b: str, out: str) -> None:
+    def step_gemm(self, a: str, panels: str, b: str, out: str, split=None) -> None:
         """out = a @ B for one step: in the register tiles over B's panels, or with a
-        batch under MR rows (`tiles` is False) one BLAS call on B as an array."""
+        batch under MR rows (`tiles` is False) one BLAS call on B as an array, or where
+        that is slow (`split`: (flag, a function emitting the split)) part by part."""
         p = self.p
         with p.indent("if tiles:"):
             p.call("packed_gemm", a, panels, out, THREADS)
+        if split is not None:
+            flag, emit_parts = split
+            with p.indent(code("elif {}:", flag)):
+                emit_parts()
         with p.indent("else:"):
             p.call(self.d.dot, a, b, out)
 
@@ -430,20 +435,25 @@ class _Kernel:
                       "one-hot rows is a gather of rows of the stacked W^T")
             p.call("gather_rows", wt, vec, target)
             return
+        def by_member():
+            p.comment("small: member by member, in OpenBLAS's direct kernel")
+            offset = Dim.lit(0)
+            for k, m in enumerate(grp.members):
+                stop = offset + G[m].type.shape[0]
+                part = array(f"mm{g}_{k}", 2)
+                p.call(self.d.dot, vec, array(f"wt{g}_{k}", 2), part)
+                cols = ("slice", _dim(offset), _dim(stop))
+                p.call("copy2", Arr(array(f"mm{g}", 2), (("all",), cols)), part)
+                offset = stop
+
+        split = Sym(f"split{g}", "x") if em.splits_small(grp, stage) else None
         if em.micro and stage in LOOP_STAGES:
-            self.step_gemm(vec, array(f"wp{g}", 3), wt, target)
+            self.step_gemm(vec, array(f"wp{g}", 3), wt, target,
+                           None if split is None else (split, by_member))
             return
-        if em.splits_small(grp, stage):
-            with p.indent(code("if {}:", Sym(f"split{g}", "x"))):
-                p.comment("small: member by member, in OpenBLAS's direct kernel")
-                offset = Dim.lit(0)
-                for k, m in enumerate(grp.members):
-                    stop = offset + G[m].type.shape[0]
-                    part = array(f"mm{g}_{k}", 2)
-                    p.call(self.d.dot, vec, array(f"wt{g}_{k}", 2), part)
-                    cols = ("slice", _dim(offset), _dim(stop))
-                    p.call("copy2", Arr(array(f"mm{g}", 2), (("all",), cols)), part)
-                    offset = stop
+        if split is not None:
+            with p.indent(code("if {}:", split)):
+                by_member()
             with p.indent("else:"):
                 p.call(self.d.dot, vec, wt, target)
             return
@@ -606,23 +616,29 @@ class _Kernel:
         p.comment(f"sum of g_k @ W_k for W_k in [{names}]: one GEMM (the other terms stay 0)")
         buffer, dest = self.cotangent_buffer(i, stage), self.dest(nid, stage)
         ws = array(f"ws{i}_{u}", 2)
+        def by_term():
+            p.comment("small: term by term, in OpenBLAS's direct kernel")
+            cg = em.plan.cotangent_groups[i]
+            mt = array(f"mt{i}_{u}", 2)
+            for k, g in enumerate(cg.cotangents):
+                start, stop = em.cg_cols[(i, g)]
+                gk = array(f"gk{i}_{u}_{k}", 2)
+                p.call("copy2", gk, Arr(buffer, (("all",), ("slice", start, stop))))
+                if k == 0:
+                    p.call(self.d.dot, gk, array(f"wsk{i}_{u}_{k}", 2), dest)
+                else:
+                    p.call(self.d.dot, gk, array(f"wsk{i}_{u}_{k}", 2), mt)
+                    p.call("add_into2", dest, mt)
+
+        split = (Sym(f"splitc{i}_{u}", "x")
+                 if stage in LOOP_STAGES and em.splits_cotangents(i, u) else None)
         if em.micro and em.per_step_cotangent_gemm(i, u):
-            self.step_gemm(buffer, array(f"wsp{i}_{u}", 3), ws, dest)
+            self.step_gemm(buffer, array(f"wsp{i}_{u}", 3), ws, dest,
+                           None if split is None else (split, by_term))
             return
-        if stage in LOOP_STAGES and em.splits_cotangents(i, u):
-            with p.indent(code("if {}:", Sym(f"splitc{i}_{u}", "x"))):
-                p.comment("small: term by term, in OpenBLAS's direct kernel")
-                cg = em.plan.cotangent_groups[i]
-                mt = array(f"mt{i}_{u}", 2)
-                for k, g in enumerate(cg.cotangents):
-                    start, stop = em.cg_cols[(i, g)]
-                    gk = array(f"gk{i}_{u}_{k}", 2)
-                    p.call("copy2", gk, Arr(buffer, (("all",), ("slice", start, stop))))
-                    if k == 0:
-                        p.call(self.d.dot, gk, array(f"wsk{i}_{u}_{k}", 2), dest)
-                    else:
-                        p.call(self.d.dot, gk, array(f"wsk{i}_{u}_{k}", 2), mt)
-                        p.call("add_into2", dest, mt)
+        if split is not None:
+            with p.indent(code("if {}:", split)):
+                by_term()
             with p.indent("else:"):
                 p.call(self.d.dot, buffer, ws, dest)
             return
