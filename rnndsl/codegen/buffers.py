@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..core.ops import Op
 from ..core.shapes import Dim
 from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup
-from .dialect import MICRO_SPLIT_PRODUCT, SMALL_PRODUCT, _dim, ident
+from .dialect import MICRO_SPLIT_PRODUCT, MICRO_TILE_PRODUCT, SMALL_PRODUCT, _dim, ident
 from .form import Arr, Code, Reshape, Sym, code, fix
 from .kernel import B, DTYPE, R, T, _Kernel, array
 
@@ -72,6 +72,18 @@ class Buffers:
                 p.assign(split, code("{} * {} * {} > {} and {}", B, total, cols, SMALL_PRODUCT,
                                      small))
                 self._term_buffers(kern, i, u, cols, split)
+
+    def _tiled_flag(self, kern: _Kernel, flag: Sym, cols: Code, sizes: list[Code]) -> Sym:
+        """flag = whether a per-step GEMM runs in the register tiles: at MR rows and more
+        (`tiles`), and below them where even its parts would be too big a product for
+        OpenBLAS's direct kernel (MICRO_TILE_PRODUCT); a single row stays a GEMV."""
+        widest = list(dict.fromkeys(str(n) for n in sizes))
+        widest_code = (sizes[0] if len(widest) == 1 else
+                       code("max({})".format(", ".join("{}" for _ in sizes)), *sizes))
+        kern.p.assign(flag, code("{} or {} >= 2 and {} * {} * {} >= {}", TILES, B, B, cols,
+                                 widest_code, MICRO_TILE_PRODUCT),
+                      "   # below MR rows too, past BLAS's direct kernel")
+        return flag
 
     def _term_buffers(self, kern: _Kernel, i: int, u: int, cols: Code, split: Sym) -> None:
         """The term-by-term path's arrays of a stacked cotangent GEMM (empty unless
@@ -175,22 +187,24 @@ class Buffers:
         p.comment(f"{', '.join(w for _, w in members)}, packed once for the per-step GEMM's")
         p.comment("register tiles (rnndsl.kernels.gemm), or stacked for BLAS")
         wp, wt = array(f"wp{g}", 3), array(f"wt{g}", 2)
+        tiled = self._tiled_flag(kern, Sym(f"tiled{g}", "x"), cols,
+                                 [_dim(G[m].type.shape[0]) for m in grp.members])
         split = None
         if self.splits_small(grp, stage):
             split = Sym(f"split{g}", "x")
             p.comment("below MR rows, member by member where one BLAS call would be slow")
-            p.assign(split, code("not {} and {} >= 2 and {} * {} * ({}) >= {}", TILES, B, B,
+            p.assign(split, code("not {} and {} >= 2 and {} * {} * ({}) >= {}", tiled, B, B,
                                  cols, total, MICRO_SPLIT_PRODUCT))
             for k, m in enumerate(grp.members):
                 p.assign(array(f"wt{g}_{k}", 2),
                          code("transposed({}) if {} else {}", param(G, G[m].args[0]), split,
                               kern.empty("(0, 0)")))
         p.assign(wp, code("np.zeros((({} + NR - 1) // NR if {} else 0, {}, NR), {})", total,
-                          TILES, cols, DTYPE))
-        p.assign(wt, kern.empty(code("(0 if {} else {}, {})", TILES if split is None else
-                                     code("{} or {}", TILES, split), cols, total)))
+                          tiled, cols, DTYPE))
+        p.assign(wt, kern.empty(code("(0 if {} else {}, {})", tiled if split is None else
+                                     code("{} or {}", tiled, split), cols, total)))
         offset = Dim.lit(0)
-        with p.indent(code("if {}:", TILES)):
+        with p.indent(code("if {}:", tiled)):
             for m, w in members:
                 p.call("pack_cols_t", wp, param(G, G[m].args[0]), _dim(offset))
                 offset = offset + G[m].type.shape[0]
@@ -213,23 +227,25 @@ class Buffers:
         p.comment(f"[{names}] stacked, packed once for the backward step's register tiles")
         p.comment("(rnndsl.kernels.gemm), or stacked for BLAS")
         wsp, ws = array(f"wsp{i}_{u}", 3), array(f"ws{i}_{u}", 2)
+        tiled = self._tiled_flag(kern, Sym(f"tiledc{i}_{u}", "x"), cols,
+                                 [_dim(G[g].type.shape[0]) for g in cg.cotangents])
         split = None
         if self.splits_cotangents(i, u):
             split = Sym(f"splitc{i}_{u}", "x")
             p.comment("below MR rows, term by term where one BLAS call would be slow")
-            p.assign(split, code("not {} and {} >= 2 and {} * {} * {} >= {}", TILES, B, B,
+            p.assign(split, code("not {} and {} >= 2 and {} * {} * {} >= {}", tiled, B, B,
                                  total, cols, MICRO_SPLIT_PRODUCT))
             self._term_buffers(kern, i, u, cols, split)
         p.assign(wsp, code("np.zeros((({} + NR - 1) // NR if {} else 0, {}, NR), {})", cols,
-                           TILES, total, DTYPE))
-        p.assign(ws, kern.empty(code("(0 if {} else {}, {})", TILES if split is None else
-                                     code("{} or {}", TILES, split), total, cols)))
+                           tiled, total, DTYPE))
+        p.assign(ws, kern.empty(code("(0 if {} else {}, {})", tiled if split is None else
+                                     code("{} or {}", tiled, split), total, cols)))
         blocks = [(w, self.cg_cols[(i, g)]) for w, g in zip(use.weights, cg.cotangents)]
         # the flat copies below fingerprint these (_stack): packed, they are taken apart
         fused = [self._seen_arg(w) for w, _ in blocks]
         fused = [a for a in dict.fromkeys(fused)
                  if a in kern.seen_index and a not in kern.seen_taken]
-        with p.indent(code("if {}:", TILES)):
+        with p.indent(code("if {}:", tiled)):
             for w, (start, _) in blocks:
                 p.call("pack_rows", wsp, param(G, w), start)
             if fused:
@@ -256,9 +272,14 @@ class Buffers:
             p.comment(f"{ident(self.G[self.G[n].args[0]].attrs[0])}, packed once for the "
                       "backward step's register tiles (rnndsl.kernels.gemm)")
             wpt = array(self.value_name("wpt", n), 3)
+            tiled = Sym(f"tiledw{len(kern.single_tiled)}", "x")
+            kern.single_tiled[n] = tiled
+            p.assign(tiled, code("{} or {} >= 2 and {} * {}.shape[0] * {}.shape[1] >= {}",
+                                 TILES, B, B, w, w, MICRO_TILE_PRODUCT),
+                     "   # below MR rows too, past BLAS's direct kernel")
             p.assign(wpt, code("np.zeros((({}.shape[1] + NR - 1) // NR if {} else 0, "
-                               "{}.shape[0], NR), {})", w, TILES, w, DTYPE))
-            with p.indent(code("if {}:", TILES)):
+                               "{}.shape[0], NR), {})", w, tiled, w, DTYPE))
+            with p.indent(code("if {}:", tiled)):
                 p.call("pack_rows", wpt, w, 0)
 
     def _loop_arrays(self, kern: _Kernel, stage: str, nodes: list[int]) -> None:

@@ -111,6 +111,12 @@ SMALL_PRODUCT = 1 << 18
 # N = 768, B = 2: 15.6 against 17.9 us); below, the one call won by a microsecond. One
 # row (a GEMV) is left whole. So from 2^19 the step multiplies member by member.
 MICRO_SPLIT_PRODUCT = 1 << 19
+# Past 2^20 (B * K * N of one member, or of a lone product) OpenBLAS's direct kernel gives
+# up too, and the register tiles, running below MR rows on tiles of one row, win: (4 x
+# 512) @ (512 x 2048) member by member 395 us a step against 261 in the tiles, (2 x 768)
+# @ (768 x 3072) 867 against 308, while at (6 x 384) @ (384 x 1536) (members of 0.88 x
+# 2^20) the members took 73 us and the tiles 209 (the same machine). Two rows and more.
+MICRO_TILE_PRODUCT = 1 << 20
 
 
 _ENDS_LIKE_A_VIEW = re.compile(r"_r_*\Z")

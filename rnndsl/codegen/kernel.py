@@ -65,6 +65,7 @@ class _Kernel:
         self.seen_taken: set[tuple] = set()      # those a stacking copy fingerprints
         self.stacked_done: set[int] = set()
         self.outputs_written: set[str] = set()   # outputs an "after" stage's loop wrote
+        self.single_tiled: dict[int, Sym] = {}   # a lone g @ W's tiles flag (buffers.py)
 
     # ------------------------------------------------------------------ references
     def ref(self, nid: int, stage: str) -> tuple[Sym, str]:
@@ -367,12 +368,14 @@ class _Kernel:
         expr = self.formats[op](op, args, attrs, k)
         return expr if isinstance(expr, Arr) else Code(expr, syms_of(*args, *consts))
 
-    def step_gemm(self, a: str, panels: str, b: str, out: str, split=None) -> None:
-        """out = a @ B for one step: in the register tiles over B's panels, or with a
-        batch under MR rows (`tiles` is False) one BLAS call on B as an array, or where
-        that is slow (`split`: (flag, a function emitting the split)) part by part."""
+    def step_gemm(self, a: str, panels: str, b: str, out: str, tiled: Sym,
+                  split=None) -> None:
+        """out = a @ B for one step: in the register tiles over B's panels (`tiled`: at
+        MR rows and more, or where BLAS would be slower), else one BLAS call on B as an
+        array, or where that is slow (`split`: (flag, a function emitting the split))
+        part by part."""
         p = self.p
-        with p.indent("if tiles:"):
+        with p.indent(code("if {}:", tiled)):
             p.call("packed_gemm", a, panels, out, THREADS)
         if split is not None:
             flag, emit_parts = split
@@ -448,7 +451,7 @@ class _Kernel:
 
         split = Sym(f"split{g}", "x") if em.splits_small(grp, stage) else None
         if em.micro and stage in LOOP_STAGES:
-            self.step_gemm(vec, array(f"wp{g}", 3), wt, target,
+            self.step_gemm(vec, array(f"wp{g}", 3), wt, target, Sym(f"tiled{g}", "x"),
                            None if split is None else (split, by_member))
             return
         if split is not None:
@@ -534,7 +537,8 @@ class _Kernel:
         if em.is_view(node.args[1]):
             g = self.contiguous(g)
         if em.packs_single(nid):
-            self.step_gemm(g, array(em.value_name("wpt", nid), 3), a[0], out)
+            self.step_gemm(g, array(em.value_name("wpt", nid), 3), a[0], out,
+                           self.single_tiled[nid])
         else:
             self.gemm(g, a[0], out, stage, node.type.batched)
 
@@ -634,6 +638,7 @@ class _Kernel:
                  if stage in LOOP_STAGES and em.splits_cotangents(i, u) else None)
         if em.micro and em.per_step_cotangent_gemm(i, u):
             self.step_gemm(buffer, array(f"wsp{i}_{u}", 3), ws, dest,
+                           Sym(f"tiledc{i}_{u}", "x"),
                            None if split is None else (split, by_term))
             return
         if split is not None:

@@ -29,6 +29,8 @@ number with a digit, so `e_i` is never `e17`; two prefixes differ in the letter 
 the shorter one (`w_`/`w1` against `wpt_`/`wpt1`). Every other name a kernel takes is
 none of the prefixes followed by `_` or a digit: the loop variables and sizes (`t`, `r`,
 `j`, `i`, `B`, `T`, `R`), the constants `k<n>`, `dtype`, `tiles`, `threads`, `consts`,
+the step GEMMs' path flags (`tiled<g>`, `tiledc<i>_<u>`, `tiledw<k>`, `split<g>`,
+`splitc<i>_<u>`),
 `want_din`, the arguments (`p_`, `in_`, `s0_`, `out_`, `fin_`, `dout_`, `hist_`, ...,
 `dim_`), the state buffers (`s_`, `nx_`, `ds_`, `nds_`, `dnext_`), the groups' arrays
 (`mm<g>`, `wt<g>`, `wr<g>`, `wp<g>`, `ws<i>_<u>`, `wsp`, `wsk`, `gc<i>`, `tgc<i>`, `gTc<i>`,

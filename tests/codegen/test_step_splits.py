@@ -1,9 +1,11 @@
 """Below MR rows of batch the register tiles step aside and each step's stacked GEMM is a
 BLAS call, which OpenBLAS runs several times slower than its members apart once the
 product reaches MICRO_SPLIT_PRODUCT (B * K * N): the kernels then multiply member by
-member (forward) and term by term (the backward's g @ [U_1; ...]). Checked compiled
-against the interpreter where the split runs (H = 256 at B = 3 and 5: at least three
-gates, so B * H * 3H passes the mark) and where it does not (B = 1, a GEMV)."""
+member (forward) and term by term (the backward's g @ [U_1; ...]). Where even a member
+is past MICRO_TILE_PRODUCT, the tiles run below MR rows too. Checked compiled against
+the interpreter on each path: B = 1 (a GEMV, left whole), H = 256 at B = 3 and 5 (at
+least three gates: B * H * 3H passes the first mark), H = 512 at B = 4 (B * H * H
+passes the second)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 import rnndsl
-from rnndsl.codegen.dialect import MICRO_SPLIT_PRODUCT
+from rnndsl.codegen.dialect import MICRO_SPLIT_PRODUCT, MICRO_TILE_PRODUCT
 from rnndsl.kernels.tile_sizes import MR
 
 from compare_cells import compare_with_interpreter  # tests/ is on sys.path (conftest.py)
@@ -22,23 +24,24 @@ SPECS = Path(__file__).resolve().parents[2] / "specs"
 
 
 @pytest.fixture(scope="module", params=["lstm", "gru"])
-def cells(request):
-    Compiled = rnndsl.load(SPECS / f"{request.param}.rnn")
-    Interp = rnndsl.load(SPECS / f"{request.param}.rnn", target="interp")
-    compiled = Compiled(dtype=np.float64, seed=1, I=5, H=256)
-    interp = Interp(dtype=np.float64, I=5, H=256)
-    interp.params = compiled.params
-    return request.param, compiled, interp
+def classes(request):
+    return (rnndsl.load(SPECS / f"{request.param}.rnn"),
+            rnndsl.load(SPECS / f"{request.param}.rnn", target="interp"))
 
 
-@pytest.mark.parametrize("B", [1, 3, 5])
-def test_the_split_steps_match_the_interpreter(cells, B, monkeypatch):
+@pytest.mark.parametrize("B, H, path", [(1, 256, "whole"), (3, 256, "split"),
+                                        (5, 256, "split"), (4, 512, "tiles")])
+def test_each_step_path_matches_the_interpreter(classes, B, H, path, monkeypatch):
     monkeypatch.setenv("RNNDSL_BLAS_THREADS", "1")
-    name, compiled, interp = cells
+    Compiled, Interp = classes
+    compiled = Compiled(dtype=np.float64, seed=1, I=5, H=H)
+    interp = Interp(dtype=np.float64, I=5, H=H)
+    interp.params = compiled.params
     assert B < MR
-    assert B == 1 or B * 256 * (3 * 256) >= MICRO_SPLIT_PRODUCT
+    assert (B * H * H >= MICRO_TILE_PRODUCT) == (path == "tiles")
+    assert (B >= 2 and B * H * 3 * H >= MICRO_SPLIT_PRODUCT) == (path != "whole")
     source = Path(compiled.kernels.__file__).read_text()
-    assert "elif split" in source and "elif splitc" in source
+    assert "elif split" in source and "elif splitc" in source and "if tiledc" in source
     x = np.random.default_rng(B).normal(size=(3, B, 5))
     compare_with_interpreter(compiled, interp, x, seed=B)
     compare_with_interpreter(compiled, interp, x, lengths=[3, 1, 2, 3, 2][:B], seed=B)
