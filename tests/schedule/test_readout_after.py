@@ -7,6 +7,8 @@ workspace), and what a next state needs stays in the loop."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,7 @@ from rnndsl.schedule.plan import PASSES
 
 from compare_cells import compare_with_interpreter  # tests/ is on sys.path (conftest.py)
 
+LONG = os.environ.get("RNNDSL_LONG") == "1"
 PATH = "tests/readout_after.rnn"
 # y and z feed no state (they move); s feeds h' (it stays); seq reads the state before
 # the step and the input; fin is a final output, which final_at_end takes
@@ -99,6 +102,9 @@ def _compare(cells, B: int, lengths=None, workspace=None, T: int = 7):
 @pytest.mark.parametrize("B", [1, 3, 9])
 @pytest.mark.parametrize("lengths", [None, "some"], ids=["full", "lengths"])
 def test_compiled_matches_the_interpreter(cells, B, lengths, monkeypatch):
+    if lengths and "readout_after" not in cells[0].meta["passes"] and not LONG:
+        pytest.skip("RNNDSL_LONG=1 only: the pass off with lengths compiles a twin (6 s) "
+                    "for the path every other spec's tests take")
     monkeypatch.setenv("RNNDSL_BLAS_THREADS", "1")
     _compare(cells, B, None if lengths is None else [7, 2, 5, 1, 6, 7, 3, 4, 7][:B])
 
