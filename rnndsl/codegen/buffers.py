@@ -77,12 +77,21 @@ class Buffers:
         """flag = whether a per-step GEMM runs in the register tiles: at MR rows and more
         (`tiles`), and below them where even its parts would be too big a product for
         OpenBLAS's direct kernel (MICRO_TILE_PRODUCT); a single row stays a GEMV."""
-        widest = list(dict.fromkeys(str(n) for n in sizes))
-        widest_code = (sizes[0] if len(widest) == 1 else
-                       code("max({})".format(", ".join("{}" for _ in sizes)), *sizes))
+        widths = list({str(n): n for n in sizes}.values())
+        widest = (widths[0] if len(widths) == 1 else
+                  code("max({})".format(", ".join("{}" for _ in widths)), *widths))
         kern.p.assign(flag, code("{} or {} >= 2 and {} * {} * {} >= {}", TILES, B, B, cols,
-                                 widest_code, MICRO_TILE_PRODUCT),
+                                 widest, MICRO_TILE_PRODUCT),
                       "   # below MR rows too, past BLAS's direct kernel")
+        return flag
+
+    def _split_flag(self, kern: _Kernel, flag: Sym, tiled: Sym, rows: Code, cols: Code,
+                    how: str) -> Sym:
+        """flag = whether a per-step GEMM below MR rows runs part by part (`how`): where
+        one BLAS call on the stacked product would be slow (MICRO_SPLIT_PRODUCT)."""
+        kern.p.comment(f"below MR rows, {how} where one BLAS call would be slow")
+        kern.p.assign(flag, code("not {} and {} >= 2 and {} * {} * {} >= {}", tiled, B, B,
+                                 rows, cols, MICRO_SPLIT_PRODUCT))
         return flag
 
     def _term_buffers(self, kern: _Kernel, i: int, u: int, cols: Code, split: Sym) -> None:
@@ -123,24 +132,22 @@ class Buffers:
                     p.assign(wt, code("{}.T", w) if flat else code("transposed({})", w))
                     continue
                 total = self.group_total(grp)
-                if flat:      # [W_1; W_2; ...] by flat copies, read as its view
-                    wr = array(f"wr{g}", 2)
+                wr = array(f"wr{g}", 2)    # [W_1; W_2; ...] by flat copies, read as its view
+                if flat:
                     p.assign(wr, kern.empty(code("({}, {})", total, cols)))
-                    offset = Dim.lit(0)
-                    for m in grp.members:
-                        stop = offset + G[m].type.shape[0]
-                        self._stack(kern, wr, _dim(offset), _dim(stop), G[m].args[0])
-                        offset = stop
-                    p.assign(wt, code("{}.T", wr))
                 else:
                     p.assign(wt, kern.empty(code("({}, {})", cols, total)))
-                    offset = Dim.lit(0)
-                    for m in grp.members:
-                        stop = offset + G[m].type.shape[0]
-                        p.call("copy_t", Arr(wt, (("all",), ("slice", _dim(offset),
-                                                             _dim(stop)))),
+                offset = Dim.lit(0)
+                for m in grp.members:
+                    start, stop = _dim(offset), _dim(offset + G[m].type.shape[0])
+                    if flat:
+                        self._stack(kern, wr, start, stop, G[m].args[0])
+                    else:
+                        p.call("copy_t", Arr(wt, (("all",), ("slice", start, stop))),
                                param(G, G[m].args[0]))
-                        offset = stop
+                    offset = offset + G[m].type.shape[0]
+                if flat:
+                    p.assign(wt, code("{}.T", wr))
                 if self.splits_small(grp, s):
                     sizes = [_dim(G[m].type.shape[0]) for m in grp.members]
                     small = code(" and ".join(dict.fromkeys(
@@ -159,9 +166,15 @@ class Buffers:
         """Param node w's argument, as `seen_index` keys it."""
         return ("param", self.G[w].attrs[0])
 
-    def _param_named(self, name: str) -> Sym:
-        rank = next(d.type.rank for d in self.plan.step.cell.params if d.name == name)
-        return array(f"p_{ident(name)}", 2 if rank == 2 else 1)
+    def _take_fingerprints(self, kern: _Kernel, args: list[tuple]) -> None:
+        """seen[k] = fingerprint(the array of each ("param" | "input", name) argument)."""
+        cell = self.plan.step.cell
+        ranks = {d.name: (2 if d.type.rank == 2 else 1) for d in cell.params}
+        for arg in args:
+            rank = (ranks[arg[1]] if arg[0] == "param" else
+                    2 if arg[1] in self.token_names else 3)
+            kern.p.assign(Arr(SEEN, fix(str(kern.seen_index[arg]))),
+                          code("fingerprint({})", array(self.arg_name(arg), rank)))
 
     def _stack(self, kern: _Kernel, ws: Sym, start: Code, stop: Code, w: int) -> None:
         """ws[start:stop, :] = param w, for a C-order stack ws: by a flat copy where the
@@ -191,10 +204,8 @@ class Buffers:
                                  [_dim(G[m].type.shape[0]) for m in grp.members])
         split = None
         if self.splits_small(grp, stage):
-            split = Sym(f"split{g}", "x")
-            p.comment("below MR rows, member by member where one BLAS call would be slow")
-            p.assign(split, code("not {} and {} >= 2 and {} * {} * ({}) >= {}", tiled, B, B,
-                                 cols, total, MICRO_SPLIT_PRODUCT))
+            split = self._split_flag(kern, Sym(f"split{g}", "x"), tiled, cols,
+                                     code("({})", total), "member by member")
             for k, m in enumerate(grp.members):
                 p.assign(array(f"wt{g}_{k}", 2),
                          code("transposed({}) if {} else {}", param(G, G[m].args[0]), split,
@@ -231,10 +242,8 @@ class Buffers:
                                  [_dim(G[g].type.shape[0]) for g in cg.cotangents])
         split = None
         if self.splits_cotangents(i, u):
-            split = Sym(f"splitc{i}_{u}", "x")
-            p.comment("below MR rows, term by term where one BLAS call would be slow")
-            p.assign(split, code("not {} and {} >= 2 and {} * {} * {} >= {}", tiled, B, B,
-                                 total, cols, MICRO_SPLIT_PRODUCT))
+            split = self._split_flag(kern, Sym(f"splitc{i}_{u}", "x"), tiled, total, cols,
+                                     "term by term")
             self._term_buffers(kern, i, u, cols, split)
         p.assign(wsp, code("np.zeros((({} + NR - 1) // NR if {} else 0, {}, NR), {})", cols,
                            tiled, total, DTYPE))
@@ -250,17 +259,13 @@ class Buffers:
                 p.call("pack_rows", wsp, param(G, w), start)
             if fused:
                 with p.indent(code("if {}.shape[0]:", SEEN)):
-                    for arg in fused:
-                        p.assign(Arr(SEEN, fix(str(kern.seen_index[arg]))),
-                                 code("fingerprint({})", self._param_named(arg[1])))
+                    self._take_fingerprints(kern, fused)
         with p.indent("else:" if split is None else code("elif not {}:", split)):
             for w, (start, stop) in blocks:
                 self._stack(kern, ws, start, stop, w)
         if split is not None and fused:     # the terms read the params themselves
             with p.indent(code("if {} and {}.shape[0]:", split, SEEN)):
-                for arg in fused:
-                    p.assign(Arr(SEEN, fix(str(kern.seen_index[arg]))),
-                             code("fingerprint({})", self._param_named(arg[1])))
+                self._take_fingerprints(kern, fused)
 
     def _packed_single_weights(self, kern: _Kernel, nodes: list[int]) -> None:
         """Panels for each lone g @ W of the backward loop (see packs_single)."""

@@ -106,10 +106,11 @@ SMALL_PRODUCT = 1 << 18
 # GEMM as one BLAS call, which falls off the same cliff: (4 x 256) @ (256 x 1024) took 96
 # us a step here against 19 us member by member, (2 x 512) @ (512 x 2048) 371 against 66,
 # and the backward's (4 x 1024) @ (1024 x 256) 96 against 22 (OpenBLAS, one thread, a
-# 2-core AMD EPYC; B in 2..6, K in 128..512, N = 2..4 K). From 2^20 (B * K * N) splitting
-# won or tied everywhere; from 2^19 it won up to 9 us a step and lost up to 2 (K = 384,
-# N = 768, B = 2: 15.6 against 17.9 us); below, the one call won by a microsecond. One
-# row (a GEMV) is left whole. So from 2^19 the step multiplies member by member.
+# 2-core AMD EPYC; B in 2..6, K in 128..512, N = 2..4 K; benchmarks/step_gemm_paths.py
+# times the three ways). From 2^20 (B * K * N) splitting won or tied everywhere; from
+# 2^19 it won up to 9 us a step and lost up to 2 (K = 384, N = 768, B = 2: 15.6 against
+# 17.9 us); below, the one call won by a microsecond. One row (a GEMV) is left whole. So
+# from 2^19 the step multiplies member by member.
 MICRO_SPLIT_PRODUCT = 1 << 19
 # Past 2^20 (B * K * N of one member, or of a lone product) OpenBLAS's direct kernel gives
 # up too, and the register tiles, running below MR rows on tiles of one row, win: (4 x

@@ -439,7 +439,7 @@ class _Emitter(Buffers):
             args += [("seen",)]       # what backward checks (rnndsl.cells.seen)
         args += [("param", d.name) for d in cell.params]
         args += [("input", d.name) for d in cell.inputs]
-        tapes = sorted(n for n in plan.saved if plan.stage[n] in FORWARD_STAGES)
+        tapes = [n for n, _ in self._tapes()]
         if which == "forward":
             args += [("state0", d.name) for d in cell.states]
             args += [("output", name) for name in step.outputs]
@@ -477,7 +477,6 @@ class _Emitter(Buffers):
         # the kernel takes them; a weight stacked by a flat copy takes its own there
         read = [a for a in args if a[0] in ("param", "input")] if ("seen",) in args else []
         kern.seen_index = {arg: k for k, arg in enumerate(read)}
-        kern.seen_taken = set()
         cell = self.plan.step.cell
         sizes = {d.name: d for d in (*cell.inputs, *cell.states)}
         for arg in args:
@@ -510,20 +509,13 @@ class _Emitter(Buffers):
         transposing copies. A call of their own would cost the dispatch of every array
         and a pass from farther away (benchmarks/backward_snapshot.py)."""
         p = kern.p
-        cell = self.plan.step.cell
-        ranks = {d.name: (2 if d.type.rank == 2 else 1) for d in cell.params}
-        rest = [(arg, k) for arg, k in kern.seen_index.items() if arg not in kern.seen_taken]
+        rest = [arg for arg in kern.seen_index if arg not in kern.seen_taken]
         if not rest:
             return
-        seen = array("seen", 1)
         p.comment("fingerprints of the params and inputs this call reads: the backward's must")
         p.comment("be the forward's (none changed in place in between, rnndsl.cells.seen)")
-        with p.indent(code("if {}.shape[0]:", seen)):
-            for arg, k in rest:
-                rank = (ranks[arg[1]] if arg[0] == "param" else
-                        2 if arg[1] in self.token_names else 3)
-                p.assign(Arr(seen, fix(str(k))),
-                         code("fingerprint({})", array(self.arg_name(arg), rank)))
+        with p.indent(code("if {}.shape[0]:", array("seen", 1))):
+            self._take_fingerprints(kern, rest)
 
     def _docstring(self, kern: _Kernel, which: str) -> None:
         plan = self.plan
