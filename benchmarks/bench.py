@@ -5,7 +5,9 @@
 
 For each cell (Elman, LSTM, GRU, layer-normalised LSTM, and LSTM and GRU as written in
 PyTorch's convention: specs/torch/) and shape (T, B, I, H) it times
-forward and forward+BPTT (median of --repeat runs after a warm-up) for:
+forward and forward+BPTT (median of --repeat runs after a warm-up) for the following.
+The forward row is inference on every side: `forward(x, grad=False)` (no fingerprints
+kept for a backward), torch under no_grad, JAX's jitted forward.
   rnndsl      the compiled CPU target (rnndsl.load(..., target="cpu"))
   torch-nn    torch.nn.RNN / LSTM / GRU (oneDNN kernels), when PyTorch is installed
   torch-loop  the same cell as a Python loop of torch ops
@@ -124,8 +126,8 @@ def rnndsl_runner(cell, T, B, I, H, dtype, rng, passes=None):
     c.backward(c.forward(x), d_outputs={out: dy}, input_grads=False)
     compile_s = time.perf_counter() - t0
 
-    def fwd():
-        c.forward(x)
+    def fwd():   # inference, as the peers' forward rows (torch.no_grad, a jitted forward)
+        c.forward(x, grad=False)
 
     def fwdbwd():
         c.backward(c.forward(x), d_outputs={out: dy}, input_grads=False)

@@ -284,16 +284,22 @@ class Cell:
 
     def _inputs(self, x, hidden=None) -> tuple[dict[str, np.ndarray], int, int]:
         """The caller's inputs, checked, and the hidden ones from `hidden(T, B)`."""
-        decls = tuple(d for d in self.spec.inputs if d.name not in self.hidden_inputs)
-        if len(decls) == 1 and not isinstance(x, Mapping):
-            x = {decls[0].name: x}
-        elif not isinstance(x, Mapping):
-            raise BindError(f"{self.spec.name} has {len(decls)} inputs ("
-                            + ", ".join(d.name for d in decls) + "); pass them as a dict")
-        given = self._named("input", x, decls)
-        missing = [d.name for d in decls if d.name not in given]
-        if missing:
-            raise BindError(f"missing input {', '.join(missing)}")
+        decls = self.__dict__.get("_user_inputs")     # made once: this runs every call
+        if decls is None:
+            decls = self._user_inputs = tuple(d for d in self.spec.inputs
+                                              if d.name not in self.hidden_inputs)
+        if len(decls) == 1 and type(x) is np.ndarray:    # the common case, quickly
+            given = {decls[0].name: x}
+        else:
+            if len(decls) == 1 and not isinstance(x, Mapping):
+                x = {decls[0].name: x}
+            elif not isinstance(x, Mapping):
+                raise BindError(f"{self.spec.name} has {len(decls)} inputs ("
+                                + ", ".join(d.name for d in decls) + "); pass them as a dict")
+            given = self._named("input", x, decls)
+            missing = [d.name for d in decls if d.name not in given]
+            if missing:
+                raise BindError(f"missing input {', '.join(missing)}")
         T = B = None
         arrays = {}
         for d in decls:

@@ -38,12 +38,6 @@ def _blas_held() -> bool:
     return workspace is not None and workspace.blas_held
 
 
-def _kept(into: dict, key, value):
-    """value, also recorded in `into` under key (the arrays a kernel call writes)."""
-    into[key] = value
-    return value
-
-
 def _kernel_array(value: np.ndarray) -> np.ndarray:
     """The array as the kernels take it: C-contiguous and writeable. Numba compiles a
     kernel once for each kind of array it is called with, and a read-only one (a memory

@@ -25,14 +25,14 @@ import numpy as np
 from ..core.errors import BindError
 from ..core.flat import flat_span, flat_views
 from ..ir.graph import lower
-from ..kernels.blas import (kernel_thread_count, kernel_threads, numba_threads,
-                            row_block_threads, row_blocks_enabled)
+from ..kernels.blas import (hold_blas, kernel_thread_count, kernel_threads, numba_threads,
+                            release_blas, row_block_threads, row_blocks_enabled)
 from ..kernels.malloc import keep_freed_memory
 from ..kernels.tile_sizes import MR
 from ..lang.compose import with_lengths
 from .base import (_NO_GRAD, Cell, Grads, Run, check_seen, check_workspace, lending,  # noqa: F401
                    lent_workspace)
-from .blocks import (_NOTHING, _RowBlock, _blas_held, _give_back, _joined, _kept,
+from .blocks import (_NOTHING, _RowBlock, _blas_held, _give_back, _joined,
                      _kernel_array, _rows_of, _take_helpers)
 from .seen import Seen, compiled_fingerprints
 
@@ -151,8 +151,12 @@ class CompiledCell(Cell):
         return run
 
     def _out_size(self, name: str) -> tuple[int, ...]:
-        o = next(o for o in self.spec.outputs if o.name == name)
-        return tuple(d.evaluate(self.dims) for d in o.type.shape) or (1,)
+        sizes = self.__dict__.get("_out_sizes")
+        if sizes is None:
+            sizes = self._out_sizes = {
+                o.name: tuple(d.evaluate(self.dims) for d in o.type.shape) or (1,)
+                for o in self.spec.outputs}
+        return sizes[name]
 
     # ------------------------------------------------------------------ memory hooks
     def _prepare(self, x, state, hidden):
@@ -205,11 +209,22 @@ class CompiledCell(Cell):
     def _launch(self, driver, args) -> None:
         # Kernels built with the microkernel pass run their own parallel loops on
         # Numba's threads (the `threads` argument), so the BLAS inside stays at one.
-        own_threads = self._own_threads()
-        blas = 1 if own_threads else None
-        with (_NOTHING if blas == 1 and _blas_held() else kernel_threads(blas)), \
-                numba_threads(kernel_thread_count() if own_threads else None):
-            driver(*args)
+        # Plain code, not context managers: this runs every call, and the generators
+        # cost more than the switches (about 10 us of a 100 us call at the char shape).
+        if not self._own_threads():
+            with kernel_threads(None):
+                driver(*args)
+            return
+        changed = None if _blas_held() else hold_blas(1)
+        try:
+            threads = kernel_thread_count()
+            if threads == 1:     # the kernel opens no parallel region (rnndsl.kernels.gemm)
+                driver(*args)
+            else:
+                with numba_threads(threads):
+                    driver(*args)
+        finally:
+            release_blas(changed)
 
     def _own_threads(self) -> bool:
         """Whether the kernels take a `threads` argument (the microkernel pass): they
@@ -248,8 +263,8 @@ class CompiledCell(Cell):
         the register tiles, if RNNDSL_BLAS_THREADS asks for more than one thread
         (rnndsl.kernels.blas says why not by default). RNNDSL_ROW_BLOCKS=0 keeps one block (to
         measure the gain)."""
-        if not self._own_threads() or not row_blocks_enabled():
-            return [(0, B)]
+        if B < 2 * MR or not self._own_threads() or not row_blocks_enabled():
+            return [(0, B)]     # (under two blocks' rows: one block, whatever the threads)
         parts = max(1, min(row_block_threads(), B // MR))
         return [(q * B // parts, (q + 1) * B // parts) for q in range(parts)]
 
@@ -337,25 +352,51 @@ class CompiledCell(Cell):
         writes (fresh arrays, B rows). `params`: the kernels' param arrays, taken once a
         run (`_kernel_param`), which the run's backward reads too. `seen`: where the
         kernel writes its fingerprints (empty: it takes none)."""
-        states = {d.name: d for d in self.spec.states}
+        # A plain loop over the argument records, not `_arguments`' getters: a one-step
+        # forward (sampling) runs this once a token, and the lambdas cost 5-10 us.
         outputs: dict[str, Any] = {}
         finals: dict[str, Any] = {}
         tapes: dict[tuple, Any] = {}
-        args = self._arguments("forward", T, B, consts, threads, {
-            "seen": lambda a: seen,
-            "param": lambda a: params[a[1]],
-            "input": lambda a: inputs[a[1]],
-            "state0": lambda a: state0[a[1]],
-            "output": lambda a: _kept(outputs, a[1],
-                                      self._empty(self._output_shape(a[1], T, B))),
-            "final": lambda a: _kept(finals, a[1],
-                                     self._empty((B,) + self._size(states[a[1]]))),
-            "hist": lambda a: _kept(tapes, a,
-                                    self._workspace((T, B) + self._size(states[a[1]]))),
-            "tape": lambda a: _kept(tapes, a,
-                                    self._workspace((T, B, self._tape_size(a[1])))),
-        })
+        args = []
+        empty = self._empty
+        for arg in self.meta["forward_args"]:
+            kind = arg[0]
+            if kind == "param":
+                value = params[arg[1]]
+            elif kind == "input":
+                value = inputs[arg[1]]
+            elif kind == "state0":
+                value = state0[arg[1]]
+            elif kind == "output":
+                value = outputs[arg[1]] = empty(self._output_shape(arg[1], T, B))
+            elif kind == "final":
+                value = finals[arg[1]] = empty((B,) + self._state_size(arg[1]))
+            elif kind == "hist":
+                value = tapes[arg] = self._workspace((T, B) + self._state_size(arg[1]))
+            elif kind == "tape":
+                value = tapes[arg] = self._workspace((T, B, self._tape_size(arg[1])))
+            elif kind == "dim":
+                value = self.dims[arg[1]]
+            elif kind == "T":
+                value = T
+            elif kind == "B":
+                value = B
+            elif kind == "consts":
+                value = consts
+            elif kind == "threads":
+                value = threads
+            elif kind == "seen":
+                value = seen
+            else:
+                raise AssertionError(f"unknown forward argument {arg}")
+            args.append(value)
         return args, outputs, finals, tapes
+
+    def _state_size(self, name: str) -> tuple[int, ...]:
+        sizes = self.__dict__.get("_state_sizes")
+        if sizes is None:
+            sizes = self._state_sizes = {d.name: self._size(d) for d in self.spec.states}
+        return sizes[name]
 
     def _arguments(self, which: str, T: int, B: int, consts, threads: int,
                    take: Mapping[str, Any]) -> list:

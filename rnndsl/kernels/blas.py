@@ -62,12 +62,22 @@ def threads_configured() -> bool:
     return bool(os.environ.get("RNNDSL_BLAS_THREADS", "").strip())
 
 
+_cores: tuple[int, int] | None = None     # (pid, cores) once a process
+
+
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:    # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+    """The cores this process may run on (its affinity mask where the OS has one), read
+    once a process: every kernel call asks (for its row blocks), and the system call
+    costs 1-2 us of a 100 us call."""
+    global _cores
+    pid = os.getpid()
+    if _cores is None or _cores[0] != pid:
+        try:
+            n = max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:    # macOS, Windows
+            n = max(1, os.cpu_count() or 1)
+        _cores = (pid, n)
+    return _cores[1]
 
 
 def configured_threads() -> int | None:
@@ -114,6 +124,50 @@ def row_blocks_enabled() -> bool:
     return value != "0"
 
 
+_switches = None
+
+
+def _blas_switches() -> list:
+    """(get, set) of each controller's thread count, as the library's own functions,
+    found once: threadpoolctl's properties look the symbol up again on every call."""
+    global _switches
+    if _switches is None:
+        found = []
+        for c in _kernel_blas():
+            try:      # threadpoolctl's OpenBLAS controller: the library's symbols, prefixed
+                get = c._get_symbol("openblas_get_num_threads")
+                put = c._get_symbol("openblas_set_num_threads")
+            except Exception:
+                get = put = None
+            if get is None or put is None:
+                get, put = (lambda c=c: c.num_threads), c.set_num_threads
+            found.append((get, put))
+        _switches = found
+    return _switches
+
+
+def hold_blas(n: int) -> list | None:
+    """Set the kernels' BLAS to n threads for a call: what `release_blas` restores after
+    it, or None where nothing changed. kernel_threads(n) does the same as a context
+    manager; this pair is for the per-call path, where the context manager's generator
+    cost more than the switch itself."""
+    changed = None
+    for get, put in _blas_switches():
+        before = get()
+        if before != n:
+            put(n)
+            if changed is None:
+                changed = []
+            changed.append((put, before))
+    return changed
+
+
+def release_blas(changed: list | None) -> None:
+    if changed:
+        for put, before in changed:
+            put(before)
+
+
 @contextmanager
 def kernel_threads(n: int | None = None):
     """Hold the kernels' BLAS to n threads (default: RNNDSL_BLAS_THREADS) for a call."""
@@ -122,17 +176,11 @@ def kernel_threads(n: int | None = None):
     if n is None:
         yield
         return
-    controllers = _kernel_blas()
-    before = [c.num_threads for c in controllers]
-    for c in controllers:
-        if c.num_threads != n:
-            c.set_num_threads(n)
+    changed = hold_blas(n)
     try:
         yield
     finally:
-        for c, old in zip(controllers, before):
-            if c.num_threads != old:
-                c.set_num_threads(old)
+        release_blas(changed)
 
 
 @contextmanager
