@@ -551,7 +551,7 @@ def format_results(rows: list[dict], markdown: bool = False) -> str:
 
 
 def cpu_name() -> str:
-    """lscpu's "Model name", else /proc/cpuinfo's "model name", else platform's."""
+    """lscpu's "Model name", else /proc/cpuinfo's "model name" (rnndsl.build.machine)."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
         for line in out.splitlines():
@@ -559,13 +559,8 @@ def cpu_name() -> str:
                 return line.split(":", 1)[1].strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from rnndsl.build.machine import cpu_model
+    return cpu_model()
 
 
 def version(name: str) -> str:

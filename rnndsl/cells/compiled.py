@@ -90,8 +90,19 @@ class CompiledCell(Cell):
         return getattr(module, cls.spec.name)
 
     def _consts(self) -> np.ndarray:
-        values = [v if kind == "value" else _dim_from(v).evaluate(self.dims)
-                  for kind, v in self.meta["consts"]]
+        """The kernels' `consts`: numbers, sizes, and the marks chosen for this machine
+        (kind "tuning": rnndsl.build.machine, read once a process)."""
+        values = []
+        for kind, v in self.meta["consts"]:
+            if kind == "value":
+                values.append(v)
+            elif kind == "dim":
+                values.append(_dim_from(v).evaluate(self.dims))
+            elif kind == "tuning":
+                from ..build.machine import tuning     # (not at import: warm loads)
+                values.append(tuning().values[v])
+            else:
+                raise AssertionError(f"unknown constant {kind!r}")
         return np.array(values, dtype=self.dtype)
 
     def _tape_size(self, nid) -> int:

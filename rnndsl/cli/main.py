@@ -293,7 +293,19 @@ def cmd_explain(args) -> int:
         from ..cells.network import layer_loops_reason
         print(f"layer loops ({', '.join(loops)}), chosen at each call: "
               f"{layer_loops_reason()}")
+    _explain_machine(plan, args.target)
     return EXIT_OK
+
+
+def _explain_machine(plan, target: str) -> None:
+    """Where this machine's per-step GEMMs change ways (rnndsl.build.machine), for a cpu
+    plan with a GEMM in its time loop: the kernels read those marks at each call."""
+    from ..schedule.plan import LOOP_STAGES
+    if target != "cpu" or not any(plan.matmuls.get(stage) for stage in LOOP_STAGES):
+        return
+    from ..build.machine import tuning
+    for line in tuning().describe():
+        print(line)
 
 
 def _explain_network(spec_file, spec, args) -> int:

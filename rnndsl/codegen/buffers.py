@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..core.ops import Op
 from ..core.shapes import Dim
 from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup
-from .dialect import MICRO_SPLIT_PRODUCT, MICRO_TILE_PRODUCT, SMALL_PRODUCT, _dim, ident
+from .dialect import _dim, ident
 from .form import Arr, Code, Reshape, Sym, code, fix
 from .kernel import B, DTYPE, R, T, _Kernel, array
 
@@ -64,34 +64,34 @@ class Buffers:
                 if not self.splits_cotangents(i, u):
                     continue
                 sizes = [_dim(G[g].type.shape[0]) for g in cg.cotangents]
+                mark = self.tuned("small_product")
                 small = code(" and ".join(dict.fromkeys(
-                    f"B * {n} * {cols} <= {SMALL_PRODUCT}" for n in sizes)), sizes + [cols])
+                    f"B * {n} * {cols} <= {mark}" for n in sizes)), sizes + [cols, mark])
                 p.comment("term by term when the stacked product is too big for OpenBLAS's "
                           "small-matrix kernel and the terms are not")
                 split = Sym(f"splitc{i}_{u}", "x")
-                p.assign(split, code("{} * {} * {} > {} and {}", B, total, cols, SMALL_PRODUCT,
-                                     small))
+                p.assign(split, code("{} * {} * {} > {} and {}", B, total, cols, mark, small))
                 self._term_buffers(kern, i, u, cols, split)
 
     def _tiled_flag(self, kern: _Kernel, flag: Sym, cols: Code, sizes: list[Code]) -> Sym:
         """flag = whether a per-step GEMM runs in the register tiles: at MR rows and more
         (`tiles`), and below them where even its parts would be too big a product for
-        OpenBLAS's direct kernel (MICRO_TILE_PRODUCT); a single row stays a GEMV."""
+        OpenBLAS's direct kernel (the machine's micro_tile_product: rnndsl.build.machine); a single row stays a GEMV."""
         widths = list({str(n): n for n in sizes}.values())
         widest = (widths[0] if len(widths) == 1 else
                   code("max({})".format(", ".join("{}" for _ in widths)), *widths))
         kern.p.assign(flag, code("{} or {} >= 2 and {} * {} * {} >= {}", TILES, B, B, cols,
-                                 widest, MICRO_TILE_PRODUCT),
+                                 widest, self.tuned("micro_tile_product")),
                       "   # below MR rows too, past BLAS's direct kernel")
         return flag
 
     def _split_flag(self, kern: _Kernel, flag: Sym, tiled: Sym, rows: Code, cols: Code,
                     how: str) -> Sym:
         """flag = whether a per-step GEMM below MR rows runs part by part (`how`): where
-        one BLAS call on the stacked product would be slow (MICRO_SPLIT_PRODUCT)."""
+        one BLAS call on the stacked product would be slow (the machine's micro_split_product)."""
         kern.p.comment(f"below MR rows, {how} where one BLAS call would be slow")
         kern.p.assign(flag, code("not {} and {} >= 2 and {} * {} * {} >= {}", tiled, B, B,
-                                 rows, cols, MICRO_SPLIT_PRODUCT))
+                                 rows, cols, self.tuned("micro_split_product")))
         return flag
 
     def _term_buffers(self, kern: _Kernel, i: int, u: int, cols: Code, split: Sym) -> None:
@@ -150,13 +150,14 @@ class Buffers:
                     p.assign(wt, code("{}.T", wr))
                 if self.splits_small(grp, s):
                     sizes = [_dim(G[m].type.shape[0]) for m in grp.members]
+                    mark = self.tuned("small_product")
                     small = code(" and ".join(dict.fromkeys(
-                        f"B * {cols} * {n} <= {SMALL_PRODUCT}" for n in sizes)), sizes + [cols])
+                        f"B * {cols} * {n} <= {mark}" for n in sizes)), sizes + [cols, mark])
                     p.comment("member by member when the stacked product is too big for "
                               "OpenBLAS's small-matrix kernel and the members are not")
                     split = Sym(f"split{g}", "x")
-                    p.assign(split, code("{} * {} * ({}) > {} and {}", B, cols, total,
-                                         SMALL_PRODUCT, small))
+                    p.assign(split, code("{} * {} * ({}) > {} and {}", B, cols, total, mark,
+                                         small))
                     for k, m in enumerate(grp.members):
                         p.assign(array(f"wt{g}_{k}", 2),
                                  code("transposed({}) if {} else {}", param(G, G[m].args[0]),
@@ -280,7 +281,7 @@ class Buffers:
             tiled = Sym(f"tiledw{len(kern.single_tiled)}", "x")
             kern.single_tiled[n] = tiled
             p.assign(tiled, code("{} or {} >= 2 and {} * {}.shape[0] * {}.shape[1] >= {}",
-                                 TILES, B, B, w, w, MICRO_TILE_PRODUCT),
+                                 TILES, B, B, w, w, self.tuned("micro_tile_product")),
                      "   # below MR rows too, past BLAS's direct kernel")
             p.assign(wpt, code("np.zeros((({}.shape[1] + NR - 1) // NR if {} else 0, "
                                "{}.shape[0], NR), {})", w, tiled, w, DTYPE))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..core.version import __version__
 from ..lang import printer
-from ..kernels.tile_sizes import MR, NR
+from ..kernels.tile_sizes import MICRO_SPLIT_PRODUCT, MICRO_TILE_PRODUCT, MR, NR, SMALL_PRODUCT  # noqa: F401
 from ..core.ops import LEAVES, Op, hard_sigmoid_coefficients
 from ..schedule.explain import explain_lines
 from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan, passes_for
@@ -95,29 +95,6 @@ class Emitted:
     consts: list[tuple]            # ("value", float) or ("dim", Dim)
     tapes: list[tuple[int, object]]   # (node id, size Dim) of tapes the runtime allocates
 
-
-
-# OpenBLAS multiplies small products (M*N*K up to about 2^18 here) with a direct kernel
-# that is twice as fast a flop as its packed path: four (16 x 128) @ (128 x 128) took
-# 1.83 ms a 100 steps, one (16 x 128) @ (128 x 512) 3.99 ms (benchmarks/RESULTS.md). A
-# stacked per-step GEMM below this size is therefore run member by member.
-SMALL_PRODUCT = 1 << 18
-# With the register tiles (microkernel), a batch under MR rows runs each step's stacked
-# GEMM as one BLAS call, which falls off the same cliff: (4 x 256) @ (256 x 1024) took 96
-# us a step here against 19 us member by member, (2 x 512) @ (512 x 2048) 371 against 66,
-# and the backward's (4 x 1024) @ (1024 x 256) 96 against 22 (OpenBLAS, one thread, a
-# 2-core AMD EPYC; B in 2..6, K in 128..512, N = 2..4 K; benchmarks/step_gemm_paths.py
-# times the three ways). From 2^20 (B * K * N) splitting won or tied everywhere; from
-# 2^19 it won up to 9 us a step and lost up to 2 (K = 384, N = 768, B = 2: 15.6 against
-# 17.9 us); below, the one call won by a microsecond. One row (a GEMV) is left whole. So
-# from 2^19 the step multiplies member by member.
-MICRO_SPLIT_PRODUCT = 1 << 19
-# Past 2^20 (B * K * N of one member, or of a lone product) OpenBLAS's direct kernel gives
-# up too, and the register tiles, running below MR rows on tiles of one row, win: (4 x
-# 512) @ (512 x 2048) member by member 395 us a step against 261 in the tiles, (2 x 768)
-# @ (768 x 3072) 867 against 308, while at (6 x 384) @ (384 x 1536) (members of 0.88 x
-# 2^20) the members took 73 us and the tiles 209 (the same machine). Two rows and more.
-MICRO_TILE_PRODUCT = 1 << 20
 
 
 _ENDS_LIKE_A_VIEW = re.compile(r"_r_*\Z")

@@ -184,6 +184,11 @@ class _Emitter(Buffers):
             self.consts.append(key)
         return self._const_names[key]
 
+    def tuned(self, name: str) -> Sym:
+        """A mark chosen for the machine the kernel runs on (rnndsl.build.machine), read
+        from `consts` like a constant: one compiled kernel serves every machine."""
+        return self.k(("tuning", name))
+
     def const_of(self, nid: int) -> Sym:
         node = self.G[nid]
         if node.op == Op.CONST:

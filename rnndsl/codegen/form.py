@@ -240,7 +240,9 @@ class Consts(Stmt):
     def assignments(self) -> list:
         out = []
         for i, (kind, value) in enumerate(self.consts):
-            what = f"size {value}" if kind == "dim" else repr(value)
+            what = (f"size {value}" if kind == "dim" else
+                    f"this machine's {value} (rnndsl explain)" if kind == "tuning" else
+                    repr(value))
             out.append(Assign(Sym(f"k{i}", "f"), Arr(self.array, fix(str(i))),
                               note=f"  # {what}"))
         return out

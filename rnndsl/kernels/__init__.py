@@ -1,5 +1,6 @@
 """What generated modules call at run time: array loops and scalar functions (loops.py),
-the per-step GEMMs' register tiles (gemm.py, gemm_tiles.py, tile_sizes.py), the cuda
+the per-step GEMMs' register tiles (gemm.py, gemm_tiles.py, tile_sizes.py) and the
+timing of a step's GEMM ways (step_paths.py, for rnndsl.build.machine), the cuda
 helpers (cuda.py), BLAS thread control (blas.py), the allocator setting (malloc.py), and the
 training step's norms, clipping and optimiser updates (optim.py).
 Imports nothing of rnndsl above core/, so every layer may import it.
@@ -13,7 +14,7 @@ warm load that needs only tile_sizes.py should not pay for).
 import importlib
 
 _SUBMODULES = ("blas", "cuda", "gemm", "gemm_tiles", "loops", "malloc", "optim",
-               "tile_sizes")
+               "step_paths", "tile_sizes")
 
 
 def __getattr__(name: str):

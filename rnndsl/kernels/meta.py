@@ -6,8 +6,9 @@ wrote, whose entries are plain tuples) reads both alike: `Tape(19, size) == (19,
 
 - `Arg(kind, *rest)`: one argument of a kernel, in order: `Arg("param", "W_i")`,
   `Arg("tape", 19)` (a saved value, by IR node), `Arg("T")` (a size);
-- `Const(kind, value)`: the kernels' typed constant k<n>: ("value", 1.0), or ("dim",
-  Size) for a size the runtime evaluates once the dims are bound;
+- `Const(kind, value)`: the kernels' typed constant k<n>: ("value", 1.0), ("dim",
+  Size) for a size the runtime evaluates once the dims are bound, or ("tuning", name)
+  for a mark chosen for the machine (rnndsl.build.machine);
 - `Size(terms, const)`: a linear size, sum(coef * dim) + const, as core/shapes.Dim;
 - `Tape(node, size)`: a value the forward saves for BPTT, and its feature size.
 """

@@ -1,5 +1,33 @@
 """The register tile's shape, shared by the tiles' generator (codegen/gemm_gen.py), the
-GEMM drivers (kernels/gemm.py) and the cells that split batches into row blocks."""
+GEMM drivers (kernels/gemm.py) and the cells that split batches into row blocks; and the
+built-in marks where a step's GEMM changes ways (the defaults of rnndsl.build.machine,
+which times them for each machine: the kernels read the marks at each call)."""
 
 MR = 8          # rows of A a tile holds
 NR = 16         # columns of a panel (one 512-bit vector of float32, two of float64)
+
+
+# The built-in marks, measured on a 2-core AMD EPYC (each machine times its own at first
+# use: rnndsl.build.machine).
+#
+# OpenBLAS multiplies small products (M*N*K up to about 2^18 here) with a direct kernel
+# that is twice as fast a flop as its packed path: four (16 x 128) @ (128 x 128) took
+# 1.83 ms a 100 steps, one (16 x 128) @ (128 x 512) 3.99 ms (benchmarks/RESULTS.md). A
+# stacked per-step GEMM below this size is therefore run member by member.
+SMALL_PRODUCT = 1 << 18
+# With the register tiles (microkernel), a batch under MR rows runs each step's stacked
+# GEMM as one BLAS call, which falls off the same cliff: (4 x 256) @ (256 x 1024) took 96
+# us a step here against 19 us member by member, (2 x 512) @ (512 x 2048) 371 against 66,
+# and the backward's (4 x 1024) @ (1024 x 256) 96 against 22 (OpenBLAS, one thread, a
+# 2-core AMD EPYC; B in 2..6, K in 128..512, N = 2..4 K; benchmarks/step_gemm_paths.py
+# times the three ways). From 2^20 (B * K * N) splitting won or tied everywhere; from
+# 2^19 it won up to 9 us a step and lost up to 2 (K = 384, N = 768, B = 2: 15.6 against
+# 17.9 us); below, the one call won by a microsecond. One row (a GEMV) is left whole. So
+# from 2^19 the step multiplies member by member.
+MICRO_SPLIT_PRODUCT = 1 << 19
+# Past 2^20 (B * K * N of one member, or of a lone product) OpenBLAS's direct kernel gives
+# up too, and the register tiles, running below MR rows on tiles of one row, win: (4 x
+# 512) @ (512 x 2048) member by member 395 us a step against 261 in the tiles, (2 x 768)
+# @ (768 x 3072) 867 against 308, while at (6 x 384) @ (384 x 1536) (members of 0.88 x
+# 2^20) the members took 73 us and the tiles 209 (the same machine). Two rows and more.
+MICRO_TILE_PRODUCT = 1 << 20
