@@ -503,7 +503,9 @@ class Cell:
         this run's W alone; `cell.params["W"] += ...` makes its backward raise), and do
         not change x in place. grad=False (sampling, evaluation) says no backward will
         follow: the run keeps nothing for one and skips fingerprinting what it read
-        (about 8 us at the char shape, 6% of a one-step forward); its backward raises.
+        (about 8 us at the char shape, 6% of a one-step forward), and the compiled cpu
+        kernel writes no tapes that only BPTT reads (its inference twin); its backward
+        raises.
         workspace: a `Workspace` whose buffers the run's tapes may reuse (see there)."""
         check_workspace(workspace)
         x = self._expand_once(x, steps)

@@ -439,6 +439,7 @@ class CompiledCell(Cell):
         consts = self._consts()
         params = {d.name: self._kernel_param(d.name) for d in self.spec.params}
         rows = self._row_blocks(B)
+        forward = self._forward_kernel()
         if len(rows) == 1:
             # the kernel fingerprints what it reads as it starts, where it can (no call of
             # their own); else they are taken here
@@ -447,7 +448,7 @@ class CompiledCell(Cell):
             sums = _NO_SEEN if names is None else np.empty(len(names), np.uint64)
             args, outputs, finals, tapes = self._forward_args(
                 params, inputs, state0, T, B, consts, kernel_thread_count(), sums)
-            self._launch(self.meta["forward"], args)
+            self._launch(forward, args)
             blocks = (_RowBlock(0, B, tapes, inputs),)
             if names is not None:
                 seen = Seen.taken_by_kernel(names, sums)
@@ -460,13 +461,21 @@ class CompiledCell(Cell):
                     params, mine, _rows_of(state0, r0, r1, axis=0), T, r1 - r0, consts, 1)
                 blocks.append(_RowBlock(r0, r1, tapes, mine))
                 parts.append((args, outputs, finals))
-            self._launch_blocks(self.meta["forward"], [p[0] for p in parts])
+            self._launch_blocks(forward, [p[0] for p in parts])
             outputs = self._joined_outputs([p[1] for p in parts])
             finals = _joined([p[2] for p in parts], axis=0)
         tape = _CompiledTape(tuple(blocks), consts, self._token, frozenset(from_params),
                              on_device, params, seen)
         return self._made_run(self._deliver(self._shown(outputs), on_device),
                               self._deliver(finals, on_device), T, B, tape)
+
+    def _forward_kernel(self):
+        """The forward kernel for this call: with grad=False, where the module has one,
+        its twin that writes no tapes only BPTT reads (codegen: inference_twin; its
+        arguments are the forward's, those tapes left unwritten)."""
+        if getattr(_NO_GRAD, "on", False):
+            return self.meta.get("forward_inference", self.meta["forward"])
+        return self.meta["forward"]
 
     def _block_backward_args(self, block: _RowBlock, tape_params, consts, d_out, d_st,
                              T: int, skip_inputs: bool, threads: int, seen=_NO_SEEN):

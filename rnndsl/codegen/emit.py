@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..core.version import __version__
 from ..lang import printer
@@ -390,8 +390,11 @@ class _Emitter(Buffers):
         bwd = self.kernel_nodes("backward")
         fwd_body, fwd_args = self.forward_kernel(fwd)
         bwd_body, bwd_args = self.backward_kernel(bwd)
+        infer_body = self.inference_twin(fwd_body, fwd_args)
         fwd_body = form.text(prune_dead_views(form.fill_consts(fwd_body)))
         bwd_body = form.text(prune_dead_views(form.fill_consts(bwd_body)))
+        if infer_body is not None:
+            fwd_body += "\n\n" + form.text(prune_dead_views(form.fill_consts(infer_body)))
         name = cell.name
         meta = Printer()
         meta.line(f"{name}_META = dict(")
@@ -408,10 +411,47 @@ class _Emitter(Buffers):
             if self.plan.at_end:     # final outputs the forward writes once, (B, size)
                 meta.line(f"at_end={tuple(self.plan.at_end)!r},")
             meta.line(f"forward=forward_{name},")
+            if infer_body is not None:
+                meta.line(f"forward_inference=forward_inference_{name},")
             meta.line(f"backward=backward_{name},")
         meta.line(")")
         source = fwd_body + "\n\n" + bwd_body + "\n\n" + meta.text()
         return Emitted(source, fwd_args, bwd_args, self.consts, self._tapes())
+
+    def inference_twin(self, body: list, args: list[tuple]) -> list | None:
+        """The forward kernel for a forward no backward follows (grad=False: sampling,
+        evaluation): the same code and arguments, without the stores into the tapes and
+        histories that only BPTT reads (form.drop_unread_stores; a tape the forward reads
+        itself, as the readout after the loop reads h', stays). None where it would drop
+        nothing. Numba compiles it on its first call, so a process that only trains
+        never pays for it."""
+        kept = {self.arg_name(a) for a in args if a[0] in ("tape", "hist")}
+        twin = form.copy_body(body)
+        twin, gone = form.drop_unread_stores(twin, kept)
+        if not gone:
+            return None
+        name = self.plan.step.cell.name
+        for k, st in enumerate(twin):
+            if isinstance(st, form.Block) and str(st.header).startswith(f"def forward_{name}("):
+                notes = [(self.arg_name(a), "unused here: kept for BPTT only"
+                          if self.arg_name(a) in gone else self.arg_note(a, "forward"))
+                         for a in args]
+                header = form.Code(signature(f"forward_inference_{name}", notes),
+                                   getattr(st.header, "syms", ()))
+                twin[k] = replace(st, header=header, body=self._inference_doc(st.body))
+                return twin
+        raise AssertionError(f"no forward_{name} in the forward kernel's body")
+
+    def _inference_doc(self, body: list) -> list:
+        """The forward's docstring, its first line saying what this twin is for."""
+        first = next(k for k, st in enumerate(body) if isinstance(st, form.Raw)
+                     and st.text.startswith('"""Forward pass of'))
+        head = [form.Raw(body[first].text.replace(" over T steps.", " over T steps, for "
+                                                  "inference (grad=False):")),
+                form.Raw("the tapes and histories that only BPTT reads are not written.")]
+        rest = [st for st in body[first + 1:] if not (
+            isinstance(st, form.Raw) and re.fullmatch(r"\s*save \d+ values? for BPTT", st.text))]
+        return body[:first] + head + rest
 
     def _meta_list(self, p, key: str, records: list) -> None:
         """`key=[...],` in the metadata, one named record a line (kernels/meta.py); a

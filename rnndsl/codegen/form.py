@@ -33,7 +33,7 @@ every format as a tree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 class Code(str):
@@ -341,6 +341,74 @@ def prune_dead_views(body: list) -> list:
         body = keep(body)
         if not dead[0]:
             return body
+
+
+def copy_body(body: list) -> list:
+    """A copy of a body that the passes may change apart from the original: its blocks
+    are new (the passes replace blocks' bodies); statements and Code are not changed in
+    place by any pass, and are shared."""
+    return [replace(st, body=copy_body(st.body)) if isinstance(st, Block) else st
+            for st in body]
+
+
+_STORES_INTO_FIRST = ("copy1", "copy2")      # helpers that write their first argument
+
+
+def _array_of(value) -> str | None:
+    if isinstance(value, Arr):
+        return value.array.name
+    if isinstance(value, Reshape):
+        return _array_of(value.base)
+    return value.name if isinstance(value, Sym) else None
+
+
+def drop_unread_stores(body: list, arrays: set[str]) -> tuple[list, set[str]]:
+    """The body without its stores into those of `arrays` (kernel arguments it writes)
+    that nothing in it reads: the forward's tapes and histories, in a forward for
+    inference. A store is `X[...] = value` or `copy1/copy2(X..., src)`, into X or a view
+    of it (`X_r = X.reshape(...)`); any other mention of X or its views (a GEMM reading
+    the tape of h', an `+=`) is a read, and X's stores stay. Blocks left with no
+    statement get a `pass`. Returns the body and the arrays whose stores went."""
+    group = {name: name for name in arrays}          # array or view -> the array
+    for st in walk(body):
+        if isinstance(st, Assign) and st.is_view() and _array_of(st.value) in group:
+            group[st.target.name] = group[_array_of(st.value)]
+
+    def stored(st) -> str | None:
+        """The array a pure store writes, if st is one (and reads none of the group)."""
+        if isinstance(st, Assign) and st.op == "=" and isinstance(st.target, Arr):
+            into, rest = _array_of(st.target), [st.value, *st.target.syms[1:]]
+        elif isinstance(st, Call) and st.fn in _STORES_INTO_FIRST and st.args:
+            into, rest = _array_of(st.args[0]), [*st.args[1:], *st.args[0].syms[1:]]
+        else:
+            return None
+        if into not in group or any(s.name in group for s in syms_of(*rest)):
+            return None
+        return group[into]
+
+    read = set()
+    for st in walk(body):
+        if stored(st) is not None:
+            continue
+        if isinstance(st, Assign) and st.is_view() and st.target.name in group:
+            continue                                  # a view's definition reads nothing yet
+        read |= {group[s.name] for s in st.reads() if s.name in group}
+    gone = set(arrays) - read
+
+    def keep(block: list) -> list:
+        out = []
+        for st in block:
+            if stored(st) in gone:
+                continue
+            if isinstance(st, Assign) and st.is_view() and group.get(st.target.name) in gone:
+                continue
+            if isinstance(st, Block):
+                st.body = keep(st.body)
+                if not any(x.is_statement() for x in st.body):
+                    st.body.append(Raw("pass"))
+            out.append(st)
+        return out
+    return keep(body), gone
 
 
 def text(body: list, depth: int = 0) -> str:
