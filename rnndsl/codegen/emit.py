@@ -425,6 +425,8 @@ class _Emitter(Buffers):
         itself, as the readout after the loop reads h', stays). None where it would drop
         nothing. Numba compiles it on its first call, so a process that only trains
         never pays for it."""
+        if self.dialect.target != "cpu":   # (the cuda target's host drivers launch kernels)
+            return None
         kept = {self.arg_name(a) for a in args if a[0] in ("tape", "hist")}
         twin = form.copy_body(body)
         twin, gone = form.drop_unread_stores(twin, kept)
