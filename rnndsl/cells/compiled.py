@@ -91,7 +91,18 @@ class CompiledCell(Cell):
 
     def _consts(self) -> np.ndarray:
         """The kernels' `consts`: numbers, sizes, and the marks chosen for this machine
-        (kind "tuning": rnndsl.build.machine, read once a process)."""
+        (kind "tuning": rnndsl.build.machine, read once a process). Made once a cell and
+        marks (every call asks); the kernels only read it."""
+        tuned = None
+        tunes = self.__dict__.get("_tunes")
+        if tunes is None:
+            tunes = self._tunes = any(kind == "tuning" for kind, _ in self.meta["consts"])
+        if tunes:
+            from ..build.machine import tuning     # (not at import: warm loads)
+            tuned = tuning()
+        made = self.__dict__.get("_consts_made")
+        if made is not None and made[0] is tuned:
+            return made[1]
         values = []
         for kind, v in self.meta["consts"]:
             if kind == "value":
@@ -99,11 +110,12 @@ class CompiledCell(Cell):
             elif kind == "dim":
                 values.append(_dim_from(v).evaluate(self.dims))
             elif kind == "tuning":
-                from ..build.machine import tuning     # (not at import: warm loads)
-                values.append(tuning().values[v])
+                values.append(tuned.values[v])
             else:
                 raise AssertionError(f"unknown constant {kind!r}")
-        return np.array(values, dtype=self.dtype)
+        consts = np.array(values, dtype=self.dtype)     # (writeable: Numba types a
+        self._consts_made = (tuned, consts)              # read-only array apart)
+        return consts
 
     def _tape_size(self, nid) -> int:
         """The feature size of a taped node, memoised like `_size`."""
