@@ -133,9 +133,12 @@ class CompiledCell(Cell):
         """Zeroed arrays for one backward call's param gradients: views of one flat
         buffer (core/flat.py), so that the norm, the clipping and the optimiser step of
         a training step are one loop each over the whole model."""
-        shapes = [self._size(d) or (1,) for d in self.spec.params]
-        _, views = flat_views(shapes, self.dtype)
-        return dict(zip((d.name for d in self.spec.params), views))
+        layout = self.__dict__.get("_grad_layout")     # made once: every backward asks
+        if layout is None:
+            layout = self._grad_layout = ([self._size(d) or (1,) for d in self.spec.params],
+                                          [d.name for d in self.spec.params])
+        _, views = flat_views(layout[0], self.dtype)
+        return dict(zip(layout[1], views))
 
     def _token_form(self, d, ids: np.ndarray, V: int) -> np.ndarray:
         """Kernels built to gather by id (meta "token_ids") take the ids as int64;
@@ -375,8 +378,9 @@ class CompiledCell(Cell):
         writes (fresh arrays, B rows). `params`: the kernels' param arrays, taken once a
         run (`_kernel_param`), which the run's backward reads too. `seen`: where the
         kernel writes its fingerprints (empty: it takes none)."""
-        # A plain loop over the argument records, not `_arguments`' getters: a one-step
-        # forward (sampling) runs this once a token, and the lambdas cost 5-10 us.
+        # A plain loop over the argument records (meta "forward_args"), not a getter a
+        # kind: a one-step forward (sampling) runs this once a token, and lambdas cost
+        # 5-10 us.
         outputs: dict[str, Any] = {}
         finals: dict[str, Any] = {}
         tapes: dict[tuple, Any] = {}
@@ -420,22 +424,6 @@ class CompiledCell(Cell):
         if sizes is None:
             sizes = self._state_sizes = {d.name: self._size(d) for d in self.spec.states}
         return sizes[name]
-
-    def _arguments(self, which: str, T: int, B: int, consts, threads: int,
-                   take: Mapping[str, Any]) -> list:
-        """A kernel's argument list, read from its metadata (`forward_args` or
-        `backward_args`: (kind, name) records): the kinds both kernels take from here,
-        the others each from its getter in `take` (called with the record)."""
-        shared = {"dim": lambda a: self.dims[a[1]], "T": lambda a: T, "B": lambda a: B,
-                  "consts": lambda a: consts, "threads": lambda a: threads,
-                  "seen": lambda a: _NO_SEEN}
-        args = []
-        for arg in self.meta[f"{which}_args"]:
-            get = take.get(arg[0]) or shared.get(arg[0])
-            if get is None:
-                raise AssertionError(f"unknown {which} argument {arg}")
-            args.append(get(arg))
-        return args
 
     def _run(self, x, state, hidden) -> Run:
         inputs, state0, from_params, T, B, on_device, read = self._prepare(x, state, hidden)
@@ -497,7 +485,6 @@ class CompiledCell(Cell):
         nothing (and one changed in place, tape.seen refuses). `seen`: where the kernel
         writes the fingerprints of what it reads (empty: it takes none)."""
         B = block.r1 - block.r0
-        sizes_state = {d.name: self._size(d) for d in self.spec.states}
         params = self._param_grad_arrays()
         # without input_grads the kernel may leave these unwritten: no zeroing needed
         blank = self._empty if skip_inputs else self._zeros
@@ -508,20 +495,42 @@ class CompiledCell(Cell):
         def cotangent(given, shape):
             return self._zeros(shape) if given is None else given.reshape(shape)
 
-        args = self._arguments("backward", T, B, consts, threads, {
-            "seen": lambda a: seen,
-            "input_grads": lambda a: not skip_inputs,
-            "param": lambda a: tape_params[a[1]],
-            "input": lambda a: block.inputs[a[1]],
-            "output_grad": lambda a: cotangent(d_out.get(a[1]),
-                                               (T, B) + self._out_size(a[1])),
-            "final_grad": lambda a: cotangent(d_st.get(a[1]), (B,) + sizes_state[a[1]]),
-            "param_grad": lambda a: params[a[1]],
-            "input_grad": lambda a: inputs[a[1]],
-            "state0_grad": lambda a: state[a[1]],
-            "hist": lambda a: block.arrays[a],
-            "tape": lambda a: block.arrays[a],
-        })
+        args = []                  # a plain loop over the records, as _forward_args
+        for arg in self.meta["backward_args"]:
+            kind = arg[0]
+            if kind == "param":
+                value = tape_params[arg[1]]
+            elif kind == "input":
+                value = block.inputs[arg[1]]
+            elif kind in ("hist", "tape"):
+                value = block.arrays[arg]
+            elif kind == "param_grad":
+                value = params[arg[1]]
+            elif kind == "input_grad":
+                value = inputs[arg[1]]
+            elif kind == "state0_grad":
+                value = state[arg[1]]
+            elif kind == "output_grad":
+                value = cotangent(d_out.get(arg[1]), (T, B) + self._out_size(arg[1]))
+            elif kind == "final_grad":
+                value = cotangent(d_st.get(arg[1]), (B,) + self._state_size(arg[1]))
+            elif kind == "dim":
+                value = self.dims[arg[1]]
+            elif kind == "T":
+                value = T
+            elif kind == "B":
+                value = B
+            elif kind == "consts":
+                value = consts
+            elif kind == "threads":
+                value = threads
+            elif kind == "seen":
+                value = seen
+            elif kind == "input_grads":
+                value = not skip_inputs
+            else:
+                raise AssertionError(f"unknown backward argument {arg}")
+            args.append(value)
         return args, params, inputs, state
 
     def _back(self, run: Run, d_outputs, d_state, input_grads: bool = True) -> Grads:
