@@ -402,22 +402,27 @@ class CompiledCell(Cell):
                 value = tapes[arg] = self._workspace((T, B) + self._state_size(arg[1]))
             elif kind == "tape":
                 value = tapes[arg] = self._workspace((T, B, self._tape_size(arg[1])))
-            elif kind == "dim":
-                value = self.dims[arg[1]]
-            elif kind == "T":
-                value = T
-            elif kind == "B":
-                value = B
-            elif kind == "consts":
-                value = consts
-            elif kind == "threads":
-                value = threads
-            elif kind == "seen":
-                value = seen
             else:
-                raise AssertionError(f"unknown forward argument {arg}")
+                value = self._sized_arg(arg, T, B, consts, threads, seen, "forward")
             args.append(value)
         return args, outputs, finals, tapes
+
+    def _sized_arg(self, arg, T: int, B: int, consts, threads: int, seen, which: str):
+        """The arguments both kernels take alike: sizes, consts, threads, fingerprints."""
+        kind = arg[0]
+        if kind == "dim":
+            return self.dims[arg[1]]
+        if kind == "T":
+            return T
+        if kind == "B":
+            return B
+        if kind == "consts":
+            return consts
+        if kind == "threads":
+            return threads
+        if kind == "seen":
+            return seen
+        raise AssertionError(f"unknown {which} argument {arg}")
 
     def _state_size(self, name: str) -> tuple[int, ...]:
         sizes = self.__dict__.get("_state_sizes")
@@ -514,22 +519,10 @@ class CompiledCell(Cell):
                 value = cotangent(d_out.get(arg[1]), (T, B) + self._out_size(arg[1]))
             elif kind == "final_grad":
                 value = cotangent(d_st.get(arg[1]), (B,) + self._state_size(arg[1]))
-            elif kind == "dim":
-                value = self.dims[arg[1]]
-            elif kind == "T":
-                value = T
-            elif kind == "B":
-                value = B
-            elif kind == "consts":
-                value = consts
-            elif kind == "threads":
-                value = threads
-            elif kind == "seen":
-                value = seen
             elif kind == "input_grads":
                 value = not skip_inputs
             else:
-                raise AssertionError(f"unknown backward argument {arg}")
+                value = self._sized_arg(arg, T, B, consts, threads, seen, "backward")
             args.append(value)
         return args, params, inputs, state
 
