@@ -33,7 +33,7 @@ from ..lang.compose import with_lengths
 from .base import (_NO_GRAD, Cell, Grads, Run, check_seen, check_workspace, lending,  # noqa: F401
                    lent_workspace)
 from .blocks import (_NOTHING, _RowBlock, _blas_held, _give_back, _joined,
-                     _kernel_array, _rows_of, _take_helpers)
+                     _kernel_array, _rows_of, _take_helpers, thread_share)
 from .seen import Seen, compiled_fingerprints
 
 _NO_SEEN = np.empty(0, np.uint64)   # a forward kernel's `seen` when no fingerprints are wanted
@@ -291,7 +291,8 @@ class CompiledCell(Cell):
         measure the gain)."""
         if B < 2 * MR or not self._own_threads() or not row_blocks_enabled():
             return [(0, B)]     # (under two blocks' rows: one block, whatever the threads)
-        parts = max(1, min(row_block_threads(), B // MR))
+        share = thread_share()      # beside another direction: its share of the cores
+        parts = max(1, min(row_block_threads(), B // MR, share or B))
         return [(q * B // parts, (q + 1) * B // parts) for q in range(parts)]
 
     def _launch_blocks(self, driver, arg_lists) -> None:

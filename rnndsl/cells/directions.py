@@ -251,16 +251,18 @@ def _joined(ys: list[np.ndarray], scalar: bool) -> np.ndarray:
 
 def _run_all(calls: list, target: str) -> list:
     """Each call's result; a compiled cell's two calls at once, on this thread and a
-    second one, each held to one kernel thread (as cells.compiled's row blocks are)."""
+    second one, each held to one kernel thread (as cells.compiled's row blocks are) and
+    splitting its rows among its share of the cores only (blocks.sharing)."""
     if len(calls) == 1 or target != "cpu":
         return [c() for c in calls]
-    from ..kernels.blas import kernel_threads, numba_threads
-    from .blocks import _block_pool
+    from ..kernels.blas import kernel_threads, numba_threads, row_block_threads
+    from .blocks import _block_pool, sharing
+    share = max(1, row_block_threads() // len(calls))   # each direction its cores' share
 
     def alone(call):
-        with numba_threads(1):
+        with numba_threads(1), sharing(share):
             return call()
-    with kernel_threads(1), numba_threads(1):
+    with kernel_threads(1), numba_threads(1), sharing(share):
         pending = [_block_pool().submit(alone, c) for c in calls[1:]]
         try:
             first = calls[0]()

@@ -122,6 +122,38 @@ def test_the_compiled_bidirectional_cell_is_the_interpreters():
     np.testing.assert_allclose(gc.inputs["x"], gi.inputs["x"], rtol=1e-9, atol=1e-12)
 
 
+def test_two_directions_at_once_share_the_cores_and_stay_the_same(monkeypatch):
+    """Four usable cores, B = 32: one direction alone splits its rows into four blocks;
+    beside the other, into its share, two; the numbers are those of one block."""
+    from rnndsl.cells.compiled import CompiledCell
+    from rnndsl.kernels import blas
+    monkeypatch.delenv("RNNDSL_BLAS_THREADS", raising=False)
+    monkeypatch.setattr(blas, "usable_cores", lambda: 4)
+    seen = []
+    split = CompiledCell._row_blocks
+    monkeypatch.setattr(CompiledCell, "_row_blocks",
+                        lambda self, rows: seen.append(split(self, rows)) or seen[-1])
+    Cls = rnndsl.load(SPECS / "lstm.rnn", target="cpu")
+    x = np.random.default_rng(7).standard_normal((T, 32, I))
+    dY = np.random.default_rng(8).standard_normal((T, 32, 2 * H))
+    bi = Cls(dtype=np.float64, seed=2, direction="bidirectional", I=I, H=H)
+    one = Cls(dtype=np.float64, seed=2, I=I, H=H)
+    one.forward(x)
+    assert len(seen.pop()) == 4                        # alone: a block a core
+    run = bi.forward(x)
+    grads = bi.backward(run, {"h": dY})
+    assert seen and all(len(blocks) == 2 for blocks in seen)    # beside each other: two
+    seen.clear()
+    monkeypatch.setenv("RNNDSL_ROW_BLOCKS", "0")
+    run1 = bi.forward(x)
+    grads1 = bi.backward(run1, {"h": dY})
+    assert seen and all(len(blocks) == 1 for blocks in seen)
+    np.testing.assert_allclose(run.outputs["h"], run1.outputs["h"], rtol=1e-13, atol=1e-14)
+    for k in grads1.params:
+        np.testing.assert_allclose(grads.params[k], grads1.params[k], rtol=1e-12,
+                                   atol=1e-13, err_msg=k)
+
+
 def test_directions_are_checked():
     Cls = rnndsl.load(SPECS / "lstm.rnn", target="interp")
     with pytest.raises(BindError, match="direction 'sideways' is not one of"):
