@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
 from .base import lent_workspace
+from .seen import Seen
 
 
 @dataclass
@@ -26,6 +27,21 @@ class _RowBlock:
     r1: int
     arrays: dict[tuple, Any]        # ("hist", name) / ("tape", nid) -> (T, rows, size)
     inputs: dict[str, Any]
+
+
+@dataclass
+class _CompiledTape:
+    """What a compiled forward keeps for its backward (a Run's tape): its row blocks,
+    the params and fingerprints it read, and, lent a Workspace, whose buffers hold it."""
+    blocks: tuple                   # _RowBlock: one, or one per thread (_row_blocks)
+    consts: np.ndarray              # host scalars: kernels take them by value
+    owner: object                   # the cell's token: ids of dead objects get reused
+    from_params: frozenset = frozenset()   # states that started at a learned param
+    on_device: bool = False         # (cuda) did the caller pass device arrays?
+    params: dict = field(default_factory=dict)   # the param arrays the kernels read
+    seen: Seen | None = None        # and the caller's arrays, fingerprinted (rnndsl.cells.seen)
+    reused: Any = None              # the workspace's _Reused whose tapes these are, if any
+    generation: int = 0             # and its generation when this run wrote them
 
 
 _NOTHING = nullcontext()

@@ -35,7 +35,8 @@ import numpy as np
 from ..lang import ast as spec_ast
 from ..core.errors import BindError, TargetError
 from .base import Run, check_seen
-from .compiled import CompiledCell, _CompiledTape, compiled_cell_class
+from .blocks import _CompiledTape
+from .compiled import CompiledCell, compiled_cell_class
 from .seen import Seen, compiled_fingerprints
 
 

@@ -3,5 +3,6 @@
 Run, Grads), reference.py (InterpCell) and compiled.py (CompiledCell)."""
 
 from .base import DTYPES, Cell, Grads, Run, check_seen  # noqa: F401
-from .compiled import CompiledCell, _CompiledTape, compiled_cell_class  # noqa: F401
+from .blocks import _CompiledTape  # noqa: F401
+from .compiled import CompiledCell, compiled_cell_class  # noqa: F401
 from .reference import InterpCell, make_cell_class  # noqa: F401
