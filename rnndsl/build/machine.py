@@ -138,7 +138,7 @@ def crossover(rows: list[tuple[int, float, float]]) -> int:
     return best_mark
 
 
-def measure(grids=None, progress=None) -> tuple[dict[str, int], dict[str, list]]:
+def measure(grids=None) -> tuple[dict[str, int], dict[str, list]]:
     """Time each mark's two ways on its grid (the BLAS held to one thread, as in the
     kernels); the marks and the timings, in microseconds a call."""
     from ..kernels.blas import hold_blas, release_blas
@@ -158,8 +158,6 @@ def measure(grids=None, progress=None) -> tuple[dict[str, int], dict[str, list]]
                 rows.append((product, t_below, t_above))
                 shown.append([B, K, members * K, round(1e6 * t_below, 2),
                               round(1e6 * t_above, 2)])
-                if progress is not None:
-                    progress()
             values[name] = crossover(rows)
             timings[name] = {"ways": [below, above], "B, K, N, us": shown}
     finally:

@@ -1,0 +1,56 @@
+"""forward(x, grad=False) on the cpu target runs the forward kernel's inference twin
+(`forward_inference_<Cell>`: no stores into the tapes only BPTT reads). This times the
+same call with the twin and with the training forward kernel in its place, in turn in
+one process, float32, and prints the best and the median of each and their ratio.
+
+    .venv/bin/python benchmarks/inference_twin.py                 # LSTM, GRU at four shapes
+    .venv/bin/python benchmarks/inference_twin.py lstm:large gru:mid
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import rnndsl
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench import CELLS, SHAPES  # noqa: E402
+
+CALLS = {"char": 400, "small": 150, "mid": 60, "large": 12}
+
+
+def main(argv: list[str]) -> int:
+    cases = argv or [f"{c}:{s}" for c in ("lstm", "gru") for s in SHAPES]
+    print("| cell, shape | training kernel best / median ms | twin best / median ms | "
+          "median ratio |")
+    print("|---|---|---|---|")
+    for case in cases:
+        cell, shape = case.split(":")
+        T, B, I, H = SHAPES[shape]
+        c = rnndsl.load(CELLS[cell][0], target="cpu")(I=I, H=H, dtype=np.float32, seed=0)
+        x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
+        twin, train = c.meta["forward_inference"], c.meta["forward"]
+        times = {"train": [], "twin": []}
+        for k in range(CALLS[shape] + 2):
+            for way, kernel in (("train", train), ("twin", twin)):
+                c.meta["forward_inference"] = kernel
+                t0 = time.perf_counter()
+                c.forward(x, grad=False)
+                if k >= 2:
+                    times[way].append(time.perf_counter() - t0)
+        c.meta["forward_inference"] = twin
+        a, b = times["train"], times["twin"]
+        print(f"| {cell} {shape} | {1e3 * min(a):.3f} / {1e3 * statistics.median(a):.3f} | "
+              f"{1e3 * min(b):.3f} / {1e3 * statistics.median(b):.3f} | "
+              f"{statistics.median(a) / statistics.median(b):.3f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
