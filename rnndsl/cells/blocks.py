@@ -94,6 +94,37 @@ def _joined(parts: list[dict], axis: int) -> dict:
     return {k: np.concatenate([p[k] for p in parts], axis=axis) for k in parts[0]}
 
 
+def _rows_to_copy(arrays: Mapping[str, np.ndarray], r0: int, r1: int, axis: int,
+                  copies: list) -> dict:
+    """As `_rows_of`, but the copies are left to the block's own thread: fresh
+    C-contiguous arrays for the rows that are not contiguous already, their (array,
+    rows) pairs appended to `copies` for `_with_copies` to fill."""
+    index = (slice(None),) * axis + (slice(r0, r1),)
+    mine = {}
+    for k, v in arrays.items():
+        rows = v[index]
+        if rows.flags.c_contiguous:
+            mine[k] = rows
+        else:
+            mine[k] = np.empty(rows.shape, rows.dtype)
+            copies.append((mine[k], rows))
+    return mine
+
+
+def _with_copies(driver, args, before: list, after: list) -> None:
+    """One row block's kernel call with the copies around it, run on the block's own
+    thread: `before`'s (block's array, caller's rows) pairs copied in first, `after`'s
+    (rows of a joined array, block's array) once the kernel ran. The blocks' copies then
+    run side by side, as their kernels do (np.copyto lets go of the GIL), where the
+    caller used to make them one after the other: at Elman's mid shape (T=50, B=32,
+    256 wide) joining the outputs alone took 0.44 ms of a 5.7 ms forward (issue 19)."""
+    for mine, rows in before:
+        np.copyto(mine, rows)
+    driver(*args)
+    for rows, mine in after:
+        np.copyto(rows, mine)
+
+
 _POOL = None
 
 

@@ -27,7 +27,8 @@ from ..kernels.tile_sizes import MR
 from ..lang.compose import with_lengths
 from .base import _NO_GRAD, Cell, Grads, Run, lent_workspace
 from .blocks import (_NOTHING, _CompiledTape, _RowBlock, _blas_held, _give_back, _joined,
-                     _kernel_array, _rows_of, _take_helpers, thread_share)
+                     _kernel_array, _rows_of, _rows_to_copy, _take_helpers, _with_copies,
+                     thread_share)
 from .reusing import ReusedBuffers
 from .seen import Seen, compiled_fingerprints
 
@@ -146,6 +147,10 @@ class CompiledCell(ReusedBuffers, Cell):
         at_end = self._at_end
         return {name: np.concatenate([p[name] for p in parts],
                                      axis=0 if name in at_end else 1) for name in parts[0]}
+
+    def _output_rows(self, output: np.ndarray, name: str, r0: int, r1: int) -> np.ndarray:
+        """Rows r0 .. r1-1 of a joined output (`_joined_outputs`' axes)."""
+        return output[r0:r1] if name in self._at_end else output[:, r0:r1]
 
     def _shown(self, outputs: dict) -> dict:
         """The outputs as forward returns them: a scalar output (T, B), or (B,) at the
@@ -441,17 +446,30 @@ class CompiledCell(ReusedBuffers, Cell):
             if names is not None:
                 seen = Seen.taken_by_kernel(names, sums)
         else:
+            # each block's thread copies its rows of the inputs in, and its outputs
+            # into their rows of the joined ones (blocks._with_copies); the final
+            # states it writes through views of their rows, which are contiguous
             seen = self._seen_of(params, read)
-            blocks, parts = [], []
+            final_slots = self._arg_slots("forward").get("final", ())
+            finals = {arg[1]: self._empty((B,) + self._state_size(arg[1]))
+                      for _, arg in final_slots}
+            outputs = None
+            blocks, jobs = [], []
             for r0, r1 in rows:
-                mine = _rows_of(inputs, r0, r1, axis=1)
-                args, outputs, finals, tapes = self._forward_args(
+                before: list = []
+                mine = _rows_to_copy(inputs, r0, r1, 1, before)
+                args, outs, _, tapes = self._forward_args(
                     params, mine, _rows_of(state0, r0, r1, axis=0), T, r1 - r0, consts, 1)
+                for i, arg in final_slots:
+                    args[i] = finals[arg[1]][r0:r1]
+                if outputs is None:
+                    outputs = {name: self._empty(self._output_shape(name, T, B))
+                               for name in outs}
+                after = [(self._output_rows(outputs[name], name, r0, r1), y)
+                         for name, y in outs.items()]
                 blocks.append(_RowBlock(r0, r1, tapes, mine))
-                parts.append((args, outputs, finals))
-            self._launch_blocks(forward, [p[0] for p in parts])
-            outputs = self._joined_outputs([p[1] for p in parts])
-            finals = _joined([p[2] for p in parts], axis=0)
+                jobs.append((_with_copies, (forward, args, before, after)))
+            self._launch_jobs(jobs)
         tape = _CompiledTape(tuple(blocks), consts, self._token, frozenset(from_params),
                              on_device, params, seen)
         return self._made_run(self._deliver(self._shown(outputs), on_device),
@@ -538,13 +556,24 @@ class CompiledCell(ReusedBuffers, Cell):
             if seen.by_kernel:     # the kernel took them again as it read the arrays
                 seen.compare(now)
         else:
-            parts = []
+            # each block's thread copies its rows of the cotangents in and its inputs'
+            # gradients out (blocks._with_copies), as the forward's blocks do
+            parts, jobs = [], []
+            inputs = None
             for block in tape.blocks:
                 r0, r1 = block.r0, block.r1
-                parts.append(self._block_backward_args(
-                    block, tape.params, tape.consts, _rows_of(d_out, r0, r1, axis=1),
-                    _rows_of(d_st, r0, r1, axis=0), T, skip_inputs, 1))
-            self._launch_blocks(self.meta["backward"], [p[0] for p in parts])
+                before: list = []
+                part = self._block_backward_args(
+                    block, tape.params, tape.consts, _rows_to_copy(d_out, r0, r1, 1, before),
+                    _rows_of(d_st, r0, r1, axis=0), T, skip_inputs, 1)
+                if inputs is None:
+                    inputs = {name: self._empty((T, run.B) + g.shape[2:])
+                              for name, g in part[2].items()}
+                after = [] if skip_inputs else [(inputs[name][:, r0:r1], g)
+                                                for name, g in part[2].items()]
+                parts.append(part)
+                jobs.append((_with_copies, (self.meta["backward"], part[0], before, after)))
+            self._launch_jobs(jobs)
             params = parts[0][1]
             total = flat_span(list(params.values()))
             for part in parts[1:]:      # each block's rows' share of the weight gradients
@@ -554,7 +583,6 @@ class CompiledCell(ReusedBuffers, Cell):
                     continue
                 for name, grad in part[1].items():
                     params[name] += grad
-            inputs = _joined([p[2] for p in parts], axis=1)
             state = _joined([p[3] for p in parts], axis=0)
         params = self._deliver(params, tape.on_device)
         state = self._deliver(state, tape.on_device)

@@ -23,7 +23,7 @@ import numpy as np
 from ..core.flat import flat_span
 from ..kernels.blas import kernel_thread_count
 from .base import Grads, Run, check_seen, check_workspace, lending
-from .blocks import _CompiledTape, _RowBlock, _joined, _rows_of
+from .blocks import _CompiledTape, _RowBlock, _rows_of, _with_copies
 
 
 class ReusedBuffers:
@@ -69,8 +69,9 @@ class ReusedBuffers:
         states). The final states are fresh (B, size) arrays whose rows each block
         writes through a view (a (B, size) array's rows are contiguous); the outputs are
         fresh (T, B, size) arrays with one block, which the kernel writes, and {} with
-        several: each block writes its own (reused) ones, which the caller joins. With
-        several blocks, their rows of the inputs are copied into their buffers."""
+        several: each block writes its own (reused) ones, which its thread copies into
+        their rows of the joined ones. With several blocks, each block's rows of the
+        inputs are to be copied into its buffers on its thread (`copies_in`)."""
         slots = self._arg_slots("forward")
         single = len(reused.blocks) == 1
         finals = {d.name: self._empty(state0[d.name].shape) for d in self.spec.states}
@@ -99,9 +100,9 @@ class ReusedBuffers:
                     args[i] = outputs[arg[1]] = self._empty(self._output_shape(arg[1], T, B))
                 for i, _ in slots.get("threads", ()):
                     args[i] = kernel_thread_count()
-            else:           # the rows' copies of the inputs, in place
-                for name, mine in block.inputs.items():
-                    np.copyto(mine, inputs[name][:, r0:r1])
+            else:           # the rows' copies of the inputs, made on the block's thread
+                block.copies_in = [(mine, inputs[name][:, r0:r1])
+                                   for name, mine in block.inputs.items()]
         return outputs, finals
 
     def _backward_slots(self, reused, taped, params, d_out, d_st, T: int, skip_inputs: bool,
@@ -111,7 +112,8 @@ class ReusedBuffers:
         of the workspace whose rows the blocks write, zeroed here; the final states'
         cotangents are rows of the caller's (or of zeros kept apart). The outputs'
         cotangents: with one block the caller's arrays; with several each block's own
-        rows, copied into its buffers; with `own_cotangents`, the block's own buffers
+        rows, to be copied into its buffers on its thread (`cotangents_in`); with
+        `own_cotangents`, the block's own buffers
         (`_ReusedBlock.d_outputs`), which the caller writes (`_step_reusing`). Each
         block's param gradients are zeroed by whoever launches it."""
         slots = self._arg_slots("backward")
@@ -124,6 +126,7 @@ class ReusedBuffers:
             grad.fill(0)
         for block, run_block in zip(reused.blocks, taped):
             r0, r1 = block.r0, block.r1
+            block.cotangents_in = []
             if block.backward is None:      # first use: the fresh path's list, kept
                 d_out_rows = d_out if single else _rows_of(d_out, r0, r1, axis=1)
                 args, grads, block.input_grads, _ = self._block_backward_args(
@@ -164,8 +167,8 @@ class ReusedBuffers:
                 if value is None:
                     if not own_cotangents:
                         mine.fill(0)
-                else:
-                    np.copyto(mine, value[:, r0:r1].reshape(mine.shape))
+                else:       # copied on the block's thread
+                    block.cotangents_in.append((mine, value[:, r0:r1].reshape(mine.shape)))
                 args[i] = mine
             if not skip_inputs:
                 for grad in block.input_grads.values():
@@ -183,9 +186,8 @@ class ReusedBuffers:
             np.add(first.grad_flat, block.grad_flat, out=first.grad_flat)
         if len(reused.blocks) == 1:
             inputs = dict(first.input_grads)
-        else:
-            inputs = {} if skip_inputs else _joined([b.input_grads for b in reused.blocks],
-                                                    axis=1)
+        else:       # joined by the blocks' threads (_back_reusing)
+            inputs = {} if skip_inputs else reused.input_grads
         return dict(first.grads), inputs, dict(reused.state_grads)
 
     def _run_reusing(self, workspace, inputs, state0, T: int, B: int, params, rows):
@@ -193,9 +195,16 @@ class ReusedBuffers:
         (outputs, finals, row blocks, the _Reused), outputs and finals fresh arrays."""
         reused = self._reused(workspace, T, B, rows)
         outputs, finals = self._forward_slots(reused, inputs, state0, T, B, params)
-        self._launch_blocks(self.meta["forward"], [b.forward for b in reused.blocks])
-        if len(reused.blocks) > 1:
-            outputs = self._joined_outputs([b.outputs for b in reused.blocks])
+        forward = self.meta["forward"]
+        if len(reused.blocks) == 1:
+            self._launch(forward, reused.blocks[0].forward)
+        else:   # each block's thread copies its rows in, and its outputs into theirs
+            outputs = {name: self._empty(self._output_shape(name, T, B))
+                       for name in reused.blocks[0].outputs}
+            self._launch_jobs([(_with_copies, (
+                forward, b.forward, b.copies_in,
+                [(self._output_rows(outputs[name], name, b.r0, b.r1), y)
+                 for name, y in b.outputs.items()])) for b in reused.blocks])
         blocks = tuple(_RowBlock(b.r0, b.r1, b.tapes, b.inputs) for b in reused.blocks)
         return outputs, finals, blocks, reused
 
@@ -206,7 +215,18 @@ class ReusedBuffers:
         self._backward_slots(reused, tape.blocks, tape.params, d_out, d_st, T, skip_inputs)
         for block in reused.blocks:
             block.grad_flat.fill(0)
-        self._launch_blocks(self.meta["backward"], [b.backward for b in reused.blocks])
+        backward = self.meta["backward"]
+        if len(reused.blocks) == 1:
+            self._launch(backward, reused.blocks[0].backward)
+        else:   # each block's thread copies its cotangents in, its inputs' gradients out
+            grads = reused.blocks[0].input_grads
+            reused.input_grads = {name: self._empty((T, reused.B) + g.shape[2:])
+                                  for name, g in grads.items()}
+            self._launch_jobs([(_with_copies, (
+                backward, b.backward, b.cotangents_in,
+                [] if skip_inputs else [(reused.input_grads[name][:, b.r0:b.r1], g)
+                                        for name, g in b.input_grads.items()]))
+                for b in reused.blocks])
         return self._gradients_of(reused, skip_inputs)
 
     # ------------------------------------------------------------------ a training step
@@ -261,6 +281,9 @@ class ReusedBuffers:
 
         def job(k: int) -> None:
             block = reused.blocks[k]
+            if not single:
+                for mine, rows in block.copies_in:
+                    np.copyto(mine, rows)
             forward(*block.forward)
             try:
                 if not between(k, block.r0, block.r1,
@@ -313,6 +336,7 @@ class _Reused:
         self.generation = 0
         self.blocks = [_ReusedBlock(r0, r1) for r0, r1 in rows]
         self.state_grads = self.zero_cotangents = None
+        self.input_grads: dict = {}       # the inputs' gradients, joined (several blocks)
 
 
 class _ReusedBlock:
@@ -325,3 +349,7 @@ class _ReusedBlock:
         self.inputs = self.outputs = self.tapes = None
         self.grad_flat = self.grads = self.input_grads = None
         self.d_outputs: dict = {}         # the outputs' cotangents this block's kernel reads
+        # (its array, the caller's rows) to copy on its thread before its next forward
+        # and backward kernel, with several blocks (_forward_slots, _backward_slots)
+        self.copies_in: list = []
+        self.cotangents_in: list = []
