@@ -614,7 +614,9 @@ def rnndsl_command(model: Model, corpus: str, minutes: float, max_chars, tmp: Pa
     """`rnndsl train` with every setting of the comparison spelled out; `options`: what
     this rnndsl's train takes (train_options)."""
     pinned = {"--lr-schedule": ["--lr-schedule", "constant", "--warmup", "0"],
-              "--val-every": ["--val-every", "0"]}
+              "--val-every": ["--val-every", "0"],
+              # the peers carry the state from chunk to chunk always
+              "--state-resets": ["--state-resets", "0"]}
     cmd = rnndsl_cli() + [
         "train", str(model.spec), "--dims", f"H={model.H}", "--minutes", f"{minutes:g}",
         "--corpus", corpus, "--batch", str(SETTINGS["batch"]), "--seq", str(SETTINGS["seq"]),

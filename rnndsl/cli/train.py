@@ -427,7 +427,7 @@ class _Run:
         self.trainer = Trainer(self.cell, output=plan.y_name, input=plan.x_name,
                                optimizer=OPTIMIZERS[args.optimizer](lr=args.lr),
                                clip_norm=args.clip or None, seed=args.seed,
-                               lr_schedule=plan.schedule)
+                               lr_schedule=plan.schedule, state_resets=args.state_resets)
         self.position = {"epoch": 0, "chunk": 0}
         self.history: list[tuple[int, float]] = []          # (step, training loss)
         self.val_history: list[tuple[int, float]] = []      # (step, validation bits/char)
@@ -440,6 +440,7 @@ class _Run:
                      "settings": {"batch": args.batch, "seq": args.seq,
                                   "optimizer": args.optimizer, "lr": args.lr,
                                   "clip": args.clip, "seed": args.seed,
+                                  "state_resets": args.state_resets,
                                   "lr_schedule": plan.schedule.to_dict()}}
         if plan.resume:
             user = self.trainer.load(plan.checkpoint)

@@ -67,6 +67,12 @@ def add_train_arguments(parser, leave_out=()) -> None:
                         f"{DEFAULT_DECAY_GAMMA:g})")
     p.add_argument("--clip", type=cli_args.at_least_float(0), default=5.0,
                    help="clip the gradient's global norm to this (default 5; 0: no clipping)")
+    p.add_argument("--state-resets", type=cli_args.fraction_closed, default=1 / 32,
+                   metavar="P",
+                   help="after each step, start each row's next chunk from the initial "
+                        "state with probability P instead of the carried one (default "
+                        "1/32; 0: always carried), so that the model also learns to start "
+                        "afresh, as sampling does")
     p.add_argument("--val", type=cli_args.fraction_open, default=0.05,
                    help="fraction of the corpus held out for validation, between 0 and 1 "
                         "(default 0.05)")

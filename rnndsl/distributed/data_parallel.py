@@ -160,6 +160,7 @@ def _make_replica(run_id: str, rank: int, blueprint: _Blueprint, state) -> int:
                       input=blueprint.input, optimizer=optimizer,
                       clip_norm=blueprint.clip_norm, clip_value=blueprint.clip_value,
                       seed=seed, lr_schedule=blueprint.lr_schedule)
+    # no resets of its own: the driver draws them for the whole batch (_apply's `resets`)
     trainer.peak_lr, trainer.schedule_start = blueprint.peak_lr, blueprint.schedule_start
     trainer.steps, trainer.last_lr = blueprint.steps, blueprint.last_lr
     trainer.state = state
@@ -223,9 +224,10 @@ def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a + b
 
 
-def _apply(run_id: str, check: bool, *parts: np.ndarray) -> tuple:
+def _apply(run_id: str, check: bool, resets, *parts: np.ndarray) -> tuple:
     """The last round's sum (or the one gradient), clipped and applied as one process
-    applies it; returns what the driver reports."""
+    applies it, then this replica's rows of the driver's state resets (a mask, or None);
+    returns what the driver reports."""
     replica = _replica(run_id)
     started = time.perf_counter()
     waited = started - replica.timings["computed"]
@@ -234,6 +236,7 @@ def _apply(run_id: str, check: bool, *parts: np.ndarray) -> tuple:
     loss, positions, run = replica.pending
     replica.pending = None
     trainer.apply(_unflat(total, trainer.cell.params), run)
+    trainer.reset_rows(resets)
     fingerprint = _fingerprint(trainer.cell.params) if check else None
     return (loss, positions, trainer.last_grad_norm, trainer.last_lr, trainer.steps,
             fingerprint, replica.timings["compute"] + time.perf_counter() - started, waited)
@@ -341,7 +344,9 @@ class DataParallel:
                               np.ascontiguousarray(targets[:, s]), self.progress,
                               self._reset, targets[:, s].size / total)
                  for r, s in enumerate(slices)]
-        applied = self._reduce_and_apply(grads, check)
+        # the state resets drawn here for the whole batch, as one process draws them
+        resets = self.local.draw_resets(B)
+        applied = self._reduce_and_apply(grads, check, resets)
         # the last step's futures are let go only now: releasing them just before
         # submitting would hold this step's submission back by the client's batching
         # interval (10 ms: one message to the scheduler per interval at most)
@@ -362,9 +367,10 @@ class DataParallel:
                              "exchange": max(r[7] for r in results)})
         return loss
 
-    def _reduce_and_apply(self, grads: list, check: bool) -> list:
+    def _reduce_and_apply(self, grads: list, check: bool, resets=None) -> list:
         """The all-reduce's tasks (see the module's docstring), the last round fused
-        into each worker's update; returns the updates' futures, in rank order."""
+        into each worker's update (with its rows of the state resets); returns the
+        updates' futures, in rank order."""
         n = len(grads)
         P, distances = reduction_rounds(n)
         part = list(grads[:P])
@@ -381,7 +387,10 @@ class DataParallel:
             else:
                 d = distances[-1]
                 operands = (part[min(i, i ^ d)], part[max(i, i ^ d)])
-            applied.append(self._submit(rank, _apply, self.id, check, *operands))
+            mine = None
+            if resets is not None and resets[self._slices[rank]].any():
+                mine = resets[self._slices[rank]]
+            applied.append(self._submit(rank, _apply, self.id, check, mine, *operands))
         return applied
 
     def _results(self, futures: list) -> list:

@@ -66,6 +66,14 @@ class Trainer:
     `peak_lr * lr_schedule(steps - schedule_start, progress)`, where peak_lr is the
     optimiser's lr when the Trainer is made and `progress` (None, or 0 to 1) is how far
     the run is, which the caller sets when the schedule has no total_steps.
+    state_resets: after each step, each row's carried state goes back to the cell's
+    initial state with this probability (drawn from a stream of the trainer's own, which
+    its checkpoints keep, apart from `self.rng`'s). Carried from chunk to
+    chunk, a state is the initial one only where a row's stream starts, so the model
+    never learns to start from it, and sampling starts there: a character model of the
+    stdlib trained 3 minutes wrote, at temperature 0.5 from a line break, samples that
+    were 64-100% spaces (benchmarks/sample_whitespace.py; `rnndsl train` resets 1 row in
+    32 a step by default, issue 19).
     reuse_buffers: lend the cell a `Workspace` (rnndsl.cells.base), so that each step
     reuses the last one's internal buffers: the run's tapes, the row blocks' copies, and
     in `step` the gradients (which the step consumes). What the trainer hands out
@@ -83,7 +91,8 @@ class Trainer:
                  output: str | None = None, input: str | None = None,
                  optimizer: Optimizer | None = None, clip_norm: float | None = None,
                  clip_value: float | None = None, seed: int | None = 0,
-                 lr_schedule: Schedule | None = None, reuse_buffers: bool = True) -> None:
+                 lr_schedule: Schedule | None = None, reuse_buffers: bool = True,
+                 state_resets: float = 0.0) -> None:
         spec = type(cell).spec
         self.cell = cell
         self.output = _pick("output", output, spec.outputs, "output='...'")
@@ -112,12 +121,21 @@ class Trainer:
             raise ValueError("lr_schedule must be an rnndsl.train.schedule schedule "
                              f"(Constant, Cosine, StepDecay), got {type(lr_schedule).__name__}")
         self.lr_schedule = lr_schedule
+        if isinstance(state_resets, bool) or not isinstance(state_resets, (int, float)) \
+                or not 0 <= state_resets <= 1:
+            raise ValueError(f"state_resets must be a probability from 0 to 1, got "
+                             f"{state_resets!r}")
+        self.state_resets = float(state_resets)
         self.peak_lr = float(self.optimizer.hyper["lr"])
         self.schedule_start = 0                    # the step the schedule's step 0 is
         self.progress: float | None = None         # how far the run is, 0 to 1, if known
         self.last_lr = self.peak_lr                # the lr of the last update
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        # the state resets' draws: a stream apart, so that they leave self.rng's (the
+        # dropout masks) as they were, and that data-parallel training, which draws them
+        # for the whole batch in the driver, resets the rows one process resets
+        self._reset_rng = np.random.default_rng(None if seed is None else [seed, 0x5E7])
         self.steps = 0
         self.last_grad_norm: float | None = None   # before clipping
         self.last_run = None                       # the Run of the last step or evaluate
@@ -302,8 +320,27 @@ class Trainer:
         self.optimizer.step(self.cell.params, grads)
         # the forward's final states are fresh arrays of its own: carried, not copied
         self._state = dict(run.state)
+        self.reset_rows(self.draw_resets(run.B))
         self.last_run = run
         self.steps += 1
+
+    def draw_resets(self, B: int) -> np.ndarray | None:
+        """Which of B rows start their next chunk afresh (`state_resets`): a boolean
+        mask, or None when none does. One draw of B values a step, whatever the mask."""
+        if not self.state_resets:
+            return None
+        rows = self._reset_rng.random(B) < self.state_resets
+        return rows if rows.any() else None
+
+    def reset_rows(self, rows: np.ndarray | None) -> None:
+        """The carried state of the rows in the mask `rows` back to the cell's initial
+        state (the run's own arrays stay as they were)."""
+        if rows is None or self._state is None:
+            return
+        initial, _ = self.cell._initial_state(None, len(rows))
+        for name, value in self._state.items():
+            value = self._state[name] = np.array(value)
+            value[rows] = np.asarray(initial[name])[rows]
 
     def evaluate(self, x, targets, mask=None, extra_inputs=None, state=None,
                  lengths=None) -> float:
@@ -327,6 +364,7 @@ class Trainer:
         schedule = self.lr_schedule.to_dict() if self.lr_schedule is not None else None
         trainer = {"steps": self.steps, "loss": self.loss_name,
                    "rng": self.rng.bit_generator.state,
+                   "reset_rng": self._reset_rng.bit_generator.state,
                    "state": self._state, "eval_state": self._eval_state,
                    "lr_schedule": schedule, "schedule_start": self.schedule_start,
                    "progress": self.progress, "peak_lr": self.peak_lr,
@@ -349,6 +387,8 @@ class Trainer:
         trainer = meta["trainer"]
         self.steps = int(trainer["steps"])
         self.rng.bit_generator.state = trainer["rng"]
+        if "reset_rng" in trainer:          # (checkpoints before state resets have none)
+            self._reset_rng.bit_generator.state = trainer["reset_rng"]
         self._state = trainer["state"]
         self._eval_state = trainer["eval_state"]
         self.schedule_start = int(trainer.get("schedule_start", self.steps))

@@ -110,6 +110,7 @@ def test_a_changed_spec_is_refused(trained, tmp_path):
     (["--dims", "H=8,Q=2"], "has no dim Q"),
     (["--dims", "V=3,H=8"], "V is the vocabulary size"),
     (["--corpus", "missing.txt"], "no such file"),
+    (["--state-resets", "1.5"], "--state-resets: must be from 0 to 1"),
 ])
 def test_train_refuses_bad_arguments(tmp_path, args, message):
     (tmp_path / "corpus.txt").write_text(TEXT)

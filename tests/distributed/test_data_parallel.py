@@ -40,7 +40,10 @@ TEXT = "the cat sat on the mat. the dog sat on the log. " * 40
 STEPS = 4
 SETTINGS = ["--dims", "H=6", "--batch", "5", "--seq", "6", "--target", "interp",
             "--dtype", "float64", "--sample-chars", "4", "--val-every", "2", "--val-chars",
-            "60", "--warmup", "0", "--lr-schedule", "constant", "--lr", "0.02", "--every", "2"]
+            "60", "--warmup", "0", "--lr-schedule", "constant", "--lr", "0.02", "--every", "2",
+            # rows start afresh often, so that the workers must reset the rows one process
+            # resets (the driver draws them for the whole batch)
+            "--state-resets", "0.3"]
 
 
 def _setup(where: Path) -> Path:

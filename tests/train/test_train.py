@@ -163,6 +163,49 @@ def test_carried_state_follows_the_batch_size(Tiny):
     assert trainer.state is None and trainer.eval_state is None
 
 
+INITS = """
+cell Inits {
+  dims I, H, V
+  input x[I]
+  state h[H] = h0, c[H] = 0.5
+  param W[H, I], U[H, H], h0[H] ~ uniform(-1, 1), Wo[V, H], bo[V] ~ zeros
+  c' = tanh(W @ x + U @ h) * c
+  h' = tanh(c' + h)
+  output logits = Wo @ h' + bo
+}
+"""
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_state_resets_start_some_rows_afresh(p):
+    """With state_resets=p each row's next chunk starts from the cell's initial state
+    (here a learned h0 and a constant 0.5) with probability p; the others carry the
+    run's final state. The run's own arrays stay as the forward left them."""
+    Inits = rnndsl.load_text(INITS, target="interp")
+    cell = Inits(I=V, H=4, V=V, dtype=np.float64, seed=0)
+    trainer = Trainer(cell, optimizer=SGD(lr=0.0), seed=3, state_resets=p)
+    B = 64
+    (x, y), = delay_task(0, 1, T=3, B=B)
+    trainer.step(x, y)
+    run = trainer.last_run
+    final = {k: v.copy() for k, v in run.state.items()}
+    start = {"h": np.broadcast_to(cell.params["h0"], (B, 4)), "c": np.full((B, 4), 0.5)}
+    fresh = np.all([np.all(trainer.state[k] == start[k], axis=1) for k in start], axis=0)
+    carried = np.all([np.all(trainer.state[k] == final[k], axis=1) for k in start], axis=0)
+    assert np.all(fresh | carried)
+    assert {0.0: fresh.sum() == 0, 1.0: fresh.all(),
+            0.5: 10 < fresh.sum() < B - 10}[p], fresh.sum()
+    for k in final:     # the Run's final states are not the carried arrays changed
+        assert np.array_equal(run.state[k], final[k])
+
+
+def test_state_resets_must_be_a_probability(Tiny):
+    cell = Tiny(I=V, H=5, V=V, dtype=np.float64, seed=0)
+    for bad in (-0.1, 1.5, "1/32", True):
+        with pytest.raises(ValueError, match="state_resets must be a probability"):
+            Trainer(cell, state_resets=bad)
+
+
 def test_evaluate_carries_its_own_state_and_does_not_train(Tiny):
     cell = Tiny(I=V, H=5, V=V, dtype=np.float64, seed=0)
     trainer = Trainer(cell, optimizer=Adam(0.1))
@@ -195,22 +238,33 @@ def test_scalar_output_trains_with_mse_and_bce(loss):
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
 
 
-def test_save_and_load_resume_exactly(Tiny, tmp_path):
+@pytest.mark.parametrize("resets", [0.0, 0.4])
+def test_save_and_load_resume_exactly(Tiny, tmp_path, resets):
+    """Halfway saved and loaded into another trainer: the same losses as straight on,
+    the same random streams after (the state resets' included)."""
     chunks = list(delay_task(9, 6))
     cell = Tiny(I=V, H=6, V=V, dtype=np.float64, seed=0)
-    trainer = Trainer(cell, optimizer=Adam(lr=0.05), clip_norm=1.0, seed=3)
+    trainer = Trainer(cell, optimizer=Adam(lr=0.05), clip_norm=1.0, seed=3,
+                      state_resets=resets)
     straight = [trainer.step(x, y) for x, y in chunks]
-    draws = trainer.rng.random(3)
+    draws = trainer.rng.random(3), trainer.draw_resets(50)
     cell = Tiny(I=V, H=6, V=V, dtype=np.float64, seed=0)
-    first = Trainer(cell, optimizer=Adam(lr=0.05), clip_norm=1.0, seed=3)
+    first = Trainer(cell, optimizer=Adam(lr=0.05), clip_norm=1.0, seed=3,
+                    state_resets=resets)
     resumed = [first.step(x, y) for x, y in chunks[:3]]
     first.save(tmp_path / "ck.npz", meta={"note": "halfway"})
     cell = Tiny(I=V, H=6, V=V, dtype=np.float64, seed=42)     # other params: overwritten
-    second = Trainer(cell, optimizer=Adam(lr=0.05), clip_norm=1.0, seed=0)
+    second = Trainer(cell, optimizer=Adam(lr=0.05), clip_norm=1.0, seed=0,
+                     state_resets=resets)
     assert second.load(tmp_path / "ck.npz") == {"note": "halfway"}
     resumed += [second.step(x, y) for x, y in chunks[3:]]
     assert resumed == straight and second.steps == 6
-    np.testing.assert_array_equal(second.rng.random(3), draws)
+    np.testing.assert_array_equal(second.rng.random(3), draws[0])
+    if resets:
+        np.testing.assert_array_equal(second.draw_resets(50), draws[1])
+        unreset = Trainer(Tiny(I=V, H=6, V=V, dtype=np.float64, seed=0),
+                          optimizer=Adam(lr=0.05), clip_norm=1.0, seed=3)
+        assert [unreset.step(x, y) for x, y in chunks] != straight   # resets happened
 
 
 def test_bad_configuration_is_refused(Tiny):
