@@ -141,15 +141,9 @@ class CompiledCell(ReusedBuffers, Cell):
         rows = (B,) if name in self._at_end else (T, B)
         return rows + self._out_size(name)
 
-    def _joined_outputs(self, parts: list[dict]) -> dict:
-        """Row blocks' outputs joined along the batch: axis 1 of (T, rows, size), axis 0
-        of an at-end output's (rows, size)."""
-        at_end = self._at_end
-        return {name: np.concatenate([p[name] for p in parts],
-                                     axis=0 if name in at_end else 1) for name in parts[0]}
-
     def _output_rows(self, output: np.ndarray, name: str, r0: int, r1: int) -> np.ndarray:
-        """Rows r0 .. r1-1 of a joined output (`_joined_outputs`' axes)."""
+        """Rows r0 .. r1-1 of a joined output: axis 1 of (T, B, size), axis 0 of an
+        at-end output's (B, size)."""
         return output[r0:r1] if name in self._at_end else output[:, r0:r1]
 
     def _shown(self, outputs: dict) -> dict:

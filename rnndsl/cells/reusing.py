@@ -11,7 +11,7 @@ blocks.
 
 `ReusedBuffers` is a part of CompiledCell (compiled.py), which calls `_run_reusing` and
 `_back_reusing` when a workspace is lent; its methods use CompiledCell's argument lists
-(`_forward_args`, `_block_backward_args`) and launches (`_launch_blocks`).
+(`_forward_args`, `_block_backward_args`) and launches (`_launch`, `_launch_jobs`).
 """
 
 from __future__ import annotations
