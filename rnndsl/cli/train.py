@@ -349,6 +349,8 @@ def _plan_text(plan: _Plan, args) -> str:
     return (f"plan: train for {_budget_text(args)}; {args.optimizer} at lr {args.lr:g} "
             f"({plan.schedule.describe()})"
             + (f", gradient norm clipped to {args.clip:g}" if args.clip else "")
+            + (f"; each row starts afresh with probability {args.state_resets:.4g} a step"
+               if args.state_resets else "; the state always carried")
             + (f"; validation every {args.val_every} steps and at the end, the best "
                f"checkpoint kept in {plan.best}" if plan.best else "; validation at the end")
             + f"; checkpoint {plan.checkpoint} {fate}"

@@ -313,14 +313,16 @@ def test_dry_run_states_the_schedule_and_the_validation(tmp_path, monkeypatch, c
     out, err = capsys.readouterr()
     assert code == 0, err
     assert ("plan: train for 30 steps; adam at lr 0.005 (cosine to 0.1 x lr after a 50-step "
-            "warm-up), gradient norm clipped to 5; validation every 200 steps and at the end, "
+            "warm-up), gradient norm clipped to 5; each row starts afresh with probability "
+            "0.03125 a step; validation every 200 steps and at the end, "
             "the best checkpoint kept in model.best.npz;") in out
     assert "note: the warm-up (50 steps) is not shorter than --steps 30" in out
     code = main(["train", str(SPEC), "--corpus", "corpus.txt", "--steps", "30", "--target",
                  "interp", "--dry-run", "--lr-schedule", "step", "--decay-every", "10",
-                 "--warmup", "0", "--val-every", "0"])
+                 "--warmup", "0", "--val-every", "0", "--state-resets", "0"])
     out, _ = capsys.readouterr()
     assert "adam at lr 0.005 (x 0.5 every 10 steps), " in out
+    assert "; the state always carried;" in out
     assert "; validation at the end;" in out and "note:" not in out
 
 
