@@ -395,6 +395,11 @@ class Cell:
             return out
         return make
 
+    def initial_state(self, B: int) -> dict[str, np.ndarray]:
+        """The state a forward of B rows starts from when given none: each state's
+        initial value (a constant, zeros, or its learned param) for every row."""
+        return self._initial_state(None, B)[0]
+
     def _initial_state(self, state, B: int) -> tuple[dict[str, np.ndarray], set[str]]:
         given = self._named("state", state, self.spec.states)
         values, from_params = {}, set()

@@ -108,6 +108,14 @@ class Directional:
         user = [d for d in self.spec.inputs if d.name not in self.hidden_inputs]
         return flip(x, bool(user) and user[0].once)
 
+    def _final_outputs(self) -> set[str]:
+        return {o.name for o in self.spec.outputs if o.final}
+
+    def initial_state(self, B: int) -> dict[str, np.ndarray]:
+        """Cell.initial_state: each direction's, under its names (`h`, `h_reverse`)."""
+        return {name + suffix: value for suffix, _, cell in self.cells
+                for name, value in self._bound(suffix, cell).initial_state(B).items()}
+
     def _split_state(self, state, suffix: str):
         if state is None:
             return None

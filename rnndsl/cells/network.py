@@ -188,6 +188,13 @@ class NetworkCell:
         prefix = part.layer.name + "."
         return {n[len(prefix):]: v for n, v in given.items() if n.startswith(prefix)}
 
+    def initial_state(self, B: int) -> dict[str, np.ndarray]:
+        """Cell.initial_state: every part's, under the network's names."""
+        values: dict[str, np.ndarray] = {}
+        for k in range(len(self.parts)):
+            values.update(self._state_names(k, self.part_cell(k).initial_state(B)))
+        return values
+
     def _state_names(self, k: int, state: Mapping) -> dict:
         part = self.network.parts[k]
         if isinstance(part, Segment):

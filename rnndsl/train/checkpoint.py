@@ -143,6 +143,12 @@ def save(path: str | Path, cell, optimizer=None, meta: dict | None = None) -> No
     """
     if meta is not None and not isinstance(meta, dict):
         raise ValueError(f"meta must be a dict, got {type(meta).__name__}")
+    if not hasattr(type(cell), "spec"):     # a two-way cell (cells/directions.py)
+        raise CheckpointError(
+            f"a checkpoint holds a cell of one spec class; this {type(cell).__name__} "
+            f"(direction={getattr(cell, 'direction', '?')!r}) is not one: save its params "
+            "with np.savez, or write the directions in the spec (layer l = bidirectional "
+            "...), whose network cells save")
     arrays: list[np.ndarray] = []
     header = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "rnndsl_version": __version__,

@@ -93,7 +93,7 @@ class Trainer:
                  clip_value: float | None = None, seed: int | None = 0,
                  lr_schedule: Schedule | None = None, reuse_buffers: bool = True,
                  state_resets: float = 0.0) -> None:
-        spec = type(cell).spec
+        spec = cell.spec      # a class attribute, or an instance's (a two-way cell)
         self.cell = cell
         self.output = _pick("output", output, spec.outputs, "output='...'")
         self._output_rank = next(o for o in spec.outputs if o.name == self.output).type.rank
@@ -337,7 +337,7 @@ class Trainer:
         state (the run's own arrays stay as they were)."""
         if rows is None or self._state is None:
             return
-        initial, _ = self.cell._initial_state(None, len(rows))
+        initial = self.cell.initial_state(len(rows))
         for name, value in self._state.items():
             value = self._state[name] = np.array(value)
             value[rows] = np.asarray(initial[name])[rows]

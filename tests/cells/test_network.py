@@ -270,6 +270,48 @@ def test_a_network_trains_and_refuses_to_sample(tmp_path):
         Sampler(cell)
 
 
+def test_state_resets_start_a_networks_rows_afresh(tmp_path):
+    """Trainer(state_resets=1) on a network (a two-way layer, a reverse one) and on a
+    two-way cell: every row's next chunk starts from the initial state, which
+    `initial_state` gives under the names the runs' final states have."""
+    from rnndsl.train.optim import SGD
+    from rnndsl.train.trainer import Trainer
+    net = rnndsl.load(_spec(tmp_path, TAGGER), target="interp")(I=2, H=3, K=2, seed=0,
+                                                                 dtype=np.float64)
+    two_way = rnndsl.load(SPECS / "lstm.rnn", target="interp")(
+        I=2, H=3, seed=0, dtype=np.float64, direction="bidirectional")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 5, 2))
+    for cell, loss, target in ((net, "softmax_cross_entropy", rng.integers(0, 2, (4, 5))),
+                               (two_way, "mse", rng.standard_normal((4, 5, 6)))):
+        start = cell.initial_state(5)
+        trainer = Trainer(cell, loss=loss, output=None if cell is net else "h",
+                          optimizer=SGD(lr=0.0), state_resets=1.0)
+        trainer.step(x, target)
+        assert sorted(trainer.state) == sorted(trainer.last_run.state) == sorted(start)
+        for name, value in trainer.state.items():
+            assert np.array_equal(value, start[name]), name
+            assert not np.array_equal(trainer.last_run.state[name], start[name]), name
+
+
+def test_a_two_way_cell_trains_and_its_checkpoint_is_refused_clearly(tmp_path):
+    """A Trainer takes a cell made with direction="bidirectional" (its spec is the
+    instance's); a checkpoint, which holds one spec class, refuses it by name."""
+    from rnndsl.train import checkpoint
+    from rnndsl.train.optim import Adam
+    from rnndsl.train.trainer import Trainer
+    cell = rnndsl.load(SPECS / "lstm.rnn", target="interp")(
+        I=2, H=3, seed=0, dtype=np.float64, direction="bidirectional")
+    rng = np.random.default_rng(1)
+    x, target = rng.standard_normal((4, 5, 2)), 0.5 * rng.standard_normal((4, 5, 6))
+    trainer = Trainer(cell, loss="mse", output="h", optimizer=Adam(5e-2))
+    losses = [trainer.step(x, target) for _ in range(30)]
+    assert losses[-1] < 0.7 * losses[0]
+    with pytest.raises(RnnError, match=r"direction='bidirectional'\) is not one"):
+        checkpoint.save(tmp_path / "two_way.npz", cell)
+    assert not (tmp_path / "two_way.npz").exists()
+
+
 def test_the_network_rejects_what_it_cannot_do(tmp_path):
     Cls = rnndsl.load(_spec(tmp_path, TAGGER), target="interp")
     with pytest.raises(BindError, match="give each its direction in the spec"):
