@@ -1,5 +1,5 @@
-"""Two ways of one cell timed call by call: the pass benchmarks' shared loop
-(final_at_end.py, readout_after.py)."""
+"""Two ways of one cell timed call by call: the benchmarks' shared loops
+(final_at_end.py, readout_after.py; inference_twin.py, block_copies.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,30 @@ def interleaved_ms(cells: dict, x, d: dict, repeat: int, warm: int = 3) -> dict:
                 times[way, "f"].append(t1 - t0)
                 times[way, "fb"].append(t2 - t0)
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
+def alternating_s(ways: dict, call, rounds: int, warm: int = 2) -> dict:
+    """{way: [seconds]} of `call()` with each way in place in turn, call by call:
+    `ways[name]` is a context manager factory that puts that way in place around one
+    call. The first `warm` rounds are not kept."""
+    times: dict = {way: [] for way in ways}
+    for k in range(rounds + warm):
+        for way, within in ways.items():
+            with within():
+                t0 = time.perf_counter()
+                call()
+                elapsed = time.perf_counter() - t0
+            if k >= warm:
+                times[way].append(elapsed)
+    return times
+
+
+def best_median_cells(a: list, b: list) -> str:
+    """Table cells for two ways' seconds: best / median ms of each, then the ratio of
+    their medians (a over b)."""
+    ma, mb = statistics.median(a), statistics.median(b)
+    return (f"{1e3 * min(a):.3f} / {1e3 * ma:.3f} | {1e3 * min(b):.3f} / {1e3 * mb:.3f} | "
+            f"{ma / mb:.3f} |")
 
 
 def ab_cells(ms: dict, digits: int = 2) -> str:

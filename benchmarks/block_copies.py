@@ -13,9 +13,8 @@ Rows: forward(x, grad=False), and forward then backward (the inputs' gradients t
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from rnndsl.cells import blocks, compiled
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from ab_calls import alternating_s, best_median_cells  # noqa: E402
 from bench import CELLS, SHAPES  # noqa: E402
 
 CALLS = {"char": 300, "small": 150, "mid": 60, "large": 12}
@@ -38,18 +38,26 @@ def _in_the_caller(self, jobs):
         if function is not blocks._with_copies:
             plain.append((function, args))
             continue
-        driver, kernel_args, before, after = args
-        for mine, rows in before:
-            np.copyto(mine, rows)
+        driver, kernel_args, before, _ = args
+        blocks._copy_pairs(before)
         plain.append((driver, kernel_args))
     _launch_jobs(self, plain)
     for function, args in jobs:
         if function is blocks._with_copies:
-            for rows, mine in args[3]:
-                np.copyto(rows, mine)
+            blocks._copy_pairs(args[3])
 
 
 _launch_jobs = compiled.CompiledCell._launch_jobs
+
+
+@contextmanager
+def _copies_in_the_caller():
+    """The old way in place for the calls inside."""
+    compiled.CompiledCell._launch_jobs = _in_the_caller
+    try:
+        yield
+    finally:
+        compiled.CompiledCell._launch_jobs = _launch_jobs
 
 
 def main(argv: list[str]) -> int:
@@ -72,22 +80,10 @@ def main(argv: list[str]) -> int:
         calls = {"forward": lambda: c.forward(x, grad=False),
                  "forward+backward": lambda: c.backward(c.forward(x), d)}
         for name, call in calls.items():
-            times = {"caller": [], "blocks": []}
-            for k in range(CALLS[shape] + 2):
-                for way in ("caller", "blocks"):
-                    if way == "caller":
-                        compiled.CompiledCell._launch_jobs = _in_the_caller
-                    t0 = time.perf_counter()
-                    call()
-                    elapsed = time.perf_counter() - t0
-                    compiled.CompiledCell._launch_jobs = _launch_jobs
-                    if k >= 2:
-                        times[way].append(elapsed)
-            a, b = times["caller"], times["blocks"]
-            print(f"| {cell} {shape} | {name} | {1e3 * min(a):.3f} / "
-                  f"{1e3 * statistics.median(a):.3f} | {1e3 * min(b):.3f} / "
-                  f"{1e3 * statistics.median(b):.3f} | "
-                  f"{statistics.median(a) / statistics.median(b):.3f} |")
+            times = alternating_s({"caller": _copies_in_the_caller, "blocks": nullcontext},
+                                  call, CALLS[shape])
+            print(f"| {cell} {shape} | {name} | "
+                  f"{best_median_cells(times['caller'], times['blocks'])}", flush=True)
     return 0
 
 

@@ -9,9 +9,8 @@ one process, float32, and prints the best and the median of each and their ratio
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,21 @@ import rnndsl
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from ab_calls import alternating_s, best_median_cells  # noqa: E402
 from bench import CELLS, SHAPES  # noqa: E402
 
 CALLS = {"char": 400, "small": 150, "mid": 60, "large": 12}
+
+
+@contextmanager
+def _inference_kernel(cell, kernel):
+    """`kernel` in the twin's place for the calls inside."""
+    kept = cell.meta["forward_inference"]
+    cell.meta["forward_inference"] = kernel
+    try:
+        yield
+    finally:
+        cell.meta["forward_inference"] = kept
 
 
 def main(argv: list[str]) -> int:
@@ -36,19 +47,11 @@ def main(argv: list[str]) -> int:
         c = rnndsl.load(CELLS[cell][0], target="cpu")(I=I, H=H, dtype=np.float32, seed=0)
         x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
         twin, train = c.meta["forward_inference"], c.meta["forward"]
-        times = {"train": [], "twin": []}
-        for k in range(CALLS[shape] + 2):
-            for way, kernel in (("train", train), ("twin", twin)):
-                c.meta["forward_inference"] = kernel
-                t0 = time.perf_counter()
-                c.forward(x, grad=False)
-                if k >= 2:
-                    times[way].append(time.perf_counter() - t0)
-        c.meta["forward_inference"] = twin
-        a, b = times["train"], times["twin"]
-        print(f"| {cell} {shape} | {1e3 * min(a):.3f} / {1e3 * statistics.median(a):.3f} | "
-              f"{1e3 * min(b):.3f} / {1e3 * statistics.median(b):.3f} | "
-              f"{statistics.median(a) / statistics.median(b):.3f} |", flush=True)
+        times = alternating_s({"train": lambda: _inference_kernel(c, train),
+                               "twin": lambda: _inference_kernel(c, twin)},
+                              lambda: c.forward(x, grad=False), CALLS[shape])
+        print(f"| {cell} {shape} | {best_median_cells(times['train'], times['twin'])}",
+              flush=True)
     return 0
 
 

@@ -118,11 +118,15 @@ def _with_copies(driver, args, before: list, after: list) -> None:
     run side by side, as their kernels do (np.copyto lets go of the GIL), where the
     caller used to make them one after the other: at Elman's mid shape (T=50, B=32,
     256 wide) joining the outputs alone took 0.44 ms of a 5.7 ms forward (issue 19)."""
-    for mine, rows in before:
-        np.copyto(mine, rows)
+    _copy_pairs(before)
     driver(*args)
-    for rows, mine in after:
-        np.copyto(rows, mine)
+    _copy_pairs(after)
+
+
+def _copy_pairs(pairs: list) -> None:
+    """Each (destination, source) pair's source copied into its destination."""
+    for destination, source in pairs:
+        np.copyto(destination, source)
 
 
 _POOL = None

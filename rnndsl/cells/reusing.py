@@ -23,7 +23,7 @@ import numpy as np
 from ..core.flat import flat_span
 from ..kernels.blas import kernel_thread_count
 from .base import Grads, Run, check_seen, check_workspace, lending
-from .blocks import _CompiledTape, _RowBlock, _rows_of, _with_copies
+from .blocks import _CompiledTape, _RowBlock, _copy_pairs, _rows_of, _with_copies
 
 
 class ReusedBuffers:
@@ -282,8 +282,7 @@ class ReusedBuffers:
         def job(k: int) -> None:
             block = reused.blocks[k]
             if not single:
-                for mine, rows in block.copies_in:
-                    np.copyto(mine, rows)
+                _copy_pairs(block.copies_in)
             forward(*block.forward)
             try:
                 if not between(k, block.r0, block.r1,

@@ -71,9 +71,10 @@ class Trainer:
     its checkpoints keep, apart from `self.rng`'s). Carried from chunk to
     chunk, a state is the initial one only where a row's stream starts, so the model
     never learns to start from it, and sampling starts there: a character model of the
-    stdlib trained 3 minutes wrote, at temperature 0.5 from a line break, samples that
-    were 64-100% spaces (benchmarks/sample_whitespace.py; `rnndsl train` resets 1 row in
-    32 a step by default, issue 19).
+    stdlib trained 3 minutes wrote, at temperature 0.5 from a line break, samples whose
+    whitespace share was 0.62-1.00 (0 of 12 within 1.5 times the corpus's 0.318; 7 of 12
+    with resets at 1/32, which `rnndsl train` makes by default: benchmarks/
+    sample_whitespace.py, issue 19).
     reuse_buffers: lend the cell a `Workspace` (rnndsl.cells.base), so that each step
     reuses the last one's internal buffers: the run's tapes, the row blocks' copies, and
     in `step` the gradients (which the step consumes). What the trainer hands out
