@@ -112,8 +112,21 @@ class CellFunction(torch.autograd.Function):
         return results
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
+        if torch.is_grad_enabled():
+            # create_graph=True. once_differentiable alone would let this pass where the
+            # cotangents need no gradient (y.sum()'s), and the gradients it returned
+            # would then carry no graph: a penalty on them silently dropped its part.
+            raise TargetError(
+                "rnndsl cells differentiate once: a gradient through a cell taken with "
+                "create_graph=True (a gradient penalty, a Hessian-vector product: a "
+                "double backward) would need the derivative of its BPTT kernels, which "
+                "rnndsl does not make; take the gradient without create_graph")
+        return CellFunction._backward(ctx, *grads)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def _backward(ctx, *grads):
         ctx.saved_tensors        # torch's in-place check, before the cell's
         call, run = ctx.call, ctx.run
         n_out = len(call.outputs)

@@ -167,6 +167,21 @@ def test_changing_a_param_in_place_before_backward_raises():
         out.sum().backward()
 
 
+@pytest.mark.parametrize("target", ["interp", "cpu"])
+def test_a_double_backward_is_refused_not_silently_first_order(target):
+    """create_graph=True through a cell (an input-gradient penalty): torch.autograd's
+    once_differentiable alone lets it through when the cotangents need no gradient
+    (y.sum()'s), and the penalty's part of the gradient would be dropped in silence."""
+    m = rt.Module(SPECS / "gru.rnn", target=target, dtype=torch.float64, I=2, H=3)
+    x = torch.randn(T, B, 2, dtype=torch.float64, requires_grad=True)
+    y, _ = m(x)
+    with pytest.raises(rnndsl.TargetError, match="create_graph=True"):
+        torch.autograd.grad(y.sum(), x, create_graph=True)
+    y, _ = m(x)                                       # without it: as before
+    g, = torch.autograd.grad(y.sum(), x)
+    assert g.shape == x.shape and not g.requires_grad
+
+
 def test_mistakes_are_rnndsl_errors():
     kw = dict(target="interp", I=2, H=3)
     with pytest.raises(rnndsl.BindError, match="direction 'sideways'"):
