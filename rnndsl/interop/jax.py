@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..cells.base import Cell
+from ..cells.directions import Directional
 from ..core.errors import BindError
 
 
@@ -97,11 +98,19 @@ def function(cell: Cell):
 
 
 def _check_cell(cell) -> None:
-    if not isinstance(cell, Cell):
+    if not isinstance(cell, (Cell, Directional)):
         raise BindError(f"rnndsl.jax needs a cell (an instance: Cell(I=..., H=...)), got "
                         f"{type(cell).__name__}" + (
                             ": instantiate the class with its dims first"
                             if isinstance(cell, type) and issubclass(cell, Cell) else ""))
+
+
+def _twin(cell):
+    """A cell of its own, made as the caller's was (a two-way cell: the same direction)."""
+    if isinstance(cell, Directional):
+        return Directional(cell.cell_class, cell.direction, dtype=cell.dtype, seed=cell.seed,
+                           **cell.dims)
+    return type(cell)(dtype=cell.dtype, seed=cell.seed, **cell.dims)
 
 
 def _check_x64(cell: Cell) -> None:
@@ -124,13 +133,21 @@ class _Runner:
         self.dtype = cell.dtype
         # a cell of its own, made as the caller's was: binding params to it for a call
         # never touches the caller's cell, and its Runs never mix with the caller's
-        self.worker = type(cell)(dtype=cell.dtype, seed=cell.seed, **cell.dims)
+        self.worker = _twin(cell)
         self.lock = threading.Lock()
         spec = cell.spec
         hidden = cell.hidden_inputs
+        # a two-way cell (direction="reverse" or "bidirectional": cells.directions) has
+        # its directions' params and states by suffixed names (W_reverse, h_reverse), and
+        # a bidirectional one's outputs joined on the feature axis (a scalar's stacked)
+        suffixes = ([suffix for suffix, _, _ in cell.cells] if isinstance(cell, Directional)
+                    else [""])
+        self.base = cell.cells[0][2] if isinstance(cell, Directional) else cell
+        self.joined = len(suffixes)
         self.inputs = tuple(d for d in spec.inputs if d.name not in hidden)
-        self.states = {d.name: d for d in spec.states}
-        self.params = {d.name: cell._size(d) for d in spec.params}
+        self.states = {d.name + suffix: self.base._size(d) for suffix in suffixes
+                       for d in spec.states}
+        self.params = {name: tuple(value.shape) for name, value in cell.params.items()}
         self.outputs = tuple(spec.outputs)
 
     # ------------------------------------------------------------------ trace-time checks
@@ -192,7 +209,7 @@ class _Runner:
         out = {}
         for d in self.inputs:
             value = jnp.asarray(x[d.name])
-            size = self.cell._size(d)
+            size = self.base._size(d)
             if d.token and jnp.issubdtype(value.dtype, jnp.integer):
                 if value.ndim != 2:
                     raise BindError(f"input {d.name} (input token) has shape {value.shape}; "
@@ -239,7 +256,7 @@ class _Runner:
             if name not in self.states:
                 raise BindError(f"{self.cell.spec.name} has no state '{name}'; its states "
                                 f"are: {', '.join(self.states)}")
-            size = self.cell._size(self.states[name])
+            size = self.states[name]
             out[name] = self._array(f"state {name}", value, (B,) + size, f"(B, {size[0]})")
         return out
 
@@ -251,10 +268,12 @@ class _Runner:
         outputs = {}
         for o in self.outputs:
             size = tuple(d.evaluate(dims) for d in o.type.shape)
+            if self.joined > 1:
+                size = (size[0] * self.joined,) + size[1:] if size else (self.joined,)
             outputs[o.name] = jax.ShapeDtypeStruct(((B,) if o.final else (T, B)) + size,
                                                    self.dtype)
-        states = {n: jax.ShapeDtypeStruct((B,) + self.cell._size(d), self.dtype)
-                  for n, d in self.states.items()}
+        states = {n: jax.ShapeDtypeStruct((B,) + size, self.dtype)
+                  for n, size in self.states.items()}
         return outputs, states
 
     # ------------------------------------------------------------------ the callbacks

@@ -163,7 +163,7 @@ def _activations(operator: str, attrs: dict, n_dirs: int, where: str):
     if not names:
         names = list(DEFAULT_ACTIVATIONS[operator]) * n_dirs
     elif len(names) == per and n_dirs == 2:
-        names = names * 2          # onnxruntime reuses one direction's list for both
+        names = names * 2          # one direction's list serves both (onnxruntime 1.32 refuses it)
     if len(names) != per * n_dirs:
         raise OnnxImportError(
             f"{where}: activations={names!r} has {len(names)} entries; {operator} with "

@@ -7,10 +7,12 @@ nn.LSTM puts Squeeze, Transpose and Reshape between the layers, Slice (or Gather
 pick each layer's initial state out of h0, Shape, Gather, Concat, ConstantOfShape and
 Expand to make zero states of the batch's size, and Unsqueeze and Concat where weights
 were not folded; rnndsl's own export (onnx_export.py) adds the elementwise arithmetic and
-comparisons of its lengths and masks (Add, Min, Less, Where, Range, ...). Anything else
-(a readout's MatMul, Softmax, a Scan) is refused when the session opens, naming the op:
-rnndsl imports recurrent models, not general graphs. These run on the host, in NumPy,
-with NumPy's broadcasting (ONNX's).
+comparisons of its lengths and masks (Add, Min, Less, Where, Range, ...), and a readout
+after a recurrent node: MatMul, Add and an activation (Sigmoid, Tanh, Relu; elman.rnn's
+`y = sigmoid(W_hy @ h + b_y)` exports as an RNN node and those). Anything else (Softmax,
+a Scan) is refused when the session opens, naming the op: rnndsl imports recurrent
+models, not general graphs. These run on the host, in NumPy, with NumPy's broadcasting
+and matmul (ONNX's).
 """
 
 from __future__ import annotations
@@ -133,6 +135,12 @@ def _variadic(fn):
     return rule
 
 
+def _sigmoid(ins, attrs):
+    x = np.asarray(ins[0])
+    e = np.exp(-np.abs(x))                  # never overflows
+    return [np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)]
+
+
 def _range(ins, attrs):
     start, limit, delta = (np.asarray(a).item() for a in ins)
     return [np.arange(start, limit, delta, dtype=np.asarray(ins[0]).dtype)]
@@ -162,4 +170,6 @@ GLUE = {
     "Max": _variadic(np.maximum), "Equal": _elementwise(np.equal),
     "Less": _elementwise(np.less), "Greater": _elementwise(np.greater),
     "Not": _elementwise(np.logical_not), "Where": _elementwise(np.where),
+    "MatMul": _elementwise(np.matmul), "Sigmoid": _sigmoid, "Tanh": _elementwise(np.tanh),
+    "Relu": lambda ins, attrs: [np.maximum(ins[0], np.zeros((), ins[0].dtype))],
 }

@@ -57,7 +57,27 @@ def host(what: str, tensor) -> np.ndarray:
         raise TargetError(f"{what} is on {tensor.device}; rnndsl.torch runs on CPU tensors "
                           "for now: move it with .cpu() (the cuda target does not take "
                           "torch's device memory yet)")
-    return tensor.detach().numpy()
+    if not torch._C._functorch.is_functorch_wrapped_tensor(tensor):
+        return tensor.detach().numpy()
+    return _functorch_values(what, tensor)
+
+
+def _functorch_values(what: str, tensor: torch.Tensor) -> np.ndarray:
+    """The values under torch.func.grad and vjp, whose backward hands over its
+    cotangents wrapped for gradient tracking: read with torch.func's layers off (a
+    wrapped tensor has no memory of its own). vmap's batched tensors are refused: a
+    cell call maps over its batch rows already."""
+    from torch._C import _functorch as functorch
+    inner = tensor
+    while functorch.is_functorch_wrapped_tensor(inner):
+        if functorch.is_batchedtensor(inner) or not functorch.is_gradtrackingtensor(inner):
+            raise TargetError(f"{what} comes batched by torch.func.vmap (jacrev and "
+                              "hessian batch with it too), which rnndsl cells do not take: "
+                              "give the batch as the cell's B axis, or take a Jacobian with "
+                              "torch.autograd.functional.jacobian")
+        inner = functorch.get_unwrapped(inner)
+    with torch._C._DisableFuncTorch():
+        return tensor.detach().numpy()
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -84,6 +104,7 @@ class Call:
     finals: tuple[str, ...]
     lengths: np.ndarray | None = None
     grad: bool = True       # False: no backward can follow (no_grad, nothing requires grad)
+    run: object = None      # the cell's Run, from forward to setup_context
 
 
 class CellFunction(torch.autograd.Function):
@@ -94,8 +115,10 @@ class CellFunction(torch.autograd.Function):
     it read are saved for backward, so that torch's own check names one changed in place
     in between (the cell checks too: cells/seen.py)."""
 
+    # forward and setup_context apart (not forward(ctx, ...)): torch.func's transforms
+    # (torch.func.grad, vjp, jacrev) take only a Function written this way
     @staticmethod
-    def forward(ctx, call: Call, *tensors):
+    def forward(call: Call, *tensors):
         n_in, n_st = len(call.inputs), len(call.states)
         cell = call.cell
         for name, value in zip(call.params, tensors[n_in + n_st:]):
@@ -106,23 +129,30 @@ class CellFunction(torch.autograd.Function):
         run = cell.forward(inputs, state=state or None, lengths=call.lengths, grad=call.grad)
         results = tuple(_tensor(run.outputs[n]) for n in call.outputs) + tuple(
             _tensor(run.state[n]) for n in call.finals)
-        ctx.call, ctx.run = call, run
-        ctx.set_materialize_grads(False)      # an unused result costs its cotangent nothing
-        ctx.save_for_backward(*tensors, *results)
+        call.run = run            # for setup_context: one Call an apply
         return results
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        call, tensors = inputs[0], inputs[1:]
+        ctx.call, ctx.run = call, call.run
+        ctx.set_materialize_grads(False)      # an unused result costs its cotangent nothing
+        ctx.save_for_backward(*tensors, *output)
+
+    @staticmethod
     def backward(ctx, *grads):
-        if torch.is_grad_enabled():
-            # create_graph=True. once_differentiable alone would let this pass where the
-            # cotangents need no gradient (y.sum()'s), and the gradients it returned
-            # would then carry no graph: a penalty on them silently dropped its part.
-            raise TargetError(
-                "rnndsl cells differentiate once: a gradient through a cell taken with "
-                "create_graph=True (a gradient penalty, a Hessian-vector product: a "
-                "double backward) would need the derivative of its BPTT kernels, which "
-                "rnndsl does not make; take the gradient without create_graph")
-        return CellFunction._backward(ctx, *grads)
+        found = CellFunction._backward(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return found
+        # create_graph=True (torch.func.grad runs backward so too): the gradients are
+        # marked so that differentiating them raises, where once_differentiable alone
+        # would let them through with no graph when the cotangents need none (y.sum()'s),
+        # and a penalty on them would silently drop its part of the gradient
+        anchor = next((t for t in ctx.saved_tensors if t.requires_grad), None)
+        if anchor is None:
+            return found
+        return tuple(g if g is None else _OnceDifferentiable.apply(anchor, g)
+                     for g in found)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -162,6 +192,27 @@ def _take_rows(seq: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return seq.reshape(T * B, -1).index_select(0, rows).reshape(seq.shape)
 
 
+class _OnceDifferentiable(torch.autograd.Function):
+    """A gradient the cell's BPTT returned, passed through as it is; differentiating it
+    (a double backward: a gradient penalty, a Hessian-vector product) raises. `anchor`,
+    a tensor that requires grad, makes the result require grad too."""
+
+    @staticmethod
+    def forward(anchor: torch.Tensor, grad: torch.Tensor):
+        return grad.view_as(grad)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, _):
+        raise TargetError(
+            "rnndsl cells differentiate once: differentiating a gradient that went through "
+            "a cell (a gradient penalty, a Hessian-vector product: a double backward) "
+            "would need the derivative of its BPTT kernels, which rnndsl does not make")
+
+
 class _Reverse(torch.autograd.Function):
     """A sequence reversed within its lengths; its gradient is reversed the same way
     (the permutation is its own inverse): one row gather each way, where torch's own
@@ -169,9 +220,12 @@ class _Reverse(torch.autograd.Function):
     took about twice the time in the backward of a 2-layer bidirectional LSTM here."""
 
     @staticmethod
-    def forward(ctx, seq: torch.Tensor, rows: torch.Tensor):
-        ctx.rows = rows
+    def forward(seq: torch.Tensor, rows: torch.Tensor):
         return _take_rows(seq, rows)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.rows = inputs[1]
 
     @staticmethod
     def backward(ctx, grad):
@@ -332,6 +386,28 @@ class Module(torch.nn.Module):
             cell.params[name][...] = value.numpy().reshape(cell.params[name].shape)
         return cell
 
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self):
+        """What a pickle (`torch.save(model)`, `copy.deepcopy`) holds: the module less
+        its cell class and cells, with the spec's texts (the file's and those it uses),
+        from which the class is made again on load, in any process (a class made by
+        `load` has no importable name). The cells only cache: the params are the
+        module's."""
+        from ..train.checkpoint import spec_record
+        state = dict(self.__dict__)
+        record = spec_record(state.pop("cell_class"))
+        state["_spec_texts"] = {k: record[k] for k in ("path", "text", "files", "cell")}
+        state["_cells"] = {}
+        return state
+
+    def __setstate__(self, state):
+        from ..cells.load import load_text
+        state = dict(state)
+        record = state.pop("_spec_texts")
+        super().__setstate__(state)
+        self.cell_class = load_text(record["text"], target=self.target, cell=record["cell"],
+                                    path=record["path"], files=record["files"])
+
     def _cell(self, dtype: np.dtype, suffix: str) -> Cell:
         """The cell that runs a direction in a dtype (one a dtype: `.double()` works)."""
         key = (dtype.str, suffix)
@@ -345,7 +421,7 @@ class Module(torch.nn.Module):
         params = {d.name: self.param(d.name) for d in spec.params}
         dtype = self._dtype(params)
         inputs = self._inputs(x, dtype)
-        state = self._states(state)
+        state = self._states(state, dtype)
         lengths = lengths_array(lengths)
         outs, finals = [], {}
         for suffix, reverse in self.runs:
@@ -401,7 +477,8 @@ class Module(torch.nn.Module):
                             "inputs are: " + ", ".join(d.name for d in decls))
         return out
 
-    def _states(self, state) -> dict[str, torch.Tensor]:
+    def _states(self, state, dtype: np.dtype) -> dict[str, torch.Tensor]:
+        """The caller's initial states by name, checked for type and dtype."""
         if state is None:
             return {}
         names = [d.name + s for s, _ in self.runs for d in self.cell_class.spec.states]
@@ -412,6 +489,13 @@ class Module(torch.nn.Module):
         if unknown:
             raise BindError(f"no state {', '.join(unknown)}; the states are: "
                             + ", ".join(names))
+        want = torch_dtype(dtype)
+        for name, t in state.items():
+            if not isinstance(t, torch.Tensor):
+                raise BindError(f"state {name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dtype != want:
+                raise BindError(f"state {name} is {t.dtype} but the module's parameters are "
+                                f"{want}; convert it with .to({want})")
         return dict(state)
 
     def _joined(self, outs: list[dict]) -> dict[str, torch.Tensor]:

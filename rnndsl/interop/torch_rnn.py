@@ -72,6 +72,8 @@ def from_torch(m: torch.nn.Module, *, target: str = "cpu") -> "TorchRNN":
                    bidirectional=m.bidirectional, proj_size=getattr(m, "proj_size", 0),
                    target=target, dtype=dtypes.pop() if len(dtypes) == 1 else torch.float32)
     out.load_state_dict(m.state_dict())
+    for name, param in m.named_parameters():        # a frozen weight stays frozen
+        out.get_parameter(name).requires_grad_(param.requires_grad)
     out.train(m.training)
     return out
 
@@ -187,8 +189,11 @@ class TorchRNN(torch.nn.Module):
                             f"{self._dtype()}; convert it with .to({self._dtype()})")
         if self.batch_first:
             x = x.transpose(0, 1)
-        output, h_n, c_n = self._layers(x, self._initial(hx, x.shape[1]),
-                                        lengths_array(lengths))
+        initial = self._initial(hx, x.shape[1])
+        if x.shape[1] == 0:          # no sequences: empty results, as torch gives them
+            output, h_n, c_n = self._empty(x)
+        else:
+            output, h_n, c_n = self._layers(x, initial, lengths_array(lengths))
         if self.batch_first:
             output = output.transpose(0, 1)
         state = (h_n, c_n) if self.mode == "LSTM" else h_n
@@ -198,6 +203,19 @@ class TorchRNN(torch.nn.Module):
         if packed:
             output = _repack(output, input, self.batch_first)
         return output, state
+
+    def _empty(self, x) -> tuple:
+        """(output, h_n, c_n) of a batch of no sequences (time-major), in the graph of x
+        and the params as torch's are (a backward through them gives zero gradients)."""
+        n = self.num_layers * len(self.suffixes)
+        zero = x.reshape(-1)[:0].sum() + sum(p.reshape(-1)[:0].sum()
+                                             for p in self.parameters())
+
+        def empty(*shape):
+            return x.new_zeros(shape) + zero
+        c_n = empty(n, 0, self.hidden_size) if self.mode == "LSTM" else None
+        return empty(x.shape[0], 0, self.out_size * len(self.suffixes)), \
+            empty(n, 0, self.out_size), c_n
 
     def _initial(self, hx, B: int) -> list[dict]:
         """hx as one dict of initial states per (layer, direction), torch's order."""
@@ -211,10 +229,17 @@ class TorchRNN(torch.nn.Module):
         named = dict(zip(("h", "c"), hx)) if lstm else {"h": hx}
         sizes = {"h": self.out_size, "c": self.hidden_size}
         for key, t in named.items():
+            if not isinstance(t, torch.Tensor):
+                raise BindError(f"initial state {key} must be a torch.Tensor, got "
+                                f"{type(t).__name__}")
             if tuple(t.shape) != (n, B, sizes[key]):
                 raise BindError(f"initial state {key} has shape {tuple(t.shape)}; expected "
                                 f"(num_layers * num_directions, B, size) = "
                                 f"({n}, {B}, {sizes[key]})")
+            if t.dtype != self._dtype():
+                raise BindError(f"initial state {key} is {t.dtype} but the module's "
+                                f"parameters are {self._dtype()}; convert it with "
+                                f".to({self._dtype()})")
         return [{k: t[i] for k, t in named.items()} for i in range(n)]
 
     def _layers(self, x, initial: list[dict], lengths):
@@ -259,7 +284,24 @@ class TorchRNN(torch.nn.Module):
             kwargs["proj_size"] = self.proj_size
         m = cls(self.input_size, self.hidden_size, **kwargs)
         m.load_state_dict(self.state_dict())
+        for name, param in self.named_parameters():
+            m.get_parameter(name).requires_grad_(param.requires_grad)
         return m.train(self.training)
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self):
+        """What a pickle (`torch.save(model)`, `copy.deepcopy`) holds: the module less
+        its cell class and cells, which are made again from the shipped spec on load
+        (a class made by `load` has no importable name)."""
+        state = dict(self.__dict__)
+        state.pop("cell_class", None)
+        state["_cells"] = {}
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        path, name = torch_spec(self.mode, self.bias, self.proj_size > 0)
+        self.cell_class = load(path, target=self.target, cell=name)
 
 
 def _map_state(state, f):

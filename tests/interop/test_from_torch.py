@@ -181,6 +181,87 @@ def test_state_dict_round_trips_and_to_torch_goes_back():
     assert rel_err(back(x)[0], m(x)[0]) == 0.0
 
 
+@pytest.mark.parametrize("kind", ["lstm_proj", "gru"])
+def test_a_batch_of_no_sequences_gives_what_torch_gives(kind):
+    """B = 0: empty results of torch's shapes, in the graph (a backward runs)."""
+    m = make(kind, num_layers=2, bidirectional=True, batch_first=True)
+    r = rt.from_torch(m, target="interp")
+    x = torch.zeros(0, T, I, dtype=torch.float64, requires_grad=True)
+
+    def flat(result):
+        out, state = result
+        return [out, *(state if isinstance(state, tuple) else (state,))]
+    ours, theirs = flat(r(x)), flat(m(x))
+    assert [t.shape for t in ours] == [t.shape for t in theirs]
+    sum(t.sum() for t in ours).backward()
+    assert x.grad.shape == x.shape and all(p.grad is not None for p in r.parameters())
+
+
+def test_an_initial_state_in_another_dtype_is_refused_in_torchs_words():
+    r = rt.from_torch(make("gru"), target="interp")
+    with pytest.raises(rnndsl.BindError, match=r"initial state h is torch.float32 .* "
+                                               r"\.to\(torch.float64\)"):
+        r(torch.zeros(T, B, I, dtype=torch.float64), torch.zeros(1, B, H))
+
+
+def test_frozen_weights_stay_frozen_both_ways():
+    """A layer frozen in m (requires_grad=False) is frozen in the copy, so an optimiser
+    over its parameters() leaves it alone; to_torch() keeps the flags too."""
+    m = make("gru", num_layers=2)
+    frozen = {"weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"}
+    for name in frozen:
+        m.get_parameter(name).requires_grad_(False)
+    r = rt.from_torch(m, target="interp")
+    assert {n for n, p in r.named_parameters() if not p.requires_grad} == frozen
+    r(torch.randn(T, B, I, dtype=torch.float64))[0].sum().backward()
+    assert all((p.grad is None) == (n in frozen) for n, p in r.named_parameters())
+    back = r.to_torch()
+    assert {n for n, p in back.named_parameters() if not p.requires_grad} == frozen
+
+
+_RELOAD = """
+import sys, torch
+import rnndsl.torch
+model = torch.load(sys.argv[1], weights_only=False)
+x = torch.load(sys.argv[2])
+with torch.no_grad():
+    y = model(x)[0]
+torch.save(y, sys.argv[3])
+"""
+
+
+@pytest.mark.parametrize("target", ["interp", "cpu"])
+def test_a_pickled_module_loads_in_another_process(target, tmp_path):
+    """torch.save(model) of a from_torch module and of a Module (a spec that uses
+    another file), torch.load in a fresh process: the same outputs. The cell classes,
+    which have no importable name, are made again from the spec texts the pickle holds."""
+    import subprocess
+    import sys
+    m = make("lstm", num_layers=2, bidirectional=True)
+    spec = tmp_path / "cells.rnn"            # a spec file that uses another
+    (tmp_path / "parts.rnn").write_text((rnndsl.lang.shipped.specs_dir() / "gru.rnn").read_text())
+    spec.write_text('use "parts.rnn"\n')
+    modules = {"from_torch": rt.from_torch(m, target=target),
+               "Module": rt.Module(spec, cell="GRU", target=target, dtype=torch.float64,
+                                   I=I, H=H)}
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    torch.save(x, tmp_path / "x.pt")
+    for name, module in modules.items():
+        torch.save(module, tmp_path / f"{name}.pt")
+    for path in (spec, tmp_path / "parts.rnn"):       # the pickle carries their texts
+        path.rename(path.with_suffix(".moved"))
+    (tmp_path / "gone").mkdir()
+    for name, module in modules.items():
+        run = subprocess.run([sys.executable, "-c", _RELOAD, str(tmp_path / f"{name}.pt"),
+                              str(tmp_path / "x.pt"), str(tmp_path / f"{name}.y.pt")],
+                             capture_output=True, text=True, timeout=300,
+                             cwd=tmp_path / "gone")
+        assert run.returncode == 0, run.stderr[-2000:]
+        with torch.no_grad():
+            want = module(x)[0]
+        assert rel_err(torch.load(tmp_path / f"{name}.y.pt"), want) == 0.0, name
+
+
 def test_a_training_step_with_torch_optim_matches_torch():
     """One Adam step on each, from the same weights: the same weights after it."""
     m = make("gru", num_layers=2)

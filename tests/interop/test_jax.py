@@ -135,6 +135,30 @@ def test_gradients_match_finite_differences(x64):
                 atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("target", ["interp", "cpu"])
+@pytest.mark.parametrize("direction", ["reverse", "bidirectional"])
+def test_a_two_way_cell_matches_its_own_forward_and_finite_differences(x64, target,
+                                                                       direction):
+    """A reverse or bidirectional cell (cells.directions): params and states by their
+    suffixed names (W_hh_reverse, h_reverse), the outputs of both directions joined on
+    the feature axis; within lengths; gradients against finite differences."""
+    cell = rnndsl.load(SPECS / "elman.rnn", target=target)(
+        dtype=np.float64, seed=2, direction=direction, **DIMS["elman"])
+    f = rj.function(cell)
+    x = inputs_of(make("elman"))["x"]
+    lengths = np.array([T, 1, T - 1])
+    state0 = random_like(cell.initial_state(B), seed=3)
+    outputs, final = jax.jit(lambda p, x, s: f(p, x, s, lengths=lengths))(
+        rj.params(cell), x, state0)
+    run = cell.forward(x, state0, lengths=lengths)
+    assert sorted(final) == sorted(run.state) == sorted(state0)
+    for n, v in {**run.outputs, **run.state}.items():
+        assert rel_err({**outputs, **final}[n], v) < 1e-12, n
+    w_out, w_state = random_like(run.outputs, 7), random_like(run.state, 8)
+    check_grads(weighted_loss(f, w_out, w_state, lengths), (rj.params(cell), x, state0),
+                order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
+
+
 def test_backward_reads_the_params_its_forward_read(x64):
     """Between a forward and its VJP, other calls with other params and a change to the
     cell's own params in place do not reach the gradient."""

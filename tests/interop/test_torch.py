@@ -169,17 +169,48 @@ def test_changing_a_param_in_place_before_backward_raises():
 
 @pytest.mark.parametrize("target", ["interp", "cpu"])
 def test_a_double_backward_is_refused_not_silently_first_order(target):
-    """create_graph=True through a cell (an input-gradient penalty): torch.autograd's
-    once_differentiable alone lets it through when the cotangents need no gradient
-    (y.sum()'s), and the penalty's part of the gradient would be dropped in silence."""
+    """An input-gradient penalty through a cell: torch.autograd's once_differentiable
+    alone let the gradient through with no graph when the cotangents need none (y.sum()'s),
+    and the penalty's part of the gradient was dropped in silence. Now the gradient
+    taken with create_graph=True can be used, and differentiating it raises."""
     m = rt.Module(SPECS / "gru.rnn", target=target, dtype=torch.float64, I=2, H=3)
     x = torch.randn(T, B, 2, dtype=torch.float64, requires_grad=True)
     y, _ = m(x)
-    with pytest.raises(rnndsl.TargetError, match="create_graph=True"):
-        torch.autograd.grad(y.sum(), x, create_graph=True)
-    y, _ = m(x)                                       # without it: as before
-    g, = torch.autograd.grad(y.sum(), x)
-    assert g.shape == x.shape and not g.requires_grad
+    g, = torch.autograd.grad(y.sum(), x, create_graph=True)
+    assert g.requires_grad
+    with pytest.raises(rnndsl.TargetError, match="differentiate once"):
+        (y.sum() + g.pow(2).sum()).backward()
+    y, _ = m(x)                                       # without create_graph: as before
+    g2, = torch.autograd.grad(y.sum(), x)
+    assert not g2.requires_grad
+    torch.testing.assert_close(g2, g.detach(), rtol=0, atol=0)
+
+
+def test_torch_func_grad_and_vjp_match_torch_and_vmap_is_refused():
+    """torch.func's transforms take the cell's Function (written with setup_context);
+    the cotangents they hand its backward are read with their layers off. vmap (and
+    jacrev, which batches with it) is refused by name."""
+    torch.manual_seed(0)
+    m = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    r = rt.from_torch(m, target="interp")
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+
+    def loss(module):
+        return lambda p, xx: torch.func.functional_call(module, p, (xx,))[0].pow(2).sum()
+    got = torch.func.grad(loss(r), argnums=(0, 1))(
+        {k: v.detach() for k, v in r.named_parameters()}, x)
+    want = torch.func.grad(loss(m), argnums=(0, 1))(
+        {k: v.detach() for k, v in m.named_parameters()}, x)
+    for k in want[0]:
+        torch.testing.assert_close(got[0][k], want[0][k], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-10, atol=1e-12)
+    v = torch.randn(5, 2, 8, dtype=torch.float64)
+    (a,), (b,) = (torch.func.vjp(lambda xx: mod(xx)[0], x)[1](v) for mod in (r, m))
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(rnndsl.TargetError, match="vmap"):
+        torch.func.jacrev(lambda xx: r(xx)[0])(x)
+    with pytest.raises(rnndsl.TargetError, match="differentiate once"):
+        torch.func.grad(lambda xx: torch.func.grad(lambda y: r(y)[0].sum())(xx).sum())(x)
 
 
 def test_mistakes_are_rnndsl_errors():
@@ -193,6 +224,9 @@ def test_mistakes_are_rnndsl_errors():
         m(torch.zeros(T, B, 2, dtype=torch.float64))
     with pytest.raises(rnndsl.BindError, match="no state c; the states are: h"):
         m(torch.zeros(T, B, 2), state={"c": torch.zeros(B, 3)})
+    with pytest.raises(rnndsl.BindError, match=r"state h is torch.float64 .* "
+                                               r"convert it with .to\(torch.float32\)"):
+        m(torch.zeros(T, B, 2), state={"h": torch.zeros(B, 3, dtype=torch.float64)})
     with pytest.raises(rnndsl.BindError, match="must be a torch.Tensor"):
         m(np.zeros((T, B, 2), np.float32))
     with pytest.raises(rnndsl.BindError, match="shape"):      # the cell's own check
