@@ -9,9 +9,6 @@ up. Without the tiles (`--no-pass microkernel`) a stack runs member by member pa
 `small_product` while its members stay under it. Where those cliffs fall is OpenBLAS's
 own choice for the CPU it finds (its direct kernel, its packed path), so it differs from
 machine to machine; the defaults (rnndsl.kernels.tile_sizes) were measured on one.
-Outside the time loop, a GEMM over all T*B rows runs in the register tiles from the
-`hoisted_tile_product` (M * K * N) on, and in BLAS below it (or everywhere, where the
-machine's BLAS is the faster: a mark of "never").
 
 The kernels read the marks from their `consts` argument (codegen: `tuned`), so one
 compiled kernel serves every machine. The first process on a machine that needs them
@@ -40,33 +37,26 @@ from pathlib import Path
 
 from ..core.errors import BindError
 from ..core.files import write_atomically
-from ..kernels.tile_sizes import (HOISTED_TILE_PRODUCT, MICRO_SPLIT_PRODUCT, MICRO_TILE_PRODUCT,
-                                  SMALL_PRODUCT)
+from ..kernels.tile_sizes import MICRO_SPLIT_PRODUCT, MICRO_TILE_PRODUCT, SMALL_PRODUCT
 from .cache import cache_dir
 
 DEFAULTS = {"small_product": SMALL_PRODUCT, "micro_split_product": MICRO_SPLIT_PRODUCT,
-            "micro_tile_product": MICRO_TILE_PRODUCT,
-            "hoisted_tile_product": HOISTED_TILE_PRODUCT}
+            "micro_tile_product": MICRO_TILE_PRODUCT}
 NEVER = 1 << 60         # a mark no product reaches: the way is never worth switching to
 # Switching is charged 3% extra: where both ways tie within the timings' noise the mark
 # would wander from run to run, and the way below it stays.
 MARGIN = 0.03
-RECORD_VERSION = 2         # 2: hoisted_tile_product
+RECORD_VERSION = 1
 
-# mark: ((the way below it, the way from it), ...), members, (B, K) shapes; n = K. The
-# grids span the defaults by a factor of 4 or more on each side. A mark with two pairs
-# of ways weighs both (the two layouts its GEMMs come in).
+# (mark, the way below it, the way from it, members, (B, K) shapes; n = K): the grids
+# span the defaults by a factor of 4 or more on each side
 GRIDS = {
-    "micro_split_product": ((("one call", "by member"),), 4,
+    "micro_split_product": ("one call", "by member", 4,
                             [(b, k) for b in (2, 4, 6) for k in (64, 96, 128, 192, 256, 384)]),
-    "micro_tile_product": ((("by member", "tiles"),), 4,
+    "micro_tile_product": ("by member", "tiles", 4,
                            [(b, k) for b in (2, 4, 6) for k in (256, 384, 512, 768)]),
-    "small_product": ((("one call", "by member"),), 4,
+    "small_product": ("one call", "by member", 4,
                       [(b, k) for b in (8, 16, 32) for k in (32, 64, 96, 128)]),
-    # B here is M, all T*B rows of a GEMM outside the time loop
-    "hoisted_tile_product": ((("rows: one call", "rows in tiles"),
-                              ("one call", "rows in tiles, C-order")), 4,
-                             [(m, k) for m in (16, 64, 256) for k in (16, 64, 256)]),
 }
 # the product each mark is compared with: the stack's (B * K * N) or one member's
 PER_MEMBER = {"micro_tile_product"}
@@ -94,9 +84,7 @@ class Tuning:
                 f"  in the register tiles from B*K*n >= {mark('micro_tile_product')} "
                 "(n: a member's width);",
                 f"  without the tiles (--no-pass microkernel): member by member past "
-                f"B*K*N > {mark('small_product')};",
-                f"GEMMs over all T*B rows (hoisted, after the loop): in the register tiles "
-                f"from M*K*N >= {mark('hoisted_tile_product')}, else BLAS"]
+                f"B*K*N > {mark('small_product')}"]
 
 
 def machine_key() -> dict[str, str]:
@@ -159,21 +147,19 @@ def measure(grids=None) -> tuple[dict[str, int], dict[str, list]]:
     values, timings = {}, {}
     held = hold_blas(1)
     try:
-        for name, (pairs, members, shapes) in grids.items():
+        for name, (below, above, members, shapes) in grids.items():
             rows, shown = [], []
             for B, K in shapes:
                 ops = StepOperands(B, K, K, members)
                 calls = max(2, min(200, 4_000_000 // ops.product))
+                t_below = ops.seconds(below, calls)
+                t_above = ops.seconds(above, calls)
                 product = B * K * K if name in PER_MEMBER else ops.product
-                for below, above in pairs:
-                    t_below = ops.seconds(below, calls)
-                    t_above = ops.seconds(above, calls)
-                    rows.append((product, t_below, t_above))
-                    shown.append([B, K, members * K, round(1e6 * t_below, 2),
-                                  round(1e6 * t_above, 2)]
-                                 + ([f"{below} / {above}"] if len(pairs) > 1 else []))
+                rows.append((product, t_below, t_above))
+                shown.append([B, K, members * K, round(1e6 * t_below, 2),
+                              round(1e6 * t_above, 2)])
             values[name] = crossover(rows)
-            timings[name] = {"ways": [list(pair) for pair in pairs], "B, K, N, us": shown}
+            timings[name] = {"ways": [below, above], "B, K, N, us": shown}
     finally:
         release_blas(held)
     return values, timings

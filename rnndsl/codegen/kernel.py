@@ -386,10 +386,9 @@ class _Kernel:
 
     def gemm(self, a: Code, b: Code, out: Code, stage: str, rows: bool = True) -> None:
         """The call computing out = a @ b: over all T*B rows with the microkernel pass,
-        rnndsl.kernels.gemm.rows_dot (the register tiles or single-threaded BLAS calls,
-        as the machine's `hoisted_tile_product` mark says, on the kernel's threads)."""
+        rnndsl.kernels.gemm.parallel_dot (the kernel's threads, one BLAS thread each)."""
         if rows and self.em.micro and stage not in LOOP_STAGES:
-            self.p.call("rows_dot", a, b, out, THREADS, self.em.tuned("hoisted_tile_product"))
+            self.p.call("parallel_dot", a, b, out, THREADS)
         else:
             self.p.call(self.d.dot, a, b, out)
 

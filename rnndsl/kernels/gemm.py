@@ -173,66 +173,6 @@ def packed_gemm(A, Bp, C, threads):
 
 
 # ------------------------------------------------------------------ the big GEMMs
-# Over all T*B rows (a hoisted input projection, a readout, the backward's input
-# gradient) OpenBLAS reaches 91-98 GFLOP/s a thread here, the register tiles 100-111 once
-# the rows go through in blocks of MC (A's block stays in L2 while every panel passes
-# over it; unblocked, A streams from L3 once a panel): benchmarks/hoisted_tiles.py. Which
-# is faster differs by CPU and BLAS, so the kernels choose at each call from the
-# machine's `hoisted_tile_product` mark (rnndsl.build.machine), as for the per-step ones.
-MC = 128
-
-
-@njit(cache=True, error_model="numpy")
-def pack_panels(B):
-    """B (K, N), in either order, packed into panels (`pack_rows`): a C-order B row by
-    row, a transposed view of a C-order W (B = W.T, as the kernels pass stacked weights)
-    through W's rows, so that the reads run along memory."""
-    K, N = B.shape
-    Bp = np.empty((-(-N // NR), K, NR), B.dtype)
-    if N % NR:
-        Bp[-1] = 0
-    if B.strides[0] >= B.strides[1]:
-        pack_rows(Bp, B, 0)
-    else:
-        pack_cols_t(Bp, B.T, 0)
-    return Bp
-
-
-@njit(cache=True, error_model="numpy")
-def _row_blocks(A, Bp, C, r0, r1):
-    """C[r0:r1] = A[r0:r1] @ Bp, MC rows at a time (row slices keep Numba's C layout,
-    so this runs the compiled `_panels`)."""
-    for m0 in range(r0, r1, MC):
-        m1 = min(r1, m0 + MC)
-        _panels(A[m0:m1], Bp, C[m0:m1], 0, Bp.shape[0])
-
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def _row_blocks_parallel(A, Bp, C, parts):
-    M = A.shape[0]
-    for q in prange(parts):
-        _row_blocks(A, Bp, C, q * M // parts, (q + 1) * M // parts)
-
-
-@njit(cache=True, error_model="numpy")
-def tiled_dot(A, B, C, threads):
-    """C = A @ B over many rows in the register tiles: B packed into panels once (the
-    pack costs about one read and write of B), then A's rows in blocks of MC, split
-    among `threads` workers (64 rows and more each)."""
-    Bp = pack_panels(B)
-    A = np.ascontiguousarray(A)
-    Cc = np.ascontiguousarray(C)
-    parts = min(threads, A.shape[0] // 64)
-    if parts > 1:
-        _row_blocks_parallel(A, Bp, Cc, parts)
-    else:
-        _row_blocks(A, Bp, Cc, 0 * parts, A.shape[0])
-    if Cc.ctypes.data != C.ctypes.data:
-        for i in range(C.shape[0]):
-            for j in range(C.shape[1]):
-                C[i, j] = Cc[i, j]
-
-
 @njit(cache=True, error_model="numpy", parallel=True)
 def _dot_rows_parallel(A, B, C, parts):
     M = A.shape[0]
@@ -252,18 +192,6 @@ def parallel_dot(A, B, C, threads):
         _dot_rows_parallel(A, B, C, parts)
     else:
         np.dot(A, B, C)
-
-
-@njit(cache=True, error_model="numpy")
-def rows_dot(A, B, C, threads, mark):
-    """C = A @ B over all T*B rows, as the kernels run a hoisted or deferred GEMM: in the
-    register tiles (`tiled_dot`) where the product M*K*N reaches `mark` (the machine's
-    `hoisted_tile_product`, read from the kernel's consts), else in single-threaded
-    BLAS calls (`parallel_dot`)."""
-    if A.shape[0] >= MR and A.shape[0] * A.shape[1] * B.shape[1] >= mark:
-        tiled_dot(A, B, C, threads)
-    else:
-        parallel_dot(A, B, C, threads)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)

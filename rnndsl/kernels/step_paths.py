@@ -3,12 +3,7 @@ kernel can run it, `calls` times over, from compiled code as the kernels call it
 
 - `one_call`: one BLAS call on the stacked weights;
 - `by_member`: one BLAS call a member (each (K, n) block of the stack);
-- `in_tiles`: rnndsl's register tiles (rnndsl.kernels.gemm), one thread;
-- `rows_in_tiles`: the tiles as a GEMM over all T*B rows runs in them (`tiled_dot`: the
-  weights packed at each call, the rows in blocks), against BLAS on the same operands:
-  "rows: one call" with B the transposed view of a stack (the forward's projections),
-  "one call" with B in C order (the backward's input gradient), where OpenBLAS is up to
-  twice as fast on small products.
+- `in_tiles`: rnndsl's register tiles (rnndsl.kernels.gemm), one thread.
 
 rnndsl.build.machine times them at first use to choose, for the CPU and BLAS at hand,
 where the kernels switch from one to the next; benchmarks/step_gemm_paths.py prints them.
@@ -21,7 +16,7 @@ import time
 import numpy as np
 from numba import njit
 
-from .gemm import NR, pack_cols_t, packed_gemm, tiled_dot
+from .gemm import NR, pack_cols_t, packed_gemm
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -43,12 +38,6 @@ def in_tiles(h, wp, out, calls):
         packed_gemm(h, wp, out, 1)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def rows_in_tiles(h, wt, out, calls):
-    for _ in range(calls):
-        tiled_dot(h, wt, out, 1)
-
-
 class StepOperands:
     """The arrays of one step's GEMM, (B, K) @ (K, members * n), in each way's layout."""
 
@@ -59,7 +48,6 @@ class StepOperands:
         self.B, self.K, self.n, self.members = B, K, n, members
         self.h = rng.standard_normal((B, K)).astype(dtype)
         self.wt = np.ascontiguousarray(W.T)
-        self.wt_view = W.T      # as the kernels pass stacked weights over all T*B rows
         self.parts = np.ascontiguousarray(self.wt.reshape(K, members, n).transpose(1, 0, 2))
         self.out = np.empty((B, N), dtype)
         self.outs = np.empty((members, B, n), dtype)
@@ -75,10 +63,7 @@ class StepOperands:
         """The best of `rounds` runs of `calls` calls, in seconds a call."""
         fn, args = {"one call": (one_call, (self.h, self.wt, self.out)),
                     "by member": (by_member, (self.h, self.parts, self.outs)),
-                    "tiles": (in_tiles, (self.h, self.wp, self.out)),
-                    "rows: one call": (one_call, (self.h, self.wt_view, self.out)),
-                    "rows in tiles": (rows_in_tiles, (self.h, self.wt_view, self.out)),
-                    "rows in tiles, C-order": (rows_in_tiles, (self.h, self.wt, self.out))}[way]
+                    "tiles": (in_tiles, (self.h, self.wp, self.out))}[way]
         fn(*args, 1)
         best = float("inf")
         for _ in range(rounds):

@@ -31,11 +31,3 @@ MICRO_SPLIT_PRODUCT = 1 << 19
 # @ (768 x 3072) 867 against 308, while at (6 x 384) @ (384 x 1536) (members of 0.88 x
 # 2^20) the members took 73 us and the tiles 209 (the same machine). Two rows and more.
 MICRO_TILE_PRODUCT = 1 << 20
-# A GEMM over all T*B rows (a hoisted input projection, a readout after the loop, the
-# backward's input gradient) runs in the register tiles, MC rows at a time, from this
-# product (M * K * N) on, and in OpenBLAS below it. The tiles, their weights packed each
-# call, won at every shape timed on the machine above, from (16 x 16) @ (16 x 64) (1.05x)
-# to (1024 x 256) @ (256 x 1024) (1.06x), most by 1.1-1.3x (one thread, float32:
-# benchmarks/hoisted_tiles.py). The built-in mark sends the smallest products, where
-# the two are a microsecond apart, to BLAS.
-HOISTED_TILE_PRODUCT = 1 << 12

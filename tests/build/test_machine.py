@@ -19,8 +19,8 @@ from rnndsl.core.errors import BindError
 
 ROOT = Path(__file__).resolve().parents[2]
 # a grid small enough to time in a test: two shapes a mark
-TINY = {name: (pairs, members, [(2, 16), (3, 24)])
-        for name, (pairs, members, _) in machine.GRIDS.items()}
+TINY = {name: (below, above, members, [(2, 16), (3, 24)])
+        for name, (below, above, members, _) in machine.GRIDS.items()}
 
 
 @pytest.fixture
@@ -56,10 +56,10 @@ def test_first_use_times_the_ways_and_caches_them_for_this_cpu(fresh, monkeypatc
     record = json.loads(chosen.path.read_text())
     assert record["key"] == machine.machine_key()
     assert record["values"] == chosen.values
-    for name, (pairs, _, shapes) in TINY.items():     # the timings it chose from
-        assert record["timings"][name]["ways"] == [list(pair) for pair in pairs]
+    for name, (below, above, _, shapes) in TINY.items():     # the timings it chose from
+        assert record["timings"][name]["ways"] == [below, above]
         rows = record["timings"][name]["B, K, N, us"]
-        assert [r[:2] for r in rows] == [list(s) for s in shapes for _ in pairs]
+        assert [r[:2] for r in rows] == [list(s) for s in shapes]
         assert all(r[3] > 0 and r[4] > 0 for r in rows)
     assert machine.tuning() is chosen                          # once a process
 
@@ -113,28 +113,10 @@ def test_timing_that_fails_falls_back_to_the_defaults(fresh, monkeypatch):
     assert chosen.values == machine.DEFAULTS and "no BLAS here" in chosen.source
 
 
-def test_the_hoisted_mark_weighs_both_layouts():
-    """The GEMMs over all T*B rows take B as a transposed view (the forward's projections)
-    or in C order (the backward's input gradient); OpenBLAS is up to twice as fast on
-    the second at small products, so the mark is chosen over both."""
-    pairs, members, shapes = machine.GRIDS["hoisted_tile_product"]
-    assert {above for _, above in pairs} == {"rows in tiles", "rows in tiles, C-order"}
-    from rnndsl.kernels.step_paths import StepOperands
-    ops = StepOperands(9, 20, 5, 4, dtype=np.float64)
-    for pair in pairs:               # each way computes the product, in its layout
-        for way in pair:
-            ops.out[:] = np.nan
-            ops.seconds(way, 1, rounds=1)
-            np.testing.assert_allclose(ops.out, ops.h @ ops.wt, rtol=1e-12, err_msg=way)
-
-
 @pytest.mark.parametrize("way, marks", [
     ("one call", {"micro_split_product": machine.NEVER, "micro_tile_product": machine.NEVER}),
     ("by member", {"micro_split_product": 1, "micro_tile_product": machine.NEVER}),
     ("tiles", {"micro_split_product": 1, "micro_tile_product": 1}),
-    # the GEMMs over all T*B rows (18 here: the forward's W @ x, the backward's g @ W)
-    ("rows in BLAS", {"hoisted_tile_product": machine.NEVER}),
-    ("rows in tiles", {"hoisted_tile_product": 1}),
 ])
 def test_each_way_forced_through_the_marks_matches_the_interpreter(way, marks, monkeypatch):
     """B = 3 (under MR rows), H = 12: the marks alone decide the way; the kernels read
@@ -147,8 +129,7 @@ def test_each_way_forced_through_the_marks_matches_the_interpreter(way, marks, m
     ref.params = cpu.params
     consts = cpu._consts()
     names = [v for kind, v in cpu.meta["consts"] if kind == "tuning"]
-    assert sorted(set(names)) == ["hoisted_tile_product", "micro_split_product",
-                                  "micro_tile_product"]
+    assert sorted(set(names)) == ["micro_split_product", "micro_tile_product"]
     for name, value in zip(names, consts[[k == "tuning" for k, _ in cpu.meta["consts"]]]):
         assert value == float(chosen.values[name])
     rng = np.random.default_rng(5)

@@ -114,34 +114,3 @@ def test_parallel_big_gemms_match_numpy(dtype, threads):
     D = np.full((24, 7), np.nan, dtype)
     gemm.parallel_dot_tn(G, X, D, threads)
     _check(D, G.T, X)
-
-
-@given(M=st.integers(1, 300), K=st.integers(0, 37), N=st.integers(1, 40),
-       dtype=st.sampled_from([np.float32, np.float64]), threads=st.sampled_from([1, 2]),
-       transposed=st.booleans(), seed=st.integers(0, 2**31 - 1))
-def test_tiled_dot_over_all_rows_matches_numpy(M, K, N, dtype, threads, transposed, seed):
-    """The GEMMs over all T*B rows in the tiles (tiled_dot): rows in blocks of MC and
-    split among threads (M up to 2.3 MC, every tail), B given in C order or as the
-    transposed view of a C-order stack (as the kernels pass each)."""
-    rng = np.random.default_rng(seed)
-    A = rng.standard_normal((M, K)).astype(dtype)
-    W = (rng.standard_normal((N, K)).astype(dtype).T if transposed
-         else rng.standard_normal((K, N)).astype(dtype))
-    C = np.full((M, N), np.nan, dtype)       # every entry must be written
-    gemm.tiled_dot(A, W, C, threads)
-    _check(C, A, W)
-
-
-@pytest.mark.parametrize("mark", [1, float(1 << 60)])
-def test_rows_dot_either_way_gives_the_product(mark):
-    """rows_dot with the mark at either end (every product in the tiles, none): both
-    ways give the product, and under MR rows BLAS whatever the mark."""
-    rng = np.random.default_rng(1)
-    A = rng.standard_normal((70, 9))
-    W = rng.standard_normal((20, 9)).T
-    C = np.full((70, 20), np.nan)
-    gemm.rows_dot(A, W, C, 1, mark)
-    _check(C, A, W)
-    small = np.full((5, 20), np.nan)          # under MR rows: BLAS whatever the mark
-    gemm.rows_dot(A[:5], W, small, 2, mark)
-    _check(small, A[:5], W)
