@@ -6,8 +6,11 @@ emitter's plan and layout (its attributes); output: statements of the structured
 
 from __future__ import annotations
 
+from contextlib import nullcontext as _nothing
+
 from ..core.ops import Op
 from ..core.shapes import Dim
+from ..kernels.tile_sizes import ROW_CALL_ELEMENTS
 from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup
 from .dialect import _dim, ident
 from .form import Arr, Code, Reshape, Sym, code, fix
@@ -117,7 +120,9 @@ class Buffers:
                     continue
                 g = self.matmul_index[id(grp)]
                 cols = _dim(G[grp.vector].type.shape[0])
-                if self.micro and s in LOOP_STAGES:
+                # a token's product is a gather of stacked weights, never in the tiles (the
+                # hoist pass off leaves it in the time loop)
+                if self.micro and s in LOOP_STAGES and grp.vector not in self.token_nodes:
                     self._packed_weights(kern, grp, g, cols, s)
                     continue
                 wt = array(f"wt{g}", 2)
@@ -127,25 +132,35 @@ class Buffers:
                 # gather reads rows of W^T, so those keep the transposed copy
                 flat = (self.dialect.flat_stacks and s not in LOOP_STAGES
                         and grp.vector not in self.token_nodes)
+                few = None        # fewer tokens than ids: gathers down W's own columns
+                if self.dialect.token_columns and grp.vector in self.token_nodes:
+                    few = Sym(f"few{g}", "x")
+                    p.assign(few, code("{} < {}", R if s not in LOOP_STAGES else B, cols),
+                             "   # fewer tokens than ids: no transposed copy")
                 if len(grp.members) == 1:
                     w = param(G, G[grp.members[0]].args[0])
-                    p.assign(wt, code("{}.T", w) if flat else code("transposed({})", w))
+                    p.assign(wt, code("{}.T", w) if flat else
+                             code("transposed({})", w) if few is None else
+                             code("{} if {} else transposed({})", kern.empty("(0, 0)"), few, w))
                     continue
                 total = self.group_total(grp)
                 wr = array(f"wr{g}", 2)    # [W_1; W_2; ...] by flat copies, read as its view
                 if flat:
                     p.assign(wr, kern.empty(code("({}, {})", total, cols)))
+                elif few is not None:
+                    p.assign(wt, kern.empty(code("(0 if {} else {}, {})", few, cols, total)))
                 else:
                     p.assign(wt, kern.empty(code("({}, {})", cols, total)))
                 offset = Dim.lit(0)
-                for m in grp.members:
-                    start, stop = _dim(offset), _dim(offset + G[m].type.shape[0])
-                    if flat:
-                        self._stack(kern, wr, start, stop, G[m].args[0])
-                    else:
-                        p.call("copy_t", Arr(wt, (("all",), ("slice", start, stop))),
-                               param(G, G[m].args[0]))
-                    offset = offset + G[m].type.shape[0]
+                with p.indent(code("if not {}:", few)) if few is not None else _nothing():
+                    for m in grp.members:
+                        start, stop = _dim(offset), _dim(offset + G[m].type.shape[0])
+                        if flat:
+                            self._stack(kern, wr, start, stop, G[m].args[0])
+                        else:
+                            p.call("copy_t", Arr(wt, (("all",), ("slice", start, stop))),
+                                   param(G, G[m].args[0]))
+                        offset = offset + G[m].type.shape[0]
                 if flat:
                     p.assign(wt, code("{}.T", wr))
                 if self.splits_small(grp, s):
@@ -213,15 +228,26 @@ class Buffers:
                               kern.empty("(0, 0)")))
         p.assign(wp, code("np.zeros((({} + NR - 1) // NR if {} else 0, {}, NR), {})", total,
                           tiled, cols, DTYPE))
-        p.assign(wt, kern.empty(code("(0 if {} else {}, {})", tiled if split is None else
-                                     code("{} or {}", tiled, split), cols, total)))
+        stacked = code("({} or {})", tiled, split) if split is not None else tiled
+        if self.dialect.row_gemvs:
+            row = Sym(f"row{g}", "x")
+            extra = len(grp.members) - 1
+            p.comment("one row: a GEMV a member on the params as they are, no stacked copy, "
+                      "where the")
+            p.comment("copy costs more than the further calls (kernels.tile_sizes."
+                      "ROW_CALL_ELEMENTS)")
+            p.assign(row, code("{} == 1", B) if not extra else
+                     code("{} == 1 and {} * {} <= {} * ({})", B, T,
+                          str(extra * ROW_CALL_ELEMENTS), cols, total))
+            stacked = code("({} or {})", stacked, row)
+        p.assign(wt, kern.empty(code("(0 if {} else {}, {})", stacked, cols, total)))
         offset = Dim.lit(0)
         with p.indent(code("if {}:", tiled)):
             for m, w in members:
                 p.call("pack_cols_t", wp, param(G, G[m].args[0]), _dim(offset))
                 offset = offset + G[m].type.shape[0]
         offset = Dim.lit(0)
-        with p.indent("else:" if split is None else code("elif not {}:", split)):
+        with p.indent(code("elif not {}:", stacked)):
             for m, w in members:
                 stop = offset + G[m].type.shape[0]
                 p.call("copy_t", Arr(wt, (("all",), ("slice", _dim(offset), _dim(stop)))),

@@ -56,6 +56,9 @@ class Dialect:
     flat_stacks: bool = False        # stacks [W_1; W_2; ...] by flat copies (kernels.stack_rows)
     imports: tuple[str, ...] = ()    # further import lines of its modules
     tile_imports: tuple[str, ...] = ()   # names from kernels.gemm (the register tiles)
+    row_gemvs: bool = False          # one row: a step's GEMM a GEMV a member, on the params
+    # fewer tokens than ids: a token's W @ x read down W's columns, no transposed copy
+    token_columns: bool = False
 
 
 def gathered_tokens(cell, dialect: Dialect) -> tuple[str, ...]:
@@ -66,11 +69,11 @@ def gathered_tokens(cell, dialect: Dialect) -> tuple[str, ...]:
 
 HELPER_NAMES = ("copy1", "copy2", "copy_rows", "copy_t", "transposed", "fill1", "fill2",
                 "add_into1", "add_into2", "tanh", "sigmoid", "softplus", "sign", "row_sum",
-                "kernel_jit", "gather_rows", "scatter_cols", "fingerprint", "stack_rows",
-                "stack_rows_seen")
+                "kernel_jit", "gather_rows", "gather_cols", "scatter_cols", "fingerprint",
+                "stack_rows", "stack_rows_seen")
 # the cuda kernels sum a row in a plain loop, and are compiled by numba-cuda
-CPU_ONLY_HELPERS = ("row_sum", "kernel_jit", "gather_rows", "scatter_cols", "fingerprint",
-                    "stack_rows", "stack_rows_seen")
+CPU_ONLY_HELPERS = ("row_sum", "kernel_jit", "gather_rows", "gather_cols", "scatter_cols",
+                    "fingerprint", "stack_rows", "stack_rows_seen")
 
 CPU = Dialect(
     # nogil: the runtime runs blocks of batch rows on threads of its own (runtime.py)
@@ -82,7 +85,7 @@ CPU = Dialect(
     debug_hint="Run it as plain Python for debugging with NUMBA_DISABLE_JIT=1.",
     transposed_views=True, vector_row_sums=True, register_tiles=True,
     small_batch_splits=True, skips_input_grads=True, gathers_tokens=True, fingerprints=True,
-    flat_stacks=True,
+    flat_stacks=True, row_gemvs=True, token_columns=True,
     tile_imports=("MR", "NR", "pack_cols_t", "pack_rows", "packed_gemm", "parallel_dot",
                   "parallel_dot_tn"))
 

@@ -308,9 +308,11 @@ class _Emitter(Buffers):
 
     def splits_small(self, grp: MatmulGroup, stage: str) -> bool:
         """Whether a per-step stacked GEMM gets a member-by-member path for small B (with
-        the register tiles, below MR rows: see MICRO_SPLIT_PRODUCT)."""
+        the register tiles, below MR rows: see MICRO_SPLIT_PRODUCT). A token's is a
+        gather, never a GEMM."""
         return (self.dialect.small_batch_splits and stage in LOOP_STAGES
-                and len(grp.members) > 1 and self.G[grp.vector].type.batched)
+                and len(grp.members) > 1 and self.G[grp.vector].type.batched
+                and grp.vector not in self.token_nodes)
 
     def group_total(self, grp: MatmulGroup) -> str:
         total = Dim.lit(0)

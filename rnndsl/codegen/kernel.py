@@ -369,14 +369,18 @@ class _Kernel:
         return expr if isinstance(expr, Arr) else Code(expr, syms_of(*args, *consts))
 
     def step_gemm(self, a: str, panels: str, b: str, out: str, tiled: Sym,
-                  split=None) -> None:
+                  split=None, row=None) -> None:
         """out = a @ B for one step: in the register tiles over B's panels (`tiled`: at
         MR rows and more, or where BLAS would be slower), else one BLAS call on B as an
         array, or where that is slow (`split`: (flag, a function emitting the split))
-        part by part."""
+        part by part, or with one row (`row`: the same) a GEMV a part."""
         p = self.p
         with p.indent(code("if {}:", tiled)):
             p.call("packed_gemm", a, panels, out, THREADS)
+        if row is not None:
+            flag, emit_row = row
+            with p.indent(code("elif {}:", flag)):
+                emit_row()
         if split is not None:
             flag, emit_parts = split
             with p.indent(code("elif {}:", flag)):
@@ -436,7 +440,18 @@ class _Kernel:
         if self.token(grp.vector):
             p.comment(f"{G.names.get(grp.vector, 'x')} is a token: the GEMM against its "
                       "one-hot rows is a gather of rows of the stacked W^T")
-            p.call("gather_rows", wt, vec, target)
+            if not em.dialect.token_columns:
+                p.call("gather_rows", wt, vec, target)
+                return
+            with p.indent(code("if {}:", Sym(f"few{g}", "x"))):
+                p.comment("(or, for fewer tokens than ids, of columns of each W)")
+                offset = Dim.lit(0)
+                for m in grp.members:
+                    p.call("gather_cols", self.ref(G[m].args[0], stage)[0], vec, target,
+                           _dim(offset))
+                    offset = offset + G[m].type.shape[0]
+            with p.indent("else:"):
+                p.call("gather_rows", wt, vec, target)
             return
         def by_member():
             p.comment("small: member by member, in OpenBLAS's direct kernel")
@@ -449,10 +464,20 @@ class _Kernel:
                 p.call("copy2", Arr(array(f"mm{g}", 2), (("all",), cols)), part)
                 offset = stop
 
+        def by_row():
+            p.comment("one row: a GEMV a member, on the param as it is (no stacked copy)")
+            offset = Dim.lit(0)
+            for m in grp.members:
+                stop = offset + G[m].type.shape[0]
+                p.call(self.d.dot, self.ref(G[m].args[0], stage)[0], Arr(vec, fix("0")),
+                       Arr(target, (("fix", "0"), ("slice", _dim(offset), _dim(stop)))))
+                offset = stop
+
         split = Sym(f"split{g}", "x") if em.splits_small(grp, stage) else None
         if em.micro and stage in LOOP_STAGES:
             self.step_gemm(vec, array(f"wp{g}", 3), wt, target, Sym(f"tiled{g}", "x"),
-                           None if split is None else (split, by_member))
+                           None if split is None else (split, by_member),
+                           (Sym(f"row{g}", "x"), by_row) if em.dialect.row_gemvs else None)
             return
         if split is not None:
             with p.indent(code("if {}:", split)):

@@ -31,3 +31,12 @@ MICRO_SPLIT_PRODUCT = 1 << 19
 # @ (768 x 3072) 867 against 308, while at (6 x 384) @ (384 x 1536) (members of 0.88 x
 # 2^20) the members took 73 us and the tiles 209 (the same machine). Two rows and more.
 MICRO_TILE_PRODUCT = 1 << 20
+# One row of batch (a sampling step, a char model's forward): a step's stacked GEMM is a
+# GEMV, as fast on each member's own layout as on the transposed stack, which the kernel
+# copies at each call (0.7 ns an element here, 47 us for an LSTM's four 128 x 128). So
+# with one row each member is a GEMV of its own, no copy, unless the further BLAS calls
+# (about 0.36 us each, as much as 512 elements of the copy) cost more over T steps:
+# (members - 1) * T * ROW_CALL_ELEMENTS > K * N. An LSTM (H = 128) forward of one step
+# took 118 us against 166, of 100 steps 740 against 680 before this rule (2-core AMD
+# EPYC, float32).
+ROW_CALL_ELEMENTS = 512
