@@ -12,6 +12,8 @@ cache needs) and how a warm load skips reading its spec live in `cache.py`.
 from __future__ import annotations
 
 import hashlib
+import keyword
+import sys
 from pathlib import Path
 
 from ..core.files import write_atomically
@@ -21,11 +23,21 @@ from ..schedule.plan import PASSES
 from .cache import cache_dir, compiler_hash, load_built, module_name_for, remember_spec
 
 
+# The first bytes of every module rnndsl generates (codegen/module.py): `rnndsl build`
+# replaces such a file, and no other without --force.
+GENERATED_MARK = b'"""rnndsl kernels for '
+# Module names a built module must not take: beside them in sys.path it would shadow the
+# standard library's or a package the kernels import (or be shadowed by it).
+_TAKEN_NAMES = frozenset(sys.stdlib_module_names) | {
+    "numpy", "numba", "llvmlite", "rnndsl", "lark", "networkx", "scipy"}
+
+
 def module_file_name(spec_file: SpecFile) -> str:
-    """specs/lstm.rnn -> lstm.py; a stem that is not an identifier is made one."""
+    """specs/lstm.rnn -> lstm.py; a stem that is not an identifier is made one, and one
+    that is a keyword or a taken module name (math, numpy) gets a prefix: cell_math.py."""
     stem = Path(spec_file.source.path).stem
     name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in stem)
-    if not name or name[0].isdigit():
+    if not name or name[0].isdigit() or keyword.iskeyword(name) or name in _TAKEN_NAMES:
         name = "cell_" + name
     return name + ".py"
 

@@ -184,12 +184,23 @@ class Cell:
                 bound = ", ".join(f"{k}={v}" for k, v in self.dims.items())
                 raise BindError(f"with {bound}: {c.message} "
                                 f"({spec.source.path}:{c.span.line}:{c.span.column})")
+        if seed is not None and (isinstance(seed, (bool, np.bool_)) or
+                                 not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise BindError(f"seed must be a non-negative integer or None, got {seed!r}")
         self.seed = seed
         self._token = object()   # identifies this cell's Runs (not id(): ids are reused)
         rng = np.random.default_rng(seed)
         # views of one flat buffer, in the spec's order (core/flat.py): a norm or an
         # optimiser step over the whole model is then one loop
-        _, views = flat_views([self._size(d) for d in spec.params], self.dtype, fill=None)
+        shapes = [self._size(d) for d in spec.params]
+        try:
+            _, views = flat_views(shapes, self.dtype, fill=None)
+        except (MemoryError, ValueError):
+            size = sum(float(np.prod(s, dtype=np.float64)) for s in shapes) * \
+                self.dtype.itemsize
+            bound = ", ".join(f"{k}={v}" for k, v in self.dims.items())
+            raise BindError(f"{spec.name}({bound}): its params would take {size / 2**30:,.1f} "
+                            "GiB, more than this machine can allocate") from None
         self.params: dict[str, np.ndarray] = {}
         for d, view in zip(spec.params, views):
             view[...] = _init_param(d, self._size(d), rng, self.dtype)
@@ -431,7 +442,12 @@ class Cell:
             if type(p) is not np.ndarray or p.dtype != dtype or p.shape != shape:
                 break
         else:
-            return
+            if len(params) == len(expected):
+                return
+        unknown = sorted(set(params) - {name for name, _ in expected}, key=str)
+        if unknown:                     # a misspelt name would be ignored
+            raise BindError(f"{self.spec.name} has no param {', '.join(map(str, unknown))}; "
+                            f"its params are: {', '.join(name for name, _ in expected)}")
         for d in self.spec.params:      # one is not: say which, and how
             self._array(f"param {d.name}", self.params.get(d.name), self._size(d),
                         str(list(self._size(d))), finite=False)

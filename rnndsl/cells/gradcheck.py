@@ -18,6 +18,7 @@ the two values and the smallest magnitude the difference resolves to DEFAULT_TOL
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,9 +38,16 @@ class GradCheckRow:
 
     @property
     def error(self) -> float:
-        """Relative error, on a scale no finer than the difference can resolve."""
+        """Relative error, on a scale no finer than the difference can resolve; NaN
+        where either side is not finite (a NaN or inf gradient never passes)."""
+        if not (math.isfinite(self.analytic) and math.isfinite(self.numeric)):
+            return math.nan
         scale = max(abs(self.analytic), abs(self.numeric), self.noise / DEFAULT_TOLERANCE)
         return 0.0 if scale < 1e-13 else abs(self.analytic - self.numeric) / scale
+
+    def passes(self, tol: float) -> bool:
+        """Within `tol` (NaN never is)."""
+        return self.error < tol
 
 
 def default_dims(spec) -> dict[str, int]:
@@ -109,4 +117,5 @@ def gradcheck(Cell, dims: dict[str, int] | None = None, T: int = 3, B: int = 2,
 
 
 def worst(rows: list[GradCheckRow]) -> GradCheckRow:
-    return max(rows, key=lambda r: r.error)
+    """The row with the largest error, a NaN one first."""
+    return max(rows, key=lambda r: math.inf if math.isnan(r.error) else r.error)

@@ -10,6 +10,7 @@ above tolerance); 0 means all is well; 3 is kept for rnndsl's own bugs.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
@@ -214,14 +215,15 @@ def cmd_gradcheck(args) -> int:
                          inject=args.inject)
         width = max(len(r.what) for r in rows)
         for r in rows:
-            mark = "ok" if r.error < args.tol else "FAIL"
+            mark = "ok" if r.passes(args.tol) else "FAIL"
             print(f"  {r.what:<{width}}  analytic {r.analytic:+.10e}  numeric "
                   f"{r.numeric:+.10e}  rel.err {r.error:.1e}  {mark}")
-        bad = [r for r in rows if r.error >= args.tol]
-        worst = max(r.error for r in rows)
+        bad = [r for r in rows if not r.passes(args.tol)]
+        worst = max(r.error for r in rows) if not any(math.isnan(r.error) for r in rows) \
+            else math.nan
         if bad:
-            print(f"  FAILED: {len(bad)} of {len(rows)} gradients above {args.tol:g} "
-                  f"(worst {worst:.1e})")
+            print(f"  FAILED: {len(bad)} of {len(rows)} gradients above {args.tol:g} or not "
+                  f"finite (worst {worst:.1e})")
             status = EXIT_FAILED
         else:
             print(f"  passed: {len(rows)} gradients, worst relative error {worst:.1e}")
@@ -262,6 +264,8 @@ def cmd_build(args) -> int:
     if twice:
         raise UsageError(f"several specs would write {', '.join(sorted(twice))}; build them "
                          "into different folders")
+    for name in names:             # before anything is written
+        _check_replaceable(out_dir / name, args.force)
     for (path, spec_file, source), name in zip(built, names):
         target = out_dir / name
         write_module(source, target)
@@ -270,6 +274,25 @@ def cmd_build(args) -> int:
         print(f"{path} -> {target} (cell{'s' if len(written) > 1 else ''} {cells}; "
               f"import with: from {target.stem} import {written[0]})")
     return EXIT_OK
+
+
+def _check_replaceable(target: Path, force: bool) -> None:
+    """A UsageError unless `target` may be (over)written: absent, or a module rnndsl
+    wrote (its first line says so), or any file with --force; never a folder."""
+    from ..build.modules import GENERATED_MARK
+    if target.is_dir():
+        raise UsageError(f"{target} is a folder; the module would be written there: move "
+                         "it, or build into another folder (-o)")
+    if not target.exists() or force:
+        return
+    try:
+        with open(target, "rb") as f:
+            head = f.read(len(GENERATED_MARK))
+    except OSError as exc:
+        raise UsageError(f"cannot read {target}: {exc.strerror}") from None
+    if head != GENERATED_MARK:
+        raise UsageError(f"{target} exists and was not written by rnndsl build; replace it "
+                         "with --force, or build into another folder (-o)")
 
 
 def cmd_explain(args) -> int:
@@ -408,6 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show Python tracebacks (for reporting bugs)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # --debug after the command too (`rnndsl gradcheck F --debug`, as the internal
+    # error's message suggests it): SUPPRESS keeps the main parser's value otherwise
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show Python tracebacks (for reporting bugs)")
+    sub_add = sub.add_parser
+
+    def add_parser(name, **kwargs):
+        return sub_add(name, parents=[debug, *kwargs.pop("parents", [])], **kwargs)
+    sub.add_parser = add_parser
 
     p = sub.add_parser("check", help="parse and check spec files",
                        description="Parse and check .rnn files: names, shapes, updates, "
@@ -466,11 +499,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate a module of Numba kernels for each spec, named "
                                    "after the spec file (specs/lstm.rnn -> OUT/lstm.py), "
                                    "holding each cell as a class: `from lstm import LSTM`. "
-                                   "Writes are atomic: a failed build leaves the previous "
-                                   "module in place, and an error in any of the specs "
-                                   "writes none of them.")
+                                   "A stem that is a Python keyword or a module Python or "
+                                   "rnndsl imports (math, numpy, ...) gets a cell_ prefix "
+                                   "(cell_math.py). Writes are atomic: a failed build leaves "
+                                   "the previous module in place, and an error in any of the "
+                                   "specs writes none of them. A module an earlier build "
+                                   "wrote is replaced; any other file of that name is kept "
+                                   "unless --force.")
     p.add_argument("files", nargs="+", metavar="SPEC")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--force", action="store_true",
+                   help="replace files in the output folder that rnndsl did not write")
     p.add_argument("--target", choices=("cpu", "cuda"), default="cpu",
                    help="cpu: Numba @njit kernels (default); cuda: numba-cuda kernels, which "
                         "need the numba-cuda package and a GPU (or NUMBA_ENABLE_CUDASIM=1) "

@@ -63,6 +63,13 @@ def cmd_sample(args) -> int:
 
 
 # ---------------------------------------------------------------------------- info
+def _number(value, spec: str) -> str:
+    """A number of a checkpoint's meta as `spec` formats it; anything else as it is."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return "?" if value is None else repr(value)
+
+
 def cmd_info(args) -> int:
     from ..train import checkpoint as ckpt
     info = ckpt.peek(args.checkpoint)
@@ -90,9 +97,10 @@ def cmd_info(args) -> int:
         print(f"trained: {report['steps']} steps"
               + (f" on {report['corpus']}" if report["corpus"] else ""))
     val = report["validation"]
-    if isinstance(val, dict):
-        print(f"validation: {val.get('bits_per_char', float('nan')):.3f} bits/char over "
-              f"{val.get('chars', 0):,} chars (at step {val.get('step', '?')})")
+    if isinstance(val, dict):        # (a hand-edited header may hold anything here)
+        bits, chars = val.get("bits_per_char"), val.get("chars")
+        print(f"validation: {_number(bits, '.3f')} bits/char over {_number(chars, ',')} "
+              f"chars (at step {val.get('step', '?')})")
     if "vocab" in user:
         from ..train.data import Vocab
         print(f"vocabulary: {len(Vocab.from_json(user['vocab']))} symbols")

@@ -545,6 +545,11 @@ class _Checker(LayerChecks):
                 t = self.infer(stmt.expr)
             except _Poison:
                 continue
+            if t.rank == 2:       # a bare param name: no operation saw the matrix
+                self.error(f"{name} is a matrix {t}; a matrix can only stand left of @",
+                           stmt.span, "a value, an output or a next state is a vector or a "
+                           "scalar: multiply the matrix by a vector (W @ x)")
+                continue
             if primed:
                 declared = self.states[name].type
                 if t.shape != declared.shape:
@@ -657,9 +662,12 @@ class _Checker(LayerChecks):
         if not self.inputs and not self.failed_inputs():
             self.error(f"cell '{self.cell.name}' has no input", self.cell.name_span,
                        "a cell runs over an input sequence: declare one, e.g. input x[I]")
-        if keyword.iskeyword(self.cell.name) or self.cell.name in RESERVED_CELL_NAMES:
-            self.error(f"'{self.cell.name}' cannot name a cell: it would not be a usable "
-                       "Python class name", self.cell.name_span, "rename the cell")
+        name = self.cell.name
+        if keyword.iskeyword(name) or name in RESERVED_CELL_NAMES or \
+                (name.startswith("__") and name.endswith("__")):
+            # a dunder would rebind the module's own (__name__, __doc__, ...)
+            self.error(f"'{name}' cannot name a cell: it would not be a usable Python "
+                       "class name", self.cell.name_span, "rename the cell")
 
     def failed_inputs(self) -> bool:
         """Whether some input declaration failed (its error already explains the rest)."""

@@ -210,7 +210,31 @@ def _read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     except KeyError as exc:
         raise CheckpointError(f"{path} is corrupt: its header names array {exc} which the "
                               "file does not hold") from None
+    _check_header(path, header)
     return header, arrays
+
+
+# what a header must hold (a hand-edited one may not): key -> (test, what it should be)
+_HEADER = {
+    "cell": (lambda v: isinstance(v, str) and v.isidentifier(), "a cell name"),
+    "digest": (lambda v: isinstance(v, str), "a string"),
+    "dims": (lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(n, int) and not isinstance(n, bool) and n > 0
+        for k, n in v.items()), "sizes by dim name, positive integers"),
+    "dtype": (lambda v: v in ("float32", "float64"), "float32 or float64"),
+    "params": (lambda v: isinstance(v, dict) and all(
+        isinstance(a, np.ndarray) for a in v.values()), "arrays by param name"),
+    "meta": (lambda v: v is None or isinstance(v, dict), "a dict"),
+}
+
+
+def _check_header(path, header: dict) -> None:
+    for key, (test, what) in _HEADER.items():
+        if key not in header:
+            raise CheckpointError(f"{path} is corrupt: its header has no '{key}'")
+        if not test(header[key]):
+            raise CheckpointError(f"{path} is corrupt: its header's '{key}' is "
+                                  f"{header[key]!r:.80}, not {what}")
 
 
 def peek(path: str | Path) -> CheckpointInfo:

@@ -390,8 +390,10 @@ class Trainer:
         self.rng.bit_generator.state = trainer["rng"]
         if "reset_rng" in trainer:          # (checkpoints before state resets have none)
             self._reset_rng.bit_generator.state = trainer["reset_rng"]
-        self._state = trainer["state"]
-        self._eval_state = trainer["eval_state"]
+        # carried in the checkpoint's dtype; a run resumed in another (--dtype) goes on
+        # from the same state in its own, as the params were loaded into it
+        self._state = _in_dtype(trainer["state"], self.cell.dtype)
+        self._eval_state = _in_dtype(trainer["eval_state"], self.cell.dtype)
         self.schedule_start = int(trainer.get("schedule_start", self.steps))
         progress = trainer.get("progress")
         self.progress = None if progress is None else float(progress)
@@ -402,3 +404,10 @@ class Trainer:
         warm restart, as in SGDR), with the run's progress back at 0."""
         self.schedule_start = self.steps
         self.progress = 0.0 if self.progress is not None else None
+
+
+def _in_dtype(state, dtype):
+    """A carried state (a dict of arrays, or None) in `dtype`."""
+    if not isinstance(state, dict):
+        return state
+    return {k: np.asarray(v, dtype=dtype) for k, v in state.items()}

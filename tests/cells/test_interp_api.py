@@ -116,6 +116,24 @@ def test_a_param_replaced_by_a_wrong_array_is_reported(elman):
         elman.forward(normal(T, B, 3))
 
 
+def test_a_misspelt_param_is_named_not_ignored(elman):
+    elman.params["W_hh_typo"] = np.zeros((4, 4))
+    with pytest.raises(BindError, match="Elman has no param W_hh_typo; its params are: "):
+        elman.forward(normal(T, B, 3))
+
+
+@pytest.mark.parametrize("seed", [-1, "a", 1.5, True])
+def test_a_bad_seed_is_a_bind_error(LSTM, seed):
+    with pytest.raises(BindError, match="seed must be a non-negative integer or None"):
+        LSTM(I=3, H=4, seed=seed)
+
+
+def test_dims_too_large_to_allocate_are_a_bind_error(LSTM):
+    with pytest.raises(BindError, match=r"LSTM\(I=100000000000000000000, H=4\): its params "
+                                        r"would take .* GiB"):
+        LSTM(I=10**20, H=4)
+
+
 def test_seed_reproducibility(LSTM):
     a, b = LSTM(I=3, H=4, seed=7), LSTM(I=3, H=4, seed=7)
     c = LSTM(I=3, H=4, seed=8)

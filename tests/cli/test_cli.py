@@ -133,6 +133,17 @@ def test_gradcheck_passes_on_lstm():
     assert "cell LSTM(I=3, H=4), T=2" in done.stdout
 
 
+def test_gradcheck_fails_where_a_gradient_is_not_finite(tmp_path):
+    """log of the random (partly negative) inputs: NaN on both sides, which once
+    compared as "not above the tolerance" and passed with exit 0."""
+    spec = tmp_path / "nan.rnn"
+    spec.write_text("cell L {\n  dims H\n  input x[H]\n  state h[H]\n"
+                    "  h' = tanh(x + h) + log(x)\n  output h'\n}\n")
+    done = rnndsl("gradcheck", spec, "-T", "3")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAILED: 2 of 2 gradients" in done.stdout and "passed" not in done.stdout
+
+
 def test_gradcheck_bad_dims_argument():
     done = rnndsl("gradcheck", REPO / "specs" / "lstm.rnn", "--dims", "H:4")
     assert done.returncode == 2
@@ -181,6 +192,39 @@ def test_build_writes_an_importable_module_and_keeps_it_on_failure(tmp_path):
     assert failed.returncode == 2 and "unknown name 'q'" in failed.stderr
     assert module.read_text() == first, "a failed build touched the previous module"
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".py") == ["elman_relu.py"]
+
+
+def test_build_keeps_files_it_did_not_write_and_names_modules_safely(tmp_path):
+    """A user's own gru.py in the output folder is kept unless --force (a module an
+    earlier build wrote is replaced: the first test above); a folder of the module's
+    name stops the build before anything is written. A spec named like a keyword or a
+    module Python imports gets a prefix, so that the import line works."""
+    out = tmp_path / "build"
+    out.mkdir()
+    mine = out / "gru.py"
+    mine.write_text("# my own code\n")
+    done = rnndsl("build", REPO / "specs" / "elman.rnn", REPO / "specs" / "gru.rnn",
+                  "-o", out)
+    assert done.returncode == 2 and "gru.py exists and was not written by rnndsl build" \
+        in done.stderr
+    assert mine.read_text() == "# my own code\n" and not (out / "elman.py").exists()
+    done = rnndsl("build", REPO / "specs" / "gru.rnn", "-o", out, "--force")
+    assert done.returncode == 0, done.stderr
+    assert mine.read_text().startswith('"""rnndsl kernels for GRU')
+    (out / "elman.py").mkdir()
+    done = rnndsl("build", REPO / "specs" / "gru.rnn", REPO / "specs" / "elman.rnn",
+                  "-o", out)
+    assert done.returncode == 2 and "elman.py is a folder" in done.stderr
+    for stem in ("import", "math"):
+        spec = tmp_path / f"{stem}.rnn"
+        spec.write_text((REPO / "specs" / "elman_relu.rnn").read_text())
+        done = rnndsl("build", spec, "-o", tmp_path / "named")
+        assert done.returncode == 0, done.stderr
+        assert f"import with: from cell_{stem} import ElmanReLU" in done.stdout
+    run = subprocess.run([sys.executable, "-c", "from cell_import import ElmanReLU; "
+                          "from cell_math import ElmanReLU; import math; print(math.pi)"],
+                         cwd=tmp_path / "named", capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.startswith("3.14"), run.stderr
 
 
 def test_build_rejects_an_unknown_pass_and_a_file_as_output(tmp_path):

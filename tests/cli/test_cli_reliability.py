@@ -101,6 +101,12 @@ def test_gradcheck_names_a_dim_the_spec_lacks(capsys):
     assert code == 2 and "has no dim Q" in err
 
 
+def test_dims_too_large_to_allocate_are_a_user_error(capsys):
+    code, _, err = run(["gradcheck", SPEC, "--dims", "H=99999999999999999999"], capsys)
+    assert code == 2 and "GiB, more than this machine can allocate" in err
+    assert "internal error" not in err
+
+
 def test_temperatures_and_prime_are_checked_before_training(folder, capsys):
     code, out, err = train(capsys, "--prime", "xyzq")
     assert code == 2 and "'q'" in err and "'x'" in err and "never saw" in err

@@ -64,7 +64,9 @@ def _options(command: str) -> list[str]:
     option added later is fuzzed too."""
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices[command]
-    return [s for a in sub._actions for s in a.option_strings if s not in ("-h", "--help")]
+    # (--debug shows the traceback of an error: what the checks below refuse)
+    return [s for a in sub._actions for s in a.option_strings
+            if s not in ("-h", "--help", "--debug")]
 
 
 PATHS = ["char_lstm.rnn", "lstm.rnn", "elman.rnn", "two_streams.rnn", "broken.rnn",

@@ -444,6 +444,18 @@ def test_a_matrix_used_elementwise(expr, column, message):
     assert d.hint == "elementwise operations and functions take vectors and scalars"
 
 
+@pytest.mark.parametrize("lines, line, name", [
+    (["h' = tanh(b)", "output y = U"], 8, "y"),             # an output that is a param
+    (["a = U", "h' = tanh(b)", "output z = a"], 7, "a"),   # a value that is one
+])
+def test_a_bare_matrix_as_a_value_or_output(lines, line, name):
+    """No operation sees the matrix, so the check is on the definition itself (it once
+    passed, and the backward failed on the (H, H) output's shape)."""
+    d = error(cell(*DECLS, *lines))
+    assert d.message == f"{name} is a matrix [H, H]; a matrix can only stand left of @"
+    assert at(d)[0] == line
+
+
 @pytest.mark.parametrize("expr, message", [
     ("b @ U", "b @ U: the left of @ must be a matrix, got a vector [H]"),
     ("2 @ b", "2 @ b: the left of @ must be a matrix, got a scalar"),
@@ -829,7 +841,7 @@ def test_keywords_cannot_name_values(word):
     assert d.message == f"'{word}' is a keyword of the language and cannot name a param"
 
 
-@pytest.mark.parametrize("name", ["None", "class", "np"])
+@pytest.mark.parametrize("name", ["None", "class", "np", "__name__", "__init__"])
 def test_cell_names_must_make_python_classes(name):
     text = f"cell {name} {{\n  dims H\n  input x[H]\n  output y = tanh(x)\n}}\n"
     d = error(text)

@@ -173,6 +173,32 @@ def test_missing_and_corrupt_files(Mixer, tmp_path):
         peek(tmp_path / "plain.npz")
 
 
+def _edited(path, tmp_path, edit):
+    """A copy of the checkpoint at `path` with its JSON header changed by `edit`."""
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    header = json.loads(arrays["__header__"].tobytes().decode())
+    edit(header)
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    out = tmp_path / "edited.npz"
+    np.savez(out, **arrays)
+    return out
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda h: h.pop("dims"), "its header has no 'dims'"),
+    (lambda h: h["dims"].update(H="4"), "its header's 'dims' is .*, not sizes by dim name"),
+    (lambda h: h.update(dtype="int8"), "its header's 'dtype' is 'int8', not float32"),
+    (lambda h: h.update(cell="import os"), "its header's 'cell' is 'import os'"),
+])
+def test_a_hand_edited_header_is_named_corrupt(Mixer, tmp_path, edit, message):
+    """Each field a checkpoint's readers use is checked where it is read (they once
+    failed with a KeyError or a format error: rnndsl info's exit 3)."""
+    save(tmp_path / "ck.npz", Mixer(I=3, H=4, dtype=np.float64))
+    with pytest.raises(CheckpointError, match="is corrupt: " + message):
+        peek(_edited(tmp_path / "ck.npz", tmp_path, edit))
+
+
 def test_unsaveable_meta_is_refused_before_writing(Mixer, tmp_path):
     cell = Mixer(I=3, H=4, dtype=np.float64)
     with pytest.raises(ValueError, match=r"meta\['when'\] has type object"):

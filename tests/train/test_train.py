@@ -267,6 +267,28 @@ def test_save_and_load_resume_exactly(Tiny, tmp_path, resets):
         assert [unreset.step(x, y) for x, y in chunks] != straight   # resets happened
 
 
+def test_a_run_resumes_in_another_dtype_from_the_carried_state(Tiny, tmp_path):
+    """A float32 checkpoint resumed by a float64 trainer (rnndsl train --resume --dtype
+    float64): its params, optimiser and carried state come over, converted; the carried
+    state once came as float32 and the first step refused it."""
+    chunks = list(delay_task(6, 6))
+    first = Trainer(Tiny(I=V, H=6, V=V, dtype=np.float32, seed=0), optimizer=Adam(lr=0.05),
+                    seed=3)
+    for x, y in chunks[:3]:
+        first.step(x.astype(np.float32), y)
+    first.save(tmp_path / "ck.npz")
+    second = Trainer(Tiny(I=V, H=6, V=V, dtype=np.float64, seed=1), optimizer=Adam(lr=0.05),
+                     seed=0)
+    second.load(tmp_path / "ck.npz")
+    carried = first._state
+    assert carried and all(v.dtype == np.float32 for v in carried.values())
+    for name, value in second._state.items():
+        assert value.dtype == np.float64
+        np.testing.assert_array_equal(value, carried[name].astype(np.float64))
+    for x, y in chunks[3:]:
+        assert np.isfinite(second.step(x, y))
+
+
 def test_bad_configuration_is_refused(Tiny):
     Elman = rnndsl.load("specs/elman.rnn", target="interp")
     cell = Elman(I=2, H=3, O=1, dtype=np.float64)
