@@ -212,6 +212,9 @@ class _Checker(LayerChecks):
                     self.error("normal(mean, std) needs std >= 0", init.span)
                 elif init.name == "uniform" and init.args[0] > init.args[1]:
                     self.error("uniform(low, high) needs low <= high", init.span)
+                elif init.name == "uniform" and not math.isfinite(init.args[1] - init.args[0]):
+                    self.error("uniform(low, high): high - low is too large for a float",
+                               init.span, "keep the range within about +-1e307")
             elif isinstance(init, ast.ParamRefInit):
                 self.error("a param's initialiser is a number or a name like glorot, "
                            f"not a reference to '{init.name}'", init.span)

@@ -268,6 +268,7 @@ def test_unknown_initialiser_with_a_hint():
     ("constant", "'constant' takes 1 argument, got 0"),
     ("normal(0, -1)", "normal(mean, std) needs std >= 0"),
     ("uniform(1, -1)", "uniform(low, high) needs low <= high"),
+    ("uniform(-1e308, 1e308)", "uniform(low, high): high - low is too large for a float"),
 ])
 def test_initialiser_arguments(init, message):
     d = error(cell(*DECLS, f"param P[H, H] ~ {init}", UPDATE))
