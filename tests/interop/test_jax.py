@@ -135,8 +135,8 @@ def test_gradients_match_finite_differences(x64):
                 atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("target", ["interp", "cpu"])
-@pytest.mark.parametrize("direction", ["reverse", "bidirectional"])
+@pytest.mark.parametrize("direction, target", [("reverse", "interp"),
+                                               ("bidirectional", "cpu")])
 def test_a_two_way_cell_matches_its_own_forward_and_finite_differences(x64, target,
                                                                        direction):
     """A reverse or bidirectional cell (cells.directions): params and states by their
