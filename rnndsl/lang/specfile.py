@@ -125,7 +125,8 @@ def read_spec(path: str | Path, text: str | None = None, _stack: tuple = (),
                     looked += f", then for the shipped spec {shipped}"
                     hint += ("; a bare file name not found there is looked for among the "
                              "specs shipped with rnndsl")
-                errors.append(Diagnostic(f"cannot use '{use.path}': no such file "
+                what = "a folder, not a .rnn file" if target.is_dir() else "no such file"
+                errors.append(Diagnostic(f"cannot use '{use.path}': {what} "
                                          f"(looked for {looked})", source, use.span, hint))
                 continue
             target = shipped

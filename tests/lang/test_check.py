@@ -712,6 +712,11 @@ def test_use_of_a_missing_file(tmp_path):
     assert d.source.path == str(main)
     assert at(d) == (2, 3)
     assert d.hint == "paths in use are relative to this file"
+    (tmp_path / "lib" / "nope.rnn").mkdir(parents=True)      # a folder of that name
+    with pytest.raises(CheckError) as info:
+        read_spec(main)
+    assert info.value.diagnostics[0].message.startswith(
+        "cannot use 'lib/nope.rnn': a folder, not a .rnn file (looked for ")
 
 
 def test_use_resolves_relative_to_the_using_file(tmp_path):
