@@ -10,7 +10,6 @@ above tolerance); 0 means all is well; 3 is kept for rnndsl's own bugs.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import subprocess
@@ -196,7 +195,7 @@ def cmd_graph(args) -> int:
 # ---------------------------------------------------------------------------- gradcheck
 def cmd_gradcheck(args) -> int:
     from ..cells.load import load
-    from ..cells.gradcheck import default_dims, gradcheck
+    from ..cells.gradcheck import default_dims, gradcheck, worst as worst_row
     status = EXIT_OK
     classes = []
     for path in args.files:       # every spec read and every dim checked before any work
@@ -219,8 +218,7 @@ def cmd_gradcheck(args) -> int:
             print(f"  {r.what:<{width}}  analytic {r.analytic:+.10e}  numeric "
                   f"{r.numeric:+.10e}  rel.err {r.error:.1e}  {mark}")
         bad = [r for r in rows if not r.passes(args.tol)]
-        worst = max(r.error for r in rows) if not any(math.isnan(r.error) for r in rows) \
-            else math.nan
+        worst = worst_row(rows).error
         if bad:
             print(f"  FAILED: {len(bad)} of {len(rows)} gradients above {args.tol:g} or not "
                   f"finite (worst {worst:.1e})")
@@ -431,16 +429,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show Python tracebacks (for reporting bugs)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    # --debug after the command too (`rnndsl gradcheck F --debug`, as the internal
-    # error's message suggests it): SUPPRESS keeps the main parser's value otherwise
-    debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show Python tracebacks (for reporting bugs)")
-    sub_add = sub.add_parser
-
-    def add_parser(name, **kwargs):
-        return sub_add(name, parents=[debug, *kwargs.pop("parents", [])], **kwargs)
-    sub.add_parser = add_parser
 
     p = sub.add_parser("check", help="parse and check spec files",
                        description="Parse and check .rnn files: names, shapes, updates, "
@@ -545,6 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_parsers(sub)
     sweep.add_parsers(sub)
     export.add_parsers(sub)
+    # --debug after the command too (`rnndsl gradcheck F --debug`, as the internal
+    # error's message suggests it): SUPPRESS keeps the main parser's value otherwise
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show Python tracebacks (for reporting bugs)")
     return parser
 
 
