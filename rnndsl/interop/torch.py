@@ -7,10 +7,16 @@ over (T, B, I) tensors, with gradients from the cell's `backward`, never from to
 autograd tracing the step.
 
 Invariants:
-- The cell reads the tensors' own memory: every tensor that crosses is a zero-copy NumPy
-  view (`t.detach().numpy()`), params included (`_bind`), and the results come back as
+- The cell reads the tensors' own memory: every CPU tensor that crosses is a zero-copy
+  NumPy view (`t.detach().numpy()`), params included, and the results come back as
   tensors over the cell's arrays (`torch.from_numpy`). A copy happens only where the
   kernels need one (a non-contiguous input, as batch_first makes: cells/compiled.py).
+- On the cuda target, CUDA tensors cross the same way, through
+  `__cuda_array_interface__`: the kernels read and write torch's device memory, and the
+  results come back as CUDA tensors over the cell's device arrays (`torch.as_tensor`).
+  Token ids, a few bytes a step, go through the host (the cuda cell makes their one-hot
+  rows there). The call waits for its kernels before it returns, so torch's next op on
+  any stream sees their results.
 - One direction is one cell call; a reverse direction reverses each sequence within its
   own length in torch (`reverse_in_lengths`, differentiable by autograd) around a
   forward call; a bidirectional module runs both and concatenates their outputs on the
@@ -20,6 +26,7 @@ Invariants:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import reduce
 from typing import Mapping
@@ -51,22 +58,53 @@ def torch_dtype(dtype: np.dtype):
 
 def host(what: str, tensor) -> np.ndarray:
     """A CPU tensor's memory as a NumPy array (no copy); a clear error for anything else."""
-    if not isinstance(tensor, torch.Tensor):
-        raise BindError(f"{what} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.device.type != "cpu":
-        raise TargetError(f"{what} is on {tensor.device}; rnndsl.torch runs on CPU tensors "
-                          "for now: move it with .cpu() (the cuda target does not take "
-                          "torch's device memory yet)")
+    check_tensor(what, tensor)
     if not torch._C._functorch.is_functorch_wrapped_tensor(tensor):
         return tensor.detach().numpy()
     return _functorch_values(what, tensor)
 
 
+def check_tensor(what: str, tensor, target: str = "cpu") -> None:
+    """`tensor` is a torch.Tensor on a device the `target`'s kernels read: the CPU
+    always, a CUDA device on the cuda target."""
+    if not isinstance(tensor, torch.Tensor):
+        raise BindError(f"{what} must be a torch.Tensor, got {type(tensor).__name__}")
+    kind = tensor.device.type
+    if kind == "cpu" or (kind == "cuda" and target == "cuda"):
+        return
+    if kind == "cuda":
+        raise TargetError(f"{what} is on {tensor.device}, but the module's target is "
+                          f"{target!r}, whose kernels run on the CPU: make the module with "
+                          "target='cuda' to run on the GPU's memory, or move the tensor "
+                          "with .cpu()")
+    raise TargetError(f"{what} is on {tensor.device}; rnndsl cells run on CPU tensors, and "
+                      "on CUDA tensors with target='cuda': move it with .cpu()")
+
+
+def cell_array(what: str, tensor, target: str):
+    """What the cell reads for a tensor, over the tensor's own memory: a NumPy view of a
+    CPU tensor; on the cuda target, a CUDA tensor itself (the cell reads it through
+    `__cuda_array_interface__`, which a tensor that requires grad refuses: detached),
+    made contiguous on the GPU where it is not (batch_first's transpose; the expanded
+    ones that `y.sum()` gives backward as its cotangent)."""
+    check_tensor(what, tensor, target)
+    if tensor.device.type == "cpu":
+        return host(what, tensor)
+    return _unwrapped(what, tensor).detach().contiguous()
+
+
 def _functorch_values(what: str, tensor: torch.Tensor) -> np.ndarray:
     """The values under torch.func.grad and vjp, whose backward hands over its
     cotangents wrapped for gradient tracking: read with torch.func's layers off (a
-    wrapped tensor has no memory of its own). vmap's batched tensors are refused: a
-    cell call maps over its batch rows already."""
+    wrapped tensor has no memory of its own)."""
+    _unwrapped(what, tensor)
+    with torch._C._DisableFuncTorch():
+        return tensor.detach().numpy()
+
+
+def _unwrapped(what: str, tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor under torch.func's gradient-tracking wrappers. vmap's batched tensors
+    are refused: a cell call maps over its batch rows already."""
     from torch._C import _functorch as functorch
     inner = tensor
     while functorch.is_functorch_wrapped_tensor(inner):
@@ -76,13 +114,15 @@ def _functorch_values(what: str, tensor: torch.Tensor) -> np.ndarray:
                               "give the batch as the cell's B axis, or take a Jacobian with "
                               "torch.autograd.functional.jacobian")
         inner = functorch.get_unwrapped(inner)
-    with torch._C._DisableFuncTorch():
-        return tensor.detach().numpy()
+    return inner
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """A cell's result as a tensor over the same memory (a copy only if read-only, which
-    torch would otherwise warn about)."""
+def _tensor(array) -> torch.Tensor:
+    """A cell's result as a tensor over the same memory: a NumPy array's (a copy only if
+    read-only, which torch would otherwise warn about), or a device array's, as a CUDA
+    tensor (torch keeps the array alive while the tensor lives)."""
+    if not isinstance(array, np.ndarray):
+        return torch.as_tensor(array)
     if not array.flags.writeable:
         array = array.copy()
     return torch.from_numpy(array)
@@ -105,6 +145,37 @@ class Call:
     lengths: np.ndarray | None = None
     grad: bool = True       # False: no backward can follow (no_grad, nothing requires grad)
     run: object = None      # the cell's Run, from forward to setup_context
+    device: object = None   # the torch.device the tensors are on (forward sets it)
+
+
+def one_device(named: Mapping[str, torch.Tensor]) -> torch.device:
+    """The one device all the tensors of a call are on; torch's error where they are
+    not (the cell would hand back gradients on another device than their tensors')."""
+    devices = {t.device for t in named.values()}
+    if len(devices) > 1:
+        where = {}
+        for what, t in named.items():
+            where.setdefault(t.device, what)
+        first, second = list(where.items())[:2]
+        raise BindError("Expected all tensors to be on the same device, but found at least "
+                        f"two devices, {first[0]} ({first[1]}) and {second[0]} "
+                        f"({second[1]}): move them with .to(device)")
+    return devices.pop() if devices else torch.device("cpu")
+
+
+@contextmanager
+def on_device(device: torch.device):
+    """Run a cell call on `device`: for a CUDA device, in numba-cuda's context of that
+    GPU, and wait for the call's kernels before leaving, so that torch's next op, on
+    whatever stream, reads their results (numba-cuda launches on the default stream)."""
+    if device is None or device.type != "cuda":
+        yield
+        return
+    from numba import cuda
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with cuda.gpus[index]:
+        yield
+        cuda.synchronize()
 
 
 class CellFunction(torch.autograd.Function):
@@ -121,14 +192,29 @@ class CellFunction(torch.autograd.Function):
     def forward(call: Call, *tensors):
         n_in, n_st = len(call.inputs), len(call.states)
         cell = call.cell
+        target = cell.target
+        named = dict(zip((*(f"input {n}" for n in call.inputs),
+                          *(f"state {n}" for n in call.states),
+                          *(f"param {n}" for n in call.params)), tensors))
+        for what, t in named.items():
+            check_tensor(what, t, target)
+        tokens = {f"input {d.name}" for d in cell.spec.inputs if d.token}
+        call.device = one_device({k: t for k, t in named.items() if k not in tokens})
+
+        def read(what: str, t):
+            # token ids go through the host: the cuda cell makes their one-hot rows there
+            return host(what, t.cpu()) if what in tokens else cell_array(what, t, target)
+
         for name, value in zip(call.params, tensors[n_in + n_st:]):
-            cell.params[name] = host(f"param {name}", value)
-        inputs = {n: host(f"input {n}", t) for n, t in zip(call.inputs, tensors)}
-        state = {n: host(f"state {n}", t)
+            cell.params[name] = read(f"param {name}", value)
+        inputs = {n: read(f"input {n}", t) for n, t in zip(call.inputs, tensors)}
+        state = {n: read(f"state {n}", t)
                  for n, t in zip(call.states, tensors[n_in:n_in + n_st])}
-        run = cell.forward(inputs, state=state or None, lengths=call.lengths, grad=call.grad)
-        results = tuple(_tensor(run.outputs[n]) for n in call.outputs) + tuple(
-            _tensor(run.state[n]) for n in call.finals)
+        with on_device(call.device):
+            run = cell.forward(inputs, state=state or None, lengths=call.lengths,
+                               grad=call.grad)
+            results = tuple(_tensor(run.outputs[n]) for n in call.outputs) + tuple(
+                _tensor(run.state[n]) for n in call.finals)
         call.run = run            # for setup_context: one Call an apply
         return results
 
@@ -159,23 +245,25 @@ class CellFunction(torch.autograd.Function):
     def _backward(ctx, *grads):
         ctx.saved_tensors        # torch's in-place check, before the cell's
         call, run = ctx.call, ctx.run
+        target = call.cell.target
         n_out = len(call.outputs)
-        d_out = {n: host(f"d_outputs['{n}']", g)
+        d_out = {n: cell_array(f"d_outputs['{n}']", g, target)
                  for n, g in zip(call.outputs, grads[:n_out]) if g is not None}
-        d_st = {n: host(f"d_state['{n}']", g)
+        d_st = {n: cell_array(f"d_state['{n}']", g, target)
                 for n, g in zip(call.finals, grads[n_out:]) if g is not None}
         need = ctx.needs_input_grad[1:]
         n_in, n_st = len(call.inputs), len(call.states)
-        g = call.cell.backward(run, d_outputs=d_out, d_state=d_st,
-                               input_grads=any(need[:n_in]))
 
         def pick(found: Mapping[str, np.ndarray], names, wanted):
             return [_tensor(found[n]) if w and n in found else None
                     for n, w in zip(names, wanted)]
 
-        return (None, *pick(g.inputs, call.inputs, need[:n_in]),
-                *pick(g.state, call.states, need[n_in:n_in + n_st]),
-                *pick(g.params, call.params, need[n_in + n_st:]))
+        with on_device(call.device):
+            g = call.cell.backward(run, d_outputs=d_out, d_state=d_st,
+                                   input_grads=any(need[:n_in]))
+            return (None, *pick(g.inputs, call.inputs, need[:n_in]),
+                    *pick(g.state, call.states, need[n_in:n_in + n_st]),
+                    *pick(g.params, call.params, need[n_in + n_st:]))
 
 
 # ---------------------------------------------------------------------- directions
@@ -253,7 +341,7 @@ def run_cell(cell: Cell, inputs: dict, state: dict, params: dict, lengths=None,
         T, B = next(t.shape[:2] for n, t in inputs.items() if n not in once)
         if lengths is not None:       # checked before they index anything
             lengths = check_lengths(lengths, T, B)
-        order = reversal(T, B, lengths)
+        order = reversal(T, B, lengths).to(next(iter(inputs.values())).device)
         inputs = {n: t if n in once else reverse_in_lengths(t, order)
                   for n, t in inputs.items()}
     tensors = (*inputs.values(), *state.values(), *params.values())
@@ -311,8 +399,11 @@ class Module(torch.nn.Module):
 
     direction: "forward", "reverse" (each sequence read backwards; outputs in the
     original order) or "bidirectional" (both, outputs concatenated on the feature axis,
-    forward first; a scalar output gains an axis of 2). Both directions run on the host,
-    one cell call each, one after the other.
+    forward first; a scalar output gains an axis of 2). The two directions run one cell
+    call each, one after the other.
+
+    On the cuda target the parameters and inputs may be CUDA tensors (`.cuda()`): the
+    kernels then run on their memory and return CUDA tensors (docs/interop.md).
     """
 
     def __init__(self, spec_path, *, cell: str | None = None, target: str = "cpu",
@@ -383,7 +474,7 @@ class Module(torch.nn.Module):
         weights = {d.name: self.param(d.name + suffix).detach() for d in spec.params}
         cell = self.cell_class(dtype=self._dtype(weights), seed=0, **self.dims)
         for name, value in weights.items():
-            cell.params[name][...] = value.numpy().reshape(cell.params[name].shape)
+            cell.params[name][...] = value.cpu().numpy().reshape(cell.params[name].shape)
         return cell
 
     # ------------------------------------------------------------------ pickling
@@ -464,7 +555,7 @@ class Module(torch.nn.Module):
             if d.name not in x:
                 continue                          # the cell names what is missing
             t = x[d.name]
-            host(f"input {d.name}", t)            # a tensor, on the CPU
+            check_tensor(f"input {d.name}", t, self.target)
             if not d.token and t.dtype != torch_dtype(dtype):
                 raise BindError(f"input {d.name} is {t.dtype} but the module's parameters "
                                 f"are {dtype.name}; convert it with .to(torch.{dtype.name})")

@@ -63,15 +63,20 @@ def from_torch(m: torch.nn.Module, *, target: str = "cpu") -> "TorchRNN":
     independent of `m`: training one leaves the other as it was."""
     mode = _mode_of(m)
     dtypes = {p.dtype for p in m.parameters()}
-    devices = {p.device.type for p in m.parameters()}
-    if devices - {"cpu"}:
-        raise BindError(f"from_torch needs a module on the CPU; {type(m).__name__} is on "
-                        f"{devices.pop()}: call .cpu() first")
+    devices = {p.device for p in m.parameters()}
+    if len(devices) > 1:
+        raise BindError(f"{type(m).__name__}'s parameters are on several devices (" + ", ".join(
+            sorted(map(str, devices))) + "): move it to one with .to(device)")
+    device = devices.pop() if devices else torch.device("cpu")
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and target != "cuda"):
+        raise BindError(f"{type(m).__name__} is on {device}, which target {target!r} does not "
+                        "run on: call .cpu() first" + (", or pass target='cuda'"
+                                                       if device.type == "cuda" else ""))
     out = TorchRNN(mode, m.input_size, m.hidden_size, num_layers=m.num_layers,
                    bias=m.bias, batch_first=m.batch_first, dropout=m.dropout,
                    bidirectional=m.bidirectional, proj_size=getattr(m, "proj_size", 0),
                    target=target, dtype=dtypes.pop() if len(dtypes) == 1 else torch.float32)
-    out.load_state_dict(m.state_dict())
+    out.to(device).load_state_dict(m.state_dict())
     for name, param in m.named_parameters():        # a frozen weight stays frozen
         out.get_parameter(name).requires_grad_(param.requires_grad)
     out.train(m.training)
@@ -273,7 +278,7 @@ class TorchRNN(torch.nn.Module):
     # ------------------------------------------------------------------ back to torch
     def to_torch(self) -> torch.nn.Module:
         """The torch.nn.RNN / LSTM / GRU with this module's configuration and a copy of
-        its weights (in their dtype), on the CPU."""
+        its weights (in their dtype), on the device they are on."""
         cls = getattr(torch.nn, _TORCH_CLASSES[self.mode])
         kwargs = dict(num_layers=self.num_layers, bias=self.bias,
                       batch_first=self.batch_first, dropout=self.dropout,
@@ -283,7 +288,7 @@ class TorchRNN(torch.nn.Module):
         if self.proj_size:
             kwargs["proj_size"] = self.proj_size
         m = cls(self.input_size, self.hidden_size, **kwargs)
-        m.load_state_dict(self.state_dict())
+        m.to(next(self.parameters()).device).load_state_dict(self.state_dict())
         for name, param in self.named_parameters():
             m.get_parameter(name).requires_grad_(param.requires_grad)
         return m.train(self.training)

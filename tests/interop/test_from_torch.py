@@ -320,5 +320,5 @@ def test_dropout_between_layers_follows_training_mode():
 
 def test_tensors_off_the_cpu_are_refused():
     r = rt.from_torch(make("gru"), target="interp")
-    with pytest.raises(rnndsl.TargetError, match="runs on CPU tensors"):
+    with pytest.raises(rnndsl.TargetError, match="run on CPU tensors"):
         r(torch.zeros(T, B, I, dtype=torch.float64, device="meta"))
