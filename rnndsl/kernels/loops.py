@@ -8,11 +8,12 @@ compile time at every place it is written.
 
 import math
 import os
+import time
 from contextlib import contextmanager
 
 import numpy as np
 from numba import literal_unroll, njit, types
-from numba.core import config
+from numba.core import config, sigutils
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.registry import CPUDispatcher
 from numba.extending import overload
@@ -87,14 +88,56 @@ def _many_alias_checks():
         llvm.set_option("", f"-vectorize-memory-check-threshold={_LLVM_DEFAULT_ALIAS_CHECKS}")
 
 
+# How long a process waits for another compiling the same kernel before it compiles it
+# itself (a compile takes seconds; a process that died lets go of its lock at once).
+COMPILE_WAIT_SECONDS = 600.0
+
+
+@contextmanager
+def _one_compiler(dispatcher):
+    """Hold an exclusive lock on `<the kernel's Numba cache index>.compile` while it
+    compiles: of several processes that meet a kernel neither compiled nor cached at
+    once (the workers of a data-parallel run or a sweep starting on a cold cache, a
+    test run's workers), one compiles it and writes Numba's cache, and the others wait
+    and then load it from there (Dispatcher.compile looks in the cache first) instead of
+    each spending the same seconds of a core. Nothing is held where there is no fcntl
+    (Windows), no on-disk cache, or a folder we cannot write to; after
+    COMPILE_WAIT_SECONDS the waiter compiles anyway."""
+    try:
+        import fcntl
+        path = dispatcher._cache._cache_file._index_path + ".compile"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except (ImportError, AttributeError, OSError):
+        yield
+        return
+    try:
+        deadline = time.monotonic() + COMPILE_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)             # and with it the lock
+
+
 class _KernelDispatcher(CPUDispatcher):
     """A Numba dispatcher whose compilations (a generated kernel, and what it inlines)
-    may vectorise loops behind more run-time overlap checks (see above). The setting is
-    process-wide, so it is made under Numba's compiler lock: a compilation on another
-    thread never sees it, and never resets it under ours."""
+    may vectorise loops behind more run-time overlap checks (see above), one process at
+    a time (`_one_compiler`). The LLVM setting is process-wide, so it is made under
+    Numba's compiler lock: a compilation on another thread never sees it, and never
+    resets it under ours. The file lock is taken first, so that a thread waiting on
+    another process does not hold this one's compiler lock."""
 
     def compile(self, sig):
-        with global_compiler_lock, _many_alias_checks():
+        args, _ = sigutils.normalize_signature(sig)
+        if args in self.overloads:             # compiled here already: no lock to take
+            return self.overloads[args].entry_point
+        with _one_compiler(self), global_compiler_lock, _many_alias_checks():
             return super().compile(sig)
 
 

@@ -26,8 +26,11 @@ cell = Cell(dtype=np.float64, seed=0, I=2, H=3, O=2)
 x = np.random.default_rng(0).standard_normal((4, 2, 2))
 run = cell.forward(x)
 g = cell.backward(run, {"y": np.ones((4, 2, 2))})
-print(json.dumps({"module": sys.modules[Cell.__module__].__file__,
-                  "grads": {k: v.tolist() for k, v in {**g.params, **g.inputs}.items()}}))
+kernels = sys.modules[Cell.__module__]
+print(json.dumps({"module": kernels.__file__,
+                  "grads": {k: v.tolist() for k, v in {**g.params, **g.inputs}.items()},
+                  "loaded": {k: sum(getattr(kernels, k).stats.cache_hits.values())
+                             for k in ("forward_Elman", "backward_Elman")}}))
 """
 
 
@@ -52,10 +55,13 @@ def _leftovers(folder: Path) -> list[Path]:
 
 
 def test_two_processes_loading_one_spec_at_once_agree(tmp_path):
-    """Both build (or find) the module, compile its kernels into Numba's cache and run:
-    the same module file, the same gradients, one index entry, nothing half-written."""
+    """Both build (or find) the module and run: the same module file, the same
+    gradients, one index entry, nothing half-written. Each kernel is compiled by one of
+    them, and loaded from Numba's cache by the other (kernels.loops._one_compiler)."""
     a, b = (json.loads(d.stdout.strip().splitlines()[-1]) for d in _at_once(
         [[sys.executable, "-c", LOAD, str(SPEC)]] * 2, tmp_path))
+    for kernel in a["loaded"]:
+        assert sorted((a["loaded"][kernel], b["loaded"][kernel])) == [0, 1], kernel
     assert a["module"] == b["module"]
     assert a["grads"].keys() == b["grads"].keys()
     for k in a["grads"]:
@@ -67,7 +73,7 @@ def test_two_processes_loading_one_spec_at_once_agree(tmp_path):
     # and a third process, warm, loads what they left
     warm = json.loads(_at_once([[sys.executable, "-c", LOAD, str(SPEC)]],
                                tmp_path)[0].stdout.strip().splitlines()[-1])
-    assert warm == a
+    assert warm["grads"] == a["grads"] and warm["loaded"] == {k: 1 for k in a["loaded"]}
 
 
 def test_two_builds_into_one_folder_at_once_agree(tmp_path):
