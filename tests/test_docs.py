@@ -217,8 +217,9 @@ def test_readme_python_block_runs(text, line, tmp_path, monkeypatch):
 
 
 def _run_block(path, text, line, tmp_path, monkeypatch):
-    """Run a page's python block, with its own rnndsl cache; tracebacks name the page."""
-    monkeypatch.setenv("RNNDSL_CACHE_DIR", str(tmp_path / "cache"))
+    """Run a page's python block; tracebacks name the page. The block shares the test
+    run's kernel cache: the kernels it compiles are the ones other tests compile too
+    (a cache of its own cost the suite about 50 s of compiling)."""
     code = compile("\n" * line + text, str(path), "exec")
     exec(code, {"__name__": "__doc_example__"})
 

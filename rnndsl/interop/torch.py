@@ -19,8 +19,10 @@ Invariants:
   any stream sees their results.
 - One direction is one cell call; a reverse direction reverses each sequence within its
   own length in torch (`reverse_in_lengths`, differentiable by autograd) around a
-  forward call; a bidirectional module runs both and concatenates their outputs on the
-  feature axis, forward first, as torch.nn.LSTM does.
+  forward call. A bidirectional layer is one call of a cell over both directions
+  (cells.directions.Directional: the two at once, one a core, forward and backward),
+  its outputs concatenated on the feature axis, forward first, as torch.nn.LSTM's; on
+  the cuda target, a call a direction.
 - Only this layer imports torch; `import rnndsl` does not (tests/interop/test_torch.py).
 """
 
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 
 from ..cells.base import Cell
-from ..cells.directions import DIRECTIONS, REVERSE, reverse_index
+from ..cells.directions import DIRECTIONS, REVERSE, Directional, reverse_index
 from ..cells.load import load
 from ..cells.modes import check_lengths
 from ..core.errors import BindError, TargetError
@@ -347,14 +349,34 @@ def run_cell(cell: Cell, inputs: dict, state: dict, params: dict, lengths=None,
     tensors = (*inputs.values(), *state.values(), *params.values())
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     call = Call(cell, tuple(inputs), tuple(state), tuple(params),
-                tuple(o.name for o in cell.spec.outputs),
-                tuple(d.name for d in cell.spec.states), lengths, grad)
+                tuple(o.name for o in cell.spec.outputs), state_names(cell), lengths, grad)
     flat = CellFunction.apply(call, *tensors)
     outputs = dict(zip(call.outputs, flat))
     if order is not None:
         outputs = {n: o if n in finals else reverse_in_lengths(o, order)
                    for n, o in outputs.items()}
     return outputs, dict(zip(call.finals, flat[len(call.outputs):]))
+
+
+def state_names(cell) -> tuple[str, ...]:
+    """The names of a cell's final states: the spec's, or for both directions in one
+    cell (cells.directions.Directional) each with its direction's suffix (`h`,
+    `h_reverse`), forward first."""
+    suffixes = [suffix for suffix, _, _ in cell.cells] if isinstance(cell, Directional) \
+        else [""]
+    return tuple(d.name + suffix for suffix in suffixes for d in cell.spec.states)
+
+
+def both_at_once(target: str) -> bool:
+    """Whether a bidirectional layer runs as one cell call over both directions
+    (cells.directions.Directional: the two at once, one a core, and each sequence
+    reversed in NumPy), rather than a call a direction, reversed by torch ops. Not on the
+    cuda target, whose directions would reverse device memory on the host."""
+    return BOTH_AT_ONCE and target != "cuda"
+
+
+# benchmarks/torch_directions.py switches it off to time a call a direction
+BOTH_AT_ONCE = True
 
 
 def lengths_array(lengths) -> np.ndarray | None:
@@ -399,8 +421,9 @@ class Module(torch.nn.Module):
 
     direction: "forward", "reverse" (each sequence read backwards; outputs in the
     original order) or "bidirectional" (both, outputs concatenated on the feature axis,
-    forward first; a scalar output gains an axis of 2). The two directions run one cell
-    call each, one after the other.
+    forward first; a scalar output gains an axis of 2). On the cpu target the two
+    directions run as one call, at once, one a core (rnndsl.cells.directions); on the
+    cuda target one call each, one after the other.
 
     On the cuda target the parameters and inputs may be CUDA tensors (`.cuda()`): the
     kernels then run on their memory and return CUDA tensors (docs/interop.md).
@@ -500,10 +523,12 @@ class Module(torch.nn.Module):
                                     path=record["path"], files=record["files"])
 
     def _cell(self, dtype: np.dtype, suffix: str) -> Cell:
-        """The cell that runs a direction in a dtype (one a dtype: `.double()` works)."""
+        """The cell that runs a direction in a dtype (one a dtype: `.double()` works);
+        suffix "both": one over both directions (`both_at_once`)."""
         key = (dtype.str, suffix)
         if key not in self._cells:
-            self._cells[key] = self.cell_class(dtype=dtype, seed=0, **self.dims)
+            both = {"direction": "bidirectional"} if suffix == "both" else {}
+            self._cells[key] = self.cell_class(dtype=dtype, seed=0, **both, **self.dims)
         return self._cells[key]
 
     # ------------------------------------------------------------------ forward
@@ -515,7 +540,12 @@ class Module(torch.nn.Module):
         state = self._states(state, dtype)
         lengths = lengths_array(lengths)
         outs, finals = [], {}
-        for suffix, reverse in self.runs:
+        if self.direction == "bidirectional" and both_at_once(self.target):
+            mine = {n + suffix: self.param(n + suffix) for suffix, _ in self.runs
+                    for n in params}
+            o, finals = run_cell(self._cell(dtype, "both"), inputs, state, mine, lengths)
+            outs.append(o)
+        for suffix, reverse in self.runs if not outs else ():
             cell = self._cell(dtype, suffix)
             mine = {n: self.param(n + suffix) for n in params}
             given = {d.name: state[d.name + suffix] for d in spec.states

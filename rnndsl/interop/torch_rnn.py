@@ -24,7 +24,7 @@ from ..cells.base import Cell
 from ..cells.load import load
 from ..core.errors import BindError
 from ..lang.shipped import specs_dir
-from .torch import REVERSE, lengths_array, numpy_dtype, run_cell
+from .torch import REVERSE, both_at_once, lengths_array, numpy_dtype, run_cell
 
 # torch's mode -> the spec file of specs/torch/ and its cell, with and without biases
 SPECS = {
@@ -86,8 +86,9 @@ def from_torch(m: torch.nn.Module, *, target: str = "cpu") -> "TorchRNN":
 class TorchRNN(torch.nn.Module):
     """torch.nn.RNN / LSTM / GRU computed by rnndsl cells (specs/torch/), one cell per
     layer and direction, chained in Python: layer k + 1 reads layer k's output tensor,
-    and the two directions of a bidirectional layer run one after the other (a fused
-    multi-layer plan is later work). Made by `from_torch(m)`, or like torch's modules:
+    and the two directions of a bidirectional layer run in one call, at once, one a
+    core (on the cuda target, one after the other; a fused multi-layer plan is later
+    work). Made by `from_torch(m)`, or like torch's modules:
     `TorchRNN("LSTM", 8, 16, num_layers=2, bidirectional=True)`, drawing torch's
     starts (uniform on +-1/sqrt(hidden_size)).
 
@@ -167,9 +168,12 @@ class TorchRNN(torch.nn.Module):
         return ", ".join(extra)
 
     def _cell(self, layer: int, suffix: str, dtype) -> Cell:
+        """A layer's cell for a direction (suffix "both": over both, `both_at_once`)."""
         key = (layer, suffix, dtype.str)
         if key not in self._cells:
-            self._cells[key] = self.cell_class(dtype=dtype, seed=0, **self._dims(layer))
+            both = {"direction": "bidirectional"} if suffix == "both" else {}
+            self._cells[key] = self.cell_class(dtype=dtype, seed=0, **both,
+                                               **self._dims(layer))
         return self._cells[key]
 
     # ------------------------------------------------------------------ forward
@@ -251,9 +255,20 @@ class TorchRNN(torch.nn.Module):
         """Layer by layer, direction by direction: (output, h_n, c_n) time-major."""
         dtype = numpy_dtype(self._dtype())
         finals = []
+        both = len(self.suffixes) == 2 and both_at_once(self.target)
         for layer in range(self.num_layers):
             outs = []
-            for d, suffix in enumerate(self.suffixes):
+            if both:      # one call over both directions: at once, one a core
+                cell = self._cell(layer, "both", dtype)
+                params = {p.name + suffix: getattr(self, self.torch_name(p.name, layer, suffix))
+                          for suffix in self.suffixes for p in self.cell_class.spec.params}
+                given = {k + suffix: t for d, suffix in enumerate(self.suffixes)
+                         for k, t in initial[layer * 2 + d].items()}
+                o, f = run_cell(cell, {"x": x}, given, params, lengths)
+                outs.append(o["h"])
+                finals += [{k: f[k + suffix] for k in ("h", "c") if k + suffix in f}
+                           for suffix in self.suffixes]
+            for d, suffix in enumerate(self.suffixes if not both else ()):
                 cell = self._cell(layer, suffix, dtype)
                 params = {p.name: getattr(self, self.torch_name(p.name, layer, suffix))
                           for p in cell.spec.params}

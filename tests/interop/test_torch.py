@@ -38,6 +38,11 @@ def test_import_rnndsl_does_not_import_torch():
     assert run.returncode == 0, run.stderr
 
 
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / max(float(b.abs().max()), 1e-30))
+
+
 def _params(module):
     return {n: p.detach().clone().requires_grad_(True) for n, p in module.named_parameters()}
 
@@ -109,6 +114,41 @@ def test_gradcheck_compiled_cpu_kernels():
                       direction=direction, I=2, H=3)
         x = torch.randn(T, B, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
         _gradcheck(m, x, {"h": torch.randn(B, 3, dtype=torch.float64)}, lengths=[3, T, 1])
+
+
+def test_both_directions_in_one_call_match_a_call_a_direction(monkeypatch):
+    """A bidirectional layer on the cpu target is one call over both directions (at
+    once, each sequence reversed in NumPy); a call a direction (reversed by torch ops,
+    the cuda target's way) gives the same outputs, states and gradients, lengths and
+    initial states of both directions included, for a Module and a TorchRNN."""
+    import rnndsl.interop.torch as glue
+    gen = torch.Generator().manual_seed(5)
+    module = rt.Module(SPECS / "lstm.rnn", target="cpu", dtype=torch.float64,
+                       direction="bidirectional", I=2, H=3)
+    stacked = rt.TorchRNN("GRU", 2, 3, num_layers=2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(T, B, 2, dtype=torch.float64, generator=gen)
+    cases = [(module, {"h_reverse": torch.randn(B, 3, dtype=torch.float64, generator=gen)}),
+             (stacked, torch.randn(4, B, 3, dtype=torch.float64, generator=gen))]
+
+    def run(m, state):
+        xs = x.clone().requires_grad_(True)
+        y, finals = m(xs, state, lengths=[3, T, 1])
+        finals = finals if isinstance(finals, dict) else {"h_n": finals}
+        weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+        ((y * weights).sum() + sum(f.sum() for f in finals.values())).backward()
+        grads = {"x": xs.grad, **{n: p.grad.clone() for n, p in m.named_parameters()}}
+        m.zero_grad()
+        return [y.detach(), *finals.values(), *grads.values()]
+
+    for m, state in cases:
+        together = run(m, state)
+        assert (glue.both_at_once("cpu"), glue.both_at_once("cuda")) == (True, False)
+        monkeypatch.setattr(glue, "BOTH_AT_ONCE", False)
+        apart = run(m, state)
+        monkeypatch.setattr(glue, "BOTH_AT_ONCE", True)
+        assert len(together) == len(apart)
+        for a, b in zip(together, apart):
+            assert rel_err(a, b) < 1e-12
 
 
 def test_reverse_direction_reads_each_sequence_backwards_from_its_end():

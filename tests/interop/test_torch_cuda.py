@@ -78,6 +78,16 @@ def test_cpu_tensors_on_the_cuda_target_match_the_cpu_target():
     assert_same(got, outputs_and_grads(cpu, x, state, lengths=[3, 2]))
 
 
+def test_a_bidirectional_module_on_the_cuda_target_matches_the_cpu_target():
+    """The cuda target runs a call a direction (reversed by torch ops), the cpu target
+    one call over both (rnndsl.interop.torch.both_at_once): the same results."""
+    gpu, cpu = twins("gru.rnn", "cpu", I=I, H=H, direction="bidirectional")
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    state = {"h_reverse": torch.randn(B, H, dtype=torch.float64)}
+    assert_same(outputs_and_grads(gpu, x, state, lengths=[1, 3]),
+                outputs_and_grads(cpu, x, state, lengths=[1, 3]))
+
+
 def test_tensors_on_a_device_the_target_does_not_run_on_are_refused():
     m = rt.Module(SPECS / "gru.rnn", target="cpu", I=I, H=H)
     with pytest.raises(rnndsl.TargetError, match=r"meta.*run on CPU tensors, and on CUDA "
