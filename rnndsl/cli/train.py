@@ -638,12 +638,18 @@ def _write_json(path: str | None, summary: dict) -> None:
 
 def _warm_up(cell, x_name: str, V: int, dtype, out) -> None:
     """Compile (or load from Numba's cache) the kernels before the clock starts: one
-    kernel serves every T and B, so a one-step batch is enough."""
+    kernel serves every T and B, so a one-step batch is enough. The forward that
+    validation and sampling run (grad=False: its twin that writes no tapes) too, which
+    otherwise compiled at the first validation, inside the budget (5 s of a 3-minute
+    run for the main job's cell, on a cold cache); it compiles here while the backward
+    compiles in a second process (rnndsl.build.compile_ahead), before it is waited for."""
     started = time.monotonic()
     print("compiling kernels ...", end="", file=out, flush=True)
     from ..train.data import token_feed
     feed = token_feed(type(cell).spec, x_name, V, dtype)
-    run = cell.forward({x_name: feed(np.zeros((1, 1), np.int64))})
+    x = {x_name: feed(np.zeros((1, 1), np.int64))}
+    run = cell.forward(x)
+    cell.forward(x, grad=False)
     cell.backward(run)
     print(f" {time.monotonic() - started:.1f} s", file=out, flush=True)
 

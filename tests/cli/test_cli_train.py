@@ -349,3 +349,54 @@ def test_train_on_the_cuda_target_under_the_simulator(tmp_path):
     assert info.meta["trainer"]["steps"] == 2 and info.meta["user"]["target"] == "cuda"
     sampled = rnndsl("sample", "gpu.npz", "--length", 5, "--target", "interp", cwd=tmp_path)
     assert sampled.returncode == 0 and len(sampled.stdout.rstrip("\n")) == 5, sampled.stderr
+
+
+# ------------------------------------------------------------------ no compile on the clock
+TINY = """cell Tiny {{
+  # {tag}: a module of its own, so that its kernels compile in this test
+  dims V, H
+  input token x[V]
+  state h[H]
+  param W[H, V], U[H, H], b[H], W_y[V, H], b_y[V]
+  h' = tanh(W @ x + U @ h + b)
+  output logits = W_y @ h' + b_y
+}}
+"""
+
+
+def test_every_kernel_compiles_before_the_clock_starts(tmp_path, monkeypatch, capsys):
+    """Training, validation and the closing samples run only kernels the warm-up made:
+    none (the forward that validation and sampling run, with grad=False, included)
+    compiles inside the time budget."""
+    import uuid
+
+    from numba.core import event
+
+    import rnndsl.cli.train as train_cli
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    (tmp_path / "tiny.rnn").write_text(TINY.format(tag=uuid.uuid4().hex))
+    phase = {"now": "before"}
+    compiled = []
+    warm_up = train_cli._warm_up
+
+    def marked(*args, **kwargs):
+        warm_up(*args, **kwargs)
+        phase["now"] = "after"
+    monkeypatch.setattr(train_cli, "_warm_up", marked)
+
+    class Compiles(event.Listener):
+        def on_start(self, ev):
+            compiled.append((phase["now"], ev.data["dispatcher"].py_func.__name__))
+
+        def on_end(self, ev):
+            pass
+    with event.install_listener("numba:compile", Compiles()):
+        code = main(["train", "tiny.rnn", "--corpus", "corpus.txt", "--dims", "H=6",
+                     "--steps", "4", "--batch", "2", "--seq", "5", "--val-every", "2",
+                     "--sample-chars", "10", "--checkpoint", "m.npz"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    kernels = [(when, name) for when, name in compiled if name.endswith("_Tiny")]
+    assert {name for _, name in kernels} >= {"forward_Tiny", "forward_inference_Tiny"}
+    assert [name for when, name in kernels if when == "after"] == []
