@@ -510,6 +510,9 @@ def _syntax_error(text: str, source: Source, exc: lark.exceptions.LarkError) -> 
         message = f"unexpected character {_character_text(char)}"
         return SpecSyntaxError(Diagnostic(message, source, span, _character_hint(char)))
     token = getattr(exc, "token", None)
+    both = _once_and_token(lines, token)
+    if both is not None:
+        return SpecSyntaxError(Diagnostic(*both[:1], source, *both[1:]))
     if token is None or token.type == "$END" or getattr(token, "line", None) in (None, -1):
         span = Span.point(len(lines), len(lines[-1]) + 1)
         found = "the end of the file"
@@ -529,6 +532,30 @@ def _syntax_error(text: str, source: Source, exc: lark.exceptions.LarkError) -> 
         message = generic
         hint = None
     return SpecSyntaxError(Diagnostic(message, source, span, hint))
+
+
+# `input once token x[V]` (or `token once`) stops the parser at x, which it takes for a
+# second name after `token` (or `once`): a message of its own, not "a declared name needs
+# a shape". A name `token` itself (`input once token[V]`) parses, and is refused as a
+# keyword further on.
+_ONCE_AND_TOKEN = re.compile(r"^(\s*input\s+(?:once|token)\s+)(once|token)\s+[A-Za-z_]")
+
+
+def _once_and_token(lines: list[str], token) -> tuple | None:
+    """(message, span, hint) where the error is on a line declaring an input both `once`
+    and `token`; else None."""
+    line = getattr(token, "line", None)
+    if not isinstance(line, int) or not 1 <= line <= len(lines):
+        return None
+    found = _ONCE_AND_TOKEN.match(lines[line - 1])
+    if found is None or found.group(1).split()[1] == found.group(2):
+        return None
+    column = len(found.group(1)) + 1
+    return ("an input is `once` or `token`, not both: `input once x[V]` is given once a "
+            "sequence, `input token x[V]` an id at every step",
+            Span(line, column, line, column + len(found.group(2))),
+            "a token given once a sequence (a class id, say) is not supported: give it as "
+            "its one-hot row, `input once x[V]`")
 
 
 # How deep an expression (or a size) may nest: each operator, call, slice, member and

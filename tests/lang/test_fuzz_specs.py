@@ -155,31 +155,39 @@ random_cell_mutants = cells(max_depth=2).flatmap(
 
 
 def outcome(name: str, text: str):
-    """Read `text` as `specs/NAME`; hold the result to the promises in the docstring."""
+    """Read `text` as `specs/NAME`; hold the result to the promises in the docstring. A
+    spec that reads may still be refused, placed, by the checks made on its step graph
+    (a token input fed to anything but a product, through a layer's argument, say)."""
     path = SPECS_DIR / name
     try:
         spec_file = read_spec(path, text)
+        for cell in spec_file.cells.values():
+            grad_step(lower(cell))
     except SpecError as error:
-        rendered = error.render()
-        assert len(rendered) < 1_200 * (MAX_SHOWN + 1), len(rendered)
-        assert not _CONTROL.search(rendered), repr(_CONTROL.search(rendered))
-        lines = text.removeprefix("\ufeff").split("\n")
-        for d in error.diagnostics[:MAX_SHOWN]:
-            assert d.span is not None and d.source is not None, d
-            place = f"{d.source.path}:{d.span.line}:{d.span.column}:"
-            assert place in rendered, (place, rendered[:2_000])
-            if d.source.path == str(path):
-                assert 1 <= d.span.line <= len(lines), (d.span, len(lines))
-                assert 1 <= d.span.column <= len(lines[d.span.line - 1]) + 1, (
-                    d.span, lines[d.span.line - 1][:200])
+        _placed(error, path, text)
         return None
     except RnnError:
         return None
-    for cell in spec_file.cells.values():
-        grad_step(lower(cell))
     assert parse(unparse(spec_file.module)) == spec_file.module
     assert spec_file.digest
     return spec_file
+
+
+def _placed(error: SpecError, path: Path, text: str) -> None:
+    """The error renders short, without control characters, each diagnostic at its
+    place in its file."""
+    rendered = error.render()
+    assert len(rendered) < 1_200 * (MAX_SHOWN + 1), len(rendered)
+    assert not _CONTROL.search(rendered), repr(_CONTROL.search(rendered))
+    lines = text.removeprefix("\ufeff").split("\n")
+    for d in error.diagnostics[:MAX_SHOWN]:
+        assert d.span is not None and d.source is not None, d
+        place = f"{d.source.path}:{d.span.line}:{d.span.column}:"
+        assert place in rendered, (place, rendered[:2_000])
+        if d.source.path == str(path):
+            assert 1 <= d.span.line <= len(lines), (d.span, len(lines))
+            assert 1 <= d.span.column <= len(lines[d.span.line - 1]) + 1, (
+                d.span, lines[d.span.line - 1][:200])
 
 
 _CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
@@ -210,6 +218,9 @@ REGRESSIONS = [
     # a BOM: refused as an unexpected character; after it, a pasted prime (a hint, placed)
     ("elman.rnn", "\ufeff" + ELMAN),
     ("elman.rnn", "\ufeff" + ELMAN.replace("h' = tanh", "h\u2032 = tanh")),
+    # a token input fed to a layer through tanh: it reads, and the step graph's check
+    # refuses it (placed); the test lowered outside its handler and failed on it
+    ("char_lstm.rnn", SPECS["char_lstm.rnn"].replace("h1 = l1(x)", "h1 = l1(tanh(x))")),
 ]
 
 

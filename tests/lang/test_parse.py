@@ -405,6 +405,28 @@ def test_labelled_syntax_errors(label, text, line, column, found):
     assert error.diagnostics[0].hint == HINTS.get(label)
 
 
+@pytest.mark.parametrize("decl, column, word", [
+    ("input once token x[V]", 14, "token"),
+    ("input token once x[V]", 15, "once"),
+    ("input once token x[V], y[V]", 14, "token"),
+])
+def test_an_input_both_once_and_token_is_named_as_such(decl, column, word):
+    """Not "a declared name needs a shape" at x, which has one: the parser stops there
+    because it took `token` (or `once`) for the name."""
+    error = syntax_error(f"cell C {{\n  dims V, H\n  {decl}\n}}")
+    (d,) = error.diagnostics
+    assert d.message.startswith("an input is `once` or `token`, not both")
+    assert (d.span.line, d.span.column, d.span.end_column) == (3, column, column + len(word))
+    assert "one-hot row" in d.hint
+
+
+def test_an_input_named_token_is_still_refused_as_a_keyword():
+    from rnndsl.core.errors import RnnError
+    from rnndsl.lang.specfile import read_spec
+    with pytest.raises(RnnError, match="'token' is a keyword"):
+        read_spec("x.rnn", text="cell C {\n  dims V\n  input once token[V]\n  output token\n}")
+
+
 def test_every_label_is_tested_here():
     assert {label for label, *_ in BAD_INPUTS} == set(SYNTAX_EXAMPLES)
 
