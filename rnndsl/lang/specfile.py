@@ -62,6 +62,15 @@ class SpecFile:
                             "(--cell NAME on the command line)")
 
 
+def _is_zip(path: Path) -> bool:
+    """Whether the file starts as a zip archive does (NumPy's .npz files are zips)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
 def _read(path: Path, shown: str) -> str:
     try:
         return path.read_text(encoding="utf-8")     # whatever the locale: specs are UTF-8
@@ -70,6 +79,12 @@ def _read(path: Path, shown: str) -> str:
     except IsADirectoryError:
         raise SpecFileError(f"{shown}: is a directory, not a .rnn file") from None
     except UnicodeDecodeError as exc:
+        if _is_zip(path):          # an .npz checkpoint given where a spec goes
+            raise SpecFileError(
+                f"{shown}: a zip archive (an .npz checkpoint or params file?), not a .rnn "
+                "spec: give the spec here; a checkpoint is read by `rnndsl sample "
+                "CHECKPOINT` and `rnndsl info CHECKPOINT`, and continued by `rnndsl train "
+                "SPEC --resume --checkpoint CHECKPOINT`") from None
         raise SpecFileError(f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start})") \
             from None
     except OSError as exc:

@@ -419,3 +419,19 @@ def test_a_nul_character_in_an_argument_is_a_usage_error(argv, capsys):
     from rnndsl.cli.main import main
     assert main(argv) == 2
     assert "contains a NUL character" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["check"], ["build", "-o", "out"], ["train", "--resume"],
+                                     ["info"]])
+def test_a_checkpoint_given_where_a_spec_goes_is_named_as_one(folder, capsys, command):
+    """`rnndsl train --resume model.npz` takes model.npz for the spec (--resume is a flag):
+    the error says it is a zip (a checkpoint), not "not UTF-8 text", and how to resume."""
+    np.savez(folder / "model.npz", W=np.ones(3))
+    code, out, err = run([command[0], "model.npz", *command[1:]], capsys)
+    if command[0] == "info":          # info reads checkpoints: this one has no header
+        assert code == 2 and "is not an rnndsl checkpoint" in err, err
+        return
+    assert code == 2, out
+    assert "model.npz: a zip archive (an .npz checkpoint or params file?), not a .rnn spec" \
+        in err and "--resume --checkpoint CHECKPOINT" in err
+    assert "not UTF-8" not in err and "Traceback" not in err
