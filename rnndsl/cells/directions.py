@@ -174,7 +174,7 @@ class Directional:
             for name, s in run.state.items():
                 finals[name + suffix] = s
         for name, ys in parts.items():
-            outputs[name] = ys[0] if len(ys) == 1 else _joined(ys, _is_scalar(ys[0], T, B))
+            outputs[name] = ys[0] if len(ys) == 1 else _joined(ys, _is_scalar(self.spec, name))
         return DirectionalRun(outputs, finals, runs[0].T, runs[0].B,
                               runs=tuple((s, r, run) for (s, r, _), run in
                                          zip(self.cells, runs)), index=index)
@@ -203,7 +203,7 @@ class Directional:
         if self.target == "cuda":
             self._refuse_device_arrays(d_outputs, d_state)
         T, B = run.T, run.B
-        widths = {name: [r.outputs[name].shape[-1] if not _is_scalar(r.outputs[name], T, B)
+        widths = {name: [r.outputs[name].shape[-1] if not _is_scalar(self.spec, name)
                          else 1 for _, _, r in run.runs] for name in run.outputs}
         calls = []
         for k, ((suffix, reverse, cell), (_, _, inner)) in enumerate(zip(self.cells,
@@ -212,7 +212,7 @@ class Directional:
             for name, g in d_outputs.items():
                 g = np.asarray(g, dtype=self.dtype)
                 if len(self.cells) > 1:
-                    scalar = _is_scalar(inner.outputs[name], T, B)
+                    scalar = _is_scalar(self.spec, name)
                     at = sum(widths[name][:k])
                     g = g[..., k] if scalar else g[..., at:at + widths[name][k]]
                 if reverse and not _is_final(self.spec, name):
@@ -248,9 +248,11 @@ def _is_final(spec, name: str) -> bool:
     return any(o.name == name and o.final for o in spec.outputs)
 
 
-def _is_scalar(y: np.ndarray, T: int, B: int) -> bool:
-    """A per-step scalar output comes back as (T, B); a final scalar one as (B,)."""
-    return y.shape in ((T, B), (B,))
+def _is_scalar(spec, name: str) -> bool:
+    """Whether output `name` is a scalar a step (or a sequence), which comes back as
+    (T, B) (or (B,)) and gains an axis of 2 from two directions. From the declaration,
+    not the shape: a `final` vector output is (B, K), which is (T, B) when T == B == K."""
+    return any(o.name == name and o.type.rank == 0 for o in spec.outputs)
 
 
 def _joined(ys: list[np.ndarray], scalar: bool) -> np.ndarray:

@@ -73,6 +73,32 @@ def test_bidirectional_concatenates_forward_then_reverse_with_two_param_sets():
     np.testing.assert_allclose(run.state["h_reverse"], back.state["h"], rtol=1e-12)
 
 
+SQUARE = """cell Square {
+  dims I, H, K
+  input x[I]
+  state h[H]
+  param W[H, I], U[H, H], V[K, H], v[H]
+  h' = tanh(W @ x + U @ h)
+  final logits = V @ h'
+  output score = sum(v * h')
+}
+"""
+
+
+@pytest.mark.parametrize("T_, B_, K", [(5, 3, 3), (3, 3, 2), (3, 3, 3)])
+def test_a_final_vector_output_joins_on_its_feature_axis_whatever_the_sizes(T_, B_, K):
+    """A `final` vector output is (B, K): with T == B == K that is (T, B), the shape of a
+    scalar a step, which gains an axis of 2 from two directions; the declaration, not
+    the shape, says which it is. The scalar a step here stays (T, B, 2)."""
+    bi = rnndsl.load_text(SQUARE, target="interp")(dtype=np.float64, seed=0, I=2, H=4, K=K,
+                                                    direction="bidirectional")
+    run = bi.forward(np.random.default_rng(0).standard_normal((T_, B_, 2)))
+    assert run.outputs["logits"].shape == (B_, 2 * K)
+    assert run.outputs["score"].shape == (T_, B_, 2)
+    g = bi.backward(run, {"logits": np.ones((B_, 2 * K)), "score": np.ones((T_, B_, 2))})
+    assert g.params["V"].shape == (K, 4) and g.params["V_reverse"].shape == (K, 4)
+
+
 def _loss_and_grads(cell, x, dY, dS, lengths):
     run = cell.forward(x, lengths=lengths)
     loss = float(np.sum(run.outputs["h"] * dY) + sum(np.sum(run.state[k] * v)
