@@ -202,7 +202,6 @@ class Directional:
         d_outputs = known_cotangents(self.spec.name, d_outputs, run.outputs)
         if self.target == "cuda":
             self._refuse_device_arrays(d_outputs, d_state)
-        T, B = run.T, run.B
         widths = {name: [r.outputs[name].shape[-1] if not _is_scalar(self.spec, name)
                          else 1 for _, _, r in run.runs] for name in run.outputs}
         calls = []
@@ -223,11 +222,12 @@ class Directional:
         grads = _run_all([lambda c=c: c[0].backward(c[1], c[2], c[3], input_grads=input_grads)
                           for c in calls], self.target)
         params, inputs, state = {}, {}, {}
+        once = {d.name for d in self.spec.inputs if d.once}   # (B, size): no time axis
         for (suffix, reverse, _), g in zip(self.cells, grads):
             params.update({n + suffix: v for n, v in g.params.items()})
             state.update({n + suffix: v for n, v in g.state.items()})
             for name, v in g.inputs.items():
-                if reverse and v.ndim >= 2 and v.shape[:2] == (T, B):
+                if reverse and name not in once:
                     v = reverse_in_lengths(v, run.index)
                 inputs[name] = v if name not in inputs else inputs[name] + v
         return Grads(params, inputs, state)

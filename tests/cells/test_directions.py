@@ -99,6 +99,39 @@ def test_a_final_vector_output_joins_on_its_feature_axis_whatever_the_sizes(T_, 
     assert g.params["V"].shape == (K, 4) and g.params["V_reverse"].shape == (K, 4)
 
 
+COND = """cell Cond {
+  dims I, H
+  input x[I]
+  input once z[H]
+  state h[H]
+  param W[H, I], U[H, H]
+  h' = tanh(W @ x + U @ h + z)
+  output h'
+}
+"""
+
+
+def test_an_input_once_gradient_is_not_reversed_when_B_and_its_size_equal_T():
+    """An `input once` has no time axis: its gradient from the reverse direction is added
+    as it is, also where its shape (B, H) is (T, B). Against the two directions run by
+    hand: the plain cell on x and on x reversed in time."""
+    n = 3                                       # T = B = H
+    Cls = rnndsl.load_text(COND, target="interp")
+    bi = Cls(dtype=np.float64, seed=0, direction="bidirectional", I=2, H=n)
+    rng = np.random.default_rng(1)
+    x, z = rng.standard_normal((n, n, 2)), rng.standard_normal((n, n))
+    dY = rng.standard_normal((n, n, 2 * n))
+    g = bi.backward(bi.forward({"x": x, "z": z}), {"h": dY})
+    want = 0
+    for suffix, flip, dy in (("", False, dY[..., :n]), ("_reverse", True, dY[..., n:])):
+        one = Cls(dtype=np.float64, seed=0, I=2, H=n)
+        one.params.update({k: bi.params[k + suffix] for k in one.params})
+        xs = x[::-1].copy() if flip else x
+        run = one.forward({"x": xs, "z": z})
+        want = want + one.backward(run, {"h": dy[::-1].copy() if flip else dy}).inputs["z"]
+    np.testing.assert_allclose(g.inputs["z"], want, rtol=1e-12, atol=1e-14)
+
+
 def _loss_and_grads(cell, x, dY, dS, lengths):
     run = cell.forward(x, lengths=lengths)
     loss = float(np.sum(run.outputs["h"] * dY) + sum(np.sum(run.state[k] * v)
