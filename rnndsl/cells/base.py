@@ -209,6 +209,11 @@ class Cell:
     # ------------------------------------------------------------------ binding
     @classmethod
     def _check_dtype(cls, dtype) -> np.dtype:
+        if isinstance(dtype, (int, np.integer)) and not isinstance(dtype, (bool, np.bool_)):
+            dims = ", ".join(f"{d}=..." for d in cls.spec.dims)
+            raise BindError(f"{cls.spec.name}({dtype!r}, ...): dims are given by name, "
+                            f"{cls.spec.name}({dims}); the first positional argument is the "
+                            "dtype (np.float32 or np.float64), the second the seed")
         try:
             dt = np.dtype(dtype)
         except TypeError:
@@ -386,6 +391,11 @@ class Cell:
         `lengths`, the mask that is 1 while each sequence runs."""
         rng = None
         if dropout is not None and dropout is not False:
+            if not isinstance(dropout, np.random.Generator) and (
+                    isinstance(dropout, (bool, np.bool_))
+                    or not isinstance(dropout, (int, np.integer)) or dropout < 0):
+                raise BindError(f"dropout must be a np.random.Generator or a non-negative "
+                                f"integer seed (None: no dropout), got {dropout!r}")
             rng = dropout if isinstance(dropout, np.random.Generator) else \
                 np.random.default_rng(dropout)
 
@@ -409,7 +419,10 @@ class Cell:
     def initial_state(self, B: int) -> dict[str, np.ndarray]:
         """The state a forward of B rows starts from when given none: each state's
         initial value (a constant, zeros, or its learned param) for every row."""
-        return self._initial_state(None, B)[0]
+        if isinstance(B, (bool, np.bool_)) or not isinstance(B, (int, np.integer)) or B < 0:
+            raise BindError(f"initial_state takes the number of rows B, a non-negative "
+                            f"integer, got {B!r}")
+        return self._initial_state(None, int(B))[0]
 
     def _initial_state(self, state, B: int) -> tuple[dict[str, np.ndarray], set[str]]:
         given = self._named("state", state, self.spec.states)
@@ -611,9 +624,13 @@ class Cell:
                 continue       # a missing input or a bad sequence: _inputs says which
             size = self._size(d)
             value = given[d.name]
-            B = value.shape[0] if isinstance(value, np.ndarray) and value.ndim == 2 else -1
-            value = self._array(f"input {d.name} (input once)", value, (B,) + size,
-                                f"(B, {size[0]}): one vector a sequence")
+            what, layout = f"input {d.name} (input once)", f"(B, {size[0]}): one vector a sequence"
+            if isinstance(value, np.ndarray) and value.ndim != 2:
+                raise BindError(f"{what} has shape {value.shape}; expected {layout}"
+                                + (f" (read at the first step), not a (T, B, {size[0]}) "
+                                   "sequence" if value.ndim == 3 else ""))
+            B = value.shape[0] if isinstance(value, np.ndarray) else 0
+            value = self._array(what, value, (B,) + size, layout)
             seq = np.zeros((int(T),) + value.shape, self.dtype)
             seq[0] = value
             out[d.name] = seq

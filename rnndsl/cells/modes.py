@@ -92,6 +92,9 @@ def feed_back(cell, x0: np.ndarray, steps: int, feedback: Callable[[np.ndarray],
     as specs/jordan.rnn does: then BPTT sees it.)"""
     spec = type(cell).spec
     names = [o.name for o in spec.outputs]
+    if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, (int, np.integer)) \
+            or steps < 1:
+        raise BindError(f"steps must be a whole number of at least 1, got {steps!r}")
     if output is None:
         if len(names) != 1:
             raise BindError(f"the cell has outputs {', '.join(names)}; say which is fed "

@@ -56,6 +56,8 @@ def _check_number(name: str, value, low: float, high: float = math.inf,
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"{name} must be a number, got {value!r}")
     value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
     inside = low <= value and (value < high if high_open else value <= high)
     if not inside:
         bracket = ")" if high_open else "]"

@@ -434,6 +434,11 @@ class Sampler:
         stops = self._stops(stop)
         if pad is not None and (isinstance(pad, bool) or not isinstance(pad, (int, np.integer))):
             raise SampleError(f"pad must be an integer (any, -1 say), got {pad!r}")
+        if seed is not None and not isinstance(seed, np.random.Generator) and (
+                isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
+                or seed < 0):
+            raise SampleError(f"seed must be a non-negative integer, a np.random.Generator "
+                              f"or None, got {seed!r}")
         rng = np.random.default_rng(seed)
         cur = self._start(prime, state, batch)
         ids = np.full((cur.batch, length), 0 if pad is None else int(pad), dtype=np.int64)

@@ -26,18 +26,23 @@ so the first update takes 1/warmup of the peak and update `warmup` the whole of 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from dataclasses import asdict, dataclass, fields
 
 __all__ = ["Schedule", "Constant", "Cosine", "StepDecay", "SCHEDULES", "from_dict"]
 
 
 def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    """An int of at least `low` (a NumPy integer too; not a bool)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < low:
         raise ValueError(f"{name} must be an integer of at least {low}, got {value!r}")
 
 
 def _check_fraction(name: str, value, low_open: bool) -> None:
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    number = isinstance(value, (int, float, np.integer, np.floating)) and \
+        not isinstance(value, (bool, np.bool_))
     if not number or not (0 < value <= 1 if low_open else 0 <= value <= 1):
         interval = "(0, 1]" if low_open else "[0, 1]"
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
@@ -52,6 +57,10 @@ class Schedule:
     warmup: int = 0
 
     def __post_init__(self) -> None:
+        for f in fields(self):       # NumPy numbers as Python's (a checkpoint's JSON)
+            value = getattr(self, f.name)
+            if isinstance(value, (np.integer, np.floating)):
+                object.__setattr__(self, f.name, value.item())
         _check_int("warmup", self.warmup, 0)
 
     def __call__(self, step: int, progress: float | None = None) -> float:

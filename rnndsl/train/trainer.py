@@ -27,6 +27,7 @@ update; its position (the step it started at, the run's `progress`) is saved too
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -94,6 +95,9 @@ class Trainer:
                  clip_value: float | None = None, seed: int | None = 0,
                  lr_schedule: Schedule | None = None, reuse_buffers: bool = True,
                  state_resets: float = 0.0) -> None:
+        if isinstance(cell, type):
+            raise ValueError(f"Trainer takes a cell, not the cell class {cell.__name__}: make "
+                             f"one first, e.g. {cell.__name__}(dtype=np.float32, **dims)")
         spec = cell.spec      # a class attribute, or an instance's (a two-way cell)
         self.cell = cell
         self.output = _pick("output", output, spec.outputs, "output='...'")
@@ -115,9 +119,14 @@ class Trainer:
                              f"Adam), got {type(optimizer).__name__}")
         self.optimizer = optimizer if optimizer is not None else Adam()
         for name, value in (("clip_norm", clip_norm), ("clip_value", clip_value)):
-            if value is not None and not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(f"{name} must be a positive number or None, got {value!r}")
-        self.clip_norm, self.clip_value = clip_norm, clip_value
+            if value is not None and (
+                    isinstance(value, (bool, np.bool_))
+                    or not isinstance(value, (int, float, np.integer, np.floating))
+                    or not math.isfinite(value) or value <= 0):
+                raise ValueError(f"{name} must be a positive finite number or None, got "
+                                 f"{value!r}")
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
+        self.clip_value = None if clip_value is None else float(clip_value)
         if lr_schedule is not None and not isinstance(lr_schedule, Schedule):
             raise ValueError("lr_schedule must be an rnndsl.train.schedule schedule "
                              f"(Constant, Cosine, StepDecay), got {type(lr_schedule).__name__}")

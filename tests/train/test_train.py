@@ -298,7 +298,7 @@ def test_bad_configuration_is_refused(Tiny):
         Trainer(cell, output="z")
     with pytest.raises(ValueError, match="unknown loss 'hinge'; losses are: softmax_cross"):
         Trainer(cell, output="y", loss="hinge")
-    with pytest.raises(ValueError, match="clip_norm must be a positive number"):
+    with pytest.raises(ValueError, match="clip_norm must be a positive finite number"):
         Trainer(cell, output="y", clip_norm=0)
 
 
