@@ -396,7 +396,12 @@ class DataParallel:
     def _results(self, futures: list) -> list:
         """The futures' results, checking while waiting that every worker lives (a
         task pinned to a dead worker would wait for ever). A step takes no extra round
-        trip for the check unless it runs longer than POLL_S."""
+        trip for the check unless it runs longer than POLL_S.
+
+        The results are fetched with a timeout too: a worker that dies after its task
+        finished and before its result is fetched loses that result, and the scheduler
+        runs the task again, pinned to the dead worker, so an unbounded gather (as
+        `Client.gather` is) waited for ever (an outside test saw 3 hangs in 15 kills)."""
         from distributed import wait
         while True:
             try:
@@ -404,7 +409,15 @@ class DataParallel:
                 break
             except TimeoutError:
                 self._check_workers()
-        return self.client.gather(futures)
+        results = []
+        for future in futures:
+            while True:
+                try:
+                    results.append(future.result(timeout=POLL_S))
+                    break
+                except TimeoutError:
+                    self._check_workers()
+        return results
 
     def _check_workers(self) -> None:
         alive = set(self.client.scheduler_info(n_workers=-1)["workers"])

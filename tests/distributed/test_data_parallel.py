@@ -335,3 +335,41 @@ def test_ctrl_c_in_a_terminal_saves_and_stops_the_workers_too(tmp_path):
     assert child.returncode == 130, (seen + out, err)
     assert "interrupted: the checkpoint holds step" in out and "Traceback" not in err
     assert checkpoint.peek(where / "m.npz").meta["trainer"]["steps"] >= 1
+
+
+def test_a_result_lost_with_its_worker_after_the_task_finished_stops_the_run(monkeypatch):
+    """The race an outside test hit (3 hangs in 15 kills): every task has finished, then
+    a worker dies before its result is fetched; the scheduler runs the task again,
+    pinned to the dead worker, and the fetch never returns. The fetch times out, finds
+    the worker gone, and stops the run (stand-ins for Dask's client and futures)."""
+    import distributed
+
+    class Finished:                      # done: wait() returns at once
+        def __init__(self, value):
+            self.value = value
+
+        def result(self, timeout=None):
+            return self.value
+
+    class LostWithItsWorker(Finished):   # its result never comes back
+        def result(self, timeout=None):
+            time.sleep(min(timeout or 0.05, 0.05))
+            raise TimeoutError
+
+    class Client:
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": {"tcp://a:1": {}}}          # tcp://b:2 is gone
+
+        def gather(self, futures):
+            raise AssertionError("Client.gather has no timeout: it would wait for ever here")
+
+    runner = object.__new__(DataParallel)
+    runner.client, runner.addresses, runner.pids = Client(), ["tcp://a:1", "tcp://b:2"], {}
+    runner._slices, runner.steps = [slice(0, 2), slice(2, 4)], 6
+    monkeypatch.setattr(distributed, "wait", lambda futures, timeout=None: None)
+    assert runner._results([Finished(1), Finished(2)]) == [1, 2]
+    started = time.monotonic()
+    with pytest.raises(data_parallel.WorkerLost, match=r"tcp://b:2 \(pid \?, rows 2-3 of "
+                       r"each batch\) was lost during step 7"):
+        runner._results([Finished(1), LostWithItsWorker(2)])
+    assert time.monotonic() - started < 5
