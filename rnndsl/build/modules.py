@@ -32,6 +32,10 @@ _TAKEN_NAMES = frozenset(sys.stdlib_module_names) | {
     "numpy", "numba", "llvmlite", "rnndsl", "lark", "networkx", "scipy"}
 
 
+# how much of a spec file's name a cached module's name keeps
+MAX_CACHED_STEM = 40
+
+
 def module_file_name(spec_file: SpecFile) -> str:
     """specs/lstm.rnn -> lstm.py; a stem that is not an identifier is made one, and one
     that is a keyword or a taken module name (math, numpy) gets a prefix: cell_math.py."""
@@ -60,6 +64,9 @@ def cached_module(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
     key = hashlib.sha256(
         f"{spec_file.digest}|{compiler_hash()}|{target}|{passes}|{variant}".encode())
     stem = "".join(ch if ch.isalnum() else "_" for ch in Path(spec_file.source.path).stem)
+    # the hash keeps it apart; a long stem would make Numba's cache file names, which
+    # add each kernel's name, longer than a file name may be
+    stem = stem[:MAX_CACHED_STEM]
     path = cache_dir() / f"{stem}_{key.hexdigest()[:16]}.py"
     if not path.is_file():
         try:

@@ -29,10 +29,15 @@ from ..core.ops import BINARY_OPS, CONSTANT_ARGS, FUNCTIONS, Op, ShapeMismatch, 
 from ..core.shapes import Dim, Type, shape_str
 
 __all__ = ["check", "CheckedCell", "Constraint", "Decl", "Definition", "OutputRef",
-           "KEYWORDS", "INITIALISERS", "RESERVED_CELL_NAMES"]
+           "KEYWORDS", "INITIALISERS", "RESERVED_CELL_NAMES",
+           "RESERVED_DIM_NAMES"]
 
 # A cell becomes a class of that name in generated modules, beside these module names.
 RESERVED_CELL_NAMES = frozenset({"math", "sys", "np", "njit", "compiled_cell_class"})
+# a cell's name is in its kernels' names and their cache files' (forward_inference_NAME)
+MAX_CELL_NAME = 64
+# the cell classes' own arguments, beside which their dims are passed by name
+RESERVED_DIM_NAMES = frozenset({"self", "cls", "dtype", "seed", "direction"})
 
 # The words that open statements: reserved, so a state can always be written `name'`.
 KEYWORDS = frozenset({"cell", "dims", "input", "state", "param", "output", "use", "layer",
@@ -147,6 +152,12 @@ class _Checker(LayerChecks):
             for name, span in zip(stmt.names, stmt.name_spans):
                 if name in self.dims:
                     self.error(f"dim '{name}' is declared twice", span)
+                elif name in RESERVED_DIM_NAMES:
+                    self.error(f"'{name}' cannot name a dim: a cell takes its dims as keyword "
+                               "arguments beside its own (Cell(dtype=..., seed=..., "
+                               "direction=..., H=...)), so this one could never be given",
+                               span, "rename the dim")
+                    self.dims[name] = span      # known: its uses add no errors
                 elif self._claim(name, span, "dim"):
                     self.dims[name] = span
             return
@@ -666,6 +677,11 @@ class _Checker(LayerChecks):
             self.error(f"cell '{self.cell.name}' has no input", self.cell.name_span,
                        "a cell runs over an input sequence: declare one, e.g. input x[I]")
         name = self.cell.name
+        if len(name) > MAX_CELL_NAME:
+            self.error(f"a cell name of {len(name)} characters is too long: at most "
+                       f"{MAX_CELL_NAME} (it names the cell's kernels, and their files in "
+                       "Numba's cache, whose names are at most 255 bytes)",
+                       self.cell.name_span, "shorten the name")
         if keyword.iskeyword(name) or name in RESERVED_CELL_NAMES or \
                 (name.startswith("__") and name.endswith("__")):
             # a dunder would rebind the module's own (__name__, __doc__, ...)

@@ -126,3 +126,17 @@ def test_passes_switched_off_from_python_build_and_remember_their_own_module(tmp
     assert "microkernel" not in type(cell)._lengths_cls.meta["passes"]
     with pytest.raises(rnndsl.TargetError, match="unknown pass 'fuse'.*microkernel"):
         rnndsl.load(spec, no_passes=["fuse"])
+
+
+def test_a_long_spec_file_name_makes_a_short_cached_module_name(tmp_path, monkeypatch):
+    """The cached module's name keeps 40 characters of the spec's (the hash keeps it
+    apart): Numba's cache files add each kernel's name to it, and a file name is at most
+    255 bytes (a 200-character spec name failed at the first call)."""
+    from rnndsl.build.modules import MAX_CACHED_STEM, cached_module
+    from rnndsl.lang.specfile import read_spec
+    monkeypatch.setenv("RNNDSL_CACHE_DIR", str(tmp_path / "cache"))
+    spec = tmp_path / ("e" * 200 + ".rnn")
+    spec.write_text((Path(__file__).resolve().parents[2] / "specs" / "elman.rnn").read_text())
+    module = cached_module(read_spec(spec))
+    stem = Path(module.__file__).stem
+    assert stem.startswith("e" * MAX_CACHED_STEM + "_") and len(stem) == MAX_CACHED_STEM + 17

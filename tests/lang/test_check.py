@@ -874,3 +874,22 @@ def test_layer_names_that_generated_code_would_spell_alike_are_placed():
     shown = info.value.render()
     assert "alike.rnn:11:3: error: 'a_.b' and 'a._b' would be one name in generated code" \
         in shown
+
+
+@pytest.mark.parametrize("name", ["dtype", "seed", "direction", "self", "cls"])
+def test_a_dim_cannot_take_the_name_of_a_cells_own_argument(name):
+    """Cell(dtype=..., seed=..., direction=..., **dims): such a dim could never be given."""
+    text = (f"cell C {{\n  dims {name}\n  input x[{name}]\n  state h[{name}]\n"
+            f"  h' = tanh(x + h)\n  output h'\n}}\n")
+    d = error(text)                  # the only error: the dim's uses add none
+    assert d.message.startswith(f"'{name}' cannot name a dim: a cell takes its dims as "
+                                "keyword arguments beside its own")
+    assert (d.span.line, d.span.column) == (2, 8)
+
+
+def test_a_cell_name_is_at_most_64_characters():
+    name = "C" + "x" * 64
+    text = f"cell {name} {{\n  dims H\n  input x[H]\n  output y = tanh(x)\n}}\n"
+    d = error(text)
+    assert d.message.startswith("a cell name of 65 characters is too long: at most 64")
+    assert checked(text.replace(name, name[:64])).name == name[:64]
