@@ -392,23 +392,33 @@ def _diverged(cell):
 
 class _StopAtStepEnd:
     """Ctrl-C during training: finish the step under way, then stop and save (a second
-    Ctrl-C stops at once). Only the main thread can set signal handlers."""
+    Ctrl-C stops at once). Only the main thread can set signal handlers: on a cluster's
+    worker thread (a sweep's point) the driver asks through a Dask Event instead
+    (rnndsl.distributed.tasks.stop_requested); elsewhere off the main thread Ctrl-C
+    behaves as usual."""
 
     def __init__(self):
-        self.asked = False
+        self._asked = False
+        self._remote = None
         self.previous = None
+
+    @property
+    def asked(self) -> bool:
+        return self._asked or (self._remote is not None and self._remote())
 
     def __enter__(self):
         try:
             self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:            # not the main thread: Ctrl-C behaves as usual
+        except ValueError:            # not the main thread
             self.previous = None
+            from ..distributed.tasks import stop_requested
+            self._remote = stop_requested()
         return self
 
     def _handle(self, signum, frame):
-        if self.asked:
+        if self._asked:
             raise KeyboardInterrupt
-        self.asked = True
+        self._asked = True
 
     def __exit__(self, *exc):
         if self.previous is not None:

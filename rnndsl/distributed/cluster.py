@@ -137,4 +137,16 @@ def open_client(placement: Placement):
             LocalCluster(n_workers=placement.workers, threads_per_worker=1, processes=True,
                          dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
             Client(cluster) as client:
+        client.run(keep_on_ctrl_c)
         yield client
+
+
+def keep_on_ctrl_c() -> None:
+    """For a LocalCluster's workers, which share the terminal: Ctrl-C reaches every
+    process of its group, and they ignore it, so that the driver decides (data-parallel
+    training ends the step, saves and stops them; a sweep tells its points to stop at
+    their step's end, rnndsl.distributed.tasks); and a task's error (a diverged loss) is
+    the driver's to report, not a worker's traceback in the user's terminal."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)

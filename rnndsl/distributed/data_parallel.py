@@ -258,17 +258,6 @@ def _drop(run_id: str) -> None:
     _REPLICAS.pop(run_id, None)
 
 
-def _keep_on_ctrl_c() -> None:
-    """For a LocalCluster's workers, which share the terminal: Ctrl-C reaches every
-    process of its group, and they ignore it, so that the driver ends the step, saves
-    and stops them; and a task's error (a diverged loss) is the driver's to report, not
-    a worker's traceback in the user's terminal."""
-    import logging
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
-
-
 # ---------------------------------------------------------------------------- driver side
 class DataParallel:
     """A Trainer's stand-in whose steps run on the workers at `addresses`, one rank
@@ -542,8 +531,6 @@ def spread(run, placement: Placement, batch: int, resume: str, out=None):
     started = time.monotonic()
     saved = local.steps if run.plan.resume else None
     with open_client(placement) as client:
-        if placement.scheduler is None:         # workers of our own: see _keep_on_ctrl_c
-            client.run(_keep_on_ctrl_c)
         addresses = _addresses(client, placement, batch)
         dp = DataParallel(local, client, addresses, placement.threads,
                           checkpoint=run.plan.checkpoint, saved_step=saved)

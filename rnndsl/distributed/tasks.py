@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -46,6 +48,7 @@ class Outcome:
     log: str
     seconds: float
     error: str | None = None
+    started: bool = True       # False: the driver had asked the tasks to stop before it began
 
     @property
     def ok(self) -> bool:
@@ -56,12 +59,53 @@ def _render(exc: RnnError) -> str:
     return exc.render() if hasattr(exc, "render") else f"error: {exc}"
 
 
-def run_task(key: str, fn: Callable, settings, progress=None) -> Outcome:
+# The name of the Dask Event that tells the tasks on a cluster that Ctrl-C was pressed
+# (set by `_run_on`), for the task running on this thread: see `stop_requested`.
+_STOP = threading.local()
+
+
+def stop_requested() -> Callable[[], bool] | None:
+    """For a task on a cluster's worker thread, where no signal handler can be set: a
+    function telling whether the driver asked the tasks to stop (Ctrl-C), which a
+    training loop reads at the end of each step; None elsewhere. A watcher thread waits
+    on the driver's Dask Event, so a step pays nothing for asking."""
+    name = getattr(_STOP, "event", None)
+    if name is None:
+        return None
+    from distributed import Event, get_client
+    # the worker's client, named: an Event used from the watcher thread finds none
+    event, asked = Event(name, client=get_client()), threading.Event()
+
+    def watch():
+        while not asked.is_set():
+            try:
+                if event.wait(timeout=0.5):
+                    asked.set()
+            except Exception:        # the cluster is going away: nothing to watch
+                return
+    threading.Thread(target=watch, daemon=True, name="rnndsl-stop-watch").start()
+    return asked.is_set
+
+
+def _stop_set(name: str) -> bool:
+    from distributed import Event, get_client
+    try:
+        return Event(name, client=get_client()).is_set()
+    except Exception:            # no cluster to ask: run it
+        return False
+
+
+def run_task(key: str, fn: Callable, settings, progress=None,
+             stop_event: str | None = None) -> Outcome:
     """Run one task here (in this process or on a worker), its text captured: the
     function Dask ships to the workers. `progress` (a stream) takes the task's progress
-    display instead of the capture, for a task run where someone watches it."""
+    display instead of the capture, for a task run where someone watches it.
+    `stop_event`: the Dask Event by which the driver asks the task to stop."""
     buffer = io.StringIO()
     started = time.monotonic()
+    if stop_event is not None and _stop_set(stop_event):
+        return Outcome(key, 130, None, "", 0.0, started=False)
+    _STOP.event = stop_event
     try:
         status, summary = fn(settings, out=buffer, err=progress or buffer)
     except RnnError as exc:
@@ -69,6 +113,8 @@ def run_task(key: str, fn: Callable, settings, progress=None) -> Outcome:
         buffer.write(text + "\n")
         return Outcome(key, 2, None, buffer.getvalue(), time.monotonic() - started,
                        error=text)
+    finally:
+        _STOP.event = None
     return Outcome(key, status, summary, buffer.getvalue(), time.monotonic() - started)
 
 
@@ -98,15 +144,49 @@ def _run_here(tasks: Iterable[Task]) -> Iterator[Outcome]:
 def _run_on(client, tasks: Iterable[Task]) -> Iterator[Outcome]:
     """All at once; Dask runs a task again on another worker when its worker dies (up
     to distributed.scheduler.allowed-failures times), after which it is a failed
-    Outcome: a machine's fault, not the task's, and not a reason to stop the others."""
-    from distributed import KilledWorker, as_completed
+    Outcome: a machine's fault, not the task's, and not a reason to stop the others.
+
+    Ctrl-C (here: the workers of a LocalCluster ignore it) sets a Dask Event that the
+    tasks under way read at the end of each step (`stop_requested`): they stop there,
+    save, and come back as their own Outcomes (status 130); tasks not started are
+    cancelled. A second Ctrl-C stops at once."""
+    from distributed import Event, KilledWorker, as_completed
+    stop = Event(f"rnndsl-stop-{uuid.uuid4().hex}", client=client)
     # pure=False: a task has side effects (its checkpoint), so each gets a fresh key;
     # a key hashed from the arguments would merge two sweeps' same point
-    futures = {client.submit(run_task, t.key, t.fn, t.settings, pure=False): t.key
-               for t in tasks}
-    for future in as_completed(futures):
+    futures = {client.submit(run_task, t.key, t.fn, t.settings, None, stop.name,
+                             pure=False): t.key for t in tasks}
+    pending = as_completed(futures)
+    stopping = False
+    while True:
         try:
-            yield future.result()
+            future = next(pending)
+        except StopIteration:
+            return
+        except KeyboardInterrupt:
+            if stopping:
+                raise
+            stopping = True
+            stop.set()
+            for f in futures:            # not started: dropped; under way: they stop
+                if f.status == "pending" and not _running(client, f):
+                    f.cancel()
+            continue
+        if future.cancelled():
+            continue
+        try:
+            outcome = future.result()
+            if outcome.started:
+                yield outcome
         except KilledWorker as exc:
             yield Outcome(futures[future], 2, None, "", 0.0,
                           error=f"error: the workers running it died ({exc})")
+
+
+def _running(client, future) -> bool:
+    """Whether the scheduler has the future's task on a worker now."""
+    try:
+        processing = client.processing()
+    except Exception:
+        return True                      # cannot tell: let it end on its own
+    return any(future.key in keys for keys in processing.values())

@@ -264,6 +264,34 @@ def test_ctrl_c_stops_the_sweep_and_keeps_the_point_under_way(tmp_path):
     assert checkpoint.peek(rows[0]["checkpoint"]).meta["trainer"]["steps"] >= 1
 
 
+def test_ctrl_c_on_a_cluster_stops_the_points_under_way_as_in_this_process(tmp_path):
+    """With --workers, Ctrl-C (to the whole process group, as a terminal sends it)
+    reaches the driver and the workers; the workers ignore it, and the driver tells the
+    points under way to stop at the end of their step: each saves its checkpoint and is
+    a "stopped" row, the point not started is left out, no traceback, status 130."""
+    pytest.importorskip("distributed")
+    where = _setup(tmp_path)
+    child = subprocess.Popen([sys.executable, "-m", "rnndsl", "sweep", "char_lstm.rnn", *TINY,
+                              "--steps", "1000000", "--every", "5", "--grid", "H=3,4,5",
+                              "--workers", "2"], cwd=where, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    folder = where / "sweep-char_lstm"
+    deadline = time.monotonic() + 180
+    while len(list(folder.glob("*.npz"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)                          # both workers' points are training
+    os.killpg(child.pid, signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, (out, err)
+    assert "interrupted: 0 of 3 points trained" in out
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err
+    rows = results(folder / "results.csv")
+    assert sorted(r["H"] for r in rows) == ["3", "4"]          # H=5 never started
+    for row in rows:
+        assert row["bits_per_char"] == "" and row["checkpoint"].endswith(f"H={row['H']}.npz")
+        assert checkpoint.peek(row["checkpoint"]).meta["trainer"]["steps"] >= 5
+    assert "stopped by Ctrl-C, its checkpoint saved" in out
+
+
 def _dies(settings, out, err):
     os._exit(1)                         # as a worker killed mid-point
 
