@@ -423,6 +423,8 @@ class _StopAtStepEnd:
     def __exit__(self, *exc):
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+        if self._remote is not None:
+            self._remote.close()
         return False
 
 

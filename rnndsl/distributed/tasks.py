@@ -64,27 +64,41 @@ def _render(exc: RnnError) -> str:
 _STOP = threading.local()
 
 
-def stop_requested() -> Callable[[], bool] | None:
+class StopWatch:
+    """Whether the driver asked the tasks to stop (`watch()`), read by a training loop at
+    the end of each step. A thread waits on the driver's Dask Event, so a step pays
+    nothing for asking; `close()` ends that thread when the task ends."""
+
+    def __init__(self, event):
+        self.asked, self.done = threading.Event(), threading.Event()
+        self._event = event
+        threading.Thread(target=self._watch, daemon=True, name="rnndsl-stop-watch").start()
+
+    def _watch(self) -> None:
+        while not self.done.is_set():
+            try:
+                if self._event.wait(timeout=0.5):
+                    self.asked.set()
+                    return
+            except Exception:        # the cluster is going away: nothing to watch
+                return
+
+    def __call__(self) -> bool:
+        return self.asked.is_set()
+
+    def close(self) -> None:
+        self.done.set()
+
+
+def stop_requested() -> StopWatch | None:
     """For a task on a cluster's worker thread, where no signal handler can be set: a
-    function telling whether the driver asked the tasks to stop (Ctrl-C), which a
-    training loop reads at the end of each step; None elsewhere. A watcher thread waits
-    on the driver's Dask Event, so a step pays nothing for asking."""
+    StopWatch on the driver's Ctrl-C (see `_run_on`); None elsewhere."""
     name = getattr(_STOP, "event", None)
     if name is None:
         return None
     from distributed import Event, get_client
     # the worker's client, named: an Event used from the watcher thread finds none
-    event, asked = Event(name, client=get_client()), threading.Event()
-
-    def watch():
-        while not asked.is_set():
-            try:
-                if event.wait(timeout=0.5):
-                    asked.set()
-            except Exception:        # the cluster is going away: nothing to watch
-                return
-    threading.Thread(target=watch, daemon=True, name="rnndsl-stop-watch").start()
-    return asked.is_set
+    return StopWatch(Event(name, client=get_client()))
 
 
 def _stop_set(name: str) -> bool:

@@ -320,3 +320,38 @@ def test_a_point_whose_worker_dies_fails_alone():
     assert not outcomes["dies"].ok and "died" in outcomes["dies"].error
     assert outcomes["trains"].ok and outcomes["trains"].summary == {"value": 7}
     assert outcomes["trains"].log == "trained\n"
+
+
+def test_a_points_stop_watch_sees_the_drivers_event_and_ends_with_the_point():
+    """The thread watching the driver's Event (one a point on a worker) reports the stop,
+    and ends when its point ends: a sweep of many points leaves no thread polling the
+    scheduler behind each (a stand-in for Dask's Event)."""
+    import threading
+
+    from rnndsl.distributed.tasks import StopWatch
+
+    class Event:
+        def __init__(self):
+            self.set_ = threading.Event()
+
+        def wait(self, timeout=None):
+            return self.set_.wait(min(timeout, 0.05))
+
+    def watchers():
+        return [t for t in threading.enumerate() if t.name == "rnndsl-stop-watch"]
+
+    event = Event()
+    watch = StopWatch(event)
+    assert not watch()
+    event.set_.set()
+    deadline = time.monotonic() + 5
+    while not watch() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert watch()
+    quiet = StopWatch(Event())
+    assert watchers()
+    quiet.close()
+    deadline = time.monotonic() + 5
+    while watchers() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not watchers() and not quiet()
