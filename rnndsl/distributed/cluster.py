@@ -133,12 +133,33 @@ def open_client(placement: Placement):
     # profiler, which samples every worker's stacks every 10 ms for that dashboard
     # (the nannies hand this config to the workers they start, and restart)
     import dask
-    with dask.config.set({"distributed.worker.profile.enabled": False}), \
-            LocalCluster(n_workers=placement.workers, threads_per_worker=1, processes=True,
-                         dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-            Client(cluster) as client:
-        client.run(keep_on_ctrl_c)
-        yield client
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        with _ctrl_c_ignored():
+            cluster = LocalCluster(n_workers=placement.workers, threads_per_worker=1,
+                                   processes=True, dashboard_address=None,
+                                   silence_logs=logging.ERROR)
+        with cluster, Client(cluster) as client:
+            client.run(keep_on_ctrl_c)
+            yield client
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored():
+    """Ctrl-C ignored while a LocalCluster starts (a second or two): its processes are
+    born ignoring it (an ignored signal stays ignored across exec), where one pressed
+    then used to kill a starting worker's interpreter, and the start failed with
+    "Nanny failed to start" (an internal error, status 3). A Ctrl-C in that second is
+    lost; the next one is handled as ever. Only the main thread can set handlers."""
+    import signal
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def keep_on_ctrl_c() -> None:

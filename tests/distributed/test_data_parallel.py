@@ -337,6 +337,32 @@ def test_ctrl_c_in_a_terminal_saves_and_stops_the_workers_too(tmp_path):
     assert checkpoint.peek(where / "m.npz").meta["trainer"]["steps"] >= 1
 
 
+def test_ctrl_c_while_the_cluster_starts_is_no_internal_error(tmp_path):
+    """Ctrl-C in the second or so while the LocalCluster starts killed a starting
+    worker's interpreter: "internal error: Nanny failed to start" (status 3) and the
+    workers' tracebacks. The cluster's processes now start ignoring it; a Ctrl-C then
+    is lost, and the next one ends the run as ever (130)."""
+    pytest.importorskip("distributed")
+    where = _setup(tmp_path)
+    child = subprocess.Popen([sys.executable, "-m", "rnndsl", "train", "char_lstm.rnn",
+                              "--corpus", "corpus.txt", *SETTINGS, "--steps", "100000",
+                              "--workers", "2", "--checkpoint", "m.npz"], cwd=where,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    seen, deadline = "", time.monotonic() + 120
+    while "compiling kernels" not in seen and time.monotonic() < deadline:
+        seen += child.stdout.read(1)
+    time.sleep(0.5)                          # the cluster is starting
+    os.killpg(child.pid, signal.SIGINT)
+    try:
+        out, err = child.communicate(timeout=5)
+    except subprocess.TimeoutExpired:        # it was lost: the next one counts
+        os.killpg(child.pid, signal.SIGINT)
+        out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, (seen + out, err)
+    assert "internal error" not in err and "Traceback" not in err, err
+
+
 def test_a_result_lost_with_its_worker_after_the_task_finished_stops_the_run(monkeypatch):
     """The race an outside test hit (3 hangs in 15 kills): every task has finished, then
     a worker dies before its result is fetched; the scheduler runs the task again,
