@@ -27,6 +27,7 @@ from ..core.flat import flat_views
 from ..core.initialisers import initial_value
 
 from ..core.errors import BindError
+from ..core.numbers import is_whole
 from ..lang import ast
 from ..lang.checked import CheckedCell, Decl
 from ..lang.compose import LENGTH_MASK
@@ -184,8 +185,7 @@ class Cell:
                 bound = ", ".join(f"{k}={v}" for k, v in self.dims.items())
                 raise BindError(f"with {bound}: {c.message} "
                                 f"({spec.source.path}:{c.span.line}:{c.span.column})")
-        if seed is not None and (isinstance(seed, (bool, np.bool_)) or
-                                 not isinstance(seed, (int, np.integer)) or seed < 0):
+        if seed is not None and not is_whole(seed):
             raise BindError(f"seed must be a non-negative integer or None, got {seed!r}")
         self.seed = seed
         self._token = object()   # identifies this cell's Runs (not id(): ids are reused)
@@ -238,8 +238,7 @@ class Cell:
         bound = {}
         for name in spec.dims:
             value = dims[name]
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-                    or value < 1:
+            if not is_whole(value, 1):
                 raise BindError(f"dim {name} must be a positive integer, got {value!r}")
             bound[name] = int(value)
         return bound
@@ -391,9 +390,7 @@ class Cell:
         `lengths`, the mask that is 1 while each sequence runs."""
         rng = None
         if dropout is not None and dropout is not False:
-            if not isinstance(dropout, np.random.Generator) and (
-                    isinstance(dropout, (bool, np.bool_))
-                    or not isinstance(dropout, (int, np.integer)) or dropout < 0):
+            if not isinstance(dropout, np.random.Generator) and not is_whole(dropout):
                 raise BindError(f"dropout must be a np.random.Generator or a non-negative "
                                 f"integer seed (None: no dropout), got {dropout!r}")
             rng = dropout if isinstance(dropout, np.random.Generator) else \
@@ -419,7 +416,7 @@ class Cell:
     def initial_state(self, B: int) -> dict[str, np.ndarray]:
         """The state a forward of B rows starts from when given none: each state's
         initial value (a constant, zeros, or its learned param) for every row."""
-        if isinstance(B, (bool, np.bool_)) or not isinstance(B, (int, np.integer)) or B < 0:
+        if not is_whole(B):
             raise BindError(f"initial_state takes the number of rows B, a non-negative "
                             f"integer, got {B!r}")
         return self._initial_state(None, int(B))[0]

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from ..core.errors import BindError
+from ..core.numbers import is_whole
 
 
 def check_lengths(lengths, T: int, B: int, minimum: int = 0) -> np.ndarray:
@@ -92,8 +93,7 @@ def feed_back(cell, x0: np.ndarray, steps: int, feedback: Callable[[np.ndarray],
     as specs/jordan.rnn does: then BPTT sees it.)"""
     spec = type(cell).spec
     names = [o.name for o in spec.outputs]
-    if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, (int, np.integer)) \
-            or steps < 1:
+    if not is_whole(steps, 1):
         raise BindError(f"steps must be a whole number of at least 1, got {steps!r}")
     if output is None:
         if len(names) != 1:

@@ -387,17 +387,11 @@ class DataParallel:
         task pinned to a dead worker would wait for ever). A step takes no extra round
         trip for the check unless it runs longer than POLL_S.
 
-        The results are fetched with a timeout too: a worker that dies after its task
-        finished and before its result is fetched loses that result, and the scheduler
-        runs the task again, pinned to the dead worker, so an unbounded gather (as
-        `Client.gather` is) waited for ever (an outside test saw 3 hangs in 15 kills)."""
-        from distributed import wait
-        while True:
-            try:
-                wait(futures, timeout=POLL_S)
-                break
-            except TimeoutError:
-                self._check_workers()
+        Each result is waited for with that timeout until it is here, not only until its
+        task has finished: a worker that dies after its task finished and before its
+        result is fetched loses that result, and the scheduler runs the task again,
+        pinned to the dead worker, so an unbounded gather (as `Client.gather` is) waited
+        for ever (an outside test saw 3 hangs in 15 kills)."""
         results = []
         for future in futures:
             while True:

@@ -65,7 +65,7 @@ _STOP = threading.local()
 
 
 class StopWatch:
-    """Whether the driver asked the tasks to stop (`watch()`), read by a training loop at
+    """Whether the driver asked the tasks to stop (call it), read by a training loop at
     the end of each step. A thread waits on the driver's Dask Event, so a step pays
     nothing for asking; `close()` ends that thread when the task ends."""
 
@@ -94,17 +94,19 @@ def stop_requested() -> StopWatch | None:
     """For a task on a cluster's worker thread, where no signal handler can be set: a
     StopWatch on the driver's Ctrl-C (see `_run_on`); None elsewhere."""
     name = getattr(_STOP, "event", None)
-    if name is None:
-        return None
+    return None if name is None else StopWatch(_event(name))
+
+
+def _event(name: str):
+    """The driver's Dask Event, with this worker's client named: an Event used from
+    another thread (the StopWatch's) finds none of its own."""
     from distributed import Event, get_client
-    # the worker's client, named: an Event used from the watcher thread finds none
-    return StopWatch(Event(name, client=get_client()))
+    return Event(name, client=get_client())
 
 
 def _stop_set(name: str) -> bool:
-    from distributed import Event, get_client
     try:
-        return Event(name, client=get_client()).is_set()
+        return _event(name).is_set()
     except Exception:            # no cluster to ask: run it
         return False
 
@@ -182,8 +184,9 @@ def _run_on(client, tasks: Iterable[Task]) -> Iterator[Outcome]:
                 raise
             stopping = True
             stop.set()
+            running = _running_keys(client)   # None: cannot tell, cancel none
             for f in futures:            # not started: dropped; under way: they stop
-                if f.status == "pending" and not _running(client, f):
+                if running is not None and f.status == "pending" and f.key not in running:
                     f.cancel()
             continue
         if future.cancelled():
@@ -197,10 +200,10 @@ def _run_on(client, tasks: Iterable[Task]) -> Iterator[Outcome]:
                           error=f"error: the workers running it died ({exc})")
 
 
-def _running(client, future) -> bool:
-    """Whether the scheduler has the future's task on a worker now."""
+def _running_keys(client) -> set | None:
+    """The keys of the tasks the scheduler has on a worker now (one call for all of
+    them); None where it cannot tell."""
     try:
-        processing = client.processing()
+        return {key for keys in client.processing().values() for key in keys}
     except Exception:
-        return True                      # cannot tell: let it end on its own
-    return any(future.key in keys for keys in processing.values())
+        return None

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.numbers import is_whole
 from .corpora import (Corpus, DataError, PackageMissingError, abc_tunes, normal_tune,
                       shakespeare_corpus, stdlib_corpus)
 
@@ -230,7 +231,7 @@ class TBPTTBatches:
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_whole(value, 1):
         raise DataError(f"tbptt_batches: {name} must be a positive int, got {value!r}")
     return int(value)
 

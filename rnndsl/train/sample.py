@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import numpy as np
 
 from ..core.errors import RnnError
+from ..core.numbers import is_whole
 
 __all__ = ["Sampler", "Primed", "Hypothesis", "Greedy", "Sampling", "greedy", "temperature",
            "top_k", "top_p", "SampleError", "log_softmax"]
@@ -47,7 +48,7 @@ def _real(name: str, value, low: float, high: float = np.inf, low_open=True) -> 
 
 
 def _count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if not is_whole(value, minimum):
         raise SampleError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
@@ -434,9 +435,8 @@ class Sampler:
         stops = self._stops(stop)
         if pad is not None and (isinstance(pad, bool) or not isinstance(pad, (int, np.integer))):
             raise SampleError(f"pad must be an integer (any, -1 say), got {pad!r}")
-        if seed is not None and not isinstance(seed, np.random.Generator) and (
-                isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
-                or seed < 0):
+        if seed is not None and not isinstance(seed, np.random.Generator) \
+                and not is_whole(seed):
             raise SampleError(f"seed must be a non-negative integer, a np.random.Generator "
                               f"or None, got {seed!r}")
         rng = np.random.default_rng(seed)

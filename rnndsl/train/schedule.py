@@ -26,17 +26,18 @@ so the first update takes 1/warmup of the peak and update `warmup` the whole of 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
-from dataclasses import asdict, dataclass, fields
+
+from ..core.numbers import is_whole
 
 __all__ = ["Schedule", "Constant", "Cosine", "StepDecay", "SCHEDULES", "from_dict"]
 
 
 def _check_int(name: str, value, low: int) -> None:
     """An int of at least `low` (a NumPy integer too; not a bool)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-            or value < low:
+    if not is_whole(value, low):
         raise ValueError(f"{name} must be an integer of at least {low}, got {value!r}")
 
 
