@@ -104,6 +104,11 @@ def _functorch_values(what: str, tensor: torch.Tensor) -> np.ndarray:
         return tensor.detach().numpy()
 
 
+VMAP_REFUSED = ("{what} comes batched by torch.func.vmap (jacrev and hessian batch with "
+                "it too), which rnndsl cells do not take: give the batch as the cell's B "
+                "axis, or take a Jacobian with torch.autograd.functional.jacobian")
+
+
 def _unwrapped(what: str, tensor: torch.Tensor) -> torch.Tensor:
     """The tensor under torch.func's gradient-tracking wrappers. vmap's batched tensors
     are refused: a cell call maps over its batch rows already."""
@@ -111,10 +116,7 @@ def _unwrapped(what: str, tensor: torch.Tensor) -> torch.Tensor:
     inner = tensor
     while functorch.is_functorch_wrapped_tensor(inner):
         if functorch.is_batchedtensor(inner) or not functorch.is_gradtrackingtensor(inner):
-            raise TargetError(f"{what} comes batched by torch.func.vmap (jacrev and "
-                              "hessian batch with it too), which rnndsl cells do not take: "
-                              "give the batch as the cell's B axis, or take a Jacobian with "
-                              "torch.autograd.functional.jacobian")
+            raise TargetError(VMAP_REFUSED.format(what=what))
         inner = functorch.get_unwrapped(inner)
     return inner
 
@@ -146,6 +148,7 @@ class Call:
     finals: tuple[str, ...]
     lengths: np.ndarray | None = None
     grad: bool = True       # False: no backward can follow (no_grad, nothing requires grad)
+    dropout: int | None = None   # the seed of the call's dropout masks (None: keep all)
     run: object = None      # the cell's Run, from forward to setup_context
     device: object = None   # the torch.device the tensors are on (forward sets it)
 
@@ -188,6 +191,12 @@ class CellFunction(torch.autograd.Function):
     it read are saved for backward, so that torch's own check names one changed in place
     in between (the cell checks too: cells/seen.py)."""
 
+    @staticmethod
+    def vmap(info, in_dims, call, *tensors):
+        """torch.func.vmap over a cell call: refused by name (torch's own message asks
+        for a vmap rule), as jacrev's batched tensors are (`_unwrapped`)."""
+        raise TargetError(VMAP_REFUSED.format(what=f"a call of cell {call.cell.spec.name}"))
+
     # forward and setup_context apart (not forward(ctx, ...)): torch.func's transforms
     # (torch.func.grad, vjp, jacrev) take only a Function written this way
     @staticmethod
@@ -214,7 +223,7 @@ class CellFunction(torch.autograd.Function):
                  for n, t in zip(call.states, tensors[n_in:n_in + n_st])}
         with on_device(call.device):
             run = cell.forward(inputs, state=state or None, lengths=call.lengths,
-                               grad=call.grad)
+                               dropout=call.dropout, grad=call.grad)
             results = tuple(_tensor(run.outputs[n]) for n in call.outputs) + tuple(
                 _tensor(run.state[n]) for n in call.finals)
         call.run = run            # for setup_context: one Call an apply
@@ -328,14 +337,15 @@ def reverse_in_lengths(seq: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def run_cell(cell: Cell, inputs: dict, state: dict, params: dict, lengths=None,
-             reverse: bool = False) -> tuple[dict, dict]:
+             reverse: bool = False, dropout: int | None = None) -> tuple[dict, dict]:
     """One direction of a cell over time-major tensors: (outputs, final states), by name.
 
     `inputs` maps input names to (T, B, ...) tensors (an `input once` to (B, ...));
     `state` the initial states given (the others start as the spec says); `params` every
     param. A reverse run feeds each sequence backwards from its own last step and gives
     its per-step outputs back in the original order (a `final` output is the reverse
-    run's last step: the sequence's first)."""
+    run's last step: the sequence's first). `dropout`: the seed of the spec's dropout
+    masks (None: every unit kept, as in evaluation)."""
     once = {d.name for d in cell.spec.inputs if d.once}
     finals = cell._final_outputs()
     order = None
@@ -349,13 +359,23 @@ def run_cell(cell: Cell, inputs: dict, state: dict, params: dict, lengths=None,
     tensors = (*inputs.values(), *state.values(), *params.values())
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     call = Call(cell, tuple(inputs), tuple(state), tuple(params),
-                tuple(o.name for o in cell.spec.outputs), state_names(cell), lengths, grad)
+                tuple(o.name for o in cell.spec.outputs), state_names(cell), lengths, grad,
+                dropout)
     flat = CellFunction.apply(call, *tensors)
     outputs = dict(zip(call.outputs, flat))
     if order is not None:
         outputs = {n: o if n in finals else reverse_in_lengths(o, order)
                    for n, o in outputs.items()}
     return outputs, dict(zip(call.finals, flat[len(call.outputs):]))
+
+
+def dropout_seed(module: torch.nn.Module, spec) -> int | None:
+    """A seed for one call's dropout masks, drawn from torch's default generator (so
+    `torch.manual_seed` makes a run repeatable), where the spec has dropout sites and
+    the module is training; None (every unit kept) in eval mode, as torch's dropout."""
+    if not module.training or not any(rate > 0 for _, rate in spec.dropouts):
+        return None
+    return int(torch.randint(0, 2 ** 62, (1,)).item())
 
 
 def state_names(cell) -> tuple[str, ...]:
@@ -543,14 +563,16 @@ class Module(torch.nn.Module):
         if self.direction == "bidirectional" and both_at_once(self.target):
             mine = {n + suffix: self.param(n + suffix) for suffix, _ in self.runs
                     for n in params}
-            o, finals = run_cell(self._cell(dtype, "both"), inputs, state, mine, lengths)
+            o, finals = run_cell(self._cell(dtype, "both"), inputs, state, mine, lengths,
+                                 dropout=dropout_seed(self, spec))
             outs.append(o)
         for suffix, reverse in self.runs if not outs else ():
             cell = self._cell(dtype, suffix)
             mine = {n: self.param(n + suffix) for n in params}
             given = {d.name: state[d.name + suffix] for d in spec.states
                      if d.name + suffix in state}
-            o, f = run_cell(cell, inputs, given, mine, lengths, reverse)
+            o, f = run_cell(cell, inputs, given, mine, lengths, reverse,
+                            dropout_seed(self, spec))
             outs.append(o)
             finals.update({n + suffix: v for n, v in f.items()})
         outputs = self._joined(outs)

@@ -249,6 +249,8 @@ def test_torch_func_grad_and_vjp_match_torch_and_vmap_is_refused():
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     with pytest.raises(rnndsl.TargetError, match="vmap"):
         torch.func.jacrev(lambda xx: r(xx)[0])(x)
+    with pytest.raises(rnndsl.TargetError, match="batched by torch.func.vmap"):
+        torch.func.vmap(lambda xx: r(xx)[0])(x[None].expand(2, -1, -1, -1))
     with pytest.raises(rnndsl.TargetError, match="differentiate once"):
         torch.func.grad(lambda xx: torch.func.grad(lambda y: r(y)[0].sum())(xx).sum())(x)
 
@@ -304,3 +306,48 @@ def test_to_cell_holds_the_modules_weights_for_each_direction():
         m.to_cell()
     one = rt.Module(SPECS / "gru.rnn", target="interp", I=2, H=3)
     assert one.to_cell().params.keys() == fwd.params.keys()
+
+
+DROPPED = """cell Dropped {
+  dims I, H
+  input x[I]
+  state h[H]
+  param W[H, I], U[H, H], b[H]
+  h' = tanh(W @ dropout(x, 0.5) + U @ h + b)
+  output h'
+}
+"""
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_dropout_sites_drop_in_training_mode_only(tmp_path, direction):
+    """A spec's dropout(...) drops units while the module trains (masks drawn from
+    torch's generator: torch.manual_seed repeats them) and keeps every unit in eval mode;
+    the gradient is the one of the masks drawn (finite differences, masks reseeded)."""
+    path = tmp_path / "dropped.rnn"
+    path.write_text(DROPPED)
+    m = rt.Module(path, target="interp", dtype=torch.float64, direction=direction,
+                  I=6, H=3)
+    x = torch.randn(T, B, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    m.eval()
+    kept, _ = m(x)
+    cell = m.to_cell() if direction == "forward" else None
+    if cell is not None:     # eval mode: the cell with every unit kept
+        want = cell.forward(x.numpy()).outputs["h"]
+        np.testing.assert_allclose(kept.detach().numpy(), want, rtol=1e-12)
+    m.train()
+    torch.manual_seed(5)
+    a, _ = m(x)
+    b, _ = m(x)
+    torch.manual_seed(5)
+    again, _ = m(x)
+    assert not torch.equal(a, b) and not torch.equal(a, kept)
+    assert torch.equal(a, again)
+    params = _params(m)
+    names = list(params)
+
+    def f(xx, *ps):
+        torch.manual_seed(7)
+        return torch.func.functional_call(m, dict(zip(names, ps)), (xx,))[0]
+    assert torch.autograd.gradcheck(f, (x.clone().requires_grad_(True), *params.values()),
+                                    eps=1e-6, atol=1e-7, rtol=1e-5)
