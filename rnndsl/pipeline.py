@@ -181,6 +181,23 @@ def _module_bindings(source: str) -> Counter:
     return bound
 
 
+class NameClashError(CheckError):
+    """A cell (or a network's part) named like something the generated module already
+    binds for its own code: `rnndsl check` reports it as `rnndsl build` would."""
+
+
+def check_module_names(spec_file: SpecFile) -> None:
+    """Raise NameClashError where the spec file's cells could not be classes of their own
+    names in the module `rnndsl build` writes (the cpu target's); whatever else stops
+    that module from being built is left to the checks that place it."""
+    try:
+        build_source(spec_file, networks=True)
+    except NameClashError:
+        raise
+    except RnnError:
+        pass
+
+
 def _check_class_names(source: str, cells, parts: dict[str, list[NetworkPart]]) -> None:
     """Each cell is a class of its own name in the module, beside the module's imports,
     helpers and every cell's kernels (`forward_LSTM`, `LSTM_META`, ...), and so is each
@@ -200,7 +217,7 @@ def _check_class_names(source: str, cells, parts: dict[str, list[NetworkPart]]) 
                           hint="rename the cell")
                for net, ps in parts.items() for p in ps if bound[p.name] > 1]
     if errors:
-        raise CheckError(errors)
+        raise NameClashError(errors)
 
 
 def validate(source: str, filename: str) -> None:

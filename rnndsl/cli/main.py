@@ -34,6 +34,7 @@ def _summary(spec) -> str:
 
 
 def cmd_check(args) -> int:
+    from ..pipeline import check_module_names
     from ..ir.grad import grad_step
     from ..ir.graph import lower
     from ..lang.printer import unparse
@@ -42,6 +43,9 @@ def cmd_check(args) -> int:
     for path in args.files:
         try:
             spec_file = read_spec(path)
+            # a cell named like the built module's own code (LSTM_META, tanh, ...), which
+            # `rnndsl build` and the cpu target refuse
+            check_module_names(spec_file)
         except RnnError as exc:
             print(exc.render() if hasattr(exc, "render") else f"error: {exc}", file=sys.stderr)
             status = EXIT_USAGE

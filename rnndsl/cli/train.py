@@ -138,11 +138,17 @@ def _token_dims(spec) -> tuple[str, str, str]:
     if size is None or len(size.terms) != 1 or size.terms[0][1] != 1 or size.const:
         raise TrainError(f"input {x.name} of {spec.name} is {x.type}; a token input is one "
                          "dim, x[V], which train binds to the vocabulary size")
-    if y.type.shape != x.type.shape or y.final:
-        raise TrainError(f"output {y.name} of {spec.name} is {y.type}"
-                         + (" (a final output)" if y.final else "")
-                         + f" but the input is {x.type}: the logits need one entry per "
-                         "token at every step")
+    if x.once:
+        raise TrainError(f"input {x.name} of {spec.name} is `input once`, read once a "
+                         "sequence, but train feeds a token at every step: declare it "
+                         f"`input token {x.name}[{size}]`")
+    if y.final:
+        raise TrainError(f"output {y.name} of {spec.name} is a final output, given once a "
+                         "sequence, but train needs the next token's logits at every step: "
+                         f"declare it `output {y.name} = ...`")
+    if y.type.shape != x.type.shape:
+        raise TrainError(f"output {y.name} of {spec.name} is {y.type} but the input is "
+                         f"{x.type}: the logits need one entry per token of the vocabulary")
     return x.name, y.name, size.terms[0][0]
 
 

@@ -262,12 +262,12 @@ class _Checker(LayerChecks):
             if stmt.primed:
                 if kind == "state" and stmt.target in self.broken:
                     return  # its declaration's error is enough
-                if kind in ("input", "param"):
-                    self.error(f"'{stmt.target}' is {_a(kind)}, only states have a next value",
-                               stmt.target_span)
-                elif kind is None:
+                if kind is None:
                     self.error(f"'{stmt.target}' is not a declared state", stmt.target_span,
                                f"declare it: state {stmt.target}[...]")
+                elif kind != "state":       # an input, a param, a layer, a dim, ...
+                    self.error(f"'{stmt.target}' is {_a(kind)}, only states have a next value",
+                               stmt.target_span)
                 elif stmt.target in self.nexts:
                     self.error(f"state '{stmt.target}' is updated twice", stmt.target_span,
                                "each state gets exactly one next value per step")

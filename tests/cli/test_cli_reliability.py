@@ -435,3 +435,16 @@ def test_a_checkpoint_given_where_a_spec_goes_is_named_as_one(folder, capsys, co
     assert "model.npz: a zip archive (an .npz checkpoint or params file?), not a .rnn spec" \
         in err and "--resume --checkpoint CHECKPOINT" in err
     assert "not UTF-8" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["E_META", "tanh", "SPEC_FILES"])
+def test_check_refuses_a_cell_name_the_built_module_takes(tmp_path, capsys, name):
+    """`rnndsl check` passed cells named like the built module's own code (another cell's
+    E_META, a helper, a module constant) that `rnndsl build` and the cpu target refuse."""
+    spec = tmp_path / "clash.rnn"
+    spec.write_text("cell E {\n  dims I\n  input x[I]\n  output y = x * 2\n}\n"
+                    f"cell {name} {{\n  dims I\n  input x[I]\n  output y = x * 3\n}}\n")
+    code, out, err = run(["check", spec], capsys)
+    assert code == 2
+    assert (f"clash.rnn:6:6: error: '{name}' cannot name a cell: the generated module "
+            "already uses that name for its own code") in err

@@ -400,3 +400,23 @@ def test_every_kernel_compiles_before_the_clock_starts(tmp_path, monkeypatch, ca
     kernels = [(when, name) for when, name in compiled if name.endswith("_Tiny")]
     assert {name for _, name in kernels} >= {"forward_Tiny", "forward_inference_Tiny"}
     assert [name for when, name in kernels if when == "after"] == []
+
+
+@pytest.mark.parametrize("decls, message", [
+    ("input once x[V]\n  state h[V]\n  h' = tanh(x + h)\n  output logits = h'",
+     "input x of C is `input once`, read once a sequence, but train feeds a token at "
+     "every step: declare it `input token x[V]`"),
+    ("input token x[V]\n  state h[V]\n  h' = tanh(x + h)\n  final logits = h'",
+     "output logits of C is a final output, given once a sequence, but train needs the "
+     "next token's logits at every step"),
+])
+def test_a_token_model_that_cannot_train_is_refused_before_it_starts(decls, message):
+    """What --dry-run passed and the first step then refused (an `input once`, with the
+    Python API's steps= in its message) or worded as a shape mismatch (a final output)."""
+    from rnndsl.cli.train import TrainError, _token_dims
+    from rnndsl.lang.specfile import read_spec
+    text = f"cell C {{\n  dims V\n  {decls}\n}}\n"
+    spec = read_spec("c.rnn", text=text).cells["C"]
+    with pytest.raises(TrainError) as info:
+        _token_dims(spec)
+    assert str(info.value).startswith(message)

@@ -111,3 +111,18 @@ def test_broken_rule_does_not_outlive_the_test():
     """monkeypatch restored the table: a fresh load checks clean again."""
     Cell = rnndsl.load(next(p for p in SPECS if p.stem == "elman"), target="interp")
     assert worst(gradcheck(Cell, T=3)).error < DEFAULT_TOLERANCE
+
+
+@pytest.mark.parametrize("inputs", ["input once x[I]", "input once x[I]\n  input z[H]"])
+def test_gradcheck_runs_cells_with_inputs_read_once(inputs):
+    """`input once` takes one vector a row, and a cell whose inputs are all `once` runs T
+    steps (`rnndsl gradcheck -T`): gradcheck refused the first and fed the second
+    (T, B, size) sequences."""
+    extra = " + z" if "z" in inputs else ""
+    text = (f"cell C {{\n  dims I, H\n  {inputs}\n  state h[H]\n  param W[H, I], U[H, H]\n"
+            f"  h' = tanh(W @ x + U @ h{extra})\n  output h'\n}}\n")
+    Cell = rnndsl.load_text(text, target="interp")
+    rows = gradcheck(Cell, T=3)
+    assert {r.what for r in rows} >= {"input x", "param U", "state h"}
+    bad = worst(rows)
+    assert bad.error < DEFAULT_TOLERANCE, _report(rows)

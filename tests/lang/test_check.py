@@ -893,3 +893,16 @@ def test_a_cell_name_is_at_most_64_characters():
     d = error(text)
     assert d.message.startswith("a cell name of 65 characters is too long: at most 64")
     assert checked(text.replace(name, name[:64])).name == name[:64]
+
+
+def test_a_layer_given_a_next_value_is_placed_not_an_internal_error():
+    """`l' = x` for a layer l: it was a KeyError inside the checker (rnndsl check's
+    'internal error', status 3)."""
+    text = ("cell In {\n  dims H\n  input x[H]\n  state h[H]\n  h' = tanh(x + h)\n"
+            "  output h'\n}\n"
+            "cell Out {\n  dims H\n  input x[H]\n  layer l = In(H = H)\n  output y = l(x)\n"
+            "  l' = x\n}\n")
+    with pytest.raises(CheckError) as info:
+        read_spec("layer_next.rnn", text=text)
+    assert "layer_next.rnn:13:3: error: 'l' is a layer, only states have a next value" \
+        in info.value.render()
