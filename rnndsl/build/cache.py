@@ -159,8 +159,9 @@ def warm_class(path, target: str, cell: str | None, off: tuple[str, ...] = ()):
         if not module_path.is_file():
             return None
         return getattr(load_built(module_path), entry["class"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError,
+            SyntaxError, NameError, ImportError):
+        return None          # stale, or the module damaged on disk: the slow way rebuilds
 
 
 def _shadowing_paths(spec_path: Path, uses: dict[str, str]) -> list[str]:

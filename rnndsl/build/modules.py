@@ -34,6 +34,10 @@ _TAKEN_NAMES = frozenset(sys.stdlib_module_names) | {
 
 # how much of a spec file's name a cached module's name keeps
 MAX_CACHED_STEM = 40
+# the longest module name `rnndsl build` writes: Numba's cache files beside the module
+# are named <module>.<kernel>-<line>.py311.nbi (a kernel's name is up to about 90
+# characters: a cell name is at most 64), and a file name holds at most 255 bytes
+MAX_MODULE_NAME = 100
 
 
 def module_file_name(spec_file: SpecFile) -> str:
@@ -43,6 +47,12 @@ def module_file_name(spec_file: SpecFile) -> str:
     name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in stem)
     if not name or name[0].isdigit() or keyword.iskeyword(name) or name in _TAKEN_NAMES:
         name = "cell_" + name
+    if len(name) > MAX_MODULE_NAME:
+        raise BuildError(f"{spec_file.source.path}: its module would be named after the "
+                         f"file, in {len(name)} characters, and Numba's cache files beside "
+                         "it, which add each kernel's name, could not be made (a file "
+                         f"name holds 255 bytes): name the spec file in at most "
+                         f"{MAX_MODULE_NAME} characters")
     return name + ".py"
 
 
@@ -68,11 +78,24 @@ def cached_module(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
     # add each kernel's name, longer than a file name may be
     stem = stem[:MAX_CACHED_STEM]
     path = cache_dir() / f"{stem}_{key.hexdigest()[:16]}.py"
-    if not path.is_file():
+
+    def build() -> None:
         try:
             write_module(build_source(spec_file, passes, target, variant), path)
         except OSError as exc:
             raise BuildError(f"cannot write the build cache at {path}: {exc.strerror}; "
                              "set RNNDSL_CACHE_DIR to a writable folder") from None
+    if not path.is_file():
+        build()
     remember_spec(spec_file, path)    # the module's classes read it, not the spec again
+    try:
+        module = load_built(path)
+        if all(hasattr(module, name) for name in getattr(module, "CELLS", ("CELLS",))):
+            return module
+    except Exception:     # noqa: BLE001 - its import failed: rebuilt below
+        pass
+    # damaged on disk (cut short by a full disk, edited by hand): rnndsl writes a module
+    # atomically, and one it wrote whole imports and defines every cell it lists
+    sys.modules.pop(module_name_for(path), None)
+    build()
     return load_built(path)

@@ -202,8 +202,19 @@ class Cell:
             raise BindError(f"{spec.name}({bound}): its params would take {size / 2**30:,.1f} "
                             "GiB, more than this machine can allocate") from None
         self.params: dict[str, np.ndarray] = {}
+        bound = ", ".join(f"{k}={v}" for k, v in self.dims.items())
         for d, view in zip(spec.params, views):
-            view[...] = _init_param(d, self._size(d), rng, self.dtype)
+            try:
+                with np.errstate(over="ignore"):      # refused below, by name
+                    view[...] = _init_param(d, self._size(d), rng, self.dtype)
+            except MemoryError:      # an initialiser draws in float64, then casts
+                raise BindError(f"{spec.name}({bound}): drawing param {d.name}'s start "
+                                "needs more memory than this machine can allocate") from None
+            if not np.isfinite(view).all():
+                raise BindError(f"{spec.name}({bound}): param {d.name}'s initialiser gives "
+                                f"values beyond {self.dtype.name}'s range (largest "
+                                f"{np.finfo(self.dtype).max:.3g}); give smaller values, or "
+                                "use dtype=np.float64")
             self.params[d.name] = view
 
     # ------------------------------------------------------------------ binding

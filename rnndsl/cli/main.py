@@ -131,6 +131,7 @@ def cmd_graph(args) -> int:
     from ..ir.grad import grad_step, grad_unrolled
     from ..ir.graph import lower, unroll
     from ..lang.specfile import read_spec
+    cli_args.writable_file("-o", args.output)
     spec = read_spec(args.file).pick(args.cell)
     if spec.sequence_layers:
         raise UsageError(f"cell {spec.name} is a network of parts (layers run over whole "
@@ -582,6 +583,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {where}{exc.strerror}", file=sys.stderr)
         if args.debug:
             traceback.print_exc()
+        return EXIT_USAGE
+    except MemoryError as exc:   # the machine's limit, not a bug: say what to shrink
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: out of memory{f' ({exc})' if str(exc) else ''}: this machine cannot "
+              "hold what the command needs; use smaller dims (--dims), fewer rows (--batch) "
+              "or shorter sequences (--seq)", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # a bug: say so plainly, keep the traceback behind --debug
         if args.debug:

@@ -214,14 +214,19 @@ def _prepare(args) -> _Plan:
         except ImportError:
             raise TrainError("--plot needs matplotlib: pip install 'rnndsl[plot]' (or "
                              "pip install matplotlib)") from None
-    for option, value in (("--plot", args.plot), ("--json", args.json),
-                          ("--checkpoint", args.checkpoint), ("--best", args.best)):
+    if args.resume and args.force:
+        raise cli_args.UsageError("--resume continues the --checkpoint and --force starts "
+                                  "afresh over it: give one of them")
+    outputs = (("--plot", args.plot), ("--json", args.json),
+               ("--checkpoint", args.checkpoint), ("--best", args.best))
+    for option, value in outputs:
         cli_args.writable_file(option, value, TrainError)
     schedule = _schedule(args)
     if args.minutes is None and args.steps is None:
         args.minutes = 3.0
     dtype = np.dtype(args.dtype)
     Cell = _load_class(args.spec, args.cell, args.target)
+    _outputs_apart_from_inputs(args, outputs)   # a checkpoint given as the spec: named above
     x_name, y_name, vocab_dim = _token_dims(Cell.spec)
     given = args.dims or {}
     _bind(Cell.spec, vocab_dim, 1, {k: v for k, v in given.items() if k != vocab_dim})
@@ -295,6 +300,24 @@ def _schedule(args):
         gamma = DEFAULT_DECAY_GAMMA if args.decay_gamma is None else args.decay_gamma
         return StepDecay(warmup=args.warmup, every=args.decay_every, gamma=gamma)
     return Constant(warmup=args.warmup)
+
+
+def _outputs_apart_from_inputs(args, outputs) -> None:
+    """No file train writes may be the spec or the corpus it reads: --force would
+    overwrite them with a checkpoint (or a JSON, or a PNG)."""
+    inputs = [("the spec", args.spec)]
+    if args.corpus and Path(args.corpus).is_file():
+        inputs.append(("the corpus", args.corpus))
+    if args.checkpoint and not args.best:
+        ckpt = Path(args.checkpoint)
+        outputs = (*outputs, ("the best checkpoint (from --checkpoint)", str(ckpt.with_name(
+            f"{ckpt.stem}.best{ckpt.suffix or '.npz'}"))))
+    for option, value in outputs:
+        for what, path in inputs:
+            if value and Path(path).is_file() and Path(value).resolve() == \
+                    Path(path).resolve():
+                raise cli_args.UsageError(f"{option} {value} is {what} that train reads; "
+                                          "name another file")
 
 
 def _best(args, checkpoint: Path, resuming: bool, val_chars: int):

@@ -24,8 +24,11 @@ def write_atomically(path: Path, data: bytes) -> None:
     leaves the previous file intact and no temporary file behind. The file gets the
     mode `open()` would give it (0o666 less the umask), not mkstemp's owner-only 0o600,
     so a build folder can be shared as any other."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:    # named by the file meant, not by the temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:

@@ -283,7 +283,14 @@ def _own_cell(spec_path, name: str) -> str | None:
     (then `load` picks the file's only cell, or says which to choose)."""
     from ..lang.specfile import read_spec
     spec_file = read_spec(spec_path)
-    return name if name in {**spec_file.used, **spec_file.cells} else None
+    everything = {**spec_file.used, **spec_file.cells}
+    if name in everything:
+        return name
+    if len(spec_file.cells) > 1 or (not spec_file.cells and len(spec_file.used) > 1):
+        raise CheckpointError(f"{spec_path} has no cell {name}, the cell the checkpoint "
+                              f"holds; it has {', '.join(everything)}: give a spec file "
+                              f"that defines {name}")
+    return None
 
 
 def _refuse_other_class(path, header: dict, cls, dims: dict) -> None:

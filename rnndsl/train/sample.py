@@ -93,7 +93,11 @@ class Sampling:
 
     def probabilities(self, logp: np.ndarray) -> np.ndarray:
         """The (B, V) float64 distribution each row is drawn from."""
-        z = log_softmax(np.asarray(logp, dtype=np.float64) / self.temperature)
+        z = np.asarray(logp, dtype=np.float64)
+        # the likeliest token at exactly 0 before dividing: at a tiny temperature the
+        # others go to -inf, never all of them (which made NaNs and a random draw)
+        with np.errstate(over="ignore"):
+            z = log_softmax((z - z.max(axis=1, keepdims=True)) / self.temperature)
         if self.k is not None and self.k < z.shape[1]:
             order = np.argsort(-z, axis=1, kind="stable")
             np.put_along_axis(z, order[:, self.k:], -np.inf, axis=1)

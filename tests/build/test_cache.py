@@ -140,3 +140,25 @@ def test_a_long_spec_file_name_makes_a_short_cached_module_name(tmp_path, monkey
     module = cached_module(read_spec(spec))
     stem = Path(module.__file__).stem
     assert stem.startswith("e" * MAX_CACHED_STEM + "_") and len(stem) == MAX_CACHED_STEM + 17
+
+
+def test_a_damaged_cached_module_is_built_again(tmp_path):
+    """A cached module cut short on disk (a full disk, a crash of another program) made
+    every later load raise a raw SyntaxError (`rnndsl gradcheck`: internal error); the
+    next load now builds it again. Each process only loads the class: nothing compiles."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), RNNDSL_CACHE_DIR=str(tmp_path))
+    probe = "import sys, rnndsl; print(rnndsl.load(sys.argv[1]).__name__)"
+    spec = str(REPO / "specs" / "elman.rnn")
+
+    def load() -> str:
+        out = subprocess.run([sys.executable, "-c", probe, spec], cwd=REPO, env=env,
+                             text=True, capture_output=True, timeout=600, check=False)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout.strip()
+    assert load() == "Elman"
+    module, = tmp_path.glob("elman_*.py")
+    whole = module.read_text()
+    for damaged in (whole[:len(whole) // 2], whole[:whole.index("\nSPEC_FILES")]):
+        module.write_text(damaged)          # cut inside a string; cut between definitions
+        assert load() == "Elman"
+        assert module.read_text() == whole

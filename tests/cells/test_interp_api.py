@@ -528,3 +528,21 @@ def test_every_target_has_one_record_that_resolves(name):
     if record.compiled:
         assert callable(targets.resolve(record.emitter))
         assert targets.resolve(record.dialect).target == name
+
+
+@pytest.mark.parametrize("init", ["~ 1e300", "~ uniform(-1e300, 1e300)", "~ normal(0, 1e308)"])
+def test_an_initialiser_beyond_the_dtypes_range_is_refused_by_name(init):
+    """Such a start became inf in float32 (the default dtype) with only NumPy's cast
+    warning, and every forward gave NaN; float64 holds it."""
+    import warnings
+    text = (f"cell C {{\n  dims H\n  input x[H]\n  param k[H] {init}\n"
+            "  output y = x * 0 + k\n}\n")
+    C = rnndsl.load_text(text, target="interp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(BindError, match=r"C\(H=3\): param k's initialiser gives values "
+                           r"beyond float32's range \(largest 3.4e\+38\); give smaller "
+                           r"values, or use dtype=np.float64"):
+            C(H=3)
+    if "normal" not in init:        # a normal of std 1e308 overflows float64 too, at times
+        assert np.isfinite(C(H=3, dtype=np.float64).params["k"]).all()

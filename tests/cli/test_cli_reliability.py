@@ -358,7 +358,8 @@ def test_specs_lists_every_shipped_spec(capsys):
 ])
 def test_a_path_that_cannot_be_written_is_a_user_error(capsys, argv):
     code, _, err = run(argv, capsys)
-    assert code == 2 and "error: /dev/null" in err and "internal error" not in err
+    assert code == 2 and "internal error" not in err
+    assert "error: /dev/null" in err or "the folder /dev/null does not exist" in err
 
 
 def test_a_carried_shipped_spec_wins_in_another_install(tmp_path, monkeypatch):
@@ -448,3 +449,78 @@ def test_check_refuses_a_cell_name_the_built_module_takes(tmp_path, capsys, name
     assert code == 2
     assert (f"clash.rnn:6:6: error: '{name}' cannot name a cell: the generated module "
             "already uses that name for its own code") in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--checkpoint", "char_lstm.rnn", "--force"],
+     "--checkpoint char_lstm.rnn is the spec that train reads; name another file"),
+    (["--checkpoint", "corpus.txt", "--force"],
+     "--checkpoint corpus.txt is the corpus that train reads; name another file"),
+    (["--json", "char_lstm.rnn"], "--json char_lstm.rnn is the spec that train reads"),
+    (["--best", "corpus.txt"], "--best corpus.txt is the corpus that train reads"),
+    (["--resume", "--force"], "--resume continues the --checkpoint and --force starts "
+                              "afresh over it: give one of them"),
+])
+def test_train_never_writes_over_what_it_reads(folder, capsys, extra, message):
+    """--force replaced the spec (or the corpus) with a zip when --checkpoint named it;
+    --resume --force resumed and ignored --force."""
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    code, out, err = run(["train", "char_lstm.rnn", "--corpus", "corpus.txt", "--steps", 1,
+                          *SMALL, *extra], capsys)
+    assert code == 2 and message in err, err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_running_out_of_memory_is_a_user_error_not_a_bug(capsys, monkeypatch):
+    """A MemoryError past the up-front size checks (an initialiser drawing in float64
+    what fits in float32, a training step's buffers) said 'internal error ... a bug in
+    rnndsl' with status 3."""
+    import rnndsl.cells.base as base
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 6.71 GiB")
+    monkeypatch.setattr(base, "_init_param", no_memory)
+    code, _, err = run(["gradcheck", SPEC, "--target", "interp"], capsys)
+    assert code == 2 and "internal error" not in err
+    assert "'s start needs more memory than this machine can allocate" in err
+    monkeypatch.setattr(base.Cell, "__init__", no_memory)
+    code, _, err = run(["gradcheck", SPEC, "--target", "interp"], capsys)
+    assert code == 2 and "internal error" not in err
+    assert "error: out of memory (Unable to allocate 6.71 GiB): this machine cannot hold" \
+        in err
+
+
+def test_graph_refuses_a_missing_folder_and_build_names_the_file_it_cannot_write(
+        tmp_path, capsys, monkeypatch):
+    """`rnndsl graph -o /nonexistent/g.dot` made /nonexistent (train refuses a missing
+    folder); a build into a folder it may not write named its temporary file."""
+    code, _, err = run(["graph", REPO / "specs" / "elman.rnn", "-o",
+                        tmp_path / "missing" / "g.dot"], capsys)
+    assert code == 2 and "the folder" in err and "missing does not exist" in err
+    assert not (tmp_path / "missing").exists()
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".elman.abc.tmp"))
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    code, _, err = run(["build", REPO / "specs" / "elman.rnn", "-o", tmp_path / "out"], capsys)
+    assert code == 2 and f"error: {tmp_path / 'out' / 'elman.py'}: Permission denied" in err
+    assert ".tmp" not in err
+
+
+def test_build_refuses_a_module_name_too_long_for_numbas_cache_files(tmp_path, capsys):
+    """A 240-character spec file name built a module whose first call failed with
+    OSError: File name too long (Numba's cache file names add the kernel's name)."""
+    from rnndsl.build.modules import MAX_MODULE_NAME
+    text = (REPO / "specs" / "elman.rnn").read_text()
+    long, short = (tmp_path / ("b" * n + ".rnn") for n in (MAX_MODULE_NAME + 1,
+                                                           MAX_MODULE_NAME))
+    long.write_text(text)
+    short.write_text(text)
+    code, _, err = run(["build", long, "-o", tmp_path / "out"], capsys)
+    assert code == 2 and f"in {MAX_MODULE_NAME + 1} characters" in err
+    assert f"name the spec file in at most {MAX_MODULE_NAME} characters" in err
+    assert not (tmp_path / "out").exists()
+    code, out, err = run(["build", short, "-o", tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "out" / ("b" * MAX_MODULE_NAME + ".py")).is_file()

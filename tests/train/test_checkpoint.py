@@ -239,3 +239,17 @@ def test_peek(Mixer, tmp_path):
     with zipfile.ZipFile(tmp_path / "ck.npz") as z:              # no pickle inside
         assert all(not name.endswith(".pkl") for name in z.namelist())
     assert checkpoint.FORMAT == "rnndsl-checkpoint"
+
+
+def test_a_spec_file_without_the_checkpoints_cell_names_it(Mixer, tmp_path):
+    """`rnndsl sample CKPT --spec FILE` where FILE defines several cells, none of them the
+    checkpoint's: the error pointed to a --cell option that sample does not have."""
+    cell, opt = trained(Mixer)
+    save(tmp_path / "m.npz", cell, optimizer=opt)
+    spec = tmp_path / "two.rnn"
+    spec.write_text(OTHER + OTHER.replace("cell Blender", "cell Shaker"))
+    info = peek(tmp_path / "m.npz")
+    with pytest.raises(CheckpointError, match=r"two.rnn has no cell Mixer, the cell the "
+                       r"checkpoint holds; it has Blender, Shaker: give a spec file that "
+                       r"defines Mixer"):
+        checkpoint.cell_class(info, target="interp", spec_path=spec)

@@ -542,3 +542,19 @@ def test_a_wide_beam_with_two_stop_ids_is_brute_force():
 def test_bad_stop_ids_are_refused(stop, message):
     with pytest.raises(SampleError, match=message):
         Sampler(tiny(seed=1)).generate(3, greedy(), prime=[0], stop=stop)
+
+
+@pytest.mark.parametrize("t", [1e-308, 5e-324, 1e-5])
+def test_a_tiny_temperature_draws_the_likeliest_token_without_warnings(t):
+    """logp / t overflowed every entry to -inf at t = 1e-308 (log-softmax's largest value
+    is just below 0), so the draw was made from NaNs: a random token and two NumPy
+    RuntimeWarnings, where a temperature near 0 approaches greedy."""
+    import warnings
+    from rnndsl.train.sample import log_softmax, temperature
+    logp = log_softmax(np.random.default_rng(0).normal(size=(5, 9)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        probs = temperature(t).probabilities(logp)
+        drawn = temperature(t)(logp, np.random.default_rng(1))
+    np.testing.assert_array_equal(drawn, logp.argmax(axis=1))
+    np.testing.assert_allclose(probs.max(axis=1), 1.0)
