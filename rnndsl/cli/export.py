@@ -3,8 +3,9 @@ checkpoint) -> a model file other tools open. One format today: ONNX
 (rnndsl.interop.onnx_export; docs/onnx.md).
 
 Every argument is checked before any work, each refusal naming its option, exit 2: the
-output exists (without --force) or is a folder, the format is unknown, onnx is not
-installed, the spec or --cell or --params cannot be read, a dim is missing or unknown.
+output exists (without --force), is a folder or is in a folder that does not exist, the
+format is unknown, onnx is not installed, the spec or --cell or --params cannot be read,
+a dim is missing or unknown.
 The file is written atomically: a failure leaves no file and any previous one intact.
 """
 
@@ -26,6 +27,7 @@ def cmd_export(args) -> int:
     if out.is_dir():
         raise UsageError(f"-o {out}: is a folder; name the file to write, like "
                          f"{out / 'model.onnx'}")
+    cli_args.writable_file("-o", args.output)     # a missing folder is not made
     if out.exists() and not args.force:
         raise UsageError(f"-o {out}: exists; overwrite it with --force, or name another file")
     if args.operators and args.scan:

@@ -36,7 +36,13 @@ import numpy as np
 
 from ..cells.base import Cell
 from ..cells.directions import Directional
-from ..core.errors import BindError
+from ..cells.network import NetworkCell
+from ..core.errors import BindError, TargetError
+
+SECOND_DERIVATIVE = (
+    "rnndsl.jax differentiates once, in reverse mode: differentiating a gradient that went "
+    "through a cell (jax.hessian, grad of grad, jax.jvp of a VJP) would need the derivative "
+    "of its BPTT kernels, which rnndsl does not make")
 
 
 def params(cell: Cell) -> dict[str, jax.Array]:
@@ -98,11 +104,12 @@ def function(cell: Cell):
 
 
 def _check_cell(cell) -> None:
-    if not isinstance(cell, (Cell, Directional)):
+    if not isinstance(cell, (Cell, Directional, NetworkCell)):
         raise BindError(f"rnndsl.jax needs a cell (an instance: Cell(I=..., H=...)), got "
                         f"{type(cell).__name__}" + (
                             ": instantiate the class with its dims first"
-                            if isinstance(cell, type) and issubclass(cell, Cell) else ""))
+                            if isinstance(cell, type) and issubclass(cell, (Cell, NetworkCell))
+                            else ""))
 
 
 def _twin(cell):
@@ -118,6 +125,20 @@ def _check_x64(cell: Cell) -> None:
         raise BindError(f"{cell!r} is float64, but JAX runs in float32 unless told: call "
                         "jax.config.update('jax_enable_x64', True) first, or make the "
                         "cell with dtype=np.float32")
+
+
+def _once(callback):
+    """`callback` (a pure_callback, which JAX cannot differentiate) with a JVP rule that
+    raises rnndsl's TargetError: differentiating the forward's or the backward's callback
+    (jax.hessian, grad of grad) is a second derivative, where JAX's own message would
+    advise a custom_jvp."""
+    call = jax.custom_jvp(callback)
+
+    @call.defjvp
+    def refuse(primals, tangents):
+        raise TargetError(SECOND_DERIVATIVE)
+
+    return call
 
 
 def _float0(value) -> np.ndarray:
@@ -295,8 +316,9 @@ class _Runner:
             return ({o.name: run.outputs[o.name] for o in self.outputs},
                     {n: run.state[n] for n in self.states})
 
-        return jax.pure_callback(host, self._result_shapes(inputs, lengths, steps), params,
-                                 inputs, state, lengths, vmap_method="sequential")
+        return _once(lambda *args: jax.pure_callback(
+            host, self._result_shapes(inputs, lengths, steps), *args,
+            vmap_method="sequential"))(params, inputs, state, lengths)
 
     def backward(self, params, inputs, state, lengths, steps, d_outputs, d_state):
         """The VJP: forward again from the residuals, then the cell's backward; int
@@ -321,9 +343,9 @@ class _Runner:
             {n: jax.ShapeDtypeStruct(v.shape, self.dtype) for n, v in params.items()},
             {n: jax.ShapeDtypeStruct(inputs[n].shape, self.dtype) for n in floats},
             {n: jax.ShapeDtypeStruct(v.shape, self.dtype) for n, v in state.items()})
-        d_params, d_inputs, d_state0 = jax.pure_callback(
-            host, shapes, params, inputs, state, lengths, d_outputs, d_state,
-            vmap_method="sequential")
+        d_params, d_inputs, d_state0 = _once(lambda *args: jax.pure_callback(
+            host, shapes, *args, vmap_method="sequential"))(
+                params, inputs, state, lengths, d_outputs, d_state)
         d_inputs = {n: d_inputs[n] if n in d_inputs else _float0(v)
                     for n, v in inputs.items()}
         d_lengths = None if lengths is None else _float0(lengths)

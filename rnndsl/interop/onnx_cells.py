@@ -176,10 +176,13 @@ def _activations(operator: str, attrs: dict, n_dirs: int, where: str):
                 raise OnnxImportError(f"{where}: {label} holds {v!r}, not a finite number")
     out = []
     for name in names:
-        canonical = _BY_LOWER.get(name.lower())
+        canonical = name if name in _USES else None
         if canonical is None:
+            near = _BY_LOWER.get(name.lower())
             raise OnnxImportError(f"{where}: activations holds {name!r}, not one of "
-                                  f"{', '.join(ACTIVATIONS)}")
+                                  f"{', '.join(ACTIVATIONS)}" + (
+                                      f" (the names are case-sensitive, as onnxruntime reads "
+                                      f"them: write {near!r})" if near else ""))
         uses_alpha, uses_beta = _USES[canonical]
         alpha, beta = _DEFAULTS.get(canonical, (0.0, 0.0))
         if uses_alpha and alphas:

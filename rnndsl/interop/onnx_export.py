@@ -66,14 +66,37 @@ def export(cell, path, *, operators: bool | None = None):
     always writes a Scan over the cell's equations; None (the default) uses them in
     float32, and a Scan in float64, since onnxruntime's CPU kernels of those
     operators take float32 only."""
+    if not isinstance(path, (str, Path)):
+        raise ExportError(f"export writes to a path (a str or a pathlib.Path), got "
+                          f"{type(path).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path}: is a folder; name the file to write, like "
+                          f"{path / 'model.onnx'}")
+    if not path.parent.is_dir():          # a typo in a folder's name makes no folders
+        raise ExportError(f"{path}: the folder {path.parent} does not exist; create it "
+                          "first, or name a file in a folder that exists")
     model = to_model(cell, operators=operators)
-    write_atomically(Path(path), model.SerializeToString())
+    write_atomically(path, model.SerializeToString())
     return model
+
+
+def _check_params_finite(cell) -> None:
+    """A NaN or inf param would make every output NaN in whatever runs the model."""
+    for name, value in cell.params.items():
+        value = np.asarray(value)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            where = tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])
+            raise ExportError(f"param {name} has a non-finite value ({value[where]}) at "
+                              f"index {where}; the model would compute it into every "
+                              "output: set the param to finite values before exporting")
 
 
 def to_model(cell, *, operators: bool | None = None):
     """The ONNX model of `cell` (see the module docstring)."""
     from onnx import helper
+    if isinstance(cell, (Cell, Directional, NetworkCell)):
+        _check_params_finite(cell)
     if isinstance(cell, NetworkCell):     # its parts, each through this function
         return network_model(cell, lambda part: to_model(part, operators=operators))
     if not isinstance(cell, (Cell, Directional)):

@@ -55,7 +55,14 @@ def _read_model(path_or_model):
     if isinstance(path_or_model, onnx.ModelProto):
         return path_or_model
     if isinstance(path_or_model, (bytes, bytearray)):
-        return onnx.load_from_string(bytes(path_or_model))
+        try:
+            return onnx.load_from_string(bytes(path_or_model))
+        except Exception as exc:      # a protobuf parse error: not a model
+            raise OnnxImportError(f"the {len(path_or_model)} bytes given are not an ONNX "
+                                  f"model ({exc})") from None
+    if not isinstance(path_or_model, (str, Path)):
+        raise OnnxImportError(f"InferenceSession takes a path, bytes or an onnx.ModelProto, "
+                              f"got {type(path_or_model).__name__}")
     path = Path(path_or_model)
     if not path.is_file():
         raise OnnxImportError(f"{path}: no such ONNX model file")
@@ -63,6 +70,26 @@ def _read_model(path_or_model):
         return onnx.load(str(path))
     except Exception as exc:      # a protobuf parse error: not a model
         raise OnnxImportError(f"{path}: not an ONNX model ({exc})") from None
+
+
+# The type ONNX's operators give each attribute: one of another type (clip=1, an INT)
+# is an invalid model, which onnxruntime and onnx.checker refuse.
+_ATTRIBUTE_TYPES = {"activation_alpha": "FLOATS", "activation_beta": "FLOATS",
+                    "activations": "STRINGS", "clip": "FLOAT", "direction": "STRING",
+                    "hidden_size": "INT", "layout": "INT", "input_forget": "INT",
+                    "linear_before_reset": "INT"}
+
+
+def _check_types(node, where: str) -> None:
+    from onnx import AttributeProto, helper
+    for a in node.attribute:
+        want = _ATTRIBUTE_TYPES.get(a.name)
+        got = AttributeProto.AttributeType.Name(a.type)
+        if want is not None and got != want:
+            raise OnnxImportError(
+                f"{where}: attribute {a.name}={helper.get_attribute_value(a)!r} is {got}, "
+                f"but ONNX's {node.op_type} takes {a.name} as {want} (onnxruntime refuses "
+                f"the model too): write it as {want}")
 
 
 def _node_arg(value_info) -> NodeArg:
@@ -96,9 +123,20 @@ class _Recurrent:
             self._instances[key] = self.classes[d](I=I, H=H, dtype=dtype, seed=0)
         return self._instances[key]
 
+    def label(self, slot: str) -> str:
+        """How a message names one of the node's inputs: its slot, and the model's name
+        for it where that differs (`initial_h 'h0'`)."""
+        name = dict(zip(_INPUTS[self.node.op_type], self.node.input)).get(slot, slot)
+        return slot if name == slot else f"{slot} {name!r}"
+
     def run(self, ins: dict) -> list:
         """The node's outputs (Y, Y_h[, Y_c]) from its inputs by ONNX's slot names."""
         c = self.config
+        for slot, a in ins.items():    # named here as the model names them, not as the cell
+            if slot != "sequence_lens" and a.dtype.kind == "f" and not np.isfinite(a).all():
+                where = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+                raise BindError(f"{c.where}: {self.label(slot)} has a non-finite value "
+                                f"({a[where]}) at index {where}")
         X, H, starts, lengths = self._read(ins)
         ys, finals = [], {s: [] for s in STATES[c.operator]}
         for d, direction in enumerate(c.directions):
@@ -136,6 +174,11 @@ class _Recurrent:
         D, G = len(c.directions), len(GATES[c.operator])
         W, R = _float_input(ins, "W", where), _float_input(ins, "R", where)
         H = c.hidden_size or (W.shape[1] // G if W.ndim == 3 else 0)
+        if W.ndim == 3 and W.shape[:2] == (D, G * H) and W.shape[2] != I:
+            want = (B, T, W.shape[2]) if c.layout == 1 else (T, B, W.shape[2])
+            raise BindError(f"{where}: {self.label('X')} is {ins['X'].shape} but must be "
+                            f"{want}: its last axis is the input size of W "
+                            f"{tuple(W.shape)}")
         _expect(W, "W", (D, G * H, I), where)
         _expect(R, "R", (D, G * H, H), where)
         _expect(ins.get("B"), "B", (D, 2 * G * H), where)
@@ -214,6 +257,8 @@ class InferenceSession:
         self._initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self._inputs = [_node_arg(v) for v in graph.input if v.name not in self._initializers]
         self._outputs = [_node_arg(v) for v in graph.output]
+        self._types = {v.name: v.type.tensor_type.elem_type for v in graph.input
+                       if v.name not in self._initializers}
         self._nodes: list = []
         self.cells: dict[str, str] = {}
         self.cell_classes: dict[str, type] = {}
@@ -232,6 +277,7 @@ class InferenceSession:
                     f"(RNN, LSTM, GRU, and between them {', '.join(sorted(GLUE))})")
 
     def _recurrent(self, node, where: str, load_text) -> _Recurrent:
+        _check_types(node, where)
         config = read_config(node.op_type, _attributes(node), where)
         if node.op_type == "LSTM" and len(node.input) > 7 and node.input[7]:
             config = replace(config, peepholes=True)
@@ -281,6 +327,7 @@ class InferenceSession:
                 raise BindError(f"the model has no input {name!r}; its inputs: "
                                 f"{', '.join(a.name for a in self._inputs)}")
             values[name] = np.asarray(value)
+            _check_feed_type(name, values[name], self._types.get(name))
         missing = [a.name for a in self._inputs if a.name not in values]
         if missing:
             raise BindError(f"missing input{'s' if len(missing) > 1 else ''}: "
@@ -328,6 +375,20 @@ class InferenceSession:
         for key, value in split_weights(rec.node.op_type, d, W, R, B, P, H, dtype).items():
             cell.params[key] = value
         return cell
+
+
+def _check_feed_type(name: str, value: np.ndarray, elem: int | None) -> None:
+    """A fed array has the element type the model declares for the input, as
+    onnxruntime requires ("Unexpected input data type"); an undeclared type takes any."""
+    from onnx import TensorProto, helper
+    if not elem:
+        return
+    want = np.dtype(helper.tensor_dtype_to_np_dtype(elem))
+    if value.dtype != want:
+        onnx_name = TensorProto.DataType.Name(elem).lower()
+        raise BindError(f"input {name!r} is {value.dtype} but the model declares it "
+                        f"tensor({onnx_name}), {want.name}: convert it with "
+                        f".astype(np.{want.name})")
 
 
 def _value(values: dict, name: str, where: str):

@@ -213,7 +213,13 @@ def _pad(e, step, nid, args):
 
 
 def _hard_sigmoid(e, step, nid, args):
+    """HardSigmoid in float32; in float64 min(max(alpha * a + beta, 0), 1) with constants
+    of the model's dtype, since HardSigmoid's alpha and beta are float32 attributes (0.2
+    would be 0.20000000298..., an error of 1e-9 where float64 exports hold 1e-12)."""
     alpha, beta = hard_sigmoid_coefficients(step.graph[nid].attrs)
+    if np.dtype(e.dtype) != np.float32:
+        line = e.b.op("Add", [e.b.op("Mul", [args[0], e.scalar(alpha)]), e.scalar(beta)])
+        return e.b.op("Min", [e.b.op("Max", [line, e.scalar(0.0)]), e.scalar(1.0)])
     return e.b.op("HardSigmoid", args, alpha=alpha, beta=beta)
 
 

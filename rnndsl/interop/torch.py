@@ -336,6 +336,9 @@ def reverse_in_lengths(seq: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return _Reverse.apply(seq, rows)
 
 
+# torch.compile (dynamo) traces what it calls, NumPy included, and the cell's host code
+# is no graph it can take: it runs eagerly, a graph break, and the model around it compiles
+@torch.compiler.disable
 def run_cell(cell: Cell, inputs: dict, state: dict, params: dict, lengths=None,
              reverse: bool = False, dropout: int | None = None) -> tuple[dict, dict]:
     """One direction of a cell over time-major tensors: (outputs, final states), by name.

@@ -54,6 +54,33 @@ def _mode_of(m: torch.nn.Module) -> str:
     return m.mode
 
 
+def _check_config(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                  bidirectional, proj_size) -> None:
+    """What torch.nn.RNNBase refuses at construction, refused as a BindError before any
+    cell is made (else it shows later, as a misleading error or not at all)."""
+    if mode not in _TORCH_CLASSES:
+        raise BindError(f"mode {mode!r} is not one of: " + ", ".join(_TORCH_CLASSES))
+    for key, value, least in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
+                              ("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise BindError(f"{key} must be an int, got {type(value).__name__}")
+        if value < least:
+            raise BindError(f"{key} is {value} but must be at least {least}, as in torch")
+    for key, value in (("bias", bias), ("batch_first", batch_first),
+                       ("bidirectional", bidirectional)):
+        if not isinstance(value, bool):
+            raise BindError(f"{key} must be a bool, got {type(value).__name__}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or \
+            not 0 <= dropout <= 1:
+        raise BindError(f"dropout is {dropout!r} but must be a number in [0, 1] (the "
+                        "probability of zeroing a unit between layers), as in torch")
+    if proj_size and mode != "LSTM":
+        raise BindError("proj_size is for mode 'LSTM' only, as in torch")
+    if proj_size >= hidden_size:
+        raise BindError(f"proj_size is {proj_size} but must be smaller than hidden_size "
+                        f"({hidden_size}), as in torch")
+
+
 def from_torch(m: torch.nn.Module, *, target: str = "cpu") -> "TorchRNN":
     """An rnndsl `TorchRNN` computing what the torch.nn.RNN / LSTM / GRU `m` computes,
     with a copy of its weights (same names, shapes, dtype), on `target`'s kernels.
@@ -105,10 +132,8 @@ class TorchRNN(torch.nn.Module):
                  bidirectional: bool = False, proj_size: int = 0, *, target: str = "cpu",
                  dtype=torch.float32):
         super().__init__()
-        if mode not in _TORCH_CLASSES:
-            raise BindError(f"mode {mode!r} is not one of: " + ", ".join(_TORCH_CLASSES))
-        if proj_size and mode != "LSTM":
-            raise BindError("proj_size is for mode 'LSTM' only, as in torch")
+        _check_config(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                      bidirectional, proj_size)
         self.mode, self.input_size, self.hidden_size = mode, input_size, hidden_size
         self.num_layers, self.bias, self.batch_first = num_layers, bias, batch_first
         self.dropout, self.bidirectional, self.proj_size = float(dropout), bidirectional, \
@@ -167,6 +192,36 @@ class TorchRNN(torch.nn.Module):
                 extra.append(f"{key}={getattr(self, key)}")
         return ", ".join(extra)
 
+    # ------------------------------------------------------------------ torch's RNNBase API
+    def flatten_parameters(self) -> None:
+        """A no-op, for code written for torch's modules (`self.rnn.flatten_parameters()`):
+        torch packs cuDNN's weights into one buffer here; rnndsl's cells read each
+        parameter's own memory at every call, so there is nothing to pack."""
+
+    @property
+    def nonlinearity(self) -> str:
+        """An RNN's "tanh" or "relu", as torch.nn.RNN has it (LSTM and GRU have none)."""
+        if not self.mode.startswith("RNN_"):
+            raise AttributeError(f"a TorchRNN of mode {self.mode} has no nonlinearity, as "
+                                 f"torch.nn.{_TORCH_CLASSES[self.mode]} has none")
+        return self.mode[4:].lower()
+
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        return [name for name, _ in self.named_parameters()]
+
+    @property
+    def _flat_weights(self) -> list[torch.nn.Parameter]:
+        return list(self.parameters())
+
+    @property
+    def all_weights(self) -> list[list[torch.nn.Parameter]]:
+        """The parameters grouped by layer and direction, in torch's order: [[weight_ih_l0,
+        weight_hh_l0, bias_ih_l0, bias_hh_l0], [weight_ih_l0_reverse, ...], ...]."""
+        return [[getattr(self, self.torch_name(d.name, layer, suffix))
+                 for d in self.cell_class.spec.params]
+                for layer in range(self.num_layers) for suffix in self.suffixes]
+
     def _cell(self, layer: int, suffix: str, dtype) -> Cell:
         """A layer's cell for a direction (suffix "both": over both, `both_at_once`)."""
         key = (layer, suffix, dtype.str)
@@ -183,6 +238,9 @@ class TorchRNN(torch.nn.Module):
             if lengths is not None:
                 raise BindError("a PackedSequence carries its lengths: pass lengths=None")
             x, lengths = pad_packed_sequence(input, batch_first=self.batch_first)
+        elif not isinstance(input, torch.Tensor):
+            raise BindError(f"input must be a torch.Tensor or a PackedSequence, got "
+                            f"{type(input).__name__}")
         else:
             x = input
         unbatched = x.dim() == 2
@@ -235,6 +293,9 @@ class TorchRNN(torch.nn.Module):
         if lstm != isinstance(hx, (tuple, list)):
             raise BindError("hx must be a tuple (h_0, c_0) for an LSTM" if lstm else
                             f"hx must be one tensor for mode {self.mode}")
+        if lstm and len(hx) != 2:
+            raise BindError(f"hx must be a tuple (h_0, c_0) for an LSTM, got a "
+                            f"{type(hx).__name__} of {len(hx)}")
         named = dict(zip(("h", "c"), hx)) if lstm else {"h": hx}
         sizes = {"h": self.out_size, "c": self.hidden_size}
         for key, t in named.items():
@@ -257,6 +318,8 @@ class TorchRNN(torch.nn.Module):
         finals = []
         both = len(self.suffixes) == 2 and both_at_once(self.target)
         for layer in range(self.num_layers):
+            if layer:
+                _check_finite(x, layer)
             outs = []
             if both:      # one call over both directions: at once, one a core
                 cell = self._cell(layer, "both", dtype)
@@ -322,6 +385,19 @@ class TorchRNN(torch.nn.Module):
         super().__setstate__(state)
         path, name = torch_spec(self.mode, self.bias, self.proj_size > 0)
         self.cell_class = load(path, target=self.target, cell=name)
+
+
+def _check_finite(x: torch.Tensor, layer: int) -> None:
+    """Layer `layer`'s input, the output of the layer under it, is finite: the cell would
+    refuse it as its "input x", which the caller never gave (torch.nn.RNN passes an inf
+    on where a layer overflows; rnndsl checks what crosses into each of its cells)."""
+    bad = ~torch.isfinite(x.detach())
+    if bad.any():
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        raise BindError(f"layer {layer - 1}'s output (the input of layer {layer}) has a "
+                        f"non-finite value ({x.detach()[where].item()}) at index {where} "
+                        "(step, batch, feature), though the input was finite: layer "
+                        f"{layer - 1} overflowed; use smaller weights or inputs, or float64")
 
 
 def _map_state(state, f):

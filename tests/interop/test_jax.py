@@ -159,6 +159,55 @@ def test_a_two_way_cell_matches_its_own_forward_and_finite_differences(x64, targ
                 order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
 
 
+NETWORK = f"""use "{SPECS / 'lstm.rnn'}"
+cell Net {{
+  dims V, H, K
+  input x[V]
+  state s[K]
+  layer l1 = bidirectional LSTM(I = V, H = H)
+  param W[K, 2 * H], U[K, K]
+  s' = tanh(W @ l1(x) + U @ s)
+  output s'
+}}
+"""
+
+
+def test_a_network_cell_matches_its_own_forward_and_finite_differences(x64):
+    """A network cell (layers run over whole sequences: cells.network) under its own
+    names (`l1.W_i_reverse`, `l1.c`), with lengths and some initial states."""
+    cell = rnndsl.load_text(NETWORK, target="interp")(dtype=np.float64, seed=0, V=2, H=3,
+                                                      K=2)
+    f = rj.function(cell)
+    x = np.random.default_rng(1).normal(size=(T, B, 2))
+    lengths = np.array([T, 1, T - 1])
+    state0 = {n: v for n, v in random_like(cell.initial_state(B), seed=3).items()
+              if n in ("s", "l1.c_reverse")}
+    outputs, final = jax.jit(lambda p, x, s: f(p, x, s, lengths=lengths))(
+        rj.params(cell), x, state0)
+    run = cell.forward(x, state0, lengths=lengths)
+    assert sorted(final) == sorted(run.state)
+    for n, v in {**run.outputs, **run.state}.items():
+        assert rel_err({**outputs, **final}[n], v) < 1e-12, n
+    w_out, w_state = random_like(run.outputs, 7), random_like(run.state, 8)
+    check_grads(weighted_loss(f, w_out, w_state, lengths), (rj.params(cell), x, state0),
+                order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
+
+
+def test_second_derivatives_are_refused_in_rnndsls_words(x64):
+    from rnndsl.core.errors import TargetError
+    cell = make("elman")
+    f, params = rj.function(cell), rj.params(cell)
+    x = inputs_of(cell)["x"]
+
+    def loss(x):
+        return jnp.sum(f(params, x)[0]["y"])
+    for second in (jax.hessian(loss), jax.grad(lambda x: jnp.sum(jax.grad(loss)(x)))):
+        with pytest.raises(TargetError, match="rnndsl.jax differentiates once, in reverse "
+                                              "mode"):
+            second(x)
+    assert jax.grad(loss)(x).shape == x.shape          # once is fine
+
+
 def test_backward_reads_the_params_its_forward_read(x64):
     """Between a forward and its VJP, other calls with other params and a change to the
     cell's own params in place do not reach the gradient."""

@@ -245,6 +245,63 @@ def test_export_refuses_what_is_not_a_cell_instance(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+HARD = """cell Hard {
+  dims I, H
+  input x[I]
+  state h[H]
+  param W[H, I], U[H, H]
+  h' = hard_sigmoid(W @ x + U @ h) * 0.5 + hard_sigmoid(U @ h, 0.3, 0.4) * 0.5
+  output h'
+}"""
+
+
+def all_ops(graph) -> set[str]:
+    """The op types of a graph's nodes and of its Scan bodies'."""
+    ops = set()
+    for node in graph.node:
+        ops.add(node.op_type)
+        for a in node.attribute:
+            if a.HasField("g"):
+                ops |= all_ops(a.g)
+    return ops
+
+
+def test_float64_hard_sigmoid_keeps_float64_constants():
+    """HardSigmoid's alpha and beta are float32 attributes: a float64 export writes the
+    line and its clip with float64 constants instead, within 1e-12; float32 keeps it."""
+    cell = make_cell(None, np.float64, HARD, I=3, H=4)
+    cell.params["W"] *= 4        # some units past both ends of the clip
+    model = rnndsl.onnx.to_model(cell)
+    assert "HardSigmoid" not in all_ops(model.graph)
+    assert_same(cell, model, tol=1e-12)
+    small = rnndsl.onnx.to_model(make_cell(None, np.float32, HARD, I=3, H=4))
+    assert "HardSigmoid" in all_ops(small.graph)
+
+
+def test_export_refuses_a_missing_folder_a_folder_and_a_non_finite_param(tmp_path):
+    cell = make_cell(REPO / "specs" / "gru.rnn", I=3, H=4)
+    with pytest.raises(rnndsl.onnx.ExportError, match=r"the folder .*typo.*sub does not "
+                                                      r"exist"):
+        rnndsl.onnx.export(cell, tmp_path / "typo" / "sub" / "m.onnx")
+    assert not (tmp_path / "typo").exists()
+    with pytest.raises(rnndsl.onnx.ExportError, match=r": is a folder; name the file"):
+        rnndsl.onnx.export(cell, tmp_path)
+    cell.params["W_r"][1, 2] = np.inf
+    for path in (tmp_path / "m.onnx", None):
+        with pytest.raises(rnndsl.onnx.ExportError, match=r"param W_r has a non-finite "
+                                                          r"value \(inf\) at index \(1, 2\)"):
+            rnndsl.onnx.export(cell, path) if path else rnndsl.onnx.to_model(cell)
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_refuses_an_output_in_a_missing_folder(tmp_path, capsys):
+    out = tmp_path / "typo" / "m.onnx"
+    code, _, err = run(["export", REPO / "specs" / "gru.rnn", "--dims", "I=3,H=4", "-o",
+                        out], capsys)
+    assert code == 2 and f"-o {out}: the folder {out.parent} does not exist" in err, err
+    assert not (tmp_path / "typo").exists()
+
+
 DIRECTIONAL = [("lstm", "LSTM"), ("gru", "GRU"), ("elman_relu", "RNN"), ("mgu", "Scan")]
 
 

@@ -10,6 +10,7 @@ opens, naming the attribute and its value.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -441,6 +442,10 @@ REFUSED = [
     (dict(activations=["LeakyRelu"], activation_alpha=[float("inf")]),
      "activation_alpha holds inf"),
     (dict(linear_before_reset=1), "attribute linear_before_reset=1"),
+    (dict(activations=["tanh"]), "activations holds 'tanh', not one of Relu, Tanh"),
+    (dict(activations=["LeakyRelu"], activation_alpha=[1]),
+     "attribute activation_alpha=[1] is INTS, but ONNX's RNN takes activation_alpha as FLOATS"),
+    (dict(clip=1), "attribute clip=1 is INT, but ONNX's RNN takes clip as FLOAT"),
 ]
 
 
@@ -481,6 +486,53 @@ def test_bad_feeds_are_bind_errors():
         session.run(None, {**feed, "Q": feed["X"]})
     with pytest.raises(BindError, match=r"sequence_lens \[9, "):
         session.run(None, {**feed, "sequence_lens": np.array([9, 1, 1], np.int32)})
+
+
+def test_a_feed_of_another_dtype_is_refused_as_onnxruntime_does():
+    model, feed = recurrent_model("LSTM")
+    session = rnndsl.onnx.InferenceSession(model, target="interp")
+    with pytest.raises(BindError, match=r"input 'X' is float64 but the model declares it "
+                                        r"tensor\(float\), float32"):
+        session.run(None, {"X": feed["X"].astype(np.float64)})
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+def test_an_x_of_the_wrong_feature_size_is_blamed_on_x(layout):
+    model, feed = recurrent_model("LSTM", I=2, T=5, B=3, layout=layout)
+    session = rnndsl.onnx.InferenceSession(model, target="interp")
+    wrong = (3, 5, 7) if layout else (5, 3, 7)
+    want = r"\(3, 5, 2\)" if layout else r"\(5, 3, 2\)"
+    with pytest.raises(BindError, match=rf"X is {re.escape(str(wrong))} but must be {want}"):
+        session.run(None, {"X": np.zeros(wrong, np.float32)})
+
+
+def test_a_non_finite_feed_is_named_as_the_model_names_it():
+    model, feed = recurrent_model("LSTM", initial=True)
+    node = model.graph.node[0]
+    node.input[5] = "h0"                       # the model's own name for initial_h
+    model.graph.input[1].name = "h0"
+    feed["h0"] = feed.pop("initial_h")
+    session = rnndsl.onnx.InferenceSession(model, target="interp")
+    bad = feed["X"].copy()
+    bad[1, 2, 0] = np.nan
+    with pytest.raises(BindError, match=r"X has a non-finite value \(nan\) at index "
+                                        r"\(1, 2, 0\)"):
+        session.run(None, {**feed, "X": bad})
+    bad = feed["h0"].copy()
+    bad[0, 1, 3] = np.inf
+    with pytest.raises(BindError, match=r"initial_h 'h0' has a non-finite value \(inf\) "
+                                        r"at index \(0, 1, 3\)"):
+        session.run(None, {**feed, "h0": bad})
+
+
+@pytest.mark.parametrize("source, words", [
+    (b"garbage", "the 7 bytes given are not an ONNX model"),
+    (42, "InferenceSession takes a path, bytes or an onnx.ModelProto, got int"),
+])
+def test_what_is_not_a_model_is_an_import_error(source, words):
+    with pytest.raises(rnndsl.onnx.OnnxImportError) as info:
+        rnndsl.onnx.InferenceSession(source, target="interp")
+    assert words in str(info.value)
 
 
 # ------------------------------------------------------------------ the language's additions
