@@ -28,6 +28,10 @@ def cmd_export(args) -> int:
         raise UsageError(f"-o {out}: is a folder; name the file to write, like "
                          f"{out / 'model.onnx'}")
     cli_args.writable_file("-o", args.output)     # a missing folder is not made
+    for what, path in (("the spec", args.spec), ("the --params checkpoint", args.params)):
+        if path is not None and Path(path).is_file() and out.resolve() == \
+                Path(path).resolve():        # --force would replace it with the model
+            raise UsageError(f"-o {out}: is {what} that export reads; name another file")
     if out.exists() and not args.force:
         raise UsageError(f"-o {out}: exists; overwrite it with --force, or name another file")
     if args.operators and args.scan:

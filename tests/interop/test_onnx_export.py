@@ -302,6 +302,15 @@ def test_cli_refuses_an_output_in_a_missing_folder(tmp_path, capsys):
     assert not (tmp_path / "typo").exists()
 
 
+def test_cli_never_writes_the_model_over_the_spec_it_reads(tmp_path, capsys):
+    """`rnndsl export s.rnn -o s.rnn --force` replaced the spec with the ONNX model."""
+    spec = tmp_path / "gru.rnn"
+    spec.write_text((REPO / "specs" / "gru.rnn").read_text())
+    code, _, err = run(["export", spec, "--dims", "I=3,H=4", "-o", spec, "--force"], capsys)
+    assert code == 2 and f"-o {spec}: is the spec that export reads" in err, err
+    assert spec.read_text() == (REPO / "specs" / "gru.rnn").read_text()
+
+
 DIRECTIONAL = [("lstm", "LSTM"), ("gru", "GRU"), ("elman_relu", "RNN"), ("mgu", "Scan")]
 
 
