@@ -24,6 +24,7 @@ from ..core.errors import RnnError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 STAGES = ("ast", "check", "ir", "unroll", "grad")
+MAX_UNROLL = 1000         # steps `check --dump-after unroll` and `graph --unroll` take
 MAX_WARNINGS = 20       # a generated spec may have thousands; the first ones say enough
 
 
@@ -33,7 +34,18 @@ def _summary(spec) -> str:
     return cell_summary(spec)
 
 
+def _unroll_steps(text: str) -> int:
+    """--unroll T: a graph of T copies of the step is printed or drawn, so T is bounded."""
+    value = cli_args.at_least(1)(text)
+    if value > MAX_UNROLL:
+        raise argparse.ArgumentTypeError(f"at most {MAX_UNROLL} steps are unrolled, got "
+                                         f"{value}")
+    return value
+
+
 def cmd_check(args) -> int:
+    if args.unroll is not None and args.dump_after != "unroll":
+        raise UsageError("--unroll sets the steps of --dump-after unroll; give that too")
     from ..pipeline import check_module_names
     from ..ir.grad import grad_step
     from ..ir.graph import lower
@@ -89,7 +101,7 @@ def cmd_check(args) -> int:
                     print(_step_grad_dump(step, grads))
                 else:
                     from ..ir.graph import unroll
-                    print(unroll(step, args.unroll).dump())
+                    print(unroll(step, args.unroll or 2).dump())
     return status
 
 
@@ -235,11 +247,15 @@ def cmd_gradcheck(args) -> int:
 
 # ---------------------------------------------------------------------------- build
 def _passes(args) -> tuple[str, ...]:
-    from ..schedule.plan import PASSES
+    from ..schedule.plan import PASSES, TARGET_PASSES
     off = set()
     for name in args.no_pass or []:
         if name not in PASSES:
             raise UsageError(f"unknown pass '{name}'; passes: {', '.join(PASSES)}")
+        only = TARGET_PASSES.get(name)
+        if only is not None and only != args.target:   # it would change nothing
+            raise UsageError(f"--no-pass {name}: the pass acts on the {only} target only, "
+                             f"and this is --target {args.target}")
         off.add(name)
     return tuple(p for p in PASSES if p not in off)
 
@@ -275,7 +291,7 @@ def cmd_build(args) -> int:
         written = list(spec_file.cells)
         cells = ", ".join(written)
         print(f"{path} -> {target} (cell{'s' if len(written) > 1 else ''} {cells}; "
-              f"import with: from {target.stem} import {written[0]})")
+              f"import with: from {target.stem} import {cells})")
     return EXIT_OK
 
 
@@ -445,8 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "writes it), check (typed equations in evaluation order), ir (the "
                         "step graph), unroll (the unrolled graph, see --unroll), grad (the "
                         "adjoint of one step)")
-    p.add_argument("--unroll", type=cli_args.at_least(1), default=2, metavar="T",
-                   help="steps for --dump-after unroll (default 2)")
+    p.add_argument("--unroll", type=_unroll_steps, metavar="T",
+                   help=f"steps for --dump-after unroll (default 2, at most {MAX_UNROLL})")
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     p.set_defaults(run=cmd_check)
 
@@ -455,8 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "as Graphviz DOT, or SVG when Graphviz's dot is installed.")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--cell", help="the cell to draw, in a file with several")
-    p.add_argument("--unroll", type=cli_args.at_least(1), metavar="T",
-                   help="draw T unrolled steps (T at least 1)")
+    p.add_argument("--unroll", type=_unroll_steps, metavar="T",
+                   help=f"draw T unrolled steps (T from 1 to {MAX_UNROLL})")
     p.add_argument("--grad", action="store_true",
                    help="add the adjoint: of one step, or BPTT over the unrolled steps")
     p.add_argument("-o", "--output", metavar="OUT",
@@ -555,7 +571,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: argument {bad!r} contains a NUL character", file=sys.stderr)
         return EXIT_USAGE
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:                    # named by the command's parser, which lists its options
+            where = f"{parser.prog} {args.command}" if args.command else parser.prog
+            parser.exit(EXIT_USAGE, f"{where}: error: unrecognized arguments: "
+                                    f"{' '.join(extra)}\n  (see: {where} --help)\n")
     except SystemExit as exc:        # --help, --version (0) or a bad argument (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.argv = list(sys.argv[1:] if argv is None else argv)   # train's resume command

@@ -32,12 +32,14 @@ def cmd_sample(args) -> int:
     from ..train.data import Vocab
     from ..train.sample import Sampler, Sampling, greedy
     cli_args.set_threads(args.threads)
-    if args.beam is not None and (args.greedy or args.top_k or args.top_p):
+    sampling = args.top_k or args.top_p or args.temperature is not None
+    if args.beam is not None and (args.greedy or sampling):
         raise cli_args.UsageError("--beam searches for the likeliest continuations; it "
-                                  "does not combine with --greedy, --top-k or --top-p")
-    if args.greedy and (args.top_k or args.top_p):
+                                  "does not combine with --greedy, --temperature, --top-k "
+                                  "or --top-p")
+    if args.greedy and sampling:
         raise cli_args.UsageError("--greedy takes the likeliest token; it does not combine "
-                                  "with --top-k or --top-p")
+                                  "with --temperature, --top-k or --top-p")
     info, user = _trained_checkpoint(args.checkpoint)
     vocab = Vocab.from_json(user["vocab"])
     prefix = _encode_prime(vocab, args.prime, f"{args.checkpoint}'s model")
@@ -52,7 +54,8 @@ def cmd_sample(args) -> int:
         for h in sampler.beam_search(args.beam, args.length, prime=prefix)[:args.n]:
             print(f"[log-prob {h.logprob:.2f}] {args.prime}{vocab.decode(h.ids)}")
         return 0
-    strategy = greedy() if args.greedy else Sampling(args.temperature, args.top_k, args.top_p)
+    strategy = greedy() if args.greedy else Sampling(
+        1.0 if args.temperature is None else args.temperature, args.top_k, args.top_p)
     ids = sampler.generate(args.length, strategy, prime=np.tile(prefix, (args.n, 1)),
                            seed=args.seed)
     for row in ids:
@@ -134,7 +137,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--length", type=positive, default=500,
                    help="tokens to generate (default 500)")
     p.add_argument("-n", type=positive, default=1, help="how many samples (default 1)")
-    p.add_argument("--temperature", type=cli_args.above(0), default=1.0,
+    p.add_argument("--temperature", type=cli_args.above(0),
                    help="above 0 (default 1.0; --greedy for the likeliest token)")
     p.add_argument("--top-k", type=positive, help="sample among the k likeliest tokens")
     p.add_argument("--top-p", type=cli_args.probability, help="nucleus sampling: the "

@@ -103,8 +103,11 @@ def _corpus(name: str, max_chars: int | None):
     if path.is_dir():
         raise TrainError(f"--corpus {name}: is a folder; give a UTF-8 text file (or "
                          "stdlib, shakespeare or abc)")
-    if not path.is_file():
+    if not path.exists():
         raise TrainError(f"--corpus {name}: not stdlib, shakespeare or abc, and no such file")
+    if not path.is_file():          # /dev/null, a pipe, a device
+        raise TrainError(f"--corpus {name}: not a regular file; give a UTF-8 text file (or "
+                         "stdlib, shakespeare or abc)")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -264,11 +267,23 @@ def _prepare(args) -> _Plan:
         vocab = Vocab.from_text(corpus.text)
         dims = _bind(Cell.spec, vocab_dim, len(vocab), given)
     ids = vocab.encode(corpus.text)
+    val = int(round(len(ids) * args.val))        # as data.split cuts it
+    if val < 2 or len(ids) - val < 2:
+        hint = "use more text" if len(ids) < 4 else \
+            f"{'lower' if val >= 2 else 'raise'} --val or use more text"
+        raise TrainError(f"--val {args.val:g} of the corpus's {len(ids):,} chars leaves "
+                         f"{len(ids) - val:,} to train on and {val:,} to validate on; each "
+                         f"needs at least 2: {hint}")
     train_ids, val_ids = split(ids, args.val)
     val_ids = val_ids[:args.val_chars + 1]
     if len(val_ids) < 2:
         raise TrainError(f"the validation part ({len(val_ids)} chars of {len(ids):,}) is too "
                          "short: raise --val or use more text")
+    if len(train_ids) < args.batch + 1:
+        raise TrainError(f"--batch {args.batch} rows need at least {args.batch + 1:,} chars "
+                         f"to train on (a row of one step each, and the next char); the "
+                         f"corpus leaves {len(train_ids):,} after --val: use a smaller "
+                         "--batch, or more text")
     tbptt_batches(train_ids, args.batch, args.seq)     # refuses a corpus too short
     prefix = _encode_prime(vocab, args.prime, "the corpus")
     best, best_record = _best(args, checkpoint, info is not None, len(val_ids) - 1)
@@ -362,8 +377,11 @@ def _describe(plan: _Plan, args, out) -> None:
     steps = plan.info.meta.get("trainer", {}).get("steps", 0) if plan.info else 0
     where = ("its lr schedule started afresh" if plan.schedule_from is None else
              f"{plan.schedule_from:.0%} into its lr schedule")
+    row = (len(plan.train_ids) - 1) // args.batch       # each row's share of the text
+    seq = f"{args.seq} steps" if row >= args.seq else \
+        f"{row} steps (--seq {args.seq} is longer than a row of the text: {row})"
     print(f"data: {len(plan.vocab)} symbols; {len(plan.train_ids):,} chars to train on, "
-          f"{len(plan.val_ids) - 1:,} to validate; batch {args.batch} x {args.seq} steps"
+          f"{len(plan.val_ids) - 1:,} to validate; batch {args.batch} x {seq}"
           + (f"; resuming at step {steps}, {where}" if plan.resume else ""), file=out)
     warmup = plan.schedule.warmup
     if args.steps is not None and args.minutes is None and warmup >= args.steps \

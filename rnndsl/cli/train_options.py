@@ -39,7 +39,9 @@ def add_train_arguments(parser, leave_out=()) -> None:
     p.add_argument("--max-chars", type=positive, help="use at most this much of the corpus "
                    "(default: 8,000,000 for stdlib, all of the others)")
     p.add_argument("--dims", metavar="H=256", type=cli_args.dims,
-                   help=f"dim sizes (default {DEFAULT_DIM}; with --resume, the checkpoint's)")
+                   help=f"dim sizes (default {DEFAULT_DIM}"
+                        + ("; with --resume, the checkpoint's)" if "--resume" not in leave_out
+                           else ")"))
     p.add_argument("--minutes", type=cli_args.above(0), help="train this long (default 3)")
     p.add_argument("--steps", type=positive, help="or this many steps (at least 1)")
     p.add_argument("--batch", type=positive, default=32, help="sequences a step (default 32)")

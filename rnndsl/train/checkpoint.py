@@ -178,6 +178,10 @@ def _read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
                                "checkpoints are written by rnndsl train or "
                                "rnndsl.train.checkpoint.save")
     if not zipfile.is_zipfile(path):
+        if _looks_like_text(path):       # the spec, or a corpus, given for the checkpoint
+            raise CheckpointError(f"{path} is a text file" + (
+                " (a .rnn spec)" if path.suffix == ".rnn" else "") + ", not a checkpoint: "
+                "checkpoints are .npz archives that rnndsl train writes")
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt, truncated or "
                               "not an .npz archive)")
     try:
@@ -276,6 +280,17 @@ def cell_class(info: "CheckpointInfo | str | Path", target: str = "cpu",
         + (f" and its spec {recorded} is not there" if recorded else "")
         + "; give the spec it was trained with (rnndsl sample --spec FILE, or "
         "checkpoint.cell_class(..., spec_path=FILE))")
+
+
+def _looks_like_text(path: Path) -> bool:
+    """Whether the file's first 4 KB are UTF-8 text without NUL bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        head.decode("utf-8")
+    except (OSError, UnicodeDecodeError):     # a multi-byte char cut at 4096 reads as not
+        return False
+    return bool(head) and b"\0" not in head
 
 
 def _own_cell(spec_path, name: str) -> str | None:

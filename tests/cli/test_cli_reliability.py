@@ -524,3 +524,56 @@ def test_build_refuses_a_module_name_too_long_for_numbas_cache_files(tmp_path, c
     code, out, err = run(["build", short, "-o", tmp_path / "out"], capsys)
     assert code == 0, err
     assert (tmp_path / "out" / ("b" * MAX_MODULE_NAME + ".py")).is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--val", "0.99999"], f"--val 0.99999 of the corpus's {len(TEXT):,} chars leaves 0 to "
+                           f"train on and {len(TEXT):,} to validate on; each needs at least "
+                           "2: lower --val"),
+    (["--max-chars", "10"], "--val 0.05 of the corpus's 10 chars leaves 10 to train on and 0 "
+                            "to validate on; each needs at least 2: raise --val"),
+    (["--batch", "100000"], "--batch 100000 rows need at least 100,001 chars to train on"),
+    (["--corpus", "/dev/null"], "--corpus /dev/null: not a regular file"),
+])
+def test_data_too_short_is_said_in_the_options_words(folder, capsys, extra, message):
+    """The data library's own words reached the user ('split: a stream of 10 items ...
+    val_fraction=0.05', 'tbptt_batches: ...'), and /dev/null was 'no such file'."""
+    code, out, err = train(capsys, *extra)
+    assert code == 2 and message in err, err
+    assert "split:" not in err and "tbptt_batches" not in err
+
+
+def test_a_seq_longer_than_a_row_says_what_runs(folder, capsys):
+    code, out, err = train(capsys, "--seq", "100000", "--dry-run")
+    assert code == 0, err
+    row = (len(TEXT) - round(len(TEXT) * 0.05) - 1) // 2     # 2 rows of the training part
+    assert (f"batch 2 x {row} steps (--seq 100000 is longer than a row of the text: {row})"
+            in out)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["check", REPO / "specs" / "elman.rnn", "--dump-after", "unroll", "--unroll",
+      "100000000"], "--unroll: at most 1000 steps are unrolled, got 100000000"),
+    (["graph", REPO / "specs" / "elman.rnn", "--unroll", "5000", "-o", "g.dot"],
+     "--unroll: at most 1000 steps are unrolled, got 5000"),
+    (["check", REPO / "specs" / "elman.rnn", "--unroll", "3"],
+     "--unroll sets the steps of --dump-after unroll; give that too"),
+    (["build", REPO / "specs" / "elman.rnn", "-o", "out", "--target", "cuda", "--no-pass",
+      "microkernel"], "--no-pass microkernel: the pass acts on the cpu target only, and "
+                      "this is --target cuda"),
+    (["explain", REPO / "specs" / "elman.rnn", REPO / "specs" / "gru.rnn"],
+     "rnndsl explain: error: unrecognized arguments: "),
+    (["sample", "m.npz", "--greedy", "--temperature", "0.5"],
+     "--greedy takes the likeliest token; it does not combine with --temperature"),
+])
+def test_options_that_would_do_nothing_or_hang_are_refused(tmp_path, monkeypatch, capsys,
+                                                           argv, message):
+    """Each was accepted: --unroll 1e8 ran for ever printing nothing; --unroll without
+    --dump-after unroll, a pass of the other target, and --temperature with --greedy were
+    ignored; a second spec given to explain pointed to `rnndsl --help`."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(argv, capsys)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "g.dot").exists()
+    if argv[0] == "explain":
+        assert "(see: rnndsl explain --help)" in err

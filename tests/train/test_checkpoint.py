@@ -160,9 +160,13 @@ def test_missing_and_corrupt_files(Mixer, tmp_path):
         load(tmp_path / "nope.npz", cell)
     with pytest.raises(CheckpointError, match="it is a folder"):
         peek(tmp_path)
-    (tmp_path / "junk.npz").write_bytes(b"not a zip at all" * 10)
+    (tmp_path / "junk.npz").write_bytes(b"\x00not a zip at all" * 10)
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load(tmp_path / "junk.npz", cell)
+    (tmp_path / "m.rnn").write_text(SPEC)       # the spec given for the checkpoint
+    with pytest.raises(CheckpointError, match=r"m.rnn is a text file \(a .rnn spec\), not a "
+                       "checkpoint: checkpoints are .npz archives that rnndsl train writes"):
+        peek(tmp_path / "m.rnn")
     save(tmp_path / "ck.npz", cell)
     data = (tmp_path / "ck.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
