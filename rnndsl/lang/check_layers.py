@@ -86,6 +86,20 @@ class LayerChecks:
         if stmt.direction != "forward":
             self.declare_sequence_layer(stmt, sub, sizes)
             return
+        # a step layer is called at every step with that step's argument, and its
+        # outputs are read at every step: what its cell says of whole sequences
+        # (`input once`, `final`) would silently mean something else here
+        once = next((d.name for d in sub.inputs if d.once), None)
+        final = next((o.name for o in sub.outputs if o.final), None)
+        if once is not None or final is not None:
+            what = (f"its input '{once}' is given once a sequence, and a layer is called at "
+                    "every step with that step's argument" if once is not None else
+                    f"its output '{final}' is final, one value a sequence, and a layer's "
+                    "outputs are read at every step")
+            self.error(f"cell '{sub.name}' cannot be a layer: {what}", stmt.cell_span,
+                       "write its equations in this cell, or declare a cell for the layer "
+                       "without `once` and `final`")
+            return
         layer = inline(sub, stmt.name, sizes, stmt.span)
         for var, kind, table in [(v, "param", self.params) for v in layer.params] + \
                                 [(v, "state", self.states) for v in layer.states]:

@@ -906,3 +906,21 @@ def test_a_layer_given_a_next_value_is_placed_not_an_internal_error():
         read_spec("layer_next.rnn", text=text)
     assert "layer_next.rnn:13:3: error: 'l' is a layer, only states have a next value" \
         in info.value.render()
+
+
+@pytest.mark.parametrize("decls, message", [
+    ("input once x[H]\n  state h[H]\n  h' = tanh(x + h)\n  output h'",
+     "cell 'In' cannot be a layer: its input 'x' is given once a sequence, and a layer is "
+     "called at every step with that step's argument"),
+    ("input x[H]\n  state h[H]\n  h' = tanh(x + h)\n  final y = h'",
+     "cell 'In' cannot be a layer: its output 'y' is final, one value a sequence, and a "
+     "layer's outputs are read at every step"),
+])
+def test_a_step_layer_of_a_cell_with_once_or_final_is_refused(decls, message):
+    """Inlined as a step layer, the `once` input was fed the argument at every step and
+    the `final` output read at every step: accepted without a word, meaning otherwise."""
+    text = (f"cell In {{\n  dims H\n  {decls}\n}}\n"
+            "cell Out {\n  dims H\n  input x[H]\n  layer l = In(H = H)\n  output y = l(x)\n}\n")
+    with pytest.raises(CheckError) as info:
+        read_spec("step_layer.rnn", text=text)
+    assert f"step_layer.rnn:11:13: error: {message}" in info.value.render()
