@@ -21,6 +21,11 @@ from rnndsl.train.trainer import Trainer
 
 from tiny_cells import TINY  # noqa: E402  (tests/ is on sys.path)
 
+# float64: the kernels of the main job's cell in float64 (and the variable-length twin
+# the trainer runs) are compiled by other tests of the suite too (the compiled kernels
+# of both dtypes are checked against the interpreter elsewhere); what is tested here,
+# buffers reused from call to call, is the same Python in either dtype
+DTYPE = np.float64
 REPO = Path(__file__).resolve().parents[2]
 V, H = 11, 8
 B = 19               # two row blocks with RNNDSL_BLAS_THREADS=2 (9 and 10 rows)
@@ -66,7 +71,7 @@ def chunks(seed: int, n: int, T: int = 5):
 
 
 def train(Cell, reuse: bool, data, **step_kw):
-    cell = Cell(V=V, H=H, dtype=np.float32, seed=0)
+    cell = Cell(V=V, H=H, dtype=DTYPE, seed=0)
     trainer = Trainer(cell, output="logits", input="x", optimizer=Adam(1e-2), clip_norm=0.5,
                       seed=0, reuse_buffers=reuse)
     losses = []
@@ -114,10 +119,10 @@ def test_what_a_call_hands_out_is_not_overwritten_by_the_next(CharLSTM, threads,
     backward not lent it, stay as they were through later calls with the workspace;
     the gradients of a backward lent it are the workspace's (and equal fresh ones)."""
     monkeypatch.setenv("RNNDSL_BLAS_THREADS", threads)
-    cell = CharLSTM(V=V, H=H, dtype=np.float32, seed=2)
+    cell = CharLSTM(V=V, H=H, dtype=DTYPE, seed=2)
     rng = np.random.default_rng(2)
     xs = [rng.integers(0, V, size=(5, B)) for _ in range(3)]
-    d_out = [{"logits": rng.standard_normal((5, B, V)).astype(np.float32)} for _ in range(3)]
+    d_out = [{"logits": rng.standard_normal((5, B, V)).astype(DTYPE)} for _ in range(3)]
     ws = Workspace()
 
     def copies(arrays):
@@ -145,10 +150,10 @@ def test_what_a_call_hands_out_is_not_overwritten_by_the_next(CharLSTM, threads,
 
 
 def test_backward_of_a_run_whose_tapes_were_reused_raises(CharLSTM):
-    cell = CharLSTM(V=V, H=H, dtype=np.float32, seed=3)
+    cell = CharLSTM(V=V, H=H, dtype=DTYPE, seed=3)
     rng = np.random.default_rng(3)
     x = rng.integers(0, V, size=(4, 3))
-    d_out = {"logits": np.ones((4, 3, V), np.float32)}
+    d_out = {"logits": np.ones((4, 3, V), DTYPE)}
     ws = Workspace()
     old = cell.forward(x, workspace=ws)
     other_shape = cell.forward(x[:2], workspace=ws)     # kept apart: old stays valid
@@ -159,7 +164,7 @@ def test_backward_of_a_run_whose_tapes_were_reused_raises(CharLSTM):
     with pytest.raises(BindError, match="overwritten by a later forward lent the same"):
         cell.backward(old, d_outputs=d_out, workspace=ws)
     cell.backward(new, d_outputs=d_out, workspace=ws)
-    cell.backward(other_shape, d_outputs={"logits": np.ones((2, 3, V), np.float32)})
+    cell.backward(other_shape, d_outputs={"logits": np.ones((2, 3, V), DTYPE)})
     again = cell.forward(x, workspace=ws)
     got = cell.backward(again, d_outputs=d_out, workspace=ws).params
     for name, value in expected.items():
@@ -174,7 +179,7 @@ def test_the_trainers_hand_outs_stay_as_they_were(CharLSTM, threads, monkeypatch
     away), and each step's last_run keeps its outputs and state."""
     monkeypatch.setenv("RNNDSL_BLAS_THREADS", threads)
     data = chunks(4, 3)
-    cell = CharLSTM(V=V, H=H, dtype=np.float32, seed=4)
+    cell = CharLSTM(V=V, H=H, dtype=DTYPE, seed=4)
     trainer = Trainer(cell, output="logits", input="x", optimizer=Adam(1e-2), clip_norm=0.5)
     loss, grads, run = trainer.gradients(*data[0])
     kept = {k: v.copy() for k, v in grads.items()}
@@ -220,7 +225,7 @@ def test_targets_without_reuse_take_the_workspace_and_train_the_same():
 
 
 def test_an_error_in_another_blocks_call_is_raised_and_the_threads_go_on(CharLSTM):
-    cell = CharLSTM(V=V, H=H, dtype=np.float32, seed=6)
+    cell = CharLSTM(V=V, H=H, dtype=DTYPE, seed=6)
     done = []
 
     def driver(tag, fail):
@@ -244,7 +249,7 @@ def test_the_step_takes_one_launch_and_refuses_what_the_loss_refuses(CharLSTM, t
     loss's own words, and the step changes nothing."""
     monkeypatch.setenv("RNNDSL_BLAS_THREADS", threads)
     x, y = chunks(7, 1)[0]
-    cell = CharLSTM(V=V, H=H, dtype=np.float32, seed=7)
+    cell = CharLSTM(V=V, H=H, dtype=DTYPE, seed=7)
     trainer = Trainer(cell, output="logits", input="x", optimizer=Adam(1e-2), clip_norm=0.5)
     trainer.step(x, y)                               # compiles, and builds the workspace
     monkeypatch.setattr(cell, "backward", lambda *a, **k: pytest.fail("backward called"),
@@ -272,7 +277,7 @@ def test_the_step_takes_one_launch_and_refuses_what_the_loss_refuses(CharLSTM, t
 def test_a_step_whose_params_change_between_its_kernels_is_refused(CharLSTM):
     """step_with checks, before the first block's backward kernel, that what its forward
     read is unchanged (rnndsl.cells.seen), as backward does."""
-    cell = CharLSTM(V=V, H=H, dtype=np.float32, seed=8)
+    cell = CharLSTM(V=V, H=H, dtype=DTYPE, seed=8)
     x = np.random.default_rng(8).integers(0, V, size=(4, 3))
 
     def meddle(k, r0, r1, outputs, d_outputs):
@@ -285,7 +290,7 @@ def test_a_step_whose_params_change_between_its_kernels_is_refused(CharLSTM):
     run, grads = cell.step_with(x, lambda k, r0, r1, o, d: d["logits"].fill(1) or True,
                                 workspace=Workspace())
     want = cell.backward(cell.forward(x), d_outputs={"logits": np.ones((4, 3, V),
-                                                                       np.float32)},
+                                                                       DTYPE)},
                          input_grads=False)
     for name, value in want.params.items():
         np.testing.assert_array_equal(grads.params[name], value, err_msg=name)
