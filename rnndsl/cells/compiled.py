@@ -368,7 +368,14 @@ class CompiledCell(ReusedBuffers, Cell):
         tapes: dict[tuple, Any] = {}
         args = []
         empty = self._empty
-        for arg in self.meta["forward_args"]:
+        # with grad=False the twin kernel runs, which leaves the tapes only BPTT reads
+        # unwritten: each is handed an empty array of its rank (no allocation a call)
+        unused = self.meta.get("inference_unused", ()) if getattr(_NO_GRAD, "on", False) \
+            else ()
+        for i, arg in enumerate(self.meta["forward_args"]):
+            if unused and i in unused:
+                args.append(self._unused_tape(arg))
+                continue
             kind = arg[0]
             if kind == "param":
                 value = params[arg[1]]
@@ -388,6 +395,15 @@ class CompiledCell(ReusedBuffers, Cell):
                 value = self._sized_arg(arg, T, B, consts, threads, seen, "forward")
             args.append(value)
         return args, outputs, finals, tapes
+
+    def _unused_tape(self, arg) -> np.ndarray:
+        """An empty array of the rank of a tape or history the inference twin does not
+        write: (T, B, size) for a tape, (T, B) + the state's shape for a history."""
+        rank = 3 if arg[0] == "tape" else 2 + len(self._state_size(arg[1]))
+        made = self.__dict__.setdefault("_unused_tapes", {})
+        if rank not in made:
+            made[rank] = np.empty((0,) * rank, self.dtype)
+        return made[rank]
 
     def _sized_arg(self, arg, T: int, B: int, consts, threads: int, seen, which: str):
         """The arguments both kernels take alike: sizes, consts, threads, fingerprints."""

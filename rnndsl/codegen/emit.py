@@ -415,6 +415,8 @@ class _Emitter(Buffers):
             meta.line(f"forward=forward_{name},")
             if infer_body is not None:
                 meta.line(f"forward_inference=forward_inference_{name},")
+                # the forward_args it leaves unwritten: the runtime hands it empty arrays
+                meta.line(f"inference_unused={self.inference_unused!r},")
             meta.line(f"backward=backward_{name},")
         meta.line(")")
         source = fwd_body + "\n\n" + bwd_body + "\n\n" + meta.text()
@@ -434,6 +436,8 @@ class _Emitter(Buffers):
         twin, gone = form.drop_unread_stores(twin, kept)
         if not gone:
             return None
+        self.inference_unused = tuple(i for i, a in enumerate(args)
+                                      if self.arg_name(a) in gone)
         name = self.plan.step.cell.name
         for k, st in enumerate(twin):
             if isinstance(st, form.Block) and str(st.header).startswith(f"def forward_{name}("):

@@ -101,7 +101,8 @@ class Sampling:
         if self.k is not None and self.k < z.shape[1]:
             order = np.argsort(-z, axis=1, kind="stable")
             np.put_along_axis(z, order[:, self.k:], -np.inf, axis=1)
-        probs = np.exp(log_softmax(z))
+            z = log_softmax(z)          # what survives the cut, normalised again
+        probs = np.exp(z)
         if self.p is not None and self.p < 1.0:
             order = np.argsort(-probs, axis=1, kind="stable")
             ranked = np.take_along_axis(probs, order, axis=1)
@@ -351,8 +352,9 @@ class Sampler:
         if logits.shape != (B, self.vocab):
             raise SampleError(f"readout returned shape {logits.shape}; expected (batch, V) = "
                               f"({B}, {self.vocab})")
-        bad = np.isnan(logits) | (logits == np.inf) | (logits == -np.inf).all(axis=1)[:, None]
-        if bad.any():
+        bad = None if np.isfinite(logits).all() else (     # one pass where all is well
+            np.isnan(logits) | (logits == np.inf) | (logits == -np.inf).all(axis=1)[:, None])
+        if bad is not None and bad.any():
             row = int(np.argwhere(bad)[0][0])
             raise SampleError(f"the logits after step {steps + T - 1} (row {row}) are not "
                               "usable (NaN, +inf, or all -inf); check the params")
@@ -406,6 +408,8 @@ class Sampler:
         return state
 
     def _choose(self, strategy, logp: np.ndarray, rng) -> np.ndarray:
+        if type(strategy) in (Greedy, Sampling):     # ours: ids in range, one a row
+            return strategy(logp, rng)
         ids = np.asarray(strategy(logp, rng))
         if ids.shape != (len(logp),) or not np.issubdtype(ids.dtype, np.integer) \
                 or ((ids < 0) | (ids >= self.vocab)).any():
@@ -458,7 +462,8 @@ class Sampler:
                 done = done | ended
             more = s < length - 1 and not done.all()
             if (more or return_state) and not was_done.all():
-                nxt = self.step(cur, np.where(was_done, 0, tok))
+                # the ids _choose checked: fed as `step` feeds them, without its checks
+                nxt = self._feed(np.where(was_done, 0, tok)[None], cur.state, cur.steps)
                 cur = nxt.freeze(was_done, cur) if was_done.any() else nxt
             if not more:
                 break
