@@ -22,6 +22,7 @@ from .checked import Poison as _Poison
 from .checked import arguments_text as _arguments
 from .checked import article as _a
 from .checked import provably as _provably
+from .checked import KEYWORDS, declare_dim_hint
 from .checked import suggest as _suggest
 from .compose import Inlined
 from ..core.errors import CheckError, Diagnostic, Source, Span, Warnings, shorten
@@ -38,10 +39,6 @@ RESERVED_CELL_NAMES = frozenset({"math", "sys", "np", "njit", "compiled_cell_cla
 MAX_CELL_NAME = 64
 # the cell classes' own arguments, beside which their dims are passed by name
 RESERVED_DIM_NAMES = frozenset({"self", "cls", "dtype", "seed", "direction"})
-
-# The words that open statements: reserved, so a state can always be written `name'`.
-KEYWORDS = frozenset({"cell", "dims", "input", "state", "param", "output", "use", "layer",
-                      "final", "once", "token"})
 
 
 
@@ -135,7 +132,7 @@ class _Checker(LayerChecks):
                 self.used_dims.add(name)
                 if name not in self.dims:
                     hint = _suggest(name, self.dims) or (
-                        f"declare it: dims {', '.join(list(self.dims) + [name])}")
+                        declare_dim_hint(list(self.dims), name))
                     self.error(f"unknown dim '{name}' in the shape of '{var.name}'",
                                var.shape_span, hint)
                     ok = False
@@ -485,7 +482,7 @@ class _Checker(LayerChecks):
                 if name not in self.dims:
                     self.error(f"unknown dim '{name}' in a slice bound", expr.span,
                                _suggest(name, self.dims) or
-                               f"declare it: dims {', '.join(list(self.dims) + [name])}")
+                               declare_dim_hint(list(self.dims), name))
                     raise _Poison
         where = f"slice [{start}:{stop}] of a vector of size {length}"
         for size, minimum, message in ((start, 0, f"{where} starts before 0"),

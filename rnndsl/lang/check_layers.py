@@ -15,6 +15,7 @@ from . import ast
 from .checked import Constraint, Decl, SequenceLayer
 from .checked import provably as _provably
 from .checked import suggest as _suggest
+from .checked import declare_dim_hint
 from .compose import Inlined, inline, substitute, substitute_type
 from ..core.shapes import Dim, Type
 
@@ -57,7 +58,7 @@ class LayerChecks:
                 if name not in self.dims:
                     self.error(f"unknown dim '{name}' in layer '{stmt.name}'", bind.span,
                                _suggest(name, self.dims) or
-                               f"declare it: dims {', '.join(list(self.dims) + [name])}")
+                               declare_dim_hint(list(self.dims), name))
                     ok = False
             if ok and _provably(bind.size - Dim.lit(1)) < 0:
                 self.error(f"size {bind.size} of dim '{bind.name}' is not positive", bind.span)

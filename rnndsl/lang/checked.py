@@ -98,6 +98,17 @@ class Poison(Exception):
     """An expression failed; its error is already recorded."""
 
 
+# The words that open statements: reserved, so a state can always be written `name'`.
+KEYWORDS = frozenset({"cell", "dims", "input", "state", "param", "output", "use", "layer",
+                      "final", "once", "token"})
+
+
+def declare_dim_hint(dims: list[str], name: str) -> str | None:
+    """`declare it: dims H, name` for an unknown dim, unless `name` is a keyword, which no
+    dim may take (its declaration says so already)."""
+    return None if name in KEYWORDS else f"declare it: dims {', '.join(dims + [name])}"
+
+
 def suggest(name: str, candidates) -> str | None:
     close = difflib.get_close_matches(name, sorted(candidates), n=3, cutoff=0.6)
     return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else None

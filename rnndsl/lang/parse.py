@@ -16,20 +16,21 @@ the printer) can meet Python's recursion limit.
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 import unicodedata
 from dataclasses import replace
-from importlib import resources
-from pathlib import Path
 
 import lark
 from lark import Lark, Token, Transformer, v_args
+from lark.parsers.lalr_interactive_parser import InteractiveParser
 
 from . import ast
 from ..core.errors import Diagnostic, Source, Span, SpecSyntaxError, shorten
+from ..core.ops import FUNCTIONS
 from ..core.shapes import Dim
-from .shipped import GRAMMAR_NAME, grammar_path  # noqa: F401  (re-exported)
+from .shipped import grammar_path
 
 @functools.lru_cache(maxsize=None)
 def _parser() -> Lark:
@@ -241,12 +242,13 @@ class _ToAst(Transformer):
 
 MISSING_BRACE = "missing '}' at the end of the cell"
 UNCLOSED_PAREN = "unclosed parenthesis: expected ')'"
+EXPRESSION = "expected an expression"
 
 # Canonical bad inputs, one list per labelled message. `_label` matches the parser state at
 # an error against these; an example failing on the same token wins, else the first label
 # whose example fails in the same state. A test checks that each example gets its label.
 SYNTAX_EXAMPLES: dict[str, list[str]] = {
-    "expected an expression": [
+    EXPRESSION: [
         "cell C { h' = }",
         "cell C { h' = tanh(x) + }",
         "cell C { h' = x - }",
@@ -331,6 +333,22 @@ SYNTAX_EXAMPLES: dict[str, list[str]] = {
         "use other.rnn",
         "use other",
     ],
+    "a declaration needs at least one name, like `dims I, H` or `input x[I]`": [
+        "cell C { dims }",
+        "cell C { input }",
+        "cell C { state }",
+        "cell C { param }",
+    ],
+    "a name must follow the ',': remove a trailing ','": [
+        "cell C { dims H, }",
+        "cell C { input x[I], }",
+        "cell C { state h[H], }",
+        "cell C { param W[H], }",
+        "cell C { dims I, H, }",
+        "cell C { input x[I], y[I], }",
+        "cell C { state h[H], c[H], }",
+        "cell C { param W[H], U[H], }",
+    ],
 }
 
 HINTS = {
@@ -364,19 +382,23 @@ def _label(exc: lark.exceptions.UnexpectedToken) -> str | None:
     statements before the error, so an example only matched errors in a cell's first
     statement. Examples that fail at the end of the file label only errors there.
     """
-    at_end = exc.token.type == "$END"
-    if at_end:
+    if exc.token.type == "$END":
         closer = _missing_closer(exc)
         if closer is not None:
             return closer
-    accepts = frozenset(exc.accepts)
+    return _label_at(exc.state.position, frozenset(exc.accepts), exc.token)
+
+
+def _label_at(position: int, accepts: frozenset, token: Token) -> str | None:
+    """The label of an error on `token` in the LALR state `position` accepting `accepts`."""
+    at_end = token.type == "$END"
     candidate = None
     for label, state, example_accepts, token_type, token_text in _example_errors():
-        if state != exc.state.position or example_accepts != accepts:
+        if state != position or example_accepts != accepts:
             continue
         if token_type == "$END" and not at_end:
             continue
-        if (token_type, token_text) == (exc.token.type, str(exc.token)):
+        if (token_type, token_text) == (token.type, str(token)):
             return label
         candidate = candidate or label
     return candidate
@@ -507,12 +529,25 @@ def _syntax_error(text: str, source: Source, exc: lark.exceptions.LarkError) -> 
     if isinstance(exc, lark.exceptions.UnexpectedCharacters):
         span = Span.point(exc.line, exc.column)
         char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
+        if char == '"' and '"' not in text[exc.pos_in_stream + 1:].split("\n", 1)[0]:
+            return SpecSyntaxError(Diagnostic(
+                "unterminated string: the closing quote is missing", source, span,
+                'a path is quoted on one line: use "other.rnn"'))
         message = f"unexpected character {_character_text(char)}"
         return SpecSyntaxError(Diagnostic(message, source, span, _character_hint(char)))
     token = getattr(exc, "token", None)
     both = _once_and_token(lines, token)
     if both is not None:
         return SpecSyntaxError(Diagnostic(*both[:1], source, *both[1:]))
+    misread = None
+    if isinstance(exc, lark.exceptions.UnexpectedToken):
+        try:        # replays the parse through Lark's interactive parser: on the error
+            misread = _misread(text, exc)    # path only, and never worse than no guess
+        except Exception:       # noqa: BLE001 - a Lark that changed its internals
+            misread = None
+    if misread is not None:
+        message, span, hint = misread
+        return SpecSyntaxError(Diagnostic(message, source, span, hint))
     if token is None or token.type == "$END" or getattr(token, "line", None) in (None, -1):
         span = Span.point(len(lines), len(lines[-1]) + 1)
         found = "the end of the file"
@@ -556,6 +591,156 @@ def _once_and_token(lines: list[str], token) -> tuple | None:
             Span(line, column, line, column + len(found.group(2))),
             "a token given once a sequence (a class id, say) is not supported: give it as "
             "its one-hot row, `input once x[V]`")
+
+
+# A mistake that the parser reads as something else stops it a few tokens later, where the
+# text no longer fits what it took the mistake for: `~ 0x10` is the number 0 and then an
+# equation `x10 ...`, `h' =` followed by `output h'` on the next line is `h' = output`. The
+# tokens before the error are replayed to find the mistake and report it where it is.
+_MISREAD_WINDOW = 3     # tokens between a misread one and the error, at most
+_NUMBERS = frozenset({"NUMBER", "SIGNED_NUMBER", "INT"})
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_RADIX = re.compile(r"([xX][0-9a-fA-F]+|[bB][01]+|[oO][0-7]+)")
+_RADIX_NAMES = {"x": "hexadecimal", "b": "binary", "o": "octal"}
+# `use` and `cell` where a statement of a cell starts: words no statement begins with
+MISPLACED = {
+    "use": ("`use` goes at the top of the file, outside cells",
+            "move the line above the first `cell`"),
+    "cell": ("a cell inside a cell: cells do not nest",
+             "close the cell before it with '}', then start the next one"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _keywords() -> frozenset[str]:
+    """The grammar's keywords that begin a statement or a file item: dims, use, output, ..."""
+    return frozenset(t.pattern.value for t in _parser().terminals
+                     if isinstance(t.pattern, lark.lexer.PatternStr) and t.pattern.value.isalpha())
+
+
+def _replay(text: str) -> tuple[list[Token], dict[int, InteractiveParser]]:
+    """The tokens the parser took before its error, and its state before each of the last
+    _MISREAD_WINDOW of them and before the error (at index len(tokens)). Two passes, so as
+    to copy the parser's stacks only near the error."""
+    def tokens_and_states(keep_from: int):
+        taken, states = [], {}
+        parser = _parser().parse_interactive(text)
+        try:
+            for token in parser.iter_parse():
+                if len(taken) >= keep_from:
+                    states[len(taken)] = parser.copy(deepcopy_values=False)
+                taken.append(token)
+        except lark.exceptions.UnexpectedInput:
+            states[len(taken)] = parser
+        return taken, states
+    taken, _ = tokens_and_states(keep_from=1 << 62)
+    return tokens_and_states(keep_from=len(taken) - _MISREAD_WINDOW)
+
+
+def _between(first: Token, last: Token) -> Span:
+    return Span(first.line, first.column, last.end_line, last.end_column)
+
+
+def _unfinished(parser) -> str | None:
+    """What the statement that `parser` is inside lacks to end: the label (or the expected
+    tokens) of the error a '}' would make there; None if it may end there."""
+    parser = parser.copy(deepcopy_values=False)
+    conf = copy.copy(parser.parser_state.parse_conf)
+    conf.callbacks = {}     # no trees: only the state matters
+    parser.parser_state.parse_conf = conf
+    brace = Token("RBRACE", "}")
+    try:
+        parser.feed_token(brace)
+    except lark.exceptions.UnexpectedToken as exc:
+        accepts = frozenset(parser.accepts())
+        return (_label_at(exc.state.position, accepts, brace)
+                or f"expected {_describe_expected(set(accepts))}")
+    return None
+
+
+def _glued(seq: list[Token], error: int) -> tuple | None:
+    """A number written against a name (`2b`, `0x10`, `1_000`), or a function name before an
+    operand without parentheses (`sigmoid b`), where the name is the error token or the one
+    the parser took just before it."""
+    for b in (error, error - 1):
+        if b < 1:
+            continue
+        first, second = seq[b - 1], seq[b]
+        if not _WORD.fullmatch(str(second)) or second.type == "$END":
+            continue
+        if first.type in _NUMBERS and second.start_pos == first.end_pos:
+            written = f"{first}{second}"
+            radix = _RADIX.fullmatch(str(second))
+            if str(first) == "0" and radix:
+                kind = _RADIX_NAMES[str(second)[0].lower()]
+                return (f"'{written}' is a {kind} number: numbers are written in decimal",
+                        _between(first, second), f"write {int(written, 0)}")
+            if re.fullmatch(r"_[0-9_]+", str(second)):
+                return (f"'{written}': digits are not grouped with '_' in a number",
+                        _between(first, second), f"write {written.replace('_', '')}")
+            return (f"a number followed by a name: write {first} * {second}",
+                    _between(first, second), "an operator goes between two operands")
+        if (first.type == "NAME" and (str(first) in FUNCTIONS or str(first) == "dropout")
+                and second.line == first.line):
+            return (f"a function is called with parentheses: {first}({second})",
+                    _between(first, second), None)
+    return None
+
+
+def _keyword_read_as_name(seq: list[Token], error: int, states: dict) -> tuple | None:
+    """A keyword the parser had to take for a name, because the statement before it was
+    unfinished (`h' =` and then `output h'`), or because no statement starts with it (`use`
+    inside a cell); or a keyword just after a stray word (`cell C { qq` and then `dims H`).
+    A keyword that is itself the error after a longer unfinished statement (`input x` and
+    then `state h[H]`) is left where the parser found it."""
+    for k in range(max(1, error - _MISREAD_WINDOW), error + 1):
+        word = seq[k]
+        if str(word) not in _keywords() or (k < error and word.type != "NAME"):
+            continue
+        if k == error and not (k - 1 in states and "RBRACE" in states[k - 1].accepts()):
+            continue
+        parser = states.get(k)
+        inside = sum({"LBRACE": 1, "RBRACE": -1}.get(t.type, 0) for t in seq[:k]) > 0
+        if parser is None or not inside:    # outside a cell, a keyword is only misplaced
+            continue
+        if "RBRACE" in parser.accepts():    # a statement could start here: the word is wrong
+            if str(word) not in MISPLACED:
+                return None
+            return (*MISPLACED[str(word)][:1], _span_of(word), MISPLACED[str(word)][1])
+        what = _unfinished(parser)
+        if what is None:
+            return None
+        return (f"{what} (found the keyword '{word}')", _span_of(seq[k - 1]),
+                f"'{word}' starts the next statement, so the one before it is unfinished")
+    return None
+
+
+def _continued_line(seq: list[Token], error: int, states: dict) -> tuple | None:
+    """A name that starts a line, taken as the end of the statement on the line before it,
+    just before an error that shows it starting an equation (`h'` or `h =`): the statement
+    before it is unfinished (a trailing ',', a `~` with nothing after it)."""
+    for k in (error - 1, error - 2):
+        if k < 1 or k not in states:
+            continue
+        word, before = seq[k], seq[k - 1]
+        after = [t.type for t in seq[k + 1:error + 1]]
+        if (word.type == "NAME" and word.line > before.end_line
+                and after in (["PRIME"], ["EQUAL"], ["PRIME", "EQUAL"])):
+            what = _unfinished(states[k])
+            if what is None:
+                return None
+            return (f"{what} (found the end of the line)", _span_of(before),
+                    f"'{word}' on line {word.line} starts the next statement")
+    return None
+
+
+def _misread(text: str, exc: lark.exceptions.UnexpectedToken) -> tuple | None:
+    """(message, span, hint) of the mistake that the parser read as something else a few
+    tokens before its error; None if there is none."""
+    taken, states = _replay(text)
+    seq, error = [*taken, exc.token], len(taken)
+    return (_glued(seq, error) or _keyword_read_as_name(seq, error, states)
+            or _continued_line(seq, error, states))
 
 
 # How deep an expression (or a size) may nest: each operator, call, slice, member and

@@ -924,3 +924,11 @@ def test_a_step_layer_of_a_cell_with_once_or_final_is_refused(decls, message):
     with pytest.raises(CheckError) as info:
         read_spec("step_layer.rnn", text=text)
     assert f"step_layer.rnn:11:13: error: {message}" in info.value.render()
+
+
+def test_an_unknown_dim_that_is_a_keyword_gets_no_hint_to_declare_it():
+    """`dims input, H` is refused at `input`; its use in a shape hinted 'declare it:
+    dims H, input', which the first error says cannot be."""
+    text = "cell C {\n  dims input, H\n  input x[input]\n  output y = x\n}\n"
+    unknown = [d for d in errors(text) if d.message.startswith("unknown dim 'input'")]
+    assert len(unknown) == 1 and unknown[0].hint is None

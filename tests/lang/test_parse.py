@@ -339,6 +339,8 @@ INIT = ("an initialiser follows `~`: a number, or a name like `glorot` or "
         "`uniform(-0.1, 0.1)`")
 USE = "`use` takes a quoted path: `use \"other.rnn\"`"
 MISSING_BRACE = "missing '}' at the end of the cell"
+DECLARATION = "a declaration needs at least one name, like `dims I, H` or `input x[I]`"
+TRAILING = "a name must follow the ',': remove a trailing ','"
 
 # (label, text, line, column, what the message says was found)
 BAD_INPUTS = [
@@ -391,6 +393,10 @@ BAD_INPUTS = [
     (USE, "use a.rnn", 1, 5, "'a'"),
     (USE, "\nuse\n'a.rnn'", 3, 1, "\"'\""),
     (USE, "use", 1, 4, "the end of the file"),
+    (DECLARATION, "cell A {\n  input\n}", 3, 1, "'}'"),
+    (DECLARATION, "cell A { param }", 1, 16, "'}'"),
+    (TRAILING, "cell A { dims H, }", 1, 18, "'}'"),
+    (TRAILING, "cell A {\n  state h[H], c[H],\n}", 3, 1, "'}'"),
 ]
 
 
@@ -462,7 +468,6 @@ def test_labels_do_not_depend_on_nesting(text, label):
     ("cell A { a = (b] }", "unexpected ']'; expected \"'\", '(', ')', '*', '**', '+', '-', "
      "'.', ...", 1, 16),
     ("cell A { output }", "unexpected '}'; expected a name", 1, 17),
-    ("cell A { dims H, }", "unexpected '}'; expected a name", 1, 18),
     ("cell A { 1 = x }", "unexpected '1'; expected '}', a name, dims, final, input, layer, "
      "output, param, ...", 1, 10),
     ("cell A {\n  a = x[\n", "unexpected the end of the file; expected '(', ':', a name, "
@@ -478,7 +483,6 @@ def test_unlabelled_errors_say_what_was_expected(text, message, line, column):
     ("cell A {\n  h' = $x\n}", "$", 2, 8),
     ("cell A { a = `b` }", "`", 1, 14),
     ("cell A {\n\n  a = b ! c }", "!", 3, 9),
-    ('use "a.rnn', '"', 1, 5),
     ("cell A { a = b\x00 }", "\x00", 1, 15),
 ])
 def test_unexpected_characters(text, char, line, column):
@@ -486,6 +490,69 @@ def test_unexpected_characters(text, char, line, column):
     assert error.message == f"unexpected character {char!r}"
     assert (error.span.line, error.span.column) == (line, column)
     assert error.diagnostics[0].hint.startswith("names are letters, digits and _")
+
+
+@pytest.mark.parametrize("text, line", [
+    ('use "a.rnn', 1),
+    ('use "a.rnn\ncell A { }', 1),
+    ('use "a.rnn"\nuse "b.rnn\n', 2),
+])
+def test_an_unterminated_string_is_named_as_such(text, line):
+    error = syntax_error(text)
+    assert error.message == "unterminated string: the closing quote is missing"
+    assert (error.span.line, error.span.column) == (line, 5)
+    assert error.diagnostics[0].hint == 'a path is quoted on one line: use "other.rnn"'
+
+
+ENDS_EARLY = "starts the next statement, so the one before it is unfinished"
+
+
+# A mistake the parser reads as something else stops it a few tokens later, where the text
+# no longer fits: each is reported where the mistake is. (text, message, line, column, hint)
+MISREAD = [
+    ("cell A {\n  param b[H] ~ 0x1F\n  h' = b\n}",
+     "'0x1F' is a hexadecimal number: numbers are written in decimal", 2, 16, "write 31"),
+    ("cell A { a = b * 0x10 }",
+     "'0x10' is a hexadecimal number: numbers are written in decimal", 1, 18, "write 16"),
+    ("cell A { a = 0b101\n}", "'0b101' is a binary number: numbers are written in decimal",
+     1, 14, "write 5"),
+    ("cell A { a = x * 1_000 }", "'1_000': digits are not grouped with '_' in a number",
+     1, 18, "write 1000"),
+    ("cell A {\n  a = tanh(3x)\n}", "a number followed by a name: write 3 * x", 2, 12,
+     "an operator goes between two operands"),
+    ("cell A { a = 2b\n  output a }", "a number followed by a name: write 2 * b", 1, 14,
+     "an operator goes between two operands"),
+    ("cell A {\n  a = max(tanh x, y)\n}",
+     "a function is called with parentheses: tanh(x)", 2, 11, None),
+    ("cell A { a = sigmoid b\n  output a }",
+     "a function is called with parentheses: sigmoid(b)", 1, 14, None),
+    ("cell A {\n  a =\n  output a\n}",
+     f"{EXPRESSION} (found the keyword 'output')", 2, 5, f"'output' {ENDS_EARLY}"),
+    ("cell A {\n  state h[H]\n  h' = tanh(h) +\n  output h'\n}",
+     f"{EXPRESSION} (found the keyword 'output')", 3, 16, f"'output' {ENDS_EARLY}"),
+    ("cell A {\n  dims\n  input x[I]\n}",
+     f"{DECLARATION} (found the keyword 'input')", 2, 3, f"'input' {ENDS_EARLY}"),
+    ("cell A { qq\n  dims H\n}", f"{EQUALS} (found the keyword 'dims')", 1, 10,
+     f"'dims' {ENDS_EARLY}"),
+    ("cell A {\n  param W[H], b[H],\n  h' = W\n}", f"{TRAILING} (found the end of the line)",
+     2, 19, "'h' on line 3 starts the next statement"),
+    ("cell A {\n  param b[H] ~\n  a = b\n}", f"{INIT} (found the end of the line)",
+     2, 14, "'a' on line 3 starts the next statement"),
+    ("cell A {\n  dims H\n  use \"b.rnn\"\n}",
+     "`use` goes at the top of the file, outside cells", 3, 3,
+     "move the line above the first `cell`"),
+    ("cell A {\n  cell B { }\n}", "a cell inside a cell: cells do not nest", 2, 3,
+     "close the cell before it with '}', then start the next one"),
+]
+
+
+@pytest.mark.parametrize("text, message, line, column, hint", MISREAD,
+                         ids=[f"{i}-{t[1][:20]}" for i, t in enumerate(MISREAD)])
+def test_a_misread_mistake_is_reported_where_it_is(text, message, line, column, hint):
+    error = syntax_error(text)
+    assert error.message == message
+    assert (error.span.line, error.span.column) == (line, column)
+    assert error.diagnostics[0].hint == hint
 
 
 def test_rendered_error_shows_place_line_and_caret():
