@@ -37,7 +37,12 @@ def _inference_kernel(cell, kernel):
 
 
 def main(argv: list[str]) -> int:
-    cases = argv or [f"{c}:{s}" for c in ("lstm", "gru") for s in SHAPES]
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("cases", nargs="*", metavar="CELL:SHAPE",
+                    help=f"cells {', '.join(CELLS)}; shapes {', '.join(SHAPES)} (default: "
+                         "lstm and gru at every shape)")
+    cases = ap.parse_args(argv).cases or [f"{c}:{s}" for c in ("lstm", "gru") for s in SHAPES]
     print("| cell, shape | training kernel best / median ms | twin best / median ms | "
           "median ratio |")
     print("|---|---|---|---|")

@@ -369,9 +369,10 @@ class CompiledCell(ReusedBuffers, Cell):
         args = []
         empty = self._empty
         # with grad=False the twin kernel runs, which leaves the tapes only BPTT reads
-        # unwritten: each is handed an empty array of its rank (no allocation a call)
-        unused = self.meta.get("inference_unused", ()) if getattr(_NO_GRAD, "on", False) \
-            else ()
+        # unwritten: each is handed an empty array of its rank (no allocation a call).
+        # Only the twin: the forward kernel in its place (a module without one, or one
+        # put there by hand) writes every tape, and the kernels check no bounds
+        unused = self._twins_unused() if getattr(_NO_GRAD, "on", False) else ()
         for i, arg in enumerate(self.meta["forward_args"]):
             if unused and i in unused:
                 args.append(self._unused_tape(arg))
@@ -395,6 +396,15 @@ class CompiledCell(ReusedBuffers, Cell):
                 value = self._sized_arg(arg, T, B, consts, threads, seen, "forward")
             args.append(value)
         return args, outputs, finals, tapes
+
+    def _twins_unused(self) -> tuple[int, ...]:
+        """The forward arguments the twin leaves unwritten, where the kernel to run is the
+        module's own twin (`forward_inference_<Cell>`); none for anything else in its
+        place (the forward kernel, a wrapper put there by hand), which may write them."""
+        meta = self.meta
+        twin = meta.get("forward_inference")
+        built = getattr(self.kernels, f"forward_inference_{self.spec.name}", None)
+        return meta.get("inference_unused", ()) if twin is not None and twin is built else ()
 
     def _unused_tape(self, arg) -> np.ndarray:
         """An empty array of the rank of a tape or history the inference twin does not

@@ -74,10 +74,11 @@ def gradcheck(Cell, dims: dict[str, int] | None = None, T: int = 3, B: int = 2,
     x = {d.name: (rng.integers(0, cell._size(d)[0], (T, B)) if d.token else
                   rng.normal(size=(B,) + cell._size(d)) if d.once else
                   rng.normal(size=(T, B) + cell._size(d))) for d in spec.inputs}
-    # with every input `once`, T says how many steps to run
-    steps = T if all(d.once for d in spec.inputs) else None
+    # with every input `once`, T says how many steps to run (only then passed: a subclass
+    # may override forward(x, state))
+    steps = {"steps": T} if all(d.once for d in spec.inputs) else {}
     s0 = {d.name: rng.normal(scale=0.5, size=(B,) + cell._size(d)) for d in spec.states}
-    run = cell.forward(x, state=s0, steps=steps)
+    run = cell.forward(x, state=s0, **steps)
     d_out = {} if inject == "state" else {
         name: rng.normal(size=y.shape) for name, y in run.outputs.items()}
     d_st = {} if inject == "outputs" else {
@@ -86,7 +87,7 @@ def gradcheck(Cell, dims: dict[str, int] | None = None, T: int = 3, B: int = 2,
 
     def loss() -> tuple[float, float]:
         """The loss, and the sum of its terms' magnitudes (the scale of its rounding)."""
-        r = cell.forward(x, state=s0, steps=steps)
+        r = cell.forward(x, state=s0, **steps)
         terms = [r.outputs[n] * d for n, d in d_out.items()]
         terms += [r.state[n] * d for n, d in d_st.items()]
         return (sum(float(np.sum(t)) for t in terms),

@@ -102,3 +102,29 @@ def test_a_forward_without_grad_is_the_same_forward(threads, monkeypatch):
             with pytest.raises(BindError, match="grad=False"):
                 cell.backward(b, {n: np.ones_like(v) for n, v in b.outputs.items()})
         assert ran, f"{spec}: forward(grad=False) did not run the inference twin"
+
+
+@pytest.mark.parametrize("stand_in", ["forward kernel", "wrapper"])
+def test_only_the_twin_gets_empty_arrays_for_the_tapes_it_leaves(stand_in, monkeypatch):
+    """With grad=False the twin gets empty arrays for the tapes it leaves unwritten; the
+    forward kernel put in its place (benchmarks/inference_twin.py does), or a wrapper,
+    writes them all, and the kernels check no bounds: it wrote past those empty arrays
+    and corrupted the heap ('corrupted size vs. prev_size', exit 134 or 139)."""
+    cell = rnndsl.load(ROOT / "specs" / "lstm.rnn")(dtype=np.float64, seed=2, I=3, H=4)
+    x = np.random.default_rng(0).standard_normal((6, 17, 3))
+    want = cell.forward(x)
+    unused = cell.meta.get("inference_unused")
+    assert unused, "the twin leaves no tape unwritten"
+    forward, seen = cell.meta["forward"], []
+
+    def wrapper(*args):
+        seen.append(min(args[i].size for i in unused))
+        return forward(*args)
+    monkeypatch.setitem(cell.meta, "forward_inference",
+                        forward if stand_in == "forward kernel" else wrapper)
+    for _ in range(3):
+        got = cell.forward(x, grad=False)
+        np.testing.assert_array_equal(got.outputs["h"], want.outputs["h"])
+    assert all(size > 0 for size in seen)
+    monkeypatch.undo()
+    assert cell._twins_unused() == unused      # the module's own twin: empty arrays
