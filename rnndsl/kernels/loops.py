@@ -125,6 +125,42 @@ def _one_compiler(dispatcher):
         os.close(fd)             # and with it the lock
 
 
+@contextmanager
+def _ctrl_c_after_compiling():
+    """Ctrl-C while a kernel compiles, kept for its end: a KeyboardInterrupt raised inside
+    LLVM's callbacks into Python (ctypes ignores it there) left Numba's library without
+    its compiled object, and the next step failed with 'no compiled object yet', an
+    internal error (status 3) instead of an interruption. The first Ctrl-C says so and
+    is raised once the compile is done (seconds); a second one is raised at once. Only
+    in the main thread (the one Python delivers signals to) and over Python's own
+    handler or a callable one, which are then run as they would have been."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGINT)
+    if not callable(before):         # ignored, or the default action: nothing to defer
+        yield
+        return
+    pressed = []
+
+    def later(signum, frame):
+        if pressed:                  # a second Ctrl-C: the user insists
+            before(signum, frame)
+            return
+        pressed.append((signum, frame))
+        os.write(2, b"\nrnndsl: Ctrl-C: stopping when the kernel being compiled is done "
+                    b"(press it again to stop now)\n")
+    signal.signal(signal.SIGINT, later)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+    if pressed:
+        before(*pressed[0])
+
+
 class _KernelDispatcher(CPUDispatcher):
     """A Numba dispatcher whose compilations (a generated kernel, and what it inlines)
     may vectorise loops behind more run-time overlap checks (see above), one process at
@@ -137,7 +173,8 @@ class _KernelDispatcher(CPUDispatcher):
         args, _ = sigutils.normalize_signature(sig)
         if args in self.overloads:             # compiled here already: no lock to take
             return self.overloads[args].entry_point
-        with _one_compiler(self), global_compiler_lock, _many_alias_checks():
+        with _ctrl_c_after_compiling(), _one_compiler(self), global_compiler_lock, \
+                _many_alias_checks():
             return super().compile(sig)
 
 

@@ -238,3 +238,32 @@ def test_stack_rows_copies_a_block_and_takes_its_fingerprint(dtype, rows, cols):
     stack = np.empty((rows, cols), dtype)
     kernels.stack_rows_seen(stack, 0, W, np.empty(0, np.uint64), 0)
     assert np.array_equal(stack, W)
+
+
+def test_ctrl_c_while_a_kernel_compiles_is_raised_when_the_compile_is_done(capfd):
+    """A KeyboardInterrupt inside LLVM's callbacks into Python left Numba's library
+    without its compiled object ('no compiled object yet': rnndsl's internal error,
+    status 3, two Ctrl-Cs in ten during a cold compile); the compile now finishes first
+    and the interrupt comes after it. A second Ctrl-C is raised at once."""
+    import os
+    import signal
+    from rnndsl.kernels.loops import _ctrl_c_after_compiling
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # Python's own
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_after_compiling():
+            os.kill(os.getpid(), signal.SIGINT)      # delivered at the next bytecode
+            sum(range(10000))
+            finished.append(True)
+    assert finished and "stopping when the kernel being compiled is done" in \
+        capfd.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_after_compiling():
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(10000))
+            os.kill(os.getpid(), signal.SIGINT)      # the user insists
+            sum(range(10000))
+            finished.append("not reached")
+    assert finished == [True]
+    signal.signal(signal.SIGINT, previous)
