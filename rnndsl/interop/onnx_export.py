@@ -125,10 +125,25 @@ def to_model(cell, *, operators: bool | None = None):
     frame.finish(results)
     for name, value in cell.params.items():
         b.initializer(name, np.asarray(value))
+    used = _read_names(b.nodes) | {o.name for o in frame.outputs}
     graph = helper.make_graph(b.nodes, spec.name, frame.inputs, frame.outputs,
-                              initializer=b.initializers,
+                              initializer=[t for t in b.initializers if t.name in used],
                               doc_string=f"cell {spec.name} from {spec.source.path}")
     return package(graph, cell, kind, direction=frame.direction)
+
+
+def _read_names(nodes) -> set[str]:
+    """Every name the nodes read, those of their subgraphs (a Scan's body) included: an
+    initializer none of them reads is left out of the model (onnxruntime warns of each,
+    'Removing initializer ...': the operator form has no use for some of the frame's
+    constants)."""
+    names: set[str] = set()
+    for node in nodes:
+        names.update(node.input)
+        for attribute in node.attribute:
+            for graph in [attribute.g] * attribute.HasField("g") + list(attribute.graphs):
+                names |= _read_names(graph.node)
+    return names
 
 
 # ---------------------------------------------------------------------------- frame

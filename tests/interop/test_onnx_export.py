@@ -521,3 +521,24 @@ def test_cli_exports_a_checkpoints_params(tmp_path, capsys):
     code, _, err = run(["export", REPO / "specs" / "gru.rnn", "--dims", "I=3,H=5", "-o",
                         tmp_path / "other.onnx", "--params", tmp_path / "gru.npz"], capsys)
     assert code == 2 and "H" in err and not (tmp_path / "other.onnx").exists()
+
+
+@pytest.mark.parametrize("operators", [True, False], ids=["operators", "scan"])
+def test_every_initializer_is_read_by_a_node(operators):
+    """The LSTM's operator form carried a constant no node read (onnxruntime: 'Removing
+    initializer const_7. It is not used by any node'), once a layer in a network."""
+    def read(nodes) -> set:
+        names = set()
+        for node in nodes:
+            names.update(node.input)
+            for a in node.attribute:
+                if a.HasField("g"):
+                    names |= read(a.g.node)
+        return names
+    for path in SPECS:
+        cell = rnndsl.load(path, target="interp")(dtype=np.float32, seed=0, **{
+            d: 3 for d in read_spec(path).pick().dims})
+        model = rnndsl.onnx.to_model(cell, operators=operators)
+        unread = [t.name for t in model.graph.initializer
+                  if t.name not in read(model.graph.node)]
+        assert not unread, f"{path.stem}: {unread}"
