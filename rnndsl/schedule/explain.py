@@ -8,6 +8,11 @@ from ..core.ops import Op
 from .plan import ELEMENTWISE, LOOP_STAGES, Plan, passes_for
 
 
+# under a time loop with no work of its own: a cell without states (a network's readout
+# segment) runs all of it over the T*B rows at once
+NOTHING_A_STEP = "(nothing: no state carries a step to the next, so all runs over T*B rows)"
+
+
 def explain_lines(plan: Plan, which: str = "both", target: str = "cpu",
                   tokens=frozenset()) -> list[str]:
     """The loop nest in pseudocode: what runs where, in order, on `target` (whose passes
@@ -115,10 +120,13 @@ def explain_lines(plan: Plan, which: str = "both", target: str = "cpu",
         for item in describe("pre", part=True):
             lines.append(f"  all T*B rows: {item}")
         lines.append("  for t in 0 .. T-1:" + loop_note)
-        for item in describe("fwd"):
+        steps = describe("fwd")
+        for item in steps:
             lines.append(f"    {item}")
         if plan.saved:
             lines.append(f"    save {len(plan.saved)} values for BPTT")
+        elif not steps:
+            lines.append(f"    {NOTHING_A_STEP}")
         if plan.at_end:
             lines.append(f"  after the loop, from the final states, B rows: final "
                          f"{', '.join(plan.at_end)}")
@@ -131,8 +139,11 @@ def explain_lines(plan: Plan, which: str = "both", target: str = "cpu",
         for item in describe("pre", part=False):
             lines.append(f"  all T*B rows: {item}")
         lines.append("  for t in T-1 .. 0:" + loop_note)
-        for item in describe("bwd"):
+        steps = describe("bwd")
+        for item in steps:
             lines.append(f"    {item}")
+        if not steps:
+            lines.append(f"    {NOTHING_A_STEP}")
         for item in describe("post"):
             lines.append(f"  all T*B rows: {item}")
     return lines

@@ -577,3 +577,18 @@ def test_options_that_would_do_nothing_or_hang_are_refused(tmp_path, monkeypatch
     assert not (tmp_path / "out").exists() and not (tmp_path / "g.dot").exists()
     if argv[0] == "explain":
         assert "(see: rnndsl explain --help)" in err
+
+
+def test_explain_says_why_a_stateless_cells_time_loops_are_empty(tmp_path, capsys):
+    """A cell with no state (a network's readout segment) printed `for t in 0 .. T-1:`
+    and `for t in T-1 .. 0:` with nothing under them."""
+    spec = tmp_path / "readout.rnn"
+    spec.write_text("cell R {\n  dims I, K\n  input x[I]\n  param W[K, I]\n"
+                    "  output y = W @ x\n}\n")
+    code, out, err = run(["explain", spec], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    for loop in ("  for t in 0 .. T-1:", "  for t in T-1 .. 0:"):
+        after = lines[lines.index(loop) + 1]
+        assert after == "    (nothing: no state carries a step to the next, so all runs " \
+                        "over T*B rows)", out
