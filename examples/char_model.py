@@ -221,7 +221,8 @@ def main(argv=None) -> int:
           f"{dtype.name}")
     print(f"trained: {stats['steps']} steps, {stats['chars']:,} chars in "
           f"{clock(stats['seconds'])} ({stats['chars'] / stats['seconds']:,.0f} chars/s)")
-    print(f"train loss (last 50 steps): {stats['train_loss'] / math.log(2):.3f} bits/char")
+    print(f"train loss (last {min(50, stats['steps'])} steps): "
+          f"{stats['train_loss'] / math.log(2):.3f} bits/char")
     print(f"validation: {after:.3f} bits/char over {len(val_ids) - 1:,} chars "
           f"(before training {before:.3f}; uniform {uniform:.3f}; unigram {unigram:.3f})")
     if args.save:

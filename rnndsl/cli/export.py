@@ -54,7 +54,18 @@ def cmd_export(args) -> int:
         spec = spec_file.pick(args.cell)
     except SpecFileError as exc:
         raise UsageError(f"--cell: {exc}" if args.cell else str(exc)) from None
-    given = args.dims or {}
+    given = dict(args.dims or {})
+    trained = None
+    if args.params is not None:      # a checkpoint knows its dims (and its vocabulary)
+        from ..train import checkpoint as ckpt
+        trained = ckpt.peek(args.params)
+        differ = {d: (v, trained.dims[d]) for d, v in given.items()
+                  if d in trained.dims and trained.dims[d] != v}
+        if differ:
+            raise UsageError("--dims: " + ", ".join(
+                f"{d}={v} but {args.params} holds {d}={t}" for d, (v, t) in differ.items())
+                + "; leave --dims out to take the checkpoint's")
+        given = {**trained.dims, **given}
     unknown = [d for d in given if d not in spec.dims]
     missing = [d for d in spec.dims if d not in given]
     example = ",".join(f"{d}=8" for d in spec.dims)
@@ -73,7 +84,11 @@ def cmd_export(args) -> int:
     from ..interop.onnx_export import export
     from ..interop.onnx_interface import NETWORK, exported_as
     operators = True if args.operators else False if args.scan else None
-    model = export(cell, out, operators=operators)
+    # the token of each id, as the checkpoint holds it (rnndsl.train.data.Vocab.to_json)
+    vocab = (trained.meta.get("user", {}).get("vocab") if trained is not None
+             and isinstance(trained.meta, dict) else None)
+    model = export(cell, out, operators=operators, metadata={
+        "rnndsl.vocab": vocab} if isinstance(vocab, str) else None)
     kind = exported_as(model)
     if kind.startswith(NETWORK):
         what = f"a network of parts in turn: {kind[len(NETWORK):]}"
@@ -129,7 +144,9 @@ def add_parsers(sub) -> None:
                    help="seed of the params' initialisers (default 0)")
     p.add_argument("--params", metavar="CHECKPOINT",
                    help="take the params from a checkpoint (rnndsl train's .npz) of this "
-                        "cell with these dims, instead of the initialisers")
+                        "cell, instead of the initialisers; its dims too, where --dims "
+                        "leaves them out, and its vocabulary, into the model's metadata "
+                        "(rnndsl.vocab)")
     p.add_argument("--direction", choices=("forward", "reverse", "bidirectional"),
                    default="forward",
                    help="run the cell forward in time (default), from each sequence's "

@@ -58,14 +58,16 @@ from .onnx_network import network_model
 from .onnx_nodes import Builder, Emit, elem_type, emit_nodes
 
 
-def export(cell, path, *, operators: bool | None = None):
+def export(cell, path, *, operators: bool | None = None, metadata=None):
     """Write `cell` (an instance: dims bound, params set) as an ONNX model to `path`,
     atomically; return the `onnx.ModelProto`.
 
     operators: True uses ONNX's RNN/LSTM/GRU operators for a cell of their form; False
     always writes a Scan over the cell's equations; None (the default) uses them in
     float32, and a Scan in float64, since onnxruntime's CPU kernels of those
-    operators take float32 only."""
+    operators take float32 only. metadata: more {key: text} for the model's
+    metadata_props (`rnndsl export --params` adds the checkpoint's vocabulary as
+    "rnndsl.vocab": `rnndsl.train.data.Vocab.to_json`'s text, the tokens by id)."""
     if not isinstance(path, (str, Path)):
         raise ExportError(f"export writes to a path (a str or a pathlib.Path), got "
                           f"{type(path).__name__}")
@@ -77,6 +79,11 @@ def export(cell, path, *, operators: bool | None = None):
         raise ExportError(f"{path}: the folder {path.parent} does not exist; create it "
                           "first, or name a file in a folder that exists")
     model = to_model(cell, operators=operators)
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ExportError(f"metadata maps text to text; got {key!r}: {value!r}")
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
     write_atomically(path, model.SerializeToString())
     return model
 

@@ -80,7 +80,8 @@ class Corpus:
 
     def describe(self) -> str:
         """One line for logs and checkpoints: size, count, short hash and source."""
-        return (f"{self.name}: {len(self.text):,} chars in {len(self.documents):,} documents, "
+        n = len(self.documents)
+        return (f"{self.name}: {len(self.text):,} chars in {n:,} document{'' if n == 1 else 's'}, "
                 f"sha256 {self.sha256[:16]}; {self.source}")
 
 

@@ -521,6 +521,28 @@ def test_cli_exports_a_checkpoints_params(tmp_path, capsys):
     code, _, err = run(["export", REPO / "specs" / "gru.rnn", "--dims", "I=3,H=5", "-o",
                         tmp_path / "other.onnx", "--params", tmp_path / "gru.npz"], capsys)
     assert code == 2 and "H" in err and not (tmp_path / "other.onnx").exists()
+    assert "--dims: H=5 but" in err and "holds H=4" in err
+
+
+def test_cli_takes_a_checkpoints_dims_and_writes_its_vocabulary(tmp_path, capsys):
+    """`export --params` asked for --dims the checkpoint knows, and left the vocabulary
+    (which character each id is) out of the model: a checkpoint of `rnndsl train` now
+    gives both, the vocabulary in the metadata as `rnndsl.train.data.Vocab.to_json`."""
+    from rnndsl.train import checkpoint
+    from rnndsl.train.data import Vocab
+    vocab = Vocab.from_text("hello world\n")
+    cell = make_cell(REPO / "specs" / "gru.rnn", I=len(vocab), H=4)
+    checkpoint.save(tmp_path / "gru.npz", cell,         # laid out as rnndsl train does
+                    meta={"user": {"vocab": vocab.to_json()}})
+    out = tmp_path / "gru.onnx"
+    code, text, err = run(["export", REPO / "specs" / "gru.rnn", "-o", out, "--params",
+                           tmp_path / "gru.npz"], capsys)
+    assert code == 0, err
+    assert f"GRU(I={len(vocab)}, H=4)" in text
+    model = onnx.load(str(out))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert Vocab.from_json(props["rnndsl.vocab"]).tokens == vocab.tokens
+    assert_same(cell, model)
 
 
 @pytest.mark.parametrize("operators", [True, False], ids=["operators", "scan"])
