@@ -90,7 +90,8 @@ def cached_module(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
     remember_spec(spec_file, path)    # the module's classes read it, not the spec again
     try:
         module = load_built(path)
-        if all(hasattr(module, name) for name in getattr(module, "CELLS", ("CELLS",))):
+        cells = getattr(module, "CELLS", None)      # the module's last lines define them
+        if cells is not None and all(hasattr(module, name) for name in cells):
             return module
     except Exception:     # noqa: BLE001 - its import failed: rebuilt below
         pass

@@ -193,16 +193,15 @@ class Cell:
         # views of one flat buffer, in the spec's order (core/flat.py): a norm or an
         # optimiser step over the whole model is then one loop
         shapes = [self._size(d) for d in spec.params]
+        bound = ", ".join(f"{k}={v}" for k, v in self.dims.items())
         try:
             _, views = flat_views(shapes, self.dtype, fill=None)
         except (MemoryError, ValueError):
             size = sum(float(np.prod(s, dtype=np.float64)) for s in shapes) * \
                 self.dtype.itemsize
-            bound = ", ".join(f"{k}={v}" for k, v in self.dims.items())
             raise BindError(f"{spec.name}({bound}): its params would take {size / 2**30:,.1f} "
                             "GiB, more than this machine can allocate") from None
         self.params: dict[str, np.ndarray] = {}
-        bound = ", ".join(f"{k}={v}" for k, v in self.dims.items())
         for d, view in zip(spec.params, views):
             try:
                 with np.errstate(over="ignore"):      # refused below, by name

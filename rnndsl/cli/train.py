@@ -210,7 +210,7 @@ class _Plan:
 def _prepare(args) -> _Plan:
     """Check everything that can be checked without training: arguments together, the
     spec, the corpus, the checkpoint (its fate, and when resuming, its model)."""
-    from ..train.data import Vocab, split, tbptt_batches
+    from ..train.data import Vocab, split, val_size
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -267,7 +267,7 @@ def _prepare(args) -> _Plan:
         vocab = Vocab.from_text(corpus.text)
         dims = _bind(Cell.spec, vocab_dim, len(vocab), given)
     ids = vocab.encode(corpus.text)
-    val = int(round(len(ids) * args.val))        # as data.split cuts it
+    val = val_size(len(ids), args.val)
     if val < 2 or len(ids) - val < 2:
         hint = "use more text" if len(ids) < 4 else \
             f"{'lower' if val >= 2 else 'raise'} --val or use more text"
@@ -284,7 +284,6 @@ def _prepare(args) -> _Plan:
                          f"to train on (a row of one step each, and the next char); the "
                          f"corpus leaves {len(train_ids):,} after --val: use a smaller "
                          "--batch, or more text")
-    tbptt_batches(train_ids, args.batch, args.seq)     # refuses a corpus too short
     prefix = _encode_prime(vocab, args.prime, "the corpus")
     best, best_record = _best(args, checkpoint, info is not None, len(val_ids) - 1)
     progress = info.meta.get("trainer", {}).get("progress") if info else None
@@ -320,19 +319,17 @@ def _schedule(args):
 def _outputs_apart_from_inputs(args, outputs) -> None:
     """No file train writes may be the spec or the corpus it reads: --force would
     overwrite them with a checkpoint (or a JSON, or a PNG)."""
-    inputs = [("the spec", args.spec)]
-    if args.corpus and Path(args.corpus).is_file():
-        inputs.append(("the corpus", args.corpus))
+    read = {Path(path).resolve(): what for what, path in (("the spec", args.spec),
+                                                          ("the corpus", args.corpus))
+            if path and Path(path).is_file()}
     if args.checkpoint and not args.best:
         ckpt = Path(args.checkpoint)
         outputs = (*outputs, ("the best checkpoint (from --checkpoint)", str(ckpt.with_name(
             f"{ckpt.stem}.best{ckpt.suffix or '.npz'}"))))
     for option, value in outputs:
-        for what, path in inputs:
-            if value and Path(path).is_file() and Path(value).resolve() == \
-                    Path(path).resolve():
-                raise cli_args.UsageError(f"{option} {value} is {what} that train reads; "
-                                          "name another file")
+        if value and Path(value).resolve() in read:
+            raise cli_args.UsageError(f"{option} {value} is {read[Path(value).resolve()]} "
+                                      "that train reads; name another file")
 
 
 def _best(args, checkpoint: Path, resuming: bool, val_chars: int):

@@ -41,7 +41,6 @@ MAX_CELL_NAME = 64
 RESERVED_DIM_NAMES = frozenset({"self", "cls", "dtype", "seed", "direction"})
 
 
-
 class _Checker(LayerChecks):
     def __init__(self, cell: ast.Cell, source: Source, library=None):
         self.cell, self.source = cell, source

@@ -183,6 +183,11 @@ class Vocab:
         return cls(data.get("tokens", ()), data.get("fallback"))
 
 
+def val_size(n: int, val_fraction: float) -> int:
+    """How many of n items `split` holds out for validation."""
+    return int(round(n * val_fraction))
+
+
 def split(ids, val_fraction: float = 0.1):
     """(train, val): the stream's head and its contiguous tail of `val_fraction` of it.
 
@@ -192,7 +197,7 @@ def split(ids, val_fraction: float = 0.1):
     if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
         raise DataError(f"split: val_fraction must be a number in [0, 1), got {val_fraction!r}")
     n = len(ids)
-    n_val = int(round(n * val_fraction))
+    n_val = val_size(n, val_fraction)
     if (val_fraction > 0 and n_val == 0) or n_val >= n:
         raise DataError(f"split: a stream of {n} items cannot give a non-empty train and "
                         f"validation part with val_fraction={val_fraction}; use more data")

@@ -352,12 +352,13 @@ class Sampler:
         if logits.shape != (B, self.vocab):
             raise SampleError(f"readout returned shape {logits.shape}; expected (batch, V) = "
                               f"({B}, {self.vocab})")
-        bad = None if np.isfinite(logits).all() else (     # one pass where all is well
-            np.isnan(logits) | (logits == np.inf) | (logits == -np.inf).all(axis=1)[:, None])
-        if bad is not None and bad.any():
-            row = int(np.argwhere(bad)[0][0])
-            raise SampleError(f"the logits after step {steps + T - 1} (row {row}) are not "
-                              "usable (NaN, +inf, or all -inf); check the params")
+        if not np.isfinite(logits).all():       # one pass where all is well
+            bad = np.isnan(logits) | (logits == np.inf) | \
+                (logits == -np.inf).all(axis=1)[:, None]
+            if bad.any():
+                row = int(np.argwhere(bad)[0][0])
+                raise SampleError(f"the logits after step {steps + T - 1} (row {row}) are "
+                                  "not usable (NaN, +inf, or all -inf); check the params")
         return Primed(dict(run.state), log_softmax(logits), steps + T)
 
     def prime(self, prefix, batch: int | None = None, state=None) -> Primed:
