@@ -30,6 +30,9 @@ os.environ.setdefault("RNNDSL_COMPILE_AHEAD", "0")
 # (rnndsl.build.machine); the suite runs with the built-in marks, so that it does not
 # depend on this machine's noise (tests/build/test_machine.py times them for real).
 os.environ.setdefault("RNNDSL_TUNING", "default")
+# Likewise the register tile's rows (8 with AVX-512, 4 without: rnndsl.kernels.tile_sizes):
+# the suite's batches are sized around 8; tests/kernels/test_tile_choice.py runs the other.
+os.environ.setdefault("RNNDSL_TILES", "8x16")
 
 settings.register_profile("fast", max_examples=40, deadline=None)
 settings.register_profile("long", max_examples=500, deadline=None)

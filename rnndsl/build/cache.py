@@ -72,6 +72,16 @@ def compiler_hash() -> str:
     return _COMPILER_HASH
 
 
+def target_key(target: str) -> str:
+    """The target as build keys name it: for the cpu, with the register tile this
+    process compiles for (rnndsl.kernels.tile_sizes), which a generated module's text
+    holds, so that a cache shared by machines of two kinds keeps one module each."""
+    if target != "cpu":
+        return target
+    from ..kernels.tile_sizes import NR, tile_choice
+    return f"cpu, tiles {tile_choice()[0]}x{NR}"
+
+
 def module_name_for(path: Path) -> str:
     """A stable module name for a built file: its stem plus a hash of its folder."""
     folder = hashlib.sha256(str(path.resolve().parent).encode()).hexdigest()[:10]
@@ -137,7 +147,7 @@ def _text_hash(text: str) -> str:
 
 def _index_path(spec_path: Path, text: str, target: str, cell: str | None,
                 off: tuple[str, ...]) -> Path:
-    key = hashlib.sha256("\0".join([str(spec_path), text, compiler_hash(), target,
+    key = hashlib.sha256("\0".join([str(spec_path), text, compiler_hash(), target_key(target),
                                     str(cell), *off]).encode()).hexdigest()[:32]
     return cache_dir() / "index" / f"{key}.json"
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ..core.errors import BindError
 from ..core.files import write_atomically
-from ..kernels.tile_sizes import MICRO_SPLIT_PRODUCT, MICRO_TILE_PRODUCT, SMALL_PRODUCT
+from ..kernels.tile_sizes import MICRO_SPLIT_PRODUCT, MICRO_TILE_PRODUCT, MR, NR, SMALL_PRODUCT
 from .cache import cache_dir
 
 DEFAULTS = {"small_product": SMALL_PRODUCT, "micro_split_product": MICRO_SPLIT_PRODUCT,
@@ -50,11 +50,13 @@ RECORD_VERSION = 1
 
 # (mark, the way below it, the way from it, members, (B, K) shapes; n = K): the grids
 # span the defaults by a factor of 4 or more on each side
+# (the two marks under MR rows time batches under the machine's MR: tile_sizes)
+_UNDER_MR = (2, 4, 6) if MR >= 8 else (2, 3)
 GRIDS = {
     "micro_split_product": ("one call", "by member", 4,
-                            [(b, k) for b in (2, 4, 6) for k in (64, 96, 128, 192, 256, 384)]),
+                            [(b, k) for b in _UNDER_MR for k in (64, 96, 128, 192, 256, 384)]),
     "micro_tile_product": ("by member", "tiles", 4,
-                           [(b, k) for b in (2, 4, 6) for k in (256, 384, 512, 768)]),
+                           [(b, k) for b in _UNDER_MR for k in (256, 384, 512, 768)]),
     "small_product": ("one call", "by member", 4,
                       [(b, k) for b in (8, 16, 32) for k in (32, 64, 96, 128)]),
 }
@@ -78,7 +80,8 @@ class Tuning:
                 return "never"
             power = v[name].bit_length() - 1
             return f"{v[name]:,} (2^{power}{'' if v[name] == 1 << power else '+'})"
-        return [f"per-step GEMMs under 8 rows on this machine ({self.source}):",
+        from ..kernels.tile_sizes import MR
+        return [f"per-step GEMMs under {MR} rows on this machine ({self.source}):",
                 f"  one BLAS call, member by member from B*K*N >= "
                 f"{mark('micro_split_product')},",
                 f"  in the register tiles from B*K*n >= {mark('micro_tile_product')} "
@@ -89,8 +92,9 @@ class Tuning:
 
 def machine_key() -> dict[str, str]:
     """What the marks depend on: the CPU (its model and the instruction set LLVM
-    compiles for) and the BLAS Numba calls (library, version, and the kernel it chose
-    for this CPU: OPENBLAS_CORETYPE changes it)."""
+    compiles for), the BLAS Numba calls (library, version, and the kernel it chose
+    for this CPU: OPENBLAS_CORETYPE changes it) and the register tile's shape (the
+    marks below MR rows are timed under it)."""
     from ..kernels.blas import _kernel_blas
     try:
         import llvmlite.binding as llvm
@@ -100,7 +104,7 @@ def machine_key() -> dict[str, str]:
     blas = ", ".join(f"{c.internal_api} {c.version} {getattr(c, 'architecture', '?')}"
                      for c in _kernel_blas()) or "none found"
     return {"cpu": cpu_model(), "llvm_cpu": llvm_cpu, "blas": blas,
-            "machine": platform.machine()}
+            "machine": platform.machine(), "tiles": f"{MR}x{NR}"}
 
 
 def cpu_model() -> str:

@@ -20,7 +20,8 @@ from ..core.files import write_atomically
 from ..lang.specfile import SpecFile
 from ..pipeline import BuildError, build_source, validate  # noqa: F401  (re-exported)
 from ..schedule.plan import PASSES
-from .cache import cache_dir, compiler_hash, load_built, module_name_for, remember_spec
+from .cache import (cache_dir, compiler_hash, load_built, module_name_for, remember_spec,
+                    target_key)
 
 
 # The first bytes of every module rnndsl generates (codegen/module.py): `rnndsl build`
@@ -72,7 +73,7 @@ def cached_module(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
     """
     passes = tuple(sorted(passes))
     key = hashlib.sha256(
-        f"{spec_file.digest}|{compiler_hash()}|{target}|{passes}|{variant}".encode())
+        f"{spec_file.digest}|{compiler_hash()}|{target_key(target)}|{passes}|{variant}".encode())
     stem = "".join(ch if ch.isalnum() else "_" for ch in Path(spec_file.source.path).stem)
     # the hash keeps it apart; a long stem would make Numba's cache file names, which
     # add each kernel's name, longer than a file name may be

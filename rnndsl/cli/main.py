@@ -346,6 +346,10 @@ def _explain_machine(plan, target: str) -> None:
     if target != "cpu" or not any(plan.matmuls.get(stage) for stage in LOOP_STAGES):
         return
     from ..build.machine import tuning
+    from ..kernels.tile_sizes import NR, tile_choice
+    mr, why = tile_choice()
+    print(f"register tiles of the per-step GEMMs on this machine: {mr} rows x {NR} columns "
+          f"({why})")
     for line in tuning().describe():
         print(line)
 

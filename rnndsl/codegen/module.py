@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..core.version import __version__
 from ..lang import printer
 from ..kernels.meta import Const, Size
-from ..kernels.tile_sizes import MR, NR
+from ..kernels.tile_sizes import NR, tile_choice
 from ..core.ops import HARD_SIGMOID_SLOPE, LEAVES, Op
 from ..schedule.explain import explain_lines
 from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan, passes_for
@@ -67,10 +67,18 @@ def module_header(spec_path: str, digest: str, cells: list[str], target: str = "
     p.line("from rnndsl.kernels.meta import Arg, Const, Size, Tape  # noqa: F401  the "
            "metadata's records")
     if dialect.tile_imports:
+        mr, why = tile_choice()
+        names = [f"packed_gemm_{mr}x{NR} as packed_gemm" if name == "packed_gemm" else name
+                 for name in dialect.tile_imports if name != "MR"]
         p.line("from rnndsl.kernels.gemm import (  # noqa: F401  the per-step GEMMs' register tiles")
         with p.indent():
-            p.line(", ".join(dialect.tile_imports) + ",")
+            p.line(", ".join(names) + ",")
         p.line(")")
+        p.line("")
+        p.comment("The register tile chosen for the CPU this module was built for "
+                  "(rnndsl.kernels.tile_sizes):")
+        p.comment(f"{mr} rows x {NR} columns. {why}.")
+        p.line(f"MR = {mr}")
     p.line("")
     p.line(f"RNNDSL_VERSION = {__version__!r}")
     p.line(f"SPEC_HASH = {digest!r}")

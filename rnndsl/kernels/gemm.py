@@ -42,7 +42,7 @@ from numba.core.compiler_lock import global_compiler_lock
 from numba.core.registry import CPUDispatcher
 
 from . import gemm_tiles
-from .tile_sizes import MR, NR
+from .tile_sizes import MR, NR, TILE_ROWS
 from .loops import jit_with
 
 _TILE_JIT = {"error_model": "numpy", "fastmath": {"contract"}, "boundscheck": False}
@@ -65,14 +65,6 @@ def _slp_vectorizer():
         yield
     finally:
         config.SLP_VECTORIZE = before
-
-
-# The tiles are inlined into `_panels`, which is compiled with the vectoriser on. Both
-# operands must be C-contiguous: through a strided ('A' layout) A, LLVM gathers A's
-# column instead of broadcasting its values, a third of the speed.
-tile_8x16 = njit(inline="always", **_TILE_JIT)(gemm_tiles.tile_8x16)
-tile_1x16 = njit(inline="always", **_TILE_JIT)(gemm_tiles.tile_1x16)
-assert (MR, NR) == (8, 16), "_panels calls the 8x16 and 1x16 tiles by name"
 
 
 class _VectorisedDispatcher(CPUDispatcher):
@@ -113,63 +105,42 @@ def pack_cols_t(Bp, W, j0):
 
 
 # ------------------------------------------------------------------ the drivers
-def _panels(A, Bp, C, first, stop):
-    """C's columns in panels first .. stop-1 = A @ those panels. Each tile is written
-    once in the source (each inlined copy costs seconds of compile time)."""
-    M, N = A.shape[0], C.shape[1]
-    zero = np.zeros(1, C.dtype)[0]
-    edge = np.empty((MR, NR), C.dtype)   # the last panel when it runs past N
-    for p in range(first, stop):
-        j0 = p * NR
-        whole = j0 + NR <= N
-        dst = C if whole else edge
-        i = 0
-        while i < M:
-            rows = MR if i + MR <= M else 1
-            ci, cj = (i, j0) if whole else (0, 0)
-            if rows == MR:
-                tile_8x16(A, i, Bp, p, dst, ci, cj, zero)
-            else:
-                tile_1x16(A, i, Bp, p, dst, ci, cj, zero)
-            if not whole:
-                for r in range(rows):
-                    for c in range(N - j0):
-                        C[i + r, j0 + c] = edge[r, c]
-            i += rows
+# gemm_tiles.py holds, for each tile shape, the tile and its drivers as plain functions
+# that call each other by name; they are compiled here, in that module's namespace, so
+# that those names are the compiled ones: each tile inlined into its panel loop (which
+# is compiled with the vectoriser on: `_VectorisedDispatcher`), the loop split among
+# threads, and `packed_gemm_<MR>x<NR>`, the entry point. Both operands of a tile must be
+# C-contiguous: through a strided ('A' layout) A, LLVM gathers A's column instead of
+# broadcasting its values, a third of the speed.
+def _compile_tiles() -> None:
+    for mr, nr in gemm_tiles_shapes():
+        setattr(gemm_tiles, f"tile_{mr}x{nr}",
+                njit(inline="always", **_TILE_JIT)(getattr(gemm_tiles, f"tile_{mr}x{nr}")))
+    for mr in TILE_ROWS:
+        shape = f"{mr}x{NR}"
+        setattr(gemm_tiles, f"panels_{shape}",
+                _vectorised_njit(getattr(gemm_tiles, f"panels_{shape}")))
+        setattr(gemm_tiles, f"panels_parallel_{shape}",
+                njit(cache=True, error_model="numpy", parallel=True)(
+                    getattr(gemm_tiles, f"panels_parallel_{shape}")))
+        setattr(gemm_tiles, f"packed_gemm_{shape}",
+                njit(cache=True, error_model="numpy")(getattr(gemm_tiles, f"packed_gemm_{shape}")))
 
 
-_panels = _vectorised_njit(_panels)
+def gemm_tiles_shapes() -> list[tuple[int, int]]:
+    return [(mr, NR) for mr in TILE_ROWS] + [(1, NR)]
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def _panels_parallel(A, Bp, C, parts):
-    panels = Bp.shape[0]
-    for q in prange(parts):
-        _panels(A, Bp, C, q * panels // parts, (q + 1) * panels // parts)
+if not config.DISABLE_JIT:
+    _compile_tiles()
 
-
-@njit(cache=True, error_model="numpy")
-def packed_gemm(A, Bp, C, threads):
-    """C = A @ B, B packed into panels (`pack_rows`, `pack_cols_t`); A (M, K), C (M, N),
-    N at most Bp's padded width. threads > 1 splits the panels among that many workers."""
-    if A.shape[1] == 0:
-        for i in range(C.shape[0]):
-            for j in range(C.shape[1]):
-                C[i, j] = 0
-        return
-    # The tiles want C-contiguous operands (see above): these are no-ops for arrays that
-    # are contiguous at run time, and copies for the rare strided view.
-    A = np.ascontiguousarray(A)
-    Cc = np.ascontiguousarray(C)
-    parts = min(threads, Bp.shape[0])
-    if parts > 1:
-        _panels_parallel(A, Bp, Cc, parts)
-    else:   # 0 * parts: Numba would compile a literal 0 as a second specialisation
-        _panels(A, Bp, Cc, 0 * parts, Bp.shape[0])
-    if Cc.ctypes.data != C.ctypes.data:
-        for i in range(C.shape[0]):
-            for j in range(C.shape[1]):
-                C[i, j] = Cc[i, j]
+# C = A @ B in the tiles of each shape (kernels generated for a machine import its own
+# as packed_gemm), and in this process's (tile_sizes.tile_choice): what other callers use
+PACKED_GEMM = {mr: getattr(gemm_tiles, f"packed_gemm_{mr}x{NR}") for mr in TILE_ROWS}
+packed_gemm_8x16 = PACKED_GEMM[8]
+packed_gemm_4x16 = PACKED_GEMM[4]
+packed_gemm = PACKED_GEMM[MR]
+_panels = getattr(gemm_tiles, f"panels_{MR}x{NR}")
 
 
 # ------------------------------------------------------------------ the big GEMMs

@@ -16,7 +16,10 @@ import time
 import numpy as np
 from numba import njit
 
-from .gemm import NR, pack_cols_t, packed_gemm
+from .gemm import NR, pack_cols_t, packed_gemm_8x16
+
+# The marks are timed below MR rows (at most 6 here), where the tiles of either shape run
+# a row at a time: the 8-row tiles' driver is that on any machine, whatever its own MR.
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -35,7 +38,7 @@ def by_member(h, parts, outs, calls):
 @njit(cache=True, nogil=True, error_model="numpy")
 def in_tiles(h, wp, out, calls):
     for _ in range(calls):
-        packed_gemm(h, wp, out, 1)
+        packed_gemm_8x16(h, wp, out, 1)
 
 
 class StepOperands:
