@@ -133,7 +133,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--spec", help="a spec file to use instead of the one the checkpoint "
                    "carries (same model, comments and layout aside)")
     p.add_argument("--prime", default="", help="text to start from (characters the model "
-                   "knows)")
+                   "knows). Without it a sample starts from a line break and a fresh state, "
+                   "which a model trained with its state carried (rnndsl train) knows "
+                   "least: at low temperatures it may fall into a run of spaces. A few "
+                   "lines of real text start it better, as rnndsl train's closing samples "
+                   "start from held-out lines: --prime \"$(head -c 400 some_file.py)\"")
     p.add_argument("--length", type=positive, default=500,
                    help="tokens to generate (default 500)")
     p.add_argument("-n", type=positive, default=1, help="how many samples (default 1)")

@@ -171,6 +171,32 @@ def _load_class(spec_path: str, cell: str | None, target: str):
     return load(spec_path, target=target, cell=cell)
 
 
+# The closing samples' start when no --prime is given: the validation text's first whole
+# lines, up to this many characters (text the model never trained on).
+HELD_OUT_PRIME_CHARS = 400
+
+
+def held_out_prime(val_ids: np.ndarray, vocab) -> np.ndarray:
+    """The ids the closing samples start from without --prime: the held-out text's first
+    whole lines, up to HELD_OUT_PRIME_CHARS, from its first line break on (a line break
+    alone where it has none).
+
+    Why not a line break from a fresh state, as before: a model trained by truncated BPTT
+    spends nearly every step with a state carried from the text before, and starts cold
+    badly. The main job's model, primed with a line break alone, indented and then stayed
+    in a run of spaces in 8 of 12 temperature-0.5 samples; after 400 characters of
+    held-out code, in none, with the corpus's share of whitespace (benchmarks/RESULTS.md,
+    the twelfth session; benchmarks/sample_whitespace.py --prime-code 400)."""
+    text = vocab.decode(val_ids[:4 * HELD_OUT_PRIME_CHARS])
+    start = text.find("\n")
+    if start >= 0:
+        lines = text[start:start + 1 + HELD_OUT_PRIME_CHARS]
+        lines = lines[:lines.rfind("\n") + 1]
+        if len(lines) > 1:
+            return vocab.encode(lines)
+    return _encode_prime(vocab, "", "the corpus")
+
+
 def _encode_prime(vocab, prime: str, where: str) -> np.ndarray:
     """The ids of `prime`, or a refusal naming the characters the model never saw."""
     if not prime:
@@ -284,7 +310,8 @@ def _prepare(args) -> _Plan:
                          f"to train on (a row of one step each, and the next char); the "
                          f"corpus leaves {len(train_ids):,} after --val: use a smaller "
                          "--batch, or more text")
-    prefix = _encode_prime(vocab, args.prime, "the corpus")
+    prefix = _encode_prime(vocab, args.prime, "the corpus") if args.prime else \
+        held_out_prime(val_ids, vocab)
     best, best_record = _best(args, checkpoint, info is not None, len(val_ids) - 1)
     progress = info.meta.get("trainer", {}).get("progress") if info else None
     schedule_from = progress if isinstance(progress, (int, float)) and 0 <= progress < 1 \
@@ -660,10 +687,16 @@ def run_training(args, out=None, err=None) -> tuple[int, dict | None]:
         print(f"loss curve: {args.plot}", file=out)
     samples = []
     if args.sample_chars:
+        lines = plan.vocab.decode(plan.prefix).count("\n") - 1
+        if not args.prime and lines > 0:
+            print(f"\nthe samples continue the validation text's first "
+                  f"{lines} line{'s' if lines != 1 else ''} ({len(plan.prefix)} chars, held "
+                  "out from training; not shown): --prime gives another start", file=out)
         for t in args.temperatures:
             text = _generate(run.cell, plan.vocab, plan.x_name, plan.y_name, plan.prefix,
                              args.sample_chars, t, args.seed)
-            samples.append({"temperature": t, "text": args.prime + text})
+            samples.append({"temperature": t, "text": args.prime + text,
+                            "prime": plan.vocab.decode(plan.prefix)})
             print(f"\n--- sample at temperature {t} ---\n{args.prime}{text}", file=out)
     summary["samples"] = samples
     _write_json(args.json, summary)

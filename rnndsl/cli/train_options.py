@@ -110,7 +110,9 @@ def add_train_arguments(parser, leave_out=()) -> None:
                    "(default 0.5,1.0)")
     p.add_argument("--sample-chars", type=nonneg, default=300,
                    help="length of each closing sample (default 300; 0: no samples)")
-    p.add_argument("--prime", default="", help="text the samples start from")
+    p.add_argument("--prime", default="", help="text the closing samples start from "
+                   "(default: the validation text's first lines, up to 400 chars, which "
+                   "the model never trained on: a model starts badly from nothing)")
     p.add_argument("--seed", type=nonneg, default=0)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--target", choices=("cpu", "interp", "cuda"), default="cpu",

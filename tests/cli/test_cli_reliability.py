@@ -592,3 +592,41 @@ def test_explain_says_why_a_stateless_cells_time_loops_are_empty(tmp_path, capsy
         after = lines[lines.index(loop) + 1]
         assert after == "    (nothing: no state carries a step to the next, so all runs " \
                         "over T*B rows)", out
+
+
+# ------------------------------------------------------------------ the closing samples
+LINES = "".join(f"line {i}: the cat sat on the mat\n" for i in range(120))
+
+
+def test_closing_samples_continue_held_out_lines_unless_primed(folder, capsys):
+    """Without --prime the samples start from the validation text's first whole lines
+    (text the model never trained on), said so and recorded; --prime replaces them."""
+    from rnndsl.train.data import Vocab, split
+    (folder / "corpus.txt").write_text(LINES)
+    code, out, err = train(capsys, "--json", "run.json", "--val", "0.3")
+    assert code == 0, err
+    prime = json.loads((folder / "run.json").read_text())["samples"][0]["prime"]
+    vocab = Vocab.from_text(LINES)
+    train_ids, val_ids = split(vocab.encode(LINES), 0.3)
+    assert prime.startswith("\n") and prime.endswith("\n") and len(prime) <= 401
+    assert prime in vocab.decode(val_ids) and prime not in vocab.decode(train_ids)
+    lines = prime.count("\n") - 1
+    assert lines >= 2
+    assert f"the samples continue the validation text's first {lines} lines" in out
+    code, out, err = train(capsys, "--json", "run.json", "--val", "0.3", "--prime", "line ",
+                           "--force")
+    assert code == 0, err
+    assert json.loads((folder / "run.json").read_text())["samples"][0]["prime"] == "line "
+    assert "the samples continue" not in out
+
+
+def test_the_held_out_start_is_whole_lines_or_a_line_break():
+    from rnndsl.cli.train import HELD_OUT_PRIME_CHARS, held_out_prime
+    from rnndsl.train.data import Vocab
+    vocab = Vocab.from_text(LINES + "xyz tail of a line")
+    got = vocab.decode(held_out_prime(vocab.encode("tail of a line\n" + LINES), vocab))
+    assert got.startswith("\nline 0:") and got.endswith("\n")
+    assert HELD_OUT_PRIME_CHARS - 40 < len(got) <= HELD_OUT_PRIME_CHARS + 1
+    # no line break to start from, or no whole line after it: a line break alone
+    assert vocab.decode(held_out_prime(vocab.encode("xyz" * 50), vocab)) == "\n"
+    assert vocab.decode(held_out_prime(vocab.encode("xyz\nxyz"), vocab)) == "\n"
