@@ -76,7 +76,8 @@ def token_nodes(plan: Plan, target: str) -> frozenset[int]:
 
 
 def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
-                 variant: str | None = None, networks: bool = False) -> str:
+                 variant: str | None = None, networks: bool = False,
+                 tile_rows: int | None = None) -> str:
     """The full text of the generated module for every cell defined in a spec file.
     variant="lengths" builds each cell's variable-length form (compose.with_lengths).
 
@@ -85,7 +86,8 @@ def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
     of its own, and the network's class is made of theirs at import
     (cells/network.built_network_class). Without it such a cell is left out: `rnndsl.load`
     builds each part as a spec of its own (cells/load.py), so the build cache's module of
-    the spec has no use for them."""
+    the spec has no use for them. `tile_rows`: the cpu target's register tile (None: the
+    one this machine takes, rnndsl.kernels.tile_sizes)."""
     emit_cell, dialect = backend(target)
     cells = [c for c in spec_file.cells.values() if not c.sequence_layers]
     nets = [c for c in spec_file.cells.values() if c.sequence_layers] if networks else []
@@ -100,7 +102,8 @@ def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
              for net in nets}
     names = [c.name for c in spec_file.cells.values() if networks or not c.sequence_layers]
     text = [module_header(str(spec_file.source.path), spec_file.digest, names, target,
-                          dialect, {n: [p.name for p in ps] for n, ps in parts.items()})]
+                          dialect, {n: [p.name for p in ps] for n, ps in parts.items()},
+                          tile_rows)]
     sections = [(c, "") for c in cells]       # (cell, a comment line under its title)
     sections += [(p.cell, "\n# " + safe_comment(f"part {k} of {n}: {p.what}"))
                  for n, ps in parts.items() for k, p in enumerate(ps, 1)]
@@ -190,8 +193,8 @@ def check_module_names(spec_file: SpecFile) -> None:
     """Raise NameClashError where the spec file's cells could not be classes of their own
     names in the module `rnndsl build` writes (the cpu target's); whatever else stops
     that module from being built is left to the checks that place it."""
-    try:
-        build_source(spec_file, networks=True)
+    try:     # (any tile: the names do not depend on it, and choosing one asks LLVM)
+        build_source(spec_file, networks=True, tile_rows=8)
     except NameClashError:
         raise
     except RnnError:

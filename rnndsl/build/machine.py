@@ -1,7 +1,8 @@
 """The marks where the kernels' per-step GEMMs change ways, chosen for the machine they
 run on: measured at first use and cached per CPU and BLAS, like the kernel cache.
 
-Below MR (8) rows of batch the register tiles step aside and a step's stacked GEMM,
+Below MR rows of batch (the register tile's: 8 with AVX-512, 4 without;
+rnndsl.kernels.tile_sizes) the register tiles step aside and a step's stacked GEMM,
 (B, K) @ (K, N), goes to BLAS: one call on the stack, or one a member from the
 `micro_split_product` (B * K * N), or back to the tiles, a row at a time, from the
 `micro_tile_product` (B * K * n of one member), where BLAS's small-matrix kernel gives

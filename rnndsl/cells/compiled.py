@@ -23,7 +23,7 @@ from ..ir.graph import lower
 from ..kernels.blas import (hold_blas, kernel_thread_count, kernel_threads, numba_threads,
                             release_blas, row_block_threads, row_blocks_enabled)
 from ..kernels.malloc import keep_freed_memory
-from ..kernels.tile_sizes import MR
+from ..kernels import tile_sizes
 from ..lang.compose import with_lengths
 from .base import _NO_GRAD, Cell, Grads, Run, lent_workspace
 from .blocks import (_NOTHING, _CompiledTape, _RowBlock, _blas_held, _give_back, _joined,
@@ -270,10 +270,13 @@ class CompiledCell(ReusedBuffers, Cell):
         the register tiles, if RNNDSL_BLAS_THREADS asks for more than one thread
         (rnndsl.kernels.blas says why not by default). RNNDSL_ROW_BLOCKS=0 keeps one block (to
         measure the gain)."""
-        if B < 2 * MR or not self._own_threads() or not row_blocks_enabled():
+        # the tile's rows the module was built for (a built file may come from another
+        # machine); modules of rnndsl 0.1.0 import the process's
+        mr = getattr(self.kernels, "MR", None) or tile_sizes.MR
+        if B < 2 * mr or not self._own_threads() or not row_blocks_enabled():
             return [(0, B)]     # (under two blocks' rows: one block, whatever the threads)
         share = thread_share()      # beside another direction: its share of the cores
-        parts = max(1, min(row_block_threads(), B // MR, share or B))
+        parts = max(1, min(row_block_threads(), B // mr, share or B))
         return [(q * B // parts, (q + 1) * B // parts) for q in range(parts)]
 
     def _launch_blocks(self, driver, arg_lists) -> None:

@@ -177,9 +177,9 @@ HELD_OUT_PRIME_CHARS = 400
 
 
 def held_out_prime(val_ids: np.ndarray, vocab) -> np.ndarray:
-    """The ids the closing samples start from without --prime: the held-out text's first
-    whole lines, up to HELD_OUT_PRIME_CHARS, from its first line break on (a line break
-    alone where it has none).
+    """The ids the closing samples start from without --prime: the whole lines of the
+    held-out text from its first line break on, up to HELD_OUT_PRIME_CHARS in all (the
+    line break included); where it has no whole line, the cold start of _encode_prime.
 
     Why not a line break from a fresh state, as before: a model trained by truncated BPTT
     spends nearly every step with a state carried from the text before, and starts cold
@@ -190,7 +190,7 @@ def held_out_prime(val_ids: np.ndarray, vocab) -> np.ndarray:
     text = vocab.decode(val_ids[:4 * HELD_OUT_PRIME_CHARS])
     start = text.find("\n")
     if start >= 0:
-        lines = text[start:start + 1 + HELD_OUT_PRIME_CHARS]
+        lines = text[start:start + HELD_OUT_PRIME_CHARS]
         lines = lines[:lines.rfind("\n") + 1]
         if len(lines) > 1:
             return vocab.encode(lines)
@@ -198,9 +198,10 @@ def held_out_prime(val_ids: np.ndarray, vocab) -> np.ndarray:
 
 
 def _encode_prime(vocab, prime: str, where: str) -> np.ndarray:
-    """The ids of `prime`, or a refusal naming the characters the model never saw."""
+    """The ids of `prime`, or a refusal naming the characters the model never saw. No
+    prime: a line break (the vocabulary's first symbol where the text had none)."""
     if not prime:
-        return vocab.encode(vocab.decode([0]))
+        return vocab.encode("\n" if "\n" in vocab else vocab.decode([0]))
     unknown = sorted({ch for ch in prime if ch not in vocab})
     if unknown:
         shown = ", ".join(repr(ch) for ch in unknown[:10])
@@ -689,9 +690,9 @@ def run_training(args, out=None, err=None) -> tuple[int, dict | None]:
     if args.sample_chars:
         lines = plan.vocab.decode(plan.prefix).count("\n") - 1
         if not args.prime and lines > 0:
-            print(f"\nthe samples continue the validation text's first "
-                  f"{lines} line{'s' if lines != 1 else ''} ({len(plan.prefix)} chars, held "
-                  "out from training; not shown): --prime gives another start", file=out)
+            print(f"\nthe samples continue {lines} whole line{'s' if lines != 1 else ''} "
+                  f"from the validation text's start ({len(plan.prefix)} chars, held out "
+                  "from training; not shown): --prime gives another start", file=out)
         for t in args.temperatures:
             text = _generate(run.cell, plan.vocab, plan.x_name, plan.y_name, plan.prefix,
                              args.sample_chars, t, args.seed)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..core.version import __version__
 from ..lang import printer
-from ..kernels.tile_sizes import MICRO_SPLIT_PRODUCT, MICRO_TILE_PRODUCT, MR, NR, SMALL_PRODUCT  # noqa: F401
+from ..kernels.tile_sizes import MICRO_SPLIT_PRODUCT, MICRO_TILE_PRODUCT, NR, SMALL_PRODUCT  # noqa: F401
 from ..core.ops import LEAVES, Op, hard_sigmoid_coefficients
 from ..schedule.explain import explain_lines
 from ..schedule.plan import ELEMENTWISE, LOOP_STAGES, MatmulGroup, Plan, passes_for

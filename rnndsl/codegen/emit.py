@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 from ..core.version import __version__
 from ..lang import printer
-from ..kernels.tile_sizes import MR, NR
+from ..kernels.tile_sizes import NR
 from ..core.ops import HARD_SIGMOID_SLOPE, LEAVES, Op
 from ..schedule.explain import explain_lines
 from ..schedule.plan import (ELEMENTWISE, FORWARD_STAGES, LOOP_STAGES, MatmulGroup, Plan,
@@ -524,7 +524,7 @@ class _Emitter(Buffers):
         p.assign(DTYPE, code("{}.dtype", consts))
         if self.micro:
             p.assign(TILES, code("{} >= MR", B),
-                     f"   # per-step GEMMs in rnndsl.kernels.gemm's tiles ({MR}+ rows)")
+                     "   # per-step GEMMs in rnndsl.kernels.gemm's tiles (MR+ rows)")
         p.add(Consts(self.consts, consts))   # printed at the end: found as we go
         # seen[k]: the k-th param or input argument's fingerprint (_fingerprints), where
         # the kernel takes them; a weight stacked by a flat copy takes its own there

@@ -33,9 +33,12 @@ def _const_repr(c: tuple) -> Const:
 
 
 def module_header(spec_path: str, digest: str, cells: list[str], target: str = "cpu",
-                  dialect: Dialect = CPU, networks: dict[str, list[str]] | None = None) -> str:
+                  dialect: Dialect = CPU, networks: dict[str, list[str]] | None = None,
+                  tile_rows: int | None = None) -> str:
     """The generated module's docstring, imports and scalar helpers. `cells` are the
-    classes a user imports; `networks` maps those that are networks of parts to the
+    classes a user imports; `tile_rows` the register tile's rows (None: this machine's,
+    from rnndsl.kernels.tile_sizes, which asks LLVM); `networks` maps those that are
+    networks of parts to the
     module's cells for their parts."""
     assert target == dialect.target, (target, dialect.target)
     p = Printer()
@@ -67,7 +70,7 @@ def module_header(spec_path: str, digest: str, cells: list[str], target: str = "
     p.line("from rnndsl.kernels.meta import Arg, Const, Size, Tape  # noqa: F401  the "
            "metadata's records")
     if dialect.tile_imports:
-        mr, why = tile_choice()
+        mr, why = tile_choice() if tile_rows is None else (tile_rows, "given")
         names = [f"packed_gemm_{mr}x{NR} as packed_gemm" if name == "packed_gemm" else name
                  for name in dialect.tile_imports if name != "MR"]
         p.line("from rnndsl.kernels.gemm import (  # noqa: F401  the per-step GEMMs' register tiles")

@@ -19,13 +19,13 @@ in one of two ways:
   ms (median) in two row blocks against 106.2 ms on one thread
   (`benchmarks/threads.py --busy 2`). This is the default, one block a core the
   process may run on (`os.sched_getaffinity`).
-- **Parallel GEMMs in one call.** Under 8 rows a thread, one kernel call can split its
+- **Parallel GEMMs in one call.** Under MR rows a thread (the register tile's), one kernel call can split its
   GEMMs among Numba's threads (rnndsl.kernels.gemm). Under load that lost to one thread (the
   same run: 168.2 ms), so it happens only when asked for.
 
 RNNDSL_BLAS_THREADS unset: row blocks on every core, otherwise one thread. A count N
 (or `all`: one a core, unless NUMBA_NUM_THREADS says otherwise): up to N row blocks,
-and under 8 rows a thread, parallel GEMMs on N threads. RNNDSL_BLAS_THREADS=1: one
+and under MR rows a thread, parallel GEMMs on N threads. RNNDSL_BLAS_THREADS=1: one
 thread always. RNNDSL_ROW_BLOCKS=0 switches the row blocks off, for comparison. Either
 way every BLAS call stays at one thread, so that OpenBLAS's spinning pool never shares
 the cores with ours.

@@ -8,9 +8,10 @@ The tile's rows, MR, are chosen for the CPU the kernels are compiled for. A tile
 MR x NR sums in vector registers: with AVX-512 (32 registers of 512 bits) 8 rows of 16
 float32 take 8 registers, and 8 x 16 runs at the FMA units' pace; with AVX2 or less (16
 registers of 256 bits) the same tile needs 16 registers for its sums alone, LLVM spills
-them to the stack at every step of k, and the tile runs at under half the speed of one
-of 4 rows (`benchmarks/microkernel.py --tiles`, AVX2 code on an AMD EPYC: 8 x 16 at 48
-GFLOP/s, 4 x 16 at 106, float32; 16 and 30 in float64). NR stays 16 on every machine, so
+them to the stack at every step of k, and the tile runs at about half the speed of one
+of 4 rows (`benchmarks/microkernel.py --tiles`, AVX2 code on an AMD EPYC: 8 x 16 at 47-52
+GFLOP/s, 4 x 16 at 89-105, float32; 22-28 and 28-32 in float64; whole LSTM calls 2.2-2.5
+times faster forward and BPTT, benchmarks/RESULTS.md). NR stays 16 on every machine, so
 that the packed weights' layout is one. RNNDSL_TILES=8x16 or 4x16 picks one by hand
 (the test suite pins 8x16, so that which way a batch takes does not depend on the
 machine); `rnndsl explain` says which was chosen and why.
@@ -25,21 +26,49 @@ NR = 16         # columns of a panel (one 512-bit vector of float32, two of floa
 TILE_ROWS = (8, 4)      # the MRs rnndsl.kernels.gemm has tiles for (kernels/gemm_tiles.py)
 
 
+# Two vector adds, one of 16 float32 (512 bits, kept whole: min-legal-vector-width) and one
+# of 8 (256 bits), compiled for the CPU Numba compiles for: its registers show in the code.
+_PROBE = """
+define <16 x float> @wide(<16 x float> %a, <16 x float> %b) #0 {
+  %c = fadd <16 x float> %a, %b
+  ret <16 x float> %c
+}
+define <8 x float> @half(<8 x float> %a, <8 x float> %b) #0 {
+  %c = fadd <8 x float> %a, %b
+  ret <8 x float> %c
+}
+attributes #0 = { "min-legal-vector-width"="512" }
+"""
+
+
 def vector_isa() -> str:
-    """"avx512", "avx2" or "other": the widest vectors of the CPU Numba compiles for
-    (NUMBA_CPU_NAME and NUMBA_CPU_FEATURES when set, as Numba reads them; else the
-    host's, as LLVM reports them)."""
-    features = os.environ.get("NUMBA_CPU_FEATURES")
-    if features is None and os.environ.get("NUMBA_CPU_NAME", "").strip().lower() == "generic":
-        features = ""
-    if features is not None:
-        on = {f.strip()[1:] for f in features.split(",") if f.strip().startswith("+")}
-    else:
-        try:
-            import llvmlite.binding as llvm
-            on = {name for name, value in llvm.get_host_cpu_features().items() if value}
-        except Exception:      # noqa: BLE001  (no LLVM to ask: assume the narrow kind)
-            on = set()
+    """"avx512", "avx2" or "other": the widest vector registers of the CPU Numba compiles
+    for. Asked of LLVM itself, through Numba's own target machine: two vector adds are
+    compiled, and their code names zmm (AVX-512) or ymm (AVX, AVX2) registers or neither.
+    So NUMBA_CPU_NAME and NUMBA_CPU_FEATURES (a partial list, or an empty one, keeps the
+    CPU's own), NUMBA_ENABLE_AVX=0 and Numba's own choices (no AVX on a CPU it does not
+    trust with it) count exactly as they do for the kernels. Where that fails (no
+    compiler: NUMBA_DISABLE_JIT, say), the host's features as LLVM reports them."""
+    try:
+        import llvmlite.binding as llvm
+        from numba.core.registry import cpu_target
+        machine = cpu_target.target_context.codegen()._tm
+        module = llvm.parse_assembly(_PROBE)
+        module.triple = machine.triple
+        code = machine.emit_assembly(module)
+    except Exception:          # noqa: BLE001  (no target machine: read the host's features)
+        return _host_isa()
+    if "zmm" in code:
+        return "avx512"
+    return "avx2" if "ymm" in code else "other"
+
+
+def _host_isa() -> str:
+    try:
+        import llvmlite.binding as llvm
+        on = {name for name, value in llvm.get_host_cpu_features().items() if value}
+    except Exception:          # noqa: BLE001  (no LLVM to ask: assume the narrow kind)
+        on = set()
     if "avx512f" in on:
         return "avx512"
     return "avx2" if "avx2" in on or "avx" in on else "other"
@@ -66,7 +95,9 @@ def tile_choice() -> tuple[int, str]:
 
 
 def __getattr__(name: str):
-    """MR, chosen at first use (tile_choice), not when this module is imported."""
+    """MR, chosen at first use (tile_choice), not when this module is imported. (Modules
+    that import MR by name at their own import, rnndsl.kernels.gemm and the machine's
+    marks, choose it then: both are imported only to compile or time kernels.)"""
     if name == "MR":
         return tile_choice()[0]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
