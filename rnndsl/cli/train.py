@@ -290,6 +290,7 @@ def _prepare(args) -> _Plan:
                              f"--dims asks for {ours}: leave --dims out to resume, or train "
                              "afresh with --force")
         check_model(info, Cell, dims)
+        _same_val(args, user, checkpoint)
     else:
         vocab = Vocab.from_text(corpus.text)
         dims = _bind(Cell.spec, vocab_dim, len(vocab), given)
@@ -358,6 +359,23 @@ def _outputs_apart_from_inputs(args, outputs) -> None:
         if value and Path(value).resolve() in read:
             raise cli_args.UsageError(f"{option} {value} is {read[Path(value).resolve()]} "
                                       "that train reads; name another file")
+
+
+def _same_val(args, user: dict, checkpoint: Path) -> None:
+    """A resumed run validates on the text the first one held out: its --val, unless
+    another is given, which is refused (the new split would validate on text the first
+    run trained on). Checkpoints from before --val was kept take whatever is given."""
+    kept = user.get("settings", {}).get("val")
+    if not isinstance(kept, (int, float)) or isinstance(kept, bool) or kept == args.val:
+        return
+    given = any(a == "--val" or a.startswith("--val=") for a in (getattr(args, "argv", None)
+                                                                 or []))
+    if given:
+        raise TrainError(f"--resume continues {checkpoint}, which held out --val {kept:g} "
+                         f"of the corpus; --val {args.val:g} would validate on text it "
+                         "trained on: leave --val out to resume, or train afresh with "
+                         "--force")
+    args.val = float(kept)
 
 
 def _best(args, checkpoint: Path, resuming: bool, val_chars: int):
@@ -523,7 +541,7 @@ class _Run:
                      "target": args.target, "vocab": plan.vocab.to_json(),
                      "corpus": plan.corpus.describe(), "corpus_sha256": plan.corpus.sha256,
                      "x": plan.x_name, "y": plan.y_name,
-                     "settings": {"batch": args.batch, "seq": args.seq,
+                     "settings": {"batch": args.batch, "seq": args.seq, "val": args.val,
                                   "optimizer": args.optimizer, "lr": args.lr,
                                   "clip": args.clip, "seed": args.seed,
                                   "state_resets": args.state_resets,

@@ -149,6 +149,20 @@ def test_resume_with_other_dims_names_both(folder, capsys):
     assert code == 2 and "H=4" in err and "H=6" in err
 
 
+def test_resume_keeps_the_first_runs_validation_text(folder, capsys):
+    """--val is kept with the checkpoint: a resumed run validates on the same held-out
+    text, and another --val (which would validate on trained text) is refused."""
+    code, out, err = train(capsys, "--val", "0.3")
+    assert code == 0, err
+    first = out.split("validation: ")[1].split("\n")[0]
+    code, out, err = train(capsys, "--resume")
+    assert code == 0, err
+    again = out.split("validation: ")[1].split("\n")[0]
+    assert again.split(" over ")[1] == first.split(" over ")[1]       # "575 chars"
+    code, _, err = train(capsys, "--resume", "--val", "0.1")
+    assert code == 2 and "--val 0.3" in err and "--val 0.1" in err
+
+
 def test_resume_continues_and_resume_without_checkpoint_starts_afresh(folder, capsys):
     code, out, _ = train(capsys, "--resume")             # nothing to resume: a new model
     assert code == 0 and "resuming" not in out
