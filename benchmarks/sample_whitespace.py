@@ -79,7 +79,6 @@ class TorchModel:
 
     def __init__(self, minutes: float):
         import torch
-        import torch.nn.functional as F
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import train_bench as tb
         from rnndsl.train.data import Vocab, one_hot, tbptt_batches
@@ -90,25 +89,7 @@ class TorchModel:
         _, V, train_ids, _ = tb.load_data("stdlib", None)
         info = tb.MODELS["char_lstm_128"]
         self.model = tb.torch_model(info.kind, tb.initial_params(info, V))
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(trainable, lr=tb.SETTINGS["lr"])
-        carried = {"state": None}
-
-        def step(x_ids, y_ids):
-            logits, state = self.model(torch.from_numpy(one_hot(x_ids, V, np.float32)),
-                                       carried["state"])
-            loss = F.cross_entropy(logits.reshape(-1, V),
-                                   torch.from_numpy(y_ids).long().ravel())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, tb.SETTINGS["clip"])
-            optimizer.step()
-            carried["state"] = tb._detached(state)
-            return loss.item()
-
-        def reset():
-            carried["state"] = None
-
+        step, reset, _ = tb.torch_trainer(self.model, V)
         batches = tbptt_batches(train_ids, tb.SETTINGS["batch"], tb.SETTINGS["seq"])
         steps, chars, seconds = tb.train_for(batches, minutes * 60, step, reset)
         self.V = V

@@ -280,6 +280,35 @@ def _detached(state):
     return state.detach()
 
 
+def torch_trainer(model, V: int):
+    """(step, reset, optimizer) of a torch row: step(x_ids, y_ids) -> the loss, one Adam
+    step on the chunk's one-hot rows from the state the last chunk left, the gradients
+    clipped as rnndsl train clips them; reset() starts the next chunk from zeros."""
+    import torch
+    import torch.nn.functional as F
+    from rnndsl.train.data import one_hot
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=SETTINGS["lr"])
+    dtype = np.dtype(SETTINGS["dtype"])
+    carried = {"state": None}
+
+    def step(x_ids, y_ids):
+        x = torch.from_numpy(one_hot(x_ids, V, dtype))
+        logits, state = model(x, carried["state"])
+        loss = F.cross_entropy(logits.reshape(-1, V), torch.from_numpy(y_ids).long().ravel())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, SETTINGS["clip"])
+        optimizer.step()
+        carried["state"] = _detached(state)
+        return loss.item()
+
+    def reset():
+        carried["state"] = None
+
+    return step, reset, optimizer
+
+
 def child_torch(config: dict) -> dict:
     """One PyTorch row (in its own process): train for the budget, then validate."""
     import torch
@@ -292,29 +321,16 @@ def child_torch(config: dict) -> dict:
     compiled = config["framework"] == "torch_compile"
     corpus, V, train_ids, val_ids = load_data(config["corpus"], config["max_chars"])
     model = torch_model(model_info.kind, initial_params(model_info, V), compiled)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=SETTINGS["lr"])
     dtype = np.dtype(SETTINGS["dtype"])
-    carried = {"state": None}
+    train_step, reset, optimizer = torch_trainer(model, V)
     first_step = []
 
     def step(x_ids, y_ids):
         t0 = time.monotonic()
-        x = torch.from_numpy(one_hot(x_ids, V, dtype))
-        logits, state = model(x, carried["state"])
-        loss = F.cross_entropy(logits.reshape(-1, V), torch.from_numpy(y_ids).long().ravel())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, SETTINGS["clip"])
-        optimizer.step()
-        carried["state"] = _detached(state)
-        value = loss.item()
+        value = train_step(x_ids, y_ids)
         if not first_step:
             first_step.append(time.monotonic() - t0)
         return value
-
-    def reset():
-        carried["state"] = None
 
     batches = tbptt_batches(train_ids, SETTINGS["batch"], SETTINGS["seq"])
     started = time.monotonic()

@@ -81,7 +81,6 @@ class Tuning:
                 return "never"
             power = v[name].bit_length() - 1
             return f"{v[name]:,} (2^{power}{'' if v[name] == 1 << power else '+'})"
-        from ..kernels.tile_sizes import MR
         return [f"per-step GEMMs under {MR} rows on this machine ({self.source}):",
                 f"  one BLAS call, member by member from B*K*N >= "
                 f"{mark('micro_split_product')},",

@@ -706,7 +706,8 @@ def run_training(args, out=None, err=None) -> tuple[int, dict | None]:
         print(f"loss curve: {args.plot}", file=out)
     samples = []
     if args.sample_chars:
-        lines = plan.vocab.decode(plan.prefix).count("\n") - 1
+        prime = plan.vocab.decode(plan.prefix)
+        lines = prime.count("\n") - 1
         if not args.prime and lines > 0:
             print(f"\nthe samples continue {lines} whole line{'s' if lines != 1 else ''} "
                   f"from the validation text's start ({len(plan.prefix)} chars, held out "
@@ -714,8 +715,7 @@ def run_training(args, out=None, err=None) -> tuple[int, dict | None]:
         for t in args.temperatures:
             text = _generate(run.cell, plan.vocab, plan.x_name, plan.y_name, plan.prefix,
                              args.sample_chars, t, args.seed)
-            samples.append({"temperature": t, "text": args.prime + text,
-                            "prime": plan.vocab.decode(plan.prefix)})
+            samples.append({"temperature": t, "text": args.prime + text, "prime": prime})
             print(f"\n--- sample at temperature {t} ---\n{args.prime}{text}", file=out)
     summary["samples"] = samples
     _write_json(args.json, summary)

@@ -86,7 +86,7 @@ CPU = Dialect(
     transposed_views=True, vector_row_sums=True, register_tiles=True,
     small_batch_splits=True, skips_input_grads=True, gathers_tokens=True, fingerprints=True,
     flat_stacks=True, row_gemvs=True, token_columns=True,
-    tile_imports=("MR", "NR", "pack_cols_t", "pack_rows", "packed_gemm", "parallel_dot",
+    tile_imports=("NR", "pack_cols_t", "pack_rows", "packed_gemm", "parallel_dot",
                   "parallel_dot_tn"))
 
 

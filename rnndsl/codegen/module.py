@@ -36,10 +36,9 @@ def module_header(spec_path: str, digest: str, cells: list[str], target: str = "
                   dialect: Dialect = CPU, networks: dict[str, list[str]] | None = None,
                   tile_rows: int | None = None) -> str:
     """The generated module's docstring, imports and scalar helpers. `cells` are the
-    classes a user imports; `tile_rows` the register tile's rows (None: this machine's,
-    from rnndsl.kernels.tile_sizes, which asks LLVM); `networks` maps those that are
-    networks of parts to the
-    module's cells for their parts."""
+    classes a user imports; `networks` maps those that are networks of parts to the
+    module's cells for their parts; `tile_rows` is the register tile's rows (None: this
+    machine's, from rnndsl.kernels.tile_sizes, which asks LLVM)."""
     assert target == dialect.target, (target, dialect.target)
     p = Printer()
     p.line(f'"""rnndsl kernels for {", ".join(cells)}, from {safe_docstring(spec_path)}.')
@@ -72,7 +71,7 @@ def module_header(spec_path: str, digest: str, cells: list[str], target: str = "
     if dialect.tile_imports:
         mr, why = tile_choice() if tile_rows is None else (tile_rows, "given")
         names = [f"packed_gemm_{mr}x{NR} as packed_gemm" if name == "packed_gemm" else name
-                 for name in dialect.tile_imports if name != "MR"]
+                 for name in dialect.tile_imports]
         p.line("from rnndsl.kernels.gemm import (  # noqa: F401  the per-step GEMMs' register tiles")
         with p.indent():
             p.line(", ".join(names) + ",")

@@ -47,7 +47,7 @@ from numba.core.compiler_lock import global_compiler_lock
 from numba.core.registry import CPUDispatcher
 
 from . import gemm_tiles
-from .tile_sizes import MR, NR, TILE_ROWS
+from .tile_sizes import MR, NR, TILE_ROWS, TILE_SHAPES
 from .loops import jit_with
 
 _TILE_JIT = {"error_model": "numpy", "fastmath": {"contract"}, "boundscheck": False}
@@ -118,7 +118,7 @@ def pack_cols_t(Bp, W, j0):
 # C-contiguous: through a strided ('A' layout) A, LLVM gathers A's column instead of
 # broadcasting its values, a third of the speed.
 def _compile_tiles() -> None:
-    for mr, nr in gemm_tiles_shapes():
+    for mr, nr in TILE_SHAPES:
         setattr(gemm_tiles, f"tile_{mr}x{nr}",
                 njit(inline="always", **_TILE_JIT)(getattr(gemm_tiles, f"tile_{mr}x{nr}")))
     for mr in TILE_ROWS:
@@ -132,10 +132,6 @@ def _compile_tiles() -> None:
                 njit(cache=True, error_model="numpy")(getattr(gemm_tiles, f"packed_gemm_{shape}")))
 
 
-def gemm_tiles_shapes() -> list[tuple[int, int]]:
-    return [(mr, NR) for mr in TILE_ROWS] + [(1, NR)]
-
-
 if not config.DISABLE_JIT:
     _compile_tiles()
 
@@ -145,7 +141,6 @@ PACKED_GEMM = {mr: getattr(gemm_tiles, f"packed_gemm_{mr}x{NR}") for mr in TILE_
 packed_gemm_8x16 = PACKED_GEMM[8]
 packed_gemm_4x16 = PACKED_GEMM[4]
 packed_gemm = PACKED_GEMM[MR]
-_panels = getattr(gemm_tiles, f"panels_{MR}x{NR}")
 
 
 # ------------------------------------------------------------------ the big GEMMs

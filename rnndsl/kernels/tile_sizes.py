@@ -24,6 +24,8 @@ import os
 
 NR = 16         # columns of a panel (one 512-bit vector of float32, two of float64)
 TILE_ROWS = (8, 4)      # the MRs rnndsl.kernels.gemm has tiles for (kernels/gemm_tiles.py)
+# every tile gemm_tiles.py holds: one a row count, and the one-row tile for the tails
+TILE_SHAPES = tuple((mr, NR) for mr in TILE_ROWS) + ((1, NR),)
 
 
 # Two vector adds, one of 16 float32 (512 bits, kept whole: min-legal-vector-width) and one

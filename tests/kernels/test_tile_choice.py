@@ -2,8 +2,8 @@
 AVX-512, 4 without (where 8 rows' sums spill out of 16 vector registers); RNNDSL_TILES
 picks one by hand. The suite pins 8x16 (tests/conftest.py); here a cell is built and run
 under 4x16 in a process of its own (the choice is made once a process), compiled against
-the interpreter at batches around both row counts, and its module kept apart from the
-8x16 one in a shared cache."""
+the interpreter at batches around both row counts; and the two tiles' build keys kept
+apart, so that a shared cache holds a module for each."""
 
 from __future__ import annotations
 
