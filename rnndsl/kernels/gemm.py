@@ -48,7 +48,7 @@ from numba.core.registry import CPUDispatcher
 
 from . import gemm_tiles
 from .tile_sizes import MR, NR, TILE_ROWS, TILE_SHAPES
-from .loops import jit_with
+from .loops import helper_jit, jit_with
 
 _TILE_JIT = {"error_model": "numpy", "fastmath": {"contract"}, "boundscheck": False}
 
@@ -92,7 +92,7 @@ def panel_count(n: int) -> int:
     return -(-n // NR)
 
 
-@njit(cache=True, error_model="numpy")
+@helper_jit(cache=True, error_model="numpy")
 def pack_rows(Bp, W, k0):
     """Rows k0 .. k0+W.shape[0] of B are W: Bp's columns are W's columns."""
     for kk in range(W.shape[0]):
@@ -100,7 +100,7 @@ def pack_rows(Bp, W, k0):
             Bp[j // NR, k0 + kk, j % NR] = W[kk, j]
 
 
-@njit(cache=True, error_model="numpy")
+@helper_jit(cache=True, error_model="numpy")
 def pack_cols_t(Bp, W, j0):
     """Columns j0 .. j0+W.shape[0] of B are W's rows (B holds W transposed there)."""
     for jj in range(W.shape[0]):
@@ -129,7 +129,8 @@ def _compile_tiles() -> None:
                 njit(cache=True, error_model="numpy", parallel=True)(
                     getattr(gemm_tiles, f"panels_parallel_{shape}")))
         setattr(gemm_tiles, f"packed_gemm_{shape}",
-                njit(cache=True, error_model="numpy")(getattr(gemm_tiles, f"packed_gemm_{shape}")))
+                helper_jit(cache=True, error_model="numpy")(
+                    getattr(gemm_tiles, f"packed_gemm_{shape}")))
 
 
 if not config.DISABLE_JIT:
@@ -152,7 +153,7 @@ def _dot_rows_parallel(A, B, C, parts):
                C[q * M // parts:(q + 1) * M // parts])
 
 
-@njit(cache=True, error_model="numpy")
+@helper_jit(cache=True, error_model="numpy")
 def parallel_dot(A, B, C, threads):
     """C = A @ B (2-D), C's rows split among `threads` workers of Numba's pool, each one
     single-threaded BLAS call. The kernels that use rnndsl's own parallel loops hold
@@ -180,7 +181,7 @@ def _dot_tn_parallel(G, X, out, parts):
             out[i, j] = s
 
 
-@njit(cache=True, error_model="numpy")
+@helper_jit(cache=True, error_model="numpy")
 def parallel_dot_tn(G, X, out, threads):
     """out = G^T @ X for G (R, m), X (R, n): a weight gradient summed over all T*B rows.
     G^T is a transposed view (BLAS reads it as is: no transposed copy, which cost as

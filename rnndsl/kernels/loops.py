@@ -194,13 +194,35 @@ def kernel_jit(cache: bool = True, **options):
     return lambda func: jit_with(_KernelDispatcher, func, cache, options)
 
 
-@njit(cache=True, error_model="numpy")
+class _HelperDispatcher(CPUDispatcher):
+    """A Numba dispatcher for the helpers that kernels call (copies, packing, GEMM
+    drivers): a constant integer a kernel passes (a row offset 0, a param's index 6 in
+    `stack_rows_seen(ws, 0, W, seen, 6)`) is typed by Numba as Literal[int](6), and a
+    plain dispatcher compiles the helper once for each such value, each linked into the
+    kernel: 51 versions of `stack_rows_seen` in one test run, 0.35-1.2 s each, 4 s of a
+    two-layer LSTM's backward. Here a call from compiled code is typed by the argument
+    types alone (int64), so there is one version for all values. No helper here needs
+    a literal (nothing indexes a tuple by an argument)."""
+
+    def get_call_template(self, args, kws):
+        return super().get_call_template(
+            tuple(types.unliteral(a) for a in args),
+            {name: types.unliteral(t) for name, t in kws.items()})
+
+
+def helper_jit(cache: bool = True, **options):
+    """`njit` for the helpers generated kernels call: the same options, one version a
+    type signature whatever constants the callers pass (`_HelperDispatcher`)."""
+    return lambda func: jit_with(_HelperDispatcher, func, cache, options)
+
+
+@helper_jit(cache=True, error_model="numpy")
 def copy1(dst, src):
     for j in range(dst.shape[0]):
         dst[j] = src[j]
 
 
-@njit(cache=True, error_model="numpy")
+@helper_jit(cache=True, error_model="numpy")
 def copy2(dst, src):
     for r in range(dst.shape[0]):
         for j in range(dst.shape[1]):
@@ -213,7 +235,7 @@ def copy2(dst, src):
 # the same bytes as one flat loop (a (128, 128) block: 4.5 against 1.2 us). The loops
 # below index slices from 0, never `base + j`: an index Numba cannot prove is not
 # negative gets a wraparound branch, and the loop stops vectorising (4x slower again).
-@njit(cache=True, error_model="numpy", nogil=True)
+@helper_jit(cache=True, error_model="numpy", nogil=True)
 def stack_rows(dst, r0, src):
     """dst[r0:r0 + len(src), :] = src, for C-order dst and src of one width: a flat copy."""
     n = src.size
@@ -227,7 +249,7 @@ def stack_rows(dst, r0, src):
 STACK_CHUNK = 2048      # elements copied, then fingerprinted from L1, at a time
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@helper_jit(cache=True, error_model="numpy", nogil=True)
 def _fingerprint_words(w, m0):
     """The share in `fingerprint`'s sum of words w, which are the words m0, m0+1, ...
     (m0 even) of the array fingerprinted."""
@@ -244,7 +266,7 @@ def _fingerprint_words(w, m0):
     return total
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@helper_jit(cache=True, error_model="numpy", nogil=True)
 def stack_rows_seen(dst, r0, src, seen, k):
     """stack_rows, and where `seen` is not empty seen[k] = fingerprint(src), taken in
     the same pass: each chunk is fingerprinted just after it is copied, from L1, so
@@ -269,7 +291,7 @@ def stack_rows_seen(dst, r0, src, seen, k):
     seen[k] = total
 
 
-@njit(cache=True, error_model="numpy")
+@helper_jit(cache=True, error_model="numpy")
 def copy_rows(dst, src):
     # every row of dst gets the vector src
     for r in range(dst.shape[0]):
@@ -277,7 +299,7 @@ def copy_rows(dst, src):
             dst[r, j] = src[j]
 
 
-@njit(cache=True, error_model="numpy")
+@helper_jit(cache=True, error_model="numpy")
 def copy_t(dst, src):
     # dst = src transposed
     for i in range(dst.shape[0]):
@@ -285,40 +307,40 @@ def copy_t(dst, src):
             dst[i, j] = src[j, i]
 
 
-@njit(cache=True, error_model="numpy")
+@helper_jit(cache=True, error_model="numpy")
 def transposed(src):
     out = np.empty((src.shape[1], src.shape[0]), src.dtype)
     copy_t(out, src)
     return out
 
 
-@njit(cache=True, error_model="numpy")
+@helper_jit(cache=True, error_model="numpy")
 def fill1(dst, value):
     for j in range(dst.shape[0]):
         dst[j] = value
 
 
-@njit(cache=True, error_model="numpy")
+@helper_jit(cache=True, error_model="numpy")
 def fill2(dst, value):
     for r in range(dst.shape[0]):
         for j in range(dst.shape[1]):
             dst[r, j] = value
 
 
-@njit(cache=True, error_model="numpy")
+@helper_jit(cache=True, error_model="numpy")
 def add_into1(dst, src):
     for j in range(dst.shape[0]):
         dst[j] += src[j]
 
 
-@njit(cache=True, error_model="numpy")
+@helper_jit(cache=True, error_model="numpy")
 def add_into2(dst, src):
     for r in range(dst.shape[0]):
         for j in range(dst.shape[1]):
             dst[r, j] += src[r, j]
 
 
-@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+@helper_jit(cache=True, error_model="numpy", fastmath={"reassoc"})
 def row_sum(x, zero):
     """The sum of a 1-D array. `reassoc` lets LLVM keep vector partial sums: a plain
     `acc += x[j]` loop adds one element at a time, each add waiting for the last (IEEE
@@ -333,7 +355,7 @@ def row_sum(x, zero):
 # ---------------------------------------------------------------------------- token inputs
 # `input token x[V]` arrives as ids: W @ x is column ids[r] of W, and dW = g^T @ x adds
 # row r of g into that column. These replace a GEMM against (rows, V) one-hot zeros.
-@njit(cache=True, error_model="numpy", nogil=True)
+@helper_jit(cache=True, error_model="numpy", nogil=True)
 def gather_rows(table, ids, out):
     """out[r, :] = table[ids[r], :]: W @ x for a token x, with table = W^T (V, N) (the
     stacked transposed weights of a GEMM group: one contiguous row a token)."""
@@ -343,7 +365,7 @@ def gather_rows(table, ids, out):
             out[r, j] = table[k, j]
 
 
-@njit(cache=True, error_model="numpy")
+@helper_jit(cache=True, error_model="numpy")
 def gather_cols(W, ids, out, j0):
     """out[r, j0:j0+n] = W[:, ids[r]]: W @ x for a token x, read down a column of the
     param W (n, V) itself. For fewer tokens than ids (a sampling step: one) it costs less
@@ -354,7 +376,7 @@ def gather_cols(W, ids, out, j0):
             out[r, j0 + j] = W[j, k]
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@helper_jit(cache=True, error_model="numpy", nogil=True)
 def scatter_cols(g, ids, out):
     """out = g^T @ onehot(ids): column v of out (N, V) is the sum of the rows r of g
     (R, N) whose id is v, and the columns of ids no row has are 0. The sums are made in
@@ -370,7 +392,7 @@ def scatter_cols(g, ids, out):
 
 
 # ---------------------------------------------------------------------------- fingerprints
-@njit(cache=True, error_model="numpy", nogil=True)
+@helper_jit(cache=True, error_model="numpy", nogil=True)
 def fingerprint(a):
     """rnndsl.cells.seen's fingerprint of a C-contiguous array (seen.fingerprint is the NumPy
     reference): its bytes as 32-bit words, taken in pairs, each pair times an odd weight,
@@ -402,7 +424,7 @@ if config.DISABLE_JIT:
             seen[k] = fingerprint(src)
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@helper_jit(cache=True, error_model="numpy", nogil=True)
 def fingerprints(arrays, out):
     """out[k] = fingerprint(arrays[k]) for a tuple of C-contiguous arrays of any kinds:
     one call for all of a run's params and inputs (a call an array took 1.5 us more
