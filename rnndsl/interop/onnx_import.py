@@ -23,6 +23,7 @@ states for a sequence of length 0).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -245,12 +246,16 @@ class InferenceSession:
     nodes, the direction) to its spec text; `cell(name)` gives an instance holding the
     model's weights, to train or change. `sess_options`, `providers` and
     `provider_options` are taken for onnxruntime's signature and ignored: `target`
-    ("cpu", "interp", "cuda") says where the cells run."""
+    ("cpu", "interp", "cuda") says where the cells run. The second argument is the
+    target where it is a string, and onnxruntime's `sess_options` otherwise, so that
+    code written for onnxruntime (`InferenceSession(path, options, providers)`) runs."""
 
-    def __init__(self, path_or_model, target: str = "cpu", *, sess_options=None,
-                 providers=None, provider_options=None):
+    def __init__(self, path_or_model, target="cpu", providers=None, *, sess_options=None,
+                 provider_options=None):
         from onnx import numpy_helper
         from ..cells.load import load_text
+        if target is None or not isinstance(target, str):   # onnxruntime's sess_options
+            target = "cpu"
         model = _read_model(path_or_model)
         graph = model.graph
         self.target = target
@@ -263,10 +268,15 @@ class InferenceSession:
         self.cells: dict[str, str] = {}
         self.cell_classes: dict[str, type] = {}
         self._owner: dict[str, tuple[_Recurrent, int]] = {}
+        # the values a node may read: the graph's inputs and initializers, and what the
+        # nodes before it write (ONNX orders a graph's nodes so)
+        defined = {v.name for v in graph.input} | set(self._initializers)
         for k, node in enumerate(graph.node):
             where = f"node {k} ({node.op_type} {node.name!r})"
             if node.domain not in ("", "ai.onnx"):
                 raise OnnxImportError(f"{where}: domain {node.domain!r} is not ONNX's own")
+            _check_node_inputs(node, where, defined)
+            defined.update(name for name in node.output if name)
             if node.op_type in RECURRENT:
                 self._nodes.append(self._recurrent(node, where, load_text))
             elif node.op_type in GLUE:
@@ -320,6 +330,16 @@ class InferenceSession:
         return list(self._outputs)
 
     def run(self, output_names, input_feed: dict, run_options=None) -> list[np.ndarray]:
+        if isinstance(output_names, (str, bytes)) or not (
+                output_names is None or all(isinstance(n, str) for n in output_names)):
+            raise BindError(f"output names must be a list of names, or None for all the "
+                            f"model's outputs: not {output_names!r}"
+                            + (f" (write [{output_names!r}])"
+                               if isinstance(output_names, str) else ""))
+        if not isinstance(input_feed, Mapping):
+            raise BindError(f"the feed must be a dict of input name -> array, not a "
+                            f"{type(input_feed).__name__}; the model's inputs: "
+                            f"{', '.join(a.name for a in self._inputs)}")
         values = dict(self._initializers)
         known = {a.name for a in self._inputs} | set(self._initializers)
         for name, value in input_feed.items():
@@ -375,6 +395,24 @@ class InferenceSession:
         for key, value in split_weights(rec.node.op_type, d, W, R, B, P, H, dtype).items():
             cell.params[key] = value
         return cell
+
+
+def _check_node_inputs(node, where: str, defined: set) -> None:
+    """A recurrent node without X, W or R, or any node reading a value that nothing
+    before it defines, can never run: refused when the session opens."""
+    if node.op_type in RECURRENT:
+        slots = dict(zip(_INPUTS[node.op_type], node.input))
+        absent = [slot for slot in ("X", "W", "R") if not slots.get(slot)]
+        if absent:
+            raise OnnxImportError(
+                f"{where}: input{'s' if len(absent) > 1 else ''} {', '.join(absent)} "
+                f"missing: {node.op_type} needs X, W and R (its inputs are "
+                f"{', '.join(_INPUTS[node.op_type])}, the optional ones may be '')")
+    unknown = [name for name in node.input if name and name not in defined]
+    if unknown:
+        raise OnnxImportError(
+            f"{where}: reads {', '.join(map(repr, unknown))}, which is neither an input "
+            "or initializer of the graph nor written by a node before it")
 
 
 def _check_feed_type(name: str, value: np.ndarray, elem: int | None) -> None:

@@ -488,6 +488,54 @@ def test_bad_feeds_are_bind_errors():
         session.run(None, {**feed, "sequence_lens": np.array([9, 1, 1], np.int32)})
 
 
+def test_output_names_and_a_feed_of_the_wrong_kind_are_bind_errors():
+    model, feed = recurrent_model("RNN")
+    session = rnndsl.onnx.InferenceSession(model, target="interp")
+    # a string is not walked letter by letter (its 'Y' is an output, its '_' is not)
+    with pytest.raises(BindError, match=r"a list of names.*not 'Y_h' \(write \['Y_h'\]\)"):
+        session.run("Y_h", feed)
+    with pytest.raises(BindError, match="a list of names"):
+        session.run([0], feed)
+    for bad in ([feed["X"]], None, feed["X"]):
+        with pytest.raises(BindError, match=r"the feed must be a dict .*inputs: X"):
+            session.run(None, bad)
+    (y_h,) = session.run(["Y_h"], feed)
+    np.testing.assert_allclose(y_h, run_ort(model, feed)[1], rtol=TOL, atol=TOL)
+
+
+def test_onnxruntimes_positional_session_options_and_providers_are_taken():
+    """onnxruntime's signature: InferenceSession(path, sess_options, providers)."""
+    model, feed = recurrent_model("GRU")
+    options = ort.SessionOptions()
+    session = rnndsl.onnx.InferenceSession(model, options, ["CPUExecutionProvider"])
+    assert session.target == "cpu"
+    want = run_ort(model, feed)
+    for got, w in zip(session.run(None, feed), want):
+        np.testing.assert_allclose(got, w, rtol=TOL, atol=TOL)
+    assert rnndsl.onnx.InferenceSession(model, "interp").target == "interp"
+
+
+@pytest.mark.parametrize("inputs, missing", [(["X", "W"], "input R missing"),
+                                             (["", "W", "R"], "input X missing"),
+                                             (["X", "", ""], "inputs W, R missing")])
+def test_a_node_without_x_w_or_r_is_refused_when_the_session_opens(inputs, missing):
+    model, _ = recurrent_model("RNN")
+    node = model.graph.node[0]
+    del node.input[:]
+    node.input.extend(inputs)
+    with pytest.raises(rnndsl.onnx.OnnxImportError, match=rf"node 0 \(RNN ''\): {missing}"):
+        rnndsl.onnx.InferenceSession(model, target="interp")
+
+
+def test_a_node_reading_a_value_nothing_defines_is_refused_when_the_session_opens():
+    model, _ = recurrent_model("LSTM")
+    node = model.graph.node[0]
+    node.input[2] = "R_typo"
+    with pytest.raises(rnndsl.onnx.OnnxImportError,
+                       match=r"reads 'R_typo', which is neither an input or initializer"):
+        rnndsl.onnx.InferenceSession(model, target="interp")
+
+
 def test_a_feed_of_another_dtype_is_refused_as_onnxruntime_does():
     model, feed = recurrent_model("LSTM")
     session = rnndsl.onnx.InferenceSession(model, target="interp")
