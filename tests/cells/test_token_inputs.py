@@ -6,6 +6,7 @@ and the variable-length variant."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from rnndsl.schedule.plan import PASSES
 from rnndsl.train.sample import Sampler, temperature
 
 ROOT = Path(__file__).resolve().parents[2]
+LONG = os.environ.get("RNNDSL_LONG") == "1"
 
 # the main job's cell, specs/char_lstm.rnn: two stacked LSTMs (shipped lstm.rnn) and a
 # readout; the token reaches W @ x through a layer, in a stacked GEMM group
@@ -72,6 +74,10 @@ def test_compiled_gather_matches_the_interpreter_on_one_hot_rows(text, dims, pas
     (gather_cols); B = 3 and 16, more: rows of the stacked W^T (gather_rows). With the
     hoist pass off the gather stays in the time loop, where the microkernel pass's
     tiles must leave it alone (they once packed it, and 8+ rows read past the stack)."""
+    if text is CHAR and passes == "off" and not LONG:
+        pytest.skip("RNNDSL_LONG=1 only: the main job's cell with every pass off is a "
+                    "kernel pair (20 s) no other test compiles; the lone product runs the "
+                    "gather with the passes off, and 'hoist off' the stacked one in the loop")
     off = {"on": (), "off": PASSES, "hoist off": ("hoist",)}[passes]
     Token, Plain = _pair(text, no_passes=off)
     token, plain = Token(dtype=np.float64, seed=1, **dims), Plain(dtype=np.float64, **dims)
