@@ -290,7 +290,7 @@ def _prepare(args) -> _Plan:
                              f"--dims asks for {ours}: leave --dims out to resume, or train "
                              "afresh with --force")
         check_model(info, Cell, dims)
-        _same_val(args, user, checkpoint)
+        _same_settings(args, user, checkpoint)
     else:
         vocab = Vocab.from_text(corpus.text)
         dims = _bind(Cell.spec, vocab_dim, len(vocab), given)
@@ -361,21 +361,33 @@ def _outputs_apart_from_inputs(args, outputs) -> None:
                                       "that train reads; name another file")
 
 
-def _same_val(args, user: dict, checkpoint: Path) -> None:
-    """A resumed run validates on the text the first one held out: its --val, unless
-    another is given, which is refused (the new split would validate on text the first
-    run trained on). Checkpoints from before --val was kept take whatever is given."""
-    kept = user.get("settings", {}).get("val")
-    if not isinstance(kept, (int, float)) or isinstance(kept, bool) or kept == args.val:
-        return
-    given = any(a == "--val" or a.startswith("--val=") for a in (getattr(args, "argv", None)
-                                                                 or []))
-    if given:
-        raise TrainError(f"--resume continues {checkpoint}, which held out --val {kept:g} "
-                         f"of the corpus; --val {args.val:g} would validate on text it "
-                         "trained on: leave --val out to resume, or train afresh with "
-                         "--force")
-    args.val = float(kept)
+# what a resumed run keeps of the first one's settings: --val (the held-out text), and
+# --batch and --seq (the rows the corpus is cut into, so its place in the corpus and the
+# state it carries, one row a sequence)
+_KEPT_SETTINGS = (("val", "--val", float, "would validate on text it trained on"),
+                  ("batch", "--batch", int, "would cut the corpus into other rows, losing "
+                   "its place in it and the state it carries"),
+                  ("seq", "--seq", int, "would cut the corpus into other chunks, losing its "
+                   "place in it"))
+
+
+def _same_settings(args, user: dict, checkpoint: Path) -> None:
+    """A resumed run continues with the first one's --val, --batch and --seq: where one
+    of them is left out it is the checkpoint's, and where another value is given it is
+    refused. Checkpoints from before a setting was kept take whatever is given."""
+    kept_settings = user.get("settings", {})
+    argv = getattr(args, "argv", None) or []
+    for key, option, kind, why in _KEPT_SETTINGS:
+        kept = kept_settings.get(key)
+        if not isinstance(kept, (int, float)) or isinstance(kept, bool) or \
+                kept == getattr(args, key):
+            continue
+        given = any(a == option or a.startswith(option + "=") for a in argv)
+        if given:
+            raise TrainError(f"--resume continues {checkpoint}, which was trained with "
+                             f"{option} {kept:g}; {option} {getattr(args, key):g} {why}: "
+                             f"leave {option} out to resume, or train afresh with --force")
+        setattr(args, key, kind(kept))
 
 
 def _best(args, checkpoint: Path, resuming: bool, val_chars: int):

@@ -93,8 +93,9 @@ def add_train_arguments(parser, leave_out=()) -> None:
     p.add_argument("--every", type=nonneg, default=200,
                    help="save every N steps (default 200; 0: only at the end)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from --checkpoint if it exists (its dims, vocabulary and "
-                        "place in the lr schedule; a finished schedule starts afresh)")
+                   help="continue from --checkpoint if it exists (its dims, vocabulary, "
+                        "--batch, --seq, --val, place in the corpus and in the lr schedule; "
+                        "a finished schedule starts afresh)")
     p.add_argument("--force", action="store_true",
                    help="start afresh even if --checkpoint exists, overwriting it")
     p.add_argument("--dry-run", action="store_true",

@@ -163,6 +163,22 @@ def test_resume_keeps_the_first_runs_validation_text(folder, capsys):
     assert code == 2 and "--val 0.3" in err and "--val 0.1" in err
 
 
+def test_resume_keeps_the_first_runs_batch_and_seq(folder, capsys):
+    """--batch and --seq are kept with the checkpoint: left out, a resumed run cuts the
+    corpus as the first did and carries on where it stopped (it used to fall back to
+    the defaults, 32 x 64, and start a new epoch); another value is refused."""
+    assert train(capsys)[0] == 0                                # --batch 2 --seq 4
+    bare = ["train", "char_lstm.rnn", "--corpus", "corpus.txt", "--steps", 2, "--target",
+            "interp", "--dtype", "float64", "--sample-chars", 5, "--resume"]
+    code, out, err = run(bare, capsys)
+    assert code == 0, err
+    assert "batch 2 x 4 steps" in out and "resuming at step 2" in out
+    assert checkpoint.peek("model.npz").meta["user"]["position"]["chunk"] == 4
+    for option, value, kept in (("--batch", 3, "--batch 2"), ("--seq", 8, "--seq 4")):
+        code, _, err = run([*bare, option, value], capsys)
+        assert code == 2 and kept in err and f"{option} {value}" in err, err
+
+
 def test_resume_continues_and_resume_without_checkpoint_starts_afresh(folder, capsys):
     code, out, _ = train(capsys, "--resume")             # nothing to resume: a new model
     assert code == 0 and "resuming" not in out
