@@ -219,8 +219,35 @@ def _check_class_names(source: str, cells, parts: dict[str, list[NetworkPart]]) 
                           by_name[net].source, by_name[net].ast.name_span,
                           hint="rename the cell")
                for net, ps in parts.items() for p in ps if bound[p.name] > 1]
+    errors += _kernel_name_clashes(source, cells)
     if errors:
         raise NameClashError(errors)
+
+
+def _kernel_name_clashes(source: str, cells) -> list[Diagnostic]:
+    """A cell's kernels are named after it (`forward_A`, `forward_inference_A`,
+    `backward_A`), so two cells can ask for one kernel name: `inference_A`'s forward is
+    A's forward without gradients. The module would define it twice and the second
+    would replace the first. Reported at the longer name (the one that took the other's
+    kernel name), naming both cells."""
+    defined = Counter(node.name for node in ast.parse(source).body
+                      if isinstance(node, ast.FunctionDef))
+    errors, blamed = [], set()
+    for name, count in defined.items():
+        involved = [c for c in cells if count > 1 and name.endswith("_" + c.name)]
+        if len(involved) < 2:
+            continue
+        cell = max(involved, key=lambda c: len(c.name))
+        if cell.name in blamed:
+            continue
+        blamed.add(cell.name)
+        others = " and ".join(f"'{c.name}'" for c in involved if c is not cell)
+        errors.append(Diagnostic(
+            f"'{cell.name}' cannot name a cell beside {others}: the generated module "
+            f"would define the kernel '{name}' for both", cell.source,
+            cell.ast.name_span if cell.ast is not None else None,
+            hint="rename one of the cells"))
+    return errors
 
 
 def validate(source: str, filename: str) -> None:

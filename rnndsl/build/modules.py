@@ -43,10 +43,12 @@ MAX_MODULE_NAME = 100
 
 def module_file_name(spec_file: SpecFile) -> str:
     """specs/lstm.rnn -> lstm.py; a stem that is not an identifier is made one, and one
-    that is a keyword or a taken module name (math, numpy) gets a prefix: cell_math.py."""
+    that is a keyword, a taken module name (math, numpy) or a dunder name (`__init__`,
+    which would make the output folder a package) gets a prefix: cell_math.py."""
     stem = Path(spec_file.source.path).stem
     name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in stem)
-    if not name or name[0].isdigit() or keyword.iskeyword(name) or name in _TAKEN_NAMES:
+    if not name or name[0].isdigit() or keyword.iskeyword(name) or name in _TAKEN_NAMES \
+            or name.startswith("__"):
         name = "cell_" + name
     if len(name) > MAX_MODULE_NAME:
         raise BuildError(f"{spec_file.source.path}: its module would be named after the "

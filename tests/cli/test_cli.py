@@ -215,12 +215,13 @@ def test_build_keeps_files_it_did_not_write_and_names_modules_safely(tmp_path):
     done = rnndsl("build", REPO / "specs" / "gru.rnn", REPO / "specs" / "elman.rnn",
                   "-o", out)
     assert done.returncode == 2 and "elman.py is a folder" in done.stderr
-    for stem in ("import", "math"):
+    for stem in ("import", "math", "__init__"):     # __init__.py: the folder a package
         spec = tmp_path / f"{stem}.rnn"
         spec.write_text((REPO / "specs" / "elman_relu.rnn").read_text())
         done = rnndsl("build", spec, "-o", tmp_path / "named")
         assert done.returncode == 0, done.stderr
         assert f"import with: from cell_{stem} import ElmanReLU" in done.stdout
+    assert not (tmp_path / "named" / "__init__.py").exists()
     run = subprocess.run([sys.executable, "-c", "from cell_import import ElmanReLU; "
                           "from cell_math import ElmanReLU; import math; print(math.pi)"],
                          cwd=tmp_path / "named", capture_output=True, text=True, timeout=300)

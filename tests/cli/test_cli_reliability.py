@@ -481,6 +481,24 @@ def test_check_refuses_a_cell_name_the_built_module_takes(tmp_path, capsys, name
             "already uses that name for its own code") in err
 
 
+@pytest.mark.parametrize("second", ["inference_E", "inference_inference_E"])
+def test_check_refuses_a_cell_whose_kernels_another_cell_names(tmp_path, capsys, second):
+    """A cell named inference_E would have the kernel forward_inference_E, which is E's
+    forward without gradients: the module would define it twice, the second replacing
+    the first. Refused by check and build, at the longer name, naming both cells."""
+    spec = tmp_path / "twins.rnn"
+    first = second.removeprefix("inference_")
+    body = ("  dims I\n  input x[I]\n  state h[I]\n  param W[I, I], U[I, I]\n"
+            "  h' = tanh(W @ x + U @ h)\n  output h'\n}\n")
+    spec.write_text(f"cell {first} {{\n{body}cell {second} {{\n{body}")
+    for command in (["check", spec], ["build", spec, "-o", tmp_path / "out"]):
+        code, out, err = run(command, capsys)
+        assert code == 2, out
+        assert (f"twins.rnn:9:6: error: '{second}' cannot name a cell beside '{first}': the "
+                f"generated module would define the kernel 'forward_{second}' for both") in err
+    assert not (tmp_path / "out" / "twins.py").exists()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--checkpoint", "char_lstm.rnn", "--force"],
      "--checkpoint char_lstm.rnn is the spec that train reads; name another file"),
