@@ -124,6 +124,11 @@ def read_spec(path: str | Path, text: str | None = None, _stack: tuple = (),
     used: dict[str, CheckedCell] = {}
     here = path.resolve()
     for use in module.uses:
+        if not use.path.endswith(".rnn"):
+            # nor is any other file read (and its first line echoed in a syntax error)
+            errors.append(Diagnostic(f"cannot use '{use.path}': not a .rnn file", source,
+                                     use.span, "use reads spec files, named NAME.rnn"))
+            continue
         # where: a text carried for the path wins over the disk; this file's folder first,
         # then, for a bare file name, the specs shipped with rnndsl (shipped.py)
         target = (path.parent / use.path)

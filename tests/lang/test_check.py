@@ -719,6 +719,20 @@ def test_use_of_a_missing_file(tmp_path):
         "cannot use 'lib/nope.rnn': a folder, not a .rnn file (looked for ")
 
 
+@pytest.mark.parametrize("path", ["notes.txt", "../secret", ".", "lib/elman.rnn.bak"])
+def test_use_reads_only_rnn_files(tmp_path, path):
+    """A file that is not a spec is neither parsed nor echoed in an error."""
+    (tmp_path / "notes.txt").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    main = tmp_path / "main.rnn"
+    main.write_text(f'use "{path}"\n' + ELMAN)
+    with pytest.raises(CheckError) as info:
+        read_spec(main)
+    (d,) = info.value.diagnostics
+    assert d.message == f"cannot use '{path}': not a .rnn file" and at(d) == (1, 1)
+    assert d.hint == "use reads spec files, named NAME.rnn"
+    assert "root:" not in info.value.render()
+
+
 def test_use_resolves_relative_to_the_using_file(tmp_path):
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "elman.rnn").write_text(ELMAN)
