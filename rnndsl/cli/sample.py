@@ -106,7 +106,8 @@ def cmd_info(args) -> int:
               f"chars (at step {val.get('step', '?')})")
     if "vocab" in user:
         from ..train.data import Vocab
-        print(f"vocabulary: {len(Vocab.from_json(user['vocab']))} symbols")
+        size = len(Vocab.from_json(user['vocab']))
+        print(f"vocabulary: {size} symbol{'' if size == 1 else 's'}")
     if spec.get("text") is not None:
         used = report["used_files"]
         print(f"spec: {spec.get('path')} (carried in the checkpoint"

@@ -435,7 +435,7 @@ def _describe(plan: _Plan, args, out) -> None:
     row = (len(plan.train_ids) - 1) // args.batch       # each row's share of the text
     seq = f"{args.seq} steps" if row >= args.seq else \
         f"{row} steps (--seq {args.seq} is longer than a row of the text: {row})"
-    print(f"data: {len(plan.vocab)} symbols; {len(plan.train_ids):,} chars to train on, "
+    print(f"data: {len(plan.vocab)} symbol{'' if len(plan.vocab) == 1 else 's'}; {len(plan.train_ids):,} chars to train on, "
           f"{len(plan.val_ids) - 1:,} to validate; batch {args.batch} x {seq}"
           + (f"; resuming at step {steps}, {where}" if plan.resume else ""), file=out)
     warmup = plan.schedule.warmup
@@ -462,9 +462,9 @@ def _plan_text(plan: _Plan, args) -> str:
 def _budget_text(args) -> str:
     parts = []
     if args.minutes is not None:
-        parts.append(f"{args.minutes:g} minutes")
+        parts.append(f"{args.minutes:g} minute{'' if args.minutes == 1 else 's'}")
     if args.steps is not None:
-        parts.append(f"{args.steps} steps")
+        parts.append(f"{args.steps} step{'' if args.steps == 1 else 's'}")
     return " or ".join(parts) + (" (whichever comes first)" if len(parts) == 2 else "")
 
 

@@ -197,6 +197,12 @@ def test_dry_run_checks_and_writes_nothing(folder, capsys):
     assert code == 2 and "no such file" in err
 
 
+def test_one_of_a_kind_is_singular(folder, capsys):
+    code, out, err = train(capsys, "--dry-run", "--minutes", "1", steps=1)
+    assert code == 0, err
+    assert "plan: train for 1 minute or 1 step (whichever comes first)" in out
+
+
 def test_json_summary_matches_the_closing_lines(folder, capsys):
     code, out, err = train(capsys, "--json", "run.json", "--temperatures", "0.7")
     assert code == 0, err
