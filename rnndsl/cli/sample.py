@@ -13,6 +13,7 @@ import numpy as np
 
 from . import args as cli_args
 from .train import TrainError, _encode_prime
+from ..core.errors import BindError
 
 
 # ---------------------------------------------------------------------------- sample
@@ -47,7 +48,16 @@ def cmd_sample(args) -> int:
         raise cli_args.UsageError(f"--top-k {args.top_k}: the model has only {len(vocab)} "
                                   "symbols")
     Cell = ckpt.cell_class(info, target=args.target, spec_path=args.spec)
-    cell = Cell(dtype=np.dtype(info.dtype), seed=0, **info.dims)
+    try:
+        cell = Cell(dtype=np.dtype(info.dtype), seed=0, **info.dims)
+    except BindError as exc:
+        if args.spec is None or Cell.spec.name == info.cell:
+            raise
+        dims = ", ".join(f"{k}={v}" for k, v in info.dims.items())
+        raise BindError(f"--spec {args.spec} gives cell {Cell.spec.name}, which is not the "
+                        f"checkpoint's {info.cell} ({dims}): {exc}; give the spec it was "
+                        "trained with, or leave --spec out (the checkpoint carries its "
+                        "spec)") from None
     ckpt.load(args.checkpoint, cell)
     sampler = Sampler(cell, input=user.get("x"), output=user.get("y"))
     if args.beam is not None:

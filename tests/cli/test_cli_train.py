@@ -106,6 +106,16 @@ def test_a_changed_spec_is_refused(trained, tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_a_spec_of_another_cell_is_named_as_such(trained, tmp_path):
+    where, _ = trained
+    done = rnndsl("sample", where / "m.npz", "--spec", REPO / "specs" / "lstm.rnn",
+                  "--target", "interp", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "lstm.rnn gives cell LSTM, which is not the checkpoint's CharLSTM (V=" \
+        in done.stderr and "LSTM has no dim V" in done.stderr
+    assert "leave --spec out" in done.stderr and "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--dims", "H=8,Q=2"], "has no dim Q"),
     (["--dims", "V=3,H=8"], "V is the vocabulary size"),
