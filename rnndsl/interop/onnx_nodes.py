@@ -116,7 +116,10 @@ class Emit:
     tokens: set[str] = field(default_factory=set)
 
     def scalar(self, value: float) -> str:
-        return self.b.const(np.asarray(value, dtype=self.dtype))
+        # a constant past the dtype's range is its infinity, as in the cell's own kernels
+        # (NumPy's overflow warning would reach the user of `rnndsl export` as noise)
+        with np.errstate(over="ignore"):
+            return self.b.const(np.asarray(value, dtype=self.dtype))
 
     def ints(self, values) -> str:
         return self.b.const(np.asarray(values, dtype=np.int64), hint="ints")

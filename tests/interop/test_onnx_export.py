@@ -564,3 +564,20 @@ def test_every_initializer_is_read_by_a_node(operators):
         unread = [t.name for t in model.graph.initializer
                   if t.name not in read(model.graph.node)]
         assert not unread, f"{path.stem}: {unread}"
+
+
+def test_a_constant_past_float32s_range_exports_as_infinity_without_a_warning():
+    """`x ** 1e50` in a float32 cell: the constant is float32's infinity, as in the
+    cell's own kernels, and NumPy's overflow warning does not reach the user."""
+    import warnings
+    text = ("cell Huge {\n  dims H\n  input x[H]\n  state h[H]\n"
+            "  h' = tanh(x + h) ** 100000000000000000000000000000000000000000000000000\n"
+            "  output h'\n}\n")
+    cell = rnndsl.load_text(text, target="interp")(dtype=np.float32, seed=0, H=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = rnndsl.onnx.to_model(cell)
+    consts = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer]
+    consts += [onnx.numpy_helper.to_array(a.t) for n in model.graph.node
+               for a in n.attribute if a.HasField("t")]
+    assert any(c.size == 1 and np.isinf(c).all() for c in consts)
