@@ -524,10 +524,24 @@ def _continued_line(seq: list[Token], error: int, states: dict) -> tuple | None:
     return None
 
 
+def _keyword_updated(seq: list[Token], error: int) -> tuple | None:
+    """A keyword at the start of a line with a `'` after it (`output' = ...`): a state
+    named with a keyword, which its declaration (`state output[H]`) let through because
+    the parser reads a declared name anywhere a name goes. The checker names it so at
+    the declaration; here the update is what the parser stops at."""
+    if error < 2 or seq[error].type != "PRIME":
+        return None
+    word, before = seq[error - 1], seq[error - 2]
+    if str(word) not in _keywords() or word.line == before.end_line:
+        return None
+    return (f"'{word}' is a keyword of the language and cannot name a state",
+            _span_of(word), "rename the state, here and where it is declared")
+
+
 def _misread(text: str, exc: lark.exceptions.UnexpectedToken) -> tuple | None:
     """(message, span, hint) of the mistake that the parser read as something else a few
     tokens before its error; None if there is none."""
     taken, states = _replay(text)
     seq, error = [*taken, exc.token], len(taken)
-    return (_glued(seq, error) or _keyword_read_as_name(seq, error, states)
-            or _continued_line(seq, error, states))
+    return (_glued(seq, error) or _keyword_updated(seq, error)
+            or _keyword_read_as_name(seq, error, states) or _continued_line(seq, error, states))

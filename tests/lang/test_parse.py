@@ -543,6 +543,13 @@ MISREAD = [
      "move the line above the first `cell`"),
     ("cell A {\n  cell B { }\n}", "a cell inside a cell: cells do not nest", 2, 3,
      "close the cell before it with '}', then start the next one"),
+    # a state named with a keyword: its declaration passes, its update is where it stops
+    ("cell A {\n  state output[H]\n  output' = tanh(output)\n}",
+     "'output' is a keyword of the language and cannot name a state", 3, 3,
+     "rename the state, here and where it is declared"),
+    ("cell A {\n  state dims[H]\n  h = x\n  dims' = h\n}",
+     "'dims' is a keyword of the language and cannot name a state", 4, 3,
+     "rename the state, here and where it is declared"),
 ]
 
 
