@@ -85,8 +85,12 @@ def _read(path: Path, shown: str) -> str:
                 "spec: give the spec here; a checkpoint is read by `rnndsl sample "
                 "CHECKPOINT` and `rnndsl info CHECKPOINT`, and continued by `rnndsl train "
                 "SPEC --resume --checkpoint CHECKPOINT`") from None
-        raise SpecFileError(f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start})") \
-            from None
+        data, at = exc.object, exc.start
+        start = data.rfind(b"\n", 0, at) + 1
+        line = data.count(b"\n", 0, at) + 1
+        column = len(data[start:at].decode("utf-8", errors="replace")) + 1
+        raise SpecFileError(f"{shown}:{line}:{column}: not UTF-8 text ({exc.reason} at byte "
+                            f"{at})") from None
     except OSError as exc:
         raise SpecFileError(f"{shown}: cannot read ({exc.strerror})") from None
     except ValueError:      # a NUL in the name: no file can have it

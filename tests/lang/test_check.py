@@ -798,8 +798,13 @@ def test_errors_in_a_used_file_point_into_that_file(tmp_path):
 def test_a_file_that_is_not_utf8(tmp_path):
     path = tmp_path / "latin1.rnn"
     path.write_bytes("# caf\xe9\n".encode("latin-1") + ELMAN.encode())
-    with pytest.raises(SpecFileError, match=r"latin1\.rnn: not UTF-8 text \(invalid "
+    with pytest.raises(SpecFileError, match=r"latin1\.rnn:1:6: not UTF-8 text \(invalid "
                                             r"continuation byte at byte 5\)"):
+        read_spec(path)
+    # the place is a line and a column of characters, after multi-byte ones too
+    path.write_bytes("# caf\u00e9\n# \u00e9\u00e9 x".encode() + b"\xff\n" + ELMAN.encode())
+    with pytest.raises(SpecFileError, match=r"latin1\.rnn:2:7: not UTF-8 text \(invalid "
+                                            r"start byte at byte 16\)"):
         read_spec(path)
 
 
