@@ -219,22 +219,20 @@ def _check_class_names(source: str, cells, parts: dict[str, list[NetworkPart]]) 
                           by_name[net].source, by_name[net].ast.name_span,
                           hint="rename the cell")
                for net, ps in parts.items() for p in ps if bound[p.name] > 1]
-    errors += _kernel_name_clashes(source, cells)
+    errors += _kernel_name_clashes(bound, cells)
     if errors:
         raise NameClashError(errors)
 
 
-def _kernel_name_clashes(source: str, cells) -> list[Diagnostic]:
+def _kernel_name_clashes(bound: Counter, cells) -> list[Diagnostic]:
     """A cell's kernels are named after it (`forward_A`, `forward_inference_A`,
     `backward_A`), so two cells can ask for one kernel name: `inference_A`'s forward is
     A's forward without gradients. The module would define it twice and the second
     would replace the first. Reported at the longer name (the one that took the other's
-    kernel name), naming both cells."""
-    defined = Counter(node.name for node in ast.parse(source).body
-                      if isinstance(node, ast.FunctionDef))
+    kernel name), naming both cells. `bound`: the module's names (_module_bindings)."""
     errors, blamed = [], set()
-    for name, count in defined.items():
-        involved = [c for c in cells if count > 1 and name.endswith("_" + c.name)]
+    for name in (name for name, count in bound.items() if count > 1):
+        involved = [c for c in cells if name.endswith("_" + c.name)]
         if len(involved) < 2:
             continue
         cell = max(involved, key=lambda c: len(c.name))

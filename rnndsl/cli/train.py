@@ -435,7 +435,8 @@ def _describe(plan: _Plan, args, out) -> None:
     row = (len(plan.train_ids) - 1) // args.batch       # each row's share of the text
     seq = f"{args.seq} steps" if row >= args.seq else \
         f"{row} steps (--seq {args.seq} is longer than a row of the text: {row})"
-    print(f"data: {len(plan.vocab)} symbol{'' if len(plan.vocab) == 1 else 's'}; {len(plan.train_ids):,} chars to train on, "
+    symbols = f"{len(plan.vocab)} symbol{'' if len(plan.vocab) == 1 else 's'}"
+    print(f"data: {symbols}; {len(plan.train_ids):,} chars to train on, "
           f"{len(plan.val_ids) - 1:,} to validate; batch {args.batch} x {seq}"
           + (f"; resuming at step {steps}, {where}" if plan.resume else ""), file=out)
     warmup = plan.schedule.warmup

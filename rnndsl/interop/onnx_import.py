@@ -254,7 +254,7 @@ class InferenceSession:
                  provider_options=None):
         from onnx import numpy_helper
         from ..cells.load import load_text
-        if target is None or not isinstance(target, str):   # onnxruntime's sess_options
+        if not isinstance(target, str):    # onnxruntime's sess_options (or None)
             target = "cpu"
         model = _read_model(path_or_model)
         graph = model.graph

@@ -151,8 +151,9 @@ _FREE: dict[int, list] = {}
 # the GIL it keeps it for a whole switch interval (5 ms), while the block's threads have
 # a few lines each to run before their next syncthreads(). A switch interval of 0.5 ms
 # during a launch hands the GIL round ten times as often: docs/cuda.md's example took
-# 15.9 s on the simulator here, 5.6 s so (the results are the same: only when threads
-# take turns changes). Set by the first launch in flight and put back by the last.
+# 15.9 s on the simulator here, 6.3 s so (benchmarks/RESULTS.md; the results are the
+# same: only when threads take turns changes). Set by the first launch in flight and
+# put back by the last.
 SIMULATOR_SWITCH_INTERVAL = 0.0005
 
 
