@@ -305,38 +305,6 @@ def test_simulator_is_what_the_suite_runs_on():
         assert config.ENABLE_CUDASIM
 
 
-@pytest.mark.skipif(not config.ENABLE_CUDASIM, reason="the simulator's own scheduling")
-def test_simulated_launches_switch_threads_often_and_put_the_interval_back():
-    """rnndsl.kernels.cuda: during a launch on the simulator the GIL changes hands every
-    0.5 ms (not every 5), so that a block's threads are not kept waiting on the thread
-    that polls them; afterwards the process's own interval is back, also after a launch
-    that raised."""
-    import rnndsl.kernels.cuda as kernels
-
-    @cuda.jit
-    def record(out):
-        if cuda.threadIdx.x == 0:
-            out[0] = sys.getswitchinterval()
-        cuda.syncthreads()
-
-    @cuda.jit
-    def fail(out):
-        out[10] = 1.0           # past the end: the simulator raises
-
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(0.004)
-    try:
-        out = np.zeros(1)
-        record[1, 4](out)
-        assert out[0] == pytest.approx(kernels.SIMULATOR_SWITCH_INTERVAL)
-        assert sys.getswitchinterval() == pytest.approx(0.004)
-        with pytest.raises(IndexError):
-            fail[1, 1](np.zeros(1))
-        assert sys.getswitchinterval() == pytest.approx(0.004)
-    finally:
-        sys.setswitchinterval(before)
-
-
 @pytest.mark.skipif(not LONG, reason="RNNDSL_LONG=1 only (12 s); .ci/gpu runs the harness "
                     "for real where a GPU is lent")
 def test_gpu_benchmark_runs_on_the_simulator():
