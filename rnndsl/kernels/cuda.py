@@ -146,8 +146,51 @@ POOL = not SIMULATOR and os.environ.get("RNNDSL_CUDA_POOL") == "1"
 _FREE: dict[int, list] = {}
 
 
+def _simulator_makes_each_shared_array_once() -> None:
+    """Mend a race in numba-cuda's simulator (0.30.4, the newest): a block's threads
+    share the array `cuda.shared.array` returns, made by the first thread to reach the
+    line, but FakeCUDAShared.array looks the line up, makes the array and stores it
+    with no lock. Two threads that reach the line together each make an array of their
+    own, and each then reads what only it wrote: a GEMM's shared tile half stale. Seen
+    once in CI (specs/two_streams.rnn's W_in gradient 1.6e19 off) and in 10 runs of 20
+    with the GIL switched every 0.05 ms (tests/cells/test_cuda_backend.py,
+    test_simulated_shared_arrays_are_one_a_block). Here the lookup and the making hold
+    a lock; the allocation is still told apart by the calling line, as the simulator
+    does, found with sys._getframe instead of a whole traceback.extract_stack (which
+    read every frame's source line, on every thread)."""
+    import sys
+    import threading
+    from numba.core import types
+    from numba.np import numpy_support
+    from numba.cuda.simulator import kernelapi
+    shared = kernelapi.FakeCUDAShared
+    if getattr(shared.array, "rnndsl_locked", False):
+        return
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None:
+            raise RuntimeError("Array alignment is not supported in cudasim")
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        if shape == 0:                # dynamic shared memory: one buffer for all
+            count = self._dynshared_size // dtype.itemsize
+            return np.frombuffer(self._dynshared.data, dtype=dtype, count=count)
+        caller = sys._getframe(1)
+        line = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            made = self._allocations.get(line)
+            if made is None:
+                made = self._allocations[line] = np.empty(shape, dtype)
+        return made
+
+    array.rnndsl_locked = True
+    shared.array = array
+
+
 if SIMULATOR:
     DeviceArray = None
+    _simulator_makes_each_shared_array_once()
 else:
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
 

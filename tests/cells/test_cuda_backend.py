@@ -305,6 +305,40 @@ def test_simulator_is_what_the_suite_runs_on():
         assert config.ENABLE_CUDASIM
 
 
+@pytest.mark.skipif(not config.ENABLE_CUDASIM, reason="the simulator's own threads")
+def test_simulated_shared_arrays_are_one_a_block(monkeypatch):
+    """rnndsl.kernels.cuda mends numba-cuda's simulator, which made a block's shared
+    array with no lock: threads reaching `cuda.shared.array` together each got an array
+    of their own, and a GEMM then read tiles that no other thread wrote (once in CI).
+    Here making an array takes 2 ms, with the GIL free, so that every thread reaches the
+    line while the first is making it: each thread's write must still reach thread 0."""
+    import time
+
+    import rnndsl.kernels.cuda  # noqa: F401  (mends the simulator on import)
+
+    @cuda.jit
+    def gather(out):
+        buf = cuda.shared.array(16, np.float64)
+        buf[cuda.threadIdx.x] = cuda.threadIdx.x + 1.0
+        cuda.syncthreads()
+        if cuda.threadIdx.x == 0:
+            for i in range(16):
+                out[i] = buf[i]
+
+    empty = np.empty
+
+    def slow_empty(*args, **kwargs):
+        time.sleep(0.002)
+        return empty(*args, **kwargs)
+
+    for _ in range(3):
+        out = np.zeros(16)
+        with monkeypatch.context() as patch:
+            patch.setattr(np, "empty", slow_empty)
+            gather[1, 16](out)
+        np.testing.assert_array_equal(out, np.arange(1.0, 17.0))
+
+
 @pytest.mark.skipif(not LONG, reason="RNNDSL_LONG=1 only (12 s); .ci/gpu runs the harness "
                     "for real where a GPU is lent")
 def test_gpu_benchmark_runs_on_the_simulator():
