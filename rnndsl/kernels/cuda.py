@@ -188,9 +188,51 @@ def _simulator_makes_each_shared_array_once() -> None:
     shared.array = array
 
 
+# The simulator runs a block's threads as Python threads, and the launching thread polls
+# them in a loop (numba-cuda's BlockManager.run) that never sleeps: each time it holds
+# the GIL it keeps it for a whole switch interval (5 ms), while the block's threads have
+# a few lines each to run before their next syncthreads(). A switch interval of 0.5 ms
+# during a launch hands the GIL round ten times as often: docs/cuda.md's example took
+# 15.9 s on the simulator here, 6.3 s so (benchmarks/RESULTS.md; the results are the
+# same: only when threads take turns changes). Set by the first launch in flight and
+# put back by the last.
+SIMULATOR_SWITCH_INTERVAL = 0.0005
+
+
+def _simulated_launches_take_turns_faster() -> None:
+    import sys
+    import threading
+    from numba.cuda.simulator import kernel as simulator
+    launch = simulator.FakeCUDAKernel.__call__
+    if getattr(launch, "rnndsl_switching", False):
+        return
+    lock = threading.Lock()
+    in_flight = [0, None]          # launches running, the interval before the first
+
+    def launch_switching(self, *args):
+        if getattr(self, "_device", False):     # a device function: called in a launch
+            return launch(self, *args)
+        with lock:
+            if in_flight[0] == 0:
+                in_flight[1] = sys.getswitchinterval()
+                sys.setswitchinterval(min(in_flight[1], SIMULATOR_SWITCH_INTERVAL))
+            in_flight[0] += 1
+        try:
+            return launch(self, *args)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+                if in_flight[0] == 0:
+                    sys.setswitchinterval(in_flight[1])
+
+    launch_switching.rnndsl_switching = True
+    simulator.FakeCUDAKernel.__call__ = launch_switching
+
+
 if SIMULATOR:
     DeviceArray = None
     _simulator_makes_each_shared_array_once()
+    _simulated_launches_take_turns_faster()
 else:
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
 

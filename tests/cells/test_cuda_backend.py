@@ -314,7 +314,8 @@ def test_simulated_shared_arrays_are_one_a_block(monkeypatch):
     line while the first is making it: each thread's write must still reach thread 0."""
     import time
 
-    import rnndsl.kernels.cuda  # noqa: F401  (mends the simulator on import)
+    from rnndsl.kernels import cuda as kernels      # mends the simulator on import
+    assert kernels.SIMULATOR
 
     @cuda.jit
     def gather(out):
@@ -337,6 +338,38 @@ def test_simulated_shared_arrays_are_one_a_block(monkeypatch):
             patch.setattr(np, "empty", slow_empty)
             gather[1, 16](out)
         np.testing.assert_array_equal(out, np.arange(1.0, 17.0))
+
+
+@pytest.mark.skipif(not config.ENABLE_CUDASIM, reason="the simulator's own scheduling")
+def test_simulated_launches_switch_threads_often_and_put_the_interval_back():
+    """rnndsl.kernels.cuda: during a launch on the simulator the GIL changes hands every
+    0.5 ms (not every 5), so that a block's threads are not kept waiting on the thread
+    that polls them; afterwards the process's own interval is back, also after a launch
+    that raised."""
+    import rnndsl.kernels.cuda as kernels
+
+    @cuda.jit
+    def record(out):
+        if cuda.threadIdx.x == 0:
+            out[0] = sys.getswitchinterval()
+        cuda.syncthreads()
+
+    @cuda.jit
+    def fail(out):
+        out[10] = 1.0           # past the end: the simulator raises
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.004)
+    try:
+        out = np.zeros(1)
+        record[1, 4](out)
+        assert out[0] == pytest.approx(kernels.SIMULATOR_SWITCH_INTERVAL)
+        assert sys.getswitchinterval() == pytest.approx(0.004)
+        with pytest.raises(IndexError):
+            fail[1, 1](np.zeros(1))
+        assert sys.getswitchinterval() == pytest.approx(0.004)
+    finally:
+        sys.setswitchinterval(before)
 
 
 @pytest.mark.skipif(not LONG, reason="RNNDSL_LONG=1 only (12 s); .ci/gpu runs the harness "
