@@ -765,7 +765,9 @@ def _warm_up(cell, x_name: str, V: int, dtype, out) -> None:
     run for the main job's cell, on a cold cache); it compiles here while the backward
     compiles in a second process (rnndsl.build.compile_ahead), before it is waited for."""
     started = time.monotonic()
-    print("compiling kernels ...", end="", file=out, flush=True)
+    # the interpreter compiles nothing: its warm-up is a check that one step runs
+    doing = "running one step" if cell.target == "interp" else "compiling kernels"
+    print(f"{doing} ...", end="", file=out, flush=True)
     from ..train.data import token_feed
     feed = token_feed(type(cell).spec, x_name, V, dtype)
     x = {x_name: feed(np.zeros((1, 1), np.int64))}

@@ -350,8 +350,9 @@ def test_ctrl_c_while_the_cluster_starts_is_no_internal_error(tmp_path):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
     seen, deadline = "", time.monotonic() + 120
-    while "compiling kernels" not in seen and time.monotonic() < deadline:
+    while "running one step" not in seen and time.monotonic() < deadline:
         seen += child.stdout.read(1)
+    assert "running one step" in seen, seen          # the interpreter's warm-up
     time.sleep(0.5)                          # the cluster is starting
     os.killpg(child.pid, signal.SIGINT)
     try:
