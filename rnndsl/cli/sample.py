@@ -8,6 +8,7 @@ info: the model, its training and validation, and the spec text a checkpoint car
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 
@@ -43,7 +44,16 @@ def cmd_sample(args) -> int:
                                   "with --temperature, --top-k or --top-p")
     info, user = _trained_checkpoint(args.checkpoint)
     vocab = Vocab.from_json(user["vocab"])
-    prefix = _encode_prime(vocab, args.prime, f"{args.checkpoint}'s model")
+    shown = args.prime or ""                # printed before each sample
+    if args.prime is None and _held_out_lines(user, vocab):
+        prefix = vocab.encode(user["held_out_prime"])
+        lines = user["held_out_prime"].count("\n") - 1
+        print(f"rnndsl sample: continuing {lines} whole line{'s' if lines != 1 else ''} of "
+              f"held-out text that {args.checkpoint} carries ({len(prefix)} chars, not "
+              "shown); --prime gives another start, --prime '' a line break and a fresh "
+              "state", file=sys.stderr)
+    else:
+        prefix = _encode_prime(vocab, shown, f"{args.checkpoint}'s model")
     if args.top_k is not None and args.top_k > len(vocab):
         raise cli_args.UsageError(f"--top-k {args.top_k}: the model has only {len(vocab)} "
                                   "symbols")
@@ -62,17 +72,25 @@ def cmd_sample(args) -> int:
     sampler = Sampler(cell, input=user.get("x"), output=user.get("y"))
     if args.beam is not None:
         for h in sampler.beam_search(args.beam, args.length, prime=prefix)[:args.n]:
-            print(f"[log-prob {h.logprob:.2f}] {args.prime}{vocab.decode(h.ids)}")
+            print(f"[log-prob {h.logprob:.2f}] {shown}{vocab.decode(h.ids)}")
         return 0
     strategy = greedy() if args.greedy else Sampling(
         1.0 if args.temperature is None else args.temperature, args.top_k, args.top_p)
     ids = sampler.generate(args.length, strategy, prime=np.tile(prefix, (args.n, 1)),
                            seed=args.seed)
     for row in ids:
-        print(args.prime + vocab.decode(row))
+        print(shown + vocab.decode(row))
         if args.n > 1:
             print("---")
     return 0
+
+
+def _held_out_lines(user: dict, vocab) -> bool:
+    """Whether the checkpoint carries whole lines of held-out text to start from (rnndsl
+    train writes them since the fourteenth session; older checkpoints start cold), all
+    of them symbols of the model."""
+    text = user.get("held_out_prime")
+    return isinstance(text, str) and text.count("\n") > 1 and all(ch in vocab for ch in text)
 
 
 # ---------------------------------------------------------------------------- info
@@ -116,8 +134,12 @@ def cmd_info(args) -> int:
               f"chars (at step {val.get('step', '?')})")
     if "vocab" in user:
         from ..train.data import Vocab
-        size = len(Vocab.from_json(user['vocab']))
-        print(f"vocabulary: {size} symbol{'' if size == 1 else 's'}")
+        vocab = Vocab.from_json(user['vocab'])
+        print(f"vocabulary: {len(vocab)} symbol{'' if len(vocab) == 1 else 's'}")
+        if _held_out_lines(user, vocab):
+            text = user["held_out_prime"]
+            print(f"samples start from: {text.count(chr(10)) - 1} whole lines of held-out "
+                  f"text ({len(text)} chars; rnndsl sample without --prime)")
     if spec.get("text") is not None:
         used = report["used_files"]
         print(f"spec: {spec.get('path')} (carried in the checkpoint"
@@ -143,12 +165,14 @@ def add_parsers(sub) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("--spec", help="a spec file to use instead of the one the checkpoint "
                    "carries (same model, comments and layout aside)")
-    p.add_argument("--prime", default="", help="text to start from (characters the model "
-                   "knows). Without it a sample starts from a line break and a fresh state, "
-                   "which a model trained with its state carried (rnndsl train) knows "
-                   "least: at low temperatures it may fall into a run of spaces. A few "
-                   "lines of real text start it better, as rnndsl train's closing samples "
-                   "start from held-out lines: --prime \"$(head -c 400 some_file.py)\"")
+    p.add_argument("--prime", help="text to start from (characters the model knows); "
+                   "printed before the sample. Without it a sample continues the whole lines "
+                   "of held-out validation text (up to 400 chars) that rnndsl train stored "
+                   "in the checkpoint, as its closing samples do, and they are not printed: "
+                   "a model trained with its state carried starts badly from nothing (at "
+                   "low temperatures it may fall into a run of spaces). --prime '' starts "
+                   "from a line break and a fresh state, as checkpoints without held-out "
+                   "lines do")
     p.add_argument("--length", type=positive, default=500,
                    help="tokens to generate (default 500)")
     p.add_argument("-n", type=positive, default=1, help="how many samples (default 1)")

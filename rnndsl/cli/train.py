@@ -554,6 +554,9 @@ class _Run:
                      "target": args.target, "vocab": plan.vocab.to_json(),
                      "corpus": plan.corpus.describe(), "corpus_sha256": plan.corpus.sha256,
                      "x": plan.x_name, "y": plan.y_name,
+                     # where `rnndsl sample` starts without --prime (see held_out_prime)
+                     "held_out_prime": plan.vocab.decode(held_out_prime(plan.val_ids,
+                                                                        plan.vocab)),
                      "settings": {"batch": args.batch, "seq": args.seq, "val": args.val,
                                   "optimizer": args.optimizer, "lr": args.lr,
                                   "clip": args.clip, "seed": args.seed,

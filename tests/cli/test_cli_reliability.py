@@ -224,6 +224,56 @@ def test_threads_option_sets_the_kernels_threads(folder, capsys, monkeypatch):
 
 
 # ------------------------------------------------------------------ checkpoints travel
+LINES = "".join(f"line {i}: the cat sat on the mat.\n" for i in range(120))
+
+
+def test_sample_without_prime_continues_the_held_out_lines_as_train_did(folder, capsys):
+    """A model trained with its state carried starts badly from nothing (the main job's
+    fell into runs of spaces): train's closing samples continue whole lines of held-out
+    text, which the checkpoint now carries, and `rnndsl sample` without --prime starts
+    there too: the same text as train's sample at the same temperature and seed. With
+    --prime '' it starts from a line break, as a checkpoint without those lines does."""
+    (folder / "lines.txt").write_text(LINES)
+    code, out, err = run(["train", "char_lstm.rnn", "--corpus", "lines.txt", "--steps", 2,
+                          *SMALL, "--checkpoint", "m.npz", "--temperatures", "0.5",
+                          "--sample-chars", "16", "--seed", "3", "--json", "s.json"], capsys)
+    assert code == 0, err
+    trained = json.loads((folder / "s.json").read_text())["samples"][0]
+    held_out = trained["prime"]
+    assert held_out.count("\n") > 2 and held_out in LINES
+
+    base = ["sample", "m.npz", "--target", "interp", "--length", "16", "--temperature",
+            "0.5", "--seed", "3"]
+    code, out, err = run(base, capsys)
+    assert code == 0, err
+    assert out == trained["text"] + "\n"              # the held-out lines not printed
+    lines = held_out.count("\n") - 1
+    assert f"continuing {lines} whole lines of held-out text" in err
+    code, info, err = run(["info", "m.npz"], capsys)
+    assert code == 0 and f"samples start from: {lines} whole lines" in info, err
+
+    # a beam's log-probability tells the starts apart, however little the model learnt
+    beam = ["sample", "m.npz", "--target", "interp", "--length", "6", "--beam", "2"]
+    code, out, err = run(beam, capsys)
+    code, given, err = run(beam + ["--prime", held_out], capsys)
+    assert code == 0 and out == given.replace(held_out, ""), err
+    code, cold, err = run(beam + ["--prime", ""], capsys)
+    assert code == 0 and "held-out" not in err, err
+    header = checkpoint.peek(folder / "m.npz")
+    meta = header.meta
+    del meta["user"]["held_out_prime"]                 # as rnndsl train wrote it before
+    cell = checkpoint.cell_class(header, target="interp")(dtype=np.float64, **header.dims)
+    checkpoint.load(folder / "m.npz", cell)
+    checkpoint.save(folder / "old.npz", cell, meta=meta)
+    code, old, err = run(["sample", "old.npz", *beam[2:]], capsys)
+    assert code == 0 and "held-out" not in err, err
+    assert old == cold and _log_probs(cold) != _log_probs(out)
+
+
+def _log_probs(beams: str) -> list[str]:
+    return [line.split("]")[0] for line in beams.splitlines() if line.startswith("[log-prob")]
+
+
 def test_sample_works_from_another_folder_after_the_spec_is_deleted(folder, capsys,
                                                                    tmp_path_factory,
                                                                    monkeypatch):
