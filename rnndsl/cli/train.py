@@ -111,8 +111,10 @@ def _corpus(name: str, max_chars: int | None):
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise TrainError(f"--corpus {name}: not UTF-8 text ({exc.reason} at byte "
-                         f"{exc.start})") from None
+        from ..core.files import undecodable_place
+        line, column = undecodable_place(exc)
+        raise TrainError(f"--corpus {name}:{line}:{column}: not UTF-8 text ({exc.reason} at "
+                         f"byte {exc.start}); give a UTF-8 text file") from None
     except OSError as exc:
         raise TrainError(f"--corpus {name}: cannot read it ({exc.strerror})") from None
     if max_chars:

@@ -38,3 +38,14 @@ def write_atomically(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def undecodable_place(exc: UnicodeDecodeError) -> tuple[int, int]:
+    """The line and column (1-based; the column counts characters, not bytes) of the
+    first byte that did not decode, so that an error about a file that is not UTF-8
+    names the place as every other error does: file:line:col."""
+    data, at = exc.object, exc.start
+    start = data.rfind(b"\n", 0, at) + 1
+    line = data.count(b"\n", 0, at) + 1
+    column = len(data[start:at].decode("utf-8", errors="replace")) + 1
+    return line, column

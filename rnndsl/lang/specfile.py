@@ -15,6 +15,7 @@ from pathlib import Path
 from . import ast
 from .check import CheckedCell, check
 from ..core.errors import CheckError, Diagnostic, Source, SpecError, SpecFileError
+from ..core.files import undecodable_place
 
 
 @dataclass
@@ -85,12 +86,9 @@ def _read(path: Path, shown: str) -> str:
                 "spec: give the spec here; a checkpoint is read by `rnndsl sample "
                 "CHECKPOINT` and `rnndsl info CHECKPOINT`, and continued by `rnndsl train "
                 "SPEC --resume --checkpoint CHECKPOINT`") from None
-        data, at = exc.object, exc.start
-        start = data.rfind(b"\n", 0, at) + 1
-        line = data.count(b"\n", 0, at) + 1
-        column = len(data[start:at].decode("utf-8", errors="replace")) + 1
+        line, column = undecodable_place(exc)
         raise SpecFileError(f"{shown}:{line}:{column}: not UTF-8 text ({exc.reason} at byte "
-                            f"{at})") from None
+                            f"{exc.start})") from None
     except OSError as exc:
         raise SpecFileError(f"{shown}: cannot read ({exc.strerror})") from None
     except ValueError:      # a NUL in the name: no file can have it

@@ -131,6 +131,14 @@ def test_a_corpus_folder_is_named_as_a_folder(folder, capsys):
     assert code == 2 and "is a folder" in err and "no such file" not in err
 
 
+def test_a_corpus_that_is_not_utf8_is_placed_at_line_and_column(folder, capsys):
+    """As a spec's would be: file:line:col, the column in characters (é is one)."""
+    (folder / "latin1.txt").write_bytes("café ok\nnaïve ".encode() + b"\xe9t\xe9\n")
+    code, _, err = run(["train", "char_lstm.rnn", "--corpus", "latin1.txt", "--target",
+                        "interp"], capsys)
+    assert code == 2 and "--corpus latin1.txt:2:7: not UTF-8 text" in err, err
+
+
 # ------------------------------------------------------------------ never destroy work
 def test_train_refuses_to_overwrite_a_checkpoint_without_resume_or_force(folder, capsys):
     assert train(capsys)[0] == 0
