@@ -229,9 +229,12 @@ class _Splitter:
                 target = None
                 if isinstance(e, (ast.Call, ast.Member)) and len(self.deps[key]) == 1:
                     (dep,) = self.deps[key]
-                    if dep[0] == "out" and (isinstance(e, ast.Call) or
-                                            not isinstance(e.operand, ast.Call) or
-                                            e.operand.fn in self.seq):
+                    # `l1(x)` and `l1(x).c` of a sequence layer l1 rename its output; a
+                    # step layer called on it (`l2(l1(x))`) reads that output alone too,
+                    # but computes: it is no alias
+                    called = e if isinstance(e, ast.Call) else e.operand
+                    if dep[0] == "out" and (not isinstance(called, ast.Call) or
+                                            called.fn in self.seq):
                         target = dep
                 elif isinstance(e, ast.Name):
                     (dep,) = self.deps[key] or {None}

@@ -90,6 +90,38 @@ def test_the_split_runs_each_sequence_layer_between_the_segments_it_needs(tmp_pa
     assert dict(mixed.outputs) == {"y": ("let", "y"), "last": ("final", "last")}
 
 
+NESTED = """use "lstm.rnn"
+cell Nested {
+  dims I, H
+  input x[I]
+  layer l1 = %s LSTM(I = I, H = H)
+  layer l2 = %s LSTM(I = %d * H, H = H)
+%s
+}
+"""
+
+
+@pytest.mark.parametrize("first, second", [("reverse", ""), ("bidirectional", ""),
+                                           ("", "reverse"), ("bidirectional", "reverse")])
+def test_a_layer_called_on_a_sequence_layer_inline_is_the_named_form(tmp_path, first,
+                                                                     second):
+    """`output y = l2(l1(x))` is `h1 = l1(x); output y = l2(h1)`. A forward l2 on a
+    sequence layer's output was taken for a rename of that output and left out: no
+    params, no state, y = l1(x)."""
+    width = 2 if first == "bidirectional" else 1
+    inline = _spec(tmp_path, NESTED % (first, second, width, "  output y = l2(l1(x))"),
+                   "inline.rnn")
+    named = _spec(tmp_path, NESTED % (first, second, width,
+                                      "  h1 = l1(x)\n  output y = l2(h1)"), "named.rnn")
+    a = rnndsl.load(inline, target="interp")(I=3, H=4, dtype=np.float64, seed=0)
+    b = rnndsl.load(named, target="interp")(I=3, H=4, dtype=np.float64, seed=0)
+    assert sorted(a.params) == sorted(b.params) and "l2.U_i" in a.params
+    x = np.random.default_rng(0).normal(size=(3, 2, 3))
+    run_a, run_b = a.forward(x), b.forward(x)
+    assert sorted(run_a.state) == sorted(run_b.state) and "l2.h" in run_a.state
+    np.testing.assert_array_equal(run_a.outputs["y"], run_b.outputs["y"])
+
+
 def test_every_part_is_a_spec_that_checks_and_prints_back(tmp_path):
     for text in (TAGGER, MIXED):
         for part in _network(tmp_path, text).parts:
