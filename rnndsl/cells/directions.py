@@ -131,14 +131,28 @@ class Directional:
         return {n: state[n + suffix] for n in names if n + suffix in state}
 
     def _T_B(self, x, steps) -> tuple[int, int]:
-        first = next(iter(x.values())) if isinstance(x, Mapping) else x
-        a = np.asarray(first)
-        once = [d for d in self.spec.inputs if d.once]
-        if steps is not None and once:
-            return int(steps), a.shape[0]
-        if a.ndim < 2:
-            raise BindError(f"input must be (T, B, ...), got shape {a.shape}")
-        return a.shape[0], a.shape[1]
+        """T and B of a call, from its first per-step input (T, B, ...); where every
+        input is `input once` (B, size), T is `steps`. Not from whichever input a
+        dict holds first: an `input once` array there is (B, size)."""
+        once = {d.name for d in self.spec.inputs if d.once}
+        if isinstance(x, Mapping):
+            given = dict(x)
+        else:
+            user = [d for d in self.spec.inputs if d.name not in self.hidden_inputs]
+            given = {user[0].name if user else "x": x}
+        per_step = [np.asarray(v) for k, v in given.items() if k not in once]
+        if per_step:
+            a = per_step[0]
+            if a.ndim < 2:
+                raise BindError(f"input must be (T, B, ...), got shape {a.shape}")
+            return a.shape[0], a.shape[1]
+        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+            raise BindError(f"{self.spec.name}'s inputs are all 'input once': say how many "
+                            f"steps to run with steps=T (a positive int), got {steps!r}")
+        a = np.asarray(next(iter(given.values()), np.empty((0,))))
+        if a.ndim < 1:
+            raise BindError(f"an 'input once' is (B, size), got shape {a.shape}")
+        return int(steps), a.shape[0]
 
     def forward(self, x, state=None, *, lengths=None, dropout=None, steps=None,
                 grad: bool = True) -> DirectionalRun:
@@ -199,9 +213,9 @@ class Directional:
         if not isinstance(run, DirectionalRun) or len(run.runs) != len(self.cells):
             raise BindError(f"backward takes the Run that this {self.direction} cell's "
                             "forward returned")
-        d_outputs = known_cotangents(self.spec.name, d_outputs, run.outputs)
-        if self.target == "cuda":
+        if self.target == "cuda":              # before the checks: they want NumPy arrays
             self._refuse_device_arrays(d_outputs, d_state)
+        d_outputs = known_cotangents(self.spec.name, d_outputs, run.outputs, self.dtype)
         widths = {name: [r.outputs[name].shape[-1] if not _is_scalar(self.spec, name)
                          else 1 for _, _, r in run.runs] for name in run.outputs}
         calls = []
@@ -209,7 +223,6 @@ class Directional:
                                                                          run.runs)):
             mine = {}
             for name, g in d_outputs.items():
-                g = np.asarray(g, dtype=self.dtype)
                 if len(self.cells) > 1:
                     scalar = _is_scalar(self.spec, name)
                     at = sum(widths[name][:k])
@@ -233,15 +246,43 @@ class Directional:
         return Grads(params, inputs, state)
 
 
-def known_cotangents(cell: str, d_outputs, outputs) -> dict:
-    """The output cotangents a backward was given, as a dict, or a BindError naming any
-    that is not an output of the run."""
-    d_outputs = dict(d_outputs or {})
-    unknown = sorted(set(d_outputs) - set(outputs))
+def known_cotangents(cell: str, given, values: Mapping, dtype, what: str = "d_outputs"
+                     ) -> dict:
+    """The cotangents a backward was given (`d_outputs` of the run's outputs, `d_state`
+    of its final states), as a dict, each checked as a plain cell checks its own: a
+    NumPy array of the cell's dtype, of the shape of the value it is the cotangent of,
+    finite; a BindError names the first that is not, or a name the run has none of.
+    None stands for zeros and is left out."""
+    noun = {"d_outputs": "output", "d_state": "state"}[what]
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise BindError(f"{what} must be a dict keyed by {noun} name ({', '.join(values)}), "
+                        f"got {type(given).__name__}")
+    unknown = sorted(set(given) - set(values))
     if unknown:
-        raise BindError(f"{cell} has no output {', '.join(unknown)}; its outputs are "
-                        f"{', '.join(outputs)}")
-    return d_outputs
+        raise BindError(f"{cell} has no {noun} {', '.join(unknown)}; its {noun}s are "
+                        f"{', '.join(values)}")
+    dtype = np.dtype(dtype)
+    out = {}
+    for name, g in given.items():
+        if g is None:
+            continue
+        where, shape = f"{what}['{name}']", np.shape(values[name])
+        if not isinstance(g, np.ndarray):
+            raise BindError(f"{where} must be a NumPy array of shape {shape} (the {noun}'s), "
+                            f"got {type(g).__name__}")
+        if g.dtype != dtype:
+            raise BindError(f"{where} is {g.dtype} but the cell is {dtype.name}; convert it "
+                            f"with .astype(np.{dtype.name})")
+        if g.shape != shape:
+            raise BindError(f"{where} has shape {g.shape}; expected {shape}, the shape of "
+                            f"the run's {noun} {name}")
+        if not np.isfinite(g).all():
+            at = tuple(int(i) for i in np.argwhere(~np.isfinite(g))[0])
+            raise BindError(f"{where} has a non-finite value ({g[at]}) at index {at}")
+        out[name] = g
+    return out
 
 
 def _is_final(spec, name: str) -> bool:

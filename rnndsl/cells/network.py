@@ -252,14 +252,17 @@ class NetworkCell:
         if not isinstance(run, NetworkRun) or len(run.runs) != len(self.parts):
             raise BindError(f"backward takes the Run that this {self.spec.name}'s forward "
                             "returned")
-        d_outputs = known_cotangents(self.spec.name, d_outputs, run.outputs)
+        d_outputs = known_cotangents(self.spec.name, d_outputs, run.outputs, self.dtype)
+        # by the network's names (l1.h, l2.c_reverse): a misspelt one is refused here,
+        # not filtered out part by part
+        d_state = known_cotangents(self.spec.name, d_state, run.state, self.dtype, "d_state")
         grads: dict[Any, np.ndarray] = {}
 
         def add(v, g) -> None:
             g = np.asarray(g)
             grads[v] = g if v not in grads else grads[v] + g
         for name, v in self.network.outputs:
-            if name in d_outputs and d_outputs[name] is not None:
+            if name in d_outputs:
                 add(v, d_outputs[name])
         params: dict[str, np.ndarray] = {}
         state: dict[str, np.ndarray] = {}

@@ -132,6 +132,41 @@ def test_an_input_once_gradient_is_not_reversed_when_B_and_its_size_equal_T():
     np.testing.assert_allclose(g.inputs["z"], want, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("direction", ["reverse", "bidirectional"])
+def test_an_input_once_first_in_the_dict_does_not_set_T(direction):
+    """T and B come from the per-step input, whatever order the dict holds them in: with
+    the (B, H) `input once` first, a reverse cell ran B steps instead of T (3 of 5
+    silently dropped) and a bidirectional one failed inside NumPy."""
+    Cls = rnndsl.load_text(COND, target="interp")
+    cell = Cls(dtype=np.float64, seed=0, direction=direction, I=2, H=H)
+    rng = np.random.default_rng(2)
+    x, z = rng.standard_normal((T, B, 2)), rng.standard_normal((B, H))
+    want = cell.forward({"x": x, "z": z}, lengths=LENGTHS).outputs["h"]
+    got = cell.forward({"z": z, "x": x}, lengths=LENGTHS).outputs["h"]
+    assert got.shape[:2] == (T, B)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda dY: np.concatenate([dY, dY], -1), r"has shape \(5, 3, 12\); expected \(5, 3, 6\)"),
+    (lambda dY: dY[..., :H], r"has shape \(5, 3, 3\); expected \(5, 3, 6\)"),
+    (lambda dY: dY[0], r"has shape \(3, 6\)"),
+    (lambda dY: dY.astype(np.float32), "is float32 but the cell is float64"),
+    (lambda dY: 1.0, "must be a NumPy array"),
+    (lambda dY: np.where(dY > 0, np.nan, dY), "has a non-finite value"),
+])
+def test_a_two_way_backward_checks_its_cotangents_as_a_plain_cell_does(bad, message):
+    """The cotangent of a joined output is checked whole before it is split between the
+    directions: a wider one had its extra columns ignored, a float32 one was cast."""
+    bi = _plain().__class__(dtype=np.float64, seed=0, I=I, H=H, direction="bidirectional")
+    run = bi.forward(_x())
+    dY = np.random.default_rng(3).standard_normal((T, B, 2 * H))
+    with pytest.raises(BindError, match=r"d_outputs\['h'\] " + message):
+        bi.backward(run, {"h": bad(dY)})
+    with pytest.raises(BindError, match="d_outputs must be a dict keyed by output name"):
+        bi.backward(run, dY)
+
+
 def _loss_and_grads(cell, x, dY, dS, lengths):
     run = cell.forward(x, lengths=lengths)
     loss = float(np.sum(run.outputs["h"] * dY) + sum(np.sum(run.state[k] * v)

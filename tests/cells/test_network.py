@@ -122,6 +122,22 @@ def test_a_layer_called_on_a_sequence_layer_inline_is_the_named_form(tmp_path, f
     np.testing.assert_array_equal(run_a.outputs["y"], run_b.outputs["y"])
 
 
+def test_a_networks_backward_refuses_state_names_it_has_not(tmp_path):
+    """d_state is keyed by the network's names (l1.h_reverse, l2.c): one it has not was
+    filtered out part by part, and its gradient silently lost."""
+    spec = _spec(tmp_path, NESTED % ("bidirectional", "", 2, "  output y = l2(l1(x))"))
+    net = rnndsl.load(spec, target="interp")(I=3, H=4, dtype=np.float64, seed=0)
+    run = net.forward(np.ones((3, 2, 3)))
+    for name in ("h", "l1.hh", "l3.h"):
+        with pytest.raises(BindError, match=f"Nested has no state {name}; its states are "
+                                            r".*l1\.h_reverse"):
+            net.backward(run, d_state={name: np.ones((2, 4))})
+    with pytest.raises(BindError, match=r"d_state\['l2.h'\] has shape \(2, 5\)"):
+        net.backward(run, d_state={"l2.h": np.ones((2, 5))})
+    g = net.backward(run, d_state={"l2.h": np.ones((2, 4))})
+    assert np.abs(g.params["l2.U_o"]).max() > 0
+
+
 def test_every_part_is_a_spec_that_checks_and_prints_back(tmp_path):
     for text in (TAGGER, MIXED):
         for part in _network(tmp_path, text).parts:
