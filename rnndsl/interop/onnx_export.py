@@ -48,6 +48,7 @@ import numpy as np
 from ..cells.base import Cell
 from ..cells.directions import Directional
 from ..cells.network import NetworkCell
+from ..core.errors import BindError
 from ..core.files import write_atomically
 from ..core.ops import Op
 from ..ir.graph import lower
@@ -99,10 +100,50 @@ def _check_params_finite(cell) -> None:
                               "output: set the param to finite values before exporting")
 
 
+def _check_param_types(cell) -> None:
+    """Every param as the cell's forward would take it (a NumPy array of the cell's
+    dtype and shape; none missing, none it has not), before anything is written: a
+    float64 param in a float32 cell made a model onnxruntime refuses to open, a missing
+    one a graph that does not validate."""
+    if isinstance(cell, Cell):
+        cell._check_params()
+        return
+    known: set[str] = set()
+    if isinstance(cell, Directional):       # by the names it holds: W_i_reverse
+        one = cell.cells[0][2]
+        for suffix, _, _ in cell.cells:
+            for d in cell.spec.params:
+                size = one._size(d)
+                one._array(f"param {d.name}{suffix}", cell.params.get(d.name + suffix),
+                           size, str(list(size)), finite=False)
+                known.add(d.name + suffix)
+    else:                                   # a network: each part reads its own names
+        for k, where in enumerate(cell.network.parts):
+            try:
+                part = cell.part_cell(k)
+            except KeyError as exc:
+                raise BindError(f"{cell.spec.name}'s param {exc.args[0]} is missing from "
+                                ".params: every param of the spec is needed") from None
+            layer = getattr(where, "layer", None)
+            known |= {f"{layer.name}.{n}" if layer is not None else n for n in part.params}
+            try:
+                _check_param_types(part)
+            except BindError as exc:       # the layer's own names: say whose they are
+                if layer is None:
+                    raise
+                raise BindError(f"layer {layer.name} ({layer.name}.NAME in "
+                                f"{cell.spec.name}.params): {exc}") from None
+    unknown = sorted(set(cell.params) - known)
+    if unknown:                              # a misspelt name would be left out
+        raise BindError(f"{cell.spec.name} has no param {', '.join(unknown)}; its params "
+                        f"are: {', '.join(sorted(known))}")
+
+
 def to_model(cell, *, operators: bool | None = None):
     """The ONNX model of `cell` (see the module docstring)."""
     from onnx import helper
     if isinstance(cell, (Cell, Directional, NetworkCell)):
+        _check_param_types(cell)
         _check_params_finite(cell)
     if isinstance(cell, NetworkCell):     # its parts, each through this function
         return network_model(cell, lambda part: to_model(part, operators=operators))

@@ -56,8 +56,18 @@ class SafetensorsError(CheckpointError):
 def save(cell: Cell, path: str | Path) -> None:
     """Write the cell's params to `path` as safetensors, the spec in the metadata."""
     if not isinstance(cell, Cell):
+        if hasattr(cell, "params") and hasattr(cell, "direction"):   # cells/directions.py
+            raise BindError(f"save writes the params of one cell of one spec; this "
+                            f"{type(cell).__name__} (direction={cell.direction!r}) holds "
+                            "two sets: save its params with np.savez, or write the "
+                            "directions in the spec (layer l = bidirectional ...)")
         raise BindError(f"save needs a cell (an instance with params), got "
                         f"{type(cell).__name__}")
+    cell._check_params()      # as a forward would: a wrong one makes a file load refuses
+    path = Path(path)
+    if path.is_dir():
+        raise SafetensorsError(f"{path}: is a folder; name the file to write, like "
+                               f"{path / 'params.safetensors'}")
     # np.ascontiguousarray would make a scalar param (shape ()) a vector (1,)
     tensors = {name: np.require(value, requirements="C") for name, value in cell.params.items()}
     metadata = {
@@ -67,7 +77,7 @@ def save(cell: Cell, path: str | Path) -> None:
         "dims": json.dumps(dict(cell.dims)), "dtype": np.dtype(cell.dtype).name,
         "spec": json.dumps(spec_record(type(cell))),
     }
-    write_atomically(Path(path), safetensors.numpy.save(tensors, metadata=metadata))
+    write_atomically(path, safetensors.numpy.save(tensors, metadata=metadata))
 
 
 def read(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

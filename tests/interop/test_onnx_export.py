@@ -22,6 +22,7 @@ import onnx  # noqa: E402
 
 import rnndsl  # noqa: E402
 import rnndsl.onnx  # noqa: E402
+import rnndsl.core.errors  # noqa: E402
 from rnndsl.cli.main import main  # noqa: E402
 from rnndsl.core.errors import SpecError  # noqa: E402
 from rnndsl.lang.specfile import read_spec  # noqa: E402
@@ -291,6 +292,28 @@ def test_export_refuses_a_missing_folder_a_folder_and_a_non_finite_param(tmp_pat
         with pytest.raises(rnndsl.onnx.ExportError, match=r"param W_r has a non-finite "
                                                           r"value \(inf\) at index \(1, 2\)"):
             rnndsl.onnx.export(cell, path) if path else rnndsl.onnx.to_model(cell)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("edit, message", [
+    (lambda p, n: p.__setitem__(n, p[n].astype(np.float64)), "is float64 but the cell is"),
+    (lambda p, n: p.__setitem__(n, p[n][:-1]), "has shape"),
+    (lambda p, n: p.pop(n), "must be a NumPy array"),
+    (lambda p, n: p.__setitem__("W_z_typo", p[n]), "has no param W_z_typo"),
+])
+def test_export_checks_the_params_as_a_forward_does(tmp_path, direction, edit, message):
+    """A float64 param in a float32 cell was written into a model onnxruntime refused to
+    open, a missing one into a graph that did not validate: each is now refused before
+    anything is written, as forward refuses it, by the name it has in .params."""
+    cell = rnndsl.load(REPO / "specs" / "gru.rnn", target="interp")(
+        I=3, H=4, dtype=np.float32, direction=direction)
+    name = "W_z" + ("_reverse" if direction == "bidirectional" else "")
+    edit(cell.params, name)
+    shown = name if "typo" not in message else "W_z_typo"
+    with pytest.raises(rnndsl.core.errors.BindError, match=shown if "typo" in message
+                       else rf"param {name} {message}"):
+        rnndsl.onnx.export(cell, tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())
 
 

@@ -179,6 +179,25 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
         st.save(type(elman_at(tmp_path)[0]), tmp_path / "x.safetensors")
 
 
+def test_save_checks_the_params_and_the_path_first(tmp_path):
+    """A param of the wrong shape was written, and then refused by load; a folder gave
+    a raw IsADirectoryError; a two-way cell was called no cell at all."""
+    cell, _ = elman_at(tmp_path)
+    cell.params["b_h"] = np.zeros(5)
+    with pytest.raises(BindError, match=r"param b_h has shape \(5,\); expected \(4,\)"):
+        st.save(cell, tmp_path / "w.safetensors")
+    cell.params["b_h"] = np.zeros(4, np.float32)
+    with pytest.raises(BindError, match="param b_h is float32 but the cell is float64"):
+        st.save(cell, tmp_path / "w.safetensors")
+    cell.params["b_h"] = np.zeros(4)
+    with pytest.raises(st.SafetensorsError, match="is a folder; name the file"):
+        st.save(cell, tmp_path)
+    two = type(cell)(I=3, H=4, O=2, direction="bidirectional")
+    with pytest.raises(BindError, match="holds two sets"):
+        st.save(two, tmp_path / "w.safetensors")
+    assert not (tmp_path / "w.safetensors").exists()
+
+
 def test_a_failed_save_leaves_the_previous_file_whole(tmp_path, monkeypatch):
     cell, _ = elman_at(tmp_path)
     out = tmp_path / "elman.safetensors"
