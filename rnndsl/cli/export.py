@@ -59,6 +59,11 @@ def cmd_export(args) -> int:
     if args.params is not None:      # a checkpoint knows its dims (and its vocabulary)
         from ..train import checkpoint as ckpt
         trained = ckpt.peek(args.params)
+        if trained.cell != spec.name:
+            dims = ", ".join(f"{k}={v}" for k, v in trained.dims.items())
+            raise UsageError(f"--params {args.params} holds a {trained.cell} ({dims}), not "
+                             f"the spec's {spec.name}: give the spec it was trained with "
+                             f"(rnndsl info {args.params} shows it)")
         differ = {d: (v, trained.dims[d]) for d, v in given.items()
                   if d in trained.dims and trained.dims[d] != v}
         if differ:

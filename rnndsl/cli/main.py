@@ -421,7 +421,14 @@ NO_PASS_HELP = ("switch an optimisation pass off (repeatable): cse, simplify, ho
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with a bad argument reported in two lines (the message and where the
-    options are listed) instead of the whole usage block above it."""
+    options are listed) instead of the whole usage block above it, and options spelt in
+    full: argparse's abbreviations (`--batc 3` for `--batch 3`) would slip past the
+    checks that ask which options were given (`train --resume` keeps the first run's
+    --batch unless it is given), and a later option could change what one means."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)     # the subcommands' parsers too
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n"
@@ -566,7 +573,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _printable_anywhere() -> None:
+    """Text a model writes (any symbol of any corpus) printed to a terminal or a file
+    whose encoding lacks some of it (Windows' cp1252, a latin-1 locale): escaped
+    (\\u65e5), not an internal error after the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):   # not a text stream of io's
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _printable_anywhere()
     parser = build_parser()
     given = list(sys.argv[1:] if argv is None else argv)
     bad = next((a for a in given if isinstance(a, str) and "\x00" in a), None)

@@ -39,6 +39,10 @@ def cmd_sample(args) -> int:
         raise cli_args.UsageError("--beam searches for the likeliest continuations; it "
                                   "does not combine with --greedy, --temperature, --top-k "
                                   "or --top-p")
+    if args.beam is not None and args.n > args.beam:
+        raise cli_args.UsageError(f"-n {args.n} is more than --beam {args.beam}: a beam "
+                                  f"search keeps {args.beam} continuations; give -n up to "
+                                  f"{args.beam}, or a wider --beam")
     if args.greedy and sampling:
         raise cli_args.UsageError("--greedy takes the likeliest token; it does not combine "
                                   "with --temperature, --top-k or --top-p")
@@ -78,10 +82,10 @@ def cmd_sample(args) -> int:
         1.0 if args.temperature is None else args.temperature, args.top_k, args.top_p)
     ids = sampler.generate(args.length, strategy, prime=np.tile(prefix, (args.n, 1)),
                            seed=args.seed)
-    for row in ids:
+    for k, row in enumerate(ids):
+        if k:
+            print("---")                  # between samples, not after the last
         print(shown + vocab.decode(row))
-        if args.n > 1:
-            print("---")
     return 0
 
 

@@ -99,6 +99,9 @@ def _corpus(name: str, max_chars: int | None):
         return corpora.shakespeare_corpus(max_chars=max_chars)
     if name == "abc":
         return corpora.abc_tunes(max_chars=max_chars)
+    if not name.strip():
+        raise TrainError("--corpus is empty: give a UTF-8 text file (or stdlib, shakespeare "
+                         "or abc)")
     path = Path(name)
     if path.is_dir():
         raise TrainError(f"--corpus {name}: is a folder; give a UTF-8 text file (or "
@@ -258,7 +261,7 @@ def _prepare(args) -> _Plan:
         args.minutes = 3.0
     dtype = np.dtype(args.dtype)
     Cell = _load_class(args.spec, args.cell, args.target)
-    _outputs_apart_from_inputs(args, outputs)   # a checkpoint given as the spec: named above
+    _outputs_apart_from_inputs(args, outputs, Cell)   # a checkpoint given as the spec: named above
     x_name, y_name, vocab_dim = _token_dims(Cell.spec)
     given = args.dims or {}
     _bind(Cell.spec, vocab_dim, 1, {k: v for k, v in given.items() if k != vocab_dim})
@@ -292,7 +295,7 @@ def _prepare(args) -> _Plan:
                              f"--dims asks for {ours}: leave --dims out to resume, or train "
                              "afresh with --force")
         check_model(info, Cell, dims)
-        _same_settings(args, user, checkpoint)
+        schedule = _same_settings(args, user, checkpoint) or schedule
     else:
         vocab = Vocab.from_text(corpus.text)
         dims = _bind(Cell.spec, vocab_dim, len(vocab), given)
@@ -314,8 +317,8 @@ def _prepare(args) -> _Plan:
                          f"to train on (a row of one step each, and the next char); the "
                          f"corpus leaves {len(train_ids):,} after --val: use a smaller "
                          "--batch, or more text")
-    prefix = _encode_prime(vocab, args.prime, "the corpus") if args.prime else \
-        held_out_prime(val_ids, vocab)
+    prefix = held_out_prime(val_ids, vocab) if args.prime is None else \
+        _encode_prime(vocab, args.prime, "the corpus")
     best, best_record = _best(args, checkpoint, info is not None, len(val_ids) - 1)
     progress = info.meta.get("trainer", {}).get("progress") if info else None
     schedule_from = progress if isinstance(progress, (int, float)) and 0 <= progress < 1 \
@@ -347,20 +350,47 @@ def _schedule(args):
     return Constant(warmup=args.warmup)
 
 
-def _outputs_apart_from_inputs(args, outputs) -> None:
-    """No file train writes may be the spec or the corpus it reads: --force would
-    overwrite them with a checkpoint (or a JSON, or a PNG)."""
-    read = {Path(path).resolve(): what for what, path in (("the spec", args.spec),
-                                                          ("the corpus", args.corpus))
+def _outputs_apart_from_inputs(args, outputs, Cell=None) -> None:
+    """No file train writes may be the spec, a file the spec uses, or the corpus it
+    reads: --force would overwrite them with a checkpoint (or a JSON, or a PNG). No two
+    may be one file (`--json model.npz` replaced the checkpoint just written), and
+    --json and --plot, which replace their file without --force, may not name a
+    checkpoint (any .npz archive: another run's, say)."""
+    inputs = [("the spec", args.spec), ("the corpus", args.corpus)]
+    files = getattr(Cell, "spec_files", None) or {}
+    inputs += [("a file the spec uses", path) for path in files
+               if Path(path).resolve() != Path(args.spec).resolve()]
+    read = {Path(path).resolve(): what for what, path in inputs
             if path and Path(path).is_file()}
     if args.checkpoint and not args.best:
         ckpt = Path(args.checkpoint)
         outputs = (*outputs, ("the best checkpoint (from --checkpoint)", str(ckpt.with_name(
             f"{ckpt.stem}.best{ckpt.suffix or '.npz'}"))))
+    written: dict[Path, str] = {}
     for option, value in outputs:
-        if value and Path(value).resolve() in read:
-            raise cli_args.UsageError(f"{option} {value} is {read[Path(value).resolve()]} "
-                                      "that train reads; name another file")
+        if not value or value == "-":                  # --json -: standard output
+            continue
+        where = Path(value).resolve()
+        if where in read:
+            raise cli_args.UsageError(f"{option} {value} is {read[where]} that train "
+                                      "reads; name another file")
+        if where in written:
+            raise cli_args.UsageError(f"{option} {value} is the {written[where]} itself; "
+                                      "name another file")
+        written[where] = option
+        if option in ("--json", "--plot") and Path(value).is_file() and _is_zip(value):
+            raise cli_args.UsageError(
+                f"{option} {value} is a checkpoint (an .npz archive), which train would "
+                f"replace with its {'JSON summary' if option == '--json' else 'loss curve'}: "
+                "name another file")
+
+
+def _is_zip(path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 # what a resumed run keeps of the first one's settings: --val (the held-out text), and
@@ -373,23 +403,58 @@ _KEPT_SETTINGS = (("val", "--val", float, "would validate on text it trained on"
                    "place in it"))
 
 
-def _same_settings(args, user: dict, checkpoint: Path) -> None:
+# what a resumed run takes from the first one where it is not given again (and is free
+# to change where it is: a lower --lr to fine-tune, say)
+_CONTINUED_SETTINGS = (("lr", "--lr", float), ("clip", "--clip", float),
+                       ("state_resets", "--state-resets", float))
+_SCHEDULE_OPTIONS = ("--lr-schedule", "--warmup", "--lr-floor", "--decay-every",
+                     "--decay-gamma")
+
+
+def _same_settings(args, user: dict, checkpoint: Path):
     """A resumed run continues with the first one's --val, --batch and --seq: where one
     of them is left out it is the checkpoint's, and where another value is given it is
-    refused. Checkpoints from before a setting was kept take whatever is given."""
+    refused. Its --optimizer likewise (the optimiser's state is one kind's). Its --lr,
+    --clip, --state-resets and lr schedule are the first run's unless given again.
+    Checkpoints from before a setting was kept take whatever is given. Returns the
+    first run's lr schedule where it continues, else None."""
     kept_settings = user.get("settings", {})
     argv = getattr(args, "argv", None) or []
+
+    def given(option: str) -> bool:
+        return any(a == option or a.startswith(option + "=") for a in argv)
     for key, option, kind, why in _KEPT_SETTINGS:
         kept = kept_settings.get(key)
         if not isinstance(kept, (int, float)) or isinstance(kept, bool) or \
                 kept == getattr(args, key):
             continue
-        given = any(a == option or a.startswith(option + "=") for a in argv)
-        if given:
+        if given(option):
             raise TrainError(f"--resume continues {checkpoint}, which was trained with "
                              f"{option} {kept:g}; {option} {getattr(args, key):g} {why}: "
                              f"leave {option} out to resume, or train afresh with --force")
         setattr(args, key, kind(kept))
+    optimizer = kept_settings.get("optimizer")
+    if isinstance(optimizer, str) and optimizer != args.optimizer:
+        if given("--optimizer"):
+            raise TrainError(f"--resume continues {checkpoint}, which was trained with "
+                             f"--optimizer {optimizer}, and carries that optimiser's state; "
+                             f"--optimizer {args.optimizer} cannot continue it: leave "
+                             "--optimizer out to resume, or train afresh with --force")
+        args.optimizer = optimizer
+    for key, option, kind in _CONTINUED_SETTINGS:
+        kept = kept_settings.get(key)
+        if isinstance(kept, (int, float)) and not isinstance(kept, bool) and \
+                not given(option):
+            setattr(args, key, kind(kept))
+    record = kept_settings.get("lr_schedule")
+    if record is None or any(given(option) for option in _SCHEDULE_OPTIONS):
+        return None
+    from ..train.schedule import from_dict
+    try:
+        return from_dict(record)
+    except (ValueError, TypeError) as exc:
+        raise TrainError(f"{checkpoint}'s lr schedule is damaged ({exc}); give "
+                         "--lr-schedule to resume with another") from None
 
 
 def _best(args, checkpoint: Path, resuming: bool, val_chars: int):
@@ -726,15 +791,16 @@ def run_training(args, out=None, err=None) -> tuple[int, dict | None]:
     if args.sample_chars:
         prime = plan.vocab.decode(plan.prefix)
         lines = prime.count("\n") - 1
-        if not args.prime and lines > 0:
+        if args.prime is None and lines > 0:
             print(f"\nthe samples continue {lines} whole line{'s' if lines != 1 else ''} "
                   f"from the validation text's start ({len(plan.prefix)} chars, held out "
                   "from training; not shown): --prime gives another start", file=out)
         for t in args.temperatures:
             text = _generate(run.cell, plan.vocab, plan.x_name, plan.y_name, plan.prefix,
                              args.sample_chars, t, args.seed)
-            samples.append({"temperature": t, "text": args.prime + text, "prime": prime})
-            print(f"\n--- sample at temperature {t} ---\n{args.prime}{text}", file=out)
+            shown = args.prime or ""
+            samples.append({"temperature": t, "text": shown + text, "prime": prime})
+            print(f"\n--- sample at temperature {t} ---\n{shown}{text}", file=out)
     summary["samples"] = samples
     _write_json(args.json, summary)
     return 0, summary
@@ -757,9 +823,23 @@ def _spread(run, placement, args):
 
 
 def _write_json(path: str | None, summary: dict) -> None:
-    if path:
-        from ..core.files import write_atomically
-        write_atomically(Path(path), (json.dumps(summary, indent=2) + "\n").encode())
+    """The summary as JSON: to standard output for `-`; written through a link or into
+    a device or pipe that exists (`--json /dev/stdout`: an atomic rename would replace
+    the link itself); any other file atomically."""
+    if not path:
+        return
+    text = json.dumps(summary, indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    where = Path(path)
+    if where.is_symlink() or (where.exists() and not where.is_file()):
+        with open(where, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
+    from ..core.files import write_atomically
+    write_atomically(where, text.encode())
 
 
 def _warm_up(cell, x_name: str, V: int, dtype, out) -> None:

@@ -94,8 +94,9 @@ def add_train_arguments(parser, leave_out=()) -> None:
                    help="save every N steps (default 200; 0: only at the end)")
     p.add_argument("--resume", action="store_true",
                    help="continue from --checkpoint if it exists (its dims, vocabulary, "
-                        "--batch, --seq, --val, place in the corpus and in the lr schedule; "
-                        "a finished schedule starts afresh)")
+                        "--optimizer, --batch, --seq, --val, place in the corpus and in the "
+                        "lr schedule; a finished schedule starts afresh; its --lr, --clip, "
+                        "--state-resets and schedule unless given again)")
     p.add_argument("--force", action="store_true",
                    help="start afresh even if --checkpoint exists, overwriting it")
     p.add_argument("--dry-run", action="store_true",
@@ -104,16 +105,17 @@ def add_train_arguments(parser, leave_out=()) -> None:
     p.add_argument("--json", metavar="FILE",
                    help="also write the closing summary (steps, chars/s, checkpoint, "
                         "validation bits/char and history, best checkpoint, lr schedule, "
-                        "samples) as JSON to FILE")
+                        "samples) as JSON to FILE (- for standard output)")
     p.add_argument("--plot", metavar="PNG", help="write the loss curve (needs matplotlib)")
     p.add_argument("--temperatures", type=cli_args.temperatures,
                    default=[0.5, 1.0], help="sample at these when done, each above 0 "
                    "(default 0.5,1.0)")
     p.add_argument("--sample-chars", type=nonneg, default=300,
                    help="length of each closing sample (default 300; 0: no samples)")
-    p.add_argument("--prime", default="", help="text the closing samples start from "
-                   "(default: the validation text's first lines, up to 400 chars, which "
-                   "the model never trained on: a model starts badly from nothing)")
+    p.add_argument("--prime", help="text the closing samples start from (default: the "
+                   "validation text's first lines, up to 400 chars, which the model never "
+                   "trained on: a model starts badly from nothing; --prime '' starts from a "
+                   "line break and a fresh state)")
     p.add_argument("--seed", type=nonneg, default=0)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--target", choices=("cpu", "interp", "cuda"), default="cpu",

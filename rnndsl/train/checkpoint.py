@@ -204,7 +204,11 @@ def _read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise not_ours
-    if header.get("format_version", 0) > FORMAT_VERSION:
+    version = header.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path} is corrupt: its header's format_version is "
+                              f"{version!r}, not a number")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by rnndsl {header.get('rnndsl_version')} "
                               f"in checkpoint format {header['format_version']}; this rnndsl "
                               f"({__version__}) reads format {FORMAT_VERSION}: upgrade rnndsl")

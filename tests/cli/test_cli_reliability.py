@@ -129,6 +129,9 @@ def test_a_corpus_folder_is_named_as_a_folder(folder, capsys):
     code, _, err = run(["train", "char_lstm.rnn", "--corpus", "texts", "--target", "interp"],
                        capsys)
     assert code == 2 and "is a folder" in err and "no such file" not in err
+    code, _, err = run(["train", "char_lstm.rnn", "--corpus", "", "--target", "interp"],
+                       capsys)
+    assert code == 2 and "--corpus is empty" in err, err
 
 
 def test_a_corpus_that_is_not_utf8_is_placed_at_line_and_column(folder, capsys):
@@ -229,6 +232,90 @@ def test_threads_option_sets_the_kernels_threads(folder, capsys, monkeypatch):
     code, _, err = train(capsys, "--threads", "1", "--dry-run")
     assert code == 0, err
     assert os.environ["RNNDSL_BLAS_THREADS"] == "1"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--json", "m.npz"], "--json m.npz is a checkpoint"),
+    (["--json", "m.best.npz"], "--json m.best.npz is a checkpoint"),
+    (["--json", "other.npz"], "--json other.npz is a checkpoint"),
+])
+def test_json_never_replaces_a_checkpoint(folder, capsys, extra, message):
+    """`--json model.npz` on a resumed run replaced the model just trained with a JSON
+    file; another run's checkpoint was replaced as silently."""
+    assert train(capsys, "--checkpoint", "m.npz", "--val-every", "1")[0] == 0
+    assert train(capsys, "--checkpoint", "other.npz")[0] == 0
+    before = {p.name: p.read_bytes() for p in folder.glob("*.npz")}
+    assert "m.best.npz" in before
+    code, _, err = train(capsys, "--checkpoint", "m.npz", "--resume", *extra)
+    assert code == 2 and message in err, err
+    assert {p.name: p.read_bytes() for p in folder.glob("*.npz")} == before
+
+
+def test_json_goes_to_standard_output_or_through_a_link(folder, capsys):
+    code, out, err = train(capsys, "--json", "-")
+    assert code == 0, err
+    assert json.loads(out[out.index("{"):])["steps"] == 2
+    (folder / "real.json").write_text("")
+    (folder / "link.json").symlink_to(folder / "real.json")
+    code, out, err = train(capsys, "--json", "link.json", "--force")
+    assert code == 0, err
+    assert (folder / "link.json").is_symlink()            # written through, not replaced
+    assert json.loads((folder / "real.json").read_text())["steps"] == 2
+
+
+def test_resume_continues_the_optimiser_lr_and_schedule_unless_given(folder, capsys):
+    """A run trained with --optimizer sgd could not be resumed without repeating it
+    (its state is SGD's), and --lr, --clip and the schedule fell back to the defaults."""
+    first = ["--optimizer", "sgd", "--lr", "0.02", "--lr-schedule", "constant", "--warmup",
+             "0", "--clip", "1"]
+    assert train(capsys, "--checkpoint", "m.npz", *first)[0] == 0
+    code, out, err = train(capsys, "--checkpoint", "m.npz", "--resume", "--dry-run")
+    assert code == 0, err
+    assert "sgd at lr 0.02 (constant), gradient norm clipped to 1" in out
+    code, out, err = train(capsys, "--checkpoint", "m.npz", "--resume", "--lr", "0.001",
+                           "--dry-run")
+    assert code == 0 and "sgd at lr 0.001 (constant)" in out, err
+    code, _, err = train(capsys, "--checkpoint", "m.npz", "--resume", "--optimizer", "adam")
+    assert code == 2 and "trained with --optimizer sgd" in err, err
+
+
+def test_options_are_spelt_in_full(folder, capsys):
+    """An abbreviation (--batc for --batch) slipped past resume's check of which options
+    were given; options are now spelt in full."""
+    assert train(capsys, "--checkpoint", "m.npz")[0] == 0
+    code, _, err = train(capsys, "--checkpoint", "m.npz", "--resume", "--batc", "3")
+    assert code == 2 and "unrecognized arguments: --batc 3" in err, err
+
+
+def test_a_damaged_header_is_named_not_an_internal_error(folder, capsys):
+    assert train(capsys, "--checkpoint", "m.npz")[0] == 0
+    arrays = dict(np.load(folder / "m.npz"))
+    header = json.loads(arrays["__header__"].tobytes())
+    header["format_version"] = "two"
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(folder / "bad.npz", **arrays)
+    code, _, err = run(["info", "bad.npz"], capsys)
+    assert code == 2 and "format_version is 'two'" in err, err
+
+
+def test_text_the_terminal_cannot_encode_is_escaped(folder, capsys):
+    """A corpus of any symbols, printed where stdout is latin-1 (a Windows console, a
+    file under another locale): escaped, not an internal error after the work."""
+    (folder / "u.txt").write_text("".join(f"日本語 {i}\n" for i in range(200)))
+    assert run(["train", "char_lstm.rnn", "--corpus", "u.txt", "--steps", "2", *SMALL,
+                "--checkpoint", "u.npz"], capsys)[0] == 0
+    done = subprocess.run([sys.executable, "-m", "rnndsl", "sample", "u.npz", "--target",
+                           "interp", "--length", "30", "--prime", "日"], cwd=folder,
+                          capture_output=True, env=dict(os.environ, PYTHONIOENCODING="latin-1"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b"\\u65e5")
+
+
+def test_an_export_of_another_cells_checkpoint_names_the_cell(folder, capsys):
+    pytest.importorskip("onnx")
+    assert train(capsys, "--checkpoint", "m.npz")[0] == 0
+    code, _, err = run(["export", "lstm.rnn", "-o", "x.onnx", "--params", "m.npz"], capsys)
+    assert code == 2 and "holds a CharLSTM" in err and "--dims" not in err, err
 
 
 # ------------------------------------------------------------------ checkpoints travel
@@ -349,6 +436,7 @@ def test_sample_refuses_other_npz_files_clearly(folder, capsys):
     (["--beam", "2", "--greedy"], "--beam"),
     (["--prime", "Q"], "never saw: 'Q'"),
     (["--top-k", "1000"], "--top-k"),
+    (["--beam", "2", "-n", "3"], "-n 3 is more than --beam 2"),
 ])
 def test_bad_sample_arguments_exit_2(folder, capsys, argv, message):
     assert train(capsys, "--checkpoint", "m.npz")[0] == 0
@@ -732,6 +820,11 @@ def test_closing_samples_continue_held_out_lines_unless_primed(folder, capsys):
     assert code == 0, err
     assert json.loads((folder / "run.json").read_text())["samples"][0]["prime"] == "line "
     assert "the samples continue" not in out
+    # --prime '': a line break and a fresh state, as `rnndsl sample --prime ''` starts
+    code, out, err = train(capsys, "--json", "run.json", "--val", "0.3", "--prime", "",
+                           "--force")
+    assert code == 0, err
+    assert json.loads((folder / "run.json").read_text())["samples"][0]["prime"] == "\n"
 
 
 def test_the_held_out_start_is_whole_lines_or_a_line_break():
