@@ -155,9 +155,12 @@ class Directional:
         return int(steps), a.shape[0]
 
     def forward(self, x, state=None, *, lengths=None, dropout=None, steps=None,
-                grad: bool = True) -> DirectionalRun:
+                grad: bool = True, workspace=None) -> DirectionalRun:
         """Cell.forward for each direction (module docstring): a reverse pass sees each
-        sequence backwards within its own length."""
+        sequence backwards within its own length. A `workspace` is checked and not used:
+        the two directions run at once, and a workspace serves one call at a time."""
+        from .base import check_workspace
+        check_workspace(workspace)
         if self.target == "cuda":
             self._refuse_device_arrays(x, state)
         T, B = self._T_B(x, steps)
@@ -206,10 +209,12 @@ class Directional:
 
     # ------------------------------------------------------------------ backward
     def backward(self, run: DirectionalRun, d_outputs=None, d_state=None,
-                 input_grads: bool = True) -> Grads:
+                 input_grads: bool = True, workspace=None) -> Grads:
         """Cell.backward for each direction: the cotangent of a concatenated output is
         split between them (and reversed for the reverse pass), and their input
         gradients are added, each in time order."""
+        from .base import check_workspace
+        check_workspace(workspace)             # checked, not used: see forward
         if not isinstance(run, DirectionalRun) or len(run.runs) != len(self.cells):
             raise BindError(f"backward takes the Run that this {self.direction} cell's "
                             "forward returned")

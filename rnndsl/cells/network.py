@@ -218,8 +218,11 @@ class NetworkCell:
 
     # ------------------------------------------------------------------ forward
     def forward(self, x, state=None, *, lengths=None, dropout=None, steps=None,
-                grad: bool = True) -> NetworkRun:
-        """Cell.forward over the parts in turn."""
+                grad: bool = True, workspace=None) -> NetworkRun:
+        """Cell.forward over the parts in turn. A `workspace` is checked and not used:
+        each part's calls allocate their own (a workspace serves one cell's calls)."""
+        from .base import check_workspace
+        check_workspace(workspace)
         if state is not None and not isinstance(state, Mapping):
             raise BindError("state must be a dict keyed by state name, got "
                             f"{type(state).__name__}")
@@ -246,9 +249,11 @@ class NetworkCell:
 
     # ------------------------------------------------------------------ backward
     def backward(self, run: NetworkRun, d_outputs=None, d_state=None,
-                 input_grads: bool = True) -> Grads:
+                 input_grads: bool = True, workspace=None) -> Grads:
         """Cell.backward over the parts in reverse: each part's input gradients are the
         output gradients of the parts that made those inputs."""
+        from .base import check_workspace
+        check_workspace(workspace)             # checked, not used: see forward
         if not isinstance(run, NetworkRun) or len(run.runs) != len(self.parts):
             raise BindError(f"backward takes the Run that this {self.spec.name}'s forward "
                             "returned")

@@ -167,6 +167,22 @@ def test_a_two_way_backward_checks_its_cotangents_as_a_plain_cell_does(bad, mess
         bi.backward(run, dY)
 
 
+def test_a_two_way_cell_takes_the_cell_apis_workspace():
+    """The Cell API's `workspace=` (docs/language.md): taken and checked, not a
+    TypeError; the results are those without it."""
+    from rnndsl.cells.base import Workspace
+    bi = _plain().__class__(dtype=np.float64, seed=0, I=I, H=H, direction="bidirectional")
+    dY = np.random.default_rng(4).standard_normal((T, B, 2 * H))
+    plain = bi.backward(bi.forward(_x()), {"h": dY})
+    ws = Workspace()
+    run = bi.forward(_x(), workspace=ws)
+    got = bi.backward(run, {"h": dY}, workspace=ws)
+    for name, value in plain.params.items():
+        np.testing.assert_array_equal(got.params[name], value)
+    with pytest.raises(BindError, match="workspace must be"):
+        bi.forward(_x(), workspace="yes")
+
+
 def _loss_and_grads(cell, x, dY, dS, lengths):
     run = cell.forward(x, lengths=lengths)
     loss = float(np.sum(run.outputs["h"] * dY) + sum(np.sum(run.state[k] * v)

@@ -136,6 +136,11 @@ def test_a_networks_backward_refuses_state_names_it_has_not(tmp_path):
         net.backward(run, d_state={"l2.h": np.ones((2, 5))})
     g = net.backward(run, d_state={"l2.h": np.ones((2, 4))})
     assert np.abs(g.params["l2.U_o"]).max() > 0
+    from rnndsl.cells.base import Workspace       # the Cell API's workspace= is taken
+    ws = Workspace()
+    again = net.backward(net.forward(np.ones((3, 2, 3)), workspace=ws),
+                         d_state={"l2.h": np.ones((2, 4))}, workspace=ws)
+    np.testing.assert_array_equal(again.params["l2.U_o"], g.params["l2.U_o"])
 
 
 def test_every_part_is_a_spec_that_checks_and_prints_back(tmp_path):
