@@ -26,6 +26,10 @@ from ..core.numbers import is_whole
 def check_lengths(lengths, T: int, B: int, minimum: int = 0) -> np.ndarray:
     """`lengths` as B integers in minimum..T, or a BindError saying what is wrong."""
     arr = np.asarray(lengths)
+    if isinstance(lengths, (list, tuple)) and any(isinstance(n, (bool, np.bool_))
+                                                  for n in lengths):
+        raise BindError(f"lengths must be {B} integers, one per sequence; got "
+                        f"{list(lengths)!r}, which holds True or False")
     if arr.shape != (B,) or arr.dtype.kind not in "iu":
         raise BindError(f"lengths must be {B} integers, one per sequence; got {arr.dtype} "
                         f"of shape {arr.shape}")

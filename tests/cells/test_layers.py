@@ -209,6 +209,8 @@ def test_variable_lengths_equal_each_sequence_run_alone(target):
     (np.array([1, 2]), "lengths must be 3 integers"),
     (np.array([1.0, 2.0, 3.0]), "lengths must be 3 integers"),
     (np.array([1, 9, 2]), "lengths must lie in 0..T = 0..4"),
+    ([True, 3, 2], "which holds True or False"),           # not the length 1
+    (np.array([True, False, True]), "lengths must be 3 integers"),
 ])
 def test_bad_lengths_are_refused(lengths, message):
     c = lstm_interp()(I=2, H=2, dtype=np.float64)
