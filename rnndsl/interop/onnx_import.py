@@ -117,6 +117,7 @@ class _Recurrent:
         self.names = names
         self.classes = classes
         self._instances: dict = {}
+        self.fed_weights = False
 
     def instance(self, d: int, I: int, H: int, dtype):
         key = (d, I, H, np.dtype(dtype))
@@ -175,6 +176,10 @@ class _Recurrent:
         D, G = len(c.directions), len(GATES[c.operator])
         W, R = _float_input(ins, "W", where), _float_input(ins, "R", where)
         H = c.hidden_size or (W.shape[1] // G if W.ndim == 3 else 0)
+        if W.ndim == 3 and W.shape[:2] == (D, G * H) and W.shape[2] != I and self.fed_weights:
+            raise BindError(f"{where}: {self.label('X')} {ins['X'].shape} and "
+                            f"{self.label('W')} {tuple(W.shape)}, both fed, disagree on the "
+                            f"input size ({I} against {W.shape[2]}): X's last axis is W's")
         if W.ndim == 3 and W.shape[:2] == (D, G * H) and W.shape[2] != I:
             want = (B, T, W.shape[2]) if c.layout == 1 else (T, B, W.shape[2])
             raise BindError(f"{where}: {self.label('X')} is {ins['X'].shape} but must be "
@@ -303,6 +308,8 @@ class InferenceSession:
             self.cell_classes[name] = classes[-1]
             names.append(name)
         rec = _Recurrent(node, config, names, classes)
+        rec.fed_weights = dict(zip(_INPUTS[node.op_type], node.input)).get("W") \
+            not in self._initializers      # W fed at run time: X and W may be the wrong one
         for d, name in enumerate(names):
             self._owner[name] = (rec, d)
         return rec

@@ -554,6 +554,17 @@ def test_an_x_of_the_wrong_feature_size_is_blamed_on_x(layout):
         session.run(None, {"X": np.zeros(wrong, np.float32)})
 
 
+def test_x_and_fed_weights_that_disagree_blame_neither():
+    """With W fed at run time, a wrong W is as likely as a wrong X: the message named X
+    the culprit and gave the shape it 'must' have."""
+    model, feed = recurrent_model("LSTM", I=2, T=5, B=3, weights_as_inputs=True)
+    session = rnndsl.onnx.InferenceSession(model, target="interp")
+    feed = dict(feed, W=np.zeros(feed["W"].shape[:2] + (7,), np.float32))
+    with pytest.raises(BindError, match=r"X \(5, 3, 2\) and W \(1, 16, 7\), both fed, "
+                                        r"disagree on the input size \(2 against 7\)"):
+        session.run(None, feed)
+
+
 def test_a_non_finite_feed_is_named_as_the_model_names_it():
     model, feed = recurrent_model("LSTM", initial=True)
     node = model.graph.node[0]
