@@ -485,9 +485,13 @@ class DataParallel:
 
     def describe_steps(self) -> str:
         m = {k: f"{1e3 * v:.1f} ms" for k, v in self.overhead().items()}
+        # each a median of its own: the exchange, which includes a worker's wait for the
+        # slowest one's gradient, overlaps the compute, so it is no part of the rest
         return (f"data parallel: a step took {m['wall']} (median of the last "
                 f"{len(self.timings)}): {m['compute']} computing on the slowest worker, "
-                f"{m['overhead']} in Dask ({m['exchange']} of it the gradients' exchange)")
+                f"{m['overhead']} more in Dask; the gradients' exchange {m['exchange']} "
+                "(from a worker's gradient to its update, the wait for the slowest "
+                "included)")
 
     def overhead(self) -> dict:
         """Median seconds a step: its wall time, the slowest worker's compute, the
