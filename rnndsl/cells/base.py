@@ -616,7 +616,10 @@ class Cell:
         per_step = [d for d in user if not d.once and d.name in given]
         if per_step:
             first = given[per_step[0].name]
-            T = first.shape[0] if isinstance(first, np.ndarray) and first.ndim == 3 else None
+            # a sequence: (T, B, size), or a token input's ids (T, B)
+            seq_ndim = (2, 3) if per_step[0].token else (3,)
+            T = first.shape[0] if isinstance(first, np.ndarray) and first.ndim in seq_ndim \
+                else None
             if steps is not None and steps != T:
                 raise BindError(f"steps={steps}, but input {per_step[0].name} has T = {T}")
         else:

@@ -240,6 +240,8 @@ class Sampler:
         self.encode, self.readout = encode, readout
         self.extras = {d.name: self._vector_size("input", d)
                        for d in user_inputs if d.name != self.input}
+        # `input once` extras: read at a sequence's first step only (the first prefix's)
+        self._once = {d.name for d in user_inputs if d.name in self.extras and d.once}
         self.extra_inputs = self._check_extras(extra_inputs)
 
     # ------------------------------------------------------------------ construction checks
@@ -345,7 +347,12 @@ class Sampler:
         if self.extras:
             x = {self.input: x}
             per_step = [self._extra_step(steps + t, B) for t in range(T)]
-            x.update({n: np.stack([s[n] for s in per_step]) for n in self.extras})
+            x.update({n: np.stack([s[n] for s in per_step]) for n in self.extras
+                      if n not in self._once})
+            # an `input once` is (B, size), which the cell reads at the first step of the
+            # call: the sequence's first step when nothing was fed before, else none
+            x.update({n: per_step[0][n] if steps == 0 else np.zeros_like(per_step[0][n])
+                      for n in self._once})
         run = self.cell.forward(x, state=state, grad=False)   # no backward follows
         out = run.outputs[self.output][-1]
         logits = np.asarray(self.readout(out)) if self.readout is not None else out

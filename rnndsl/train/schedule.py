@@ -68,7 +68,8 @@ class Schedule:
         """The factor of the peak learning rate for update `step` (0-based) at `progress`."""
         _check_int("step", step, 0)
         if progress is not None:
-            number = isinstance(progress, (int, float)) and not isinstance(progress, bool)
+            number = isinstance(progress, (int, float, np.floating, np.integer)) and \
+                not isinstance(progress, (bool, np.bool_))
             if not number or not 0 <= progress <= 1:
                 raise ValueError(f"progress must be a number in [0, 1] or None, got "
                                  f"{progress!r}")

@@ -131,7 +131,8 @@ class Trainer:
             raise ValueError("lr_schedule must be an rnndsl.train.schedule schedule "
                              f"(Constant, Cosine, StepDecay), got {type(lr_schedule).__name__}")
         self.lr_schedule = lr_schedule
-        if isinstance(state_resets, bool) or not isinstance(state_resets, (int, float)) \
+        if isinstance(state_resets, (bool, np.bool_)) or not isinstance(
+                state_resets, (int, float, np.integer, np.floating)) \
                 or not 0 <= state_resets <= 1:
             raise ValueError(f"state_resets must be a probability from 0 to 1, got "
                              f"{state_resets!r}")
@@ -199,10 +200,25 @@ class Trainer:
                             f"'{self.input}' and extra_inputs must give the others"
                             + (f"; unknown: {', '.join(unknown)}" if unknown else "")
                             + (f"; missing: {', '.join(missing)}" if missing else ""))
+        once = next(d.once for d in self._user_inputs if d.name == self.input)
         if not isinstance(x, np.ndarray) or x.ndim < 2:
-            raise BindError(f"x must be a NumPy array (T, B, ...) for input '{self.input}', "
+            layout = "(B, size): one vector a sequence" if once else "(T, B, ...)"
+            raise BindError(f"x must be a NumPy array {layout} for input '{self.input}', "
                             f"got {type(x).__name__} of shape {np.shape(x)}")
-        return {self.input: x, **extra}, x.shape[1]
+        # B: an `input once` is (B, size), a sequence (T, B, ...)
+        return {self.input: x, **extra}, x.shape[0] if once else x.shape[1]
+
+    def _steps(self, targets):
+        """T for a cell whose inputs are all `input once` (one-to-many): the targets'
+        steps, (T, B, ...) or (T, B); None for any other cell (its inputs say T)."""
+        if not all(d.once for d in self._user_inputs):
+            return None
+        shape = np.shape(targets)
+        if len(shape) < 2:
+            raise BindError(f"targets must be (T, B, ...) or (T, B): the cell's inputs are "
+                            f"all 'input once', so the targets say how many steps to run; "
+                            f"got shape {shape}")
+        return int(shape[0])
 
     # ------------------------------------------------------------------ steps
     @staticmethod
@@ -265,11 +281,14 @@ class Trainer:
             run = None
         if run is None:
             lent = {} if self._workspace is None else {"workspace": self._workspace}
+            steps = self._steps(targets)
+            lent.update({} if steps is None else {"steps": steps})
             run = self.cell.forward(inputs, state=self._following(self._state, B),
                                     lengths=lengths, dropout=self.rng, **lent)
         if self.output not in self.cell._final_outputs():   # a final output is (B, ...)
             mask = self._mask(mask, lengths, run.T)
-        loss, d_pred = self.loss(run.outputs[self.output], targets, mask)
+        loss, d_pred = _loss_and_cotangent(self.loss, run.outputs[self.output], targets,
+                                           mask)
         # the data needs no gradient: the compiled kernels skip that work
         lent = {} if grad_workspace is None else {"workspace": grad_workspace}
         grads = self.cell.backward(run, d_outputs={self.output: d_pred},
@@ -287,8 +306,8 @@ class Trainer:
         step_with = getattr(self.cell, "step_with", None)
         x = inputs[self.input]
         if (step_with is None or self.loss is not LOSSES["softmax_cross_entropy"]
-                or self._output_rank != 1):
-            return None
+                or self._output_rank != 1 or any(d.once for d in self._user_inputs)):
+            return None            # (an `input once` is (B, size): the usual way expands it)
         targets = np.asarray(targets)
         positions = tuple(x.shape[:2])
         if targets.shape != positions or targets.dtype.kind not in "iu":
@@ -358,10 +377,12 @@ class Trainer:
         (apart from training's) from one call to the next, or starting from `state`."""
         inputs, B = self._inputs(x, extra_inputs)
         start = state if state is not None else self._following(self._eval_state, B)
-        run = self.cell.forward(inputs, state=start, lengths=lengths, grad=False)
+        steps = self._steps(targets)
+        run = self.cell.forward(inputs, state=start, lengths=lengths, grad=False,
+                                **({} if steps is None else {"steps": steps}))
         if self.output not in self.cell._final_outputs():   # a final output is (B, ...)
             mask = self._mask(mask, lengths, run.T)
-        loss, _ = self.loss(run.outputs[self.output], targets, mask)
+        loss, _ = _loss_and_cotangent(self.loss, run.outputs[self.output], targets, mask)
         self._eval_state = dict(run.state)
         self.last_run = run
         return loss
@@ -420,3 +441,16 @@ def _in_dtype(state, dtype):
     if not isinstance(state, dict):
         return state
     return {k: np.asarray(v, dtype=dtype) for k, v in state.items()}
+
+
+def _loss_and_cotangent(loss_fn, pred, targets, mask):
+    """`loss_fn(pred, targets, mask)` -> (loss, d_pred), as a loss must return them
+    (rnndsl.train.losses): a custom loss that returns something else is named here,
+    not met as an unpacking error inside the step."""
+    result = loss_fn(pred, targets, mask)
+    if not isinstance(result, tuple) or len(result) != 2:
+        name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+        raise BindError(f"the loss {name} returned {type(result).__name__}; a loss returns "
+                        "(loss, d_pred): the loss and its gradient with respect to the "
+                        f"predictions, shaped as they are {np.shape(pred)}")
+    return result

@@ -558,3 +558,34 @@ def test_a_tiny_temperature_draws_the_likeliest_token_without_warnings(t):
         drawn = temperature(t)(logp, np.random.default_rng(1))
     np.testing.assert_array_equal(drawn, logp.argmax(axis=1))
     np.testing.assert_allclose(probs.max(axis=1), 1.0)
+
+
+# an `input once` beside the tokens: read at the sequence's first step, never again
+CONDITIONED = """
+cell Cond {
+  dims V, Z, H
+  input %sx[V]
+  input once z[Z]
+  state h[H]
+  param W[H, V], Q[H, Z], U[H, H], Y[V, H]
+  h' = tanh(W @ x + Q @ z + U @ h)
+  output logits = Y @ h'
+}"""
+
+
+@pytest.mark.parametrize("token", ["token ", ""], ids=["ids", "one-hot"])
+def test_an_input_once_is_read_at_the_first_step_only(token):
+    """The sampler stacked an `input once` extra like a per-step one: fed at every
+    generated token (ids), or refused inside the cell (one-hot). The mirror re-runs the
+    cell over the whole sequence, z read once at its start."""
+    cell = rnndsl.load_text(CONDITIONED % token, target="interp")(V=4, Z=2, H=5,
+                                                                  dtype=np.float64, seed=0)
+    for name in cell.params:
+        cell.params[name] *= 2
+    z = np.array([[1.0, -2.0]])
+    got = Sampler(cell, extra_inputs={"z": z[0]}).generate(6, greedy(), prime=[1, 2])
+    seq = [1, 2]
+    for _ in range(6):
+        run = cell.forward({"x": np.eye(4)[np.array(seq)][:, None], "z": z})
+        seq.append(int(np.argmax(run.outputs["logits"][-1, 0])))
+    assert got[0].tolist() == seq[2:]

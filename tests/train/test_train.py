@@ -329,3 +329,91 @@ def test_cpu_cell_trains_like_the_interpreter():
         losses[target] = [trainer.step(rng.normal(size=(6, 4, 3)), rng.random((6, 4, 2)))
                           for _ in range(4)]
     np.testing.assert_allclose(losses["cpu"], losses["interp"], rtol=1e-10)
+
+
+# ------------------------------------------------------------------ `input once`
+GEN2 = """
+cell Gen2 {
+  dims Z, H
+  input once z[Z]
+  input u[1]
+  state h[H]
+  param W[H, Z], U[H, H], A[H, 1], v[1, H]
+  h' = tanh(W @ z + U @ h + A @ u)
+  output y = v @ h'
+}"""
+
+
+def test_an_input_once_fed_as_x_carries_the_state_as_any_input():
+    """With x an `input once` (B, Z), the trainer took Z for B and started every chunk
+    afresh where Z != B: the losses must not depend on which input x feeds."""
+    Gen2 = rnndsl.load_text(GEN2, target="interp")
+    T, H, Z, B = 4, 5, 2, 3
+    rng = np.random.default_rng(0)
+    data = [(rng.normal(size=(B, Z)), rng.normal(size=(T, B, 1)), rng.normal(size=(T, B, 1)))
+            for _ in range(3)]
+    by_z = Trainer(Gen2(Z=Z, H=H, dtype=np.float64, seed=0), loss="mse",
+                   optimizer=SGD(0.1), input="z")
+    by_u = Trainer(Gen2(Z=Z, H=H, dtype=np.float64, seed=0), loss="mse",
+                   optimizer=SGD(0.1), input="u")
+    a = [by_z.step(z, y, extra_inputs={"u": u}) for z, y, u in data]
+    b = [by_u.step(u, y, extra_inputs={"z": z}) for z, y, u in data]
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+    z, y, u = data[0]
+    assert by_z.evaluate(z, y, extra_inputs={"u": u}) == pytest.approx(
+        by_u.evaluate(u, y, extra_inputs={"z": z}), rel=1e-12)
+
+
+def test_a_one_to_many_cell_trains_for_as_many_steps_as_its_targets():
+    """A cell whose inputs are all `input once` needs steps=T; the trainer takes T from
+    the targets (it had no way to pass it)."""
+    Gen = rnndsl.load_text("""
+cell Generator {
+  dims Z, H
+  input once z[Z]
+  state h[H]
+  param W[H, Z], U[H, H], v[1, H]
+  h' = tanh(W @ z + U @ h)
+  output y = v @ h'
+}""", target="interp")
+    cell = Gen(Z=2, H=5, dtype=np.float64, seed=0)
+    z, y = np.ones((3, 2)), np.full((4, 3, 1), 0.5)
+    trainer = Trainer(cell, loss="mse", optimizer=SGD(0.1))
+    run = cell.forward(z, steps=4)
+    want = float(np.mean((run.outputs["y"] - y) ** 2))
+    assert trainer.evaluate(z, y) == pytest.approx(want, rel=1e-12)
+    losses = [trainer.step(z, y) for _ in range(20)]
+    assert losses[-1] < losses[0]
+
+
+def test_token_ids_beside_an_input_once():
+    """Token ids (T, B) beside an `input once` (B, Z): the cell took T only from a 3-D
+    input, and refused z as if it were a sequence."""
+    Cond = rnndsl.load_text("""
+cell Cond {
+  dims V, Z, H
+  input token x[V]
+  input once z[Z]
+  state h[H]
+  param W[H, V], Q[H, Z], U[H, H], Y[V, H]
+  h' = tanh(W @ x + Q @ z + U @ h)
+  output logits = Y @ h'
+}""", target="interp")
+    cell = Cond(V=4, Z=2, H=5, dtype=np.float64, seed=0)
+    ids, z = np.array([[1, 2], [0, 3]]), np.ones((2, 2))
+    by_ids = cell.forward({"x": ids, "z": z}).outputs["logits"]
+    one_hot = cell.forward({"x": np.eye(4)[ids], "z": z}).outputs["logits"]
+    np.testing.assert_array_equal(by_ids, one_hot)
+    trainer = Trainer(cell, input="x")
+    assert np.isfinite(trainer.step(ids, np.array([[2, 0], [3, 1]]), extra_inputs={"z": z}))
+
+
+def test_numpy_numbers_and_a_loss_that_returns_one_value(Tiny):
+    trainer = Trainer(Tiny(I=V, H=4, V=V, dtype=np.float64), state_resets=np.float32(0.25))
+    assert trainer.state_resets == 0.25
+    from rnndsl.train.schedule import Cosine
+    assert Cosine(warmup=1)(3, np.float32(0.5)) > 0
+    bad = Trainer(Tiny(I=V, H=4, V=V, dtype=np.float64), loss=lambda p, t, m: 1.0)
+    with pytest.raises(BindError, match=r"returned float; a loss returns \(loss, d_pred\)"):
+        bad.step(np.eye(3)[np.zeros((2, 2), int)], np.zeros((2, 2), int))
+
