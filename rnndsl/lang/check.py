@@ -592,6 +592,15 @@ class _Checker(LayerChecks):
             self.cell, tuple((n, lay.cell) for n, lay in self.layers.items() if lay),
             tuple(self.dropouts), tuple(self.sequence_layers.values()))
         if checked.sequence_layers:      # its parts must be computable in turn
+            once = [d for d in checked.inputs if d.once]
+            if once:      # the parts would take it as a sequence: read at every step
+                layer = checked.sequence_layers[0]
+                raise CheckError([Diagnostic(
+                    f"input once '{once[0].name}' in a cell with a layer run over whole "
+                    f"sequences ({layer.direction} layer '{layer.name}'): rnndsl cannot "
+                    "run that yet", self.source, once[0].span,
+                    "give it as a sequence (input, not input once) that is zero after "
+                    "the first step, or feed it to a forward layer of another cell")])
             from .network import split
             split(checked, self.library)
         return checked

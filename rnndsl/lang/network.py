@@ -91,10 +91,13 @@ def layer_loops(cell: CheckedCell, library: dict[str, CheckedCell]) -> tuple[str
                     d.once for d in sub.inputs):
                 return ()
     try:
-        split(cell, library, names)
+        network = split(cell, library, names)
     except (CheckError, KeyError):
         return ()
-    return names
+    # each layer a part of its own, or no loops: nested calls (`l2(l1(x))`) are left in
+    # one segment, the whole cell again, whose class would then split itself without end
+    held = [[n for n in names if f"layer {n} = " in part.text] for part in network.parts]
+    return names if all(len(h) <= 1 for h in held) else ()
 
 
 def renamed_part(part: Segment | LayerRun, name: str) -> str:

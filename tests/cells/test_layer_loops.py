@@ -44,6 +44,23 @@ def test_the_split_gives_each_layer_a_loop_with_its_input_from_the_last():
     assert layer_loops(lstm.pick(), {**lstm.used, **lstm.cells}) == ()
 
 
+def test_nested_calls_run_in_one_fused_loop(tmp_path):
+    """`output y = l2(l1(x))` leaves both layers in one segment, the whole cell again:
+    offered a loop per layer, its compiled class split itself without end at T >= 32 and
+    B < 8 (a made-up cell name past 64 characters), the docs' Tagger among them. Such a
+    cell runs fused; the named form (h1 = l1(x)) still runs a loop per layer."""
+    (tmp_path / "lstm.rnn").symlink_to(SPECS / "lstm.rnn")
+    nested = tmp_path / "nested.rnn"
+    nested.write_text('use "lstm.rnn"\ncell S {\n  dims I, H\n  input x[I]\n'
+                      '  layer l1 = LSTM(I = I, H = H)\n  layer l2 = LSTM(I = H, H = H)\n'
+                      '  output y = l2(l1(x))\n}\n')
+    spec_file = read_spec(nested)
+    assert layer_loops(spec_file.pick(), {**spec_file.used, **spec_file.cells}) == ()
+    cell = rnndsl.load(nested, target="interp")(I=3, H=4, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).normal(size=(32, 2, 3))
+    assert cell.forward(x).outputs["y"].shape == (32, 2, 4)
+
+
 def test_the_cost_model_runs_small_batches_of_long_sequences_per_layer():
     assert layer_loops_choice(T=64, B=1) == "per_layer"
     assert layer_loops_choice(T=64, B=32) == "fused"

@@ -376,6 +376,17 @@ def test_the_network_rejects_what_it_cannot_do(tmp_path):
         cell.backward(object(), {})
 
 
+def test_an_input_once_in_a_network_is_refused_at_its_declaration(tmp_path):
+    """The network's parts took an `input once` as a sequence: a (B, I) array was
+    refused naming the inner cell, a (T, B, I) one read at every step. Until the parts
+    can take it, the checker says so where it is declared."""
+    text = ('use "lstm.rnn"\ncell O {\n  dims I, H\n  input once x[I]\n'
+            '  layer l = bidirectional LSTM(I = I, H = H)\n  output z = l(x)\n}\n')
+    with pytest.raises(CheckError, match=r"net\.rnn:4:14: error: input once 'x' in a cell "
+                                         r"with a layer run over whole sequences"):
+        rnndsl.load(_spec(tmp_path, text), target="interp")
+
+
 def test_check_explain_and_build_describe_the_network(tmp_path, capsys):
     from rnndsl.cli.main import main
     path = _spec(tmp_path, MIXED)
