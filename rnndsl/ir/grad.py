@@ -67,6 +67,8 @@ def _hard_sigmoid_rule(G, nid, g):
 def _pow_rule(G, nid, g):
     (p,) = G[nid].attrs
     x = _arg(G, nid, 0)
+    if p == 0:          # x ** 0 is 1 everywhere: 0 * x ** -1 would be NaN at x = 0
+        return _mul(G, g, G.const(0.0))
     slope = G.const(p) if p == 1 else _mul(G, G.const(p), G.add(Op.POW, (x,), (p - 1.0,)))
     return _mul(G, g, slope)
 

@@ -162,8 +162,11 @@ def read_spec(path: str | Path, text: str | None = None, _stack: tuple = (),
             errors.extend(exc.diagnostics)
             continue
         for name, c in {**other.used, **other.cells}.items():
-            if name in used and used[name].source.path != c.source.path:
-                errors.append(Diagnostic(f"two used files define a cell '{name}'",
+            # one file reached by two paths (`../c.rnn` and `c.rnn`, a link) is one file
+            if name in used and Path(used[name].source.path).resolve() != \
+                    Path(c.source.path).resolve():
+                errors.append(Diagnostic(f"two used files define a cell '{name}': "
+                                         f"{used[name].source.path} and {c.source.path}",
                                          source, use.span))
             used[name] = c
     cells: dict[str, CheckedCell] = {}

@@ -352,3 +352,16 @@ def test_the_check_catches_a_transposed_rule(monkeypatch):
     rows = dict((name, (a, b)) for name, a, b in check_vjp(case))
     a, b = rows["x"]
     assert abs(a - b) > 1e-3 * abs(b)
+
+
+def test_the_power_zero_has_a_zero_gradient_at_zero():
+    """d/dx x ** 0 = 0 everywhere; the rule p * x ** (p - 1) gave 0 * inf = NaN at 0."""
+    import rnndsl
+    cell = rnndsl.load_text("cell P {\n  dims N\n  input x[N]\n  output a = x ** 0\n}\n",
+                            target="interp")(N=4, dtype=np.float64)
+    x = np.array([[[0.0, -2.0, 3.0, 800.0]]])
+    run = cell.forward(x)
+    np.testing.assert_array_equal(run.outputs["a"], 1.0)
+    g = cell.backward(run, d_outputs={"a": np.ones_like(x)})
+    np.testing.assert_array_equal(g.inputs["x"], 0.0)
+

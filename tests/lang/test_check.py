@@ -745,6 +745,24 @@ def test_use_resolves_relative_to_the_using_file(tmp_path):
     assert spec.pick("Elman").name == "Elman"
 
 
+def test_one_file_used_by_two_paths_is_one_file(tmp_path):
+    """A diamond of uses (`sub/s.rnn` uses `../elman.rnn`, main uses both) named one file
+    two ways and was refused as two files defining Elman; two files that do are named."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "elman.rnn").write_text(ELMAN)
+    (tmp_path / "sub" / "s.rnn").write_text('use "../elman.rnn"\n')
+    main = tmp_path / "main.rnn"
+    main.write_text('use "sub/s.rnn"\nuse "elman.rnn"\n' + cell(
+        "dims H", "input x[H]", "output y = relu(x)", name="Head"))
+    assert set(read_spec(main).used) == {"Elman"}
+    (tmp_path / "other.rnn").write_text(ELMAN)
+    main.write_text('use "sub/s.rnn"\nuse "other.rnn"\n' + cell(
+        "dims H", "input x[H]", "output y = relu(x)", name="Head"))
+    with pytest.raises(CheckError, match=r"two used files define a cell 'Elman': .*elman"
+                                         r"\.rnn and .*other\.rnn"):
+        read_spec(main)
+
+
 def test_a_cycle_of_uses(tmp_path):
     (tmp_path / "a.rnn").write_text('use "b.rnn"\n' + ELMAN)
     (tmp_path / "b.rnn").write_text('\nuse "a.rnn"\n' + cell(
