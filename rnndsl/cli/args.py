@@ -101,6 +101,9 @@ def temperatures(text: str) -> list[float]:
     return values
 
 
+MAX_DIM = 2 ** 31 - 1       # the largest size --dims takes
+
+
 def dims(text: str) -> dict[str, int]:
     """NAME=SIZE pairs separated by commas, each size a positive integer."""
     out: dict[str, int] = {}
@@ -116,6 +119,9 @@ def dims(text: str) -> dict[str, int]:
             raise argparse.ArgumentTypeError(f"{name}={value}: the size must be an integer")
         if int(value) < 1:
             raise argparse.ArgumentTypeError(f"{name}={value}: a size must be at least 1")
+        if int(value) > MAX_DIM:           # past it, arrays fail inside NumPy
+            raise argparse.ArgumentTypeError(f"{name}={value}: a size must be at most "
+                                             f"{MAX_DIM:,}")
         if name in out:
             raise argparse.ArgumentTypeError(f"{name} is given twice")
         out[name] = int(value)

@@ -584,6 +584,15 @@ def _printable_anywhere() -> None:
             pass
 
 
+# what each command's options shrink, for the out-of-memory message
+_SHRINK = {
+    "train": "smaller dims (--dims), fewer rows (--batch) or shorter sequences (--seq)",
+    "sweep": "smaller dims (--grid H=...), fewer rows (--batch) or shorter sequences (--seq)",
+    "gradcheck": "smaller dims (--dims), fewer rows (-B) or fewer steps (-T)",
+    "sample": "fewer samples (-n) or a narrower --beam",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     _printable_anywhere()
     parser = build_parser()
@@ -630,9 +639,9 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError as exc:   # the machine's limit, not a bug: say what to shrink
         if args.debug:
             traceback.print_exc()
+        shrink = _SHRINK.get(args.command, "smaller dims (--dims)")
         print(f"error: out of memory{f' ({exc})' if str(exc) else ''}: this machine cannot "
-              "hold what the command needs; use smaller dims (--dims), fewer rows (--batch) "
-              "or shorter sequences (--seq)", file=sys.stderr)
+              f"hold what the command needs; use {shrink}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # a bug: say so plainly, keep the traceback behind --debug
         if args.debug:

@@ -459,6 +459,19 @@ def test_info_shows_what_a_checkpoint_holds(folder, capsys):
     assert report["validation"]["bits_per_char"] > 0
 
 
+def test_huge_dims_are_refused_and_out_of_memory_names_the_commands_options(folder, capsys):
+    """--dims H=10**20 was an internal error inside NumPy; out of memory in gradcheck
+    advised --batch and --seq, which gradcheck has not."""
+    code, _, err = run(["gradcheck", "lstm.rnn", "--dims", "I=2,H=99999999999999999999"],
+                       capsys)
+    assert code == 2 and "a size must be at most 2,147,483,647" in err, err
+    (folder / "wide.rnn").write_text("cell Wide {\n  dims N\n  input x[N]\n"
+                                     "  output a = tanh(x)\n}\n")      # no params to refuse
+    code, _, err = run(["gradcheck", "wide.rnn", "--dims", "N=1000000000"], capsys)
+    assert code == 2 and "out of memory" in err and "fewer rows (-B)" in err, err
+    assert "--batch" not in err
+
+
 # ------------------------------------------------------------------ gradcheck, compiled
 def test_gradcheck_checks_the_compiled_kernels(capsys):
     code, out, err = run(["gradcheck", REPO / "specs" / "elman.rnn", "--target", "cpu",
