@@ -215,6 +215,15 @@ class Cell:
                                 f"{np.finfo(self.dtype).max:.3g}); give smaller values, or "
                                 "use dtype=np.float64")
             self.params[d.name] = view
+        for d in spec.states:       # a start value past the dtype's range: inf, silently
+            if isinstance(d.init, ast.ConstInit):
+                with np.errstate(over="ignore"):
+                    start = self.dtype.type(d.init.value)
+                if not np.isfinite(start):
+                    raise BindError(f"{spec.name}({bound}): state {d.name} starts at "
+                                    f"{d.init.value:g}, beyond {self.dtype.name}'s range "
+                                    f"(largest {np.finfo(self.dtype).max:.3g}); give a "
+                                    "smaller start, or use dtype=np.float64")
 
     # ------------------------------------------------------------------ binding
     @classmethod

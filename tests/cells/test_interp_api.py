@@ -546,3 +546,17 @@ def test_an_initialiser_beyond_the_dtypes_range_is_refused_by_name(init):
             C(H=3)
     if "normal" not in init:        # a normal of std 1e308 overflows float64 too, at times
         assert np.isfinite(C(H=3, dtype=np.float64).params["k"]).all()
+
+
+def test_a_state_start_beyond_the_dtypes_range_is_refused_by_name():
+    """`state q[H] = 1e39` started at inf in float32, silently (a param so was refused)."""
+    import warnings
+    C = rnndsl.load_text("cell Q {\n  dims H\n  input x[H]\n  state q[H] = 1e39\n"
+                         "  q' = q * 0.5 + x\n  output q'\n}\n", target="interp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(BindError, match=r"Q\(H=2\): state q starts at 1e\+39, beyond "
+                                            r"float32's range"):
+            C(H=2)
+    run = C(H=2, dtype=np.float64).forward(np.zeros((1, 1, 2)))
+    np.testing.assert_array_equal(run.state["q"], 5e38)
