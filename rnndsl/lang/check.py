@@ -692,6 +692,11 @@ class _Checker(LayerChecks):
             # a dunder would rebind the module's own (__name__, __doc__, ...)
             self.error(f"'{name}' cannot name a cell: it would not be a usable Python "
                        "class name", self.cell.name_span, "rename the cell")
+        if name in ("reverse", "bidirectional"):
+            # `layer l = reverse(I = I)` would read the name as the layer's direction
+            self.error(f"'{name}' cannot name a cell: a layer of it would read as the "
+                       f"direction `layer l = {name} CELL(...)`", self.cell.name_span,
+                       "rename the cell")
 
     def failed_inputs(self) -> bool:
         """Whether some input declaration failed (its error already explains the rest)."""

@@ -969,3 +969,13 @@ def test_an_unknown_dim_that_is_a_keyword_gets_no_hint_to_declare_it():
     text = "cell C {\n  dims input, H\n  input x[input]\n  output y = x\n}\n"
     unknown = [d for d in errors(text) if d.message.startswith("unknown dim 'input'")]
     assert len(unknown) == 1 and unknown[0].hint is None
+
+
+@pytest.mark.parametrize("name", ["reverse", "bidirectional"])
+def test_a_direction_word_cannot_name_a_cell(name):
+    """Such a cell checked, but no layer could use it (`layer l = reverse(...)` failed
+    to parse, far from the cause)."""
+    with pytest.raises(CheckError, match=f"'{name}' cannot name a cell: a layer of it "
+                                         "would read as the direction"):
+        checked(cell("dims H", "input x[H]", "output y = x", name=name))
+
