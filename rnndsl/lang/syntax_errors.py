@@ -57,6 +57,14 @@ SYNTAX_EXAMPLES: dict[str, list[str]] = {
         "cell C { h' = (a + b }",
         "cell C { h' = max(a, b }",
     ],
+    # two operands in a row inside parentheses: the ')' was not missing
+    "an operator is missing between two operands (a matrix product reads W @ x)": [
+        "cell C { h' = tanh(W x) }",
+        "cell C { h' = tanh(W x + h) }",
+        "cell C { h' = (a b) }",
+        "cell C { h' = max(a b, c) }",
+        "cell C { h' = tanh(2 x) }",
+    ],
     "a statement outside a cell: statements go inside `cell Name { ... }`": [
         "dims H",
         "input x[I]",
@@ -182,7 +190,7 @@ def _label(exc: lark.exceptions.UnexpectedToken) -> str | None:
 def _label_at(position: int, accepts: frozenset, token: Token) -> str | None:
     """The label of an error on `token` in the LALR state `position` accepting `accepts`."""
     at_end = token.type == "$END"
-    candidate = None
+    candidate = same_kind = None
     for label, state, example_accepts, token_type, token_text in _example_errors():
         if state != position or example_accepts != accepts:
             continue
@@ -190,8 +198,10 @@ def _label_at(position: int, accepts: frozenset, token: Token) -> str | None:
             continue
         if (token_type, token_text) == (token.type, str(token)):
             return label
+        if token_type == token.type:      # a name where the example has another name
+            same_kind = same_kind or label
         candidate = candidate or label
-    return candidate
+    return same_kind or candidate
 
 
 _CLOSERS = (("}", MISSING_BRACE), (")}", UNCLOSED_PAREN), ("))}", UNCLOSED_PAREN),

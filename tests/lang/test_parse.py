@@ -327,6 +327,7 @@ def _label_of(message: str) -> str:
 
 EXPRESSION = "expected an expression"
 PAREN = "unclosed parenthesis: expected ')'"
+OPERAND = "an operator is missing between two operands (a matrix product reads W @ x)"
 OUTSIDE = "a statement outside a cell: statements go inside `cell Name { ... }`"
 UNMATCHED = "an unmatched '}': the cell before it is already closed"
 SHAPE = "a declared name needs a shape in brackets, like `x[I]`"
@@ -357,7 +358,8 @@ BAD_INPUTS = [
     (EXPRESSION, "cell A { a = b +", 1, 17, "the end of the file"),
     (PAREN, "cell A {\n  a = sigmoid(x\n}", 3, 1, "'}'"),
     (PAREN, "cell A { dims H\n  a = ((x + y) * z\n}", 3, 1, "'}'"),
-    (PAREN, "cell A { a = f(x y) }", 1, 18, "'y'"),
+    (OPERAND, "cell A { a = f(x y) }", 1, 18, "'y'"),
+    (OPERAND, "cell A {\n  h' = tanh(W x + h)\n}", 2, 15, "'x'"),
     (PAREN, "cell A {\n  a = (b\n", 2, 9, "the end of the file"),
     (PAREN, "cell A {\n  a = f(g(b", 2, 12, "the end of the file"),
     (OUTSIDE, "state h[H]", 1, 1, "'state'"),
