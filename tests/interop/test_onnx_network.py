@@ -16,6 +16,7 @@ import onnx  # noqa: E402
 
 import rnndsl  # noqa: E402
 import rnndsl.onnx  # noqa: E402
+from rnndsl.core.errors import CheckError  # noqa: E402
 from rnndsl.cli.main import main  # noqa: E402
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
@@ -135,7 +136,10 @@ def test_a_reverse_gru_under_forward_segments(tmp_path, dtype, operators, kinds,
     assert_agrees(cell, model, tol, lengths=[5, 2, 4])
 
 
-def test_a_part_that_cannot_be_written_is_named(tmp_path):
+def test_a_network_with_an_input_once_is_refused_before_export(tmp_path):
+    """Such a network never ran (its segment of `input once` inputs wanted steps=, which
+    no call could give it), and export refused it by its part; the checker now refuses
+    it where the input is declared."""
     text = """use "gru.rnn"
 cell OnceNet {
   dims I, H
@@ -148,11 +152,9 @@ cell OnceNet {
   output y = r(x) + s'
 }
 """
-    cell = load(tmp_path, text, I=2, H=3)
-    with pytest.raises(rnndsl.onnx.ExportError, match="segment OnceNet_part1 cannot be.*"
-                       "every input is `input once`"):
-        rnndsl.onnx.export(cell, tmp_path / "net.onnx")
-    assert not (tmp_path / "net.onnx").exists()
+    with pytest.raises(CheckError, match="input once 'z' in a cell with a layer run over "
+                                         "whole sequences"):
+        load(tmp_path, text, I=2, H=3)
 
 
 def test_cli_exports_a_network_spec(tmp_path, capsys):
