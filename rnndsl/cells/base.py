@@ -215,6 +215,14 @@ class Cell:
                                 f"{np.finfo(self.dtype).max:.3g}); give smaller values, or "
                                 "use dtype=np.float64")
             self.params[d.name] = view
+        too_big = _number_beyond(spec, float(np.finfo(self.dtype).max))
+        if too_big is not None:     # a constant past the dtype's range: inf, silently
+            where = f"{spec.source.path}:{too_big.span.line}:{too_big.span.column}: " \
+                if too_big.span.line else ""
+            raise BindError(f"{where}{spec.name}({bound}): the constant {too_big.value:g} is "
+                            f"beyond {self.dtype.name}'s range (largest "
+                            f"{np.finfo(self.dtype).max:.3g}); use a smaller one, or "
+                            "dtype=np.float64")
         for d in spec.states:       # a start value past the dtype's range: inf, silently
             if isinstance(d.init, ast.ConstInit):
                 with np.errstate(over="ignore"):
@@ -727,3 +735,32 @@ class Cell:
         """The gradients; input_grads=False lets a target skip the inputs' (the caller
         drops whatever it returns for them)."""
         raise NotImplementedError
+
+
+def _number_beyond(spec: CheckedCell, largest: float):
+    """The first number written in the cell's equations whose size is past `largest`
+    (it would be inf in that dtype), or None."""
+    import dataclasses
+
+    def walk(node):
+        if isinstance(node, ast.Number):
+            if abs(node.value) > largest:
+                return node
+            return None
+        if dataclasses.is_dataclass(node) and not isinstance(node, type):
+            for f in dataclasses.fields(node):
+                found = walk(getattr(node, f.name))
+                if found is not None:
+                    return found
+        elif isinstance(node, (tuple, list)):
+            for item in node:
+                found = walk(item)
+                if found is not None:
+                    return found
+        return None
+    for definition in spec.definitions:
+        found = walk(definition.expr)
+        if found is not None:
+            return found
+    return None
+

@@ -560,3 +560,17 @@ def test_a_state_start_beyond_the_dtypes_range_is_refused_by_name():
             C(H=2)
     run = C(H=2, dtype=np.float64).forward(np.zeros((1, 1, 2)))
     np.testing.assert_array_equal(run.state["q"], 5e38)
+
+
+def test_a_constant_beyond_the_dtypes_range_is_refused_where_it_is_written():
+    """`h' * 1e300` in float32 was inf, and the outputs NaN, with no word."""
+    import warnings
+    C = rnndsl.load_text("cell Q {\n  dims H\n  input x[H]\n  state h[H]\n"
+                         "  h' = tanh(h + x)\n  output y = h' * 1e300\n}\n", target="interp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(BindError, match=r":6:19: Q\(H=2\): the constant 1e\+300 is beyond "
+                                            r"float32's range"):
+            C(H=2)
+    assert np.isfinite(C(H=2, dtype=np.float64).forward(np.ones((1, 1, 2))).outputs["y"]).all()
+
