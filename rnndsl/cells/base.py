@@ -739,7 +739,7 @@ class Cell:
 
 def _number_beyond(spec: CheckedCell, largest: float):
     """The first number written in the cell's equations whose size is past `largest`
-    (it would be inf in that dtype), or None."""
+    (it would be inf in that dtype), or None; exponents aside."""
     import dataclasses
 
     def walk(node):
@@ -747,6 +747,8 @@ def _number_beyond(spec: CheckedCell, largest: float):
             if abs(node.value) > largest:
                 return node
             return None
+        if isinstance(node, ast.Pow):     # an exponent of inf still means something:
+            return walk(node.base)        # |x| < 1 gives 0 (the ONNX export's test)
         if dataclasses.is_dataclass(node) and not isinstance(node, type):
             for f in dataclasses.fields(node):
                 found = walk(getattr(node, f.name))
