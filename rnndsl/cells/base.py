@@ -286,18 +286,7 @@ class Cell:
     # ------------------------------------------------------------------ checking arrays
     def _array(self, what: str, value, shape: tuple[int, ...], layout: str,
                finite: bool = True) -> np.ndarray:
-        if not isinstance(value, np.ndarray):
-            raise BindError(f"{what} must be a NumPy array of shape {layout}, got "
-                            f"{type(value).__name__}")
-        if value.dtype != self.dtype:
-            raise BindError(f"{what} is {value.dtype} but the cell is {self.dtype.name}; "
-                            f"convert it with .astype(np.{self.dtype.name})")
-        if value.shape != shape:
-            raise BindError(f"{what} has shape {value.shape}; expected {shape} = {layout}")
-        if finite and not np.isfinite(value).all():
-            where = tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])
-            raise BindError(f"{what} has a non-finite value ({value[where]}) at index {where}")
-        return value
+        return checked_array(what, value, shape, layout, self.dtype, finite)
 
     def _named(self, what: str, given, decls: tuple[Decl, ...]) -> dict[str, Any]:
         if given is None:
@@ -765,4 +754,24 @@ def _number_beyond(spec: CheckedCell, largest: float):
         if found is not None:
             return found
     return None
+
+
+def checked_array(what: str, value, shape: tuple[int, ...], layout: str, dtype,
+                  finite: bool = True) -> np.ndarray:
+    """`value` if it is a NumPy array of `dtype` and `shape` (and finite), else a
+    BindError naming `what` and the `layout` expected: every array that crosses the Cell
+    API (two-way and network cells' cotangents too) is checked by this one function."""
+    dtype = np.dtype(dtype)
+    if not isinstance(value, np.ndarray):
+        raise BindError(f"{what} must be a NumPy array of shape {layout}, got "
+                        f"{type(value).__name__}")
+    if value.dtype != dtype:
+        raise BindError(f"{what} is {value.dtype} but the cell is {dtype.name}; "
+                        f"convert it with .astype(np.{dtype.name})")
+    if value.shape != shape:
+        raise BindError(f"{what} has shape {value.shape}; expected {shape} = {layout}")
+    if finite and not np.isfinite(value).all():
+        where = tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])
+        raise BindError(f"{what} has a non-finite value ({value[where]}) at index {where}")
+    return value
 

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..core.errors import BindError, TargetError
-from .base import DIRECTIONS, Cell, Grads, Run  # noqa: F401  (DIRECTIONS: for importers)
+from .base import DIRECTIONS, Cell, Grads, Run, checked_array  # noqa: F401  (DIRECTIONS: for importers)
 
 REVERSE = "_reverse"       # the reverse direction's names: NAME_reverse, as torch's
 
@@ -268,24 +268,12 @@ def known_cotangents(cell: str, given, values: Mapping, dtype, what: str = "d_ou
     if unknown:
         raise BindError(f"{cell} has no {noun} {', '.join(unknown)}; its {noun}s are "
                         f"{', '.join(values)}")
-    dtype = np.dtype(dtype)
     out = {}
     for name, g in given.items():
         if g is None:
             continue
-        where, shape = f"{what}['{name}']", np.shape(values[name])
-        if not isinstance(g, np.ndarray):
-            raise BindError(f"{where} must be a NumPy array of shape {shape} (the {noun}'s), "
-                            f"got {type(g).__name__}")
-        if g.dtype != dtype:
-            raise BindError(f"{where} is {g.dtype} but the cell is {dtype.name}; convert it "
-                            f"with .astype(np.{dtype.name})")
-        if g.shape != shape:
-            raise BindError(f"{where} has shape {g.shape}; expected {shape}, the shape of "
-                            f"the run's {noun} {name}")
-        if not np.isfinite(g).all():
-            at = tuple(int(i) for i in np.argwhere(~np.isfinite(g))[0])
-            raise BindError(f"{where} has a non-finite value ({g[at]}) at index {at}")
+        shape = np.shape(values[name])
+        g = checked_array(f"{what}['{name}']", g, shape, f"the run's {noun} {name}", dtype)
         out[name] = g
     return out
 

@@ -548,29 +548,27 @@ def test_an_initialiser_beyond_the_dtypes_range_is_refused_by_name(init):
         assert np.isfinite(C(H=3, dtype=np.float64).params["k"]).all()
 
 
-def test_a_state_start_beyond_the_dtypes_range_is_refused_by_name():
-    """`state q[H] = 1e39` started at inf in float32, silently (a param so was refused)."""
+@pytest.mark.parametrize("text, message, name, value", [
+    # `state q[H] = 1e39` started at inf in float32, silently (a param so was refused)
+    ("cell Q {\n  dims H\n  input x[H]\n  state q[H] = 1e39\n  q' = q * 0.5 + x\n"
+     "  output q'\n}\n", r"Q\(H=2\): state q starts at 1e\+39, beyond float32's range",
+     "q", 5e38),
+    # `h' * 1e300` in float32 was inf, and the outputs NaN, with no word
+    ("cell Q {\n  dims H\n  input x[H]\n  state h[H]\n  h' = tanh(h + x)\n"
+     "  output y = h' * 1e300\n}\n",
+     r":6:19: Q\(H=2\): the constant 1e\+300 is beyond float32's range", "y", None),
+], ids=["state start", "constant"])
+def test_a_number_beyond_the_dtypes_range_is_refused_by_name(text, message, name, value):
     import warnings
-    C = rnndsl.load_text("cell Q {\n  dims H\n  input x[H]\n  state q[H] = 1e39\n"
-                         "  q' = q * 0.5 + x\n  output q'\n}\n", target="interp")
+    C = rnndsl.load_text(text, target="interp")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(BindError, match=r"Q\(H=2\): state q starts at 1e\+39, beyond "
-                                            r"float32's range"):
+        with pytest.raises(BindError, match=message):
             C(H=2)
-    run = C(H=2, dtype=np.float64).forward(np.zeros((1, 1, 2)))
-    np.testing.assert_array_equal(run.state["q"], 5e38)
-
-
-def test_a_constant_beyond_the_dtypes_range_is_refused_where_it_is_written():
-    """`h' * 1e300` in float32 was inf, and the outputs NaN, with no word."""
-    import warnings
-    C = rnndsl.load_text("cell Q {\n  dims H\n  input x[H]\n  state h[H]\n"
-                         "  h' = tanh(h + x)\n  output y = h' * 1e300\n}\n", target="interp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with pytest.raises(BindError, match=r":6:19: Q\(H=2\): the constant 1e\+300 is beyond "
-                                            r"float32's range"):
-            C(H=2)
-    assert np.isfinite(C(H=2, dtype=np.float64).forward(np.ones((1, 1, 2))).outputs["y"]).all()
+    run = C(H=2, dtype=np.float64).forward(np.ones((1, 1, 2)) if value is None
+                                           else np.zeros((1, 1, 2)))
+    got = run.state[name] if value is not None else run.outputs[name]
+    if value is not None:
+        np.testing.assert_array_equal(got, value)
+    assert np.isfinite(got).all()
 
