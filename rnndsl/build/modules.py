@@ -11,9 +11,12 @@ cache needs) and how a warm load skips reading its spec live in `cache.py`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import keyword
 import sys
+import unicodedata
 from pathlib import Path
 
 from ..core.files import write_atomically
@@ -28,9 +31,24 @@ from .cache import (cache_dir, compiler_hash, load_built, module_name_for, remem
 # replaces such a file, and no other without --force.
 GENERATED_MARK = b'"""rnndsl kernels for '
 # Module names a built module must not take: beside them in sys.path it would shadow the
-# standard library's or a package the kernels import (or be shadowed by it).
+# standard library's or a package that rnndsl, the kernels or an integration imports (or
+# be shadowed by it): threadpoolctl.py would silently undo the kernels' hold on BLAS's
+# threads. Any other package installed here is added when a module is named (`_taken`).
 _TAKEN_NAMES = frozenset(sys.stdlib_module_names) | {
-    "numpy", "numba", "llvmlite", "rnndsl", "lark", "networkx", "scipy"}
+    "numpy", "numba", "llvmlite", "rnndsl", "lark", "networkx", "scipy", "threadpoolctl",
+    "tqdm", "yaml", "numba_cuda", "torch", "jax", "jaxlib", "onnx", "onnxruntime",
+    "safetensors", "dask", "distributed", "matplotlib", "music21", "hypothesis", "pytest"}
+
+
+@functools.lru_cache(maxsize=1)
+def _taken() -> frozenset:
+    """_TAKEN_NAMES and the top-level modules of every package installed in this Python
+    (a `torch.py` beside a script would shadow torch)."""
+    try:
+        installed = importlib.metadata.packages_distributions()
+    except Exception:       # a broken distribution's metadata: the fixed list still holds
+        installed = {}
+    return _TAKEN_NAMES | frozenset(installed)
 
 
 # how much of a spec file's name a cached module's name keeps
@@ -43,12 +61,16 @@ MAX_MODULE_NAME = 100
 
 def module_file_name(spec_file: SpecFile) -> str:
     """specs/lstm.rnn -> lstm.py; a stem that is not an identifier is made one, and one
-    that is a keyword, a taken module name (math, numpy) or a dunder name (`__init__`,
-    which would make the output folder a package) gets a prefix: cell_math.py."""
-    stem = Path(spec_file.source.path).stem
-    name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in stem)
-    if not name or name[0].isdigit() or keyword.iskeyword(name) or name in _TAKEN_NAMES \
-            or name.startswith("__"):
+    that is a keyword, a taken module name (math, numpy, an installed package) or a
+    dunder name (`__init__`, which would make the output folder a package) gets a
+    prefix: cell_math.py. The stem is NFKC-normalised first, as Python normalises the
+    name in `from ﬁlter import ...` (to `filter`) before it looks for the file."""
+    stem = unicodedata.normalize("NFKC", Path(spec_file.source.path).stem)
+    # a character that cannot go on an identifier ("x²": `from x² import` is a syntax
+    # error) becomes "_"
+    name = "".join(ch if ("a" + ch).isidentifier() else "_" for ch in stem)
+    if not name or not name.isidentifier() or keyword.iskeyword(name) or \
+            name in _taken() or name.startswith("__"):
         name = "cell_" + name
     if len(name) > MAX_MODULE_NAME:
         raise BuildError(f"{spec_file.source.path}: its module would be named after the "

@@ -70,15 +70,20 @@ def gradcheck(Cell, dims: dict[str, int] | None = None, T: int = 3, B: int = 2,
     for name, value in cell.params.items():   # random, not initial, values: no zero biases
         value[...] = rng.uniform(-param_scale, param_scale, size=value.shape)
     # a token input is ids (no gradient to check); an `input once` one vector a row; the
-    # rest random vectors at every step
+    # rest random vectors at every step. The runtime's own inputs (dropout masks, the
+    # length mask) are not the caller's.
+    given = [d for d in spec.inputs if d.name not in cell.hidden_inputs]
     x = {d.name: (rng.integers(0, cell._size(d)[0], (T, B)) if d.token else
                   rng.normal(size=(B,) + cell._size(d)) if d.once else
-                  rng.normal(size=(T, B) + cell._size(d))) for d in spec.inputs}
+                  rng.normal(size=(T, B) + cell._size(d))) for d in given}
     # with every input `once`, T says how many steps to run (only then passed: a subclass
-    # may override forward(x, state))
-    steps = {"steps": T} if all(d.once for d in spec.inputs) else {}
+    # may override forward(x, state)); with dropout(...) sites, the same masks every call
+    # (a seed draws them afresh each time), so that the gradient through them is checked
+    options = {"steps": T} if all(d.once for d in given) else {}
+    if spec.dropouts:
+        options["dropout"] = seed
     s0 = {d.name: rng.normal(scale=0.5, size=(B,) + cell._size(d)) for d in spec.states}
-    run = cell.forward(x, state=s0, **steps)
+    run = cell.forward(x, state=s0, **options)
     d_out = {} if inject == "state" else {
         name: rng.normal(size=y.shape) for name, y in run.outputs.items()}
     d_st = {} if inject == "outputs" else {
@@ -87,7 +92,7 @@ def gradcheck(Cell, dims: dict[str, int] | None = None, T: int = 3, B: int = 2,
 
     def loss() -> tuple[float, float]:
         """The loss, and the sum of its terms' magnitudes (the scale of its rounding)."""
-        r = cell.forward(x, state=s0, **steps)
+        r = cell.forward(x, state=s0, **options)
         terms = [r.outputs[n] * d for n, d in d_out.items()]
         terms += [r.state[n] * d for n, d in d_st.items()]
         return (sum(float(np.sum(t)) for t in terms),

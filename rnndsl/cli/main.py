@@ -222,11 +222,19 @@ def cmd_gradcheck(args) -> int:
         if unknown:
             raise UsageError(f"--dims: {Cell.spec.name} has no dim {', '.join(unknown)} "
                              f"({path}); its dims: {', '.join(Cell.spec.dims)}")
+        empty = {"state": "states", "outputs": "outputs"}.get(args.inject)
+        if empty and not getattr(Cell.spec, empty):
+            # the loss would be zero, every gradient zero, and the check pass on nothing
+            raise UsageError(f"--inject {args.inject}: {Cell.spec.name} has no {empty} "
+                             f"({path}), so the loss would be zero and nothing checked; "
+                             "use --inject both")
         classes.append((path, Cell, dict(default_dims(Cell.spec), **given)))
     for path, Cell, dims in classes:
         shown = ", ".join(f"{k}={v}" for k, v in dims.items())
         print(f"{path}: cell {Cell.spec.name}({shown}), T={args.T}, B={args.B}, float64, "
-              f"{args.target} target, cotangents on {args.inject}")
+              f"{args.target} target, cotangents on {args.inject}"
+              + (f", dropout masks drawn once (seed {args.seed})" if Cell.spec.dropouts
+                 else ""))
         rows = gradcheck(Cell, dims=dims, T=args.T, B=args.B, seed=args.seed,
                          inject=args.inject)
         width = max(len(r.what) for r in rows)
@@ -557,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "has no file of that name (docs/language.md, `use`).")
     p.add_argument("--paths", action="store_true",
                    help="print only the files' paths (to copy one: cp $(rnndsl specs "
-                        "--paths | grep lstm.rnn) .)")
+                        "--paths | grep /lstm.rnn) .)")
     p.set_defaults(run=cmd_specs)
 
     from . import export, sample, sweep, train

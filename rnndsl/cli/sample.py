@@ -14,6 +14,7 @@ import numpy as np
 
 from . import args as cli_args
 from .train import TrainError, _encode_prime
+from .train_checks import checkpoint_vocab
 from ..core.errors import BindError
 
 
@@ -31,7 +32,6 @@ def _trained_checkpoint(path: str):
 
 def cmd_sample(args) -> int:
     from ..train import checkpoint as ckpt
-    from ..train.data import Vocab
     from ..train.sample import Sampler, Sampling, greedy
     cli_args.set_threads(args.threads)
     sampling = args.top_k or args.top_p or args.temperature is not None
@@ -47,7 +47,7 @@ def cmd_sample(args) -> int:
         raise cli_args.UsageError("--greedy takes the likeliest token; it does not combine "
                                   "with --temperature, --top-k or --top-p")
     info, user = _trained_checkpoint(args.checkpoint)
-    vocab = Vocab.from_json(user["vocab"])
+    vocab = checkpoint_vocab(user, args.checkpoint)
     shown = args.prime or ""                # printed before each sample
     if args.prime is None and _held_out_lines(user, vocab):
         prefix = vocab.encode(user["held_out_prime"])
@@ -137,8 +137,7 @@ def cmd_info(args) -> int:
         print(f"validation: {_number(bits, '.3f')} bits/char over {_number(chars, ',')} "
               f"chars (at step {val.get('step', '?')})")
     if "vocab" in user:
-        from ..train.data import Vocab
-        vocab = Vocab.from_json(user['vocab'])
+        vocab = checkpoint_vocab(user, args.checkpoint)
         print(f"vocabulary: {len(vocab)} symbol{'' if len(vocab) == 1 else 's'}")
         if _held_out_lines(user, vocab):
             text = user["held_out_prime"]

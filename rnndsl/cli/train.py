@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from . import args as cli_args
-from .train_checks import (TrainError, _outputs_apart_from_inputs, _same_settings,
-                           _schedule)
+from .train_checks import (TrainError, checkpoint_vocab, _outputs_apart_from_inputs,
+                           _same_settings, _schedule)
 from .train_options import DEFAULT_DIM, add_train_arguments
 from ..core.errors import RnnError
 
@@ -282,7 +282,7 @@ def _prepare(args) -> _Plan:
             raise TrainError(f"{checkpoint} was trained on another corpus ("
                              f"{user.get('corpus', '?')}); train afresh without --resume, "
                              "or give the same --corpus and --max-chars")
-        vocab = Vocab.from_json(user["vocab"])
+        vocab = checkpoint_vocab(user, checkpoint)
         dims = dict(info.dims)
         differ = {k: v for k, v in given.items() if dims.get(k) != v}
         if differ:

@@ -17,6 +17,17 @@ class TrainError(RnnError):
     """Arguments or files that `train`/`sample` cannot use."""
 
 
+def checkpoint_vocab(user: dict, checkpoint):
+    """The vocabulary a checkpoint's trainer recorded; a hand-edited or damaged one is
+    the checkpoint's fault, said so (not a TypeError deep inside Vocab)."""
+    from ..train.data import DataError, Vocab
+    try:
+        return Vocab.from_json(user["vocab"])
+    except DataError as exc:
+        raise TrainError(f"{checkpoint} is corrupt: its vocabulary cannot be read "
+                         f"({exc})") from None
+
+
 def _schedule(args):
     """--lr-schedule with its settings, each refused where the schedule has no use for it."""
     from ..train.schedule import Constant, Cosine, StepDecay

@@ -458,7 +458,7 @@ class _Emitter(Buffers):
                                                   "inference (grad=False):")),
                 form.Raw("the tapes and histories that only BPTT reads are not written.")]
         rest = [st for st in body[first + 1:] if not (
-            isinstance(st, form.Raw) and re.fullmatch(r"\s*save \d+ values? for BPTT", st.text))]
+            isinstance(st, form.Raw) and re.fullmatch(r"\s*(save .* for BPTT|kept for BPTT: .*)", st.text))]
         return body[:first] + head + rest
 
     def _meta_list(self, p, key: str, records: list) -> None:

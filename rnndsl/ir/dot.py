@@ -22,7 +22,9 @@ _COMMUTATIVE = {Op.ADD, Op.MUL, Op.MIN, Op.MAX}
 
 
 def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A DOT string: backslashes and quotes escaped (a name may hold neither, a title's
+    path may), and each line break DOT's `\\n`, so that a label's lines show as lines."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 def to_dot(G: Graph, roots, title: str, results: dict[int, list[str]] | None = None,
@@ -36,11 +38,11 @@ def to_dot(G: Graph, roots, title: str, results: dict[int, list[str]] | None = N
         node = G[nid]
         text = G.label(nid)
         if node.op not in _LEAF_STYLE:
-            text += f"\\n{node.type}" + (" (B)" if node.type.batched else "")
+            text += f"\n{node.type}" + (" (B)" if node.type.batched else "")
         if nid in G.names and node.op not in _LEAF_STYLE:
-            text = f"{G.names[nid]}\\n" + text
+            text = f"{G.names[nid]}\n" + text
         for r in results.get(nid, []):
-            text += f"\\n=> {r}"
+            text += f"\n=> {r}"
         style = _LEAF_STYLE.get(node.op, "shape=box, style=rounded")
         if adjoint_from is not None and nid >= adjoint_from and node.op not in _LEAF_STYLE:
             style = 'shape=box, style="rounded,filled", fillcolor="#eeeeee"'

@@ -10,6 +10,7 @@ one `CheckError`. Unused dims, inputs, params and intermediates are warnings.
 
 from __future__ import annotations
 
+import builtins
 import keyword
 import math
 from dataclasses import replace
@@ -39,6 +40,7 @@ RESERVED_CELL_NAMES = frozenset({"math", "sys", "np", "njit", "compiled_cell_cla
 MAX_CELL_NAME = 64
 # the cell classes' own arguments, beside which their dims are passed by name
 RESERVED_DIM_NAMES = frozenset({"self", "cls", "dtype", "seed", "direction"})
+_BUILTINS = frozenset(dir(builtins))
 
 
 class _Checker(LayerChecks):
@@ -692,6 +694,12 @@ class _Checker(LayerChecks):
             # a dunder would rebind the module's own (__name__, __doc__, ...)
             self.error(f"'{name}' cannot name a cell: it would not be a usable Python "
                        "class name", self.cell.name_span, "rename the cell")
+        elif name in _BUILTINS:
+            # the module's kernels call Python's builtins (`for t in range(T)`, max, ...):
+            # a class of that name would hide one from them
+            self.error(f"'{name}' cannot name a cell: it is one of Python's builtins, which "
+                       "the generated module's code uses", self.cell.name_span,
+                       "rename the cell")
         if name in ("reverse", "bidirectional"):
             # `layer l = reverse(I = I)` would read the name as the layer's direction
             self.error(f"'{name}' cannot name a cell: a layer of it would read as the "

@@ -109,6 +109,12 @@ def explain_lines(plan: Plan, which: str = "both", target: str = "cpu",
                 shown.add(nid)
         return out
 
+    def taped(stage: str, among=None) -> int:
+        """How many of the plan's saved values (each on a tape of T*B rows) `stage`
+        computes (of `among` only, where given)."""
+        return sum(1 for n in plan.saved if plan.stage.get(n) == stage
+                   and (among is None or n in among))
+
     loop_note = ("   (one persistent cooperative kernel"
                  + (", recurrent weights held in shared memory where they fit"
                     if "hold_weights" in active else "") + ")"
@@ -123,8 +129,12 @@ def explain_lines(plan: Plan, which: str = "both", target: str = "cpu",
         steps = describe("fwd")
         for item in steps:
             lines.append(f"    {item}")
-        if plan.saved:
-            lines.append(f"    save {len(plan.saved)} values for BPTT")
+        kept = taped("fwd")
+        histories = sorted(plan.saved_states)
+        if kept or histories:
+            what = [f"{kept} value{'s' if kept != 1 else ''}"] if kept else []
+            what += [f"the previous {', '.join(histories)}"] if histories else []
+            lines.append(f"    save {' and '.join(what)} for BPTT")
         elif not steps:
             lines.append(f"    {NOTHING_A_STEP}")
         if plan.at_end:
@@ -134,6 +144,9 @@ def explain_lines(plan: Plan, which: str = "both", target: str = "cpu",
                 lines.append(f"    {item}")
         for item in describe("after"):
             lines.append(f"  after the loop, all T*B rows: {item}")
+        kept = taped("after") + taped("pre", forward_nodes)
+        if kept:
+            lines.append(f"  kept for BPTT: {kept} of the T*B-row values above")
     if which in ("backward", "both"):
         lines.append("backward:")
         for item in describe("pre", part=False):
@@ -142,6 +155,10 @@ def explain_lines(plan: Plan, which: str = "both", target: str = "cpu",
         steps = describe("bwd")
         for item in steps:
             lines.append(f"    {item}")
+        kept = taped("bwd")
+        if kept:
+            lines.append(f"    save {kept} value{'s' if kept != 1 else ''} for the GEMMs "
+                         "after the loop")
         if not steps:
             lines.append(f"    {NOTHING_A_STEP}")
         for item in describe("post"):

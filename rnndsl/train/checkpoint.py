@@ -236,6 +236,16 @@ _HEADER = {
 }
 
 
+# what the spec record a header carries (spec_record) must hold, where it holds the key
+_SPEC_RECORD = {
+    **{key: (lambda v: isinstance(v, str), "a string")
+       for key in ("path", "text", "cell", "canonical", "canonical_digest")},
+    "files": (lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(t, str) for k, t in v.items()),
+        "spec texts by file name"),
+}
+
+
 def _check_header(path, header: dict) -> None:
     for key, (test, what) in _HEADER.items():
         if key not in header:
@@ -243,6 +253,16 @@ def _check_header(path, header: dict) -> None:
         if not test(header[key]):
             raise CheckpointError(f"{path} is corrupt: its header's '{key}' is "
                                   f"{header[key]!r:.80}, not {what}")
+    spec = header.get("spec")          # absent in checkpoints older than carried specs
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{path} is corrupt: its header's 'spec' is {spec!r:.80}, not "
+                              "a spec record")
+    for key, (test, what) in _SPEC_RECORD.items():
+        if key in spec and not test(spec[key]):
+            raise CheckpointError(f"{path} is corrupt: its header's spec '{key}' is "
+                                  f"{spec[key]!r:.80}, not {what}")
 
 
 def peek(path: str | Path) -> CheckpointInfo:

@@ -58,6 +58,9 @@ class Vocab:
     """
 
     def __init__(self, tokens: Sequence[str], fallback: str | None = None):
+        if not isinstance(tokens, Iterable):     # (a hand-edited checkpoint's `5`)
+            raise DataError(f"Vocab: tokens must be a sequence of str, got "
+                            f"{type(tokens).__name__}")
         tokens = tuple(tokens)
         for i, token in enumerate(tokens):
             if not isinstance(token, str) or not token:

@@ -97,6 +97,9 @@ def test_graph_writes_dot(tmp_path):
     text = out.read_text()
     assert text.startswith('digraph "GRU: one step, and its adjoint"')
     assert "d_W_r" in text and "h'" in text
+    # a label's lines are DOT's line breaks (\n), not an escaped backslash and an n (\\n,
+    # which Graphviz drew as the two characters)
+    assert "\\\\n" not in text and "\\n=> h'" in text
     unrolled = rnndsl("graph", REPO / "specs" / "elman.rnn", "--unroll", "3", "--grad")
     assert unrolled.returncode == 0
     assert "output y[t=2]" in unrolled.stdout and "d_W_hh" in unrolled.stdout
@@ -107,7 +110,10 @@ def test_graph_writes_svg(tmp_path):
     out = tmp_path / "lstm.svg"
     done = rnndsl("graph", REPO / "specs" / "lstm.rnn", "-o", out)
     assert done.returncode == 0, done.stderr
-    assert "<svg" in out.read_text()
+    svg = out.read_text()
+    assert "<svg" in svg
+    # each line of a node's label is a text element of its own: none holds a "\\n"
+    assert "\\n" not in svg and ">=&gt; output h<" in svg
 
 
 def test_graph_svg_without_graphviz_is_a_clear_error(tmp_path, monkeypatch):
@@ -235,6 +241,26 @@ def test_build_rejects_an_unknown_pass_and_a_file_as_output(tmp_path):
     target.write_text("x")
     done = rnndsl("build", REPO / "specs" / "lstm.rnn", "-o", target)
     assert done.returncode == 2 and "exists and is not a folder" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["lstm", "elman", "gru"])
+def test_explain_counts_what_the_forward_kernel_tapes(name):
+    """`save 9 values for BPTT` under LSTM's forward loop counted the backward loop's
+    saved cotangents too: the count is now the forward kernel's own tapes (`tape_*`
+    arguments it writes) and the states whose previous values it keeps (`hist_*`)."""
+    import re
+    from rnndsl.lang.specfile import read_spec
+    from rnndsl.pipeline import build_source
+    source = build_source(read_spec(REPO / "specs" / f"{name}.rnn"))
+    header = source.split("def forward_", 1)[1].split('"""')[0]
+    tapes = re.findall(r"\n    tape\w+, ", header)
+    histories = sorted(re.findall(r"\n    hist_(\w+), ", header))
+    done = rnndsl("explain", REPO / "specs" / f"{name}.rnn")
+    forward = done.stdout.split("backward:")[0]
+    saved = re.search(r"\n    save (\d+) values? and the previous (.*) for BPTT\n", forward)
+    kept = re.search(r"\n  kept for BPTT: (\d+) of the T\*B-row values above\n", forward)
+    assert saved and saved.group(2) == ", ".join(histories), forward
+    assert int(saved.group(1)) + (int(kept.group(1)) if kept else 0) == len(tapes)
 
 
 def test_explain_shows_the_plan_and_follows_the_passes():

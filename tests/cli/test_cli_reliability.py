@@ -101,6 +101,32 @@ def test_gradcheck_names_a_dim_the_spec_lacks(capsys):
     assert code == 2 and "has no dim Q" in err
 
 
+def test_gradcheck_checks_a_cell_with_dropout_through_fixed_masks(tmp_path, capsys):
+    """A spec with dropout(...) was refused: "Drop has no input 'dropout.1'" (the masks
+    are the runtime's inputs). Its gradients are now checked, the masks drawn once."""
+    spec = tmp_path / "drop.rnn"
+    spec.write_text("cell Drop {\n  dims I, H\n  input x[I]\n  state h[H]\n"
+                    "  param W[H, I], U[H, H]\n"
+                    "  h' = tanh(W @ dropout(x, 0.3) + U @ dropout(h, 0.5))\n  output h'\n}\n")
+    code, out, err = run(["gradcheck", spec, "-T", "4"], capsys)
+    assert code == 0, err
+    assert "dropout masks drawn once (seed 0)" in out
+    assert "passed: 4 gradients" in out
+
+
+def test_gradcheck_will_not_pass_a_check_of_nothing(tmp_path, capsys):
+    """--inject state on a cell without states made every cotangent, and so every
+    gradient, zero: it "passed" having checked nothing."""
+    spec = tmp_path / "head.rnn"
+    spec.write_text("cell Head {\n  dims H, K\n  input h[H]\n  param W[K, H], b[K]\n"
+                    "  output p = softmax(W @ h + b)\n}\n")
+    code, out, err = run(["gradcheck", spec, "--inject", "state"], capsys)
+    assert code == 2 and out == ""
+    assert "--inject state: Head has no states" in err and "nothing checked" in err
+    code, out, _ = run(["gradcheck", spec, "--inject", "outputs"], capsys)
+    assert code == 0 and "passed: 3 gradients" in out
+
+
 def test_dims_too_large_to_allocate_are_a_user_error(capsys):
     code, _, err = run(["gradcheck", SPEC, "--dims", "H=1000000000"], capsys)
     assert code == 2 and "GiB, more than this machine can allocate" in err
@@ -291,11 +317,21 @@ def test_a_damaged_header_is_named_not_an_internal_error(folder, capsys):
     assert train(capsys, "--checkpoint", "m.npz")[0] == 0
     arrays = dict(np.load(folder / "m.npz"))
     header = json.loads(arrays["__header__"].tobytes())
-    header["format_version"] = "two"
+    version, header["format_version"] = header["format_version"], "two"
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     np.savez(folder / "bad.npz", **arrays)
     code, _, err = run(["info", "bad.npz"], capsys)
     assert code == 2 and "format_version is 'two'" in err, err
+    # a vocabulary that is no list of tokens was an internal error (TypeError) in info,
+    # sample and train --resume
+    header["format_version"] = version
+    vocab = json.loads(header["meta"]["user"]["vocab"])
+    header["meta"]["user"]["vocab"] = json.dumps({**vocab, "tokens": 5})
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(folder / "bad.npz", **arrays)
+    for argv in (["info", "bad.npz"], ["sample", "bad.npz", "--length", "3"]):
+        code, _, err = run(argv, capsys)
+        assert code == 2 and "bad.npz is corrupt: its vocabulary cannot be read" in err, err
 
 
 def test_text_the_terminal_cannot_encode_is_escaped(folder, capsys):

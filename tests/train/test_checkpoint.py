@@ -194,6 +194,9 @@ def _edited(path, tmp_path, edit):
     (lambda h: h["dims"].update(H="4"), "its header's 'dims' is .*, not sizes by dim name"),
     (lambda h: h.update(dtype="int8"), "its header's 'dtype' is 'int8', not float32"),
     (lambda h: h.update(cell="import os"), "its header's 'cell' is 'import os'"),
+    (lambda h: h["spec"].update(text=5), "its header's spec 'text' is 5, not a string"),
+    (lambda h: h["spec"].update(files={"a.rnn": 1}), "its header's spec 'files' is"),
+    (lambda h: h.update(spec=[1]), "its header's 'spec' is \\[1\\], not a spec record"),
 ])
 def test_a_hand_edited_header_is_named_corrupt(Mixer, tmp_path, edit, message):
     """Each field a checkpoint's readers use is checked where it is read (they once
