@@ -302,6 +302,15 @@ class Cell:
                                 f"its {what}s are: {', '.join(names) or 'none'}")
         return dict(given)
 
+    def __getstate__(self):
+        """What `copy.deepcopy` (and pickle) copies: the cell less what it memoises from
+        its spec on first use (a read-only mapping, which cannot be copied), made again
+        by the copy."""
+        state = dict(self.__dict__)
+        for memo in ("_hidden_inputs", "_user_inputs"):
+            state.pop(memo, None)
+        return state
+
     @property
     def hidden_inputs(self) -> Mapping[str, Decl]:
         """Inputs the runtime fills, not the caller: dropout masks and the length mask
@@ -629,11 +638,7 @@ class Cell:
             if steps is not None and steps != T:
                 raise BindError(f"steps={steps}, but input {per_step[0].name} has T = {T}")
         else:
-            T = steps
-            if not isinstance(T, (int, np.integer)) or isinstance(T, bool) or T < 1:
-                raise BindError(f"{self.spec.name}'s inputs are all 'input once': say how "
-                                f"many steps to run with steps=T (a positive int), got "
-                                f"{steps!r}")
+            T = once_steps(self.spec.name, steps)
         out = dict(given)
         for d in once:
             if d.name not in given or T is None:
@@ -754,6 +759,15 @@ def _number_beyond(spec: CheckedCell, largest: float):
         if found is not None:
             return found
     return None
+
+
+def once_steps(cell_name: str, steps) -> int:
+    """`steps=`, how many steps a cell whose inputs are all `input once` runs: a positive
+    int, or a BindError that says so."""
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise BindError(f"{cell_name}'s inputs are all 'input once': say how many steps to "
+                        f"run with steps=T (a positive int), got {steps!r}")
+    return int(steps)
 
 
 def checked_array(what: str, value, shape: tuple[int, ...], layout: str, dtype,

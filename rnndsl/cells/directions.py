@@ -31,9 +31,24 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..core.errors import BindError, TargetError
-from .base import DIRECTIONS, Cell, Grads, Run, checked_array  # noqa: F401  (DIRECTIONS: for importers)
+from .base import DIRECTIONS  # noqa: F401  (for importers)
+from .base import Cell, Grads, Run, checked_array, once_steps
 
 REVERSE = "_reverse"       # the reverse direction's names: NAME_reverse, as torch's
+
+
+def refuse_reverse_names(spec) -> None:
+    """A bidirectional cell names the reverse direction's params and states NAME_reverse:
+    a spec that already has `W` and `W_reverse` would have one name for two arrays (tied
+    weights, a final state lost), so it is refused, the names given."""
+    for what, decls in (("param", spec.params), ("state", spec.states)):
+        names = {d.name for d in decls}
+        clash = sorted(n for n in names if n + REVERSE in names)
+        if clash:
+            raise BindError(f"{spec.name} cannot run bidirectional: its {what} "
+                            f"{clash[0]}{REVERSE} would share its name with the reverse "
+                            f"direction's copy of {what} {clash[0]}; rename "
+                            f"{clash[0]}{REVERSE} in the spec")
 
 
 def reverse_index(T: int, B: int, lengths) -> np.ndarray:
@@ -74,6 +89,8 @@ class Directional:
         self.target = cls.target
         runs = ((("", True),) if direction == "reverse"
                 else (("", False), (REVERSE, True)))
+        if direction == "bidirectional":
+            refuse_reverse_names(cls.spec)
         self.cells = []
         self.params: dict[str, np.ndarray] = {}
         for k, (suffix, reverse) in enumerate(runs):
@@ -146,13 +163,11 @@ class Directional:
             if a.ndim < 2:
                 raise BindError(f"input must be (T, B, ...), got shape {a.shape}")
             return a.shape[0], a.shape[1]
-        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
-            raise BindError(f"{self.spec.name}'s inputs are all 'input once': say how many "
-                            f"steps to run with steps=T (a positive int), got {steps!r}")
+        T = once_steps(self.spec.name, steps)
         a = np.asarray(next(iter(given.values()), np.empty((0,))))
         if a.ndim < 1:
             raise BindError(f"an 'input once' is (B, size), got shape {a.shape}")
-        return int(steps), a.shape[0]
+        return T, a.shape[0]
 
     def forward(self, x, state=None, *, lengths=None, dropout=None, steps=None,
                 grad: bool = True, workspace=None) -> DirectionalRun:

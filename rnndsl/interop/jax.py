@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..cells.base import Cell
+from ..cells.base import Cell, once_steps
 from ..cells.directions import Directional
 from ..cells.network import NetworkCell
 from ..core.errors import BindError, TargetError
@@ -255,15 +255,14 @@ class _Runner:
             if steps is not None and steps != T:
                 raise BindError(f"steps={steps}, but the inputs have T = {T}")
         else:
-            if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) \
-                    or steps < 1:
-                raise BindError(f"{self.cell.spec.name}'s inputs are all 'input once': say "
-                                f"how many steps to run with steps=T, got {steps!r}")
-            T, B = int(steps), once[0]
+            T, B = once_steps(self.cell.spec.name, steps), once[0]
         for shape in per_step + [(T, b) for b in once]:
             if tuple(shape) != (T, B):
                 raise BindError(f"the inputs disagree on (T, B): {tuple(shape)} against "
                                 f"({T}, {B})")
+        if T < 1 or B < 1:           # as the cell says, but here when traced, not run
+            raise BindError(f"the inputs have T = {T}, B = {B}: a sequence needs T >= 1 "
+                            "steps and B >= 1 rows")
         return int(T), int(B)
 
     def _check_state(self, state, B: int) -> dict[str, jax.Array]:

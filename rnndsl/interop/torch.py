@@ -36,8 +36,9 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..cells.base import Cell
-from ..cells.directions import DIRECTIONS, REVERSE, Directional, reverse_index
+from ..cells.base import Cell, once_steps
+from ..cells.directions import (DIRECTIONS, REVERSE, Directional, refuse_reverse_names,
+                                reverse_index)
 from ..cells.load import load
 from ..cells.modes import check_lengths
 from ..core.errors import BindError, TargetError
@@ -149,6 +150,7 @@ class Call:
     lengths: np.ndarray | None = None
     grad: bool = True       # False: no backward can follow (no_grad, nothing requires grad)
     dropout: int | None = None   # the seed of the call's dropout masks (None: keep all)
+    steps: int | None = None     # how many steps, where every input is `input once`
     run: object = None      # the cell's Run, from forward to setup_context
     device: object = None   # the torch.device the tensors are on (forward sets it)
 
@@ -223,7 +225,8 @@ class CellFunction(torch.autograd.Function):
                  for n, t in zip(call.states, tensors[n_in:n_in + n_st])}
         with on_device(call.device):
             run = cell.forward(inputs, state=state or None, lengths=call.lengths,
-                               dropout=call.dropout, grad=call.grad)
+                               dropout=call.dropout, grad=call.grad,
+                               **({} if call.steps is None else {"steps": call.steps}))
             results = tuple(_tensor(run.outputs[n]) for n in call.outputs) + tuple(
                 _tensor(run.state[n]) for n in call.finals)
         call.run = run            # for setup_context: one Call an apply
@@ -340,7 +343,8 @@ def reverse_in_lengths(seq: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 # is no graph it can take: it runs eagerly, a graph break, and the model around it compiles
 @torch.compiler.disable
 def run_cell(cell: Cell, inputs: dict, state: dict, params: dict, lengths=None,
-             reverse: bool = False, dropout: int | None = None) -> tuple[dict, dict]:
+             reverse: bool = False, dropout: int | None = None,
+             steps: int | None = None) -> tuple[dict, dict]:
     """One direction of a cell over time-major tensors: (outputs, final states), by name.
 
     `inputs` maps input names to (T, B, ...) tensors (an `input once` to (B, ...));
@@ -348,12 +352,17 @@ def run_cell(cell: Cell, inputs: dict, state: dict, params: dict, lengths=None,
     param. A reverse run feeds each sequence backwards from its own last step and gives
     its per-step outputs back in the original order (a `final` output is the reverse
     run's last step: the sequence's first). `dropout`: the seed of the spec's dropout
-    masks (None: every unit kept, as in evaluation)."""
+    masks (None: every unit kept, as in evaluation). `steps`: how many steps to run, where
+    every input is an `input once` (the cell refuses it otherwise)."""
     once = {d.name for d in cell.spec.inputs if d.once}
     finals = cell._final_outputs()
     order = None
-    if reverse:
-        T, B = next(t.shape[:2] for n, t in inputs.items() if n not in once)
+    if reverse and inputs:
+        per_step = [t for n, t in inputs.items() if n not in once]
+        if per_step:
+            T, B = per_step[0].shape[:2]
+        else:                         # every input once (B, size): T is `steps`
+            T, B = once_steps(cell.spec.name, steps), next(iter(inputs.values())).shape[0]
         if lengths is not None:       # checked before they index anything
             lengths = check_lengths(lengths, T, B)
         order = reversal(T, B, lengths).to(next(iter(inputs.values())).device)
@@ -363,7 +372,7 @@ def run_cell(cell: Cell, inputs: dict, state: dict, params: dict, lengths=None,
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     call = Call(cell, tuple(inputs), tuple(state), tuple(params),
                 tuple(o.name for o in cell.spec.outputs), state_names(cell), lengths, grad,
-                dropout)
+                dropout, steps)
     flat = CellFunction.apply(call, *tensors)
     outputs = dict(zip(call.outputs, flat))
     if order is not None:
@@ -432,15 +441,17 @@ class Module(torch.nn.Module):
     tensors over its arrays. Update params after backward, as optimisers do: one changed
     in place between a forward and its backward makes that backward raise.
 
-    `forward(x, state=None, lengths=None)`: x is a (T, B, I) tensor, or (B, T, I) with
-    batch_first; a cell with several inputs takes a dict of them (an `input once` as
-    (B, size), an `input token` as integer ids). `state`: a dict of (B, size) initial
-    states (missing ones start as the spec says; a bidirectional module's reverse states
-    are keyed `h_reverse`, ...). `lengths`: one int per sequence (after its end a
-    sequence's state is frozen and its outputs are 0; a reverse direction starts at each
-    sequence's own last step). Returns `(outputs, state)`: the output tensor where the
-    cell has one output, else a dict by name, (T, B, size) (batch_first: (B, T, size));
-    `state` the final states, a dict of (B, size) tensors.
+    `forward(x, state=None, lengths=None, steps=None)`: x is a (T, B, I) tensor, or
+    (B, T, I) with batch_first; a cell with several inputs takes a dict of them (an
+    `input once` as (B, size), an `input token` as integer ids). `state`: a dict of
+    (B, size) initial states (missing ones start as the spec says; a bidirectional
+    module's reverse states are keyed `h_reverse`, ...). `lengths`: one int per sequence
+    (after its end a sequence's state is frozen and its outputs are 0; a reverse
+    direction starts at each sequence's own last step). `steps`: how many steps to run,
+    for a cell whose inputs are all `input once` (no sequence to take T from). Returns
+    `(outputs, state)`: the output tensor where the cell has one output, else a dict by
+    name, (T, B, size) (batch_first: (B, T, size)); `state` the final states, a dict of
+    (B, size) tensors.
 
     direction: "forward", "reverse" (each sequence read backwards; outputs in the
     original order) or "bidirectional" (both, outputs concatenated on the feature axis,
@@ -459,6 +470,8 @@ class Module(torch.nn.Module):
         if direction not in DIRECTIONS:
             raise BindError(f"direction {direction!r} is not one of: " + ", ".join(DIRECTIONS))
         self.cell_class = load(spec_path, target=target, cell=cell)
+        if direction == "bidirectional":
+            refuse_reverse_names(self.cell_class.spec)
         self.target, self.batch_first, self.direction = target, bool(batch_first), direction
         np_dtype = numpy_dtype(dtype)
         self._cells: dict[tuple[str, str], Cell] = {}
@@ -555,7 +568,8 @@ class Module(torch.nn.Module):
         return self._cells[key]
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x, state: Mapping[str, torch.Tensor] | None = None, lengths=None):
+    def forward(self, x, state: Mapping[str, torch.Tensor] | None = None, lengths=None,
+                steps: int | None = None):
         spec = self.cell_class.spec
         params = {d.name: self.param(d.name) for d in spec.params}
         dtype = self._dtype(params)
@@ -567,7 +581,7 @@ class Module(torch.nn.Module):
             mine = {n + suffix: self.param(n + suffix) for suffix, _ in self.runs
                     for n in params}
             o, finals = run_cell(self._cell(dtype, "both"), inputs, state, mine, lengths,
-                                 dropout=dropout_seed(self, spec))
+                                 dropout=dropout_seed(self, spec), steps=steps)
             outs.append(o)
         for suffix, reverse in self.runs if not outs else ():
             cell = self._cell(dtype, suffix)
@@ -575,7 +589,7 @@ class Module(torch.nn.Module):
             given = {d.name: state[d.name + suffix] for d in spec.states
                      if d.name + suffix in state}
             o, f = run_cell(cell, inputs, given, mine, lengths, reverse,
-                            dropout_seed(self, spec))
+                            dropout_seed(self, spec), steps)
             outs.append(o)
             finals.update({n + suffix: v for n, v in f.items()})
         outputs = self._joined(outs)

@@ -128,9 +128,20 @@ class LayerChecks:
                         if d.once), None)
         if problem is None and sub.dropouts:
             problem = "it has dropout sites"
+        hint = "a layer run over whole sequences takes per-step inputs"
+        if problem is None and stmt.direction == "bidirectional":
+            # the reverse direction's copies are named NAME_reverse (cells/directions.py)
+            for what, decls in (("param", sub.params), ("state", sub.states)):
+                names = {d.name for d in decls}
+                clash = sorted(n for n in names if n + "_reverse" in names)
+                if clash:
+                    problem = (f"its {what} {clash[0]}_reverse would share its name with "
+                               f"the reverse direction's copy of {what} {clash[0]}")
+                    hint = f"rename {clash[0]}_reverse in cell '{sub.name}'"
+                    break
         if problem is not None:
             self.error(f"cell '{sub.name}' cannot be a {stmt.direction} layer: {problem}",
-                       stmt.cell_span, "a layer run over whole sequences takes per-step inputs")
+                       stmt.cell_span, hint)
             return
         both = stmt.direction == "bidirectional"
         outputs: dict[str, ast.Expr] = {}

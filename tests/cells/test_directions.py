@@ -274,6 +274,35 @@ def test_directions_are_checked():
     assert type(Cls(I=I, H=H, direction="forward")) is Cls
 
 
+def test_a_bidirectional_cell_cannot_name_two_arrays_alike(tmp_path):
+    """A spec with W and W_reverse: the reverse direction's copy of W is W_reverse, so one
+    array stood for two (weights tied without a word) and a final state was lost."""
+    spec = tmp_path / "clash.rnn"
+    spec.write_text("cell Clash {\n  dims I, H\n  input x[I]\n  state h[H]\n"
+                    "  param W[H, I], W_reverse[H, H]\n  h' = tanh(W @ x + W_reverse @ h)\n"
+                    "  output h'\n}\n")
+    Cls = rnndsl.load(spec, target="interp")
+    with pytest.raises(BindError, match="Clash cannot run bidirectional: its param W_reverse "
+                                        "would share its name with the reverse direction's "
+                                        "copy of param W"):
+        Cls(I=2, H=2, direction="bidirectional")
+    assert sorted(Cls(I=2, H=2, direction="reverse").params) == ["W", "W_reverse"]
+
+
+def test_a_cell_that_has_run_can_be_deep_copied():
+    """copy.deepcopy of a cell after a forward failed: it memoises a read-only mapping
+    (cannot pickle 'mappingproxy'); torch's parametrized modules deep-copy their cells."""
+    import copy
+    cell = rnndsl.load(SPECS / "gru.rnn", target="interp")(I=I, H=H, dtype=np.float64)
+    x = _x()
+    before = cell.forward(x).outputs["h"]
+    twin = copy.deepcopy(cell)
+    np.testing.assert_array_equal(twin.forward(x).outputs["h"], before)
+    twin.params["W_z"][...] = 0             # a copy: the original keeps its weights
+    assert not np.array_equal(twin.forward(x).outputs["h"], before)
+    np.testing.assert_array_equal(cell.forward(x).outputs["h"], before)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None,
                     reason="numba-cuda is not installed")
 def test_the_cuda_target_runs_both_directions_on_host_arrays():

@@ -24,6 +24,7 @@ from jax.test_util import check_grads  # noqa: E402
 import rnndsl  # noqa: E402
 import rnndsl.jax as rj  # noqa: E402
 from rnndsl.core.errors import BindError  # noqa: E402
+from tiny_cells import GENERATOR  # noqa: E402  (tests/ is on sys.path)
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 T, B = 4, 3
@@ -320,6 +321,9 @@ def test_vmap_runs_the_cell_once_per_element(x64):
     (lambda p, x: ({**p, "b_h": p["b_h"].astype(np.float32)}, x), "is float32"),
     (lambda p, x: (p, x[..., :2]), "input x has shape (4, 3, 2)"),
     (lambda p, x: (p, {"x": x, "z": x}), "unknown z"),
+    # refused by the cell inside the callback, a JaxRuntimeError, until checked here
+    (lambda p, x: (p, x[:0]), "the inputs have T = 0, B = 3: a sequence needs T >= 1"),
+    (lambda p, x: (p, x[:, :0]), "the inputs have T = 4, B = 0"),
 ])
 def test_mistakes_are_bind_errors_at_trace_time(x64, change, message):
     cell = make("elman")
@@ -361,16 +365,7 @@ cell Classifier {
   h' = tanh(W @ x + U @ h)
   final y = V @ h'
 }
-
-cell Generator {
-  dims Z, H
-  input once z[Z]
-  state h[H]
-  param W[H, Z], U[H, H], v[1, H]
-  h' = tanh(W @ z + U @ h)
-  output y = v @ h'
-}
-"""
+""" + GENERATOR
 
 
 @pytest.mark.parametrize("name, dims", [("Classifier", {"I": 3, "H": 4, "K": 2}),

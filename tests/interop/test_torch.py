@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 
 import rnndsl  # noqa: E402
 import rnndsl.torch as rt  # noqa: E402
+from tiny_cells import GENERATOR  # noqa: E402  (tests/ is on sys.path)
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = REPO / "specs"
@@ -273,6 +274,61 @@ def test_mistakes_are_rnndsl_errors():
         m(np.zeros((T, B, 2), np.float32))
     with pytest.raises(rnndsl.BindError, match="shape"):      # the cell's own check
         m(torch.zeros(T, B, 5))
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_a_cell_of_input_once_only_runs_for_steps(tmp_path, direction):
+    """Module.forward had no steps=: such a cell could not run (its error advised a
+    steps= that forward refused), and in reverse a bare StopIteration. Now it runs for
+    `steps`, as the cell's own forward does, gradients included."""
+    spec = tmp_path / "gen.rnn"
+    spec.write_text(GENERATOR)
+    m = rt.Module(spec, target="interp", dtype=torch.float64, direction=direction, Z=2, H=3)
+    z = torch.randn(B, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with pytest.raises(rnndsl.BindError, match="say how many steps to run with steps=T"):
+        m(z)
+    cell = rnndsl.load(spec, target="interp")(Z=2, H=3, dtype=np.float64,
+                                               direction=direction)
+    for name, p in m.named_parameters():
+        cell.params[name][...] = p.detach().numpy()
+    lengths = [1, 4, 2]
+    y, state = m(z, steps=4, lengths=lengths)
+    run = cell.forward(z.numpy(), steps=4, lengths=lengths)
+    assert y.shape == run.outputs["y"].shape == (4, B, 2 if direction == "bidirectional"
+                                                  else 1)
+    np.testing.assert_array_equal(y.detach().numpy(), run.outputs["y"])
+    assert sorted(state) == sorted(run.state)
+    for name in state:
+        np.testing.assert_array_equal(state[name].detach().numpy(), run.state[name])
+    assert torch.autograd.gradcheck(lambda z: m(z, steps=3, lengths=[3, 1, 2])[0],
+                                    (z.requires_grad_(True),))
+
+
+def test_a_bidirectional_module_cannot_name_two_params_alike(tmp_path):
+    spec = tmp_path / "clash.rnn"
+    spec.write_text("cell Clash {\n  dims I, H\n  input x[I]\n  state h[H]\n"
+                    "  param W[H, I], W_reverse[H, H]\n  h' = tanh(W @ x + W_reverse @ h)\n"
+                    "  output h'\n}\n")
+    with pytest.raises(rnndsl.BindError, match="its param W_reverse would share its name"):
+        rt.Module(spec, target="interp", direction="bidirectional", I=2, H=2)
+
+
+def test_a_parametrized_module_deep_copies_after_it_has_run():
+    """torch's parametrize (weight_norm, orthogonal) deep-copies a module's __dict__,
+    the cells it caches with it: that failed once a forward had run (cannot pickle
+    'mappingproxy'), and EMA or AveragedModel copies of such a model with it."""
+    import copy
+    from torch.nn.utils.parametrizations import orthogonal
+    m = rt.Module(SPECS / "lstm.rnn", target="interp", dtype=torch.float64, I=2, H=3)
+    orthogonal(m, "U_f")
+    x = torch.randn(T, B, 2, dtype=torch.float64)
+    with torch.no_grad():
+        y = m(x)[0]
+    twin = copy.deepcopy(m)
+    with torch.no_grad():
+        assert torch.equal(twin(x)[0], y)
+        twin.W_i.zero_()
+        assert not torch.equal(twin(x)[0], y) and torch.equal(m(x)[0], y)
 
 
 def test_bad_lengths_are_refused_before_they_index_anything():

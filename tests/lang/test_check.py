@@ -891,6 +891,17 @@ def test_cell_names_must_make_python_classes(name):
     assert d.message.startswith(f"'{name}' cannot name a cell")
 
 
+@pytest.mark.parametrize("name", ["range", "max", "len", "float"])
+def test_cell_names_must_not_hide_python_builtins(name):
+    """The generated module's kernels call `range(T)` and `max(...)`: a class named so
+    passed the checks and the build, and its kernels then failed to type in Numba."""
+    text = f"cell {name} {{\n  dims H\n  input x[H]\n  output y = softmax(x)\n}}\n"
+    d = error(text)
+    assert d.message == (f"'{name}' cannot name a cell: it is one of Python's builtins, "
+                         "which the generated module's code uses")
+    assert at(d) == (1, 6)
+
+
 def test_a_size_that_can_be_zero_is_checked_when_bound():
     import numpy as np
     import rnndsl
@@ -979,3 +990,26 @@ def test_a_direction_word_cannot_name_a_cell(name):
                                          "would read as the direction"):
         checked(cell("dims H", "input x[H]", "output y = x", name=name))
 
+
+
+@pytest.mark.parametrize("decls, what", [
+    ("state h[H]\n  param W[H, I], W_reverse[H, H]\n  h' = tanh(W @ x + W_reverse @ h)",
+     "param W_reverse"),
+    ("state h[H], h_reverse[H]\n  param W[H, I]\n  h' = tanh(W @ x + h)\n"
+     "  h_reverse' = tanh(h_reverse)", "state h_reverse"),
+])
+def test_a_bidirectional_layer_cannot_name_two_arrays_alike(decls, what):
+    """The reverse direction's copy of W is l.W_reverse: a cell that already has a
+    W_reverse ran with the two tied into one array (and a final state lost)."""
+    text = ("cell Clash {\n  dims I, H\n  input x[I]\n  " + decls + "\n  output h'\n}\n"
+            "cell Net {\n  dims I, H\n  input x[I]\n"
+            "  layer l = bidirectional Clash(I = I, H = H)\n  output y = l(x)\n}\n")
+    from rnndsl.lang.specfile import read_spec
+    with pytest.raises(CheckError) as info:
+        read_spec("net.rnn", text)
+    found = [d for d in info.value.diagnostics if "cannot be a bidirectional layer" in d.message]
+    assert len(found) == 1
+    assert found[0].message.endswith(f"its {what} would share its name with the reverse "
+                                     f"direction's copy of {what[:-8]}")
+    assert found[0].span.line == text.split("\n").index(
+        "  layer l = bidirectional Clash(I = I, H = H)") + 1

@@ -17,7 +17,7 @@ from rnndsl.train.losses import binary_cross_entropy, softmax_cross_entropy
 from rnndsl.train.optim import SGD, Adam
 from rnndsl.train.trainer import Trainer
 
-from tiny_cells import TINY  # noqa: E402  (tests/ is on sys.path)
+from tiny_cells import GENERATOR, TINY  # noqa: E402  (tests/ is on sys.path)
 # A second input as a dropout mask would be: the trainer passes it through untouched.
 MASKED = """
 cell Masked {
@@ -367,15 +367,7 @@ def test_an_input_once_fed_as_x_carries_the_state_as_any_input():
 def test_a_one_to_many_cell_trains_for_as_many_steps_as_its_targets():
     """A cell whose inputs are all `input once` needs steps=T; the trainer takes T from
     the targets (it had no way to pass it)."""
-    Gen = rnndsl.load_text("""
-cell Generator {
-  dims Z, H
-  input once z[Z]
-  state h[H]
-  param W[H, Z], U[H, H], v[1, H]
-  h' = tanh(W @ z + U @ h)
-  output y = v @ h'
-}""", target="interp")
+    Gen = rnndsl.load_text(GENERATOR, target="interp")
     cell = Gen(Z=2, H=5, dtype=np.float64, seed=0)
     z, y = np.ones((3, 2)), np.full((4, 3, 1), 0.5)
     trainer = Trainer(cell, loss="mse", optimizer=SGD(0.1))
