@@ -107,6 +107,11 @@ def _carried_elsewhere(files: dict[str, str] | None, target: Path, name: str) ->
     return Path(found[0]) if len(found) == 1 else None
 
 
+# how deep `use` chains may go (a file that uses one that uses one ...): far past any
+# real spec, and well within Python's recursion limit, which reading each level spends
+MAX_USE_DEPTH = 100
+
+
 def read_spec(path: str | Path, text: str | None = None, _stack: tuple = (),
               files: dict[str, str] | None = None) -> SpecFile:
     """Read, parse and check a spec file and the files it uses. A `use` names a file in
@@ -147,13 +152,20 @@ def read_spec(path: str | Path, text: str | None = None, _stack: tuple = (),
                     looked += f", then for the shipped spec {shipped}"
                     hint += ("; a bare file name not found there is looked for among the "
                              "specs shipped with rnndsl")
-                what = "a folder, not a .rnn file" if target.is_dir() else "no such file"
+                what = ("a folder, not a .rnn file" if target.is_dir() else
+                        "not a regular file (a device, pipe or socket)" if target.exists()
+                        else "no such file")
                 errors.append(Diagnostic(f"cannot use '{use.path}': {what} "
                                          f"(looked for {looked})", source, use.span, hint))
                 continue
             target = shipped
         if target.resolve() in _stack + (here,):
             errors.append(Diagnostic(f"'{use.path}' is already being read: a cycle of uses",
+                                     source, use.span))
+            continue
+        if len(_stack) + 1 >= MAX_USE_DEPTH:   # each level is Python frames of reading
+            errors.append(Diagnostic(f"cannot use '{use.path}': files use one another "
+                                     f"{MAX_USE_DEPTH} deep here, the most rnndsl follows",
                                      source, use.span))
             continue
         try:

@@ -173,7 +173,9 @@ def _read(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}" + (
-            ": it is a folder" if path.is_dir() else " (no such file)"))
+            ": it is a folder" if path.is_dir() else
+            ": it is not a regular file (a device, pipe or socket)" if path.exists() else
+            " (no such file)"))
     not_ours = CheckpointError(f"{path} is not an rnndsl checkpoint (no rnndsl header): "
                                "checkpoints are written by rnndsl train or "
                                "rnndsl.train.checkpoint.save")

@@ -775,6 +775,34 @@ def test_a_cycle_of_uses(tmp_path):
     assert at(d) == (2, 1)
 
 
+def test_a_chain_of_uses_too_deep_to_follow_is_placed(tmp_path):
+    """Files using one another about 1,000 deep ran Python out of stack: an internal
+    error (RecursionError in the AST builder). The chain stops, placed, at 100."""
+    from rnndsl.lang.specfile import MAX_USE_DEPTH
+    n = 300
+    for i in range(n):
+        (tmp_path / f"f{i}.rnn").write_text(
+            (f'use "f{i + 1}.rnn"\n' if i + 1 < n else "")
+            + cell("dims H", "input x[H]", "output y = x", name=f"C{i}"))
+    with pytest.raises(CheckError) as info:
+        read_spec(tmp_path / "f0.rnn")
+    (d,) = info.value.diagnostics
+    last = MAX_USE_DEPTH - 1
+    assert d.message == (f"cannot use 'f{last + 1}.rnn': files use one another "
+                         f"{MAX_USE_DEPTH} deep here, the most rnndsl follows")
+    assert d.source.path == str(tmp_path / f"f{last}.rnn") and at(d) == (1, 1)
+    assert f"C{n - 1}" in read_spec(tmp_path / f"f{n - MAX_USE_DEPTH}.rnn").used  # 99 deep
+
+
+def test_a_used_file_that_is_no_regular_file_is_named_so(tmp_path):
+    """`use "f.rnn"` where f.rnn is a FIFO said "no such file"."""
+    import os
+    os.mkfifo(tmp_path / "pipe.rnn")
+    (tmp_path / "a.rnn").write_text('use "pipe.rnn"\n' + ELMAN)
+    with pytest.raises(CheckError, match="cannot use 'pipe.rnn': not a regular file"):
+        read_spec(tmp_path / "a.rnn")
+
+
 def test_a_file_that_uses_itself(tmp_path):
     (tmp_path / "a.rnn").write_text('use "./a.rnn"\n' + ELMAN)
     with pytest.raises(CheckError, match="'./a.rnn' is already being read: a cycle of uses"):

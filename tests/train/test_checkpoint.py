@@ -175,6 +175,9 @@ def test_missing_and_corrupt_files(Mixer, tmp_path):
     np.savez(tmp_path / "plain.npz", W=np.zeros(3))
     with pytest.raises(CheckpointError, match="not an rnndsl checkpoint"):
         peek(tmp_path / "plain.npz")
+    with pytest.raises(CheckpointError, match="no checkpoint at /dev/null: it is not a "
+                                              "regular file"):     # it said "no such file"
+        peek("/dev/null")
 
 
 def _edited(path, tmp_path, edit):
