@@ -157,9 +157,16 @@ def cmd_graph(args) -> int:
         u = unroll(step, args.unroll)
         G, roots = u.graph, u.roots()
         title = f"{spec.name} unrolled over T={args.unroll}"
+        once = [d.name for d in spec.inputs if d.once]
+        if once:     # as the interpreter runs it (cells/modes.py): zeros after the first
+            title += f" (input once {', '.join(once)}: given at t=0, zeros after)"
+        finals = {o.name for o in spec.outputs if o.final}
         for name, seq in u.outputs.items():
             for t, nid in enumerate(seq):
-                results.setdefault(nid, []).append(f"output {name}[t={t}]")
+                # a `final` output is the one step where its sequence ends (lengths)
+                results.setdefault(nid, []).append(
+                    f"final {name} if the sequence ends at t={t}" if name in finals
+                    else f"output {name}[t={t}]")
         for name, nid in u.final_state.items():
             results.setdefault(nid, []).append(f"final {name}")
         forward_count = len(G)

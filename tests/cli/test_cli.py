@@ -105,6 +105,27 @@ def test_graph_writes_dot(tmp_path):
     assert "output y[t=2]" in unrolled.stdout and "d_W_hh" in unrolled.stdout
 
 
+def test_an_unrolled_graph_says_what_final_outputs_and_once_inputs_are(tmp_path):
+    """`--unroll 3` drew a `final` output as an output at every step, and an `input
+    once` as a fresh input at every step, neither what the cell computes."""
+    spec = tmp_path / "modes.rnn"
+    spec.write_text("cell Classifier {\n  dims I, H, K\n  input x[I]\n  state h[H]\n"
+                    "  param W[H, I], U[H, H], V[K, H]\n  h' = tanh(W @ x + U @ h)\n"
+                    "  final logits = V @ h'\n}\n"
+                    "cell Generator {\n  dims Z, H\n  input once z[Z]\n  state h[H]\n"
+                    "  param W[H, Z], U[H, H], v[1, H]\n  h' = tanh(W @ z + U @ h)\n"
+                    "  output y = v @ h'\n}\n")
+    done = rnndsl("graph", spec, "--cell", "Classifier", "--unroll", "3")
+    assert done.returncode == 0, done.stderr
+    assert "output logits" not in done.stdout
+    assert all(f"=> final logits if the sequence ends at t={t}" in done.stdout
+               for t in range(3))
+    done = rnndsl("graph", spec, "--cell", "Generator", "--unroll", "3")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith('digraph "Generator unrolled over T=3 (input once z: '
+                                  'given at t=0, zeros after)"')
+
+
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
 def test_graph_writes_svg(tmp_path):
     out = tmp_path / "lstm.svg"
