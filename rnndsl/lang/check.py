@@ -18,7 +18,8 @@ from dataclasses import replace
 from ..core.initialisers import INITIALISERS
 from . import ast
 from .check_layers import LayerChecks
-from .checked import CheckedCell, Constraint, Decl, Definition, OutputRef, SequenceLayer
+from .checked import (CheckedCell, Constraint, Decl, Definition, FailedCell, OutputRef,
+                      SequenceLayer, UsesFailedCell)
 from .checked import Poison as _Poison
 from .checked import arguments_text as _arguments
 from .checked import article as _a
@@ -30,7 +31,7 @@ from ..core.errors import CheckError, Diagnostic, Source, Span, Warnings, shorte
 from ..core.ops import BINARY_OPS, CONSTANT_ARGS, FUNCTIONS, Op, ShapeMismatch, infer
 from ..core.shapes import Dim, Type, shape_str
 
-__all__ = ["check", "CheckedCell", "Constraint", "Decl", "Definition", "OutputRef",
+__all__ = ["check", "CheckedCell", "Constraint", "Decl", "Definition", "FailedCell", "OutputRef",
            "KEYWORDS", "INITIALISERS", "RESERVED_CELL_NAMES",
            "RESERVED_DIM_NAMES"]
 
@@ -55,6 +56,7 @@ class _Checker(LayerChecks):
         self.dropout_sites: dict[str, tuple[str, float, Span]] = {}  # value -> mask, rate
         self.dropouts: list[tuple[str, float]] = []
         self.errors: list[Diagnostic] = []
+        self.uses_failed_cell = False     # a layer of a FailedCell: no error, but no cell
         self.warnings = Warnings()
         self.dims: dict[str, Span] = {}
         self.inputs: dict[str, Decl] = {}
@@ -586,6 +588,8 @@ class _Checker(LayerChecks):
         if self.errors:
             self.errors.sort(key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0))
             raise CheckError(self.errors)
+        if self.uses_failed_cell:
+            raise UsesFailedCell(self.cell.name)
         checked = CheckedCell(
             self.cell.name, self.source, tuple(self.dims), tuple(self.inputs.values()),
             tuple(self.states.values()), tuple(self.params.values()), tuple(definitions),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import ast
-from .checked import Constraint, Decl, SequenceLayer
+from .checked import Constraint, Decl, FailedCell, SequenceLayer
 from .checked import provably as _provably
 from .checked import suggest as _suggest
 from .checked import declare_dim_hint
@@ -31,6 +31,9 @@ class LayerChecks:
         self.layers[stmt.name] = None
         self.layer_spans[stmt.name] = stmt.span
         sub = self.library.get(stmt.cell)
+        if isinstance(sub, FailedCell):       # its own errors say what is wrong
+            self.uses_failed_cell = True
+            return
         if sub is None:
             if stmt.cell == self.cell.name:
                 self.error(f"cell '{stmt.cell}' cannot be a layer of itself", stmt.cell_span)

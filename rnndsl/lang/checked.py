@@ -133,3 +133,17 @@ def provably(size: Dim) -> int:
     if all(c <= 0 for c in coefs) and size.const + sum(coefs) < 0:
         return -1
     return 0
+
+
+class FailedCell:
+    """In a checker's library: a cell that is defined (in this file or a used one) but
+    failed its own checks, whose errors are reported where it is. A layer of it is then
+    no error of its own ("unknown cell"), only a cell that cannot be checked."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+class UsesFailedCell(Exception):
+    """A cell whose only fault is a layer of a FailedCell: it cannot be checked, and has
+    no error of its own to report (read_spec counts it failed too)."""

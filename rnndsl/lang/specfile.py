@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import ast
 from .check import CheckedCell, check
+from .checked import FailedCell, UsesFailedCell
 from ..core.errors import CheckError, Diagnostic, Source, SpecError, SpecFileError
 from ..core.files import undecodable_place
 
@@ -96,6 +97,17 @@ def _read(path: Path, shown: str) -> str:
             from None
 
 
+def _cell_names(path: Path, text: str | None) -> list[str]:
+    """The names of the cells a file defines, if it can be read and parsed (a file whose
+    check failed); none otherwise."""
+    from .parse import parse
+    try:
+        text = _read(path, str(path)) if text is None else text
+        return [c.name for c in parse(text.removeprefix("\ufeff"), str(path)).cells]
+    except (SpecError, SpecFileError):
+        return []
+
+
 def _carried_elsewhere(files: dict[str, str] | None, target: Path, name: str) -> Path | None:
     """With carried texts (a checkpoint's or a built module's) and none under `target`:
     the one carried path whose file name is the bare `name`. A shipped spec is carried
@@ -129,6 +141,7 @@ def read_spec(path: str | Path, text: str | None = None, _stack: tuple = (),
     module = parse(text, shown)
     errors: list[Diagnostic] = []
     used: dict[str, CheckedCell] = {}
+    failed: dict[str, FailedCell] = {}    # cells defined where an error was reported
     here = path.resolve()
     for use in module.uses:
         if not use.path.endswith(".rnn"):
@@ -172,6 +185,9 @@ def read_spec(path: str | Path, text: str | None = None, _stack: tuple = (),
             other = read_spec(target, (files or {}).get(str(target)), _stack + (here,), files)
         except SpecError as exc:
             errors.extend(exc.diagnostics)
+            # its cells are known, but failed: a layer of one here adds no error of its own
+            failed.update((name, FailedCell(name)) for name in
+                          _cell_names(target, (files or {}).get(str(target))))
             continue
         for name, c in {**other.used, **other.cells}.items():
             # one file reached by two paths (`../c.rnn` and `c.rnn`, a link) is one file
@@ -184,15 +200,17 @@ def read_spec(path: str | Path, text: str | None = None, _stack: tuple = (),
     cells: dict[str, CheckedCell] = {}
     warnings: list[Diagnostic] = []
     for cell in module.cells:
+        failed.pop(cell.name, None)
         if cell.name in cells or cell.name in used:
             where = "this file" if cell.name in cells else f"{used[cell.name].source.path}"
             errors.append(Diagnostic(f"cell '{cell.name}' is already defined in {where}",
                                      source, cell.name_span))
             continue
         try:
-            checked = check(cell, source, library={**used, **cells})
-        except SpecError as exc:
-            errors.extend(exc.diagnostics)
+            checked = check(cell, source, library={**failed, **used, **cells})
+        except (SpecError, UsesFailedCell) as exc:
+            errors.extend(getattr(exc, "diagnostics", ()))
+            failed[cell.name] = FailedCell(cell.name)
             continue
         cells[cell.name] = checked
         warnings.extend(checked.warnings)

@@ -32,6 +32,7 @@ from .lark_parser import span_of as _span_of
 
 MISSING_BRACE = "missing '}' at the end of the cell"
 UNCLOSED_PAREN = "unclosed parenthesis: expected ')'"
+OPERATOR_MISSING = "an operator is missing between two operands (a matrix product reads W @ x)"
 EXPRESSION = "expected an expression"
 
 # Canonical bad inputs, one list per labelled message. `_label` matches the parser state at
@@ -58,7 +59,7 @@ SYNTAX_EXAMPLES: dict[str, list[str]] = {
         "cell C { h' = max(a, b }",
     ],
     # two operands in a row inside parentheses: the ')' was not missing
-    "an operator is missing between two operands (a matrix product reads W @ x)": [
+    OPERATOR_MISSING: [
         "cell C { h' = tanh(W x) }",
         "cell C { h' = tanh(W x + h) }",
         "cell C { h' = (a b) }",
@@ -487,6 +488,30 @@ def _glued(seq: list[Token], error: int) -> tuple | None:
     return None
 
 
+# tokens that end an operand: a name, a number, a closing parenthesis, a state's prime
+_OPERAND_ENDS = _NUMBERS | {"NAME", "RPAR", "PRIME"}
+
+
+def _operands_in_a_row(seq: list[Token], error: int, states: dict) -> tuple | None:
+    """Two operands with no operator between them on one line, outside parentheses
+    (`h' = W x + h`): the parser ends the equation after the first and reads the second
+    as the name that starts the next statement, which then lacks its '='. Unless what
+    follows that name is a '=' or a "'" (a next statement indeed, on the same line).
+    (Inside parentheses the parser stops at the second operand: OPERATOR_MISSING.)"""
+    k = error - 1
+    if k < 1 or k not in states or seq[error].type in ("EQUAL", "PRIME"):
+        return None
+    first, second = seq[k - 1], seq[k]
+    if second.type != "NAME" or first.type not in _OPERAND_ENDS \
+            or second.line != first.end_line or "RBRACE" not in states[k].accepts():
+        return None
+    if str(first) in _keywords() or str(second) in _keywords():
+        return None     # a keyword the parser took for a name: _keyword_read_as_name's
+    return (f"{OPERATOR_MISSING} (found '{second}')", _between(first, second),
+            f"without one the equation ends at '{first}', and '{second}' reads as the start "
+            "of the next statement")
+
+
 def _keyword_read_as_name(seq: list[Token], error: int, states: dict) -> tuple | None:
     """A keyword the parser had to take for a name, because the statement before it was
     unfinished (`h' =` and then `output h'`), or because no statement starts with it (`use`
@@ -553,5 +578,6 @@ def _misread(text: str, exc: lark.exceptions.UnexpectedToken) -> tuple | None:
     tokens before its error; None if there is none."""
     taken, states = _replay(text)
     seq, error = [*taken, exc.token], len(taken)
-    return (_glued(seq, error) or _keyword_updated(seq, error)
+    return (_glued(seq, error) or _operands_in_a_row(seq, error, states)
+            or _keyword_updated(seq, error)
             or _keyword_read_as_name(seq, error, states) or _continued_line(seq, error, states))

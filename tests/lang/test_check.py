@@ -803,6 +803,35 @@ def test_a_used_file_that_is_no_regular_file_is_named_so(tmp_path):
         read_spec(tmp_path / "a.rnn")
 
 
+BROKEN_SUB = cell("dims I, H", "input x[I]", "state h[H]", "param W[H, I]",
+                  "h' = tanh(W @ x + q)", "output h'", name="Sub")
+USES_SUB = cell("dims I, H", "input x[I]", "layer l = Sub(I = I, H = H)", "output y = l(x)",
+                name="Top")
+
+
+@pytest.mark.parametrize("where", ["used file", "same file"])
+def test_a_layer_of_a_cell_that_failed_adds_no_error_of_its_own(tmp_path, where):
+    """A cell with an error, used as a layer: its error was followed by "unknown cell
+    'Sub'" at the layer, a second error for the same fault, which pointed away from it."""
+    if where == "used file":
+        (tmp_path / "sub.rnn").write_text(BROKEN_SUB)
+        (tmp_path / "top.rnn").write_text('use "sub.rnn"\n' + USES_SUB)
+    else:
+        (tmp_path / "top.rnn").write_text(BROKEN_SUB + USES_SUB)
+    with pytest.raises(CheckError) as info:
+        read_spec(tmp_path / "top.rnn")
+    (d,) = info.value.diagnostics
+    assert d.message == "unknown name 'q'"
+    assert d.source.path.endswith("sub.rnn" if where == "used file" else "top.rnn")
+    # a misspelt cell is still unknown, and named
+    (tmp_path / "top.rnn").write_text(
+        BROKEN_SUB + USES_SUB.replace("= Sub(", "= Subb(").replace("Top", "Top2"))
+    with pytest.raises(CheckError) as info:
+        read_spec(tmp_path / "top.rnn")
+    assert [d.message for d in info.value.diagnostics] == ["unknown name 'q'",
+                                                          "unknown cell 'Subb'"]
+
+
 def test_a_file_that_uses_itself(tmp_path):
     (tmp_path / "a.rnn").write_text('use "./a.rnn"\n' + ELMAN)
     with pytest.raises(CheckError, match="'./a.rnn' is already being read: a cycle of uses"):

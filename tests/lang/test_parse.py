@@ -341,6 +341,7 @@ INIT = ("an initialiser follows `~`: a number, or a name like `glorot` or "
 USE = "`use` takes a quoted path: `use \"other.rnn\"`"
 MISSING_BRACE = "missing '}' at the end of the cell"
 DECLARATION = "a declaration needs at least one name, like `dims I, H` or `input x[I]`"
+OPERATOR = "an operator is missing between two operands (a matrix product reads W @ x)"
 TRAILING = "a name must follow the ',': remove a trailing ','"
 
 # (label, text, line, column, what the message says was found)
@@ -528,6 +529,14 @@ MISREAD = [
      "a function is called with parentheses: tanh(x)", 2, 11, None),
     ("cell A { a = sigmoid b\n  output a }",
      "a function is called with parentheses: sigmoid(b)", 1, 14, None),
+    # two operands in a row outside parentheses: "expected '=' after the name", with a
+    # hint about the line before, where the mistake is on this one
+    ("cell A {\n  h' = W x + h\n}", f"{OPERATOR} (found 'x')", 2, 8,
+     "without one the equation ends at 'W', and 'x' reads as the start of the next "
+     "statement"),
+    ("cell A {\n  h' = tanh(W @ x) h\n  output h'\n}", f"{OPERATOR} (found 'h')", 2, 18,
+     "without one the equation ends at ')', and 'h' reads as the start of the next "
+     "statement"),
     ("cell A {\n  a =\n  output a\n}",
      f"{EXPRESSION} (found the keyword 'output')", 2, 5, f"'output' {ENDS_EARLY}"),
     ("cell A {\n  state h[H]\n  h' = tanh(h) +\n  output h'\n}",
