@@ -303,9 +303,9 @@ class Cell:
         return dict(given)
 
     def __getstate__(self):
-        """What `copy.deepcopy` (and pickle) copies: the cell less what it memoises from
-        its spec on first use (a read-only mapping, which cannot be copied), made again
-        by the copy."""
+        """What `copy.deepcopy` (and pickle, for a class importable by name: a built
+        module's) copies: the cell less what it memoises from its spec on first use (a
+        read-only mapping, which cannot be copied), made again by the copy."""
         state = dict(self.__dict__)
         for memo in ("_hidden_inputs", "_user_inputs"):
             state.pop(memo, None)
@@ -487,6 +487,13 @@ class Cell:
             self._array(f"param {d.name}", self.params.get(d.name), self._size(d),
                         str(list(self._size(d))), finite=False)
 
+    # how a param of this cell is named to its user: as in its spec, unless the cell runs
+    # inside a two-way or network cell, which names it so (`U_i_reverse`, `l1.U_i`)
+    param_names_shown = "{}"
+
+    def param_label(self, name: str) -> str:
+        return self.param_names_shown.format(name)
+
     def _seen(self, params: Mapping[str, Any], inputs: Mapping[str, Any],
               fingerprints) -> Seen | None:
         """The params and the caller's inputs as this forward reads them (not the hidden
@@ -498,7 +505,8 @@ class Cell:
         if names is None:
             read = tuple(d.name for d in self.spec.params), tuple(
                 d.name for d in self.spec.inputs if d.name not in self.hidden_inputs)
-            names = self._seen_names = read + (tuple(f"param {n}" for n in read[0])
+            names = self._seen_names = read + (tuple(f"param {self.param_label(n)}"
+                                                     for n in read[0])
                                                + tuple(f"input {n}" for n in read[1]),)
         arrays = tuple([params[n] for n in names[0]] + [inputs[n] for n in names[1]])
         return Seen(names[2], arrays, fingerprints)
@@ -629,12 +637,14 @@ class Cell:
             x = {user[0].name: x}
         given = self._named("input", x, tuple(user))
         per_step = [d for d in user if not d.once and d.name in given]
+        rows = None             # B, from the sequences (else from the first `once` input)
         if per_step:
             first = given[per_step[0].name]
             # a sequence: (T, B, size), or a token input's ids (T, B)
             seq_ndim = (2, 3) if per_step[0].token else (3,)
             T = first.shape[0] if isinstance(first, np.ndarray) and first.ndim in seq_ndim \
                 else None
+            rows = first.shape[1] if T is not None else None
             if steps is not None and steps != T:
                 raise BindError(f"steps={steps}, but input {per_step[0].name} has T = {T}")
         else:
@@ -650,8 +660,10 @@ class Cell:
                 raise BindError(f"{what} has shape {value.shape}; expected {layout}"
                                 + (f" (read at the first step), not a (T, B, {size[0]}) "
                                    "sequence" if value.ndim == 3 else ""))
-            B = value.shape[0] if isinstance(value, np.ndarray) else 0
-            value = self._array(what, value, (B,) + size, layout)
+            if rows is None:
+                rows = value.shape[0] if isinstance(value, np.ndarray) else 0
+            # checked as given, (B, size), before it is spread over the T steps
+            value = self._array(what, value, (rows,) + size, layout)
             seq = np.zeros((int(T),) + value.shape, self.dtype)
             seq[0] = value
             out[d.name] = seq
@@ -716,6 +728,7 @@ class Cell:
             twin._token = object()
             self._twin_cell = twin
         twin.params = self.params
+        twin.param_names_shown = self.param_names_shown
         return twin
 
     @classmethod
@@ -768,6 +781,30 @@ def once_steps(cell_name: str, steps) -> int:
         raise BindError(f"{cell_name}'s inputs are all 'input once': say how many steps to "
                         f"run with steps=T (a positive int), got {steps!r}")
     return int(steps)
+
+
+def check_param_table(cell_name: str, params, shapes: Mapping[str, tuple], dtype) -> None:
+    """A two-way or network cell's params, by the names its users see (`W_i_reverse`,
+    `l1.W_i`): a dict holding exactly those names (a misspelt one would be ignored, the
+    model running on the old values), each an array of its shape and the cell's dtype.
+    Checked here, before the inner cells would say it in their own names."""
+    if not isinstance(params, Mapping):
+        raise BindError(f"{cell_name}'s params must be a dict keyed by param name, got "
+                        f"{type(params).__name__}")
+    for name, shape in shapes.items():      # the common case, all as expected, quickly
+        p = params.get(name)
+        if type(p) is not np.ndarray or p.dtype != dtype or p.shape != shape:
+            break
+    else:
+        if len(params) == len(shapes):
+            return
+    unknown = sorted(set(params) - set(shapes), key=str)
+    if unknown:
+        raise BindError(f"{cell_name} has no param {', '.join(map(str, unknown))}; its "
+                        f"params are: {', '.join(shapes)}")
+    for name, shape in shapes.items():
+        checked_array(f"param {name}", params.get(name), shape, str(list(shape)), dtype,
+                      finite=False)
 
 
 def checked_array(what: str, value, shape: tuple[int, ...], layout: str, dtype,

@@ -196,7 +196,8 @@ class CompiledCell(ReusedBuffers, Cell):
         if names is False:
             args = [tuple(a) for a in self.meta["forward_args"]]
             names = self._kernel_seen_names = (
-                tuple(f"{a[0]} {a[1]}" for a in args if a[0] in ("param", "input"))
+                tuple(f"param {self.param_label(a[1])}" if a[0] == "param" else
+                      f"{a[0]} {a[1]}" for a in args if a[0] in ("param", "input"))
                 if ("seen",) in args else None)
         return None if names is None or getattr(_NO_GRAD, "on", False) else names
 

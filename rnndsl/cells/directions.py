@@ -32,7 +32,7 @@ import numpy as np
 
 from ..core.errors import BindError, TargetError
 from .base import DIRECTIONS  # noqa: F401  (for importers)
-from .base import Cell, Grads, Run, checked_array, once_steps
+from .base import Cell, Grads, Run, check_param_table, checked_array, once_steps
 
 REVERSE = "_reverse"       # the reverse direction's names: NAME_reverse, as torch's
 
@@ -95,16 +95,22 @@ class Directional:
         self.params: dict[str, np.ndarray] = {}
         for k, (suffix, reverse) in enumerate(runs):
             cell = cls(dtype=dtype, seed=None if seed is None else seed + k, **dims)
+            cell.param_names_shown = "{}" + suffix      # its errors name U_i_reverse
             self.cells.append((suffix, reverse, cell))
             for name, value in cell.params.items():
                 self.params[name + suffix] = value
         first = self.cells[0][2]
         self.dtype, self.dims, self.seed = first.dtype, first.dims, seed
-        self.hidden_inputs = first.hidden_inputs
+        self._param_shapes = {name: value.shape for name, value in self.params.items()}
 
     def __repr__(self) -> str:
         dims = ", ".join(f"{k}={v}" for k, v in self.dims.items())
         return f"<{self.spec.name}({dims}) direction={self.direction!r}, {self.target}>"
+
+    @property
+    def hidden_inputs(self):
+        """The inputs the runtime fills (dropout masks, the length mask): the cell's."""
+        return self.cells[0][2].hidden_inputs
 
     # ------------------------------------------------------------------ forward
     def _bound(self, suffix: str, cell: Cell) -> Cell:
@@ -132,6 +138,23 @@ class Directional:
         """Cell.initial_state: each direction's, under its names (`h`, `h_reverse`)."""
         return {name + suffix: value for suffix, _, cell in self.cells
                 for name, value in self._bound(suffix, cell).initial_state(B).items()}
+
+    def _check_params(self) -> None:
+        """Every param by the names users see (`W_i_reverse`), before a direction's cell
+        would name it without its suffix; a misspelt name refused, not ignored."""
+        check_param_table(f"{self.spec.name} ({self.direction})", self.params,
+                          self._param_shapes, self.dtype)
+
+    def _check_states(self, state, B: int) -> None:
+        """Each given initial state's shape, by the name given (`h_reverse`)."""
+        first = self.cells[0][2]
+        for d in self.spec.states:
+            for suffix, _, _ in self.cells:
+                if state is not None and d.name + suffix in state:
+                    shape = (B,) + first._size(d)
+                    checked_array(f"state {d.name}{suffix}", state[d.name + suffix], shape,
+                                  "(B" + "".join(f", {n}" for n in shape[1:]) + ")",
+                                  self.dtype)
 
     def _split_state(self, state, suffix: str):
         if state is None:
@@ -179,6 +202,7 @@ class Directional:
         if self.target == "cuda":
             self._refuse_device_arrays(x, state)
         T, B = self._T_B(x, steps)
+        self._check_params()
         if lengths is not None:
             from .modes import check_lengths
             lengths = check_lengths(lengths, T, B)
@@ -193,6 +217,7 @@ class Directional:
             elif k and isinstance(dropout, (int, np.integer)) and not isinstance(dropout, bool):
                 drop = dropout + k
             calls.append((cell, xs, self._split_state(state, suffix), drop))
+        self._check_states(state, B)
         runs = _run_all([lambda c=c: c[0].forward(c[1], c[2], lengths=lengths, dropout=c[3],
                                                   steps=steps, grad=grad)
                          for c in calls], self.target)

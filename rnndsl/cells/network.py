@@ -25,7 +25,7 @@ from ..core.errors import BindError
 from ..lang import ast
 from ..lang.checked import CheckedCell
 from ..lang.network import LayerRun, Network, Segment, split
-from .base import Cell, Grads, Run
+from .base import Cell, Grads, Run, check_param_table
 from .directions import REVERSE, known_cotangents
 
 
@@ -132,6 +132,8 @@ class NetworkCell:
 
     _check_dims = classmethod(Cell._check_dims.__func__)
     _size = Cell._size
+    _token_input = Cell._token_input         # ids checked and made one-hot rows,
+    _token_form = Cell._token_form           # for a layer run whose cell takes vectors
 
     def __init__(self, dtype=np.float32, seed: int | None = 0, direction: str = "forward",
                  **dims):
@@ -154,9 +156,19 @@ class NetworkCell:
                 sizes = {n: size.evaluate(self.dims) for n, size in part.layer.sizes}
                 cell = cls(dtype=self.dtype, seed=part_seed, direction=part.layer.direction,
                            **sizes)
+                for inner in [c for _, _, c in getattr(cell, "cells", ())] or [cell]:
+                    # its errors name the network's param (l1.U_i_reverse)
+                    inner.param_names_shown = (f"{part.layer.name}."
+                                               + inner.param_names_shown)
                 for name, value in cell.params.items():
                     self.params[f"{part.layer.name}.{name}"] = value
             self.parts.append(cell)
+        self._param_shapes = {name: value.shape for name, value in self.params.items()}
+
+    def _check_params(self) -> None:
+        """Every param by the network's names (`l1.W_i_reverse`, `W_y`), before a part
+        would name it in its own; a misspelt name refused, not ignored."""
+        check_param_table(self.spec.name, self.params, self._param_shapes, self.dtype)
 
     def __repr__(self) -> str:
         dims = ", ".join(f"{k}={v}" for k, v in self.dims.items())
@@ -232,11 +244,13 @@ class NetworkCell:
             if unknown:
                 raise BindError(f"{self.spec.name} has no state {', '.join(unknown)}; its "
                                 f"states are {', '.join(sorted(known))}")
+        self._check_params()
         values: dict[Any, np.ndarray] = self._inputs(x)
         runs, finals = [], {}
         for k, part in enumerate(self.network.parts):
             cell = self.part_cell(k)
-            given = {local: values[v] for local, v in part.inputs}
+            given = {local: self._part_input(cell, local, v, values[v])
+                     for local, v in part.inputs}
             run = cell.forward(given, self._part_names(k, state), lengths=lengths,
                                dropout=_dropout_for(dropout, k), steps=steps, grad=grad)
             for local, v in part.outputs:
@@ -246,6 +260,19 @@ class NetworkCell:
         first = runs[0]
         outputs = {name: values[v] for name, v in self.network.outputs}
         return NetworkRun(outputs, finals, first.T, first.B, runs=tuple(runs))
+
+    def _part_input(self, cell, local: str, key, value):
+        """The network's input `key` as part `cell`'s input `local` takes it: token ids
+        (T, B) of an `input token` become one-hot rows where the part's cell takes plain
+        vectors (a bidirectional layer's LSTM reads x[I]), as ids through a forward layer
+        are; anything else as it is."""
+        if key[0] != "input" or not (isinstance(value, np.ndarray) and value.ndim == 2):
+            return value
+        outer = next(d for d in self.spec.inputs if d.name == key[1])
+        inner = next((d for d in cell.spec.inputs if d.name == local), None)
+        if not outer.token or inner is None or inner.token:
+            return value
+        return self._token_input(outer, value, self._size(outer)[0], None, None)
 
     # ------------------------------------------------------------------ backward
     def backward(self, run: NetworkRun, d_outputs=None, d_state=None,

@@ -55,12 +55,13 @@ class SafetensorsError(CheckpointError):
 
 def save(cell: Cell, path: str | Path) -> None:
     """Write the cell's params to `path` as safetensors, the spec in the metadata."""
-    if not isinstance(cell, Cell):
+    if not _one_spec(cell):
         if hasattr(cell, "params") and hasattr(cell, "direction"):   # cells/directions.py
             raise BindError(f"save writes the params of one cell of one spec; this "
                             f"{type(cell).__name__} (direction={cell.direction!r}) holds "
                             "two sets: save its params with np.savez, or write the "
-                            "directions in the spec (layer l = bidirectional ...)")
+                            "directions in the spec (layer l = bidirectional ...), whose "
+                            "network cells save")
         raise BindError(f"save needs a cell (an instance with params), got "
                         f"{type(cell).__name__}")
     cell._check_params()      # as a forward would: a wrong one makes a file load refuses
@@ -139,9 +140,9 @@ def load(path: str | Path, cell: Cell | None = None, target: str = "cpu") -> Cel
                                    "it into, load(path, cell=...)")
         cls = cell_class(info, target=target)
         cell = cls(dtype=np.dtype(info.dtype), seed=None, **info.dims)
-    elif not isinstance(cell, Cell):
-        raise BindError(f"cell must be an rnndsl cell (an instance with params), got "
-                        f"{type(cell).__name__}")
+    elif not _one_spec(cell):
+        raise BindError(f"cell must be an rnndsl cell of one spec (an instance with params), "
+                        f"got {type(cell).__name__}")
     elif info is not None:
         check_model(info, type(cell), cell.dims)
     _check_tensors(path, tensors, cell)
@@ -152,6 +153,14 @@ def load(path: str | Path, cell: Cell | None = None, target: str = "cpu") -> Cel
         else:
             cell.params[name] = value.astype(cell.dtype)
     return cell
+
+
+def _one_spec(cell) -> bool:
+    """A cell of one spec class: a Cell, or a network of parts (cells/network.py: its
+    params by the network's names, `l1.W_i_reverse`); not a two-way cell made by
+    direction=, whose class is the one-way cell's."""
+    from ..cells.network import NetworkCell
+    return isinstance(cell, (Cell, NetworkCell))
 
 
 def _check_tensors(path, tensors: dict[str, np.ndarray], cell: Cell) -> None:

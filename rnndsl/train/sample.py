@@ -218,6 +218,8 @@ class Sampler:
                                  "which holds the logits")
         in_decl = next(d for d in spec.inputs if d.name == self.input)
         out_decl = next(o for o in spec.outputs if o.name == self.output)
+        # a `final` output is (B, ...) already: the last step's value, as wanted
+        self._final_output = bool(getattr(out_decl, "final", False))
         self.input_size = self._vector_size("input", in_decl)
         self._token_input = bool(getattr(in_decl, "token", False))   # fed as ids
         out_size = None if readout is not None else self._vector_size("output", out_decl)
@@ -354,10 +356,13 @@ class Sampler:
             x.update({n: per_step[0][n] if steps == 0 else np.zeros_like(per_step[0][n])
                       for n in self._once})
         run = self.cell.forward(x, state=state, grad=False)   # no backward follows
-        out = run.outputs[self.output][-1]
+        out = run.outputs[self.output]
+        out = out if self._final_output else out[-1]
         logits = np.asarray(self.readout(out)) if self.readout is not None else out
         if logits.shape != (B, self.vocab):
-            raise SampleError(f"readout returned shape {logits.shape}; expected (batch, V) = "
+            what = "readout returned" if self.readout is not None else \
+                f"output '{self.output}' has"
+            raise SampleError(f"{what} shape {logits.shape}; expected (batch, V) = "
                               f"({B}, {self.vocab})")
         if not np.isfinite(logits).all():       # one pass where all is well
             bad = np.isnan(logits) | (logits == np.inf) | \

@@ -225,6 +225,12 @@ def test_the_compiled_bidirectional_cell_is_the_interpreters():
         bi = Cls(dtype=np.float64, seed=2, direction="bidirectional", I=I, H=H)
         run = bi.forward(x, lengths=LENGTHS)
         out[target] = (run, bi.backward(run, {"h": dY}))
+        # a param changed in place is named as the user knows it (the kernels' own
+        # fingerprints on the cpu target)
+        again = bi.forward(x, lengths=LENGTHS)
+        bi.params["W_f_reverse"] *= 2
+        with pytest.raises(BindError, match=r"^param W_f_reverse was changed in place"):
+            bi.backward(again, {"h": dY})
     (ri, gi), (rc, gc) = out["interp"], out["cpu"]
     np.testing.assert_allclose(rc.outputs["h"], ri.outputs["h"], rtol=1e-10, atol=1e-12)
     for k in gi.params:
@@ -289,11 +295,13 @@ def test_a_bidirectional_cell_cannot_name_two_arrays_alike(tmp_path):
     assert sorted(Cls(I=2, H=2, direction="reverse").params) == ["W", "W_reverse"]
 
 
-def test_a_cell_that_has_run_can_be_deep_copied():
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_a_cell_that_has_run_can_be_deep_copied(direction):
     """copy.deepcopy of a cell after a forward failed: it memoises a read-only mapping
     (cannot pickle 'mappingproxy'); torch's parametrized modules deep-copy their cells."""
     import copy
-    cell = rnndsl.load(SPECS / "gru.rnn", target="interp")(I=I, H=H, dtype=np.float64)
+    cell = rnndsl.load(SPECS / "gru.rnn", target="interp")(I=I, H=H, dtype=np.float64,
+                                                            direction=direction)
     x = _x()
     before = cell.forward(x).outputs["h"]
     twin = copy.deepcopy(cell)
@@ -301,6 +309,30 @@ def test_a_cell_that_has_run_can_be_deep_copied():
     twin.params["W_z"][...] = 0             # a copy: the original keeps its weights
     assert not np.array_equal(twin.forward(x).outputs["h"], before)
     np.testing.assert_array_equal(cell.forward(x).outputs["h"], before)
+
+
+def test_a_two_way_cells_params_and_states_go_by_the_names_users_see():
+    """A misspelt param (U_i_reversed) was ignored, the model running on the old values,
+    and a wrong one was named without its suffix (param U_i), which is the forward's."""
+    bi = rnndsl.load(SPECS / "lstm.rnn", target="interp")(I=I, H=H, dtype=np.float64,
+                                                           direction="bidirectional")
+    x = _x()
+    bi.params["U_i_reversed"] = np.zeros((H, H))
+    with pytest.raises(BindError, match=r"LSTM \(bidirectional\) has no param U_i_reversed"):
+        bi.forward(x)
+    del bi.params["U_i_reversed"]
+    bi.params["U_i_reverse"] = np.zeros((2, 2))
+    with pytest.raises(BindError, match=r"^param U_i_reverse has shape \(2, 2\)"):
+        bi.forward(x)
+    bi.params["U_i_reverse"] = np.zeros((H, H))
+    with pytest.raises(BindError, match=r"^state h_reverse has shape \(1, 3\); expected "
+                                        r"\(3, 3\)"):
+        bi.forward(x, {"h_reverse": np.zeros((1, H))})
+    run = bi.forward(x)
+    bi.params["U_i_reverse"] += 1
+    with pytest.raises(BindError, match=r"^param U_i_reverse was changed in place .* "
+                                        r"\(cell.params\['U_i_reverse'\] = new_array\)"):
+        bi.backward(run, d_outputs={"h": np.ones(run.outputs["h"].shape)})
 
 
 @pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None,

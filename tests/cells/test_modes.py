@@ -196,6 +196,20 @@ def test_an_input_once_is_the_first_step_followed_by_zeros(target):
         cell.forward(np.zeros((6, 3, 2)), steps=6)
 
 
+def test_an_input_once_of_the_wrong_rows_is_named_as_given():
+    """z given (3, 2) beside x of 4 rows was reported in its spread-out form, "input z has
+    shape (6, 3, 2); expected (6, 4, 2)", shapes the caller never made."""
+    cell = rnndsl.load_text("cell M {\n  dims I, Z, H\n  input x[I]\n  input once z[Z]\n"
+                            "  state h[H]\n  param W[H, I], V[H, Z], U[H, H]\n"
+                            "  h' = tanh(W @ x + V @ z + U @ h)\n  output h'\n}\n",
+                            target="interp")(I=3, Z=2, H=4, dtype=np.float64)
+    with pytest.raises(BindError, match=r"^input z \(input once\) has shape \(3, 2\); "
+                                        r"expected \(4, 2\) = \(B, 2\)"):
+        cell.forward({"x": np.ones((6, 4, 3)), "z": np.ones((3, 2))})
+    assert cell.forward({"x": np.ones((6, 4, 3)), "z": np.ones((4, 2))}).outputs["h"].shape \
+        == (6, 4, 4)
+
+
 def test_trainer_fits_a_final_output_without_a_mask():
     Cls = rnndsl.load_text(DECLARED, target="interp", cell="Cls")
     cell = Cls(I=3, H=8, K=2, dtype=np.float64, seed=0)

@@ -323,6 +323,66 @@ def test_a_network_trains_and_refuses_to_sample(tmp_path):
         Sampler(cell)
 
 
+BICHAR = """use "lstm.rnn"
+cell BiChar {
+  dims V, H
+  input token x[V]
+  layer l1 = bidirectional LSTM(I = V, H = H)
+  param W[V, 2 * H], b[V]
+  output logits = W @ l1(x) + b
+}
+"""
+
+
+def test_token_ids_reach_a_sequence_layer_as_one_hot_rows(tmp_path):
+    """A token input fed straight to a bidirectional layer refused its ids ("input x has
+    shape (3, 2); expected 3 axes"): the ids went as they were to the layer's LSTM,
+    which reads vectors. They are now its one-hot rows, as one-hot rows given are, and
+    the trainer, which passes ids, trains such a model."""
+    from rnndsl.train.optim import Adam
+    from rnndsl.train.trainer import Trainer
+    cell = rnndsl.load(_spec(tmp_path, BICHAR), target="interp")(V=4, H=3, dtype=np.float64)
+    ids = np.array([[0, 1], [2, 3], [1, 1]])
+    by_ids, by_rows = cell.forward(ids), cell.forward(np.eye(4)[ids])
+    np.testing.assert_array_equal(by_ids.outputs["logits"], by_rows.outputs["logits"])
+    d = {"logits": np.random.default_rng(0).normal(size=by_ids.outputs["logits"].shape)}
+    g_ids, g_rows = cell.backward(by_ids, d_outputs=d), cell.backward(by_rows, d_outputs=d)
+    for name in g_rows.params:
+        np.testing.assert_array_equal(g_ids.params[name], g_rows.params[name], err_msg=name)
+    with pytest.raises(BindError, match=r"input x \(input token\) has id 7 at index \(1, 0\)"):
+        cell.forward(np.array([[0, 1], [7, 2]]))
+    trainer = Trainer(cell, output="logits", input="x", optimizer=Adam(5e-2), seed=0)
+    text = np.random.default_rng(1).integers(0, 4, (9, 2))
+    losses = [trainer.step(text[:-1], text[1:]) for _ in range(20)]
+    assert losses[-1] < losses[0]
+
+
+def test_a_networks_params_go_by_its_names_and_it_deep_copies(tmp_path):
+    """A misspelt param of a network (l1.U_i_reversed, WW) was ignored, and a wrong one
+    named by its part (param U_i); a network that had run could not be deep-copied."""
+    import copy
+    cell = rnndsl.load(_spec(tmp_path, TAGGER), target="interp")(I=2, H=3, K=2,
+                                                                 dtype=np.float64)
+    x = np.random.default_rng(0).normal(size=(4, 2, 2))
+    want = cell.forward(x).outputs["y"]
+    twin = copy.deepcopy(cell)
+    np.testing.assert_array_equal(twin.forward(x).outputs["y"], want)
+    twin.params["W"][...] = 0
+    np.testing.assert_array_equal(cell.forward(x).outputs["y"], want)
+    for name in ("l1.U_i_reversed", "WW"):
+        bad = copy.deepcopy(cell)
+        bad.params[name] = np.zeros((3, 3))
+        with pytest.raises(BindError, match=f"Tagger has no param {name}; its params are: "):
+            bad.forward(x)
+    run = cell.forward(x)
+    cell.params["l1.U_i_reverse"] += 1
+    with pytest.raises(BindError, match=r"^param l1.U_i_reverse was changed in place"):
+        cell.backward(run, d_outputs={"y": np.ones(run.outputs["y"].shape)})
+    cell.params["l1.U_i_reverse"] = np.zeros((2, 2))
+    with pytest.raises(BindError, match=r"^param l1.U_i_reverse has shape \(2, 2\)"):
+        cell.forward(x)
+
+
 def test_state_resets_start_a_networks_rows_afresh(tmp_path):
     """Trainer(state_resets=1) on a network (a two-way layer, a reverse one) and on a
     two-way cell: every row's next chunk starts from the initial state, which

@@ -52,6 +52,30 @@ def test_a_cell_round_trips_without_its_spec_file(tmp_path):
     assert np.array_equal(loaded.forward(x).outputs["y"], cell.forward(x).outputs["y"])
 
 
+def test_a_network_cell_round_trips(tmp_path):
+    """A cell with a bidirectional layer (a network of parts) was refused: "save needs a
+    cell", where checkpoint.save takes it."""
+    (tmp_path / "lstm.rnn").write_text((SPECS / "lstm.rnn").read_text())
+    spec = tmp_path / "net.rnn"
+    spec.write_text('use "lstm.rnn"\ncell Net {\n  dims I, H, K\n  input x[I]\n'
+                    "  layer l1 = bidirectional LSTM(I = I, H = H)\n  param W[K, 2 * H]\n"
+                    "  output y = W @ l1(x)\n}\n")
+    Net = rnndsl.load(spec, target="interp")
+    cell = Net(I=3, H=4, K=2, dtype=np.float64, seed=1)
+    st.save(cell, tmp_path / "net.safetensors")
+    assert "l1.W_i_reverse" in st.read(tmp_path / "net.safetensors")[0]
+    x = x_of(cell)
+    want = cell.forward(x).outputs["y"]
+    loaded = st.load(tmp_path / "net.safetensors", target="interp")
+    assert np.array_equal(loaded.forward(x).outputs["y"], want)
+    other = st.load(tmp_path / "net.safetensors", cell=Net(I=3, H=4, K=2, dtype=np.float64,
+                                                           seed=7))
+    assert np.array_equal(other.forward(x).outputs["y"], want)
+    with pytest.raises(BindError, match="whose network cells save"):
+        st.save(rnndsl.load(tmp_path / "lstm.rnn", target="interp")(
+            I=3, H=4, direction="bidirectional"), tmp_path / "two.safetensors")
+
+
 def test_the_file_is_plain_safetensors_with_the_spec_in_its_metadata(tmp_path):
     """Any safetensors reader sees one tensor a param, dotted layer names included."""
     Char = rnndsl.load(SPECS / "char_lstm.rnn", target="interp")

@@ -208,6 +208,22 @@ def test_seeds_repeat_and_differ():
                                                       seed=gen))
 
 
+def test_a_final_logits_output_samples_as_the_per_step_one():
+    """A cell whose logits are `final` (one value a sequence, (B, V)) was refused with
+    "readout returned shape (5,)" though no readout was given: the sampler took [-1] of
+    it, a row, as of a per-step output."""
+    text = ("cell Tok {\n  dims V, H\n  input token x[V]\n  state h[H]\n"
+            "  param W[H, V], U[H, H], W_y[V, H]\n  h' = tanh(W @ x + U @ h)\n"
+            "  output logits = W_y @ h'\n}\n")
+    per_step = rnndsl.load_text(text, target="interp")(V=5, H=4, dtype=np.float64, seed=0)
+    final = rnndsl.load_text(text.replace("output logits", "final logits"),
+                             target="interp")(V=5, H=4, dtype=np.float64, seed=0)
+    for strategy in (greedy(), Sampling(temperature=0.7)):
+        got = Sampler(final).generate(8, strategy, prime=[1, 2], seed=3, batch=2)
+        want = Sampler(per_step).generate(8, strategy, prime=[1, 2], seed=3, batch=2)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_a_strategy_can_be_a_plain_function():
     cell = tiny(seed=6)
     least = Sampler(cell).generate(4, lambda logp, rng: logp.argmin(axis=1), prime=[0])
