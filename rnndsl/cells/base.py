@@ -469,23 +469,8 @@ class Cell:
         Every param as expected is the common case, checked first in one quick pass."""
         expected = self.__dict__.get("_param_shapes")
         if expected is None:
-            expected = self._param_shapes = tuple((d.name, self._size(d))
-                                                  for d in self.spec.params)
-        params, dtype = self.params, self.dtype
-        for name, shape in expected:
-            p = params.get(name)
-            if type(p) is not np.ndarray or p.dtype != dtype or p.shape != shape:
-                break
-        else:
-            if len(params) == len(expected):
-                return
-        unknown = sorted(set(params) - {name for name, _ in expected}, key=str)
-        if unknown:                     # a misspelt name would be ignored
-            raise BindError(f"{self.spec.name} has no param {', '.join(map(str, unknown))}; "
-                            f"its params are: {', '.join(name for name, _ in expected)}")
-        for d in self.spec.params:      # one is not: say which, and how
-            self._array(f"param {d.name}", self.params.get(d.name), self._size(d),
-                        str(list(self._size(d))), finite=False)
+            expected = self._param_shapes = {d.name: self._size(d) for d in self.spec.params}
+        check_param_table(self.spec.name, self.params, expected, self.dtype)
 
     # how a param of this cell is named to its user: as in its spec, unless the cell runs
     # inside a two-way or network cell, which names it so (`U_i_reverse`, `l1.U_i`)
