@@ -38,6 +38,7 @@ from ..core.errors import RnnError, SpecError
 from . import args as cli_args
 from .args import UsageError
 from .train import TrainError, _clock, _load_class, _prepare, _token_dims, run_training
+from .train_checks import _is_zip
 from .train_options import add_train_arguments
 
 MAX_POINTS = 10_000
@@ -54,6 +55,9 @@ NOT_GRIDDED = {
     "scheduler": "a setting of the sweep itself", "out": "a setting of the sweep itself",
     "force": "a setting of the sweep itself", "plot": "a setting of the sweep itself",
     "dry_run": "a setting of the sweep itself", "help": "not a setting",
+    "debug": "rnndsl's own option (rnndsl --debug sweep ...), not a setting",
+    "temperatures": "it changes only the closing samples, not the training: give "
+                    "--temperatures once",
 }
 # what train's checks (_prepare) do not read: points differing only in these share a check
 UNCHECKED = {"lr", "clip", "optimizer", "seed", "every", "temperatures", "sample_chars",
@@ -153,6 +157,10 @@ def resolve(grid, parser, dims: list[str], vocab_dim: str, fixed_dims: dict) -> 
                 raise UsageError(f"--grid {name} and --dims {name}={fixed_dims[name]} both "
                                  f"set {name}: give it in one place")
             values = tuple(_parse_value(positive, None, name, t) for t in texts)
+            big = next((t for t, v in zip(texts, values) if v > cli_args.MAX_DIM), None)
+            if big is not None:         # as --dims refuses it: arrays fail inside NumPy
+                raise UsageError(f"--grid {name}={big}: a size must be at most "
+                                 f"{cli_args.MAX_DIM:,}")
             axes.append(_axis(name, True, name, values))
             continue
         action = options[name]
@@ -171,6 +179,12 @@ def resolve(grid, parser, dims: list[str], vocab_dim: str, fixed_dims: dict) -> 
 def _axis(name: str, dim: bool, dest: str, values: tuple) -> Axis:
     labels = tuple(_label(v) for v in values)
     twice = sorted({t for t in labels if labels.count(t) > 1})
+    if dest == "corpus" and not twice:     # one file by two paths: the same corpus
+        where = [str(Path(v).resolve()) if v not in NAMED_CORPORA and Path(v).exists()
+                 else v for v in values]
+        same = [t for t, w in zip(labels, where) if where.count(w) > 1]
+        if same:
+            raise UsageError(f"--grid {name}: {', '.join(same)} are one file: give it once")
     if twice:
         raise UsageError(f"--grid {name}: the value {', '.join(twice)} is given twice "
                          "(written differently)")
@@ -238,10 +252,43 @@ def point_args(args, axes: list[Axis], point: Point, folder: Path, threads) -> a
     settings.checkpoint = str((folder / f"{point.name}.npz").absolute())
     settings.best, settings.json, settings.plot = None, None, None
     settings.resume, settings.force, settings.dry_run = False, True, False
-    settings.threads, settings.argv = threads, None
+    settings.threads = threads
+    settings.argv = _point_argv(args, axes, point, dims, settings.checkpoint)
     for own in ("grid", "workers", "scheduler", "out", "run", "parser"):
         vars(settings).pop(own, None)
     return settings
+
+
+# the sweep's own options, which a point's `rnndsl train` has not: those taking a value
+_SWEEP_ONLY = {"--grid": True, "--workers": True, "--scheduler": True, "--out": True,
+               "--plot": True, "--force": False, "--dry-run": False}
+
+
+def _point_argv(args, axes: list[Axis], point: Point, dims: dict, checkpoint: str) -> list:
+    """The `rnndsl train` arguments a point runs as: the sweep's own command line less
+    its own options, the point's values given as train's options, and its checkpoint;
+    what the resume command of an interrupted point is made of (its log prints it), so
+    that it continues the point as it was trained."""
+    argv = list(getattr(args, "argv", None) or [])
+    if not argv:
+        return None
+    at = argv.index("sweep") if "sweep" in argv else -1   # after the global --debug
+    out, k = argv[:at] + ["train"], at + 1
+    while k < len(argv):
+        word = argv[k]
+        name = word.split("=", 1)[0]
+        if name in _SWEEP_ONLY or name == "--dims":
+            k += 2 if (_SWEEP_ONLY.get(name, True) and "=" not in word) else 1
+            continue
+        out.append(word)
+        k += 1
+    if dims:
+        out += ["--dims", ",".join(f"{n}={v}" for n, v in dims.items())]
+    for axis, label in zip(axes, point.labels):
+        if not axis.dim:
+            flags = next(a.option_strings for a in args.parser._actions if a.dest == axis.dest)
+            out += [flags[-1], label]
+    return out + ["--checkpoint", checkpoint]
 
 
 def check_points(args, axes: list[Axis], pts: list[Point]) -> None:
@@ -286,14 +333,42 @@ def check_folder(folder: Path, pts: list[Point], force: bool) -> None:
                          "folder with --out")
 
 
-def _writable_png(path: str | None) -> None:
+def _writable_png(args, folder: Path, pts: list[Point], axes: list[Axis], Cell) -> None:
+    """--plot: matplotlib there, and a file the sweep neither reads (the spec, a file it
+    uses, a corpus) nor writes (results.csv, a point's checkpoint, best checkpoint or
+    log), nor a checkpoint (any .npz archive): the plot replaces its file without --force,
+    and one of those became a PNG. Its folder may be --out, which the sweep makes."""
+    path = args.plot
     if path is None:
         return
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'rnndsl[plot]'") from None
-    cli_args.writable_file("--plot", path)
+    if Path(path).parent.resolve() != folder.resolve():
+        cli_args.writable_file("--plot", path)
+    elif Path(path).is_dir():
+        raise UsageError(f"--plot {path}: is a folder; give a file name")
+    where = Path(path).resolve()
+    corpora = [args.corpus] + [v for a in axes if a.dest == "corpus" for v in a.values]
+    read = [("the spec", args.spec)] + [("a file the spec uses", f)
+                                        for f in (getattr(Cell, "spec_files", None) or {})]
+    read += [("a corpus the sweep reads", c) for c in corpora if isinstance(c, str)]
+    for what, name in read:
+        if name and Path(name).is_file() and Path(name).resolve() == where:
+            raise UsageError(f"--plot {path} is {what}; name another file")
+    written = {folder / "results.csv": "the sweep's results.csv"}
+    for p in pts:
+        for suffix, what in ((".npz", "checkpoint"), (".best.npz", "best checkpoint"),
+                             (".log", "log")):
+            written[folder / f"{p.name}{suffix}"] = f"point {p.name}'s {what}"
+    for file, what in written.items():
+        if file.resolve() == where:
+            raise UsageError(f"--plot {path} is {what}, which the sweep writes; name "
+                             "another file")
+    if where.is_file() and _is_zip(where):
+        raise UsageError(f"--plot {path} is a checkpoint (an .npz archive), which the plot "
+                         "would replace: name another file")
 
 
 # ---------------------------------------------------------------------------- results
@@ -406,7 +481,7 @@ def _prepared(args) -> tuple[list[Axis], list[Point], object, Path]:
                          f"sweep-{Path(args.spec).stem}/)")
     folder = Path(args.out or f"sweep-{Path(args.spec).stem}")
     check_folder(folder, pts, args.force)
-    _writable_png(args.plot)
+    _writable_png(args, folder, pts, axes, Cell)
     check_points(args, axes, pts)
     return axes, pts, placement, folder
 

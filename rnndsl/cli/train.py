@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from . import args as cli_args
-from .train_checks import (TrainError, checkpoint_vocab, _outputs_apart_from_inputs,
-                           _same_settings, _schedule)
+from .train_checks import (TrainError, checkpoint_vocab, _is_zip,
+                           _outputs_apart_from_inputs, _same_settings, _schedule)
 from .train_options import DEFAULT_DIM, add_train_arguments
 from ..core.errors import RnnError
 
@@ -292,6 +292,7 @@ def _prepare(args) -> _Plan:
                              f"--dims asks for {ours}: leave --dims out to resume, or train "
                              "afresh with --force")
         check_model(info, Cell, dims)
+        dtype = _resumed_dtype(args, info, checkpoint)
         schedule = _same_settings(args, user, checkpoint) or schedule
     else:
         vocab = Vocab.from_text(corpus.text)
@@ -414,17 +415,38 @@ def _resume_command(args) -> str:
     return shlex.join(["rnndsl", *argv])
 
 
+def _resumed_dtype(args, info, checkpoint) -> np.dtype:
+    """A resumed run's dtype: the checkpoint's, where --dtype is left out (a float64
+    model was continued, and saved, in float32, the option's default); another one
+    given is refused, as other --dims are."""
+    argv = getattr(args, "argv", None) or []
+    ours = np.dtype(info.dtype)
+    if not any(a == "--dtype" or a.startswith("--dtype=") for a in argv):
+        args.dtype = ours.name
+        return ours
+    if np.dtype(args.dtype) != ours:
+        raise TrainError(f"--resume continues {checkpoint}, a {ours.name} model, but --dtype "
+                         f"asks for {args.dtype}: leave --dtype out to resume, or train "
+                         "afresh with --force")
+    return ours
+
+
 @contextlib.contextmanager
 def _diverged(cell):
-    """A model whose params are no longer finite (too high an --lr) makes the loss
-    refuse its logits with a ValueError: that is the user's run diverging, said as
-    such (exit 2), not a bug. With finite params, the ValueError is left as it is."""
+    """A model whose params, logits or gradients are no longer finite (too high an
+    --lr: params of 1e38 are finite, and their logits are not) makes the loss or the
+    clipping refuse them: that is the user's run diverging, said as such (exit 2; a
+    sweep's failed point), not a bug. Any other ValueError is left as it is."""
+    from ..train.losses import DivergedError
     try:
         yield
-    except ValueError:
-        if all(np.isfinite(v).all() for v in cell.params.values()):
+    except ValueError as exc:
+        finite = all(np.isfinite(v).all() for v in cell.params.values())
+        if finite and not isinstance(exc, DivergedError):
             raise
-        raise TrainError("the model diverged: its params are no longer finite; lower --lr "
+        what = "its params are" if not finite else \
+            "its gradients are" if str(exc).startswith("gradient norm") else "its logits are"
+        raise TrainError(f"the model diverged: {what} no longer finite; lower --lr "
                          "(or --clip)") from None
 
 
@@ -484,6 +506,13 @@ class _Run:
         self.history: list[tuple[int, float]] = []          # (step, training loss)
         self.val_history: list[tuple[int, float]] = []      # (step, validation bits/char)
         self.best = plan.best_record        # the best checkpoint's validation, or None
+        # --force replaces an earlier run: its best checkpoint goes with its last one, at
+        # the first save (a run that fails before then leaves both as they were), where
+        # this run has not written its own (--val-every 0 writes none)
+        ckpt = plan.checkpoint
+        earlier = {ckpt.with_name(f"{ckpt.stem}.best{ckpt.suffix or '.npz'}"), plan.best}
+        self.stale_best = sorted(p for p in earlier if p is not None and args.force and
+                                 not plan.resume and p.is_file() and _is_zip(p))
         self.chars, self.steps_done, self.val_seconds = 0, 0, 0.0
         self.meta = {"spec": str(args.spec), "cell": plan.Cell.spec.name,
                      "target": args.target, "vocab": plan.vocab.to_json(),
@@ -514,6 +543,13 @@ class _Run:
             **self.meta, "position": self.position,
             "history": [list(h) for h in self.history],
             "val_history": [list(v) for v in self.val_history]})
+        if path is None and self.stale_best:
+            for old in self.stale_best:
+                if old != self.plan.best or self.best is None:
+                    old.unlink(missing_ok=True)
+                    print(f"removed {old}, the best checkpoint of the run --force "
+                          "replaced", file=self.out)
+            self.stale_best = []
 
     def validate(self) -> bool:
         """Bits per character on the held-out text now, recorded (the checkpoint's

@@ -125,7 +125,19 @@ def open_client(placement: Placement):
         except (OSError, TimeoutError) as exc:
             raise ClusterError(f"--scheduler {placement.scheduler}: cannot reach the "
                                f"scheduler ({exc})") from None
+        except (TypeError, ValueError, ImportError, RuntimeError) as exc:
+            # tls:// without Dask's TLS settings (distributed.comm.tls), ucx:// without
+            # ucx-py: Dask's comm layer refuses the address itself
+            raise ClusterError(f"--scheduler {placement.scheduler}: Dask cannot connect "
+                               f"there ({type(exc).__name__}: {exc}); tls:// needs Dask's "
+                               "TLS settings (distributed.comm.tls), ucx:// the ucx "
+                               "package") from None
         with client:
+            try:      # a sweep's tasks would wait for a worker forever, silently
+                client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+            except TimeoutError:
+                raise ClusterError(f"--scheduler {placement.scheduler}: the cluster has no "
+                                   f"workers (waited {CONNECT_TIMEOUT_S} s)") from None
             yield client
         return
     # one task a worker at a time: the kernels' threads do the computing; no dashboard

@@ -50,7 +50,7 @@ import numpy as np
 
 from ..core.errors import RnnError
 from ..core.flat import flat_span
-from .cluster import CONNECT_TIMEOUT_S, ClusterError, Placement, open_client, place
+from .cluster import Placement, open_client, place
 
 FINGERPRINT_EVERY = 20      # steps between the params' cross-checks: a CRC a worker
 POLL_S = 0.5                # while waiting on a step, how often to ask which workers live
@@ -508,13 +508,7 @@ class DataParallel:
 # ---------------------------------------------------------------------------- the run
 def _addresses(client, placement: Placement, batch: int) -> list[str]:
     """The workers to use, in a fixed order: all of a cluster started here; of a joined
-    one, as many as the batch has rows."""
-    if placement.scheduler is not None:
-        try:
-            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
-        except TimeoutError:
-            raise ClusterError(f"--scheduler {placement.scheduler}: the cluster has no "
-                               f"workers (waited {CONNECT_TIMEOUT_S} s)") from None
+    one (open_client waited for one to be there), as many as the batch has rows."""
     workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
     return workers[:batch]
 

@@ -144,9 +144,17 @@ FED = frozenset(LEAVES) - {Op.CONST, Op.DIM}
 
 def evaluate(G: Graph, roots, feeds: Mapping[int, np.ndarray], ctx: Context,
              known: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
-    """Evaluate `roots` and all they read. `known` values are reused and extended in place."""
+    """Evaluate `roots` and all they read. `known` values are reused and extended in place.
+    Overflow and invalid operations give inf and NaN quietly, as the compiled kernels do:
+    what reads the results (a loss, a check of the outputs) says what went wrong, where
+    NumPy's RuntimeWarnings would name a line of this file."""
     values = known if known is not None else {}
     values.update(feeds)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        return _evaluate(G, roots, ctx, values)
+
+
+def _evaluate(G: Graph, roots, ctx: Context, values: dict) -> dict[int, np.ndarray]:
     for nid in G.needed(roots):
         if nid in values:
             continue

@@ -41,6 +41,12 @@ def _jit_disabled() -> bool:
     return _JIT[0]
 
 
+class DivergedError(ValueError):
+    """Predictions (or gradients) no longer finite: a training run diverging, or an input
+    that is bad. A ValueError, as before; `rnndsl train`, whose inputs are token rows it
+    made, reports it as its run diverging."""
+
+
 def _check_pred(what: str, pred) -> np.ndarray:
     if not isinstance(pred, np.ndarray):
         raise ValueError(f"{what} must be a NumPy array, got {type(pred).__name__}")
@@ -51,9 +57,9 @@ def _check_pred(what: str, pred) -> np.ndarray:
     bad = ~np.isfinite(pred)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{what} has a non-finite value ({pred[where]}) at index {where}: "
-                         "the model diverged (try a smaller learning rate or gradient "
-                         "clipping) or its input is bad")
+        raise DivergedError(f"{what} has a non-finite value ({pred[where]}) at index "
+                            f"{where}: the model diverged (try a smaller learning rate or "
+                            "gradient clipping) or its input is bad")
     return pred
 
 

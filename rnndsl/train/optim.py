@@ -387,8 +387,9 @@ def clip_global_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
     norm = global_norm(grads)
     if not math.isfinite(norm):
         bad = [n for n, g in grads.items() if not np.isfinite(g).all()]
-        raise ValueError(f"gradient norm is {norm}: non-finite gradients in "
-                         f"{', '.join(bad)}; the model diverged or its input is bad")
+        from .losses import DivergedError
+        raise DivergedError(f"gradient norm is {norm}: non-finite gradients in "
+                            f"{', '.join(bad)}; the model diverged or its input is bad")
     if norm > max_norm:
         factor = max_norm / norm
         for g in _writable_each(grads):

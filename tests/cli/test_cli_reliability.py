@@ -305,6 +305,37 @@ def test_resume_continues_the_optimiser_lr_and_schedule_unless_given(folder, cap
     assert code == 2 and "trained with --optimizer sgd" in err, err
 
 
+def test_a_resumed_run_keeps_the_checkpoints_dtype(folder, capsys):
+    """A float64 checkpoint resumed without --dtype was continued, and saved, in float32
+    (the option's default), silently; another --dtype given is refused, as --dims are."""
+    assert train(capsys, "--checkpoint", "m.npz")[0] == 0          # SMALL: float64
+    without_dtype = [a for a in SMALL if a not in ("--dtype", "float64")]
+    code, out, err = run(["train", "char_lstm.rnn", "--corpus", "corpus.txt", "--steps", 1,
+                          *without_dtype, "--checkpoint", "m.npz", "--resume"], capsys)
+    assert code == 0, err
+    assert "interp, float64)" in out and checkpoint.peek("m.npz").dtype == "float64"
+    code, out, err = run(["train", "char_lstm.rnn", "--corpus", "corpus.txt", "--steps", 1,
+                          *without_dtype, "--dtype", "float32", "--checkpoint", "m.npz",
+                          "--resume"], capsys)
+    assert code == 2 and "a float64 model, but --dtype asks for float32" in err, err
+
+
+def test_force_takes_the_replaced_runs_best_checkpoint_with_it(folder, capsys):
+    """train --force --val-every 0 over an earlier run left its m.best.npz beside the new
+    m.npz: a 'best' model of another run, which `rnndsl sample m.best.npz` would use."""
+    assert train(capsys, "--checkpoint", "m.npz", "--val-every", "1")[0] == 0
+    assert (folder / "m.best.npz").is_file()
+    code, out, err = train(capsys, "--checkpoint", "m.npz", "--val-every", "0", "--force")
+    assert code == 0, err
+    assert "removed m.best.npz, the best checkpoint of the run --force replaced" in out
+    assert not (folder / "m.best.npz").exists() and (folder / "m.npz").is_file()
+    # a run that writes its own best keeps it
+    assert train(capsys, "--checkpoint", "m.npz", "--val-every", "1", "--force")[0] == 0
+    code, out, err = train(capsys, "--checkpoint", "m.npz", "--val-every", "1", "--force")
+    assert code == 0 and "removed" not in out and (folder / "m.best.npz").is_file()
+    assert checkpoint.peek(folder / "m.best.npz").meta["trainer"]["steps"] <= 2
+
+
 def test_options_are_spelt_in_full(folder, capsys):
     """An abbreviation (--batc for --batch) slipped past resume's check of which options
     were given; options are now spelt in full."""

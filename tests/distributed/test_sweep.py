@@ -80,6 +80,10 @@ def results(path: Path) -> list[dict]:
     (["--grid", "optimizer=adam,lbfgs"], "--grid optimizer=lbfgs"),
     (["--grid", "Q=1,2", "--grid", "zz=3"], "Q, zz"),
     (["--grid", "H=0"], "--grid H=0"),
+    (["--grid", "H=99999999999"], "--grid H=99999999999: a size must be at most"),
+    (["--grid", "debug=0,1"], "--grid debug: not a setting to sweep"),
+    (["--grid", "temperatures=0.5,1"], "--grid temperatures: not a setting to sweep"),
+    (["--grid", "corpus=corpus.txt,./corpus.txt"], "are one file"),
     (["--grid", "V=10"], "vocabulary"),
     (["--grid", "H=3", "--dims", "H=4"], "--dims"),
     (["--grid", "dims=3"], "--grid dims"),
@@ -189,6 +193,23 @@ def test_a_sweep_joins_a_cluster_with_scheduler(folder, capsys):
     assert rows[0]["bits_per_char"] != rows[1]["bits_per_char"]    # the seed reached them
 
 
+def test_a_cluster_without_workers_is_named_not_waited_on_forever(folder, capsys,
+                                                               monkeypatch):
+    """sweep --scheduler on a scheduler with no workers printed its header and then
+    nothing, ever (train's own run said "the cluster has no workers" after 20 s)."""
+    distributed = pytest.importorskip("distributed")
+    from rnndsl.distributed import cluster as cluster_module
+    monkeypatch.setattr(cluster_module, "CONNECT_TIMEOUT_S", 1)
+    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://",
+                                  dashboard_address=None) as empty:
+        code, out, err = sweep(capsys, "--grid", "seed=1,2", "--scheduler",
+                               empty.scheduler_address, "--out", "none")
+    assert code == 2, (out, err)
+    assert f"--scheduler {empty.scheduler_address}: the cluster has no workers (waited " \
+           "1 s)" in err
+    assert not (folder / "none").exists()
+
+
 def test_the_workers_share_out_the_cores():
     pytest.importorskip("distributed")         # place() refuses a cluster without Dask
     assert place(2, None, None, cores=8).threads == 4
@@ -227,6 +248,15 @@ def test_a_diverging_point_is_a_row_without_bits_and_the_rest_go_on(folder, caps
     assert "diverged" in out
     code, out, err = sweep(capsys, "--grid", "lr=1e300", "--dtype", "float32", "--out", "all")
     assert code == 2 and "no point of the sweep trained" in err
+    # params still finite (SGD's first step at lr 3e38), logits not: an internal error
+    # (exit 3) that stopped the whole sweep
+    code, out, err = sweep(capsys, "--grid", "lr=3e38,1e-2", "--dtype", "float32",
+                           "--optimizer", "sgd", "--clip", "0", "--warmup", "0",
+                           "--out", "finite")
+    assert code == 0, err
+    rows = results(folder / "finite" / "results.csv")
+    assert rows[0]["bits_per_char"] == "" and float(rows[1]["bits_per_char"]) > 0
+    assert "the model diverged: its logits are no longer finite" in out
 
 
 def test_point_names_are_safe_for_files_and_distinct():
@@ -242,6 +272,67 @@ def test_plot_writes_a_png(folder, capsys):
     code, out, err = sweep(capsys, "--grid", "lr=1e-3,3e-2", "--plot", "sweep.png")
     assert code == 0, err
     assert (folder / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("plot, named", [
+    ("corpus.txt", "is a corpus the sweep reads"),
+    ("char_lstm.rnn", "is the spec"),
+    ("lstm.rnn", "is a file the spec uses"),
+    ("out/results.csv", "is the sweep's results.csv, which the sweep writes"),
+    ("out/lr=0.001.npz", "is point lr=0.001's checkpoint, which the sweep writes"),
+    ("out/lr=0.001.best.npz", "is point lr=0.001's best checkpoint"),
+    ("out/lr=0.001.log", "is point lr=0.001's log"),
+])
+def test_plot_never_replaces_what_the_sweep_reads_or_writes(folder, capsys, plot, named):
+    """--plot corpus.txt made the corpus a PNG (exit 0), as it did the spec, results.csv
+    or a point's checkpoint; train refuses such names, and now the sweep does too."""
+    pytest.importorskip("matplotlib")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    code, out, err = sweep(capsys, "--grid", "lr=1e-3,3e-2", "--out", "out", "--plot", plot)
+    assert code == 2 and f"--plot {plot} {named}" in err, err
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert not (folder / "out").exists()
+    # a plot in the folder the sweep makes is fine
+    code, out, err = sweep(capsys, "--grid", "lr=1e-3,3e-2", "--out", "out", "--plot",
+                           "out/plot.png")
+    assert code == 0, err
+    assert (folder / "out" / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_points_resume_command_continues_the_point(folder, capsys):
+    """An interrupted point's log said `rnndsl train SPEC --checkpoint X --resume`, which
+    refused to run (another corpus; the point's settings lost). A point now runs as the
+    sweep's command line less its own options, with the point's values and checkpoint:
+    what its resume command is made of."""
+    from rnndsl.cli.main import build_parser
+    from rnndsl.cli.sweep import point_args, points, resolve
+
+    def parsed(argv):
+        args = build_parser().parse_args(argv)
+        args.argv = argv
+        axes = resolve(args.grid, args.parser, ["V", "H"], "V", args.dims or {})
+        return args, axes, points(axes)
+    args, axes, pts = parsed(["--debug", "sweep", "char_lstm.rnn", *TINY, "--dims", "V=20",
+                              "--grid", "lr=1e-2,2e-2", "--grid", "H=4", "--out", "o",
+                              "--plot", "p.png", "--force", "--workers=2"])
+    settings = point_args(args, axes, pts[1], folder / "o", None)
+    assert settings.argv[:3] == ["--debug", "train", "char_lstm.rnn"]
+    assert settings.argv[-6:] == ["--dims", "V=20,H=4", "--lr", "0.02", "--checkpoint",
+                                  str((folder / "o" / f"{pts[1].name}.npz").absolute())]
+    assert not {"--grid", "--out", "--plot", "--force", "--workers=2", "o", "p.png"} \
+        & set(settings.argv)
+    assert settings.argv.count("--dims") == 1
+    # the command runs: the checkpoint a point wrote continues
+    assert sweep(capsys, "--grid", "lr=1e-2", "--out", "o")[0] == 0
+    args, axes, pts = parsed(["sweep", "char_lstm.rnn", *TINY, "--grid", "lr=1e-2",
+                              "--out", "o"])
+    ckpt = folder / "o" / f"{pts[0].name}.npz"
+    resumed = point_args(args, axes, pts[0], folder / "o", None).argv
+    assert resumed[0] == "train"
+    code, out, err = run([*resumed, "--resume"], capsys)
+    assert code == 0, err
+    assert "resuming at step 2" in out, out
+    assert checkpoint.peek(ckpt).meta["trainer"]["steps"] == 4
 
 
 def test_ctrl_c_stops_the_sweep_and_keeps_the_point_under_way(tmp_path):
