@@ -559,6 +559,12 @@ def _close(args, axes, rows: list[Row], folder: Path, interrupted: bool, out) ->
     for line in table(axes, ran):
         print(line, file=out)
     print(f"results: {folder / RESULTS}", file=out)
+    others = _other_points_files(folder, [r.point for r in rows])
+    if others:      # an earlier sweep's, replaced with --force: not deleted, not listed
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3
+                                         else "")
+        print(f"note: {folder} also holds files of points not in this sweep ({shown}), "
+              f"which {RESULTS} does not list", file=out)
     best = _best(ran)
     if args.plot and best is not None:
         plot(axes, ran, args.plot, f"{Path(args.spec).stem}: validation bits/char")
@@ -576,6 +582,14 @@ def _close(args, axes, rows: list[Row], folder: Path, interrupted: bool, out) ->
     print(f"best: {_bits(best.bits_per_char)} bits/char, {best.point.name}: {best.checkpoint}",
           file=out)
     return 0
+
+
+def _other_points_files(folder: Path, pts: list[Point]) -> list[str]:
+    """The checkpoints and logs in `folder` of points this sweep has not: an earlier
+    sweep's, which --force let this one replace around."""
+    ours = {f"{p.name}{ext}" for p in pts for ext in (".npz", ".best.npz", ".log")}
+    return sorted(f.name for f in folder.iterdir() if f.is_file() and f.name not in ours
+                  and "=" in f.name and f.name.endswith((".npz", ".log")))   # NAME=VALUE
 
 
 # ---------------------------------------------------------------------------- parsers

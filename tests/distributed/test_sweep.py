@@ -234,8 +234,13 @@ def test_an_earlier_sweep_is_overwritten_only_with_force(folder, capsys):
     assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
     code, out, err = sweep(capsys, "--grid", "H=3,4", "--force", "--seed", "7")
     assert code == 0, err
+    assert "note:" not in out
     assert (out_dir / "results.csv").read_bytes() != before["results.csv"]
     assert checkpoint.peek(out_dir / "H=3.npz").meta["user"]["settings"]["seed"] == 7
+    # a smaller grid over it: the other point's files stay, and are named
+    code, out, err = sweep(capsys, "--grid", "H=3", "--force")
+    assert code == 0, err
+    assert "also holds files of points not in this sweep (H=4.log, H=4.npz)" in out
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")      # NumPy, on the overflow
