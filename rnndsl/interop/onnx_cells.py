@@ -160,10 +160,13 @@ def _activations(operator: str, attrs: dict, n_dirs: int, where: str):
     lists in order as onnxruntime does (only by the activations that read them)."""
     per = len(DEFAULT_ACTIVATIONS[operator])
     names = [_text(a) for a in attrs.get("activations", [])]
+    # one direction's list, with its alpha and beta, serves both (onnxruntime 1.32
+    # refuses it); the defaults too
+    shared = not names or (len(names) == per and n_dirs == 2)
     if not names:
         names = list(DEFAULT_ACTIVATIONS[operator]) * n_dirs
-    elif len(names) == per and n_dirs == 2:
-        names = names * 2          # one direction's list serves both (onnxruntime 1.32 refuses it)
+    elif shared:
+        names = names * 2
     if len(names) != per * n_dirs:
         raise OnnxImportError(
             f"{where}: activations={names!r} has {len(names)} entries; {operator} with "
@@ -175,7 +178,7 @@ def _activations(operator: str, attrs: dict, n_dirs: int, where: str):
             if not math.isfinite(v):
                 raise OnnxImportError(f"{where}: {label} holds {v!r}, not a finite number")
     out = []
-    for name in names:
+    for name in names[:per] if shared else names:
         canonical = name if name in _USES else None
         if canonical is None:
             near = _BY_LOWER.get(name.lower())
@@ -190,6 +193,8 @@ def _activations(operator: str, attrs: dict, n_dirs: int, where: str):
         if uses_beta and betas:
             beta = betas.pop(0)
         out.append(Activation(canonical, alpha, beta))
+    if shared:
+        out = out * n_dirs
     return tuple(tuple(out[d * per:(d + 1) * per]) for d in range(n_dirs))
 
 

@@ -267,6 +267,9 @@ class InferenceSession:
         self._initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self._inputs = [_node_arg(v) for v in graph.input if v.name not in self._initializers]
         self._outputs = [_node_arg(v) for v in graph.output]
+        # what a feed may set: the graph's inputs, those with an initializer (a default)
+        # too; an initializer that is no input is a constant, as onnxruntime keeps it
+        self._feedable = {v.name for v in graph.input}
         self._types = {v.name: v.type.tensor_type.elem_type for v in graph.input
                        if v.name not in self._initializers}
         self._nodes: list = []
@@ -285,7 +288,14 @@ class InferenceSession:
             if node.op_type in RECURRENT:
                 self._nodes.append(self._recurrent(node, where, load_text))
             elif node.op_type in GLUE:
-                self._nodes.append((node, _attributes(node)))
+                attrs = _attributes(node)
+                if node.op_type == "Constant" and not {
+                        "value", "value_float", "value_floats", "value_int",
+                        "value_ints"} & set(attrs):
+                    raise OnnxImportError(
+                        f"{where}: a Constant of {', '.join(sorted(attrs)) or 'no value'}; "
+                        "rnndsl imports a Constant's value, value_float(s) or value_int(s)")
+                self._nodes.append((node, attrs))
             else:
                 raise OnnxImportError(
                     f"{where}: op_type={node.op_type!r} is not an operator rnndsl imports "
@@ -293,6 +303,7 @@ class InferenceSession:
 
     def _recurrent(self, node, where: str, load_text) -> _Recurrent:
         _check_types(node, where)
+        self._check_float_inputs(node, where)
         config = read_config(node.op_type, _attributes(node), where)
         if node.op_type == "LSTM" and len(node.input) > 7 and node.input[7]:
             config = replace(config, peepholes=True)
@@ -348,10 +359,11 @@ class InferenceSession:
                             f"{type(input_feed).__name__}; the model's inputs: "
                             f"{', '.join(a.name for a in self._inputs)}")
         values = dict(self._initializers)
-        known = {a.name for a in self._inputs} | set(self._initializers)
         for name, value in input_feed.items():
-            if name not in known:
-                raise BindError(f"the model has no input {name!r}; its inputs: "
+            if name not in self._feedable:
+                constant = (" (an initializer of the model, not an input: a constant)"
+                            if name in self._initializers else "")
+                raise BindError(f"the model has no input {name!r}{constant}; its inputs: "
                                 f"{', '.join(a.name for a in self._inputs)}")
             values[name] = np.asarray(value)
             _check_feed_type(name, values[name], self._types.get(name))
@@ -378,9 +390,37 @@ class InferenceSession:
             if name:
                 values[name] = out
 
+    def _check_float_inputs(self, node, where: str) -> None:
+        """The node's float inputs that the file fixes (an initializer's dtype, a graph
+        input's declared type) are float32 or float64, the dtypes rnndsl runs: refused
+        when the session opens, where a run would have said it."""
+        from onnx import TensorProto
+        for slot, name in zip(_INPUTS[node.op_type], node.input):
+            if not name or slot == "sequence_lens":
+                continue
+            if name in self._initializers:
+                dtype = self._initializers[name].dtype
+                if dtype not in (np.float32, np.float64):
+                    raise OnnxImportError(f"{where}: its {slot} ({name!r}) is an initializer "
+                                          f"of {dtype}; rnndsl runs float32 and float64")
+            elif self._types.get(name) not in (None, 0, TensorProto.FLOAT,
+                                               TensorProto.DOUBLE):
+                declared = TensorProto.DataType.Name(self._types[name]).lower()
+                raise OnnxImportError(f"{where}: its {slot} ({name!r}) is declared "
+                                      f"{declared}; rnndsl runs float32 and float64")
+
     def _run_glue(self, node, attrs, values: dict) -> None:
         ins = [_value(values, name, node.op_type) if name else None for name in node.input]
-        for name, out in zip(node.output, GLUE[node.op_type](ins, attrs)):
+        try:
+            outs = GLUE[node.op_type](ins, attrs)
+        except (ValueError, IndexError, TypeError) as exc:
+            # the feed's shapes disagree with the graph's (a batch size baked into a
+            # Reshape, an index past an axis): NumPy's words, placed at the node
+            where = f"{node.op_type} {node.name!r}" if node.name else node.op_type
+            shapes = ", ".join(str(np.shape(v)) for v in ins if v is not None)
+            raise BindError(f"node {where} cannot take its inputs of shapes {shapes}: "
+                            f"{exc}") from None
+        for name, out in zip(node.output, outs):
             if name:
                 values[name] = out
 

@@ -50,6 +50,22 @@ def network_model(cell, export_part):
     made: dict = {}                          # a Value -> the maker's graph output
     finals: dict[str, object] = {}           # final_<state> -> its graph output
     kinds = []
+    rows: dict[str, str] = {}                # a token input -> its one-hot rows' name
+
+    def one_hot(name: str) -> str:
+        """The one-hot rows (T, B, V) of token input `name`, for a part whose cell reads
+        vectors (a bidirectional layer's LSTM), as NetworkCell.forward makes them: a
+        Gather of the ids from an identity matrix, once an input."""
+        if name not in rows:
+            decl = next(d for d in spec.inputs if d.name == name)
+            eye = f"{name}/one_hot_rows"
+            initializers.append(numpy_helper.from_array(
+                np.eye(cell._size(decl)[0], dtype=cell.dtype), eye))
+            rows[name] = f"{name}/one_hot"
+            nodes.append(helper.make_node("Gather", [eye, name], [rows[name]], axis=0,
+                                          name=rows[name]))
+        return rows[name]
+
     for k, part in enumerate(cell.network.parts):
         part_cell = cell.part_cell(k)
         try:
@@ -59,6 +75,9 @@ def network_model(cell, export_part):
                               f"lists them), and {_describe(part)} cannot be: {exc}") from None
         graph, prefix = model.graph, _prefix(part) + "/"
         fixed = _fixed_names(part, part_cell, made)
+        for local, v in part.inputs:
+            if v[0] == "input" and _reads_ids_as_vectors(spec, part_cell, local, v[1]):
+                fixed[local] = one_hot(v[1])
         _rename(graph, lambda n: fixed.get(n, prefix + n) if n else n)
         nodes += graph.node
         initials.update((i.name, i) for i in graph.input if i.name.startswith("initial_"))
@@ -88,6 +107,14 @@ def network_model(cell, export_part):
     graph = helper.make_graph(nodes, spec.name, inputs, outputs, initializer=initializers,
                               doc_string=f"network cell {spec.name} from {spec.source.path}")
     return package(graph, cell, NETWORK + ", ".join(kinds))
+
+
+def _reads_ids_as_vectors(spec, part_cell, local: str, name: str) -> bool:
+    """Whether the network's `input token` `name` reaches the part as its input `local`,
+    which the part's cell declares a plain vector input."""
+    outer = next(d for d in spec.inputs if d.name == name)
+    inner = next((d for d in part_cell.spec.inputs if d.name == local), None)
+    return bool(outer.token) and inner is not None and not inner.token
 
 
 def _describe(part) -> str:

@@ -225,6 +225,63 @@ def test_lstm_activations_and_alphas_consumed_in_order():
         session.cells["LSTM_0_reverse"]
 
 
+@pytest.mark.parametrize("act, alpha, beta", [("LeakyRelu", [0.3], []),
+                                               ("Affine", [0.7], [-0.2]),
+                                               ("ScaledTanh", [1.5], [0.6])])
+def test_one_directions_activations_serve_both_with_their_alpha_and_beta(act, alpha, beta):
+    """A bidirectional node given one direction's list: the reverse direction took its
+    activations but not their alpha and beta (used up by the forward), falling back to
+    the defaults (Affine and ScaledTanh's 0: a reverse output of 0). onnxruntime refuses
+    such a node; it is compared with the node that writes the list out for both."""
+    attrs = {"activation_alpha": alpha} if alpha else {}
+    attrs.update({"activation_beta": beta} if beta else {})
+    model, feed = recurrent_model("RNN", direction="bidirectional", activations=[act],
+                                  **attrs)
+    both, _ = recurrent_model("RNN", direction="bidirectional", activations=[act] * 2,
+                              **{k: v * 2 for k, v in attrs.items()})
+    session = rnndsl.onnx.InferenceSession(model, target="interp")
+    ours = session.cells["RNN_0_reverse"].splitlines()[1]
+    assert ours == session.cells["RNN_0"].splitlines()[1], ours
+    for got, want in zip(session.run(None, feed), run_ort(both, feed)):
+        np.testing.assert_allclose(got, want, rtol=TOL, atol=TOL)
+
+
+def test_what_the_file_fixes_is_refused_when_the_session_opens(tmp_path):
+    """Float weights of another dtype, an input declared float16 and a Constant of a
+    string opened, to fail only at run; a glue node given shapes its graph did not
+    expect raised NumPy's error unplaced; an initializer that is no graph input could
+    be fed, silently replacing the model's weights (onnxruntime refuses that feed)."""
+    from rnndsl.interop.onnx_cells import OnnxImportError
+    model, feed = recurrent_model("RNN")
+    w = next(t for t in model.graph.initializer if t.name == "W")
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w).astype(np.int32), "W"))
+    with pytest.raises(OnnxImportError, match=r"its W \('W'\) is an initializer of int32"):
+        rnndsl.onnx.InferenceSession(model, target="interp")
+    model, feed = recurrent_model("RNN")
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    with pytest.raises(OnnxImportError, match=r"its X \('X'\) is declared float16"):
+        rnndsl.onnx.InferenceSession(model, target="interp")
+    model, feed = recurrent_model("RNN")
+    session = rnndsl.onnx.InferenceSession(model, target="interp")
+    with pytest.raises(BindError, match="the model has no input 'W' \\(an initializer of "
+                                        "the model, not an input: a constant\\)"):
+        session.run(None, {**feed, "W": np.zeros_like(feed["X"])})
+    model, feed = recurrent_model("RNN", B=3)
+    g = model.graph
+    g.initializer.append(numpy_helper.from_array(np.array([5, 3, 4], np.int64), "shape"))
+    g.node.append(helper.make_node("Reshape", [g.output[0].name, "shape"], ["flat"],
+                                   name="to_TBH"))
+    g.output.append(_info("flat", None))
+    session = rnndsl.onnx.InferenceSession(model, target="interp")
+    wrong = {**feed, "X": feed["X"][:, :2]}
+    with pytest.raises(BindError, match="node Reshape 'to_TBH' cannot take its inputs of "
+                                        "shapes"):
+        session.run(None, wrong)
+    g.node.append(helper.make_node("Constant", [], ["s"], value_string="text"))
+    with pytest.raises(OnnxImportError, match="a Constant of value_string"):
+        rnndsl.onnx.InferenceSession(model, target="interp")
+
+
 def test_gru_activations():
     model, feed = recurrent_model("GRU", activations=["HardSigmoid", "ThresholdedRelu"],
                                   activation_alpha=[0.3, 0.05], activation_beta=[0.5],

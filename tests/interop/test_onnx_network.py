@@ -136,6 +136,30 @@ def test_a_reverse_gru_under_forward_segments(tmp_path, dtype, operators, kinds,
     assert_agrees(cell, model, tol, lengths=[5, 2, 4])
 
 
+TOKEN_TAGGER = """use "lstm.rnn"
+cell TokTagger {
+  dims V, H, K
+  input token x[V]
+  layer l1 = bidirectional LSTM(I = V, H = H)
+  param W[K, 2 * H], b[K]
+  output scores = W @ l1(x) + b
+}
+"""
+
+
+@pytest.mark.parametrize("dtype, operators, tol", [(np.float32, None, 1e-5),
+                                                  (np.float64, False, 1e-10)])
+def test_token_ids_reach_a_sequence_layer_as_one_hot_rows(tmp_path, dtype, operators, tol):
+    """A token input read by a bidirectional layer exported a graph onnxruntime refused
+    (int64 ids fed to the LSTM as its float X) with exit 0: the ids now pass through a
+    one-hot Gather, as forward makes them, before the layer."""
+    cell = load(tmp_path, TOKEN_TAGGER, dtype=dtype, V=5, H=3, K=2)
+    model = rnndsl.onnx.to_model(cell, operators=operators)
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node][0] == "Gather"
+    assert_agrees(cell, model, tol, lengths=[5, 2, 4])
+
+
 def test_a_network_with_an_input_once_is_refused_before_export(tmp_path):
     """Such a network never ran (its segment of `input once` inputs wanted steps=, which
     no call could give it), and export refused it by its part; the checker now refuses
