@@ -312,9 +312,9 @@ class NetworkCell:
                 params[full] = value if full not in params else params[full] + value
             state.update(self._state_names(k, g.state))
         inputs = {}
-        if input_grads:
+        if input_grads:     # a token input has none (its one-hot rows' are no ids')
             inputs = {d.name: grads[("input", d.name)] for d in self.spec.inputs
-                      if ("input", d.name) in grads}
+                      if ("input", d.name) in grads and not d.token}
         return Grads(params, inputs, state)
 
 

@@ -255,8 +255,11 @@ def _check_token_uses(step: StepGraph) -> None:
                 continue
             if node.op == Op.MATVEC and node.args[0] != nid:
                 continue
+            written = {Op.ADD: "'+'", Op.SUB: "'-'", Op.MUL: "'*'", Op.DIV: "'/'",
+                       Op.NEG: "a minus sign", Op.POW: "'**'", Op.SLICE: "a slice [a:b]",
+                       Op.CONCAT: "concat(...)"}     # as the spec writes them
             misuse = ("is the matrix of a product" if node.op == Op.MATVEC else
-                      f"feeds {node.op.value}(...)")
+                      f"feeds {written.get(node.op, node.op.value + '(...)')}")
             break
         if misuse is not None:
             raise CheckError([Diagnostic(

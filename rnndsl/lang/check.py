@@ -431,6 +431,10 @@ class _Checker(LayerChecks):
         if expr.fn not in FUNCTIONS:
             if expr.fn in self.value_names():
                 self.error(f"'{expr.fn}' is a value, not a function", expr.fn_span)
+            elif expr.fn in self.library:      # a cell, called as if it were a layer
+                self.error(f"'{expr.fn}' is a cell, not a function: a cell runs as a layer",
+                           expr.fn_span, f"declare one, `layer l = {expr.fn}(...)` with its "
+                           "dims bound, and call it: l(x)")
             else:
                 self.error(f"unknown function '{expr.fn}'", expr.fn_span,
                            _suggest(expr.fn, FUNCTIONS) or
@@ -558,6 +562,11 @@ class _Checker(LayerChecks):
             try:
                 t = self.infer(stmt.expr)
             except _Poison:
+                if name in self.dropout_sites:     # its mask: no second error where read
+                    self.broken[self.dropout_sites[name][0]] = "input"
+                continue
+            if t.rank == 2 and name in self.dropout_sites:
+                self.declare_mask(name, t)        # "dropout needs a vector, got [H, H]"
                 continue
             if t.rank == 2:       # a bare param name: no operation saw the matrix
                 self.error(f"{name} is a matrix {t}; a matrix can only stand left of @",

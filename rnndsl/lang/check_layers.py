@@ -245,7 +245,8 @@ class LayerChecks:
         """The dropout mask of `site` is an input of the value's shape."""
         mask, rate, span = self.dropout_sites[site]
         if t.rank != 1:
-            self.error(f"dropout needs a vector, got {'a scalar' if t.rank == 0 else t}", span)
+            got = "a scalar" if t.rank == 0 else f"a matrix {t}" if t.rank == 2 else t
+            self.error(f"dropout needs a vector, got {got}", span)
             self.broken[mask] = "input"
             return False
         decl = Decl(mask, Type(t.shape, True), None, span)

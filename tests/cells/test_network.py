@@ -349,6 +349,7 @@ def test_token_ids_reach_a_sequence_layer_as_one_hot_rows(tmp_path):
     g_ids, g_rows = cell.backward(by_ids, d_outputs=d), cell.backward(by_rows, d_outputs=d)
     for name in g_rows.params:
         np.testing.assert_array_equal(g_ids.params[name], g_rows.params[name], err_msg=name)
+    assert g_ids.inputs == {} and g_rows.inputs == {}    # a token input has no gradient
     with pytest.raises(BindError, match=r"input x \(input token\) has id 7 at index \(1, 0\)"):
         cell.forward(np.array([[0, 1], [7, 2]]))
     trainer = Trainer(cell, output="logits", input="x", optimizer=Adam(5e-2), seed=0)

@@ -114,6 +114,30 @@ def test_gradcheck_checks_a_cell_with_dropout_through_fixed_masks(tmp_path, caps
     assert "passed: 4 gradients" in out
 
 
+def test_gradcheck_checks_a_learned_start_and_a_token_input_into_a_layer(tmp_path,
+                                                                           capsys):
+    """A state started from a param (`state m[H] = m0`) was given a random start, so
+    m0's row compared 0 with 0 and said ok; a token input fed to a bidirectional layer
+    made the network return a gradient for the ids, and gradcheck an internal error."""
+    spec = tmp_path / "starts.rnn"
+    spec.write_text("cell Starts {\n  dims I, H\n  input x[I]\n  state m[H] = m0, h[H]\n"
+                    "  param W[H, I], U[H, H], m0[H]\n  m' = tanh(W @ x + U @ m)\n"
+                    "  h' = tanh(U @ h + m')\n  output h'\n}\n")
+    code, out, err = run(["gradcheck", spec], capsys)
+    assert code == 0, err
+    (m0,) = [line for line in out.splitlines() if line.strip().startswith("param m0")]
+    assert "analytic +0.0000000000e+00" not in m0 and m0.endswith("ok")
+    assert "state m " not in out and "state h" in out
+    shutil.copy(REPO / "specs" / "lstm.rnn", tmp_path / "lstm.rnn")
+    (tmp_path / "tok.rnn").write_text(
+        'use "lstm.rnn"\ncell C {\n  dims V, H\n  input token x[V]\n'
+        "  layer b = bidirectional LSTM(I = V, H = H)\n  param W[V, 2 * H]\n"
+        "  output y = W @ b(x)\n}\n")
+    code, out, err = run(["gradcheck", tmp_path / "tok.rnn"], capsys)
+    assert code == 0, err
+    assert "input x" not in out and "passed:" in out
+
+
 def test_gradcheck_will_not_pass_a_check_of_nothing(tmp_path, capsys):
     """--inject state on a cell without states made every cotangent, and so every
     gradient, zero: it "passed" having checked nothing."""

@@ -803,6 +803,47 @@ def test_a_used_file_that_is_no_regular_file_is_named_so(tmp_path):
         read_spec(tmp_path / "a.rnn")
 
 
+def test_a_dropout_site_that_fails_adds_no_error_of_its_own(tmp_path):
+    """dropout(v, p) of a value with an error (a layer given the wrong argument) added
+    "unknown name 'dropout.1'" (a generated name, hinting at 'dropout.1.x') before the
+    real error; of a matrix, two errors, one in generated names."""
+    (tmp_path / "lstm.rnn").write_text(
+        (Path(__file__).resolve().parents[2] / "specs" / "lstm.rnn").read_text())
+    path = tmp_path / "q.rnn"
+    path.write_text('use "lstm.rnn"\n' + cell("dims H, I", "input x[I]",
+                                               "layer l = LSTM(I = H, H = H)",
+                                               "output y = dropout(l(x), 0.2)", name="C"))
+    with pytest.raises(CheckError) as info:
+        read_spec(path)
+    assert [d.message for d in info.value.diagnostics] == [
+        "input 'x' of layer 'l' (LSTM) is [H], but the argument is [I]"]
+    (d,) = errors(cell("dims H", "input x[H]", "state h[H]", "param W[H, H]",
+                       "h' = dropout(W, 0.1) + 0 * h", "output h'"))
+    assert d.message == "dropout needs a vector, got a matrix [H, H]" and at(d) == (6, 8)
+
+
+def test_a_cell_called_as_a_function_is_named_a_cell(tmp_path):
+    """`output z = Elman(x)` said "unknown function 'Elman'", hinting at 'mean'."""
+    (tmp_path / "e.rnn").write_text(ELMAN)
+    path = tmp_path / "q.rnn"
+    path.write_text('use "e.rnn"\n' + cell("dims H", "input x[H]", "output z = Elman(x)",
+                                            name="C"))
+    with pytest.raises(CheckError) as info:
+        read_spec(path)
+    (d,) = info.value.diagnostics
+    assert d.message == "'Elman' is a cell, not a function: a cell runs as a layer"
+    assert d.hint.startswith("declare one, `layer l = Elman(...)`")
+
+
+def test_a_token_inputs_misuse_is_named_as_written(tmp_path):
+    """`x * 2` on a token input said it "feeds mul(...)", an operation's inner name."""
+    text = cell("dims V, H", "input token x[V]", "state h[H]", "param W[H, V]",
+                "h' = tanh(W @ (x * 2) + h)", "output h'", name="T")
+    with pytest.raises(CheckError, match="token input 'x' feeds '\\*'; a token input can "
+                                         "only be multiplied by a matrix"):
+        rnndsl.load_text(text, target="interp")
+
+
 BROKEN_SUB = cell("dims I, H", "input x[I]", "state h[H]", "param W[H, I]",
                   "h' = tanh(W @ x + q)", "output h'", name="Sub")
 USES_SUB = cell("dims I, H", "input x[I]", "layer l = Sub(I = I, H = H)", "output y = l(x)",
