@@ -116,12 +116,17 @@ def _check_network(path, spec_file, spec, args) -> int:
         if isinstance(part, Segment):
             part_file = read_spec(f"<{spec.name}>", text=part.text)
             lower(part_file.pick(part.name))
+    n = len(network.parts)
+    parts = f"{n} part{'s' if n != 1 else ''}"
     if args.dump_after in ("ir", "grad", "unroll"):
-        raise UsageError(f"cell {spec.name} is a network of {len(network.parts)} parts "
+        raise UsageError(f"cell {spec.name} is a network of {parts} "
                          "(layers run over whole sequences), not one step: `rnndsl explain "
                          f"{path}` shows each part and its spec")
     if not args.quiet:
-        print(f"{path}: ok: {_summary(spec)}; {len(network.parts)} parts")
+        print(f"{path}: ok: {_summary(spec)}; {parts}")
+    if args.dump_after == "check":     # the parts hold the equations, not the network
+        print(f"  (cell {spec.name}'s equations are its parts': `rnndsl explain {path}` "
+              "shows each part and its spec)")
     return EXIT_OK
 
 

@@ -344,6 +344,11 @@ class _Checker(LayerChecks):
                 self.error(f"the number {self.text(expr.span)} is too large for a float",
                            expr.span)
                 raise _Poison
+            if expr.value == 0 and _nonzero_digits(self.text(expr.span)):
+                # 1e-400 reads as 0.0: a term meant to be tiny would vanish silently
+                self.error(f"the number {self.text(expr.span)} is too small for a float: "
+                           "it would be 0", expr.span, "write 0 if zero is meant")
+                raise _Poison
             return Type((), False)
         if isinstance(expr, ast.Name):
             return self.name_type(expr)
@@ -722,6 +727,11 @@ class _Checker(LayerChecks):
     def failed_inputs(self) -> bool:
         """Whether some input declaration failed (its error already explains the rest)."""
         return any(isinstance(s, ast.InputDecl) for s in self.cell.body)
+
+
+def _nonzero_digits(text: str) -> bool:
+    """Whether a number's text has a nonzero digit before its exponent (1e-400 has)."""
+    return any(c in "123456789" for c in text.lower().split("e")[0])
 
 
 def _children(expr: ast.Expr):

@@ -455,6 +455,10 @@ def test_check_explain_and_build_describe_the_network(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "layers over whole sequences b1 (bidirectional LSTM), r2 (reverse GRU)" in out
     assert "5 parts" in out
+    # --dump-after check printed nothing for a network: its parts hold the equations
+    assert main(["check", str(path), "--dump-after", "check"]) == 0
+    assert f"(cell Mixed's equations are its parts': `rnndsl explain {path}`" in \
+        capsys.readouterr().out
     assert main(["explain", str(path)]) == 0
     out = capsys.readouterr().out
     assert "## part 2: layer b1, bidirectional LSTM" in out

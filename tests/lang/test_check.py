@@ -328,6 +328,15 @@ def test_a_number_too_large_for_a_float():
     ]
 
 
+def test_a_number_too_small_for_a_float():
+    """1e-400 read as 0.0 and was taken silently, where 1e400 is refused."""
+    d = error(cell(*DECLS, "h' = tanh(W @ x) + 1e-400 * h"))
+    assert d.message == "the number 1e-400 is too small for a float: it would be 0"
+    assert at(d) == (7, 22) and d.hint == "write 0 if zero is meant"
+    assert checked(cell(*DECLS, "h' = tanh(W @ x) + 0.0e-400 * h + 1e-300 * h",
+                        "output v = V @ h'")).name == "A"
+
+
 # ----------------------------------------------------------------------------- updates
 
 def test_a_state_never_updated():
