@@ -70,7 +70,8 @@ class InterpCell(Cell):
         for name, seq in u.outputs.items():
             stacked = np.stack([values[nid] for nid in seq])
             outputs[name] = stacked[..., 0] if self._scalar_output(name) else stacked
-        final = {name: values[nid].copy() for name, nid in u.final_state.items()}
+        # in the spec's order, as the compiled targets give them (not evaluation order)
+        final = {d.name: values[u.final_state[d.name]].copy() for d in self.spec.states}
         return Run(outputs, final, T, B, _Tape(u, values, ctx, from_params, self._token,
                                                seen))
 

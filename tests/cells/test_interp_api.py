@@ -85,6 +85,14 @@ def test_params_are_named_and_shaped_as_the_spec(LSTM):
     assert all(p.dtype == np.float64 for p in cell.params.values())
 
 
+def test_final_states_come_in_the_specs_order(LSTM):
+    """The interpreter gave run.state in evaluation order (c, h for lstm.rnn), the
+    compiled targets in the spec's (h, c): a loop over the dict drew its cotangents in
+    an order that depended on the target."""
+    run = LSTM(I=2, H=3).forward(np.ones((2, 1, 2), np.float32))
+    assert list(run.state) == [d.name for d in LSTM.spec.states] == ["h", "c"]
+
+
 def test_params_follow_their_initialisers(Elman, TwoStreams):
     cell = Elman(I=3, H=5, O=2, dtype=np.float64, seed=3)
     W_hh = cell.params["W_hh"]                           # ~ orthogonal
