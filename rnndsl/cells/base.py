@@ -215,14 +215,21 @@ class Cell:
                                 f"{np.finfo(self.dtype).max:.3g}); give smaller values, or "
                                 "use dtype=np.float64")
             self.params[d.name] = view
-        too_big = _number_beyond(spec, float(np.finfo(self.dtype).max))
-        if too_big is not None:     # a constant past the dtype's range: inf, silently
+        info = np.finfo(self.dtype)
+        # half the smallest subnormal and below rounds to 0 in the dtype (1e-50 in float32)
+        too_big = _number_beyond(spec, float(info.max), float(info.smallest_subnormal) / 2)
+        if too_big is not None:     # a constant past the dtype's range: inf or 0, silently
             where = f"{spec.source.path}:{too_big.span.line}:{too_big.span.column}: " \
                 if too_big.span.line else ""
+            if abs(too_big.value) > float(info.max):
+                raise BindError(f"{where}{spec.name}({bound}): the constant "
+                                f"{too_big.value:g} is beyond {self.dtype.name}'s range "
+                                f"(largest {info.max:.3g}); use a smaller one, or "
+                                "dtype=np.float64")
             raise BindError(f"{where}{spec.name}({bound}): the constant {too_big.value:g} is "
-                            f"beyond {self.dtype.name}'s range (largest "
-                            f"{np.finfo(self.dtype).max:.3g}); use a smaller one, or "
-                            "dtype=np.float64")
+                            f"too small for {self.dtype.name}: it would be 0 (smallest "
+                            f"{info.smallest_subnormal:.3g}); write 0 if zero is meant, or "
+                            "use dtype=np.float64")
         for d in spec.states:       # a start value past the dtype's range: inf, silently
             if isinstance(d.init, ast.ConstInit):
                 with np.errstate(over="ignore"):
@@ -729,14 +736,15 @@ class Cell:
         raise NotImplementedError
 
 
-def _number_beyond(spec: CheckedCell, largest: float):
+def _number_beyond(spec: CheckedCell, largest: float, vanishing: float = 0.0):
     """The first number written in the cell's equations whose size is past `largest`
-    (it would be inf in that dtype), or None; exponents aside."""
+    (it would be inf in that dtype), or nonzero and at most `vanishing` (it would be 0),
+    or None; exponents aside."""
     import dataclasses
 
     def walk(node):
         if isinstance(node, ast.Number):
-            if abs(node.value) > largest:
+            if abs(node.value) > largest or 0 < abs(node.value) <= vanishing:
                 return node
             return None
         if isinstance(node, ast.Pow):     # an exponent of inf still means something:

@@ -565,7 +565,12 @@ def test_an_initialiser_beyond_the_dtypes_range_is_refused_by_name(init):
     ("cell Q {\n  dims H\n  input x[H]\n  state h[H]\n  h' = tanh(h + x)\n"
      "  output y = h' * 1e300\n}\n",
      r":6:19: Q\(H=2\): the constant 1e\+300 is beyond float32's range", "y", None),
-], ids=["state start", "constant"])
+    # `h' * 1e-50` in float32 was 0 with no word (1e-400 is refused by the checker)
+    ("cell Q {\n  dims H\n  input x[H]\n  state h[H]\n  h' = tanh(h + x)\n"
+     "  output y = h' * 1e-50\n}\n",
+     r":6:19: Q\(H=2\): the constant 1e-50 is too small for float32: it would be 0", "y",
+     None),
+], ids=["state start", "constant", "vanishing constant"])
 def test_a_number_beyond_the_dtypes_range_is_refused_by_name(text, message, name, value):
     import warnings
     C = rnndsl.load_text(text, target="interp")
