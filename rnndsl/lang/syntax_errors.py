@@ -128,6 +128,18 @@ SYNTAX_EXAMPLES: dict[str, list[str]] = {
         "cell C { param a ~ }",
         "cell C { param a ~ f(x) }",
     ],
+    # a declared name followed by what another kind of declaration takes
+    "a param's initialiser follows `~`, not `=`: `param W[H, I] ~ glorot`, `param b[H] ~ 0`": [
+        "cell C { param p[H] = 3 }",
+        "cell C { param p = 3 }",
+    ],
+    "a state starts at `= value`, not `~`: `state h[H] = 0.5` or `state h[H] = h0`": [
+        "cell C { state h[H] ~ zeros }",
+    ],
+    "an input takes no initialiser: the caller gives it": [
+        "cell C { input x[I] ~ zeros }",
+        "cell C { input x[I] = 0 }",
+    ],
     "`use` takes a quoted path: `use \"other.rnn\"`": [
         "use other.rnn",
         "use other",

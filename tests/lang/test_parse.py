@@ -361,6 +361,13 @@ BAD_INPUTS = [
     (PAREN, "cell A { dims H\n  a = ((x + y) * z\n}", 3, 1, "'}'"),
     (OPERAND, "cell A { a = f(x y) }", 1, 18, "'y'"),
     (OPERAND, "cell A {\n  h' = tanh(W x + h)\n}", 2, 15, "'x'"),
+    # a declaration given another kind's initialiser: "unexpected '='" before
+    ("a param's initialiser follows `~`, not `=`: `param W[H, I] ~ glorot`, `param b[H] ~ 0`",
+     "cell A {\n  param p[H] = 3\n}", 2, 14, "'='"),
+    ("a state starts at `= value`, not `~`: `state h[H] = 0.5` or `state h[H] = h0`",
+     "cell A {\n  state g[H] ~ zeros\n}", 2, 14, "'~'"),
+    ("an input takes no initialiser: the caller gives it", "cell A {\n  input x[I] = 0\n}",
+     2, 14, "'='"),
     (PAREN, "cell A {\n  a = (b\n", 2, 9, "the end of the file"),
     (PAREN, "cell A {\n  a = f(g(b", 2, 12, "the end of the file"),
     (OUTSIDE, "state h[H]", 1, 1, "'state'"),
