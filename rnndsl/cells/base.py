@@ -634,9 +634,12 @@ class Cell:
             first = given[per_step[0].name]
             # a sequence: (T, B, size), or a token input's ids (T, B)
             seq_ndim = (2, 3) if per_step[0].token else (3,)
-            T = first.shape[0] if isinstance(first, np.ndarray) and first.ndim in seq_ndim \
-                else None
-            rows = first.shape[1] if T is not None else None
+            shape = getattr(first, "shape", None)    # a NumPy or a device array
+            T = shape[0] if isinstance(shape, tuple) and len(shape) in seq_ndim else None
+            rows = shape[1] if T is not None else None
+            if T is not None and (T < 1 or rows < 1):    # no step to give the once inputs
+                raise BindError(f"input {per_step[0].name} has shape {shape}: a sequence "
+                                "needs T >= 1 steps and B >= 1 rows")
             if steps is not None and steps != T:
                 raise BindError(f"steps={steps}, but input {per_step[0].name} has T = {T}")
         else:

@@ -613,8 +613,8 @@ class CompiledCell(ReusedBuffers, Cell):
         for d in self.spec.states:
             if d.name in tape.from_params:
                 params[d.init.name] = self._plus_batch_sum(params[d.init.name], state[d.name])
-        if not tape.on_device:
-            params = {d.name: params[d.name].reshape(self._size(d)) for d in self.spec.params}
+        # shaped as declared: a scalar param's gradient (), not the kernels' (1,)
+        params = {d.name: _shaped(params[d.name], self._size(d)) for d in self.spec.params}
         return Grads(params, self._deliver(inputs, tape.on_device), state)
 
 
@@ -623,6 +623,17 @@ class CompiledCell(ReusedBuffers, Cell):
 _AHEAD_LOCK = threading.Lock()
 _AHEAD_ASKED: set = set()
 _AHEAD_CHILDREN: dict = {}
+
+
+def _shaped(array, shape: tuple):
+    """`array` (host or device) as `shape`, of the same size; a device array that cannot
+    take the shape (0-d, on a numba-cuda without it) is left as it is."""
+    if tuple(array.shape) == tuple(shape):
+        return array
+    try:
+        return array.reshape(shape)
+    except (ValueError, TypeError, NotImplementedError):
+        return array
 
 
 def _spec_file_of(module, meta):

@@ -67,6 +67,14 @@ def fresh_host_copy(value) -> np.ndarray:
     return np.array(value, order="C", copy=True)
 
 
+def host_copy(device) -> np.ndarray:
+    """A device array's values on the host (numba-cuda's, or a foreign CUDA array)."""
+    if not hasattr(device, "copy_to_host"):
+        from numba import cuda
+        device = cuda.as_cuda_array(device)
+    return device.copy_to_host()
+
+
 def is_device_array(value) -> bool:
     """A device array: numba-cuda's own, the simulator's, or a foreign CUDA array."""
     return not isinstance(value, np.ndarray) and (
@@ -83,6 +91,22 @@ class CudaCell(CompiledCell):
         super().__init__(dtype=dtype, seed=seed, **dims)
 
     # ------------------------------------------------------------------ arrays
+    def _expand_once(self, x, steps):
+        """An `input once` (B, size) and an `input token`'s ids (T, B) given on the
+        device come to the host first, where they are checked and made into what the
+        kernels read (the first step's rows, one-hot rows) as host ones are: small, and
+        read once. Without this a device `once` input went unexpanded, and ids were
+        refused as a sequence without its third axis."""
+        small = {d.name for d in self.spec.inputs if d.once or d.token}
+        if small and isinstance(x, dict):
+            x = {k: host_copy(v) if k in small and is_device_array(v) else v
+                 for k, v in x.items()}
+        elif small and is_device_array(x):
+            user = [d for d in self.spec.inputs if d.name not in self.hidden_inputs]
+            if len(user) == 1 and user[0].name in small:
+                x = host_copy(x)
+        return super()._expand_once(x, steps)
+
     def _device(self, what: str, value, shape: tuple[int, ...], layout: str):
         """A checked device array for `value`, host or device (copied if strided)."""
         from numba import cuda
@@ -128,6 +152,9 @@ class CudaCell(CompiledCell):
             raise BindError(f"input {decls[0].name} has shape {getattr(first, 'shape', '?')}; "
                             "expected 3 axes, (T, B, size): time-major, one row per sequence")
         T, B = first.shape[:2]
+        if T < 1 or B < 1:
+            raise BindError(f"input {decls[0].name} has shape {tuple(first.shape)}: a "
+                            "sequence needs T >= 1 steps and B >= 1 rows")
         arrays = {}
         for d in decls:
             size = self._size(d)
@@ -168,6 +195,8 @@ class CudaCell(CompiledCell):
         value = self.params.get(name)
         if value is None:
             raise BindError(f"param {name} is missing from cell.params")
+        if not shape and is_device_array(value) and tuple(value.shape) == (1,):
+            shape = (1,)       # a scalar param on the device as its gradient came: (1,)
         dev = self._device(f"param {name}", value, shape, str(list(shape)))
         return dev.reshape((1,)) if not shape else dev
 

@@ -159,6 +159,44 @@ def test_device_arrays_are_checked():
                      state={"h": cuda.to_device(np.zeros((3, 3), np.float32))})
 
 
+def test_device_inputs_once_ids_and_empty_sequences():
+    """From an outside review of the device path: an `input once` (B, Z) on the device
+    was refused as a sequence without its third axis, and one of (T, B, Z) was taken
+    as a sequence (fed at every step, silently); token ids on the device were refused,
+    and rows that are not one-hot accepted; T = 0 and B = 0 ran; a scalar param's
+    gradient came back (1,)."""
+    text = ("cell Mixed {\n  dims Z, I, H\n  input once z[Z]\n  input x[I]\n  state h[H]\n"
+            "  param W[H, Z], U[H, H], A[H, I], v[1, H], s\n"
+            "  h' = tanh(W @ z + U @ h + A @ x) * s\n  output y = v @ h'\n}\n")
+    cell = rnndsl.load_text(text, target="cuda")(Z=2, I=3, H=4, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(0)
+    z, x = rng.normal(size=(B, 2)), rng.normal(size=(T, B, 3))
+    host = cell.forward({"z": z, "x": x})
+    dev = cell.forward({"z": cuda.to_device(z), "x": cuda.to_device(x)})
+    assert _rel(dev.outputs["y"].copy_to_host(), host.outputs["y"]) < 1e-12
+    with pytest.raises(BindError, match=r"input z \(input once\) has shape \(3, 2, 2\); "
+                                        r"expected \(B, 2\)"):
+        cell.forward({"z": cuda.to_device(np.repeat(z[None], T, 0)), "x": cuda.to_device(x)})
+    cell.params = {k: cuda.to_device(v) for k, v in cell.params.items()}
+    run = cell.forward({"z": cuda.to_device(z), "x": cuda.to_device(x)})
+    g = cell.backward(run, d_outputs={"y": cuda.to_device(np.ones((T, B, 1)))})
+    assert tuple(g.params["s"].shape) == ()
+    cell.params["s"] = g.params["s"]          # a device optimiser step takes it back
+    cell.forward({"z": cuda.to_device(z), "x": cuda.to_device(x)})
+    with pytest.raises(BindError, match=r"has shape \(0, 2, 3\): a sequence needs T >= 1"):
+        cell.forward({"z": cuda.to_device(z), "x": cuda.to_device(x[:0])})
+
+    tok = rnndsl.load_text("cell Tok {\n  dims V, H\n  input token x[V]\n  state h[H]\n"
+                           "  param W[H, V], U[H, H]\n  h' = tanh(W @ x + U @ h)\n"
+                           "  output h'\n}\n", target="cuda")(V=3, H=4, dtype=np.float64)
+    ids = np.array([[0, 1], [2, 0]])
+    got = tok.forward(cuda.to_device(ids)).outputs["h"]    # ids alone go via the host
+    got = got.copy_to_host() if is_device_array(got) else got
+    assert _rel(got, tok.forward(ids).outputs["h"]) < 1e-12
+    with pytest.raises(BindError, match="is not one-hot"):
+        tok.forward(cuda.to_device(np.full((T, B, 3), 0.5)))
+
+
 def test_gemm_partial_tiles_and_strided_views():
     """The tiled GEMM at shapes that are not multiples of the tile, on column views."""
     from rnndsl.kernels.cuda import TILE, gemm
