@@ -31,24 +31,20 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..core.errors import BindError, TargetError
+from ..lang.checked import REVERSE, reverse_name_clash  # noqa: F401  (REVERSE: for importers)
 from .base import DIRECTIONS  # noqa: F401  (for importers)
 from .base import Cell, Grads, Run, check_param_table, checked_array, once_steps
-
-REVERSE = "_reverse"       # the reverse direction's names: NAME_reverse, as torch's
-
 
 def refuse_reverse_names(spec) -> None:
     """A bidirectional cell names the reverse direction's params and states NAME_reverse:
     a spec that already has `W` and `W_reverse` would have one name for two arrays (tied
     weights, a final state lost), so it is refused, the names given."""
-    for what, decls in (("param", spec.params), ("state", spec.states)):
-        names = {d.name for d in decls}
-        clash = sorted(n for n in names if n + REVERSE in names)
-        if clash:
-            raise BindError(f"{spec.name} cannot run bidirectional: its {what} "
-                            f"{clash[0]}{REVERSE} would share its name with the reverse "
-                            f"direction's copy of {what} {clash[0]}; rename "
-                            f"{clash[0]}{REVERSE} in the spec")
+    clash = reverse_name_clash(spec)
+    if clash is not None:
+        kind, name = clash
+        raise BindError(f"{spec.name} cannot run bidirectional: its {kind} {name}{REVERSE} "
+                        f"would share its name with the reverse direction's copy of {kind} "
+                        f"{name}; rename {name}{REVERSE} in the spec")
 
 
 def reverse_index(T: int, B: int, lengths) -> np.ndarray:

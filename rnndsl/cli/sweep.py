@@ -264,7 +264,8 @@ _SWEEP_ONLY = {"--grid": True, "--workers": True, "--scheduler": True, "--out": 
                "--plot": True, "--force": False, "--dry-run": False}
 
 
-def _point_argv(args, axes: list[Axis], point: Point, dims: dict, checkpoint: str) -> list:
+def _point_argv(args, axes: list[Axis], point: Point, dims: dict,
+                checkpoint: str) -> list | None:
     """The `rnndsl train` arguments a point runs as: the sweep's own command line less
     its own options, the point's values given as train's options, and its checkpoint;
     what the resume command of an interrupted point is made of (its log prints it), so

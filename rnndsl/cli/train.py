@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import args as cli_args
-from .train_checks import (TrainError, checkpoint_vocab, _is_zip,
+from .train_checks import (TrainError, checkpoint_vocab, resumed_dtype, _is_zip,
                            _outputs_apart_from_inputs, _same_settings, _schedule)
 from .train_options import DEFAULT_DIM, add_train_arguments
 from ..core.errors import RnnError
@@ -292,7 +292,7 @@ def _prepare(args) -> _Plan:
                              f"--dims asks for {ours}: leave --dims out to resume, or train "
                              "afresh with --force")
         check_model(info, Cell, dims)
-        dtype = _resumed_dtype(args, info, checkpoint)
+        dtype = resumed_dtype(args, info.dtype, checkpoint)
         schedule = _same_settings(args, user, checkpoint) or schedule
     else:
         vocab = Vocab.from_text(corpus.text)
@@ -413,22 +413,6 @@ def _resume_command(args) -> str:
     if "--resume" not in argv:
         argv.append("--resume")
     return shlex.join(["rnndsl", *argv])
-
-
-def _resumed_dtype(args, info, checkpoint) -> np.dtype:
-    """A resumed run's dtype: the checkpoint's, where --dtype is left out (a float64
-    model was continued, and saved, in float32, the option's default); another one
-    given is refused, as other --dims are."""
-    argv = getattr(args, "argv", None) or []
-    ours = np.dtype(info.dtype)
-    if not any(a == "--dtype" or a.startswith("--dtype=") for a in argv):
-        args.dtype = ours.name
-        return ours
-    if np.dtype(args.dtype) != ours:
-        raise TrainError(f"--resume continues {checkpoint}, a {ours.name} model, but --dtype "
-                         f"asks for {args.dtype}: leave --dtype out to resume, or train "
-                         "afresh with --force")
-    return ours
 
 
 @contextlib.contextmanager

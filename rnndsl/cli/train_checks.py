@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from . import args as cli_args
 from .train_options import DEFAULT_DECAY_GAMMA, DEFAULT_LR_FLOOR
 from ..core.errors import RnnError
@@ -111,6 +113,28 @@ _SCHEDULE_OPTIONS = ("--lr-schedule", "--warmup", "--lr-floor", "--decay-every",
                      "--decay-gamma")
 
 
+def option_given(args, option: str) -> bool:
+    """Whether the command line named `option` (`--dtype float32` or `--dtype=...`), as
+    against its default standing."""
+    return any(a == option or a.startswith(option + "=")
+               for a in getattr(args, "argv", None) or [])
+
+
+def resumed_dtype(args, dtype_of_checkpoint: str, checkpoint) -> np.dtype:
+    """A resumed run's dtype: the checkpoint's, where --dtype is left out (a float64
+    model was continued, and saved, in float32, the option's default); another one
+    given is refused, as other --dims are."""
+    ours = np.dtype(dtype_of_checkpoint)
+    if not option_given(args, "--dtype"):
+        args.dtype = ours.name
+        return ours
+    if np.dtype(args.dtype) != ours:
+        raise TrainError(f"--resume continues {checkpoint}, a {ours.name} model, but --dtype "
+                         f"asks for {args.dtype}: leave --dtype out to resume, or train "
+                         "afresh with --force")
+    return ours
+
+
 def _same_settings(args, user: dict, checkpoint: Path):
     """A resumed run continues with the first one's --val, --batch and --seq: where one
     of them is left out it is the checkpoint's, and where another value is given it is
@@ -119,10 +143,8 @@ def _same_settings(args, user: dict, checkpoint: Path):
     Checkpoints from before a setting was kept take whatever is given. Returns the
     first run's lr schedule where it continues, else None."""
     kept_settings = user.get("settings", {})
-    argv = getattr(args, "argv", None) or []
-
     def given(option: str) -> bool:
-        return any(a == option or a.startswith(option + "=") for a in argv)
+        return option_given(args, option)
     for key, option, kind, why in _KEPT_SETTINGS:
         kept = kept_settings.get(key)
         if not isinstance(kept, (int, float)) or isinstance(kept, bool) or \

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import ast
-from .checked import Constraint, Decl, FailedCell, SequenceLayer
+from .checked import REVERSE, Constraint, Decl, FailedCell, SequenceLayer, reverse_name_clash
 from .checked import provably as _provably
 from .checked import suggest as _suggest
 from .checked import declare_dim_hint
@@ -132,16 +132,12 @@ class LayerChecks:
         if problem is None and sub.dropouts:
             problem = "it has dropout sites"
         hint = "a layer run over whole sequences takes per-step inputs"
-        if problem is None and stmt.direction == "bidirectional":
-            # the reverse direction's copies are named NAME_reverse (cells/directions.py)
-            for what, decls in (("param", sub.params), ("state", sub.states)):
-                names = {d.name for d in decls}
-                clash = sorted(n for n in names if n + "_reverse" in names)
-                if clash:
-                    problem = (f"its {what} {clash[0]}_reverse would share its name with "
-                               f"the reverse direction's copy of {what} {clash[0]}")
-                    hint = f"rename {clash[0]}_reverse in cell '{sub.name}'"
-                    break
+        clash = reverse_name_clash(sub) if stmt.direction == "bidirectional" else None
+        if problem is None and clash is not None:
+            kind, name = clash
+            problem = (f"its {kind} {name}{REVERSE} would share its name with the reverse "
+                       f"direction's copy of {kind} {name}")
+            hint = f"rename {name}{REVERSE} in cell '{sub.name}'"
         if problem is not None:
             self.error(f"cell '{sub.name}' cannot be a {stmt.direction} layer: {problem}",
                        stmt.cell_span, hint)

@@ -147,3 +147,20 @@ class FailedCell:
 class UsesFailedCell(Exception):
     """A cell whose only fault is a layer of a FailedCell: it cannot be checked, and has
     no error of its own to report (read_spec counts it failed too)."""
+
+
+# the reverse direction's names in a bidirectional cell: NAME_reverse, as torch's
+REVERSE = "_reverse"
+
+
+def reverse_name_clash(cell) -> tuple[str, str] | None:
+    """(kind, name) of the first param or state NAME of `cell` (a CheckedCell) that has a
+    NAME_reverse beside it, or None. Run bidirectional, the reverse direction's copy of
+    NAME would be NAME_reverse too: one name for two arrays. The checker refuses such a
+    cell as a bidirectional layer, and a two-way cell (cells/directions.py) when made."""
+    for kind, decls in (("param", cell.params), ("state", cell.states)):
+        names = {d.name for d in decls}
+        clash = sorted(n for n in names if n + REVERSE in names)
+        if clash:
+            return kind, clash[0]
+    return None

@@ -14,6 +14,8 @@ from rnndsl.train.losses import softmax_cross_entropy
 from rnndsl.train.optim import Adam
 from rnndsl.train.trainer import Trainer
 
+from tiny_cells import GENERATOR  # noqa: E402  (tests/ is on sys.path)
+
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 
 FED = '''
@@ -143,15 +145,7 @@ cell Cls {
   h' = tanh(W @ x + U @ h)
   final logits = V @ h'
 }
-cell Gen {
-  dims Z, H
-  input once z[Z]
-  state h[H]
-  param W[H, Z], U[H, H], v[1, H]
-  h' = tanh(W @ z + U @ h)
-  output y = v @ h'
-}
-'''
+''' + GENERATOR.replace("cell Generator", "cell Gen")
 
 
 @pytest.mark.parametrize("target", ["interp", "cpu"])
