@@ -360,6 +360,23 @@ def test_force_takes_the_replaced_runs_best_checkpoint_with_it(folder, capsys):
     assert checkpoint.peek(folder / "m.best.npz").meta["trainer"]["steps"] <= 2
 
 
+def test_a_second_ctrl_c_stops_at_once(monkeypatch):
+    """The README: Ctrl-C finishes the step under way and saves; a second one stops at
+    once (a KeyboardInterrupt out of the step, before any save), and leaving restores
+    the handler that was there."""
+    from rnndsl.cli.train import _StopAtStepEnd
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with _StopAtStepEnd() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)                       # the handler runs between bytecodes
+            assert stop.asked                      # the first: asked to stop, no raise
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            pytest.fail("the second Ctrl-C did not stop the run")
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_options_are_spelt_in_full(folder, capsys):
     """An abbreviation (--batc for --batch) slipped past resume's check of which options
     were given; options are now spelt in full."""
