@@ -237,7 +237,7 @@ class Cell:
                 if not np.isfinite(start):
                     raise BindError(f"{spec.name}({bound}): state {d.name} starts at "
                                     f"{d.init.value:g}, beyond {self.dtype.name}'s range "
-                                    f"(largest {np.finfo(self.dtype).max:.3g}); give a "
+                                    f"(largest {info.max:.3g}); give a "
                                     "smaller start, or use dtype=np.float64")
 
     # ------------------------------------------------------------------ binding
@@ -780,10 +780,11 @@ def once_steps(cell_name: str, steps) -> int:
 
 
 def check_param_table(cell_name: str, params, shapes: Mapping[str, tuple], dtype) -> None:
-    """A two-way or network cell's params, by the names its users see (`W_i_reverse`,
-    `l1.W_i`): a dict holding exactly those names (a misspelt one would be ignored, the
-    model running on the old values), each an array of its shape and the cell's dtype.
-    Checked here, before the inner cells would say it in their own names."""
+    """A cell's params, by the names its users see (a plain cell's spec names; a two-way
+    or network cell's `W_i_reverse`, `l1.W_i`, checked before its inner cells would say
+    it in their own): a dict holding exactly those names (a misspelt one would be
+    ignored, the model running on the old values), each an array of its shape and the
+    cell's dtype. Every param as expected, the common case, is checked in one quick pass."""
     if not isinstance(params, Mapping):
         raise BindError(f"{cell_name}'s params must be a dict keyed by param name, got "
                         f"{type(params).__name__}")

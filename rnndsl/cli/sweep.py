@@ -313,6 +313,12 @@ def check_points(args, axes: list[Axis], pts: list[Point]) -> None:
             done.add(key)
 
 
+def _point_files(point: Point) -> dict[str, str]:
+    """The files a point writes in the sweep's folder, each with what it is."""
+    return {f"{point.name}.npz": "checkpoint", f"{point.name}.best.npz": "best checkpoint",
+            f"{point.name}.log": "log"}
+
+
 def check_folder(folder: Path, pts: list[Point], force: bool) -> None:
     """DIR may be new, or hold other files; an earlier sweep's results or any point's
     files are overwritten only with --force."""
@@ -324,8 +330,7 @@ def check_folder(folder: Path, pts: list[Point], force: bool) -> None:
                          "made")
     if not folder.is_dir() or force:
         return
-    mine = [folder / RESULTS] + [folder / f"{p.name}{ext}" for p in pts
-                                 for ext in (".npz", ".best.npz", ".log")]
+    mine = [folder / RESULTS] + [folder / name for p in pts for name in _point_files(p)]
     found = [f for f in mine if f.exists()]
     if found:
         shown = ", ".join(f.name for f in found[:3]) + (" ..." if len(found) > 3 else "")
@@ -358,11 +363,10 @@ def _writable_png(args, folder: Path, pts: list[Point], axes: list[Axis], Cell) 
     for what, name in read:
         if name and Path(name).is_file() and Path(name).resolve() == where:
             raise UsageError(f"--plot {path} is {what}; name another file")
-    written = {folder / "results.csv": "the sweep's results.csv"}
+    written = {folder / RESULTS: f"the sweep's {RESULTS}"}
     for p in pts:
-        for suffix, what in ((".npz", "checkpoint"), (".best.npz", "best checkpoint"),
-                             (".log", "log")):
-            written[folder / f"{p.name}{suffix}"] = f"point {p.name}'s {what}"
+        written.update((folder / name, f"point {p.name}'s {what}")
+                       for name, what in _point_files(p).items())
     for file, what in written.items():
         if file.resolve() == where:
             raise UsageError(f"--plot {path} is {what}, which the sweep writes; name "
@@ -588,7 +592,7 @@ def _close(args, axes, rows: list[Row], folder: Path, interrupted: bool, out) ->
 def _other_points_files(folder: Path, pts: list[Point]) -> list[str]:
     """The checkpoints and logs in `folder` of points this sweep has not: an earlier
     sweep's, which --force let this one replace around."""
-    ours = {f"{p.name}{ext}" for p in pts for ext in (".npz", ".best.npz", ".log")}
+    ours = {name for p in pts for name in _point_files(p)}
     return sorted(f.name for f in folder.iterdir() if f.is_file() and f.name not in ours
                   and "=" in f.name and f.name.endswith((".npz", ".log")))   # NAME=VALUE
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import args as cli_args
-from .train_checks import (TrainError, checkpoint_vocab, resumed_dtype, _is_zip,
+from .train_checks import (TrainError, checkpoint_vocab, default_best, resumed_dtype, _is_zip,
                            _outputs_apart_from_inputs, _same_settings, _schedule)
 from .train_options import DEFAULT_DIM, add_train_arguments
 from ..core.errors import RnnError
@@ -336,8 +336,7 @@ def _best(args, checkpoint: Path, resuming: bool, val_chars: int):
             raise cli_args.UsageError("--best keeps the checkpoint that validates best during "
                                       "training: it needs --val-every N above 0")
         return None, None
-    best = Path(args.best) if args.best else checkpoint.with_name(
-        f"{checkpoint.stem}.best{checkpoint.suffix or '.npz'}")
+    best = Path(args.best) if args.best else default_best(checkpoint)
     if best.resolve() == checkpoint.resolve():
         raise cli_args.UsageError(f"--best {best} is the --checkpoint itself; name another "
                                   "file")
@@ -428,9 +427,8 @@ def _diverged(cell):
         finite = all(np.isfinite(v).all() for v in cell.params.values())
         if finite and not isinstance(exc, DivergedError):
             raise
-        what = "its params are" if not finite else \
-            "its gradients are" if str(exc).startswith("gradient norm") else "its logits are"
-        raise TrainError(f"the model diverged: {what} no longer finite; lower --lr "
+        what = "params" if not finite else exc.values
+        raise TrainError(f"the model diverged: its {what} are no longer finite; lower --lr "
                          "(or --clip)") from None
 
 
@@ -493,8 +491,7 @@ class _Run:
         # --force replaces an earlier run: its best checkpoint goes with its last one, at
         # the first save (a run that fails before then leaves both as they were), where
         # this run has not written its own (--val-every 0 writes none)
-        ckpt = plan.checkpoint
-        earlier = {ckpt.with_name(f"{ckpt.stem}.best{ckpt.suffix or '.npz'}"), plan.best}
+        earlier = {default_best(plan.checkpoint), plan.best}
         self.stale_best = sorted(p for p in earlier if p is not None and args.force and
                                  not plan.resume and p.is_file() and _is_zip(p))
         self.chars, self.steps_done, self.val_seconds = 0, 0, 0.0

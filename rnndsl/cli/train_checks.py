@@ -52,6 +52,12 @@ def _schedule(args):
     return Constant(warmup=args.warmup)
 
 
+def default_best(checkpoint: Path) -> Path:
+    """Where the checkpoint that validated best goes without --best: model.best.npz
+    beside model.npz."""
+    return checkpoint.with_name(f"{checkpoint.stem}.best{checkpoint.suffix or '.npz'}")
+
+
 def _outputs_apart_from_inputs(args, outputs, Cell=None) -> None:
     """No file train writes may be the spec, a file the spec uses, or the corpus it
     reads: --force would overwrite them with a checkpoint (or a JSON, or a PNG). No two
@@ -65,9 +71,8 @@ def _outputs_apart_from_inputs(args, outputs, Cell=None) -> None:
     read = {Path(path).resolve(): what for what, path in inputs
             if path and Path(path).is_file()}
     if args.checkpoint and not args.best:
-        ckpt = Path(args.checkpoint)
-        outputs = (*outputs, ("the best checkpoint (from --checkpoint)", str(ckpt.with_name(
-            f"{ckpt.stem}.best{ckpt.suffix or '.npz'}"))))
+        outputs = (*outputs, ("the best checkpoint (from --checkpoint)",
+                              str(default_best(Path(args.checkpoint)))))
     written: dict[Path, str] = {}
     for option, value in outputs:
         if not value or value == "-":                  # --json -: standard output

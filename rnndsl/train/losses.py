@@ -44,7 +44,12 @@ def _jit_disabled() -> bool:
 class DivergedError(ValueError):
     """Predictions (or gradients) no longer finite: a training run diverging, or an input
     that is bad. A ValueError, as before; `rnndsl train`, whose inputs are token rows it
-    made, reports it as its run diverging."""
+    made, reports it as its run diverging. `values`: which were not finite ("logits",
+    "gradients")."""
+
+    def __init__(self, message: str, values: str):
+        super().__init__(message)
+        self.values = values
 
 
 def _check_pred(what: str, pred) -> np.ndarray:
@@ -59,7 +64,7 @@ def _check_pred(what: str, pred) -> np.ndarray:
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise DivergedError(f"{what} has a non-finite value ({pred[where]}) at index "
                             f"{where}: the model diverged (try a smaller learning rate or "
-                            "gradient clipping) or its input is bad")
+                            "gradient clipping) or its input is bad", what)
     return pred
 
 

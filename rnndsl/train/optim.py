@@ -389,7 +389,8 @@ def clip_global_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
         bad = [n for n, g in grads.items() if not np.isfinite(g).all()]
         from .losses import DivergedError
         raise DivergedError(f"gradient norm is {norm}: non-finite gradients in "
-                            f"{', '.join(bad)}; the model diverged or its input is bad")
+                            f"{', '.join(bad)}; the model diverged or its input is bad",
+                            "gradients")
     if norm > max_norm:
         factor = max_norm / norm
         for g in _writable_each(grads):
