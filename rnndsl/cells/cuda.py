@@ -81,6 +81,12 @@ def is_device_array(value) -> bool:
         hasattr(value, "copy_to_host") or hasattr(value, "__cuda_array_interface__"))
 
 
+class _FromDevice(dict):
+    """Inputs that the caller gave on the device, some of them (token ids, `input once`
+    rows) brought to the host to be checked and formed: the results go back on the
+    device, as for any device input."""
+
+
 class CudaCell(CompiledCell):
     """A cell whose forward and backward run as CUDA kernels (numba-cuda)."""
 
@@ -98,14 +104,19 @@ class CudaCell(CompiledCell):
         read once. Without this a device `once` input went unexpanded, and ids were
         refused as a sequence without its third axis."""
         small = {d.name for d in self.spec.inputs if d.once or d.token}
+        user = [d for d in self.spec.inputs if d.name not in self.hidden_inputs]
+        moved = False
         if small and isinstance(x, dict):
+            moved = any(k in small and is_device_array(v) for k, v in x.items())
             x = {k: host_copy(v) if k in small and is_device_array(v) else v
                  for k, v in x.items()}
         elif small and is_device_array(x):
-            user = [d for d in self.spec.inputs if d.name not in self.hidden_inputs]
             if len(user) == 1 and user[0].name in small:
-                x = host_copy(x)
-        return super()._expand_once(x, steps)
+                x, moved = host_copy(x), True
+        x = super()._expand_once(x, steps)
+        if moved:       # the caller's arrays were on the device: so are the results
+            x = _FromDevice(x if isinstance(x, dict) else {user[0].name: x})
+        return x
 
     def _device(self, what: str, value, shape: tuple[int, ...], layout: str):
         """A checked device array for `value`, host or device (copied if strided)."""
@@ -143,11 +154,14 @@ class CudaCell(CompiledCell):
         if not on_device:
             arrays, T, B = self._inputs(x, hidden)
             return {k: self._device(f"input {k}", v, v.shape, "")
-                    for k, v in arrays.items()}, T, B, False, arrays
+                    for k, v in arrays.items()}, T, B, isinstance(x, _FromDevice), arrays
         missing = [d.name for d in decls if d.name not in given]
         if missing:
             raise BindError(f"missing input {', '.join(missing)}")
-        first = given[decls[0].name]
+        # token ids (brought to the host by _expand_once) in the form the kernels read
+        formed = {d.name: self._token_input(d, given[d.name], self._size(d)[0], None, None)
+                  for d in decls if d.token and not is_device_array(given[d.name])}
+        first = formed.get(decls[0].name, given[decls[0].name])
         if len(getattr(first, "shape", ())) != 3:
             raise BindError(f"input {decls[0].name} has shape {getattr(first, 'shape', '?')}; "
                             "expected 3 axes, (T, B, size): time-major, one row per sequence")
@@ -158,6 +172,14 @@ class CudaCell(CompiledCell):
         arrays = {}
         for d in decls:
             size = self._size(d)
+            if d.name in formed:
+                value = formed[d.name]
+                if value.shape[:2] != (T, B):
+                    raise BindError(f"input {d.name} (input token) has {value.shape[0]} "
+                                    f"steps of {value.shape[1]} rows; the other inputs "
+                                    f"have (T, B) = ({T}, {B})")
+                arrays[d.name] = self._device(f"input {d.name}", value, value.shape, "")
+                continue
             arrays[d.name] = self._device(f"input {d.name}", given[d.name], (T, B) + size,
                                           f"(T, B, {size[0]})")
         extra = hidden(T, B) if hidden is not None else {}

@@ -190,11 +190,23 @@ def test_device_inputs_once_ids_and_empty_sequences():
                            "  param W[H, V], U[H, H]\n  h' = tanh(W @ x + U @ h)\n"
                            "  output h'\n}\n", target="cuda")(V=3, H=4, dtype=np.float64)
     ids = np.array([[0, 1], [2, 0]])
-    got = tok.forward(cuda.to_device(ids)).outputs["h"]    # ids alone go via the host
-    got = got.copy_to_host() if is_device_array(got) else got
-    assert _rel(got, tok.forward(ids).outputs["h"]) < 1e-12
+    run = tok.forward(cuda.to_device(ids))    # checked on the host, results on the device
+    assert is_device_array(run.outputs["h"]) and is_device_array(run.state["h"])
+    assert _rel(run.outputs["h"].copy_to_host(), tok.forward(ids).outputs["h"]) < 1e-12
     with pytest.raises(BindError, match="is not one-hot"):
         tok.forward(cuda.to_device(np.full((T, B, 3), 0.5)))
+    # ids beside a device sequence (were refused: "input x has shape (2, 2)")
+    both = rnndsl.load_text("cell Tok2 {\n  dims V, H\n  input y[H]\n  input token x[V]\n"
+                            "  state h[H]\n  param W[H, V], U[H, H]\n"
+                            "  h' = tanh(W @ x + U @ h + y)\n  output h'\n}\n",
+                            target="cuda")(V=3, H=4, dtype=np.float64)
+    y = rng.normal(size=(2, 2, 4))
+    want = both.forward({"x": ids, "y": y}).outputs["h"]
+    got = both.forward({"x": cuda.to_device(ids), "y": cuda.to_device(y)}).outputs["h"]
+    assert _rel(got.copy_to_host(), want) < 1e-12
+    with pytest.raises(BindError, match=r"input x \(input token\) has 2 steps of 2 rows; "
+                                        r"the other inputs have \(T, B\) = \(1, 2\)"):
+        both.forward({"y": cuda.to_device(y[:1]), "x": cuda.to_device(ids)})
 
 
 def test_gemm_partial_tiles_and_strided_views():
