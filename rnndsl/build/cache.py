@@ -181,9 +181,9 @@ def _shadowing_paths(spec_path: Path, uses: dict[str, str]) -> list[str]:
     entry stale."""
     from ..lang.shipped import specs_dir
     shipped_folder = specs_dir().resolve()
-    shipped = [Path(p) for p in uses if Path(p).parent == shipped_folder]
+    shipped = [Path(p) for p in uses if Path(p).resolve().parent == shipped_folder]
     folders = {spec_path.parent} | {Path(p).parent for p in uses
-                                    if Path(p).parent != shipped_folder}
+                                    if Path(p).resolve().parent != shipped_folder}
     return sorted(str(folder / s.name) for folder in folders for s in shipped)
 
 
@@ -199,8 +199,9 @@ def remember_class(path, target: str, cell: str | None, spec_file, cls,
         text = spec_path.read_text()
         if text != spec_file.source.text:
             return    # the file changed under us: remember nothing
-        uses = {str(Path(p).resolve()): _text_hash(t)
-                for p, t in spec_file.used_files.items()}
+        # each used file by the path `use` reached it through, links kept: a link
+        # pointed elsewhere since is then read anew (its old target has not changed)
+        uses = {os.path.abspath(p): _text_hash(t) for p, t in spec_file.used_files.items()}
         # the path as this process imported it: load_built then finds the same module
         entry = {"module": module_file, "class": cls.__name__, "uses": uses,
                  "absent": _shadowing_paths(spec_path, uses)}

@@ -70,6 +70,26 @@ def test_an_edited_used_file_is_rebuilt_not_served_from_the_index(tmp_path, monk
     assert "tanh(" in second.spec.source.text and "relu(" in first.spec.source.text
 
 
+def test_a_used_file_reached_through_a_link_pointed_elsewhere_is_read_anew(tmp_path,
+                                                                             monkeypatch):
+    """From an outside review: the index kept a used file by its resolved path, so after
+    `ln -sfn v2.rnn base.rnn` it hashed v1 (unchanged) and served v1's module."""
+    monkeypatch.setenv("RNNDSL_CACHE_DIR", str(tmp_path / "cache"))
+    text = (REPO / "specs" / "elman_relu.rnn").read_text()
+    (tmp_path / "v1.rnn").write_text(text)
+    (tmp_path / "v2.rnn").write_text(text.replace("relu(", "tanh("))
+    link = tmp_path / "base.rnn"
+    link.symlink_to("v1.rnn")
+    top = tmp_path / "top.rnn"
+    top.write_text('use "base.rnn"\n')
+    first = rnndsl.load(top)
+    assert rnndsl.load(top) is first
+    link.unlink()
+    link.symlink_to("v2.rnn")
+    second = rnndsl.load(top)
+    assert "tanh(" in second.spec.source.text and "relu(" in first.spec.source.text
+
+
 def test_damaged_index_and_pickle_fall_back_to_reading_the_spec(tmp_path, monkeypatch):
     monkeypatch.setenv("RNNDSL_CACHE_DIR", str(tmp_path))
     spec = REPO / "specs" / "elman.rnn"
