@@ -77,7 +77,7 @@ def token_nodes(plan: Plan, target: str) -> frozenset[int]:
 
 def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
                  variant: str | None = None, networks: bool = False,
-                 tile_rows: int | None = None) -> str:
+                 tile_rows: int | None = None, compiler: str | None = None) -> str:
     """The full text of the generated module for every cell defined in a spec file.
     variant="lengths" builds each cell's variable-length form (compose.with_lengths).
 
@@ -87,7 +87,8 @@ def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
     (cells/network.built_network_class). Without it such a cell is left out: `rnndsl.load`
     builds each part as a spec of its own (cells/load.py), so the build cache's module of
     the spec has no use for them. `tile_rows`: the cpu target's register tile (None: the
-    one this machine takes, rnndsl.kernels.tile_sizes)."""
+    one this machine takes, rnndsl.kernels.tile_sizes). `compiler`: the hash of rnndsl's
+    code that built it, written into the module (codegen.module.module_header says why)."""
     emit_cell, dialect = backend(target)
     cells = [c for c in spec_file.cells.values() if not c.sequence_layers]
     nets = [c for c in spec_file.cells.values() if c.sequence_layers] if networks else []
@@ -103,7 +104,7 @@ def build_source(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
     names = [c.name for c in spec_file.cells.values() if networks or not c.sequence_layers]
     text = [module_header(str(spec_file.source.path), spec_file.digest, names, target,
                           dialect, {n: [p.name for p in ps] for n, ps in parts.items()},
-                          tile_rows)]
+                          tile_rows, compiler)]
     sections = [(c, "") for c in cells]       # (cell, a comment line under its title)
     sections += [(p.cell, "\n# " + safe_comment(f"part {k} of {n}: {p.what}"))
                  for n, ps in parts.items() for k, p in enumerate(ps, 1)]

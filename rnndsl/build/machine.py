@@ -221,7 +221,7 @@ def _read(path: Path, key: dict[str, str]) -> Tuning | None:
         if record.get("version") != RECORD_VERSION or record.get("key") != key:
             return None
         values = {name: int(record["values"][name]) for name in DEFAULTS}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None                 # missing or unreadable: measure again
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None     # missing, unreadable, or not a record (`null`, a list): measure again
     return Tuning(values, f"measured on {key['cpu']} ({key['blas']}) at "
                           f"{record.get('measured', '?')}", path, record.get("timings", {}))

@@ -19,7 +19,7 @@ import sys
 import unicodedata
 from pathlib import Path
 
-from ..core.files import write_atomically
+from ..core.files import utf8_prefix, write_atomically
 from ..lang.specfile import SpecFile
 from ..pipeline import BuildError, build_source, validate  # noqa: F401  (re-exported)
 from ..schedule.plan import PASSES
@@ -51,12 +51,14 @@ def _taken() -> frozenset:
     return _TAKEN_NAMES | frozenset(installed)
 
 
-# how much of a spec file's name a cached module's name keeps
+# how much of a spec file's name a cached module's name keeps, in UTF-8 bytes
 MAX_CACHED_STEM = 40
-# the longest module name `rnndsl build` writes: Numba's cache files beside the module
-# are named <module>.<kernel>-<line>.py311.nbi (a kernel's name is up to about 90
+# the longest module name `rnndsl build` writes, in UTF-8 bytes (what a file name's limit
+# counts: 80 CJK characters are 240): Numba's cache files beside the module are named
+# <module>.<kernel>-<line>.py311.nbi (a kernel's name is up to about 90 ASCII
 # characters: a cell name is at most 64), and a file name holds at most 255 bytes
 MAX_MODULE_NAME = 100
+
 
 
 def module_file_name(spec_file: SpecFile) -> str:
@@ -72,12 +74,16 @@ def module_file_name(spec_file: SpecFile) -> str:
     if not name or not name.isidentifier() or keyword.iskeyword(name) or \
             name in _taken() or name.startswith("__"):
         name = "cell_" + name
-    if len(name) > MAX_MODULE_NAME:
+    size = len(name.encode())
+    if size > MAX_MODULE_NAME:
+        counted = (f"{size} characters" if size == len(name) else
+                   f"{len(name)} characters, {size} bytes in UTF-8,")
         raise BuildError(f"{spec_file.source.path}: its module would be named after the "
-                         f"file, in {len(name)} characters, and Numba's cache files beside "
-                         "it, which add each kernel's name, could not be made (a file "
-                         f"name holds 255 bytes): name the spec file in at most "
-                         f"{MAX_MODULE_NAME} characters")
+                         f"file, in {counted} and Numba's cache files beside it, which add "
+                         "each kernel's name, could not be made (a file name holds 255 "
+                         f"bytes): name the spec file in at most {MAX_MODULE_NAME} "
+                         "bytes of UTF-8 (a letter of ASCII takes 1, an accented one 2, "
+                         "a CJK character 3)")
     return name + ".py"
 
 
@@ -101,13 +107,18 @@ def cached_module(spec_file: SpecFile, passes=PASSES, target: str = "cpu",
     stem = "".join(ch if ch.isalnum() else "_" for ch in Path(spec_file.source.path).stem)
     # the hash keeps it apart; a long stem would make Numba's cache file names, which
     # add each kernel's name, longer than a file name may be
-    stem = stem[:MAX_CACHED_STEM]
+    stem = utf8_prefix(stem, MAX_CACHED_STEM)
     path = cache_dir() / f"{stem}_{key.hexdigest()[:16]}.py"
 
     def build() -> None:
         try:
-            write_module(build_source(spec_file, passes, target, variant), path)
+            write_module(build_source(spec_file, passes, target, variant,
+                                      compiler=compiler_hash()), path)
         except OSError as exc:
+            folder = cache_dir()
+            if folder.exists() and not folder.is_dir():
+                raise BuildError(f"the build cache {folder} is a file, not a folder: move "
+                                 "it, or set RNNDSL_CACHE_DIR to a folder") from None
             raise BuildError(f"cannot write the build cache at {path}: {exc.strerror}; "
                              "set RNNDSL_CACHE_DIR to a writable folder") from None
     if not path.is_file():

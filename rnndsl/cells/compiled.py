@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import BindError
+from ..core.files import printable
 from ..core.flat import flat_span, flat_views
 from ..ir.graph import lower
 from ..kernels.blas import (hold_blas, kernel_thread_count, kernel_threads, numba_threads,
@@ -666,7 +667,8 @@ def compiled_cell_class(module, name: str) -> type:
         spec = with_lengths(spec)
     namespace = {"spec": spec, "step": _LoweredOnDemand(), "kernels": module, "meta": meta,
                  "digest": getattr(module, "SPEC_HASH", ""), "__module__": module.__name__,
-                 "__doc__": f"The cell {name} from {meta['spec_path']}, compiled for the CPU. "
+                 "__doc__": f"The cell {name} from {printable(meta['spec_path'])}, compiled for "
+                            "the CPU. "
                             f"Dims: {', '.join(spec.dims)}."}
     return type(name, (CompiledCell,), namespace)
 

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..core.errors import BindError
+from ..core.files import printable
 from ..lang import ast
 from ..lang.checked import CheckedCell
 from ..lang.network import LayerRun, Network, Segment, split
@@ -82,8 +83,9 @@ def built_network_class(module, name: str) -> type:
     if len(classes) != len(parts):
         raise _stale(module, name)
     cls.__module__ = module.__name__
-    cls.__doc__ = (f"The network cell {name} from {record['spec_path']}, its parts compiled "
-                   f"for the {module.TARGET} target. Dims: {', '.join(cls.spec.dims)}.")
+    cls.__doc__ = (f"The network cell {name} from {printable(record['spec_path'])}, its parts "
+                   f"compiled for the {module.TARGET} target. Dims: "
+                   f"{', '.join(cls.spec.dims)}.")
     return cls
 
 

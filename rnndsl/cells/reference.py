@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import targets
+from ..core.files import printable
 from ..ir.grad import UnrolledGrads, grad_unrolled
 from ..ir.graph import Unrolled, lower, unroll
 from ..ir.interp import Context, evaluate
@@ -118,7 +119,7 @@ def make_cell_class(spec: CheckedCell, target: str = "interp", digest: str = "")
     base = targets.resolve(targets.target(target).cell_class)
     step = lower(spec)
     namespace = {"spec": spec, "step": step, "digest": digest, "__doc__": (
-        f"The cell {spec.name} from {spec.source.path} ({target}). Dims: "
+        f"The cell {spec.name} from {printable(str(spec.source.path))} ({target}). Dims: "
         f"{', '.join(spec.dims)}."), "_unrolled": {}, "_grads": {}}
     return type(spec.name, (base,), namespace)
 

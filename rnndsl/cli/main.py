@@ -10,6 +10,7 @@ above tolerance); 0 means all is well; 3 is kept for rnndsl's own bugs.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import subprocess
@@ -282,6 +283,7 @@ def _passes(args) -> tuple[str, ...]:
 
 def cmd_build(args) -> int:
     from ..pipeline import build_source
+    from ..build.cache import compiler_hash
     from ..build.modules import module_file_name, validate, write_module
     from ..lang.specfile import read_spec
     out_dir = Path(args.output)
@@ -295,7 +297,8 @@ def cmd_build(args) -> int:
             raise UsageError(f"{path} defines no cell of its own (it uses "
                              f"{', '.join(spec_file.used)}): build the file that defines "
                              "them, or define a cell here")
-        source = build_source(spec_file, passes, args.target, networks=True)
+        source = build_source(spec_file, passes, args.target, networks=True,
+                              compiler=compiler_hash())
         validate(source, str(out_dir / module_file_name(spec_file)))
         built.append((path, spec_file, source))
     names = [module_file_name(spec_file) for _, spec_file, _ in built]
@@ -653,6 +656,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror}", file=sys.stderr)
+        if not exc.filename and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # Numba writing a kernel's machine code into the cache names no file
+            from ..build.cache import cache_dir
+            print(f"  hint: the disk of the output or of rnndsl's kernel cache "
+                  f"({cache_dir()}) is full: free space there, or set RNNDSL_CACHE_DIR to "
+                  "a folder on another disk", file=sys.stderr)
         if args.debug:
             traceback.print_exc()
         return EXIT_USAGE

@@ -26,7 +26,10 @@ def write_atomically(path: Path, data: bytes) -> None:
     so a build folder can be shared as any other."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        # the stem shortened: a name near the 255 bytes a file name holds fits with it,
+        # where the temporary one's dot and suffix would not
+        fd, tmp = tempfile.mkstemp(prefix=f".{utf8_prefix(path.stem, 100)}.", suffix=".tmp",
+                                   dir=path.parent)
     except OSError as exc:    # named by the file meant, not by the temporary one
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
@@ -34,10 +37,26 @@ def write_atomically(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, tmp):
+            # a full disk says "No space left on device" and names no file
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
+
+
+def utf8_prefix(text: str, size: int) -> str:
+    """The longest prefix of `text` whose UTF-8 form is at most `size` bytes (a file
+    name's limit counts bytes: 80 CJK characters are 240)."""
+    return text.encode("utf-8", "surrogateescape")[:size].decode("utf-8", "ignore")
+
+
+def printable(text: str) -> str:
+    """`text` with lone surrogates (a file name that is not UTF-8, as Python decodes it:
+    'r\\udce9seau.rnn') spelled as escapes: a class's __doc__, or anything else encoded
+    to UTF-8, cannot hold them."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def undecodable_place(exc: UnicodeDecodeError) -> tuple[int, int]:

@@ -182,3 +182,15 @@ def test_a_damaged_cached_module_is_built_again(tmp_path):
         module.write_text(damaged)          # cut inside a string; cut between definitions
         assert load() == "Elman"
         assert module.read_text() == whole
+
+
+def test_a_cache_folder_that_is_a_file_is_named_so(tmp_path, monkeypatch):
+    """RNNDSL_CACHE_DIR naming a file said "cannot write the build cache at
+    <file>/elman_....py: File exists"."""
+    from rnndsl.core.errors import RnnError
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("RNNDSL_CACHE_DIR", str(not_a_folder))
+    with pytest.raises(RnnError, match=f"the build cache {not_a_folder} is a file, not a "
+                                       "folder: move it, or set RNNDSL_CACHE_DIR"):
+        rnndsl.load(REPO / "specs" / "elman.rnn")

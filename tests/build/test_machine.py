@@ -76,8 +76,9 @@ def test_a_record_for_another_machine_or_broken_is_timed_again(fresh, monkeypatc
     path = machine.record_path(machine.machine_key())
     path.parent.mkdir(parents=True)
     other = dict(machine.machine_key(), blas="openblas 0.0 Prescott")
-    for text in ("{not json", json.dumps({"version": machine.RECORD_VERSION, "key": other,
-                                          "values": {n: 5 for n in machine.DEFAULTS}})):
+    for text in ("{not json", "null", "[]",       # JSON, not a record: was exit 3
+                 json.dumps({"version": machine.RECORD_VERSION, "key": other,
+                             "values": {n: 5 for n in machine.DEFAULTS}})):
         path.write_text(text)
         monkeypatch.setattr(machine, "_CHOSEN", {})
         monkeypatch.setattr(machine, "measure", lambda *a, **k: ({n: 7 for n in

@@ -841,11 +841,78 @@ def test_build_refuses_a_module_name_too_long_for_numbas_cache_files(tmp_path, c
     short.write_text(text)
     code, _, err = run(["build", long, "-o", tmp_path / "out"], capsys)
     assert code == 2 and f"in {MAX_MODULE_NAME + 1} characters" in err
-    assert f"name the spec file in at most {MAX_MODULE_NAME} characters" in err
+    assert f"name the spec file in at most {MAX_MODULE_NAME} bytes of UTF-8" in err
     assert not (tmp_path / "out").exists()
     code, out, err = run(["build", short, "-o", tmp_path / "out"], capsys)
     assert code == 0, err
     assert (tmp_path / "out" / ("b" * MAX_MODULE_NAME + ".py")).is_file()
+
+
+def test_module_names_count_bytes_and_a_name_not_utf8_builds_a_module_that_imports(
+        tmp_path, capsys):
+    """From an outside review: 80 CJK characters (240 bytes) passed the length check, and
+    the module's first call failed (File name too long); a spec file whose name is not
+    UTF-8 (r\xe9seau.rnn, decoded by Python to a lone surrogate) built a module whose
+    class could not be made (the path in its __doc__), and gradcheck was exit 3."""
+    from rnndsl.build.modules import MAX_MODULE_NAME
+    text = (REPO / "specs" / "elman.rnn").read_text()
+    wide = tmp_path / ("漢" * (MAX_MODULE_NAME // 3 + 1) + ".rnn")
+    wide.write_text(text)
+    code, _, err = run(["build", wide, "-o", tmp_path / "out"], capsys)
+    assert code == 2 and f"in {MAX_MODULE_NAME // 3 + 1} characters, " \
+        f"{3 * (MAX_MODULE_NAME // 3 + 1)} bytes in UTF-8" in err, err
+    latin1 = Path(os.fsdecode(bytes(tmp_path) + b"/r\xe9seau.rnn"))
+    latin1.write_text(text)
+    code, _, err = run(["gradcheck", latin1, "--dims", "I=2,H=3", "-T", "2", "-B", "1"],
+                       capsys)
+    assert code == 0, err
+    code, out, err = run(["build", latin1, "-o", tmp_path / "out"], capsys)
+    assert code == 0, err
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); from r_seau import Elman; "
+             "print(Elman.__doc__)")
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0 and "/r\\udce9seau.rnn, compiled" in done.stdout, done.stderr
+
+
+def test_a_module_built_by_a_changed_rnndsl_differs_on_disk(tmp_path, capsys, monkeypatch):
+    """From an outside review: Numba's cache beside a built module is keyed by the
+    module's text, which did not change when rnndsl's kernel helpers did, so a module
+    rebuilt after an upgrade kept running the old machine code. The text now carries
+    the compiler's hash."""
+    from rnndsl.build import cache
+    spec = REPO / "specs" / "elman.rnn"
+    assert run(["build", spec, "-o", tmp_path], capsys)[0] == 0
+    first = (tmp_path / "elman.py").read_text()
+    assert f"COMPILER_HASH = {cache.compiler_hash()!r}" in first
+    monkeypatch.setattr(cache, "compiler_hash", lambda: "0123456789abcdef")
+    assert run(["build", spec, "-o", tmp_path], capsys)[0] == 0
+    second = (tmp_path / "elman.py").read_text()
+    assert second != first and "COMPILER_HASH = '0123456789abcdef'" in second
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_temporary_file(tmp_path, capsys,
+                                                                 monkeypatch):
+    """A write that ran out of space said only "error: No space left on device"."""
+    import errno
+    real = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: Full(real(fd, *a, **k)))
+    code, _, err = run(["build", REPO / "specs" / "elman.rnn", "-o", tmp_path], capsys)
+    assert code == 2 and f"{tmp_path / 'elman.py'}: No space left on device" in err, err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -970,3 +1037,19 @@ def test_a_cold_start_is_a_line_break_even_where_a_tab_sorts_first():
     assert tabbed.decode(_encode_prime(tabbed, "", "the corpus")) == "\n"
     one_line = Vocab.from_text("no line breaks here")
     assert one_line.decode(_encode_prime(one_line, "", "the corpus")) == " "
+
+
+def test_a_full_disk_that_names_no_file_points_at_the_kernel_cache(capsys, monkeypatch):
+    """Numba writing machine code into a full kernel cache raises an OSError with no file
+    name: the error said only "No space left on device"."""
+    import errno
+    from rnndsl.cli import main as cli_main
+
+    def full(args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(cli_main, "cmd_check", full)
+    monkeypatch.setenv("RNNDSL_CACHE_DIR", "/somewhere/cache")
+    code, _, err = run(["check", REPO / "specs" / "elman.rnn"], capsys)
+    assert code == 2 and "error: No space left on device" in err
+    assert "hint: the disk of the output or of rnndsl's kernel cache (/somewhere/cache) " \
+           "is full" in err
