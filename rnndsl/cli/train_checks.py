@@ -65,7 +65,10 @@ def _outputs_apart_from_inputs(args, outputs, Cell=None) -> None:
     --json and --plot, which replace their file without --force, may not name a
     checkpoint (any .npz archive: another run's, say)."""
     inputs = [("the spec", args.spec), ("the corpus", args.corpus)]
-    files = getattr(Cell, "spec_files", None) or {}
+    # the interp's classes hold them as spec_files, a compiled one's module as SPEC_FILES
+    # (which the default target's check missed): the record a checkpoint carries has both
+    from ..train.checkpoint import spec_record
+    files = spec_record(Cell)["files"] if Cell is not None else {}
     inputs += [("a file the spec uses", path) for path in files
                if Path(path).resolve() != Path(args.spec).resolve()]
     read = {Path(path).resolve(): what for what, path in inputs

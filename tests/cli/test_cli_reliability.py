@@ -1053,3 +1053,16 @@ def test_a_full_disk_that_names_no_file_points_at_the_kernel_cache(capsys, monke
     assert code == 2 and "error: No space left on device" in err
     assert "hint: the disk of the output or of rnndsl's kernel cache (/somewhere/cache) " \
            "is full" in err
+
+
+@pytest.mark.parametrize("option", ["--json", "--checkpoint"])
+def test_a_used_spec_is_refused_as_an_output_on_the_compiled_target(folder, capsys, option):
+    """From an outside review: on the cpu target (the default) the check that no output
+    is a file the spec uses saw no used files (a compiled class keeps them in its
+    module), so `--json lstm.rnn` replaced char_lstm.rnn's layer spec with JSON."""
+    before = (folder / "lstm.rnn").read_text()
+    code, _, err = train(capsys, option, "lstm.rnn", "--force", "--target", "cpu",
+                         "--dry-run")
+    assert code == 2 and f"{option} lstm.rnn is a file the spec uses that train reads" \
+        in err, err
+    assert (folder / "lstm.rnn").read_text() == before
