@@ -367,6 +367,9 @@ def _describe(plan: _Plan, args, out) -> None:
     steps = plan.info.meta.get("trainer", {}).get("steps", 0) if plan.info else 0
     where = ("its lr schedule started afresh" if plan.schedule_from is None else
              f"{plan.schedule_from:.0%} into its lr schedule")
+    if plan.info and "position" not in plan.info.meta.get("user", {}):
+        # saved by the Python API (examples/char_model.py --save): no place in the corpus
+        where += "; from the corpus's start (the checkpoint holds no place in it)"
     row = (len(plan.train_ids) - 1) // args.batch       # each row's share of the text
     seq = f"{args.seq} steps" if row >= args.seq else \
         f"{row} steps (--seq {args.seq} is longer than a row of the text: {row})"
@@ -509,8 +512,10 @@ class _Run:
                                   "lr_schedule": plan.schedule.to_dict()}}
         if plan.resume:
             user = self.trainer.load(plan.checkpoint)
-            self.position = user["position"]
-            self.history = [tuple(p) for p in user["history"]]
+            # a checkpoint saved by the Python API (Trainer.save, as the examples' --save
+            # does) holds no place in the corpus nor a loss history: from the start
+            self.position = user.get("position", self.position)
+            self.history = [tuple(p) for p in user.get("history", [])]
             self.val_history = [tuple(p) for p in user.get("val_history", [])]
             if "validation" in user:
                 self.meta["validation"] = user["validation"]

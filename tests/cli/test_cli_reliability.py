@@ -249,6 +249,29 @@ def test_resume_continues_and_resume_without_checkpoint_starts_afresh(folder, ca
     assert checkpoint.peek("model.npz").meta["trainer"]["steps"] == 4
 
 
+def test_a_checkpoint_saved_by_the_python_api_resumes_from_the_corpus_start(folder,
+                                                                           capsys):
+    """From an outside review: a checkpoint that examples/char_model.py --save wrote (the
+    Trainer's save, with a vocabulary but no place in the corpus) was `internal error:
+    KeyError: 'position'` at --resume."""
+    from rnndsl.train import Trainer
+    assert train(capsys)[0] == 0
+    info = checkpoint.peek("model.npz")
+    cell = checkpoint.cell_class(info, target="interp")(dtype=np.float64, **info.dims)
+    trainer = Trainer(cell)
+    user = trainer.load("model.npz")
+    trainer.save("api.npz", meta={k: user[k] for k in ("spec", "cell", "target", "vocab",
+                                                       "corpus", "corpus_sha256", "x", "y")})
+    code, out, err = train(capsys, "--resume", "--checkpoint", "api.npz", "--dry-run")
+    assert code == 0, err
+    assert "resuming at step 2, its lr schedule started afresh; from the corpus's start " \
+           "(the checkpoint holds no place in it)" in out
+    code, out, err = train(capsys, "--resume", "--checkpoint", "api.npz")
+    assert code == 0, err
+    assert checkpoint.peek("api.npz").meta["trainer"]["steps"] == 4
+    assert checkpoint.peek("api.npz").meta["user"]["position"]["chunk"] > 0
+
+
 def test_dry_run_checks_and_writes_nothing(folder, capsys):
     code, out, err = train(capsys, "--dry-run", "--json", "run.json")
     assert code == 0, err
