@@ -407,14 +407,43 @@ def _budget_text(args) -> str:
     return " or ".join(parts) + (" (whichever comes first)" if len(parts) == 2 else "")
 
 
-def _resume_command(args) -> str:
+def _resume_command(args, steps_done: int | None = None,
+                    seconds_done: float | None = None) -> str:
+    """The command that continues this run from its checkpoint. With `steps_done` and
+    `seconds_done` (a run stopped by Ctrl-C), --steps and --minutes become what is
+    left of them, since with --resume they count from the checkpoint on: the resumed
+    run then ends where this one would have, its lr schedule exactly as this one's
+    (`--steps 1500` again trained 1,500 more steps, the schedule stretched over them)."""
     argv = list(getattr(args, "argv", None) or [])
     if not argv:
         argv = ["train", str(args.spec), "--checkpoint", str(args.checkpoint)]
     argv = [a for a in argv if a not in ("--force", "--dry-run")]
+    if steps_done is not None:
+        left = {}
+        if args.steps is not None:
+            left["--steps"] = str(max(args.steps - steps_done, 1))
+        if args.minutes is not None:
+            minutes = max(args.minutes - (seconds_done or 0.0) / 60, 0.01)
+            left["--minutes"] = f"{math.ceil(minutes * 100) / 100:g}"
+        argv = _without_options(argv, left)
+        for option, value in left.items():
+            argv += [option, value]
     if "--resume" not in argv:
         argv.append("--resume")
     return shlex.join(["rnndsl", *argv])
+
+
+def _without_options(argv: list[str], options) -> list[str]:
+    """argv less each of `options` with its value (`--steps 5` or `--steps=5`)."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        elif not (a.startswith("--") and a.split("=", 1)[0] in options and "=" in a):
+            kept.append(a)
+    return kept
 
 
 @contextlib.contextmanager
@@ -657,7 +686,7 @@ def run_training(args, out=None, err=None) -> tuple[int, dict | None]:
           file=out)
     if stop.asked:
         print(f"interrupted: the checkpoint holds step {trainer.steps}; resume with:\n  "
-              f"{_resume_command(args)}", file=out)
+              f"{_resume_command(args, run.steps_done, elapsed)}", file=out)
         summary["validation_history"] = [list(v) for v in run.val_history]
         _write_json(args.json, summary)
         return EXIT_INTERRUPTED, summary

@@ -632,7 +632,40 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(folder):
     steps = checkpoint.peek(folder / "m.npz").meta["trainer"]["steps"]
     assert steps >= 1 and f"trained {steps} steps" in out
     resume = out.split("resume with:")[1].strip().splitlines()[0]
-    assert "--minutes 5" in resume and resume.endswith("--resume")
+    minutes = float(resume.split("--minutes ")[1].split()[0])   # what is left of 5
+    assert resume.count("--minutes") == 1 and 4 < minutes < 5 and resume.endswith("--resume")
+
+
+def test_the_resume_command_after_ctrl_c_ends_where_the_run_would_have(folder, capsys,
+                                                                        monkeypatch):
+    """From an outside review: the command printed after Ctrl-C repeated `--steps 7`,
+    which with --resume means 7 more, and the lr schedule was stretched over them. It
+    now gives what is left, and the resumed run ends with the uninterrupted one's
+    params, bit for bit (float64, the interpreter)."""
+    import shlex
+    from rnndsl.cli import train as cli_train
+    from rnndsl.train import Trainer
+    assert train(capsys, "--checkpoint", "whole.npz", "--every", "0", steps=7)[0] == 0
+    steps, real_step = [0], Trainer.step
+
+    def counted(self, *args, **kwargs):
+        steps[0] += 1
+        return real_step(self, *args, **kwargs)
+    with monkeypatch.context() as patched:
+        patched.setattr(Trainer, "step", counted)
+        patched.setattr(cli_train._StopAtStepEnd, "asked", property(lambda s: steps[0] >= 3))
+        code, out, err = train(capsys, "--checkpoint", "cut.npz", "--every", "0", steps=7)
+    assert code == 130, err
+    resume = shlex.split(out.split("resume with:")[1].strip().splitlines()[0])
+    assert resume[0] == "rnndsl" and resume.count("--steps") == 1
+    assert resume[resume.index("--steps") + 1] == "4"
+    code, out, err = run(resume[1:], capsys)
+    assert code == 0, err
+    whole, cut = (checkpoint._read(folder / name)[0]["params"] for name in ("whole.npz",
+                                                                            "cut.npz"))
+    assert whole.keys() == cut.keys()
+    for name in whole:
+        assert np.array_equal(whole[name], cut[name]), name
 
 
 # ------------------------------------------------------------------ progress display
