@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 from pathlib import Path
 
 from ..core.errors import RnnError
@@ -146,12 +147,22 @@ def set_threads(count: int | None) -> None:
 
 
 def writable_file(option: str, value: str | None, error=UsageError) -> None:
-    """An output path whose folder exists and that is not a folder itself (None: the
-    option was not given); else `error` naming the option."""
-    if value is None:
+    """An output path whose folder exists, can be written in, and that is not a folder
+    itself (None: the option was not given; "-": standard output); else `error` naming
+    the option. The folder is tried by making a file there and removing it: a folder
+    that refuses (read-only, immutable, another owner's) was found out only when the
+    output was written, after training, and the model was lost."""
+    if value is None or value == "-":
         return
     path = Path(value)
     if path.is_dir():
         raise error(f"{option} {value}: is a folder; give a file name")
     if not path.parent.is_dir():
         raise error(f"{option} {value}: the folder {path.parent} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".rnndsl-probe.", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise error(f"{option} {value}: cannot write in the folder {path.parent} "
+                    f"({exc.strerror})") from None

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ..core.errors import RnnError, SpecError
 from . import args as cli_args
+from .figures import save_figure
 from .args import UsageError
 from .train import TrainError, _clock, _load_class, _prepare, _token_dims, run_training
 from .train_checks import _is_zip
@@ -461,10 +462,10 @@ def plot(axes: list[Axis], rows: list[Row], path: str, title: str) -> None:
     if len(axes) > 1:
         ax.legend(fontsize="small")
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------- sweep

@@ -34,6 +34,7 @@ from . import args as cli_args
 from .train_checks import (TrainError, checkpoint_vocab, default_best, resumed_dtype, _is_zip,
                            _outputs_apart_from_inputs, _same_settings, _schedule)
 from .train_options import DEFAULT_DIM, add_train_arguments
+from .figures import save_figure
 from ..core.errors import RnnError
 
 EXIT_INTERRUPTED = 130
@@ -814,10 +815,10 @@ def _plot(history, val_history, path: str, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def _generate(cell, vocab, x_name, y_name, prefix, length: int, t: float, seed,

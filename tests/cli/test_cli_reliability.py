@@ -1122,3 +1122,34 @@ def test_a_used_spec_is_refused_as_an_output_on_the_compiled_target(folder, caps
     assert code == 2 and f"{option} lstm.rnn is a file the spec uses that train reads" \
         in err, err
     assert (folder / "lstm.rnn").read_text() == before
+
+
+@pytest.mark.parametrize("option", ["--checkpoint", "--json", "--plot"])
+def test_an_output_folder_that_refuses_writes_is_found_before_training(folder, capsys,
+                                                                       monkeypatch, option):
+    """From an outside review: a folder that could not be written in (read-only,
+    immutable) was found out when the checkpoint was saved, after training: the model
+    was lost (and --plot's error named a temporary file). The folder is now tried
+    first. (Root ignores permission bits, so the refusal is made here by hand.)"""
+    import tempfile
+    (folder / "ro").mkdir()
+    real = tempfile.mkstemp
+
+    def refusing(*args, **kwargs):
+        if Path(kwargs.get("dir", "")).name == "ro":
+            raise PermissionError(1, "Operation not permitted")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(tempfile, "mkstemp", refusing)
+    name = {"--checkpoint": "m.npz", "--json": "a.json", "--plot": "p.png"}[option]
+    code, out, err = train(capsys, option, f"ro/{name}", "--dry-run")
+    assert code == 2 and f"{option} ro/{name}: cannot write in the folder ro (Operation " \
+        "not permitted)" in err, err
+
+
+def test_plot_writes_the_format_its_suffix_names(folder, capsys):
+    """--plot loss.svg wrote PNG data under that name."""
+    pytest.importorskip("matplotlib")
+    code, _, err = train(capsys, "--plot", "loss.svg", "--sample-chars", "0")
+    assert code == 0, err
+    assert (folder / "loss.svg").read_bytes().lstrip().startswith((b"<?xml", b"<svg"))
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
