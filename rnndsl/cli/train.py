@@ -658,7 +658,9 @@ def run_training(args, out=None, err=None) -> tuple[int, dict | None]:
     cli_args.set_threads(args.threads)
     plan = _prepare(args)
     placement = _placement(args)
-    out = out or sys.stdout
+    # `--json -`: standard output holds the JSON alone, to be parsed; the report's lines
+    # go to standard error with the progress
+    out = out or (sys.stderr if args.json == "-" else sys.stdout)
     _describe(plan, args, out)
     if args.dry_run:
         print(_plan_text(plan, args), file=out)

@@ -105,7 +105,8 @@ def add_train_arguments(parser, leave_out=()) -> None:
     p.add_argument("--json", metavar="FILE",
                    help="also write the closing summary (steps, chars/s, checkpoint, "
                         "validation bits/char and history, best checkpoint, lr schedule, "
-                        "samples) as JSON to FILE (- for standard output)")
+                        "samples) as JSON to FILE (- for standard output, which then "
+                        "holds only the JSON: the report's lines go to standard error)")
     p.add_argument("--plot", metavar="PNG", help="write the loss curve (needs matplotlib)")
     p.add_argument("--temperatures", type=cli_args.temperatures,
                    default=[0.5, 1.0], help="sample at these when done, each above 0 "
