@@ -145,30 +145,39 @@ def _text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _index_path(spec_path: Path, text: str, target: str, cell: str | None,
+def _index_path(path, spec_path: Path, text: str, target: str, cell: str | None,
                 off: tuple[str, ...]) -> Path:
-    key = hashlib.sha256("\0".join([str(spec_path), text, compiler_hash(), target_key(target),
-                                    str(cell), *off]).encode()).hexdigest()[:32]
-    return cache_dir() / "index" / f"{key}.json"
+    """The entry of a load of `path`, as given (`specs/lstm.rnn`; the entry records the
+    paths a cell and its used files are shown by, which follow from it) and resolved."""
+    key = hashlib.sha256("\0".join([str(path), str(spec_path), text, compiler_hash(),
+                                    target_key(target), str(cell), *off]).encode())
+    return cache_dir() / "index" / f"{key.hexdigest()[:32]}.json"
 
 
 def warm_class(path, target: str, cell: str | None, off: tuple[str, ...] = ()):
-    """The cell class a previous load of this spec file (with these passes off) made, if
-    the index knows it and nothing it depends on changed; else None (then load the slow
-    way, then remember)."""
+    """(class, shown, files) that a previous load of this spec file (with these passes
+    off) made, if the index knows it and nothing it depends on changed; else None (then
+    load the slow way, then remember). The module's class may have been made by a load
+    of another file of the same text: `shown` is the path this load's cell is shown by,
+    and `files` the texts of the files it uses by the paths `use` reached them through
+    (cells/load.py gives the class these)."""
     try:
         spec_path = Path(path).resolve()
         text = spec_path.read_text()
-        entry = json.loads(_index_path(spec_path, text, target, cell, off).read_text())
+        entry = json.loads(_index_path(path, spec_path, text, target, cell, off).read_text())
+        texts = {}
         for used, digest in entry["uses"].items():
-            if _text_hash(Path(used).read_text()) != digest:
+            texts[used] = Path(used).read_text()
+            if _text_hash(texts[used]) != digest:
                 return None
         if any(Path(p).exists() for p in entry.get("absent", ())):
             return None     # a file now shadows a shipped spec that the entry used
         module_path = Path(entry["module"])
         if not module_path.is_file():
             return None
-        return getattr(load_built(module_path), entry["class"])
+        files = {shown: texts[used] for shown, used in entry["files"].items()}
+        cls = getattr(load_built(module_path), entry["class"])
+        return cls, str(entry["shown"]), files
     except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError,
             SyntaxError, NameError, ImportError):
         return None          # stale, or the module damaged on disk: the slow way rebuilds
@@ -204,8 +213,10 @@ def remember_class(path, target: str, cell: str | None, spec_file, cls,
         uses = {os.path.abspath(p): _text_hash(t) for p, t in spec_file.used_files.items()}
         # the path as this process imported it: load_built then finds the same module
         entry = {"module": module_file, "class": cls.__name__, "uses": uses,
-                 "absent": _shadowing_paths(spec_path, uses)}
-        write_atomically(_index_path(spec_path, text, target, cell, off),
+                 "absent": _shadowing_paths(spec_path, uses),
+                 "shown": str(cls.spec.source.path),
+                 "files": {str(p): os.path.abspath(p) for p in spec_file.used_files}}
+        write_atomically(_index_path(path, spec_path, text, target, cell, off),
                          json.dumps(entry, indent=1).encode())
     except (OSError, UnicodeDecodeError):
         pass

@@ -8,10 +8,11 @@ loaded before, nothing it depends on changed) reads no spec (build/cache.py).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from ..core import targets
-from ..core.errors import TargetError
+from ..core.errors import Source, TargetError
 from ..core.version import __version__
 
 # "cpu" (generated Numba kernels, cached by spec hash) is the default; "interp" is the
@@ -36,13 +37,41 @@ def load(path: str | Path, target: str = DEFAULT_TARGET, cell: str | None = None
         from ..build.cache import remember_class, warm_class
         found = warm_class(path, target, cell, off)     # a spec loaded before: no reading
         if found is not None:
-            return _with_plans(found)
+            cls, shown, files = found
+            return _as_loaded(_with_plans(cls), shown, files)
     from ..lang.specfile import read_spec
     spec_file = read_spec(path)
     cls = _cell_class(spec_file, target, cell, off)
     if compiled:
+        cls = _as_loaded(cls, str(spec_file.pick(cell).source.path), spec_file.used_files)
         remember_class(path, target, cell, spec_file, cls, off)
     return cls
+
+
+def _as_loaded(cls: type, shown: str, files: dict[str, str]) -> type:
+    """A compiled class as this load reads it: its spec shown by the path this load
+    read it from, its used files by theirs. The build cache keys a module by the spec's
+    text, so a module's class may come from the load of another file of the same text
+    (a copy in another folder, the same file by another path), whose path errors,
+    checkpoints (`rnndsl info`) and `rnndsl sample --spec` then named, even once it
+    was deleted. Such a class gets a subclass that differs in those only (one for each
+    path and files, so that loading again gives the same class)."""
+    held = getattr(cls, "spec_files", None)
+    if held is None:
+        held = getattr(getattr(cls, "kernels", None), "SPEC_FILES", None)
+    if cls.spec.source.path == shown and held == files:
+        return cls
+    key = (cls, shown, tuple(sorted(files.items())))
+    made = _AS_LOADED.get(key)
+    if made is None:
+        spec = dataclasses.replace(cls.spec, source=Source(shown, cls.spec.source.text))
+        made = _AS_LOADED[key] = type(cls.__name__, (cls,), {
+            "spec": spec, "spec_files": dict(files), "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+    return made
+
+
+_AS_LOADED: dict[tuple, type] = {}
 
 
 def load_text(text: str, target: str = DEFAULT_TARGET, cell: str | None = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -194,3 +195,40 @@ def test_a_cache_folder_that_is_a_file_is_named_so(tmp_path, monkeypatch):
     with pytest.raises(RnnError, match=f"the build cache {not_a_folder} is a file, not a "
                                        "folder: move it, or set RNNDSL_CACHE_DIR"):
         rnndsl.load(REPO / "specs" / "elman.rnn")
+
+
+def test_a_copy_of_a_spec_in_another_folder_is_shown_by_its_own_path(tmp_path, monkeypatch):
+    """From an outside review: the build cache keys a module by the spec's text, and a
+    compiled class kept the path of the load that built it: a copy loaded later (or the
+    same file by another path) named the first file in its errors, its checkpoints
+    (`rnndsl info`) and `rnndsl sample --spec`, even once that file was deleted."""
+    from rnndsl.core.errors import BindError
+    from rnndsl.train.checkpoint import spec_record
+    monkeypatch.setenv("RNNDSL_CACHE_DIR", str(tmp_path / "cache"))
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        for name in ("char_lstm.rnn", "lstm.rnn"):
+            (tmp_path / folder / name).write_text((REPO / "specs" / name).read_text())
+        (tmp_path / folder / "sized.rnn").write_text(
+            "cell Sized {\n  dims I, H\n  input x[I]\n  state h[H]\n"
+            "  param W[H, I], U[H, H], b[H - 1]\n  h' = tanh(W @ x + U @ h)\n"
+            "  output h'\n}\n")
+    first = rnndsl.load(tmp_path / "a" / "sized.rnn")
+    assert first.spec.source.path == str(tmp_path / "a" / "sized.rnn")
+    shutil.rmtree(tmp_path / "a")
+    for _ in range(2):                          # built from a's module, then from the index
+        Sized = rnndsl.load(tmp_path / "b" / "sized.rnn")
+        assert Sized.kernels is first.kernels       # one module: nothing compiled twice
+        with pytest.raises(BindError, match=f"{tmp_path / 'b' / 'sized.rnn'}:5:"):
+            Sized(I=2, H=1)
+        assert spec_record(Sized)["path"] == str(tmp_path / "b" / "sized.rnn")
+    assert rnndsl.load(tmp_path / "b" / "sized.rnn") is Sized
+    # a network, with the file it uses, and its class from the index
+    (tmp_path / "a").mkdir()
+    for name in ("char_lstm.rnn", "lstm.rnn"):
+        (tmp_path / "a" / name).write_text((REPO / "specs" / name).read_text())
+    rnndsl.load(tmp_path / "a" / "char_lstm.rnn")
+    for _ in range(2):
+        record = spec_record(rnndsl.load(tmp_path / "b" / "char_lstm.rnn"))
+        assert record["path"] == str(tmp_path / "b" / "char_lstm.rnn")
+        assert list(record["files"]) == [str(tmp_path / "b" / "lstm.rnn")]
