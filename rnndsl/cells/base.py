@@ -373,6 +373,8 @@ class Cell:
         for name, d in self.hidden_inputs.items():
             arrays[name] = (extra[name] if name in extra else
                             np.ones((T, B) + self._size(d), self.dtype))
+        if LENGTH_MASK in extra:
+            _fill_padding(arrays, extra[LENGTH_MASK], decls)
         return arrays, T, B
 
     def _token_input(self, d: Decl, value, V: int, T, B) -> np.ndarray:
@@ -768,6 +770,26 @@ def _number_beyond(spec: CheckedCell, largest: float, vanishing: float = 0.0):
         if found is not None:
             return found
     return None
+
+
+def _fill_padding(arrays: dict, mask: np.ndarray, decls) -> None:
+    """The steps after each sequence's end (`mask` 0) of each per-step input in `arrays`
+    given the sequence's last input (copies: the caller's arrays are left alone). What
+    padding holds is then never computed with: a cell computes at every step and the
+    lengths mask freezes the state and zeroes the outputs after the end, but a padded
+    0 in `log(x)` made the masked sum 0 * -inf = NaN, in the state and in every
+    gradient. An `input once` is left alone (zero after its first step by design)."""
+    ends = mask[..., 0].sum(axis=0).astype(np.intp)          # each row's length
+    T = mask.shape[0]
+    if ends.min(initial=T) >= T:
+        return
+    steps = np.minimum(np.arange(T)[:, None], np.maximum(ends - 1, 0)[None, :])   # (T, B)
+    for d in decls:
+        if d.once:
+            continue
+        value = arrays[d.name]
+        rows = steps.reshape(steps.shape + (1,) * (value.ndim - 2))
+        arrays[d.name] = np.take_along_axis(value, rows, axis=0)
 
 
 def once_steps(cell_name: str, steps) -> int:

@@ -123,9 +123,12 @@ LENGTH_MASK = "length.mask"
 def with_lengths(cell):
     """The cell for batches of sequences of different lengths: one more input, a mask
     m[1] (1 while the sequence runs, 0 after it ends), and every state update written as
-    `s' = s + m * (new - s)`, every output as `m * y`. After its end a sequence's state
-    is frozen and its outputs are zero; gradients stay exact because the masking is part
-    of the graph that BPTT differentiates. A `final` output is left as it is: only its
+    `s' = m * new + (1 - m) * s`, every output as `m * y`. After its end a sequence's
+    state is frozen and its outputs are zero; gradients stay exact because the masking is
+    part of the graph that BPTT differentiates. (`s + m * (new - s)` rounded: with m = 1
+    it is not `new` where s is much larger, and lengths equal to T changed the results;
+    the padded steps' inputs, which could make `new` infinite and the masked sum NaN,
+    are the sequence's last input, cells/base.Cell._inputs.) A `final` output is left as it is: only its
     value at each sequence's last step is read, where m is 1, and so a final output
     that reads only the next states has the same value after the end, where the states
     are frozen (the schedule's final_at_end computes it once there)."""
@@ -134,9 +137,12 @@ def with_lengths(cell):
     span = cell.ast.span if cell.ast is not None else None
     mask = Decl(LENGTH_MASK, Type((Dim.lit(1),), True), None, span)
     on = ast.Name("length.on", span)
+    off = ast.Name("length.off", span)
     definitions = [Definition("let", "length.on",
                               ast.Call("sum", (ast.Name(LENGTH_MASK, span),), span, span),
-                              Type((), True), span)]
+                              Type((), True), span),
+                   Definition("let", "length.off", ast.BinOp("-", ast.Number(1.0, span), on,
+                                                             span), Type((), True), span)]
     for d in cell.definitions:
         if d.kind != "next":
             definitions.append(d)
@@ -144,9 +150,9 @@ def with_lengths(cell):
         new = f"{d.name}.new"
         definitions.append(Definition("let", new, d.expr, d.type, d.span))
         old = ast.Name(d.name, span)
-        step = ast.BinOp("*", on, ast.BinOp("-", ast.Name(new, span), old, span), span)
-        definitions.append(Definition("next", d.name, ast.BinOp("+", old, step, span),
-                                      d.type, d.span))
+        kept = ast.BinOp("+", ast.BinOp("*", on, ast.Name(new, span), span),
+                         ast.BinOp("*", off, old, span), span)
+        definitions.append(Definition("next", d.name, kept, d.type, d.span))
     outputs = []
     for o in cell.outputs:
         if o.final:

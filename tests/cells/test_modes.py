@@ -217,3 +217,45 @@ def test_trainer_fits_a_final_output_without_a_mask():
         trainer.reset_state()
         loss = trainer.step(np.eye(3)[ids], first, lengths=lengths)
     assert loss < 0.2
+
+
+LOG_CELL = """cell LogAcc {
+  dims H
+  input x[H]
+  state h[H]
+  param w[H] ~ ones
+  h' = 0.5 * h + w * log(x)
+  output y = log(x)
+}"""
+
+
+@pytest.mark.parametrize("target", ["interp", "cpu"])
+def test_padding_is_never_computed_with_and_full_lengths_change_nothing(target):
+    """From an outside review: the lengths mask wrote `s' = s + m * (new - s)`, so a
+    zero-padded `log(x)` made the finished sequence's state, its padded outputs and
+    every gradient NaN (0 * -inf), and with m = 1 the sum rounded: lengths equal to T
+    changed a float32 state by 2%. Padded steps now read the sequence's last input,
+    and the mask is `m * new + (1 - m) * s`."""
+    Cell = rnndsl.load_text(LOG_CELL, target=target)
+    cell = Cell(H=2, dtype=np.float64)
+    x = np.full((3, 2, 2), 2.0)
+    x[:, 0] = [[1.5, 3.0], [2.5, 0.7], [1.2, 4.0]]
+    x[2:, 1] = 0.0                               # row 1 ends after 2 steps, zero-padded
+    with np.errstate(all="raise"):
+        run = cell.forward(x, lengths=[3, 2])
+    alone = cell.forward(x[:2, 1:2])
+    np.testing.assert_allclose(run.state["h"][1], alone.state["h"][0], rtol=1e-14)
+    assert np.array_equal(run.outputs["y"][2, 1], [0.0, 0.0])
+    g = cell.backward(run, d_state={"h": np.ones((2, 2))})
+    # the gradient is the two sequences' own: row 0 over 3 steps, row 1 over 2
+    g0 = cell.backward(cell.forward(x[:, :1]), d_state={"h": np.ones((1, 2))})
+    g1 = cell.backward(alone, d_state={"h": np.ones((1, 2))})
+    np.testing.assert_allclose(g.params["w"], g0.params["w"] + g1.params["w"], rtol=1e-13)
+    assert np.array_equal(g.inputs["x"][2, 1], [0.0, 0.0])
+    assert np.array_equal(x[2:, 1], np.zeros((1, 2)))      # the caller's array untouched
+    follow = rnndsl.load_text("cell Follow {\n  dims H\n  input x[H]\n  state h[H]\n"
+                              "  h' = x + 0 * h\n  output h'\n}\n", target=target)
+    small = follow(H=1, dtype=np.float32)
+    big_then_small = np.array([1e4, 1e-3], np.float32).reshape(2, 1, 1)
+    assert small.forward(big_then_small, lengths=[2]).state["h"].item() == \
+        small.forward(big_then_small).state["h"].item()
