@@ -68,7 +68,8 @@ def gathered_tokens(cell, dialect: Dialect) -> tuple[str, ...]:
 
 
 HELPER_NAMES = ("copy1", "copy2", "copy_rows", "copy_t", "transposed", "fill1", "fill2",
-                "add_into1", "add_into2", "tanh", "sigmoid", "softplus", "sign", "row_sum",
+                "add_into1", "add_into2", "tanh", "sigmoid", "softplus", "sign", "maximum",
+                "minimum", "row_sum",
                 "kernel_jit", "gather_rows", "gather_cols", "scatter_cols", "fingerprint",
                 "stack_rows", "stack_rows_seen")
 # the cuda kernels sum a row in a plain loop, and are compiled by numba-cuda
@@ -144,10 +145,10 @@ def _elementwise_expr(op: Op, a: list[str], attrs: tuple, k) -> str:
         if p == 1.0:
             return a[0]
         return f"{a[0]} ** {k(p)}"
-    if op == Op.MIN:
-        return f"min({a[0]}, {a[1]})"
+    if op == Op.MIN:        # NumPy's minimum and maximum: a NaN in either is the result
+        return f"minimum({a[0]}, {a[1]})"
     if op == Op.MAX:
-        return f"max({a[0]}, {a[1]})"
+        return f"maximum({a[0]}, {a[1]})"
     if op == Op.TANH:
         return f"tanh({a[0]})"
     if op == Op.SIGMOID:

@@ -46,7 +46,8 @@ from ..core.ops import Op
 from ..schedule.plan import Plan
 from .printer_py import Printer, signature
 
-KERNEL_FUNCTIONS = ("tanh", "sigmoid", "softplus", "sign")   # inline in CUDA kernels
+# inline in CUDA kernels
+KERNEL_FUNCTIONS = ("tanh", "sigmoid", "softplus", "sign", "maximum", "minimum")
 
 
 def _cuda_expr(op: Op, a: list[str], attrs: tuple, k) -> str:
@@ -63,11 +64,15 @@ def _cuda_expr(op: Op, a: list[str], attrs: tuple, k) -> str:
     if op == Op.SIGN:
         return (f"{k(1.0)} if {a[0]} > {k(0.0)} else "
                 f"(-{k(1.0)} if {a[0]} < {k(0.0)} else {k(0.0)})")
+    if op in (Op.MAX, Op.MIN):   # NumPy's: a NaN in either is the result, ties the first
+        keep = ">=" if op == Op.MAX else "<="
+        return (f"({a[0]} if {a[0]} {keep} {a[1]} or {a[0]} != {a[0]} else {a[1]})")
     return _elementwise_expr(op, a, attrs, k)
 
 
 CUDA_FORMATS = {**ELEMENTWISE_FORMATS,
-                **{op: _cuda_expr for op in (Op.TANH, Op.SIGMOID, Op.SOFTPLUS, Op.SIGN)}}
+                **{op: _cuda_expr for op in (Op.TANH, Op.SIGMOID, Op.SOFTPLUS, Op.SIGN,
+                                             Op.MAX, Op.MIN)}}
 
 CUDA = Dialect(
     target="cuda", decorator=None, empty="workspace",

@@ -780,9 +780,12 @@ class _Kernel:
         with p.indent(every):
             p.assign(acc, code("math.exp({} - {})", x, top), op="+=")
         if log:
-            p.assign(lse, code("{} + math.log({})", top, acc))
+            # (x - top) - log(acc), as the interpreter: x - (top + log(acc)) loses
+            # log(acc) to rounding where top is large (log_softmax([1e17, 1e17, 0])
+            # gave 0, not -log 2, and its gradient was wrong with it)
+            p.assign(lse, code("math.log({})", acc))
             with p.indent(for_loop(COL, code("range({})", n))):
-                p.assign(Arr(out, row + fix(COL)), code("{} - {}", x, lse))
+                p.assign(Arr(out, row + fix(COL)), code("({} - {}) - {}", x, top, lse))
         else:
             with p.indent(for_loop(COL, code("range({})", n))):
                 p.assign(Arr(out, row + fix(COL)),

@@ -513,6 +513,19 @@ def softplus(x, zero, one):
     return max(x, zero) + math.log1p(math.exp(-abs(x)))
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def maximum(a, b):
+    # NumPy's maximum: a NaN in either is the result (Python's max(a, b) is a when b is
+    # NaN, which let a NaN param vanish on the cpu target); ties give the first, as the
+    # gradient rule takes them
+    return a if a >= b or a != a else b
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def minimum(a, b):
+    return a if a <= b or a != a else b
+
+
 @njit(cache=True, error_model="numpy")
 def sign(x, zero, one):
     if x > zero:

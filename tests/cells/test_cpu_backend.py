@@ -674,3 +674,36 @@ def test_a_gradient_that_cancels_to_zero_is_compared_against_the_runs_scale(tmp_
     errors = compare(getattr(load_built(out), "Random"), spec, np.float64, T=3, B=7,
                      dims={"D0": 3, "D1": 1})
     assert max(errors.values()) < TOL[np.float64]
+
+
+EDGES = """cell Edges {
+  dims N
+  input x[N]
+  param p[N]
+  output y = log_softmax(x)
+  output a = max(x, p) + min(x, p)
+  output b = max(p, x) + min(p, x)
+}"""
+
+
+def test_log_softmax_of_huge_logits_and_max_min_of_nan_as_the_interpreter():
+    """From an outside review: the cpu kernel wrote log_softmax as x - (top + log(acc)),
+    which lost log(acc) where top is large (log_softmax([1e17, 1e17, 0]) gave [0, 0,
+    -1e17], and its gradient with it); and max(x, p) / min(x, p) were Python's, which
+    return x when p is NaN, where the interpreter (NumPy) gives NaN."""
+    x = np.array([1e17, 1e17, 0.0]).reshape(1, 1, 3)
+    d_y = np.array([1.0, 0.0, 0.0]).reshape(1, 1, 3)
+    runs = {}
+    for target in ("interp", "cpu"):
+        cell = rnndsl.load_text(EDGES, target=target)(N=3, dtype=np.float64, seed=0)
+        run = cell.forward(x)
+        g = cell.backward(run, d_outputs={"y": d_y})
+        cell.params["p"] = np.array([np.nan, 1.0, -np.inf])
+        nan = cell.forward(np.array([0.5, 2.0, 3.0]).reshape(1, 1, 3))
+        runs[target] = (run.outputs["y"], g.inputs["x"], nan.outputs["a"], nan.outputs["b"])
+    np.testing.assert_allclose(runs["cpu"][0][0, 0], [-np.log(2), -np.log(2), -1e17],
+                               rtol=1e-15)
+    np.testing.assert_allclose(runs["cpu"][1][0, 0], [0.5, -0.5, 0.0], atol=1e-15)
+    for got, want in zip(runs["cpu"], runs["interp"]):
+        np.testing.assert_allclose(got, want, rtol=1e-15, atol=1e-15)   # NaN where NaN
+    assert np.isnan(runs["cpu"][2][0, 0, 0]) and np.isnan(runs["cpu"][3][0, 0, 0])
