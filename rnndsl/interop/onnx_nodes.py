@@ -226,6 +226,17 @@ def _hard_sigmoid(e, step, nid, args):
     return e.b.op("HardSigmoid", args, alpha=alpha, beta=beta)
 
 
+def _softplus(e, step, nid, args):
+    """Softplus in float32; in float64 relu(a) + log(1 + exp(-|a|)), as rnndsl computes
+    it, since onnxruntime's float64 Softplus is log(1 + exp(a)), inf from a = 710 on
+    (softplus(1000 x) was inf against forward's 1000)."""
+    if np.dtype(e.dtype) == np.float32:
+        return e.b.op("Softplus", args)
+    tail = e.b.op("Exp", [e.b.op("Neg", [e.b.op("Abs", args)])])
+    return e.b.op("Add", [e.b.op("Relu", args),
+                          e.b.op("Log", [e.b.op("Add", [tail, e.scalar(1.0)])])])
+
+
 def _gt(e, step, nid, args):
     return e.b.op("Cast", [e.b.op("Greater", args)], to=elem_type(e.dtype))
 
@@ -237,7 +248,7 @@ ONNX_RULES: dict[Op, Rule] = {
     Op.NEG: _unary("Neg"), Op.POW: _pow,
     Op.TANH: _unary("Tanh"), Op.SIGMOID: _unary("Sigmoid"), Op.RELU: _unary("Relu"),
     Op.EXP: _unary("Exp"), Op.LOG: _unary("Log"), Op.SQRT: _unary("Sqrt"),
-    Op.SOFTPLUS: _unary("Softplus"), Op.ABS: _unary("Abs"), Op.SIGN: _unary("Sign"),
+    Op.SOFTPLUS: _softplus, Op.ABS: _unary("Abs"), Op.SIGN: _unary("Sign"),
     Op.HARD_SIGMOID: _hard_sigmoid,
     Op.SOFTMAX: _unary("Softmax", axis=-1), Op.LOG_SOFTMAX: _unary("LogSoftmax", axis=-1),
     Op.SUM: _reduce("ReduceSum"), Op.MEAN: _reduce("ReduceMean"),
