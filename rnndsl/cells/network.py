@@ -370,9 +370,11 @@ class LayerLoops:
     _loops_class: type | None = None
 
     def _choice(self, x, steps) -> str:
-        way = _forced() or self.layer_loops
+        forced = _forced()
+        way = forced or self.layer_loops
         if way not in LAYER_LOOPS:
-            raise BindError(f"layer_loops must be one of {', '.join(LAYER_LOOPS)}, got "
+            setting = "RNNDSL_LAYER_LOOPS" if forced else "layer_loops"
+            raise BindError(f"{setting} must be one of {', '.join(LAYER_LOOPS)}, got "
                             f"{way!r}")
         if way != "auto":
             return way

@@ -105,5 +105,10 @@ def test_auto_follows_the_shape_and_both_plans_read_replaced_params(cells, monke
                                ref.forward(long_few).outputs["logits"], rtol=1e-10,
                                atol=1e-12)
     monkeypatch.setattr(cpu, "layer_loops", "sideways")
-    with pytest.raises(BindError, match="layer_loops must be one of auto, fused, per_layer"):
+    with pytest.raises(BindError, match="^layer_loops must be one of auto, fused, per_layer"):
+        cpu.forward(long_few)
+    monkeypatch.setattr(cpu, "layer_loops", "auto")
+    monkeypatch.setenv("RNNDSL_LAYER_LOOPS", "bogus")      # named as the user set it
+    with pytest.raises(BindError, match="^RNNDSL_LAYER_LOOPS must be one of auto, fused, "
+                                        "per_layer, got 'bogus'"):
         cpu.forward(long_few)
