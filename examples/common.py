@@ -1,4 +1,6 @@
-"""What every example's command line shares: --seed, --target, --dtype and --quick.
+"""What every example's command line shares: --seed, --target, --dtype and --quick, and
+the argument types that refuse a value out of range when the command line is read
+(`--batch 0`, `--lr nan`), where a traceback deep in training came after it.
 
     p = argparse.ArgumentParser(...)
     ...the example's own options...
@@ -9,10 +11,33 @@
 from __future__ import annotations
 
 import argparse
+import math
+
+
+def _number(kind, test, what: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+    parse.__name__ = what       # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+whole = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+# a gradient-norm bound: 0 turns clipping off, as `rnndsl train --clip 0` does
+clip_norm = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 "
+                                                                 "(0: no clipping)")
+fraction = _number(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
 
 
 def add_common_options(p: argparse.ArgumentParser, seed_help: str, quick_help: str) -> None:
-    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--seed", type=whole, default=0, help=seed_help)
     p.add_argument("--target", choices=("cpu", "interp"), default="cpu",
                    help="cpu: compiled Numba kernels; interp: the NumPy reference")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")

@@ -42,7 +42,8 @@ from rnndsl.train.trainer import Trainer
 # The sibling example, next to this file: a tune model is a character model on other text.
 from char_model import (ROOT, SPEC, clock, train_stream, unigram_bits, validation_bits,
                         warm_up)
-from common import add_common_options, parse_with_quick
+from common import (add_common_options, clip_norm, fraction, parse_with_quick, positive,
+                    positive_int, whole)
 
 QUICK = {"max_chars": 150_000, "hidden": 32, "batch": 16, "seq": 32, "steps": 150,
          "minutes": None, "lr": 1e-2, "tunes": 2, "max_tune_chars": 300, "reference": 10}
@@ -54,24 +55,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "and Ryan collections), report validation bits per character, and "
                     "sample new tunes from a header.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--max-chars", type=int, default=0,
+    p.add_argument("--max-chars", type=whole, default=0,
                    help="use at most this much of the corpus, whole tunes (0: all of it)")
-    p.add_argument("--hidden", type=int, default=128, help="H, the size of each LSTM")
-    p.add_argument("--minutes", type=float, default=3.0, help="train this long")
-    p.add_argument("--steps", type=int, help="or stop after this many steps")
-    p.add_argument("--batch", type=int, default=32, help="sequences per step")
-    p.add_argument("--seq", type=int, default=64, help="steps of truncated BPTT per chunk")
-    p.add_argument("--lr", type=float, default=5e-3, help="Adam's learning rate")
-    p.add_argument("--clip", type=float, default=5.0, help="clip the gradient's global norm")
-    p.add_argument("--val", type=float, default=0.05, help="fraction of the tunes held out")
+    p.add_argument("--hidden", type=positive_int, default=128, help="H, the size of each LSTM")
+    p.add_argument("--minutes", type=positive, default=3.0, help="train this long")
+    p.add_argument("--steps", type=positive_int, help="or stop after this many steps")
+    p.add_argument("--batch", type=positive_int, default=32, help="sequences per step")
+    p.add_argument("--seq", type=positive_int, default=64, help="steps of truncated BPTT per chunk")
+    p.add_argument("--lr", type=positive, default=5e-3, help="Adam's learning rate")
+    p.add_argument("--clip", type=clip_norm, default=5.0, help="clip the gradient's global norm")
+    p.add_argument("--val", type=fraction, default=0.05, help="fraction of the tunes held out")
     p.add_argument("--header", default=r"M:6/8\nL:1/8\nK:Dmaj\n", type=header_lines,
                    help=r"the start of every sampled tune (meter, unit length, key), "
                         r"lines apart by \n")
-    p.add_argument("--tunes", type=int, default=3, help="how many tunes to sample")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
-    p.add_argument("--max-tune-chars", type=int, default=1000,
+    p.add_argument("--tunes", type=positive_int, default=3, help="how many tunes to sample")
+    p.add_argument("--temperature", type=positive, default=0.8, help="sampling temperature")
+    p.add_argument("--max-tune-chars", type=whole, default=1000,
                    help="give up on a tune that has not ended after this many characters")
-    p.add_argument("--reference", type=int, default=40,
+    p.add_argument("--reference", type=whole, default=40,
                    help="held-out real tunes to measure bars on, for comparison")
     add_common_options(p, seed_help="seeds the split, params, samples",
                        quick_help="a run of seconds (part of the corpus, small model, "
@@ -159,10 +160,15 @@ def main(argv=None) -> int:
     val_tunes = [corpus.documents[i] for i in order[-n_val:]]
     train_ids = vocab.encode("".join(train_tunes))
     val_ids = vocab.encode("".join(val_tunes))
+    try:                     # checked before training, where it lost the trained model
+        vocab.encode(args.header)
+    except ValueError as exc:
+        sys.exit(f"error: --header: {exc}")
 
     Cell = rnndsl.load(SPEC, target=args.target)
     cell = Cell(V=V, H=args.hidden, dtype=dtype, seed=args.seed)
-    trainer = Trainer(cell, optimizer=Adam(lr=args.lr), clip_norm=args.clip, seed=args.seed)
+    trainer = Trainer(cell, optimizer=Adam(lr=args.lr), clip_norm=args.clip or None,
+                      seed=args.seed)
     n_params = sum(p.size for p in cell.params.values())
     print(f"corpus: {corpus.describe()}")
     print(f"model: {Cell.spec.name} from {SPEC.relative_to(ROOT)}, V={V} H={args.hidden}, "

@@ -36,7 +36,8 @@ from rnndsl.train.data import sine_task
 from rnndsl.train.optim import Adam
 from rnndsl.train.trainer import Trainer
 
-from common import add_common_options, parse_with_quick
+from common import (add_common_options, clip_norm, fraction, parse_with_quick, positive,
+                    positive_int, whole)
 
 SPEC = Path(__file__).resolve().parent / "specs" / "wave_generator.rnn"
 LAYOUTS = {"first": modes.first_step_inputs, "every": modes.repeated_inputs}
@@ -51,20 +52,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--mode", choices=("first", "every", "both"), default="both",
                    help="how the one input vector is laid out in time")
-    p.add_argument("--train", type=int, default=5_000, help="training examples")
-    p.add_argument("--test", type=int, default=1_000, help="held-out examples")
-    p.add_argument("--steps", type=int, default=50, help="length of each wave")
-    p.add_argument("--hidden", type=int, default=32, help="H, the LSTM's size")
-    p.add_argument("--batch", type=int, default=32, help="examples per step")
-    p.add_argument("--epochs", type=int, default=40, help="passes over the training set")
-    p.add_argument("--minutes", type=float, default=1.0,
+    p.add_argument("--train", type=positive_int, default=5_000, help="training examples")
+    p.add_argument("--test", type=positive_int, default=1_000, help="held-out examples")
+    p.add_argument("--steps", type=positive_int, default=50, help="length of each wave")
+    p.add_argument("--hidden", type=positive_int, default=32, help="H, the LSTM's size")
+    p.add_argument("--batch", type=positive_int, default=32, help="examples per step")
+    p.add_argument("--epochs", type=positive_int, default=40, help="passes over the training set")
+    p.add_argument("--minutes", type=positive, default=1.0,
                    help="per mode: stop earlier when this much time has passed")
-    p.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate")
-    p.add_argument("--clip", type=float, default=1.0, help="clip the gradient's global norm")
+    p.add_argument("--lr", type=positive, default=1e-2, help="Adam's learning rate")
+    p.add_argument("--clip", type=clip_norm, default=1.0, help="clip the gradient's global norm")
     add_common_options(p, seed_help="seeds the training data and params; the test set "
                                      "uses seed + 1",
                        quick_help="a run of seconds (small sets and model)")
-    return parse_with_quick(p, QUICK, argv)
+    args = parse_with_quick(p, QUICK, argv)
+    if args.batch > args.train:      # else no whole batch: 0 steps, and the untrained
+        p.error(f"--batch {args.batch} is more than the {args.train:,} training examples "
+                "(--train)")    # model's result reported as the trained one's
+    return args
 
 
 def held_out_mse(cell, x: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
@@ -93,7 +98,7 @@ def train_mode(mode: str, train, test, args, dtype) -> dict:
     x_test = LAYOUTS[mode](test.inputs, args.steps)
     Cell = rnndsl.load(SPEC, target=args.target)
     cell = Cell(I=train.inputs.shape[1], H=args.hidden, dtype=dtype, seed=args.seed)
-    trainer = Trainer(cell, loss="mse", optimizer=Adam(lr=args.lr), clip_norm=args.clip,
+    trainer = Trainer(cell, loss="mse", optimizer=Adam(lr=args.lr), clip_norm=args.clip or None,
                       seed=args.seed)
     before, _ = held_out_mse(cell, x_test, test.targets)
     print(f"\n[{mode}] {Cell.spec.name}, H={args.hidden}, "

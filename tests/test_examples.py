@@ -140,3 +140,40 @@ def test_a_bad_option_is_a_usage_error_without_a_traceback():
                            "--task", "sorting"], check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "invalid choice: 'sorting'" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("char_model.py", ["--seq", "0"], "argument --seq: 0 is not an integer >= 1"),
+    ("char_model.py", ["--lr", "nan"], "argument --lr: nan is not a finite number > 0"),
+    ("char_model.py", ["--clip", "-1"], "argument --clip: -1 is not a finite number >= 0"),
+    ("char_model.py", ["--steps", "0"], "argument --steps: 0 is not an integer >= 1"),
+    ("char_model.py", ["--minutes", "-1"], "argument --minutes: -1 is not a finite number"),
+    ("char_model.py", ["--val", "0"], "argument --val: 0 is not a fraction in (0, 1)"),
+    ("char_model.py", ["--temperatures", "0", "1"], "argument --temperatures: 0 is not a "
+                                                    "finite number > 0"),
+    ("char_model.py", ["--prime", "\u00e9"], "error: --prime: Vocab.encode: '\u00e9'"),
+    ("char_model.py", ["--save", "."], "error: --save . is a folder"),
+    ("folk_tunes.py", ["--tunes", "0"], "argument --tunes: 0 is not an integer >= 1"),
+    ("classify_sequences.py", ["--batch", "0"], "argument --batch: 0 is not an integer >= 1"),
+    ("classify_sequences.py", ["--seed", "-1"], "argument --seed: -1 is not an integer >= 0"),
+    ("classify_sequences.py", ["--batch", "5000"], "--batch 5000 is more than the 2,000 "
+                                                   "training sequences (--train)"),
+    ("generate_waves.py", ["--batch", "5000"], "--batch 5000 is more than the 640 training "
+                                               "examples (--train)"),
+])
+def test_values_out_of_range_are_refused_before_training(script, args, message):
+    """From an outside review: these were tracebacks (ZeroDivisionError, ValueError deep
+    in the optimiser), silent runs of one step or none whose untrained results were
+    reported as trained ones, or errors after training that lost the model (--prime,
+    --temperatures). Each is now refused before any training, naming the option."""
+    done = subprocess.run([sys.executable, str(EXAMPLES / script), "--quick", "--target",
+                           "interp", *args], cwd=ROOT / "tests", check=False,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "step " not in done.stdout
+
+
+def test_clip_0_trains_without_clipping():
+    """--clip 0 turns clipping off, as in `rnndsl train` (it was a ValueError)."""
+    out = run_example("generate_waves.py", "--quick", "--target", "interp", "--clip", "0")
+    assert "=== summary ===" in out
