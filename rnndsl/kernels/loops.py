@@ -66,6 +66,46 @@ def serialise_numba_cache_saves() -> None:
 serialise_numba_cache_saves()
 
 
+# what unpickling a damaged file raises (cut short, garbled, or from a foreign build)
+_DAMAGED = (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+            KeyError, MemoryError)
+
+
+def tolerate_damaged_numba_cache() -> None:
+    """Read a damaged file of Numba's on-disk cache as a miss (process-wide, once).
+
+    Numba unpickles a function's index (`.nbi`) and data files (`.nbc`) unguarded: one
+    cut short by a full disk or a crash, or garbled, raised UnpicklingError at every
+    later call of the kernel (`rnndsl gradcheck`: internal error, exit 3) until the
+    user found and deleted it. Here an index that does not unpickle reads as an empty
+    one, and a data file as a missing one: the kernel is compiled again, and the save
+    that follows writes both afresh (as for a stale index)."""
+    import pickle
+    from numba.core import caching
+    cls = caching.IndexDataCacheFile
+    if getattr(cls._load_index, "rnndsl_tolerant", False):
+        return
+    load_index, load_data = cls._load_index, cls._load_data
+
+    def tolerant_load_index(self):
+        try:
+            return load_index(self)
+        except (pickle.UnpicklingError, *_DAMAGED):
+            return {}
+
+    def tolerant_load_data(self, name):
+        try:
+            return load_data(self, name)
+        except (pickle.UnpicklingError, *_DAMAGED):
+            raise OSError(f"damaged Numba cache file {name}") from None   # load(): a miss
+
+    tolerant_load_index.rnndsl_tolerant = True
+    cls._load_index, cls._load_data = tolerant_load_index, tolerant_load_data
+
+
+tolerate_damaged_numba_cache()
+
+
 # ---------------------------------------------------------------------------- the kernels' jit
 # A fused elementwise loop reads and writes many arrays (a layer-normalised LSTM's first
 # backward loop, 43). LLVM cannot prove Numba's arrays apart, so it vectorises such a

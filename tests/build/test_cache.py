@@ -232,3 +232,29 @@ def test_a_copy_of_a_spec_in_another_folder_is_shown_by_its_own_path(tmp_path, m
         record = spec_record(rnndsl.load(tmp_path / "b" / "char_lstm.rnn"))
         assert record["path"] == str(tmp_path / "b" / "char_lstm.rnn")
         assert list(record["files"]) == [str(tmp_path / "b" / "lstm.rnn")]
+
+
+def test_a_damaged_numba_cache_file_is_compiled_again(tmp_path):
+    """From an outside review: a kernel's Numba cache file cut short or garbled (a full
+    disk, a crash) made every later call raise UnpicklingError (gradcheck: internal
+    error, exit 3) until the user deleted it. It now reads as a miss and is rewritten."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), RNNDSL_CACHE_DIR=str(tmp_path))
+    probe = ("import sys, numpy as np, rnndsl\n"
+             "cell = rnndsl.load(sys.argv[1])(I=2, H=3, O=2, dtype=np.float64)\n"
+             "print(cell.forward(np.ones((2, 1, 2))).outputs['y'].sum())\n")
+    spec = str(REPO / "specs" / "elman.rnn")
+
+    def forward() -> str:
+        out = subprocess.run([sys.executable, "-c", probe, spec], cwd=REPO, env=env,
+                             text=True, capture_output=True, timeout=600, check=False)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout.strip().splitlines()[-1]
+    first = forward()
+    kernels = sorted((tmp_path / "__pycache__").glob("elman_*.nbc"))
+    indexes = sorted((tmp_path / "__pycache__").glob("elman_*.nbi"))
+    assert kernels and indexes
+    kernels[0].write_bytes(kernels[0].read_bytes()[:100])       # cut short
+    assert forward() == first
+    indexes[0].write_bytes(b"\x80\x04garbled" * 8)             # garbled
+    assert forward() == first
+    assert forward() == first                                    # and written afresh
