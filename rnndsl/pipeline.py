@@ -12,6 +12,7 @@ parts of a network cell, spec texts that lang/network.py writes, are checked her
 from __future__ import annotations
 
 import ast
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from .core import targets
 from .core.errors import CheckError, Diagnostic, RnnError
 from .ir.grad import StepGrads, grad_step
 from .ir.graph import StepGraph, lower
+from .lang.check import MAX_CELL_NAME
 from .lang.checked import CheckedCell
 from .lang.compose import with_lengths
 from .lang.network import LayerRun, renamed_part, split
@@ -164,11 +166,23 @@ def network_parts(net: CheckedCell, library: dict[str, CheckedCell],
 
 
 def _fresh(base: str, taken: set[str]) -> str:
-    name, k = base, 2
+    """`base`, or `base_2`, ... : the first not in `taken`, at most MAX_CELL_NAME long."""
+    name, k = _short(base), 2
     while name in taken:
-        name, k = f"{base}_{k}", k + 1
+        name, k = _short(f"{base}_{k}"), k + 1
     taken.add(name)
     return name
+
+
+def _short(name: str) -> str:
+    """A part's name within the cell name limit (it names the part's kernels and their
+    cache files): a network of a long name with a layer of a long name passed `rnndsl
+    check` and `rnndsl.load`, and `rnndsl build` refused it, at line 1 of a text the
+    user never wrote. Cut, with a hash of the whole name to keep it apart."""
+    if len(name) <= MAX_CELL_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:MAX_CELL_NAME - len(digest) - 1]}_{digest}"
 
 
 def _module_bindings(source: str) -> Counter:

@@ -126,6 +126,26 @@ def test_a_plain_cell_and_a_network_in_one_file_are_both_written(tmp_path):
         assert "hoist" not in getattr(module, f"{name}_META")["passes"], name
 
 
+def test_long_network_and_layer_names_make_parts_within_the_name_limit(tmp_path):
+    """From an outside review: a network named in 40 characters with a layer of 24 made
+    a part `<network>_part1_<layer>` of 69, past the 64 a cell name may have: `rnndsl
+    check` and `rnndsl.load` took it, and `rnndsl build` refused it at line 1 of a text
+    the user never wrote. Long part names are cut, with a hash."""
+    from rnndsl.lang.check import MAX_CELL_NAME
+    net, layer = "BidirectionalSequenceTaggerWithContext", "forward_backward_encoder"
+    text = TAGGER.replace("BiTagger", net).replace("l1", layer)
+    module = load_built(_build(tmp_path, text))
+    parts = [cls.__name__ for cls in getattr(module, net).part_classes]
+    assert all(len(p) <= MAX_CELL_NAME for p in parts) and len(set(parts)) == 3, parts
+    assert parts[0].startswith(f"{net}_part1_forward_ba")
+    cell = getattr(module, net)(V=3, H=2, K=2, dtype=np.float64, seed=0)
+    ref = rnndsl.load_text(text.replace('use "tagger_lstm.rnn"', 'use "lstm.rnn"'),
+                           target="interp")(V=3, H=2, K=2, dtype=np.float64, seed=0)
+    x = np.eye(3)[[0, 2, 1, 1]][:, None, :]
+    np.testing.assert_allclose(cell.forward(x).outputs["scores"],
+                               ref.forward(x).outputs["scores"], rtol=1e-12)
+
+
 def test_a_cuda_build_of_a_network_imports(tmp_path):
     pytest.importorskip("numba_cuda")
     from rnndsl.cells.cuda import CudaCell
