@@ -741,7 +741,8 @@ def _spread(run, placement, args):
     if placement is None:
         return contextlib.nullcontext()
     from ..distributed.data_parallel import spread
-    return spread(run, placement, args.batch, _resume_command(args), run.out)
+    return spread(run, placement, args.batch,
+                  lambda steps, seconds: _resume_command(args, steps, seconds), run.out)
 
 
 def _write_json(path: str | None, summary: dict) -> None:

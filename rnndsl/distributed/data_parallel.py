@@ -267,6 +267,7 @@ class DataParallel:
                  checkpoint=None, saved_step: int | None = None):
         self.local, self.client, self.addresses = local, client, list(addresses)
         self.threads, self.checkpoint, self.saved_step = threads, checkpoint, saved_step
+        self.saved_at = None          # when this run last saved the checkpoint
         self.id = f"rnndsl-dp-{uuid.uuid4().hex[:12]}"
         self.progress = local.progress
         self.steps, self.last_lr = local.steps, local.last_lr
@@ -463,7 +464,7 @@ class DataParallel:
         self.local.save(path, meta)
         if self.checkpoint is not None and os.path.abspath(path) == \
                 os.path.abspath(self.checkpoint):
-            self.saved_step = self.local.steps
+            self.saved_step, self.saved_at = self.local.steps, time.monotonic()
 
     def evaluate(self, *args, **kwargs) -> float:
         self.sync()
@@ -514,13 +515,16 @@ def _addresses(client, placement: Placement, batch: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def spread(run, placement: Placement, batch: int, resume: str, out=None):
+def spread(run, placement: Placement, batch: int, resume, out=None):
     """Run `run`'s training steps on the placement's cluster: `run.trainer` (a Trainer)
     is replaced by a `DataParallel` inside, and holds the workers' final state on
     leaving. A lost worker becomes a `WorkerLost` that names the checkpoint left
-    intact and `resume`, the command that continues it."""
+    intact and the command that continues it: `resume(steps, seconds)`, given the
+    steps and seconds of this run that the checkpoint holds (None, None where it holds
+    none of them), since the command gives what is left of --steps and --minutes."""
     local = run.trainer
     started = time.monotonic()
+    first = local.steps
     saved = local.steps if run.plan.resume else None
     with open_client(placement) as client:
         addresses = _addresses(client, placement, batch)
@@ -537,8 +541,11 @@ def spread(run, placement: Placement, batch: int, resume: str, out=None):
             if out is not None and dp.timings:
                 print(dp.describe_steps(), file=out, flush=True)
         except WorkerLost as exc:
+            ran = dp.saved_step is not None and dp.saved_step > first
+            command = resume(dp.saved_step - first, dp.saved_at - started) if ran else \
+                resume(None, None)
             raise WorkerLost(f"{exc}. {dp._saved_text().capitalize()}; resume it (with any "
-                             f"--workers, or none) with:\n  {resume}") from None
+                             f"--workers, or none) with:\n  {command}") from None
         finally:
             run.trainer = local
             if placement.scheduler is not None:

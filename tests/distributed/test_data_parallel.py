@@ -309,6 +309,8 @@ def test_a_killed_worker_stops_the_run_and_the_checkpoint_resumes(cluster, tmp_p
     saved = checkpoint.peek(where / "m.npz").meta["trainer"]["steps"]
     assert f"m.npz holds step {saved}" in err and saved % 2 == 0 and saved >= 2
     assert "rnndsl train char_lstm.rnn" in err and "--resume" in err
+    # what is left of --steps (with --resume, --steps counts from the checkpoint on)
+    assert f"--steps {100_000 - saved} " in err and "--steps 100000" not in err, err
     assert "Traceback" not in err and "internal error" not in err
     code, out, err = train(where, "--steps", 1, "--resume")          # in this process
     assert code == 0, err
