@@ -318,7 +318,7 @@ def _prepare(args) -> _Plan:
                          "--batch, or more text")
     prefix = held_out_prime(val_ids, vocab) if args.prime is None else \
         _encode_prime(vocab, args.prime, "the corpus")
-    best, best_record = _best(args, checkpoint, info is not None, len(val_ids) - 1)
+    best, best_record = _best(args, checkpoint, info is not None, _scored_chars(val_ids, args))
     progress = info.meta.get("trainer", {}).get("progress") if info else None
     schedule_from = progress if isinstance(progress, (int, float)) and 0 <= progress < 1 \
         else None
@@ -575,7 +575,8 @@ class _Run:
         started = time.monotonic()
         bpc = _validate(trainer, plan.vocab, plan.val_ids, self.args, plan.dtype)
         self.val_seconds += time.monotonic() - started
-        record = {"bits_per_char": bpc, "chars": len(plan.val_ids) - 1, "step": trainer.steps}
+        record = {"bits_per_char": bpc, "chars": _scored_chars(plan.val_ids, self.args),
+                  "step": trainer.steps}
         self.val_history.append((trainer.steps, bpc))
         self.meta["validation"] = record
         if plan.best is None or (self.best and bpc >= self.best["bits_per_char"]):
@@ -696,7 +697,7 @@ def run_training(args, out=None, err=None) -> tuple[int, dict | None]:
     if not run.val_history or run.val_history[-1][0] != trainer.steps:
         with _diverged(run.cell):
             run.validate()              # else it just ran, at this very step
-    bpc, val_chars = run.meta["validation"]["bits_per_char"], len(plan.val_ids) - 1
+    bpc, val_chars = run.meta["validation"]["bits_per_char"], _scored_chars(plan.val_ids, args)
     print(f"validation: {bpc:.3f} bits/char over {val_chars:,} chars", file=out)
     run.save()
     summary.update(validation_bits_per_char=bpc, validation_chars=val_chars,
@@ -785,11 +786,22 @@ def _warm_up(cell, x_name: str, V: int, dtype, out) -> None:
     print(f" {time.monotonic() - started:.1f} s", file=out, flush=True)
 
 
+def _validation_rows(val_ids, args) -> int:
+    return max(1, min(args.batch, (len(val_ids) - 1) // args.seq))
+
+
+def _scored_chars(val_ids, args) -> int:
+    """How many characters a validation scores: its rows' whole length (tbptt_batches
+    leaves the few after the last whole row unread), what "over N chars" counts."""
+    rows = _validation_rows(val_ids, args)
+    return rows * ((len(val_ids) - 1) // rows)
+
+
 def _validate(trainer, vocab, val_ids, args, dtype) -> float:
     """Bits per character on the validation stream, state carried across chunks."""
     from ..train.data import tbptt_batches, token_feed
     feed = token_feed(type(trainer.cell).spec, trainer.input, len(vocab), dtype)
-    rows = max(1, min(args.batch, (len(val_ids) - 1) // args.seq))
+    rows = _validation_rows(val_ids, args)
     total = count = 0.0
     trainer.reset_state("eval")
     for x_ids, y_ids in tbptt_batches(val_ids, rows, args.seq):

@@ -210,6 +210,26 @@ def test_resume_with_other_dims_names_both(folder, capsys):
     assert code == 2 and "H=4" in err and "H=6" in err
 
 
+def test_the_validation_counts_the_chars_it_scores(folder, capsys, monkeypatch):
+    """From an outside review: "validation: ... over N chars" counted the held-out text
+    less one, where the rows of truncated BPTT leave up to rows - 1 of them unread."""
+    from rnndsl.train import Trainer
+    scored, real = [], Trainer.evaluate
+
+    def counted(self, x, y, *args, **kwargs):
+        scored.append(np.asarray(y).size)
+        return real(self, x, y, *args, **kwargs)
+    monkeypatch.setattr(Trainer, "evaluate", counted)
+    code, out, err = train(capsys, "--batch", "7", "--seq", "4", "--json", "run.json",
+                           "--val-every", "0")
+    assert code == 0, err
+    said = int(out.split("validation: ")[1].split(" over ")[1].split()[0].replace(",", ""))
+    assert said == sum(scored) == json.loads((folder / "run.json").read_text())[
+        "validation_chars"]
+    held_out = int(out.split(" chars to train on, ")[1].split()[0].replace(",", ""))
+    assert said < held_out                     # 7 rows leave some of the text unread
+
+
 def test_resume_keeps_the_first_runs_validation_text(folder, capsys):
     """--val is kept with the checkpoint: a resumed run validates on the same held-out
     text, and another --val (which would validate on trained text) is refused."""
