@@ -778,18 +778,17 @@ def _fill_padding(arrays: dict, mask: np.ndarray, decls) -> None:
     padding holds is then never computed with: a cell computes at every step and the
     lengths mask freezes the state and zeroes the outputs after the end, but a padded
     0 in `log(x)` made the masked sum 0 * -inf = NaN, in the state and in every
-    gradient. An `input once` is left alone (zero after its first step by design)."""
+    gradient. A row of length 0 reads the longest row's inputs (it has none of its own).
+    An `input once` is left alone (zero after its first step by design)."""
     ends = mask[..., 0].sum(axis=0).astype(np.intp)          # each row's length
     T = mask.shape[0]
-    if ends.min(initial=T) >= T:
-        return
-    steps = np.minimum(np.arange(T)[:, None], np.maximum(ends - 1, 0)[None, :])   # (T, B)
+    if ends.min(initial=T) >= T or ends.max(initial=0) == 0:
+        return                     # nothing padded; or nothing to read instead
+    rows = np.where(ends > 0, np.arange(len(ends)), int(np.argmax(ends)))      # (B,)
+    steps = np.minimum(np.arange(T)[:, None], (ends[rows] - 1)[None, :])      # (T, B)
     for d in decls:
-        if d.once:
-            continue
-        value = arrays[d.name]
-        rows = steps.reshape(steps.shape + (1,) * (value.ndim - 2))
-        arrays[d.name] = np.take_along_axis(value, rows, axis=0)
+        if not d.once:
+            arrays[d.name] = arrays[d.name][steps, rows[None, :]]
 
 
 def once_steps(cell_name: str, steps) -> int:

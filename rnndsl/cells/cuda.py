@@ -34,7 +34,8 @@ import numpy as np
 
 from ..lang import ast as spec_ast
 from ..core.errors import BindError, TargetError
-from .base import Run, check_seen
+from ..lang.compose import LENGTH_MASK
+from .base import Run, _fill_padding, check_seen
 from .blocks import _CompiledTape
 from .compiled import CompiledCell, compiled_cell_class
 from .seen import Seen, compiled_fingerprints
@@ -188,6 +189,13 @@ class CudaCell(CompiledCell):
             if value is None:
                 value = np.ones((T, B) + self._size(d), self.dtype)
             arrays[name] = cuda.to_device(fresh_host_copy(value))
+        mask = extra.get(LENGTH_MASK)
+        if mask is not None and mask.min() == 0:
+            # padding is never computed with (base._fill_padding), here by a trip through
+            # the host: a call with lengths is not the fast path
+            host = {d.name: arrays[d.name].copy_to_host() for d in decls}
+            _fill_padding(host, mask, decls)
+            arrays.update({k: cuda.to_device(fresh_host_copy(v)) for k, v in host.items()})
         return arrays, T, B, True, arrays
 
     def _state_any(self, state, B: int):

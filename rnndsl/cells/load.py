@@ -9,6 +9,8 @@ loaded before, nothing it depends on changed) reads no spec (build/cache.py).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import sys
 from pathlib import Path
 
 from ..core import targets
@@ -55,7 +57,9 @@ def _as_loaded(cls: type, shown: str, files: dict[str, str]) -> type:
     (a copy in another folder, the same file by another path), whose path errors,
     checkpoints (`rnndsl info`) and `rnndsl sample --spec` then named, even once it
     was deleted. Such a class gets a subclass that differs in those only (one for each
-    path and files, so that loading again gives the same class)."""
+    path and files, so that loading again gives the same class). It is bound in the
+    module under a name of its own (`Elman_as_1a2b3c4d`), which its __qualname__ says,
+    so that pickle finds it there (a cell pickles by its class's module and name)."""
     held = getattr(cls, "spec_files", None)
     if held is None:
         held = getattr(getattr(cls, "kernels", None), "SPEC_FILES", None)
@@ -65,9 +69,14 @@ def _as_loaded(cls: type, shown: str, files: dict[str, str]) -> type:
     made = _AS_LOADED.get(key)
     if made is None:
         spec = dataclasses.replace(cls.spec, source=Source(shown, cls.spec.source.text))
+        digest = hashlib.sha256(repr(key[1:]).encode()).hexdigest()[:8]
+        qualname = f"{cls.__qualname__}_as_{digest}"
         made = _AS_LOADED[key] = type(cls.__name__, (cls,), {
             "spec": spec, "spec_files": dict(files), "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+            "__qualname__": qualname, "__doc__": cls.__doc__})
+        module = sys.modules.get(cls.__module__)
+        if module is not None:
+            setattr(module, qualname, made)
     return made
 
 

@@ -66,11 +66,6 @@ def serialise_numba_cache_saves() -> None:
 serialise_numba_cache_saves()
 
 
-# what unpickling a damaged file raises (cut short, garbled, or from a foreign build)
-_DAMAGED = (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
-            KeyError, MemoryError)
-
-
 def tolerate_damaged_numba_cache() -> None:
     """Read a damaged file of Numba's on-disk cache as a miss (process-wide, once).
 
@@ -80,23 +75,28 @@ def tolerate_damaged_numba_cache() -> None:
     user found and deleted it. Here an index that does not unpickle reads as an empty
     one, and a data file as a missing one: the kernel is compiled again, and the save
     that follows writes both afresh (as for a stale index)."""
-    import pickle
     from numba.core import caching
     cls = caching.IndexDataCacheFile
     if getattr(cls._load_index, "rnndsl_tolerant", False):
         return
     load_index, load_data = cls._load_index, cls._load_data
 
+    # Unpickling garbled bytes can raise nearly anything (UnpicklingError, EOFError,
+    # OverflowError, RecursionError, MemoryError, ...): any Exception is a damaged file.
     def tolerant_load_index(self):
         try:
             return load_index(self)
-        except (pickle.UnpicklingError, *_DAMAGED):
+        except FileNotFoundError:
+            raise
+        except Exception:        # noqa: BLE001
             return {}
 
     def tolerant_load_data(self, name):
         try:
             return load_data(self, name)
-        except (pickle.UnpicklingError, *_DAMAGED):
+        except OSError:
+            raise
+        except Exception:        # noqa: BLE001
             raise OSError(f"damaged Numba cache file {name}") from None   # load(): a miss
 
     tolerant_load_index.rnndsl_tolerant = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -223,6 +224,9 @@ def test_a_copy_of_a_spec_in_another_folder_is_shown_by_its_own_path(tmp_path, m
             Sized(I=2, H=1)
         assert spec_record(Sized)["path"] == str(tmp_path / "b" / "sized.rnn")
     assert rnndsl.load(tmp_path / "b" / "sized.rnn") is Sized
+    cell = Sized(I=2, H=3, dtype=np.float64)     # pickles, as a cell of the module's own
+    again = pickle.loads(pickle.dumps(cell))
+    assert type(again) is Sized and again.spec.source.path == Sized.spec.source.path
     # a network, with the file it uses, and its class from the index
     (tmp_path / "a").mkdir()
     for name in ("char_lstm.rnn", "lstm.rnn"):
@@ -258,3 +262,11 @@ def test_a_damaged_numba_cache_file_is_compiled_again(tmp_path):
     indexes[0].write_bytes(b"\x80\x04garbled" * 8)             # garbled
     assert forward() == first
     assert forward() == first                                    # and written afresh
+    # unpickling raises what it likes: bytes of 2**63 - 1 (OverflowError)
+    with open(indexes[0], "rb") as f:
+        pickle.load(f)                                            # Numba's version record
+        head = indexes[0].read_bytes()[:f.tell()]
+    indexes[0].write_bytes(head + b"\x8e" + (2 ** 63 - 1).to_bytes(8, "little"))
+    with pytest.raises(OverflowError):              # what it raises, unguarded
+        pickle.loads(indexes[0].read_bytes()[len(head):])
+    assert forward() == first

@@ -964,3 +964,22 @@ def test_the_weights_are_streamed_when_python_switches_the_pass_off(tmp_path, mo
     assert "held0 = cuda.shared.array(" in held
     assert "held0" not in text and "held_threads(" not in text and "grid.sync()" in text
     assert "hold_weights" not in streamed.meta["passes"]
+
+
+def test_device_padding_is_never_computed_with():
+    """A zero-padded log(x) on the device made a finished sequence's state NaN, as it
+    did on the host (tests/cells/test_modes.py): padded steps read the last input."""
+    text = ("cell LogAcc {\n  dims H\n  input x[H]\n  state h[H]\n  param w[H] ~ ones\n"
+            "  h' = 0.5 * h + w * log(x)\n  output y = log(x)\n}\n")
+    cell = rnndsl.load_text(text, target="cuda")(H=2, dtype=np.float64)
+    ref = rnndsl.load_text(text, target="interp")(H=2, dtype=np.float64)
+    x = np.full((3, 3, 2), 2.0)
+    x[2:, 1] = 0.0
+    x[:, 2] = 0.0                                   # a row of length 0
+    lengths = np.array([3, 2, 0])
+    got = cell.forward(cuda.to_device(x), lengths=lengths)
+    want = ref.forward(x, lengths=lengths)
+    state = got.state["h"].copy_to_host()
+    assert np.isfinite(state).all()
+    assert _rel(state, want.state["h"]) < 1e-12
+    assert _rel(got.outputs["y"].copy_to_host(), want.outputs["y"]) < 1e-12

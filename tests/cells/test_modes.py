@@ -253,6 +253,17 @@ def test_padding_is_never_computed_with_and_full_lengths_change_nothing(target):
     np.testing.assert_allclose(g.params["w"], g0.params["w"] + g1.params["w"], rtol=1e-13)
     assert np.array_equal(g.inputs["x"][2, 1], [0.0, 0.0])
     assert np.array_equal(x[2:, 1], np.zeros((1, 2)))      # the caller's array untouched
+    # a row of length 0 keeps its start, with outputs and gradients 0 (its padding is
+    # all it has: it reads the longest row's inputs instead)
+    x_empty = x.copy()
+    x_empty[:, 1] = 0.0                       # all padding
+    with np.errstate(all="raise"):
+        empty = cell.forward(x_empty, lengths=[3, 0])
+    assert np.array_equal(empty.state["h"][1], [0.0, 0.0])
+    assert np.array_equal(empty.outputs["y"][:, 1], np.zeros((3, 2)))
+    g_empty = cell.backward(empty, d_state={"h": np.ones((2, 2))})
+    np.testing.assert_allclose(g_empty.params["w"], g0.params["w"], rtol=1e-13)
+    assert np.array_equal(g_empty.inputs["x"][:, 1], np.zeros((3, 2)))
     follow = rnndsl.load_text("cell Follow {\n  dims H\n  input x[H]\n  state h[H]\n"
                               "  h' = x + 0 * h\n  output h'\n}\n", target=target)
     small = follow(H=1, dtype=np.float32)
