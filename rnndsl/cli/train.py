@@ -318,7 +318,10 @@ def _prepare(args) -> _Plan:
                          "--batch, or more text")
     prefix = held_out_prime(val_ids, vocab) if args.prime is None else \
         _encode_prime(vocab, args.prime, "the corpus")
-    best, best_record = _best(args, checkpoint, info is not None, _scored_chars(val_ids, args))
+    # (a record written before validations counted the chars they score counted the
+    # held-out text less one: the same validation)
+    best, best_record = _best(args, checkpoint, info is not None,
+                              (_scored_chars(val_ids, args), len(val_ids) - 1))
     progress = info.meta.get("trainer", {}).get("progress") if info else None
     schedule_from = progress if isinstance(progress, (int, float)) and 0 <= progress < 1 \
         else None
@@ -327,11 +330,12 @@ def _prepare(args) -> _Plan:
                  info, prefix)
 
 
-def _best(args, checkpoint: Path, resuming: bool, val_chars: int):
+def _best(args, checkpoint: Path, resuming: bool, val_chars: tuple[int, ...]):
     """(where the best checkpoint goes, the validation it holds when this run continues
     it); (None, None) without validation during training. An existing best checkpoint is
-    continued by --resume (if it was validated on as many chars), overwritten by --force
-    and otherwise kept: the run is refused."""
+    continued by --resume (if it was validated on as many chars: `val_chars`, the counts
+    this run's validation has, now and as checkpoints before 0.1.0's last change counted
+    it), overwritten by --force and otherwise kept: the run is refused."""
     if not args.val_every:
         if args.best:
             raise cli_args.UsageError("--best keeps the checkpoint that validates best during "
@@ -353,7 +357,7 @@ def _best(args, checkpoint: Path, resuming: bool, val_chars: int):
         record = peek(best).meta.get("user", {}).get("validation")
     except RnnError as exc:
         raise TrainError(f"--best {best}: {exc}") from None
-    if not isinstance(record, dict) or record.get("chars") != val_chars:
+    if not isinstance(record, dict) or record.get("chars") not in val_chars:
         return best, None       # not comparable: the next validation replaces it
     return best, record
 
@@ -594,6 +598,7 @@ class _Run:
         budget_s = args.minutes * 60 if args.minutes is not None else None
         progress = Progress(total=1.0, stream=self.err)
         start, recent = time.monotonic(), []
+        self.train_started = start
         while not stop.asked:
             for k, (x_ids, y_ids) in enumerate(batches):
                 if k < self.position["chunk"]:
@@ -742,8 +747,10 @@ def _spread(run, placement, args):
     if placement is None:
         return contextlib.nullcontext()
     from ..distributed.data_parallel import spread
-    return spread(run, placement, args.batch,
-                  lambda steps, seconds: _resume_command(args, steps, seconds), run.out)
+    # the seconds of --minutes count from the training's start, as the budget does (not
+    # from the cluster's, which takes seconds to start and warm up)
+    return spread(run, placement, args.batch, lambda steps, saved_at: _resume_command(
+        args, steps, None if saved_at is None else saved_at - run.train_started), run.out)
 
 
 def _write_json(path: str | None, summary: dict) -> None:

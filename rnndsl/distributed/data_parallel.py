@@ -519,9 +519,10 @@ def spread(run, placement: Placement, batch: int, resume, out=None):
     """Run `run`'s training steps on the placement's cluster: `run.trainer` (a Trainer)
     is replaced by a `DataParallel` inside, and holds the workers' final state on
     leaving. A lost worker becomes a `WorkerLost` that names the checkpoint left
-    intact and the command that continues it: `resume(steps, seconds)`, given the
-    steps and seconds of this run that the checkpoint holds (None, None where it holds
-    none of them), since the command gives what is left of --steps and --minutes."""
+    intact and the command that continues it: `resume(steps, saved_at)`, given the
+    steps of this run that the checkpoint holds and when it was saved (time.monotonic;
+    None, None where it holds none of them), since the command gives what is left of
+    --steps and --minutes."""
     local = run.trainer
     started = time.monotonic()
     first = local.steps
@@ -542,7 +543,7 @@ def spread(run, placement: Placement, batch: int, resume, out=None):
                 print(dp.describe_steps(), file=out, flush=True)
         except WorkerLost as exc:
             ran = dp.saved_step is not None and dp.saved_step > first
-            command = resume(dp.saved_step - first, dp.saved_at - started) if ran else \
+            command = resume(dp.saved_step - first, dp.saved_at) if ran else \
                 resume(None, None)
             raise WorkerLost(f"{exc}. {dp._saved_text().capitalize()}; resume it (with any "
                              f"--workers, or none) with:\n  {command}") from None

@@ -230,6 +230,27 @@ def test_the_validation_counts_the_chars_it_scores(folder, capsys, monkeypatch):
     assert said < held_out                     # 7 rows leave some of the text unread
 
 
+def test_a_best_record_counted_the_old_way_is_still_the_best(folder, capsys):
+    """A best checkpoint written before validations counted the chars they score
+    recorded the held-out text less one; a resumed run must still compare with it (not
+    replace a better model by a worse one)."""
+    from rnndsl.train import Trainer
+    code, out, err = train(capsys, "--batch", "7", "--val-every", "1")
+    assert code == 0, err
+    held_out = int(out.split(" chars to train on, ")[1].split()[0].replace(",", ""))
+    info = checkpoint.peek("model.best.npz")
+    cell = checkpoint.cell_class(info, target="interp")(dtype=np.float64, **info.dims)
+    trainer = Trainer(cell)
+    user = trainer.load("model.best.npz")
+    assert user["validation"]["chars"] < held_out          # 7 rows leave some unread
+    user["validation"] = dict(user["validation"], bits_per_char=0.001, chars=held_out)
+    trainer.save("model.best.npz", meta=user)              # as an earlier rnndsl counted
+    before = (folder / "model.best.npz").read_bytes()
+    code, out, err = train(capsys, "--resume", "--val-every", "1", "--batch", "7")
+    assert code == 0, err
+    assert (folder / "model.best.npz").read_bytes() == before     # 0.001 bits/char stays
+
+
 def test_resume_keeps_the_first_runs_validation_text(folder, capsys):
     """--val is kept with the checkpoint: a resumed run validates on the same held-out
     text, and another --val (which would validate on trained text) is refused."""
