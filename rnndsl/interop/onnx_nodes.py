@@ -227,14 +227,19 @@ def _hard_sigmoid(e, step, nid, args):
 
 
 def _softplus(e, step, nid, args):
-    """Softplus in float32; in float64 relu(a) + log(1 + exp(-|a|)), as rnndsl computes
+    """Softplus in float32; in float64 relu(a) + log1p(exp(-|a|)), as rnndsl computes
     it, since onnxruntime's float64 Softplus is log(1 + exp(a)), inf from a = 710 on
-    (softplus(1000 x) was inf against forward's 1000)."""
+    (softplus(1000 x) was inf against forward's 1000). ONNX has no log1p: log1p(u) is
+    u * log(w) / (w - 1) with w = 1 + u (Goldberg's form: the rounding of w cancels),
+    and u where w rounds to 1; log(1 + u) alone gave 0 for softplus(-40)."""
     if np.dtype(e.dtype) == np.float32:
         return e.b.op("Softplus", args)
-    tail = e.b.op("Exp", [e.b.op("Neg", [e.b.op("Abs", args)])])
-    return e.b.op("Add", [e.b.op("Relu", args),
-                          e.b.op("Log", [e.b.op("Add", [tail, e.scalar(1.0)])])])
+    u = e.b.op("Exp", [e.b.op("Neg", [e.b.op("Abs", args)])])
+    w = e.b.op("Add", [u, e.scalar(1.0)])
+    rise = e.b.op("Sub", [w, e.scalar(1.0)])
+    ratio = e.b.op("Div", [e.b.op("Mul", [u, e.b.op("Log", [w])]), rise])
+    log1p = e.b.op("Where", [e.b.op("Equal", [rise, e.scalar(0.0)]), u, ratio])
+    return e.b.op("Add", [e.b.op("Relu", args), log1p])
 
 
 def _gt(e, step, nid, args):

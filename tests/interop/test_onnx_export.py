@@ -284,14 +284,15 @@ def test_float64_softplus_does_not_overflow_where_forward_does_not():
     from a = 710 on, where rnndsl's softplus is finite (language.md: 'computed without
     overflow'); softplus(1000 x) exported gave inf against forward's 1000."""
     text = ("cell SP {\n  dims N\n  input x[N]\n  state h[N]\n"
-            "  h' = softplus(1000 * x) + softplus(-1000 * x) + 0 * h\n  output h'\n}\n")
+            "  h' = softplus(1000 * x) + 0 * h\n  output h'\n}\n")
     cell = make_cell(None, np.float64, text, N=2)
-    x = np.array([[[1.0, 0.5]], [[-0.3, 2e-3]]])
+    x = np.array([[[1.0, 0.5]], [[-0.3, 2e-3]], [[-0.04, -0.02]], [[-0.8, 1e-19]]])
     want = cell.forward(x).outputs["h"]
     assert np.isfinite(want).all()
     model = rnndsl.onnx.to_model(cell)
     got = session(model).run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    # relative, each element: softplus(-40) is 4.2e-18 (log(1 + u) alone gave 0)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
     assert_same(cell, model, tol=1e-12)
     small = rnndsl.onnx.to_model(make_cell(None, np.float32, text, N=2))
     assert "Softplus" in all_ops(small.graph)
