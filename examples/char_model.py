@@ -182,12 +182,18 @@ def main(argv=None) -> int:
     val_ids = val_ids[:args.val_chars + 1]
     # what is used after training is checked before it, where a bad --prime lost the run
     prime = args.prime if args.prime is not None else PRIMES[args.corpus]
+    if not prime:
+        sys.exit("error: --prime is empty: the samples need at least one character to "
+                 "start from")
     try:
         prime_ids = vocab.encode(prime)
     except ValueError as exc:
         sys.exit(f"error: --prime: {exc}")
     if args.save and Path(args.save).is_dir():
         sys.exit(f"error: --save {args.save} is a folder; give a file name")
+    if args.save and not Path(args.save).parent.is_dir():
+        sys.exit(f"error: --save {args.save}: the folder {Path(args.save).parent} does not "
+                 "exist (or is a file)")
 
     spec = DROPOUT_SPEC if args.dropout else SPEC
     Cell = rnndsl.load(spec, target=args.target)

@@ -4,6 +4,7 @@ then a rename over the target (the build cache, built modules, checkpoints, pict
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +32,10 @@ def write_atomically(path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{utf8_prefix(path.stem, 100)}.", suffix=".tmp",
                                    dir=path.parent)
     except OSError as exc:    # named by the file meant, not by the temporary one
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:     # mkdir said "File exists" of a folder that is not one
+            raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder",
+                                     str(path)) from None
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
