@@ -36,6 +36,7 @@ import json
 import os
 import pickle
 import sys
+import threading
 from pathlib import Path
 
 from ..core.files import write_atomically
@@ -90,20 +91,26 @@ def module_name_for(path: Path) -> str:
 
 def load_built(path: Path, name: str | None = None):
     """Import a built module file (or return it if this process already has it), under
-    `name` (default: `module_name_for(path)`)."""
+    `name` (default: `module_name_for(path)`). One thread at a time: the module is in
+    sys.modules while it runs (its classes are made from it), and a second thread took
+    it from there half made ("module ... has no attribute 'CharLSTM_part1'")."""
     name = name or module_name_for(path)
-    mod = sys.modules.get(name)
-    if mod is not None and getattr(mod, "__file__", None) == str(path):
-        return mod
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+    with _LOADING:
+        mod = sys.modules.get(name)
+        if mod is not None and getattr(mod, "__file__", None) == str(path):
+            return mod
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
+
+
+_LOADING = threading.RLock()      # re-entrant: a module's import may load another
 
 
 # ------------------------------------------------------------------ the checked spec

@@ -445,7 +445,12 @@ class CompiledCell(ReusedBuffers, Cell):
 
     def _run(self, x, state, hidden) -> Run:
         inputs, state0, from_params, T, B, on_device, read = self._prepare(x, state, hidden)
-        workspace = lent_workspace() if self.target == "cpu" else None
+        # a workspace holds the tapes a backward reads: a forward with grad=False keeps
+        # none, and its inference twin's arguments (placeholders for the tapes it does
+        # not write) must never reach the workspace's full forward, which writes them all
+        # (past the end of the placeholders: memory corrupted, a crash later)
+        workspace = lent_workspace() if self.target == "cpu" and \
+            not getattr(_NO_GRAD, "on", False) else None
         if workspace is not None:
             params = self._host_params()
             seen = self._seen_of(params, read)

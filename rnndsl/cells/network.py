@@ -16,6 +16,7 @@ side, forward first (as torch's bidirectional layers give them).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
@@ -385,13 +386,21 @@ class LayerLoops:
         return layer_loops_choice(shape[0], shape[1])
 
     def _per_layer(self) -> "NetworkCell":
+        """The network cell of one loop per layer that this cell's calls on that plan
+        run, made at the first such call. Made once under a lock: two threads making
+        their own each (the second replacing the first's) left a run that the cell's
+        backward no longer knew ("backward needs the Run that this cell's forward
+        returned")."""
         net = self.__dict__.get("_net")
         if net is None:
-            cls = type(self)
-            if cls._loops_class is None:
-                cls._loops_class = _loops_class_of(cls)
-            net = cls._loops_class(dtype=self.dtype, seed=None, **self.dims)
-            self._net = net
+            with _PER_LAYER_LOCK:
+                net = self.__dict__.get("_net")
+                if net is None:
+                    cls = type(self)
+                    if cls._loops_class is None:
+                        cls._loops_class = _loops_class_of(cls)
+                    net = cls._loops_class(dtype=self.dtype, seed=None, **self.dims)
+                    self._net = net
         net.params = self.params          # the one set of params, whatever replaced it
         return net
 
@@ -408,6 +417,9 @@ class LayerLoops:
         if isinstance(run, NetworkRun):
             return self._per_layer().backward(run, d_outputs, d_state, input_grads)
         return super().backward(run, d_outputs, d_state, input_grads, **more)
+
+
+_PER_LAYER_LOCK = threading.RLock()
 
 
 def _forced() -> str | None:

@@ -33,7 +33,10 @@ class ReusedBuffers:
         """The kernels' param arrays (`_param`), as one dict that stays the same object
         while the cell's params are the same arrays: the workspace's argument lists are
         then up to date without a look. A param replaced makes a new dict (never this
-        one changed: an earlier run's tape holds it)."""
+        one changed: an earlier run's tape holds it). So does every call while a param
+        is one the kernels read a copy of (not C-contiguous, or of another dtype): the
+        kept copy would miss the caller's changes in place (an optimiser's step), and
+        the kernels ran on the first values from the second step of training on."""
         kept = self.__dict__.get("_kept_params")
         current = self.params
         if kept is not None:
@@ -43,7 +46,10 @@ class ReusedBuffers:
                 return params
         sources = {d.name: current.get(d.name) for d in self.spec.params}
         params = {d.name: self._param(d.name) for d in self.spec.params}
-        self._kept_params = (sources, params)
+        if all(np.may_share_memory(params[name], sources[name]) for name in params):
+            self._kept_params = (sources, params)
+        else:
+            self.__dict__.pop("_kept_params", None)
         return params
 
     def _arg_slots(self, which: str) -> dict[str, list[tuple[int, tuple]]]:

@@ -294,3 +294,76 @@ def test_a_step_whose_params_change_between_its_kernels_is_refused(CharLSTM):
                          input_grads=False)
     for name, value in want.params.items():
         np.testing.assert_array_equal(grads.params[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("threads, blocks", BLOCKS)
+def test_inference_forwards_lent_a_workspace_leave_it_sound(CharLSTM, threads, blocks,
+                                                            monkeypatch):
+    """From an outside review: forward(x, grad=False, workspace=ws) ran the workspace's
+    full forward kernel on the inference twin's arguments, whose tapes are 0-size
+    placeholders: it wrote past them (a segfault later), and a later forward and
+    backward lent the workspace raised KeyError: Arg('hist', 'c'). A forward with
+    grad=False keeps no tapes, and takes no workspace."""
+    monkeypatch.setenv("RNNDSL_BLAS_THREADS", threads)
+    cell = CharLSTM(V=V, H=H, dtype=DTYPE, seed=3)
+    x = np.random.default_rng(3).integers(0, V, size=(6, B))
+    d_out = {"logits": np.ones((6, B, V), DTYPE)}
+    ws = Workspace()
+    want = cell.forward(x, grad=False).outputs["logits"]
+    for _ in range(3):
+        np.testing.assert_array_equal(cell.forward(x, grad=False, workspace=ws)
+                                      .outputs["logits"], want)
+    run = cell.forward(x, workspace=ws)
+    assert len(run._tape.blocks) == blocks
+    g = cell.backward(run, d_outputs=d_out, workspace=ws)
+    fresh = cell.backward(cell.forward(x), d_outputs=d_out)
+    for name, value in fresh.params.items():
+        np.testing.assert_array_equal(g.params[name], value, err_msg=name)
+
+
+def test_a_param_the_kernels_read_a_copy_of_follows_changes_in_place(CharLSTM):
+    """From an outside review: lent a workspace, the kernels kept reading the copy made
+    of a param that is not C-contiguous (Fortran order) at the first call, while an
+    optimiser changed the user's array in place: from the second step on a Trainer
+    trained on stale weights, with no error."""
+    cell = CharLSTM(V=V, H=H, dtype=DTYPE, seed=4)
+    cell.params["W_y"] = np.asfortranarray(cell.params["W_y"])
+    x = np.random.default_rng(4).integers(0, V, size=(5, B))
+    ws = Workspace()
+    for _ in range(3):
+        with_ws = cell.forward(x, workspace=ws)
+        cell.backward(with_ws, d_outputs={"logits": np.ones((5, B, V), DTYPE)},
+                      workspace=ws)
+        np.testing.assert_array_equal(with_ws.outputs["logits"],
+                                      cell.forward(x).outputs["logits"])
+        cell.params["W_y"] -= 0.25             # in place, as rnndsl.train.optim does
+
+
+def test_two_threads_first_on_the_per_layer_plan_share_one_network(CharLSTM):
+    """From an outside review: two threads making a stacked cell's first call on the
+    per-layer plan at once each built its network (one took the parts' module from
+    sys.modules half made: AttributeError), and the later replaced the earlier's, whose
+    backward then said its run was not this cell's."""
+    import threading
+    cell = CharLSTM(V=V, H=H, dtype=DTYPE, seed=5)
+    cell.layer_loops = "per_layer"
+    x = np.random.default_rng(5).integers(0, V, size=(12, 3))
+    start, errors, grads = threading.Barrier(3), [], []
+
+    def work():
+        start.wait()
+        try:
+            run = cell.forward(x)
+            grads.append(cell.backward(run, d_outputs={"logits": np.ones((12, 3, V),
+                                                                          DTYPE)}))
+        except Exception as exc:          # noqa: BLE001  (reported below)
+            errors.append(f"{type(exc).__name__}: {exc}")
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(grads) == 3
+    for g in grads[1:]:
+        for name, value in grads[0].params.items():
+            np.testing.assert_array_equal(g.params[name], value, err_msg=name)
