@@ -98,8 +98,19 @@ def test_the_input_changed_in_place_before_backward_is_refused(target, lengths):
     def change(cell, x):
         x[...] = 0.0
 
-    message = _changed(target, lengths, change)
-    assert message.startswith("input x was changed in place since this run's forward")
+    if lengths is None or min(lengths) == T:
+        message = _changed(target, lengths, change)
+        assert message.startswith("input x was changed in place since this run's forward")
+        return
+    # a batch with padding is read from a copy (its padded steps given each sequence's
+    # last input: base._fill_padding): the run holds what it read, and a change to x in
+    # place changes nothing, as a param replaced does
+    x, dy = _data()
+    want = _grads(_cell(target), x, dy, lengths=lengths)
+    cell = _cell(target)
+    run = cell.forward(x, lengths=lengths)
+    change(cell, x)
+    _same(_flat(cell.backward(run, dy)), want)
 
 
 @pytest.mark.parametrize("target", ["interp", "cpu"])
