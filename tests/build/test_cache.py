@@ -259,10 +259,7 @@ def test_a_damaged_numba_cache_file_is_compiled_again(tmp_path):
     assert kernels and indexes
     kernels[0].write_bytes(kernels[0].read_bytes()[:100])       # cut short
     assert forward() == first
-    indexes[0].write_bytes(b"\x80\x04garbled" * 8)             # garbled
-    assert forward() == first
-    assert forward() == first                                    # and written afresh
-    # unpickling raises what it likes: bytes of 2**63 - 1 (OverflowError)
+    # garbled: unpickling raises what it likes, here bytes of 2**63 - 1 (OverflowError)
     with open(indexes[0], "rb") as f:
         pickle.load(f)                                            # Numba's version record
         head = indexes[0].read_bytes()[:f.tell()]
