@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -191,9 +192,10 @@ def main(argv=None) -> int:
         sys.exit(f"error: --prime: {exc}")
     if args.save and Path(args.save).is_dir():
         sys.exit(f"error: --save {args.save} is a folder; give a file name")
-    if args.save and not Path(args.save).parent.is_dir():
-        sys.exit(f"error: --save {args.save}: the folder {Path(args.save).parent} does not "
-                 "exist (or is a file)")
+    blocker = next((p for p in Path(args.save or ".").parents
+                    if os.path.lexists(p) and not os.path.isdir(p)), None)
+    if args.save and blocker is not None:       # (a missing folder is made at the save)
+        sys.exit(f"error: --save {args.save}: {blocker} is not a folder")
 
     spec = DROPOUT_SPEC if args.dropout else SPEC
     Cell = rnndsl.load(spec, target=args.target)

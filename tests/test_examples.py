@@ -154,8 +154,8 @@ def test_a_bad_option_is_a_usage_error_without_a_traceback():
     ("char_model.py", ["--prime", "\u00e9"], "error: --prime: Vocab.encode: '\u00e9'"),
     ("char_model.py", ["--save", "."], "error: --save . is a folder"),
     ("char_model.py", ["--save", "test_examples.py/m.npz"], "error: --save "
-                                                            "test_examples.py/m.npz: the folder "
-                                                            "test_examples.py does not exist"),
+                                                            "test_examples.py/m.npz: "
+                                                            "test_examples.py is not a folder"),
     ("char_model.py", ["--prime", ""], "error: --prime is empty"),
     ("folk_tunes.py", ["--tunes", "0"], "argument --tunes: 0 is not an integer >= 1"),
     ("classify_sequences.py", ["--batch", "0"], "argument --batch: 0 is not an integer >= 1"),

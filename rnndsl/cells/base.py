@@ -778,8 +778,10 @@ def _fill_padding(arrays: dict, mask: np.ndarray, decls) -> None:
     padding holds is then never computed with: a cell computes at every step and the
     lengths mask freezes the state and zeroes the outputs after the end, but a padded
     0 in `log(x)` made the masked sum 0 * -inf = NaN, in the state and in every
-    gradient. A row of length 0 reads the longest row's inputs (it has none of its own).
-    An `input once` is left alone (zero after its first step by design)."""
+    gradient. A row of length 0 reads the longest row's inputs (it has none of its own);
+    a batch whose every row has length 0 has no input to read instead, and computes
+    with its padding (docs/language.md says so). An `input once` is left alone (zero
+    after its first step by design)."""
     ends = mask[..., 0].sum(axis=0).astype(np.intp)          # each row's length
     T = mask.shape[0]
     if ends.min(initial=T) >= T or ends.max(initial=0) == 0:

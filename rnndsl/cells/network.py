@@ -16,6 +16,7 @@ side, forward first (as torch's bidirectional layers give them).
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
@@ -434,7 +435,10 @@ def with_layer_loops(cls: type, load_text, library: dict[str, CheckedCell] | Non
                      ) -> type:
     """`cls` (a compiled cpu class), or its subclass that may run a loop per layer where
     the cell's forward layers can each run alone (lang/network.layer_loops). `load_text`
-    builds the parts' classes when a call first runs per layer (cells/load.py's)."""
+    builds the parts' classes when a call first runs per layer (cells/load.py's). The
+    subclass is bound in the module under a name of its own (`Stack_layer_loops`),
+    which its __qualname__ says, so that its cells pickle (pickle finds a class by its
+    module and name; it found the module's plain class, and refused)."""
     if cls in _WITH_LOOPS:
         return _WITH_LOOPS[cls]
     from ..lang.network import layer_loops
@@ -445,10 +449,14 @@ def with_layer_loops(cls: type, load_text, library: dict[str, CheckedCell] | Non
     if stacked and getattr(cls, "target", None) == "cpu":
         names = layer_loops(spec, library if library is not None else _library_of(cls))
         if names:
+            qualname = f"{cls.__qualname__}_layer_loops"
             made = type(cls.__name__, (LayerLoops, cls),
                         {"loops": names, "_load_text": staticmethod(load_text),
                          "__module__": cls.__module__,
-                         "__doc__": cls.__doc__, "__qualname__": cls.__qualname__})
+                         "__doc__": cls.__doc__, "__qualname__": qualname})
+            module = sys.modules.get(cls.__module__)
+            if module is not None:
+                setattr(module, qualname, made)
     _WITH_LOOPS[cls] = made
     return made
 

@@ -32,10 +32,11 @@ def write_atomically(path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{utf8_prefix(path.stem, 100)}.", suffix=".tmp",
                                    dir=path.parent)
     except OSError as exc:    # named by the file meant, not by the temporary one
-        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        blocker = _not_a_folder(path) if isinstance(exc, (FileExistsError, NotADirectoryError)) \
+            else None
         if blocker is not None:     # mkdir said "File exists" of a folder that is not one
-            raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder",
-                                     str(path)) from None
+            raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is not a folder (a file, "
+                                     "or a link to nothing)", str(path)) from None
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
@@ -49,6 +50,16 @@ def write_atomically(path: Path, data: bytes) -> None:
             # a full disk says "No space left on device" and names no file
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
+
+
+def _not_a_folder(path: Path) -> Path | None:
+    """The first folder on `path`'s way that is something else (a file, a link to
+    nothing), if any: os.path's tests, which say False where a stat fails (no
+    permission), rather than raise in the middle of reporting another error."""
+    for parent in reversed(path.parents):
+        if os.path.lexists(parent) and not os.path.isdir(parent):
+            return parent
+    return None
 
 
 def utf8_prefix(text: str, size: int) -> str:

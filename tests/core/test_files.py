@@ -17,7 +17,7 @@ def test_a_folder_on_the_way_that_is_a_file_is_named(tmp_path):
     with pytest.raises(NotADirectoryError) as caught:
         write_atomically(tmp_path / "corpus.txt" / "sub" / "m.npz", b"data")
     assert caught.value.errno == errno.ENOTDIR
-    assert f"{tmp_path / 'corpus.txt'} is a file, not a folder" in str(caught.value)
+    assert f"{tmp_path / 'corpus.txt'} is not a folder" in str(caught.value)
     assert caught.value.filename == str(tmp_path / "corpus.txt" / "sub" / "m.npz")
     assert (tmp_path / "corpus.txt").read_text() == "text"
 
@@ -33,3 +33,9 @@ def test_a_name_near_the_limit_gets_a_temporary_name_that_fits(tmp_path):
 def test_utf8_prefix_and_printable():
     assert utf8_prefix("漢字x", 4) == "漢" and utf8_prefix("abc", 10) == "abc"
     assert printable("r\udce9seau.rnn") == "r\\udce9seau.rnn"
+
+
+def test_a_link_to_nothing_on_the_way_is_named(tmp_path):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(NotADirectoryError, match="dangling is not a folder"):
+        write_atomically(tmp_path / "dangling" / "m.npz", b"data")

@@ -367,3 +367,15 @@ def test_two_threads_first_on_the_per_layer_plan_share_one_network(CharLSTM):
     for g in grads[1:]:
         for name, value in grads[0].params.items():
             np.testing.assert_array_equal(g.params[name], value, err_msg=name)
+
+
+def test_a_stacked_cells_cells_pickle(CharLSTM):
+    """A stacked cell's class that may run a loop per layer was made under the module's
+    class name without being bound there: pickle found the plain class and refused."""
+    import pickle
+    cell = CharLSTM(V=V, H=H, dtype=DTYPE, seed=6)
+    again = pickle.loads(pickle.dumps(cell))
+    assert type(again) is CharLSTM
+    x = np.random.default_rng(6).integers(0, V, size=(4, 3))
+    np.testing.assert_array_equal(again.forward(x).outputs["logits"],
+                                  cell.forward(x).outputs["logits"])
