@@ -312,9 +312,14 @@ class Cell:
     def __getstate__(self):
         """What `copy.deepcopy` (and pickle, for a class importable by name: a built
         module's) copies: the cell less what it memoises from its spec on first use (a
-        read-only mapping, which cannot be copied), made again by the copy."""
-        state = dict(self.__dict__)
-        for memo in ("_hidden_inputs", "_user_inputs"):
+        read-only mapping, which cannot be copied), made again by the copy; less a stacked
+        cell's per-layer network (`_net`: its class is made at run time, and pickle could
+        not find it by name), made again at the copy's first per-layer call. Each dict is
+        taken whole first (one C call, which holds the GIL): another thread's first calls
+        add to the memos, and copy.deepcopy, iterating one as it grew, raised "dictionary
+        changed size during iteration"."""
+        state = {k: dict(v) if type(v) is dict else v for k, v in dict(self.__dict__).items()}
+        for memo in ("_hidden_inputs", "_user_inputs", "_net"):
             state.pop(memo, None)
         return state
 

@@ -187,10 +187,13 @@ def _give_back(helpers: list[_Helper]) -> None:
 
 
 def _forget_helpers() -> None:
-    """In a forked child: the helpers' threads did not come along."""
-    global _HELPERS_LOCK
+    """In a forked child: the helpers' threads did not come along, nor did the two-way
+    cells' pool's (whose count of idle threads did: it started none for a job, and a
+    bidirectional call in the child waited for ever)."""
+    global _HELPERS_LOCK, _POOL
     _HELPERS_LOCK = threading.Lock()
     _IDLE_HELPERS.clear()
+    _POOL = None
 
 
 if hasattr(os, "register_at_fork"):

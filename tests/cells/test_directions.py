@@ -357,3 +357,30 @@ def test_the_cuda_target_runs_both_directions_on_host_arrays():
     np.testing.assert_allclose(gb.inputs["x"], ga.inputs["x"], rtol=1e-9, atol=1e-12)
     with pytest.raises(TargetError, match="reverses sequences on the host"):
         dev.forward(cuda.to_device(x))
+
+
+def test_a_forked_child_runs_a_two_way_cell_after_its_parent_did():
+    """From an outside review: after a bidirectional call in the parent, the same call in
+    a forked child waited for ever (the pool that runs the second direction came along
+    with its count of idle threads, and started none)."""
+    import multiprocessing
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    cell = rnndsl.load(SPECS / "elman.rnn", target="cpu")(
+        I=2, H=3, O=2, dtype=np.float64, seed=0, direction="bidirectional")
+    x = np.ones((4, 3, 2))
+    want = cell.forward(x).outputs["y"]
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_forward_into, args=(cell, x, queue))
+    child.start()
+    child.join(60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "the child hung"
+    np.testing.assert_array_equal(queue.get(timeout=10), want)
+
+
+def _forward_into(cell, x, queue):
+    queue.put(cell.forward(x).outputs["y"])

@@ -379,3 +379,34 @@ def test_a_stacked_cells_cells_pickle(CharLSTM):
     x = np.random.default_rng(6).integers(0, V, size=(4, 3))
     np.testing.assert_array_equal(again.forward(x).outputs["logits"],
                                   cell.forward(x).outputs["logits"])
+
+
+def test_a_cell_pickles_after_a_per_layer_call_and_copies_while_another_thread_runs(
+        CharLSTM):
+    """From an outside review: after a call on the per-layer plan a stacked cell held its
+    network cell, whose class pickle cannot find by name (PicklingError, also from a
+    spawn child's start); and copy.deepcopy while another thread made the cell's first
+    calls raised "dictionary changed size during iteration" (10-17 of 30 cells)."""
+    import copy
+    import pickle
+    import threading
+    cell = CharLSTM(V=V, H=H, dtype=DTYPE, seed=7)
+    cell.layer_loops = "per_layer"
+    x = np.random.default_rng(7).integers(0, V, size=(12, 3))
+    want = cell.forward(x).outputs["logits"]
+    again = pickle.loads(pickle.dumps(cell))
+    np.testing.assert_array_equal(again.forward(x).outputs["logits"], want)
+    failures = []
+    for _ in range(10):
+        fresh = CharLSTM(V=V, H=H, dtype=DTYPE, seed=7)
+        fresh.layer_loops = "per_layer"
+        runner = threading.Thread(target=fresh.forward, args=(x,))
+        runner.start()
+        while runner.is_alive():
+            try:
+                copy.deepcopy(fresh)
+            except RuntimeError as exc:
+                failures.append(str(exc))
+                break
+        runner.join()
+    assert failures == []
