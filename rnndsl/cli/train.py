@@ -412,6 +412,14 @@ def _budget_text(args) -> str:
     return " or ".join(parts) + (" (whichever comes first)" if len(parts) == 2 else "")
 
 
+def _free_sibling(path: Path) -> Path:
+    """`model.2.npz` beside `model.npz` (or .3, ...): the first name not taken."""
+    k = 2
+    while path.with_name(f"{path.stem}.{k}{path.suffix}").exists():
+        k += 1
+    return path.with_name(f"{path.stem}.{k}{path.suffix}")
+
+
 def _resume_command(args, steps_done: int | None = None,
                     seconds_done: float | None = None) -> str:
     """The command that continues this run from its checkpoint. With `steps_done` and
@@ -529,6 +537,9 @@ class _Run:
         # the first save (a run that fails before then leaves both as they were), where
         # this run has not written its own (--val-every 0 writes none)
         earlier = {default_best(plan.checkpoint), plan.best}
+        # a checkpoint absent when this run started that is there at its first save was
+        # written by another run given the same --checkpoint (see save)
+        self.checkpoint_was_absent, self.saved_once = not plan.checkpoint.exists(), False
         self.stale_best = sorted(p for p in earlier if p is not None and args.force and
                                  not plan.resume and p.is_file() and _is_zip(p))
         self.chars, self.steps_done, self.val_seconds = 0, 0, 0.0
@@ -559,10 +570,28 @@ class _Run:
         self.trainer.progress = self.progress0
 
     def save(self, path: Path | None = None) -> None:
-        self.trainer.save(path or self.plan.checkpoint, meta={
+        """The checkpoint (or `path`) with this run's place, history and settings. A
+        --checkpoint that was absent when the run started and is there at its first save
+        is another run's (two runs given one --checkpoint, both started before either
+        saved: the second replaced the first's model, and both said all was well): this
+        run's model goes to a file of its own, and the run stops saying so."""
+        target = path or self.plan.checkpoint
+        clash = path is None and not self.saved_once and self.checkpoint_was_absent and \
+            target.exists()
+        if clash:
+            target = _free_sibling(target)
+        self.trainer.save(target, meta={
             **self.meta, "position": self.position,
             "history": [list(h) for h in self.history],
             "val_history": [list(v) for v in self.val_history]})
+        if clash:
+            raise TrainError(f"{self.plan.checkpoint} appeared while this run trained: "
+                             "another run was given the same --checkpoint. This run's model "
+                             f"is saved as {target}, and it stopped at step "
+                             f"{self.trainer.steps}; continue it with --checkpoint {target} "
+                             "--resume")
+        if path is None:
+            self.saved_once = True
         if path is None and self.stale_best:
             for old in self.stale_best:
                 if old != self.plan.best or self.best is None:

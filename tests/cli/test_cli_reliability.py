@@ -1197,3 +1197,28 @@ def test_plot_writes_the_format_its_suffix_names(folder, capsys):
     assert code == 0, err
     assert (folder / "loss.svg").read_bytes().lstrip().startswith((b"<?xml", b"<svg"))
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_checkpoint_another_run_wrote_meanwhile_is_not_replaced(folder, capsys,
+                                                                   monkeypatch):
+    """From an outside review: two runs given one --checkpoint, both started before either
+    saved, both passed the check at the start; the second's save replaced the first's
+    model, and both said all was well. A checkpoint that appears while a run trains is
+    left alone: the run saves its model beside it, and stops saying so."""
+    from rnndsl.train import Trainer
+    real = Trainer.step
+
+    def other_run_saves_first(self, *args, **kwargs):
+        if not (folder / "shared.npz").exists():
+            (folder / "shared.npz").write_bytes(b"the other run's model")
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(Trainer, "step", other_run_saves_first)
+    code, out, err = train(capsys, "--checkpoint", "shared.npz", steps=3)
+    assert code == 2, err
+    assert "shared.npz appeared while this run trained: another run was given the same " \
+           "--checkpoint. This run's model is saved as shared.2.npz" in err
+    assert (folder / "shared.npz").read_bytes() == b"the other run's model"
+    assert checkpoint.peek(folder / "shared.2.npz").meta["trainer"]["steps"] == 3
+    monkeypatch.setattr(Trainer, "step", real)
+    code, out, err = train(capsys, "--checkpoint", "shared.2.npz", "--resume", steps=1)
+    assert code == 0, err
