@@ -49,8 +49,35 @@ def canonical_form(spec: CheckedCell) -> str:
 
 def canonical_digest(spec: CheckedCell) -> str:
     """A short hash of `canonical_form(spec)`."""
-    text = f"v{CANONICAL_VERSION}\n" + canonical_form(spec)
+    return form_digest(canonical_form(spec))
+
+
+def form_digest(form: str) -> str:
+    """A short hash of a canonical form's text."""
+    text = f"v{CANONICAL_VERSION}\n" + form
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def network_form(outer: CheckedCell, parts) -> str:
+    """The canonical form of a network cell (lang/network.py): its outer form (inputs,
+    states and params under the network's names), then each part, in the order they
+    run: a layer's direction, the sizes it binds and what feeds it and what it gives,
+    or a segment of the cell's own equations, each followed by its cell's form.
+    `parts` pairs each part (a LayerRun or a Segment) with its checked cell. The outer
+    form alone has no equation: an edited equation of a network (or of a layer's cell)
+    changed nothing in it, and a checkpoint of the old model loaded into the new."""
+    lines = [canonical_form(outer).rstrip("\n")]
+    for k, (part, cell) in enumerate(parts, 1):
+        layer = getattr(part, "layer", None)
+        if layer is not None:
+            sizes = ", ".join(f"{n} = {printer.dim(d)}" for n, d in layer.sizes)
+            lines.append(f"part {k}: layer {layer.name} = {layer.direction} ({sizes})")
+        else:
+            lines.append(f"part {k}: equations")
+        lines += [f"  in {name} <- {' '.join(value)}" for name, value in part.inputs]
+        lines += [f"  out {name} -> {' '.join(value)}" for name, value in part.outputs]
+        lines += ["  " + line for line in canonical_form(cell).splitlines()]
+    return "\n".join(lines) + "\n"
 
 
 def describe_change(old: str, new: str, limit: int = 4) -> str:

@@ -43,7 +43,8 @@ import numpy as np
 
 from ..core.version import __version__
 from ..core.files import write_atomically
-from ..lang.canonical import canonical_digest, canonical_form, describe_change
+from ..lang.canonical import (canonical_digest, canonical_form, describe_change, form_digest,
+                              network_form)
 from ..core.errors import RnnError
 
 FORMAT = "rnndsl-checkpoint"
@@ -128,8 +129,9 @@ def spec_record(cls) -> dict:
             files = read_spec(path, text).used_files
         except (RnnError, OSError):
             files = {}
+    form = _model_form(cls)
     record = {"path": path, "text": text, "files": dict(files), "cell": spec.name,
-              "canonical": canonical_form(spec), "canonical_digest": canonical_digest(spec)}
+              "canonical": form, "canonical_digest": form_digest(form)}
     cls._spec_record = record
     return record
 
@@ -334,6 +336,15 @@ def _own_cell(spec_path, name: str) -> str | None:
     return None
 
 
+def _model_form(cls) -> str:
+    """The canonical form of the model `cls` computes: for a network cell, with its
+    parts' equations (lang.canonical.network_form)."""
+    network, parts = getattr(cls, "network", None), getattr(cls, "part_classes", None)
+    if network is None or not parts:
+        return canonical_form(cls.spec)
+    return network_form(cls.spec, [(part, c.spec) for part, c in zip(network.parts, parts)])
+
+
 def _refuse_other_class(path, header: dict, cls, dims: dict) -> None:
     """Refuse a checkpoint of another cell, model (canonical form) or dims than `cls`
     bound to `dims`."""
@@ -347,7 +358,10 @@ def _refuse_other_class(path, header: dict, cls, dims: dict) -> None:
     stored = header.get("spec") if isinstance(header.get("spec"), dict) else {}
     if stored.get("canonical_digest"):
         ours = spec_record(cls)
-        if stored["canonical_digest"] != ours["canonical_digest"]:
+        # a network's checkpoint written before its form held its parts: the outer form
+        # alone (which cannot tell its equations apart) is all there is to compare
+        earlier = canonical_digest(cls.spec) if getattr(cls, "network", None) else None
+        if stored["canonical_digest"] not in (ours["canonical_digest"], earlier):
             change = describe_change(str(stored.get("canonical", "")), ours["canonical"])
             raise CheckpointError(
                 f"{path} was saved from a different {name} model than {source} describes "

@@ -263,3 +263,44 @@ def test_a_spec_file_without_the_checkpoints_cell_names_it(Mixer, tmp_path):
                        r"checkpoint holds; it has Blender, Shaker: give a spec file that "
                        r"defines Mixer"):
         checkpoint.cell_class(info, target="interp", spec_path=spec)
+
+
+NETWORK = """use "lstm.rnn"
+cell BiTagger {
+  dims V, H, K
+  input x[V]
+  layer l1 = bidirectional LSTM(I = V, H = H)
+  param W[K, 2 * H], b[K]
+  output scores = W @ l1(x) + b
+}
+"""
+
+
+def test_a_network_whose_equations_changed_is_refused(tmp_path, monkeypatch):
+    """From an outside review: a network cell's canonical form held its inputs, states
+    and params but no equation (nor its layers'), so a checkpoint or safetensors file of
+    the old model loaded into one whose equations changed. Its form now holds each part
+    and its cell. A network's checkpoint written with the earlier form still loads."""
+    from rnndsl.lang.canonical import canonical_form
+    monkeypatch.chdir(tmp_path)
+    Old = rnndsl.load_text(NETWORK, target="interp", path="tagger.rnn")
+    New = rnndsl.load_text(NETWORK.replace("W @ l1(x) + b", "W @ tanh(l1(x)) + b"),
+                           target="interp", path="tagger.rnn")
+    Deeper = rnndsl.load_text(NETWORK.replace('use "lstm.rnn"', 'use "gru.rnn"')
+                              .replace("LSTM(", "GRU("), target="interp", path="tagger.rnn")
+    save("old.npz", Old(V=5, H=4, K=3, seed=0))
+    load("old.npz", Old(V=5, H=4, K=3, seed=1))               # the same model: fine
+    with pytest.raises(CheckpointError, match=r"(?s)different BiTagger model.*was: .*"
+                                              r"W @ l1_h \+ b.*now: .*tanh"):
+        load("old.npz", New(V=5, H=4, K=3, seed=1))
+    with pytest.raises(CheckpointError, match="different BiTagger model"):
+        load("old.npz", Deeper(V=5, H=4, K=3, seed=1))   # (its params differ too)
+    # written before the form held its parts: the outer form's digest, accepted
+    monkeypatch.setattr(checkpoint, "_model_form", lambda cls: canonical_form(cls.spec))
+    Earlier = rnndsl.load_text(NETWORK, target="interp", path="tagger.rnn")
+    save("earlier.npz", Earlier(V=5, H=4, K=3, seed=0))
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert peek("earlier.npz").spec["canonical_digest"] != \
+        peek("old.npz").spec["canonical_digest"]
+    load("earlier.npz", Old(V=5, H=4, K=3, seed=1))
