@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shlex
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,7 +32,8 @@ from . import args as cli_args
 from .train_checks import (TrainError, checkpoint_vocab, default_best, resumed_dtype, _is_zip,
                            _outputs_apart_from_inputs, _same_settings, _schedule)
 from .train_options import DEFAULT_DIM, add_train_arguments
-from .figures import save_figure
+from .figures import plot_losses
+from .train_stops import _StopAtStepEnd, _free_sibling, _resume_command
 from ..core.errors import RnnError
 
 EXIT_INTERRUPTED = 130
@@ -412,53 +411,6 @@ def _budget_text(args) -> str:
     return " or ".join(parts) + (" (whichever comes first)" if len(parts) == 2 else "")
 
 
-def _free_sibling(path: Path) -> Path:
-    """`model.2.npz` beside `model.npz` (or .3, ...): the first name not taken."""
-    k = 2
-    while path.with_name(f"{path.stem}.{k}{path.suffix}").exists():
-        k += 1
-    return path.with_name(f"{path.stem}.{k}{path.suffix}")
-
-
-def _resume_command(args, steps_done: int | None = None,
-                    seconds_done: float | None = None) -> str:
-    """The command that continues this run from its checkpoint. With `steps_done` and
-    `seconds_done` (a run stopped by Ctrl-C), --steps and --minutes become what is
-    left of them, since with --resume they count from the checkpoint on: the resumed
-    run then ends where this one would have, its lr schedule exactly as this one's
-    (`--steps 1500` again trained 1,500 more steps, the schedule stretched over them)."""
-    argv = list(getattr(args, "argv", None) or [])
-    if not argv:
-        argv = ["train", str(args.spec), "--checkpoint", str(args.checkpoint)]
-    argv = [a for a in argv if a not in ("--force", "--dry-run")]
-    if steps_done is not None:
-        left = {}
-        if args.steps is not None:
-            left["--steps"] = str(max(args.steps - steps_done, 1))
-        if args.minutes is not None:
-            minutes = max(args.minutes - (seconds_done or 0.0) / 60, 0.01)
-            left["--minutes"] = f"{math.ceil(minutes * 100) / 100:g}"
-        argv = _without_options(argv, left)
-        for option, value in left.items():
-            argv += [option, value]
-    if "--resume" not in argv:
-        argv.append("--resume")
-    return shlex.join(["rnndsl", *argv])
-
-
-def _without_options(argv: list[str], options) -> list[str]:
-    """argv less each of `options` with its value (`--steps 5` or `--steps=5`)."""
-    kept, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in options:
-            skip = True
-        elif not (a.startswith("--") and a.split("=", 1)[0] in options and "=" in a):
-            kept.append(a)
-    return kept
-
-
 @contextlib.contextmanager
 def _diverged(cell):
     """A model whose params, logits or gradients are no longer finite (too high an
@@ -475,44 +427,6 @@ def _diverged(cell):
         what = "params" if not finite else exc.values
         raise TrainError(f"the model diverged: its {what} are no longer finite; lower --lr "
                          "(or --clip)") from None
-
-
-class _StopAtStepEnd:
-    """Ctrl-C during training: finish the step under way, then stop and save (a second
-    Ctrl-C stops at once). Only the main thread can set signal handlers: on a cluster's
-    worker thread (a sweep's point) the driver asks through a Dask Event instead
-    (rnndsl.distributed.tasks.stop_requested); elsewhere off the main thread Ctrl-C
-    behaves as usual."""
-
-    def __init__(self):
-        self._asked = False
-        self._remote = None
-        self.previous = None
-
-    @property
-    def asked(self) -> bool:
-        return self._asked or (self._remote is not None and self._remote())
-
-    def __enter__(self):
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:            # not the main thread
-            self.previous = None
-            from ..distributed.tasks import stop_requested
-            self._remote = stop_requested()
-        return self
-
-    def _handle(self, signum, frame):
-        if self._asked:
-            raise KeyboardInterrupt
-        self._asked = True
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-        if self._remote is not None:
-            self._remote.close()
-        return False
 
 
 class _Run:
@@ -741,7 +655,7 @@ def run_training(args, out=None, err=None) -> tuple[int, dict | None]:
         print(f"best: {run.best['bits_per_char']:.3f} bits/char at step "
               f"{run.best['step']}; checkpoint: {plan.best}", file=out)
     if args.plot:
-        _plot(run.history, run.val_history, args.plot,
+        plot_losses(run.history, run.val_history, args.plot,
               f"{plan.Cell.spec.name} on {plan.corpus.name}")
         print(f"loss curve: {args.plot}", file=out)
     samples = []
@@ -845,31 +759,6 @@ def _validate(trainer, vocab, val_ids, args, dtype) -> float:
         total += loss * y_ids.size
         count += y_ids.size
     return total / count / math.log(2)
-
-
-def _plot(history, val_history, path: str, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    steps = np.array([h[0] for h in history])
-    loss = np.array([h[1] for h in history]) / math.log(2)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, loss, lw=0.6, alpha=0.4, label="per step")
-    if len(loss) >= 20:
-        smooth = np.convolve(loss, np.ones(20) / 20, mode="valid")
-        ax.plot(steps[19:], smooth, lw=1.5, label="mean of 20")
-    if val_history:
-        ax.plot([v[0] for v in val_history], [v[1] for v in val_history], "o-", lw=1.5,
-                ms=3, label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (bits/char)")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    try:
-        save_figure(fig, path)
-    finally:
-        plt.close(fig)
 
 
 def _generate(cell, vocab, x_name, y_name, prefix, length: int, t: float, seed,
