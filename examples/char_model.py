@@ -43,8 +43,8 @@ from rnndsl.train.optim import Adam
 from rnndsl.train.sample import Sampler, temperature
 from rnndsl.train.trainer import Trainer
 
-from common import (add_common_options, clip_norm, fraction, parse_with_quick, positive,
-                    positive_int, whole)
+from common import (add_char_training_options, add_common_options, fraction, parse_with_quick,
+                    positive, positive_int, whole)
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "char_lstm.rnn"
@@ -72,12 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dropout", action="store_true",
                    help="train examples/specs/char_lstm_dropout.rnn (dropout 0.2 between "
                         "layers) instead of specs/char_lstm.rnn")
-    p.add_argument("--minutes", type=positive, default=3.0, help="train this long")
-    p.add_argument("--steps", type=positive_int, help="or stop after this many steps")
-    p.add_argument("--batch", type=positive_int, default=32, help="sequences per step")
-    p.add_argument("--seq", type=positive_int, default=64, help="steps of truncated BPTT per chunk")
-    p.add_argument("--lr", type=positive, default=5e-3, help="Adam's learning rate")
-    p.add_argument("--clip", type=clip_norm, default=5.0, help="clip the gradient's global norm")
+    add_char_training_options(p)
     p.add_argument("--val", type=fraction, default=0.05, help="fraction held out (the tail)")
     p.add_argument("--val-chars", type=positive_int, default=50_000,
                    help="validate on at most this many of the held-out characters")

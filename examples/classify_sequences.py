@@ -40,8 +40,7 @@ from rnndsl.train.data import SequenceSet, most_frequent_task, parity_task
 from rnndsl.train.optim import Adam
 from rnndsl.train.trainer import Trainer
 
-from common import (add_common_options, clip_norm, fraction, parse_with_quick, positive,
-                    positive_int, whole)
+from common import (add_common_options, clip_norm, parse_with_quick, positive, positive_int)
 
 SPEC = Path(__file__).resolve().parent / "specs" / "classifier.rnn"
 # Each task: its maker and the lengths of its training (and held-out) sequences.

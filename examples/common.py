@@ -36,6 +36,17 @@ clip_norm = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite numb
 fraction = _number(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
 
 
+def add_char_training_options(p: argparse.ArgumentParser) -> None:
+    """The budget and the optimiser of a character model's truncated BPTT, as
+    char_model.py and folk_tunes.py (the same model on another text) take them."""
+    p.add_argument("--minutes", type=positive, default=3.0, help="train this long")
+    p.add_argument("--steps", type=positive_int, help="or stop after this many steps")
+    p.add_argument("--batch", type=positive_int, default=32, help="sequences per step")
+    p.add_argument("--seq", type=positive_int, default=64, help="steps of truncated BPTT per chunk")
+    p.add_argument("--lr", type=positive, default=5e-3, help="Adam's learning rate")
+    p.add_argument("--clip", type=clip_norm, default=5.0, help="clip the gradient's global norm")
+
+
 def add_common_options(p: argparse.ArgumentParser, seed_help: str, quick_help: str) -> None:
     p.add_argument("--seed", type=whole, default=0, help=seed_help)
     p.add_argument("--target", choices=("cpu", "interp"), default="cpu",

@@ -42,8 +42,8 @@ from rnndsl.train.trainer import Trainer
 # The sibling example, next to this file: a tune model is a character model on other text.
 from char_model import (ROOT, SPEC, clock, train_stream, unigram_bits, validation_bits,
                         warm_up)
-from common import (add_common_options, clip_norm, fraction, parse_with_quick, positive,
-                    positive_int, whole)
+from common import (add_char_training_options, add_common_options, fraction, parse_with_quick,
+                    positive, positive_int, whole)
 
 QUICK = {"max_chars": 150_000, "hidden": 32, "batch": 16, "seq": 32, "steps": 150,
          "minutes": None, "lr": 1e-2, "tunes": 2, "max_tune_chars": 300, "reference": 10}
@@ -58,12 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-chars", type=whole, default=0,
                    help="use at most this much of the corpus, whole tunes (0: all of it)")
     p.add_argument("--hidden", type=positive_int, default=128, help="H, the size of each LSTM")
-    p.add_argument("--minutes", type=positive, default=3.0, help="train this long")
-    p.add_argument("--steps", type=positive_int, help="or stop after this many steps")
-    p.add_argument("--batch", type=positive_int, default=32, help="sequences per step")
-    p.add_argument("--seq", type=positive_int, default=64, help="steps of truncated BPTT per chunk")
-    p.add_argument("--lr", type=positive, default=5e-3, help="Adam's learning rate")
-    p.add_argument("--clip", type=clip_norm, default=5.0, help="clip the gradient's global norm")
+    add_char_training_options(p)
     p.add_argument("--val", type=fraction, default=0.05, help="fraction of the tunes held out")
     p.add_argument("--header", default=r"M:6/8\nL:1/8\nK:Dmaj\n", type=header_lines,
                    help=r"the start of every sampled tune (meter, unit length, key), "

@@ -36,8 +36,7 @@ from rnndsl.train.data import sine_task
 from rnndsl.train.optim import Adam
 from rnndsl.train.trainer import Trainer
 
-from common import (add_common_options, clip_norm, fraction, parse_with_quick, positive,
-                    positive_int, whole)
+from common import (add_common_options, clip_norm, parse_with_quick, positive, positive_int)
 
 SPEC = Path(__file__).resolve().parent / "specs" / "wave_generator.rnn"
 LAYOUTS = {"first": modes.first_step_inputs, "every": modes.repeated_inputs}
