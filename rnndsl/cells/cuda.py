@@ -159,9 +159,14 @@ class CudaCell(CompiledCell):
         missing = [d.name for d in decls if d.name not in given]
         if missing:
             raise BindError(f"missing input {', '.join(missing)}")
-        # token ids (brought to the host by _expand_once) in the form the kernels read
-        formed = {d.name: self._token_input(d, given[d.name], self._size(d)[0], None, None)
-                  for d in decls if d.token and not is_device_array(given[d.name])}
+        # token ids (brought to the host by _expand_once) in the form the kernels read;
+        # the first input's gives T and B, which _token_input checks the others' against
+        def host_token(d) -> bool:
+            return d.token and not is_device_array(given[d.name])
+        formed = {}
+        if host_token(decls[0]):
+            formed[decls[0].name] = self._token_input(decls[0], given[decls[0].name],
+                                                      self._size(decls[0])[0], None, None)
         first = formed.get(decls[0].name, given[decls[0].name])
         if len(getattr(first, "shape", ())) != 3:
             raise BindError(f"input {decls[0].name} has shape {getattr(first, 'shape', '?')}; "
@@ -173,12 +178,10 @@ class CudaCell(CompiledCell):
         arrays = {}
         for d in decls:
             size = self._size(d)
-            if d.name in formed:
-                value = formed[d.name]
-                if value.shape[:2] != (T, B):
-                    raise BindError(f"input {d.name} (input token) has {value.shape[0]} "
-                                    f"steps of {value.shape[1]} rows; the other inputs "
-                                    f"have (T, B) = ({T}, {B})")
+            if host_token(d):
+                value = formed.get(d.name)
+                if value is None:
+                    value = self._token_input(d, given[d.name], size[0], T, B)
                 arrays[d.name] = self._device(f"input {d.name}", value, value.shape, "")
                 continue
             arrays[d.name] = self._device(f"input {d.name}", given[d.name], (T, B) + size,
@@ -199,8 +202,6 @@ class CudaCell(CompiledCell):
         return arrays, T, B, True, arrays
 
     def _state_any(self, state, B: int):
-        from numba import cuda
-
         from ..kernels.cuda import copy_rows, device_array, fill2
         given = self._named("state", state, self.spec.states)
         values, from_params = {}, set()
